@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# Build the binaries of gpupool's e2e tier (docs/e2e.md, shared recipe: e2e-control-plane.md §1, §2, §8, §11):
+#   kube-apiserver, kube-scheduler, kube-controller-manager, kubectl   (Kubernetes $K8S, wrapper e2e/k8sbin/)
+#   etcd, etcdctl                                                      (etcd $ETCD, wrapper e2e/etcdbin/)
+#   kwok, helm                                                         (go install at pinned versions)
+# into ${GPUPOOL_E2E_BIN:-$HOME/.cache/gpupool/k8s-$K8S/bin}. Binaries already present at the right version are
+# skipped. Never commit the binaries; the wrappers' go.mod/go.sum are the version pin.
+#
+# Usage: e2e/build.sh [--regen] [--force]
+#   --regen   re-derive e2e/k8sbin/go.mod and e2e/etcdbin/go.mod from the pins below (go mod tidy; needs the proxy
+#             and the checksum database). Done automatically when a wrapper has no go.sum yet.
+#   --force   rebuild even when the binaries are present at the right version.
+# Environment: GPUPOOL_E2E_BIN (output dir), GO (go binary), GPUPOOL_E2E_GOFLAGS (default "-p=2"),
+#              GPUPOOL_E2E_NICE (default 10; niceness of the go processes).
+set -euo pipefail
+
+K8S=v1.36.3
+STG=v0.${K8S#v1.}            # staging modules: Kubernetes v1.Y.Z <=> v0.Y.Z
+ETCD=v3.6.14
+KWOK=v0.8.0
+HELM=v3.21.4
+K8S_GO=1.26.0                # `go` and `godebug` lines copied from Kubernetes' own go.mod (§1.3)
+K8S_GODEBUG=default=go1.26
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+BIN=${GPUPOOL_E2E_BIN:-$HOME/.cache/gpupool/k8s-$K8S/bin}
+GO=${GO:-$(command -v go || echo /usr/local/go/bin/go)}
+NICE=${GPUPOOL_E2E_NICE:-10}
+
+REGEN=0
+FORCE=0
+for a in "$@"; do
+  case "$a" in
+    --regen) REGEN=1 ;;
+    --force) FORCE=1 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    *) echo "build.sh: unknown argument: $a" >&2; exit 2 ;;
+  esac
+done
+
+log() { printf '[build.sh %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+die() { printf '[build.sh] ERROR: %s\n' "$*" >&2; exit 1; }
+
+[ -x "$GO" ] || die "no Go toolchain found (set GO=/path/to/go; Go >= 1.26 needed for Kubernetes $K8S and kwok $KWOK)"
+GOV=$("$GO" env GOVERSION)
+case "$GOV" in
+  go1.2[6-9]*|go1.[3-9][0-9]*) ;;
+  *) die "$GO is $GOV; Kubernetes $K8S and kwok $KWOK need Go >= 1.26 (see docs/e2e.md)" ;;
+esac
+
+export GOTOOLCHAIN=local CGO_ENABLED=0
+export GOFLAGS="${GPUPOOL_E2E_GOFLAGS:--p=2}"
+gocmd() { nice -n "$NICE" "$GO" "$@"; }
+
+mkdir -p "$BIN" || die "cannot create $BIN"
+log "go: $GO ($GOV), GOFLAGS=$GOFLAGS, output: $BIN"
+
+# has_dep FILE MODULE VERSION: the binary's embedded build info names MODULE at VERSION (as main module or dep).
+has_dep() {
+  [ -x "$1" ] || return 1
+  "$GO" version -m "$1" 2>/dev/null | awk -v m="$2" -v v="$3" '($1=="mod"||$1=="dep") && $2==m && $3==v {f=1} END {exit !f}'
+}
+
+# ---------------------------------------------------------------- Kubernetes (§1)
+K8S_CMDS=(kube-apiserver kube-scheduler kube-controller-manager kubectl)
+# Staging modules of v1.36 (33). Listing one that is not in the build graph is harmless.
+K8S_STAGING=(api apiextensions-apiserver apimachinery apiserver cli-runtime client-go cloud-provider cluster-bootstrap
+  code-generator component-base component-helpers controller-manager cri-api cri-client cri-streaming
+  csi-translation-lib dynamic-resource-allocation endpointslice externaljwt kms kube-aggregator kube-controller-manager
+  kube-proxy kube-scheduler kubectl kubelet metrics mount-utils pod-security-admission sample-apiserver
+  sample-cli-plugin sample-controller streaming)
+
+k8s_ok() {
+  local c="$1" f="$BIN/$1"
+  has_dep "$f" k8s.io/kubernetes "$K8S" || return 1
+  if [ "$c" = kubectl ]; then
+    "$f" version --client 2>/dev/null | grep -q "Client Version: $K8S" || return 1
+  else
+    "$f" --version 2>/dev/null | grep -qx "Kubernetes $K8S" || return 1
+  fi
+}
+
+k8s_regen() {
+  log "k8sbin: deriving go.mod for k8s.io/kubernetes $K8S (staging $STG)"
+  (
+    cd "$HERE/k8sbin"
+    rm -f go.mod go.sum
+    gocmd mod init example.invalid/k8sbin >/dev/null 2>&1
+    local args=()
+    for m in "${K8S_STAGING[@]}"; do args+=("-replace=k8s.io/$m=k8s.io/$m@$STG"); done
+    for c in "${K8S_CMDS[@]}"; do args+=("-tool=k8s.io/kubernetes/cmd/$c"); done
+    gocmd mod edit -go="$K8S_GO" -godebug="$K8S_GODEBUG" -require="k8s.io/kubernetes@$K8S" "${args[@]}"
+    GOFLAGS="$GOFLAGS -mod=mod" gocmd mod tidy
+  ) || die "k8sbin: go mod tidy failed (check 'go env GOPROXY GOSUMDB' and network access to the module proxy)"
+}
+
+build_k8s() {
+  local todo=()
+  for c in "${K8S_CMDS[@]}"; do
+    if [ "$FORCE" = 0 ] && k8s_ok "$c"; then log "ok: $c $K8S already in $BIN"; else todo+=("$c"); fi
+  done
+  [ "${#todo[@]}" = 0 ] && return 0
+  if [ "$REGEN" = 1 ] || [ ! -s "$HERE/k8sbin/go.sum" ]; then k8s_regen; fi
+  local minor=${K8S#v1.}; minor=${minor%%.*}
+  local ld="-s -w"
+  local p
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld+=" -X $p.gitVersion=$K8S -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
+  done
+  local pkgs=()
+  for c in "${todo[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
+  log "building ${todo[*]} ($K8S); a cold build takes 15-30 min on 2 cores"
+  (cd "$HERE/k8sbin" && GOFLAGS="$GOFLAGS -mod=readonly" gocmd build -trimpath -ldflags "$ld" -o "$BIN/" "${pkgs[@]}") ||
+    die "building ${todo[*]} failed (see the go output above)"
+  for c in "${todo[@]}"; do k8s_ok "$c" || die "$BIN/$c was built but does not report $K8S"; done
+  log "built: ${todo[*]}"
+}
+
+# ---------------------------------------------------------------- etcd (§2)
+etcd_regen() {
+  log "etcdbin: deriving go.mod for etcd $ETCD"
+  (
+    cd "$HERE/etcdbin"
+    rm -f go.mod go.sum
+    gocmd mod init example.invalid/etcdbin >/dev/null 2>&1
+    gocmd mod edit -require="go.etcd.io/etcd/server/v3@$ETCD" -require="go.etcd.io/etcd/etcdctl/v3@$ETCD" \
+      -tool=go.etcd.io/etcd/server/v3 -tool=go.etcd.io/etcd/etcdctl/v3
+    GOFLAGS="$GOFLAGS -mod=mod" gocmd mod tidy
+  ) || die "etcdbin: go mod tidy failed (check 'go env GOPROXY GOSUMDB')"
+}
+
+build_etcd() {
+  if [ "$FORCE" = 0 ] && has_dep "$BIN/etcd" go.etcd.io/etcd/server/v3 "$ETCD" &&
+     has_dep "$BIN/etcdctl" go.etcd.io/etcd/etcdctl/v3 "$ETCD"; then
+    log "ok: etcd, etcdctl $ETCD already in $BIN"; return 0
+  fi
+  if [ "$REGEN" = 1 ] || [ ! -s "$HERE/etcdbin/go.sum" ]; then etcd_regen; fi
+  log "building etcd, etcdctl ($ETCD)"
+  (
+    cd "$HERE/etcdbin"
+    export GOFLAGS="$GOFLAGS -mod=readonly"
+    gocmd build -trimpath -ldflags "-s -w" -o "$BIN/etcd" go.etcd.io/etcd/server/v3 &&
+      gocmd build -trimpath -ldflags "-s -w" -o "$BIN/etcdctl" go.etcd.io/etcd/etcdctl/v3
+  ) || die "building etcd failed (see the go output above)"
+  "$BIN/etcd" --version | grep -q "etcd Version: ${ETCD#v}" || die "$BIN/etcd does not report ${ETCD#v}"
+  log "built: etcd, etcdctl"
+}
+
+# ---------------------------------------------------------------- kwok, helm (§8, §11)
+go_install() { # NAME MODULE PKG VERSION
+  local name="$1" mod="$2" pkg="$3" ver="$4"
+  if [ "$FORCE" = 0 ] && has_dep "$BIN/$name" "$mod" "$ver"; then log "ok: $name $ver already in $BIN"; return 0; fi
+  log "go install $pkg@$ver"
+  GOBIN="$BIN" gocmd install -trimpath -ldflags "-s -w" "$pkg@$ver" || die "go install $pkg@$ver failed"
+  has_dep "$BIN/$name" "$mod" "$ver" || die "$BIN/$name does not carry $mod $ver"
+}
+
+start=$(date +%s)
+build_etcd
+go_install kwok sigs.k8s.io/kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK"
+# kwok v0.8.0 has no built-in stages: the e2e fixture concatenates the stage files from its module directory.
+gocmd mod download "sigs.k8s.io/kwok@$KWOK" || die "go mod download sigs.k8s.io/kwok@$KWOK failed (stage files)"
+go_install helm helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm "$HELM"
+build_k8s
+log "all binaries present in $BIN ($(($(date +%s) - start)) s)"

@@ -1,0 +1,1087 @@
+"""A real, local Kubernetes control plane for gpupool's e2e tier (no Docker).
+
+Starts, on free loopback ports and in one run directory: certificates and one kubeconfig per identity, etcd,
+kube-apiserver, kube-controller-manager, the default kube-scheduler and kwok, then creates fake GPU Nodes.
+gpupool's own processes (extender, gpupool-scheduler, controller, node agent) are plugged in with
+:meth:`Cluster.start_process` / :meth:`Cluster.start_gpupool_scheduler`.
+
+Recipe: ``docs/e2e.md`` and the shared ``e2e-control-plane.md``. Binaries come from ``e2e/build.sh``.
+
+As a library::
+
+    with Cluster() as c:                       # or c = Cluster(); c.up(); ...; c.down()
+        v1 = kubernetes.client.CoreV1Api(c.api_client())
+
+For humans::
+
+    python -m e2e.cluster up [--run-dir DIR]   # starts it and leaves it running, prints the env
+    eval "$(python -m e2e.cluster env)"        # KUBECONFIG=..., PATH with kubectl 1.36
+    python -m e2e.cluster down                 # stops the last one started (or --run-dir DIR)
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import datetime as dt
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import string
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+K8S_VERSION = "v1.36.3"
+ETCD_VERSION = "v3.6.14"
+KWOK_VERSION = "v0.8.0"
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+LAST_RUN_LINK = Path("/tmp/gpupool-e2e-last")
+
+GPU_RESOURCE = "gpupool.io/gpu"
+GPU_MODEL_LABEL = "gpupool.io/gpu-model"
+KWOK_ANNOTATION = "kwok.x-k8s.io/node"
+SLOTS_PER_GPU = 32
+REMOTE_SLOTS = 16
+
+# Binaries the local control plane needs (kubectl is optional for the harness, needed by humans/tests).
+REQUIRED_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubectl")
+
+KWOK_STAGE_FILES = (
+    "node/fast/node-initialize.yaml",
+    "node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
+    "pod/fast/pod-ready.yaml",
+    "pod/fast/pod-complete.yaml",
+    "pod/fast/pod-delete.yaml",
+)
+
+
+def default_bin_dir() -> Path:
+    """``$GPUPOOL_E2E_BIN`` or ``~/.cache/gpupool/k8s-v1.36.3/bin`` (where e2e/build.sh puts the binaries)."""
+    env = os.environ.get("GPUPOOL_E2E_BIN")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "gpupool" / f"k8s-{K8S_VERSION}" / "bin"
+
+
+def missing_binaries(bin_dir: Path | None = None) -> list[str]:
+    """Names of the required binaries that are not executable files in *bin_dir*."""
+    d = bin_dir or default_bin_dir()
+    return [b for b in REQUIRED_BINARIES if not os.access(d / b, os.X_OK)]
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (bound and released; the usual tiny race is acceptable here)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ClusterError(RuntimeError):
+    """A process of the local cluster failed to start or become ready."""
+
+
+def wait_for(
+    fn: Callable[[], T | None], timeout: float = 30.0, what: str = "condition", interval: float = 0.2
+) -> T:
+    """Poll *fn* until it returns a truthy value (returned) or raise TimeoutError after *timeout* seconds.
+
+    The last value *fn* returned is included in the error, so return something descriptive (e.g. the object)
+    when it is falsy-but-informative, or raise nothing and let the message name *what*."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while True:
+        last = fn()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+        time.sleep(interval)
+
+
+# --------------------------------------------------------------------------------------------- fake nodes
+
+
+@dataclass(frozen=True)
+class FakeNode:
+    """One kwok-managed fake node. ``gpus == 0`` means a CPU-only node."""
+
+    name: str
+    gpus: int = 0
+    gpu_model: str = ""
+    gpu_memory_mib: int = 0
+    cpu: str = "32"
+    memory: str = "256Gi"
+    pods: str = "110"
+    labels: Mapping[str, str] = field(default_factory=dict)
+    taints: Sequence[Mapping[str, str]] = ()
+
+    @property
+    def gpu_slots(self) -> int:
+        """The ``gpupool.io/gpu`` value the device plugin would advertise: GPUs x 32 + 16 (0 without GPUs)."""
+        return self.gpus * SLOTS_PER_GPU + REMOTE_SLOTS if self.gpus else 0
+
+    def inventory(self) -> list[dict[str, Any]]:
+        """A deterministic fake GPU inventory of this node (for fake GPUNodes / node-agent inventories)."""
+        return [
+            {
+                "index": i,
+                "uuid": f"GPU-{self.name}-{i:02d}",
+                "model": self.gpu_model,
+                "memoryMiB": self.gpu_memory_mib,
+                "numaNode": 0 if i < max(1, self.gpus // 2) else 1,
+                "health": "Healthy",
+            }
+            for i in range(self.gpus)
+        ]
+
+    def manifest(self) -> dict[str, Any]:
+        """The v1 Node object, status included (the API server accepts status on create)."""
+        res: dict[str, str] = {"cpu": self.cpu, "memory": self.memory, "pods": self.pods}
+        labels = {
+            "kubernetes.io/hostname": self.name,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "amd64",
+            "type": "kwok",
+        }
+        if self.gpus:
+            res[GPU_RESOURCE] = str(self.gpu_slots)
+            labels[GPU_MODEL_LABEL] = self.gpu_model
+        labels.update(self.labels)
+        return {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": self.name,
+                "annotations": {KWOK_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                "labels": labels,
+            },
+            "spec": {"taints": [dict(t) for t in self.taints]} if self.taints else {},
+            "status": {
+                "capacity": dict(res),
+                "allocatable": dict(res),
+                "nodeInfo": {"kubeletVersion": "fake", "architecture": "amd64", "operatingSystem": "linux"},
+                "phase": "Running",
+            },
+        }
+
+
+def _gpu_nodes(prefix: str, n: int, gpus: int, model: str, mem: int) -> list[FakeNode]:
+    return [FakeNode(f"{prefix}-{i}", gpus=gpus, gpu_model=model, gpu_memory_mib=mem) for i in range(n)]
+
+
+DEFAULT_NODES: tuple[FakeNode, ...] = (
+    *_gpu_nodes("gpu-a100", 2, 8, "A100-80GB", 81920),
+    *_gpu_nodes("gpu-t4", 2, 4, "T4-16GB", 15360),
+    *_gpu_nodes("gpu-h100", 1, 2, "H100-80GB", 81559),
+    FakeNode("cpu-0", cpu="16", memory="64Gi"),
+    FakeNode("cpu-1", cpu="16", memory="64Gi"),
+)
+
+
+# --------------------------------------------------------------------------------------------- PKI
+
+
+def _write_pki(pki: Path) -> None:
+    """CA, apiserver/webhook serving certs, client certs (admin, scheduler, kcm), SA key pair (in-process)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    pki.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    until = now + dt.timedelta(days=7)
+
+    def save_key(key: Any, name: str) -> None:
+        (pki / name).write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        (pki / name).chmod(0o600)
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gpupool-e2e-ca")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(until)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    (pki / "ca.crt").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    save_key(ca_key, "ca.key")
+
+    sans: list[x509.GeneralName] = [
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
+        x509.DNSName("kubernetes.default.svc"),
+    ]
+
+    def leaf(name: str, cn: str, orgs: Sequence[str] = (), server: bool = False) -> None:
+        key = ec.generate_private_key(ec.SECP256R1())
+        attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs]
+        attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, cn))
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name(attrs))
+            .issuer_name(ca_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(until)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
+        )
+        if server:
+            b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        cert = b.sign(ca_key, hashes.SHA256())
+        (pki / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        save_key(key, f"{name}.key")
+
+    leaf("apiserver", "kube-apiserver", server=True)
+    leaf("webhook", "gpupool-webhook", server=True)  # for the controller's admission server on 127.0.0.1
+    leaf("admin", "e2e-admin", ["system:masters"])
+    leaf("scheduler", "system:kube-scheduler")
+    leaf("kcm", "system:kube-controller-manager")
+
+    sa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    save_key(sa, "sa.key")
+    (pki / "sa.pub").write_bytes(
+        sa.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+
+
+# --------------------------------------------------------------------------------------------- processes
+
+
+@dataclass
+class ManagedProcess:
+    """A process started by the cluster; its stdout+stderr go to ``log_path``."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str] | None
+    log_path: Path
+    ready_url: str | None = None
+    cwd: Path | None = None
+    popen: subprocess.Popen[bytes] | None = None
+    pid: int | None = None
+    ready_check: Callable[[], bool] | None = None
+
+    def alive(self) -> bool:
+        if self.popen is not None:
+            return self.popen.poll() is None
+        if self.pid is None:
+            return False
+        # Re-attached from cluster.json: only a live process running our argv[0] counts (PIDs get reused).
+        try:
+            cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        return bool(cmdline) and cmdline[0].decode(errors="replace") == self.argv[0]
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 256 * lines))
+            data = f.read().decode("utf-8", "replace")
+    except OSError as e:
+        return f"<cannot read {path}: {e}>"
+    return "\n".join(data.splitlines()[-lines:])
+
+
+# --------------------------------------------------------------------------------------------- the cluster
+
+
+class Cluster:
+    """A local control plane (``Cluster(...).up()``) or a handle on an existing one (``Cluster.external()``).
+
+    Everything lives in ``run_dir``: ``pki/``, ``*.kubeconfig``, ``logs/<name>.log``, ``etcd/``, configs, and
+    ``cluster.json`` (ports and PIDs, used by ``python -m e2e.cluster down``).
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike[str] | None = None,
+        bin_dir: str | os.PathLike[str] | None = None,
+        nodes: Iterable[FakeNode] = DEFAULT_NODES,
+    ) -> None:
+        self.run_dir = Path(run_dir) if run_dir else Path(f"/tmp/gpupool-e2e-{os.getpid()}")
+        self.bin_dir = Path(bin_dir) if bin_dir else default_bin_dir()
+        self.nodes: list[FakeNode] = list(nodes)
+        self.local = True
+        self.ports: dict[str, int] = {}
+        self.processes: dict[str, ManagedProcess] = {}  # insertion order = start order
+        self.startup_seconds: float | None = None
+        self._kubeconfig: Path | None = None
+        self._ssl_admin: ssl.SSLContext | None = None
+        self._atexit_registered = False
+        self.detach = False  # True: leave the processes running when the interpreter exits (CLI `up`)
+
+    # ---------------------------------------------------------------- construction
+
+    @classmethod
+    def external(
+        cls, kubeconfig: str | os.PathLike[str], bin_dir: str | os.PathLike[str] | None = None
+    ) -> Cluster:
+        """A handle on an existing cluster (kind, ...): no processes are started, nothing is torn down."""
+        c = cls(run_dir=Path(f"/tmp/gpupool-e2e-ext-{os.getpid()}"), bin_dir=bin_dir, nodes=())
+        c.local = False
+        c._kubeconfig = Path(kubeconfig).expanduser().resolve()
+        return c
+
+    @classmethod
+    def attach(cls, run_dir: str | os.PathLike[str]) -> Cluster:
+        """Re-open a cluster started elsewhere (``python -m e2e.cluster up``) from its ``cluster.json``."""
+        rd = Path(run_dir)
+        state = json.loads((rd / "cluster.json").read_text())
+        c = cls(run_dir=rd, bin_dir=state["bin_dir"], nodes=())
+        c.ports = {k: int(v) for k, v in state["ports"].items()}
+        c._kubeconfig = rd / "admin.kubeconfig"
+        for p in state["processes"]:
+            c.processes[p["name"]] = ManagedProcess(
+                name=p["name"],
+                argv=p["argv"],
+                env=p.get("env"),
+                log_path=Path(p["log"]),
+                ready_url=p.get("ready_url"),
+                cwd=Path(p["cwd"]) if p.get("cwd") else None,
+                pid=p.get("pid"),
+            )
+        return c
+
+    def __enter__(self) -> Cluster:
+        return self.up()
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    # ---------------------------------------------------------------- paths and clients
+
+    @property
+    def kubeconfig(self) -> Path:
+        """The admin kubeconfig (system:masters)."""
+        return self._kubeconfig or self.run_dir / "admin.kubeconfig"
+
+    @property
+    def pki(self) -> Path:
+        return self.run_dir / "pki"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.run_dir / "logs"
+
+    @property
+    def api_url(self) -> str:
+        return f"https://127.0.0.1:{self.ports['apiserver']}"
+
+    def kubeconfig_for(self, identity: str) -> Path:
+        """Kubeconfig of a built-in identity: ``admin``, ``scheduler`` or ``kcm``."""
+        return self.run_dir / f"{identity}.kubeconfig"
+
+    def binary(self, name: str) -> str:
+        """Path of a binary from the e2e bin dir, else from PATH (e.g. kubectl for an external cluster)."""
+        p = self.bin_dir / name
+        if os.access(p, os.X_OK):
+            return str(p)
+        found = shutil.which(name)
+        if not found:
+            raise ClusterError(f"{name} not found in {self.bin_dir} or PATH (run e2e/build.sh)")
+        return found
+
+    def env(self) -> dict[str, str]:
+        """Environment for tools and components: KUBECONFIG, and PATH with the bin dir first."""
+        return {
+            "KUBECONFIG": str(self.kubeconfig),
+            "PATH": f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+
+    def api_client(self) -> Any:
+        """A fresh ``kubernetes.client.ApiClient`` for the admin kubeconfig."""
+        from kubernetes import config
+
+        return config.new_client_from_config(config_file=str(self.kubeconfig))
+
+    def kubectl(
+        self,
+        *args: str,
+        input: str | None = None,
+        check: bool = True,
+        timeout: float = 60,
+        kubeconfig: str | os.PathLike[str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run kubectl (v1.36 from the bin dir) against this cluster; raises on a nonzero exit if *check*."""
+        cmd = [self.binary("kubectl"), f"--kubeconfig={kubeconfig or self.kubeconfig}", *args]
+        r = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout, check=False)
+        if check and r.returncode != 0:
+            raise ClusterError(f"kubectl {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+        return r
+
+    def write_kubeconfig(
+        self,
+        name: str,
+        *,
+        client_cert: Path | None = None,
+        client_key: Path | None = None,
+        token: str | None = None,
+    ) -> Path:
+        """Write ``<run_dir>/<name>.kubeconfig`` for a client cert pair or a bearer token."""
+        user: dict[str, str] = {}
+        if token is not None:
+            user["token"] = token
+        if client_cert is not None and client_key is not None:
+            user["client-certificate"] = str(client_cert)
+            user["client-key"] = str(client_key)
+        cfg = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "e2e",
+                    "cluster": {"server": self.api_url, "certificate-authority": str(self.pki / "ca.crt")},
+                }
+            ],
+            "users": [{"name": name, "user": user}],
+            "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": name}}],
+            "current-context": "e2e",
+        }
+        path = self.run_dir / f"{name}.kubeconfig"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        path.chmod(0o600)
+        return path
+
+    def kubeconfig_for_serviceaccount(self, name: str, namespace: str, *, seconds: int = 3600) -> Path:
+        """Mint a token for an existing ServiceAccount (TokenRequest) and write a kubeconfig using it."""
+        from kubernetes import client
+
+        with self.api_client() as api:
+            tr = client.CoreV1Api(api).create_namespaced_service_account_token(
+                name, namespace, {"spec": {"expirationSeconds": seconds}}
+            )
+        return self.write_kubeconfig(f"sa-{namespace}-{name}", token=tr.status.token)
+
+    # ---------------------------------------------------------------- HTTP probes
+
+    def _ssl_for(self, url: str) -> ssl.SSLContext | None:
+        if not url.startswith("https://"):
+            return None
+        if self.local and "apiserver" in self.ports and url.startswith(self.api_url):
+            if self._ssl_admin is None:
+                ctx = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
+                ctx.load_cert_chain(str(self.pki / "admin.crt"), str(self.pki / "admin.key"))
+                self._ssl_admin = ctx
+            return self._ssl_admin
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # component /healthz on loopback, self-signed serving certs
+        return ctx
+
+    def probe(self, url: str, timeout: float = 2.0) -> bool:
+        """True when GET *url* answers 200 (apiserver URLs use the admin cert)."""
+        try:
+            with urllib.request.urlopen(url, timeout=timeout, context=self._ssl_for(url)) as r:
+                return bool(r.status == 200)
+        except (urllib.error.URLError, OSError, ssl.SSLError):
+            return False
+
+    # ---------------------------------------------------------------- process management
+
+    def start_process(
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        ready_url: str | None = None,
+        *,
+        ready_check: Callable[[], bool] | None = None,
+        ready_timeout: float = 60.0,
+        cwd: str | os.PathLike[str] | None = None,
+        wait: bool = True,
+    ) -> ManagedProcess:
+        """Start *argv* as process *name*; stdout+stderr go to ``logs/<name>.log`` (appended on restart).
+
+        *env* is added to the current environment (plus KUBECONFIG of the admin, unless *env* sets it).
+        If *ready_url* (GET must answer 200) or *ready_check* is given and *wait* is true, wait up to
+        *ready_timeout* seconds; raises :class:`ClusterError` with the log tail if it exits or times out.
+        """
+        if not self.local:
+            raise ClusterError("start_process() needs a local cluster (not GPUPOOL_E2E_KUBECONFIG)")
+        if name in self.processes and self.processes[name].alive():
+            raise ClusterError(f"process {name!r} is already running (pid {self.processes[name].pid})")
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        proc = ManagedProcess(
+            name=name,
+            argv=[str(a) for a in argv],
+            env=dict(env) if env is not None else None,
+            log_path=self.log_dir / f"{name}.log",
+            ready_url=ready_url,
+            cwd=Path(cwd) if cwd is not None else None,
+            ready_check=ready_check,
+        )
+        self._spawn(proc)
+        self.processes[name] = proc
+        self._save_state()
+        if wait and (ready_url or ready_check):
+            self.wait_ready(name, timeout=ready_timeout)
+        return proc
+
+    def _spawn(self, proc: ManagedProcess) -> None:
+        full_env = dict(os.environ)
+        full_env["KUBECONFIG"] = str(self.kubeconfig)
+        if proc.env:
+            full_env.update(proc.env)
+        with proc.log_path.open("ab") as log:
+            stamp = time.strftime("%H:%M:%S")
+            log.write(f"==== {stamp} start {proc.name}: {' '.join(proc.argv)}\n".encode())
+            log.flush()
+            # A new session: Ctrl-C in a terminal does not hit the children, and `up` can exit and leave them.
+            proc.popen = subprocess.Popen(
+                proc.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=full_env,
+                cwd=proc.cwd,
+                start_new_session=True,
+            )
+        proc.pid = proc.popen.pid
+        if not self._atexit_registered:
+            atexit.register(self._atexit)
+            self._atexit_registered = True
+
+    def wait_ready(self, name: str, timeout: float = 60.0) -> None:
+        """Poll the readiness of process *name* (its ready_url or ready_check)."""
+        proc = self.processes[name]
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        while True:
+            if not proc.alive():
+                code = proc.popen.returncode if proc.popen else "?"
+                raise ClusterError(
+                    f"{name} exited with code {code} before it was ready; log tail:\n"
+                    + _tail(proc.log_path, 40)
+                )
+            ok = (proc.ready_url is None or self.probe(proc.ready_url)) and (
+                proc.ready_check is None or proc.ready_check()
+            )
+            if ok:
+                return
+            if time.monotonic() > deadline:
+                raise ClusterError(
+                    f"{name} not ready after {timeout:.0f} s ({proc.ready_url or 'ready_check'}); "
+                    f"log tail:\n{_tail(proc.log_path, 40)}"
+                )
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
+
+    def stop_process(self, name: str, timeout: float = 10.0) -> None:
+        """SIGTERM process *name* by PID, then SIGKILL after *timeout* seconds. No error if it is gone."""
+        proc = self.processes.get(name)
+        if proc is None or proc.pid is None:
+            return
+        if proc.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while proc.alive() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if proc.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGKILL)
+                end = time.monotonic() + 5
+                while proc.alive() and time.monotonic() < end:
+                    time.sleep(0.05)
+        if proc.popen is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.popen.wait(timeout=1)
+        with contextlib.suppress(OSError), proc.log_path.open("ab") as log:
+            log.write(f"==== {time.strftime('%H:%M:%S')} stopped {name}\n".encode())
+
+    def restart_process(self, name: str, *, wait: bool = True, ready_timeout: float = 60.0) -> ManagedProcess:
+        """Stop process *name* and start it again with the same argv/env/readiness; the log is appended to."""
+        proc = self.processes[name]
+        self.stop_process(name)
+        self._spawn(proc)
+        self._save_state()
+        if wait and (proc.ready_url or proc.ready_check):
+            self.wait_ready(name, timeout=ready_timeout)
+        return proc
+
+    def log_tails(self, lines: int = 30, names: Iterable[str] | None = None) -> str:
+        """The last *lines* of every process log (or of *names*), for test failure reports."""
+        out = []
+        for n in names or list(self.processes):
+            p = self.processes.get(n)
+            if p is None:
+                continue
+            state = "running" if p.alive() else "exited"
+            out.append(f"----- {n} (pid {p.pid}, {state}) {p.log_path} -----\n{_tail(p.log_path, lines)}")
+        return "\n".join(out)
+
+    def _save_state(self) -> None:
+        if not self.local:
+            return
+        state = {
+            "bin_dir": str(self.bin_dir),
+            "ports": self.ports,
+            "kubeconfig": str(self.kubeconfig),
+            "processes": [
+                {
+                    "name": p.name,
+                    "pid": p.pid,
+                    "argv": p.argv,
+                    "env": p.env,
+                    "log": str(p.log_path),
+                    "ready_url": p.ready_url,
+                    "cwd": str(p.cwd) if p.cwd else None,
+                }
+                for p in self.processes.values()
+            ],
+        }
+        tmp = self.run_dir / "cluster.json.tmp"
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.run_dir / "cluster.json")
+
+    def _atexit(self) -> None:
+        # Only processes we spawned in this interpreter (popen set) are ours to stop at exit.
+        if not self.detach and any(p.popen is not None and p.alive() for p in self.processes.values()):
+            self.down()
+
+    # ---------------------------------------------------------------- bring-up
+
+    def up(self, *, kwok: bool = True, nodes: bool = True, timeout: float = 90.0) -> Cluster:
+        """Start certs, etcd, apiserver, KCM, default scheduler, kwok; create fake nodes; wait until Ready."""
+        if not self.local:
+            return self
+        missing = missing_binaries(self.bin_dir)
+        if missing:
+            raise ClusterError(
+                f"k8s binaries not found in {self.bin_dir}: {', '.join(missing)} (run e2e/build.sh)"
+            )
+        t0 = time.monotonic()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(exist_ok=True)
+        with contextlib.suppress(OSError):
+            if LAST_RUN_LINK.is_symlink() or not LAST_RUN_LINK.exists():
+                LAST_RUN_LINK.unlink(missing_ok=True)
+                LAST_RUN_LINK.symlink_to(self.run_dir.resolve())
+        for k in ("etcd", "etcd_peer", "apiserver", "kcm", "scheduler", "kwok"):
+            self.ports[k] = free_port()
+        try:
+            self._bring_up(kwok=kwok, nodes=nodes, timeout=timeout)
+        except BaseException:
+            self.down()
+            raise
+        self.startup_seconds = time.monotonic() - t0
+        return self
+
+    def _bring_up(self, *, kwok: bool, nodes: bool, timeout: float) -> None:
+        _write_pki(self.pki)
+        self._kubeconfig = self.write_kubeconfig(
+            "admin", client_cert=self.pki / "admin.crt", client_key=self.pki / "admin.key"
+        )
+        self.write_kubeconfig(
+            "scheduler", client_cert=self.pki / "scheduler.crt", client_key=self.pki / "scheduler.key"
+        )
+        self.write_kubeconfig("kcm", client_cert=self.pki / "kcm.crt", client_key=self.pki / "kcm.key")
+
+        p = self.ports
+        b = self.bin_dir
+        pki = self.pki
+        self.start_process(
+            "etcd",
+            [
+                b / "etcd",
+                "--name=gpupool-e2e",
+                f"--data-dir={self.run_dir / 'etcd'}",
+                f"--listen-client-urls=http://127.0.0.1:{p['etcd']}",
+                f"--advertise-client-urls=http://127.0.0.1:{p['etcd']}",
+                f"--listen-peer-urls=http://127.0.0.1:{p['etcd_peer']}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{p['etcd_peer']}",
+                f"--initial-cluster=gpupool-e2e=http://127.0.0.1:{p['etcd_peer']}",
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ],
+            ready_url=f"http://127.0.0.1:{p['etcd']}/health",
+            ready_timeout=timeout,
+        )
+        self.start_process(
+            "kube-apiserver",
+            [
+                b / "kube-apiserver",
+                f"--etcd-servers=http://127.0.0.1:{p['etcd']}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={p['apiserver']}",
+                f"--cert-dir={pki}",
+                f"--tls-cert-file={pki / 'apiserver.crt'}",
+                f"--tls-private-key-file={pki / 'apiserver.key'}",
+                f"--client-ca-file={pki / 'ca.crt'}",
+                "--service-cluster-ip-range=10.0.0.0/24",
+                f"--service-account-issuer={self.api_url}",
+                f"--service-account-key-file={pki / 'sa.pub'}",
+                f"--service-account-signing-key-file={pki / 'sa.key'}",
+                "--authorization-mode=Node,RBAC",
+                "--allow-privileged=true",
+                "--enable-priority-and-fairness=false",
+                "--profiling=false",
+                "--endpoint-reconciler-type=none",
+            ],
+            ready_url=f"{self.api_url}/readyz",
+            ready_timeout=timeout,
+        )
+        self.start_process(
+            "kube-controller-manager",
+            [
+                b / "kube-controller-manager",
+                f"--kubeconfig={self.kubeconfig_for('kcm')}",
+                f"--authentication-kubeconfig={self.kubeconfig_for('kcm')}",
+                f"--authorization-kubeconfig={self.kubeconfig_for('kcm')}",
+                "--leader-elect=false",
+                f"--service-account-private-key-file={pki / 'sa.key'}",
+                f"--root-ca-file={pki / 'ca.crt'}",
+                "--use-service-account-credentials=false",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={p['kcm']}",
+                "--profiling=false",
+                f"--cert-dir={self.run_dir / 'kcm-certs'}",
+            ],
+            ready_url=f"https://127.0.0.1:{p['kcm']}/healthz",
+            wait=False,
+        )
+        sched_cfg = self.run_dir / "sched-default.yaml"
+        sched_cfg.write_text(self.render_scheduler_config(TEMPLATES / "sched-default.yaml"))
+        self.start_process(
+            "kube-scheduler",
+            [
+                b / "kube-scheduler",
+                f"--config={sched_cfg}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={p['scheduler']}",
+                f"--authentication-kubeconfig={self.kubeconfig_for('scheduler')}",
+                f"--authorization-kubeconfig={self.kubeconfig_for('scheduler')}",
+                f"--cert-dir={self.run_dir / 'scheduler-certs'}",
+            ],
+            ready_url=f"https://127.0.0.1:{p['scheduler']}/healthz",
+            wait=False,
+        )
+        if kwok:
+            stages = self.run_dir / "kwok-stages.yaml"
+            stages.write_text(kwok_stages())
+            self.start_process(
+                "kwok",
+                [
+                    b / "kwok",
+                    f"--kubeconfig={self.kubeconfig}",
+                    "--manage-all-nodes=false",
+                    f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake",
+                    "--cidr=10.244.0.1/16",
+                    "--node-ip=10.0.1.1",
+                    "--node-lease-duration-seconds=40",
+                    f"--server-address=127.0.0.1:{p['kwok']}",
+                    f"--node-port={p['kwok']}",
+                    f"--config={stages}",
+                ],
+                ready_url=f"http://127.0.0.1:{p['kwok']}/healthz",
+                wait=False,
+            )
+        if nodes and self.nodes:
+            self.apply_nodes(self.nodes)
+        for n in ("kube-controller-manager", "kube-scheduler", "kwok"):
+            if n in self.processes:
+                self.wait_ready(n, timeout=timeout)
+        if kwok and nodes and self.nodes:
+            self.wait_nodes_ready([n.name for n in self.nodes], timeout=timeout)
+
+    # ---------------------------------------------------------------- scheduler configs
+
+    def render_scheduler_config(
+        self, template: str | os.PathLike[str], extender_url: str | None = None, **values: str
+    ) -> str:
+        """Render a KubeSchedulerConfiguration: *template* is a path or YAML text with ``${KUBECONFIG}``,
+        ``${EXTENDER_URL}`` (and *values*) placeholders. ``clientConnection.kubeconfig`` is forced to the
+        scheduler identity's kubeconfig, leader election is switched off, and if *extender_url* is given it
+        becomes ``urlPrefix`` of the (single) extender."""
+        text = Path(template).read_text() if isinstance(template, os.PathLike) else str(template)
+        if "\n" not in text and Path(text).is_file():
+            text = Path(text).read_text()
+        subst = {
+            "KUBECONFIG": str(self.kubeconfig_for("scheduler")),
+            "EXTENDER_URL": extender_url or "",
+            **values,
+        }
+        text = string.Template(text).safe_substitute(subst)
+        cfg = yaml.safe_load(text)
+        cfg.setdefault("clientConnection", {})["kubeconfig"] = str(self.kubeconfig_for("scheduler"))
+        cfg["leaderElection"] = {"leaderElect": False}
+        if extender_url is not None:
+            exts = cfg.get("extenders") or []
+            if len(exts) != 1:
+                raise ClusterError(
+                    f"expected exactly one extender in the scheduler config, found {len(exts)}"
+                )
+            exts[0]["urlPrefix"] = extender_url
+        return str(yaml.safe_dump(cfg, sort_keys=False))
+
+    def start_gpupool_scheduler(
+        self,
+        extender_url: str,
+        *,
+        config_yaml: str | None = None,
+        name: str = "gpupool-scheduler",
+        verbosity: int = 3,
+        wait: bool = True,
+    ) -> ManagedProcess:
+        """Start the second kube-scheduler (schedulerName ``gpupool-scheduler``) with the extender at
+        *extender_url*. The config comes from *config_yaml* (e.g. rendered from the Helm chart) or from
+        ``e2e/templates/sched-gpupool.yaml``."""
+        port = free_port()
+        self.ports[name] = port
+        cfg = self.run_dir / f"{name}.yaml"
+        cfg.write_text(
+            self.render_scheduler_config(config_yaml or (TEMPLATES / "sched-gpupool.yaml"), extender_url)
+        )
+        return self.start_process(
+            name,
+            [
+                self.bin_dir / "kube-scheduler",
+                f"--config={cfg}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={port}",
+                f"--authentication-kubeconfig={self.kubeconfig_for('scheduler')}",
+                f"--authorization-kubeconfig={self.kubeconfig_for('scheduler')}",
+                f"--cert-dir={self.run_dir / (name + '-certs')}",
+                f"--v={verbosity}",
+            ],
+            ready_url=f"https://127.0.0.1:{port}/healthz",
+            wait=wait,
+        )
+
+    # ---------------------------------------------------------------- nodes and namespaces
+
+    def apply_nodes(self, nodes: Iterable[FakeNode]) -> None:
+        """Create (or replace) fake kwok Nodes, status included."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        with self.api_client() as api:
+            v1 = client.CoreV1Api(api)
+            for n in nodes:
+                body = n.manifest()
+                try:
+                    v1.create_node(body)
+                except ApiException as e:
+                    if e.status != 409:
+                        raise
+                    v1.patch_node(n.name, {"metadata": body["metadata"], "spec": body["spec"]})
+                    v1.patch_node_status(n.name, {"status": body["status"]})
+
+    def wait_nodes_ready(self, names: Iterable[str], timeout: float = 60.0) -> None:
+        """Wait until every named Node has condition Ready=True."""
+        from kubernetes import client
+
+        want = set(names)
+        deadline = time.monotonic() + timeout
+        with self.api_client() as api:
+            v1 = client.CoreV1Api(api)
+            while True:
+                ready = {
+                    n.metadata.name
+                    for n in v1.list_node().items
+                    if any(c.type == "Ready" and c.status == "True" for c in (n.status.conditions or []))
+                }
+                if want <= ready:
+                    return
+                if time.monotonic() > deadline:
+                    raise ClusterError(
+                        f"nodes not Ready after {timeout:.0f} s: {sorted(want - ready)}\n"
+                        + self.log_tails(20, ["kwok"])
+                    )
+                time.sleep(0.25)
+
+    def create_namespace(self, name: str, timeout: float = 30.0) -> None:
+        """Create a namespace and wait for its ``default`` ServiceAccount (made by KCM; ServiceAccount
+        admission refuses pods until it exists)."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        with self.api_client() as api:
+            v1 = client.CoreV1Api(api)
+            try:
+                v1.create_namespace({"metadata": {"name": name}})
+            except ApiException as e:
+                if e.status != 409:
+                    raise
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    v1.read_namespaced_service_account("default", name)
+                    return
+                except ApiException as e:
+                    if e.status != 404 or time.monotonic() > deadline:
+                        raise
+                time.sleep(0.1)
+
+    # ---------------------------------------------------------------- teardown
+
+    def down(self, *, remove_run_dir: bool = False) -> None:
+        """Stop every process in reverse start order (SIGTERM, then SIGKILL by PID)."""
+        if not self.local:
+            return
+        for name in reversed(list(self.processes)):
+            self.stop_process(name)
+        if remove_run_dir:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                if LAST_RUN_LINK.is_symlink() and not LAST_RUN_LINK.exists():
+                    LAST_RUN_LINK.unlink()
+
+
+# --------------------------------------------------------------------------------------------- kwok stages
+
+
+def _go_mod_cache() -> Path:
+    env = os.environ.get("GOMODCACHE")
+    if env:
+        return Path(env)
+    for go in (shutil.which("go"), "/usr/local/go/bin/go"):
+        if go and os.access(go, os.X_OK):
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                out = subprocess.run([go, "env", "GOMODCACHE"], capture_output=True, text=True, timeout=20)
+                if out.returncode == 0 and out.stdout.strip():
+                    return Path(out.stdout.strip())
+    gopath = os.environ.get("GOPATH", str(Path.home() / "go")).split(os.pathsep)[0]
+    return Path(gopath) / "pkg" / "mod"
+
+
+def kwok_stages() -> str:
+    """kwok v0.8.0 has no built-in stages: concatenate the stage files shipped in its module (e2e/build.sh
+    downloads it)."""
+    d = _go_mod_cache() / f"sigs.k8s.io/kwok@{KWOK_VERSION}" / "kustomize" / "stage"
+    parts = []
+    for f in KWOK_STAGE_FILES:
+        p = d / f
+        if not p.is_file():
+            raise ClusterError(
+                f"kwok stage file {p} not found (run e2e/build.sh, it downloads kwok {KWOK_VERSION})"
+            )
+        parts.append(p.read_text().strip() + "\n")
+    return "---\n".join(parts)
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def _resolve_run_dir(arg: str | None) -> Path:
+    if arg:
+        return Path(arg)
+    env = os.environ.get("GPUPOOL_E2E_RUN_DIR")
+    if env:
+        return Path(env)
+    if LAST_RUN_LINK.exists():
+        return LAST_RUN_LINK.resolve()
+    raise SystemExit("no run dir given and no cluster started before (--run-dir DIR)")
+
+
+def _print_env(c: Cluster) -> None:
+    print(f"export KUBECONFIG={c.kubeconfig}")
+    print(f"export PATH={c.bin_dir}:$PATH")
+    print(f"export GPUPOOL_E2E_RUN_DIR={c.run_dir}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m e2e.cluster", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="start a local control plane with fake GPU nodes and leave it running")
+    up.add_argument("--run-dir", help="run directory (default /tmp/gpupool-e2e-<pid>)")
+    up.add_argument(
+        "--bin-dir", help="binaries (default $GPUPOOL_E2E_BIN or ~/.cache/gpupool/k8s-v1.36.3/bin)"
+    )
+    up.add_argument("--no-nodes", action="store_true", help="do not create the fake nodes")
+    for n in ("down", "env", "logs"):
+        sp = sub.add_parser(n)
+        sp.add_argument("--run-dir", help="run directory (default: the last one started)")
+        if n == "down":
+            sp.add_argument("--rm", action="store_true", help="also remove the run directory")
+        if n == "logs":
+            sp.add_argument("-n", "--lines", type=int, default=30)
+    args = ap.parse_args(argv)
+
+    if args.cmd == "up":
+        c = Cluster(run_dir=args.run_dir, bin_dir=args.bin_dir)
+        try:
+            c.up(nodes=not args.no_nodes)
+        except ClusterError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        c.detach = True  # leave the processes running at exit
+        print(
+            f"# cluster up in {c.startup_seconds:.1f} s; run dir {c.run_dir}; "
+            "stop: python -m e2e.cluster down",
+            file=sys.stderr,
+        )
+        _print_env(c)
+        return 0
+    c = Cluster.attach(_resolve_run_dir(args.run_dir))
+    if args.cmd == "env":
+        _print_env(c)
+    elif args.cmd == "logs":
+        print(c.log_tails(args.lines))
+    elif args.cmd == "down":
+        c.down(remove_run_dir=args.rm)
+        print(f"stopped {len(c.processes)} processes of {c.run_dir}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

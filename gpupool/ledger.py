@@ -1,0 +1,594 @@
+"""The ledger: who holds which part of which GPU, in integer units.
+
+Capacity of a GPU is 100 compute units (1 %) and `memory_mib` memory units (1 MiB).
+Guaranteed slices fit only within that physical capacity. Best-effort slices may
+also use over-committed capacity, up to `overcommit_*_percent` of it. So:
+
+* the compute (memory) of a GPU used by all slices never exceeds
+  capacity × overcommit percent / 100, and
+* a guaranteed slice is only ever added while the total stays within capacity.
+
+Holdings are keyed by pod uid and come in three kinds: assigned (bound pods),
+reserved (admitted but not yet bound) and nominated (capacity freed by preemption
+and kept for the preemptor). All count as used. Every change is all-or-nothing:
+a holding that does not fit raises `OverAllocation` and changes nothing.
+
+For fast fit checks over thousands of nodes each node keeps a cached `NodeView`
+(free capacity of its eligible GPUs) and the ledger indexes nodes by the view's
+key, so identical nodes are evaluated once.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from gpupool import slots as slot_ids
+from gpupool.assignment import SliceRecord
+from gpupool.errors import OverAllocation, UnknownHolder
+from gpupool.inventory import GPUInfo, NodeInfo
+from gpupool.request import WHOLE_GPU_COMPUTE, QoS
+
+
+class HoldingKind(enum.StrEnum):
+    ASSIGNED = "assigned"
+    RESERVED = "reserved"
+    NOMINATED = "nominated"
+
+
+@dataclass(frozen=True, slots=True)
+class Holding:
+    """The slices one pod holds. `node` is the pod's node; a slice on another node is remote."""
+
+    pod: str
+    node: str
+    slices: tuple[SliceRecord, ...]
+    kind: HoldingKind = HoldingKind.ASSIGNED
+    qos: QoS = QoS.GUARANTEED
+    cpu_milli: int = 0
+    host_memory_mib: int = 0
+
+    @property
+    def compute_units(self) -> int:
+        return sum(s.compute for s in self.slices)
+
+    @property
+    def memory_units(self) -> int:
+        return sum(s.memory_mib for s in self.slices)
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedSlice:
+    """A slice chosen by placement, before the ledger gives it a slot."""
+
+    container: int
+    init: bool
+    gpu: str
+    compute: int
+    memory_mib: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    """What policies see of a node: its eligible GPUs' free capacity, in GPU-index order.
+
+    `key` holds every field a policy may read except the name and GPU indexes, so
+    nodes with equal keys get equal evaluations.
+    """
+
+    name: str
+    model: str
+    gpu_index: tuple[int, ...]
+    free_compute: tuple[int, ...]
+    free_memory: tuple[int, ...]
+    total_memory: tuple[int, ...]
+    gpu_count: int
+    cpu_free: int | None = None
+    memory_free: int | None = None
+    pods_free: int | None = None
+    key: tuple[object, ...] = field(default=(), compare=False)
+
+    @staticmethod
+    def make(
+        name: str,
+        model: str,
+        gpu_index: tuple[int, ...],
+        free_compute: tuple[int, ...],
+        free_memory: tuple[int, ...],
+        total_memory: tuple[int, ...],
+        gpu_count: int,
+        cpu_free: int | None = None,
+        memory_free: int | None = None,
+        pods_free: int | None = None,
+    ) -> NodeView:
+        key = (model, free_compute, free_memory, total_memory, gpu_count, cpu_free, memory_free, pods_free)
+        return NodeView(
+            name, model, gpu_index, free_compute, free_memory, total_memory, gpu_count,
+            cpu_free, memory_free, pods_free, key,
+        )  # fmt: skip
+
+    @property
+    def idle_compute(self) -> int:
+        return sum(self.free_compute)
+
+
+class GPUState:
+    __slots__ = (
+        "disabled", "healthy", "index", "memory_mib", "model", "node", "numa", "slices",
+        "used_compute", "used_g_compute", "used_g_memory", "used_memory", "used_slots", "uuid",
+    )  # fmt: skip
+
+    def __init__(self, info: GPUInfo, node: str, disabled: bool) -> None:
+        self.uuid = info.uuid
+        self.node = node
+        self.index = info.index
+        self.model = info.model
+        self.memory_mib = info.memory_mib
+        self.numa = info.numa
+        self.healthy = info.healthy
+        self.disabled = disabled
+        self.used_compute = 0
+        self.used_memory = 0
+        self.used_g_compute = 0
+        self.used_g_memory = 0
+        self.slices = 0
+        self.used_slots: set[int] = set()
+
+    def info(self) -> GPUInfo:
+        return GPUInfo(self.uuid, self.index, self.model, self.memory_mib, self.numa, self.healthy)
+
+
+class NodeState:
+    __slots__ = (
+        "cpu_milli", "gpus", "max_pods", "memory_mib", "name", "pods", "remote_used",
+        "used_cpu", "used_memory", "view",
+    )  # fmt: skip
+
+    def __init__(self, info: NodeInfo) -> None:
+        self.name = info.name
+        self.gpus: list[GPUState] = [
+            GPUState(g, info.name, g.uuid in info.disabled) for g in sorted(info.gpus, key=lambda g: g.index)
+        ]
+        self.cpu_milli = info.cpu_milli
+        self.memory_mib = info.memory_mib
+        self.max_pods = info.max_pods
+        self.used_cpu = 0
+        self.used_memory = 0
+        self.pods = 0
+        self.remote_used: set[int] = set()
+        self.view: NodeView | None = None
+
+
+class Ledger:
+    """Free and used capacity of every GPU of the pool, and the holdings that use it."""
+
+    def __init__(
+        self,
+        *,
+        slots_per_gpu: int = slot_ids.DEFAULT_SLOTS_PER_GPU,
+        remote_slots: int = slot_ids.DEFAULT_REMOTE_SLOTS,
+        overcommit_compute_percent: int = 100,
+        overcommit_memory_percent: int = 100,
+    ) -> None:
+        if slots_per_gpu < 1 or remote_slots < 0:
+            raise ValueError("slots_per_gpu must be >= 1 and remote_slots >= 0")
+        if overcommit_compute_percent < 100 or overcommit_memory_percent < 100:
+            raise ValueError("over-commit percents must be >= 100 (100 = no over-commit)")
+        self.slots_per_gpu = slots_per_gpu
+        self.remote_slots = remote_slots
+        self.overcommit_compute_percent = overcommit_compute_percent
+        self.overcommit_memory_percent = overcommit_memory_percent
+        self._nodes: dict[str, NodeState] = {}
+        self._gpus: dict[str, GPUState] = {}
+        self._holdings: dict[str, Holding] = {}
+        self._by_key: dict[tuple[object, ...], set[str]] = {}
+        self._node_key: dict[str, tuple[object, ...]] = {}
+        self._indexed = False
+        #: bumped on every change; adapters use it to tell whether a decision is stale
+        self.generation = 0
+
+    # --- inventory ---------------------------------------------------------------------------------
+
+    def upsert_node(self, info: NodeInfo) -> list[str]:
+        """Add a node or replace its inventory; keep holdings whose GPUs remain.
+
+        Returns the pods whose holdings were dropped because a GPU they use is gone.
+        """
+        old = self._nodes.get(info.name)
+        dropped: list[str] = []
+        if old is not None:
+            remaining = {g.uuid for g in info.gpus}
+            gone = {g.uuid for g in old.gpus} - remaining
+            dropped = self.pods_on_gpus(gone)
+            for pod in dropped:
+                self.release(pod)
+            held = [h for h in self._holdings.values() if self._touches_node(h, info.name)]
+            for h in held:
+                self._apply(h, -1)
+            for g in old.gpus:
+                del self._gpus[g.uuid]
+        for g in info.gpus:
+            if g.uuid in self._gpus and (old is None or self._gpus[g.uuid].node != info.name):
+                raise ValueError(f"GPU {g.uuid} of node {info.name} is already on node {self._gpus[g.uuid].node}")
+        state = NodeState(info)
+        self._nodes[info.name] = state
+        for g in state.gpus:
+            self._gpus[g.uuid] = g
+        if old is not None:
+            for h in held:
+                self._apply(h, +1)
+        self._touch(info.name)
+        return dropped
+
+    def remove_node(self, name: str) -> list[str]:
+        """Remove a node; release every holding on it or using its GPUs. Returns those pods."""
+        state = self._nodes.get(name)
+        if state is None:
+            return []
+        pods = sorted(
+            {h.pod for h in self._holdings.values() if h.node == name}
+            | set(self.pods_on_gpus({g.uuid for g in state.gpus}))
+        )
+        for pod in pods:
+            self.release(pod)
+        for g in state.gpus:
+            del self._gpus[g.uuid]
+        del self._nodes[name]
+        key = self._node_key.pop(name, None)
+        if key is not None:
+            self._unindex(name, key)
+        self.generation += 1
+        return pods
+
+    def set_gpu_health(self, uuid: str, healthy: bool) -> None:
+        gpu = self._gpu(uuid)
+        if gpu.healthy != healthy:
+            gpu.healthy = healthy
+            self._touch(gpu.node)
+
+    def set_gpu_disabled(self, uuid: str, disabled: bool) -> None:
+        gpu = self._gpu(uuid)
+        if gpu.disabled != disabled:
+            gpu.disabled = disabled
+            self._touch(gpu.node)
+
+    # --- holdings ----------------------------------------------------------------------------------
+
+    def commit(
+        self,
+        pod: str,
+        node: str,
+        planned: Iterable[PlannedSlice],
+        *,
+        kind: HoldingKind = HoldingKind.ASSIGNED,
+        qos: QoS = QoS.GUARANTEED,
+        cpu_milli: int = 0,
+        host_memory_mib: int = 0,
+    ) -> Holding:
+        """Give `pod` (placed on `node`) the planned slices, choosing free slot ids; all or nothing."""
+        planned = list(planned)
+        records: list[SliceRecord] = []
+        taken_local: dict[str, set[int]] = {}
+        taken_remote: set[int] = set()
+        pod_node = self._node(node)
+        for p in planned:
+            gpu = self._gpu(p.gpu)
+            if gpu.node == node:
+                used = gpu.used_slots | taken_local.setdefault(gpu.uuid, set())
+                k = _lowest_free(used, self.slots_per_gpu)
+                if k is None:
+                    raise OverAllocation(f"GPU {gpu.uuid} has no free slot (all {self.slots_per_gpu} in use)")
+                taken_local[gpu.uuid].add(k)
+                slot = slot_ids.local_slot(gpu.index, k)
+            else:
+                k = _lowest_free(pod_node.remote_used | taken_remote, self.remote_slots)
+                if k is None:
+                    raise OverAllocation(f"node {node} has no free remote slot (all {self.remote_slots} in use)")
+                taken_remote.add(k)
+                slot = slot_ids.remote_slot(k)
+            records.append(SliceRecord(p.container, gpu.uuid, gpu.node, p.compute, p.memory_mib, slot, p.init))
+        holding = Holding(pod, node, tuple(records), kind, qos, cpu_milli, host_memory_mib)
+        self.hold(holding)
+        return holding
+
+    def hold(self, holding: Holding) -> None:
+        """Record a holding whose slots are already chosen (commit, or rebuild from an assignment).
+
+        Raises `OverAllocation` (and changes nothing) when a slice does not fit, a slot is
+        taken, or the pod already holds something.
+        """
+        if holding.pod in self._holdings:
+            raise OverAllocation(f"pod {holding.pod} already holds slices; release them first")
+        self._check(holding)
+        self._apply(holding, +1)
+        self._holdings[holding.pod] = holding
+
+    def release(self, pod: str) -> Holding:
+        holding = self._holdings.pop(pod, None)
+        if holding is None:
+            raise UnknownHolder(f"pod {pod} holds no slices")
+        self._apply(holding, -1)
+        return holding
+
+    def discard(self, pod: str) -> Holding | None:
+        """Release `pod`'s holding if it has one."""
+        return self.release(pod) if pod in self._holdings else None
+
+    def holding(self, pod: str) -> Holding | None:
+        return self._holdings.get(pod)
+
+    def holdings(self) -> Iterator[Holding]:
+        return iter(list(self._holdings.values()))
+
+    def pods_on_gpus(self, uuids: set[str]) -> list[str]:
+        return sorted(h.pod for h in self._holdings.values() if any(s.gpu in uuids for s in h.slices))
+
+    # --- reads -------------------------------------------------------------------------------------
+
+    def has_node(self, name: str) -> bool:
+        return name in self._nodes
+
+    def node_names(self) -> list[str]:
+        return list(self._nodes)
+
+    def node_info(self, name: str) -> NodeInfo:
+        state = self._node(name)
+        return NodeInfo(
+            name=state.name,
+            gpus=tuple(g.info() for g in state.gpus),
+            cpu_milli=state.cpu_milli,
+            memory_mib=state.memory_mib,
+            max_pods=state.max_pods,
+            disabled=frozenset(g.uuid for g in state.gpus if g.disabled),
+        )
+
+    def gpus_of(self, node: str) -> list[GPUState]:
+        return list(self._node(node).gpus)
+
+    def gpu(self, uuid: str) -> GPUState:
+        return self._gpu(uuid)
+
+    def has_gpu(self, uuid: str) -> bool:
+        return uuid in self._gpus
+
+    def remote_slots_free(self, node: str) -> int:
+        return self.remote_slots - len(self._node(node).remote_used)
+
+    def gpu_free(self, uuid: str, qos: QoS = QoS.GUARANTEED) -> tuple[int, int]:
+        """Free (compute, memory) of a GPU for a slice of `qos`, ignoring health."""
+        gpu = self._gpu(uuid)
+        cap_c, cap_m = self._capacity(gpu, qos)
+        return max(0, cap_c - gpu.used_compute), max(0, cap_m - gpu.used_memory)
+
+    def eligible(self, gpu: GPUState) -> bool:
+        return gpu.healthy and not gpu.disabled and gpu.slices < self.slots_per_gpu
+
+    def view(self, node: str) -> NodeView:
+        """The cached view of `node` for guaranteed slices."""
+        state = self._node(node)
+        if state.view is None:
+            state.view = self._build_view(state, QoS.GUARANTEED, None)
+        return state.view
+
+    def view_for(
+        self, node: str, qos: QoS, models: frozenset[str] = frozenset(), uuids: frozenset[str] = frozenset()
+    ) -> NodeView:
+        """A view restricted to GPUs a pod may use (model and UUID allow-lists, its QoS)."""
+        if qos is QoS.GUARANTEED and not models and not uuids:
+            return self.view(node)
+        state = self._node(node)
+
+        def allowed(g: GPUState) -> bool:
+            return (not models or g.model in models) and (not uuids or g.uuid in uuids)
+
+        return self._build_view(state, qos, allowed)
+
+    def nodes_by_key(self) -> dict[tuple[object, ...], set[str]]:
+        """Nodes grouped by the key of their guaranteed view (do not mutate)."""
+        if not self._indexed:
+            self._indexed = True
+            for name in self._nodes:
+                self.view(name)
+                self._reindex(name)
+        return self._by_key
+
+    def totals(self) -> dict[str, int]:
+        """Capacity and usage summed over healthy, enabled GPUs (pool units)."""
+        cap_c = cap_m = used_c = used_m = gpus = 0
+        for g in self._gpus.values():
+            if not g.healthy or g.disabled:
+                continue
+            gpus += 1
+            cap_c += WHOLE_GPU_COMPUTE
+            cap_m += g.memory_mib
+            used_c += g.used_compute
+            used_m += g.used_memory
+        return {"gpus": gpus, "compute": cap_c, "memory_mib": cap_m, "used_compute": used_c, "used_memory_mib": used_m}
+
+    def snapshot(self) -> dict[str, object]:
+        """A JSON-ready picture of the ledger, for /debug/pool and equality checks after a rebuild."""
+        return {
+            "nodes": {
+                name: {
+                    "gpus": [
+                        {
+                            "uuid": g.uuid, "index": g.index, "model": g.model, "memory_mib": g.memory_mib,
+                            "healthy": g.healthy, "disabled": g.disabled, "used_compute": g.used_compute,
+                            "used_memory_mib": g.used_memory, "slices": g.slices, "slots": sorted(g.used_slots),
+                        }  # fmt: skip
+                        for g in state.gpus
+                    ],
+                    "remote_slots": sorted(state.remote_used),
+                    "used_cpu_milli": state.used_cpu,
+                    "used_host_memory_mib": state.used_memory,
+                    "pods": state.pods,
+                }
+                for name, state in sorted(self._nodes.items())
+            },
+            "holdings": {
+                pod: {
+                    "node": h.node, "kind": h.kind.value, "qos": h.qos.value,
+                    "slices": [s.to_json() for s in h.slices],
+                }  # fmt: skip
+                for pod, h in sorted(self._holdings.items())
+            },
+        }
+
+    # --- internals ---------------------------------------------------------------------------------
+
+    def _node(self, name: str) -> NodeState:
+        state = self._nodes.get(name)
+        if state is None:
+            raise KeyError(f"node {name!r} is not in the pool")
+        return state
+
+    def _gpu(self, uuid: str) -> GPUState:
+        gpu = self._gpus.get(uuid)
+        if gpu is None:
+            raise KeyError(f"GPU {uuid!r} is not in the pool")
+        return gpu
+
+    def _capacity(self, gpu: GPUState, qos: QoS) -> tuple[int, int]:
+        if qos is QoS.BEST_EFFORT:
+            return (
+                WHOLE_GPU_COMPUTE * self.overcommit_compute_percent // 100,
+                gpu.memory_mib * self.overcommit_memory_percent // 100,
+            )
+        return WHOLE_GPU_COMPUTE, gpu.memory_mib
+
+    def _touches_node(self, holding: Holding, node: str) -> bool:
+        return holding.node == node or any(s.node == node for s in holding.slices)
+
+    def _check(self, holding: Holding) -> None:
+        pod_node = self._nodes.get(holding.node)
+        if pod_node is None:
+            raise OverAllocation(f"node {holding.node} is not in the pool")
+        per_gpu: dict[str, tuple[int, int, int]] = {}
+        slots_seen: set[tuple[str, str]] = set()
+        remote: list[int] = []
+        for s in holding.slices:
+            gpu = self._gpus.get(s.gpu)
+            if gpu is None:
+                raise OverAllocation(f"GPU {s.gpu} is not in the pool")
+            if gpu.node != s.node:
+                raise OverAllocation(f"GPU {s.gpu} is on node {gpu.node}, not {s.node}")
+            if s.compute < 1 or s.memory_mib < 1:
+                raise OverAllocation(f"slice on {s.gpu} must have compute >= 1 and memory >= 1")
+            c, m, n = per_gpu.get(s.gpu, (0, 0, 0))
+            per_gpu[s.gpu] = (c + s.compute, m + s.memory_mib, n + 1)
+            if (s.node, s.slot) in slots_seen:
+                raise OverAllocation(f"slot {s.slot} appears twice in the holding of pod {holding.pod}")
+            slots_seen.add((s.node, s.slot))
+            index, k = slot_ids.parse_slot(s.slot)
+            if gpu.node == holding.node:
+                if index != gpu.index or k >= self.slots_per_gpu:
+                    raise OverAllocation(f"slot {s.slot} does not belong to GPU {gpu.index} of {gpu.node}")
+                if k in gpu.used_slots:
+                    raise OverAllocation(f"slot {s.slot} of node {gpu.node} is already held")
+            else:
+                if index is not None or k >= self.remote_slots:
+                    raise OverAllocation(f"remote slice on {s.gpu} needs a remote-<k> slot, got {s.slot}")
+                if k in pod_node.remote_used:
+                    raise OverAllocation(f"remote slot {s.slot} of node {holding.node} is already held")
+                remote.append(k)
+        for uuid, (c, m, n) in per_gpu.items():
+            gpu = self._gpus[uuid]
+            cap_c, cap_m = self._capacity(gpu, holding.qos)
+            if gpu.used_compute + c > cap_c or gpu.used_memory + m > cap_m:
+                raise OverAllocation(
+                    f"GPU {uuid} on {gpu.node}: {c}% / {m} MiB more would exceed its capacity "
+                    f"({gpu.used_compute}% / {gpu.used_memory} MiB used of {cap_c}% / {cap_m} MiB)"
+                )
+            if gpu.slices + n > self.slots_per_gpu:
+                raise OverAllocation(f"GPU {uuid} would hold more than {self.slots_per_gpu} slices")
+        if pod_node.cpu_milli is not None and pod_node.used_cpu + holding.cpu_milli > pod_node.cpu_milli:
+            raise OverAllocation(f"node {holding.node}: not enough CPU")
+        if pod_node.memory_mib is not None and pod_node.used_memory + holding.host_memory_mib > pod_node.memory_mib:
+            raise OverAllocation(f"node {holding.node}: not enough host memory")
+        if pod_node.max_pods is not None and pod_node.pods + 1 > pod_node.max_pods:
+            raise OverAllocation(f"node {holding.node}: pod limit reached")
+
+    def _apply(self, holding: Holding, sign: int) -> None:
+        touched = {holding.node}
+        pod_node = self._nodes.get(holding.node)
+        for s in holding.slices:
+            gpu = self._gpus.get(s.gpu)
+            if gpu is None:  # GPU already removed together with its node
+                continue
+            gpu.used_compute += sign * s.compute
+            gpu.used_memory += sign * s.memory_mib
+            if holding.qos is QoS.GUARANTEED:
+                gpu.used_g_compute += sign * s.compute
+                gpu.used_g_memory += sign * s.memory_mib
+            gpu.slices += sign
+            _, k = slot_ids.parse_slot(s.slot)
+            if gpu.node == holding.node:
+                (gpu.used_slots.add if sign > 0 else gpu.used_slots.discard)(k)
+            elif pod_node is not None:
+                (pod_node.remote_used.add if sign > 0 else pod_node.remote_used.discard)(k)
+            touched.add(gpu.node)
+        if pod_node is not None:
+            pod_node.used_cpu += sign * holding.cpu_milli
+            pod_node.used_memory += sign * holding.host_memory_mib
+            pod_node.pods += sign
+        for name in touched:
+            if name in self._nodes:
+                self._touch(name)
+
+    def _touch(self, name: str) -> None:
+        self._nodes[name].view = None
+        self.generation += 1
+        if self._indexed:  # the index is kept up to date once someone asked for it
+            self.view(name)
+            self._reindex(name)
+
+    def _reindex(self, name: str) -> None:
+        key = self._nodes[name].view.key  # type: ignore[union-attr]
+        old = self._node_key.get(name)
+        if old == key:
+            return
+        if old is not None:
+            self._unindex(name, old)
+        self._node_key[name] = key
+        self._by_key.setdefault(key, set()).add(name)
+
+    def _unindex(self, name: str, key: tuple[object, ...]) -> None:
+        members = self._by_key.get(key)
+        if members is not None:
+            members.discard(name)
+            if not members:
+                del self._by_key[key]
+
+    def _build_view(self, state: NodeState, qos: QoS, allowed: object) -> NodeView:
+        index: list[int] = []
+        free_c: list[int] = []
+        free_m: list[int] = []
+        total_m: list[int] = []
+        for g in state.gpus:
+            if not self.eligible(g) or (allowed is not None and not allowed(g)):  # type: ignore[operator]
+                continue
+            cap_c, cap_m = self._capacity(g, qos)
+            index.append(g.index)
+            free_c.append(max(0, cap_c - g.used_compute))
+            free_m.append(max(0, cap_m - g.used_memory))
+            total_m.append(g.memory_mib)
+        return NodeView.make(
+            name=state.name,
+            model=state.gpus[0].model if state.gpus else "",
+            gpu_index=tuple(index),
+            free_compute=tuple(free_c),
+            free_memory=tuple(free_m),
+            total_memory=tuple(total_m),
+            gpu_count=len(state.gpus),
+            cpu_free=None if state.cpu_milli is None else state.cpu_milli - state.used_cpu,
+            memory_free=None if state.memory_mib is None else state.memory_mib - state.used_memory,
+            pods_free=None if state.max_pods is None else state.max_pods - state.pods,
+        )
+
+
+def _lowest_free(used: set[int], limit: int) -> int | None:
+    for k in range(limit):
+        if k not in used:
+            return k
+    return None

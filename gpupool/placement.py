@@ -1,0 +1,410 @@
+"""The placement engine: which nodes can serve a pod, how well, and with which GPUs.
+
+Every adapter places through this one engine: the extender (filter, prioritize,
+bind), the controller (capacity checks, preemption) and the simulator. It reads the
+ledger, asks the pod's policy to score nodes, and returns plans; committing a plan
+is the ledger's job.
+
+Identical node states are evaluated once: views carry a key, and unconstrained
+guaranteed pods are evaluated per distinct key. Ties go to the node of lowest
+`rank` (a stable hash of the name by default; the simulator passes its seeded order).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from gpupool.errors import GpupoolError
+from gpupool.ledger import Ledger, NodeView, PlannedSlice
+from gpupool.policies.base import Choice, Demand, Policy, SliceGroup, best_fit, host_fits, slice_fits, slice_memory
+from gpupool.request import Locality, PodRequest, QoS
+
+
+class NoFit(GpupoolError):
+    """The pod cannot be placed on the node; `reason` says why in words a person can act on."""
+
+    def __init__(self, reason: str, resolvable: bool = True) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.resolvable = resolvable
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Whether a pod fits a node. `resolvable` False: freeing capacity (preemption) cannot help."""
+
+    fits: bool
+    reason: str = ""
+    resolvable: bool = True
+    remote: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Where a pod's slices go. `remote` counts the slices served by GPUs of other nodes."""
+
+    node: str
+    slices: tuple[PlannedSlice, ...]
+    score: int
+    remote: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class FilterResult:
+    passing: list[str]
+    failed: dict[str, str]
+    unresolvable: dict[str, str]
+
+
+def stable_rank(name: str) -> int:
+    """A tie-break that is the same in every process and every run (DESIGN.md §3 determinism)."""
+    return zlib.crc32(name.encode())
+
+
+def short_uuid(uuid: str) -> str:
+    return uuid if len(uuid) <= 12 else uuid[:12] + "…"
+
+
+class Placer:
+    """Placement over one ledger with a set of named policies."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        policies: Mapping[str, Policy],
+        default_policy: str,
+        rank: Callable[[str], int] = stable_rank,
+    ) -> None:
+        if default_policy not in policies:
+            raise ValueError(f"default policy {default_policy!r} is not among {sorted(policies)}")
+        self.ledger = ledger
+        self.policies = dict(policies)
+        self.default_policy = default_policy
+        self.rank = rank
+        self._verdicts: dict[tuple[object, ...], bool] = {}
+        self._pool_cache: tuple[int, tuple[object, ...], bool] | None = None
+
+    # --- policy and views ------------------------------------------------------------------------
+
+    def policy_for(self, request: PodRequest) -> Policy:
+        name = request.policy or self.default_policy
+        policy = self.policies.get(name)
+        if policy is None:
+            raise NoFit(f"policy {name!r} is not enabled; enabled are {', '.join(sorted(self.policies))}", False)
+        return policy
+
+    def _constrained(self, request: PodRequest) -> bool:
+        return bool(request.models or request.uuids) or request.qos is not QoS.GUARANTEED
+
+    def _view(self, request: PodRequest, node: str) -> NodeView:
+        return self.ledger.view_for(node, request.qos, request.models, request.uuids)
+
+    # --- verdicts (filter) -----------------------------------------------------------------------
+
+    def verdict(self, request: PodRequest, node: str) -> Verdict:
+        """Can `request` be served on `node`? Local GPUs first; remote slices for `pool` pods."""
+        if not self.ledger.has_node(node):
+            reason = f"node {node} has no gpupool node agent (no GPUNode {node})"
+            return Verdict(False, reason, resolvable=False)
+        demand = Demand.of(request)
+        view = self._view(request, node)
+        if self._fits_locally(view, demand):
+            return Verdict(True)
+        local = self._local_failure(request, demand, view)
+        if request.locality is Locality.POOL and self._remote_possible(request, demand, node):
+            return Verdict(True, remote=True)
+        return local
+
+    def filter(self, request: PodRequest, nodes: Iterable[str]) -> FilterResult:
+        passing: list[str] = []
+        failed: dict[str, str] = {}
+        unresolvable: dict[str, str] = {}
+        for node in nodes:
+            v = self.verdict(request, node)
+            if v.fits:
+                passing.append(node)
+            elif v.resolvable:
+                failed[node] = v.reason
+            else:
+                unresolvable[node] = v.reason
+        return FilterResult(passing, failed, unresolvable)
+
+    def _fits_locally(self, view: NodeView, demand: Demand) -> bool:
+        key = (view.key, demand)
+        known = self._verdicts.get(key)
+        if known is None:
+            known = host_fits(view, demand) and best_fit(view, demand) is not None
+            if len(self._verdicts) > 200_000:
+                self._verdicts.clear()
+            self._verdicts[key] = known
+        return known
+
+    def _local_failure(self, request: PodRequest, demand: Demand, view: NodeView) -> Verdict:
+        node = view.name
+        gpus = self.ledger.gpus_of(node)
+        if not gpus:
+            return Verdict(False, f"node {node} has no GPUs", resolvable=False)
+        if request.models and not any(g.model in request.models for g in gpus):
+            models = ", ".join(sorted({g.model for g in gpus}))
+            wanted = ", ".join(sorted(request.models))
+            return Verdict(False, f"GPU model {models} is not in gpupool.io/gpu-model ({wanted})", resolvable=False)
+        if request.uuids and not any(g.uuid in request.uuids for g in gpus):
+            return Verdict(False, "none of its GPUs is in gpupool.io/gpu-uuid", resolvable=False)
+        allowed = [
+            g for g in gpus
+            if (not request.models or g.model in request.models) and (not request.uuids or g.uuid in request.uuids)
+        ]  # fmt: skip
+        for group in demand.groups:
+            big_enough = [g for g in allowed if group.memory_mib is None or g.memory_mib >= group.memory_mib]
+            if len(big_enough) < group.count:
+                need = "" if group.memory_mib is None else f" of at least {group.memory_mib} MiB"
+                return Verdict(
+                    False,
+                    f"needs {group.count} distinct GPU(s){need}; node has {len(big_enough)}",
+                    resolvable=False,
+                )
+        if view.cpu_free is not None and view.cpu_free < demand.cpu_milli:
+            return Verdict(False, f"needs {demand.cpu_milli}m CPU; {view.cpu_free}m free")
+        if view.memory_free is not None and view.memory_free < demand.memory_mib:
+            return Verdict(False, f"needs {demand.memory_mib} MiB host memory; {view.memory_free} MiB free")
+        if view.pods_free is not None and view.pods_free < 1:
+            return Verdict(False, "node is at its pod limit")
+        for group in demand.groups:
+            fitting = [
+                j for j in range(len(view.free_compute))
+                if slice_fits(view.free_compute[j], view.free_memory[j], view.total_memory[j], group)
+            ]  # fmt: skip
+            if len(fitting) >= group.count:
+                continue
+            return Verdict(False, self._shortage(view, group, len(fitting)))
+        return Verdict(False, "the slices of its containers do not fit together on this node's GPUs")
+
+    def _shortage(self, view: NodeView, group: SliceGroup, fitting: int) -> str:
+        memory = "the whole memory" if group.memory_mib is None else f"{group.memory_mib} MiB"
+        need = f"needs {group.count} GPU(s) with {group.compute}% compute and {memory} free"
+        if not view.free_compute:
+            return f"{need}; no GPU is eligible (unhealthy, disabled or out of slots)"
+        best = max(range(len(view.free_compute)), key=lambda j: (view.free_compute[j], view.free_memory[j]))
+        uuid = next(g.uuid for g in self.ledger.gpus_of(view.name) if g.index == view.gpu_index[best])
+        return (
+            f"{need}; {fitting} such GPU(s) here; largest free is {view.free_compute[best]}% / "
+            f"{view.free_memory[best]} MiB ({short_uuid(uuid)})"
+        )
+
+    def _remote_possible(self, request: PodRequest, demand: Demand, node: str) -> bool:
+        """Could the pool serve the pod from other nodes, given `node`'s free remote slots?"""
+        if self.ledger.remote_slots_free(node) < demand_slices(demand):
+            return False
+        cache_key = (demand, request.models, request.uuids, request.qos)
+        if self._pool_cache and self._pool_cache[0] == self.ledger.generation and self._pool_cache[1] == cache_key:
+            return self._pool_cache[2]
+        ok = all(self._pool_count(request, group) >= group.count for group in demand.groups)
+        self._pool_cache = (self.ledger.generation, cache_key, ok)
+        return ok
+
+    def _pool_count(self, request: PodRequest, group: SliceGroup) -> int:
+        count = 0
+        for name in self.ledger.node_names():
+            view = self._view(request, name)
+            for j in range(len(view.free_compute)):
+                if slice_fits(view.free_compute[j], view.free_memory[j], view.total_memory[j], group):
+                    count += 1
+                    if count >= group.count:
+                        return count
+        return count
+
+    # --- scores (prioritize) ---------------------------------------------------------------------
+
+    def scores(self, request: PodRequest, nodes: Iterable[str]) -> dict[str, int | None]:
+        """Policy score 0..100 of each node where the pod fits locally; None where it fits only remotely."""
+        demand = Demand.of(request)
+        policy = self.policy_for(request)
+        out: dict[str, int | None] = {}
+        names = [n for n in nodes if self.ledger.has_node(n)]
+        choices = self._evaluate(policy, request, demand, names)
+        for node in nodes:
+            choice = choices.get(node)
+            out[node] = choice.score if choice is not None else None
+        return out
+
+    def _evaluate(
+        self, policy: Policy, request: PodRequest, demand: Demand, nodes: list[str]
+    ) -> dict[str, Choice]:
+        """Evaluate `nodes` (each distinct state once when possible), then let the policy rescore."""
+        group_by_key = policy.deterministic and not self._constrained(request)
+        by_key: dict[tuple[object, ...], Choice | None] = {}
+        per_node: dict[str, Choice | None] = {}
+        for node in nodes:
+            view = self._view(request, node)
+            if group_by_key:
+                if view.key not in by_key:
+                    by_key[view.key] = policy.evaluate(view, demand)
+                per_node[node] = by_key[view.key]
+            else:
+                per_node[node] = policy.evaluate(view, demand)
+        feasible = {n: c for n, c in per_node.items() if c is not None}
+        if not feasible:
+            return {}
+        distinct = list({id(c): c for c in feasible.values()}.values())
+        rescored = dict(zip((id(c) for c in distinct), policy.rescore(distinct), strict=True))
+        return {n: rescored[id(c)] for n, c in feasible.items()}
+
+    # --- plans (bind, simulator) -----------------------------------------------------------------
+
+    def plan(self, request: PodRequest, node: str) -> Plan:
+        """The slices `request` gets on `node` (remote ones too for `pool` pods); raises `NoFit`."""
+        verdict = self.verdict(request, node)
+        if not verdict.fits:
+            raise NoFit(verdict.reason, verdict.resolvable)
+        demand = Demand.of(request)
+        policy = self.policy_for(request)
+        view = self._view(request, node)
+        if not verdict.remote:
+            choice = policy.evaluate(view, demand)
+            if choice is not None:
+                return Plan(node, self._slices(request, view, demand, choice.picks), choice.score)
+        return self._plan_with_remote(request, demand, policy, view)
+
+    def best(self, request: PodRequest, nodes: Iterable[str] | None = None) -> Plan | None:
+        """The best node for `request` by its policy (local slices only), ties to the lowest rank."""
+        demand = Demand.of(request)
+        policy = self.policy_for(request)
+        if policy.random_node:
+            return self._random_node(request, demand, policy, nodes)
+        if nodes is None and policy.deterministic and not self._constrained(request):
+            candidates = self._best_by_key(request, demand, policy)
+        else:
+            names = list(nodes) if nodes is not None else self.ledger.node_names()
+            evaluated = self._evaluate(policy, request, demand, names)
+            if not evaluated:
+                return None
+            top = max(c.score for c in evaluated.values())
+            candidates = [(n, c) for n, c in evaluated.items() if c.score == top]
+        if not candidates:
+            return None
+        node, choice = min(candidates, key=lambda nc: self.rank(nc[0]))
+        view = self._view(request, node)
+        return Plan(node, self._slices(request, view, demand, choice.picks), choice.score)
+
+    def _best_by_key(self, request: PodRequest, demand: Demand, policy: Policy) -> list[tuple[str, Choice]]:
+        groups = self.ledger.nodes_by_key()
+        evaluated: list[tuple[tuple[object, ...], Choice]] = []
+        for key, members in groups.items():
+            view = self.ledger.view(next(iter(members)))
+            choice = policy.evaluate(view, demand)
+            if choice is not None:
+                evaluated.append((key, choice))
+        if not evaluated:
+            return []
+        rescored = policy.rescore([c for _, c in evaluated])
+        top = max(c.score for c in rescored)
+        out: list[tuple[str, Choice]] = []
+        for (key, _), choice in zip(evaluated, rescored, strict=True):
+            if choice.score == top:
+                out.append((min(groups[key], key=self.rank), choice))
+        return out
+
+    def _random_node(
+        self, request: PodRequest, demand: Demand, policy: Policy, nodes: Iterable[str] | None
+    ) -> Plan | None:
+        names = sorted(nodes if nodes is not None else self.ledger.node_names(), key=self.rank)
+        feasible = [n for n in names if self._fits_locally(self._view(request, n), demand)]
+        if not feasible:
+            return None
+        node = policy.pick_node(feasible)  # type: ignore[attr-defined]
+        view = self._view(request, node)
+        choice = policy.evaluate(view, demand)
+        assert choice is not None
+        return Plan(node, self._slices(request, view, demand, choice.picks), choice.score)
+
+    def _slices(
+        self, request: PodRequest, view: NodeView, demand: Demand, picks: tuple[tuple[int, ...], ...]
+    ) -> tuple[PlannedSlice, ...]:
+        by_index = {g.index: g for g in self.ledger.gpus_of(view.name)}
+        out: list[PlannedSlice] = []
+        for container, group, chosen in zip(request.containers, demand.groups, picks, strict=True):
+            for j in chosen:
+                gpu = by_index[view.gpu_index[j]]
+                out.append(
+                    PlannedSlice(container.index, container.init, gpu.uuid, group.compute,
+                                 slice_memory(gpu.memory_mib, group))
+                )  # fmt: skip
+        return tuple(out)
+
+    def _plan_with_remote(self, request: PodRequest, demand: Demand, policy: Policy, view: NodeView) -> Plan:
+        """Local GPUs first, then the best GPUs anywhere in the pool for the remaining slices."""
+        node = view.name
+        used: dict[str, tuple[int, int]] = {}  # hypothetical usage by this plan: uuid -> (compute, memory)
+        planned: list[PlannedSlice] = []
+        remote = 0
+        for container, group in zip(request.containers, demand.groups, strict=True):
+            taken: set[str] = set()
+            for _ in range(group.count):
+                local = self._pick_on(request, policy, view.name, group, used, taken)
+                if local is not None:
+                    uuid = local
+                else:
+                    uuid = self._pick_remote(request, policy, node, group, used, taken)
+                    remote += 1
+                gpu = self.ledger.gpu(uuid)
+                memory = slice_memory(gpu.memory_mib, group)
+                c, m = used.get(uuid, (0, 0))
+                used[uuid] = (c + group.compute, m + memory)
+                taken.add(uuid)
+                planned.append(PlannedSlice(container.index, container.init, uuid, group.compute, memory))
+        if remote > self.ledger.remote_slots_free(node):
+            raise NoFit(f"needs {remote} remote slot(s); node {node} has {self.ledger.remote_slots_free(node)} free")
+        return Plan(node, tuple(planned), 0, remote)
+
+    def _adjusted(
+        self, request: PodRequest, node: str, used: dict[str, tuple[int, int]], taken: set[str]
+    ) -> tuple[NodeView, list[str]]:
+        """`node`'s view minus this plan's hypothetical usage, without GPUs the group already has."""
+        view = self._view(request, node)
+        by_index = {g.index: g.uuid for g in self.ledger.gpus_of(node)}
+        uuids = [by_index[i] for i in view.gpu_index]
+        if not any(u in used or u in taken for u in uuids):
+            return view, uuids
+        keep = [j for j, u in enumerate(uuids) if u not in taken]
+        fc = tuple(view.free_compute[j] - used.get(uuids[j], (0, 0))[0] for j in keep)
+        fm = tuple(view.free_memory[j] - used.get(uuids[j], (0, 0))[1] for j in keep)
+        adjusted = NodeView.make(
+            node, view.model, tuple(view.gpu_index[j] for j in keep), fc, fm,
+            tuple(view.total_memory[j] for j in keep), view.gpu_count,
+        )  # fmt: skip
+        return adjusted, [uuids[j] for j in keep]
+
+    def _pick_on(
+        self, request: PodRequest, policy: Policy, node: str, group: SliceGroup,
+        used: dict[str, tuple[int, int]], taken: set[str],
+    ) -> str | None:  # fmt: skip
+        view, uuids = self._adjusted(request, node, used, taken)
+        choice = policy.evaluate(view, Demand((SliceGroup(1, group.compute, group.memory_mib),)))
+        return None if choice is None else uuids[choice.picks[0][0]]
+
+    def _pick_remote(
+        self, request: PodRequest, policy: Policy, node: str, group: SliceGroup,
+        used: dict[str, tuple[int, int]], taken: set[str],
+    ) -> str:  # fmt: skip
+        single = Demand((SliceGroup(1, group.compute, group.memory_mib),))
+        best: tuple[int, int, str] | None = None
+        for other in self.ledger.node_names():
+            if other == node:
+                continue
+            view, uuids = self._adjusted(request, other, used, taken)
+            choice = policy.evaluate(view, single)
+            if choice is None:
+                continue
+            candidate = (-choice.score, self.rank(other), uuids[choice.picks[0][0]])
+            if best is None or candidate < best:
+                best = candidate
+        if best is None:
+            memory = "the whole memory" if group.memory_mib is None else f"{group.memory_mib} MiB"
+            raise NoFit(f"no GPU in the pool has {group.compute}% compute and {memory} free for a remote slice")
+        return best[2]
+
+
+def demand_slices(demand: Demand) -> int:
+    return sum(g.count for g in demand.groups)
