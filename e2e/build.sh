@@ -123,7 +123,7 @@ etcd_regen() {
     cd "$HERE/etcdbin"
     rm -f go.mod go.sum
     gocmd mod init example.invalid/etcdbin >/dev/null 2>&1
-    gocmd mod edit -require="go.etcd.io/etcd/server/v3@$ETCD" -require="go.etcd.io/etcd/etcdctl/v3@$ETCD" \
+    gocmd mod edit -go=1.25.0 -require="go.etcd.io/etcd/server/v3@$ETCD" -require="go.etcd.io/etcd/etcdctl/v3@$ETCD" \
       -tool=go.etcd.io/etcd/server/v3 -tool=go.etcd.io/etcd/etcdctl/v3
     GOFLAGS="$GOFLAGS -mod=mod" gocmd mod tidy
   ) || die "etcdbin: go mod tidy failed (check 'go env GOPROXY GOSUMDB')"

@@ -1,6 +1,6 @@
 module example.invalid/etcdbin
 
-go 1.26.8
+go 1.25.0
 
 require (
 	github.com/VividCortex/ewma v1.2.0 // indirect

@@ -1,0 +1,33 @@
+"""`gpupool` command line: `simulate` (trace what-if), `status` (the pool), `explain` (why a pod waits)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from gpupool.simulator import cli as simulate_cli
+
+    parser = argparse.ArgumentParser(prog="gpupool", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    simulate_cli.add_parser(sub)
+    try:
+        from gpupool import cluster_cli
+    except ImportError:  # the cluster commands need the kubernetes client, which a trace-only install may lack
+        pass
+    else:
+        cluster_cli.add_parsers(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    code: int = args.run(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
