@@ -6,7 +6,8 @@ also use over-committed capacity, up to `overcommit_*_percent` of it. So:
 
 * the compute (memory) of a GPU used by all slices never exceeds
   capacity × overcommit percent / 100, and
-* a guaranteed slice is only ever added while the total stays within capacity.
+* the guaranteed slices of a GPU never exceed its physical capacity; placement
+  (the views) only offers a guaranteed slice room where the total stays physical.
 
 Holdings are keyed by pod uid and come in three kinds: assigned (bound pods),
 reserved (admitted but not yet bound) and nominated (capacity freed by preemption
@@ -208,9 +209,10 @@ class Ledger:
                 self._apply(h, -1)
             for g in old.gpus:
                 del self._gpus[g.uuid]
-        for g in info.gpus:
-            if g.uuid in self._gpus and (old is None or self._gpus[g.uuid].node != info.name):
-                raise ValueError(f"GPU {g.uuid} of node {info.name} is already on node {self._gpus[g.uuid].node}")
+        for new in info.gpus:
+            other = self._gpus.get(new.uuid)
+            if other is not None and other.node != info.name:
+                raise ValueError(f"GPU {new.uuid} of node {info.name} is already on node {other.node}")
         state = NodeState(info)
         self._nodes[info.name] = state
         for g in state.gpus:
@@ -416,7 +418,7 @@ class Ledger:
                             "uuid": g.uuid, "index": g.index, "model": g.model, "memory_mib": g.memory_mib,
                             "healthy": g.healthy, "disabled": g.disabled, "used_compute": g.used_compute,
                             "used_memory_mib": g.used_memory, "slices": g.slices, "slots": sorted(g.used_slots),
-                        }  # fmt: skip
+                        }
                         for g in state.gpus
                     ],
                     "remote_slots": sorted(state.remote_used),
@@ -430,7 +432,7 @@ class Ledger:
                 pod: {
                     "node": h.node, "kind": h.kind.value, "qos": h.qos.value,
                     "slices": [s.to_json() for s in h.slices],
-                }  # fmt: skip
+                }
                 for pod, h in sorted(self._holdings.items())
             },
         }
@@ -494,11 +496,18 @@ class Ledger:
                 remote.append(k)
         for uuid, (c, m, n) in per_gpu.items():
             gpu = self._gpus[uuid]
-            cap_c, cap_m = self._capacity(gpu, holding.qos)
-            if gpu.used_compute + c > cap_c or gpu.used_memory + m > cap_m:
+            # Order-independent bounds, so a rebuild may replay holdings in any order: all slices
+            # within the over-commit capacity, guaranteed slices within the physical capacity.
+            # (Placement is stricter: a new guaranteed slice only goes where the total stays physical.)
+            oc_c, oc_m = self._capacity(gpu, QoS.BEST_EFFORT)
+            phys_c, phys_m = self._capacity(gpu, QoS.GUARANTEED)
+            over = gpu.used_compute + c > oc_c or gpu.used_memory + m > oc_m
+            if holding.qos is QoS.GUARANTEED:
+                over = over or gpu.used_g_compute + c > phys_c or gpu.used_g_memory + m > phys_m
+            if over:
                 raise OverAllocation(
                     f"GPU {uuid} on {gpu.node}: {c}% / {m} MiB more would exceed its capacity "
-                    f"({gpu.used_compute}% / {gpu.used_memory} MiB used of {cap_c}% / {cap_m} MiB)"
+                    f"({gpu.used_compute}% / {gpu.used_memory} MiB used of {phys_c}% / {phys_m} MiB)"
                 )
             if gpu.slices + n > self.slots_per_gpu:
                 raise OverAllocation(f"GPU {uuid} would hold more than {self.slots_per_gpu} slices")
