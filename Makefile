@@ -1,10 +1,13 @@
-# gpupool — every target installs what it needs (virtualenv, packages, Kubernetes binaries).
+# gpupool — every target installs what it needs: the virtualenv and Python packages, and the
+# Kubernetes test binaries (built from Go modules into ~/.cache/gpupool, never into the repo).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+OPENB  ?= ../shared/data/openb
+OUT    ?= out
 
-.PHONY: setup test unit lint bench demo clean e2e-bin
+.PHONY: setup e2e-bin test unit lint bench demo demo-down simulate clean
 
 setup: $(STAMP)
 
@@ -14,15 +17,42 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# kube-apiserver, kube-scheduler, kube-controller-manager, kubectl, etcd, kwok, helm (skips what is built)
+e2e-bin:
+	bash e2e/build.sh
+
 lint: setup
-	$(VENV)/bin/ruff check gpupool extender controller deviceplugin tests bench
+	$(VENV)/bin/ruff check gpupool extender controller deviceplugin e2e tests bench
 	$(VENV)/bin/mypy gpupool
 
 unit: setup
 	$(VENV)/bin/pytest tests/unit -q
 
-test: setup
-	$(VENV)/bin/pytest -q
+test: setup e2e-bin
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+# the main job: a local cluster with fake GPUs, gpupool installed, sample workloads, the pool shown
+demo: setup e2e-bin
+	$(PY) -m e2e.demo up
+
+demo-down: setup
+	$(PY) -m e2e.demo down
+
+simulate: setup
+	mkdir -p $(OUT)
+	$(VENV)/bin/gpupool simulate --pods $(OPENB)/openb_pod_list_default.csv \
+	  --nodes $(OPENB)/openb_node_list_gpu_node.csv --policy fgd,fgdpp,bestfit --seeds 3 --jobs 2 \
+	  --json $(OUT)/openb.json --plot $(OUT)/openb.png
+
+bench: setup e2e-bin
+	mkdir -p $(OUT)
+	$(PY) bench/openb.py --seeds 10 --jobs 2 --json $(OUT)/openb.json
+	$(PY) bench/extender_latency.py --nodes 1000 --json $(OUT)/extender-1000.json
+	$(PY) bench/extender_latency.py --nodes 5000 --json $(OUT)/extender-5000.json
+	$(PY) bench/allocate_latency.py --pods 100 --json $(OUT)/allocate.json
+	$(PY) bench/admission_throughput.py --json $(OUT)/admission.json
+	$(PY) bench/e2e_throughput.py --nodes 100 --pods 500 --json $(OUT)/e2e-100.json
+	$(PY) bench/e2e_throughput.py --nodes 1000 --pods 1000 --json $(OUT)/e2e-1000.json
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache out
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(OUT)
