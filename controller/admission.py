@@ -1,0 +1,194 @@
+"""Admission of pods that ask for gpupool resources: mutation and validation as plain functions.
+
+The kopf handlers in `controller.handlers` call these; they take and return API JSON dicts and never
+touch the network, so the bad-input matrix is tested without a server. All parsing of resources and
+annotations goes through `gpupool.resources.parse_pod` (DESIGN.md §1, §7).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jsonpatch
+
+from gpupool import resources
+from gpupool.errors import FieldError, InvalidRequest
+from gpupool.ledger import Ledger
+from gpupool.request import Locality, PodRequest
+
+
+@dataclass(frozen=True, slots=True)
+class PoolLimits:
+    """What the pool could ever give one pod (0 = unknown: the pool is empty, bounds are not checked)."""
+
+    largest_gpu_mib: int = 0
+    largest_node_gpus: int = 0
+    total_gpus: int = 0
+    models: frozenset[str] = frozenset()
+
+    @staticmethod
+    def of(ledger: Ledger) -> PoolLimits:
+        largest = node_max = total = 0
+        models: set[str] = set()
+        for name in ledger.node_names():
+            gpus = ledger.gpus_of(name)
+            node_max = max(node_max, len(gpus))
+            total += len(gpus)
+            for g in gpus:
+                largest = max(largest, g.memory_mib)
+                models.add(g.model)
+        return PoolLimits(largest, node_max, total, frozenset(models))
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionConfig:
+    #: usernames allowed to write system annotations and remove the admission gate
+    system_usernames: frozenset[str] = frozenset({"system:serviceaccount:gpupool-system:gpupool-controller"})
+    allow_privileged: bool = False
+
+
+def is_system_user(userinfo: Mapping[str, Any] | None, config: AdmissionConfig) -> bool:
+    return str((userinfo or {}).get("username") or "") in config.system_usernames
+
+
+def mutate(pod: Mapping[str, Any], *, node_selector: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The pod as gpupool wants it stored (CREATE): canonical names, defaults, scheduler, gate, tenant nodes."""
+    out: dict[str, Any] = copy.deepcopy(dict(pod))
+    ops = resources.rewrite_aliases(out)
+    if ops:
+        out = jsonpatch.apply_patch(out, ops)
+    spec = out.setdefault("spec", {})
+    for kind in ("initContainers", "containers"):
+        for container in spec.get(kind) or []:
+            res = container.setdefault("resources", {})
+            limits = res.get("limits") or {}
+            requests = res.get("requests") or {}
+            names = set(limits) | set(requests)
+            if not names & set(resources.CANONICAL):
+                continue
+            # the kubelet's slot accounting needs the slice count; compute alone means one slice
+            if resources.GPU not in names:
+                res.setdefault("limits", {})[resources.GPU] = "1"
+                if requests:
+                    res.setdefault("requests", {})[resources.GPU] = "1"
+    spec["schedulerName"] = resources.SCHEDULER_NAME
+    gates = spec.setdefault("schedulingGates", [])
+    if not any(g.get("name") == resources.ADMISSION_GATE for g in gates):
+        gates.append({"name": resources.ADMISSION_GATE})
+    if node_selector:
+        selector = spec.setdefault("nodeSelector", {})
+        selector.update(node_selector)  # the queue's tenant isolation wins over the pod's own values
+    return out
+
+
+def _system_annotation_changes(new: Mapping[str, Any], old: Mapping[str, Any] | None) -> list[str]:
+    new_ann = (new.get("metadata") or {}).get("annotations") or {}
+    old_ann = ((old or {}).get("metadata") or {}).get("annotations") or {}
+    return [key for key in resources.SYSTEM_ANNOTATIONS if new_ann.get(key) != old_ann.get(key)]
+
+
+def _gate_removed(new: Mapping[str, Any], old: Mapping[str, Any] | None) -> bool:
+    def gated(pod: Mapping[str, Any] | None) -> bool:
+        gates = ((pod or {}).get("spec") or {}).get("schedulingGates") or []
+        return any(g.get("name") == resources.ADMISSION_GATE for g in gates)
+
+    return old is not None and gated(old) and not gated(new)
+
+
+def validate(
+    pod: Mapping[str, Any],
+    *,
+    old: Mapping[str, Any] | None = None,
+    operation: str = "CREATE",
+    userinfo: Mapping[str, Any] | None = None,
+    limits: PoolLimits = PoolLimits(),
+    config: AdmissionConfig = AdmissionConfig(),
+) -> list[FieldError]:
+    """Every problem of the pod, each naming the field and what to write instead (empty = allowed)."""
+    system = is_system_user(userinfo, config)
+    errors: list[FieldError] = []
+    if not system:
+        for key in _system_annotation_changes(pod, old if operation == "UPDATE" else None):
+            errors.append(
+                FieldError(f"metadata.annotations[{key}]", "is written by gpupool only; remove it from the manifest")
+            )
+        if operation == "UPDATE" and _gate_removed(pod, old):
+            errors.append(
+                FieldError(
+                    f"spec.schedulingGates[{resources.ADMISSION_GATE}]",
+                    "is removed by the gpupool controller when the pod's queue admits it; leave it in place",
+                )
+            )
+    try:
+        request = resources.parse_pod(pod, allow_system_annotations=True)
+    except InvalidRequest as exc:
+        return errors + list(exc.errors)
+    if not request.containers:
+        return errors
+    errors.extend(_bounds(pod, request, limits))
+    if not config.allow_privileged:
+        errors.extend(_privileged(pod, request))
+    return errors
+
+
+def _path(container_init: bool, index: int) -> str:
+    return f"spec.{'initContainers' if container_init else 'containers'}[{index}]"
+
+
+def _bounds(pod: Mapping[str, Any], request: PodRequest, limits: PoolLimits) -> list[FieldError]:
+    errors: list[FieldError] = []
+    if limits.total_gpus == 0:
+        return errors  # the pool is empty (or not rebuilt yet): no bound to check against
+    for c in request.containers:
+        path = _path(c.init, c.index)
+        if c.memory_mib is not None and c.memory_mib > limits.largest_gpu_mib:
+            errors.append(
+                FieldError(
+                    f"{path}.resources.limits[{resources.GPU_MEMORY}]",
+                    f"{c.memory_mib} MiB per slice is more than the largest GPU in the pool "
+                    f"({limits.largest_gpu_mib} MiB); write at most {limits.largest_gpu_mib}",
+                )
+            )
+        most = limits.total_gpus if request.locality is Locality.POOL else limits.largest_node_gpus
+        if c.count > most:
+            where = "the pool has" if request.locality is Locality.POOL else "the largest node has"
+            hint = "" if request.locality is Locality.POOL else f", or set {resources.LOCALITY}: pool"
+            errors.append(
+                FieldError(
+                    f"{path}.resources.limits[{resources.GPU}]",
+                    f"{c.count} slices need {c.count} distinct GPUs; {where} {most}; write at most {most}{hint}",
+                )
+            )
+    if request.models and limits.models and not request.models & limits.models:
+        errors.append(
+            FieldError(
+                f"metadata.annotations[{resources.GPU_MODEL}]",
+                f"no GPU of model {', '.join(sorted(request.models))} in the pool; "
+                f"known models: {', '.join(sorted(limits.models))}",
+            )
+        )
+    return errors
+
+
+def _privileged(pod: Mapping[str, Any], request: PodRequest) -> list[FieldError]:
+    spec = pod.get("spec") or {}
+    errors: list[FieldError] = []
+    for c in request.containers:
+        kind = "initContainers" if c.init else "containers"
+        container = (spec.get(kind) or [])[c.index]
+        if ((container.get("securityContext") or {}).get("privileged")) is True:
+            errors.append(
+                FieldError(
+                    f"{_path(c.init, c.index)}.securityContext.privileged",
+                    "a privileged container sees every GPU of the node, not its slices; "
+                    "remove privileged: true (or ask the admin to allow privileged slices)",
+                )
+            )
+    return errors
+
+
+def rejection_message(errors: Sequence[FieldError]) -> str:
+    return "gpupool: " + "; ".join(str(e) for e in errors)

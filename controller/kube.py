@@ -1,0 +1,116 @@
+"""The controller's API-server I/O: one thin class over the `kubernetes` client (run in threads).
+
+Everything the controller writes goes through `Kube`, so tests can point it at kmock or a real
+apiserver, and the decision logic (gpupool.queues / gpupool.preemption) never sees a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, cast
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from gpupool import objects, resources
+
+T = TypeVar("T")
+
+
+def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
+    if kubeconfig:
+        return cast(client.ApiClient, config.new_client_from_config(config_file=kubeconfig))  # type: ignore[no-untyped-call]
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        return client.ApiClient()
+    except config.ConfigException:
+        return cast(client.ApiClient, config.new_client_from_config())  # type: ignore[no-untyped-call]
+
+
+def now_rfc3339() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Kube:
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self.api_client = api_client
+        self.core = client.CoreV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+        self.coordination = client.CoordinationV1Api(api_client)
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    def _plain(self, obj: Any) -> Any:
+        return self.api_client.sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
+
+    # --- reads ---------------------------------------------------------------------------------------
+
+    async def list_pods(self) -> list[dict[str, Any]]:
+        result = await self._run(self.core.list_pod_for_all_namespaces)
+        return list(self._plain(result).get("items") or [])
+
+    async def list_nodes(self) -> list[dict[str, Any]]:
+        return list(self._plain(await self._run(self.core.list_node)).get("items") or [])
+
+    async def list_namespaces(self) -> list[dict[str, Any]]:
+        return list(self._plain(await self._run(self.core.list_namespace)).get("items") or [])
+
+    async def list_custom(self, plural: str) -> list[dict[str, Any]]:
+        result = await self._run(
+            self.custom.list_cluster_custom_object, objects.GROUP, objects.VERSION, plural
+        )
+        return list(cast(dict[str, Any], result).get("items") or [])
+
+    # --- writes --------------------------------------------------------------------------------------
+
+    async def remove_gate(self, namespace: str, name: str, uid: str, gates: list[dict[str, Any]]) -> None:
+        """Remove the admission gate (JSON patch guarded by the pod's uid)."""
+        rest = [g for g in gates if g.get("name") != resources.ADMISSION_GATE]
+        body = [
+            {"op": "test", "path": "/metadata/uid", "value": uid},
+            {"op": "replace", "path": "/spec/schedulingGates", "value": rest},
+        ]
+        await self._run(self.core.patch_namespaced_pod, name, namespace, body,
+                        _content_type="application/json-patch+json")  # fmt: skip
+
+    async def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str | None]) -> None:
+        body = {"metadata": {"annotations": dict(annotations)}}
+        await self._run(self.core.patch_namespaced_pod, name, namespace, body,
+                        _content_type="application/merge-patch+json")  # fmt: skip
+
+    async def evict(self, namespace: str, name: str) -> bool:
+        """Evict through the Eviction API; False when refused (a PodDisruptionBudget: 429)."""
+        body = client.V1Eviction(metadata=client.V1ObjectMeta(name=name, namespace=namespace))
+        try:
+            await self._run(self.core.create_namespaced_pod_eviction, name, namespace, body)
+        except ApiException as exc:
+            if exc.status == 429:
+                return False
+            if exc.status == 404:
+                return True
+            raise
+        return True
+
+    async def event(self, pod: Mapping[str, Any], reason: str, message: str, type_: str = "Normal") -> None:
+        meta = pod.get("metadata") or {}
+        namespace = str(meta.get("namespace") or "default")
+        stamp = now_rfc3339()
+        body = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{meta.get('name')}.gpupool.", "namespace": namespace},
+            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": meta.get("name"),
+                               "namespace": namespace, "uid": meta.get("uid")},
+            "reason": reason, "message": message[:1024], "type": type_,
+            "source": {"component": "gpupool-controller"},
+            "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
+        }  # fmt: skip
+        await self._run(self.core.create_namespaced_event, namespace, body)
+
+    async def patch_status(self, plural: str, name: str, status: Mapping[str, Any]) -> None:
+        await self._run(
+            self.custom.patch_cluster_custom_object_status, objects.GROUP, objects.VERSION, plural, name,
+            {"status": dict(status)}, _content_type="application/merge-patch+json",
+        )  # fmt: skip

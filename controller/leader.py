@@ -1,0 +1,139 @@
+"""Exactly one active controller: a coordination.k8s.io Lease (decision pure, I/O thin).
+
+Every replica serves the admission webhooks and keeps its cache warm from watches (a hot standby);
+only the Lease holder runs the admission cycle, preemption, status and garbage collection. A standby
+takes over once the holder stops renewing for `lease_duration` seconds. We use a Lease rather than
+kopf peering because peering freezes every replica when priorities tie, and a Deployment's replicas
+cannot be given distinct priorities without extra machinery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+log = logging.getLogger("gpupool.controller.leader")
+
+
+def _parse_time(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        return value.timestamp()
+    text = str(value).replace("Z", "+00:00")
+    try:
+        return dt.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None
+
+
+def _format_time(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def may_hold(spec: Mapping[str, Any] | None, identity: str, now: float, default_duration: float) -> bool:
+    """May `identity` hold (take or renew) a Lease with this spec at `now`?"""
+    if not spec:
+        return True
+    holder = spec.get("holderIdentity")
+    if not holder or holder == identity:
+        return True
+    renewed = _parse_time(spec.get("renewTime")) or _parse_time(spec.get("acquireTime"))
+    duration = float(spec.get("leaseDurationSeconds") or default_duration)
+    return renewed is None or now - renewed > duration
+
+
+def lease_spec(old: Mapping[str, Any] | None, identity: str, now: float, duration: float) -> dict[str, Any]:
+    old = old or {}
+    taking = old.get("holderIdentity") != identity
+    return {
+        "holderIdentity": identity,
+        "leaseDurationSeconds": int(duration),
+        "acquireTime": _format_time(now) if taking else old.get("acquireTime") or _format_time(now),
+        "renewTime": _format_time(now),
+        "leaseTransitions": int(old.get("leaseTransitions") or 0) + (1 if taking and old.get("holderIdentity") else 0),
+    }
+
+
+class LeaseElector:
+    """Holds the Lease while it can; `is_leader` says whether this replica may act."""
+
+    def __init__(
+        self, api: client.CoordinationV1Api, name: str, namespace: str, identity: str, duration: float, renew: float
+    ) -> None:
+        self.api = api
+        self.name = name
+        self.namespace = namespace
+        self.identity = identity
+        self.duration = duration
+        self.renew = renew
+        self.is_leader = False
+
+    def tick(self, now: float) -> bool:
+        """One attempt to take or renew the Lease (blocking I/O; run in a thread)."""
+        try:
+            lease = self.api.read_namespaced_lease(self.name, self.namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            body = client.V1Lease(
+                metadata=client.V1ObjectMeta(name=self.name, namespace=self.namespace),
+                spec=lease_spec(None, self.identity, now, self.duration),
+            )
+            try:
+                self.api.create_namespaced_lease(self.namespace, body)
+                self.is_leader = True
+            except ApiException as exc2:
+                if exc2.status != 409:
+                    raise
+                self.is_leader = False
+            return self.is_leader
+        spec = self.api.api_client.sanitize_for_serialization(lease.spec) or {}
+        if not may_hold(spec, self.identity, now, self.duration):
+            self.is_leader = False
+            return False
+        lease.spec = lease_spec(spec, self.identity, now, self.duration)
+        try:
+            self.api.replace_namespaced_lease(self.name, self.namespace, lease)  # resourceVersion guards it
+            self.is_leader = True
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            self.is_leader = False
+        return self.is_leader
+
+    def release(self) -> None:
+        """Give the Lease up on shutdown so a standby takes over at once."""
+        if not self.is_leader:
+            return
+        try:
+            lease = self.api.read_namespaced_lease(self.name, self.namespace)
+            if lease.spec and lease.spec.holder_identity == self.identity:
+                lease.spec.holder_identity = None
+                self.api.replace_namespaced_lease(self.name, self.namespace, lease)
+        except ApiException as exc:
+            log.warning("could not release the Lease: %s", exc.reason)
+        self.is_leader = False
+
+    async def run(self, stop: asyncio.Event, clock: Any = None) -> None:
+        import time
+
+        clock = clock or time.time
+        while not stop.is_set():
+            try:
+                was = self.is_leader
+                await asyncio.to_thread(self.tick, clock())
+                if was != self.is_leader:
+                    log.info("%s the Lease %s/%s", "took" if self.is_leader else "lost", self.namespace, self.name)
+            except Exception as exc:  # keep trying; a failed renew turns leadership off after the duration
+                log.warning("Lease %s/%s: %s", self.namespace, self.name, exc)
+                self.is_leader = False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.renew)

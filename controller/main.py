@@ -1,0 +1,33 @@
+"""`gpupool-controller`: the kopf operator (queues, quota, preemption, webhooks, status, GC)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from controller.settings import ControllerSettings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = ControllerSettings.from_args(argv)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if settings.kubeconfig:
+        os.environ["KUBECONFIG"] = settings.kubeconfig  # kopf's own login reads it
+    import kopf
+
+    from controller import handlers, metrics
+
+    handlers.SETTINGS = settings
+    if settings.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port, registry=metrics.REGISTRY)
+    asyncio.run(kopf.operator(clusterwide=True, standalone=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

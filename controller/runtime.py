@@ -1,0 +1,428 @@
+"""The controller's state and its reconcile cycle: Kubernetes objects in, `Kube` writes out.
+
+Thin by design: objects are translated with `gpupool.objects` / `gpupool.resources` /
+`gpupool.queues.queue_spec_from_object`, every decision is `QueueManager.schedule()` or
+`gpupool.preemption.find_preemption`, and the results are written through `controller.kube.Kube`.
+
+Garbage and safety decisions (DESIGN.md §7):
+* admitted pods that never bind: their RESERVED holding is released after `reservation_ttl_seconds`
+  (the pod stays admitted: a gate cannot be re-added);
+* pods whose assignment names a GPU that turned Unhealthy, or a GPUNode that was deleted, are evicted
+  (Event `GPUUnhealthy` / `GPUNodeGone`) when `unhealthy_gpu_action=evict` (default), so their owners
+  recreate them on healthy GPUs; `keep` only drops them from the ledger. GPUs in `spec.disabledGPUs`
+  are cordoned: nothing new lands there, running pods keep their slices (drain them by hand).
+* nominations expire after `nomination_ttl_seconds`; the `gpupool.io/nominated` annotation is removed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from controller import metrics
+from controller.admission import AdmissionConfig, PoolLimits
+from controller.kube import Kube
+from controller.settings import ControllerSettings
+from gpupool import assignment, objects, resources
+from gpupool.errors import GpupoolError, InvalidRequest
+from gpupool.ledger import Holding, HoldingKind, Ledger
+from gpupool.placement import Placer
+from gpupool.policies import available, make_policy
+from gpupool.preemption import find_preemption
+from gpupool.queues import IMPLICIT_QUEUE, PodEntry, QueueManager, queue_spec_from_object
+
+log = logging.getLogger("gpupool.controller")
+
+
+def parse_time(value: Any) -> float:
+    if not value:
+        return 0.0
+    if isinstance(value, dt.datetime):
+        return value.timestamp()
+    try:
+        return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def gated(pod: Mapping[str, Any]) -> bool:
+    gates = (pod.get("spec") or {}).get("schedulingGates") or []
+    return any(g.get("name") == resources.ADMISSION_GATE for g in gates)
+
+
+def nomination_annotation(node: str, expires: float) -> str:
+    stamp = dt.datetime.fromtimestamp(expires, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return json.dumps({"node": node, "expires": stamp}, separators=(",", ":"))
+
+
+class Controller:
+    def __init__(self, settings: ControllerSettings, kube: Kube | None, key: bytes) -> None:
+        self.settings = settings
+        self.kube = kube
+        self.key = key
+        self.ledger = Ledger(
+            slots_per_gpu=settings.slots_per_gpu,
+            remote_slots=settings.remote_slots,
+            overcommit_compute_percent=settings.overcommit_compute_percent,
+            overcommit_memory_percent=settings.overcommit_memory_percent,
+        )
+        policies = {name: make_policy(name) for name in available()}
+        self.placer = Placer(self.ledger, policies, settings.default_policy)
+        self.manager = QueueManager(
+            self.ledger,
+            self.placer,
+            require_queue=settings.require_queue,
+            reservation_ttl=settings.reservation_ttl_seconds,
+            nomination_ttl=settings.nomination_ttl_seconds,
+        )
+        self.admission = AdmissionConfig(frozenset(settings.system_usernames), settings.allow_privileged)
+        self.pods: dict[str, dict[str, Any]] = {}  # uid -> last seen pod (gpupool pods only)
+        self.gpunodes: dict[str, dict[str, Any]] = {}
+        self.ready = False
+        self.is_leader = not settings.leader_election
+        self.problems: dict[str, str] = {}
+        self._events: dict[str, str] = {}  # uid -> last message posted
+        self._queue_status: dict[str, dict[str, Any]] = {}
+        self._node_status: dict[str, dict[str, Any]] = {}
+        self._refused: dict[str, set[str]] = {}  # preemptor -> victims whose eviction was refused
+        self._evicted_for_health: set[str] = set()
+
+    # --- pool limits for admission -------------------------------------------------------------------
+
+    def pool_limits(self) -> PoolLimits:
+        return PoolLimits.of(self.ledger)
+
+    def queue_node_selector(self, pod: Mapping[str, Any]) -> dict[str, str]:
+        meta = pod.get("metadata") or {}
+        named = (meta.get("annotations") or {}).get(resources.QUEUE)
+        name, _ = self.manager.resolve_queue(str(meta.get("namespace") or ""), named)
+        spec = self.manager.queue(name) if name else None
+        return spec.node_selector_dict if spec is not None else {}
+
+    def holding_of(self, pod: Mapping[str, Any]) -> Holding | None:
+        """The pod's assignment; verified with the key (an empty key: read-only tools, unverified)."""
+        if self.key:
+            return objects.holding_from_pod(pod, self.key)
+        text = objects.pod_assignment_text(pod)
+        if text is None or objects.pod_is_terminal(pod):
+            return None
+        record = assignment.parse(text)
+        return Holding(objects.pod_uid(pod), record.node, record.slices, HoldingKind.ASSIGNED, objects.pod_qos(pod))
+
+    # --- cache updates (every replica) ---------------------------------------------------------------
+
+    async def rebuild(self) -> None:
+        """List everything once and load it; ready (webhook bounds, cycles) only after this."""
+        assert self.kube is not None
+        for ns in await self.kube.list_namespaces():
+            self.on_namespace("ADDED", ns)
+        for node in await self.kube.list_nodes():
+            self.on_node("ADDED", node)
+        for obj in await self.kube.list_custom(objects.GPUQUEUE_PLURAL):
+            self.on_queue("ADDED", obj)
+        for obj in await self.kube.list_custom(objects.GPUNODE_PLURAL):
+            self.on_gpunode("ADDED", obj)
+        for pod in await self.kube.list_pods():
+            self.on_pod("ADDED", pod)
+        self.ready = True
+        metrics.READY.set(1)
+        log.info("rebuilt: %d GPU nodes, %d gpupool pods, %d queues; problems: %s",
+                 len(self.gpunodes), len(self.pods), len(self.manager.queues), self.problems or "none")  # fmt: skip
+
+    def on_namespace(self, event: str, obj: Mapping[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        if event == "DELETED":
+            self.manager.remove_namespace(str(meta.get("name")))
+        else:
+            self.manager.set_namespace(str(meta.get("name")), meta.get("labels") or {})
+
+    def on_node(self, event: str, obj: Mapping[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        if event == "DELETED":
+            self.manager.remove_node_labels(str(meta.get("name")))
+        else:
+            self.manager.set_node_labels(str(meta.get("name")), meta.get("labels") or {})
+
+    def on_queue(self, event: str, obj: Mapping[str, Any]) -> None:
+        name = str((obj.get("metadata") or {}).get("name"))
+        if event == "DELETED":
+            self.manager.remove_queue(name)
+            self._queue_status.pop(name, None)
+            return
+        try:
+            self.manager.set_queue(queue_spec_from_object(obj))
+            self.problems.pop(f"gpuqueue/{name}", None)
+        except GpupoolError as exc:
+            self.problems[f"gpuqueue/{name}"] = str(exc)
+            log.warning("%s", exc)
+
+    def on_gpunode(self, event: str, obj: Mapping[str, Any]) -> None:
+        name = str((obj.get("metadata") or {}).get("name"))
+        if event == "DELETED":
+            self.gpunodes.pop(name, None)
+            self.ledger.remove_node(name)
+            self._node_status.pop(name, None)
+            return
+        self.gpunodes[name] = dict(obj)
+        try:
+            info = objects.node_info_from_gpunode(obj)
+        except GpupoolError as exc:
+            self.problems[f"gpunode/{name}"] = str(exc)
+            return
+        self.problems.pop(f"gpunode/{name}", None)
+        dropped = self.ledger.upsert_node(info)
+        for uid in dropped:
+            pod = self.pods.get(uid)
+            if pod is not None:
+                self.on_pod("MODIFIED", pod)
+
+    def on_pod(self, event: str, pod: Mapping[str, Any]) -> None:
+        uid = objects.pod_uid(pod)
+        if event == "DELETED" or objects.pod_is_terminal(pod):
+            if uid in self.pods or uid in self.manager.pods:
+                self.pods.pop(uid, None)
+                self.manager.remove_pod(uid)
+                self._events.pop(uid, None)
+            return
+        if not resources.mentions_gpupool(pod):
+            return
+        try:
+            request = resources.parse_pod(pod)
+        except InvalidRequest as exc:
+            self.problems[f"pod/{objects.pod_key(pod)}"] = str(exc)
+            return
+        if not request.containers:
+            return
+        assigned = None
+        try:
+            assigned = self.holding_of(pod)
+        except GpupoolError as exc:
+            self.problems[f"pod/{objects.pod_key(pod)}"] = str(exc)
+        if assigned is not None and not self.ledger.has_node(assigned.node):
+            assigned = None
+        self.pods[uid] = dict(pod)
+        meta = pod.get("metadata") or {}
+        spec = pod.get("spec") or {}
+        entry = PodEntry(
+            request=request,
+            created=parse_time(meta.get("creationTimestamp")),
+            gated=gated(pod),
+            node_selector=dict(spec.get("nodeSelector") or {}),
+            assigned=assigned,
+            bound_node=spec.get("nodeName"),
+        )
+        self.manager.upsert_pod(entry)
+
+    # --- the cycle (leader only) --------------------------------------------------------------------
+
+    async def cycle(self, now: float | None = None) -> dict[str, int]:
+        """One admission cycle plus its writes. Returns counts for logs and tests."""
+        if not (self.ready and self.is_leader) or self.kube is None:
+            return {}
+        now = time.time() if now is None else now
+        started = time.perf_counter()
+        result = self.manager.schedule(now)
+        metrics.DECISION_LATENCY.observe(time.perf_counter() - started)
+        counts = {"admitted": 0, "preempted": 0, "events": 0}
+        for admission in result.admitted:
+            pod = self.pods.get(admission.uid)
+            if pod is None:
+                continue
+            meta = pod["metadata"]
+            try:
+                await self.kube.remove_gate(meta["namespace"], meta["name"], admission.uid,
+                                            pod["spec"].get("schedulingGates") or [])  # fmt: skip
+            except Exception as exc:
+                log.warning("could not remove the gate of %s: %s", admission.key, exc)
+                continue
+            counts["admitted"] += 1
+            metrics.ADMISSIONS.labels(admission.queue or "(none)").inc()
+            metrics.GATE_LATENCY.observe(max(0.0, now - parse_time(meta.get("creationTimestamp"))))
+            self._events.pop(admission.uid, None)
+            if (meta.get("annotations") or {}).get(resources.NOMINATED):
+                await self._quiet(self.kube.annotate_pod(meta["namespace"], meta["name"], {resources.NOMINATED: None}))
+        for uid in result.expired_nominations:
+            pod = self.pods.get(uid)
+            if pod is not None:
+                meta = pod["metadata"]
+                await self._quiet(self.kube.annotate_pod(meta["namespace"], meta["name"], {resources.NOMINATED: None}))
+        if self.settings.preemption_enabled:
+            counts["preempted"] = await self._preempt(result.preemptors, now)
+        for uid, message in result.waiting.items():
+            if self._events.get(uid) == message:
+                continue
+            pod = self.pods.get(uid)
+            if pod is None:
+                continue
+            self._events[uid] = message
+            await self._quiet(self.kube.event(pod, "GPUPoolWaiting", message))
+            counts["events"] += 1
+        await self._health_gc()
+        await self.write_status()
+        return counts
+
+    async def _quiet(self, awaitable: Any) -> None:
+        try:
+            await awaitable
+        except Exception as exc:
+            log.warning("API write failed: %s", exc)
+
+    async def _preempt(self, preemptors: Mapping[str, str], now: float) -> int:
+        assert self.kube is not None
+        evicted = 0
+        for uid, queue in preemptors.items():
+            refused = self._refused.setdefault(uid, set())
+            for _attempt in range(5):
+                plan = find_preemption(self.manager, uid, exclude=frozenset(refused))
+                if plan is None:
+                    break
+                ok = True
+                done: list[str] = []
+                for victim in plan.victims:
+                    pod = self.pods.get(victim.uid)
+                    if pod is None:
+                        continue
+                    meta = pod["metadata"]
+                    if not await self.kube.evict(meta["namespace"], meta["name"]):
+                        metrics.EVICTIONS_REFUSED.inc()
+                        refused.add(victim.uid)
+                        ok = False
+                        break
+                    done.append(victim.uid)
+                    kind = "reclaim" if victim.queue != queue else "preemption"
+                    metrics.PREEMPTIONS.labels(queue or "(none)", kind).inc()
+                    await self._quiet(self.kube.event(
+                        pod, "GPUPoolPreempted",
+                        f"evicted by gpupool ({kind}) for {self._key(uid)} on node {plan.node}",
+                        "Warning",
+                    ))  # fmt: skip
+                for v in done:
+                    self.manager.mark_evicting(v)
+                evicted += len(done)
+                if not ok:
+                    continue  # the next victim set, without the refused pod
+                self.manager.nominate(uid, plan.plan, [v.uid for v in plan.victims], now)
+                pod = self.pods.get(uid)
+                nomination = self.manager.pods[uid].nomination
+                if pod is not None and nomination is not None:
+                    meta = pod["metadata"]
+                    value = nomination_annotation(plan.node, nomination.expires)
+                    patch = {resources.NOMINATED: value}
+                    await self._quiet(self.kube.annotate_pod(meta["namespace"], meta["name"], patch))
+                    await self._quiet(self.kube.event(pod, "GPUPoolNominated", plan.describe()))
+                break
+        return evicted
+
+    def _key(self, uid: str) -> str:
+        pod = self.pods.get(uid)
+        return objects.pod_key(pod) if pod else uid
+
+    async def _health_gc(self) -> None:
+        """Pods holding slices of unhealthy GPUs (or of vanished GPUNodes) are evicted (see module doc)."""
+        assert self.kube is not None
+        if self.settings.unhealthy_gpu_action != "evict":
+            return
+        for uid, pod in list(self.pods.items()):
+            if uid in self._evicted_for_health:
+                continue
+            try:
+                holding = self.holding_of(pod)
+            except GpupoolError:
+                continue
+            if holding is None:
+                continue
+            reason = None
+            for s in holding.slices:
+                if s.node not in self.gpunodes:
+                    reason = ("GPUNodeGone", f"GPUNode {s.node} holding its slice on {s.gpu} is gone")
+                    break
+                if self.ledger.has_gpu(s.gpu) and not self.ledger.gpu(s.gpu).healthy:
+                    reason = ("GPUUnhealthy", f"GPU {s.gpu} on {s.node} is Unhealthy")
+                    break
+            if reason is None:
+                continue
+            meta = pod["metadata"]
+            self._evicted_for_health.add(uid)
+            await self._quiet(self.kube.event(pod, reason[0], f"{reason[1]}; evicting the pod", "Warning"))
+            await self._quiet(self.kube.evict(meta["namespace"], meta["name"]))
+
+    # --- status --------------------------------------------------------------------------------------
+
+    def queue_statuses(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for name, spec in self.manager.queues.items():
+            status = self.manager.queue_status(name)
+            out[name] = status
+            metrics.QUEUE_PENDING.labels(name).set(status["pending"])
+            metrics.QUEUE_ADMITTED.labels(name).set(status["admitted"])
+            metrics.QUEUE_USAGE.labels(name, "compute").set(status["usage"]["compute"])
+            metrics.QUEUE_USAGE.labels(name, "memory").set(status["usage"]["memoryMiB"])
+            metrics.QUEUE_QUOTA.labels(name, "compute").set(spec.nominal.compute or 0)
+            if spec.nominal.memory_mib is not None:
+                metrics.QUEUE_QUOTA.labels(name, "memory").set(spec.nominal.memory_mib)
+        implicit = self.manager.queue_status(IMPLICIT_QUEUE)
+        metrics.QUEUE_PENDING.labels("(none)").set(implicit["pending"])
+        metrics.QUEUE_ADMITTED.labels("(none)").set(implicit["admitted"])
+        return out
+
+    def node_statuses(self) -> dict[str, dict[str, Any]]:
+        per_gpu: dict[str, dict[str, int]] = {}
+        for h in self.ledger.holdings():
+            for s in h.slices:
+                row = per_gpu.setdefault(s.gpu, {"compute": 0, "memoryMiB": 0, "slices": 0,
+                                                 "reservedCompute": 0, "reservedMemoryMiB": 0})  # fmt: skip
+                if h.kind is HoldingKind.ASSIGNED:
+                    row["compute"] += s.compute
+                    row["memoryMiB"] += s.memory_mib
+                    row["slices"] += 1
+                else:
+                    row["reservedCompute"] += s.compute
+                    row["reservedMemoryMiB"] += s.memory_mib
+        out: dict[str, dict[str, Any]] = {}
+        for name in self.ledger.node_names():
+            gpus = self.ledger.gpus_of(name)
+            allocated = []
+            cap_c = cap_m = used_c = used_m = healthy = 0
+            for g in gpus:
+                row = per_gpu.get(g.uuid, {"compute": 0, "memoryMiB": 0, "slices": 0,
+                                           "reservedCompute": 0, "reservedMemoryMiB": 0})  # fmt: skip
+                allocated.append({"uuid": g.uuid, **row})
+                metrics.GPU_ALLOCATED.labels(name, g.uuid, "compute").set(row["compute"])
+                metrics.GPU_ALLOCATED.labels(name, g.uuid, "memory").set(row["memoryMiB"])
+                if g.healthy:
+                    healthy += 1
+                if g.healthy and not g.disabled:
+                    cap_c += 100
+                    cap_m += g.memory_mib
+                    used_c += row["compute"]
+                    used_m += row["memoryMiB"]
+            out[name] = {
+                "allocated": allocated,
+                "gpuCount": len(gpus),
+                "model": ",".join(sorted({g.model for g in gpus})),
+                "computePercent": 100 * used_c // cap_c if cap_c else 0,
+                "memoryPercent": 100 * used_m // cap_m if cap_m else 0,
+                "healthy": f"{healthy}/{len(gpus)}",
+            }
+        return out
+
+    async def write_status(self) -> None:
+        assert self.kube is not None
+        for name, status in self.queue_statuses().items():
+            if self._queue_status.get(name) != status:
+                try:
+                    await self.kube.patch_status(objects.GPUQUEUE_PLURAL, name, status)
+                    self._queue_status[name] = status
+                except Exception as exc:
+                    log.warning("GPUQueue %s status: %s", name, exc)
+        for name, status in self.node_statuses().items():
+            if self._node_status.get(name) != status:
+                try:
+                    await self.kube.patch_status(objects.GPUNODE_PLURAL, name, status)
+                    self._node_status[name] = status
+                except Exception as exc:
+                    log.warning("GPUNode %s status: %s", name, exc)

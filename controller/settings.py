@@ -1,0 +1,63 @@
+"""Settings of `gpupool-controller`: environment (`GPUPOOL_*`) and matching `--flags` (flags win)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gpupool import slots
+from gpupool.policies import DEFAULT_POLICY
+
+DEFAULT_SYSTEM_USERS = (
+    "system:serviceaccount:gpupool-system:gpupool-controller",
+    "system:serviceaccount:gpupool-system:gpupool-extender",
+    "system:serviceaccount:gpupool-system:gpupool-deviceplugin",
+)
+
+
+class ControllerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GPUPOOL_", cli_kebab_case=True, cli_prog_name="gpupool-controller")
+
+    kubeconfig: str | None = Field(None, description="kubeconfig file; unset = in-cluster, else ~/.kube/config")
+    signing_key_file: str = Field("/etc/gpupool/signing/key", description="HMAC key that verifies assignments")
+    default_policy: str = Field(DEFAULT_POLICY, description="placement policy for capacity checks")
+    slots_per_gpu: int = Field(slots.DEFAULT_SLOTS_PER_GPU, ge=1)
+    remote_slots: int = Field(slots.DEFAULT_REMOTE_SLOTS, ge=0)
+    overcommit_compute_percent: int = Field(100, ge=100)
+    overcommit_memory_percent: int = Field(100, ge=100)
+    # webhooks
+    webhook_enabled: bool = Field(True, description="serve the admission webhooks")
+    webhook_host: str = Field("0.0.0.0", description="listen address of the webhook server")
+    webhook_port: int = Field(9443, ge=1, le=65535)
+    webhook_cert_file: str | None = Field(None, description="TLS certificate (PEM); the chart mounts it")
+    webhook_key_file: str | None = Field(None, description="TLS private key (PEM)")
+    system_usernames: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_SYSTEM_USERS),
+        description="users allowed to write gpupool.io/assignment|allocated|nominated and remove the gate",
+    )
+    allow_privileged: bool = Field(False, description="allow privileged containers to hold slices")
+    # queues
+    require_queue: bool = Field(False, description="pods that resolve to no GPUQueue wait (else: no quota)")
+    admission_interval_seconds: float = Field(1.0, gt=0, description="period of the admission cycle")
+    reservation_ttl_seconds: float = Field(600.0, gt=0, description="admitted pods that do not bind release it")
+    nomination_ttl_seconds: float = Field(300.0, gt=0, description="nominations of preemptors expire")
+    preemption_enabled: bool = Field(True)
+    unhealthy_gpu_action: str = Field(
+        "evict", pattern="^(evict|keep)$", description="pods holding slices of an unhealthy GPU: evict or keep"
+    )
+    # HA
+    leader_election: bool = Field(True, description="coordinate replicas through a Lease")
+    lease_name: str = Field("gpupool-controller")
+    lease_namespace: str = Field("gpupool-system")
+    lease_duration_seconds: float = Field(15.0, gt=0)
+    lease_renew_seconds: float = Field(5.0, gt=0)
+    identity: str | None = Field(None, description="holder identity (default: hostname + pid)")
+    # observability
+    metrics_port: int = Field(9090, ge=0, le=65535, description="0 = no /metrics server")
+    log_level: str = Field("INFO")
+
+    @classmethod
+    def from_args(cls, argv: Sequence[str] | None = None) -> ControllerSettings:
+        return cls(_cli_parse_args=list(argv) if argv is not None else True)  # type: ignore[call-arg]

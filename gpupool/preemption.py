@@ -1,0 +1,249 @@
+"""Slice-aware preemption and reclaim: which pods to evict so that one waiting pod can be placed.
+
+Pure logic (no I/O). The controller asks `QueueManager`-aware `find_preemption` for a plan, evicts the
+victims through the Eviction API (PDBs respected), and on success calls `QueueManager.nominate` so the
+freed capacity is held (a NOMINATED ledger holding) for the preemptor. If an eviction is refused, it
+calls `find_preemption` again with the refused pod excluded (the next victim set).
+
+Rules (DESIGN.md §7):
+
+* Candidates: admitted pods of the preemptor's own queue with lower priority (when its queue has
+  `preemption.withinQueue: LowerPriority`), and — when the queue has `reclaimBorrowed: true` and the
+  preemptor's charge fits within its queue's nominal quota — pods of other queues of its cohort that use
+  more than their nominal quota, for as long as the victim's queue stays above its nominal quota after
+  the eviction. Pods of the implicit queue (no GPUQueue) may be preempted by higher-priority pods of any
+  queue; they hold no quota.
+* Victim order: best-effort slices first, then lower priority, then the most recently admitted.
+* A victim set is valid when, with its holdings released, the preemptor fits the pool (one placement on
+  one node, checked with the `Placer` over the same `Ledger`) and its queue's quota.
+* Among valid sets, the fewest victims win; then the fewest guaranteed victims, then the lowest highest
+  victim priority, then the node's stable rank. Per node the search is exact for one victim, else a
+  greedy pass in victim order followed by a reprieve pass that gives back every victim not needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from gpupool.ledger import Holding, Ledger
+from gpupool.placement import NoFit, Plan
+from gpupool.queues import IMPLICIT_QUEUE, PodEntry, QueueManager, Resources, State, WithinQueue
+from gpupool.request import QoS
+
+
+@dataclass(frozen=True, slots=True)
+class Victim:
+    uid: str
+    key: str
+    queue: str
+    priority: int
+    qos: QoS
+    admitted_at: float
+    holding: Holding
+    charge: Resources
+
+    @property
+    def order(self) -> tuple[int, int, float, str]:
+        return (0 if self.qos is QoS.BEST_EFFORT else 1, self.priority, -self.admitted_at, self.key)
+
+
+@dataclass(frozen=True, slots=True)
+class PreemptionPlan:
+    preemptor: str
+    node: str
+    victims: tuple[Victim, ...]
+    plan: Plan
+    reclaim: bool  # True when a victim belongs to another queue
+
+    def describe(self) -> str:
+        names = ", ".join(v.key for v in self.victims)
+        kind = "reclaim" if self.reclaim else "preemption"
+        return f"{kind} on node {self.node}: evict {names}"
+
+
+@contextlib.contextmanager
+def released(ledger: Ledger, holdings: Sequence[Holding]) -> Iterator[None]:
+    """Temporarily release `holdings` (restored exactly afterwards)."""
+    done: list[Holding] = []
+    try:
+        for h in holdings:
+            if ledger.holding(h.pod) == h:
+                ledger.release(h.pod)
+                done.append(h)
+        yield
+    finally:
+        for h in reversed(done):
+            ledger.hold(h)
+
+
+def candidates(manager: QueueManager, preemptor: PodEntry, exclude: frozenset[str] = frozenset()) -> list[Victim]:
+    """Pods the preemptor may evict, in victim order (best-effort, lower priority, newest first)."""
+    q = preemptor.queue
+    if q is None:
+        return []
+    spec = manager.queue(q)
+    if spec is None:
+        return []
+    within = spec.within_queue is WithinQueue.LOWER_PRIORITY
+    cohort = spec.cohort if spec.reclaim_borrowed and q != IMPLICIT_QUEUE else None
+    out: list[Victim] = []
+    for entry in manager.pods.values():
+        if entry.uid in exclude or entry.uid == preemptor.uid or entry.state is not State.ADMITTED:
+            continue
+        if entry.uid in manager.evicting:
+            continue
+        holding = manager.ledger.holding(entry.uid)
+        if holding is None:
+            continue
+        lower = entry.request.priority < preemptor.request.priority
+        other = entry.queue
+        if other == q:
+            ok = within and lower
+        elif other == IMPLICIT_QUEUE:
+            ok = lower
+        else:
+            other_spec = manager.queue(other) if other is not None else None
+            ok = cohort is not None and other_spec is not None and other_spec.cohort == cohort
+        if ok:
+            out.append(
+                Victim(entry.uid, entry.key, other or "", entry.request.priority, entry.request.qos,
+                       entry.admitted_at or 0.0, holding, entry.charge)
+            )  # fmt: skip
+    out.sort(key=lambda v: v.order)
+    return out
+
+
+def _touches(holding: Holding, node: str) -> bool:
+    return holding.node == node or any(s.node == node for s in holding.slices)
+
+
+def find_preemption(
+    manager: QueueManager,
+    uid: str,
+    *,
+    exclude: frozenset[str] = frozenset(),
+    max_victims: int = 16,
+) -> PreemptionPlan | None:
+    """The best victim set (fewest victims) that lets pod `uid` be placed, or None."""
+    preemptor = manager.pods.get(uid)
+    if preemptor is None or preemptor.queue is None or preemptor.state is not State.PENDING:
+        return None
+    pool = candidates(manager, preemptor, exclude)
+    if not pool:
+        return None
+    q = preemptor.queue
+    request = preemptor.request
+    ledger, placer = manager.ledger, manager.placer
+    need = Resources(request.compute_units, request.memory_units(manager._largest_gpu_memory()))
+    if q != IMPLICIT_QUEUE and not _within_nominal(manager, q, need, pool):
+        # a queue reclaims only its own nominal quota; to borrow it may not evict other queues' pods
+        pool = [v for v in pool if v.queue in (q, IMPLICIT_QUEUE)]
+    nodes = manager.eligible_nodes(preemptor)
+    names = ledger.node_names() if nodes is None else nodes
+
+    def quota_ok(victims: Sequence[Victim]) -> bool:
+        if q == IMPLICIT_QUEUE:
+            return True
+        freed: dict[str, Resources] = {}
+        for v in victims:
+            freed[v.queue] = freed.get(v.queue, Resources()) + v.charge
+        if manager.quota_problem(q, need, freed) is not None:
+            return False
+        by_queue: dict[str, list[Victim]] = {}
+        for v in victims:
+            if v.queue not in (q, IMPLICIT_QUEUE):
+                by_queue.setdefault(v.queue, []).append(v)
+        for other, taken in by_queue.items():  # each victim's queue must still be borrowing when it is taken
+            spec = manager.queue(other)
+            if spec is None:
+                return False
+            running = manager.usage(other)
+            for v in sorted(taken, key=lambda v: v.order):
+                nc, nm = spec.nominal.compute or 0, spec.nominal.memory_mib
+                if not (running.compute > nc or (nm is not None and running.memory_mib > nm)):
+                    return False
+                running = running - v.charge
+        return True
+
+    def fits(node: str, victims: Sequence[Victim]) -> bool:
+        with released(ledger, [v.holding for v in victims]):
+            return placer.verdict(request, node).fits
+
+    best: tuple[tuple[int, int, int, int], str, tuple[Victim, ...]] | None = None
+    for node in names:
+        if not ledger.has_node(node):
+            continue
+        local = [v for v in pool if _touches(v.holding, node)]
+        elsewhere = [v for v in pool if not _touches(v.holding, node)]
+        if not fits(node, local):
+            continue  # even evicting everything allowed here does not make room
+        chosen = _search(node, local, elsewhere, fits, quota_ok, max_victims)
+        if chosen is None:
+            continue
+        score = (
+            len(chosen),
+            sum(1 for v in chosen if v.qos is not QoS.BEST_EFFORT),
+            max(v.priority for v in chosen),
+            placer.rank(node),
+        )
+        if best is None or score < best[0]:
+            best = (score, node, chosen)
+    if best is None:
+        return None
+    _, node, chosen = best
+    with released(ledger, [v.holding for v in chosen]):
+        try:
+            plan = placer.plan(request, node)
+        except NoFit:
+            return None
+    reclaim = any(v.queue != q for v in chosen)
+    return PreemptionPlan(uid, node, chosen, plan, reclaim)
+
+
+def _within_nominal(manager: QueueManager, q: str, need: Resources, pool: Sequence[Victim]) -> bool:
+    """Would `need` fit the queue's nominal quota once its own lower-priority victims are gone?"""
+    spec = manager.queue(q)
+    if spec is None:
+        return False
+    own = sum((v.charge for v in pool if v.queue == q), Resources())
+    after = manager.usage(q) - own + need
+    nc, nm = spec.nominal.compute, spec.nominal.memory_mib
+    return (nc is None or after.compute <= nc) and (nm is None or after.memory_mib <= nm)
+
+
+def _search(
+    node: str,
+    local: list[Victim],
+    elsewhere: list[Victim],
+    fits: Callable[[str, Sequence[Victim]], bool],
+    quota_ok: Callable[[Sequence[Victim]], bool],
+    max_victims: int,
+) -> tuple[Victim, ...] | None:
+    def valid(vs: Sequence[Victim]) -> bool:
+        return quota_ok(vs) and fits(node, vs)
+
+    if valid([]):
+        return None  # nothing to preempt: the pod fits already (the admission cycle will take it)
+    for v in local + elsewhere:  # exact for a single victim, in victim order
+        if valid([v]):
+            return (v,)
+    chosen: list[Victim] = []
+    for v in local:  # capacity first: victims on this node
+        if fits(node, chosen):
+            break
+        chosen.append(v)
+    for v in elsewhere + [v for v in local if v not in chosen]:  # then quota
+        if quota_ok(chosen):
+            break
+        chosen.append(v)
+    if not valid(chosen) or len(chosen) > max_victims * 4:
+        return None
+    for v in sorted(chosen, key=lambda v: v.order, reverse=True):  # reprieve the most valuable first
+        trial = [c for c in chosen if c is not v]
+        if valid(trial):
+            chosen = trial
+    if len(chosen) > max_victims:
+        return None
+    return tuple(sorted(chosen, key=lambda v: v.order))

@@ -1,0 +1,798 @@
+"""GPUQueues: priority queues with quota in pool units, cohort borrowing and capacity-aware admission.
+
+Pure logic (no I/O): the controller feeds it GPUQueues, namespaces, node labels and pods, calls
+`QueueManager.schedule()` and acts on the result (removes the scheduling gate of admitted pods, posts
+Events with the wait reasons, writes GPUQueue status). Vocabulary after Kueue's ClusterQueue
+(DESIGN.md §4.1, docs/anchors.md §7).
+
+Units and rules (documented here once):
+
+* Quota is counted in pool units: compute 100 = one whole GPU, memory in MiB. A pod's charge is the sum
+  over its slices. A slice without a memory request (the "whole memory of the GPU") is charged the
+  memory of the GPU it was placed on: the capacity plan made at admission decides it (and the signed
+  assignment replaces it once the pod is bound). A queue whose `nominalQuota.memoryMiB` is absent has
+  no memory limit.
+* A pod joins the queue named by its `gpupool.io/queue` annotation, else the queue whose
+  `spec.namespaces` lists its namespace, else the first queue (by name) whose `namespaceSelector`
+  matches the namespace's labels. A pod with no queue goes to the implicit queue "" (no quota,
+  BestEffortFIFO) unless `require_queue` is set; then it waits with a message saying what to create.
+* Order: pod priority (higher first), then creation time, then namespace/name. All queues are walked
+  together in that order, so a high-priority pod of one queue gets capacity before a lower one of another.
+* Admission needs quota AND capacity: quota = usage + charge within nominal; above nominal only in a
+  cohort, within `borrowingLimit`, and while the cohort's total usage stays within the sum of its
+  nominal quotas. Capacity = `Placer.best` over a ledger holding assigned pods plus RESERVED holdings of
+  admitted-but-unbound pods plus NOMINATED holdings of preemptors, over the nodes that match the queue's
+  and the pod's nodeSelector.
+* StrictFIFO: nothing of a queue passes its blocked head. BestEffortFIFO: a later pod may pass a blocked
+  head only when (a) the head waits for pool capacity, not quota — quota the head needs is never given
+  away; (b) the later pod is not larger than the head (compute and memory); and (c) the queue's quota
+  still has room for the head after admitting the later pod. Capacity a preemptor was nominated is held
+  in the ledger, so no passing pod can take it.
+* Reservations of admitted pods that do not bind within `reservation_ttl` are released (the pod stays
+  admitted and charged to its queue: gates cannot be re-added); nominations expire after
+  `nomination_ttl`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from gpupool.errors import GpupoolError, OverAllocation
+from gpupool.ledger import Holding, HoldingKind, Ledger
+from gpupool.placement import NoFit, Placer, Plan
+from gpupool.request import Locality, PodRequest
+
+IMPLICIT_QUEUE = ""
+
+
+class Strategy(enum.StrEnum):
+    STRICT_FIFO = "StrictFIFO"
+    BEST_EFFORT_FIFO = "BestEffortFIFO"
+
+
+class WithinQueue(enum.StrEnum):
+    LOWER_PRIORITY = "LowerPriority"
+    NEVER = "Never"
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """Pool units: compute (100 = one GPU) and memory MiB."""
+
+    compute: int = 0
+    memory_mib: int = 0
+
+    def __add__(self, other: Resources) -> Resources:
+        return Resources(self.compute + other.compute, self.memory_mib + other.memory_mib)
+
+    def __sub__(self, other: Resources) -> Resources:
+        return Resources(self.compute - other.compute, self.memory_mib - other.memory_mib)
+
+    def le(self, other: Resources) -> bool:
+        return self.compute <= other.compute and self.memory_mib <= other.memory_mib
+
+    def to_json(self) -> dict[str, int]:
+        return {"compute": self.compute, "memoryMiB": self.memory_mib}
+
+
+ZERO = Resources()
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """A per-resource limit; None = unlimited."""
+
+    compute: int | None = None
+    memory_mib: int | None = None
+
+    def get(self, resource: str) -> int | None:
+        return self.compute if resource == "compute" else self.memory_mib
+
+
+@dataclass(frozen=True, slots=True)
+class LabelSelector:
+    """A Kubernetes label selector (matchLabels + matchExpressions)."""
+
+    match_labels: tuple[tuple[str, str], ...] = ()
+    match_expressions: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        for key, value in self.match_labels:
+            if labels.get(key) != value:
+                return False
+        for key, op, values in self.match_expressions:
+            present = key in labels
+            if op == "In" and (not present or labels[key] not in values):
+                return False
+            if op == "NotIn" and present and labels[key] in values:
+                return False
+            if op == "Exists" and not present:
+                return False
+            if op == "DoesNotExist" and present:
+                return False
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSpec:
+    name: str
+    nominal: Limit = field(default_factory=Limit)
+    borrowing_limit: Limit = field(default_factory=Limit)
+    cohort: str | None = None
+    namespaces: frozenset[str] = frozenset()
+    namespace_selector: LabelSelector | None = None
+    node_selector: tuple[tuple[str, str], ...] = ()
+    strategy: Strategy = Strategy.BEST_EFFORT_FIFO
+    within_queue: WithinQueue = WithinQueue.LOWER_PRIORITY
+    reclaim_borrowed: bool = True
+
+    @property
+    def node_selector_dict(self) -> dict[str, str]:
+        return dict(self.node_selector)
+
+
+#: the queue of pods that name none (no quota); see the module docstring
+IMPLICIT = QueueSpec(name=IMPLICIT_QUEUE)
+
+
+def _int_field(value: Any, where: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise GpupoolError(f"{where}: must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _limit(data: Any, where: str) -> Limit:
+    if data is None:
+        return Limit()
+    if not isinstance(data, Mapping):
+        raise GpupoolError(f"{where}: must be an object with compute and memoryMiB")
+    return Limit(_int_field(data.get("compute"), f"{where}.compute"),
+                 _int_field(data.get("memoryMiB"), f"{where}.memoryMiB"))  # fmt: skip
+
+
+def label_selector_from_dict(data: Mapping[str, Any] | None) -> LabelSelector | None:
+    if not data:
+        return None
+    labels = tuple(sorted((str(k), str(v)) for k, v in (data.get("matchLabels") or {}).items()))
+    exprs = tuple(
+        (str(e["key"]), str(e["operator"]), tuple(str(v) for v in e.get("values") or ()))
+        for e in data.get("matchExpressions") or ()
+    )
+    return LabelSelector(labels, exprs)
+
+
+def queue_spec_from_object(obj: Mapping[str, Any]) -> QueueSpec:
+    """A GPUQueue (API JSON dict) as a `QueueSpec`; raises `GpupoolError` naming the bad field."""
+    name = str((obj.get("metadata") or {}).get("name") or "")
+    if not name:
+        raise GpupoolError("GPUQueue without metadata.name")
+    spec = obj.get("spec") or {}
+    where = f"GPUQueue {name} spec"
+    preemption = spec.get("preemption") or {}
+    try:
+        strategy = Strategy(spec.get("queueingStrategy") or Strategy.BEST_EFFORT_FIFO.value)
+        within = WithinQueue(preemption.get("withinQueue") or WithinQueue.LOWER_PRIORITY.value)
+    except ValueError as exc:
+        raise GpupoolError(f"{where}: {exc}") from None
+    nominal = _limit(spec.get("nominalQuota"), f"{where}.nominalQuota")
+    if nominal.compute is None:
+        nominal = replace(nominal, compute=0)
+    return QueueSpec(
+        name=name,
+        nominal=nominal,
+        borrowing_limit=_limit(spec.get("borrowingLimit"), f"{where}.borrowingLimit"),
+        cohort=spec.get("cohort") or None,
+        namespaces=frozenset(spec.get("namespaces") or ()),
+        namespace_selector=label_selector_from_dict(spec.get("namespaceSelector")),
+        node_selector=tuple(sorted((str(k), str(v)) for k, v in (spec.get("nodeSelector") or {}).items())),
+        strategy=strategy,
+        within_queue=within,
+        reclaim_borrowed=bool(preemption.get("reclaimBorrowed", True)),
+    )
+
+
+class State(enum.StrEnum):
+    PENDING = "pending"  # gated, waiting for admission
+    NOMINATED = "nominated"  # gated, capacity freed by preemption is held for it
+    ADMITTED = "admitted"  # gate removed (reserved or bound); charged to its queue
+
+
+@dataclass(slots=True)
+class PodEntry:
+    """What the queue manager knows of one pod that asks for slices."""
+
+    request: PodRequest
+    created: float
+    gated: bool
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    assigned: Holding | None = None  # from the signed assignment
+    bound_node: str | None = None
+    # managed by the QueueManager
+    queue: str | None = None
+    queue_error: str | None = None
+    state: State = State.PENDING
+    charge: Resources = ZERO
+    admitted_at: float | None = None
+    nomination: Nomination | None = None
+
+    @property
+    def uid(self) -> str:
+        return self.request.uid
+
+    @property
+    def key(self) -> str:
+        return self.request.key
+
+    @property
+    def sort_key(self) -> tuple[int, float, str]:
+        return (-self.request.priority, self.created, self.key)
+
+
+@dataclass(slots=True)
+class Nomination:
+    node: str
+    expires: float
+    victims: frozenset[str]
+    plan: Plan
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    uid: str
+    key: str
+    queue: str
+    node: str | None  # the node the capacity plan reserved
+    charge: Resources
+
+
+@dataclass(slots=True)
+class CycleResult:
+    admitted: list[Admission] = field(default_factory=list)
+    #: uid -> why it waits (one line, for an Event)
+    waiting: dict[str, str] = field(default_factory=dict)
+    #: uids of blocked queue heads that may preempt (queue name per uid)
+    preemptors: dict[str, str] = field(default_factory=dict)
+    expired_reservations: list[str] = field(default_factory=list)
+    expired_nominations: list[str] = field(default_factory=list)
+    decisions: int = 0
+
+
+def ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+@dataclass(slots=True)
+class _Blocked:
+    head: PodEntry
+    reason: str
+    by_quota: bool
+    #: the head's quota need (lower bound: whole-memory slices count 0 before placement)
+    need: Resources = ZERO
+
+
+class QueueManager:
+    """Queues, quota and admission over one ledger (shared with preemption)."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        placer: Placer,
+        *,
+        require_queue: bool = False,
+        reservation_ttl: float = 600.0,
+        nomination_ttl: float = 300.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.ledger = ledger
+        self.placer = placer
+        self.require_queue = require_queue
+        self.reservation_ttl = reservation_ttl
+        self.nomination_ttl = nomination_ttl
+        self.clock = clock
+        self.queues: dict[str, QueueSpec] = {}
+        self.namespace_labels: dict[str, dict[str, str]] = {}
+        self.node_labels: dict[str, dict[str, str]] = {}
+        self.pods: dict[str, PodEntry] = {}
+        #: uids released early because they are being evicted (their pod may still show up)
+        self.evicting: set[str] = set()
+        self._usage: dict[str, Resources] = {}
+        self._largest: tuple[int, int] = (-1, 0)
+
+    # --- configuration -----------------------------------------------------------------------------
+
+    def set_queue(self, spec: QueueSpec) -> None:
+        self.queues[spec.name] = spec
+        self._requeue_all()
+
+    def remove_queue(self, name: str) -> None:
+        self.queues.pop(name, None)
+        self._requeue_all()
+
+    def set_namespace(self, name: str, labels: Mapping[str, str]) -> None:
+        self.namespace_labels[name] = dict(labels)
+        self._requeue_all()
+
+    def remove_namespace(self, name: str) -> None:
+        self.namespace_labels.pop(name, None)
+
+    def set_node_labels(self, node: str, labels: Mapping[str, str]) -> None:
+        self.node_labels[node] = dict(labels)
+
+    def remove_node_labels(self, node: str) -> None:
+        self.node_labels.pop(node, None)
+
+    def queue(self, name: str) -> QueueSpec | None:
+        return IMPLICIT if name == IMPLICIT_QUEUE and not self.require_queue else self.queues.get(name)
+
+    def resolve_queue(self, namespace: str, named: str | None) -> tuple[str | None, str | None]:
+        """(queue name, None) or (None, why no queue) for a pod of `namespace` naming `named`."""
+        if named:
+            if named in self.queues:
+                return named, None
+            return (
+                None,
+                f"GPUQueue {named} (annotation gpupool.io/queue) does not exist; create it or fix the name",
+            )
+        for spec in sorted(self.queues.values(), key=lambda q: q.name):
+            if namespace in spec.namespaces:
+                return spec.name, None
+        labels = self.namespace_labels.get(namespace, {})
+        for spec in sorted(self.queues.values(), key=lambda q: q.name):
+            if spec.namespace_selector is not None and spec.namespace_selector.matches(labels):
+                return spec.name, None
+        if self.require_queue:
+            return None, (
+                f"no GPUQueue serves namespace {namespace}; add it to a GPUQueue's spec.namespaces "
+                "or set the gpupool.io/queue annotation"
+            )
+        return IMPLICIT_QUEUE, None
+
+    # --- pods --------------------------------------------------------------------------------------
+
+    def upsert_pod(self, entry: PodEntry) -> None:
+        """Add or refresh a live pod (terminal or deleted pods: `remove_pod`)."""
+        old = self.pods.get(entry.uid)
+        if old is not None:
+            entry.state, entry.charge = old.state, old.charge
+            entry.admitted_at, entry.nomination = old.admitted_at, old.nomination
+            if old.state is not State.PENDING:
+                self._uncharge(old)
+        entry.queue, entry.queue_error = self.resolve_queue(entry.request.namespace, entry.request.queue)
+        if not entry.gated and entry.state is not State.ADMITTED:
+            # admitted by us before a restart, or never gated (webhook bypassed): it is in the pool's hands
+            if entry.nomination is not None:
+                self._drop_nomination(entry)
+            entry.state = State.ADMITTED
+            entry.admitted_at = self.clock()
+        self.pods[entry.uid] = entry
+        if entry.uid in self.evicting:
+            return
+        if entry.assigned is not None:
+            self._hold_assigned(entry)
+        elif entry.state is State.ADMITTED and self.ledger.holding(entry.uid) is None and old is None:
+            self._reserve_again(entry)
+        if entry.state is not State.PENDING:
+            if entry.assigned is not None:
+                entry.charge = Resources(entry.assigned.compute_units, entry.assigned.memory_units)
+            elif entry.charge == ZERO:
+                entry.charge = self._estimate(entry)
+            self._charge(entry)
+
+    def remove_pod(self, uid: str) -> None:
+        entry = self.pods.pop(uid, None)
+        self.evicting.discard(uid)
+        self.ledger.discard(uid)
+        if entry is not None and entry.state is not State.PENDING:
+            self._uncharge(entry)
+        for other in self.pods.values():
+            if other.nomination is not None and uid in other.nomination.victims:
+                other.nomination.victims = other.nomination.victims - {uid}
+
+    def mark_evicting(self, uid: str) -> None:
+        """`uid` is being evicted: free its capacity and quota now (its pod object may linger)."""
+        entry = self.pods.get(uid)
+        self.evicting.add(uid)
+        self.ledger.discard(uid)
+        if entry is not None and entry.state is not State.PENDING:
+            self._uncharge(entry)
+            entry.state = State.PENDING
+            entry.charge = ZERO
+
+    def _hold_assigned(self, entry: PodEntry) -> None:
+        holding = entry.assigned
+        assert holding is not None
+        current = self.ledger.holding(entry.uid)
+        if current == holding:
+            return
+        if current is not None:
+            self.ledger.release(entry.uid)
+        try:
+            self.ledger.hold(holding)
+            return
+        except OverAllocation:
+            pass
+        # the truth (a signed assignment) wins over our approximate reservations on the same GPUs
+        gpus = {s.gpu for s in holding.slices}
+        displaced = [
+            h for h in self.ledger.holdings()
+            if h.kind is not HoldingKind.ASSIGNED and any(s.gpu in gpus for s in h.slices)
+        ]  # fmt: skip
+        for h in displaced:
+            self.ledger.release(h.pod)
+        with contextlib.suppress(
+            OverAllocation
+        ):  # else over-allocated by another binding: the extender's problem
+            self.ledger.hold(holding)
+        for h in displaced:
+            other = self.pods.get(h.pod)
+            if other is not None:
+                self._reserve_again(other)
+
+    def _reserve_again(self, entry: PodEntry) -> None:
+        plan = self._place(entry)
+        if plan is not None:
+            with contextlib.suppress(OverAllocation):
+                self.ledger.commit(
+                    entry.uid, plan.node, plan.slices, kind=HoldingKind.RESERVED, qos=entry.request.qos
+                )
+
+    def _estimate(self, entry: PodEntry) -> Resources:
+        holding = self.ledger.holding(entry.uid)
+        if holding is not None:
+            return Resources(holding.compute_units, holding.memory_units)
+        return Resources(entry.request.compute_units, entry.request.memory_units(self._largest_gpu_memory()))
+
+    def _requeue_all(self) -> None:
+        for entry in list(self.pods.values()):
+            if entry.state is not State.PENDING:
+                self._uncharge(entry)
+            entry.queue, entry.queue_error = self.resolve_queue(entry.request.namespace, entry.request.queue)
+            if entry.state is not State.PENDING:
+                self._charge(entry)
+
+    def _charge(self, entry: PodEntry) -> None:
+        if entry.queue is not None:
+            self._usage[entry.queue] = self._usage.get(entry.queue, ZERO) + entry.charge
+
+    def _uncharge(self, entry: PodEntry) -> None:
+        if entry.queue is not None:
+            self._usage[entry.queue] = self._usage.get(entry.queue, ZERO) - entry.charge
+
+    # --- quota -------------------------------------------------------------------------------------
+
+    def usage(self, queue: str) -> Resources:
+        return self._usage.get(queue, ZERO)
+
+    def cohort_members(self, cohort: str | None) -> list[QueueSpec]:
+        if cohort is None:
+            return []
+        return [q for q in self.queues.values() if q.cohort == cohort]
+
+    def borrowed(self, queue: str) -> Resources:
+        spec = self.queue(queue)
+        if spec is None or queue == IMPLICIT_QUEUE:
+            return ZERO
+        u = self.usage(queue)
+        nc = spec.nominal.compute or 0
+        nm = spec.nominal.memory_mib
+        return Resources(max(0, u.compute - nc), 0 if nm is None else max(0, u.memory_mib - nm))
+
+    def quota_problem(
+        self, queue: str, charge: Resources, released: Mapping[str, Resources] | None = None
+    ) -> str | None:
+        """None when `charge` more fits the queue's quota (after `released` per queue); else why not."""
+        spec = self.queue(queue)
+        if spec is None:
+            return f"GPUQueue {queue} does not exist"
+        if queue == IMPLICIT_QUEUE:
+            return None
+        released = released or {}
+
+        def used(q: str) -> Resources:
+            return self.usage(q) - released.get(q, ZERO)
+
+        after = used(queue) + charge
+        for resource, unit in (("compute", ""), ("memory_mib", " MiB")):
+            nominal = spec.nominal.get("compute" if resource == "compute" else "memory")
+            if nominal is None:
+                continue
+            value = getattr(after, resource)
+            if value <= nominal:
+                continue
+            label = "compute" if resource == "compute" else "memory"
+            before = value - getattr(charge, resource)
+            text = (
+                f"quota {before}/{nominal}{unit} {label} in use, needs {getattr(charge, resource)}{unit} more"
+            )
+            if spec.cohort is None:
+                return text
+            limit = spec.borrowing_limit.get("compute" if resource == "compute" else "memory")
+            if limit is not None and value - nominal > limit:
+                return f"{text}; borrowing limit {limit}{unit} reached"
+            members = self.cohort_members(spec.cohort)
+            capacity = 0
+            for m in members:
+                n = m.nominal.get("compute" if resource == "compute" else "memory")
+                if n is None:
+                    capacity = -1
+                    break
+                capacity += n
+            if capacity < 0:
+                continue
+            total = sum(getattr(used(m.name), resource) for m in members) + getattr(charge, resource)
+            if total > capacity:
+                in_use = total - getattr(charge, resource)
+                return f"{text}; cohort {spec.cohort} has {in_use}/{capacity}{unit} in use"
+        return None
+
+    # --- capacity ----------------------------------------------------------------------------------
+
+    def eligible_nodes(self, entry: PodEntry) -> list[str] | None:
+        """Nodes the pod may run on by its queue's and its own nodeSelector (None = all)."""
+        spec = self.queue(entry.queue) if entry.queue is not None else None
+        selector = dict(spec.node_selector) if spec is not None else {}
+        selector.update(entry.node_selector)
+        if not selector:
+            return None
+        return [
+            n for n in self.ledger.node_names()
+            if all(self.node_labels.get(n, {}).get(k) == v for k, v in selector.items())
+        ]  # fmt: skip
+
+    def _place(self, entry: PodEntry, nodes: list[str] | None = None) -> Plan | None:
+        if nodes is None:
+            nodes = self.eligible_nodes(entry)
+        try:
+            plan = self.placer.best(entry.request, nodes)
+        except NoFit:
+            return None
+        if plan is not None or entry.request.locality is not Locality.POOL:
+            return plan
+        for node in sorted(nodes if nodes is not None else self.ledger.node_names(), key=self.placer.rank):
+            try:
+                return self.placer.plan(entry.request, node)
+            except NoFit:
+                continue
+        return None
+
+    def capacity_reason(self, entry: PodEntry) -> str:
+        nodes = self.eligible_nodes(entry)
+        names = self.ledger.node_names() if nodes is None else nodes
+        if not names:
+            return (
+                "no node matches the queue's nodeSelector"
+                if nodes is not None
+                else "the pool has no GPU nodes"
+            )
+        result = self.placer.filter(entry.request, names)
+        reasons: dict[str, int] = {}
+        for reason in list(result.failed.values()) + list(result.unresolvable.values()):
+            reasons[reason] = reasons.get(reason, 0) + 1
+        top = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:2]
+        text = "; ".join(f"{count} node(s): {reason}" for reason, count in top)
+        return f"no capacity on {len(names)} node(s) ({text})"
+
+    # --- the admission cycle -----------------------------------------------------------------------
+
+    def pending_order(self) -> list[PodEntry]:
+        return sorted(
+            (e for e in self.pods.values() if e.state is not State.ADMITTED), key=lambda e: e.sort_key
+        )
+
+    def expire(self, now: float, result: CycleResult) -> None:
+        for entry in self.pods.values():
+            if entry.nomination is not None and entry.nomination.expires <= now:
+                self._drop_nomination(entry)
+                result.expired_nominations.append(entry.uid)
+            elif (
+                entry.state is State.ADMITTED
+                and entry.assigned is None
+                and entry.admitted_at is not None
+                and now - entry.admitted_at > self.reservation_ttl
+            ):
+                holding = self.ledger.holding(entry.uid)
+                if holding is not None and holding.kind is HoldingKind.RESERVED:
+                    self.ledger.release(entry.uid)
+                    result.expired_reservations.append(entry.uid)
+
+    def _drop_nomination(self, entry: PodEntry) -> None:
+        holding = self.ledger.holding(entry.uid)
+        if holding is not None and holding.kind is HoldingKind.NOMINATED:
+            self.ledger.release(entry.uid)
+        if entry.state is State.NOMINATED:
+            self._uncharge(entry)
+            entry.state, entry.charge = State.PENDING, ZERO
+        entry.nomination = None
+
+    def schedule(self, now: float | None = None) -> CycleResult:
+        """One admission pass over every queue; mutates the ledger (RESERVED holdings) and usage."""
+        now = self.clock() if now is None else now
+        result = CycleResult()
+        self.expire(now, result)
+        blocked: dict[str, _Blocked] = {}
+        position: dict[str, int] = {}
+        failed_shapes: dict[tuple[object, ...], tuple[int, str]] = {}
+        for entry in self.pending_order():
+            if not entry.gated:
+                continue
+            if entry.queue is None:
+                result.waiting[entry.uid] = entry.queue_error or "no GPUQueue"
+                continue
+            q = entry.queue
+            spec = self.queue(q)
+            if spec is None:
+                result.waiting[entry.uid] = f"GPUQueue {q} does not exist"
+                continue
+
+            def where(q: str = q) -> str:  # the position among the pods of the queue that still wait
+                position[q] = position.get(q, 0) + 1
+                return f"queue {q or '(none)'}: {ordinal(position[q])} in line"
+
+            if entry.state is State.NOMINATED and entry.nomination is not None:
+                nom = entry.nomination
+                if nom.victims:
+                    reason = f"waiting for {len(nom.victims)} preempted pod(s) to leave node {nom.node}"
+                    result.waiting[entry.uid] = f"{where()}; {reason}"
+                    blocked.setdefault(q, _Blocked(entry, reason, by_quota=False))
+                    continue
+                self._admit_nominated(entry, result)
+                continue
+            head = blocked.get(q)
+            if head is not None and not self._may_pass(entry, head, spec):
+                result.waiting[entry.uid] = f"{where()} behind {head.head.key} ({head.reason})"
+                continue
+            result.decisions += 1
+            lower = Resources(entry.request.compute_units, entry.request.memory_units(0))
+            problem = self.quota_problem(q, lower + (head.need if head else ZERO))
+            if problem is None:
+                shape = self._shape(entry)
+                failed = failed_shapes.get(shape)
+                plan = None
+                if failed is None or failed[0] != self.ledger.generation:
+                    plan = self._place(entry)
+                if plan is None:
+                    if failed is not None and failed[0] == self.ledger.generation:
+                        reason = failed[1]
+                    else:
+                        reason = self.capacity_reason(entry) if q not in blocked else "no capacity"
+                    failed_shapes[shape] = (self.ledger.generation, reason)
+                    self._wait(entry, q, where(), reason, blocked, result, by_quota=False)
+                    continue
+                charge = Resources(
+                    sum(s.compute for s in plan.slices), sum(s.memory_mib for s in plan.slices)
+                )
+                problem = self.quota_problem(q, charge + (head.need if head else ZERO))
+                if problem is None:
+                    self._admit(entry, q, plan, charge, now, result)
+                    continue
+            if head is not None:  # it may pass only when the head keeps its quota
+                result.waiting[entry.uid] = f"{where()} behind {head.head.key} ({head.reason})"
+                continue
+            self._wait(entry, q, where(), problem, blocked, result, by_quota=True)
+        return result
+
+    def _shape(self, entry: PodEntry) -> tuple[object, ...]:
+        r = entry.request
+        nodes = self.eligible_nodes(entry)
+        containers = tuple((c.count, c.compute, c.memory_mib, c.init) for c in r.containers)
+        return (
+            containers,
+            r.models,
+            r.uuids,
+            r.qos,
+            r.locality,
+            r.policy,
+            None if nodes is None else tuple(nodes),
+        )
+
+    def _wait(
+        self,
+        entry: PodEntry,
+        q: str,
+        where: str,
+        reason: str,
+        blocked: dict[str, _Blocked],
+        result: CycleResult,
+        *,
+        by_quota: bool,
+    ) -> None:
+        result.waiting[entry.uid] = f"{where}; {reason}"
+        if q not in blocked:
+            need = Resources(entry.request.compute_units, entry.request.memory_units(0))
+            blocked[q] = _Blocked(entry, reason, by_quota, need)
+            result.preemptors[entry.uid] = q
+
+    def _may_pass(self, entry: PodEntry, head: _Blocked, spec: QueueSpec) -> bool:
+        if spec.strategy is Strategy.STRICT_FIFO or head.by_quota:
+            return False
+        largest = self._largest_gpu_memory()
+        mine, theirs = entry.request, head.head.request
+        return mine.compute_units <= theirs.compute_units and mine.memory_units(
+            largest
+        ) <= theirs.memory_units(largest)
+
+    def _largest_gpu_memory(self) -> int:
+        if self._largest[0] != self.ledger.generation:
+            largest = max(
+                (g.memory_mib for n in self.ledger.node_names() for g in self.ledger.gpus_of(n)), default=0
+            )
+            self._largest = (self.ledger.generation, largest)
+        return self._largest[1]
+
+    def _admit(
+        self, entry: PodEntry, q: str, plan: Plan, charge: Resources, now: float, result: CycleResult
+    ) -> None:
+        self.ledger.commit(
+            entry.uid, plan.node, plan.slices, kind=HoldingKind.RESERVED, qos=entry.request.qos
+        )
+        entry.state, entry.charge, entry.admitted_at = State.ADMITTED, charge, now
+        self._charge(entry)
+        result.admitted.append(Admission(entry.uid, entry.key, q, plan.node, charge))
+
+    def _admit_nominated(self, entry: PodEntry, result: CycleResult) -> None:
+        nom = entry.nomination
+        assert nom is not None and entry.queue is not None
+        holding = self.ledger.holding(entry.uid)
+        if holding is not None and holding.kind is HoldingKind.NOMINATED:
+            self.ledger.release(entry.uid)
+            self.ledger.hold(replace(holding, kind=HoldingKind.RESERVED))
+        entry.state, entry.admitted_at, entry.nomination = State.ADMITTED, self.clock(), None
+        result.admitted.append(Admission(entry.uid, entry.key, entry.queue, nom.node, entry.charge))
+
+    # --- preemption bookkeeping (the search is in gpupool.preemption) -----------------------------
+
+    def nominate(self, uid: str, plan: Plan, victims: Iterable[str], now: float | None = None) -> Holding:
+        """After the victims' evictions succeeded: hold the freed capacity for the preemptor."""
+        now = self.clock() if now is None else now
+        entry = self.pods[uid]
+        for v in victims:
+            self.mark_evicting(v)
+        holding = self.ledger.commit(
+            uid, plan.node, plan.slices, kind=HoldingKind.NOMINATED, qos=entry.request.qos
+        )
+        live = frozenset(v for v in victims if v in self.pods)
+        entry.nomination = Nomination(plan.node, now + self.nomination_ttl, live, plan)
+        entry.charge = Resources(holding.compute_units, holding.memory_units)
+        entry.state = State.NOMINATED
+        self._charge(entry)
+        return holding
+
+    # --- reporting ---------------------------------------------------------------------------------
+
+    def queue_status(self, name: str) -> dict[str, Any]:
+        spec = self.queue(name)
+        pending = sum(1 for e in self.pods.values() if e.queue == name and e.state is not State.ADMITTED)
+        admitted = sum(1 for e in self.pods.values() if e.queue == name and e.state is State.ADMITTED)
+        usage = self.usage(name)
+        borrowed = self.borrowed(name)
+        nominal_c = "" if spec is None or spec.nominal.compute is None else str(spec.nominal.compute)
+        nominal_m = "-" if spec is None or spec.nominal.memory_mib is None else str(spec.nominal.memory_mib)
+        return {
+            "pending": pending,
+            "admitted": admitted,
+            "usage": usage.to_json(),
+            "borrowed": borrowed.to_json(),
+            "computeSummary": f"{usage.compute}/{nominal_c}",
+            "memorySummary": f"{usage.memory_mib}/{nominal_m}",
+        }
+
+    def position(self, uid: str) -> tuple[str | None, int, int]:
+        """(queue, 1-based position among the waiting pods of its queue, how many wait); 0 if admitted."""
+        entry = self.pods.get(uid)
+        if entry is None:
+            return None, 0, 0
+        same = [e for e in self.pending_order() if e.queue == entry.queue]
+        index = next((i + 1 for i, e in enumerate(same) if e.uid == uid), 0)
+        return entry.queue, index, len(same)
+
+
+def sort_entries(entries: Sequence[PodEntry]) -> list[PodEntry]:
+    return sorted(entries, key=lambda e: e.sort_key)

@@ -1,0 +1,163 @@
+"""The admission bad-input matrix and the mutation, through the kopf handler functions (no server)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import kopf
+import pytest
+
+from controller import admission, handlers
+from controller.admission import AdmissionConfig, PoolLimits
+from gpupool import resources
+
+LIMITS = PoolLimits(largest_gpu_mib=81920, largest_node_gpus=8, total_gpus=32, models=frozenset({"A100"}))
+SYSTEM = {"username": "system:serviceaccount:gpupool-system:gpupool-controller"}
+USER = {"username": "alice"}
+
+
+def make_pod(limits: dict[str, Any] | None = None, annotations: dict[str, str] | None = None, **spec: Any) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p", "namespace": "team-a", "annotations": annotations or {}},
+        "spec": {
+            "containers": [
+                {"name": "main", "image": "x", "resources": {"limits": limits or {resources.GPU: "1"}}, **spec}
+            ]
+        },
+    }
+
+
+def check(pod: dict, **kw: Any) -> list[str]:
+    kw.setdefault("limits", LIMITS)
+    kw.setdefault("userinfo", USER)
+    return [str(e) for e in admission.validate(pod, **kw)]
+
+
+C = "spec.containers[0].resources.limits"
+
+
+@pytest.mark.parametrize(
+    ("pod", "field", "hint"),
+    [
+        (make_pod({resources.GPU_COMPUTE: "0"}), f"{C}[gpupool.io/gpu-compute]", "1..100"),
+        (make_pod({resources.GPU_COMPUTE: "101"}), f"{C}[gpupool.io/gpu-compute]", "1..100"),
+        (make_pod({resources.GPU_COMPUTE: "abc"}), f"{C}[gpupool.io/gpu-compute]", "whole number"),
+        (make_pod({resources.GPU_MEMORY: "0"}), f"{C}[gpupool.io/gpu-memory]", "at least 1"),
+        (make_pod({resources.GPU_MEMORY: "90000"}), f"{C}[gpupool.io/gpu-memory]", "write at most 81920"),
+        (make_pod({resources.GPU: "0", resources.GPU_COMPUTE: "10"}), f"{C}[gpupool.io/gpu]", "at least 1"),
+        (make_pod({resources.GPU: "9"}), f"{C}[gpupool.io/gpu]", "write at most 8"),
+        (make_pod(annotations={resources.LOCALITY: "far"}), "metadata.annotations[gpupool.io/locality]", "'pool'"),
+        (make_pod(annotations={resources.QOS: "gold"}), "metadata.annotations[gpupool.io/qos]", "best-effort"),
+        (make_pod(annotations={resources.POLICY: "magic"}), "metadata.annotations[gpupool.io/policy]", "binpack"),
+        (make_pod(annotations={"gpupool.io/colour": "x"}), "metadata.annotations[gpupool.io/colour]", "allowed are"),
+        (make_pod(annotations={resources.ASSIGNMENT: "{}"}), "metadata.annotations[gpupool.io/assignment]", "remove"),
+        (make_pod(annotations={resources.NOMINATED: "{}"}), "metadata.annotations[gpupool.io/nominated]", "remove"),
+        (make_pod(annotations={resources.ALLOCATED: "x"}), "metadata.annotations[gpupool.io/allocated]", "remove"),
+        (
+            make_pod(securityContext={"privileged": True}),
+            "spec.containers[0].securityContext.privileged",
+            "remove privileged",
+        ),
+    ],
+)
+def test_bad_input_is_rejected_naming_the_field(
+    pod: dict, field: str, hint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class State:
+        ready = True
+        admission = AdmissionConfig()
+
+        def pool_limits(self) -> PoolLimits:
+            return LIMITS
+
+    monkeypatch.setattr(handlers, "STATE", State())
+    errors = check(pod)
+    assert errors, "expected a rejection"
+    assert any(e.startswith(field) and hint in e for e in errors), errors
+    with pytest.raises(kopf.AdmissionError) as info:
+        handlers.validate_pods(body=kopf.Body(pod), old=None, operation="CREATE", userinfo=USER)
+    assert field in str(info.value) and info.value.code == 400
+    assert str(info.value).startswith("gpupool: ")
+
+
+def test_pool_bound_for_pool_locality_and_empty_pool() -> None:
+    pod = make_pod({resources.GPU: "9"}, annotations={resources.LOCALITY: "pool"})
+    assert check(pod) == []
+    assert check(make_pod({resources.GPU: "40"}, annotations={resources.LOCALITY: "pool"}))
+    assert check(make_pod({resources.GPU_MEMORY: "90000"}), limits=PoolLimits()) == []  # unknown pool: no bound
+
+
+def test_system_user_may_write_system_annotations_and_privileged_is_configurable() -> None:
+    assert check(make_pod(annotations={resources.NOMINATED: "{}"}), userinfo=SYSTEM) == []
+    pod = make_pod(securityContext={"privileged": True})
+    assert check(pod, config=AdmissionConfig(allow_privileged=True)) == []
+
+
+def test_update_of_system_annotations_and_gate_by_users_is_rejected() -> None:
+    old = admission.mutate(make_pod())
+    old["metadata"]["annotations"][resources.ASSIGNMENT] = "signed"
+    new = copy.deepcopy(old)
+    new["metadata"]["annotations"][resources.ASSIGNMENT] = "forged"
+    errors = check(new, old=old, operation="UPDATE")
+    assert any("gpupool.io/assignment" in e for e in errors)
+    assert check(new, old=old, operation="UPDATE", userinfo=SYSTEM) == []
+    ungated = copy.deepcopy(old)
+    ungated["spec"]["schedulingGates"] = []
+    assert any("schedulingGates" in e for e in check(ungated, old=old, operation="UPDATE"))
+    assert check(ungated, old=old, operation="UPDATE", userinfo=SYSTEM) == []
+    relabel = copy.deepcopy(old)
+    relabel["metadata"]["labels"] = {"x": "y"}
+    assert check(relabel, old=old, operation="UPDATE") == []
+
+
+def test_valid_pods_pass() -> None:
+    for pod in (
+        make_pod(),
+        make_pod({resources.GPU: "2", resources.GPU_COMPUTE: "30", resources.GPU_MEMORY: "4Gi"[:-2] + "096"}),
+        make_pod(annotations={resources.QUEUE: "team-a", resources.QOS: "best-effort", resources.POLICY: "spread"}),
+    ):
+        assert check(pod) == []
+        handlers.validate_pods(body=kopf.Body(pod), old=None, operation="CREATE", userinfo=USER)
+
+
+def test_mutation_rewrites_aliases_and_sets_scheduler_gate_defaults() -> None:
+    pod = make_pod({"pool.kubernetes.io/gpu-compute": "30", "pool.kubernetes.io/gpu-memory": "4096"})
+    new = admission.mutate(pod, node_selector={"tenant": "a"})
+    limits = new["spec"]["containers"][0]["resources"]["limits"]
+    assert limits == {resources.GPU_COMPUTE: "30", resources.GPU_MEMORY: "4096", resources.GPU: "1"}
+    assert new["spec"]["schedulerName"] == resources.SCHEDULER_NAME
+    assert new["spec"]["schedulingGates"] == [{"name": resources.ADMISSION_GATE}]
+    assert new["spec"]["nodeSelector"] == {"tenant": "a"}
+    assert check(new) == []
+    assert admission.mutate(new) == {**new, "spec": {**new["spec"], "nodeSelector": {"tenant": "a"}}}  # idempotent
+
+
+def test_mutate_handler_produces_a_json_patch_and_ignores_other_pods() -> None:
+    pod = make_pod({"pool.kubernetes.io/gpu": "1"})
+    body = kopf.Body(pod)
+    patch = kopf.Patch(body=body)
+    handlers.mutate_pods(body=body, patch=patch)
+    ops = patch.as_json_patch()
+    paths = {op["path"] for op in ops}
+    assert "/spec/schedulerName" in paths and "/spec/schedulingGates" in paths
+    plain = {"metadata": {"name": "x"}, "spec": {"containers": [{"name": "c", "resources": {"limits": {"cpu": "1"}}}]}}
+    body = kopf.Body(plain)
+    patch = kopf.Patch(body=body)
+    handlers.mutate_pods(body=body, patch=patch)
+    assert patch.as_json_patch() == []  # valid pods without gpupool resources are untouched
+    assert check(plain) == []
+
+
+def test_webhook_manifests_render() -> None:
+    from controller.webhooks import render_webhook_configurations
+
+    docs = render_webhook_configurations("https://127.0.0.1:8443", b"-----BEGIN CERTIFICATE-----\n")
+    assert [d["kind"] for d in docs] == ["MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"]
+    for d in docs:
+        hook = d["webhooks"][0]
+        assert hook["failurePolicy"] == "Fail" and hook["matchConditions"]
+        assert hook["clientConfig"]["url"].startswith("https://127.0.0.1:8443/")
+        assert hook["clientConfig"]["caBundle"]

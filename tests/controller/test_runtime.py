@@ -1,0 +1,230 @@
+"""The controller adapter (controller.runtime) with a recording fake API: gates, events, status,
+preemption through evictions (a PDB refusal moves to the next victim set), health GC, and the Lease."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+from controller.leader import LeaseElector, lease_spec, may_hold
+from controller.runtime import Controller
+from controller.settings import ControllerSettings
+from gpupool import assignment, resources
+
+KEY = b"test-key"
+
+
+class FakeKube:
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.refuse: set[str] = set()
+
+    async def remove_gate(self, namespace: str, name: str, uid: str, gates: list[dict[str, Any]]) -> None:
+        self.calls.append(("ungate", f"{namespace}/{name}"))
+
+    async def annotate_pod(self, namespace: str, name: str, annotations: dict[str, Any]) -> None:
+        self.calls.append(("annotate", f"{namespace}/{name}", annotations))
+
+    async def evict(self, namespace: str, name: str) -> bool:
+        self.calls.append(("evict", f"{namespace}/{name}"))
+        return name not in self.refuse
+
+    async def event(self, pod: dict[str, Any], reason: str, message: str, type_: str = "Normal") -> None:
+        self.calls.append(("event", f"{pod['metadata']['namespace']}/{pod['metadata']['name']}", reason, message))
+
+    async def patch_status(self, plural: str, name: str, status: dict[str, Any]) -> None:
+        self.calls.append(("status", plural, name, status))
+
+    def of(self, kind: str) -> list[tuple[Any, ...]]:
+        out = [c for c in self.calls if c[0] == kind]
+        return out
+
+
+def gpunode(name: str, gpus: int = 2, memory: int = 40960, unhealthy: int | None = None) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name},
+        "spec": {},
+        "status": {"gpus": [
+            {"uuid": f"GPU-{name}-{i}", "index": i, "model": "A100", "memoryMiB": memory,
+             "health": "Unhealthy" if i == unhealthy else "Healthy"}
+            for i in range(gpus)
+        ]},
+    }  # fmt: skip
+
+
+_n = iter(range(10**6))
+
+
+def pod(name: str, *, ns: str = "team-a", count: int = 1, priority: int = 0, gated: bool = True,
+        annotations: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+    stamp = dt.datetime(2025, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=next(_n))
+    return {
+        "metadata": {"name": name, "namespace": ns, "uid": f"uid-{name}", "annotations": annotations or {},
+                     "creationTimestamp": stamp.isoformat().replace("+00:00", "Z")},
+        "spec": {"priority": priority,
+                 "containers": [{"name": "c", "resources": {"limits": {resources.GPU: str(count)}}}],
+                 "schedulingGates": [{"name": resources.ADMISSION_GATE}] if gated else []},
+        "status": {"phase": "Pending"},
+    }  # fmt: skip
+
+
+def bound(name: str, node: str, gpu: int, *, priority: int = 0, ns: str = "team-a") -> dict[str, Any]:
+    p = pod(name, ns=ns, priority=priority, gated=False)
+    record = assignment.Assignment(
+        pod=f"uid-{name}", node=node,
+        slices=(assignment.SliceRecord(0, f"GPU-{node}-{gpu}", node, 100, 40960, f"gpu{gpu}-0"),),
+        at="2025-01-01T00:00:00Z",
+    ).signed(KEY)  # fmt: skip
+    p["metadata"]["annotations"][resources.ASSIGNMENT] = record.to_annotation()
+    p["spec"]["nodeName"] = node
+    p["status"]["phase"] = "Running"
+    return p
+
+
+def queue(name: str, compute: int, **spec: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "spec": {"namespaces": [name], "nominalQuota": {"compute": compute}, **spec}}
+
+
+def make(**settings: Any) -> tuple[Controller, FakeKube]:
+    kube = FakeKube()
+    c = Controller(ControllerSettings(leader_election=False, **settings), kube, KEY)  # type: ignore[arg-type]
+    c.ready = True
+    return c, kube
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_cycle_ungates_waits_with_deduplicated_events_and_writes_status() -> None:
+    c, kube = make()
+    c.on_gpunode("ADDED", gpunode("n1", gpus=2))
+    c.on_queue("ADDED", queue("team-a", 100))
+    for name in ("a", "b", "d"):
+        c.on_pod("ADDED", pod(name))
+    counts = run(c.cycle(now=2e9))
+    assert counts["admitted"] == 1 and kube.of("ungate") == [("ungate", "team-a/a")]
+    events = {e[1]: e[3] for e in kube.of("event")}
+    assert events["team-a/b"] == "queue team-a: 1st in line; quota 100/100 compute in use, needs 100 more"
+    assert events["team-a/d"].startswith("queue team-a: 2nd in line")
+    status = {(s[1], s[2]): s[3] for s in kube.of("status")}
+    assert status[("gpuqueues", "team-a")]["computeSummary"] == "100/100"
+    assert status[("gpuqueues", "team-a")]["pending"] == 2
+    node = status[("gpunodes", "n1")]
+    assert node["gpuCount"] == 2 and node["healthy"] == "2/2" and node["computePercent"] == 0
+    assert node["allocated"][0]["reservedCompute"] + node["allocated"][1]["reservedCompute"] == 100
+    kube.calls.clear()
+    run(c.cycle(now=2e9 + 1))
+    assert kube.of("event") == [] and kube.of("status") == []  # nothing changed: nothing posted
+
+
+def test_bound_pods_count_in_gpunode_status() -> None:
+    c, kube = make()
+    c.on_gpunode("ADDED", gpunode("n1", gpus=2))
+    c.on_pod("ADDED", bound("run", "n1", 0))
+    run(c.cycle(now=2e9))
+    status = {(s[1], s[2]): s[3] for s in kube.of("status")}
+    node = status[("gpunodes", "n1")]
+    assert node["allocated"][0] == {"uuid": "GPU-n1-0", "compute": 100, "memoryMiB": 40960, "slices": 1,
+                                    "reservedCompute": 0, "reservedMemoryMiB": 0}  # fmt: skip
+    assert node["computePercent"] == 50
+
+
+def test_preemption_evicts_fewest_victims_then_nominates_and_admits_after_they_leave() -> None:
+    c, kube = make()
+    c.on_gpunode("ADDED", gpunode("n1", gpus=2))
+    c.on_queue("ADDED", queue("team-a", 1000))
+    c.on_pod("ADDED", bound("low0", "n1", 0, priority=1))
+    c.on_pod("ADDED", bound("low1", "n1", 1, priority=2))
+    c.on_pod("ADDED", pod("urgent", priority=100))
+    kube.refuse = {"low0"}  # a PDB protects low0: the next victim set is low1
+    run(c.cycle(now=2e9))
+    assert [e[1] for e in kube.of("evict")] == ["team-a/low0", "team-a/low1"]
+    annotations = [a for a in kube.of("annotate") if a[1] == "team-a/urgent"]
+    assert annotations and '"node":"n1"' in annotations[0][2][resources.NOMINATED]
+    assert kube.of("ungate") == []
+    c.on_pod("DELETED", bound("low1", "n1", 1))
+    kube.calls.clear()
+    run(c.cycle(now=2e9 + 1))
+    assert kube.of("ungate") == [("ungate", "team-a/urgent")]
+
+
+def test_unhealthy_gpu_evicts_its_pods() -> None:
+    c, kube = make()
+    c.on_gpunode("ADDED", gpunode("n1", gpus=2))
+    c.on_pod("ADDED", bound("run", "n1", 1))
+    c.on_gpunode("MODIFIED", gpunode("n1", gpus=2, unhealthy=1))
+    run(c.cycle(now=2e9))
+    assert kube.of("evict") == [("evict", "team-a/run")]
+    assert any(e[2] == "GPUUnhealthy" for e in kube.of("event"))
+
+
+class FakeCoordination:
+    """Enough of CoordinationV1Api for LeaseElector, with resourceVersion conflicts."""
+
+    def __init__(self) -> None:
+        from kubernetes import client
+
+        self.api_client = client.ApiClient()
+        self.lease: Any = None
+        self.version = 0
+
+    def read_namespaced_lease(self, name: str, namespace: str) -> Any:
+        from kubernetes.client.rest import ApiException
+
+        if self.lease is None:
+            raise ApiException(status=404)
+        import copy
+
+        return copy.deepcopy(self.lease)
+
+    def create_namespaced_lease(self, namespace: str, body: Any) -> None:
+        from kubernetes.client.rest import ApiException
+
+        if self.lease is not None:
+            raise ApiException(status=409)
+        self._store(body)
+
+    def replace_namespaced_lease(self, name: str, namespace: str, body: Any) -> None:
+        from kubernetes.client.rest import ApiException
+
+        if str(body.metadata.resource_version) != str(self.version):
+            raise ApiException(status=409)
+        self._store(body)
+
+    def _store(self, body: Any) -> None:
+        from kubernetes import client
+
+        self.version += 1
+        spec = body.spec if isinstance(body.spec, dict) else self.api_client.sanitize_for_serialization(body.spec)
+        self.lease = client.V1Lease(
+            metadata=client.V1ObjectMeta(name="l", namespace="ns", resource_version=str(self.version)),
+            spec=client.V1LeaseSpec(
+                holder_identity=spec.get("holderIdentity"),
+                lease_duration_seconds=spec.get("leaseDurationSeconds"),
+                renew_time=spec.get("renewTime"),
+                acquire_time=spec.get("acquireTime"),
+                lease_transitions=spec.get("leaseTransitions"),
+            ),
+        )
+
+
+def test_standby_takes_over_when_the_leader_stops_renewing() -> None:
+    api = FakeCoordination()
+    a = LeaseElector(api, "l", "ns", "replica-a", duration=15, renew=5)  # type: ignore[arg-type]
+    b = LeaseElector(api, "l", "ns", "replica-b", duration=15, renew=5)  # type: ignore[arg-type]
+    t = 1_700_000_000.0
+    assert a.tick(t) and not b.tick(t + 1)
+    assert a.tick(t + 5) and not b.tick(t + 10)  # a renews; b stays standby
+    assert not b.tick(t + 19)  # 14 s since a's renewal: not yet
+    assert b.tick(t + 21) and b.is_leader  # a stopped renewing 16 s ago: b takes over
+    assert not a.tick(t + 22)  # the old leader steps down
+    b.release()
+    assert a.tick(t + 23)  # a released lease is taken at once
+
+
+def test_may_hold_pure() -> None:
+    spec = lease_spec(None, "x", 100.0, 15)
+    assert may_hold(spec, "x", 101, 15) and not may_hold(spec, "y", 110, 15) and may_hold(spec, "y", 116, 15)
+    assert may_hold(None, "y", 0, 15) and may_hold({"holderIdentity": None}, "y", 0, 15)
