@@ -23,13 +23,16 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from gpupool import slots as slot_ids
 from gpupool.assignment import SliceRecord
 from gpupool.errors import OverAllocation, UnknownHolder
 from gpupool.inventory import GPUInfo, NodeInfo
 from gpupool.request import WHOLE_GPU_COMPUTE, QoS
+
+#: interned view keys kept before the table starts over (bounds memory on long-running extenders)
+_MAX_KIDS = 500_000
 
 
 class HoldingKind(enum.StrEnum):
@@ -74,8 +77,11 @@ class PlannedSlice:
 class NodeView:
     """What policies see of a node: its eligible GPUs' free capacity, in GPU-index order.
 
-    `key` holds every field a policy may read except the name and GPU indexes, so
-    nodes with equal keys get equal evaluations.
+    `key` holds every field a policy or a fit check may read except the name and GPU
+    indexes, so nodes with equal keys get equal evaluations and equal fit verdicts.
+    `inventory` is the static (model, memory) of every GPU, eligible or not. `kid` is the
+    ledger's small-integer id of `key` (equal keys, equal kids), cheap to hash in hot
+    loops; views made outside a ledger have kid -1 and are never memoised.
     """
 
     name: str
@@ -88,7 +94,9 @@ class NodeView:
     cpu_free: int | None = None
     memory_free: int | None = None
     pods_free: int | None = None
+    inventory: tuple[tuple[str, int], ...] = ()
     key: tuple[object, ...] = field(default=(), compare=False)
+    kid: int = field(default=-1, compare=False)
 
     @staticmethod
     def make(
@@ -102,11 +110,13 @@ class NodeView:
         cpu_free: int | None = None,
         memory_free: int | None = None,
         pods_free: int | None = None,
+        inventory: tuple[tuple[str, int], ...] = (),
+        kid: int = -1,
     ) -> NodeView:
-        key = (model, free_compute, free_memory, total_memory, gpu_count, cpu_free, memory_free, pods_free)
+        key = (model, free_compute, free_memory, total_memory, gpu_count, cpu_free, memory_free, pods_free, inventory)
         return NodeView(
             name, model, gpu_index, free_compute, free_memory, total_memory, gpu_count,
-            cpu_free, memory_free, pods_free, key,
+            cpu_free, memory_free, pods_free, inventory, key, kid,
         )  # fmt: skip
 
     @property
@@ -186,6 +196,9 @@ class Ledger:
         self._by_key: dict[tuple[object, ...], set[str]] = {}
         self._node_key: dict[str, tuple[object, ...]] = {}
         self._indexed = False
+        #: interned view keys -> small ints (`NodeView.kid`); reset (new epoch) when it grows too large
+        self._kids: dict[tuple[object, ...], int] = {}
+        self.kid_epoch = 0
         #: bumped on every change; adapters use it to tell whether a decision is stale
         self.generation = 0
 
@@ -347,6 +360,12 @@ class Ledger:
 
     def gpus_of(self, node: str) -> list[GPUState]:
         return list(self._node(node).gpus)
+
+    def gpu_uuid(self, node: str, index: int) -> str:
+        for g in self._node(node).gpus:
+            if g.index == index:
+                return g.uuid
+        raise KeyError(f"node {node!r} has no GPU with index {index}")
 
     def gpu(self, uuid: str) -> GPUState:
         return self._gpu(uuid)
@@ -582,7 +601,7 @@ class Ledger:
             free_c.append(max(0, cap_c - g.used_compute))
             free_m.append(max(0, cap_m - g.used_memory))
             total_m.append(g.memory_mib)
-        return NodeView.make(
+        view = NodeView.make(
             name=state.name,
             model=state.gpus[0].model if state.gpus else "",
             gpu_index=tuple(index),
@@ -593,7 +612,29 @@ class Ledger:
             cpu_free=None if state.cpu_milli is None else state.cpu_milli - state.used_cpu,
             memory_free=None if state.memory_mib is None else state.memory_mib - state.used_memory,
             pods_free=None if state.max_pods is None else state.max_pods - state.pods,
+            inventory=tuple((g.model, g.memory_mib) for g in state.gpus),
         )
+        kid = self._kids.get(view.key)
+        if kid is None:
+            if len(self._kids) >= _MAX_KIDS:
+                self._kids.clear()
+                self.kid_epoch += 1
+                for other in self._nodes.values():
+                    other.view = None
+            kid = self._kids[view.key] = len(self._kids)
+        return replace(view, kid=kid)
+
+    def views(self, names: Iterable[str]) -> list[NodeView | None]:
+        """Cached guaranteed views of `names` (None for nodes not in the pool), for hot loops."""
+        nodes = self._nodes
+        out: list[NodeView | None] = []
+        for name in names:
+            state = nodes.get(name)
+            if state is None:
+                out.append(None)
+            else:
+                out.append(state.view or self.view(name))
+        return out
 
 
 def _lowest_free(used: set[int], limit: int) -> int | None:

@@ -39,6 +39,8 @@ class Verdict:
     reason: str = ""
     resolvable: bool = True
     remote: bool = False
+    #: the GPU a reason names, filled in per node (the verdict itself is shared by equal node states)
+    gpu_index: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,15 @@ class FilterResult:
     passing: list[str]
     failed: dict[str, str]
     unresolvable: dict[str, str]
+
+
+_GPU = "{gpu}"
+#: entries kept in each placement memo before it starts over
+_MEMO_LIMIT = 200_000
+
+
+def _no_agent(node: str) -> Verdict:
+    return Verdict(False, f"node {node} has no gpupool node agent (no GPUNode {node})", resolvable=False)
 
 
 def stable_rank(name: str) -> int:
@@ -83,7 +94,9 @@ class Placer:
         self.policies = dict(policies)
         self.default_policy = default_policy
         self.rank = rank
-        self._verdicts: dict[tuple[object, ...], bool] = {}
+        self._verdicts: dict[tuple[int, Demand], bool] = {}
+        self._choices: dict[tuple[str, Demand], dict[int, Choice | None]] = {}
+        self._epoch = ledger.kid_epoch
         self._pool_cache: tuple[int, tuple[object, ...], bool] | None = None
 
     # --- policy and views ------------------------------------------------------------------------
@@ -106,23 +119,33 @@ class Placer:
     def verdict(self, request: PodRequest, node: str) -> Verdict:
         """Can `request` be served on `node`? Local GPUs first; remote slices for `pool` pods."""
         if not self.ledger.has_node(node):
-            reason = f"node {node} has no gpupool node agent (no GPUNode {node})"
-            return Verdict(False, reason, resolvable=False)
+            return _no_agent(node)
         demand = Demand.of(request)
         view = self._view(request, node)
-        if self._fits_locally(view, demand):
-            return Verdict(True)
-        local = self._local_failure(request, demand, view)
-        if request.locality is Locality.POOL and self._remote_possible(request, demand, node):
-            return Verdict(True, remote=True)
-        return local
+        return self._finish(request, demand, node, self._local_verdict(request, demand, view))
 
     def filter(self, request: PodRequest, nodes: Iterable[str]) -> FilterResult:
+        """Verdicts for many nodes: each distinct node state is judged once per call."""
+        demand = Demand.of(request)
+        names = list(nodes)
+        shared = not self._constrained(request)
+        views = self.ledger.views(names) if shared else [self._view_if_known(request, n) for n in names]
+        per_kid: dict[int, Verdict] = {}
         passing: list[str] = []
         failed: dict[str, str] = {}
         unresolvable: dict[str, str] = {}
-        for node in nodes:
-            v = self.verdict(request, node)
+        for node, view in zip(names, views, strict=True):
+            if view is None:
+                unresolvable[node] = _no_agent(node).reason
+                continue
+            local = per_kid.get(view.kid) if shared else None
+            if local is None:
+                local = self._local_verdict(request, demand, view)
+                if shared:
+                    per_kid[view.kid] = local
+            v = local if local.fits and request.locality is Locality.LOCAL else self._finish(
+                request, demand, node, local
+            )
             if v.fits:
                 passing.append(node)
             elif v.resolvable:
@@ -131,39 +154,68 @@ class Placer:
                 unresolvable[node] = v.reason
         return FilterResult(passing, failed, unresolvable)
 
+    def _view_if_known(self, request: PodRequest, node: str) -> NodeView | None:
+        return self._view(request, node) if self.ledger.has_node(node) else None
+
+    def _finish(self, request: PodRequest, demand: Demand, node: str, local: Verdict) -> Verdict:
+        """Add what depends on the node itself, not its state: remote slots, the GPU named in a reason."""
+        if local.fits:
+            return local
+        if request.locality is Locality.POOL and self._remote_possible(request, demand, node):
+            return Verdict(True, remote=True)
+        if local.gpu_index is None:
+            return local
+        uuid = self.ledger.gpu_uuid(node, local.gpu_index)
+        return Verdict(False, local.reason.replace(_GPU, short_uuid(uuid)), local.resolvable)
+
+    def _local_verdict(self, request: PodRequest, demand: Demand, view: NodeView) -> Verdict:
+        """The verdict on `view`'s state alone: the same for every node with the same kid."""
+        if self._fits_locally(view, demand):
+            return Verdict(True)
+        return self._local_failure(request, demand, view)
+
     def _fits_locally(self, view: NodeView, demand: Demand) -> bool:
-        key = (view.key, demand)
+        if view.kid < 0:
+            return host_fits(view, demand) and best_fit(view, demand) is not None
+        self._check_epoch()
+        key = (view.kid, demand)
         known = self._verdicts.get(key)
         if known is None:
             known = host_fits(view, demand) and best_fit(view, demand) is not None
-            if len(self._verdicts) > 200_000:
+            if len(self._verdicts) > _MEMO_LIMIT:
                 self._verdicts.clear()
             self._verdicts[key] = known
         return known
 
+    def _check_epoch(self) -> None:
+        if self._epoch != self.ledger.kid_epoch:
+            self._epoch = self.ledger.kid_epoch
+            self._verdicts.clear()
+            self._choices.clear()
+
     def _local_failure(self, request: PodRequest, demand: Demand, view: NodeView) -> Verdict:
-        node = view.name
-        gpus = self.ledger.gpus_of(node)
-        if not gpus:
-            return Verdict(False, f"node {node} has no GPUs", resolvable=False)
-        if request.models and not any(g.model in request.models for g in gpus):
-            models = ", ".join(sorted({g.model for g in gpus}))
+        inventory = view.inventory
+        if not inventory:
+            return Verdict(False, f"node {view.name} has no GPUs", resolvable=False)
+        if request.models and not any(model in request.models for model, _ in inventory):
+            models = ", ".join(sorted({model for model, _ in inventory}))
             wanted = ", ".join(sorted(request.models))
             return Verdict(False, f"GPU model {models} is not in gpupool.io/gpu-model ({wanted})", resolvable=False)
-        if request.uuids and not any(g.uuid in request.uuids for g in gpus):
-            return Verdict(False, "none of its GPUs is in gpupool.io/gpu-uuid", resolvable=False)
-        allowed = [
-            g for g in gpus
-            if (not request.models or g.model in request.models) and (not request.uuids or g.uuid in request.uuids)
-        ]  # fmt: skip
+        if request.uuids:
+            if not any(g.uuid in request.uuids for g in self.ledger.gpus_of(view.name)):
+                return Verdict(False, "none of its GPUs is in gpupool.io/gpu-uuid", resolvable=False)
+            allowed = [
+                (g.model, g.memory_mib) for g in self.ledger.gpus_of(view.name)
+                if g.uuid in request.uuids and (not request.models or g.model in request.models)
+            ]  # fmt: skip
+        else:
+            allowed = [(m, mem) for m, mem in inventory if not request.models or m in request.models]
         for group in demand.groups:
-            big_enough = [g for g in allowed if group.memory_mib is None or g.memory_mib >= group.memory_mib]
-            if len(big_enough) < group.count:
+            big_enough = sum(1 for _, mem in allowed if group.memory_mib is None or mem >= group.memory_mib)
+            if big_enough < group.count:
                 need = "" if group.memory_mib is None else f" of at least {group.memory_mib} MiB"
                 return Verdict(
-                    False,
-                    f"needs {group.count} distinct GPU(s){need}; node has {len(big_enough)}",
-                    resolvable=False,
+                    False, f"needs {group.count} distinct GPU(s){need}; node has {big_enough}", resolvable=False
                 )
         if view.cpu_free is not None and view.cpu_free < demand.cpu_milli:
             return Verdict(False, f"needs {demand.cpu_milli}m CPU; {view.cpu_free}m free")
@@ -172,26 +224,26 @@ class Placer:
         if view.pods_free is not None and view.pods_free < 1:
             return Verdict(False, "node is at its pod limit")
         for group in demand.groups:
-            fitting = [
-                j for j in range(len(view.free_compute))
+            fitting = sum(
+                1 for j in range(len(view.free_compute))
                 if slice_fits(view.free_compute[j], view.free_memory[j], view.total_memory[j], group)
-            ]  # fmt: skip
-            if len(fitting) >= group.count:
-                continue
-            return Verdict(False, self._shortage(view, group, len(fitting)))
+            )  # fmt: skip
+            if fitting < group.count:
+                return self._shortage(view, group, fitting)
         return Verdict(False, "the slices of its containers do not fit together on this node's GPUs")
 
-    def _shortage(self, view: NodeView, group: SliceGroup, fitting: int) -> str:
+    @staticmethod
+    def _shortage(view: NodeView, group: SliceGroup, fitting: int) -> Verdict:
         memory = "the whole memory" if group.memory_mib is None else f"{group.memory_mib} MiB"
         need = f"needs {group.count} GPU(s) with {group.compute}% compute and {memory} free"
         if not view.free_compute:
-            return f"{need}; no GPU is eligible (unhealthy, disabled or out of slots)"
+            return Verdict(False, f"{need}; no GPU is eligible (unhealthy, disabled or out of slots)")
         best = max(range(len(view.free_compute)), key=lambda j: (view.free_compute[j], view.free_memory[j]))
-        uuid = next(g.uuid for g in self.ledger.gpus_of(view.name) if g.index == view.gpu_index[best])
-        return (
+        reason = (
             f"{need}; {fitting} such GPU(s) here; largest free is {view.free_compute[best]}% / "
-            f"{view.free_memory[best]} MiB ({short_uuid(uuid)})"
+            f"{view.free_memory[best]} MiB ({_GPU})"
         )
+        return Verdict(False, reason, gpu_index=view.gpu_index[best])
 
     def _remote_possible(self, request: PodRequest, demand: Demand, node: str) -> bool:
         """Could the pool serve the pod from other nodes, given `node`'s free remote slots?"""
@@ -232,24 +284,35 @@ class Placer:
     def _evaluate(
         self, policy: Policy, request: PodRequest, demand: Demand, nodes: list[str]
     ) -> dict[str, Choice]:
-        """Evaluate `nodes` (each distinct state once when possible), then let the policy rescore."""
-        group_by_key = policy.deterministic and not self._constrained(request)
-        by_key: dict[tuple[object, ...], Choice | None] = {}
-        per_node: dict[str, Choice | None] = {}
-        for node in nodes:
-            view = self._view(request, node)
-            if group_by_key:
-                if view.key not in by_key:
-                    by_key[view.key] = policy.evaluate(view, demand)
-                per_node[node] = by_key[view.key]
-            else:
-                per_node[node] = policy.evaluate(view, demand)
-        feasible = {n: c for n, c in per_node.items() if c is not None}
-        if not feasible:
+        """Evaluate `nodes` (each distinct state once, remembered across calls), then let the policy rescore."""
+        memoise = policy.deterministic and not self._constrained(request)
+        per_node: dict[str, Choice] = {}
+        if memoise:
+            self._check_epoch()
+            memo = self._choices.setdefault((policy.name, demand), {})
+            if len(memo) > _MEMO_LIMIT:
+                memo.clear()
+            for node, view in zip(nodes, self.ledger.views(nodes), strict=True):
+                if view is None:
+                    continue
+                kid = view.kid
+                if kid in memo:
+                    choice = memo[kid]
+                else:
+                    choice = memo[kid] = policy.evaluate(view, demand)
+                if choice is not None:
+                    per_node[node] = choice
+        else:
+            for node in nodes:
+                if self.ledger.has_node(node):
+                    evaluated = policy.evaluate(self._view(request, node), demand)
+                    if evaluated is not None:
+                        per_node[node] = evaluated
+        if not per_node:
             return {}
-        distinct = list({id(c): c for c in feasible.values()}.values())
+        distinct = list({id(c): c for c in per_node.values()}.values())
         rescored = dict(zip((id(c) for c in distinct), policy.rescore(distinct), strict=True))
-        return {n: rescored[id(c)] for n, c in feasible.items()}
+        return {n: rescored[id(c)] for n, c in per_node.items()}
 
     # --- plans (bind, simulator) -----------------------------------------------------------------
 

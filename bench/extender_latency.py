@@ -1,0 +1,286 @@
+"""Extender latency: filter+prioritize over HTTP and in-process, bind, and RSS, on a synthetic pool.
+
+    .venv/bin/python bench/extender_latency.py --nodes 1000 [--json OUT.json]
+
+The pool: N nodes x 8 GPUs (32 GiB each), loaded through the extender's own bind path
+with pods of the openb default mix (`../shared/data/openb/openb_pod_list_default.csv`
+relative to the repo root when present, compute = gpu_milli / 10; else a built-in mix)
+until 8 x N slices are held (40,000 at 5,000 nodes). Every pod stays in the extender's
+pod cache with its signed assignment, as the pod watch would leave it.
+
+* bind: `PoolService.bind` with the API writes stubbed at the HTTP-client boundary
+  (`PodAPI`): it excludes API-server time (annotation PATCH and Binding POST), and
+  includes plan, commit, signing and the bookkeeping around them.
+* filter+prioritize over HTTP: the app is served by uvicorn in a forked child (the
+  same loaded service, so the client does not share its GIL); each sample is one
+  /filter with every node name (as kube-scheduler sends them) plus one /prioritize
+  with the names that passed, on loopback, with a keep-alive connection.
+* in-process: the same two calls on the service, including the decoding of the JSON body.
+* RSS: of the serving child after the HTTP run (VmRSS).
+
+Timings are reported, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from extender import wire  # noqa: E402
+from extender.main import build  # noqa: E402
+from extender.settings import ExtenderSettings  # noqa: E402
+from gpupool import resources  # noqa: E402
+
+GPUS_PER_NODE = 8
+GPU_MEMORY = 32768
+KEY = b"bench-key"
+OPENB = ROOT.parent / "shared" / "data" / "openb" / "openb_pod_list_default.csv"
+
+#: (num_gpu, gpu_milli, weight) when the openb trace is absent
+BUILTIN_MIX = [(1, 1000, 30), (1, 500, 20), (1, 250, 15), (1, 100, 10), (2, 1000, 10), (4, 1000, 5),
+               (8, 1000, 3), (1, 750, 7)]  # fmt: skip
+
+
+class NullAPI:
+    """The HTTP-client boundary, stubbed: no API server, no network."""
+
+    def __init__(self) -> None:
+        self.rv = 1000
+
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any]:
+        raise AssertionError("bench pods are always in the cache")
+
+    def patch_pod(self, namespace: str, name: str, patch: Any, content_type: str = "") -> dict[str, Any]:
+        self.rv += 1
+        return {"metadata": {"resourceVersion": str(self.rv)}}
+
+    def bind_pod(self, namespace: str, name: str, uid: str, node: str) -> None:
+        return None
+
+
+def load_mix() -> tuple[list[tuple[int, int]], str]:
+    if OPENB.is_file():
+        shapes = []
+        with OPENB.open(newline="") as fh:
+            for row in csv.DictReader(fh):
+                n, milli = int(row["num_gpu"]), int(row["gpu_milli"])
+                if n >= 1 and milli >= 10:
+                    shapes.append((n, milli))
+        return shapes, str(OPENB.relative_to(ROOT.parent))
+    out = []
+    for n, milli, w in BUILTIN_MIX:
+        out.extend([(n, milli)] * w)
+    return out, "built-in mix"
+
+
+def make_pod(i: int, shape: tuple[int, int]) -> dict[str, Any]:
+    n, milli = shape
+    compute = max(1, min(100, milli // 10))
+    limits: dict[str, Any] = {resources.GPU: str(n), resources.GPU_COMPUTE: str(compute)}
+    if compute < 100:
+        limits[resources.GPU_MEMORY] = str(max(1, GPU_MEMORY * compute // 100))
+    name = f"bench-{i:06d}"
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "bench", "uid": f"uid-{i:06d}", "resourceVersion": "1",
+                     "labels": {"app": "bench", "shape": f"{n}x{milli}"}},
+        "spec": {"schedulerName": "gpupool-scheduler", "priority": 0,
+                 "containers": [{"name": "main", "image": "registry.example/trainer:1.0",
+                                 "resources": {"limits": limits, "requests": dict(limits)}}]},
+        "status": {"phase": "Pending"},
+    }  # fmt: skip
+
+
+def gpunode(name: str) -> dict[str, Any]:
+    gpus = [{"uuid": f"GPU-{name}-{k}", "index": k, "model": "A100-SXM4-32GB", "memoryMiB": GPU_MEMORY,
+             "health": "Healthy"} for k in range(GPUS_PER_NODE)]  # fmt: skip
+    return {"metadata": {"name": name}, "spec": {}, "status": {"gpus": gpus}}
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import logging
+
+    logging.getLogger("gpupool").setLevel(logging.CRITICAL)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--nodes", type=int, default=1000)
+    ap.add_argument("--samples", type=int, default=200, help="filter+prioritize samples per mode")
+    ap.add_argument("--bind-samples", type=int, default=2000)
+    ap.add_argument("--policy", default=None, help="default policy (default: gpupool's DEFAULT_POLICY)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--json", dest="json_out", default=None)
+    args = ap.parse_args(argv)
+
+    rng = random.Random(args.seed)
+    mix, source = load_mix()
+    settings = ExtenderSettings(_cli_parse_args=False, **({"default_policy": args.policy} if args.policy else {}))
+    ext = build(settings, api=NullAPI(), key=KEY)  # type: ignore[arg-type]
+    service = ext.service
+    names = [f"node-{i:05d}" for i in range(args.nodes)]
+    t0 = time.perf_counter()
+    service.on_node_list([{"metadata": {"name": n}} for n in names])
+    service.on_gpunode_list([gpunode(n) for n in names])
+    service.on_pod_list([])
+    assert service.ready
+
+    target = GPUS_PER_NODE * args.nodes
+    held = 0
+    i = 0
+    bind_ms: list[float] = []
+    misses = 0
+    cursor = 0
+    while held < target and misses < 20 * args.nodes:
+        pod = make_pod(i, mix[rng.randrange(len(mix))])
+        i += 1
+        service.on_pod_event("ADDED", pod)
+        node = names[cursor % len(names)]
+        started = time.perf_counter()
+        error = service.bind(pod["metadata"]["name"], "bench", pod["metadata"]["uid"], node)
+        elapsed = (time.perf_counter() - started) * 1000
+        if error:
+            service.on_pod_event("DELETED", pod)
+            cursor += 1
+            misses += 1
+            continue
+        if held >= target - args.bind_samples:
+            bind_ms.append(elapsed)
+        h = service.ledger.holding(pod["metadata"]["uid"])
+        held += len(h.slices) if h else 0
+        # what the watch then delivers: the pod with its assignment, bound
+        service.on_pod_event("MODIFIED", {**pod, "spec": {**pod["spec"], "nodeName": node}})
+        if rng.random() < 0.5:
+            cursor += 1
+    fill_s = time.perf_counter() - t0
+    holdings = sum(1 for _ in service.ledger.holdings())
+    totals = service.ledger.totals()
+    print(f"pool: {args.nodes} nodes x {GPUS_PER_NODE} GPUs; {held} slices held by {holdings} pods "
+          f"({100 * totals['used_compute'] / totals['compute']:.1f}% compute); mix: {source}; "
+          f"filled in {fill_s:.1f} s")  # fmt: skip
+
+    queries = [make_pod(10_000_000 + k, mix[rng.randrange(len(mix))]) for k in range(args.samples)]
+    bodies = [json.dumps({"Pod": q, "Nodes": None, "NodeNames": names}).encode() for q in queries]
+
+    # --- in-process -------------------------------------------------------------------------------
+    inproc: list[float] = []
+    passing_counts: list[int] = []
+    for body in bodies[:10] + bodies:
+        started = time.perf_counter()
+        a = wire.ExtenderArgs.model_validate_json(body)
+        answer = service.filter(a.Pod, a.NodeNames or [])
+        service.prioritize(a.Pod, answer.passing)
+        inproc.append((time.perf_counter() - started) * 1000)
+        passing_counts.append(len(answer.passing))
+    inproc = inproc[10:]
+
+    # --- over HTTP, served by a forked child --------------------------------------------------------
+    import httpx
+
+    from extender.app import create_app
+
+    app = create_app(service)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pid = os.fork()
+    if pid == 0:  # child: serve
+        import uvicorn
+
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", access_log=False)
+        os._exit(0)
+    http: list[float] = []
+    filter_only: list[float] = []
+    try:
+        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+        deadline = time.time() + 30
+        while True:
+            try:
+                if client.get("/healthz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.05)
+        headers = {"Content-Type": "application/json"}
+        for k, body in enumerate(bodies[:10] + bodies):
+            started = time.perf_counter()
+            r = client.post("/filter", content=body, headers=headers)
+            mid = time.perf_counter()
+            passing = r.json()["NodeNames"]
+            pbody = json.dumps({"Pod": queries[k % len(queries)] if k >= 10 else queries[k],
+                                "Nodes": None, "NodeNames": passing}).encode()  # fmt: skip
+            r2 = client.post("/prioritize", content=pbody, headers=headers)
+            r2.raise_for_status()
+            http.append((time.perf_counter() - started) * 1000)
+            filter_only.append((mid - started) * 1000)
+        http, filter_only = http[10:], filter_only[10:]
+        rss = rss_mib(pid)
+        client.close()
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)
+
+    result = {
+        "nodes": args.nodes,
+        "gpus": args.nodes * GPUS_PER_NODE,
+        "slices_held": held,
+        "pods_held": holdings,
+        "policy": service.placer.default_policy,
+        "mix": source,
+        "filter_prioritize_http_p50_ms": round(pct(http, 50), 3),
+        "filter_prioritize_http_p99_ms": round(pct(http, 99), 3),
+        "filter_http_p50_ms": round(pct(filter_only, 50), 3),
+        "filter_prioritize_inproc_p50_ms": round(pct(inproc, 50), 3),
+        "filter_prioritize_inproc_p99_ms": round(pct(inproc, 99), 3),
+        "bind_p50_ms": round(pct(bind_ms, 50), 3),
+        "bind_p99_ms": round(pct(bind_ms, 99), 3),
+        "bind_samples": len(bind_ms),
+        "passing_nodes_median": statistics.median(passing_counts),
+        "rss_mib": round(rss, 1),
+        "note": "bind excludes API-server time (writes stubbed at the HTTP-client boundary)",
+    }
+    print(
+        f"filter+prioritize over HTTP: p50 {result['filter_prioritize_http_p50_ms']} ms, "
+        f"p99 {result['filter_prioritize_http_p99_ms']} ms  (filter alone p50 {result['filter_http_p50_ms']} ms)"
+    )
+    print(
+        f"filter+prioritize in-process: p50 {result['filter_prioritize_inproc_p50_ms']} ms, "
+        f"p99 {result['filter_prioritize_inproc_p99_ms']} ms  (passing {result['passing_nodes_median']})"
+    )
+    print(
+        f"bind (API writes stubbed): p50 {result['bind_p50_ms']} ms, p99 {result['bind_p99_ms']} ms "
+        f"over {len(bind_ms)} binds"
+    )
+    print(f"RSS of the serving process: {result['rss_mib']} MiB")  # fmt: skip
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

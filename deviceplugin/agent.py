@@ -1,0 +1,184 @@
+"""The node agent: wires inventory, GPUNode publishing, the pod cache, the gRPC plugin and /metrics.
+
+`Agent` serves one node (kubelet gRPC + GPUNode). `MultiNodeAgent` publishes GPUNodes and heartbeats for every
+node of a fake-inventory map (kwok clusters: no kubelet, so no gRPC).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from deviceplugin.gpunode import Publisher
+from deviceplugin.inventory import FakeInventory, Inventory, MultiNodeFakeInventory, NvmlInventory
+from deviceplugin.kube import Kube
+from deviceplugin.metrics import HealthServer, Metrics
+from deviceplugin.plugin import DevicePluginService, DeviceState, PluginServer
+from deviceplugin.podcache import PodCache
+from deviceplugin.settings import DevicePluginSettings
+
+log = logging.getLogger(__name__)
+
+
+def read_key(path: str) -> bytes:
+    try:
+        key = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise SystemExit(f"cannot read the signing key {path}: {exc} (mount the gpupool signing Secret)") from None
+    if not key:
+        raise SystemExit(f"the signing key file {path} is empty")
+    return key
+
+
+def make_inventory(settings: DevicePluginSettings) -> Inventory:
+    if settings.fake_inventory:
+        return FakeInventory(settings.fake_inventory, settings.node_name)
+    return NvmlInventory()
+
+
+class Agent:
+    """One node: ListAndWatch/Allocate for the kubelet, GPUNode status and heartbeats, pod cache."""
+
+    def __init__(
+        self,
+        settings: DevicePluginSettings,
+        kube: Kube | None,
+        inventory: Inventory,
+        key: bytes,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.kube = kube
+        self.inventory = inventory
+        self.metrics = metrics or Metrics()
+        self.cache = PodCache(settings.node_name, key, kube)
+        self.state = DeviceState(settings.slots_per_gpu, settings.remote_slots)
+        self.state.update(inventory.gpus())
+        self.service = DevicePluginService(settings, self.state, self.cache, kube, self.metrics)
+        self.server = PluginServer(settings, self.service, self.metrics)
+        self.publisher = (
+            Publisher(kube, settings.node_name, settings.slots_per_gpu, settings.remote_slots, settings.agent_endpoint)
+            if kube is not None
+            else None
+        )
+        self.http: HealthServer | None = None
+        self.stop_event = threading.Event()
+        self._publish_now = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.published = 0
+        self._update_gauges()
+
+    def _update_gauges(self) -> None:
+        healthy, unhealthy = self.state.counts()
+        self.metrics.slots_total.labels("Healthy").set(healthy)
+        self.metrics.slots_total.labels("Unhealthy").set(unhealthy)
+        self.metrics.gpus_unhealthy.set(sum(1 for g in self.state.gpus if not g.healthy))
+
+    def _spawn(self, target: Any, name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def start(self) -> None:
+        if self.kube is not None:
+            self._spawn(lambda: self.cache.run(self.stop_event, self.settings.watch_timeout_seconds), "dp-pods")
+            self._spawn(self._publish_loop, "dp-publish")
+        else:
+            self.cache.replace_all([])
+        self._spawn(self._health_loop, "dp-health")
+        self.server.start()
+        if self.settings.metrics_enabled:
+            self.http = HealthServer(
+                self.metrics,
+                self.settings.metrics_host,
+                self.settings.metrics_port,
+                healthy=lambda: not self.stop_event.is_set(),
+                ready=self.ready,
+            )
+            self.http.start()
+
+    def ready(self) -> bool:
+        return self.server.registered and self.cache.synced.is_set()
+
+    def check_health(self) -> bool:
+        """Poll the inventory once; on a change update ListAndWatch and publish the GPUNode at once."""
+        try:
+            changed = self.inventory.refresh()
+        except Exception:
+            log.exception("inventory refresh failed")
+            return False
+        if changed:
+            self.state.update(self.inventory.gpus())
+            self._update_gauges()
+            self._publish_now.set()
+        return changed
+
+    def _health_loop(self) -> None:
+        while not self.stop_event.wait(self.settings.health_interval_seconds):
+            self.check_health()
+
+    def _publish_loop(self) -> None:
+        assert self.publisher is not None
+        delay = 0.0
+        while not self.stop_event.is_set():
+            self._publish_now.wait(delay)
+            if self.stop_event.is_set():
+                return
+            self._publish_now.clear()
+            try:
+                self.publisher.publish(self.inventory.gpus())
+                self.published += 1
+                delay = self.settings.heartbeat_interval_seconds
+            except Exception as exc:
+                log.warning("publishing GPUNode %s failed (%s); retrying", self.settings.node_name, exc)
+                delay = min(max(delay, 1.0) * 2, self.settings.heartbeat_interval_seconds)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self._publish_now.set()
+        if self.kube is not None:
+            self.kube.close_watches()
+        self.server.stop()
+        if self.http is not None:
+            self.http.stop()
+        for thread in self._threads:
+            thread.join(timeout=2)
+        self.inventory.close()
+
+
+class MultiNodeAgent:
+    """GPUNodes and heartbeats for every node of a fake-inventory map; no gRPC."""
+
+    def __init__(self, settings: DevicePluginSettings, kube: Kube) -> None:
+        assert settings.fake_inventory
+        self.settings = settings
+        self.kube = kube
+        self.inventory = MultiNodeFakeInventory(settings.fake_inventory)
+        self.stop_event = threading.Event()
+        self.rounds = 0
+
+    def publish_all(self) -> int:
+        ok = 0
+        for node, gpus in sorted(self.inventory.nodes.items()):
+            publisher = Publisher(
+                self.kube, node, self.settings.slots_per_gpu, self.settings.remote_slots, self.settings.agent_endpoint
+            )
+            try:
+                publisher.publish(gpus)
+                ok += 1
+            except Exception as exc:
+                log.warning("publishing GPUNode %s failed: %s", node, exc)
+        self.rounds += 1
+        return ok
+
+    def run(self) -> None:
+        elapsed = self.settings.heartbeat_interval_seconds
+        while not self.stop_event.is_set():
+            changed = self.inventory.refresh()
+            if changed or elapsed >= self.settings.heartbeat_interval_seconds:
+                self.publish_all()
+                elapsed = 0.0
+            self.stop_event.wait(self.settings.health_interval_seconds)
+            elapsed += self.settings.health_interval_seconds

@@ -1,0 +1,145 @@
+"""What Allocate answers for one container: devices, enforcement env, mounts, annotations (DESIGN.md §6).
+
+Device order. Local slices are ordered by GPU index (NVML index = PCI bus order) and the container gets
+``CUDA_DEVICE_ORDER=PCI_BUS_ID``, so CUDA device ``i`` inside the container is the ``i``-th uuid of
+``NVIDIA_VISIBLE_DEVICES`` (or of the CDI device list). Per-device limits use that ordinal ``i``.
+
+Backends:
+
+- ``mps``: ``CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=4096M,1=2048M`` (per device, from each slice's memory) and
+  ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=<compute>``, plus the MPS pipe directory mounted and named by
+  ``CUDA_MPS_PIPE_DIRECTORY``. MPS takes one thread percentage per client process for all its devices, so a
+  container whose slices differ gets the **minimum** of their compute: every GPU stays within its slice
+  (the larger slices are under-used) instead of a smaller slice overrunning its share. The percentage is a
+  ceiling on the SMs a client may use, not a guarantee (NVIDIA MPS docs; anchors.md §6).
+- ``hami-core``: ``CUDA_DEVICE_MEMORY_LIMIT_<i>=<memory>m`` per device and ``CUDA_DEVICE_SM_LIMIT=<compute>``
+  (one value, the minimum, for the same reason), plus the library directory and ``/etc/ld.so.preload``
+  mounted read-only.
+- ``none``: no enforcement env; the slices are accounted by gpupool only.
+
+Always: ``GPUPOOL_SLICES`` (JSON list of every slice of the container: gpu, node, compute, memory, slot,
+remote, and ``device`` = the CUDA ordinal for local ones) and, when the container has remote slices,
+``GPUPOOL_REMOTE_SLICES`` (JSON list: endpoint of the owning node agent from that node's GPUNode
+``status.agentEndpoint``, node, gpu, compute, memory, slot). A container without local slices gets
+``NVIDIA_VISIBLE_DEVICES=void`` (no local GPU even in CUDA base images that default to ``all``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from deviceplugin.api import pb2
+from deviceplugin.settings import Backend, DevicePluginSettings
+from gpupool.assignment import SliceRecord
+
+ANNOTATION_PREFIX = "gpupool.io/"
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerPlan:
+    """The facts one container response is built from."""
+
+    pod_uid: str
+    pod: str  # namespace/name
+    container: str  # container key, "0" or "init:0"
+    slots: tuple[str, ...]  # the slot ids the kubelet allocated
+    slices: tuple[SliceRecord, ...]
+    node: str
+    how: str
+    note: str = ""
+
+
+def _local_and_remote(
+    slices: Sequence[SliceRecord], node: str, gpu_index: Mapping[str, int]
+) -> tuple[list[SliceRecord], list[SliceRecord]]:
+    local = [s for s in slices if s.node == node]
+    remote = [s for s in slices if s.node != node]
+    local.sort(key=lambda s: (gpu_index.get(s.gpu, 1 << 30), s.gpu))
+    return local, remote
+
+
+def build_response(
+    plan: ContainerPlan,
+    settings: DevicePluginSettings,
+    gpu_index: Mapping[str, int],
+    endpoints: Mapping[str, str],
+) -> Any:
+    """The `ContainerAllocateResponse` for `plan`. `endpoints`: node -> agent endpoint of remote slices."""
+    local, remote = _local_and_remote(plan.slices, plan.node, gpu_index)
+    envs: dict[str, str] = {}
+    mounts: list[Any] = []
+    cdi: list[Any] = []
+    uuids = [s.gpu for s in local]
+
+    if settings.cdi:
+        cdi = [pb2.CDIDevice(name=f"nvidia.com/gpu={u}") for u in uuids]
+        envs["NVIDIA_VISIBLE_DEVICES"] = "void"
+    else:
+        envs["NVIDIA_VISIBLE_DEVICES"] = ",".join(uuids) if uuids else "void"
+    if local:
+        envs["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+        compute = min(s.compute for s in local)
+        if settings.backend is Backend.MPS:
+            envs["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(compute)
+            envs["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] = ",".join(f"{i}={s.memory_mib}M" for i, s in enumerate(local))
+            envs["CUDA_MPS_PIPE_DIRECTORY"] = settings.mps_pipe_dir
+            mounts.append(pb2.Mount(container_path=settings.mps_pipe_dir, host_path=settings.mps_pipe_dir))
+            if settings.mps_shm_dir:
+                mounts.append(pb2.Mount(container_path="/dev/shm", host_path=settings.mps_shm_dir))
+        elif settings.backend is Backend.HAMI_CORE:
+            for i, s in enumerate(local):
+                envs[f"CUDA_DEVICE_MEMORY_LIMIT_{i}"] = f"{s.memory_mib}m"
+            envs["CUDA_DEVICE_SM_LIMIT"] = str(compute)
+            mounts.append(
+                pb2.Mount(container_path=settings.hami_lib_dir, host_path=settings.hami_lib_dir, read_only=True)
+            )
+            mounts.append(
+                pb2.Mount(container_path="/etc/ld.so.preload", host_path=settings.hami_preload_file, read_only=True)
+            )
+
+    listed: list[dict[str, Any]] = []
+    for i, s in enumerate(local):
+        listed.append(_slice_json(s, remote=False) | {"device": i})
+    listed.extend(_slice_json(s, remote=True) for s in remote)
+    envs["GPUPOOL_SLICES"] = json.dumps(listed, separators=(",", ":"))
+    if remote:
+        envs["GPUPOOL_REMOTE_SLICES"] = json.dumps(
+            [
+                {
+                    "endpoint": endpoints.get(s.node, ""),
+                    "node": s.node,
+                    "gpu": s.gpu,
+                    "compute": s.compute,
+                    "memory": s.memory_mib,
+                    "slot": s.slot,
+                }
+                for s in remote
+            ],
+            separators=(",", ":"),
+        )
+    envs["GPUPOOL_BACKEND"] = settings.backend.value
+
+    annotations = {
+        f"{ANNOTATION_PREFIX}pod-uid": plan.pod_uid,
+        f"{ANNOTATION_PREFIX}pod": plan.pod,
+        f"{ANNOTATION_PREFIX}container": plan.container,
+        f"{ANNOTATION_PREFIX}slots": ",".join(plan.slots),
+        f"{ANNOTATION_PREFIX}match": plan.how,
+    }
+    if plan.note:
+        annotations[f"{ANNOTATION_PREFIX}match-note"] = plan.note
+    return pb2.ContainerAllocateResponse(envs=envs, mounts=mounts, annotations=annotations, cdi_devices=cdi)
+
+
+def _slice_json(s: SliceRecord, remote: bool) -> dict[str, Any]:
+    return {
+        "gpu": s.gpu,
+        "node": s.node,
+        "compute": s.compute,
+        "memory": s.memory_mib,
+        "slot": s.slot,
+        "remote": remote,
+    }

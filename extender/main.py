@@ -1,0 +1,164 @@
+"""`gpupool-extender`: wire settings, the pool model, the cluster cache and the HTTP app together."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from extender.kube import GPUNODES, NODES, PODS, KubeAPI, PodAPI, Reflector
+from extender.metrics import Metrics
+from extender.service import PoolService
+from extender.settings import ExtenderSettings
+from gpupool.ledger import Ledger
+from gpupool.placement import Placer
+from gpupool.policies import Policy, available, make_policy
+
+log = logging.getLogger("gpupool.extender")
+
+
+def read_key(path: str) -> bytes:
+    key = Path(path).read_bytes().strip()
+    if not key:
+        raise SystemExit(f"signing key file {path} is empty; mount the gpupool signing Secret")
+    return key
+
+
+def load_workload(path: str | None) -> Any:
+    """The target workload M for FGD and the fragmentation gauge, or None when the module is not there.
+
+    `path`: an openb-style pod CSV (columns cpu_milli, num_gpu, gpu_milli); unset = the built-in default.
+    """
+    try:
+        from gpupool import fragmentation
+    except ImportError:  # pragma: no cover - the module is being written
+        return None
+    if not path:
+        return fragmentation.default_workload()
+    keys = []
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            keys.append(fragmentation.shape_key(int(row["cpu_milli"]), int(row["gpu_milli"]), int(row["num_gpu"])))
+    return fragmentation.Workload.from_shapes(keys)
+
+
+def fragmentation_gauge(service: PoolService, workload: Any) -> Callable[[], float | None]:
+    """F_N(M) over the service's ledger; the one place to switch when the measure changes."""
+
+    def value() -> float | None:
+        if workload is None:
+            return None
+        from gpupool import fragmentation
+
+        with service.lock:
+            return float(fragmentation.cluster_fragmentation(service.ledger, workload).amount)
+
+    return value
+
+
+@dataclass
+class Extender:
+    """Everything one extender process runs; `start`/`stop` manage the watch threads."""
+
+    settings: ExtenderSettings
+    service: PoolService
+    api: KubeAPI | None
+    reflectors: list[Reflector] = field(default_factory=list)
+
+    def start(self) -> None:
+        if self.api is None:
+            return
+        s = self.service
+        m = s.metrics
+
+        def counted(resource: str, handler: Callable[[list[dict[str, Any]]], None]) -> Any:
+            first = [True]
+
+            def on_list(items: list[dict[str, Any]]) -> None:
+                if not first[0]:
+                    m.relists.labels(resource).inc()
+                first[0] = False
+                handler(items)
+
+            return on_list
+
+        t = self.settings.watch_timeout_seconds
+        self.reflectors = [
+            Reflector(self.api, NODES, counted("nodes", s.on_node_list), s.on_node_event, watch_timeout=t),
+            Reflector(
+                self.api,
+                GPUNODES,
+                counted("gpunodes", s.on_gpunode_list),
+                s.on_gpunode_event,
+                watch_timeout=t,
+            ),
+            Reflector(self.api, PODS, counted("pods", s.on_pod_list), s.on_pod_event, watch_timeout=t),
+        ]
+        for r in self.reflectors:
+            r.start()
+
+    def stop(self) -> None:
+        for r in self.reflectors:
+            r.stop()
+        if self.api is not None:
+            self.api.close_streams()
+        for r in self.reflectors:
+            r.join(5)
+
+
+def build(settings: ExtenderSettings, api: PodAPI | None = None, key: bytes | None = None) -> Extender:
+    """Build the service from settings; `api` None connects to the cluster from the settings."""
+    names = settings.policies or list(available())
+    if settings.default_policy not in names:
+        names.append(settings.default_policy)
+    workload = load_workload(settings.fragmentation_workload)
+    policies: dict[str, Policy] = {}
+    for name in names:
+        policies[name] = make_policy(name, workload=workload) if workload is not None else make_policy(name)
+    ledger = Ledger(
+        slots_per_gpu=settings.slots_per_gpu,
+        remote_slots=settings.remote_slots,
+        overcommit_compute_percent=settings.overcommit_compute_percent,
+        overcommit_memory_percent=settings.overcommit_memory_percent,
+    )
+    placer = Placer(ledger, policies, settings.default_policy)
+    kube: KubeAPI | None = None
+    if api is None:
+        kube = KubeAPI.connect(settings.kubeconfig, settings.in_cluster, settings.api_timeout_seconds)
+        api = kube
+    elif isinstance(api, KubeAPI):
+        kube = api
+    metrics = Metrics()
+    service = PoolService(ledger, placer, key if key is not None else read_key(settings.signing_key_file), api, metrics)
+    metrics.attach(service, fragmentation_gauge(service, workload))
+    return Extender(settings, service, kube)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import uvicorn
+
+    from extender.app import create_app
+
+    settings = ExtenderSettings.from_args(argv)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    extender = build(settings)
+    app = create_app(extender.service, url_prefix=settings.url_prefix, max_body_bytes=settings.max_body_bytes)
+    extender.start()
+    try:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
+                    access_log=False)  # fmt: skip
+    finally:
+        extender.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

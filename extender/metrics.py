@@ -1,0 +1,111 @@
+"""Prometheus metrics of the extender (prefix `gpupool_`), on a registry of its own.
+
+Counters and histograms are updated by the service; everything derived from the
+ledger (cache sizes, per-GPU allocation, fragmentation) is read at scrape time by a
+collector, so it is always consistent with the ledger and costs nothing between scrapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from extender.service import PoolService
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.verb_latency = Histogram(
+            "gpupool_extender_request_duration_seconds", "Extender verb latency (body read to answer).",
+            ["verb"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.requests = Counter(
+            "gpupool_extender_requests", "Extender verb calls by outcome (ok, error, rejected).",
+            ["verb", "outcome"], registry=r,
+        )  # fmt: skip
+        self.binds = Counter("gpupool_extender_binds", "Binds by result.", ["result"], registry=r)
+        self.bind_conflicts = Counter(
+            "gpupool_extender_bind_conflicts", "Assignment writes refused with 409 Conflict.", registry=r
+        )
+        self.bind_rollbacks = Counter(
+            "gpupool_extender_bind_rollbacks", "Binds whose committed slices were released again.", registry=r
+        )
+        self.assignment_problems = Counter(
+            "gpupool_extender_assignment_problems",
+            "Pods whose assignment was forged, unreadable or did not fit (the extender is then not ready).",
+            registry=r,
+        )
+        self.gpunode_problems = Counter(
+            "gpupool_extender_gpunode_problems", "GPUNode objects that could not be read.", registry=r
+        )
+        self.preemptions = Counter(
+            "gpupool_extender_preempt_nodes", "Nodes answered to preempt calls, kept or dropped.", ["result"],
+            registry=r,
+        )  # fmt: skip
+        self.relists = Counter("gpupool_extender_relists", "Re-lists of a watched resource.", ["resource"], registry=r)
+
+    def attach(self, service: PoolService, fragmentation: Callable[[], float | None] | None = None) -> None:
+        self.registry.register(_LedgerCollector(service, fragmentation))
+
+
+class _LedgerCollector(Collector):
+    def __init__(self, service: PoolService, fragmentation: Callable[[], float | None] | None) -> None:
+        self.service = service
+        self.fragmentation = fragmentation
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.service
+        with s.lock:
+            ledger = s.ledger
+            nodes = ledger.node_names()
+            gpus = [(g.node, g.uuid, g.index, g.used_compute, g.used_memory, g.healthy and not g.disabled)
+                    for n in nodes for g in ledger.gpus_of(n)]  # fmt: skip
+            holdings = sum(1 for _ in ledger.holdings())
+            problems = len(s.problems)
+            ready = s.ready
+            unplaced = len(s.unplaced)
+        frag = self.fragmentation() if self.fragmentation is not None else None
+        yield GaugeMetricFamily("gpupool_extender_ready", "1 when the cache is complete and clean.", value=int(ready))
+        yield GaugeMetricFamily("gpupool_extender_cache_nodes", "Nodes in the pool model.", value=len(nodes))
+        yield GaugeMetricFamily("gpupool_extender_cache_gpus", "GPUs in the pool model.", value=len(gpus))
+        yield GaugeMetricFamily("gpupool_extender_cache_holdings", "Pods holding slices.", value=holdings)
+        yield GaugeMetricFamily(
+            "gpupool_extender_unready_pods", "Pods whose assignment is forged, unreadable or conflicting.",
+            value=problems,
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "gpupool_extender_unplaced_holdings", "Valid assignments naming a node or GPU not in the pool.",
+            value=unplaced,
+        )  # fmt: skip
+        compute = GaugeMetricFamily(
+            "gpupool_gpu_allocated_compute_percent", "Compute allocated on a GPU (percent of one GPU).",
+            labels=["node", "gpu", "index", "eligible"],
+        )  # fmt: skip
+        memory = GaugeMetricFamily(
+            "gpupool_gpu_allocated_memory_mib", "Memory allocated on a GPU (MiB).",
+            labels=["node", "gpu", "index", "eligible"],
+        )  # fmt: skip
+        for node, uuid, index, c, m, ok in gpus:
+            labels = [node, uuid, str(index), "true" if ok else "false"]
+            compute.add_metric(labels, c)
+            memory.add_metric(labels, m)
+        yield compute
+        yield memory
+        if frag is not None:
+            yield GaugeMetricFamily(
+                "gpupool_pool_fragmentation_compute",
+                "Fragmentation F_N(M) of the pool over the target workload (compute units, 100 = 1 GPU).",
+                value=frag,
+            )  # fmt: skip

@@ -1,0 +1,705 @@
+"""`PoolService`: the extender's state and verbs, with no HTTP in sight.
+
+It owns one `Ledger` and one `Placer` behind one lock, feeds them from the cluster
+cache (GPUNodes, Nodes, pods: the `on_*` methods, called by the watch threads or by
+tests directly), and answers kube-scheduler's verbs:
+
+* `filter` / `prioritize` / `preempt` read the ledger under the lock; nothing is held.
+* `bind` is the only writer of slices: under the lock it re-checks the node
+  (`Placer.plan`) and commits the slices; outside the lock it writes the signed
+  assignment on the pod and posts the Binding; on failure it removes the annotation
+  and releases the slices under the lock again. No per-node lock: two binds on one
+  node only serialise for the microseconds of plan + commit.
+
+The pods' signed assignments are the source of truth. The ledger is rebuilt from
+them at start (`gpupool.objects.holding_from_pod`), and the service is not ready
+while any assignment is forged, unreadable or does not fit: such capacity is never
+silently treated as free.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from extender.kube import MERGE_PATCH, ApiError, PodAPI
+from extender.metrics import Metrics
+from gpupool import assignment as assignment_format
+from gpupool import objects, resources
+from gpupool.errors import AssignmentError, GpupoolError, InvalidRequest, OverAllocation
+from gpupool.ledger import Holding, HoldingKind, Ledger, NodeView
+from gpupool.placement import NoFit, Placer, Verdict
+from gpupool.policies import Demand
+from gpupool.request import Locality, PodRequest, QoS
+
+log = logging.getLogger("gpupool.extender")
+
+#: kube-scheduler's MaxExtenderPriority
+MAX_EXTENDER_SCORE = 10
+#: pod shapes whose filter verdicts are memoised (each holds one entry per node)
+VERDICT_MEMO_SHAPES = 32
+
+
+@dataclass(slots=True)
+class FilterAnswer:
+    passing: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    unresolvable: dict[str, str] = field(default_factory=dict)
+    error: str = ""
+
+
+class BindError(GpupoolError):
+    """A bind that did not happen; the message goes back to kube-scheduler (and into the pod's events)."""
+
+
+def extender_score(policy_score: int | None) -> int:
+    """A policy's 0..100 as kube-scheduler's 0..10: local fits 1..10, remote-only fits 0."""
+    if policy_score is None:
+        return 0
+    return 1 + max(0, min(100, policy_score)) * (MAX_EXTENDER_SCORE - 1) // 100
+
+
+def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    return obj.get("metadata") or {}
+
+
+def _name(obj: Mapping[str, Any]) -> str:
+    return str(_meta(obj).get("name") or "")
+
+
+def _int_rv(obj: Mapping[str, Any]) -> int | None:
+    """The resourceVersion as an integer when it is one (etcd's are; the API calls them opaque)."""
+    rv = _meta(obj).get("resourceVersion")
+    try:
+        return int(rv) if rv is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _is_pool_pod(pod: Mapping[str, Any]) -> bool:
+    return objects.pod_assignment_text(pod) is not None or resources.mentions_gpupool(pod)
+
+
+class PoolService:
+    """Ledger + Placer + lock, the cluster cache, and the four verbs."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        placer: Placer,
+        key: bytes,
+        api: PodAPI | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        if placer.ledger is not ledger:
+            raise ValueError("the placer must place over the service's ledger")
+        self.ledger = ledger
+        self.placer = placer
+        self.key = key
+        self.api = api
+        self.metrics = metrics or Metrics()
+        #: guards the ledger, the placer's caches and every dict below
+        self.lock = threading.RLock()
+        self.nodes: set[str] = set()  # Node objects that exist
+        self.gpunodes: dict[str, dict[str, Any]] = {}  # GPUNode objects by name
+        self.pods: dict[str, dict[str, Any]] = {}  # pool pods by uid
+        self.pod_uids: dict[tuple[str, str], str] = {}  # (namespace, name) -> uid
+        #: pods whose assignment cannot be trusted or accounted: forged, unreadable, over capacity
+        self.problems: dict[str, str] = {}
+        #: GPUNodes that could not be read (the node stays out of the pool, or keeps its last good inventory)
+        self.gpunode_problems: dict[str, str] = {}
+        #: pods with a valid assignment naming a node or GPU that is not in the pool (yet, or any more)
+        self.unplaced: set[str] = set()
+        #: binds between commit and the end of their API writes: the watch leaves these pods alone
+        self.inflight: dict[str, Holding] = {}
+        #: resourceVersion our own assignment write produced, per pod: older watch events are stale
+        self.rv_floor: dict[str, int] = {}
+        self._synced = {"nodes": False, "gpunodes": False, "pods": False}
+        #: filter verdicts per pod shape: node -> (the NodeView they were computed on, verdict)
+        self._verdict_memo: dict[Demand, dict[str, tuple[NodeView, Verdict]]] = {}
+
+    # --- readiness ---------------------------------------------------------------------------------
+
+    @property
+    def synced(self) -> bool:
+        return all(self._synced.values())
+
+    @property
+    def ready(self) -> bool:
+        """True once Nodes, GPUNodes and pods were listed and no assignment is untrusted."""
+        return self.synced and not self.problems
+
+    def readiness(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "ready": self.ready,
+                "synced": dict(self._synced),
+                "problems": dict(sorted(self.problems.items())),
+                "gpunode_problems": dict(sorted(self.gpunode_problems.items())),
+                "unplaced": sorted(self.unplaced),
+            }
+
+    def mark_synced(self) -> None:
+        """For embedders that feed the cache without list calls (tests, the benchmark)."""
+        with self.lock:
+            for k in self._synced:
+                self._synced[k] = True
+
+    # --- cluster cache: Nodes ----------------------------------------------------------------------
+
+    def on_node_list(self, items: Iterable[Mapping[str, Any]]) -> None:
+        names = {_name(o) for o in items if _name(o)}
+        with self.lock:
+            for gone in self.nodes - names:
+                self._node_gone(gone)
+            for name in names - self.nodes:
+                self.nodes.add(name)
+                self._apply_gpunode(name)
+            self._synced["nodes"] = True
+
+    def on_node_event(self, kind: str, obj: Mapping[str, Any]) -> None:
+        name = _name(obj)
+        if not name:
+            return
+        with self.lock:
+            if kind == "DELETED":
+                self._node_gone(name)
+            elif name not in self.nodes:
+                self.nodes.add(name)
+                self._apply_gpunode(name)
+
+    def _node_gone(self, name: str) -> None:
+        self.nodes.discard(name)
+        self._drop_from_pool(name)
+
+    # --- cluster cache: GPUNodes -------------------------------------------------------------------
+
+    def on_gpunode_list(self, items: Iterable[Mapping[str, Any]]) -> None:
+        fresh = {_name(o): dict(o) for o in items if _name(o)}
+        with self.lock:
+            for gone in set(self.gpunodes) - set(fresh):
+                del self.gpunodes[gone]
+                self.gpunode_problems.pop(gone, None)
+                self._drop_from_pool(gone)
+            for name, obj in fresh.items():
+                self.gpunodes[name] = obj
+                self._apply_gpunode(name)
+            self._synced["gpunodes"] = True
+
+    def on_gpunode_event(self, kind: str, obj: Mapping[str, Any]) -> None:
+        name = _name(obj)
+        if not name:
+            return
+        with self.lock:
+            if kind == "DELETED":
+                self.gpunodes.pop(name, None)
+                self.gpunode_problems.pop(name, None)
+                self._drop_from_pool(name)
+            else:
+                self.gpunodes[name] = dict(obj)
+                self._apply_gpunode(name)
+
+    def _apply_gpunode(self, name: str) -> None:
+        """Put node `name` into the pool (or refresh it) when both its Node and its GPUNode exist."""
+        obj = self.gpunodes.get(name)
+        if obj is None or name not in self.nodes:
+            return
+        try:
+            info = objects.node_info_from_gpunode(obj)
+            dropped = self.ledger.upsert_node(info)
+        except (GpupoolError, ValueError) as exc:
+            if self.gpunode_problems.get(name) != str(exc):
+                self.metrics.gpunode_problems.inc()
+                log.error(
+                    "GPUNode %s is unreadable, node kept %s: %s",
+                    name,
+                    "at its last good inventory" if self.ledger.has_node(name) else "out of the pool",
+                    exc,
+                )
+            self.gpunode_problems[name] = str(exc)
+            return
+        self.gpunode_problems.pop(name, None)
+        for uid in dropped:
+            log.warning("pod %s lost its slices: a GPU it used left GPUNode %s", self._pod_label(uid), name)
+            self.unplaced.add(uid)
+        self._retry_unplaced()
+
+    def _drop_from_pool(self, name: str) -> None:
+        if not self.ledger.has_node(name):
+            return
+        for uid in self.ledger.remove_node(name):
+            if uid in self.inflight:
+                continue  # the bind's rollback or success path sorts it out
+            if uid in self.pods and objects.pod_assignment_text(self.pods[uid]) is not None:
+                self.unplaced.add(uid)
+        log.info("node %s left the pool; its slices were released", name)
+
+    def _retry_unplaced(self) -> None:
+        for uid in list(self.unplaced):
+            pod = self.pods.get(uid)
+            if pod is None:
+                self.unplaced.discard(uid)
+            else:
+                self._sync_holding(uid, pod)
+
+    # --- cluster cache: pods -----------------------------------------------------------------------
+
+    def on_pod_list(self, items: Iterable[Mapping[str, Any]]) -> None:
+        fresh = {objects.pod_uid(p): dict(p) for p in items if _is_pool_pod(p) and objects.pod_uid(p)}
+        with self.lock:
+            for gone in set(self.pods) - set(fresh):
+                self._pod_gone(gone)
+            for uid in sorted(fresh, key=lambda u: objects.pod_key(fresh[u])):
+                self._pod_seen(uid, fresh[uid])
+            self._synced["pods"] = True
+
+    def on_pod_event(self, kind: str, pod: Mapping[str, Any]) -> None:
+        uid = objects.pod_uid(pod)
+        if not uid:
+            return
+        with self.lock:
+            if kind == "DELETED":
+                self._pod_gone(uid)
+            elif _is_pool_pod(pod):
+                self._pod_seen(uid, dict(pod))
+            elif uid in self.pods:
+                self._pod_gone(uid)
+
+    def _pod_seen(self, uid: str, pod: dict[str, Any]) -> None:
+        floor = self.rv_floor.get(uid)
+        if floor is not None:
+            rv = _int_rv(pod)
+            if rv is not None and rv < floor:
+                return  # older than what our bind wrote (watch lag): keep the newer state
+            del self.rv_floor[uid]
+        self.pods[uid] = pod
+        meta = _meta(pod)
+        self.pod_uids[(str(meta.get("namespace") or ""), str(meta.get("name") or ""))] = uid
+        self._sync_holding(uid, pod)
+
+    def _pod_gone(self, uid: str) -> None:
+        pod = self.pods.pop(uid, None)
+        if pod is not None:
+            meta = _meta(pod)
+            key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+            if self.pod_uids.get(key) == uid:
+                del self.pod_uids[key]
+        self.problems.pop(uid, None)
+        self.unplaced.discard(uid)
+        self.rv_floor.pop(uid, None)
+        if uid not in self.inflight:
+            self.ledger.discard(uid)
+
+    def _sync_holding(self, uid: str, pod: Mapping[str, Any]) -> None:
+        """Make the ledger hold exactly what the pod's signed assignment says (caller holds the lock)."""
+        if uid in self.inflight:
+            return  # our own bind is writing this pod; its outcome decides
+        try:
+            wanted = objects.holding_from_pod(pod, self.key)
+        except AssignmentError as exc:
+            self._problem(uid, pod, f"assignment refused: {exc}")
+            return  # whatever the ledger holds for it stays held: never silently free
+        current = self.ledger.holding(uid)
+        if wanted is None:
+            self.problems.pop(uid, None)
+            self.unplaced.discard(uid)
+            if current is not None:
+                self.ledger.release(uid)
+            return
+        if current is not None and current == wanted:
+            self.problems.pop(uid, None)
+            self.unplaced.discard(uid)
+            return
+        if current is not None:
+            self.ledger.release(uid)
+        if not self.ledger.has_node(wanted.node) or not all(self.ledger.has_gpu(s.gpu) for s in wanted.slices):
+            if uid not in self.unplaced:
+                log.warning(
+                    "pod %s holds slices on a node or GPU not in the pool; not counted until it is back",
+                    objects.pod_key(pod),
+                )
+            self.unplaced.add(uid)
+            self.problems.pop(uid, None)
+            return
+        try:
+            self.ledger.hold(wanted)
+        except OverAllocation as exc:
+            if current is not None:
+                self.ledger.hold(current)
+            self._problem(uid, pod, f"assignment does not fit the pool: {exc}")
+            return
+        self.unplaced.discard(uid)
+        self.problems.pop(uid, None)
+
+    def _problem(self, uid: str, pod: Mapping[str, Any], message: str) -> None:
+        if self.problems.get(uid) != message:
+            self.metrics.assignment_problems.inc()
+            log.error("NOT READY: pod %s (uid %s): %s", objects.pod_key(pod), uid, message)
+        self.problems[uid] = message
+
+    def _pod_label(self, uid: str) -> str:
+        pod = self.pods.get(uid)
+        return objects.pod_key(pod) if pod is not None else uid
+
+    # --- filter and prioritize ---------------------------------------------------------------------
+
+    def _request(self, pod: Mapping[str, Any]) -> PodRequest:
+        return resources.parse_pod(pod)
+
+    def filter(self, pod: Mapping[str, Any], nodes: list[str]) -> FilterAnswer:
+        try:
+            request = self._request(pod)
+        except InvalidRequest as exc:
+            return FilterAnswer(error=f"pod {objects.pod_key(pod)} is invalid for gpupool: {exc}")
+        if not self.ready:
+            return FilterAnswer(error=self._not_ready_message())
+        if not request.containers:
+            return FilterAnswer(passing=list(nodes))
+        if request.policy is not None and request.policy not in self.placer.policies:
+            enabled = ", ".join(sorted(self.placer.policies))
+            return FilterAnswer(
+                error=f"pod {request.key}: policy {request.policy!r} is not enabled; enabled are {enabled}"
+            )
+        with self.lock:
+            if self._memoizable(request):
+                return self._filter_memoized(request, nodes)
+            result = self.placer.filter(request, nodes)
+        return FilterAnswer(result.passing, result.failed, result.unresolvable)
+
+    @staticmethod
+    def _memoizable(request: PodRequest) -> bool:
+        """Local, guaranteed, unconstrained pods: their verdict on a node is a pure function of the
+        pod's shape and the node's cached `NodeView` object (replaced by the ledger on every change)."""
+        return (
+            request.locality is Locality.LOCAL
+            and request.qos is QoS.GUARANTEED
+            and not request.models
+            and not request.uuids
+        )
+
+    def _filter_memoized(self, request: PodRequest, nodes: list[str]) -> FilterAnswer:
+        """`Placer.filter`, re-evaluating only the nodes whose view changed since the last pod of this shape.
+
+        kube-scheduler sends every feasible node on every call (thousands), and pods of one shape come
+        in waves (replicas, jobs), so most verdicts are reused. Results are identical to `Placer.filter`:
+        a miss calls `Placer.verdict`; a hit requires the very same view object (`is`, not equality).
+        """
+        shape = Demand.of(request)
+        memo = self._verdict_memo.pop(shape, None)
+        if memo is None:
+            memo = {}
+        self._verdict_memo[shape] = memo  # most recently used last
+        while len(self._verdict_memo) > VERDICT_MEMO_SHAPES:
+            del self._verdict_memo[next(iter(self._verdict_memo))]
+        answer = FilterAnswer()
+        view_of = self.ledger.view
+        has_node = self.ledger.has_node
+        for node in nodes:
+            view = view_of(node) if has_node(node) else None
+            known = memo.get(node)
+            if known is not None and known[0] is view and view is not None:
+                verdict = known[1]
+            else:
+                verdict = self.placer.verdict(request, node)
+                if view is not None:
+                    memo[node] = (view, verdict)
+            if verdict.fits:
+                answer.passing.append(node)
+            elif verdict.resolvable:
+                answer.failed[node] = verdict.reason
+            else:
+                answer.unresolvable[node] = verdict.reason
+        return answer
+
+    def prioritize(self, pod: Mapping[str, Any], nodes: list[str]) -> list[tuple[str, int]]:
+        """(node, 0..10) for every node asked about; invalid pods score 0 everywhere (filter said why)."""
+        try:
+            request = self._request(pod)
+        except InvalidRequest:
+            return [(n, 0) for n in nodes]
+        if not request.containers or not self.ready:
+            return [(n, 0) for n in nodes]
+        try:
+            with self.lock:
+                scores = self.placer.scores(request, nodes)
+        except NoFit:
+            return [(n, 0) for n in nodes]
+        return [(n, extender_score(scores.get(n))) for n in nodes]
+
+    def _not_ready_message(self) -> str:
+        if not self.synced:
+            waiting = ", ".join(k for k, v in self._synced.items() if not v)
+            return f"gpupool extender is not ready: still listing {waiting}"
+        first = next(iter(sorted(self.problems.items())))
+        return (
+            f"gpupool extender is not ready: {len(self.problems)} pod(s) carry an assignment it cannot trust "
+            f"(first: {self._pod_label(first[0])}: {first[1]}); see /readyz"
+        )
+
+    # --- bind --------------------------------------------------------------------------------------
+
+    def bind(self, name: str, namespace: str, uid: str, node: str) -> str:
+        """Bind the pod to `node`, committing its slices; '' on success, else the error for kube-scheduler."""
+        try:
+            self._bind(name, namespace, uid, node)
+        except BindError as exc:
+            self.metrics.binds.labels("error").inc()
+            log.warning("bind %s/%s -> %s failed: %s", namespace, name, node, exc)
+            return str(exc)
+        self.metrics.binds.labels("ok").inc()
+        return ""
+
+    def _api(self) -> PodAPI:
+        if self.api is None:
+            raise BindError("the extender has no API-server connection")
+        return self.api
+
+    def _get_pod(self, namespace: str, name: str, uid: str) -> dict[str, Any]:
+        with self.lock:
+            cached_uid = self.pod_uids.get((namespace, name))
+            pod = self.pods.get(cached_uid) if cached_uid == uid else None
+        if pod is None:
+            try:
+                pod = self._api().get_pod(namespace, name)
+            except ApiError as exc:
+                raise BindError(f"cannot read pod {namespace}/{name}: {exc}") from None
+        if objects.pod_uid(pod) != uid:
+            raise BindError(f"pod {namespace}/{name} has uid {objects.pod_uid(pod)}, not {uid} (recreated?)")
+        return pod
+
+    def _bind(self, name: str, namespace: str, uid: str, node: str) -> None:
+        if not self.ready:
+            raise BindError(self._not_ready_message())
+        pod = self._get_pod(namespace, name, uid)
+        bound_to = (pod.get("spec") or {}).get("nodeName")
+        if bound_to and bound_to != node:
+            raise BindError(f"pod {namespace}/{name} is already bound to {bound_to}")
+        if objects.pod_is_terminal(pod):
+            raise BindError(f"pod {namespace}/{name} has finished")
+        try:
+            request = self._request(pod)
+        except InvalidRequest as exc:
+            raise BindError(f"pod {namespace}/{name} is invalid for gpupool: {exc}") from None
+
+        existing = self._existing_assignment(pod, node)
+        if existing == "done":
+            if not bound_to:
+                self._post_binding(namespace, name, uid, node, None)
+            return
+        if not request.containers:
+            self._post_binding(namespace, name, uid, node, None)
+            return
+
+        with self.lock:
+            if uid in self.inflight:
+                raise BindError(f"a bind of pod {namespace}/{name} is already in progress")
+            old = self.ledger.holding(uid)
+            if old is not None:
+                if existing == "stale":  # an assignment for another node that never bound: replace it
+                    self.ledger.release(uid)
+                else:
+                    raise BindError(f"pod {namespace}/{name} already holds slices on {old.node}")
+            try:
+                plan = self.placer.plan(request, node)
+                holding = self.ledger.commit(uid, node, plan.slices, kind=HoldingKind.ASSIGNED, qos=request.qos)
+            except NoFit as exc:
+                raise BindError(f"node {node} no longer fits pod {namespace}/{name}: {exc.reason}") from None
+            except (OverAllocation, KeyError) as exc:
+                raise BindError(f"node {node} no longer fits pod {namespace}/{name}: {exc}") from None
+            self.inflight[uid] = holding
+
+        try:
+            record = assignment_format.Assignment(uid, node, holding.slices, assignment_format.now_rfc3339())
+            text = record.signed(self.key).to_annotation()
+            written = self._write_assignment(pod, namespace, name, uid, text)
+            self._post_binding(namespace, name, uid, node, text)
+        except BaseException as exc:
+            self._rollback(uid, holding, namespace, name)
+            if isinstance(exc, BindError):
+                raise
+            raise BindError(f"bind of pod {namespace}/{name} failed: {exc}") from exc
+        with self.lock:
+            self.inflight.pop(uid, None)
+            rv = _int_rv(written)
+            if rv is not None:
+                self.rv_floor[uid] = rv
+            # the watch may have delivered the pod while we were writing: fold in what we wrote
+            cached = self.pods.get(uid)
+            if cached is not None:
+                annotations = dict(_meta(cached).get("annotations") or {})
+                annotations[resources.ASSIGNMENT] = text
+                self.pods[uid] = {**cached, "metadata": {**_meta(cached), "annotations": annotations}}
+
+    def _existing_assignment(self, pod: Mapping[str, Any], node: str) -> str | None:
+        """'done' when the pod already carries a valid assignment for `node` that the ledger agrees with;
+        'stale' when it carries one for another node; None when it carries none."""
+        text = objects.pod_assignment_text(pod)
+        if text is None:
+            return None
+        try:
+            record = assignment_format.verify(text, self.key)
+        except AssignmentError as exc:
+            raise BindError(f"pod {objects.pod_key(pod)} carries an assignment gpupool cannot trust: {exc}") from None
+        if record.pod != objects.pod_uid(pod):
+            raise BindError(f"pod {objects.pod_key(pod)} carries the assignment of pod {record.pod}")
+        if record.node != node:
+            return "stale"
+        uid = objects.pod_uid(pod)
+        with self.lock:
+            if uid in self.inflight:
+                raise BindError(f"a bind of pod {objects.pod_key(pod)} is already in progress")
+            held = self.ledger.holding(uid)
+            if held is None:
+                self._sync_holding(uid, pod)
+                held = self.ledger.holding(uid)
+                if held is None:
+                    raise BindError(
+                        f"pod {objects.pod_key(pod)}: its assignment for {node} does not fit the pool "
+                        f"({self.problems.get(uid, 'node or GPU not in the pool')})"
+                    )
+            if held.node != node or held.slices != record.slices:
+                raise BindError(f"pod {objects.pod_key(pod)}: the ledger and its assignment disagree")
+        return "done"
+
+    def _write_assignment(
+        self, pod: Mapping[str, Any], namespace: str, name: str, uid: str, text: str
+    ) -> Mapping[str, Any]:
+        """Merge-patch the annotation with a resourceVersion precondition; on 409, re-read and retry once."""
+        api = self._api()
+        current: Mapping[str, Any] = pod
+        for attempt in (1, 2):
+            patch: dict[str, Any] = {"metadata": {"annotations": {resources.ASSIGNMENT: text}}}
+            rv = _meta(current).get("resourceVersion")
+            if rv:
+                patch["metadata"]["resourceVersion"] = rv
+            try:
+                return api.patch_pod(namespace, name, patch, MERGE_PATCH) or {}
+            except ApiError as exc:
+                if exc.status != 409:
+                    raise BindError(f"cannot write the assignment of pod {namespace}/{name}: {exc}") from None
+                self.metrics.bind_conflicts.inc()
+                if attempt == 2:
+                    raise BindError(f"pod {namespace}/{name} kept changing while binding (409 twice)") from None
+            try:
+                current = api.get_pod(namespace, name)
+            except ApiError as exc:
+                raise BindError(f"cannot re-read pod {namespace}/{name}: {exc}") from None
+            if objects.pod_uid(current) != uid:
+                raise BindError(f"pod {namespace}/{name} was recreated while binding")
+            bound_to = (current.get("spec") or {}).get("nodeName")
+            if bound_to or objects.pod_assignment_text(current) is not None:
+                raise BindError(f"pod {namespace}/{name} was bound or assigned by someone else meanwhile")
+
+    def _post_binding(self, namespace: str, name: str, uid: str, node: str, text: str | None) -> None:
+        try:
+            self._api().bind_pod(namespace, name, uid, node)
+        except ApiError as exc:
+            if exc.status == 409:  # already bound: fine when it is bound to this node
+                try:
+                    current = self._api().get_pod(namespace, name)
+                except ApiError:
+                    current = {}
+                if (current.get("spec") or {}).get("nodeName") == node and objects.pod_uid(current) == uid:
+                    return
+            raise BindError(f"cannot create the Binding of pod {namespace}/{name} to {node}: {exc}") from None
+
+    def _rollback(self, uid: str, holding: Holding, namespace: str, name: str) -> None:
+        """Undo a commit whose API writes failed: remove the annotation, release the slices."""
+        self.metrics.bind_rollbacks.inc()
+        if self.api is not None:
+            try:
+                self.api.patch_pod(namespace, name, {"metadata": {"annotations": {resources.ASSIGNMENT: None}}})
+            except ApiError as exc:
+                log.warning("rollback: could not remove the assignment of pod %s/%s: %s", namespace, name, exc)
+        with self.lock:
+            if self.ledger.holding(uid) is holding:
+                self.ledger.release(uid)
+            self.inflight.pop(uid, None)
+
+    # --- preempt -----------------------------------------------------------------------------------
+
+    def preempt(
+        self, pod: Mapping[str, Any], candidates: Mapping[str, tuple[list[str], int]]
+    ) -> dict[str, tuple[list[str], int]]:
+        """Prune kube-scheduler's preemption candidates to what the pool model says helps.
+
+        For each candidate node, the victims offered by kube-scheduler are simulated away
+        (their holdings released and re-held under the lock). A node where the pod still
+        does not fit is dropped. Otherwise the answer keeps every offered victim that holds
+        no slices (kube-scheduler chose it for its own resources) and the fewest slice holders
+        whose release the pod needs: all are released, then each is given back, highest
+        priority first, whenever the pod still fits without it. Returns node -> (victims,
+        NumPDBViolations); an empty map declines preemption.
+        """
+        try:
+            request = self._request(pod)
+        except InvalidRequest:
+            return {}
+        out: dict[str, tuple[list[str], int]] = {}
+        if not request.containers:
+            return dict(candidates)
+        with self.lock:
+            if not self.ready:
+                return {}
+            for node, (victims, pdb) in candidates.items():
+                kept = self._victims_on(request, node, victims)
+                self.metrics.preemptions.labels("kept" if kept is not None else "dropped").inc()
+                if kept is not None:
+                    out[node] = (kept, min(pdb, len(kept)))
+        return out
+
+    def _victims_on(self, request: PodRequest, node: str, victims: list[str]) -> list[str] | None:
+        if not self.ledger.has_node(node):
+            return None
+        holders = [(u, h) for u in dict.fromkeys(victims) if (h := self.ledger.holding(u)) is not None]
+        plain = [u for u in victims if self.ledger.holding(u) is None]
+        released: list[tuple[str, Holding]] = []
+        try:
+            for u, h in holders:
+                self.ledger.release(u)
+                released.append((u, h))
+            if not self.placer.verdict(request, node).fits:
+                return None
+
+            def order(item: tuple[str, Holding]) -> tuple[int, int, str]:
+                pod = self.pods.get(item[0]) or {}
+                return (-int((pod.get("spec") or {}).get("priority") or 0), -item[1].compute_units, item[0])
+
+            needed: list[str] = []
+            for u, h in sorted(released, key=order):
+                self.ledger.hold(h)
+                if self.placer.verdict(request, node).fits:
+                    released.remove((u, h))  # reprieved: stays held
+                else:
+                    self.ledger.release(u)
+                    needed.append(u)
+            return plain + sorted(needed, key=victims.index)
+        finally:
+            for _, h in released:
+                self.ledger.hold(h)
+
+    # --- debug -------------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            snap = self.ledger.snapshot()
+            snap["generation"] = self.ledger.generation
+            snap["inflight"] = sorted(self.inflight)
+            return snap
+
+    def ledger_snapshot(self) -> dict[str, object]:
+        with self.lock:
+            return self.ledger.snapshot()
+
+
+def wait_until(predicate: Any, timeout: float, interval: float = 0.01) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())

@@ -1,0 +1,42 @@
+"""Settings of `gpupool-extender`: environment (`GPUPOOL_*`) and matching `--flags`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gpupool import slots
+from gpupool.policies import DEFAULT_POLICY
+
+
+class ExtenderSettings(BaseSettings):
+    """Every knob of the extender. Env `GPUPOOL_<NAME>`, flag `--<name-with-dashes>`; flags win."""
+
+    model_config = SettingsConfigDict(env_prefix="GPUPOOL_", cli_kebab_case=True, cli_prog_name="gpupool-extender")
+
+    host: str = Field("127.0.0.1", description="listen address (a sidecar of kube-scheduler: loopback)")
+    port: int = Field(8888, ge=0, le=65535, description="listen port (0 = any free port)")
+    url_prefix: str = Field("", description="path prefix of the verbs, as in the scheduler's urlPrefix path")
+    kubeconfig: str | None = Field(None, description="kubeconfig file; unset = in-cluster, else ~/.kube/config")
+    in_cluster: bool | None = Field(None, description="force (true) or forbid (false) in-cluster config")
+    default_policy: str = Field(DEFAULT_POLICY, description="placement policy when a pod names none")
+    policies: list[str] = Field(default_factory=list, description="enabled policies (empty = all available)")
+    signing_key_file: str = Field("/etc/gpupool/signing/key", description="HMAC key shared with node agents")
+    slots_per_gpu: int = Field(slots.DEFAULT_SLOTS_PER_GPU, ge=1, description="must match the node agents")
+    remote_slots: int = Field(slots.DEFAULT_REMOTE_SLOTS, ge=0, description="must match the node agents")
+    overcommit_compute_percent: int = Field(100, ge=100, description="best-effort compute over-commit")
+    overcommit_memory_percent: int = Field(100, ge=100, description="best-effort memory over-commit")
+    fragmentation_workload: str | None = Field(
+        None, description="openb-style pod CSV (cpu_milli,num_gpu,gpu_milli) defining the target workload M"
+    )
+    max_body_bytes: int = Field(8 * 2**20, ge=1024, description="larger request bodies get 413")
+    api_timeout_seconds: float = Field(10.0, gt=0, description="timeout of each API-server write")
+    watch_timeout_seconds: int = Field(300, ge=1, description="server-side timeout of one watch request")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
+
+    @classmethod
+    def from_args(cls, argv: Sequence[str] | None = None) -> ExtenderSettings:
+        """Environment first, then flags (`argv` None = sys.argv[1:])."""
+        return cls(_cli_parse_args=list(argv) if argv is not None else True)  # type: ignore[call-arg]

@@ -1,0 +1,113 @@
+"""The kube-scheduler extender wire types (`k8s.io/kube-scheduler/extender/v1/types.go`).
+
+The Go structs have no JSON tags, so keys are the Go field names in PascalCase.
+Embedded pods and nodes keep the API server's camelCase JSON and stay plain dicts.
+Requests are decoded straight from bytes by pydantic-core (`model_validate_json`),
+which is several times faster than `json.loads` plus validation for the 5,000-name
+bodies kube-scheduler sends on large clusters. Unknown keys are ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class NodeList(_Wire):
+    """A `v1.NodeList`, sent in `Nodes` when the extender is not node-cache-capable."""
+
+    items: list[dict[str, Any]] | None = None
+
+    def names(self) -> list[str]:
+        out = []
+        for item in self.items or []:
+            name = (item.get("metadata") or {}).get("name") if isinstance(item, dict) else None
+            if isinstance(name, str) and name:
+                out.append(name)
+        return out
+
+
+class ExtenderArgs(_Wire):
+    """Filter and prioritize request."""
+
+    Pod: dict[str, Any]
+    Nodes: NodeList | None = None
+    NodeNames: list[str] | None = None
+
+    def node_names(self) -> tuple[list[str], bool]:
+        """The candidate nodes and whether they came as names (True) or as a NodeList (False).
+
+        kube-scheduler reads `NodeNames` first and falls back to `Nodes`; both null = no node.
+        """
+        if self.NodeNames is not None:
+            return self.NodeNames, True
+        if self.Nodes is not None:
+            return self.Nodes.names(), False
+        return [], True
+
+
+class ExtenderFilterResult(_Wire):
+    Nodes: NodeList | None = None
+    NodeNames: list[str] | None = None
+    FailedNodes: dict[str, str] = Field(default_factory=dict)
+    FailedAndUnresolvableNodes: dict[str, str] = Field(default_factory=dict)
+    Error: str = ""
+
+
+class HostPriority(_Wire):
+    Host: str
+    Score: int
+
+
+class ExtenderBindingArgs(_Wire):
+    PodName: str = Field(min_length=1)
+    PodNamespace: str = Field(min_length=1)
+    PodUID: str = Field(min_length=1)
+    Node: str = Field(min_length=1)
+
+
+class ExtenderBindingResult(_Wire):
+    Error: str = ""
+
+
+class MetaPod(_Wire):
+    UID: str
+
+
+class MetaVictims(_Wire):
+    Pods: list[MetaPod] | None = None
+    NumPDBViolations: int = 0
+
+
+class Victims(_Wire):
+    Pods: list[dict[str, Any]] | None = None
+    NumPDBViolations: int = 0
+
+
+class ExtenderPreemptionArgs(_Wire):
+    Pod: dict[str, Any]
+    NodeNameToVictims: dict[str, Victims | None] | None = None
+    NodeNameToMetaVictims: dict[str, MetaVictims | None] | None = None
+
+    def victims(self) -> dict[str, tuple[list[str], int]]:
+        """node -> (victim pod UIDs, NumPDBViolations), from whichever form was sent."""
+        out: dict[str, tuple[list[str], int]] = {}
+        if self.NodeNameToMetaVictims is not None:
+            for node, meta in self.NodeNameToMetaVictims.items():
+                meta = meta or MetaVictims()
+                out[node] = ([p.UID for p in meta.Pods or []], meta.NumPDBViolations)
+        elif self.NodeNameToVictims is not None:
+            for node, full in self.NodeNameToVictims.items():
+                full = full or Victims()
+                uids = [str((p.get("metadata") or {}).get("uid") or "") for p in full.Pods or []]
+                out[node] = ([u for u in uids if u], full.NumPDBViolations)
+        return out
+
+
+class ExtenderPreemptionResult(_Wire):
+    NodeNameToMetaVictims: dict[str, MetaVictims] = Field(default_factory=dict)

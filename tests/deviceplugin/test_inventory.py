@@ -1,0 +1,169 @@
+"""Inventory sources, settings, the allocated-annotation format, multi-node publishing, the entry point."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from deviceplugin.agent import MultiNodeAgent
+from deviceplugin.inventory import (
+    FakeInventory,
+    InventoryError,
+    NvmlInventory,
+    fake_uuid,
+    load_fake_inventory,
+    numa_node_of,
+    pci_sysfs_id,
+)
+from deviceplugin.kube import Kube
+from deviceplugin.podcache import format_allocated, parse_allocated
+from deviceplugin.settings import Backend, DevicePluginSettings
+from tests.deviceplugin.conftest import wait_until
+from tests.deviceplugin.helpers import FakeNvmlBackend, nvml_devices
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_fake_inventory_list_and_map_forms(tmp_path: Path) -> None:
+    single = tmp_path / "one.yaml"
+    single.write_text(
+        "- {uuid: GPU-a, model: A100, memoryMiB: 81920, numa: 0}\n- {model: T4, memoryMiB: 15360, count: 2}\n"
+    )
+    gpus = load_fake_inventory(single, "n1")["n1"]
+    assert [(g.uuid, g.index, g.model, g.memory_mib, g.numa) for g in gpus] == [
+        ("GPU-a", 0, "A100", 81920, 0),
+        (fake_uuid("n1", 1), 1, "T4", 15360, None),
+        (fake_uuid("n1", 2), 2, "T4", 15360, None),
+    ]
+    assert fake_uuid("n1", 1) == fake_uuid("n1", 1) != fake_uuid("n2", 1)  # stable across restarts
+    many = tmp_path / "many.yaml"
+    many.write_text("a: [{model: A100, memoryMiB: 80, count: 4}]\nb: [{model: T4, memoryMiB: 16, health: Unhealthy}]\n")
+    nodes = load_fake_inventory(many)
+    assert {n: len(g) for n, g in nodes.items()} == {"a": 4, "b": 1}
+    assert nodes["b"][0].healthy is False
+    with pytest.raises(InventoryError, match="missing memoryMiB"):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("- {model: A100}\n")
+        load_fake_inventory(bad, "n")
+    with pytest.raises(InventoryError, match="unknown keys"):
+        bad.write_text("- {model: A100, memoryMiB: 1, colour: red}\n")
+        load_fake_inventory(bad, "n")
+
+
+def test_fake_inventory_health_flips_when_the_file_changes(tmp_path: Path) -> None:
+    path = tmp_path / "inv.yaml"
+    path.write_text("node-x:\n- {model: A100, memoryMiB: 100, count: 2}\n")
+    inventory = FakeInventory(path, "node-x")
+    assert [g.healthy for g in inventory.gpus()] == [True, True]
+    assert inventory.refresh() is False
+    time.sleep(0.01)
+    path.write_text("node-x:\n- {model: A100, memoryMiB: 100}\n- {model: A100, memoryMiB: 100, health: Unhealthy}\n")
+    os.utime(path, (time.time() + 1, time.time() + 1))
+    assert inventory.refresh() is True
+    assert [g.healthy for g in inventory.gpus()] == [True, False]
+
+
+def test_nvml_inventory_numa_and_probe_errors() -> None:
+    backend = FakeNvmlBackend(nvml_devices(2))
+    inventory = NvmlInventory(backend, numa_of=lambda bus: {"00000000:3B:00.0": 0}.get(bus))
+    gpus = inventory.gpus()
+    assert [(g.index, g.numa, g.memory_mib, g.healthy) for g in gpus] == [(0, 0, 81920, True), (1, None, 81920, True)]
+    backend.failing[0] = "NVML: Unknown Error"
+    assert inventory.refresh() is True
+    assert [g.healthy for g in inventory.gpus()] == [False, True]
+    assert inventory.reasons() == {gpus[0].uuid: "NVML: Unknown Error"}
+    del backend.failing[0]
+    assert inventory.refresh() is True and all(g.healthy for g in inventory.gpus())
+
+
+def test_pci_bus_id_to_sysfs_numa(tmp_path: Path) -> None:
+    assert pci_sysfs_id("00000000:3B:00.0") == "0000:3b:00.0"
+    (tmp_path / "0000:3b:00.0").mkdir()
+    (tmp_path / "0000:3b:00.0" / "numa_node").write_text("1\n")
+    (tmp_path / "0000:5e:00.0").mkdir()
+    (tmp_path / "0000:5e:00.0" / "numa_node").write_text("-1\n")
+    assert numa_node_of("00000000:3B:00.0", str(tmp_path)) == 1
+    assert numa_node_of("00000000:5E:00.0", str(tmp_path)) is None
+    assert numa_node_of("00000000:AF:00.0", str(tmp_path)) is None
+
+
+def test_allocated_annotation_format() -> None:
+    assert format_allocated({"1", "init:0", "0", "init:2", "10"}) == '["init:0","init:2","0","1","10"]'
+    assert parse_allocated('["init:0","0"]') == {"init:0", "0"}
+    assert parse_allocated(None) == frozenset() and parse_allocated("garbage") == frozenset()
+
+
+def test_settings_env_flags_and_node_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NODE_NAME", "from-downward-api")
+    monkeypatch.setenv("GPUPOOL_BACKEND", "hami-core")
+    s = DevicePluginSettings.from_args(["--slots-per-gpu", "8", "--cdi", "true"])
+    assert (s.node_name, s.backend, s.slots_per_gpu, s.cdi, s.remote_slots) == (
+        "from-downward-api",
+        Backend.HAMI_CORE,
+        8,
+        True,
+        16,
+    )
+    assert DevicePluginSettings.from_args(["--node-name", "flag"]).node_name == "flag"
+    monkeypatch.delenv("NODE_NAME")
+    with pytest.raises(ValueError, match="node name unknown"):
+        DevicePluginSettings.from_args([])
+
+
+def test_multi_node_mode_publishes_every_fake_node(tmp_path: Path, kube: Kube) -> None:
+    path = tmp_path / "nodes.yaml"
+    path.write_text("kw-0:\n- {model: A100, memoryMiB: 81920, count: 4}\nkw-1:\n- {model: T4, memoryMiB: 15360}\n")
+    settings = DevicePluginSettings(
+        multi_node=True, fake_inventory=str(path), health_interval_seconds=0.05, heartbeat_interval_seconds=0.2
+    )
+    agent = MultiNodeAgent(settings, kube)
+    assert agent.publish_all() == 2
+    first = kube.get_gpunode("kw-0")["status"]
+    assert len(first["gpus"]) == 4 and first["slotsPerGPU"] == 32
+    assert kube.get_gpunode("kw-1")["status"]["gpus"][0]["model"] == "T4"
+    import threading
+
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    try:
+        rounds = agent.rounds
+        wait_until(lambda: agent.rounds >= rounds + 2)  # heartbeats keep coming
+        path.write_text("kw-0:\n- {model: A100, memoryMiB: 81920, count: 4}\nkw-1:\n- {model: T4, memoryMiB: 15360, "
+                        "health: Unhealthy}\n")  # fmt: skip
+        os.utime(path, (time.time() + 2, time.time() + 2))
+        wait_until(lambda: kube.get_gpunode("kw-1")["status"]["gpus"][0]["health"] == "Unhealthy")
+    finally:
+        agent.stop_event.set()
+        thread.join(timeout=5)
+
+
+def test_entry_point_help_and_bad_settings() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "NODE_NAME" and not k.startswith("GPUPOOL_")}
+    out = subprocess.run(
+        [sys.executable, "-c", "from deviceplugin.main import main; raise SystemExit(main(['--help']))"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+    )
+    assert out.returncode == 0 and "--fake-inventory" in out.stdout and "--backend" in out.stdout
+    out = subprocess.run(
+        [sys.executable, "-c", "from deviceplugin.main import main; raise SystemExit(main([]))"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+    )
+    assert out.returncode == 2 and "node name unknown" in out.stderr
+
+
+def test_entry_point_declared() -> None:
+    text = (ROOT / "pyproject.toml").read_text()
+    assert 'gpupool-deviceplugin = "deviceplugin.main:main"' in text

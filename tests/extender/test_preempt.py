@@ -1,0 +1,65 @@
+"""Preempt: prune kube-scheduler's victims to what the pool model says helps, or decline."""
+
+from __future__ import annotations
+
+from tests.extender.conftest import add_gpu_node, bind_body, create_pod, pod
+
+
+def _meta_victims(*uids: str, pdb: int = 0) -> dict[str, object]:
+    return {"Pods": [{"UID": u} for u in uids], "NumPDBViolations": pdb}
+
+
+def test_preempt_keeps_fewest_helpful_victims(kube, ext):
+    add_gpu_node(kube, "gpu-0", gpus=1, memory=10_000)
+    add_gpu_node(kube, "gpu-1", gpus=1, memory=10_000)
+    small = create_pod(kube, pod("small", compute=20, memory=1000, priority=1))
+    big = create_pod(kube, pod("big", compute=60, memory=6000, priority=1))
+    other = create_pod(kube, pod("other", compute=90, memory=9000, priority=1))
+    for p, n in ((small, "gpu-0"), (big, "gpu-0"), (other, "gpu-1")):
+        assert ext.post("bind", bind_body(p, n)).json() == {"Error": ""}
+    before = ext.service.ledger_snapshot()
+    preemptor = pod("vip", compute=50, memory=5000, priority=100)
+    body = {
+        "Pod": preemptor,
+        "NodeNameToVictims": None,
+        "NodeNameToMetaVictims": {
+            # freeing small alone does not help, big alone does: keep only big
+            "gpu-0": _meta_victims("uid-default-small", "uid-default-big", pdb=1),
+            # nothing offered on gpu-1 frees it: dropped
+            "gpu-1": _meta_victims(),
+            "not-in-pool": _meta_victims("uid-x"),
+        },
+    }
+    r = ext.post("preempt", body)
+    assert r.status_code == 200
+    answer = r.json()["NodeNameToMetaVictims"]
+    assert answer == {"gpu-0": {"Pods": [{"UID": "uid-default-big"}], "NumPDBViolations": 1}}
+    assert ext.service.ledger_snapshot() == before  # a simulation only
+
+
+def test_preempt_keeps_victims_without_slices(kube, ext):
+    """Victims holding no slices were chosen by kube-scheduler for its own resources: they stay."""
+    add_gpu_node(kube, "gpu-0", gpus=1)
+    body = {"Pod": pod("vip", compute=10), "NodeNameToMetaVictims": {"gpu-0": _meta_victims("uid-cpu-hog")}}
+    answer = ext.post("preempt", body).json()["NodeNameToMetaVictims"]
+    assert answer == {"gpu-0": {"Pods": [{"UID": "uid-cpu-hog"}], "NumPDBViolations": 0}}
+
+
+def test_preempt_full_victims_form_and_decline(kube, ext):
+    add_gpu_node(kube, "gpu-0", gpus=1, memory=4000)
+    hog = create_pod(kube, pod("hog", compute=100, memory=4000))
+    assert ext.post("bind", bind_body(hog, "gpu-0")).json() == {"Error": ""}
+    victims = {"Pods": [hog], "NumPDBViolations": 0}
+    body = {"Pod": pod("vip", compute=50, memory=1000), "NodeNameToVictims": {"gpu-0": victims}}
+    answer = ext.post("preempt", body).json()["NodeNameToMetaVictims"]
+    assert answer == {"gpu-0": {"Pods": [{"UID": "uid-default-hog"}], "NumPDBViolations": 0}}
+    # a pod that can never fit (more memory than the GPU has): declined cleanly
+    body = {
+        "Pod": pod("huge", compute=50, memory=8000),
+        "NodeNameToMetaVictims": {"gpu-0": _meta_victims(hog["metadata"]["uid"])},
+    }
+    assert ext.post("preempt", body).json() == {"NodeNameToMetaVictims": {}}
+    # an invalid pod: declined, not an error
+    body = {"Pod": pod("bad", compute=-1), "NodeNameToMetaVictims": {"gpu-0": _meta_victims()}}
+    r = ext.post("preempt", body)
+    assert r.status_code == 200 and r.json() == {"NodeNameToMetaVictims": {}}

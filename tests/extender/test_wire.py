@@ -1,0 +1,199 @@
+"""The extender's HTTP contract, with bodies shaped exactly as kube-scheduler sends them."""
+
+from __future__ import annotations
+
+import json
+
+from tests.extender.conftest import (
+    add_gpu_node,
+    bind_body,
+    create_pod,
+    filter_body,
+    gpunode,
+    pod,
+)
+
+# kube-scheduler (pkg/scheduler/extender.go, nodeCacheCapable: true): Nodes is null, NodeNames lists the names
+FILTER_NODE_NAMES = """{"Pod":{"metadata":{"name":"train","namespace":"team-a","uid":"u-train",
+"annotations":{"gpupool.io/queue":"team-a"}},"spec":{"schedulerName":"gpupool-scheduler","containers":[{"name":"main",
+"image":"x","resources":{"limits":{"gpupool.io/gpu":"1","gpupool.io/gpu-compute":"30","gpupool.io/gpu-memory":"4096"},
+"requests":{"gpupool.io/gpu":"1","gpupool.io/gpu-compute":"30","gpupool.io/gpu-memory":"4096"}}}]},
+"status":{"phase":"Pending"}},"Nodes":null,"NodeNames":["gpu-0","gpu-1","cpu-0"]}"""
+
+
+def test_filter_node_names_form(kube, ext):
+    add_gpu_node(kube, "gpu-0", gpus=2, memory=16384)
+    add_gpu_node(kube, "gpu-1", gpus=1, memory=2048)
+    kube.create("/api/v1/nodes", {"metadata": {"name": "cpu-0"}})
+    r = ext.post("filter", content=FILTER_NODE_NAMES.encode(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 200
+    body = r.json()
+    assert set(body) == {"Nodes", "NodeNames", "FailedNodes", "FailedAndUnresolvableNodes", "Error"}
+    assert body["Nodes"] is None
+    assert body["Error"] == ""
+    assert body["NodeNames"] == ["gpu-0"]
+    # gpu-1's only GPU has 2048 MiB: no freeing helps -> unresolvable, and it says so
+    assert "gpu-1" in body["FailedAndUnresolvableNodes"]
+    assert "4096" in body["FailedAndUnresolvableNodes"]["gpu-1"]
+    assert "cpu-0" in body["FailedAndUnresolvableNodes"]
+    assert "GPUNode" in body["FailedAndUnresolvableNodes"]["cpu-0"]
+
+
+def test_filter_resolvable_failure_names_the_gpu(kube, ext):
+    add_gpu_node(kube, "gpu-0", gpus=1, memory=8192)
+    big = create_pod(kube, pod("big", compute=80, memory=6000))
+    assert ext.post("bind", bind_body(big, "gpu-0")).json() == {"Error": ""}
+    r = ext.post("filter", filter_body(pod("small", compute=30, memory=4096), ["gpu-0"])).json()
+    assert r["NodeNames"] == []
+    reason = r["FailedNodes"]["gpu-0"]
+    assert "30% compute" in reason and "4096 MiB" in reason and "GPU-gpu-0-0"[:12] in reason
+
+
+def test_filter_nodelist_form(kube, ext):
+    add_gpu_node(kube, "gpu-0")
+    nodes = {"metadata": {}, "items": [{"metadata": {"name": "gpu-0"}, "status": {}},
+                                       {"metadata": {"name": "nope"}, "status": {}}]}  # fmt: skip
+    r = ext.post("filter", {"Pod": pod("p"), "Nodes": nodes, "NodeNames": None})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["NodeNames"] is None
+    assert [i["metadata"]["name"] for i in body["Nodes"]["items"]] == ["gpu-0"]
+    assert "nope" in body["FailedAndUnresolvableNodes"]
+
+
+def test_filter_both_null_means_no_nodes(kube, ext):
+    r = ext.post("filter", {"Pod": pod("p"), "Nodes": None, "NodeNames": None}).json()
+    assert r["NodeNames"] == [] and r["Error"] == ""
+
+
+def test_prioritize_scores(kube, ext):
+    add_gpu_node(kube, "empty", gpus=2)
+    add_gpu_node(kube, "busy", gpus=2)
+    add_gpu_node(kube, "tiny", gpus=1, memory=512)
+    busy = create_pod(kube, pod("busy", compute=50, memory=4096))
+    assert ext.post("bind", bind_body(busy, "busy")).json() == {"Error": ""}
+    r = ext.post("prioritize", filter_body(pod("p"), ["empty", "busy", "tiny"]))
+    assert r.status_code == 200
+    scores = {h["Host"]: h["Score"] for h in r.json()}
+    assert set(r.json()[0]) == {"Host", "Score"}
+    assert all(0 <= s <= 10 for s in scores.values())
+    assert scores["tiny"] == 0  # does not fit
+    assert scores["busy"] >= scores["empty"] >= 1  # binpack (the default policy) prefers the fuller node
+
+
+def test_pool_pod_passes_remote(kube, ext):
+    add_gpu_node(kube, "gpu-0", gpus=1)
+    add_gpu_node(kube, "nogpu", gpus=0)
+    p = pod("remote", annotations={"gpupool.io/locality": "pool"})
+    r = ext.post("filter", filter_body(p, ["gpu-0", "nogpu"])).json()
+    assert sorted(r["NodeNames"]) == ["gpu-0", "nogpu"]
+    scores = {h["Host"]: h["Score"] for h in ext.post("prioritize", filter_body(p, ["gpu-0", "nogpu"])).json()}
+    assert scores["nogpu"] == 0 and scores["gpu-0"] >= 1
+    local = ext.post("filter", filter_body(pod("local"), ["nogpu"])).json()
+    assert local["NodeNames"] == [] and "nogpu" in local["FailedAndUnresolvableNodes"]
+
+
+def test_invalid_pod_fills_error(kube, ext):
+    add_gpu_node(kube, "gpu-0")
+    r = ext.post("filter", filter_body(pod("neg", compute=-5), ["gpu-0"]))
+    assert r.status_code == 200
+    assert "must not be negative" in r.json()["Error"]
+    r = ext.post("filter", filter_body(pod("big", compute=300), ["gpu-0"]))
+    assert "1..100" in r.json()["Error"]
+    r = ext.post("prioritize", filter_body(pod("neg", compute=-5), ["gpu-0"]))
+    assert r.status_code == 200 and r.json() == [{"Host": "gpu-0", "Score": 0}]
+
+
+def test_alias_resource_fails_loudly(kube, ext):
+    add_gpu_node(kube, "gpu-0")
+    r = ext.post("filter", filter_body(pod("alias", resource_prefix="pool.kubernetes.io"), ["gpu-0"])).json()
+    assert "pool.kubernetes.io/gpu" in r["Error"] and "webhook" in r["Error"]
+    assert r["NodeNames"] == []
+
+
+def test_bad_bodies_are_4xx(kube, ext):
+    add_gpu_node(kube, "gpu-0")
+    for verb in ("filter", "prioritize", "bind", "preempt"):
+        assert ext.post(verb, content=b"{not json").status_code == 400, verb
+        assert ext.post(verb, content=b"").status_code == 400, verb
+        assert ext.post(verb, content=b"[]").status_code == 400, verb
+        assert ext.post(verb, {}).status_code == 400, verb
+    assert ext.post("filter", {"Pod": "x", "NodeNames": ["gpu-0"]}).status_code == 400
+    assert ext.post("filter", {"Pod": {}, "NodeNames": "gpu-0"}).status_code == 400
+    assert ext.post("bind", {"PodName": "a", "PodNamespace": "b", "PodUID": "", "Node": "n"}).status_code == 400
+    # unknown keys are ignored, as Go's decoder does
+    r = ext.post("filter", {"Pod": pod("p"), "NodeNames": ["gpu-0"], "Extra": 1})
+    assert r.status_code == 200 and r.json()["NodeNames"] == ["gpu-0"]
+    # the service survived all of it
+    assert ext.http.get(ext.url + "/healthz").status_code == 200
+
+
+def test_huge_body_is_413(kube, extender_factory):
+    small = extender_factory(max_body_bytes=64 * 1024)
+    names = [f"node-{i:07d}" for i in range(700_000)]  # ~10 MB
+    payload = json.dumps(filter_body(pod("p"), names)).encode()
+    assert len(payload) > 10_000_000
+    r = small.post("filter", content=payload)
+    assert r.status_code == 413
+    default = extender_factory()
+    assert default.post("filter", content=payload).status_code == 413  # the 8 MiB default
+    assert default.http.get(default.url.rsplit("/", 0)[0] + "/healthz").status_code == 200
+
+
+def test_unknown_pod_and_node_bind(kube, ext):
+    add_gpu_node(kube, "gpu-0")
+    r = ext.post("bind", {"PodName": "ghost", "PodNamespace": "default", "PodUID": "u-ghost", "Node": "gpu-0"})
+    assert r.status_code == 200 and "ghost" in r.json()["Error"]
+    p = create_pod(kube, pod("p"))
+    r = ext.post("bind", bind_body(p, "not-a-node"))
+    assert r.status_code == 200 and "not-a-node" in r.json()["Error"]
+    assert kube.get("/api/v1/namespaces/default/pods/p")["metadata"].get("annotations") in (None, {})
+    wrong_uid = {**bind_body(p, "gpu-0"), "PodUID": "other"}
+    assert "uid" in ext.post("bind", wrong_uid).json()["Error"]
+
+
+def test_url_prefix_and_probes(kube, extender_factory):
+    add_gpu_node(kube, "gpu-0", gpus=1)
+    e = extender_factory(prefix="/gpupool/v1")
+    assert e.post("filter", filter_body(pod("p"), ["gpu-0"])).json()["NodeNames"] == ["gpu-0"]
+    root = e.url.removesuffix("/gpupool/v1")
+    assert e.http.post(root + "/filter", json=filter_body(pod("p"), ["gpu-0"])).status_code in (404, 405)
+    assert e.http.get(root + "/healthz").text == "ok"
+    ready = e.http.get(root + "/readyz")
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    snap = e.http.get(root + "/debug/pool").json()
+    assert "gpu-0" in snap["nodes"] and snap["readiness"]["ready"] is True
+    metrics = e.http.get(root + "/metrics").text
+    for name in (
+        "gpupool_extender_request_duration_seconds_bucket",
+        "gpupool_extender_cache_nodes 1.0",
+        "gpupool_extender_cache_gpus 1.0",
+        "gpupool_gpu_allocated_compute_percent",
+        "gpupool_gpu_allocated_memory_mib",
+        "gpupool_pool_fragmentation_compute",
+        "gpupool_extender_bind_conflicts_total",
+        "gpupool_extender_bind_rollbacks_total",
+    ):
+        assert name in metrics, name
+
+
+def test_gpunode_changes_reach_filter(kube, ext):
+    add_gpu_node(kube, "gpu-0", gpus=1)
+    p = pod("p")
+    assert ext.post("filter", filter_body(p, ["gpu-0"])).json()["NodeNames"] == ["gpu-0"]
+    kube.patch(
+        "/apis/gpupool.io/v1alpha1/gpunodes/gpu-0", {"status": gpunode("gpu-0", gpus=1, unhealthy=(0,))["status"]}
+    )
+
+    def failing() -> bool:
+        return ext.post("filter", filter_body(p, ["gpu-0"])).json()["NodeNames"] == []
+
+    from tests.extender.conftest import wait_for
+
+    wait_for(failing, 5, "the unhealthy GPU to stop receiving slices")
+    kube.patch("/apis/gpupool.io/v1alpha1/gpunodes/gpu-0", {"status": gpunode("gpu-0", gpus=1)["status"],
+                                                              "spec": {"disabledGPUs": ["GPU-gpu-0-0"]}})  # fmt: skip
+    wait_for(lambda: ext.service.ledger.gpu("GPU-gpu-0-0").disabled, 5, "the disabled GPU")
+    assert ext.post("filter", filter_body(p, ["gpu-0"])).json()["NodeNames"] == []
+    kube.patch("/apis/gpupool.io/v1alpha1/gpunodes/gpu-0", {"spec": {"disabledGPUs": []}})
+    wait_for(lambda: ext.post("filter", filter_body(p, ["gpu-0"])).json()["NodeNames"] == ["gpu-0"], 5, "re-enable")
