@@ -211,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     if pid == 0:  # child: serve
         import uvicorn
 
+        from extender.main import tune_gc
+
+        tune_gc()  # as gpupool-extender does after its first sync
         uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", access_log=False)
         os._exit(0)
     http: list[float] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gc
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -138,6 +139,17 @@ def build(settings: ExtenderSettings, api: PodAPI | None = None, key: bytes | No
     return Extender(settings, service, kube)
 
 
+def tune_gc() -> None:
+    """Keep the cyclic GC out of the verbs' tail latency.
+
+    The cache holds one dict per pod and the ledger one object per slice; with the default
+    thresholds the collector walks them all every few hundred allocations (30-60 ms pauses at
+    40,000 slices). Objects alive now are frozen out of collection and young collections are rarer.
+    """
+    gc.set_threshold(50_000, 50, 100)
+    gc.freeze()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
@@ -152,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     extender = build(settings)
     app = create_app(extender.service, url_prefix=settings.url_prefix, max_body_bytes=settings.max_body_bytes)
     extender.start()
+    tune_gc()
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
                     access_log=False)  # fmt: skip

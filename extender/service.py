@@ -31,17 +31,14 @@ from extender.metrics import Metrics
 from gpupool import assignment as assignment_format
 from gpupool import objects, resources
 from gpupool.errors import AssignmentError, GpupoolError, InvalidRequest, OverAllocation
-from gpupool.ledger import Holding, HoldingKind, Ledger, NodeView
-from gpupool.placement import NoFit, Placer, Verdict
-from gpupool.policies import Demand
-from gpupool.request import Locality, PodRequest, QoS
+from gpupool.ledger import Holding, HoldingKind, Ledger
+from gpupool.placement import NoFit, Placer
+from gpupool.request import PodRequest
 
 log = logging.getLogger("gpupool.extender")
 
 #: kube-scheduler's MaxExtenderPriority
 MAX_EXTENDER_SCORE = 10
-#: pod shapes whose filter verdicts are memoised (each holds one entry per node)
-VERDICT_MEMO_SHAPES = 32
 
 
 @dataclass(slots=True)
@@ -119,8 +116,6 @@ class PoolService:
         #: resourceVersion our own assignment write produced, per pod: older watch events are stale
         self.rv_floor: dict[str, int] = {}
         self._synced = {"nodes": False, "gpunodes": False, "pods": False}
-        #: filter verdicts per pod shape: node -> (the NodeView they were computed on, verdict)
-        self._verdict_memo: dict[Demand, dict[str, tuple[NodeView, Verdict]]] = {}
 
     # --- readiness ---------------------------------------------------------------------------------
 
@@ -365,55 +360,8 @@ class PoolService:
                 error=f"pod {request.key}: policy {request.policy!r} is not enabled; enabled are {enabled}"
             )
         with self.lock:
-            if self._memoizable(request):
-                return self._filter_memoized(request, nodes)
             result = self.placer.filter(request, nodes)
         return FilterAnswer(result.passing, result.failed, result.unresolvable)
-
-    @staticmethod
-    def _memoizable(request: PodRequest) -> bool:
-        """Local, guaranteed, unconstrained pods: their verdict on a node is a pure function of the
-        pod's shape and the node's cached `NodeView` object (replaced by the ledger on every change)."""
-        return (
-            request.locality is Locality.LOCAL
-            and request.qos is QoS.GUARANTEED
-            and not request.models
-            and not request.uuids
-        )
-
-    def _filter_memoized(self, request: PodRequest, nodes: list[str]) -> FilterAnswer:
-        """`Placer.filter`, re-evaluating only the nodes whose view changed since the last pod of this shape.
-
-        kube-scheduler sends every feasible node on every call (thousands), and pods of one shape come
-        in waves (replicas, jobs), so most verdicts are reused. Results are identical to `Placer.filter`:
-        a miss calls `Placer.verdict`; a hit requires the very same view object (`is`, not equality).
-        """
-        shape = Demand.of(request)
-        memo = self._verdict_memo.pop(shape, None)
-        if memo is None:
-            memo = {}
-        self._verdict_memo[shape] = memo  # most recently used last
-        while len(self._verdict_memo) > VERDICT_MEMO_SHAPES:
-            del self._verdict_memo[next(iter(self._verdict_memo))]
-        answer = FilterAnswer()
-        view_of = self.ledger.view
-        has_node = self.ledger.has_node
-        for node in nodes:
-            view = view_of(node) if has_node(node) else None
-            known = memo.get(node)
-            if known is not None and known[0] is view and view is not None:
-                verdict = known[1]
-            else:
-                verdict = self.placer.verdict(request, node)
-                if view is not None:
-                    memo[node] = (view, verdict)
-            if verdict.fits:
-                answer.passing.append(node)
-            elif verdict.resolvable:
-                answer.failed[node] = verdict.reason
-            else:
-                answer.unresolvable[node] = verdict.reason
-        return answer
 
     def prioritize(self, pod: Mapping[str, Any], nodes: list[str]) -> list[tuple[str, int]]:
         """(node, 0..10) for every node asked about; invalid pods score 0 everywhere (filter said why)."""
