@@ -21,6 +21,9 @@ KWOK=v0.8.0
 HELM=v3.21.4
 K8S_GO=1.26.0                # `go` and `godebug` lines copied from Kubernetes' own go.mod (§1.3)
 K8S_GODEBUG=default=go1.26
+# helm's default Capabilities.KubeVersion (its Makefile derives it from its client-go, v0.36.x => 1.36)
+HELM_K8S_LDFLAGS="-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=36"
+HELM_K8S_LDFLAGS+=" -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=36"
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BIN=${GPUPOOL_E2E_BIN:-$HOME/.cache/gpupool/k8s-$K8S/bin}
@@ -58,7 +61,9 @@ log "go: $GO ($GOV), GOFLAGS=$GOFLAGS, output: $BIN"
 # has_dep FILE MODULE VERSION: the binary's embedded build info names MODULE at VERSION (as main module or dep).
 has_dep() {
   [ -x "$1" ] || return 1
-  "$GO" version -m "$1" 2>/dev/null | awk -v m="$2" -v v="$3" '($1=="mod"||$1=="dep") && $2==m && $3==v {f=1} END {exit !f}'
+  local info
+  info=$("$GO" version -m "$1" 2>/dev/null) || return 1
+  awk -v m="$2" -v v="$3" '($1=="mod"||$1=="dep") && $2==m && $3==v {f=1} END {exit !f}' <<<"$info"
 }
 
 # ---------------------------------------------------------------- Kubernetes (§1)
@@ -73,10 +78,13 @@ K8S_STAGING=(api apiextensions-apiserver apimachinery apiserver cli-runtime clie
 k8s_ok() {
   local c="$1" f="$BIN/$1"
   has_dep "$f" k8s.io/kubernetes "$K8S" || return 1
+  local out  # capture first: `cmd | grep -q` under pipefail fails when grep exits early (SIGPIPE)
   if [ "$c" = kubectl ]; then
-    "$f" version --client 2>/dev/null | grep -q "Client Version: $K8S" || return 1
+    out=$("$f" version --client 2>/dev/null) || return 1
+    grep -q "^Client Version: $K8S\$" <<<"$out" || return 1
   else
-    "$f" --version 2>/dev/null | grep -qx "Kubernetes $K8S" || return 1
+    out=$("$f" --version 2>/dev/null) || return 1
+    [ "$out" = "Kubernetes $K8S" ] || return 1
   fi
 }
 
@@ -109,7 +117,7 @@ build_k8s() {
   done
   local pkgs=()
   for c in "${todo[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
-  log "building ${todo[*]} ($K8S); a cold build takes 15-30 min on 2 cores"
+  log "building ${todo[*]} ($K8S); cold: about 6 min on 2 cores (docs/e2e.md)"
   (cd "$HERE/k8sbin" && GOFLAGS="$GOFLAGS -mod=readonly" gocmd build -trimpath -ldflags "$ld" -o "$BIN/" "${pkgs[@]}") ||
     die "building ${todo[*]} failed (see the go output above)"
   for c in "${todo[@]}"; do k8s_ok "$c" || die "$BIN/$c was built but does not report $K8S"; done
@@ -142,17 +150,27 @@ build_etcd() {
     gocmd build -trimpath -ldflags "-s -w" -o "$BIN/etcd" go.etcd.io/etcd/server/v3 &&
       gocmd build -trimpath -ldflags "-s -w" -o "$BIN/etcdctl" go.etcd.io/etcd/etcdctl/v3
   ) || die "building etcd failed (see the go output above)"
-  "$BIN/etcd" --version | grep -q "etcd Version: ${ETCD#v}" || die "$BIN/etcd does not report ${ETCD#v}"
+  local out
+  out=$("$BIN/etcd" --version) || die "$BIN/etcd --version failed"
+  grep -q "^etcd Version: ${ETCD#v}\$" <<<"$out" || die "$BIN/etcd does not report ${ETCD#v}"
   log "built: etcd, etcdctl"
 }
 
 # ---------------------------------------------------------------- kwok, helm (§8, §11)
-go_install() { # NAME MODULE PKG VERSION
-  local name="$1" mod="$2" pkg="$3" ver="$4"
-  if [ "$FORCE" = 0 ] && has_dep "$BIN/$name" "$mod" "$ver"; then log "ok: $name $ver already in $BIN"; return 0; fi
+go_install() { # NAME MODULE PKG VERSION [EXTRA_LDFLAGS [VERSION_CHECK_CMD...]]
+  local name="$1" mod="$2" pkg="$3" ver="$4" extra="${5:-}"
+  shift 5 2>/dev/null || shift $#
+  local check=("$@")
+  installed() {
+    has_dep "$BIN/$name" "$mod" "$ver" || return 1
+    [ "${#check[@]}" = 0 ] && return 0
+    local out
+    out=$("$BIN/$name" "${check[@]}" 2>/dev/null) && [ "$out" = "$ver" ]
+  }
+  if [ "$FORCE" = 0 ] && installed; then log "ok: $name $ver already in $BIN"; return 0; fi
   log "go install $pkg@$ver"
-  GOBIN="$BIN" gocmd install -trimpath -ldflags "-s -w" "$pkg@$ver" || die "go install $pkg@$ver failed"
-  has_dep "$BIN/$name" "$mod" "$ver" || die "$BIN/$name does not carry $mod $ver"
+  GOBIN="$BIN" gocmd install -trimpath -ldflags "-s -w $extra" "$pkg@$ver" || die "go install $pkg@$ver failed"
+  installed || die "$BIN/$name does not report $mod $ver"
 }
 
 start=$(date +%s)
@@ -160,6 +178,7 @@ build_etcd
 go_install kwok sigs.k8s.io/kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK"
 # kwok v0.8.0 has no built-in stages: the e2e fixture concatenates the stage files from its module directory.
 gocmd mod download "sigs.k8s.io/kwok@$KWOK" || die "go mod download sigs.k8s.io/kwok@$KWOK failed (stage files)"
-go_install helm helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm "$HELM"
+go_install helm helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm "$HELM" \
+  "-X helm.sh/helm/v3/internal/version.version=$HELM $HELM_K8S_LDFLAGS" version --template '{{.Version}}'
 build_k8s
 log "all binaries present in $BIN ($(($(date +%s) - start)) s)"

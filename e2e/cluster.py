@@ -98,13 +98,10 @@ class ClusterError(RuntimeError):
     """A process of the local cluster failed to start or become ready."""
 
 
-def wait_for(
-    fn: Callable[[], T | None], timeout: float = 30.0, what: str = "condition", interval: float = 0.2
-) -> T:
-    """Poll *fn* until it returns a truthy value (returned) or raise TimeoutError after *timeout* seconds.
+def wait_for(fn: Callable[[], T | None], timeout: float = 30.0, what: str = "condition", interval: float = 0.2) -> T:
+    """Poll *fn* every *interval* seconds until it returns something truthy, and return that.
 
-    The last value *fn* returned is included in the error, so return something descriptive (e.g. the object)
-    when it is falsy-but-informative, or raise nothing and let the message name *what*."""
+    Raises ``TimeoutError`` naming *what* (and the last falsy value) after *timeout* seconds."""
     deadline = time.monotonic() + timeout
     last: T | None = None
     while True:
@@ -177,7 +174,18 @@ class FakeNode:
             "status": {
                 "capacity": dict(res),
                 "allocatable": dict(res),
-                "nodeInfo": {"kubeletVersion": "fake", "architecture": "amd64", "operatingSystem": "linux"},
+                "nodeInfo": {  # all fields: the kubernetes client (v37, pydantic) requires them in a V1Node
+                    "architecture": "amd64",
+                    "operatingSystem": "linux",
+                    "kubeletVersion": "fake",
+                    "kubeProxyVersion": "fake",
+                    "containerRuntimeVersion": "fake",
+                    "kernelVersion": "",
+                    "osImage": "",
+                    "bootID": "",
+                    "machineID": "",
+                    "systemUUID": "",
+                },
                 "phase": "Running",
             },
         }
@@ -271,9 +279,7 @@ def _write_pki(pki: Path) -> None:
             .not_valid_after(until)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
                 critical=False,
             )
         )
@@ -292,9 +298,7 @@ def _write_pki(pki: Path) -> None:
     sa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     save_key(sa, "sa.key")
     (pki / "sa.pub").write_bytes(
-        sa.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        sa.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
 
 
@@ -363,6 +367,8 @@ class Cluster:
         self.ports: dict[str, int] = {}
         self.processes: dict[str, ManagedProcess] = {}  # insertion order = start order
         self.startup_seconds: float | None = None
+        self.timings: dict[str, float] = {}  # seconds after up() began at which each step was ready
+        self._t0: float | None = None
         self._kubeconfig: Path | None = None
         self._ssl_admin: ssl.SSLContext | None = None
         self._atexit_registered = False
@@ -371,9 +377,7 @@ class Cluster:
     # ---------------------------------------------------------------- construction
 
     @classmethod
-    def external(
-        cls, kubeconfig: str | os.PathLike[str], bin_dir: str | os.PathLike[str] | None = None
-    ) -> Cluster:
+    def external(cls, kubeconfig: str | os.PathLike[str], bin_dir: str | os.PathLike[str] | None = None) -> Cluster:
         """A handle on an existing cluster (kind, ...): no processes are started, nothing is torn down."""
         c = cls(run_dir=Path(f"/tmp/gpupool-e2e-ext-{os.getpid()}"), bin_dir=bin_dir, nodes=())
         c.local = False
@@ -450,7 +454,7 @@ class Cluster:
         """A fresh ``kubernetes.client.ApiClient`` for the admin kubeconfig."""
         from kubernetes import config
 
-        return config.new_client_from_config(config_file=str(self.kubeconfig))
+        return config.new_client_from_config(config_file=str(self.kubeconfig))  # type: ignore[no-untyped-call]
 
     def kubectl(
         self,
@@ -505,9 +509,8 @@ class Cluster:
         from kubernetes import client
 
         with self.api_client() as api:
-            tr = client.CoreV1Api(api).create_namespaced_service_account_token(
-                name, namespace, {"spec": {"expirationSeconds": seconds}}
-            )
+            v1: Any = client.CoreV1Api(api)
+            tr = v1.create_namespaced_service_account_token(name, namespace, {"spec": {"expirationSeconds": seconds}})
         return self.write_kubeconfig(f"sa-{namespace}-{name}", token=tr.status.token)
 
     # ---------------------------------------------------------------- HTTP probes
@@ -539,7 +542,7 @@ class Cluster:
     def start_process(
         self,
         name: str,
-        argv: Sequence[str],
+        argv: Sequence[str | os.PathLike[str]],
         env: Mapping[str, str] | None = None,
         ready_url: str | None = None,
         *,
@@ -608,13 +611,14 @@ class Cluster:
             if not proc.alive():
                 code = proc.popen.returncode if proc.popen else "?"
                 raise ClusterError(
-                    f"{name} exited with code {code} before it was ready; log tail:\n"
-                    + _tail(proc.log_path, 40)
+                    f"{name} exited with code {code} before it was ready; log tail:\n" + _tail(proc.log_path, 40)
                 )
             ok = (proc.ready_url is None or self.probe(proc.ready_url)) and (
                 proc.ready_check is None or proc.ready_check()
             )
             if ok:
+                if self._t0 is not None and self.startup_seconds is None:
+                    self.timings[name] = round(time.monotonic() - self._t0, 2)
                 return
             if time.monotonic() > deadline:
                 raise ClusterError(
@@ -705,11 +709,11 @@ class Cluster:
             return self
         missing = missing_binaries(self.bin_dir)
         if missing:
-            raise ClusterError(
-                f"k8s binaries not found in {self.bin_dir}: {', '.join(missing)} (run e2e/build.sh)"
-            )
-        t0 = time.monotonic()
+            raise ClusterError(f"k8s binaries not found in {self.bin_dir}: {', '.join(missing)} (run e2e/build.sh)")
+        t0 = self._t0 = time.monotonic()
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in ("etcd", "logs"):  # always a fresh cluster (and fresh logs) in a reused run dir
+            shutil.rmtree(self.run_dir / stale, ignore_errors=True)
         self.log_dir.mkdir(exist_ok=True)
         with contextlib.suppress(OSError):
             if LAST_RUN_LINK.is_symlink() or not LAST_RUN_LINK.exists():
@@ -727,6 +731,7 @@ class Cluster:
 
     def _bring_up(self, *, kwok: bool, nodes: bool, timeout: float) -> None:
         _write_pki(self.pki)
+        self.timings["pki"] = round(time.monotonic() - (self._t0 or 0), 2)
         self._kubeconfig = self.write_kubeconfig(
             "admin", client_cert=self.pki / "admin.crt", client_key=self.pki / "admin.key"
         )
@@ -767,6 +772,12 @@ class Cluster:
                 f"--tls-cert-file={pki / 'apiserver.crt'}",
                 f"--tls-private-key-file={pki / 'apiserver.key'}",
                 f"--client-ca-file={pki / 'ca.crt'}",
+                # a requestheader CA keeps KCM/schedulers' delegated authn from logging errors every second
+                f"--requestheader-client-ca-file={pki / 'ca.crt'}",
+                "--requestheader-allowed-names=front-proxy-client",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
                 "--service-cluster-ip-range=10.0.0.0/24",
                 f"--service-account-issuer={self.api_url}",
                 f"--service-account-key-file={pki / 'sa.pub'}",
@@ -790,7 +801,9 @@ class Cluster:
                 "--leader-elect=false",
                 f"--service-account-private-key-file={pki / 'sa.key'}",
                 f"--root-ca-file={pki / 'ca.crt'}",
-                "--use-service-account-credentials=false",
+                # true (as kubeadm): each controller gets its own SA token; with false they all run as
+                # system:kube-controller-manager, which lacks e.g. clusterrole aggregation and ConfigMap rights
+                "--use-service-account-credentials=true",
                 "--bind-address=127.0.0.1",
                 f"--secure-port={p['kcm']}",
                 "--profiling=false",
@@ -840,8 +853,13 @@ class Cluster:
         for n in ("kube-controller-manager", "kube-scheduler", "kwok"):
             if n in self.processes:
                 self.wait_ready(n, timeout=timeout)
+        # KCM is really working once its serviceaccount controller has made default/default; test
+        # namespaces then get their ServiceAccount quickly (ServiceAccount admission needs it for pods).
+        self.create_namespace("default", timeout=timeout)
+        self.timings["default-serviceaccount"] = round(time.monotonic() - (self._t0 or 0), 2)
         if kwok and nodes and self.nodes:
             self.wait_nodes_ready([n.name for n in self.nodes], timeout=timeout)
+            self.timings["nodes-ready"] = round(time.monotonic() - (self._t0 or 0), 2)
 
     # ---------------------------------------------------------------- scheduler configs
 
@@ -867,9 +885,7 @@ class Cluster:
         if extender_url is not None:
             exts = cfg.get("extenders") or []
             if len(exts) != 1:
-                raise ClusterError(
-                    f"expected exactly one extender in the scheduler config, found {len(exts)}"
-                )
+                raise ClusterError(f"expected exactly one extender in the scheduler config, found {len(exts)}")
             exts[0]["urlPrefix"] = extender_url
         return str(yaml.safe_dump(cfg, sort_keys=False))
 
@@ -888,9 +904,7 @@ class Cluster:
         port = free_port()
         self.ports[name] = port
         cfg = self.run_dir / f"{name}.yaml"
-        cfg.write_text(
-            self.render_scheduler_config(config_yaml or (TEMPLATES / "sched-gpupool.yaml"), extender_url)
-        )
+        cfg.write_text(self.render_scheduler_config(config_yaml or (TEMPLATES / "sched-gpupool.yaml"), extender_url))
         return self.start_process(
             name,
             [
@@ -915,7 +929,7 @@ class Cluster:
         from kubernetes.client.exceptions import ApiException
 
         with self.api_client() as api:
-            v1 = client.CoreV1Api(api)
+            v1: Any = client.CoreV1Api(api)  # dict bodies; the client validates them
             for n in nodes:
                 body = n.manifest()
                 try:
@@ -933,7 +947,7 @@ class Cluster:
         want = set(names)
         deadline = time.monotonic() + timeout
         with self.api_client() as api:
-            v1 = client.CoreV1Api(api)
+            v1: Any = client.CoreV1Api(api)  # dict bodies; the client validates them
             while True:
                 ready = {
                     n.metadata.name
@@ -956,7 +970,7 @@ class Cluster:
         from kubernetes.client.exceptions import ApiException
 
         with self.api_client() as api:
-            v1 = client.CoreV1Api(api)
+            v1: Any = client.CoreV1Api(api)  # dict bodies; the client validates them
             try:
                 v1.create_namespace({"metadata": {"name": name}})
             except ApiException as e:
@@ -1012,9 +1026,7 @@ def kwok_stages() -> str:
     for f in KWOK_STAGE_FILES:
         p = d / f
         if not p.is_file():
-            raise ClusterError(
-                f"kwok stage file {p} not found (run e2e/build.sh, it downloads kwok {KWOK_VERSION})"
-            )
+            raise ClusterError(f"kwok stage file {p} not found (run e2e/build.sh, it downloads kwok {KWOK_VERSION})")
         parts.append(p.read_text().strip() + "\n")
     return "---\n".join(parts)
 
@@ -1044,9 +1056,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="start a local control plane with fake GPU nodes and leave it running")
     up.add_argument("--run-dir", help="run directory (default /tmp/gpupool-e2e-<pid>)")
-    up.add_argument(
-        "--bin-dir", help="binaries (default $GPUPOOL_E2E_BIN or ~/.cache/gpupool/k8s-v1.36.3/bin)"
-    )
+    up.add_argument("--bin-dir", help="binaries (default $GPUPOOL_E2E_BIN or ~/.cache/gpupool/k8s-v1.36.3/bin)")
     up.add_argument("--no-nodes", action="store_true", help="do not create the fake nodes")
     for n in ("down", "env", "logs"):
         sp = sub.add_parser(n)
@@ -1066,8 +1076,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         c.detach = True  # leave the processes running at exit
         print(
-            f"# cluster up in {c.startup_seconds:.1f} s; run dir {c.run_dir}; "
-            "stop: python -m e2e.cluster down",
+            f"# cluster up in {c.startup_seconds:.1f} s; run dir {c.run_dir}; stop: python -m e2e.cluster down",
             file=sys.stderr,
         )
         _print_env(c)

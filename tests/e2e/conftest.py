@@ -35,6 +35,7 @@ from e2e.cluster import Cluster, missing_binaries  # noqa: E402
 SKIP_REASON = "k8s binaries not found in $GPUPOOL_E2E_BIN (run e2e/build.sh)"
 _current: Cluster | None = None
 _failed = False
+_summary: list[str] = []
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -56,6 +57,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return rep
 
 
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for line in _summary:
+        terminalreporter.write_line(f"[e2e] {line}")
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     global _current
@@ -70,16 +76,15 @@ def cluster() -> Iterator[Cluster]:
     c = Cluster(run_dir=os.environ.get("GPUPOOL_E2E_RUN_DIR") or None)
     c.up()
     _current = c
-    sys.stderr.write(
-        f"\n[e2e] control plane + {len(c.nodes)} kwok nodes up in {c.startup_seconds:.1f} s ({c.run_dir})\n"
-    )
+    _summary.append(f"control plane + {len(c.nodes)} kwok nodes up in {c.startup_seconds:.1f} s ({c.run_dir})")
+    _summary.append("ready at (s): " + ", ".join(f"{k} {v}" for k, v in c.timings.items()))
     try:
         yield c
     finally:
         keep = _failed or os.environ.get("GPUPOOL_E2E_KEEP", "") not in ("", "0")
         c.down(remove_run_dir=not keep)
         if keep:
-            sys.stderr.write(f"\n[e2e] logs kept in {c.log_dir}\n")
+            _summary.append(f"logs kept in {c.log_dir}")
         _current = None
 
 

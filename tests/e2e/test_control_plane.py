@@ -70,9 +70,7 @@ def test_gpu_resource_in_node_allocatable(cluster: Cluster, core_v1: Any) -> Non
     if not cluster.local:
         # kind + chart with fakeInventory: the node agent registers gpupool.io/gpu on real kubelets
         def gpu_nodes() -> list[Any]:
-            return [
-                n for n in core_v1.list_node().items if int(n.status.allocatable.get(GPU_RESOURCE, "0")) > 0
-            ]
+            return [n for n in core_v1.list_node().items if int(n.status.allocatable.get(GPU_RESOURCE, "0")) > 0]
 
         wait_for(gpu_nodes, timeout=120, what=f"a node with {GPU_RESOURCE} in allocatable")
         return
