@@ -8,17 +8,13 @@ from collections.abc import Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from gpupool import cluster_cli
     from gpupool.simulator import cli as simulate_cli
 
     parser = argparse.ArgumentParser(prog="gpupool", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     simulate_cli.add_parser(sub)
-    try:
-        from gpupool import cluster_cli
-    except ImportError:  # the cluster commands need the kubernetes client, which a trace-only install may lack
-        pass
-    else:
-        cluster_cli.add_parsers(sub)
+    cluster_cli.add_parsers(sub)
     return parser
 
 
