@@ -157,6 +157,20 @@ def create_app(service: PoolService, *, url_prefix: str = "", max_body_bytes: in
         }
         return Response(_dumps(out), media_type=_JSON)
 
+    add_probe_routes(app, service)
+
+    @app.get("/debug/pool")
+    async def debug_pool() -> Response:
+        snap = await to_thread.run_sync(service.snapshot)
+        snap["readiness"] = service.readiness()
+        return Response(_dumps(snap), media_type=_JSON)
+
+    return app
+
+
+def add_probe_routes(app: FastAPI, service: PoolService) -> None:
+    """`/healthz`, `/readyz` and `/metrics`: on the verb listener and on the probe listener."""
+
     @app.get("/healthz")
     async def healthz() -> Response:
         return Response(b"ok", media_type="text/plain")
@@ -168,13 +182,12 @@ def create_app(service: PoolService, *, url_prefix: str = "", max_body_bytes: in
 
     @app.get("/metrics")
     async def prometheus() -> Response:
-        data = await to_thread.run_sync(generate_latest, metrics.registry)
+        data = await to_thread.run_sync(generate_latest, service.metrics.registry)
         return Response(data, media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/debug/pool")
-    async def debug_pool() -> Response:
-        snap = await to_thread.run_sync(service.snapshot)
-        snap["readiness"] = service.readiness()
-        return Response(_dumps(snap), media_type=_JSON)
 
+def create_probe_app(service: PoolService) -> FastAPI:
+    """Probes and metrics only, for a listener on all addresses (the verbs stay on loopback)."""
+    app = FastAPI(title="gpupool extender probes", docs_url=None, redoc_url=None, openapi_url=None)
+    add_probe_routes(app, service)
     return app

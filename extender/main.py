@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import gc
 import logging
@@ -153,7 +154,7 @@ def tune_gc() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
-    from extender.app import create_app
+    from extender.app import create_app, create_probe_app
 
     settings = ExtenderSettings.from_args(argv)
     logging.basicConfig(
@@ -165,9 +166,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     app = create_app(extender.service, url_prefix=settings.url_prefix, max_body_bytes=settings.max_body_bytes)
     extender.start()
     tune_gc()
+    level = settings.log_level.lower()
+    servers = [uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=level,
+                                             access_log=False))]  # fmt: skip
+    if settings.metrics_port:
+        probes = create_probe_app(extender.service)
+        servers.append(uvicorn.Server(uvicorn.Config(probes, host=settings.metrics_host, port=settings.metrics_port,
+                                                     log_level=level, access_log=False)))  # fmt: skip
+
+    async def serve() -> None:
+        await asyncio.gather(*(server.serve() for server in servers))
+
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                    access_log=False)  # fmt: skip
+        asyncio.run(serve())
     finally:
         extender.stop()
     return 0

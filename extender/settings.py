@@ -18,6 +18,8 @@ class ExtenderSettings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="listen address (a sidecar of kube-scheduler: loopback)")
     port: int = Field(8888, ge=0, le=65535, description="listen port (0 = any free port)")
+    metrics_host: str = Field("0.0.0.0", description="address of the probe listener (/metrics, /healthz, /readyz)")
+    metrics_port: int = Field(0, ge=0, le=65535, description="port of the probe listener; 0 = no separate listener")
     url_prefix: str = Field("", description="path prefix of the verbs, as in the scheduler's urlPrefix path")
     kubeconfig: str | None = Field(None, description="kubeconfig file; unset = in-cluster, else ~/.kube/config")
     in_cluster: bool | None = Field(None, description="force (true) or forbid (false) in-cluster config")

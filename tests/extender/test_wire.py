@@ -197,3 +197,16 @@ def test_gpunode_changes_reach_filter(kube, ext):
     assert ext.post("filter", filter_body(p, ["gpu-0"])).json()["NodeNames"] == []
     kube.patch("/apis/gpupool.io/v1alpha1/gpunodes/gpu-0", {"spec": {"disabledGPUs": []}})
     wait_for(lambda: ext.post("filter", filter_body(p, ["gpu-0"])).json()["NodeNames"] == ["gpu-0"], 5, "re-enable")
+
+
+def test_probe_listener_serves_probes_and_metrics_but_no_verbs(kube, ext):
+    from fastapi.testclient import TestClient
+
+    from extender.app import create_probe_app
+
+    client = TestClient(create_probe_app(ext.service))
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").json()["ready"] is True
+    assert b"gpupool_" in client.get("/metrics").content
+    assert client.post("/filter", content=FILTER_NODE_NAMES).status_code == 404
+    assert client.post("/bind", content=b"{}").status_code == 404
