@@ -42,6 +42,8 @@ def generate(force: bool = False) -> list[Path]:
     """(Re)generate the stubs next to api.proto; returns the files written (empty when up to date)."""
     if not force and not stubs_stale():
         return []
+    if not force and all(p.exists() for p in GENERATED) and not os.access(API_DIR, os.W_OK):
+        return []  # an installed, read-only copy (the image) keeps the stubs it was built with
     from grpc_tools import protoc  # build-time dependency, imported only when needed
 
     with tempfile.TemporaryDirectory(prefix="dpapi") as tmp:
