@@ -127,10 +127,32 @@ def validate(
     except InvalidRequest as exc:
         return errors + list(exc.errors)
     if not request.containers:
-        return errors
+        # it names gpupool resources (so the mutating webhook gated it) but asks for no slice: nothing would
+        # ever admit it, so it would wait gated forever (CREATE only: never block updates of a stored pod)
+        return errors + (_asks_for_nothing(pod) if operation == "CREATE" else [])
     errors.extend(_bounds(pod, request, limits))
     if not config.allow_privileged:
         errors.extend(_privileged(pod, request))
+    return errors
+
+
+def _asks_for_nothing(pod: Mapping[str, Any]) -> list[FieldError]:
+    """A pod that mentions gpupool resources yet asks for no slice (`gpupool.io/gpu: 0` alone)."""
+    errors: list[FieldError] = []
+    spec = pod.get("spec") or {}
+    names = set(resources.CANONICAL) | set(resources.ALIASES)
+    for init, kind in ((True, "initContainers"), (False, "containers")):
+        for i, container in enumerate(spec.get(kind) or []):
+            res = container.get("resources") or {}
+            for section in ("limits", "requests"):
+                for name in sorted(names & set(res.get(section) or {})):
+                    errors.append(
+                        FieldError(
+                            f"{_path(init, i)}.resources.{section}[{name}]",
+                            "asks for no slice, so the pod would wait for gpupool forever; write at least 1 "
+                            "slice or remove the gpupool resources",
+                        )
+                    )
     return errors
 
 

@@ -58,6 +58,10 @@ def _status_message(data: bytes) -> str:
     return data[:300].decode(errors="replace")
 
 
+#: HTTP connections kept to the API server (kube-scheduler binds in parallel goroutines)
+_POOL_SIZE = 32
+
+
 class KubeAPI:
     """Raw JSON calls over a `kubernetes.client.ApiClient` (auth, TLS and pooling from it)."""
 
@@ -70,11 +74,13 @@ class KubeAPI:
     def connect(cls, kubeconfig: str | None = None, in_cluster: bool | None = None, timeout: float = 10.0) -> KubeAPI:
         from kubernetes import client, config
 
-        if in_cluster or (in_cluster is None and not kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST")):
-            config.load_incluster_config()
-            return cls(client.ApiClient(), timeout)
         configuration = client.Configuration()
-        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        if in_cluster or (in_cluster is None and not kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST")):
+            config.load_incluster_config(client_configuration=configuration)
+        else:
+            config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        # binds write concurrently (no node lock); a pool smaller than the bind threads drops and reopens
+        configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize or 0, _POOL_SIZE)
         return cls(client.ApiClient(configuration), timeout)
 
     def _call(

@@ -331,10 +331,11 @@ class PoolService:
         self.problems.pop(uid, None)
 
     def _problem(self, uid: str, pod: Mapping[str, Any], message: str) -> None:
-        if self.problems.get(uid) != message:
+        text = f"pod {objects.pod_key(pod)}: {message}"  # /readyz names the pod, not only its uid
+        if self.problems.get(uid) != text:
             self.metrics.assignment_problems.inc()
             log.error("NOT READY: pod %s (uid %s): %s", objects.pod_key(pod), uid, message)
-        self.problems[uid] = message
+        self.problems[uid] = text
 
     def _pod_label(self, uid: str) -> str:
         pod = self.pods.get(uid)
@@ -385,7 +386,7 @@ class PoolService:
         first = next(iter(sorted(self.problems.items())))
         return (
             f"gpupool extender is not ready: {len(self.problems)} pod(s) carry an assignment it cannot trust "
-            f"(first: {self._pod_label(first[0])}: {first[1]}); see /readyz"
+            f"(first: {first[1]}); see /readyz"
         )
 
     # --- bind --------------------------------------------------------------------------------------

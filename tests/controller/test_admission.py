@@ -161,3 +161,10 @@ def test_webhook_manifests_render() -> None:
         assert hook["failurePolicy"] == "Fail" and hook["matchConditions"]
         assert hook["clientConfig"]["url"].startswith("https://127.0.0.1:8443/")
         assert hook["clientConfig"]["caBundle"]
+
+
+def test_zero_slices_alone_is_refused_on_create_but_never_blocks_updates() -> None:
+    pod = make_pod({resources.GPU: "0"})
+    errors = check(pod, operation="CREATE")
+    assert errors and f"{C}[gpupool.io/gpu]" in errors[0] and "asks for no slice" in errors[0]
+    assert check(pod, operation="UPDATE", old=copy.deepcopy(pod)) == []

@@ -1,0 +1,337 @@
+"""The controller against a real kube-apiserver: webhooks registered for real, queue admission, Lease HA.
+
+One control plane for the module (etcd + kube-apiserver + KCM, no kwok; see tests/controller/real_api.py).
+`gpupool-controller` runs as a process (`python -m controller.main`) under the ServiceAccount
+gpupool-system/gpupool-controller, serving /mutate-pods and /validate-pods on https://127.0.0.1 with the
+cluster's webhook certificate; the Mutating/ValidatingWebhookConfigurations come from
+`controller.webhooks.render_webhook_configurations` with caBundle = the cluster CA.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from e2e.cluster import wait_for
+from gpupool import resources
+from tests.controller.real_api import ControllerProcess, RealAPI, gated, gpu_pod, plain_pod, wait_webhook_serving
+
+#: the pool: two GPUNodes (6 x 16384 MiB); the largest GPU bounds gpu-memory at admission
+NODES = {"rgpu-0": 2, "rgpu-1": 4}
+GPU_MIB = 16384
+VALIDATE_HOOK = "validate-pods.gpupool.io"
+
+
+@pytest.fixture(scope="module")
+def real(request: pytest.FixtureRequest) -> Iterator[RealAPI]:
+    from tests.controller.real_api import skip_without_binaries
+
+    skip_without_binaries()
+    api = RealAPI.start("controller")
+    failed_before = request.session.testsfailed
+    try:
+        api.service_account("gpupool-controller")
+        api.apply([
+            {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": "rt-high"},
+             "value": 1000},
+            {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": "rt-low"},
+             "value": 100},
+        ])  # fmt: skip
+        for name, gpus in NODES.items():
+            api.gpu_node(name, gpus=gpus, memory_mib=GPU_MIB)
+        yield api
+    finally:
+        api.down(failed=request.session.testsfailed > failed_before)
+
+
+@pytest.fixture(scope="module")
+def controller(real: RealAPI) -> Iterator[ControllerProcess]:
+    """The module's controller (Lease holder `ctl-a`) with the webhooks pointing at it."""
+    ctl = ControllerProcess(real, "ctl-a").start()
+    ctl.install_webhooks()
+    ns = real.namespace("probe")
+    wait_webhook_serving(real, ns, lambda n: real.create_pod(ns, gpu_pod(n)))
+    yield ctl
+    ctl.stop()
+
+
+@pytest.fixture(autouse=True)
+def _log_tails_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    before = request.session.testsfailed
+    yield
+    if request.session.testsfailed > before and "real" in request.fixturenames:
+        api: RealAPI = request.getfixturevalue("real")
+        print(api.cluster.log_tails(60, [n for n in api.cluster.processes if n.startswith("ctl")]))
+
+
+@pytest.fixture
+def ns(real: RealAPI, controller: ControllerProcess) -> str:
+    return real.namespace("c")
+
+
+def create_queue(real: RealAPI, namespace: str, compute: int, *, strategy: str = "StrictFIFO") -> str:
+    name = f"q-{secrets.token_hex(3)}"
+    body = {
+        "apiVersion": "gpupool.io/v1alpha1", "kind": "GPUQueue", "metadata": {"name": name},
+        "spec": {"namespaces": [namespace], "nominalQuota": {"compute": compute}, "queueingStrategy": strategy,
+                 "preemption": {"withinQueue": "Never", "reclaimBorrowed": False}},
+    }  # fmt: skip
+    real.custom.create_cluster_custom_object("gpupool.io", "v1alpha1", "gpuqueues", body)
+
+    def seen() -> bool:  # the leader writes the status of every queue it knows
+        obj = real.custom.get_cluster_custom_object("gpupool.io", "v1alpha1", "gpuqueues", name)
+        return "admitted" in (obj.get("status") or {})
+
+    wait_for(seen, 20, f"the controller to see GPUQueue {name}", 0.1)
+    return name
+
+
+def rejection(real: RealAPI, namespace: str, body: dict[str, Any]) -> ApiException:
+    with pytest.raises(ApiException) as info:
+        real.create_pod(namespace, body)
+    return info.value
+
+
+def message(err: ApiException) -> str:
+    """The Status message the API server answered (what kubectl prints)."""
+    try:
+        return str(json.loads(err.body or "").get("message") or err.body)
+    except (TypeError, ValueError):
+        return str(err.body)
+
+
+def wait_admitted(real: RealAPI, namespace: str, name: str, timeout: float = 15) -> dict[str, Any]:
+    def admitted() -> dict[str, Any] | None:
+        pod = real.pod(namespace, name)
+        return None if gated(pod) else pod
+
+    return wait_for(admitted, timeout, f"{namespace}/{name} to be admitted (gate removed)", 0.1)
+
+
+def stays_gated(real: RealAPI, namespace: str, name: str, seconds: float = 1.5) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        assert gated(real.pod(namespace, name)), f"{namespace}/{name} was admitted but should wait"
+        time.sleep(0.1)
+
+
+def waiting_events(real: RealAPI, namespace: str, name: str) -> list[str]:
+    return [e.get("message") or "" for e in real.events(namespace, name) if e.get("reason") == "GPUPoolWaiting"]
+
+
+# --- the bad-input matrix through the API server --------------------------------------------------------
+
+LIMIT = "spec.containers[0].resources.limits"
+MATRIX: list[tuple[str, dict[str, Any], list[str]]] = [
+    ("compute-0", {"compute": 0}, [f"{LIMIT}[{resources.GPU_COMPUTE}]", "1..100"]),
+    ("compute-101", {"compute": 101}, [f"{LIMIT}[{resources.GPU_COMPUTE}]", "101", "1..100"]),
+    ("memory-0", {"memory": 0}, [f"{LIMIT}[{resources.GPU_MEMORY}]", "at least 1"]),
+    ("memory-above-largest-gpu", {"memory": GPU_MIB + 1},
+     [f"{LIMIT}[{resources.GPU_MEMORY}]", f"{GPU_MIB + 1} MiB", f"write at most {GPU_MIB}"]),
+    ("count-0", {"count": 0}, [f"{LIMIT}[{resources.GPU}]", "at least 1 slice"]),
+    ("count-above-largest-node", {"count": 5}, [f"{LIMIT}[{resources.GPU}]", "write at most 4"]),
+    ("unknown-locality", {"annotations": {resources.LOCALITY: "remote"}},
+     [f"metadata.annotations[{resources.LOCALITY}]", "'local' or 'pool'"]),
+    ("unknown-qos", {"annotations": {resources.QOS: "gold"}},
+     [f"metadata.annotations[{resources.QOS}]", "'guaranteed' or 'best-effort'"]),
+    ("unknown-policy", {"annotations": {resources.POLICY: "magic"}},
+     [f"metadata.annotations[{resources.POLICY}]", "fgd"]),
+    ("unknown-annotation", {"annotations": {"gpupool.io/colour": "blue"}}, ["metadata.annotations[gpupool.io/colour]"]),
+    ("user-set-assignment", {"annotations": {resources.ASSIGNMENT: '{"v":1}'}},
+     [f"metadata.annotations[{resources.ASSIGNMENT}]", "written by gpupool only"]),
+    ("user-set-nominated", {"annotations": {resources.NOMINATED: "x"}},
+     [f"metadata.annotations[{resources.NOMINATED}]"]),
+    ("privileged-with-slices", {"privileged": True},
+     ["spec.containers[0].securityContext.privileged", "remove privileged: true"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "kwargs", "words"), MATRIX, ids=[m[0] for m in MATRIX])
+def test_bad_input_rejected_by_the_apiserver_with_the_webhook_message(
+    real: RealAPI, ns: str, case: str, kwargs: dict[str, Any], words: list[str]
+) -> None:
+    err = rejection(real, ns, gpu_pod(case, **kwargs))
+    body = message(err)
+    assert err.status == 400, body
+    assert f'admission webhook "{VALIDATE_HOOK}" denied the request' in body, body
+    assert "gpupool: " in body, body
+    for word in words:
+        assert word in body, f"{word!r} not in the rejection: {body}"
+    assert not real.exists(ns, case)
+
+
+@pytest.mark.parametrize("value", ["abc", "1.5", "500m"])
+def test_non_integer_quantities_are_refused_by_the_apiserver_itself(real: RealAPI, ns: str, value: str) -> None:
+    """The API server decodes and validates quantities before (or instead of) any webhook: "abc" is not a
+    quantity at all, and extended resources must be integers. Either way the pod is not stored."""
+    err = rejection(real, ns, gpu_pod(f"q-{value.replace('.', '-')}", compute=value))
+    body = message(err)
+    assert err.status in (400, 422), body
+    if value == "abc":
+        assert "quantities must match" in body, body
+    else:
+        assert f"{LIMIT}[{resources.GPU_COMPUTE}]" in body and "must be an integer" in body, body
+
+
+def test_count_zero_alone_is_not_stored_as_a_pod_that_waits_forever(real: RealAPI, ns: str) -> None:
+    """`gpupool.io/gpu: 0` and nothing else: it mentions gpupool (so the webhook gates it), but asks for no
+    slice; it must be rejected, never stored gated with nothing that would ever admit it."""
+    err = rejection(real, ns, gpu_pod("zero-alone", count=0, compute=None, memory=None))
+    body = message(err)
+    assert err.status == 400, body
+    assert f"{LIMIT}[{resources.GPU}]" in body, body
+
+
+def test_system_annotation_and_gate_changes_by_a_user_are_refused_on_update(real: RealAPI, ns: str) -> None:
+    create_queue(real, ns, 0)  # no quota: the pod keeps its gate while we try to tamper with it
+    real.create_pod(ns, gpu_pod("victim"))
+    stays_gated(real, ns, "victim", 0.5)
+    for key in (resources.ASSIGNMENT, resources.ALLOCATED, resources.NOMINATED):
+        with pytest.raises(ApiException) as info:
+            real.core.patch_namespaced_pod("victim", ns, {"metadata": {"annotations": {key: '{"v":1}'}}})
+        body = message(info.value)
+        assert info.value.status == 400, body
+        assert f'"{VALIDATE_HOOK}" denied' in body and f"metadata.annotations[{key}]" in body, body
+    with pytest.raises(ApiException) as info:
+        real.core.patch_namespaced_pod(
+            "victim", ns, [{"op": "replace", "path": "/spec/schedulingGates", "value": []}],
+            _content_type="application/json-patch+json",
+        )  # fmt: skip
+    body = message(info.value)
+    assert info.value.status == 400 and f"spec.schedulingGates[{resources.ADMISSION_GATE}]" in body, body
+    # an ordinary label change by the same user is allowed
+    real.core.patch_namespaced_pod("victim", ns, {"metadata": {"labels": {"team": "a"}}})
+    pod = real.pod(ns, "victim")
+    assert gated(pod) and resources.ASSIGNMENT not in (pod["metadata"].get("annotations") or {})
+
+
+# --- mutation -------------------------------------------------------------------------------------------
+
+
+def test_alias_pod_is_stored_with_canonical_names_scheduler_and_gate(real: RealAPI, ns: str) -> None:
+    stored = real.create_pod(ns, gpu_pod("alias", count=2, compute=40, memory=2048, prefix="pool.kubernetes.io"))
+    res = stored["spec"]["containers"][0]["resources"]
+    for part in ("limits", "requests"):  # the apiserver defaults requests from limits before admission
+        names = set(res.get(part) or {})
+        assert not any(n.startswith("pool.kubernetes.io/") for n in names), res
+    assert res["limits"] == {resources.GPU: "2", resources.GPU_COMPUTE: "40", resources.GPU_MEMORY: "2048"}, res
+    assert stored["spec"]["schedulerName"] == resources.SCHEDULER_NAME
+    assert stored["spec"]["schedulingGates"] == [{"name": resources.ADMISSION_GATE}]
+
+
+def test_valid_pod_is_untouched_except_scheduler_and_gate(real: RealAPI, ns: str) -> None:
+    outside = real.namespace("nohook", labels={"gpupool.io/webhook": "ignore"})  # namespaceSelector excludes it
+    body = gpu_pod("valid", count=1, compute=25, memory=512, annotations={resources.LOCALITY: "pool",
+                   resources.QOS: "best-effort", "team.example.com/owner": "x"}, labels={"app": "v"})  # fmt: skip
+    body["spec"]["automountServiceAccountToken"] = False  # no random token volume to compare
+    body["spec"]["tolerations"] = [{"key": "k", "operator": "Exists", "effect": "NoSchedule"}]
+    through = real.create_pod(ns, body)
+    plain = real.create_pod(outside, body)
+    assert plain["spec"]["schedulerName"] == "default-scheduler" and not plain["spec"].get("schedulingGates")
+    assert through["spec"]["schedulerName"] == resources.SCHEDULER_NAME
+    assert through["spec"]["schedulingGates"] == [{"name": resources.ADMISSION_GATE}]
+    a, b = dict(through["spec"]), dict(plain["spec"])
+    for spec in (a, b):
+        spec.pop("schedulerName")
+        spec.pop("schedulingGates", None)
+    assert a == b
+    for key in ("annotations", "labels"):
+        assert through["metadata"].get(key) == plain["metadata"].get(key)
+
+
+def test_unrelated_pods_never_reach_the_webhook(real: RealAPI, ns: str, controller: ControllerProcess) -> None:
+    """With the controller stopped and failurePolicy Fail, gpupool pods fail (the webhook is live) while an
+    unrelated pod is created: the matchConditions keep it away from the webhook."""
+    controller.stop()
+    try:
+        err = rejection(real, ns, gpu_pod("needs-hook"))
+        assert "failed calling webhook" in message(err) and "mutate-pods.gpupool.io" in message(err), message(err)
+        stored = real.create_pod(ns, plain_pod("unrelated"))
+        assert stored["spec"]["schedulerName"] == "default-scheduler"
+        assert not stored["spec"].get("schedulingGates")
+        # updates of unrelated pods do not reach the validating webhook either
+        real.core.patch_namespaced_pod("unrelated", ns, {"metadata": {"annotations": {"example.com/x": "1"}}})
+    finally:
+        controller.start()
+    wait_webhook_serving(real, ns, lambda n: real.create_pod(ns, gpu_pod(n)))
+
+
+# --- queue admission ------------------------------------------------------------------------------------
+
+
+def test_queue_admits_within_quota_and_explains_the_wait(real: RealAPI, ns: str) -> None:
+    queue = create_queue(real, ns, 100)  # one whole GPU's compute
+    for name in ("p1", "p2"):
+        real.create_pod(ns, gpu_pod(name, compute=50))
+    for name in ("p1", "p2"):
+        wait_admitted(real, ns, name)
+    real.create_pod(ns, gpu_pod("p3", compute=50))
+    messages = wait_for(lambda: waiting_events(real, ns, "p3"), 15, "a GPUPoolWaiting event on p3", 0.1)
+    assert any(f"queue {queue}" in m and "quota" in m and "100/100" in m for m in messages), messages
+    assert gated(real.pod(ns, "p3"))
+    real.delete_pod(ns, "p1")
+    wait_admitted(real, ns, "p3")
+    assert gated(real.pod(ns, "p2")) is False
+
+
+def test_queue_admits_by_priority_then_creation(real: RealAPI, ns: str) -> None:
+    create_queue(real, ns, 100)
+    for name in ("fill-1", "fill-2"):
+        real.create_pod(ns, gpu_pod(name, compute=50, priority_class="rt-low"))
+        wait_admitted(real, ns, name)
+    real.create_pod(ns, gpu_pod("low", compute=50, priority_class="rt-low"))
+    time.sleep(1.1)  # creationTimestamp has one-second resolution
+    real.create_pod(ns, gpu_pod("high", compute=50, priority_class="rt-high"))
+    wait_for(lambda: waiting_events(real, ns, "high") and waiting_events(real, ns, "low"), 15, "both to wait", 0.1)
+    assert any("1st in line" in m for m in waiting_events(real, ns, "high")), waiting_events(real, ns, "high")
+    real.delete_pod(ns, "fill-1")
+    wait_admitted(real, ns, "high")
+    stays_gated(real, ns, "low", 1.0)
+    real.delete_pod(ns, "fill-2")
+    wait_admitted(real, ns, "low")
+
+
+# --- Lease HA -------------------------------------------------------------------------------------------
+
+
+def test_standby_takes_the_lease_and_admits(real: RealAPI, ns: str, controller: ControllerProcess) -> None:
+    lease = f"ha-{secrets.token_hex(3)}"
+    controller.stop()  # SIGTERM: the module controller gives its Lease up and stops admitting
+    a = ControllerProcess(real, "ctl-ha-a", lease_name=lease)
+    b = ControllerProcess(real, "ctl-ha-b", lease_name=lease)
+    try:
+        a.start()
+        wait_for(lambda: real.lease_holder(lease) == "ctl-ha-a", 15, "ctl-ha-a to hold the Lease", 0.1)
+        b.start()
+        a.install_webhooks()
+        wait_webhook_serving(real, ns, lambda n: real.create_pod(ns, gpu_pod(n)))
+        assert b.metric("gpupool_controller_leader") == 0.0 and a.metric("gpupool_controller_leader") == 1.0
+        create_queue(real, ns, 100)
+        for name in ("h1", "h2"):
+            real.create_pod(ns, gpu_pod(name, compute=50))
+            wait_admitted(real, ns, name)
+        real.create_pod(ns, gpu_pod("h3", compute=50))
+        wait_for(lambda: waiting_events(real, ns, "h3"), 15, "h3 to wait", 0.1)
+
+        a.kill()  # no Lease release: the standby must wait for it to expire (3 s)
+        killed = time.monotonic()
+        b.install_webhooks()  # what the Service does: the endpoints now name the surviving replica
+        real.delete_pod(ns, "h1")
+        wait_for(lambda: real.lease_holder(lease) == "ctl-ha-b", 15, "ctl-ha-b to take the Lease", 0.1)
+        wait_admitted(real, ns, "h3", timeout=15)
+        took = time.monotonic() - killed
+        assert took < 12, f"the standby admitted {took:.1f} s after the leader died"
+        assert b.metric("gpupool_controller_leader") == 1.0
+    finally:
+        for p in (a, b):
+            if p.alive():
+                p.stop()
+        controller.start()
+        controller.install_webhooks()
+        wait_webhook_serving(real, ns, lambda n: real.create_pod(ns, gpu_pod(n)))
