@@ -122,6 +122,10 @@ def validate(
                     "is removed by the gpupool controller when the pod's queue admits it; leave it in place",
                 )
             )
+    if operation == "UPDATE" and old is not None and _gpupool_intent(pod) == _gpupool_intent(old):
+        # what the pod asks of gpupool did not change: an update of a stored pod (labels, finalizers) must
+        # not fail because the pool changed under it (a node left, the largest GPU is smaller now)
+        return errors
     try:
         request = resources.parse_pod(pod, allow_system_annotations=True)
     except InvalidRequest as exc:
@@ -134,6 +138,19 @@ def validate(
     if not config.allow_privileged:
         errors.extend(_privileged(pod, request))
     return errors
+
+
+def _gpupool_intent(pod: Mapping[str, Any]) -> tuple[object, ...]:
+    """What a pod asks of gpupool: its user annotations and its containers' resources and privilege."""
+    annotations = ((pod.get("metadata") or {}).get("annotations") or {})
+    spec = pod.get("spec") or {}
+    containers = [
+        (c.get("resources"), (c.get("securityContext") or {}).get("privileged"))
+        for kind in ("initContainers", "containers")
+        for c in spec.get(kind) or []
+    ]
+    users = sorted((k, v) for k, v in annotations.items() if k in resources.USER_ANNOTATIONS)
+    return (repr(containers), tuple(users))
 
 
 def _asks_for_nothing(pod: Mapping[str, Any]) -> list[FieldError]:

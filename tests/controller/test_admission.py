@@ -168,3 +168,13 @@ def test_zero_slices_alone_is_refused_on_create_but_never_blocks_updates() -> No
     errors = check(pod, operation="CREATE")
     assert errors and f"{C}[gpupool.io/gpu]" in errors[0] and "asks for no slice" in errors[0]
     assert check(pod, operation="UPDATE", old=copy.deepcopy(pod)) == []
+
+
+def test_update_that_leaves_the_gpupool_request_alone_passes_even_if_the_pool_shrank() -> None:
+    old = make_pod({resources.GPU: "1", resources.GPU_MEMORY: "40000"})
+    new = copy.deepcopy(old)
+    new["metadata"]["labels"] = {"touched": "yes"}
+    small_pool = PoolLimits(largest_gpu_mib=16384, largest_node_gpus=8, total_gpus=8)
+    assert check(new, operation="UPDATE", old=old, limits=small_pool) == []
+    new["metadata"]["annotations"][resources.QOS] = "platinum"
+    assert any("gpupool.io/qos" in e for e in check(new, operation="UPDATE", old=old, limits=small_pool))
