@@ -3,16 +3,43 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
+from gpupool.fragmentation import Workload
 from gpupool.policies.base import Choice, Demand, Policy, SliceGroup
+from gpupool.policies.baselines import BestFit, Clustering, DotProd, Packing, RandomPolicy
+from gpupool.policies.fgd import FGD
+from gpupool.policies.fgdpp import FGDPlusPlus
 from gpupool.policies.simple import BinPack, Spread
 
 #: the cluster-wide default when neither the configuration nor the pod names one
-DEFAULT_POLICY = "binpack"
+DEFAULT_POLICY = "fgdpp"
+
+
+def _workload(params: dict[str, Any]) -> Workload | None:
+    workload = params.get("workload")
+    if workload is not None and not isinstance(workload, Workload):
+        raise TypeError("workload must be a gpupool.fragmentation.Workload")
+    return workload
+
+
+def _seed(params: dict[str, Any]) -> int | None:
+    seed = params.get("seed")
+    if seed is not None and not isinstance(seed, int):
+        raise TypeError("seed must be an int")
+    return seed
+
 
 _FACTORIES: dict[str, Callable[..., Policy]] = {
     "binpack": lambda **_: BinPack(),
     "spread": lambda **_: Spread(),
+    "fgd": lambda **p: FGD(_workload(p)),
+    "fgdpp": lambda **p: FGDPlusPlus(_workload(p)),
+    "bestfit": lambda **_: BestFit(),
+    "dotprod": lambda **_: DotProd(),
+    "packing": lambda **_: Packing(),
+    "clustering": lambda **_: Clustering(),
+    "random": lambda **p: RandomPolicy(_seed(p)),
 }
 
 
@@ -21,7 +48,8 @@ def available() -> tuple[str, ...]:
 
 
 def make_policy(name: str, **params: object) -> Policy:
-    """Build the policy `name`; `params` are policy-specific (e.g. `workload`, `seed`) and ignored by others."""
+    """Build the policy `name`; `params` are policy-specific (`workload`: a target workload M for
+    `fgd`/`fgdpp`, default the openb default mix; `seed`: for `random`) and ignored by others."""
     factory = _FACTORIES.get(name)
     if factory is None:
         raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(available())}")

@@ -93,6 +93,29 @@ class Policy(ABC):
         """Adjust the scores of all feasible nodes together (BestFit normalises); default: unchanged."""
         return list(choices)
 
+    def placed(self, node: str, demand: Demand) -> None:
+        """Told after a pod of `demand` was committed on `node` (stateful policies: GpuClustering); default: nothing."""
+        return None
+
+    def released(self, node: str, demand: Demand) -> None:
+        """Told after a pod of `demand` left `node`; default: nothing."""
+        return None
+
+
+def is_sharing(group: SliceGroup) -> bool:
+    """A fractional-compute slice (the paper's GPU-sharing task), judged by compute alone."""
+    return group.count == 1 and group.compute < WHOLE_GPU_COMPUTE
+
+
+def gpu_class(demand: Demand) -> str:
+    """The paper's GPU affinity class: "" (no GPU), "share" or "<k>-gpu"."""
+    slices = sum(g.count for g in demand.groups)
+    if slices == 0:
+        return ""
+    if len(demand.groups) == 1 and is_sharing(demand.groups[0]):
+        return "share"
+    return f"{slices}-gpu"
+
 
 def host_fits(view: NodeView, demand: Demand) -> bool:
     if view.cpu_free is not None and view.cpu_free < demand.cpu_milli:

@@ -1,0 +1,207 @@
+"""`gpupool simulate`: replay an openb trace with one or more policies and compare with the paper.
+
+    gpupool simulate --policy fgd,fgdpp,bestfit --seeds 10 --jobs 2 --json out/openb.json --plot out/openb.png
+
+Defaults: the trace files under `$GPUPOOL_OPENB_DIR` (else `../shared/data/openb` next to the
+repository), seeds 42.., the default policy alone. Bad input (a missing or malformed file, an
+unknown policy) prints one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+from gpupool.policies import DEFAULT_POLICY, available
+from gpupool.simulator.metrics import mean_sd
+from gpupool.simulator.trace import KINDS, TraceError, TraceNode, TracePod, load_nodes, load_pods
+
+EXIT_BAD_INPUT = 2
+
+_CACHE: dict[tuple[str, str], tuple[list[TraceNode], list[TracePod]]] = {}
+
+
+def _load(nodes_path: str, pods_path: str) -> tuple[list[TraceNode], list[TracePod]]:
+    key = (nodes_path, pods_path)
+    if key not in _CACHE:
+        nodes = load_nodes(nodes_path)
+        _CACHE[key] = (nodes, load_pods(pods_path, nodes))
+    return _CACHE[key]
+
+
+def run_one(
+    nodes_path: str, pods_path: str, policy: str, seed: int, tune: float, coverage: float,
+    progress: Callable[[int, int], None] | None = None,
+) -> Any:  # fmt: skip
+    """One run, in this process; returns a `RunSummary` (picklable, for process pools)."""
+    from gpupool.simulator.protocol import replay
+    from gpupool.simulator.report import RunSummary, trace_name
+    from gpupool.simulator.trace import target_workload
+
+    nodes, pods = _load(nodes_path, pods_path)
+    workload = target_workload(pods, coverage)
+    result = replay(nodes, pods, policy, seed, trace=trace_name(pods_path), tune=tune, workload=workload,
+                    progress=progress)  # fmt: skip
+    return RunSummary.of(result, tune, sum(n.gpus for n in nodes))
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    from gpupool.simulator.report import default_data_dir
+
+    data = default_data_dir()
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "simulate",
+        help="replay an openb trace through the placement engine and compare policies",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--pods", type=Path, default=data / "openb_pod_list_default.csv", help="pod list CSV")
+    parser.add_argument("--nodes", type=Path, default=data / "openb_node_list_gpu_node.csv", help="node list CSV")
+    parser.add_argument("--policy", default=DEFAULT_POLICY,
+                        help=f"comma-separated policies (default {DEFAULT_POLICY}); of {', '.join(available())}")
+    parser.add_argument("--seeds", type=int, default=10, help="number of seeds (default 10, like the paper)")
+    parser.add_argument("--seed-base", type=int, default=42, help="first seed (default 42)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (default 1)")
+    parser.add_argument("--tune", type=float, default=1.3, help="inflate the trace to this × GPU capacity")
+    parser.add_argument("--coverage", type=float, default=0.95, help="target workload coverage (default 0.95)")
+    parser.add_argument("--expected", type=Path, default=None,
+                        help="the authors' results directory (default: expected/ next to --nodes)")
+    parser.add_argument("--json", type=Path, default=None, help="write per-policy statistics here")
+    parser.add_argument("--plot", type=Path, default=None, help="write the allocation curve PNG here")
+    parser.add_argument("--csv", type=Path, default=None, help="write per-run rows (expected/ format) to this dir")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")  # fmt: skip
+    parser.set_defaults(run=run)
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"gpupool simulate: error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def run(args: argparse.Namespace) -> int:
+    policies = [p.strip() for p in str(args.policy).split(",") if p.strip()]
+    if not policies:
+        return _fail("--policy: name at least one policy")
+    unknown = [p for p in policies if p not in available()]
+    if unknown:
+        return _fail(f"--policy: unknown policy {unknown[0]!r}; choose from {', '.join(available())}")
+    if len(set(policies)) != len(policies):
+        return _fail("--policy: a policy is named twice")
+    if args.seeds < 1:
+        return _fail(f"--seeds: {args.seeds} (need at least 1)")
+    if args.jobs < 1:
+        return _fail(f"--jobs: {args.jobs} (need at least 1)")
+    if not 0 <= args.tune <= 10:
+        return _fail(f"--tune: {args.tune} (need 0..10)")
+    if not 0 < args.coverage <= 1:
+        return _fail(f"--coverage: {args.coverage} (need a share in (0, 1])")
+    try:
+        nodes, _ = _load(str(args.nodes), str(args.pods))
+    except TraceError as exc:
+        return _fail(str(exc))
+    if not any(n.gpus for n in nodes):
+        return _fail(f"{args.nodes}: no node has a GPU")
+    return _simulate(args, policies)
+
+
+def _simulate(args: argparse.Namespace, policies: list[str]) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from gpupool.simulator.report import RunSummary, load_reference, summarise, trace_name, write_csv
+
+    console = Console(stderr=True)
+    seeds = list(range(args.seed_base, args.seed_base + args.seeds))
+    specs = [(p, s) for p in policies for s in seeds]
+    runs: dict[str, list[RunSummary]] = {p: [] for p in policies}
+    common = (str(args.nodes), str(args.pods))
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed:.1f}/{task.total}"),
+               TimeElapsedColumn(), TimeRemainingColumn())  # fmt: skip
+    with Progress(*columns, console=console, disable=args.quiet) as progress:
+        task = progress.add_task(f"simulate {trace_name(args.pods)}", total=len(specs))
+        if args.jobs == 1:
+            for k, (policy, seed) in enumerate(specs):
+                progress.update(task, description=f"{policy} seed {seed}")
+
+                def tick(i: int, n: int, k: int = k) -> None:
+                    progress.update(task, completed=k + i / n)
+
+                summary = run_one(*common, policy, seed, args.tune, args.coverage, tick)
+                runs[policy].append(summary)
+                progress.update(task, completed=k + 1)
+        else:
+            with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+                futures = {
+                    pool.submit(run_one, *common, policy, seed, args.tune, args.coverage): policy
+                    for policy, seed in specs
+                }
+                for future in as_completed(futures):
+                    summary = future.result()
+                    runs[futures[future]].append(summary)
+                    progress.update(task, advance=1, description=f"{summary.policy} seed {summary.seed} done")
+    for policy in policies:
+        runs[policy].sort(key=lambda r: r.seed)
+
+    expected = args.expected if args.expected is not None else Path(args.nodes).parent / "expected"
+    trace = trace_name(args.pods)
+    stats: dict[str, dict[str, Any]] = {}
+    for policy in policies:
+        stats[policy] = summarise(runs[policy], load_reference(expected, trace, policy))
+    _print_table(trace, policies, stats, runs, len(seeds))
+
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(stats, indent=2) + "\n")
+        console.print(f"wrote {args.json}")
+    if args.plot is not None:
+        from gpupool.simulator.plot import plot_allocation
+
+        curves = {p: stats[p]["curve_alloc_mean"] for p in policies}
+        plot_allocation(curves, args.plot, f"{trace}: allocation ratio, mean of {len(seeds)} seed(s)")
+        console.print(f"wrote {args.plot}")
+    if args.csv is not None:
+        for path in write_csv(args.csv, [r for p in policies for r in runs[p]]):
+            console.print(f"wrote {path}")
+    return 0
+
+
+def _print_table(trace: str, policies: list[str], stats: dict[str, dict[str, Any]],
+                 runs: dict[str, list[Any]], n_seeds: int) -> None:  # fmt: skip
+    from rich.console import Console
+    from rich.table import Table
+
+    from gpupool.simulator.report import fmt
+
+    table = Table(title=f"openb {trace}: {n_seeds} seed(s), GPU memory unconstrained (1 MiB per 1 % compute)")
+    for col in ("policy", "alloc @100 %", "paper", "alloc @130 %", "paper", "frag rate @80 %", "paper",
+                "failed cpu/share/whole/multi", "s/run"):  # fmt: skip
+        table.add_column(col, justify="left" if col == "policy" else "right")
+    for policy in policies:
+        s = stats[policy]
+        paper = s.get("paper", {})
+
+        def ref(name: str, paper: dict[str, float] = paper) -> str:
+            return fmt(paper[name], paper[f"{name}_sd"]) if name in paper else "—"
+
+        failed = "/".join(f"{s['failed_per_run'][k]:g}" for k in KINDS)
+        table.add_row(
+            policy,
+            fmt(s["alloc_at_100"], s["alloc_at_100_sd"]), ref("alloc_at_100"),
+            fmt(s["alloc_at_130"], s["alloc_at_130_sd"]), ref("alloc_at_130"),
+            fmt(s["frag_rate_at_80"], s["frag_rate_at_80_sd"]), ref("frag_rate_at_80"),
+            failed, f"{s['seconds_per_run']:.1f}",
+        )  # fmt: skip
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    console.print(table)
+    for policy in policies:
+        mean, sd = mean_sd([r.alloc[100] for r in runs[policy]])
+        print(f"{trace} {policy}: alloc_at_100 {mean:.2f} ± {sd:.2f} ({n_seeds} seeds), "
+              f"{stats[policy]['seconds_per_run']:.1f} s/run")  # fmt: skip

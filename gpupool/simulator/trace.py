@@ -1,0 +1,225 @@
+"""openb trace files: nodes and pods CSV (docs/openb-benchmark.md §2), validated row by row.
+
+Every problem raises `TraceError` naming the file, the line (header = line 1) and the
+field, so the command line can print one clear line.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from gpupool.fragmentation import MILLI_PER_UNIT, Workload, shape_key
+from gpupool.request import WHOLE_GPU_COMPUTE
+
+#: milli-GPU of one whole GPU in the trace
+MILLI = 1000
+
+NODE_COLUMNS = ("sn", "cpu_milli", "memory_mib", "gpu", "model")
+POD_COLUMNS = ("name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli", "gpu_spec")
+
+
+class TraceError(Exception):
+    """A trace file is missing, malformed, or asks for something impossible."""
+
+    def __init__(self, path: Path | str, line: int | None, field: str | None, message: str) -> None:
+        self.path = str(path)
+        self.line = line
+        self.field = field
+        self.message = message
+        where = self.path if line is None else f"{self.path}:{line}"
+        what = f"field {field!r}: " if field else ""
+        super().__init__(f"{where}: {what}{message}")
+
+
+@dataclass(frozen=True, slots=True)
+class TraceNode:
+    name: str
+    cpu_milli: int
+    memory_mib: int
+    gpus: int
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class TracePod:
+    name: str
+    cpu_milli: int
+    memory_mib: int
+    num_gpu: int
+    gpu_milli: int  # per GPU, 0..1000
+    models: frozenset[str]
+    line: int = 0
+
+    @property
+    def compute(self) -> int:
+        """Per-GPU compute in gpupool units (gpu_milli / 10)."""
+        return self.gpu_milli // MILLI_PER_UNIT
+
+    @property
+    def gpu_request_milli(self) -> int:
+        return self.num_gpu * self.gpu_milli
+
+    @property
+    def kind(self) -> str:
+        """cpu-only, sharing, whole (one GPU) or multi (2+ GPUs)."""
+        if self.num_gpu == 0:
+            return "cpu-only"
+        if self.num_gpu == 1:
+            return "sharing" if self.gpu_milli < MILLI else "whole"
+        return "multi"
+
+    def renamed(self, name: str) -> TracePod:
+        return TracePod(name, self.cpu_milli, self.memory_mib, self.num_gpu, self.gpu_milli, self.models, self.line)
+
+
+KINDS = ("cpu-only", "sharing", "whole", "multi")
+
+
+def _rows(path: Path, required: Iterable[str]) -> Iterable[tuple[int, dict[str, str]]]:
+    if not path.is_file():
+        raise TraceError(path, None, None, "no such file")
+    try:
+        handle = path.open(newline="", encoding="utf-8")
+    except OSError as exc:
+        raise TraceError(path, None, None, f"cannot read: {exc.strerror}") from None
+    with handle:
+        reader = csv.DictReader(handle)
+        try:
+            header = reader.fieldnames
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise TraceError(path, 1, None, f"not a CSV file ({exc})") from None
+        if not header:
+            raise TraceError(path, 1, None, "empty file (no header row)")
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise TraceError(path, 1, missing[0], f"missing column (the header needs {', '.join(required)})")
+        try:
+            for row in reader:
+                line = reader.line_num
+                if None in row or any(v is None for v in row.values()):
+                    raise TraceError(path, line, None, f"expected {len(header)} values, got a different number")
+                yield line, row
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise TraceError(path, reader.line_num, None, f"malformed CSV ({exc})") from None
+
+
+def _int(path: Path, line: int, row: dict[str, str], field: str, low: int = 0, high: int | None = None) -> int:
+    text = row[field].strip()
+    try:
+        value = int(text)
+    except ValueError:
+        raise TraceError(path, line, field, f"{text!r} is not a whole number") from None
+    if value < low:
+        raise TraceError(path, line, field, f"{value} is below {low}")
+    if high is not None and value > high:
+        raise TraceError(path, line, field, f"{value} is above {high}")
+    return value
+
+
+def load_nodes(path: Path | str) -> list[TraceNode]:
+    """GPU nodes of a node list; CPU-only rows (gpu = 0) are kept (they can serve CPU-only pods)."""
+    path = Path(path)
+    nodes: list[TraceNode] = []
+    seen: set[str] = set()
+    for line, row in _rows(path, NODE_COLUMNS):
+        name = row["sn"].strip()
+        if not name:
+            raise TraceError(path, line, "sn", "empty node name")
+        if name in seen:
+            raise TraceError(path, line, "sn", f"duplicate node {name!r}")
+        seen.add(name)
+        cpu = _int(path, line, row, "cpu_milli", 1)
+        memory = _int(path, line, row, "memory_mib", 0)
+        gpus = _int(path, line, row, "gpu", 0, 64)
+        model = row["model"].strip()
+        if gpus and not model:
+            raise TraceError(path, line, "model", "a node with GPUs needs a GPU model")
+        nodes.append(TraceNode(name, cpu, memory, gpus, model))
+    if not nodes:
+        raise TraceError(path, None, None, "no nodes in the file")
+    return nodes
+
+
+def load_pods(path: Path | str, nodes: list[TraceNode] | None = None) -> list[TracePod]:
+    """Pods of a pod list. With `nodes`, a pod that no idle node could ever serve is an error."""
+    path = Path(path)
+    pods: list[TracePod] = []
+    seen: set[str] = set()
+    for line, row in _rows(path, POD_COLUMNS):
+        name = row["name"].strip()
+        if not name:
+            raise TraceError(path, line, "name", "empty pod name")
+        if name in seen:
+            raise TraceError(path, line, "name", f"duplicate pod {name!r}")
+        seen.add(name)
+        cpu = _int(path, line, row, "cpu_milli", 0)
+        memory = _int(path, line, row, "memory_mib", 0)
+        num_gpu = _int(path, line, row, "num_gpu", 0)
+        gpu_milli = _int(path, line, row, "gpu_milli", 0, MILLI)
+        if num_gpu == 0 and gpu_milli != 0:
+            raise TraceError(path, line, "gpu_milli", f"{gpu_milli} with num_gpu 0 (a CPU-only pod has gpu_milli 0)")
+        if num_gpu > 0 and gpu_milli == 0:
+            raise TraceError(path, line, "gpu_milli", f"0 with num_gpu {num_gpu} (a GPU pod needs gpu_milli > 0)")
+        if num_gpu > 1 and gpu_milli != MILLI:
+            raise TraceError(path, line, "gpu_milli", f"{gpu_milli} with num_gpu {num_gpu} (multi-GPU pods use 1000)")
+        if gpu_milli % MILLI_PER_UNIT:
+            raise TraceError(path, line, "gpu_milli", f"{gpu_milli} is not a multiple of {MILLI_PER_UNIT}")
+        models = frozenset(m.strip() for m in row["gpu_spec"].split("|") if m.strip())
+        pods.append(TracePod(name, cpu, memory, num_gpu, gpu_milli, models, line))
+    if not pods:
+        raise TraceError(path, None, None, "no pods in the file")
+    if nodes is not None:
+        check_servable(path, pods, nodes)
+    return pods
+
+
+def check_servable(path: Path | str, pods: list[TracePod], nodes: list[TraceNode]) -> None:
+    """Raise for the first pod that even an idle cluster could not serve (it would only ever fail)."""
+    max_cpu = max(n.cpu_milli for n in nodes)
+    max_mem = max(n.memory_mib for n in nodes)
+    seen: set[tuple[int, int, int, frozenset[str]]] = set()
+    for pod in pods:
+        key = (pod.cpu_milli, pod.memory_mib, pod.num_gpu, pod.models)
+        if key in seen:
+            continue
+        seen.add(key)
+        if any(_fits_idle(pod, n) for n in nodes):
+            continue
+        if pod.cpu_milli > max_cpu:
+            field, why = "cpu_milli", f"{pod.cpu_milli} is more than any node has ({max_cpu})"
+        elif pod.memory_mib > max_mem:
+            field, why = "memory_mib", f"{pod.memory_mib} is more than any node has ({max_mem})"
+        elif pod.models and not any(n.model in pod.models for n in nodes):
+            field, why = "gpu_spec", f"no node has a GPU of model {'|'.join(sorted(pod.models))}"
+        elif pod.num_gpu > 0 and not any(n.gpus >= pod.num_gpu for n in nodes):
+            field, why = "num_gpu", f"{pod.num_gpu} is more GPUs than any node has ({max(n.gpus for n in nodes)})"
+        else:
+            field, why = "num_gpu", "no single node has enough CPU, host memory and GPUs together"
+        raise TraceError(path, pod.line, field, f"no node could ever serve pod {pod.name}: {why}")
+
+
+def _fits_idle(pod: TracePod, node: TraceNode) -> bool:
+    if pod.cpu_milli > node.cpu_milli or pod.memory_mib > node.memory_mib:
+        return False
+    if pod.num_gpu == 0:
+        return True
+    return node.gpus >= pod.num_gpu and (not pod.models or node.model in pod.models)
+
+
+def target_workload(pods: Iterable[TracePod], coverage: float = 0.95) -> Workload:
+    """M of §6.1 from the original pods (before any inflation), with their host memory per compute unit."""
+    pods = list(pods)
+    units = sum(p.num_gpu * p.compute for p in pods)
+    memory = sum(p.memory_mib for p in pods if p.num_gpu) / units if units else 0.0
+    keys = (shape_key(p.cpu_milli, p.gpu_milli, p.num_gpu, p.models) for p in pods)
+    return Workload.from_shapes(keys, coverage, memory_per_unit=memory)
+
+
+def total_gpu_milli(nodes: Iterable[TraceNode]) -> int:
+    return sum(n.gpus for n in nodes) * MILLI
+
+
+assert WHOLE_GPU_COMPUTE * MILLI_PER_UNIT == MILLI

@@ -1,0 +1,110 @@
+"""The fragmentation measure of docs/openb-benchmark.md §6 (units: 1 compute unit = 10 milli-GPU)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpupool.fragmentation import (
+    MILLI_PER_UNIT,
+    TaskShape,
+    Workload,
+    cluster_fragmentation,
+    default_workload,
+    shape_key,
+)
+from gpupool.inventory import GPUInfo, NodeInfo
+from gpupool.ledger import Ledger, PlannedSlice
+from tests.unit.openb_data import NODES, needs_openb, pods_file
+
+ANY: frozenset[str] = frozenset()
+
+
+def hand_example() -> Workload:
+    """§6.3: M = {(4 cores, 500×1): .5, (8 cores, 1000×1): .3, (2 cores, CPU-only): .2}."""
+    return Workload(
+        [TaskShape(4000, 50, 1, ANY, 0.5), TaskShape(8000, 100, 1, ANY, 0.3), TaskShape(2000, 0, 0, ANY, 0.2)]
+    )
+
+
+@pytest.mark.parametrize(
+    ("free", "cpu", "milli"),
+    [([100, 100], 16000, 400), ([60, 100], 16000, 500), ([30, 100], 16000, 500), ([30, 100], 2000, 1300)],
+)
+def test_hand_vectors(free: list[int], cpu: int, milli: int) -> None:
+    assert hand_example().node_fragment(cpu, free, "X") * MILLI_PER_UNIT == pytest.approx(milli)
+
+
+def test_fragment_ignores_gpu_order_and_memoises() -> None:
+    m = hand_example()
+    a = m.node_fragment(16000, [100, 60], "X")
+    b = m.node_fragment(16000, [60, 100], "X")
+    assert a == b
+    assert m.memo_hits >= 1
+
+
+def test_model_allow_list_and_untracked_cpu() -> None:
+    only_v100 = Workload([TaskShape(1000, 50, 1, frozenset({"V100"}), 1.0)])
+    assert only_v100.node_fragment(None, [100, 40], "T4") == 140  # NoAccess: all idle is fragment
+    assert only_v100.node_fragment(None, [100, 40], "V100") == 40
+    assert only_v100.node_fragment(0, [100, 40], "V100") == 140  # no CPU left
+    shape = only_v100.shapes[0]
+    assert only_v100.task_fragment(shape, None, [100, 40], "V100") == 40
+
+
+def test_target_workload_ordering_and_coverage() -> None:
+    counts = {
+        (1000, 50, 1, ANY): 50,
+        (2000, 100, 1, ANY): 30,
+        (3000, 100, 1, ANY): 15,  # ties with the next: the larger key first
+        (500, 0, 0, ANY): 15,
+        (100, 10, 1, ANY): 5,
+    }
+    m = Workload.from_counts(counts, 0.95)  # 110 of 115 = 95.6 % after four shapes
+    assert [(s.cpu_milli, s.compute) for s in m.shapes] == [(1000, 50), (2000, 100), (3000, 100), (500, 0)]
+    assert sum(s.popularity for s in m.shapes) == pytest.approx(1.0)
+    assert m.shapes[0].popularity == pytest.approx(50 / 110)
+    assert shape_key(3152, 810, 1) == (3152, 81, 1, ANY)
+    assert shape_key(12500, 0, 0) == (12500, 0, 0, ANY)
+
+
+def test_bad_workloads() -> None:
+    with pytest.raises(ValueError):
+        Workload([])
+    with pytest.raises(ValueError):
+        Workload.from_counts({})
+    with pytest.raises(ValueError):
+        Workload([TaskShape(0, 0, 0, ANY, -1.0)])
+
+
+def test_cluster_gauge_over_a_ledger() -> None:
+    ledger = Ledger()
+    gpus = tuple(GPUInfo(f"n1-g{i}", i, "X", 1000) for i in range(2))
+    ledger.upsert_node(NodeInfo("n1", gpus, cpu_milli=16000, memory_mib=64000))
+    m = hand_example()
+    idle = cluster_fragmentation(ledger, m)
+    assert idle.amount_milli == pytest.approx(400)
+    assert idle.capacity == 200 and idle.idle == 200
+    assert idle.rate_percent == pytest.approx(20.0)
+    ledger.commit("p", "n1", [PlannedSlice(0, False, "n1-g0", 40, 100)], cpu_milli=0)
+    after = cluster_fragmentation(ledger, m)
+    assert after.amount_milli == pytest.approx(500)  # the [600, 1000] row of §6.3
+    assert after.amount_percent == pytest.approx(100 * 50 / 200)
+
+
+def test_default_workload_is_usable() -> None:
+    m = default_workload()
+    assert m.node_fragment(None, [100] * 8, "G2") >= 0
+
+
+@needs_openb
+@pytest.mark.parametrize(
+    ("trace", "percent"),
+    [("default", 13.94), ("gpushare40", 13.88), ("gpushare60", 13.82), ("gpushare80", 13.71), ("gpushare100", 13.64)],
+)
+def test_idle_cluster_fragmentation(trace: str, percent: float) -> None:
+    from gpupool.simulator.trace import load_nodes, load_pods, target_workload
+
+    nodes = load_nodes(NODES)
+    m = target_workload(load_pods(pods_file(trace)))
+    amount = sum(m.node_fragment(n.cpu_milli, [100] * n.gpus, n.model) for n in nodes)
+    assert 100 * amount / (100 * sum(n.gpus for n in nodes)) == pytest.approx(percent, abs=0.005)
