@@ -1,0 +1,80 @@
+"""The gpupool stack on the e2e control plane, shared by every test of this directory (one per session).
+
+- ``stack``: session-scoped :class:`e2e.stack.Stack` on the ``cluster`` of ``tests/e2e/conftest.py``: controller
+  (+ admission webhooks), extender, gpupool-scheduler, the ``--multi-node`` node agent for the kwok nodes, and one
+  real single-node device plugin (gRPC) for ``PLUGIN_NODE`` registered with a fake kubelet (tests/deviceplugin).
+  The webhooks only serve namespaces labelled ``gpupool.io/e2e=stack`` (``STACK_LABEL``) so that the plain
+  control-plane tests (``test_control_plane.py``, e.g. the "webhook bypassed" alias case) are unaffected.
+- ``gp``: per test, a :class:`GP` helper that creates labelled namespaces, GPUQueues and pods, waits (always a poll
+  with a timeout), and at teardown deletes what it made and waits until the extender's ledger let go of it, so
+  the capacity of the next test is predictable.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from e2e.cluster import Cluster
+from e2e.stack import Stack
+from tests.e2e.gpupool.gp_helpers import GP, HIGH, LOW, STACK_LABEL
+
+PLUGIN_NODE = "cpu-1"  # served by the real single-node device plugin (gRPC) instead of the multi-node publisher
+
+
+@pytest.fixture(scope="session")
+def stack(cluster: Cluster) -> Iterator[Stack]:
+    if not cluster.local:
+        pytest.skip("the gpupool stack runs as local processes (GPUPOOL_E2E_KUBECONFIG is set)")
+    from tests.deviceplugin.helpers import FakeKubelet
+
+    s = Stack(
+        cluster,
+        plugin_nodes=[PLUGIN_NODE],
+        webhook_match_expressions=[{"key": STACK_LABEL[0], "operator": "In", "values": [STACK_LABEL[1]]}],
+    )
+    plugin_dir = Path(tempfile.mkdtemp(prefix="dp"))  # short: unix socket paths are limited to 108 bytes
+    kubelet = FakeKubelet(plugin_dir)
+    kubelet.start()
+    t0 = time.monotonic()
+    try:
+        s.up()
+        s.start_node_agent(PLUGIN_NODE, plugin_dir)
+        s.wait_gpunodes([PLUGIN_NODE])
+        cluster.kubectl(
+            "apply", "-f", "-",
+            input=yaml.safe_dump_all(
+                [
+                    {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": n}, "value": v}
+                    for n, v in ((LOW, 100), (HIGH, 1000))
+                ]
+            ),
+        )  # fmt: skip
+        s.fake_kubelet = kubelet  # type: ignore[attr-defined]
+        s.plugin_dir = plugin_dir  # type: ignore[attr-defined]
+        sys.stderr.write(
+            f"\n[e2e] gpupool stack up in {time.monotonic() - t0:.1f} s {s.timings} "
+            f"(scheduler config: {s.scheduler_config_source})\n"
+        )
+        yield s
+    finally:
+        s.down()
+        kubelet.stop()
+        shutil.rmtree(plugin_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def gp(stack: Stack, core_v1: Any) -> Iterator[GP]:
+    helper = GP(stack, core_v1)
+    try:
+        yield helper
+    finally:
+        helper.cleanup()
