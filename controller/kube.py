@@ -1,4 +1,6 @@
-"""The controller's API-server I/O: one thin class over the `kubernetes` client (run in threads).
+"""The controller's API-server I/O: one thin class over the `kubernetes` client's typed APIs (run in threads).
+
+The connection (kubeconfig or in-cluster, pooled) comes from `gpupool.kubeapi.load_api_client`.
 
 Everything the controller writes goes through `Kube`, so tests can point it at kmock or a real
 apiserver, and the decision logic (gpupool.queues / gpupool.preemption) never sees a client.
@@ -11,22 +13,15 @@ import datetime as dt
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, cast
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from gpupool import objects, resources
+from gpupool.kubeapi import JSON_PATCH, MERGE_PATCH, load_api_client
+
+__all__ = ["Kube", "load_api_client", "now_rfc3339"]
 
 T = TypeVar("T")
-
-
-def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
-    if kubeconfig:
-        return cast(client.ApiClient, config.new_client_from_config(config_file=kubeconfig))  # type: ignore[no-untyped-call]
-    try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-        return client.ApiClient()
-    except config.ConfigException:
-        return cast(client.ApiClient, config.new_client_from_config())  # type: ignore[no-untyped-call]
 
 
 def now_rfc3339() -> str:
@@ -74,12 +69,12 @@ class Kube:
             {"op": "replace", "path": "/spec/schedulingGates", "value": rest},
         ]
         await self._run(self.core.patch_namespaced_pod, name, namespace, body,
-                        _content_type="application/json-patch+json")  # fmt: skip
+                        _content_type=JSON_PATCH)  # fmt: skip
 
     async def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str | None]) -> None:
         body = {"metadata": {"annotations": dict(annotations)}}
         await self._run(self.core.patch_namespaced_pod, name, namespace, body,
-                        _content_type="application/merge-patch+json")  # fmt: skip
+                        _content_type=MERGE_PATCH)  # fmt: skip
 
     async def evict(self, namespace: str, name: str) -> bool:
         """Evict through the Eviction API; False when refused (a PodDisruptionBudget: 429)."""
@@ -112,5 +107,5 @@ class Kube:
     async def patch_status(self, plural: str, name: str, status: Mapping[str, Any]) -> None:
         await self._run(
             self.custom.patch_cluster_custom_object_status, objects.GROUP, objects.VERSION, plural, name,
-            {"status": dict(status)}, _content_type="application/merge-patch+json",
+            {"status": dict(status)}, _content_type=MERGE_PATCH,
         )  # fmt: skip

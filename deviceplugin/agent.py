@@ -139,7 +139,7 @@ class Agent:
         self.stop_event.set()
         self._publish_now.set()
         if self.kube is not None:
-            self.kube.close_watches()
+            self.kube.close_streams()
         self.server.stop()
         if self.http is not None:
             self.http.stop()

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from extender.kube import GPUNODES, NODES, PODS, KubeAPI, PodAPI, Reflector
+from extender.kube import GPUNODES, NODES, PODS, KubeAPI, PodAPI
 from extender.metrics import Metrics
 from extender.service import PoolService
 from extender.settings import ExtenderSettings
+from gpupool.kubeapi import Reflector
 from gpupool.ledger import Ledger
 from gpupool.placement import Placer
 from gpupool.policies import Policy, available, make_policy

@@ -35,9 +35,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def load_state(args: argparse.Namespace) -> Any:
-    from controller.kube import Kube, load_api_client
+    from controller.kube import Kube
     from controller.runtime import Controller
     from controller.settings import ControllerSettings
+    from gpupool.kubeapi import load_api_client
 
     try:
         key = Path(args.signing_key_file).read_bytes().strip()

@@ -140,15 +140,15 @@ class FakeKube:
     # --- object helpers (through HTTP, like any client) ------------------------------------------
 
     def create(self, path: str, obj: dict[str, Any]) -> dict[str, Any]:
-        return self.api._call("POST", path, body=obj, content_type="application/json")  # type: ignore[no-any-return]
+        return self.api.request("POST", path, body=obj, content_type="application/json")  # type: ignore[no-any-return]
 
     def patch(self, path: str, patch: dict[str, Any]) -> dict[str, Any]:
-        return self.api._call(  # type: ignore[no-any-return]
+        return self.api.request(  # type: ignore[no-any-return]
             "PATCH", path, body=patch, content_type="application/merge-patch+json"
         )
 
     def delete(self, path: str) -> None:
-        self.api._call("DELETE", path)
+        self.api.request("DELETE", path)
 
     def get(self, path: str) -> dict[str, Any]:
-        return self.api._call("GET", path)  # type: ignore[no-any-return]
+        return self.api.request("GET", path)  # type: ignore[no-any-return]
