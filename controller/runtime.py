@@ -54,6 +54,22 @@ def gated(pod: Mapping[str, Any]) -> bool:
     return any(g.get("name") == resources.ADMISSION_GATE for g in gates)
 
 
+ALIAS_EVENT_REASON = "AliasResourceNotRewritten"
+
+
+def alias_message(pod: Mapping[str, Any]) -> str:
+    """Which fields carry an alias resource, why that happened and what to write instead."""
+    fields = resources.alias_names_in(pod)
+    names = sorted({f.rsplit("[", 1)[-1].rstrip("]") for f in fields})
+    fixes = ", ".join(f"{n} -> {resources.canonical_name(n)}" for n in names)
+    return (
+        f"{', '.join(fields)} still carries the alias resource name (the gpupool admission webhook was "
+        "bypassed: namespace labelled gpupool.io/webhook=ignore, or the webhook is not installed), so no "
+        f"node offers it and the pod never gets a GPU; write the canonical names instead ({fixes}) and "
+        "recreate the pod"
+    )
+
+
 def nomination_annotation(node: str, expires: float) -> str:
     stamp = dt.datetime.fromtimestamp(expires, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return json.dumps({"node": node, "expires": stamp}, separators=(",", ":"))
@@ -90,6 +106,9 @@ class Controller:
         self._node_status: dict[str, dict[str, Any]] = {}
         self._refused: dict[str, set[str]] = {}  # preemptor -> victims whose eviction was refused
         self._evicted_for_health: set[str] = set()
+        #: pods still carrying an alias resource (the webhook was bypassed): uid -> pod; warned once each
+        self._alias_pods: dict[str, dict[str, Any]] = {}
+        self._alias_warned: set[str] = set()
 
     # --- pool limits for admission -------------------------------------------------------------------
 
@@ -183,6 +202,8 @@ class Controller:
     def on_pod(self, event: str, pod: Mapping[str, Any]) -> None:
         uid = objects.pod_uid(pod)
         if event == "DELETED" or objects.pod_is_terminal(pod):
+            self._alias_pods.pop(uid, None)
+            self._alias_warned.discard(uid)
             if uid in self.pods or uid in self.manager.pods:
                 self.pods.pop(uid, None)
                 self.manager.remove_pod(uid)
@@ -190,6 +211,11 @@ class Controller:
             return
         if not resources.mentions_gpupool(pod):
             return
+        if resources.alias_names_in(pod):
+            if uid not in self._alias_warned:
+                self._alias_pods[uid] = dict(pod)  # warned by the next cycle (the leader posts Events)
+        else:
+            self._alias_pods.pop(uid, None)
         try:
             request = resources.parse_pod(pod)
         except InvalidRequest as exc:
@@ -261,9 +287,31 @@ class Controller:
             self._events[uid] = message
             await self._quiet(self.kube.event(pod, "GPUPoolWaiting", message))
             counts["events"] += 1
+        counts["events"] += await self._warn_aliases()
         await self._health_gc()
         await self.write_status()
         return counts
+
+    async def _warn_aliases(self) -> int:
+        """One Warning Event per pod that reached the API server with an alias resource name.
+
+        The mutating webhook rewrites `pool.kubernetes.io/gpu*` to `gpupool.io/gpu*` and gates the pod;
+        a pod that bypassed it (namespace labelled gpupool.io/webhook=ignore, webhook not installed or
+        not called) keeps the alias and goes to the default scheduler, which can never place it
+        (DESIGN.md §1.1: it must fail loudly). Only the controller's pod watch sees such a pod.
+        """
+        assert self.kube is not None
+        posted = 0
+        for uid, pod in list(self._alias_pods.items()):
+            try:
+                await self.kube.event(pod, ALIAS_EVENT_REASON, alias_message(pod), "Warning")
+            except Exception as exc:
+                log.warning("API write failed: %s", exc)
+                continue  # retried next cycle
+            self._alias_pods.pop(uid, None)
+            self._alias_warned.add(uid)
+            posted += 1
+        return posted
 
     async def _quiet(self, awaitable: Any) -> None:
         try:

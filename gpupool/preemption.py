@@ -13,7 +13,10 @@ Rules (DESIGN.md §7):
   more than their nominal quota, for as long as the victim's queue stays above its nominal quota after
   the eviction. Pods of the implicit queue (no GPUQueue) may be preempted by higher-priority pods of any
   queue; they hold no quota.
-* Victim order: best-effort slices first, then lower priority, then the most recently admitted.
+* Victim order: best-effort slices first, then lower priority, then the most recently admitted. A
+  preemptor whose queue stays within its nominal quota (it only lacks quota lent to borrowers) takes
+  borrowers' pods before its own queue's: such sets are searched first and win over sets of as many
+  victims with more of its own pods.
 * A victim set is valid when, with its holdings released, the preemptor fits the pool (one placement on
   one node, checked with the `Placer` over the same `Ledger`) and its queue's quota.
 * Among valid sets, the fewest victims win; then the fewest guaranteed victims, then the lowest highest
@@ -140,6 +143,14 @@ def find_preemption(
     if q != IMPLICIT_QUEUE and not _within_nominal(manager, q, need, pool):
         # a queue reclaims only its own nominal quota; to borrow it may not evict other queues' pods
         pool = [v for v in pool if v.queue in (q, IMPLICIT_QUEUE)]
+    # within its nominal quota even before evicting its own pods: what it lacks is lent to borrowers, so
+    # reclaim from them first (Kueue does the same) rather than evict its own lower-priority pods
+    reclaiming = q != IMPLICIT_QUEUE and _within_nominal(manager, q, need, ())
+
+    def order(v: Victim) -> tuple[object, ...]:
+        return (reclaiming and v.queue in (q, IMPLICIT_QUEUE), *v.order)
+
+    pool.sort(key=order)
     nodes = manager.eligible_nodes(preemptor)
     names = ledger.node_names() if nodes is None else nodes
 
@@ -171,7 +182,7 @@ def find_preemption(
         with released(ledger, [v.holding for v in victims]):
             return placer.verdict(request, node).fits
 
-    best: tuple[tuple[int, int, int, int], str, tuple[Victim, ...]] | None = None
+    best: tuple[tuple[int, int, int, int, int], str, tuple[Victim, ...]] | None = None
     for node in names:
         if not ledger.has_node(node):
             continue
@@ -179,11 +190,12 @@ def find_preemption(
         elsewhere = [v for v in pool if not _touches(v.holding, node)]
         if not fits(node, local):
             continue  # even evicting everything allowed here does not make room
-        chosen = _search(node, local, elsewhere, fits, quota_ok, max_victims)
+        chosen = _search(node, local, elsewhere, fits, quota_ok, max_victims, order)
         if chosen is None:
             continue
         score = (
             len(chosen),
+            sum(1 for v in chosen if v.queue in (q, IMPLICIT_QUEUE)) if reclaiming else 0,
             sum(1 for v in chosen if v.qos is not QoS.BEST_EFFORT),
             max(v.priority for v in chosen),
             placer.rank(node),
@@ -220,6 +232,7 @@ def _search(
     fits: Callable[[str, Sequence[Victim]], bool],
     quota_ok: Callable[[Sequence[Victim]], bool],
     max_victims: int,
+    order: Callable[[Victim], tuple[object, ...]] = lambda v: v.order,
 ) -> tuple[Victim, ...] | None:
     def valid(vs: Sequence[Victim]) -> bool:
         return quota_ok(vs) and fits(node, vs)
@@ -240,10 +253,10 @@ def _search(
         chosen.append(v)
     if not valid(chosen) or len(chosen) > max_victims * 4:
         return None
-    for v in sorted(chosen, key=lambda v: v.order, reverse=True):  # reprieve the most valuable first
+    for v in sorted(chosen, key=order, reverse=True):  # reprieve the most valuable first
         trial = [c for c in chosen if c is not v]
         if valid(trial):
             chosen = trial
     if len(chosen) > max_victims:
         return None
-    return tuple(sorted(chosen, key=lambda v: v.order))
+    return tuple(sorted(chosen, key=order))

@@ -20,7 +20,11 @@ Units and rules (documented here once):
   together in that order, so a high-priority pod of one queue gets capacity before a lower one of another.
 * Admission needs quota AND capacity: quota = usage + charge within nominal; above nominal only in a
   cohort, within `borrowingLimit`, and while the cohort's total usage stays within the sum of its
-  nominal quotas. Capacity = `Placer.best` over a ledger holding assigned pods plus RESERVED holdings of
+  nominal quotas. That bound holds for a queue within its nominal quota too: when other members borrow
+  what it would use, its pod waits ("waiting for reclaim …") and is offered to preemption, which evicts
+  borrowed pods when the queue has `reclaimBorrowed` (else the pod waits until the borrowers finish);
+  so the cohort's total never exceeds the sum of its nominal quotas.
+* Capacity = `Placer.best` over a ledger holding assigned pods plus RESERVED holdings of
   admitted-but-unbound pods plus NOMINATED holdings of preemptors, over the nodes that match the queue's
   and the pod's nodeSelector.
 * StrictFIFO: nothing of a queue passes its blocked head. BestEffortFIFO: a later pod may pass a blocked
@@ -485,6 +489,19 @@ class QueueManager:
         nm = spec.nominal.memory_mib
         return Resources(max(0, u.compute - nc), 0 if nm is None else max(0, u.memory_mib - nm))
 
+    @staticmethod
+    def _cohort_capacity(members: Sequence[QueueSpec], key: str) -> int | None:
+        """The sum of the members' nominal quotas of `key`; None without a cohort or when one is unlimited."""
+        if not members:
+            return None
+        capacity = 0
+        for m in members:
+            n = m.nominal.get(key)
+            if n is None:
+                return None
+            capacity += n
+        return capacity
+
     def quota_problem(
         self, queue: str, charge: Resources, released: Mapping[str, Resources] | None = None
     ) -> str | None:
@@ -501,36 +518,47 @@ class QueueManager:
 
         after = used(queue) + charge
         for resource, unit in (("compute", ""), ("memory_mib", " MiB")):
-            nominal = spec.nominal.get("compute" if resource == "compute" else "memory")
+            key = "compute" if resource == "compute" else "memory"
+            nominal = spec.nominal.get(key)
             if nominal is None:
                 continue
             value = getattr(after, resource)
-            if value <= nominal:
-                continue
+            need = getattr(charge, resource)
             label = "compute" if resource == "compute" else "memory"
-            before = value - getattr(charge, resource)
-            text = (
-                f"quota {before}/{nominal}{unit} {label} in use, needs {getattr(charge, resource)}{unit} more"
-            )
+            before = value - need
+            text = f"quota {before}/{nominal}{unit} {label} in use, needs {need}{unit} more"
+            members = self.cohort_members(spec.cohort)
+            capacity = self._cohort_capacity(members, key)
+            total = None
+            if capacity is not None:
+                total = sum(getattr(used(m.name), resource) for m in members) + need
+            if value <= nominal:
+                if need == 0 or total is None or capacity is None or total <= capacity:
+                    continue
+                # within its nominal quota, but other members borrow it: they must give it back first
+                borrowers = []
+                for m in members:
+                    m_nominal = m.nominal.get(key) or 0
+                    m_used = getattr(used(m.name), resource)
+                    if m.name != queue and m_used > m_nominal:
+                        borrowers.append(f"{m.name} ({m_used - m_nominal}{unit})")
+                lent = ", ".join(borrowers) or "other queues"
+                how = (
+                    "waiting for reclaim of the quota borrowed by"
+                    if spec.reclaim_borrowed
+                    else "reclaimBorrowed is off: waiting for the borrowers to release it,"
+                )
+                return (
+                    f"{text} (within nominal); cohort {spec.cohort} has {total - need}/{capacity}{unit} "
+                    f"{label} in use; {how} {lent}"
+                )
             if spec.cohort is None:
                 return text
-            limit = spec.borrowing_limit.get("compute" if resource == "compute" else "memory")
+            limit = spec.borrowing_limit.get(key)
             if limit is not None and value - nominal > limit:
                 return f"{text}; borrowing limit {limit}{unit} reached"
-            members = self.cohort_members(spec.cohort)
-            capacity = 0
-            for m in members:
-                n = m.nominal.get("compute" if resource == "compute" else "memory")
-                if n is None:
-                    capacity = -1
-                    break
-                capacity += n
-            if capacity < 0:
-                continue
-            total = sum(getattr(used(m.name), resource) for m in members) + getattr(charge, resource)
-            if total > capacity:
-                in_use = total - getattr(charge, resource)
-                return f"{text}; cohort {spec.cohort} has {in_use}/{capacity}{unit} in use"
+            if total is not None and capacity is not None and total > capacity:
+                return f"{text}; cohort {spec.cohort} has {total - need}/{capacity}{unit} in use"
         return None
 
     # --- capacity ----------------------------------------------------------------------------------

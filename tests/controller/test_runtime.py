@@ -228,3 +228,83 @@ def test_may_hold_pure() -> None:
     spec = lease_spec(None, "x", 100.0, 15)
     assert may_hold(spec, "x", 101, 15) and not may_hold(spec, "y", 110, 15) and may_hold(spec, "y", 116, 15)
     assert may_hold(None, "y", 0, 15) and may_hold({"holderIdentity": None}, "y", 0, 15)
+
+
+def alias_pod(name: str, *, ns: str = "bypass") -> dict[str, Any]:
+    """A pod as stored when the webhook was bypassed: alias names, no gate, the default scheduler."""
+    p = pod(name, ns=ns, gated=False)
+    p["spec"]["containers"][0]["resources"] = {"limits": {"pool.kubernetes.io/gpu": "1"}}
+    p["spec"]["initContainers"] = [
+        {"name": "init", "resources": {"requests": {"pool.kubernetes.io/gpu-memory": "1024"}}}
+    ]
+    p["spec"]["schedulerName"] = "default-scheduler"
+    return p
+
+
+def test_alias_pod_that_bypassed_the_webhook_gets_one_warning_event() -> None:
+    c, kube = make()
+    c.on_gpunode("ADDED", gpunode("n1", gpus=2))
+    c.on_pod("ADDED", alias_pod("bypassed"))
+    c.on_pod("ADDED", pod("fine"))
+    run(c.cycle(now=2e9))
+    warnings = [e for e in kube.calls if e[0] == "event" and e[2] == "AliasResourceNotRewritten"]
+    assert [e[1] for e in warnings] == ["bypass/bypassed"]
+    message = warnings[0][3]
+    assert "spec.containers[0].resources.limits[pool.kubernetes.io/gpu]" in message
+    assert "spec.initContainers[0].resources.requests[pool.kubernetes.io/gpu-memory]" in message
+    assert "webhook was bypassed" in message
+    assert f"pool.kubernetes.io/gpu -> {resources.GPU}" in message
+    assert f"pool.kubernetes.io/gpu-memory -> {resources.GPU_MEMORY}" in message
+    # once per pod: later cycles and updates of the same pod post nothing more
+    kube.calls.clear()
+    updated = alias_pod("bypassed")
+    updated["status"]["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}]
+    c.on_pod("MODIFIED", updated)
+    run(c.cycle(now=2e9 + 1))
+    run(c.cycle(now=2e9 + 2))
+    assert not [e for e in kube.calls if e[0] == "event" and e[2] == "AliasResourceNotRewritten"]
+    assert "uid-bypassed" not in c.manager.pods  # never queued: it is not gpupool's to place
+
+
+def test_alias_warning_waits_for_the_leader_and_is_retried_after_a_failed_post() -> None:
+    c, kube = make()
+    c.is_leader = False
+    c.on_pod("ADDED", alias_pod("bypassed"))
+    run(c.cycle(now=2e9))
+    assert kube.calls == []  # a standby posts nothing
+    c.is_leader = True
+    failing = kube.event
+
+    async def refuse(*_: Any, **__: Any) -> None:
+        raise RuntimeError("apiserver down")
+
+    kube.event = refuse  # type: ignore[method-assign]
+    run(c.cycle(now=2e9 + 1))
+    kube.event = failing  # type: ignore[method-assign]
+    run(c.cycle(now=2e9 + 2))
+    run(c.cycle(now=2e9 + 3))
+    assert [e[2] for e in kube.calls if e[0] == "event"] == ["AliasResourceNotRewritten"]
+    c.on_pod("DELETED", alias_pod("bypassed"))
+    assert c._alias_pods == {} and c._alias_warned == set()
+
+
+def test_lender_waits_for_reclaim_then_is_admitted() -> None:
+    """A queue within its nominal quota whose quota team-b borrowed: gpupool reclaims it (evicts one of
+    team-b's pods) instead of admitting past the cohort's quota, then admits the lender's pod."""
+    c, kube = make()
+    c.on_gpunode("ADDED", gpunode("n1", gpus=4))
+    c.on_queue("ADDED", queue("team-a", 100, cohort="c"))
+    c.on_queue("ADDED", queue("team-b", 100, cohort="c"))
+    c.on_pod("ADDED", bound("b0", "n1", 0, ns="team-b"))
+    c.on_pod("ADDED", bound("b1", "n1", 1, ns="team-b"))
+    c.on_pod("ADDED", pod("a0"))
+    run(c.cycle(now=2e9))
+    assert kube.of("ungate") == []
+    evicted = [e[1] for e in kube.of("evict")]
+    assert len(evicted) == 1 and evicted[0].startswith("team-b/")
+    preempted = [e for e in kube.of("event") if e[2] == "GPUPoolPreempted"]
+    assert preempted and "(reclaim)" in preempted[0][3]
+    c.on_pod("DELETED", bound(evicted[0].split("/")[1], "n1", 0, ns="team-b"))
+    kube.calls.clear()
+    run(c.cycle(now=2e9 + 1))
+    assert kube.of("ungate") == [("ungate", "team-a/a0")]

@@ -174,3 +174,130 @@ def test_nomination_expires() -> None:
     r = m.schedule()
     assert r.expired_nominations == ["uid-urgent"]
     assert m.pods["uid-urgent"].state in (State.PENDING, State.ADMITTED)
+
+
+# --- cohort reclaim when the lender is within its nominal quota (the cohort's total stays within quota) ---
+
+
+def _lender_and_borrower(reclaim: bool = True):  # type: ignore[no-untyped-def]
+    """team-a lends 100 of its quota to team-b; the pool (4 GPUs) still has room for 2 more GPUs."""
+    m, clock = make_manager(nodes=1, gpus=4)
+    m.set_queue(queue("team-a", 100, cohort="c", reclaim_borrowed=reclaim))
+    m.set_queue(queue("team-b", 100, cohort="c"))
+    m.upsert_pod(pod("b0", namespace="team-b", priority=100))
+    m.upsert_pod(pod("b1", namespace="team-b", priority=100))
+    assert sorted(admitted(m.schedule())) == ["b0", "b1"]
+    assert m.borrowed("team-b").compute == 100
+    return m, clock
+
+
+def test_lender_within_nominal_waits_for_reclaim_instead_of_overrunning_the_cohort() -> None:
+    m, _ = _lender_and_borrower()
+    m.upsert_pod(pod("a0"))
+    r = m.schedule()
+    # spare capacity, team-a within its nominal 100 — but the cohort (quota 200) already uses 200
+    assert admitted(r) == []
+    reason = r.waiting["uid-a0"]
+    assert "reclaim" in reason and "team-b (100)" in reason and "cohort c has 200/200" in reason, reason
+    assert r.preemptors == {"uid-a0": "team-a"}  # the controller runs find_preemption for it
+    assert m.usage("team-a").compute + m.usage("team-b").compute == 200
+    plan = find_preemption(m, "uid-a0")
+    assert plan is not None and plan.reclaim and len(plan.victims) == 1
+    assert plan.victims[0].queue == "team-b" and plan.victims[0].key in ("team-b/b0", "team-b/b1")
+    m.nominate("uid-a0", plan.plan, [plan.victims[0].uid])
+    r = m.schedule()
+    assert admitted(r) == [] and "waiting for 1 preempted pod(s)" in r.waiting["uid-a0"]
+    m.remove_pod(plan.victims[0].uid)
+    assert admitted(m.schedule()) == ["a0"]
+    assert m.usage("team-a").compute == 100 and m.usage("team-b").compute == 100
+    assert m.borrowed("team-b").compute == 0
+
+
+def test_lender_is_admitted_when_the_borrower_gives_back_on_its_own() -> None:
+    m, _ = _lender_and_borrower()
+    m.upsert_pod(pod("a0"))
+    assert admitted(m.schedule()) == []
+    m.remove_pod("uid-b1")  # finished
+    assert admitted(m.schedule()) == ["a0"]
+
+
+def test_no_reclaim_when_reclaim_borrowed_is_off_the_lender_still_waits() -> None:
+    m, _ = _lender_and_borrower(reclaim=False)
+    m.upsert_pod(pod("a0"))
+    r = m.schedule()
+    assert admitted(r) == []
+    assert "reclaimBorrowed is off" in r.waiting["uid-a0"] and "team-b" in r.waiting["uid-a0"]
+    assert find_preemption(m, "uid-a0") is None
+    m.remove_pod("uid-b0")
+    assert admitted(m.schedule()) == ["a0"]
+
+
+def test_reclaim_prefers_borrowers_over_the_lenders_own_lower_priority_pods() -> None:
+    m, _ = make_manager(nodes=1, gpus=4)
+    m.set_queue(queue("team-a", 200, cohort="c"))
+    m.set_queue(queue("team-b", 100, cohort="c"))
+    m.upsert_pod(pod("a-low", priority=0))
+    m.upsert_pod(pod("b0", namespace="team-b", priority=100))
+    m.upsert_pod(pod("b1", namespace="team-b", priority=100))
+    assert len(m.schedule().admitted) == 3  # cohort 300/300: team-b borrows 100 of team-a's quota
+    m.upsert_pod(pod("a-urgent", priority=10))
+    r = m.schedule()
+    assert "reclaim" in r.waiting["uid-a-urgent"]
+    plan = find_preemption(m, "uid-a-urgent")
+    assert plan is not None and [v.queue for v in plan.victims] == ["team-b"]
+
+
+def test_cohort_total_never_exceeds_its_quota_under_random_admissions() -> None:
+    import random
+
+    reclaimed = 0
+    for seed in range(30):
+        rnd = random.Random(seed)
+        m, clock = make_manager(nodes=2, gpus=4, memory=10000)
+        specs = {}
+        for name in ("q0", "q1", "q2"):
+            limit = rnd.choice([None, 0, 100, 300])
+            spec = queue(
+                name, rnd.choice([0, 100, 200, 300]), memory=rnd.choice([None, 20000, 40000]),
+                cohort="c", borrowing_limit=Limit(compute=limit), reclaim_borrowed=rnd.random() < 0.7,
+            )  # fmt: skip
+            m.set_queue(spec)
+            specs[name] = spec
+        live: list[str] = []
+        reclaims = 0
+        for step in range(60):
+            action = rnd.random()
+            if action < 0.55:
+                q = rnd.choice(list(specs))
+                name = f"s{seed}-{step}"
+                m.upsert_pod(pod(name, namespace=q, compute=rnd.choice([25, 50, 100]),
+                                 memory=rnd.choice([1000, 5000]), priority=rnd.randint(0, 3)))  # fmt: skip
+                live.append(f"uid-{name}")
+            elif action < 0.75 and live:
+                m.remove_pod(live.pop(rnd.randrange(len(live))))
+            clock.now += 1
+            r = m.schedule()
+            for uid in r.preemptors:  # what the controller does: evict, nominate, the victims leave
+                plan = find_preemption(m, uid)
+                if plan is None:
+                    continue
+                m.nominate(uid, plan.plan, [v.uid for v in plan.victims])
+                reclaims += plan.reclaim
+                for v in plan.victims:
+                    m.remove_pod(v.uid)
+                    if v.uid in live:
+                        live.remove(v.uid)
+            m.schedule()
+            usage = {q: m.usage(q) for q in specs}
+            total_c = sum(u.compute for u in usage.values())
+            assert total_c <= sum(s.nominal.compute or 0 for s in specs.values()), (seed, step, usage)
+            if all(s.nominal.memory_mib is not None for s in specs.values()):
+                assert sum(u.memory_mib for u in usage.values()) <= sum(
+                    s.nominal.memory_mib or 0 for s in specs.values()
+                ), (seed, step, usage)
+            for q, s in specs.items():
+                nominal_c = s.nominal.compute or 0
+                if s.borrowing_limit.compute is not None:
+                    assert usage[q].compute <= nominal_c + s.borrowing_limit.compute, (seed, step, q, usage)
+        reclaimed += reclaims
+    assert reclaimed > 0  # the loop exercises reclaim, not only admission

@@ -102,6 +102,13 @@ def test_alias_that_bypassed_the_webhook_never_gets_a_gpu(gp: GP) -> None:
     p = gp.pod(ns, "bypassed")
     assert p.spec.node_name is None and resources.ASSIGNMENT not in (p.metadata.annotations or {})
 
+    def gpupool_event() -> str | None:  # DESIGN.md §1.1: it must fail loudly, and say why
+        return next((e for e in gp.events(ns, "bypassed") if e.startswith("AliasResourceNotRewritten: ")), None)
+
+    event = wait_for(gpupool_event, timeout=30, what="gpupool's AliasResourceNotRewritten event")
+    assert "spec.containers[0].resources.limits[pool.kubernetes.io/gpu]" in event, event
+    assert "webhook was bypassed" in event and f"-> {resources.GPU}" in event, event
+
 
 def test_deleted_node_frees_its_slices(gp: GP, stack: Stack) -> None:
     node = FakeNode("gpu-gone-0", gpus=2, gpu_model="L4-24GB", gpu_memory_mib=23034)
