@@ -8,6 +8,7 @@ and `PODS`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from gpupool import objects
@@ -27,7 +28,9 @@ class PodAPI(Protocol):
 
     def patch_pod(self, namespace: str, name: str, patch: Any, content_type: str = MERGE_PATCH) -> dict[str, Any]: ...
 
-    def bind_pod(self, namespace: str, name: str, uid: str, node: str) -> None: ...
+    def bind_pod(
+        self, namespace: str, name: str, uid: str, node: str, annotations: Mapping[str, str] | None = None
+    ) -> None: ...
 
 
 class KubeAPI(KubeClient):
@@ -41,12 +44,21 @@ class KubeAPI(KubeClient):
             "PATCH", f"/api/v1/namespaces/{namespace}/pods/{name}", body=patch, content_type=content_type
         )
 
-    def bind_pod(self, namespace: str, name: str, uid: str, node: str) -> None:
-        """POST the Binding subresource ourselves (see the module docstring)."""
+    def bind_pod(
+        self, namespace: str, name: str, uid: str, node: str, annotations: Mapping[str, str] | None = None
+    ) -> None:
+        """POST the Binding subresource ourselves (see the module docstring).
+
+        The API server copies the Binding's annotations onto the pod in the same write that sets
+        `spec.nodeName`, so the assignment and the binding land together or not at all.
+        """
+        metadata: dict[str, Any] = {"name": name, "namespace": namespace, "uid": uid}
+        if annotations:
+            metadata["annotations"] = dict(annotations)
         body = {
             "apiVersion": "v1",
             "kind": "Binding",
-            "metadata": {"name": name, "namespace": namespace, "uid": uid},
+            "metadata": metadata,
             "target": {"apiVersion": "v1", "kind": "Node", "name": node},
         }
         self.request("POST", f"/api/v1/namespaces/{namespace}/pods/{name}/binding", body=body, content_type=JSON)

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from extender.kube import MERGE_PATCH, ApiError, PodAPI
+from extender.kube import ApiError, PodAPI
 from extender.metrics import Metrics
 from gpupool import assignment as assignment_format
 from gpupool import objects, resources
@@ -68,15 +68,6 @@ def _name(obj: Mapping[str, Any]) -> str:
     return str(_meta(obj).get("name") or "")
 
 
-def _int_rv(obj: Mapping[str, Any]) -> int | None:
-    """The resourceVersion as an integer when it is one (etcd's are; the API calls them opaque)."""
-    rv = _meta(obj).get("resourceVersion")
-    try:
-        return int(rv) if rv is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
 def _is_pool_pod(pod: Mapping[str, Any]) -> bool:
     return objects.pod_assignment_text(pod) is not None or resources.mentions_gpupool(pod)
 
@@ -114,7 +105,6 @@ class PoolService:
         #: binds between commit and the end of their API writes: the watch leaves these pods alone
         self.inflight: dict[str, Holding] = {}
         #: resourceVersion our own assignment write produced, per pod: older watch events are stale
-        self.rv_floor: dict[str, int] = {}
         self._synced = {"nodes": False, "gpunodes": False, "pods": False}
 
     # --- readiness ---------------------------------------------------------------------------------
@@ -265,12 +255,9 @@ class PoolService:
                 self._pod_gone(uid)
 
     def _pod_seen(self, uid: str, pod: dict[str, Any]) -> None:
-        floor = self.rv_floor.get(uid)
-        if floor is not None:
-            rv = _int_rv(pod)
-            if rv is not None and rv < floor:
-                return  # older than what our bind wrote (watch lag): keep the newer state
-            del self.rv_floor[uid]
+        known = self.pods.get(uid)
+        if known is not None and _node_name(known) and not _node_name(pod):
+            return  # older than a bind we already saw or made (watch lag): a bound pod never unbinds
         self.pods[uid] = pod
         meta = _meta(pod)
         self.pod_uids[(str(meta.get("namespace") or ""), str(meta.get("name") or ""))] = uid
@@ -285,7 +272,6 @@ class PoolService:
                 del self.pod_uids[key]
         self.problems.pop(uid, None)
         self.unplaced.discard(uid)
-        self.rv_floor.pop(uid, None)
         if uid not in self.inflight:
             self.ledger.discard(uid)
 
@@ -461,10 +447,9 @@ class PoolService:
                 raise BindError(f"node {node} no longer fits pod {namespace}/{name}: {exc}") from None
             self.inflight[uid] = holding
 
+        record = assignment_format.Assignment(uid, node, holding.slices, assignment_format.now_rfc3339())
+        text = record.signed(self.key).to_annotation()
         try:
-            record = assignment_format.Assignment(uid, node, holding.slices, assignment_format.now_rfc3339())
-            text = record.signed(self.key).to_annotation()
-            written = self._write_assignment(pod, namespace, name, uid, text)
             self._post_binding(namespace, name, uid, node, text)
         except BaseException as exc:
             self._rollback(uid, holding, namespace, name)
@@ -473,15 +458,15 @@ class PoolService:
             raise BindError(f"bind of pod {namespace}/{name} failed: {exc}") from exc
         with self.lock:
             self.inflight.pop(uid, None)
-            rv = _int_rv(written)
-            if rv is not None:
-                self.rv_floor[uid] = rv
-            # the watch may have delivered the pod while we were writing: fold in what we wrote
-            cached = self.pods.get(uid)
-            if cached is not None:
-                annotations = dict(_meta(cached).get("annotations") or {})
-                annotations[resources.ASSIGNMENT] = text
-                self.pods[uid] = {**cached, "metadata": {**_meta(cached), "annotations": annotations}}
+            # what the API server now holds, so that a lagging watch event cannot undo it
+            base = self.pods.get(uid) or pod
+            annotations = {**(_meta(base).get("annotations") or {}), resources.ASSIGNMENT: text}
+            self.pods[uid] = {
+                **base,
+                "metadata": {**_meta(base), "annotations": annotations},
+                "spec": {**(base.get("spec") or {}), "nodeName": node},
+            }
+            self.pod_uids[(namespace, name)] = uid
 
     def _existing_assignment(self, pod: Mapping[str, Any], node: str) -> str | None:
         """'done' when the pod already carries a valid assignment for `node` that the ledger agrees with;
@@ -514,56 +499,28 @@ class PoolService:
                 raise BindError(f"pod {objects.pod_key(pod)}: the ledger and its assignment disagree")
         return "done"
 
-    def _write_assignment(
-        self, pod: Mapping[str, Any], namespace: str, name: str, uid: str, text: str
-    ) -> Mapping[str, Any]:
-        """Merge-patch the annotation with a resourceVersion precondition; on 409, re-read and retry once."""
-        api = self._api()
-        current: Mapping[str, Any] = pod
-        for attempt in (1, 2):
-            patch: dict[str, Any] = {"metadata": {"annotations": {resources.ASSIGNMENT: text}}}
-            rv = _meta(current).get("resourceVersion")
-            if rv:
-                patch["metadata"]["resourceVersion"] = rv
-            try:
-                return api.patch_pod(namespace, name, patch, MERGE_PATCH) or {}
-            except ApiError as exc:
-                if exc.status != 409:
-                    raise BindError(f"cannot write the assignment of pod {namespace}/{name}: {exc}") from None
-                self.metrics.bind_conflicts.inc()
-                if attempt == 2:
-                    raise BindError(f"pod {namespace}/{name} kept changing while binding (409 twice)") from None
-            try:
-                current = api.get_pod(namespace, name)
-            except ApiError as exc:
-                raise BindError(f"cannot re-read pod {namespace}/{name}: {exc}") from None
-            if objects.pod_uid(current) != uid:
-                raise BindError(f"pod {namespace}/{name} was recreated while binding")
-            bound_to = (current.get("spec") or {}).get("nodeName")
-            if bound_to or objects.pod_assignment_text(current) is not None:
-                raise BindError(f"pod {namespace}/{name} was bound or assigned by someone else meanwhile")
-
     def _post_binding(self, namespace: str, name: str, uid: str, node: str, text: str | None) -> None:
+        """Create the Binding; with `text`, the API server writes the assignment in the same update."""
         try:
-            self._api().bind_pod(namespace, name, uid, node)
+            self._api().bind_pod(namespace, name, uid, node, {resources.ASSIGNMENT: text} if text else None)
         except ApiError as exc:
-            if exc.status == 409:  # already bound: fine when it is bound to this node
-                try:
-                    current = self._api().get_pod(namespace, name)
-                except ApiError:
-                    current = {}
-                if (current.get("spec") or {}).get("nodeName") == node and objects.pod_uid(current) == uid:
-                    return
+            current = self._read_back(namespace, name) or {}
+            landed = _node_name(current) == node and objects.pod_uid(current) == uid
+            if landed and (text is None or objects.pod_assignment_text(current) == text):
+                return  # it did land (a repeated call, or the reply was lost)
+            if exc.status == 409:
+                self.metrics.bind_conflicts.inc()
             raise BindError(f"cannot create the Binding of pod {namespace}/{name} to {node}: {exc}") from None
 
+    def _read_back(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self._api().get_pod(namespace, name)
+        except ApiError:
+            return None
+
     def _rollback(self, uid: str, holding: Holding, namespace: str, name: str) -> None:
-        """Undo a commit whose API writes failed: remove the annotation, release the slices."""
+        """Undo a commit whose Binding did not land: nothing was written, release the slices."""
         self.metrics.bind_rollbacks.inc()
-        if self.api is not None:
-            try:
-                self.api.patch_pod(namespace, name, {"metadata": {"annotations": {resources.ASSIGNMENT: None}}})
-            except ApiError as exc:
-                log.warning("rollback: could not remove the assignment of pod %s/%s: %s", namespace, name, exc)
         with self.lock:
             if self.ledger.holding(uid) is holding:
                 self.ledger.release(uid)
@@ -652,3 +609,7 @@ def wait_until(predicate: Any, timeout: float, interval: float = 0.01) -> bool:
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+def _node_name(pod: Mapping[str, Any]) -> str:
+    return str((pod.get("spec") or {}).get("nodeName") or "")

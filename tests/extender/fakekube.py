@@ -40,6 +40,8 @@ class FakeKubeHandler(KubernetesEmulator):  # type: ignore[misc]
         super().__attrs_post_init__()
         self.rv = itertools.count(100)
         self.fail_binding: set[str] = set()
+        #: pod names whose Binding is applied but answered with 500 (a reply lost on the way back)
+        self.lose_binding_reply: set[str] = set()
         self.conflicts: dict[str, int] = {}
         self.bindings: list[tuple[str, str, str]] = []
         self.resources["gpupool.io/v1alpha1/gpunodes"] = {"namespaced": False, "kind": "GPUNode"}
@@ -81,9 +83,16 @@ class FakeKubeHandler(KubernetesEmulator):  # type: ignore[misc]
             if (obj.get("spec") or {}).get("nodeName"):
                 return _status(409, "Conflict", f"pod {request.name} is already assigned to a node")
             node = ((request.data or {}).get("target") or {}).get("name")
-            obj.patch({"spec": {"nodeName": node}, "metadata": {"resourceVersion": str(next(self.rv))}})
+            # like the real registry: the Binding's annotations are copied onto the pod in the same update
+            annotations = ((request.data or {}).get("metadata") or {}).get("annotations") or {}
+            meta: dict[str, Any] = {"resourceVersion": str(next(self.rv))}
+            if annotations:
+                meta["annotations"] = annotations
+            obj.patch({"spec": {"nodeName": node}, "metadata": meta})
             self.bindings.append((request.namespace, request.name, node))
             await self._buses[PODS].put({"type": "MODIFIED", "object": obj.raw})
+        if request.name in self.lose_binding_reply:
+            return _status(500, "InternalError", "injected: binding applied, reply lost")
         return aiohttp.web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201},
                                          status=201)  # fmt: skip
 
