@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from deviceplugin.metrics import HealthServer, Metrics
 from deviceplugin.plugin import DevicePluginService, DeviceState, PluginServer
 from deviceplugin.podcache import PodCache
 from deviceplugin.settings import DevicePluginSettings
+from gpupool.inventory import GPUInfo
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +151,10 @@ class Agent:
         self.inventory.close()
 
 
+#: GPUNodes written at once by the multi-node publisher
+_PUBLISH_WORKERS = 8
+
+
 class MultiNodeAgent:
     """GPUNodes and heartbeats for every node of a fake-inventory map; no gRPC."""
 
@@ -158,20 +165,30 @@ class MultiNodeAgent:
         self.inventory = MultiNodeFakeInventory(settings.fake_inventory)
         self.stop_event = threading.Event()
         self.rounds = 0
+        #: one per node, kept across heartbeats (each remembers the labels it wrote)
+        self.publishers: dict[str, Publisher] = {}
 
     def publish_all(self) -> int:
-        ok = 0
-        for node, gpus in sorted(self.inventory.nodes.items()):
-            publisher = Publisher(
-                self.kube, node, self.settings.slots_per_gpu, self.settings.remote_slots, self.settings.agent_endpoint
-            )
-            try:
-                publisher.publish(gpus)
-                ok += 1
-            except Exception as exc:
-                log.warning("publishing GPUNode %s failed: %s", node, exc)
+        """Publish every node's GPUNode (a few at a time); returns how many succeeded."""
+        nodes = sorted(self.inventory.nodes.items())
+        with ThreadPoolExecutor(max_workers=_PUBLISH_WORKERS, thread_name_prefix="publish") as pool:
+            ok = sum(pool.map(lambda item: self._publish_one(*item), nodes))
         self.rounds += 1
         return ok
+
+    def _publish_one(self, node: str, gpus: Sequence[GPUInfo]) -> bool:
+        publisher = self.publishers.get(node)
+        if publisher is None:
+            endpoint = self.settings.agent_endpoint.replace("{node}", node)
+            publisher = self.publishers[node] = Publisher(
+                self.kube, node, self.settings.slots_per_gpu, self.settings.remote_slots, endpoint
+            )
+        try:
+            publisher.publish(gpus)
+            return True
+        except Exception as exc:
+            log.warning("publishing GPUNode %s failed: %s", node, exc)
+            return False
 
     def run(self) -> None:
         elapsed = self.settings.heartbeat_interval_seconds

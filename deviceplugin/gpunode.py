@@ -60,15 +60,22 @@ class Publisher:
         }
 
     def publish(self, gpus: Sequence[GPUInfo]) -> dict[str, Any]:
-        """Write the GPUNode status (creating the GPUNode first if needed) and the Node labels."""
-        if self.kube.get_gpunode(self.node) is None:
+        """Write the GPUNode status (creating the GPUNode the first time it is missing) and the Node labels.
+
+        A heartbeat of a known GPUNode is one status patch; labels are written only when they change.
+        """
+        try:
+            result = self.kube.patch_gpunode_status(self.node, self.status(gpus))
+        except KubeError as exc:
+            if exc.status != 404:
+                raise
             try:
                 self.kube.create_gpunode(self.node)
                 log.info("created GPUNode %s", self.node)
-            except KubeError as exc:
-                if exc.status != 409:
+            except KubeError as create_exc:
+                if create_exc.status != 409:
                     raise
-        result = self.kube.patch_gpunode_status(self.node, self.status(gpus))
+            result = self.kube.patch_gpunode_status(self.node, self.status(gpus))
         self._label(gpus)
         return result
 

@@ -42,7 +42,9 @@ class DevicePluginSettings(BaseSettings):
     socket_name: str = Field("gpupool.sock", description="this plugin's socket file in plugin-dir")
     kubelet_socket: str = Field("kubelet.sock", description="the kubelet registration socket in plugin-dir")
     signing_key_file: str = Field("/etc/gpupool/signing/key", description="HMAC key shared with the extender")
-    agent_endpoint: str = Field("", description="published as GPUNode status.agentEndpoint (remote slices)")
+    agent_endpoint: str = Field(
+        "", description="published as GPUNode status.agentEndpoint (remote slices); {node} is the node name"
+    )
     metrics_host: str = Field("0.0.0.0", description="listen address of /metrics and /healthz")
     metrics_port: int = Field(9402, ge=0, le=65535, description="port of /metrics and /healthz (0 = any free port)")
     metrics_enabled: bool = Field(True, description="serve /metrics and /healthz")

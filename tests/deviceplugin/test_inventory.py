@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -167,3 +168,26 @@ def test_entry_point_help_and_bad_settings() -> None:
 def test_entry_point_declared() -> None:
     text = (ROOT / "pyproject.toml").read_text()
     assert 'gpupool-deviceplugin = "deviceplugin.main:main"' in text
+
+
+def test_multi_node_heartbeat_is_one_status_patch_per_node(tmp_path: Path, kube: Kube) -> None:
+    path = tmp_path / "nodes.yaml"
+    path.write_text("hb-0:\n- {model: A100, memoryMiB: 81920}\nhb-1:\n- {model: T4, memoryMiB: 15360}\n")
+    for name in ("hb-0", "hb-1"):
+        kube.request("POST", "/api/v1/nodes", body={"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}},
+                     content_type="application/json")  # fmt: skip
+    settings = DevicePluginSettings(multi_node=True, fake_inventory=str(path), agent_endpoint="{node}:9403")
+    agent = MultiNodeAgent(settings, kube)
+    assert agent.publish_all() == 2
+    assert kube.get_gpunode("hb-1")["status"]["agentEndpoint"] == "hb-1:9403"
+    calls: list[tuple[str, str]] = []
+    original = kube.request
+
+    def counting(method: str, path: str, **kw: Any) -> Any:
+        calls.append((method, path))
+        return original(method, path, **kw)
+
+    kube.request = counting  # type: ignore[method-assign]
+    assert agent.publish_all() == 2
+    assert sorted(m for m, _ in calls) == ["PATCH", "PATCH"]
+    assert all(p.endswith("/status") for _, p in calls)
