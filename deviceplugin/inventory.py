@@ -78,6 +78,8 @@ class NvmlDevice:
     name: str
     memory_total_mib: int
     pci_bus_id: str
+    #: MIG mode is on: the GPU is split into instances gpupool does not schedule
+    mig_enabled: bool = False
 
 
 class NvmlBackend:
@@ -117,12 +119,18 @@ class NvmlBackend:
         memory = self.nvml.nvmlDeviceGetMemoryInfo(handle)
         pci = self.nvml.nvmlDeviceGetPciInfo(handle)
         bus_id = pci.busId
+        try:
+            current, _pending = self.nvml.nvmlDeviceGetMigMode(handle)
+            mig = current == self.nvml.NVML_DEVICE_MIG_ENABLE
+        except self.nvml.NVMLError:  # not MIG-capable (NOT_SUPPORTED) or an old driver
+            mig = False
         return NvmlDevice(
             index=index,
             uuid=uuid.decode() if isinstance(uuid, bytes) else str(uuid),
             name=name.decode() if isinstance(name, bytes) else str(name),
             memory_total_mib=int(memory.total) // 2**20,
             pci_bus_id=bus_id.decode() if isinstance(bus_id, bytes) else str(bus_id),
+            mig_enabled=mig,
         )
 
     def probe(self, index: int) -> str | None:
@@ -198,6 +206,10 @@ class NvmlInventory:
                 device = self.backend.device(index)
             except Exception as exc:  # NVML errors: the GPU is there but broken
                 log.error("GPU %d: NVML cannot describe it (%s); not advertised", index, exc)
+                continue
+            if device.mig_enabled:
+                log.warning("GPU %d (%s) has MIG enabled; gpupool does not schedule MIG instances: not advertised",
+                            index, device.uuid)  # fmt: skip
                 continue
             self._gpus.append(
                 GPUInfo(

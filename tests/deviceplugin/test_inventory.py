@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -80,6 +81,13 @@ def test_nvml_inventory_numa_and_probe_errors() -> None:
     assert inventory.reasons() == {gpus[0].uuid: "NVML: Unknown Error"}
     del backend.failing[0]
     assert inventory.refresh() is True and all(g.healthy for g in inventory.gpus())
+
+
+def test_mig_enabled_gpus_stay_out_of_the_pool() -> None:
+    devices = nvml_devices(3)
+    devices[1] = dataclasses.replace(devices[1], mig_enabled=True)
+    inventory = NvmlInventory(FakeNvmlBackend(devices), numa_of=lambda _: 0)
+    assert [g.index for g in inventory.gpus()] == [0, 2]
 
 
 def test_pci_bus_id_to_sysfs_numa(tmp_path: Path) -> None:
