@@ -33,6 +33,7 @@ import socket
 import statistics
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,8 @@ class NullAPI:
 
     def __init__(self) -> None:
         self.rv = 1000
+        #: (namespace, name) -> annotations the last Binding carried (the API server copies them onto the pod)
+        self.bound: dict[tuple[str, str], dict[str, str]] = {}
 
     def get_pod(self, namespace: str, name: str) -> dict[str, Any]:
         raise AssertionError("bench pods are always in the cache")
@@ -68,8 +71,10 @@ class NullAPI:
         self.rv += 1
         return {"metadata": {"resourceVersion": str(self.rv)}}
 
-    def bind_pod(self, namespace: str, name: str, uid: str, node: str) -> None:
-        return None
+    def bind_pod(
+        self, namespace: str, name: str, uid: str, node: str, annotations: Mapping[str, str] | None = None
+    ) -> None:
+        self.bound[(namespace, name)] = dict(annotations or {})
 
 
 def load_mix() -> tuple[list[tuple[int, int]], str]:
@@ -140,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     mix, source = load_mix()
     settings = ExtenderSettings(_cli_parse_args=False, **({"default_policy": args.policy} if args.policy else {}))
-    ext = build(settings, api=NullAPI(), key=KEY)  # type: ignore[arg-type]
+    api = NullAPI()
+    ext = build(settings, api=api, key=KEY)  # type: ignore[arg-type]
     service = ext.service
     names = [f"node-{i:05d}" for i in range(args.nodes)]
     t0 = time.perf_counter()
@@ -173,10 +179,14 @@ def main(argv: list[str] | None = None) -> int:
         h = service.ledger.holding(pod["metadata"]["uid"])
         held += len(h.slices) if h else 0
         # what the watch then delivers: the pod with its assignment, bound
-        service.on_pod_event("MODIFIED", {**pod, "spec": {**pod["spec"], "nodeName": node}})
+        written = api.bound.pop(("bench", pod["metadata"]["name"]), {})
+        meta = {**pod["metadata"], "annotations": {**(pod["metadata"].get("annotations") or {}), **written}}
+        service.on_pod_event("MODIFIED", {**pod, "metadata": meta, "spec": {**pod["spec"], "nodeName": node}})
         if rng.random() < 0.5:
             cursor += 1
     fill_s = time.perf_counter() - t0
+    if not bind_ms:
+        raise SystemExit(f"no bind succeeded while filling the pool ({misses} failed): see the log lines above")
     holdings = sum(1 for _ in service.ledger.holdings())
     totals = service.ledger.totals()
     print(f"pool: {args.nodes} nodes x {GPUS_PER_NODE} GPUs; {held} slices held by {holdings} pods "

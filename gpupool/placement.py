@@ -15,6 +15,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from gpupool.errors import GpupoolError
 from gpupool.ledger import Ledger, NodeView, PlannedSlice
@@ -61,8 +62,14 @@ class FilterResult:
 
 
 _GPU = "{gpu}"
-#: entries kept in each placement memo before it starts over
+#: entries kept in each placement memo before it starts over, and pod shapes remembered
 _MEMO_LIMIT = 200_000
+_MEMO_SHAPES = 256
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+_FITS = Verdict(True)
 
 
 def _no_agent(node: str) -> Verdict:
@@ -94,7 +101,10 @@ class Placer:
         self.policies = dict(policies)
         self.default_policy = default_policy
         self.rank = rank
-        self._verdicts: dict[tuple[int, Demand], bool] = {}
+        # per demand: kid -> fits; kid -> failure verdict; node -> (kid, final verdict with its GPU named)
+        self._verdicts: dict[Demand, dict[int, bool]] = {}
+        self._failures: dict[Demand, dict[int, Verdict]] = {}
+        self._reasons: dict[Demand, dict[str, tuple[int, Verdict]]] = {}
         self._choices: dict[tuple[str, Demand], dict[int, Choice | None]] = {}
         self._epoch = ledger.kid_epoch
         self._pool_cache: tuple[int, tuple[object, ...], bool] | None = None
@@ -125,26 +135,58 @@ class Placer:
         return self._finish(request, demand, node, self._local_verdict(request, demand, view))
 
     def filter(self, request: PodRequest, nodes: Iterable[str]) -> FilterResult:
-        """Verdicts for many nodes: each distinct node state is judged once per call."""
+        """Verdicts for many nodes.
+
+        Unconstrained requests take the hot path: per demand, the fit of each node state (kid) and the
+        reason of each failing node are remembered across calls, so a call costs a few dict lookups per
+        node (kube-scheduler sends every feasible node, thousands, on every call).
+        """
         demand = Demand.of(request)
         names = list(nodes)
-        shared = not self._constrained(request)
-        views = self.ledger.views(names) if shared else [self._view_if_known(request, n) for n in names]
-        per_kid: dict[int, Verdict] = {}
+        if self._constrained(request):
+            return self._filter_each(request, demand, names)
+        self._check_epoch()
+        fits = self._memo(self._verdicts, demand)
+        reasons = self._memo(self._reasons, demand)
+        local_only = request.locality is Locality.LOCAL
         passing: list[str] = []
         failed: dict[str, str] = {}
         unresolvable: dict[str, str] = {}
-        for node, view in zip(names, views, strict=True):
+        for node, view in zip(names, self.ledger.views(names), strict=True):
             if view is None:
                 unresolvable[node] = _no_agent(node).reason
                 continue
-            local = per_kid.get(view.kid) if shared else None
-            if local is None:
-                local = self._local_verdict(request, demand, view)
-                if shared:
-                    per_kid[view.kid] = local
-            v = local if local.fits and request.locality is Locality.LOCAL else self._finish(
-                request, demand, node, local
+            kid = view.kid
+            ok = fits.get(kid)
+            if ok is None:
+                ok = fits[kid] = host_fits(view, demand) and best_fit(view, demand) is not None
+            if ok:
+                passing.append(node)
+                continue
+            known = reasons.get(node) if local_only else None
+            if known is not None and known[0] == kid:
+                v = known[1]
+            else:
+                v = self._finish(request, demand, node, self._local_verdict(request, demand, view))
+                if local_only:
+                    reasons[node] = (kid, v)
+            if v.fits:
+                passing.append(node)
+            elif v.resolvable:
+                failed[node] = v.reason
+            else:
+                unresolvable[node] = v.reason
+        return FilterResult(passing, failed, unresolvable)
+
+    def _filter_each(self, request: PodRequest, demand: Demand, names: list[str]) -> FilterResult:
+        """Requests with allow-lists or best-effort QoS see their own views: judged node by node."""
+        passing: list[str] = []
+        failed: dict[str, str] = {}
+        unresolvable: dict[str, str] = {}
+        for node in names:
+            view = self._view_if_known(request, node)
+            v = _no_agent(node) if view is None else self._finish(
+                request, demand, node, self._local_verdict(request, demand, view)
             )
             if v.fits:
                 passing.append(node)
@@ -153,6 +195,15 @@ class Placer:
             else:
                 unresolvable[node] = v.reason
         return FilterResult(passing, failed, unresolvable)
+
+    @staticmethod
+    def _memo(table: dict[Demand, dict[_K, _V]], demand: Demand) -> dict[_K, _V]:
+        memo = table.get(demand)
+        if memo is None or len(memo) > _MEMO_LIMIT:
+            memo = table[demand] = {}
+            if len(table) > _MEMO_SHAPES:
+                del table[next(iter(table))]
+        return memo
 
     def _view_if_known(self, request: PodRequest, node: str) -> NodeView | None:
         return self._view(request, node) if self.ledger.has_node(node) else None
@@ -171,26 +222,31 @@ class Placer:
     def _local_verdict(self, request: PodRequest, demand: Demand, view: NodeView) -> Verdict:
         """The verdict on `view`'s state alone: the same for every node with the same kid."""
         if self._fits_locally(view, demand):
-            return Verdict(True)
-        return self._local_failure(request, demand, view)
+            return _FITS
+        if view.kid < 0 or self._constrained(request):
+            return self._local_failure(request, demand, view)
+        failures = self._memo(self._failures, demand)  # _fits_locally checked the epoch
+        known = failures.get(view.kid)
+        if known is None:
+            known = failures[view.kid] = self._local_failure(request, demand, view)
+        return known
 
     def _fits_locally(self, view: NodeView, demand: Demand) -> bool:
         if view.kid < 0:
             return host_fits(view, demand) and best_fit(view, demand) is not None
         self._check_epoch()
-        key = (view.kid, demand)
-        known = self._verdicts.get(key)
+        fits = self._memo(self._verdicts, demand)
+        known = fits.get(view.kid)
         if known is None:
-            known = host_fits(view, demand) and best_fit(view, demand) is not None
-            if len(self._verdicts) > _MEMO_LIMIT:
-                self._verdicts.clear()
-            self._verdicts[key] = known
+            known = fits[view.kid] = host_fits(view, demand) and best_fit(view, demand) is not None
         return known
 
     def _check_epoch(self) -> None:
         if self._epoch != self.ledger.kid_epoch:
             self._epoch = self.ledger.kid_epoch
             self._verdicts.clear()
+            self._failures.clear()
+            self._reasons.clear()
             self._choices.clear()
 
     def _local_failure(self, request: PodRequest, demand: Demand, view: NodeView) -> Verdict:
