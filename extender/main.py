@@ -7,7 +7,7 @@ import csv
 import gc
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,6 +141,16 @@ def build(settings: ExtenderSettings, api: PodAPI | None = None, key: bytes | No
     return Extender(settings, service, kube)
 
 
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    """Run the servers on uvloop where uvicorn[standard] installed it (Linux), else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
 def tune_gc() -> None:
     """Keep the cyclic GC out of the verbs' tail latency.
 
@@ -179,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         await asyncio.gather(*(server.serve() for server in servers))
 
     try:
-        asyncio.run(serve())
+        _run(serve())
     finally:
         extender.stop()
     return 0
