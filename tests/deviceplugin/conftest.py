@@ -21,13 +21,6 @@ from tests.deviceplugin.helpers import KEY, FakeApiServer, FakeKubelet, FakeNvml
 NODE = "node-a"
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    for item in items:
-        if here in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.deviceplugin)
-
-
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
     deadline = time.monotonic() + timeout
     while True:

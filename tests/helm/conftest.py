@@ -29,12 +29,6 @@ HERE = Path(__file__).resolve().parent
 SERVICEMONITOR_CRD = HERE / "data" / "servicemonitor-crd-min.yaml"
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if HERE in Path(str(item.fspath)).parents:
-            item.add_marker(pytest.mark.helm)
-
-
 @pytest.fixture(scope="session")
 def helm_bin() -> Path:
     path = chart.helm_binary()
