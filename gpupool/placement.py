@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from gpupool.errors import GpupoolError
@@ -54,11 +54,19 @@ class Plan:
     remote: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FilterResult:
-    passing: list[str]
-    failed: dict[str, str]
-    unresolvable: dict[str, str]
+    passing: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    unresolvable: dict[str, str] = field(default_factory=dict)
+
+    def add(self, node: str, verdict: Verdict) -> None:
+        if verdict.fits:
+            self.passing.append(node)
+        elif verdict.resolvable:
+            self.failed[node] = verdict.reason
+        else:
+            self.unresolvable[node] = verdict.reason
 
 
 _GPU = "{gpu}"
@@ -149,19 +157,17 @@ class Placer:
         fits = self._memo(self._verdicts, demand)
         reasons = self._memo(self._reasons, demand)
         local_only = request.locality is Locality.LOCAL
-        passing: list[str] = []
-        failed: dict[str, str] = {}
-        unresolvable: dict[str, str] = {}
+        result = FilterResult()
         for node, view in zip(names, self.ledger.views(names), strict=True):
             if view is None:
-                unresolvable[node] = _no_agent(node).reason
+                result.add(node, _no_agent(node))
                 continue
             kid = view.kid
             ok = fits.get(kid)
             if ok is None:
                 ok = fits[kid] = host_fits(view, demand) and best_fit(view, demand) is not None
             if ok:
-                passing.append(node)
+                result.passing.append(node)
                 continue
             known = reasons.get(node) if local_only else None
             if known is not None and known[0] == kid:
@@ -170,31 +176,18 @@ class Placer:
                 v = self._finish(request, demand, node, self._local_verdict(request, demand, view))
                 if local_only:
                     reasons[node] = (kid, v)
-            if v.fits:
-                passing.append(node)
-            elif v.resolvable:
-                failed[node] = v.reason
-            else:
-                unresolvable[node] = v.reason
-        return FilterResult(passing, failed, unresolvable)
+            result.add(node, v)
+        return result
 
     def _filter_each(self, request: PodRequest, demand: Demand, names: list[str]) -> FilterResult:
         """Requests with allow-lists or best-effort QoS see their own views: judged node by node."""
-        passing: list[str] = []
-        failed: dict[str, str] = {}
-        unresolvable: dict[str, str] = {}
+        result = FilterResult()
         for node in names:
             view = self._view_if_known(request, node)
-            v = _no_agent(node) if view is None else self._finish(
+            result.add(node, _no_agent(node) if view is None else self._finish(
                 request, demand, node, self._local_verdict(request, demand, view)
-            )
-            if v.fits:
-                passing.append(node)
-            elif v.resolvable:
-                failed[node] = v.reason
-            else:
-                unresolvable[node] = v.reason
-        return FilterResult(passing, failed, unresolvable)
+            ))  # fmt: skip
+        return result
 
     @staticmethod
     def _memo(table: dict[Demand, dict[_K, _V]], demand: Demand) -> dict[_K, _V]:
