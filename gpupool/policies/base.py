@@ -12,7 +12,7 @@ gets its generator, seeded explicitly, at construction.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -138,23 +138,39 @@ def slice_memory(total_m: int, group: SliceGroup) -> int:
     return total_m if group.memory_mib is None else group.memory_mib
 
 
-def best_fit(view: NodeView, demand: Demand) -> tuple[tuple[int, ...], ...] | None:
-    """Best-fit GPUs for every group, applied one after another on a hypothetical state."""
+Picks = tuple[tuple[int, ...], ...]
+#: given the fitting positions (index order), the free compute and memory and the group, the positions to use
+Selector = Callable[[list[int], list[int], list[int], SliceGroup], tuple[int, ...]]
+
+
+def choose_per_group(view: NodeView, demand: Demand, select: Selector) -> Picks | None:
+    """GPUs for every group, applied one after another on a hypothetical state; None when a group does not fit.
+
+    `select` picks `group.count` of the fitting positions; the policies differ only there.
+    """
     free_c = list(view.free_compute)
     free_m = list(view.free_memory)
     total_m = view.total_memory
     picks: list[tuple[int, ...]] = []
     for group in demand.groups:
-        candidates = [j for j in range(len(free_c)) if slice_fits(free_c[j], free_m[j], total_m[j], group)]
-        if len(candidates) < group.count:
+        fitting = [j for j in range(len(free_c)) if slice_fits(free_c[j], free_m[j], total_m[j], group)]
+        if len(fitting) < group.count:
             return None
-        candidates.sort(key=lambda j: (free_c[j], free_m[j], j))
-        chosen = tuple(sorted(candidates[: group.count]))
+        chosen = select(fitting, free_c, free_m, group)
         for j in chosen:
             free_c[j] -= group.compute
             free_m[j] -= slice_memory(total_m[j], group)
         picks.append(chosen)
     return tuple(picks)
+
+
+def _smallest_free(fitting: list[int], free_c: list[int], free_m: list[int], group: SliceGroup) -> tuple[int, ...]:
+    return tuple(sorted(sorted(fitting, key=lambda j: (free_c[j], free_m[j], j))[: group.count]))
+
+
+def best_fit(view: NodeView, demand: Demand) -> Picks | None:
+    """Best-fit GPUs for every group: the smallest free that fits, lowest index on ties."""
+    return choose_per_group(view, demand, _smallest_free)
 
 
 def apply_picks(

@@ -19,19 +19,18 @@ from gpupool.policies.base import (
     MAX_SCORE,
     Choice,
     Demand,
+    Picks,
     Policy,
+    SliceGroup,
+    choose_per_group,
     gpu_class,
     is_sharing,
-    slice_fits,
-    slice_memory,
 )
 from gpupool.request import WHOLE_GPU_COMPUTE
 
 #: the paper's normalisation constants
 MAX_SPEC_CPU_MILLI = 128_000
 MAX_SPEC_GPU_UNITS = 8 * WHOLE_GPU_COMPUTE
-
-Picks = tuple[tuple[int, ...], ...]
 
 
 def _cpu(view: NodeView) -> float:
@@ -41,22 +40,13 @@ def _cpu(view: NodeView) -> float:
 
 def lowest_index_fit(view: NodeView, demand: Demand, rng: random.Random | None = None) -> Picks | None:
     """Whole/multi slices on the lowest-index fitting GPUs; sharing slices on a random one (with `rng`)."""
-    free_c = list(view.free_compute)
-    free_m = list(view.free_memory)
-    picks: list[tuple[int, ...]] = []
-    for group in demand.groups:
-        fitting = [j for j in range(len(free_c)) if slice_fits(free_c[j], free_m[j], view.total_memory[j], group)]
-        if len(fitting) < group.count:
-            return None
+
+    def select(fitting: list[int], free_c: list[int], free_m: list[int], group: SliceGroup) -> tuple[int, ...]:
         if rng is not None and is_sharing(group):
-            chosen: tuple[int, ...] = (fitting[rng.randrange(len(fitting))],)
-        else:
-            chosen = tuple(fitting[: group.count])
-        for j in chosen:
-            free_c[j] -= group.compute
-            free_m[j] -= slice_memory(view.total_memory[j], group)
-        picks.append(chosen)
-    return tuple(picks)
+            return (fitting[rng.randrange(len(fitting))],)
+        return tuple(fitting[: group.count])
+
+    return choose_per_group(view, demand, select)
 
 
 class RandomPolicy(Policy):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from gpupool.ledger import NodeView
-from gpupool.policies.base import MAX_SCORE, Demand, Policy, apply_picks, slice_fits, slice_memory
+from gpupool.policies.base import MAX_SCORE, Demand, Picks, Policy, SliceGroup, apply_picks, choose_per_group
 from gpupool.request import WHOLE_GPU_COMPUTE
 
 
@@ -30,26 +30,17 @@ class BinPack(Policy):
         return _used_share_after(view, demand, picks) * MAX_SCORE // 1000
 
 
+def _largest_free(fitting: list[int], free_c: list[int], free_m: list[int], group: SliceGroup) -> tuple[int, ...]:
+    return tuple(sorted(sorted(fitting, key=lambda j: (-free_c[j], -free_m[j], j))[: group.count]))
+
+
 class Spread(Policy):
     """Prefer the emptiest node, and on it the emptiest GPUs."""
 
     name: ClassVar[str] = "spread"
 
-    def choose(self, view: NodeView, demand: Demand) -> tuple[tuple[int, ...], ...] | None:
-        free_c = list(view.free_compute)
-        free_m = list(view.free_memory)
-        picks: list[tuple[int, ...]] = []
-        for group in demand.groups:
-            fits = [j for j in range(len(free_c)) if slice_fits(free_c[j], free_m[j], view.total_memory[j], group)]
-            if len(fits) < group.count:
-                return None
-            fits.sort(key=lambda j: (-free_c[j], -free_m[j], j))
-            chosen = tuple(sorted(fits[: group.count]))
-            for j in chosen:
-                free_c[j] -= group.compute
-                free_m[j] -= slice_memory(view.total_memory[j], group)
-            picks.append(chosen)
-        return tuple(picks)
+    def choose(self, view: NodeView, demand: Demand) -> Picks | None:
+        return choose_per_group(view, demand, _largest_free)
 
     def score(self, view: NodeView, demand: Demand, picks: tuple[tuple[int, ...], ...]) -> int:
         return (1000 - _used_share_after(view, demand, picks)) * MAX_SCORE // 1000
