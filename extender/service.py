@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -600,15 +599,6 @@ class PoolService:
     def ledger_snapshot(self) -> dict[str, object]:
         with self.lock:
             return self.ledger.snapshot()
-
-
-def wait_until(predicate: Any, timeout: float, interval: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
 
 
 def _node_name(pod: Mapping[str, Any]) -> str:
