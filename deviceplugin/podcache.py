@@ -132,7 +132,7 @@ class PodCache:
 
     def _entry(self, pod: Mapping[str, Any]) -> PodEntry | None:
         meta = pod.get("metadata") or {}
-        if (pod.get("spec") or {}).get("nodeName") != self.node or objects.pod_is_terminal(pod):
+        if objects.pod_node_name(pod) != self.node or objects.pod_is_terminal(pod):
             return None
         if meta.get("deletionTimestamp"):
             return None

@@ -255,7 +255,7 @@ class PoolService:
 
     def _pod_seen(self, uid: str, pod: dict[str, Any]) -> None:
         known = self.pods.get(uid)
-        if known is not None and _node_name(known) and not _node_name(pod):
+        if known is not None and objects.pod_node_name(known) and not objects.pod_node_name(pod):
             return  # older than a bind we already saw or made (watch lag): a bound pod never unbinds
         self.pods[uid] = pod
         meta = _meta(pod)
@@ -409,7 +409,7 @@ class PoolService:
         if not self.ready:
             raise BindError(self._not_ready_message())
         pod = self._get_pod(namespace, name, uid)
-        bound_to = (pod.get("spec") or {}).get("nodeName")
+        bound_to = objects.pod_node_name(pod)
         if bound_to and bound_to != node:
             raise BindError(f"pod {namespace}/{name} is already bound to {bound_to}")
         if objects.pod_is_terminal(pod):
@@ -504,7 +504,7 @@ class PoolService:
             self._api().bind_pod(namespace, name, uid, node, {resources.ASSIGNMENT: text} if text else None)
         except ApiError as exc:
             current = self._read_back(namespace, name) or {}
-            landed = _node_name(current) == node and objects.pod_uid(current) == uid
+            landed = objects.pod_node_name(current) == node and objects.pod_uid(current) == uid
             if landed and (text is None or objects.pod_assignment_text(current) == text):
                 return  # it did land (a repeated call, or the reply was lost)
             if exc.status == 409:
@@ -599,7 +599,3 @@ class PoolService:
     def ledger_snapshot(self) -> dict[str, object]:
         with self.lock:
             return self.ledger.snapshot()
-
-
-def _node_name(pod: Mapping[str, Any]) -> str:
-    return str((pod.get("spec") or {}).get("nodeName") or "")

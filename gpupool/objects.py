@@ -82,6 +82,11 @@ def pod_key(pod: Mapping[str, Any]) -> str:
     return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
 
 
+def pod_node_name(pod: Mapping[str, Any]) -> str:
+    """The node the pod is bound to ('' while unbound)."""
+    return str((pod.get("spec") or {}).get("nodeName") or "")
+
+
 def pod_is_terminal(pod: Mapping[str, Any]) -> bool:
     """Finished or being deleted past its grace: its slices are free again."""
     return (pod.get("status") or {}).get("phase") in TERMINAL_PHASES
