@@ -80,6 +80,11 @@ _V = TypeVar("_V")
 _FITS = Verdict(True)
 
 
+def _fits_now(view: NodeView, demand: Demand) -> bool:
+    """Whether `demand` fits `view` as it is: host resources and a GPU for every slice."""
+    return host_fits(view, demand) and best_fit(view, demand) is not None
+
+
 def _no_agent(node: str) -> Verdict:
     return Verdict(False, f"node {node} has no gpupool node agent (no GPUNode {node})", resolvable=False)
 
@@ -165,7 +170,7 @@ class Placer:
             kid = view.kid
             ok = fits.get(kid)
             if ok is None:
-                ok = fits[kid] = host_fits(view, demand) and best_fit(view, demand) is not None
+                ok = fits[kid] = _fits_now(view, demand)
             if ok:
                 result.passing.append(node)
                 continue
@@ -226,12 +231,12 @@ class Placer:
 
     def _fits_locally(self, view: NodeView, demand: Demand) -> bool:
         if view.kid < 0:
-            return host_fits(view, demand) and best_fit(view, demand) is not None
+            return _fits_now(view, demand)
         self._check_epoch()
         fits = self._memo(self._verdicts, demand)
         known = fits.get(view.kid)
         if known is None:
-            known = fits[view.kid] = host_fits(view, demand) and best_fit(view, demand) is not None
+            known = fits[view.kid] = _fits_now(view, demand)
         return known
 
     def _check_epoch(self) -> None:
