@@ -12,7 +12,6 @@ import logging
 import os
 import socket
 import time
-from pathlib import Path
 from typing import Any
 
 import kopf
@@ -24,6 +23,7 @@ from controller.runtime import Controller
 from controller.settings import ControllerSettings
 from controller.webhooks import MUTATE_PATH, VALIDATE_PATH
 from gpupool import objects, resources
+from gpupool.signing_key import read_signing_key
 
 log = logging.getLogger("gpupool.controller")
 
@@ -58,7 +58,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
             addr=cfg.webhook_host, port=cfg.webhook_port, certfile=cfg.webhook_cert_file, pkeyfile=cfg.webhook_key_file
         )
         settings.admission.managed = None  # the chart (or the test) owns the configurations: matchConditions
-    key = Path(cfg.signing_key_file).read_bytes().strip()
+    key = read_signing_key(cfg.signing_key_file)
     api_client = load_api_client(cfg.kubeconfig)
     kube = Kube(api_client)
     state = Controller(cfg, kube, key)

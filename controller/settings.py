@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gpupool import slots
+from gpupool import signing_key, slots
 from gpupool.policies import DEFAULT_POLICY
 
 DEFAULT_SYSTEM_USERS = (
@@ -21,7 +21,7 @@ class ControllerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GPUPOOL_", cli_kebab_case=True, cli_prog_name="gpupool-controller")
 
     kubeconfig: str | None = Field(None, description="kubeconfig file; unset = in-cluster, else ~/.kube/config")
-    signing_key_file: str = Field("/etc/gpupool/signing/key", description="HMAC key that verifies assignments")
+    signing_key_file: str = Field(signing_key.DEFAULT_PATH, description="HMAC key that verifies assignments")
     default_policy: str = Field(DEFAULT_POLICY, description="placement policy for capacity checks")
     slots_per_gpu: int = Field(slots.DEFAULT_SLOTS_PER_GPU, ge=1)
     remote_slots: int = Field(slots.DEFAULT_REMOTE_SLOTS, ge=0)

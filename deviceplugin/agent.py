@@ -10,7 +10,6 @@ import logging
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 from deviceplugin.gpunode import Publisher
@@ -20,19 +19,18 @@ from deviceplugin.metrics import HealthServer, Metrics
 from deviceplugin.plugin import DevicePluginService, DeviceState, PluginServer
 from deviceplugin.podcache import PodCache
 from deviceplugin.settings import DevicePluginSettings
+from gpupool.errors import AssignmentError
 from gpupool.inventory import GPUInfo
+from gpupool.signing_key import read_signing_key
 
 log = logging.getLogger(__name__)
 
 
 def read_key(path: str) -> bytes:
     try:
-        key = Path(path).read_bytes().strip()
-    except OSError as exc:
-        raise SystemExit(f"cannot read the signing key {path}: {exc} (mount the gpupool signing Secret)") from None
-    if not key:
-        raise SystemExit(f"the signing key file {path} is empty")
-    return key
+        return read_signing_key(path)
+    except AssignmentError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def make_inventory(settings: DevicePluginSettings) -> Inventory:

@@ -12,7 +12,7 @@ from enum import StrEnum
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gpupool import slots
+from gpupool import signing_key, slots
 
 
 class Backend(StrEnum):
@@ -41,7 +41,7 @@ class DevicePluginSettings(BaseSettings):
     plugin_dir: str = Field("/var/lib/kubelet/device-plugins/", description="kubelet device-plugin directory")
     socket_name: str = Field("gpupool.sock", description="this plugin's socket file in plugin-dir")
     kubelet_socket: str = Field("kubelet.sock", description="the kubelet registration socket in plugin-dir")
-    signing_key_file: str = Field("/etc/gpupool/signing/key", description="HMAC key shared with the extender")
+    signing_key_file: str = Field(signing_key.DEFAULT_PATH, description="HMAC key shared with the extender")
     agent_endpoint: str = Field(
         "", description="published as GPUNode status.agentEndpoint (remote slices); {node} is the node name"
     )

@@ -9,26 +9,27 @@ import logging
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from extender.kube import GPUNODES, NODES, PODS, KubeAPI, PodAPI
 from extender.metrics import Metrics
 from extender.service import PoolService
 from extender.settings import ExtenderSettings
+from gpupool.errors import AssignmentError
 from gpupool.kubeapi import Reflector
 from gpupool.ledger import Ledger
 from gpupool.placement import Placer
 from gpupool.policies import Policy, available, make_policy
+from gpupool.signing_key import read_signing_key
 
 log = logging.getLogger("gpupool.extender")
 
 
 def read_key(path: str) -> bytes:
-    key = Path(path).read_bytes().strip()
-    if not key:
-        raise SystemExit(f"signing key file {path} is empty; mount the gpupool signing Secret")
-    return key
+    try:
+        return read_signing_key(path)
+    except AssignmentError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def load_workload(path: str | None) -> Any:

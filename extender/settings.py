@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gpupool import slots
+from gpupool import signing_key, slots
 from gpupool.policies import DEFAULT_POLICY
 
 
@@ -25,7 +25,7 @@ class ExtenderSettings(BaseSettings):
     in_cluster: bool | None = Field(None, description="force (true) or forbid (false) in-cluster config")
     default_policy: str = Field(DEFAULT_POLICY, description="placement policy when a pod names none")
     policies: list[str] = Field(default_factory=list, description="enabled policies (empty = all available)")
-    signing_key_file: str = Field("/etc/gpupool/signing/key", description="HMAC key shared with node agents")
+    signing_key_file: str = Field(signing_key.DEFAULT_PATH, description="HMAC key shared with node agents")
     slots_per_gpu: int = Field(slots.DEFAULT_SLOTS_PER_GPU, ge=1, description="must match the node agents")
     remote_slots: int = Field(slots.DEFAULT_REMOTE_SLOTS, ge=0, description="must match the node agents")
     overcommit_compute_percent: int = Field(100, ge=100, description="best-effort compute over-commit")

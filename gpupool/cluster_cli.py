@@ -10,8 +10,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from pathlib import Path
 from typing import Any
+
+from gpupool import signing_key
+from gpupool.errors import AssignmentError
+from gpupool.signing_key import read_signing_key
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -29,7 +32,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config)")
     parser.add_argument(
         "--signing-key-file",
-        default="/etc/gpupool/signing/key",
+        default=signing_key.DEFAULT_PATH,
         help="verify assignments with this key (unreadable: assignments are read unverified)",
     )
 
@@ -41,9 +44,9 @@ def load_state(args: argparse.Namespace) -> Any:
     from gpupool.kubeapi import load_api_client
 
     try:
-        key = Path(args.signing_key_file).read_bytes().strip()
-    except OSError:
-        key = b""
+        key = read_signing_key(args.signing_key_file)
+    except AssignmentError:
+        key = b""  # status and explain still work; assignments then show as unverified
     kube = Kube(load_api_client(args.kubeconfig))
     settings = ControllerSettings(leader_election=False, webhook_enabled=False, metrics_port=0)  # type: ignore[call-arg]
     state = Controller(settings, kube, key)

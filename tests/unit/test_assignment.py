@@ -84,3 +84,15 @@ def test_malformed(text: str, needle: str) -> None:
 def test_empty_key_is_an_error() -> None:
     with pytest.raises(AssignmentError, match="signing key is empty"):
         sample().signed(b"")
+
+
+def test_signing_key_is_read_stripped_and_missing_or_empty_is_a_clear_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from gpupool.signing_key import read_signing_key
+
+    (tmp_path / "key").write_bytes(b"  secret\n")
+    assert read_signing_key(tmp_path / "key") == b"secret"
+    (tmp_path / "empty").write_bytes(b"\n")
+    with pytest.raises(AssignmentError, match="is empty; mount the gpupool signing Secret"):
+        read_signing_key(tmp_path / "empty")
+    with pytest.raises(AssignmentError, match="cannot read the signing key"):
+        read_signing_key(tmp_path / "absent")
