@@ -9,7 +9,6 @@ apiserver, and the decision logic (gpupool.queues / gpupool.preemption) never se
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, cast
 
@@ -18,14 +17,11 @@ from kubernetes.client.exceptions import ApiException
 
 from gpupool import objects, resources
 from gpupool.kubeapi import JSON_PATCH, MERGE_PATCH, load_api_client
+from gpupool.timefmt import now_rfc3339
 
-__all__ = ["Kube", "load_api_client", "now_rfc3339"]
+__all__ = ["Kube", "load_api_client"]
 
 T = TypeVar("T")
-
-
-def now_rfc3339() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Kube:

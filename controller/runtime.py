@@ -16,8 +16,6 @@ Garbage and safety decisions (DESIGN.md §7):
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import logging
 import time
 from collections.abc import Mapping
@@ -27,7 +25,7 @@ from controller import metrics
 from controller.admission import AdmissionConfig, PoolLimits
 from controller.kube import Kube
 from controller.settings import ControllerSettings
-from gpupool import assignment, objects, resources
+from gpupool import objects, resources, timefmt
 from gpupool.errors import GpupoolError, InvalidRequest
 from gpupool.ledger import Holding, HoldingKind, Ledger
 from gpupool.placement import Placer
@@ -36,22 +34,6 @@ from gpupool.preemption import find_preemption
 from gpupool.queues import IMPLICIT_QUEUE, PodEntry, QueueManager, queue_spec_from_object
 
 log = logging.getLogger("gpupool.controller")
-
-
-def parse_time(value: Any) -> float:
-    if not value:
-        return 0.0
-    if isinstance(value, dt.datetime):
-        return value.timestamp()
-    try:
-        return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return 0.0
-
-
-def gated(pod: Mapping[str, Any]) -> bool:
-    gates = (pod.get("spec") or {}).get("schedulingGates") or []
-    return any(g.get("name") == resources.ADMISSION_GATE for g in gates)
 
 
 ALIAS_EVENT_REASON = "AliasResourceNotRewritten"
@@ -68,11 +50,6 @@ def alias_message(pod: Mapping[str, Any]) -> str:
         f"node offers it and the pod never gets a GPU; write the canonical names instead ({fixes}) and "
         "recreate the pod"
     )
-
-
-def nomination_annotation(node: str, expires: float) -> str:
-    stamp = dt.datetime.fromtimestamp(expires, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return json.dumps({"node": node, "expires": stamp}, separators=(",", ":"))
 
 
 class Controller:
@@ -124,13 +101,7 @@ class Controller:
 
     def holding_of(self, pod: Mapping[str, Any]) -> Holding | None:
         """The pod's assignment; verified with the key (an empty key: read-only tools, unverified)."""
-        if self.key:
-            return objects.holding_from_pod(pod, self.key)
-        text = objects.pod_assignment_text(pod)
-        if text is None or objects.pod_is_terminal(pod):
-            return None
-        record = assignment.parse(text)
-        return Holding(objects.pod_uid(pod), record.node, record.slices, HoldingKind.ASSIGNED, objects.pod_qos(pod))
+        return objects.holding_from_pod(pod, self.key or None)
 
     # --- cache updates (every replica) ---------------------------------------------------------------
 
@@ -235,8 +206,8 @@ class Controller:
         spec = pod.get("spec") or {}
         entry = PodEntry(
             request=request,
-            created=parse_time(meta.get("creationTimestamp")),
-            gated=gated(pod),
+            created=timefmt.parse_time(meta.get("creationTimestamp")) or 0.0,
+            gated=objects.pod_gated(pod),
             node_selector=dict(spec.get("nodeSelector") or {}),
             assigned=assigned,
             bound_node=spec.get("nodeName"),
@@ -267,7 +238,7 @@ class Controller:
                 continue
             counts["admitted"] += 1
             metrics.ADMISSIONS.labels(admission.queue or "(none)").inc()
-            metrics.GATE_LATENCY.observe(max(0.0, now - parse_time(meta.get("creationTimestamp"))))
+            metrics.GATE_LATENCY.observe(max(0.0, now - (timefmt.parse_time(meta.get("creationTimestamp")) or 0.0)))
             self._events.pop(admission.uid, None)
             if (meta.get("annotations") or {}).get(resources.NOMINATED):
                 await self._quiet(self.kube.annotate_pod(meta["namespace"], meta["name"], {resources.NOMINATED: None}))
@@ -358,7 +329,7 @@ class Controller:
                 nomination = self.manager.pods[uid].nomination
                 if pod is not None and nomination is not None:
                     meta = pod["metadata"]
-                    value = nomination_annotation(plan.node, nomination.expires)
+                    value = objects.nomination_annotation(plan.node, nomination.expires)
                     patch = {resources.NOMINATED: value}
                     await self._quiet(self.kube.annotate_pod(meta["namespace"], meta["name"], patch))
                     await self._quiet(self.kube.event(pod, "GPUPoolNominated", plan.describe()))

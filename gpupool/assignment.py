@@ -15,7 +15,6 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import Any
 
 from gpupool.errors import AssignmentError
@@ -110,10 +109,6 @@ class Assignment:
         if not self.sig:
             raise AssignmentError("refusing to serialise an unsigned assignment")
         return json.dumps({**self.payload(), "sig": self.sig}, separators=(",", ":"))
-
-
-def now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def signature(assignment: Assignment, key: bytes) -> str:

@@ -501,15 +501,17 @@ class Ledger:
             if (s.node, s.slot) in slots_seen:
                 raise OverAllocation(f"slot {s.slot} appears twice in the holding of pod {holding.pod}")
             slots_seen.add((s.node, s.slot))
-            index, k = slot_ids.parse_slot(s.slot)
-            if gpu.node == holding.node:
-                if index != gpu.index or k >= self.slots_per_gpu:
-                    raise OverAllocation(f"slot {s.slot} does not belong to GPU {gpu.index} of {gpu.node}")
+            local = gpu.node == holding.node
+            problem = slot_ids.slot_problem(
+                s.slot, gpu.index if local else None, slots_per_gpu=self.slots_per_gpu, remote_slots=self.remote_slots
+            )
+            if problem is not None:
+                raise OverAllocation(f"pod {holding.pod}, slice on GPU {s.gpu} of {gpu.node}: {problem}")
+            _, k = slot_ids.parse_slot(s.slot)
+            if local:
                 if k in gpu.used_slots:
                     raise OverAllocation(f"slot {s.slot} of node {gpu.node} is already held")
             else:
-                if index is not None or k >= self.remote_slots:
-                    raise OverAllocation(f"remote slice on {s.gpu} needs a remote-<k> slot, got {s.slot}")
                 if k in pod_node.remote_used:
                     raise OverAllocation(f"remote slot {s.slot} of node {holding.node} is already held")
                 remote.append(k)

@@ -4,13 +4,12 @@ preemption through evictions (a PDB refusal moves to the next victim set), healt
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 from typing import Any
 
 from controller.leader import LeaseElector, lease_spec, may_hold
 from controller.runtime import Controller
 from controller.settings import ControllerSettings
-from gpupool import assignment, resources
+from gpupool import assignment, objects, resources, timefmt
 
 KEY = b"test-key"
 
@@ -58,10 +57,10 @@ _n = iter(range(10**6))
 
 def pod(name: str, *, ns: str = "team-a", count: int = 1, priority: int = 0, gated: bool = True,
         annotations: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
-    stamp = dt.datetime(2025, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=next(_n))
+    stamp = timefmt.format_time(1_735_689_600 + next(_n))  # 2025-01-01T00:00:00Z onwards
     return {
         "metadata": {"name": name, "namespace": ns, "uid": f"uid-{name}", "annotations": annotations or {},
-                     "creationTimestamp": stamp.isoformat().replace("+00:00", "Z")},
+                     "creationTimestamp": stamp},
         "spec": {"priority": priority,
                  "containers": [{"name": "c", "resources": {"limits": {resources.GPU: str(count)}}}],
                  "schedulingGates": [{"name": resources.ADMISSION_GATE}] if gated else []},
@@ -142,7 +141,7 @@ def test_preemption_evicts_fewest_victims_then_nominates_and_admits_after_they_l
     run(c.cycle(now=2e9))
     assert [e[1] for e in kube.of("evict")] == ["team-a/low0", "team-a/low1"]
     annotations = [a for a in kube.of("annotate") if a[1] == "team-a/urgent"]
-    assert annotations and '"node":"n1"' in annotations[0][2][resources.NOMINATED]
+    assert annotations and objects.parse_nomination(annotations[0][2][resources.NOMINATED]) == ("n1", 2e9 + 300)
     assert kube.of("ungate") == []
     c.on_pod("DELETED", bound("low1", "n1", 1))
     kube.calls.clear()
