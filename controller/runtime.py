@@ -53,6 +53,9 @@ def alias_message(pod: Mapping[str, Any]) -> str:
 
 
 class Controller:
+    """The controller's cache of pods, GPUNodes and queues, fed by the `on_*` handlers on every replica,
+    and the leader's `cycle()`, which writes the model's decisions through `Kube`."""
+
     def __init__(self, settings: ControllerSettings, kube: Kube | None, key: bytes) -> None:
         self.settings = settings
         self.kube = kube

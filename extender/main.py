@@ -33,14 +33,12 @@ def read_key(path: str) -> bytes:
 
 
 def load_workload(path: str | None) -> Any:
-    """The target workload M for FGD and the fragmentation gauge, or None when the module is not there.
+    """The target workload M for FGD and the fragmentation gauge.
 
     `path`: an openb-style pod CSV (columns cpu_milli, num_gpu, gpu_milli); unset = the built-in default.
     """
-    try:
-        from gpupool import fragmentation
-    except ImportError:  # pragma: no cover - the module is being written
-        return None
+    from gpupool import fragmentation
+
     if not path:
         return fragmentation.default_workload()
     keys = []

@@ -1,20 +1,11 @@
-"""`PoolService`: the extender's state and verbs, with no HTTP in sight.
+"""`PoolService`: the extender's state and verbs (DESIGN.md §5), with no HTTP in sight.
 
-It owns one `Ledger` and one `Placer` behind one lock, feeds them from the cluster
-cache (GPUNodes, Nodes, pods: the `on_*` methods, called by the watch threads or by
-tests directly), and answers kube-scheduler's verbs:
-
-* `filter` / `prioritize` / `preempt` read the ledger under the lock; nothing is held.
-* `bind` is the only writer of slices: under the lock it re-checks the node
-  (`Placer.plan`) and commits the slices; outside the lock it writes the signed
-  assignment on the pod and posts the Binding; on failure it removes the annotation
-  and releases the slices under the lock again. No per-node lock: two binds on one
-  node only serialise for the microseconds of plan + commit.
-
-The pods' signed assignments are the source of truth. The ledger is rebuilt from
-them at start (`gpupool.objects.holding_from_pod`), and the service is not ready
-while any assignment is forged, unreadable or does not fit: such capacity is never
-silently treated as free.
+One `Ledger` and one `Placer` behind one lock, fed from the cluster cache (the `on_*` methods,
+called by the watch threads or by tests). `filter` / `prioritize` / `preempt` only read; `bind`
+is the only writer of slices and holds the lock for plan + commit only, never for its API writes
+(no per-node lock). The ledger is rebuilt from the pods' signed assignments
+(`gpupool.objects.holding_from_pod`); the service is not ready while any is forged, unreadable
+or does not fit: such capacity is never silently treated as free.
 """
 
 from __future__ import annotations

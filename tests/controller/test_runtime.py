@@ -10,6 +10,7 @@ from controller.leader import LeaseElector, lease_spec, may_hold
 from controller.runtime import Controller
 from controller.settings import ControllerSettings
 from gpupool import assignment, objects, resources, timefmt
+from gpupool.ledger import HoldingKind
 
 KEY = b"test-key"
 
@@ -307,3 +308,18 @@ def test_lender_waits_for_reclaim_then_is_admitted() -> None:
     kube.calls.clear()
     run(c.cycle(now=2e9 + 1))
     assert kube.of("ungate") == [("ungate", "team-a/a0")]
+
+
+def test_read_only_controller_refuses_another_pods_assignment_too() -> None:
+    """Without the key (read-only CLI) assignments are read unverified, but never credited to another pod."""
+    c = Controller(ControllerSettings(leader_election=False), FakeKube(), b"")  # type: ignore[arg-type]
+    c.on_gpunode("ADDED", gpunode("n1", gpus=2))
+    own = bound("own", "n1", 0)
+    copied = bound("copied", "n1", 1)
+    copied["metadata"]["annotations"][resources.ASSIGNMENT] = own["metadata"]["annotations"][resources.ASSIGNMENT]
+    c.on_pod("ADDED", own)
+    c.on_pod("ADDED", copied)
+    assert c.ledger.holding("uid-own") is not None
+    copied_holding = c.ledger.holding("uid-copied")
+    assert copied_holding is None or copied_holding.kind is not HoldingKind.ASSIGNED
+    assert "carries the assignment of pod uid-own" in c.problems["pod/team-a/copied"]
