@@ -24,6 +24,7 @@ e2e-bin:
 # ruff, mypy (strict) over every package, and the import contracts of pyproject's [tool.importlinter]
 lint: setup
 	$(VENV)/bin/ruff check gpupool kubeio extender controller deviceplugin e2e tests bench
+	$(PY) -c "import deviceplugin.api"  # generates the gRPC stubs mypy reads
 	$(VENV)/bin/mypy gpupool kubeio extender controller deviceplugin
 	$(VENV)/bin/lint-imports
 

@@ -71,7 +71,7 @@ def load_state(args: argparse.Namespace) -> Controller:
     except AssignmentError:
         key = b""  # status and explain still work; assignments then show as unverified
     kube = Kube(load_api_client(args.kubeconfig))
-    settings = ControllerSettings(leader_election=False, webhook_enabled=False, metrics_port=0)  # type: ignore[call-arg]
+    settings = ControllerSettings(leader_election=False, webhook_enabled=False, metrics_port=0)
     state = Controller(settings, kube, key)
     asyncio.run(state.rebuild())
     state.manager.schedule()  # what the controller would decide now (reservations included); nothing is written
@@ -147,16 +147,16 @@ def explain_lines(state: Controller, namespace: str, name: str) -> list[str]:
         return lines
     queue_name, position, waiting = state.manager.position(uid)
     label = queue_name if queue_name else "(no queue)"
-    if entry.queue_error:
+    if entry.queue_error or queue_name is None:
         lines.append(f"queue: none — {entry.queue_error}")
     else:
         spec = state.manager.queue(queue_name)
         usage = state.manager.usage(queue_name)
-        quota = "unlimited" if spec is None or queue_name == "" else (
+        quota_text = "unlimited" if spec is None or queue_name == "" else (
             f"{usage.compute}/{spec.nominal.compute} compute, "
             f"{usage.memory_mib}/{spec.nominal.memory_mib if spec.nominal.memory_mib is not None else '-'} MiB"
         )  # fmt: skip
-        lines.append(f"queue: {label}; quota in use {quota}")
+        lines.append(f"queue: {label}; quota in use {quota_text}")
     if entry.state is State.ADMITTED:
         lines.append(f"admitted (gate removed); reserved on {holding.node if holding else '(no reservation)'}; "
                      "waiting for the gpupool scheduler to bind it")  # fmt: skip
@@ -165,9 +165,9 @@ def explain_lines(state: Controller, namespace: str, name: str) -> list[str]:
     if entry.nomination is not None:
         lines.append(f"nominated node {entry.nomination.node} (preemption); waiting for "
                      f"{len(entry.nomination.victims)} evicted pod(s) to leave")  # fmt: skip
-    problem = state.manager.quota_problem(queue_name, entry.charge) if queue_name is not None else None
-    if problem:
-        lines.append(f"quota: {message(problem)}")
+    shortfall = state.manager.quota_problem(queue_name, entry.charge) if queue_name is not None else None
+    if shortfall is not None:
+        lines.append(f"quota: {message(shortfall)}")
     nodes = state.manager.eligible_nodes(entry)
     names = state.ledger.node_names() if nodes is None else nodes
     result = state.placer.filter(entry.request, names)

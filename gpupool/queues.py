@@ -167,7 +167,7 @@ class _Blocked:
 
 
 class QueueManager:
-    """Queues, quota and admission over one ledger (shared with preemption)."""
+    """Queue membership, order, quota charges and the admission cycle over one ledger (shared with preemption)."""
 
     def __init__(
         self,
@@ -509,7 +509,7 @@ class QueueManager:
                     continue
                 self._admit_nominated(entry, result)
                 continue
-            # (5) behind a blocked head: StrictFIFO never passes, BestEffortFIFO by docs/contracts.md
+            # (5) behind a blocked head: StrictFIFO never passes; BestEffortFIFO as docs/contracts.md says
             head = blocked.get(q)
             if head is not None and not self._may_pass(entry, head, spec):
                 result.waiting[entry.uid] = f"{where()} behind {head.head.key} ({head.reason})"
@@ -581,6 +581,7 @@ class QueueManager:
             result.preemptors[entry.uid] = q
 
     def _may_pass(self, entry: PodEntry, head: _Blocked, spec: QueueSpec) -> bool:
+        """May `entry` pass its queue's blocked head (docs/contracts.md "BestEffortFIFO")?"""
         if spec.strategy is Strategy.STRICT_FIFO or head.by_quota:
             return False
         largest = self._largest_gpu_memory()

@@ -26,7 +26,7 @@ def test_explain_shows_quota_position_fit_and_binding() -> None:
     assert "waiting: 1 of 1 in line" in lines
     assert "fits now on 1 of 1 node(s): n1" in lines
     assert explain_lines(c, "team-a", "run")[1] == "bound to node n1:"
-    assert explain_lines(c, "team-a", "nope")[0].endswith("is not a gpupool pod (no gpupool resources) or does not exist")
+    assert explain_lines(c, "team-a", "nope")[0].endswith("or does not exist")
 
 
 def test_status_shapes_are_the_ones_the_controller_writes() -> None:
