@@ -85,7 +85,7 @@ class LeaseElector:
         if not may_hold(spec, self.identity, now, self.duration):
             self.is_leader = False
             return False
-        lease.spec = lease_spec(spec, self.identity, now, self.duration)
+        lease.spec = lease_spec(spec, self.identity, now, self.duration)  # type: ignore[assignment]  # a dict serialises too
         try:
             self.api.replace_namespaced_lease(self.name, self.namespace, lease)  # resourceVersion guards it
             self.is_leader = True

@@ -1,7 +1,7 @@
 """The controller's state and its reconcile cycle: Kubernetes objects in, `Kube` writes out.
 
 Thin by design: objects are translated with `gpupool.objects` / `gpupool.resources` /
-`gpupool.queues.queue_spec_from_object`, every decision is `QueueManager.schedule()` or
+`gpupool.objects.queue_spec_from_object`, every decision is `QueueManager.schedule()` or
 `gpupool.preemption.find_preemption`, and the results are written through `controller.kube.Kube`.
 
 Garbage and safety decisions (DESIGN.md §7):
@@ -21,17 +21,17 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from controller import metrics
+from controller import metrics, status
 from controller.admission import AdmissionConfig, PoolLimits
 from controller.kube import Kube
 from controller.settings import ControllerSettings
 from gpupool import objects, resources, timefmt
 from gpupool.errors import GpupoolError, InvalidRequest
-from gpupool.ledger import Holding, HoldingKind, Ledger
+from gpupool.ledger import Holding, Ledger
 from gpupool.placement import Placer
 from gpupool.policies import available, make_policy
 from gpupool.preemption import find_preemption
-from gpupool.queues import IMPLICIT_QUEUE, PodEntry, QueueManager, queue_spec_from_object
+from gpupool.queues import IMPLICIT_QUEUE, PodEntry, QueueManager
 
 log = logging.getLogger("gpupool.controller")
 
@@ -147,7 +147,7 @@ class Controller:
             self._queue_status.pop(name, None)
             return
         try:
-            self.manager.set_queue(queue_spec_from_object(obj))
+            self.manager.set_queue(objects.queue_spec_from_object(obj))
             self.problems.pop(f"gpuqueue/{name}", None)
         except GpupoolError as exc:
             self.problems[f"gpuqueue/{name}"] = str(exc)
@@ -213,7 +213,6 @@ class Controller:
             gated=objects.pod_gated(pod),
             node_selector=dict(spec.get("nodeSelector") or {}),
             assigned=assigned,
-            bound_node=spec.get("nodeName"),
         )
         self.manager.upsert_pod(entry)
 
@@ -375,76 +374,44 @@ class Controller:
     # --- status --------------------------------------------------------------------------------------
 
     def queue_statuses(self) -> dict[str, dict[str, Any]]:
-        out = {}
-        for name, spec in self.manager.queues.items():
-            status = self.manager.queue_status(name)
-            out[name] = status
-            metrics.QUEUE_PENDING.labels(name).set(status["pending"])
-            metrics.QUEUE_ADMITTED.labels(name).set(status["admitted"])
-            metrics.QUEUE_USAGE.labels(name, "compute").set(status["usage"]["compute"])
-            metrics.QUEUE_USAGE.labels(name, "memory").set(status["usage"]["memoryMiB"])
+        """GPUQueue statuses (`controller.status`), with the queue metrics set from them."""
+        out = status.queue_statuses(self.manager)
+        for name, row in out.items():
+            spec = self.manager.queues[name]
+            metrics.QUEUE_PENDING.labels(name).set(row["pending"])
+            metrics.QUEUE_ADMITTED.labels(name).set(row["admitted"])
+            metrics.QUEUE_USAGE.labels(name, "compute").set(row["usage"]["compute"])
+            metrics.QUEUE_USAGE.labels(name, "memory").set(row["usage"]["memoryMiB"])
             metrics.QUEUE_QUOTA.labels(name, "compute").set(spec.nominal.compute or 0)
             if spec.nominal.memory_mib is not None:
                 metrics.QUEUE_QUOTA.labels(name, "memory").set(spec.nominal.memory_mib)
-        implicit = self.manager.queue_status(IMPLICIT_QUEUE)
+        implicit = status.queue_status(self.manager, IMPLICIT_QUEUE)
         metrics.QUEUE_PENDING.labels("(none)").set(implicit["pending"])
         metrics.QUEUE_ADMITTED.labels("(none)").set(implicit["admitted"])
         return out
 
     def node_statuses(self) -> dict[str, dict[str, Any]]:
-        per_gpu: dict[str, dict[str, int]] = {}
-        for h in self.ledger.holdings():
-            for s in h.slices:
-                row = per_gpu.setdefault(s.gpu, {"compute": 0, "memoryMiB": 0, "slices": 0,
-                                                 "reservedCompute": 0, "reservedMemoryMiB": 0})  # fmt: skip
-                if h.kind is HoldingKind.ASSIGNED:
-                    row["compute"] += s.compute
-                    row["memoryMiB"] += s.memory_mib
-                    row["slices"] += 1
-                else:
-                    row["reservedCompute"] += s.compute
-                    row["reservedMemoryMiB"] += s.memory_mib
-        out: dict[str, dict[str, Any]] = {}
-        for name in self.ledger.node_names():
-            gpus = self.ledger.gpus_of(name)
-            allocated = []
-            cap_c = cap_m = used_c = used_m = healthy = 0
-            for g in gpus:
-                row = per_gpu.get(g.uuid, {"compute": 0, "memoryMiB": 0, "slices": 0,
-                                           "reservedCompute": 0, "reservedMemoryMiB": 0})  # fmt: skip
-                allocated.append({"uuid": g.uuid, **row})
-                metrics.GPU_ALLOCATED.labels(name, g.uuid, "compute").set(row["compute"])
-                metrics.GPU_ALLOCATED.labels(name, g.uuid, "memory").set(row["memoryMiB"])
-                if g.healthy:
-                    healthy += 1
-                if g.healthy and not g.disabled:
-                    cap_c += 100
-                    cap_m += g.memory_mib
-                    used_c += row["compute"]
-                    used_m += row["memoryMiB"]
-            out[name] = {
-                "allocated": allocated,
-                "gpuCount": len(gpus),
-                "model": ",".join(sorted({g.model for g in gpus})),
-                "computePercent": 100 * used_c // cap_c if cap_c else 0,
-                "memoryPercent": 100 * used_m // cap_m if cap_m else 0,
-                "healthy": f"{healthy}/{len(gpus)}",
-            }
+        """GPUNode statuses (`controller.status`), with the per-GPU allocation metrics set from them."""
+        out = status.node_statuses(self.ledger)
+        for name, row in out.items():
+            for gpu in row["allocated"]:
+                metrics.GPU_ALLOCATED.labels(name, gpu["uuid"], "compute").set(gpu["compute"])
+                metrics.GPU_ALLOCATED.labels(name, gpu["uuid"], "memory").set(gpu["memoryMiB"])
         return out
 
     async def write_status(self) -> None:
         assert self.kube is not None
-        for name, status in self.queue_statuses().items():
-            if self._queue_status.get(name) != status:
+        for name, row in self.queue_statuses().items():
+            if self._queue_status.get(name) != row:
                 try:
-                    await self.kube.patch_status(objects.GPUQUEUE_PLURAL, name, status)
-                    self._queue_status[name] = status
+                    await self.kube.patch_status(objects.GPUQUEUE_PLURAL, name, row)
+                    self._queue_status[name] = row
                 except Exception as exc:
                     log.warning("GPUQueue %s status: %s", name, exc)
-        for name, status in self.node_statuses().items():
-            if self._node_status.get(name) != status:
+        for name, row in self.node_statuses().items():
+            if self._node_status.get(name) != row:
                 try:
-                    await self.kube.patch_status(objects.GPUNODE_PLURAL, name, status)
-                    self._node_status[name] = status
+                    await self.kube.patch_status(objects.GPUNODE_PLURAL, name, row)
+                    self._node_status[name] = row
                 except Exception as exc:
                     log.warning("GPUNode %s status: %s", name, exc)

@@ -132,7 +132,7 @@ class AllocateError(Exception):
         self.reason = reason
 
 
-class DevicePluginService(pb2_grpc.DevicePluginServicer):  # type: ignore[misc]
+class DevicePluginService(pb2_grpc.DevicePluginServicer):  # type: ignore[misc,name-defined]
     def __init__(
         self,
         settings: DevicePluginSettings,
@@ -159,10 +159,11 @@ class DevicePluginService(pb2_grpc.DevicePluginServicer):  # type: ignore[misc]
         yield pb2.ListAndWatchResponse(devices=devices)
         while True:
             with self.state.cond:
-                self.state.cond.wait_for(
-                    lambda v=version: self.state.stopping or self.state.version != v or not context.is_active(),
-                    timeout=0.5,
-                )
+
+                def woken(v: int = version) -> bool:
+                    return self.state.stopping or self.state.version != v or not context.is_active()
+
+                self.state.cond.wait_for(woken, timeout=0.5)
                 stopping = self.state.stopping
             if stopping or not context.is_active():
                 log.info("ListAndWatch: stream ends (%s)", "shutdown" if stopping else "kubelet went away")

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from extender.kube import ApiError, PodAPI
-from extender.metrics import Metrics
+from extender.metrics import CacheStats, GPUAllocation, Metrics
 from gpupool import assignment as assignment_format
 from gpupool import objects, resources, timefmt
 from gpupool.errors import AssignmentError, GpupoolError, InvalidRequest, OverAllocation
@@ -567,6 +567,19 @@ class PoolService:
                 self.ledger.hold(h)
 
     # --- debug -------------------------------------------------------------------------------------
+
+    def cache_stats(self) -> CacheStats:
+        """What the metrics scrape reads of the cache, taken at once under the lock."""
+        with self.lock:
+            ledger = self.ledger
+            gpus = tuple(
+                GPUAllocation(g.node, g.uuid, g.index, g.used_compute, g.used_memory, g.healthy and not g.disabled)
+                for n in ledger.node_names() for g in ledger.gpus_of(n)
+            )  # fmt: skip
+            return CacheStats(
+                self.ready, len(ledger.node_names()), sum(1 for _ in ledger.holdings()), len(self.problems),
+                len(self.unplaced), gpus,
+            )  # fmt: skip
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:

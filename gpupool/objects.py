@@ -1,14 +1,15 @@
 """Kubernetes objects (as API JSON dicts) translated into pool-model values, and back.
 
-The one place that reads GPUNode objects and a pod's gpupool fields (admission gate,
-assignment, nomination), so the extender, the controller, the node agent and the CLI
-rebuild the same ledger from the same objects. No I/O here: callers list and watch.
+The one place that reads GPUNode and GPUQueue objects and a pod's gpupool fields (admission
+gate, assignment, nomination), so the extender, the controller, the node agent and the CLI
+rebuild the same ledger and queues from the same objects. No I/O here: callers list and watch.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from gpupool import assignment as assignment_format
@@ -17,6 +18,8 @@ from gpupool.assignment import Assignment
 from gpupool.errors import AssignmentError, GpupoolError
 from gpupool.inventory import GPUInfo, NodeInfo
 from gpupool.ledger import Holding, HoldingKind
+from gpupool.queues import LabelSelector, QueueSpec, Strategy, WithinQueue
+from gpupool.quota import Limit
 from gpupool.request import QoS
 
 GROUP = "gpupool.io"
@@ -72,6 +75,64 @@ def gpunode_status_gpus(gpus: Iterable[GPUInfo]) -> list[dict[str, Any]]:
             item["numa"] = g.numa
         out.append(item)
     return out
+
+
+def _int_field(value: Any, where: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise GpupoolError(f"{where}: must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _limit(data: Any, where: str) -> Limit:
+    if data is None:
+        return Limit()
+    if not isinstance(data, Mapping):
+        raise GpupoolError(f"{where}: must be an object with compute and memoryMiB")
+    return Limit(_int_field(data.get("compute"), f"{where}.compute"),
+                 _int_field(data.get("memoryMiB"), f"{where}.memoryMiB"))  # fmt: skip
+
+
+def label_selector_from_dict(data: Mapping[str, Any] | None) -> LabelSelector | None:
+    if not data:
+        return None
+    labels = tuple(sorted((str(k), str(v)) for k, v in (data.get("matchLabels") or {}).items()))
+    exprs = tuple(
+        (str(e["key"]), str(e["operator"]), tuple(str(v) for v in e.get("values") or ()))
+        for e in data.get("matchExpressions") or ()
+    )
+    return LabelSelector(labels, exprs)
+
+
+def queue_spec_from_object(obj: Mapping[str, Any]) -> QueueSpec:
+    """A GPUQueue (crds/gpuqueue.yaml) as a `QueueSpec`; raises `GpupoolError` naming the bad field."""
+    name = str((obj.get("metadata") or {}).get("name") or "")
+    if not name:
+        raise GpupoolError("GPUQueue without metadata.name")
+    spec = obj.get("spec") or {}
+    where = f"GPUQueue {name} spec"
+    preemption = spec.get("preemption") or {}
+    try:
+        strategy = Strategy(spec.get("queueingStrategy") or Strategy.BEST_EFFORT_FIFO.value)
+        within = WithinQueue(preemption.get("withinQueue") or WithinQueue.LOWER_PRIORITY.value)
+    except ValueError as exc:
+        raise GpupoolError(f"{where}: {exc}") from None
+    nominal = _limit(spec.get("nominalQuota"), f"{where}.nominalQuota")
+    if nominal.compute is None:
+        nominal = replace(nominal, compute=0)
+    return QueueSpec(
+        name=name,
+        nominal=nominal,
+        borrowing_limit=_limit(spec.get("borrowingLimit"), f"{where}.borrowingLimit"),
+        cohort=spec.get("cohort") or None,
+        namespaces=frozenset(spec.get("namespaces") or ()),
+        namespace_selector=label_selector_from_dict(spec.get("namespaceSelector")),
+        node_selector=tuple(sorted((str(k), str(v)) for k, v in (spec.get("nodeSelector") or {}).items())),
+        strategy=strategy,
+        within_queue=within,
+        reclaim_borrowed=bool(preemption.get("reclaimBorrowed", True)),
+    )
 
 
 def pod_uid(pod: Mapping[str, Any]) -> str:
