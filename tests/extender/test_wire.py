@@ -93,6 +93,19 @@ def test_pool_pod_passes_remote(kube, ext):
     assert local["NodeNames"] == [] and "nogpu" in local["FailedAndUnresolvableNodes"]
 
 
+def test_pool_pod_gets_no_remote_slice_from_a_node_without_agent_endpoint(kube, ext):
+    add_gpu_node(kube, "silent", gpus=1, endpoint="")
+    add_gpu_node(kube, "nogpu", gpus=0)
+    p = pod("remote", annotations={"gpupool.io/locality": "pool"})
+    r = ext.post("filter", filter_body(p, ["silent", "nogpu"])).json()
+    assert r["NodeNames"] == ["silent"]  # its own GPU serves pods bound to it
+    reason = {**r.get("FailedNodes", {}), **r.get("FailedAndUnresolvableNodes", {})}["nogpu"]
+    assert "silent" in reason and "agentEndpoint" in reason
+    add_gpu_node(kube, "far", gpus=1)
+    r = ext.post("filter", filter_body(p, ["silent", "nogpu"])).json()
+    assert sorted(r["NodeNames"]) == ["nogpu", "silent"]
+
+
 def test_invalid_pod_fills_error(kube, ext):
     add_gpu_node(kube, "gpu-0")
     r = ext.post("filter", filter_body(pod("neg", compute=-5), ["gpu-0"]))
