@@ -201,11 +201,11 @@ def test_node_agent_publishes_its_endpoint_with_the_node_name_expanded(tmp_path:
     kube.request("POST", "/api/v1/nodes", body={"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}},
                  content_type="application/json")  # fmt: skip
     settings = DevicePluginSettings(node_name=node, fake_inventory=str(path), agent_endpoint="{node}.gpu.example:9403")
-    assert settings.endpoint_of("other") == "other.gpu.example:9403"
     agent = Agent(settings, kube, FakeInventory(str(path), node), b"k" * 32)
     assert agent.publisher is not None
     agent.publisher.publish(agent.inventory.gpus())
     assert kube.get_gpunode(node)["status"]["agentEndpoint"] == "ep-0.gpu.example:9403"
+    assert settings.endpoint_of("other") == "other.gpu.example:9403"
 
 
 def test_multi_node_heartbeat_is_one_status_patch_per_node(tmp_path: Path, kube: Kube) -> None:
