@@ -229,3 +229,22 @@ def test_multi_node_heartbeat_is_one_status_patch_per_node(tmp_path: Path, kube:
     assert agent.publish_all() == 2
     assert sorted(m for m, _ in calls) == ["PATCH", "PATCH"]
     assert all(p.endswith("/status") for _, p in calls)
+
+
+def test_health_gauges_follow_the_inventory(tmp_path: Path) -> None:
+    """Slot and GPU health gauges hold the values of the inventory, and follow it when a GPU turns healthy."""
+    path = tmp_path / "gpus.yaml"
+    path.write_text("- {model: T4, memoryMiB: 15360}\n- {model: T4, memoryMiB: 15360, health: Unhealthy}\n")
+    settings = DevicePluginSettings(node_name="gauge-0", fake_inventory=str(path), slots_per_gpu=4, remote_slots=2)
+    agent = Agent(settings, None, FakeInventory(str(path), "gauge-0"), b"k" * 32)
+    registry = agent.metrics.registry
+    # advertised ids: 4 per GPU, and the 2 remote slots (always healthy)
+    assert registry.get_sample_value("gpupool_deviceplugin_slots", {"health": "Healthy"}) == 4 + 2
+    assert registry.get_sample_value("gpupool_deviceplugin_slots", {"health": "Unhealthy"}) == 4
+    assert registry.get_sample_value("gpupool_deviceplugin_gpus_unhealthy") == 1
+    path.write_text("- {model: T4, memoryMiB: 15360}\n- {model: T4, memoryMiB: 15360}\n")
+    os.utime(path, (time.time() + 5, time.time() + 5))  # a new mtime even within the clock's resolution
+    agent.check_health()
+    assert registry.get_sample_value("gpupool_deviceplugin_slots", {"health": "Healthy"}) == 8 + 2
+    assert registry.get_sample_value("gpupool_deviceplugin_slots", {"health": "Unhealthy"}) == 0
+    assert registry.get_sample_value("gpupool_deviceplugin_gpus_unhealthy") == 0
