@@ -97,10 +97,10 @@ def test_pool_pod_on_cpu_node_gets_remote_slices_combined_from_fragments() -> No
 def test_no_remote_slice_on_a_node_whose_agent_publishes_no_endpoint() -> None:
     """The container of a remote slice is handed the owning agent's endpoint: a node without one serves none."""
     ledger = cluster()
-    # 40 % free on one GPU of each A100 node; a100-1's agent publishes no endpoint
+    # 50 % free on GPU-A00, 40 % on GPU-A10 (the tighter fit binpack prefers); a100-1's agent publishes no endpoint
     for n in range(2):
-        ledger.commit(f"fill{n}", f"a100-{n}", [PlannedSlice(0, False, f"GPU-A{n}{i}", 60 if i == 0 else 100, 100)
-                                                 for i in range(4)])
+        ledger.commit(f"fill{n}", f"a100-{n}", [PlannedSlice(0, False, f"GPU-A{n}{i}", (50 + 10 * n) if i == 0 else 100,
+                                                              100) for i in range(4)])  # fmt: skip
     ledger.commit("fillt4", "t4-0", [PlannedSlice(0, False, f"GPU-T{i}", 100, 100) for i in range(2)])
     info = ledger.node_info("a100-1")
     ledger.upsert_node(NodeInfo(info.name, info.gpus))
@@ -117,7 +117,7 @@ def test_no_remote_slice_on_a_node_whose_agent_publishes_no_endpoint() -> None:
     with pytest.raises(NoFit, match="serve no remote slices"):
         p.plan(two, "cpu-0")
     ledger.commit("one", "cpu-0", plan.slices)
-    # a100-0 is full now; a100-1 still has room but no endpoint: nothing more goes remote
+    # a100-0 has 10 % left; a100-1 still has room but no endpoint: nothing more goes remote
     assert p.filter(one, ["cpu-0"]).passing == []
     ledger.upsert_node(NodeInfo(info.name, info.gpus, agent_endpoint="10.0.0.1:9403"))
     plan = p.plan(one, "cpu-0")
@@ -130,11 +130,16 @@ def test_endpointless_node_still_serves_its_own_pool_pods() -> None:
     ledger = cluster()
     info = ledger.node_info("t4-0")
     ledger.upsert_node(NodeInfo(info.name, info.gpus))
+    # one A100 GPU in the whole pool keeps room: with t4-0's own two GPUs that makes the three a pod needs
+    for n in range(2):
+        ledger.commit(f"fill{n}", f"a100-{n}", [PlannedSlice(0, False, f"GPU-A{n}{i}", 100, 100)
+                                                 for i in range(4) if (n, i) != (1, 2)])
     p = placer(ledger)
-    plan = p.plan(req(count=3, compute=50, memory=1000, locality=Locality.POOL), "t4-0")
+    pod = req(count=3, compute=50, memory=1000, locality=Locality.POOL)
+    assert p.filter(pod, ["t4-0"]).passing == ["t4-0"]
+    plan = p.plan(pod, "t4-0")
     assert plan.remote == 1
-    assert sorted(s.gpu for s in plan.slices)[-2:] == ["GPU-T0", "GPU-T1"]
-    assert sorted(s.gpu for s in plan.slices)[0].startswith("GPU-A")
+    assert sorted(s.gpu for s in plan.slices) == ["GPU-A12", "GPU-T0", "GPU-T1"]
 
 
 def test_local_pod_never_goes_remote() -> None:
