@@ -57,7 +57,12 @@ def node_info_from_gpunode(obj: Mapping[str, Any]) -> NodeInfo:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise GpupoolError(f"{where}: missing or invalid field ({exc})") from None
-    return NodeInfo(name=str(name), gpus=tuple(gpus), disabled=frozenset(spec.get("disabledGPUs") or []))
+    return NodeInfo(
+        name=str(name),
+        gpus=tuple(gpus),
+        disabled=frozenset(spec.get("disabledGPUs") or []),
+        agent_endpoint=str(status.get("agentEndpoint") or "").strip(),  # the CRD types it a string
+    )
 
 
 def gpunode_status_gpus(gpus: Iterable[GPUInfo]) -> list[dict[str, Any]]:
