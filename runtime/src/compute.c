@@ -120,6 +120,7 @@ void gp_launch_begin(struct gp_launch *l, CUstream stream, int ptsz) {
     pthread_mutex_unlock(&r->m);
     gate(idx);
     pthread_mutex_lock(&r->m);
+    poll_ring(r, idx, 0);
     while (r->head - r->tail >= RING)
         poll_ring(r, idx, 1);
     unsigned s = r->head % RING;

@@ -23,7 +23,10 @@ static pthread_once_t resolve_once = PTHREAD_ONCE_INIT;
 typedef void *(*dlsym_fn)(void *, const char *);
 __attribute__((visibility("hidden"))) dlsym_fn gp_real_dlsym;
 
-static void find_real_dlsym(void) {
+/* Runs inside every dlsym of the process, sanitizer start-up included: never instrumented. */
+#define GP_NO_SANITIZE __attribute__((no_sanitize("address", "undefined")))
+
+GP_NO_SANITIZE static void find_real_dlsym(void) {
     if (gp_real_dlsym)
         return;
     dlsym_fn f = (dlsym_fn)dlvsym(RTLD_NEXT, "dlsym", "GLIBC_2.34");
@@ -82,7 +85,7 @@ void *gp_wrapper_for(const char *name); /* procaddr.c */
 /* Returns our wrapper when `name` is an intercepted driver entry looked up in the driver, else NULL (then the
  * trampoline continues into the real dlsym). */
 __attribute__((visibility("hidden"))) void *gp_dlsym_hook(void *handle, const char *name);
-void *gp_dlsym_hook(void *handle, const char *name) {
+GP_NO_SANITIZE void *gp_dlsym_hook(void *handle, const char *name) {
     find_real_dlsym();
     if (!name || name[0] != 'c' || name[1] != 'u')
         return NULL;

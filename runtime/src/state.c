@@ -296,6 +296,8 @@ static void init(void) {
     int have_env = env_limits(&env) == 0;
     char why[256] = "", why2[256] = "";
     ctl_status = have_dir ? read_control(&ctl, why, sizeof why) : 1;
+    if (!have_dir)
+        snprintf(why, sizeof why, "no directory %.200s", dir_path);
     if (ctl_status == 0) {
         seed = &ctl;
         stat(ctl_path, &ctl_seen);
