@@ -6,8 +6,8 @@
  *   dev N              make device N's context current -> "ok"
  *   launch N US        N kernels of US microseconds (fake driver), then synchronise -> "ok"
  *   spin US SECONDS WARMUP
- *                      launch US-kernels in pairs, synchronising, for SECONDS; report the device time that
- *                      completed after WARMUP -> "spin BUSY_NS WINDOW_NS"
+ *                      launch US-kernels in pairs, two pairs in flight, for SECONDS; report the device time
+ *                      that completed after WARMUP -> "spin BUSY_NS WINDOW_NS"
  *   bench N            N launches of empty kernels and N alloc/free pairs -> "bench LAUNCH_NS... " percentiles
  *   quit
  *
@@ -45,6 +45,10 @@ CUresult cuMemGetInfo_v2(size_t *, size_t *);
 CUresult cuLaunchKernel(CUfunction, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int,
                         unsigned int, unsigned int, CUstream, void **, void **);
 CUresult cuGetProcAddress(const char *, void **, int, cuuint64_t);
+CUresult cuEventCreate(CUevent *, unsigned int);
+CUresult cuEventDestroy_v2(CUevent);
+CUresult cuEventRecord(CUevent, CUstream);
+CUresult cuEventSynchronize(CUevent);
 
 typedef CUresult (*alloc_fn)(CUdeviceptr *, size_t);
 typedef CUresult (*procaddr_fn)(const char *, void **, int, cuuint64_t);
@@ -238,10 +242,17 @@ int main(void) {
         } else if (strcmp(cmd, "spin") == 0 && sscanf(line, "%*s %llu %lf %lf", &x, &s, &w) == 3) {
             uint64_t t0 = now_ns(), end = t0 + (uint64_t)(s * 1e9), warm = t0 + (uint64_t)(w * 1e9);
             uint64_t first = 0, last = 0, busy = 0;
-            for (;;) {
+            CUevent done[2];
+            cuEventCreate(&done[0], 0);
+            cuEventCreate(&done[1], 0);
+            /* two batches in flight, like an application that queues ahead: wait for the older one */
+            for (unsigned long long i = 0;; i++) {
                 launch((unsigned int)x);
                 launch((unsigned int)x);
-                cuCtxSynchronize();
+                cuEventRecord(done[i % 2], NULL);
+                if (i == 0)
+                    continue;
+                cuEventSynchronize(done[(i + 1) % 2]);
                 uint64_t t = now_ns();
                 if (t > end)
                     break;
@@ -253,6 +264,9 @@ int main(void) {
                     busy += 2 * x * 1000;
                 last = t;
             }
+            cuCtxSynchronize();
+            cuEventDestroy_v2(done[0]);
+            cuEventDestroy_v2(done[1]);
             printf("spin %llu %llu\n", (unsigned long long)busy, (unsigned long long)(last - first));
         } else if (strcmp(cmd, "bench") == 0 && sscanf(line, "%*s %llu", &x) == 1 && x > 0) {
             bench((int)x);
