@@ -13,7 +13,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+#: inside the container (pool backend): the container's regions, and one directory per local GPU (by CUDA ordinal)
+CONTAINER_RUNTIME_DIR = "/run/gpupool"
+CONTAINER_GPU_DIR = "/run/gpupool-gpus"
+LIBRARY_NAME = "libgpupool.so"
+PRELOAD_FILE = "ld.so.preload"
+
 CONTROL_FILE = "control"
+OWNER_FILE = "owner.json"
 ACCOUNTING_FILE = "accounting"
 SHARES_FILE = "shares"
 
@@ -34,6 +41,16 @@ _ACC_PROC = struct.Struct("<iIQ")  # pid, reserved, start_time (then used[16])
 _ACC_PROC_SIZE = 16 + 8 * MAX_DEVICES
 _ACC_PROC_OFFSET = _ACC_DEV_OFFSET + _ACC_DEV.size * MAX_DEVICES
 ACCOUNTING_SIZE = _ACC_PROC_OFFSET + _ACC_PROC_SIZE * MAX_PROCESSES
+
+
+def container_dir(state_dir: str, pod_uid: str, container: str) -> str:
+    """Host directory of one container's regions: `<state>/containers/<pod uid>/<container key, ':' as '-'>`."""
+    return f"{state_dir.rstrip('/')}/containers/{pod_uid}/{container.replace(':', '-')}"
+
+
+def gpu_dir(state_dir: str, uuid: str) -> str:
+    """Host directory of one GPU's sharing region: `<state>/gpus/<uuid>`."""
+    return f"{state_dir.rstrip('/')}/gpus/{uuid}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +92,18 @@ def write_control(directory: str | os.PathLike[str], limits: Sequence[DeviceLimi
         f.flush()
         os.fchmod(f.fileno(), 0o644)
     os.replace(tmp, final)
+
+
+def read_control_generation(directory: str | os.PathLike[str]) -> int:
+    """The generation of `<directory>/control`, 0 when it is missing or not a valid control region."""
+    try:
+        data = (Path(directory) / CONTROL_FILE).read_bytes()
+    except OSError:
+        return 0
+    if len(data) < _CONTROL_HEAD.size + 8 or struct.unpack("<Q", data[-8:])[0] != fnv1a64(data[:-8]):
+        return 0
+    magic, version, _, generation, _, _ = _CONTROL_HEAD.unpack_from(data, 0)
+    return int(generation) if magic == CONTROL_MAGIC and version == CONTROL_VERSION else 0
 
 
 @dataclass(frozen=True, slots=True)

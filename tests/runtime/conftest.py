@@ -41,9 +41,14 @@ class Proc:
 
     def __init__(self, env: dict[str, str], stderr_path: Path) -> None:
         self.stderr_path = stderr_path
-        self._err = open(stderr_path, "w")
+        self._err = open(stderr_path, "w")  # noqa: SIM115 - lives as long as the process, closed in close()
         self.p = subprocess.Popen(
-            [str(BUILD / "gpuprog")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, text=True, env=env
+            [str(BUILD / "gpuprog")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._err,
+            text=True,
+            env=env,
         )
 
     def send(self, line: str) -> None:

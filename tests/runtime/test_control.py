@@ -85,7 +85,7 @@ def test_no_runtime_directory_and_no_limits_passes_through(built: object, tmp_pa
     c.env["GPUPOOL_RUNTIME_DIR"] = str(c.directory / "absent")
     a = c.start()
     try:
-        free, total = a.info()
+        _free, total = a.info()
         assert total == 81920 * MIB
         assert a.alloc(2 * MIB) is not None
         assert a.stderr() == ""
