@@ -249,9 +249,9 @@ GP_EXPORT CUresult cuMemGetInfo(unsigned int *free_b, unsigned int *total_b) {
     uint64_t f64 = f, t64 = t;
     slice_info(&f64, &t64);
     if (free_b)
-        *free_b = (unsigned int)f64;
+        *free_b = f64 > 0xffffffffu ? 0xffffffffu : (unsigned int)f64;
     if (total_b)
-        *total_b = (unsigned int)t64;
+        *total_b = t64 > 0xffffffffu ? 0xffffffffu : (unsigned int)t64;
     return r;
 }
 

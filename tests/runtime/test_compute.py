@@ -42,3 +42,24 @@ def test_lone_ceiling_container_stays_at_its_share(node: Node) -> None:
     a = node.container(memory_mib=[1], compute=[30], mode="ceiling")
     (got,) = run_together([a])
     assert abs(got - 30) <= 5, got
+
+
+def test_processes_of_one_container_share_its_slice(node: Node) -> None:
+    a = node.container(memory_mib=[1], compute=[30], mode="ceiling")
+    b = node.container(memory_mib=[1], compute=[70], mode="ceiling")
+    got = run_together([a, a, b])  # two processes in container a
+    assert abs(got[0] + got[1] - 30) <= 5 and abs(got[2] - 70) <= 5, got
+
+
+def test_live_compute_change_applies_to_a_running_process(node: Node) -> None:
+    a = node.container(memory_mib=[1], compute=[30], mode="ceiling")
+    a.control([(1, 30)], generation=1)
+    p = a.start()
+    p.send(f"spin {KERNEL_US} 3 1")
+    word, busy, window = p.read().split()
+    assert abs(100 * int(busy) / int(window) - 30) <= 5
+    a.control([(1, 60)], generation=2)
+    p.send(f"spin {KERNEL_US} 3 1")  # the same process, never restarted
+    word, busy, window = p.read().split()
+    assert abs(100 * int(busy) / int(window) - 60) <= 5
+    assert a.accounting().devices[0].compute == 60
