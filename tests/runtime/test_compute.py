@@ -56,10 +56,10 @@ def test_live_compute_change_applies_to_a_running_process(node: Node) -> None:
     a.control([(1, 30)], generation=1)
     p = a.start()
     p.send(f"spin {KERNEL_US} 3 1")
-    word, busy, window = p.read().split()
+    _, busy, window = p.read().split()
     assert abs(100 * int(busy) / int(window) - 30) <= 5
     a.control([(1, 60)], generation=2)
     p.send(f"spin {KERNEL_US} 3 1")  # the same process, never restarted
-    word, busy, window = p.read().split()
+    _, busy, window = p.read().split()
     assert abs(100 * int(busy) / int(window) - 60) <= 5
     assert a.accounting().devices[0].compute == 60

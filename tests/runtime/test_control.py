@@ -115,3 +115,33 @@ def test_sanitizer_build_runs_clean(built: object, tmp_path: object) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_verify_enforcement_pool_backend_against_the_fake_driver(built: object, tmp_path: object) -> None:
+    """The GPU check (deviceplugin/tools/verify_enforcement.py) runs its memory scenario here on the fake driver."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.runtime.conftest import BUILD, ROOT
+
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": str(ROOT),
+        "LD_LIBRARY_PATH": str(BUILD / "fake"),
+        "FAKECUDA_MEMORY_MIB": "1024",
+    }
+    args = ["run", "--backends", "none,pool", "--uuid", "GPU-fake", "--memory-mib", "64", "--chunk-mib", "16"]
+    out = subprocess.run(
+        [sys.executable, "-m", "deviceplugin.tools.verify_enforcement", *args, "--max-mib", "256", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    result = json.loads(out.stdout)["backends"]
+    assert result["none"]["allocated_mib"] == 256 and result["none"]["verdict"] == "not limited"
+    assert result["pool"]["allocated_mib"] == 64 and result["pool"]["stopped_by"] == "CUDA_ERROR_OUT_OF_MEMORY"
+    assert result["pool"]["reported_total_mib"] == 64 and result["pool"]["verdict"] == "limited"
