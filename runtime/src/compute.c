@@ -52,6 +52,8 @@ static void refill(struct gp_acc_dev *d, uint64_t now) {
     if (last == 0)
         return;
     uint32_t allow = __atomic_load_n(&d->allowance, __ATOMIC_RELAXED);
+    if (allow < 100)
+        allow = 100; /* never starve: at least 1 % */
     int64_t add = (int64_t)((now - last) * allow / 10000u);
     int64_t t = __atomic_add_fetch(&d->tokens_ns, add, __ATOMIC_ACQ_REL);
     while (t > BURST_NS && !__atomic_compare_exchange_n(&d->tokens_ns, &t, BURST_NS, 0, __ATOMIC_ACQ_REL,
@@ -107,8 +109,9 @@ static void poll_ring(struct ring *r, int idx, int block) {
 
 void gp_launch_begin(struct gp_launch *l, CUstream stream, int ptsz) {
     l->idx = -1;
-    if (!gp_enabled() || !gp_real.cuEventRecord || !gp_real.cuEventQuery || !gp_real.cuEventElapsedTime)
-        return;
+    if (!gp_enabled() || !gp_real.cuEventRecord || !gp_real.cuEventQuery || !gp_real.cuEventElapsedTime ||
+        !gp_real.cuEventCreate || !gp_real.cuEventSynchronize || !gp_real.cuCtxGetCurrent)
+        return; /* a driver without events: launches pass unmeasured */
     int idx = gp_current_limit_index();
     if (idx < 0)
         return;
