@@ -95,7 +95,7 @@ GP_NO_SANITIZE void *gp_dlsym_hook(void *handle, const char *name) {
     return w;
 }
 
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(GP_C_DLSYM)
 __asm__(".text\n"
         ".globl dlsym\n"
         ".type dlsym,@function\n"
