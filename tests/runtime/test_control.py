@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from tests.runtime.conftest import Node, wait_for
 
 MIB = 1 << 20
@@ -145,3 +147,28 @@ def test_verify_enforcement_pool_backend_against_the_fake_driver(built: object, 
     assert result["none"]["allocated_mib"] == 256 and result["none"]["verdict"] == "not limited"
     assert result["pool"]["allocated_mib"] == 64 and result["pool"]["stopped_by"] == "CUDA_ERROR_OUT_OF_MEMORY"
     assert result["pool"]["reported_total_mib"] == 64 and result["pool"]["verdict"] == "limited"
+
+
+@pytest.mark.timeout(60)  # a lock never recovered hangs the next allocation
+def test_a_process_dying_with_the_accounting_lock_held_blocks_nobody(node: Node) -> None:
+    """A process killed inside the lock (the runtime's worst moment): the next one recovers the robust mutex."""
+    import subprocess
+    import sys
+
+    c = node.container(memory_mib=[1])
+    a = c.start()
+    assert a.alloc(1000) is not None  # creates the region
+    holder = (
+        "import ctypes, mmap, os, sys\n"
+        "f = open(sys.argv[1], 'r+b'); m = mmap.mmap(f.fileno(), 0)\n"
+        "addr = ctypes.addressof(ctypes.c_char.from_buffer(m, 64))\n"
+        "assert ctypes.CDLL(None).pthread_mutex_lock(ctypes.c_void_p(addr)) == 0\n"
+        "os._exit(0)  # dies holding it\n"
+    )
+    subprocess.run([sys.executable, "-c", holder, str(c.directory / "accounting")], check=True, timeout=30)
+    b = c.start()
+    assert b.alloc(MIB - 1000) is not None
+    assert b.alloc(1) is None and a.alloc(1) is None
+    assert a.cmd("free 0") == "ok"
+    assert b.alloc(1000) is not None
+    assert "lock" not in a.stderr() + b.stderr()  # recovered, not given up
