@@ -8,6 +8,7 @@
  *   spin US SECONDS WARMUP
  *                      launch US-kernels in pairs, two pairs in flight, for SECONDS; report the device time
  *                      that completed after WARMUP -> "spin BUSY_NS WINDOW_NS"
+ *   fork BYTES         a child process allocates BYTES and exits -> "child ok" | "child err CODE", then "ok"
  *   bench N            N launches of empty kernels and N alloc/free pairs -> "bench LAUNCH_NS... " percentiles
  *   quit
  *
@@ -17,7 +18,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "../include/gp_cuda.h"
 
@@ -268,6 +271,19 @@ int main(void) {
             cuEventDestroy_v2(done[0]);
             cuEventDestroy_v2(done[1]);
             printf("spin %llu %llu\n", (unsigned long long)busy, (unsigned long long)(last - first));
+        } else if (strcmp(cmd, "fork") == 0 && sscanf(line, "%*s %llu", &x) == 1) {
+            fflush(stdout);
+            pid_t pid = fork();
+            if (pid == 0) {
+                CUdeviceptr p;
+                CUresult r = cuMemAlloc_v2(&p, (size_t)x);
+                printf(r == CUDA_SUCCESS ? "child ok\n" : "child err %d\n", r);
+                exit(0);
+            }
+            int status = 0;
+            if (pid > 0)
+                waitpid(pid, &status, 0);
+            printf(pid > 0 ? "ok\n" : "err fork\n");
         } else if (strcmp(cmd, "bench") == 0 && sscanf(line, "%*s %llu", &x) == 1 && x > 0) {
             bench((int)x);
         } else if (strcmp(cmd, "quit") == 0) {

@@ -100,3 +100,17 @@ def test_cuda_visible_devices_maps_to_the_containers_ordinals(built: object, tmp
         wait_for(lambda: a.info()[1] == 2 * MIB, what="device 1's cap")
     finally:
         a.close()
+
+
+def test_forked_child_is_its_own_process_of_the_container(node: Node) -> None:
+    c = node.container(memory_mib=[1])
+    a = c.start()
+    assert a.alloc(600_000) is not None
+    assert a.cmd(f"fork {MIB - 600_000 + 1}") == "child err 2"  # the parent's bytes count for the child
+    assert a.read() == "ok"
+    assert a.cmd(f"fork {MIB - 600_000}") == "child ok"
+    assert a.read() == "ok"
+    # the child has exited: its bytes are back, the parent's are still charged
+    assert c.accounting().devices[0].memory_used_bytes == 600_000
+    assert a.alloc(MIB - 600_000) is not None
+    assert a.alloc(1) is None
