@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="runs each way; the best is reported")
     ap.add_argument("--seconds", type=float, default=4.0, help="length of each contention run")
     ap.add_argument("--warmup", type=float, default=1.5, help="seconds before the share is measured")
-    ap.add_argument("--kernel-us", type=int, default=1000, help="kernel length in the contention runs")
+    ap.add_argument("--kernel-us", type=int, default=5000, help="kernel length in the contention runs")
     ap.add_argument("--json", help="write the figures to this file")
     args = ap.parse_args(argv)
     if not (BUILD / "gpuprog").exists():

@@ -111,14 +111,19 @@ __asm__(".text\n"
         "  jz 1f\n"
         "  ret\n"
         "1:\n"
-        "  jmp *gp_real_dlsym(%rip)\n"
+        "  movq gp_real_dlsym(%rip), %rax\n"
+        "  testq %rax, %rax\n"
+        "  jz 2f\n"
+        "  jmp *%rax\n"
+        "2:\n"
+        "  ret\n"
         ".size dlsym, .-dlsym\n");
 #else
 /* Other architectures: a C forwarder; dlsym(RTLD_NEXT, ...) from other libraries then resolves relative to
  * this library (documented in docs/runtime.md). */
 GP_EXPORT void *dlsym(void *handle, const char *name) {
     void *w = gp_dlsym_hook(handle, name);
-    return w ? w : gp_real_dlsym(handle, name);
+    return w || !gp_real_dlsym ? w : gp_real_dlsym(handle, name);
 }
 #endif
 

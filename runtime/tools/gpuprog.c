@@ -1,6 +1,7 @@
 /* A small CUDA driver API program for the runtime tests and benchmark, driven by lines on stdin:
  *
- *   alloc KIND BYTES   KIND: v2 v1 pitch managed async pool create procaddr dlsym  -> "ok ID" | "err CODE"
+ *   alloc KIND BYTES   KIND: v2 v1 pitch managed async pool create procaddr procaddr2 ptsz dlsym
+ *                      -> "ok ID" | "err CODE"
  *   free ID            -> "ok" | "err CODE"
  *   info               cuMemGetInfo_v2 -> "info FREE TOTAL"
  *   dev N              make device N's context current -> "ok"
@@ -55,9 +56,12 @@ CUresult cuEventSynchronize(CUevent);
 
 typedef CUresult (*alloc_fn)(CUdeviceptr *, size_t);
 typedef CUresult (*procaddr_fn)(const char *, void **, int, cuuint64_t);
+typedef CUresult (*async_fn)(CUdeviceptr *, size_t, CUstream);
+CUresult cuGetProcAddress_v2(const char *, void **, int, cuuint64_t, CUdriverProcAddressQueryResult *);
 
-enum kind { K_V2, K_V1, K_PITCH, K_MANAGED, K_ASYNC, K_POOL, K_CREATE, K_PROCADDR, K_DLSYM };
-static const char *kinds[] = {"v2", "v1", "pitch", "managed", "async", "pool", "create", "procaddr", "dlsym"};
+enum kind { K_V2, K_V1, K_PITCH, K_MANAGED, K_ASYNC, K_POOL, K_CREATE, K_PROCADDR, K_DLSYM, K_PROCADDR2, K_PTSZ };
+static const char *kinds[] = {"v2",     "v1",    "pitch",     "managed", "async", "pool",
+                              "create", "procaddr", "dlsym", "procaddr2", "ptsz"};
 
 struct alloc {
     enum kind kind;
@@ -126,6 +130,21 @@ static CUresult do_alloc(enum kind k, size_t n, uint64_t *key) {
         r = gpa ? ((procaddr_fn)gpa)("cuMemAlloc", &fn, 12040, 0) : CUDA_ERROR_NOT_FOUND;
         if (r == CUDA_SUCCESS)
             r = ((alloc_fn)fn)(&p, n);
+        break;
+    }
+    case K_PROCADDR2: {
+        void *fn = NULL;
+        CUdriverProcAddressQueryResult status = 0;
+        r = cuGetProcAddress_v2("cuMemAlloc", &fn, 12040, 0, &status);
+        if (r == CUDA_SUCCESS)
+            r = ((alloc_fn)fn)(&p, n);
+        break;
+    }
+    case K_PTSZ: {
+        void *fn = NULL;
+        r = cuGetProcAddress("cuMemAllocAsync", &fn, 12040, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM);
+        if (r == CUDA_SUCCESS)
+            r = ((async_fn)fn)(&p, n, NULL);
         break;
     }
     default: r = CUDA_ERROR_INVALID_VALUE;

@@ -57,7 +57,9 @@ def test_exited_process_memory_is_returned(node: Node) -> None:
     assert c.accounting().devices[0].memory_used_bytes == 0
 
 
-@pytest.mark.parametrize("kind", ["v2", "v1", "managed", "async", "pool", "create", "procaddr", "dlsym"])
+@pytest.mark.parametrize(
+    "kind", ["v2", "v1", "managed", "async", "pool", "create", "procaddr", "procaddr2", "ptsz", "dlsym"]
+)
 def test_every_allocation_path_is_capped(node: Node, kind: str) -> None:
     c = node.container(memory_mib=[1])
     a = c.start()
