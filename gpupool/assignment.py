@@ -100,6 +100,10 @@ class Assignment:
             "at": self.at,
         }
 
+    def bound_at(self) -> float:
+        """`at` as seconds since the epoch (raises ValueError when it is not the format of `now_rfc3339`)."""
+        return datetime.strptime(self.at, RFC3339).replace(tzinfo=UTC).timestamp()
+
     def canonical(self) -> bytes:
         return json.dumps(self.payload(), sort_keys=True, separators=(",", ":")).encode()
 
@@ -112,8 +116,12 @@ class Assignment:
         return json.dumps({**self.payload(), "sig": self.sig}, separators=(",", ":"))
 
 
+#: the format of `at`
+RFC3339 = "%Y-%m-%dT%H:%M:%SZ"
+
+
 def now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime(RFC3339)
 
 
 def signature(assignment: Assignment, key: bytes) -> str:

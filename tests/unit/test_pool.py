@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from gpupool.config import PoolSettings
-from gpupool.pool import PoolConfig, PoolConfigError, build_pool, live_policies
 from gpupool.policies import SIMULATOR_ONLY, available
+from gpupool.pool import PoolConfig, PoolConfigError, build_pool, live_policies
 
 
 def test_empty_policies_enable_every_live_policy_and_the_default_joins_a_list() -> None:
