@@ -553,17 +553,21 @@ class PoolService:
         with self.lock:
             if not self.ready:
                 return {}
+            copy = self.ledger.copy()  # the what-if runs here, never on the live ledger
+            placer = self.placer.over(copy)
             for node, (victims, pdb) in candidates.items():
-                kept = self._victims_on(request, node, victims)
+                kept = self._victims_on(copy, placer, request, node, victims)
                 self.metrics.preemptions.labels("kept" if kept is not None else "dropped").inc()
                 if kept is not None:
                     out[node] = (kept, min(pdb, len(kept)))
         return out
 
-    def _victims_on(self, request: PodRequest, node: str, victims: list[str]) -> list[str] | None:
+    def _victims_on(
+        self, copy: Ledger, placer: Placer, request: PodRequest, node: str, victims: list[str]
+    ) -> list[str] | None:
         """Translate kube-scheduler's victims to the model's (`gpupool.preemption.choose_victims`) and back."""
         offered = [v for u in dict.fromkeys(victims) if (v := self._victim(u)) is not None]
-        chosen = choose_victims(self.ledger, self.placer, request, node, offered)
+        chosen = choose_victims(copy, placer, request, node, offered)
         if chosen is None:
             return None
         needed = {v.uid for v in chosen}

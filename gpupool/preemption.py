@@ -267,17 +267,16 @@ def choose_victims(
     """The fewest of `offered` (pods holding slices on or for `node`) whose eviction lets `request` fit there.
 
     The extender's preempt verb: kube-scheduler offers the victims, this prunes them with the search and
-    the victim order of `find_preemption`, on a copy of `ledger`. () when none is needed; None when even
-    evicting every offered pod does not make room.
+    the victim order of `find_preemption`. `ledger` is a planning copy (`Ledger.copy()`, one per verb call)
+    and `placer` places over it (`Placer.over`). () when none is needed; None when even evicting every
+    offered pod does not make room.
     """
     if not ledger.has_node(node):
         return None
-    copy = ledger.copy()
-    over = placer.over(copy)
     pool = sorted(offered, key=lambda v: v.order)
 
     def fits(node: str, victims: Sequence[Victim]) -> bool:
-        return _fits(copy, over, request, node, victims)
+        return _fits(ledger, placer, request, node, victims)
 
     if not fits(node, pool):
         return None
