@@ -127,6 +127,10 @@ class Placer:
         self._pool_cache: tuple[int, tuple[object, ...], bool] | None = None
         self._silent_cache: tuple[int, tuple[str, ...], frozenset[str]] | None = None
 
+    def over(self, ledger: Ledger) -> Placer:
+        """The same policies, default and rank over another ledger (a planning copy), with its own memos."""
+        return Placer(ledger, self.policies, self.default_policy, self.rank)
+
     # --- policy and views ------------------------------------------------------------------------
 
     def policy_for(self, request: PodRequest) -> Policy:
