@@ -63,7 +63,7 @@ class Kube:
         """Remove the admission gate (JSON patch guarded by the pod's uid and, given `queue`, by the
         `gpupool.io/queue` it was admitted to: the pod is never ungated with another queue recorded)."""
         rest = [g for g in gates if g.get("name") != resources.ADMISSION_GATE]
-        body = [{"op": "test", "path": "/metadata/uid", "value": uid}]
+        body: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/uid", "value": uid}]
         if queue:
             path = "/metadata/annotations/" + resources.QUEUE.replace("~", "~0").replace("/", "~1")
             body.append({"op": "test", "path": path, "value": queue})
