@@ -590,6 +590,7 @@ class QueueManager:
             r.locality,
             r.policy,
             None if nodes is None else tuple(nodes),
+            r.queue if self.placer.reservations else None,  # reserved nodes differ per queue
         )
 
     def _wait(

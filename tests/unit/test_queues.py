@@ -293,6 +293,18 @@ def test_reserved_nodes_serve_only_their_queue() -> None:
     assert "reserved for the pods of GPUQueue team-a" in r.waiting["uid-free"]
 
 
+def test_a_shape_that_failed_for_another_queue_is_planned_again_for_the_owner_of_reserved_nodes() -> None:
+    m, _ = make_manager(nodes=2, gpus=1)
+    m.set_node_labels("node-0", {"tenant": "a"})
+    m.set_queue(queue("team-a", 1000, node_selector=(("tenant", "a"),), reserve_nodes=True))
+    m.set_queue(queue("team-b", 1000, node_selector=(("tenant", "a"),)))  # same nodes, no reservation
+    m.upsert_pod(pod("b0", namespace="team-b", priority=1))
+    m.upsert_pod(pod("a0"))
+    r = m.schedule()
+    assert admitted(r) == ["a0"]
+    assert "reserved for the pods of GPUQueue team-a" in r.waiting["uid-b0"]
+
+
 def test_implicit_queue_without_require_queue() -> None:
     m, _ = make_manager()
     m.upsert_pod(pod("free", namespace="anywhere"))
