@@ -129,4 +129,4 @@ class Reservations:
 
     def refusal(self, node: str) -> str:
         owners = ", ".join(sorted(self.owners(node)))
-        return f"node {node} is reserved for the pods of GPUQueue {owners} (spec.reserveNodes)"
+        return f"reserved for the pods of GPUQueue {owners} (spec.reserveNodes)"  # no node name: reasons aggregate
