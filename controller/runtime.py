@@ -89,6 +89,10 @@ class Controller:
     def pool_limits(self) -> PoolLimits:
         return PoolLimits.of(self.ledger)
 
+    def queue_problem(self, namespace: str, named: str) -> str | None:
+        """Why a pod of `namespace` may not name GPUQueue `named` (the validating webhook refuses it)."""
+        return self.manager.membership_problem(namespace, named)
+
     def queue_node_selector(self, pod: Mapping[str, Any]) -> dict[str, str]:
         meta = pod.get("metadata") or {}
         named = (meta.get("annotations") or {}).get(resources.QUEUE)
@@ -226,9 +230,12 @@ class Controller:
             if pod is None:
                 continue
             meta = pod["metadata"]
+            queue = admission.queue or None  # recorded on the pod: the extender keys reserved nodes on it
             try:
+                if queue is not None and (meta.get("annotations") or {}).get(resources.QUEUE) != queue:
+                    await self.kube.annotate_pod(meta["namespace"], meta["name"], {resources.QUEUE: queue})
                 await self.kube.remove_gate(meta["namespace"], meta["name"], admission.uid,
-                                            pod["spec"].get("schedulingGates") or [])  # fmt: skip
+                                            pod["spec"].get("schedulingGates") or [], queue)  # fmt: skip
             except Exception as exc:
                 log.warning("could not remove the gate of %s: %s", admission.key, exc)
                 continue

@@ -86,6 +86,7 @@ class PoolService:
         self.lock = threading.RLock()
         self.nodes: set[str] = set()  # Node objects that exist
         self.gpunodes: dict[str, dict[str, Any]] = {}  # GPUNode objects by name
+        self.gpuqueues: set[str] = set()  # GPUQueue names (their reserved nodes are in placer.reservations)
         self.pods: dict[str, dict[str, Any]] = {}  # pool pods by uid
         self.pod_uids: dict[tuple[str, str], str] = {}  # (namespace, name) -> uid
         #: pods whose assignment cannot be trusted or accounted: forged, unreadable, over capacity
@@ -123,8 +124,12 @@ class PoolService:
     # --- cluster cache: Nodes ----------------------------------------------------------------------
 
     def on_node_list(self, items: Iterable[Mapping[str, Any]]) -> None:
+        items = list(items)
         names = {_name(o) for o in items if _name(o)}
         with self.lock:
+            for o in items:
+                if _name(o):
+                    self.placer.reservations.set_node_labels(_name(o), _meta(o).get("labels") or {})
             for gone in self.nodes - names:
                 self._node_gone(gone)
             for name in names - self.nodes:
@@ -139,13 +144,53 @@ class PoolService:
         with self.lock:
             if kind == "DELETED":
                 self._node_gone(name)
-            elif name not in self.nodes:
+                return
+            self.placer.reservations.set_node_labels(name, _meta(obj).get("labels") or {})
+            if name not in self.nodes:
                 self.nodes.add(name)
                 self._apply_gpunode(name)
 
     def _node_gone(self, name: str) -> None:
         self.nodes.discard(name)
+        self.placer.reservations.remove_node(name)
         self._drop_from_pool(name)
+
+    # --- cluster cache: GPUQueues (only the nodes they reserve: gpupool.tenancy) --------------------
+
+    def expect_gpuqueues(self) -> None:
+        """Not ready before the GPUQueues were listed (the watch feeds them): reserved nodes stay reserved."""
+        with self.lock:
+            self._synced.setdefault("gpuqueues", False)
+
+    def on_gpuqueue_list(self, items: Iterable[Mapping[str, Any]]) -> None:
+        fresh = {_name(o): o for o in items if _name(o)}
+        with self.lock:
+            for gone in set(self.gpuqueues) - set(fresh):
+                self.gpuqueues.discard(gone)
+                self.placer.reservations.remove_queue(gone)
+            for obj in fresh.values():
+                self._apply_gpuqueue(obj)
+            self._synced["gpuqueues"] = True
+
+    def on_gpuqueue_event(self, kind: str, obj: Mapping[str, Any]) -> None:
+        name = _name(obj)
+        if not name:
+            return
+        with self.lock:
+            if kind == "DELETED":
+                self.gpuqueues.discard(name)
+                self.placer.reservations.remove_queue(name)
+            else:
+                self._apply_gpuqueue(obj)
+
+    def _apply_gpuqueue(self, obj: Mapping[str, Any]) -> None:
+        try:
+            spec = objects.queue_spec_from_object(obj)
+        except GpupoolError as exc:
+            log.error("GPUQueue %s is unreadable, its reserved nodes kept as they were: %s", _name(obj), exc)
+            return
+        self.gpuqueues.add(spec.name)
+        self.placer.reservations.set_queue(spec)
 
     # --- cluster cache: GPUNodes -------------------------------------------------------------------
 
