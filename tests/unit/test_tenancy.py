@@ -52,7 +52,8 @@ def pool() -> Placer:
     ledger = Ledger()
     ledger.upsert_node(NodeInfo("cpu-0", ()))
     for n in range(2):
-        ledger.upsert_node(NodeInfo(f"gpu-{n}", tuple(GPUInfo(f"GPU-{n}{i}", i, "A100", 81920) for i in range(2))))
+        gpus = tuple(GPUInfo(f"GPU-{n}{i}", i, "A100", 81920) for i in range(2))
+        ledger.upsert_node(NodeInfo(f"gpu-{n}", gpus, agent_endpoint=f"gpu-{n}.agents:9403"))
     placer = Placer(ledger, {"binpack": make_policy("binpack")}, "binpack")
     placer.reservations.set_node_labels("gpu-0", {"tenant": "a"})
     placer.reservations.set_queue(reserving("team-a", tenant="a"))
