@@ -29,7 +29,7 @@ from gpupool import objects, resources, timefmt
 from gpupool.errors import GpupoolError, InvalidRequest
 from gpupool.ledger import Holding
 from gpupool.pool import build_pool
-from gpupool.preemption import find_preemption
+from gpupool.preemption import find_preemption, no_preemption_reason
 from gpupool.queues import IMPLICIT_QUEUE, PodEntry, QueueManager
 
 log = logging.getLogger("gpupool.controller")
@@ -244,7 +244,7 @@ class Controller:
                 meta = pod["metadata"]
                 await self._quiet(self.kube.annotate_pod(meta["namespace"], meta["name"], {resources.NOMINATED: None}))
         if self.settings.preemption_enabled:
-            counts["preempted"] = await self._preempt(result.preemptors, now)
+            counts["preempted"] = await self._preempt(result.preemptors, now, result.waiting)
         for uid, message in result.waiting.items():
             if self._events.get(uid) == message:
                 continue
@@ -286,11 +286,14 @@ class Controller:
         except Exception as exc:
             log.warning("API write failed: %s", exc)
 
-    async def _preempt(self, preemptors: Mapping[str, str], now: float) -> int:
+    async def _preempt(self, preemptors: Mapping[str, str], now: float, waiting: dict[str, str]) -> int:
+        """Evict for each blocked head the model's victim set; its wait message in `waiting` gets what was
+        done: the pods being preempted, or why none can be (`no_preemption_reason`)."""
         assert self.kube is not None
         evicted = 0
         for uid, queue in preemptors.items():
             refused = self._refused.setdefault(uid, set())
+            note = None
             for _attempt in range(5):
                 plan = find_preemption(self.manager, uid, exclude=frozenset(refused))
                 if plan is None:
@@ -329,7 +332,12 @@ class Controller:
                     patch = {resources.NOMINATED: value}
                     await self._quiet(self.kube.annotate_pod(meta["namespace"], meta["name"], patch))
                     await self._quiet(self.kube.event(pod, "GPUPoolNominated", plan.describe()))
+                note = plan.describe()
                 break
+            if note is None:  # no victim set could be evicted: say why, when some pod might have been
+                note = no_preemption_reason(self.manager, uid, frozenset(refused))
+            if note is not None and uid in waiting:
+                waiting[uid] = f"{waiting[uid]}; {note}"
         return evicted
 
     def _key(self, uid: str) -> str:
