@@ -233,6 +233,9 @@ class Controller:
                 log.warning("could not remove the gate of %s: %s", admission.key, exc)
                 continue
             counts["admitted"] += 1
+            where = f"capacity reserved on node {admission.node}" if admission.node else "no node reserved"
+            await self._publish(pod, objects.ADMITTED_REASON, f"admitted by queue {admission.queue or '(none)'}; "
+                                f"{where}; the gpupool scheduler binds it", now)  # fmt: skip
             metrics.ADMISSIONS.labels(admission.queue or "(none)").inc()
             metrics.GATE_LATENCY.observe(max(0.0, now - (timefmt.parse_time(meta.get("creationTimestamp")) or 0.0)))
             self._events.pop(admission.uid, None)
@@ -253,6 +256,9 @@ class Controller:
                 continue
             self._events[uid] = message
             await self._quiet(self.kube.event(pod, "GPUPoolWaiting", message))
+            entry = self.manager.pods.get(uid)
+            nominated = entry is not None and entry.nomination is not None
+            await self._publish(pod, objects.NOMINATED_REASON if nominated else objects.WAITING_REASON, message, now)
             counts["events"] += 1
         counts["events"] += await self._warn_aliases()
         await self._health_gc()
@@ -279,6 +285,17 @@ class Controller:
             self._alias_warned.add(uid)
             posted += 1
         return posted
+
+    async def _publish(self, pod: Mapping[str, Any], reason: str, message: str, now: float) -> None:
+        """Publish the decision on the pod (its `gpupool.io/Admission` condition), for `gpupool explain`;
+        the transition time moves only when admitted / waiting changes."""
+        assert self.kube is not None
+        admitted = reason == objects.ADMITTED_REASON
+        last = objects.pod_admission_decision(pod)
+        since = last.since if last is not None and last.admitted == admitted and last.since is not None else now
+        meta = pod["metadata"]
+        condition = objects.admission_condition(admitted, reason, message, since)
+        await self._quiet(self.kube.set_pod_condition(meta["namespace"], meta["name"], condition))
 
     async def _quiet(self, awaitable: Any) -> None:
         try:

@@ -26,6 +26,9 @@ class FakeKube:
     async def annotate_pod(self, namespace: str, name: str, annotations: dict[str, Any]) -> None:
         self.calls.append(("annotate", f"{namespace}/{name}", annotations))
 
+    async def set_pod_condition(self, namespace: str, name: str, condition: dict[str, Any]) -> None:
+        self.calls.append(("condition", f"{namespace}/{name}", condition))
+
     async def evict(self, namespace: str, name: str) -> bool:
         self.calls.append(("evict", f"{namespace}/{name}"))
         return name not in self.refuse
