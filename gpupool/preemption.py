@@ -70,7 +70,7 @@ def yields(preemptor: PodRequest, victim: Victim) -> bool:
 
 
 def may_preempt(preemptor: PodRequest, victim: Victim) -> bool:
-    """THE rank (docs/contracts.md victim order): guaranteed over best-effort, then higher priority."""
+    """THE rank (docs/contracts.md "preemption rank"): guaranteed over best-effort, then higher priority."""
     return yields(preemptor, victim) or (victim.qos is preemptor.qos and victim.priority < preemptor.priority)
 
 
