@@ -21,6 +21,8 @@ from kubeio.client import JSON_PATCH, MERGE_PATCH, load_api_client
 
 __all__ = ["Kube", "load_api_client"]
 
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
+
 T = TypeVar("T")
 
 
@@ -75,6 +77,12 @@ class Kube:
         body = {"metadata": {"annotations": dict(annotations)}}
         await self._run(self.core.patch_namespaced_pod, name, namespace, body,
                         _content_type=MERGE_PATCH)  # fmt: skip
+
+    async def set_pod_condition(self, namespace: str, name: str, condition: Mapping[str, Any]) -> None:
+        """Set one condition of the pod's status (strategic merge: other conditions are kept, by type)."""
+        body = {"status": {"conditions": [dict(condition)]}}
+        await self._run(self.core.patch_namespaced_pod_status, name, namespace, body,
+                        _content_type=STRATEGIC_MERGE_PATCH)  # fmt: skip
 
     async def evict(self, namespace: str, name: str) -> bool:
         """Evict through the Eviction API; False when refused (a PodDisruptionBudget: 429)."""

@@ -1,15 +1,16 @@
 """Kubernetes objects (as API JSON dicts) translated into pool-model values, and back.
 
 The one place that reads GPUNode and GPUQueue objects and a pod's gpupool fields (admission
-gate, assignment, nomination), so the extender, the controller, the node agent and the CLI
-rebuild the same ledger and queues from the same objects. No I/O here: callers list and watch.
+gate, assignment, nomination, the controller's admission condition), so the extender, the controller,
+the node agent and the CLI rebuild the same ledger and queues from the same objects. No I/O here:
+callers list and watch.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gpupool import assignment as assignment_format
@@ -234,3 +235,44 @@ def parse_nomination(text: str) -> tuple[str, float]:
     if expires is None:
         raise GpupoolError(f"{field}.expires: expected an RFC 3339 time, got {data.get('expires')!r}")
     return node, expires
+
+
+#: the pod condition where the controller publishes its admission decision (docs/contracts.md)
+ADMISSION_CONDITION = "gpupool.io/Admission"
+ADMITTED_REASON = "Admitted"
+WAITING_REASON = "Waiting"
+NOMINATED_REASON = "Nominated"
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionDecision:
+    """The controller's last decision on a pod, as published in its `gpupool.io/Admission` condition."""
+
+    admitted: bool
+    reason: str
+    message: str
+    since: float | None
+
+
+def admission_condition(admitted: bool, reason: str, message: str, now: float) -> dict[str, Any]:
+    """The `gpupool.io/Admission` pod condition: True once the gate is removed, else False with why it waits."""
+    return {
+        "type": ADMISSION_CONDITION,
+        "status": "True" if admitted else "False",
+        "reason": reason,
+        "message": message[:4096],
+        "lastTransitionTime": timefmt.format_time(now),
+    }
+
+
+def pod_admission_decision(pod: Mapping[str, Any]) -> AdmissionDecision | None:
+    """The decision the controller published on the pod (`admission_condition`); None before the first."""
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if isinstance(cond, Mapping) and cond.get("type") == ADMISSION_CONDITION:
+            return AdmissionDecision(
+                admitted=cond.get("status") == "True",
+                reason=str(cond.get("reason") or ""),
+                message=str(cond.get("message") or ""),
+                since=timefmt.parse_time(cond.get("lastTransitionTime")),
+            )
+    return None

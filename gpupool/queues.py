@@ -532,7 +532,8 @@ class QueueManager:
             if entry.state is State.NOMINATED and entry.nomination is not None:
                 nom = entry.nomination
                 if nom.victims:
-                    reason = f"waiting for {len(nom.victims)} preempted pod(s) to leave node {nom.node}"
+                    names = ", ".join(sorted(self.pods[v].key if v in self.pods else v for v in nom.victims))
+                    reason = f"waiting for {len(nom.victims)} preempted pod(s) to leave node {nom.node}: {names}"
                     result.waiting[entry.uid] = f"{where()}; {reason}"
                     blocked.setdefault(q, _Blocked(entry, reason, by_quota=False))
                     continue

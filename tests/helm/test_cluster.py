@@ -88,6 +88,7 @@ CAN_I = [
     ("controller", "list", "pods", "", "", True),
     ("controller", "watch", "pods", "", "", True),
     ("controller", "patch", "pods", "", "", True),
+    ("controller", "patch", "pods", "status", "", True),
     ("controller", "create", "pods", "eviction", "", True),
     ("controller", "list", "gpuqueues.gpupool.io", "", "", True),
     ("controller", "patch", "gpuqueues.gpupool.io", "status", "", True),
