@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, localcontext
 from typing import Any
 
 from gpupool.errors import FieldError, InvalidRequest
@@ -62,36 +62,71 @@ _SUFFIXES: Mapping[str, int] = {
     "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
     "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
 }  # fmt: skip
-_QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+_QUANTITY = re.compile(r"^([+-]?)([0-9]*)(?:\.([0-9]*))?(?:[eE]([+-]?[0-9]+))?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+
+#: the largest quantity gpupool accepts (int64, as Kubernetes stores quantities); bounds every value
+MAX_QUANTITY = 2**63 - 1
+#: longest quantity text read at all, and the most digits of its mantissa and of its exponent: checked
+#: BEFORE any conversion, so "1e999999" is refused in microseconds instead of building a huge number
+MAX_QUANTITY_TEXT = 64
+MAX_MANTISSA_DIGITS = 30
+MAX_EXPONENT_DIGITS = 3
+
+
+def _too_large(field: str, shown: str) -> InvalidRequest:
+    return InvalidRequest(
+        [FieldError(field, f"{shown} is out of range; write a whole number from 0 to {MAX_QUANTITY}")]
+    )
 
 
 def parse_quantity(value: Any, field: str) -> int:
     """Parse a Kubernetes quantity that must be a whole number (extended resources are integers).
 
-    Raises `InvalidRequest` naming `field` for anything that is not a non-negative integer.
+    Raises `InvalidRequest` naming `field` for anything that is not an integer in 0..`MAX_QUANTITY`.
+    Digit and exponent counts are bounded before conversion (docs/contracts.md, "quantities").
     """
     if isinstance(value, bool):
         raise InvalidRequest([FieldError(field, f"expected a whole number, got {value!r}")])
     if isinstance(value, int):
-        number = Decimal(value)
-    else:
-        text = str(value).strip()
-        match = _QUANTITY.match(text)
-        if not match:
-            raise InvalidRequest(
-                [FieldError(field, f"{text!r} is not a quantity; write a whole number such as 30")]
-            )
+        if value < 0:
+            raise InvalidRequest([FieldError(field, "must not be negative")])
+        if value > MAX_QUANTITY:
+            raise _too_large(field, "the number")
+        return value
+    if isinstance(value, float):
+        value = repr(value)  # JSON numbers with a fraction or exponent: read as their text
+    if not isinstance(value, str):
+        raise InvalidRequest(
+            [FieldError(field, f"expected a quantity string such as \"30\", got a {type(value).__name__}")]
+        )
+    text = value.strip()
+    if len(text) > MAX_QUANTITY_TEXT:
+        raise InvalidRequest(
+            [FieldError(field, f"quantity of {len(text)} characters; write a whole number such as 30")]
+        )
+    match = _QUANTITY.match(text)
+    if not match or not (match.group(2) or match.group(3)):
+        raise InvalidRequest([FieldError(field, f"{text!r} is not a quantity; write a whole number such as 30")])
+    sign, whole, fraction, exponent, suffix = match.groups()
+    digits = (whole or "").lstrip("0") + (fraction or "")
+    if len(digits) > MAX_MANTISSA_DIGITS or len((exponent or "").lstrip("+-").lstrip("0")) > MAX_EXPONENT_DIGITS:
+        raise _too_large(field, repr(text))
+    scale = int(exponent or 0)  # bounded now: |scale| < 1000 and at most 30 digits, so the Decimal is small
+    with localcontext() as ctx:
+        ctx.prec = 2 * MAX_MANTISSA_DIGITS + 40  # exact for every bounded input (no rounding)
+        ctx.Emax, ctx.Emin = 10_000, -10_000
         try:
-            number = Decimal(match.group(1))
+            number = Decimal(f"{sign}{whole or '0'}.{fraction or '0'}E{scale}")
         except InvalidOperation:
             raise InvalidRequest([FieldError(field, f"{text!r} is not a number")]) from None
-        suffix = match.group(2) or ""
-        number = number / 1000 if suffix == "m" else number * _SUFFIXES[suffix]
-    if number < 0:
-        raise InvalidRequest([FieldError(field, f"must not be negative (got {value!r})")])
-    if number != number.to_integral_value():
-        raise InvalidRequest([FieldError(field, f"must be a whole number (got {value!r})")])
-    return int(number)
+        number = number / 1000 if suffix == "m" else number * _SUFFIXES[suffix or ""]
+        if number < 0:
+            raise InvalidRequest([FieldError(field, f"must not be negative (got {text!r})")])
+        if number != number.to_integral_value():
+            raise InvalidRequest([FieldError(field, f"must be a whole number (got {text!r})")])
+        if number > MAX_QUANTITY:
+            raise _too_large(field, repr(text))
+        return int(number)
 
 
 def canonical_name(name: str) -> str:

@@ -178,3 +178,11 @@ def test_update_that_leaves_the_gpupool_request_alone_passes_even_if_the_pool_sh
     assert check(new, operation="UPDATE", old=old, limits=small_pool) == []
     new["metadata"]["annotations"][resources.QOS] = "platinum"
     assert any("gpupool.io/qos" in e for e in check(new, operation="UPDATE", old=old, limits=small_pool))
+
+
+@pytest.mark.parametrize("value", ["1e999999", "1e1000000"])
+def test_admission_refuses_huge_quantities_naming_the_field(value: str) -> None:
+    """Issue 12 #2: one such manifest froze the webhook for the whole cluster (or answered a traceback)."""
+    errors = check(make_pod({resources.GPU_MEMORY: value}))
+    assert len(errors) == 1 and errors[0].startswith(f"{C}[gpupool.io/gpu-memory]: ")
+    assert "out of range" in errors[0]
