@@ -283,6 +283,10 @@ class PoolService:
         except AssignmentError as exc:
             self._problem(uid, pod, f"assignment refused: {exc}")
             return  # whatever the ledger holds for it stays held: never silently free
+        except Exception as exc:  # one pod's object never stops the pods watcher (it would relist forever)
+            log.exception("pod %s: reading its assignment failed", objects.pod_key(pod))
+            self._problem(uid, pod, f"assignment unreadable: {type(exc).__name__}: {exc}")
+            return
         current = self.ledger.holding(uid)
         if wanted is None:
             self.problems.pop(uid, None)

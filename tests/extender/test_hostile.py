@@ -1,0 +1,58 @@
+"""Issue 12: hostile objects and unlucky event orders against the extender's cache and verbs (no HTTP)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from gpupool import assignment, resources
+from gpupool.assignment import Assignment, SliceRecord
+from tests.extender.conftest import KEY, gpunode, node, pod
+from tests.extender.hostile import service
+
+
+def assigned_pod(name: str, gpu: str = "GPU-n0-0", node_name: str = "n0", memory: int = 1024,
+                 compute: int = 30, sig: str | None = None) -> dict[str, Any]:
+    p = pod(name, compute=compute, memory=memory)
+    uid = p["metadata"]["uid"]
+    record = Assignment(uid, node_name, (SliceRecord(0, gpu, node_name, compute, memory, "gpu0-0"),),
+                        "2026-12-01T00:00:00Z").signed(KEY)
+    data = json.loads(record.to_annotation())
+    if sig is not None:
+        data["sig"] = sig
+    p["metadata"]["annotations"] = {resources.ASSIGNMENT: json.dumps(data)}
+    p["spec"]["nodeName"] = node_name
+    p["status"]["phase"] = "Running"
+    return p
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "non-ascii-sig",
+        "[" * 50_000 + "]" * 50_000,
+    ],
+)
+def test_an_unreadable_assignment_is_reported_per_pod_not_relisted_forever(text: str) -> None:
+    """Issue 12 #4: TypeError / RecursionError escaped `on_pod_list`, so the reflector relisted in a loop
+    and the extender said "still listing pods" naming no pod."""
+    s = service()
+    s.on_node_list([node("n0")])
+    s.on_gpunode_list([gpunode("n0", gpus=1)])
+    bad = assigned_pod("bad", sig="é" * 64) if text == "non-ascii-sig" else assigned_pod("bad")
+    if text != "non-ascii-sig":
+        bad["metadata"]["annotations"][resources.ASSIGNMENT] = text
+    good = assigned_pod("good", memory=2048)
+    good["metadata"]["annotations"][resources.ASSIGNMENT] = assignment.Assignment(
+        good["metadata"]["uid"], "n0", (SliceRecord(0, "GPU-n0-0", "n0", 30, 2048, "gpu0-1"),),
+        "2026-12-01T00:00:00Z").signed(KEY).to_annotation()
+    s.on_pod_list([bad, good])
+    state = s.readiness()
+    assert state["synced"]["pods"] is True
+    assert list(state["problems"]) == [bad["metadata"]["uid"]]
+    assert "default/bad" in state["problems"][bad["metadata"]["uid"]]
+    assert s.ledger.holding(good["metadata"]["uid"]) is not None
+    s.on_pod_event("MODIFIED", bad)  # a watch event for it is reported again, never raised
+    assert "default/bad" in s.readiness()["problems"][bad["metadata"]["uid"]]
