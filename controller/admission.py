@@ -57,6 +57,8 @@ def is_system_user(userinfo: Mapping[str, Any] | None, config: AdmissionConfig) 
 def mutate(pod: Mapping[str, Any], *, node_selector: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The pod as gpupool wants it stored (CREATE): canonical names, defaults, scheduler, gate, tenant nodes."""
     out: dict[str, Any] = copy.deepcopy(dict(pod))
+    if resources.pod_shape_errors(out):
+        return out  # malformed: left as it is for `validate` to refuse, naming the fields
     ops = resources.rewrite_aliases(out)
     if ops:
         out = jsonpatch.apply_patch(out, ops)
@@ -108,6 +110,9 @@ def validate(
     config: AdmissionConfig = AdmissionConfig(),
 ) -> list[FieldError]:
     """Every problem of the pod, each naming the field and what to write instead (empty = allowed)."""
+    shape = resources.pod_shape_errors(pod)
+    if shape:
+        return shape
     system = is_system_user(userinfo, config)
     errors: list[FieldError] = []
     if not system:

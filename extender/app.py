@@ -125,8 +125,7 @@ def create_app(service: PoolService, *, url_prefix: str = "", max_body_bytes: in
         }
         if not as_names:  # answer in the form asked: the passing Node objects themselves
             passing = set(answer.passing)
-            items = [i for i in (args.Nodes.items if args.Nodes else None) or []
-                     if (i.get("metadata") or {}).get("name") in passing]  # fmt: skip
+            items = [i for i in (args.Nodes.items if args.Nodes else None) or [] if wire.object_name(i) in passing]
             out["Nodes"] = {"apiVersion": "v1", "kind": "NodeList", "metadata": {}, "items": items}
         if answer.error:
             out["NodeNames"] = None if not as_names else []

@@ -129,6 +129,79 @@ def parse_quantity(value: Any, field: str) -> int:
         return int(number)
 
 
+# --- the shape of a pod manifest ------------------------------------------------------------------
+
+_OBJECT, _LIST, _STRING, _INTEGER = "an object", "a list", "a string", "an integer"
+#: fields gpupool reads and the JSON type each must have (absent or null is always fine)
+_POD_FIELDS: tuple[tuple[str, str], ...] = (
+    ("metadata", _OBJECT), ("spec", _OBJECT), ("status", _OBJECT),
+    ("metadata.name", _STRING), ("metadata.namespace", _STRING), ("metadata.uid", _STRING),
+    ("metadata.annotations", _OBJECT), ("metadata.labels", _OBJECT),
+    ("spec.containers", _LIST), ("spec.initContainers", _LIST), ("spec.schedulingGates", _LIST),
+    ("spec.nodeName", _STRING), ("spec.priority", _INTEGER), ("spec.schedulerName", _STRING),
+    ("spec.nodeSelector", _OBJECT), ("status.phase", _STRING),
+)  # fmt: skip
+_CONTAINER_FIELDS: tuple[tuple[str, str], ...] = (
+    ("name", _STRING), ("resources", _OBJECT), ("resources.limits", _OBJECT), ("resources.requests", _OBJECT),
+    ("securityContext", _OBJECT), ("env", _LIST), ("envFrom", _LIST),
+)  # fmt: skip
+_CHECKS = {
+    _OBJECT: lambda v: isinstance(v, dict),
+    _LIST: lambda v: isinstance(v, list),
+    _STRING: lambda v: isinstance(v, str),
+    _INTEGER: lambda v: isinstance(v, int) and not isinstance(v, bool),
+}
+
+
+def _lookup(obj: Mapping[str, Any], path: str) -> Any:
+    value: Any = obj
+    for part in path.split("."):
+        if not isinstance(value, dict):
+            return None  # the parent is reported on its own
+        value = value.get(part)
+    return value
+
+
+def _shape(obj: Mapping[str, Any], fields: Iterable[tuple[str, str]], where: str) -> list[FieldError]:
+    errors = []
+    for path, kind in fields:
+        value = _lookup(obj, path)
+        if value is not None and not _CHECKS[kind](value):
+            errors.append(FieldError(f"{where}{path}", f"must be {kind}, got {type(value).__name__}"))
+    return errors
+
+
+def pod_shape_errors(pod: Any) -> list[FieldError]:
+    """Every field gpupool reads that has the wrong JSON type, named (empty = the shape is fine).
+
+    The API server never stores such a pod, but webhooks and extender bodies are only JSON: this check
+    runs first, so no reader of a pod meets a string where it expects an object (issue 12 #5).
+    """
+    if not isinstance(pod, dict):
+        return [FieldError("pod", f"must be an object, got {type(pod).__name__}")]
+    errors = _shape(pod, _POD_FIELDS, "")
+    for key, value in (_lookup(pod, "metadata.annotations") or {}).items():
+        if not isinstance(value, str):
+            errors.append(FieldError(f"metadata.annotations[{key}]", f"must be a string, got {type(value).__name__}"))
+    for i, gate in enumerate(_lookup(pod, "spec.schedulingGates") or []):
+        if not isinstance(gate, dict) or not isinstance(gate.get("name"), str):
+            errors.append(FieldError(f"spec.schedulingGates[{i}]", "must be an object with a name"))
+    for kind in ("initContainers", "containers"):
+        for i, container in enumerate(_lookup(pod, f"spec.{kind}") or []):
+            where = f"spec.{kind}[{i}]"
+            if not isinstance(container, dict):
+                errors.append(FieldError(where, f"must be an object, got {type(container).__name__}"))
+                continue
+            errors.extend(_shape(container, _CONTAINER_FIELDS, where + "."))
+            for j, item in enumerate(_lookup(container, "env") or []):
+                if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                    errors.append(FieldError(f"{where}.env[{j}]", "must be an object with a name"))
+            for j, item in enumerate(_lookup(container, "envFrom") or []):
+                if not isinstance(item, dict):
+                    errors.append(FieldError(f"{where}.envFrom[{j}]", "must be an object"))
+    return errors
+
+
 def canonical_name(name: str) -> str:
     """The canonical resource name for `name` (aliases mapped; others unchanged)."""
     return ALIASES.get(name, name)
@@ -138,9 +211,9 @@ def mentions_gpupool(pod: Mapping[str, Any]) -> bool:
     """True when any container of the pod asks for a gpupool resource (canonical or alias)."""
     names = set(CANONICAL) | set(ALIASES)
     for container in _all_containers(pod):
-        resources = container.get("resources") or {}
+        resources = _obj(container.get("resources"))
         for section in ("limits", "requests"):
-            if names & set((resources.get(section) or {}).keys()):
+            if names & set(_obj(resources.get(section))):
                 return True
     return False
 
@@ -149,9 +222,9 @@ def alias_names_in(pod: Mapping[str, Any]) -> list[str]:
     """Field paths of the pod that still carry an alias resource name."""
     found = []
     for path, container in _containers_with_paths(pod):
-        resources = container.get("resources") or {}
+        resources = _obj(container.get("resources"))
         for section in ("limits", "requests"):
-            for name in (resources.get(section) or {}):
+            for name in _obj(resources.get(section)):
                 if name in ALIASES:
                     found.append(f"{path}.resources.{section}[{name}]")
     return found
@@ -161,9 +234,9 @@ def rewrite_aliases(pod: Mapping[str, Any]) -> list[dict[str, Any]]:
     """JSON-patch operations that rename alias resources to canonical ones (for the mutating webhook)."""
     ops: list[dict[str, Any]] = []
     for path, container in _containers_with_paths(pod):
-        resources = container.get("resources") or {}
+        resources = _obj(container.get("resources"))
         for section in ("limits", "requests"):
-            values = resources.get(section) or {}
+            values = _obj(resources.get(section))
             if not any(name in ALIASES for name in values):
                 continue
             renamed = {canonical_name(name): value for name, value in values.items()}
@@ -172,11 +245,18 @@ def rewrite_aliases(pod: Mapping[str, Any]) -> list[dict[str, Any]]:
     return ops
 
 
+def _obj(value: Any) -> Mapping[str, Any]:
+    """`value` when it is an object, else an empty one (readers that run before `pod_shape_errors`)."""
+    return value if isinstance(value, dict) else {}
+
+
 def _containers_with_paths(pod: Mapping[str, Any]) -> Iterable[tuple[str, Mapping[str, Any]]]:
-    spec = pod.get("spec") or {}
+    spec = _obj(_obj(pod).get("spec"))
     for kind in ("initContainers", "containers"):
-        for i, container in enumerate(spec.get(kind) or []):
-            yield f"spec.{kind}[{i}]", container
+        items = spec.get(kind)
+        for i, container in enumerate(items if isinstance(items, list) else []):
+            if isinstance(container, dict):
+                yield f"spec.{kind}[{i}]", container
 
 
 def _all_containers(pod: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
@@ -261,6 +341,9 @@ def parse_pod(pod: Mapping[str, Any], *, allow_system_annotations: bool = True) 
     Raises `InvalidRequest` listing every invalid field with what to write instead.
     A pod that asks for no gpupool resource parses to a request with no containers.
     """
+    shape = pod_shape_errors(pod)
+    if shape:
+        raise InvalidRequest(shape)
     errors: list[FieldError] = []
     metadata = pod.get("metadata") or {}
     spec = pod.get("spec") or {}

@@ -12,6 +12,8 @@ from gpupool.assignment import Assignment, SliceRecord
 from tests.extender.conftest import KEY, gpunode, node, pod
 from tests.extender.hostile import service
 
+pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+
 
 def assigned_pod(name: str, gpu: str = "GPU-n0-0", node_name: str = "n0", memory: int = 1024,
                  compute: int = 30, sig: str | None = None) -> dict[str, Any]:
@@ -56,3 +58,59 @@ def test_an_unreadable_assignment_is_reported_per_pod_not_relisted_forever(text:
     assert s.ledger.holding(good["metadata"]["uid"]) is not None
     s.on_pod_event("MODIFIED", bad)  # a watch event for it is reported again, never raised
     assert "default/bad" in s.readiness()["problems"][bad["metadata"]["uid"]]
+
+
+def _bad_pods() -> list[tuple[dict[str, Any], str]]:
+    def with_(path: str, value: Any) -> dict[str, Any]:
+        p = pod("p")
+        *parents, last = path.split(".")
+        obj = p
+        for part in parents:
+            obj = obj[part][0] if part == "containers" else obj[part]
+        obj[last] = value
+        return p
+
+    return [
+        (with_("metadata", "x"), "metadata"),
+        (with_("spec.containers", [None]), "spec.containers[0]"),
+        (with_("metadata.annotations", {resources.QOS: 5}), "metadata.annotations[gpupool.io/qos]"),
+        (with_("spec.containers.resources", "lots"), "spec.containers[0].resources"),
+        (with_("spec.priority", "high"), "spec.priority"),
+        (with_("spec", []), "spec"),
+        (with_("metadata.uid", 12), "metadata.uid"),
+    ]
+
+
+@pytest.mark.parametrize("verb", ["filter", "prioritize", "preempt"])
+@pytest.mark.parametrize(("bad", "field"), _bad_pods())
+def test_wrong_typed_pods_get_400_naming_the_field_not_500(verb: str, bad: dict[str, Any], field: str) -> None:
+    """Issue 12 #5: `metadata: "x"`, `containers: [null]`, a number annotation answered 500 with a traceback."""
+    from fastapi.testclient import TestClient
+
+    from extender.app import create_app
+
+    s = service()
+    s.on_node_list([node("n0")])
+    s.on_gpunode_list([gpunode("n0", gpus=1)])
+    s.mark_synced()
+    body: dict[str, Any] = {"Pod": bad, "NodeNames": ["n0"]}
+    if verb == "preempt":
+        body = {"Pod": bad, "NodeNameToMetaVictims": {"n0": {"Pods": [{"UID": "v"}], "NumPDBViolations": 0}}}
+    with TestClient(create_app(s)) as client:
+        r = client.post(f"/{verb}", json=body)
+    assert r.status_code == 400, r.text
+    assert field in r.json()["Error"]
+
+
+def test_wrong_typed_victims_and_node_items_are_400_or_ignored() -> None:
+    from fastapi.testclient import TestClient
+
+    from extender.app import create_app
+
+    s = service()
+    s.mark_synced()
+    with TestClient(create_app(s)) as client:
+        r = client.post("/preempt", json={"Pod": pod("p"), "NodeNameToVictims": {"n0": {"Pods": [{"metadata": 7}]}}})
+        assert r.status_code == 400 and "metadata" in r.json()["Error"]
+        r = client.post("/filter", json={"Pod": pod("p"), "Nodes": {"items": [{"metadata": "x"}, None, 5]}})
+        assert r.status_code == 200 and r.json()["Nodes"]["items"] == []
