@@ -13,8 +13,10 @@ tests directly), and answers kube-scheduler's verbs:
 
 The pods' signed assignments are the source of truth. The ledger is rebuilt from
 them at start (`gpupool.objects.holding_from_pod`), and the service is not ready
-while any assignment is forged, unreadable or does not fit: such capacity is never
-silently treated as free.
+while any assignment is forged or unreadable: such capacity is never silently
+treated as free. A signed assignment that does not fit (a GPU reports less than is
+held on it) is quarantined instead (`Ledger.quarantined`, named in /readyz, counted):
+nothing is held past capacity, and it is held again once it fits.
 """
 
 from __future__ import annotations
@@ -105,6 +107,8 @@ class PoolService:
         self.inflight: dict[str, Holding] = {}
         #: resourceVersion our own assignment write produced, per pod: older watch events are stale
         self._synced = {"nodes": False, "gpunodes": False, "pods": False}
+        #: quarantined pods already counted and logged (`Ledger.quarantined` holds the current ones)
+        self._quarantine_seen: set[str] = set()
 
     # --- readiness ---------------------------------------------------------------------------------
 
@@ -125,6 +129,7 @@ class PoolService:
                 "problems": dict(sorted(self.problems.items())),
                 "gpunode_problems": dict(sorted(self.gpunode_problems.items())),
                 "unplaced": sorted(self.unplaced),
+                "quarantined": {self._pod_label(u): why for u, why in sorted(self.ledger.quarantined.items())},
             }
 
     def mark_synced(self) -> None:
@@ -208,7 +213,10 @@ class PoolService:
             return
         self.gpunode_problems.pop(name, None)
         for uid in dropped:
-            log.warning("pod %s lost its slices: a GPU it used left GPUNode %s", self._pod_label(uid), name)
+            if uid in self.ledger.quarantined:
+                self._quarantined(uid, self.ledger.quarantined[uid])
+            else:
+                log.warning("pod %s lost its slices: a GPU it used left GPUNode %s", self._pod_label(uid), name)
             self.unplaced.add(uid)
         self._retry_unplaced()
 
@@ -223,10 +231,14 @@ class PoolService:
         log.info("node %s left the pool; its slices were released", name)
 
     def _retry_unplaced(self) -> None:
-        for uid in list(self.unplaced):
+        """Hold again what pods left unplaced or quarantined hold, where it is back or fits now."""
+        for uid in sorted(self.unplaced | set(self.ledger.quarantined)):
+            if uid in self.inflight:
+                continue
             pod = self.pods.get(uid)
             if pod is None:
                 self.unplaced.discard(uid)
+                self.ledger.quarantined.pop(uid, None)
             else:
                 self._sync_holding(uid, pod)
 
@@ -271,8 +283,11 @@ class PoolService:
                 del self.pod_uids[key]
         self.problems.pop(uid, None)
         self.unplaced.discard(uid)
+        self._quarantine_seen.discard(uid)
         if uid not in self.inflight:
             self.ledger.discard(uid)
+            if self.ledger.quarantined:  # capacity came back: a quarantined pod may fit now
+                self._retry_unplaced()
 
     def _sync_holding(self, uid: str, pod: Mapping[str, Any]) -> None:
         """Make the ledger hold exactly what the pod's signed assignment says (caller holds the lock)."""
@@ -291,6 +306,7 @@ class PoolService:
         if wanted is None:
             self.problems.pop(uid, None)
             self.unplaced.discard(uid)
+            self.ledger.quarantined.pop(uid, None)
             if current is not None:
                 self.ledger.release(uid)
             return
@@ -308,16 +324,25 @@ class PoolService:
                 )
             self.unplaced.add(uid)
             self.problems.pop(uid, None)
+            self.ledger.quarantined.pop(uid, None)
             return
         try:
             self.ledger.hold(wanted)
         except OverAllocation as exc:
             if current is not None:
                 self.ledger.hold(current)
-            self._problem(uid, pod, f"assignment does not fit the pool: {exc}")
+                self._problem(uid, pod, f"assignment does not fit the pool: {exc}")
+                return
+            # a signed assignment that does not fit (a GPU reports less than is held on it): held by
+            # nothing, never past capacity; named in /readyz and counted, and retried when room appears
+            self.ledger.quarantine(uid, f"assignment does not fit the pool: {exc}")
+            self._quarantined(uid, self.ledger.quarantined[uid])
+            self.unplaced.discard(uid)
+            self.problems.pop(uid, None)
             return
         self.unplaced.discard(uid)
         self.problems.pop(uid, None)
+        self._quarantine_seen.discard(uid)
 
     def _problem(self, uid: str, pod: Mapping[str, Any], message: str) -> None:
         text = f"pod {objects.pod_key(pod)}: {message}"  # /readyz names the pod, not only its uid
@@ -325,6 +350,12 @@ class PoolService:
             self.metrics.assignment_problems.inc()
             log.error("NOT READY: pod %s (uid %s): %s", objects.pod_key(pod), uid, message)
         self.problems[uid] = text
+
+    def _quarantined(self, uid: str, why: str) -> None:
+        if uid not in self._quarantine_seen:
+            self._quarantine_seen.add(uid)
+            self.metrics.quarantined.inc()
+            log.error("pod %s (uid %s) is quarantined, its slices are not counted: %s", self._pod_label(uid), uid, why)
 
     def _pod_label(self, uid: str) -> str:
         pod = self.pods.get(uid)

@@ -201,13 +201,19 @@ class Ledger:
         self.kid_epoch = 0
         #: bumped on every change; adapters use it to tell whether a decision is stale
         self.generation = 0
+        #: pods whose signed holding does not fit (a GPU now reports less than they hold): held by
+        #: nothing, never counted past capacity, named here (pod -> why) until they fit again or leave
+        self.quarantined: dict[str, str] = {}
 
     # --- inventory ---------------------------------------------------------------------------------
 
     def upsert_node(self, info: NodeInfo) -> list[str]:
-        """Add a node or replace its inventory; keep holdings whose GPUs remain.
+        """Add a node or replace its inventory; keep holdings whose GPUs remain and still fit.
 
-        Returns the pods whose holdings were dropped because a GPU they use is gone.
+        Holdings are re-held in the order they were first held, each checked against the new
+        capacity: one that no longer fits (a GPU reports less memory now) is quarantined, never
+        held past capacity. Returns the pods whose holdings were dropped: a GPU they use is gone,
+        or they were quarantined.
         """
         old = self._nodes.get(info.name)
         dropped: list[str] = []
@@ -232,6 +238,13 @@ class Ledger:
             self._gpus[g.uuid] = g
         if old is not None:
             for h in held:
+                try:
+                    self._check(h)
+                except OverAllocation as exc:
+                    del self._holdings[h.pod]
+                    self.quarantined[h.pod] = f"its slices no longer fit node {info.name}: {exc}"
+                    dropped.append(h.pod)
+                    continue
                 self._apply(h, +1)
         self._touch(info.name)
         return dropped
@@ -318,6 +331,11 @@ class Ledger:
         self._check(holding)
         self._apply(holding, +1)
         self._holdings[holding.pod] = holding
+        self.quarantined.pop(holding.pod, None)
+
+    def quarantine(self, pod: str, reason: str) -> None:
+        """Name a pod whose signed holding does not fit; it holds nothing (see `quarantined`)."""
+        self.quarantined[pod] = reason
 
     def release(self, pod: str) -> Holding:
         holding = self._holdings.pop(pod, None)
@@ -327,7 +345,8 @@ class Ledger:
         return holding
 
     def discard(self, pod: str) -> Holding | None:
-        """Release `pod`'s holding if it has one."""
+        """Release `pod`'s holding if it has one (and forget a quarantine): the pod is gone."""
+        self.quarantined.pop(pod, None)
         return self.release(pod) if pod in self._holdings else None
 
     def holding(self, pod: str) -> Holding | None:

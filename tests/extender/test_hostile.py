@@ -114,3 +114,50 @@ def test_wrong_typed_victims_and_node_items_are_400_or_ignored() -> None:
         assert r.status_code == 400 and "metadata" in r.json()["Error"]
         r = client.post("/filter", json={"Pod": pod("p"), "Nodes": {"items": [{"metadata": "x"}, None, 5]}})
         assert r.status_code == 200 and r.json()["Nodes"]["items"] == []
+
+
+def _two_pods_on_one_gpu() -> list[dict[str, Any]]:
+    pods = []
+    for i, name in enumerate(("a", "b")):
+        p = pod(name, compute=30, memory=6000)
+        uid = p["metadata"]["uid"]
+        record = Assignment(uid, "n0", (SliceRecord(0, "GPU-n0-0", "n0", 30, 6000, f"gpu0-{i}"),),
+                            "2026-12-01T00:00:00Z").signed(KEY)
+        p["metadata"]["annotations"] = {resources.ASSIGNMENT: record.to_annotation()}
+        p["spec"]["nodeName"] = "n0"
+        p["status"]["phase"] = "Running"
+        pods.append(p)
+    return pods
+
+
+def _within_capacity(s: Any) -> bool:
+    return all(g.used_memory <= g.memory_mib and g.used_compute <= 100
+               for n in s.ledger.node_names() for g in s.ledger.gpus_of(n))
+
+
+def test_a_gpu_that_shrinks_live_quarantines_the_excess_and_stays_ready() -> None:
+    """Issue 12 #3, live: the GPUNode update re-held 12,000 MiB on an 8,192 MiB GPU."""
+    s = service()
+    s.on_node_list([node("n0")])
+    s.on_gpunode_list([gpunode("n0", gpus=1, memory=16384)])
+    s.on_pod_list(_two_pods_on_one_gpu())
+    assert s.ready and s.ledger.gpu("GPU-n0-0").used_memory == 12000
+    s.on_gpunode_event("MODIFIED", gpunode("n0", gpus=1, memory=8192))
+    assert _within_capacity(s) and s.ready
+    assert list(s.readiness()["quarantined"]) == ["default/b"]
+    assert s.metrics.quarantined._value.get() == 1
+    s.on_gpunode_event("MODIFIED", gpunode("n0", gpus=1, memory=16384))  # room again: held again
+    assert s.readiness()["quarantined"] == {} and s.ledger.gpu("GPU-n0-0").used_memory == 12000
+
+
+def test_a_restart_after_a_gpu_shrank_is_ready_with_the_excess_quarantined() -> None:
+    """Issue 12 #3, restart: the rebuilt extender was not ready (the assignment that did not fit)."""
+    s = service()
+    s.on_node_list([node("n0")])
+    s.on_gpunode_list([gpunode("n0", gpus=1, memory=8192)])
+    a, b = _two_pods_on_one_gpu()
+    s.on_pod_list([a, b])
+    assert s.ready, s.readiness()
+    assert _within_capacity(s) and list(s.readiness()["quarantined"]) == ["default/b"]
+    s.on_pod_event("DELETED", a)  # a leaves: b fits now and is held
+    assert s.readiness()["quarantined"] == {} and s.ledger.holding(b["metadata"]["uid"]) is not None
