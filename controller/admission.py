@@ -142,6 +142,8 @@ def validate(
     errors.extend(_bounds(pod, request, limits))
     if not config.allow_privileged:
         errors.extend(_privileged(pod, request))
+    if operation == "CREATE":  # a pod's env is immutable: checking it once, at creation, is enough
+        errors.extend(_runtime_env(pod))
     return errors
 
 
@@ -231,6 +233,40 @@ def _privileged(pod: Mapping[str, Any], request: PodRequest) -> list[FieldError]
                     "remove privileged: true (or ask the admin to allow privileged slices)",
                 )
             )
+    return errors
+
+
+def _runtime_env(pod: Mapping[str, Any]) -> list[FieldError]:
+    """Environment variables gpupool owns (`resources.is_runtime_env`), set by any container of the pod.
+
+    `env` is refused by name. `envFrom` keys live in ConfigMaps and Secrets that admission does not read;
+    only an `envFrom.prefix` that itself lands in gpupool's names is refused.
+    """
+    errors: list[FieldError] = []
+    spec = pod.get("spec") or {}
+    for init, kind in ((True, "initContainers"), (False, "containers")):
+        for i, container in enumerate(spec.get(kind) or []):
+            for j, item in enumerate(container.get("env") or []):
+                name = str(item.get("name") or "")
+                if resources.is_runtime_env(name):
+                    errors.append(
+                        FieldError(
+                            f"{_path(init, i)}.env[{j}] ({name})",
+                            f"{name} is set by gpupool to confine the container to its GPU slices; remove it",
+                        )
+                    )
+            for j, item in enumerate(container.get("envFrom") or []):
+                prefix = str(item.get("prefix") or "")
+                if prefix and (resources.is_runtime_env(prefix) or any(
+                    p.startswith(prefix) for p in (*resources.RUNTIME_ENV, *resources.RUNTIME_ENV_PREFIXES)
+                )):  # fmt: skip
+                    errors.append(
+                        FieldError(
+                            f"{_path(init, i)}.envFrom[{j}].prefix",
+                            f"{prefix!r} would import variables gpupool sets to confine the container; "
+                            "choose another prefix",
+                        )
+                    )
     return errors
 
 

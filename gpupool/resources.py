@@ -52,6 +52,20 @@ SYSTEM_ANNOTATIONS = (ASSIGNMENT, ALLOCATED, NOMINATED)
 ADMISSION_GATE = "gpupool.io/admission"
 SCHEDULER_NAME = "gpupool-scheduler"
 
+# --- environment gpupool owns (docs/contracts.md, "Allocate environment") --------------------------
+
+#: variables the device plugin sets (or the runtime reads) to confine a container to its slices; a pod
+#: that sets one itself could widen what it was given wherever the runtime lets the pod's env win
+RUNTIME_ENV = ("NVIDIA_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "CUDA_DEVICE_SM_LIMIT",
+               "LD_PRELOAD")  # fmt: skip
+RUNTIME_ENV_PREFIXES = ("GPUPOOL_", "CUDA_MPS_", "CUDA_DEVICE_MEMORY_LIMIT")
+
+
+def is_runtime_env(name: str) -> bool:
+    """True for an environment variable gpupool owns (`RUNTIME_ENV`, `RUNTIME_ENV_PREFIXES`)."""
+    return name in RUNTIME_ENV or name.startswith(RUNTIME_ENV_PREFIXES)
+
+
 #: placement policies a pod may name; kept here so admission can validate without importing policies
 POLICY_NAMES = ("fgd", "binpack", "spread", "bestfit", "dotprod", "packing", "clustering", "random", "fgdpp")
 
