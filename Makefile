@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 OPENB  ?= ../shared/data/openb
 OUT    ?= out
 
-.PHONY: setup e2e-bin test unit lint bench demo demo-down simulate clean
+.PHONY: setup e2e-bin test unit lint fuzz bench demo demo-down simulate clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,11 @@ unit: setup
 
 test: setup e2e-bin
 	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+# the input fuzzers of tests/fuzz at length (`make test` runs them with a few dozen examples each)
+FUZZ_EXAMPLES ?= 5000
+fuzz: setup
+	GPUPOOL_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/pytest tests/fuzz -q -p no:cacheprovider
 
 # the main job: a local cluster with fake GPUs, gpupool installed, sample workloads, the pool shown
 demo: setup e2e-bin

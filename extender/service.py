@@ -62,7 +62,8 @@ def extender_score(policy_score: int | None) -> int:
 
 
 def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    return obj.get("metadata") or {}
+    meta = obj.get("metadata")
+    return meta if isinstance(meta, dict) else {}
 
 
 def _name(obj: Mapping[str, Any]) -> str:

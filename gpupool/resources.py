@@ -194,23 +194,23 @@ def pod_shape_errors(pod: Any) -> list[FieldError]:
     if not isinstance(pod, dict):
         return [FieldError("pod", f"must be an object, got {type(pod).__name__}")]
     errors = _shape(pod, _POD_FIELDS, "")
-    for key, value in (_lookup(pod, "metadata.annotations") or {}).items():
+    for key, value in _obj(_lookup(pod, "metadata.annotations")).items():
         if not isinstance(value, str):
             errors.append(FieldError(f"metadata.annotations[{key}]", f"must be a string, got {type(value).__name__}"))
-    for i, gate in enumerate(_lookup(pod, "spec.schedulingGates") or []):
+    for i, gate in enumerate(_list(_lookup(pod, "spec.schedulingGates"))):
         if not isinstance(gate, dict) or not isinstance(gate.get("name"), str):
             errors.append(FieldError(f"spec.schedulingGates[{i}]", "must be an object with a name"))
     for kind in ("initContainers", "containers"):
-        for i, container in enumerate(_lookup(pod, f"spec.{kind}") or []):
+        for i, container in enumerate(_list(_lookup(pod, f"spec.{kind}"))):
             where = f"spec.{kind}[{i}]"
             if not isinstance(container, dict):
                 errors.append(FieldError(where, f"must be an object, got {type(container).__name__}"))
                 continue
             errors.extend(_shape(container, _CONTAINER_FIELDS, where + "."))
-            for j, item in enumerate(_lookup(container, "env") or []):
+            for j, item in enumerate(_list(container.get("env"))):
                 if not isinstance(item, dict) or not isinstance(item.get("name"), str):
                     errors.append(FieldError(f"{where}.env[{j}]", "must be an object with a name"))
-            for j, item in enumerate(_lookup(container, "envFrom") or []):
+            for j, item in enumerate(_list(container.get("envFrom"))):
                 if not isinstance(item, dict):
                     errors.append(FieldError(f"{where}.envFrom[{j}]", "must be an object"))
     return errors
@@ -262,6 +262,11 @@ def rewrite_aliases(pod: Mapping[str, Any]) -> list[dict[str, Any]]:
 def _obj(value: Any) -> Mapping[str, Any]:
     """`value` when it is an object, else an empty one (readers that run before `pod_shape_errors`)."""
     return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    """`value` when it is a list, else an empty one (its type is reported on its own)."""
+    return value if isinstance(value, list) else []
 
 
 def _containers_with_paths(pod: Mapping[str, Any]) -> Iterable[tuple[str, Mapping[str, Any]]]:

@@ -161,3 +161,22 @@ def test_a_restart_after_a_gpu_shrank_is_ready_with_the_excess_quarantined() -> 
     assert _within_capacity(s) and list(s.readiness()["quarantined"]) == ["default/b"]
     s.on_pod_event("DELETED", a)  # a leaves: b fits now and is held
     assert s.readiness()["quarantined"] == {} and s.ledger.holding(b["metadata"]["uid"]) is not None
+
+
+@pytest.mark.parametrize(("status", "spec"), [
+    (True, {}),
+    ({"gpus": True}, {}),
+    ({"gpus": [{"uuid": "GPU-x", "index": 0, "memoryMiB": 8192}]}, {"disabledGPUs": [["GPU-x"]]}),
+    ({"gpus": [{"uuid": "GPU-x", "index": 0, "memoryMiB": float("inf")}]}, {}),
+    ({"gpus": [{"uuid": "GPU-x", "index": 0, "memoryMiB": -5}]}, {}),
+])  # fmt: skip
+def test_a_malformed_gpunode_is_a_named_problem_not_a_watch_crash(status: Any, spec: Any) -> None:
+    """Found by tests/fuzz: GPUNode fields of the wrong type raised TypeError/AttributeError/OverflowError
+    out of the GPUNode watch handler (or a negative memory entered the ledger)."""
+    s = service()
+    s.on_node_list([node("n0")])
+    obj = {"metadata": {"name": "n0"}, "status": status, "spec": spec}
+    s.on_gpunode_list([obj])
+    s.on_gpunode_event("MODIFIED", obj)
+    assert "GPUNode n0" in s.readiness()["gpunode_problems"]["n0"]
+    assert not s.ledger.has_node("n0")
