@@ -62,10 +62,12 @@ def mutate(pod: Mapping[str, Any], *, node_selector: Mapping[str, str] | None = 
     ops = resources.rewrite_aliases(out)
     if ops:
         out = jsonpatch.apply_patch(out, ops)
-    spec = out.setdefault("spec", {})
+    if not isinstance(out.get("spec"), dict):
+        out["spec"] = {}
+    spec = out["spec"]
     for kind in ("initContainers", "containers"):
         for container in spec.get(kind) or []:
-            res = container.setdefault("resources", {})
+            res = container.get("resources") or {}
             limits = res.get("limits") or {}
             requests = res.get("requests") or {}
             names = set(limits) | set(requests)
@@ -73,16 +75,16 @@ def mutate(pod: Mapping[str, Any], *, node_selector: Mapping[str, str] | None = 
                 continue
             # the kubelet's slot accounting needs the slice count; compute alone means one slice
             if resources.GPU not in names:
-                res.setdefault("limits", {})[resources.GPU] = "1"
+                res["limits"] = {**limits, resources.GPU: "1"}
                 if requests:
-                    res.setdefault("requests", {})[resources.GPU] = "1"
+                    res["requests"] = {**requests, resources.GPU: "1"}
     spec["schedulerName"] = resources.SCHEDULER_NAME
-    gates = spec.setdefault("schedulingGates", [])
+    gates = spec["schedulingGates"] = list(spec.get("schedulingGates") or [])
     if not any(g.get("name") == resources.ADMISSION_GATE for g in gates):
         gates.append({"name": resources.ADMISSION_GATE})
     if node_selector:
-        selector = spec.setdefault("nodeSelector", {})
-        selector.update(node_selector)  # the queue's tenant isolation wins over the pod's own values
+        # the queue's tenant isolation wins over the pod's own values
+        spec["nodeSelector"] = {**(spec.get("nodeSelector") or {}), **node_selector}
     return out
 
 

@@ -502,6 +502,13 @@ class PoolService:
                 "spec": {**(base.get("spec") or {}), "nodeName": node},
             }
             self.pod_uids[(namespace, name)] = uid
+            if self.ledger.holding(uid) != holding:
+                # the inventory flapped while the Binding was in flight (node or GPUNode deleted and back, a
+                # GPU gone from status.gpus, a relist): the watch left this pod alone, so re-hold its signed
+                # assignment now, or mark it unplaced / quarantined, never leave its GPU looking free
+                log.warning("pod %s/%s lost its slices while binding; holding its assignment again", namespace, name)
+                self.ledger.discard(uid)
+                self._sync_holding(uid, self.pods[uid])
 
     def _existing_assignment(self, pod: Mapping[str, Any], node: str) -> str | None:
         """'done' when the pod already carries a valid assignment for `node` that the ledger agrees with;
@@ -560,6 +567,9 @@ class PoolService:
             if self.ledger.holding(uid) is holding:
                 self.ledger.release(uid)
             self.inflight.pop(uid, None)
+            if self.ledger.holding(uid) is None:  # an inventory flap meanwhile may have marked what never landed
+                self.unplaced.discard(uid)
+                self.ledger.quarantined.pop(uid, None)
 
     # --- preempt -----------------------------------------------------------------------------------
 

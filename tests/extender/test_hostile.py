@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from gpupool import assignment, resources
 from gpupool.assignment import Assignment, SliceRecord
 from tests.extender.conftest import KEY, gpunode, node, pod
-from tests.extender.hostile import service
+from tests.extender.hostile import RacyAPI, service
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 
@@ -180,3 +181,59 @@ def test_a_malformed_gpunode_is_a_named_problem_not_a_watch_crash(status: Any, s
     s.on_gpunode_event("MODIFIED", obj)
     assert "GPUNode n0" in s.readiness()["gpunode_problems"]["n0"]
     assert not s.ledger.has_node("n0")
+
+
+def _flap(s: Any, how: str) -> Callable[[], None]:
+    """The watch events of an inventory flap on node n0, as they arrive while a bind is in flight."""
+    def run() -> None:
+        if how == "gpunode":
+            s.on_gpunode_event("DELETED", gpunode("n0", gpus=1))
+            s.on_gpunode_event("ADDED", gpunode("n0", gpus=1))
+        elif how == "node":
+            s.on_node_event("DELETED", node("n0"))
+            s.on_node_event("ADDED", node("n0"))
+        elif how == "gpu":
+            s.on_gpunode_event("MODIFIED", gpunode("n0", gpus=0))
+            s.on_gpunode_event("MODIFIED", gpunode("n0", gpus=1))
+        else:  # a relist (after 410 Gone) that misses the GPUNode, then the next one that has it
+            s.on_gpunode_list([])
+            s.on_gpunode_list([gpunode("n0", gpus=1)])
+
+    return run
+
+
+@pytest.mark.parametrize("how", ["gpunode", "node", "gpu", "relist"])
+def test_a_bind_racing_an_inventory_flap_keeps_its_holding(how: str) -> None:
+    """Issue 12 #1: `_drop_from_pool` skipped the in-flight pod and the bind's success path never re-held
+    it, so the next pod was bound to the same whole GPU; both carried valid signed assignments for it."""
+    api = RacyAPI()
+    s = service(api)
+    s.on_node_list([node("n0")])
+    s.on_gpunode_list([gpunode("n0", gpus=1)])
+    s.on_pod_list([])
+    first, second = pod("first", compute=100, memory=None), pod("second", compute=100, memory=None)
+    for p in (first, second):
+        api.add(p)
+        s.on_pod_event("ADDED", p)
+    api.during_bind = _flap(s, how)
+    assert s.bind("first", "default", first["metadata"]["uid"], "n0") == ""
+    held = s.ledger.holding(first["metadata"]["uid"])
+    stored = assignment.verify(api.stored("default", "first")["metadata"]["annotations"][resources.ASSIGNMENT], KEY)
+    assert held is not None and held.slices == stored.slices
+    assert "no longer fits" in s.bind("second", "default", second["metadata"]["uid"], "n0")
+    assert s.ledger.gpu("GPU-n0-0").used_compute == 100
+
+
+def test_a_failed_bind_during_a_flap_holds_nothing() -> None:
+    api = RacyAPI()
+    s = service(api)
+    s.on_node_list([node("n0")])
+    s.on_gpunode_list([gpunode("n0", gpus=1)])
+    s.on_pod_list([])
+    p = pod("p", compute=100, memory=None)
+    api.add(p)
+    s.on_pod_event("ADDED", p)
+    api.during_bind, api.fail_binding = _flap(s, "gpu"), True
+    assert "Binding" in s.bind("p", "default", p["metadata"]["uid"], "n0")
+    assert s.ledger.holding(p["metadata"]["uid"]) is None and s.ledger.gpu("GPU-n0-0").used_compute == 0
+    assert s.readiness()["unplaced"] == [] and s.readiness()["quarantined"] == {}
