@@ -115,6 +115,8 @@ def validate(
     shape = resources.pod_shape_errors(pod)
     if shape:
         return shape
+    if old is not None and resources.pod_shape_errors(old):
+        old = None  # the API server always sends a stored pod; anything else is read as no old object
     system = is_system_user(userinfo, config)
     errors: list[FieldError] = []
     if not system:

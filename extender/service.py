@@ -15,8 +15,8 @@ The pods' signed assignments are the source of truth. The ledger is rebuilt from
 them at start (`gpupool.objects.holding_from_pod`), and the service is not ready
 while any assignment is forged or unreadable: such capacity is never silently
 treated as free. A signed assignment that does not fit (a GPU reports less than is
-held on it) is quarantined instead (`Ledger.quarantined`, named in /readyz, counted):
-nothing is held past capacity, and it is held again once it fits.
+held on it) is quarantined instead (`Ledger.quarantine`, named in /readyz, counted):
+nothing is held past capacity, its GPUs take no new slice, and it is held again once it fits.
 """
 
 from __future__ import annotations
@@ -108,6 +108,8 @@ class PoolService:
         self.inflight: dict[str, Holding] = {}
         #: resourceVersion our own assignment write produced, per pod: older watch events are stale
         self._synced = {"nodes": False, "gpunodes": False, "pods": False}
+        #: pods deleted while their bind was in flight
+        self._gone_while_binding: set[str] = set()
         #: quarantined pods already counted and logged (`Ledger.quarantined` holds the current ones)
         self._quarantine_seen: set[str] = set()
 
@@ -130,7 +132,11 @@ class PoolService:
                 "problems": dict(sorted(self.problems.items())),
                 "gpunode_problems": dict(sorted(self.gpunode_problems.items())),
                 "unplaced": sorted(self.unplaced),
-                "quarantined": {self._pod_label(u): why for u, why in sorted(self.ledger.quarantined.items())},
+                "quarantined": {
+                    self._pod_label(u): why
+                    for u, why in sorted(self.ledger.quarantined.items())
+                    if u not in self.unplaced
+                },
             }
 
     def mark_synced(self) -> None:
@@ -230,6 +236,7 @@ class PoolService:
             if uid in self.pods and objects.pod_assignment_text(self.pods[uid]) is not None:
                 self.unplaced.add(uid)
         log.info("node %s left the pool; its slices were released", name)
+        self._retry_unplaced()  # what those pods hold on GPUs still in the pool stays counted (conservatively)
 
     def _retry_unplaced(self) -> None:
         """Hold again what pods left unplaced or quarantined hold, where it is back or fits now."""
@@ -239,7 +246,7 @@ class PoolService:
             pod = self.pods.get(uid)
             if pod is None:
                 self.unplaced.discard(uid)
-                self.ledger.quarantined.pop(uid, None)
+                self.ledger.unquarantine(uid)
             else:
                 self._sync_holding(uid, pod)
 
@@ -285,7 +292,9 @@ class PoolService:
         self.problems.pop(uid, None)
         self.unplaced.discard(uid)
         self._quarantine_seen.discard(uid)
-        if uid not in self.inflight:
+        if uid in self.inflight:
+            self._gone_while_binding.add(uid)  # the bind settles it when its Binding answers
+        else:
             self.ledger.discard(uid)
             if self.ledger.quarantined:  # capacity came back: a quarantined pod may fit now
                 self._retry_unplaced()
@@ -307,7 +316,7 @@ class PoolService:
         if wanted is None:
             self.problems.pop(uid, None)
             self.unplaced.discard(uid)
-            self.ledger.quarantined.pop(uid, None)
+            self.ledger.unquarantine(uid)
             if current is not None:
                 self.ledger.release(uid)
             return
@@ -325,7 +334,8 @@ class PoolService:
                 )
             self.unplaced.add(uid)
             self.problems.pop(uid, None)
-            self.ledger.quarantined.pop(uid, None)
+            # the pod still runs on the GPUs of its assignment that are in the pool: they take no new slice
+            self.ledger.quarantine(wanted, "a node or GPU of its assignment is not in the pool")
             return
         try:
             self.ledger.hold(wanted)
@@ -334,9 +344,10 @@ class PoolService:
                 self.ledger.hold(current)
                 self._problem(uid, pod, f"assignment does not fit the pool: {exc}")
                 return
-            # a signed assignment that does not fit (a GPU reports less than is held on it): held by
-            # nothing, never past capacity; named in /readyz and counted, and retried when room appears
-            self.ledger.quarantine(uid, f"assignment does not fit the pool: {exc}")
+            # a signed assignment that does not fit (a GPU reports less than is held on it): never held past
+            # capacity but counted conservatively (its GPUs take no new slice), named in /readyz and in a
+            # metric, and held again when it fits
+            self.ledger.quarantine(wanted, f"assignment does not fit the pool: {exc}")
             self._quarantined(uid, self.ledger.quarantined[uid])
             self.unplaced.discard(uid)
             self.problems.pop(uid, None)
@@ -356,7 +367,10 @@ class PoolService:
         if uid not in self._quarantine_seen:
             self._quarantine_seen.add(uid)
             self.metrics.quarantined.inc()
-            log.error("pod %s (uid %s) is quarantined, its slices are not counted: %s", self._pod_label(uid), uid, why)
+            log.error(
+                "pod %s (uid %s) is quarantined (its GPUs take no new slice until it fits): %s",
+                self._pod_label(uid), uid, why,
+            )  # fmt: skip
 
     def _pod_label(self, uid: str) -> str:
         pod = self.pods.get(uid)
@@ -493,6 +507,10 @@ class PoolService:
             raise BindError(f"bind of pod {namespace}/{name} failed: {exc}") from exc
         with self.lock:
             self.inflight.pop(uid, None)
+            if uid in self._gone_while_binding:  # deleted while the Binding was in flight: nothing to keep
+                self._gone_while_binding.discard(uid)
+                self.ledger.discard(uid)
+                return
             # what the API server now holds, so that a lagging watch event cannot undo it
             base = self.pods.get(uid) or pod
             annotations = {**(_meta(base).get("annotations") or {}), resources.ASSIGNMENT: text}
@@ -502,13 +520,13 @@ class PoolService:
                 "spec": {**(base.get("spec") or {}), "nodeName": node},
             }
             self.pod_uids[(namespace, name)] = uid
+            # The watch left this pod alone while the Binding was in flight. Whatever it delivered meanwhile
+            # is settled now against the signed assignment: an inventory flap (Node or GPUNode deleted and
+            # back, a GPU gone from status.gpus, a relist) released the slices, so they are held again, or
+            # the pod is marked unplaced / quarantined; a pod that finished meanwhile releases them.
             if self.ledger.holding(uid) != holding:
-                # the inventory flapped while the Binding was in flight (node or GPUNode deleted and back, a
-                # GPU gone from status.gpus, a relist): the watch left this pod alone, so re-hold its signed
-                # assignment now, or mark it unplaced / quarantined, never leave its GPU looking free
                 log.warning("pod %s/%s lost its slices while binding; holding its assignment again", namespace, name)
-                self.ledger.discard(uid)
-                self._sync_holding(uid, self.pods[uid])
+            self._sync_holding(uid, self.pods[uid])
 
     def _existing_assignment(self, pod: Mapping[str, Any], node: str) -> str | None:
         """'done' when the pod already carries a valid assignment for `node` that the ledger agrees with;
@@ -567,9 +585,10 @@ class PoolService:
             if self.ledger.holding(uid) is holding:
                 self.ledger.release(uid)
             self.inflight.pop(uid, None)
+            self._gone_while_binding.discard(uid)
             if self.ledger.holding(uid) is None:  # an inventory flap meanwhile may have marked what never landed
                 self.unplaced.discard(uid)
-                self.ledger.quarantined.pop(uid, None)
+                self.ledger.unquarantine(uid)
 
     # --- preempt -----------------------------------------------------------------------------------
 

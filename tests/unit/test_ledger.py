@@ -174,6 +174,8 @@ def test_upsert_node_never_holds_past_capacity_and_quarantines_the_excess() -> N
     assert gpu.used_memory <= gpu.memory_mib == 8192
     assert dropped == ["b"] and ledger.holding("b") is None and ledger.holding("a") is not None
     assert "no longer fit node n0" in ledger.quarantined["b"]
+    # counted conservatively: b still runs there, so its GPU takes no new slice and its slot stays taken
+    assert not ledger.eligible(gpu) and ledger.view("n0").gpu_index == ()
     # the pod holds again once it fits, and leaves the quarantine
     ledger.upsert_node(NodeInfo("n0", (GPUInfo("GPU-0", 0, "A100", 16384),)))
     ledger.hold(Holding("b", "n0", (SliceRecord(0, "GPU-0", "n0", 30, 6000, "gpu0-1"),)))
