@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable
 from typing import Any
@@ -237,3 +238,48 @@ def test_a_failed_bind_during_a_flap_holds_nothing() -> None:
     assert "Binding" in s.bind("p", "default", p["metadata"]["uid"], "n0")
     assert s.ledger.holding(p["metadata"]["uid"]) is None and s.ledger.gpu("GPU-n0-0").used_compute == 0
     assert s.readiness()["unplaced"] == [] and s.readiness()["quarantined"] == {}
+
+
+def _one_node_service(gpus: int = 1) -> tuple[Any, RacyAPI]:
+    api = RacyAPI()
+    s = service(api)
+    s.on_node_list([node("n0")])
+    s.on_gpunode_list([gpunode("n0", gpus=gpus)])
+    s.on_pod_list([])
+    return s, api
+
+
+def _add(s: Any, api: RacyAPI, p: dict[str, Any]) -> dict[str, Any]:
+    api.add(p)
+    s.on_pod_event("ADDED", p)
+    return p
+
+
+@pytest.mark.parametrize("end", ["DELETED", "Succeeded"])
+def test_a_pod_that_ends_while_its_binding_is_in_flight_holds_nothing(end: str) -> None:
+    """Found by the interleaving harness: the bind's success path put a pod deleted meanwhile back into the
+    cache with its slices held (held forever), or kept the slices of a pod that finished meanwhile."""
+    s, api = _one_node_service()
+    p = _add(s, api, pod("p", compute=100, memory=None))
+    ended = copy.deepcopy(p)
+    ended["status"]["phase"] = "Succeeded"
+    api.during_bind = lambda: s.on_pod_event(end if end == "DELETED" else "MODIFIED", ended)
+    assert s.bind("p", "default", p["metadata"]["uid"], "n0") == ""
+    assert s.ledger.holding(p["metadata"]["uid"]) is None
+    assert s.ledger.gpu("GPU-n0-0").used_compute == 0
+    assert (p["metadata"]["uid"] in s.pods) is (end != "DELETED")
+
+
+def test_a_gpu_leaving_status_does_not_free_the_other_gpus_of_its_pods() -> None:
+    """Found by the interleaving harness: a GPU gone from status.gpus released the whole holding of the pods
+    using it, so their slices on the GPUs that remained were handed out again (double-booked)."""
+    s, api = _one_node_service(gpus=2)
+    a = _add(s, api, pod("a", count=2, compute=100, memory=None))
+    assert s.bind("a", "default", a["metadata"]["uid"], "n0") == ""
+    s.on_gpunode_event("MODIFIED", gpunode("n0", gpus=1))  # GPU 1 leaves; a still runs on GPU 0
+    assert a["metadata"]["uid"] in s.readiness()["unplaced"]
+    b = _add(s, api, pod("b", compute=10, memory=100))
+    assert s.filter(b, ["n0"]).passing == []
+    assert "no longer fits" in s.bind("b", "default", b["metadata"]["uid"], "n0")
+    s.on_gpunode_event("MODIFIED", gpunode("n0", gpus=2))  # back: a is held again, nothing else is
+    assert s.ledger.holding(a["metadata"]["uid"]) is not None and s.readiness()["unplaced"] == []
