@@ -75,4 +75,4 @@ class DevicePluginSettings(BaseSettings):
     @classmethod
     def from_args(cls, argv: Sequence[str] | None = None) -> DevicePluginSettings:
         """Environment first, then flags (`argv` None = sys.argv[1:])."""
-        return cls(_cli_parse_args=list(argv) if argv is not None else True)  # type: ignore[call-arg]
+        return cls(_cli_parse_args=list(argv) if argv is not None else True)

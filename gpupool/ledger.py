@@ -1,22 +1,9 @@
-"""The ledger: who holds which part of which GPU, in integer units.
+"""The ledger: who holds which part of which GPU, in integer units (DESIGN.md §3).
 
-Capacity of a GPU is 100 compute units (1 %) and `memory_mib` memory units (1 MiB).
-Guaranteed slices fit only within that physical capacity. Best-effort slices may
-also use over-committed capacity, up to `overcommit_*_percent` of it. So:
-
-* the compute (memory) of a GPU used by all slices never exceeds
-  capacity × overcommit percent / 100, and
-* the guaranteed slices of a GPU never exceed its physical capacity; placement
-  (the views) only offers a guaranteed slice room where the total stays physical.
-
-Holdings are keyed by pod uid and come in three kinds: assigned (bound pods),
-reserved (admitted but not yet bound) and nominated (capacity freed by preemption
-and kept for the preemptor). All count as used. Every change is all-or-nothing:
-a holding that does not fit raises `OverAllocation` and changes nothing.
-
-For fast fit checks over thousands of nodes each node keeps a cached `NodeView`
-(free capacity of its eligible GPUs) and the ledger indexes nodes by the view's
-key, so identical nodes are evaluated once.
+Its capacity rules (physical and over-committed bounds, slot limits) are listed in
+docs/contracts.md. Holdings are keyed by pod uid and come in three kinds (`HoldingKind`),
+all counted as used; every change is all-or-nothing (`OverAllocation` changes nothing).
+Each node keeps a cached `NodeView`, indexed by its key, so identical nodes are evaluated once.
 """
 
 from __future__ import annotations
@@ -125,6 +112,8 @@ class NodeView:
 
 
 class GPUState:
+    """One GPU's inventory and what its holdings use: all slices, guaranteed slices apart, and slot numbers."""
+
     __slots__ = (
         "blocked", "disabled", "healthy", "index", "memory_mib", "model", "node", "numa", "reserved_slots",
         "slices", "used_compute", "used_g_compute", "used_g_memory", "used_memory", "used_slots", "uuid",
@@ -154,6 +143,8 @@ class GPUState:
 
 
 class NodeState:
+    """One node: its GPUs, host capacity and use, the remote slots its pods hold, and its cached `NodeView`."""
+
     __slots__ = (
         "cpu_milli", "gpus", "max_pods", "memory_mib", "name", "pods", "remote_reserved", "remote_used",
         "used_cpu", "used_memory", "view",
@@ -566,15 +557,17 @@ class Ledger:
             if (s.node, s.slot) in slots_seen:
                 raise OverAllocation(f"slot {s.slot} appears twice in the holding of pod {holding.pod}")
             slots_seen.add((s.node, s.slot))
-            index, k = slot_ids.parse_slot(s.slot)
-            if gpu.node == holding.node:
-                if index != gpu.index or k >= self.slots_per_gpu:
-                    raise OverAllocation(f"slot {s.slot} does not belong to GPU {gpu.index} of {gpu.node}")
+            local = gpu.node == holding.node
+            problem = slot_ids.slot_problem(
+                s.slot, gpu.index if local else None, slots_per_gpu=self.slots_per_gpu, remote_slots=self.remote_slots
+            )
+            if problem is not None:
+                raise OverAllocation(f"pod {holding.pod}, slice on GPU {s.gpu} of {gpu.node}: {problem}")
+            _, k = slot_ids.parse_slot(s.slot)
+            if local:
                 if k in gpu.used_slots or k in gpu.reserved_slots:
                     raise OverAllocation(f"slot {s.slot} of node {gpu.node} is already held")
             else:
-                if index is not None or k >= self.remote_slots:
-                    raise OverAllocation(f"remote slice on {s.gpu} needs a remote-<k> slot, got {s.slot}")
                 if k in pod_node.remote_used or k in pod_node.remote_reserved:
                     raise OverAllocation(f"remote slot {s.slot} of node {holding.node} is already held")
                 remote.append(k)

@@ -56,9 +56,13 @@ class Plan:
 
 @dataclass(slots=True)
 class FilterResult:
+    """The nodes a pod passes, the reasons it fails the others (`unresolvable`: preemption cannot help),
+    or an `error` about the pod itself, in which case no node was judged."""
+
     passing: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     unresolvable: dict[str, str] = field(default_factory=dict)
+    error: str = ""
 
     def add(self, node: str, verdict: Verdict) -> None:
         if verdict.fits:

@@ -224,3 +224,9 @@ def test_every_variable_allocate_sets_is_one_admission_refuses() -> None:
         settings = DevicePluginSettings(node_name="n0", backend=backend)
         response = build_response(plan, settings, {"GPU-a": 0}, {"n1": "10.0.0.1:1"})
         assert response.envs and all(resources.is_runtime_env(k) for k in response.envs), dict(response.envs)
+
+
+def test_mutate_gates_a_pod_whose_gate_list_is_null() -> None:
+    pod = make_pod()
+    pod["spec"]["schedulingGates"] = None
+    assert admission.mutate(pod)["spec"]["schedulingGates"] == [{"name": resources.ADMISSION_GATE}]

@@ -4,13 +4,13 @@ preemption through evictions (a PDB refusal moves to the next victim set), healt
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 from typing import Any
 
 from controller.leader import LeaseElector, lease_spec, may_hold
 from controller.runtime import Controller
 from controller.settings import ControllerSettings
-from gpupool import assignment, resources
+from gpupool import assignment, objects, resources, timefmt
+from gpupool.ledger import HoldingKind
 
 KEY = b"test-key"
 
@@ -58,10 +58,10 @@ _n = iter(range(10**6))
 
 def pod(name: str, *, ns: str = "team-a", count: int = 1, priority: int = 0, gated: bool = True,
         annotations: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
-    stamp = dt.datetime(2025, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=next(_n))
+    stamp = timefmt.format_time(1_735_689_600 + next(_n))  # 2025-01-01T00:00:00Z onwards
     return {
         "metadata": {"name": name, "namespace": ns, "uid": f"uid-{name}", "annotations": annotations or {},
-                     "creationTimestamp": stamp.isoformat().replace("+00:00", "Z")},
+                     "creationTimestamp": stamp},
         "spec": {"priority": priority,
                  "containers": [{"name": "c", "resources": {"limits": {resources.GPU: str(count)}}}],
                  "schedulingGates": [{"name": resources.ADMISSION_GATE}] if gated else []},
@@ -142,7 +142,7 @@ def test_preemption_evicts_fewest_victims_then_nominates_and_admits_after_they_l
     run(c.cycle(now=2e9))
     assert [e[1] for e in kube.of("evict")] == ["team-a/low0", "team-a/low1"]
     annotations = [a for a in kube.of("annotate") if a[1] == "team-a/urgent"]
-    assert annotations and '"node":"n1"' in annotations[0][2][resources.NOMINATED]
+    assert annotations and objects.parse_nomination(annotations[0][2][resources.NOMINATED]) == ("n1", 2e9 + 300)
     assert kube.of("ungate") == []
     c.on_pod("DELETED", bound("low1", "n1", 1))
     kube.calls.clear()
@@ -308,3 +308,18 @@ def test_lender_waits_for_reclaim_then_is_admitted() -> None:
     kube.calls.clear()
     run(c.cycle(now=2e9 + 1))
     assert kube.of("ungate") == [("ungate", "team-a/a0")]
+
+
+def test_read_only_controller_refuses_another_pods_assignment_too() -> None:
+    """Without the key (read-only CLI) assignments are read unverified, but never credited to another pod."""
+    c = Controller(ControllerSettings(leader_election=False), FakeKube(), b"")  # type: ignore[arg-type]
+    c.on_gpunode("ADDED", gpunode("n1", gpus=2))
+    own = bound("own", "n1", 0)
+    copied = bound("copied", "n1", 1)
+    copied["metadata"]["annotations"][resources.ASSIGNMENT] = own["metadata"]["annotations"][resources.ASSIGNMENT]
+    c.on_pod("ADDED", own)
+    c.on_pod("ADDED", copied)
+    assert c.ledger.holding("uid-own") is not None
+    copied_holding = c.ledger.holding("uid-copied")
+    assert copied_holding is None or copied_holding.kind is not HoldingKind.ASSIGNED
+    assert "carries the assignment of pod uid-own" in c.problems["pod/team-a/copied"]

@@ -94,7 +94,7 @@ def test_wrong_typed_pods_get_400_naming_the_field_not_500(verb: str, bad: dict[
     s = service()
     s.on_node_list([node("n0")])
     s.on_gpunode_list([gpunode("n0", gpus=1)])
-    s.mark_synced()
+    s.on_pod_list([])
     body: dict[str, Any] = {"Pod": bad, "NodeNames": ["n0"]}
     if verb == "preempt":
         body = {"Pod": bad, "NodeNameToMetaVictims": {"n0": {"Pods": [{"UID": "v"}], "NumPDBViolations": 0}}}
@@ -110,7 +110,9 @@ def test_wrong_typed_victims_and_node_items_are_400_or_ignored() -> None:
     from extender.app import create_app
 
     s = service()
-    s.mark_synced()
+    s.on_node_list([])
+    s.on_gpunode_list([])
+    s.on_pod_list([])
     with TestClient(create_app(s)) as client:
         r = client.post("/preempt", json={"Pod": pod("p"), "NodeNameToVictims": {"n0": {"Pods": [{"metadata": 7}]}}})
         assert r.status_code == 400 and "metadata" in r.json()["Error"]

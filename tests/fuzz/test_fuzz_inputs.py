@@ -117,7 +117,7 @@ def _client() -> Any:
         s = service()
         s.on_node_list([node("n0"), node("n1")])
         s.on_gpunode_list([gpunode("n0", gpus=2), gpunode("n1", gpus=1, memory=8192)])
-        s.mark_synced()
+        s.on_pod_list([])
         client = TestClient(create_app(s))
         client.__enter__()
         _CLIENT.append(client)

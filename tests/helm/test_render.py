@@ -144,11 +144,11 @@ def test_bad_values_fail_with_a_clear_message(helm_bin: Path) -> None:
 
 
 def test_schema_policy_names_match_the_contract() -> None:
-    from gpupool import resources
+    from gpupool import policies
 
     schema = json.loads((CHART / "values.schema.json").read_text())
     enum = schema["properties"]["placement"]["properties"]["defaultPolicy"]["enum"]
-    assert sorted(enum) == sorted(resources.POLICY_NAMES)
+    assert sorted(enum) == sorted(policies.available())
 
 
 def test_every_value_is_documented() -> None:

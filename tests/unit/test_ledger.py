@@ -180,3 +180,14 @@ def test_upsert_node_never_holds_past_capacity_and_quarantines_the_excess() -> N
     ledger.upsert_node(NodeInfo("n0", (GPUInfo("GPU-0", 0, "A100", 16384),)))
     ledger.hold(Holding("b", "n0", (SliceRecord(0, "GPU-0", "n0", 30, 6000, "gpu0-1"),)))
     assert ledger.quarantined == {} and ledger.gpu("GPU-0").used_memory == 12000
+
+
+def test_hold_refuses_a_malformed_slot_as_an_over_allocation() -> None:
+    """A slot id that is no slot id is a named refusal, never a ValueError out of the ledger."""
+    ledger = pool()
+    before = copy.deepcopy(ledger.snapshot())
+    with pytest.raises(OverAllocation, match="not a gpupool slot id"):
+        ledger.hold(Holding("a", "n0", (SliceRecord(0, "G00", "n0", 10, 10, "slot-7"),)))
+    with pytest.raises(OverAllocation, match="remote-<k>"):
+        ledger.hold(Holding("b", "n0", (SliceRecord(0, "G10", "n1", 10, 10, "gpu0-0"),)))
+    assert ledger.snapshot() == before
