@@ -143,11 +143,12 @@ class GPUState:
 
 
 class NodeState:
-    """One node: its GPUs, host capacity and use, the remote slots its pods hold, and its cached `NodeView`."""
+    """One node: its GPUs, host capacity and use, the remote slots its pods hold, its agent's endpoint
+    (remote slices), and its cached `NodeView`."""
 
     __slots__ = (
-        "cpu_milli", "gpus", "max_pods", "memory_mib", "name", "pods", "remote_reserved", "remote_used",
-        "used_cpu", "used_memory", "view",
+        "agent_endpoint", "cpu_milli", "gpus", "max_pods", "memory_mib", "name", "pods", "remote_reserved",
+        "remote_used", "used_cpu", "used_memory", "view",
     )  # fmt: skip
 
     def __init__(self, info: NodeInfo) -> None:
@@ -158,6 +159,7 @@ class NodeState:
         self.cpu_milli = info.cpu_milli
         self.memory_mib = info.memory_mib
         self.max_pods = info.max_pods
+        self.agent_endpoint = info.agent_endpoint
         self.used_cpu = 0
         self.used_memory = 0
         self.pods = 0
@@ -412,6 +414,7 @@ class Ledger:
             memory_mib=state.memory_mib,
             max_pods=state.max_pods,
             disabled=frozenset(g.uuid for g in state.gpus if g.disabled),
+            agent_endpoint=state.agent_endpoint,
         )
 
     def gpus_of(self, node: str) -> list[GPUState]:
@@ -428,6 +431,10 @@ class Ledger:
 
     def has_gpu(self, uuid: str) -> bool:
         return uuid in self._gpus
+
+    def agent_endpoint(self, node: str) -> str:
+        """Where `node`'s agent serves remote slices; '' = its GPUs serve no other node's pods."""
+        return self._node(node).agent_endpoint
 
     def remote_slots_free(self, node: str) -> int:
         return self.remote_slots - len(self._node(node).remote_used)

@@ -71,7 +71,10 @@ def node_info_from_gpunode(obj: Mapping[str, Any]) -> NodeInfo:
         gpus.append(info)
     if len({g.uuid for g in gpus}) < len(gpus) or len({g.index for g in gpus}) < len(gpus):
         raise GpupoolError(f"GPUNode {name} status.gpus: a uuid or an index appears twice")
-    return NodeInfo(name=name, gpus=tuple(gpus), disabled=frozenset(disabled))
+    endpoint = status.get("agentEndpoint") or ""
+    if not isinstance(endpoint, str):
+        raise GpupoolError(f"GPUNode {name} status.agentEndpoint: must be a string")
+    return NodeInfo(name=name, gpus=tuple(gpus), disabled=frozenset(disabled), agent_endpoint=endpoint.strip())
 
 
 def _whole(value: Any) -> int:

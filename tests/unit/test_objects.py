@@ -118,3 +118,18 @@ def test_slot_problem(slot: str, gpu_index: int | None, needle: str | None) -> N
         assert problem is None
     else:
         assert problem is not None and needle in problem
+
+
+def test_gpunode_agent_endpoint_reaches_the_node_info() -> None:
+    """`status.agentEndpoint` is a per-node fact of the pool model: placement serves remote slices only from
+    nodes that publish one."""
+    obj: dict[str, Any] = {
+        "metadata": {"name": "n1"},
+        "status": {
+            "gpus": [{"uuid": "GPU-a", "index": 0, "model": "T4", "memoryMiB": 16384}],
+            "agentEndpoint": " 10.1.2.3:9403 ",
+        },
+    }
+    assert objects.node_info_from_gpunode(obj).agent_endpoint == "10.1.2.3:9403"
+    del obj["status"]["agentEndpoint"]
+    assert objects.node_info_from_gpunode(obj).agent_endpoint == ""
