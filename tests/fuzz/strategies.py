@@ -130,7 +130,8 @@ gpu_entries = st.fixed_dictionaries(
 )  # fmt: skip
 gpunodes = st.fixed_dictionaries(
     {"metadata": maybe(st.fixed_dictionaries({"name": maybe(st.sampled_from(["n0", "n1"]))})),
-     "status": maybe(st.fixed_dictionaries({"gpus": maybe(st.lists(maybe(gpu_entries), max_size=3))}))},
+     "status": maybe(st.fixed_dictionaries({"gpus": maybe(st.lists(maybe(gpu_entries), max_size=3))},
+                                           optional={"agentEndpoint": maybe(st.sampled_from(["", "10.0.0.1:9403"]))}))},
     optional={"spec": maybe(st.fixed_dictionaries({"disabledGPUs": maybe(st.lists(maybe(
         st.sampled_from(["GPU-a", "GPU-b"])), max_size=2))}))},
 )  # fmt: skip
