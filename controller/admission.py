@@ -57,13 +57,17 @@ def is_system_user(userinfo: Mapping[str, Any] | None, config: AdmissionConfig) 
 def mutate(pod: Mapping[str, Any], *, node_selector: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The pod as gpupool wants it stored (CREATE): canonical names, defaults, scheduler, gate, tenant nodes."""
     out: dict[str, Any] = copy.deepcopy(dict(pod))
+    if resources.pod_shape_errors(out):
+        return out  # malformed: left as it is for `validate` to refuse, naming the fields
     ops = resources.rewrite_aliases(out)
     if ops:
         out = jsonpatch.apply_patch(out, ops)
-    spec = out.setdefault("spec", {})
+    if not isinstance(out.get("spec"), dict):
+        out["spec"] = {}
+    spec = out["spec"]
     for kind in ("initContainers", "containers"):
         for container in spec.get(kind) or []:
-            res = container.setdefault("resources", {})
+            res = container.get("resources") or {}
             limits = res.get("limits") or {}
             requests = res.get("requests") or {}
             names = set(limits) | set(requests)
@@ -71,15 +75,15 @@ def mutate(pod: Mapping[str, Any], *, node_selector: Mapping[str, str] | None = 
                 continue
             # the kubelet's slot accounting needs the slice count; compute alone means one slice
             if resources.GPU not in names:
-                res.setdefault("limits", {})[resources.GPU] = "1"
+                res["limits"] = {**limits, resources.GPU: "1"}
                 if requests:
-                    res.setdefault("requests", {})[resources.GPU] = "1"
+                    res["requests"] = {**requests, resources.GPU: "1"}
     spec["schedulerName"] = resources.SCHEDULER_NAME
     if not objects.pod_gated(out):
         spec["schedulingGates"] = [*(spec.get("schedulingGates") or []), {"name": resources.ADMISSION_GATE}]
     if node_selector:
-        selector = spec.setdefault("nodeSelector", {})
-        selector.update(node_selector)  # the queue's tenant isolation wins over the pod's own values
+        # the queue's tenant isolation wins over the pod's own values
+        spec["nodeSelector"] = {**(spec.get("nodeSelector") or {}), **node_selector}
     return out
 
 
@@ -103,6 +107,11 @@ def validate(
     config: AdmissionConfig = AdmissionConfig(),
 ) -> list[FieldError]:
     """Every problem of the pod, each naming the field and what to write instead (empty = allowed)."""
+    shape = resources.pod_shape_errors(pod)
+    if shape:
+        return shape
+    if old is not None and resources.pod_shape_errors(old):
+        old = None  # the API server always sends a stored pod; anything else is read as no old object
     system = is_system_user(userinfo, config)
     errors: list[FieldError] = []
     if not system:
@@ -132,6 +141,8 @@ def validate(
     errors.extend(_bounds(pod, request, limits))
     if not config.allow_privileged:
         errors.extend(_privileged(pod, request))
+    if operation == "CREATE":  # a pod's env is immutable: checking it once, at creation, is enough
+        errors.extend(_runtime_env(pod))
     return errors
 
 
@@ -221,6 +232,40 @@ def _privileged(pod: Mapping[str, Any], request: PodRequest) -> list[FieldError]
                     "remove privileged: true (or ask the admin to allow privileged slices)",
                 )
             )
+    return errors
+
+
+def _runtime_env(pod: Mapping[str, Any]) -> list[FieldError]:
+    """Environment variables gpupool owns (`resources.is_runtime_env`), set by any container of the pod.
+
+    `env` is refused by name. `envFrom` keys live in ConfigMaps and Secrets that admission does not read;
+    only an `envFrom.prefix` that itself lands in gpupool's names is refused.
+    """
+    errors: list[FieldError] = []
+    spec = pod.get("spec") or {}
+    for init, kind in ((True, "initContainers"), (False, "containers")):
+        for i, container in enumerate(spec.get(kind) or []):
+            for j, item in enumerate(container.get("env") or []):
+                name = str(item.get("name") or "")
+                if resources.is_runtime_env(name):
+                    errors.append(
+                        FieldError(
+                            f"{_path(init, i)}.env[{j}] ({name})",
+                            f"{name} is set by gpupool to confine the container to its GPU slices; remove it",
+                        )
+                    )
+            for j, item in enumerate(container.get("envFrom") or []):
+                prefix = str(item.get("prefix") or "")
+                if prefix and (resources.is_runtime_env(prefix) or any(
+                    p.startswith(prefix) for p in (*resources.RUNTIME_ENV, *resources.RUNTIME_ENV_PREFIXES)
+                )):  # fmt: skip
+                    errors.append(
+                        FieldError(
+                            f"{_path(init, i)}.envFrom[{j}].prefix",
+                            f"{prefix!r} would import variables gpupool sets to confine the container; "
+                            "choose another prefix",
+                        )
+                    )
     return errors
 
 

@@ -4,8 +4,10 @@ One `Ledger` and one `Placer` behind one lock, fed from the cluster cache (the `
 called by the watch threads or by tests). `filter` / `prioritize` / `preempt` only read; `bind`
 is the only writer of slices and holds the lock for plan + commit only, never for its API writes
 (no per-node lock). The ledger is rebuilt from the pods' signed assignments
-(`gpupool.objects.holding_from_pod`); the service is not ready while any is forged, unreadable
-or does not fit: such capacity is never silently treated as free.
+(`gpupool.objects.holding_from_pod`); the service is not ready while any is forged or unreadable:
+such capacity is never silently treated as free. A signed assignment that does not fit (a GPU
+reports less than is held on it) is quarantined instead (`Ledger.quarantine`, named in /readyz,
+counted): nothing is held past capacity, its GPUs take no new slice, and it is held again once it fits.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ def extender_score(policy_score: int | None) -> int:
 
 
 def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    return obj.get("metadata") or {}
+    meta = obj.get("metadata")
+    return meta if isinstance(meta, dict) else {}
 
 
 def _name(obj: Mapping[str, Any]) -> str:
@@ -99,6 +102,10 @@ class PoolService:
         self.inflight: dict[str, Holding] = {}
         #: which initial lists (Nodes, GPUNodes, pods) arrived: not ready before all three did
         self._synced = {"nodes": False, "gpunodes": False, "pods": False}
+        #: pods deleted while their bind was in flight
+        self._gone_while_binding: set[str] = set()
+        #: quarantined pods already counted and logged (`Ledger.quarantined` holds the current ones)
+        self._quarantine_seen: set[str] = set()
 
     # --- readiness ---------------------------------------------------------------------------------
 
@@ -119,6 +126,11 @@ class PoolService:
                 "problems": dict(sorted(self.problems.items())),
                 "gpunode_problems": dict(sorted(self.gpunode_problems.items())),
                 "unplaced": sorted(self.unplaced),
+                "quarantined": {
+                    self._pod_label(u): why
+                    for u, why in sorted(self.ledger.quarantined.items())
+                    if u not in self.unplaced
+                },
             }
 
     # --- cluster cache: Nodes ----------------------------------------------------------------------
@@ -240,7 +252,10 @@ class PoolService:
             return
         self.gpunode_problems.pop(name, None)
         for uid in dropped:
-            log.warning("pod %s lost its slices: a GPU it used left GPUNode %s", self._pod_label(uid), name)
+            if uid in self.ledger.quarantined:
+                self._quarantined(uid, self.ledger.quarantined[uid])
+            else:
+                log.warning("pod %s lost its slices: a GPU it used left GPUNode %s", self._pod_label(uid), name)
             self.unplaced.add(uid)
         self._retry_unplaced()
 
@@ -253,12 +268,17 @@ class PoolService:
             if uid in self.pods and objects.pod_assignment_text(self.pods[uid]) is not None:
                 self.unplaced.add(uid)
         log.info("node %s left the pool; its slices were released", name)
+        self._retry_unplaced()  # what those pods hold on GPUs still in the pool stays counted (conservatively)
 
     def _retry_unplaced(self) -> None:
-        for uid in list(self.unplaced):
+        """Hold again what pods left unplaced or quarantined hold, where it is back or fits now."""
+        for uid in sorted(self.unplaced | set(self.ledger.quarantined)):
+            if uid in self.inflight:
+                continue
             pod = self.pods.get(uid)
             if pod is None:
                 self.unplaced.discard(uid)
+                self.ledger.unquarantine(uid)
             else:
                 self._sync_holding(uid, pod)
 
@@ -303,8 +323,13 @@ class PoolService:
                 del self.pod_uids[key]
         self.problems.pop(uid, None)
         self.unplaced.discard(uid)
-        if uid not in self.inflight:
+        self._quarantine_seen.discard(uid)
+        if uid in self.inflight:
+            self._gone_while_binding.add(uid)  # the bind settles it when its Binding answers
+        else:
             self.ledger.discard(uid)
+            if self.ledger.quarantined:  # capacity came back: a quarantined pod may fit now
+                self._retry_unplaced()
 
     def _sync_holding(self, uid: str, pod: Mapping[str, Any]) -> None:
         """Make the ledger hold exactly what the pod's signed assignment says (caller holds the lock)."""
@@ -315,10 +340,15 @@ class PoolService:
         except AssignmentError as exc:
             self._problem(uid, pod, f"assignment refused: {exc}")
             return  # whatever the ledger holds for it stays held: never silently free
+        except Exception as exc:  # one pod's object never stops the pods watcher (it would relist forever)
+            log.exception("pod %s: reading its assignment failed", objects.pod_key(pod))
+            self._problem(uid, pod, f"assignment unreadable: {type(exc).__name__}: {exc}")
+            return
         current = self.ledger.holding(uid)
         if wanted is None:
             self.problems.pop(uid, None)
             self.unplaced.discard(uid)
+            self.ledger.unquarantine(uid)
             if current is not None:
                 self.ledger.release(uid)
             return
@@ -336,16 +366,27 @@ class PoolService:
                 )
             self.unplaced.add(uid)
             self.problems.pop(uid, None)
+            # the pod still runs on the GPUs of its assignment that are in the pool: they take no new slice
+            self.ledger.quarantine(wanted, "a node or GPU of its assignment is not in the pool")
             return
         try:
             self.ledger.hold(wanted)
         except OverAllocation as exc:
             if current is not None:
                 self.ledger.hold(current)
-            self._problem(uid, pod, f"assignment does not fit the pool: {exc}")
+                self._problem(uid, pod, f"assignment does not fit the pool: {exc}")
+                return
+            # a signed assignment that does not fit (a GPU reports less than is held on it): never held past
+            # capacity but counted conservatively (its GPUs take no new slice), named in /readyz and in a
+            # metric, and held again when it fits
+            self.ledger.quarantine(wanted, f"assignment does not fit the pool: {exc}")
+            self._quarantined(uid, self.ledger.quarantined[uid])
+            self.unplaced.discard(uid)
+            self.problems.pop(uid, None)
             return
         self.unplaced.discard(uid)
         self.problems.pop(uid, None)
+        self._quarantine_seen.discard(uid)
 
     def _problem(self, uid: str, pod: Mapping[str, Any], message: str) -> None:
         text = f"pod {objects.pod_key(pod)}: {message}"  # /readyz names the pod, not only its uid
@@ -353,6 +394,15 @@ class PoolService:
             self.metrics.assignment_problems.inc()
             log.error("NOT READY: pod %s (uid %s): %s", objects.pod_key(pod), uid, message)
         self.problems[uid] = text
+
+    def _quarantined(self, uid: str, why: str) -> None:
+        if uid not in self._quarantine_seen:
+            self._quarantine_seen.add(uid)
+            self.metrics.quarantined.inc()
+            log.error(
+                "pod %s (uid %s) is quarantined (its GPUs take no new slice until it fits): %s",
+                self._pod_label(uid), uid, why,
+            )  # fmt: skip
 
     def _pod_label(self, uid: str) -> str:
         pod = self.pods.get(uid)
@@ -488,6 +538,10 @@ class PoolService:
             raise BindError(f"bind of pod {namespace}/{name} failed: {exc}") from exc
         with self.lock:
             self.inflight.pop(uid, None)
+            if uid in self._gone_while_binding:  # deleted while the Binding was in flight: nothing to keep
+                self._gone_while_binding.discard(uid)
+                self.ledger.discard(uid)
+                return
             # what the API server now holds, so that a lagging watch event cannot undo it
             base = self.pods.get(uid) or pod
             annotations = {**(_meta(base).get("annotations") or {}), resources.ASSIGNMENT: text}
@@ -497,6 +551,13 @@ class PoolService:
                 "spec": {**(base.get("spec") or {}), "nodeName": node},
             }
             self.pod_uids[(namespace, name)] = uid
+            # The watch left this pod alone while the Binding was in flight. Whatever it delivered meanwhile
+            # is settled now against the signed assignment: an inventory flap (Node or GPUNode deleted and
+            # back, a GPU gone from status.gpus, a relist) released the slices, so they are held again, or
+            # the pod is marked unplaced / quarantined; a pod that finished meanwhile releases them.
+            if self.ledger.holding(uid) != holding:
+                log.warning("pod %s/%s lost its slices while binding; holding its assignment again", namespace, name)
+            self._sync_holding(uid, self.pods[uid])
 
     def _existing_assignment(self, pod: Mapping[str, Any], node: str) -> Existing | None:
         """DONE or STALE (see `Existing`) for a pod that carries a trusted assignment; None when it carries none."""
@@ -551,6 +612,10 @@ class PoolService:
             if self.ledger.holding(uid) is holding:
                 self.ledger.release(uid)
             self.inflight.pop(uid, None)
+            self._gone_while_binding.discard(uid)
+            if self.ledger.holding(uid) is None:  # an inventory flap meanwhile may have marked what never landed
+                self.unplaced.discard(uid)
+                self.ledger.unquarantine(uid)
 
     # --- preempt -----------------------------------------------------------------------------------
 

@@ -37,33 +37,57 @@ TERMINAL_PHASES = ("Succeeded", "Failed")
 
 def node_info_from_gpunode(obj: Mapping[str, Any]) -> NodeInfo:
     """A GPUNode (DESIGN.md §4.1) as a `NodeInfo`; raises `GpupoolError` naming the bad field."""
-    name = (obj.get("metadata") or {}).get("name")
-    if not name:
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    name = meta.get("name") if isinstance(meta, dict) else None
+    if not name or not isinstance(name, str):
         raise GpupoolError("GPUNode without metadata.name")
     status = obj.get("status") or {}
     spec = obj.get("spec") or {}
+    if not isinstance(status, dict) or not isinstance(spec, dict):
+        raise GpupoolError(f"GPUNode {name}: status and spec must be objects")
+    items = status.get("gpus") or []
+    disabled = spec.get("disabledGPUs") or []
+    if not isinstance(items, list):
+        raise GpupoolError(f"GPUNode {name} status.gpus: must be a list")
+    if not isinstance(disabled, list) or not all(isinstance(u, str) for u in disabled):
+        raise GpupoolError(f"GPUNode {name} spec.disabledGPUs: must be a list of GPU UUIDs")
     gpus: list[GPUInfo] = []
-    for i, g in enumerate(status.get("gpus") or []):
+    for i, g in enumerate(items):
         where = f"GPUNode {name} status.gpus[{i}]"
+        if not isinstance(g, dict):
+            raise GpupoolError(f"{where}: must be an object")
         try:
-            gpus.append(
-                GPUInfo(
-                    uuid=str(g["uuid"]),
-                    index=int(g["index"]),
-                    model=str(g.get("model") or ""),
-                    memory_mib=int(g["memoryMiB"]),
-                    numa=int(g["numa"]) if g.get("numa") is not None else None,
-                    healthy=(g.get("health") or HEALTHY) == HEALTHY,
-                )
+            info = GPUInfo(
+                uuid=_text(g["uuid"]),
+                index=_whole(g["index"]),
+                model=_text(g.get("model") or ""),
+                memory_mib=_whole(g["memoryMiB"]),
+                numa=_whole(g["numa"]) if g.get("numa") is not None else None,
+                healthy=(g.get("health") or HEALTHY) == HEALTHY,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise GpupoolError(f"{where}: missing or invalid field ({exc})") from None
-    return NodeInfo(
-        name=str(name),
-        gpus=tuple(gpus),
-        disabled=frozenset(spec.get("disabledGPUs") or []),
-        agent_endpoint=str(status.get("agentEndpoint") or "").strip(),  # the CRD types it a string
-    )
+        if not info.uuid or info.index < 0 or info.memory_mib < 1:
+            raise GpupoolError(f"{where}: needs a uuid, an index >= 0 and memoryMiB >= 1")
+        gpus.append(info)
+    if len({g.uuid for g in gpus}) < len(gpus) or len({g.index for g in gpus}) < len(gpus):
+        raise GpupoolError(f"GPUNode {name} status.gpus: a uuid or an index appears twice")
+    endpoint = status.get("agentEndpoint") or ""
+    if not isinstance(endpoint, str):
+        raise GpupoolError(f"GPUNode {name} status.agentEndpoint: must be a string")
+    return NodeInfo(name=name, gpus=tuple(gpus), disabled=frozenset(disabled), agent_endpoint=endpoint.strip())
+
+
+def _whole(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{value!r} is not a whole number")
+    return value
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{value!r} is not a string")
+    return value
 
 
 def gpunode_status_gpus(gpus: Iterable[GPUInfo]) -> list[dict[str, Any]]:

@@ -183,6 +183,52 @@ def test_update_that_leaves_the_gpupool_request_alone_passes_even_if_the_pool_sh
     assert any("gpupool.io/qos" in e for e in check(new, operation="UPDATE", old=old, limits=small_pool))
 
 
+@pytest.mark.parametrize("value", ["1e999999", "1e1000000"])
+def test_admission_refuses_huge_quantities_naming_the_field(value: str) -> None:
+    """Issue 12 #2: one such manifest froze the webhook for the whole cluster (or answered a traceback)."""
+    errors = check(make_pod({resources.GPU_MEMORY: value}))
+    assert len(errors) == 1 and errors[0].startswith(f"{C}[gpupool.io/gpu-memory]: ")
+    assert "out of range" in errors[0]
+
+
+@pytest.mark.parametrize("name", ["NVIDIA_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES", "CUDA_MPS_PIPE_DIRECTORY",
+                                  "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "LD_PRELOAD", "GPUPOOL_SLICES",
+                                  "GPUPOOL_BACKEND", "CUDA_DEVICE_MEMORY_LIMIT_0", "CUDA_DEVICE_SM_LIMIT"])
+def test_admission_refuses_environment_gpupool_owns_naming_it(name: str) -> None:
+    """Issue 12 #7: a container could set its own NVIDIA_VISIBLE_DEVICES (etc.) and widen its slices."""
+    p = make_pod({resources.GPU: "1"}, env=[{"name": "HOME", "value": "/x"}, {"name": name, "value": "all"}])
+    p["spec"]["initContainers"] = [{"name": "init", "image": "x", "env": [{"name": name, "value": "all"}]}]
+    errors = check(p)
+    assert errors and all(name in e for e in errors)
+    assert {e.split(":")[0] for e in errors} == {f"spec.containers[0].env[1] ({name})",
+                                                 f"spec.initContainers[0].env[0] ({name})"}
+    # the env of a stored pod is immutable: updates of pods created before the rule are not blocked
+    assert check(p, operation="UPDATE", old=copy.deepcopy(p)) == []
+
+
+def test_admission_refuses_an_envfrom_prefix_that_lands_in_gpupool_names() -> None:
+    p = make_pod({resources.GPU: "1"}, envFrom=[{"prefix": "CUDA_", "configMapRef": {"name": "c"}},
+                                                {"prefix": "APP_", "configMapRef": {"name": "c"}},
+                                                {"configMapRef": {"name": "c"}}])
+    errors = check(p)
+    assert len(errors) == 1 and errors[0].startswith("spec.containers[0].envFrom[0].prefix")
+    assert check(make_pod({resources.GPU: "1"}, env=[{"name": "CUDA_HOME", "value": "/usr/local/cuda"}])) == []
+
+
+def test_every_variable_allocate_sets_is_one_admission_refuses() -> None:
+    """The Allocate environment (deviceplugin/allocate.py) and the refused names stay one list."""
+    from deviceplugin.allocate import ContainerPlan, build_response
+    from deviceplugin.settings import Backend, DevicePluginSettings
+    from gpupool.assignment import SliceRecord
+
+    slices = (SliceRecord(0, "GPU-a", "n0", 30, 1024, "gpu0-0"), SliceRecord(0, "GPU-b", "n1", 30, 1024, "remote-0"))
+    plan = ContainerPlan("u", "ns/p", "0", ("gpu0-0", "remote-0"), slices, "n0", "test")
+    for backend in Backend:
+        settings = DevicePluginSettings(node_name="n0", backend=backend)
+        response = build_response(plan, settings, {"GPU-a": 0}, {"n1": "10.0.0.1:1"})
+        assert response.envs and all(resources.is_runtime_env(k) for k in response.envs), dict(response.envs)
+
+
 def test_mutate_gates_a_pod_whose_gate_list_is_null() -> None:
     pod = make_pod()
     pod["spec"]["schedulingGates"] = None

@@ -336,6 +336,21 @@ def test_upgrade_keeps_the_generated_secrets(chart_cluster: Cluster) -> None:
         c.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
 
+def test_a_render_that_sees_the_cluster_generates_the_signing_key(chart_cluster: Cluster) -> None:
+    """Issue 12 #6: the refusal of offline renders leaves `helm install` (lookup sees the cluster) working with
+    the defaults; `--dry-run=server` is such a render."""
+    c = chart_cluster
+    suffix = uuid.uuid4().hex[:6]
+    ns = f"helm-key-{suffix}"
+    c.create_namespace(ns)
+    try:
+        kc = f"--kubeconfig={c.kubeconfig}"
+        objs = chart.render({}, namespace=ns, offline_key=False, extra_args=["--dry-run=server", kc])
+        assert [o["metadata"]["name"] for o in objs if o["kind"] == "Secret" and "signing" in o["metadata"]["name"]]
+    finally:
+        c.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
 def test_helm_install_upgrade_uninstall(chart_cluster: Cluster) -> None:
     """`helm install --wait` with fake inventory (as on kind) against the control plane (kwok runs the pods),
     `helm upgrade` keeps the generated secrets, `helm uninstall` keeps only the signing key."""
