@@ -138,6 +138,7 @@ def build(settings: ExtenderSettings, api: PodAPI | None = None, key: bytes | No
         kube = api
     metrics = Metrics()
     service = PoolService(ledger, placer, key if key is not None else read_key(settings.signing_key_file), api, metrics)
+    service.identity_wait_seconds = settings.identity_wait_seconds
     metrics.attach(service, fragmentation_gauge(service, workload))
     return Extender(settings, service, kube)
 

@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from extender.kube import ApiError, PodAPI
 from extender.metrics import Metrics
 from gpupool import assignment as assignment_format
-from gpupool import objects, resources
+from gpupool import identity, objects, resources
 from gpupool.errors import AssignmentError, GpupoolError, InvalidRequest, OverAllocation
 from gpupool.ledger import Holding, HoldingKind, Ledger
 from gpupool.placement import NoFit, Placer
@@ -105,6 +106,13 @@ class PoolService:
         self.inflight: dict[str, Holding] = {}
         #: resourceVersion our own assignment write produced, per pod: older watch events are stale
         self._synced = {"nodes": False, "gpunodes": False, "pods": False}
+        # --- identity (gpupool.identity): bound pods whose devices the kubelet has not taken yet ---
+        #: how long an unserved pod holds back same-slot-count pods on its node (0 = off); set by `build`
+        self.identity_wait_seconds = 60.0
+        self.clock: Callable[[], float] = time.time
+        self.unserved: dict[str, dict[str, identity.Unserved]] = {}  # node -> uid -> unserved pod
+        self._unserved_node: dict[str, str] = {}  # uid -> node
+        self._overdue: set[str] = set()  # unserved pods already reported overdue
 
     # --- readiness ---------------------------------------------------------------------------------
 
@@ -261,6 +269,7 @@ class PoolService:
         meta = _meta(pod)
         self.pod_uids[(str(meta.get("namespace") or ""), str(meta.get("name") or ""))] = uid
         self._sync_holding(uid, pod)
+        self._identity_seen(uid, pod)
 
     def _pod_gone(self, uid: str) -> None:
         pod = self.pods.pop(uid, None)
@@ -271,6 +280,7 @@ class PoolService:
                 del self.pod_uids[key]
         self.problems.pop(uid, None)
         self.unplaced.discard(uid)
+        self._identity_forget(uid)
         if uid not in self.inflight:
             self.ledger.discard(uid)
 
@@ -347,7 +357,9 @@ class PoolService:
             )
         with self.lock:
             result = self.placer.filter(request, nodes)
-        return FilterAnswer(result.passing, result.failed, result.unresolvable)
+            answer = FilterAnswer(result.passing, result.failed, result.unresolvable)
+            self._identity_filter(request, answer)
+        return answer
 
     def prioritize(self, pod: Mapping[str, Any], nodes: list[str]) -> list[tuple[str, int]]:
         """(node, 0..10) for every node asked about; invalid pods score 0 everywhere (filter said why)."""
@@ -437,6 +449,7 @@ class PoolService:
                     self.ledger.release(uid)
                 else:
                     raise BindError(f"pod {namespace}/{name} already holds slices on {old.node}")
+            self._identity_check(request, node, f"{namespace}/{name}")
             try:
                 plan = self.placer.plan(request, node)
                 holding = self.ledger.commit(uid, node, plan.slices, kind=HoldingKind.ASSIGNED, qos=request.qos)
@@ -445,6 +458,7 @@ class PoolService:
             except (OverAllocation, KeyError) as exc:
                 raise BindError(f"node {node} no longer fits pod {namespace}/{name}: {exc}") from None
             self.inflight[uid] = holding
+            self._identity_bound(uid, f"{namespace}/{name}", holding)
 
         record = assignment_format.Assignment(uid, node, holding.slices, assignment_format.now_rfc3339())
         text = record.signed(self.key).to_annotation()
@@ -524,6 +538,90 @@ class PoolService:
             if self.ledger.holding(uid) is holding:
                 self.ledger.release(uid)
             self.inflight.pop(uid, None)
+            self._identity_forget(uid)
+
+    # --- identity: one unserved pod per slot count and node (gpupool.identity) ---------------------------
+    # The caller holds the lock in every method of this section.
+
+    def _identity_seen(self, uid: str, pod: Mapping[str, Any]) -> None:
+        """Track `pod` (from the watch) as unserved on its node, or stop tracking it once served or gone."""
+        if uid in self.inflight:
+            return  # our own bind tracks it (`_identity_bound`)
+        node = objects.pod_node_name(pod)
+        held = self.ledger.holding(uid)
+        if not node or held is None or held.node != node or identity.served(pod, held.slices):
+            self._identity_forget(uid)
+            return
+        on_node = self.unserved.setdefault(node, {})
+        if uid in on_node:
+            return  # keeps the time its bind recorded
+        text = objects.pod_assignment_text(pod) or ""
+        try:
+            at = assignment_format.parse(text).at
+        except AssignmentError:
+            at = ""
+        on_node[uid] = identity.Unserved(objects.pod_key(pod), identity.slot_counts(held.slices), identity.bound_at(at))
+        self._unserved_node[uid] = node
+
+    def _identity_bound(self, uid: str, key: str, holding: Holding) -> None:
+        """A bind just committed `holding`: the pod is unserved on its node from now on."""
+        self._identity_forget(uid)
+        unserved = identity.Unserved(key, identity.slot_counts(holding.slices), self.clock())
+        self.unserved.setdefault(holding.node, {})[uid] = unserved
+        self._unserved_node[uid] = holding.node
+
+    def _identity_forget(self, uid: str) -> None:
+        node = self._unserved_node.pop(uid, None)
+        self._overdue.discard(uid)
+        if node is not None:
+            on_node = self.unserved.get(node)
+            if on_node is not None:
+                on_node.pop(uid, None)
+                if not on_node:
+                    del self.unserved[node]
+
+    def _identity_wait(self, request: PodRequest, node: str) -> str | None:
+        """Why `request` may not bind to `node` now (an unserved pod there shares a slot count), or None."""
+        on_node = self.unserved.get(node)
+        wait_s = self.identity_wait_seconds
+        if not on_node or wait_s <= 0:
+            return None
+        now = self.clock()
+        for uid, pod in on_node.items():
+            if uid not in self._overdue and identity.overdue(pod, now, wait_s):
+                self._overdue.add(uid)
+                self.metrics.unserved_overdue.inc()
+                log.warning(
+                    "pod %s was bound to node %s %.0f s ago and the kubelet has not taken its devices yet; it no "
+                    "longer holds back pods with slot counts %s there (if the kubelet admits them first, they may "
+                    "swap slices with it)",
+                    pod.pod,
+                    node,
+                    now - pod.bound_at,
+                    sorted(pod.slot_counts),
+                )
+        hit = identity.blocker(on_node.values(), identity.request_slot_counts(request), now, wait_s)
+        return identity.wait_reason(*hit) if hit is not None else None
+
+    def _identity_filter(self, request: PodRequest, answer: FilterAnswer) -> None:
+        """Move the passing nodes where `request` must wait for the kubelet to the unresolvable ones
+        (preemption cannot help: the wait ends by itself)."""
+        if not self.unserved:
+            return
+        passing = []
+        for node in answer.passing:
+            reason = self._identity_wait(request, node)
+            if reason is None:
+                passing.append(node)
+            else:
+                answer.unresolvable[node] = reason
+        answer.passing = passing
+
+    def _identity_check(self, request: PodRequest, node: str, key: str) -> None:
+        """Bind's re-check of the filter's rule (the node may have changed since)."""
+        reason = self._identity_wait(request, node)
+        if reason is not None:
+            raise BindError(f"node {node} cannot take pod {key} yet: {reason}")
 
     # --- preempt -----------------------------------------------------------------------------------
 

@@ -33,6 +33,12 @@ class ExtenderSettings(BaseSettings):
     fragmentation_workload: str | None = Field(
         None, description="openb-style pod CSV (cpu_milli,num_gpu,gpu_milli) defining the target workload M"
     )
+    identity_wait_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="a bound pod holds back same-slot-count pods on its node until the kubelet took its devices, "
+        "at most this long (docs/contracts.md, identity); 0 = off (same-size pods may then swap slices)",
+    )
     max_body_bytes: int = Field(8 * 2**20, ge=1024, description="larger request bodies get 413")
     api_timeout_seconds: float = Field(10.0, gt=0, description="timeout of each API-server write")
     watch_timeout_seconds: int = Field(300, ge=1, description="server-side timeout of one watch request")

@@ -116,6 +116,15 @@ def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def rfc3339_seconds(text: str) -> float | None:
+    """Seconds since the epoch of an `at` value (`now_rfc3339`'s format); None when unreadable."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
 def signature(assignment: Assignment, key: bytes) -> str:
     if not key:
         raise AssignmentError("the signing key is empty; mount the gpupool signing Secret")
