@@ -128,7 +128,7 @@ def test_allocated_format_round_trip_and_errors() -> None:
     assert identity.parse_allocated('["init:0","0"]') == {"init:0", "0"}
     assert identity.parse_allocated(None) == frozenset() and identity.parse_allocated("") == frozenset()
     for bad in ("garbage", '{"0": 1}', "[0, 1]"):
-        with pytest.raises(ValueError, match="gpupool.io/allocated must be a JSON list"):
+        with pytest.raises(ValueError, match=r"gpupool\.io/allocated must be a JSON list"):
             identity.parse_allocated(bad)
 
 
