@@ -39,9 +39,9 @@ class Cluster:
 
     def __init__(self, *, wait_s: float | None = None) -> None:
         self.api = StubAPI()
-        options = {} if wait_s is None else {"identity_wait_seconds": wait_s}
+        options: dict[str, Any] = {} if wait_s is None else {"identity_wait_seconds": wait_s}
         cfg = ExtenderSettings(_cli_parse_args=False, **options)  # type: ignore[call-arg]
-        self.service: PoolService = build(cfg, api=self.api, key=KEY).service  # type: ignore[arg-type]
+        self.service: PoolService = build(cfg, api=self.api, key=KEY).service
         self.now = T0
         self.service.clock = lambda: self.now
         self.service.on_node_list([node(NODE)])

@@ -19,9 +19,9 @@ def unserved(name: str, *counts: int, at: float = 1000.0) -> identity.Unserved:
     return identity.Unserved(f"default/{name}", frozenset(counts), at)
 
 
-def pod(phase: str = "Pending", allocated: str | None = None, **status: Any) -> dict[str, Any]:
+def pod(phase: str = "Pending", allocated: str | None = None, status: dict[str, Any] | None = None) -> dict[str, Any]:
     annotations = {resources.ALLOCATED: allocated} if allocated is not None else {}
-    return {"metadata": {"annotations": annotations}, "status": {"phase": phase, **status}}
+    return {"metadata": {"annotations": annotations}, "status": {"phase": phase, **(status or {})}}
 
 
 # --- the rule ------------------------------------------------------------------------------------------------
@@ -112,12 +112,12 @@ def test_served_by_phase(phase: str) -> None:
     ],
 )
 def test_served_by_a_started_container(field: str, entry: dict[str, Any]) -> None:
-    assert identity.served(pod(**{field: [entry]}), [sl(0, "gpu0-0")])
+    assert identity.served(pod(status={field: [entry]}), [sl(0, "gpu0-0")])
 
 
 def test_a_waiting_container_of_a_pending_pod_is_not_proof() -> None:
     waiting = {"name": "main", "started": False, "state": {"waiting": {"reason": "ContainerCreating"}}}
-    assert not identity.served(pod(containerStatuses=[waiting]), [sl(0, "gpu0-0")])
+    assert not identity.served(pod(status={"containerStatuses": [waiting]}), [sl(0, "gpu0-0")])
 
 
 # --- formats ---------------------------------------------------------------------------------------------------
