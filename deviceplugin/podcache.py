@@ -66,12 +66,17 @@ class PodEntry:
     allocated: frozenset[str]  # from the annotation
     served_here: set[str] = field(default_factory=set)  # served by this process (before the watch echoes it)
     containers: dict[str, tuple[SliceRecord, ...]] = field(default_factory=dict)
+    #: the pod reports what only follows the kubelet's admission (`identity.kubelet_admitted`): all served,
+    #: as the extender counts it, even when the record was never written (a failed write, an agent restart)
+    admitted: bool = False
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
     def served(self) -> frozenset[str]:
+        if self.admitted:
+            return frozenset(self.containers)
         return self.allocated | self.served_here
 
     def order(self) -> tuple[str, str, str]:
@@ -142,6 +147,7 @@ class PodCache:
             assignment=record,
             problem=problem,
             allocated=parse_allocated(annotations.get(resources.ALLOCATED)),
+            admitted=identity.kubelet_admitted(pod),
         )
         if record is not None:
             entry.containers = identity.container_slices(record.slices)

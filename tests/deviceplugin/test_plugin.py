@@ -276,6 +276,22 @@ def test_same_size_pods_served_in_turn_in_any_order(start_agent: Any, kube: Kube
         wait_until(lambda name=name: allocated_keys(kube, name) == ["0"])
 
 
+def test_a_running_pod_without_a_record_is_served(start_agent: Any, kube: Kube) -> None:
+    """A pod the kubelet admitted (Running) counts as served even when its record was never written (a failed
+    write, a restarted agent), as the extender counts it: it is never proposed for the next pod of its size."""
+    r = start_agent(backend="mps")
+    ran = make_pod("ran", r.node, [1])
+    ran["status"] = {"phase": "Running"}
+    put_pod(kube, ran, assignment_for(ran, r.node, [(0, GPU0, "gpu0-3", 50, 5000)], at="2025-01-01T00:00:01Z"))
+    nxt = make_pod("next", r.node, [1])
+    put_pod(kube, nxt, assignment_for(nxt, r.node, [(0, GPU1, "gpu1-5", 10, 1000)], at="2025-01-01T00:00:09Z"))
+    cached(r, "ran", "next")
+    # the kubelet picked slots nobody was assigned: the fallback serves the one unserved pod of that size
+    c = allocate(r, ["gpu0-20"]).container_responses[0]
+    assert c.annotations["gpupool.io/pod"] == "default/next" and c.annotations["gpupool.io/match"] == "fallback"
+    assert c.envs["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "10"
+
+
 def test_preferred_allocation_relists_when_the_watch_lags(start_agent: Any, kube: Kube) -> None:
     """The kubelet may ask before the pod watch delivered the bound pod: the plugin re-lists once, so the kubelet
     is offered the assignment's slots rather than its own order."""

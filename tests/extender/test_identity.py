@@ -214,11 +214,15 @@ class NodeAgent:
         gpus = [GPUInfo(uuid=f"GPU-{NODE}-{i}", index=i, model="A100", memory_mib=MEMORY) for i in range(GPUS)]
         self.state = DeviceState(slots_per_gpu=32, remote_slots=16)
         self.state.update(gpus)
+        self.taken: set[str] = set()  # slots the kubelet handed out
+        self.restart([])
+
+    def restart(self, pods: list[dict[str, Any]]) -> None:
+        """A new node-agent process: its cache starts from a list of the node's pods."""
         self.cache = PodCache(NODE, KEY)
-        self.cache.replace_all([])
+        self.cache.replace_all(pods)
         settings = DevicePluginSettings(node_name=NODE, allocate_wait_seconds=1)  # type: ignore[call-arg]
         self.service = DevicePluginService(settings, self.state, self.cache, None, AgentMetrics())
-        self.taken: set[str] = set()  # slots the kubelet handed out
 
     def admit(self, p: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
         """The kubelet admits `p`: per container asking for slots, GetPreferredAllocation then Allocate, as the
@@ -261,28 +265,31 @@ def got_slices(served: dict[str, list[dict[str, Any]]]) -> dict[str, list[tuple[
 
 
 @st.composite
-def workloads(draw: Any) -> list[tuple[int, int]]:
-    """1..8 pods of one container: (slot count, compute per slice); all of one slot count, or mixed."""
+def workloads(draw: Any) -> list[tuple[int, int, int]]:
+    """1..8 pods of one container: (slot count, compute per slice, creation second); all of one slot count, or
+    mixed; created in an order of their own."""
     n = draw(st.integers(1, 8))
     computes = draw(st.lists(st.integers(1, 12), min_size=n, max_size=n, unique=True))
     if draw(st.booleans()):
         counts = [draw(st.integers(1, 2))] * n
     else:
         counts = draw(st.lists(st.integers(1, 3), min_size=n, max_size=n))
-    return list(zip(counts, computes, strict=True))
+    created = draw(st.lists(st.integers(0, 3), min_size=n, max_size=n))
+    return list(zip(counts, computes, created, strict=True))
 
 
 @settings(max_examples=60, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(workload=workloads(), data=st.data())
 def test_any_admission_order_serves_each_container_its_own_slices(
-    workload: list[tuple[int, int]], data: st.DataObject
+    workload: list[tuple[int, int, int]], data: st.DataObject
 ) -> None:
     c = Cluster()
     agent = NodeAgent()
-    pods = {
-        f"p{i}": c.add(pod(f"p{i}", count=count, compute=compute, memory=1000 + 100 * i))
-        for i, (count, compute) in enumerate(workload)
-    }
+    pods = {}
+    for i, (count, compute, second) in enumerate(workload):
+        p = pod(f"p{i}", count=count, compute=compute, memory=1000 + 100 * i)
+        p["metadata"]["creationTimestamp"] = f"2026-01-01T00:00:0{second}Z"
+        pods[f"p{i}"] = c.add(p)
     pending = data.draw(st.permutations(sorted(pods)), label="scheduling order")
     bound: list[str] = []
     served: set[str] = set()
@@ -310,4 +317,6 @@ def test_any_admission_order_serves_each_container_its_own_slices(
             else:
                 c.update(pods[name], phase="Running")
             agent.cache.upsert(c.stored(pods[name]))
+        if data.draw(st.booleans(), label="the node agent restarts"):
+            agent.restart([c.stored(pods[n]) for n in bound])
     assert sorted(served) == sorted(pods)
