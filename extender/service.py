@@ -545,10 +545,11 @@ class PoolService:
 
     def _identity_seen(self, uid: str, pod: Mapping[str, Any]) -> None:
         """Track `pod` (from the watch) as unserved on its node, or stop tracking it once served or gone."""
-        if uid in self.inflight:
-            return  # our own bind tracks it (`_identity_bound`)
         node = objects.pod_node_name(pod)
         held = self.ledger.holding(uid)
+        if uid in self.inflight and (held is None or held.node != node):
+            return  # older than our own bind, which tracks the pod (`_identity_bound`)
+        # (the bound pod itself may arrive, even served, before our bind finishes: it counts like any other)
         if not node or held is None or held.node != node or identity.served(pod, held.slices):
             self._identity_forget(uid)
             return

@@ -179,6 +179,22 @@ def test_a_failed_binding_leaves_nothing_waiting() -> None:
     assert c.bind(b) == ""
 
 
+def test_served_before_the_bind_returns() -> None:
+    """The kubelet may take the devices, and the watch deliver that, before the bind's own thread finishes."""
+    c = Cluster()
+    a, b = c.add(pod("a")), c.add(pod("b"))
+    bind_pod = c.api.bind_pod
+
+    def bind_then_watch(namespace: str, name: str, *args: Any, **kwargs: Any) -> None:
+        bind_pod(namespace, name, *args, **kwargs)
+        c.update(c.api.get_pod(namespace, name), phase="Running")  # delivered while the bind is in flight
+
+    c.api.bind_pod = bind_then_watch  # type: ignore[method-assign]
+    assert c.bind(a) == ""
+    assert c.service.unserved == {}
+    assert c.bind(b) == ""
+
+
 def test_a_restarted_extender_rebuilds_the_unserved_pods_from_the_watch() -> None:
     first = Cluster()
     a, b = first.add(pod("a")), first.add(pod("b"))
