@@ -113,6 +113,11 @@ class PoolService:
         self.unserved: dict[str, dict[str, identity.Unserved]] = {}  # node -> uid -> unserved pod
         self._unserved_node: dict[str, str] = {}  # uid -> node
         self._overdue: set[str] = set()  # unserved pods already reported overdue
+        #: a bind held back by the rule waits this long for it to clear before refusing: kube-scheduler binds
+        #: asynchronously, so it may bind the next pod to a node before the extender saw the previous bind
+        #: (below kube-scheduler's extender httpTimeout, 5 s in the chart)
+        self.identity_bind_wait_seconds = 2.0
+        self._identity_changed = threading.Condition(self.lock)  # notified when an unserved pod is forgotten
 
     # --- readiness ---------------------------------------------------------------------------------
 
@@ -441,6 +446,7 @@ class PoolService:
             return
 
         with self.lock:
+            self._identity_check(request, node, f"{namespace}/{name}")  # may wait (releasing the lock)
             if uid in self.inflight:
                 raise BindError(f"a bind of pod {namespace}/{name} is already in progress")
             old = self.ledger.holding(uid)
@@ -449,7 +455,6 @@ class PoolService:
                     self.ledger.release(uid)
                 else:
                     raise BindError(f"pod {namespace}/{name} already holds slices on {old.node}")
-            self._identity_check(request, node, f"{namespace}/{name}")
             try:
                 plan = self.placer.plan(request, node)
                 holding = self.ledger.commit(uid, node, plan.slices, kind=HoldingKind.ASSIGNED, qos=request.qos)
@@ -580,6 +585,7 @@ class PoolService:
                 on_node.pop(uid, None)
                 if not on_node:
                     del self.unserved[node]
+            self._identity_changed.notify_all()
 
     def _identity_wait(self, request: PodRequest, node: str) -> str | None:
         """Why `request` may not bind to `node` now (an unserved pod there shares a slot count), or None."""
@@ -619,10 +625,14 @@ class PoolService:
         answer.passing = passing
 
     def _identity_check(self, request: PodRequest, node: str, key: str) -> None:
-        """Bind's re-check of the filter's rule (the node may have changed since)."""
-        reason = self._identity_wait(request, node)
-        if reason is not None:
-            raise BindError(f"node {node} cannot take pod {key} yet: {reason}")
+        """Bind's re-check of the filter's rule (the node may have changed since): waits up to
+        `identity_bind_wait_seconds` for it to clear (the lock is released while waiting), then refuses."""
+        deadline = time.monotonic() + self.identity_bind_wait_seconds
+        while (reason := self._identity_wait(request, node)) is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BindError(f"node {node} cannot take pod {key} yet: {reason}")
+            self._identity_changed.wait(remaining)
 
     # --- preempt -----------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -44,6 +45,7 @@ class Cluster:
         self.service: PoolService = build(cfg, api=self.api, key=KEY).service
         self.now = T0
         self.service.clock = lambda: self.now
+        self.service.identity_bind_wait_seconds = 0  # refuse at once (test_bind_waits_... waits)
         self.service.on_node_list([node(NODE)])
         self.service.on_gpunode_list([gpunode(NODE, gpus=GPUS, memory=MEMORY)])
         self.service.on_pod_list([])
@@ -111,6 +113,34 @@ def test_filter_and_bind_hold_back_a_pod_of_the_same_slot_count() -> None:
     two = c.add(pod("two", count=2, compute=10, memory=1000))
     assert c.filter(two) == ([NODE], {})
     assert c.bind(two) == ""
+
+
+def test_bind_waits_for_the_kubelet_a_little_before_refusing() -> None:
+    """kube-scheduler binds asynchronously: it may bind the next pod to a node before the extender saw the
+    previous one's bind, so a held-back bind waits (lock released) for the rule to clear before it refuses."""
+    c = Cluster()
+    c.service.identity_bind_wait_seconds = 30
+    a, b = c.add(pod("a")), c.add(pod("b"))
+    assert c.bind(a) == ""
+    c.watch(a)
+    changed = c.service._identity_changed
+    real_wait, waits = changed.wait, threading.Event()
+
+    def wait(timeout: float | None = None) -> bool:
+        waits.set()
+        return real_wait(timeout)
+
+    changed.wait = wait  # type: ignore[method-assign]
+    result: list[str] = []
+    waiting = threading.Thread(target=lambda: result.append(c.bind(b)))
+    waiting.start()
+    assert waits.wait(30)  # b's bind waits, without holding the lock: the watch can deliver a's progress
+    c.update(a, phase="Running")
+    waiting.join(30)
+    assert result == [""]
+    c.service.identity_bind_wait_seconds = 0.01
+    d = c.add(pod("d"))
+    assert "cannot take pod default/d yet: waiting for the kubelet to take pod default/b's devices" in c.bind(d)
 
 
 def test_served_by_the_node_agents_record() -> None:
