@@ -1,9 +1,9 @@
-"""What the extender asks of the API server: read, patch and bind pods (the transport is `gpupool.kubeapi`).
+"""What the extender asks of the API server: read, patch and bind pods (the transport is `kubeio.client`).
 
 Pods are read and written as the API server's JSON (dicts) and the Binding subresource is POSTed
-directly: the generated `create_namespaced_binding` mis-decodes the reply (see `gpupool.kubeapi`).
-The list+watch threads that feed the pool are `gpupool.kubeapi.Reflector`s over `NODES`, `GPUNODES`
-and `PODS`.
+directly: the generated `create_namespaced_binding` mis-decodes the reply (see `kubeio.client`).
+The list+watch threads that feed the pool are `kubeio.reflector.Reflector`s over `NODES`, `GPUNODES`,
+`PODS` and `GPUQUEUES` (reserved nodes).
 """
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from gpupool import objects
-from gpupool.kubeapi import JSON, MERGE_PATCH, ApiError, KubeClient
+from kubeio.client import JSON, MERGE_PATCH, ApiError, KubeClient
 
-__all__ = ["GPUNODES", "MERGE_PATCH", "NODES", "PODS", "ApiError", "KubeAPI", "PodAPI"]
+__all__ = ["GPUNODES", "GPUQUEUES", "MERGE_PATCH", "NODES", "PODS", "ApiError", "KubeAPI", "PodAPI"]
 
 PODS = "/api/v1/pods"
 NODES = "/api/v1/nodes"
 GPUNODES = f"/apis/{objects.API_VERSION}/{objects.GPUNODE_PLURAL}"
+GPUQUEUES = f"/apis/{objects.API_VERSION}/{objects.GPUQUEUE_PLURAL}"
 
 
 class PodAPI(Protocol):

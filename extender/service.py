@@ -1,38 +1,32 @@
-"""`PoolService`: the extender's state and verbs, with no HTTP in sight.
+"""`PoolService`: the extender's state and verbs (DESIGN.md §5), with no HTTP in sight.
 
-It owns one `Ledger` and one `Placer` behind one lock, feeds them from the cluster
-cache (GPUNodes, Nodes, pods: the `on_*` methods, called by the watch threads or by
-tests directly), and answers kube-scheduler's verbs:
-
-* `filter` / `prioritize` / `preempt` read the ledger under the lock; nothing is held.
-* `bind` is the only writer of slices: under the lock it re-checks the node
-  (`Placer.plan`) and commits the slices; outside the lock it writes the signed
-  assignment on the pod and posts the Binding; on failure it removes the annotation
-  and releases the slices under the lock again. No per-node lock: two binds on one
-  node only serialise for the microseconds of plan + commit.
-
-The pods' signed assignments are the source of truth. The ledger is rebuilt from
-them at start (`gpupool.objects.holding_from_pod`), and the service is not ready
-while any assignment is forged, unreadable or does not fit: such capacity is never
-silently treated as free.
+One `Ledger` and one `Placer` behind one lock, fed from the cluster cache (the `on_*` methods,
+called by the watch threads or by tests). `filter` / `prioritize` / `preempt` only read; `bind`
+is the only writer of slices and holds the lock for plan + commit only, never for its API writes
+(no per-node lock). The ledger is rebuilt from the pods' signed assignments
+(`gpupool.objects.holding_from_pod`); the service is not ready while any is forged, unreadable
+or does not fit: such capacity is never silently treated as free.
 """
 
 from __future__ import annotations
 
+import contextlib
+import enum
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from extender.kube import ApiError, PodAPI
-from extender.metrics import Metrics
+from extender.metrics import CacheStats, GPUAllocation, Metrics
 from gpupool import assignment as assignment_format
-from gpupool import identity, objects, resources
+from gpupool import identity, objects, resources, timefmt
 from gpupool.errors import AssignmentError, GpupoolError, InvalidRequest, OverAllocation
 from gpupool.ledger import Holding, HoldingKind, Ledger
-from gpupool.placement import NoFit, Placer
+from gpupool.placement import FilterResult, NoFit, Placer
+from gpupool.preemption import Victim, choose_victims
+from gpupool.quota import Resources
 from gpupool.request import PodRequest
 
 log = logging.getLogger("gpupool.extender")
@@ -41,12 +35,11 @@ log = logging.getLogger("gpupool.extender")
 MAX_EXTENDER_SCORE = 10
 
 
-@dataclass(slots=True)
-class FilterAnswer:
-    passing: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-    unresolvable: dict[str, str] = field(default_factory=dict)
-    error: str = ""
+class Existing(enum.Enum):
+    """What a pod's assignment says about a bind to a node (`PoolService._existing_assignment`)."""
+
+    DONE = "done"  # a valid assignment for this node that the ledger agrees with: only the Binding is missing
+    STALE = "stale"  # an assignment for another node that never bound: replaced by a fresh one
 
 
 class BindError(GpupoolError):
@@ -94,6 +87,7 @@ class PoolService:
         self.lock = threading.RLock()
         self.nodes: set[str] = set()  # Node objects that exist
         self.gpunodes: dict[str, dict[str, Any]] = {}  # GPUNode objects by name
+        self.gpuqueues: set[str] = set()  # GPUQueue names (their reserved nodes are in placer.reservations)
         self.pods: dict[str, dict[str, Any]] = {}  # pool pods by uid
         self.pod_uids: dict[tuple[str, str], str] = {}  # (namespace, name) -> uid
         #: pods whose assignment cannot be trusted or accounted: forged, unreadable, over capacity
@@ -104,7 +98,7 @@ class PoolService:
         self.unplaced: set[str] = set()
         #: binds between commit and the end of their API writes: the watch leaves these pods alone
         self.inflight: dict[str, Holding] = {}
-        #: resourceVersion our own assignment write produced, per pod: older watch events are stale
+        #: which initial lists (Nodes, GPUNodes, pods) arrived: not ready before all three did
         self._synced = {"nodes": False, "gpunodes": False, "pods": False}
         # --- identity (gpupool.identity): bound pods whose devices the kubelet has not taken yet ---
         #: how long an unserved pod holds back same-slot-count pods on its node (0 = off); set by `build`
@@ -140,17 +134,15 @@ class PoolService:
                 "unplaced": sorted(self.unplaced),
             }
 
-    def mark_synced(self) -> None:
-        """For embedders that feed the cache without list calls (tests, the benchmark)."""
-        with self.lock:
-            for k in self._synced:
-                self._synced[k] = True
-
     # --- cluster cache: Nodes ----------------------------------------------------------------------
 
     def on_node_list(self, items: Iterable[Mapping[str, Any]]) -> None:
+        items = list(items)
         names = {_name(o) for o in items if _name(o)}
         with self.lock:
+            for o in items:
+                if _name(o):
+                    self.placer.reservations.set_node_labels(_name(o), _meta(o).get("labels") or {})
             for gone in self.nodes - names:
                 self._node_gone(gone)
             for name in names - self.nodes:
@@ -165,13 +157,53 @@ class PoolService:
         with self.lock:
             if kind == "DELETED":
                 self._node_gone(name)
-            elif name not in self.nodes:
+                return
+            self.placer.reservations.set_node_labels(name, _meta(obj).get("labels") or {})
+            if name not in self.nodes:
                 self.nodes.add(name)
                 self._apply_gpunode(name)
 
     def _node_gone(self, name: str) -> None:
         self.nodes.discard(name)
+        self.placer.reservations.remove_node(name)
         self._drop_from_pool(name)
+
+    # --- cluster cache: GPUQueues (only the nodes they reserve: gpupool.tenancy) --------------------
+
+    def expect_gpuqueues(self) -> None:
+        """Not ready before the GPUQueues were listed (the watch feeds them): reserved nodes stay reserved."""
+        with self.lock:
+            self._synced.setdefault("gpuqueues", False)
+
+    def on_gpuqueue_list(self, items: Iterable[Mapping[str, Any]]) -> None:
+        fresh = {_name(o): o for o in items if _name(o)}
+        with self.lock:
+            for gone in set(self.gpuqueues) - set(fresh):
+                self.gpuqueues.discard(gone)
+                self.placer.reservations.remove_queue(gone)
+            for obj in fresh.values():
+                self._apply_gpuqueue(obj)
+            self._synced["gpuqueues"] = True
+
+    def on_gpuqueue_event(self, kind: str, obj: Mapping[str, Any]) -> None:
+        name = _name(obj)
+        if not name:
+            return
+        with self.lock:
+            if kind == "DELETED":
+                self.gpuqueues.discard(name)
+                self.placer.reservations.remove_queue(name)
+            else:
+                self._apply_gpuqueue(obj)
+
+    def _apply_gpuqueue(self, obj: Mapping[str, Any]) -> None:
+        try:
+            spec = objects.queue_spec_from_object(obj)
+        except GpupoolError as exc:
+            log.error("GPUQueue %s is unreadable, its reserved nodes kept as they were: %s", _name(obj), exc)
+            return
+        self.gpuqueues.add(spec.name)
+        self.placer.reservations.set_queue(spec)
 
     # --- cluster cache: GPUNodes -------------------------------------------------------------------
 
@@ -346,25 +378,24 @@ class PoolService:
     def _request(self, pod: Mapping[str, Any]) -> PodRequest:
         return resources.parse_pod(pod)
 
-    def filter(self, pod: Mapping[str, Any], nodes: list[str]) -> FilterAnswer:
+    def filter(self, pod: Mapping[str, Any], nodes: list[str]) -> FilterResult:
         try:
             request = self._request(pod)
         except InvalidRequest as exc:
-            return FilterAnswer(error=f"pod {objects.pod_key(pod)} is invalid for gpupool: {exc}")
+            return FilterResult(error=f"pod {objects.pod_key(pod)} is invalid for gpupool: {exc}")
         if not self.ready:
-            return FilterAnswer(error=self._not_ready_message())
+            return FilterResult(error=self._not_ready_message())
         if not request.containers:
-            return FilterAnswer(passing=list(nodes))
+            return FilterResult(passing=list(nodes))
         if request.policy is not None and request.policy not in self.placer.policies:
             enabled = ", ".join(sorted(self.placer.policies))
-            return FilterAnswer(
+            return FilterResult(
                 error=f"pod {request.key}: policy {request.policy!r} is not enabled; enabled are {enabled}"
             )
         with self.lock:
             result = self.placer.filter(request, nodes)
-            answer = FilterAnswer(result.passing, result.failed, result.unresolvable)
-            self._identity_filter(request, answer)
-        return answer
+            self._identity_filter(request, result)
+            return result
 
     def prioritize(self, pod: Mapping[str, Any], nodes: list[str]) -> list[tuple[str, int]]:
         """(node, 0..10) for every node asked about; invalid pods score 0 everywhere (filter said why)."""
@@ -437,7 +468,7 @@ class PoolService:
             raise BindError(f"pod {namespace}/{name} is invalid for gpupool: {exc}") from None
 
         existing = self._existing_assignment(pod, node)
-        if existing == "done":
+        if existing is Existing.DONE:
             if not bound_to:
                 self._post_binding(namespace, name, uid, node, None)
             return
@@ -451,7 +482,7 @@ class PoolService:
                 raise BindError(f"a bind of pod {namespace}/{name} is already in progress")
             old = self.ledger.holding(uid)
             if old is not None:
-                if existing == "stale":  # an assignment for another node that never bound: replace it
+                if existing is Existing.STALE:  # an assignment for another node that never bound: replace it
                     self.ledger.release(uid)
                 else:
                     raise BindError(f"pod {namespace}/{name} already holds slices on {old.node}")
@@ -465,7 +496,7 @@ class PoolService:
             self.inflight[uid] = holding
             self._identity_bound(uid, f"{namespace}/{name}", holding)
 
-        record = assignment_format.Assignment(uid, node, holding.slices, assignment_format.now_rfc3339())
+        record = assignment_format.Assignment(uid, node, holding.slices, timefmt.now_rfc3339())
         text = record.signed(self.key).to_annotation()
         try:
             self._post_binding(namespace, name, uid, node, text)
@@ -486,20 +517,16 @@ class PoolService:
             }
             self.pod_uids[(namespace, name)] = uid
 
-    def _existing_assignment(self, pod: Mapping[str, Any], node: str) -> str | None:
-        """'done' when the pod already carries a valid assignment for `node` that the ledger agrees with;
-        'stale' when it carries one for another node; None when it carries none."""
-        text = objects.pod_assignment_text(pod)
-        if text is None:
-            return None
+    def _existing_assignment(self, pod: Mapping[str, Any], node: str) -> Existing | None:
+        """DONE or STALE (see `Existing`) for a pod that carries a trusted assignment; None when it carries none."""
         try:
-            record = assignment_format.verify(text, self.key)
+            record = objects.pod_assignment(pod, self.key)
         except AssignmentError as exc:
             raise BindError(f"pod {objects.pod_key(pod)} carries an assignment gpupool cannot trust: {exc}") from None
-        if record.pod != objects.pod_uid(pod):
-            raise BindError(f"pod {objects.pod_key(pod)} carries the assignment of pod {record.pod}")
+        if record is None:
+            return None
         if record.node != node:
-            return "stale"
+            return Existing.STALE
         uid = objects.pod_uid(pod)
         with self.lock:
             if uid in self.inflight:
@@ -515,7 +542,7 @@ class PoolService:
                     )
             if held.node != node or held.slices != record.slices:
                 raise BindError(f"pod {objects.pod_key(pod)}: the ledger and its assignment disagree")
-        return "done"
+        return Existing.DONE
 
     def _post_binding(self, namespace: str, name: str, uid: str, node: str, text: str | None) -> None:
         """Create the Binding; with `text`, the API server writes the assignment in the same update."""
@@ -610,7 +637,7 @@ class PoolService:
         hit = identity.blocker(on_node.values(), identity.request_slot_counts(request), now, wait_s)
         return identity.wait_reason(*hit) if hit is not None else None
 
-    def _identity_filter(self, request: PodRequest, answer: FilterAnswer) -> None:
+    def _identity_filter(self, request: PodRequest, answer: FilterResult) -> None:
         """Move the passing nodes where `request` must wait for the kubelet to the unresolvable ones
         (preemption cannot help: the wait ends by itself)."""
         if not self.unserved:
@@ -641,13 +668,13 @@ class PoolService:
     ) -> dict[str, tuple[list[str], int]]:
         """Prune kube-scheduler's preemption candidates to what the pool model says helps.
 
-        For each candidate node, the victims offered by kube-scheduler are simulated away
-        (their holdings released and re-held under the lock). A node where the pod still
+        For each candidate node, the victims offered by kube-scheduler are simulated away on a
+        copy of the ledger (`gpupool.preemption.choose_victims`). A node where the pod still
         does not fit is dropped. Otherwise the answer keeps every offered victim that holds
         no slices (kube-scheduler chose it for its own resources) and the fewest slice holders
-        whose release the pod needs: all are released, then each is given back, highest
-        priority first, whenever the pod still fits without it. Returns node -> (victims,
-        NumPDBViolations); an empty map declines preemption.
+        whose release the pod needs, chosen in the model's victim order (best-effort, lower
+        priority, most recently bound first). Returns node -> (victims, NumPDBViolations); an
+        empty map declines preemption.
         """
         try:
             request = self._request(pod)
@@ -659,44 +686,54 @@ class PoolService:
         with self.lock:
             if not self.ready:
                 return {}
+            copy = self.ledger.copy()  # the what-if runs here, never on the live ledger
+            placer = self.placer.over(copy)
             for node, (victims, pdb) in candidates.items():
-                kept = self._victims_on(request, node, victims)
+                kept = self._victims_on(copy, placer, request, node, victims)
                 self.metrics.preemptions.labels("kept" if kept is not None else "dropped").inc()
                 if kept is not None:
                     out[node] = (kept, min(pdb, len(kept)))
         return out
 
-    def _victims_on(self, request: PodRequest, node: str, victims: list[str]) -> list[str] | None:
-        if not self.ledger.has_node(node):
+    def _victims_on(
+        self, copy: Ledger, placer: Placer, request: PodRequest, node: str, victims: list[str]
+    ) -> list[str] | None:
+        """Translate kube-scheduler's victims to the model's (`gpupool.preemption.choose_victims`) and back."""
+        offered = [v for u in dict.fromkeys(victims) if (v := self._victim(u)) is not None]
+        chosen = choose_victims(copy, placer, request, node, offered)
+        if chosen is None:
             return None
-        holders = [(u, h) for u in dict.fromkeys(victims) if (h := self.ledger.holding(u)) is not None]
-        plain = [u for u in victims if self.ledger.holding(u) is None]
-        released: list[tuple[str, Holding]] = []
-        try:
-            for u, h in holders:
-                self.ledger.release(u)
-                released.append((u, h))
-            if not self.placer.verdict(request, node).fits:
-                return None
+        needed = {v.uid for v in chosen}
+        return [u for u in victims if self.ledger.holding(u) is None or u in needed]
 
-            def order(item: tuple[str, Holding]) -> tuple[int, int, str]:
-                pod = self.pods.get(item[0]) or {}
-                return (-int((pod.get("spec") or {}).get("priority") or 0), -item[1].compute_units, item[0])
-
-            needed: list[str] = []
-            for u, h in sorted(released, key=order):
-                self.ledger.hold(h)
-                if self.placer.verdict(request, node).fits:
-                    released.remove((u, h))  # reprieved: stays held
-                else:
-                    self.ledger.release(u)
-                    needed.append(u)
-            return plain + sorted(needed, key=victims.index)
-        finally:
-            for _, h in released:
-                self.ledger.hold(h)
+    def _victim(self, uid: str) -> Victim | None:
+        holding = self.ledger.holding(uid)
+        if holding is None:
+            return None
+        pod = self.pods.get(uid) or {}
+        record = objects.pod_assignment_text(pod)
+        admitted = 0.0
+        if record is not None:
+            with contextlib.suppress(AssignmentError, ValueError):
+                admitted = assignment_format.parse(record).bound_at()
+        priority = int((pod.get("spec") or {}).get("priority") or 0)
+        return Victim(uid, objects.pod_key(pod) if pod else uid, "", priority, holding.qos, admitted, holding,
+                      Resources(holding.compute_units, holding.memory_units))  # fmt: skip
 
     # --- debug -------------------------------------------------------------------------------------
+
+    def cache_stats(self) -> CacheStats:
+        """What the metrics scrape reads of the cache, taken at once under the lock."""
+        with self.lock:
+            ledger = self.ledger
+            gpus = tuple(
+                GPUAllocation(g.node, g.uuid, g.index, g.used_compute, g.used_memory, g.healthy and not g.disabled)
+                for n in ledger.node_names() for g in ledger.gpus_of(n)
+            )  # fmt: skip
+            return CacheStats(
+                self.ready, len(ledger.node_names()), sum(1 for _ in ledger.holdings()), len(self.problems),
+                len(self.unplaced), gpus,
+            )  # fmt: skip
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:

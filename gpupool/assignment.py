@@ -1,12 +1,8 @@
-"""The one home of the `gpupool.io/assignment` annotation: its format and its signature (DESIGN.md §4.2).
+"""The one home of the `gpupool.io/assignment` annotation: its format and its signature.
 
-    {"v":1,"pod":"<uid>","node":"<node>","slices":[{"c":0,"gpu":"<uuid>","node":"<node>",
-     "compute":30,"memory":4096,"slot":"<slot id>"}],"at":"<RFC3339>","sig":"<hmac>"}
-
-`c` is the index of the container in `spec.containers`; a slice of an init container
-also carries `"init": true` and `c` indexes `spec.initContainers`. `sig` is the hex
-HMAC-SHA256, keyed by the cluster's signing Secret, of the canonical JSON of every
-other field (keys sorted, no spaces). The extender signs; node agents verify.
+The format is DESIGN.md §4.2; init-container slices and the canonical JSON that is signed
+are in docs/contracts.md. The extender signs; the other components verify
+(`gpupool.objects.pod_assignment`).
 """
 
 from __future__ import annotations
@@ -15,9 +11,9 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import Any
 
+from gpupool import timefmt
 from gpupool.errors import AssignmentError
 
 VERSION = 1
@@ -100,6 +96,13 @@ class Assignment:
             "at": self.at,
         }
 
+    def bound_at(self) -> float:
+        """`at` as seconds since the epoch (raises ValueError when it is no RFC 3339 time, `gpupool/timefmt.py`)."""
+        stamp = timefmt.parse_time(self.at)
+        if stamp is None:
+            raise ValueError(f"assignment time {self.at!r} is not an RFC 3339 time")
+        return stamp
+
     def canonical(self) -> bytes:
         return json.dumps(self.payload(), sort_keys=True, separators=(",", ":")).encode()
 
@@ -110,19 +113,6 @@ class Assignment:
         if not self.sig:
             raise AssignmentError("refusing to serialise an unsigned assignment")
         return json.dumps({**self.payload(), "sig": self.sig}, separators=(",", ":"))
-
-
-def now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def rfc3339_seconds(text: str) -> float | None:
-    """Seconds since the epoch of an `at` value (`now_rfc3339`'s format); None when unreadable."""
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def signature(assignment: Assignment, key: bytes) -> str:

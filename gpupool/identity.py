@@ -18,8 +18,8 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gpupool import resources
-from gpupool.assignment import SliceRecord, rfc3339_seconds
+from gpupool import resources, timefmt
+from gpupool.assignment import SliceRecord
 from gpupool.request import PodRequest
 
 #: pod phases that follow the kubelet's admission (and so its device allocation)
@@ -120,7 +120,7 @@ class Unserved:
 
 def bound_at(at: str) -> float:
     """When an assignment was written (its `at`), in seconds since the epoch; unreadable = long ago."""
-    seconds = rfc3339_seconds(at)
+    seconds = timefmt.parse_time(at)
     return seconds if seconds is not None else 0.0
 
 

@@ -25,7 +25,7 @@ from deviceplugin.settings import DevicePluginSettings
 from extender.main import build
 from extender.service import PoolService
 from extender.settings import ExtenderSettings
-from gpupool import assignment, resources
+from gpupool import assignment, resources, timefmt
 from gpupool.inventory import GPUInfo
 from tests.extender.conftest import KEY, gpunode, node, pod
 from tests.extender.stubs import StubAPI
@@ -231,7 +231,7 @@ def test_a_restarted_extender_rebuilds_the_unserved_pods_from_the_watch() -> Non
     a, b = first.add(pod("a")), first.add(pod("b"))
     assert first.bind(a) == ""
     bound = first.stored(a)
-    at = assignment.rfc3339_seconds(assignment.parse(bound["metadata"]["annotations"][resources.ASSIGNMENT]).at)
+    at = timefmt.parse_time(assignment.parse(bound["metadata"]["annotations"][resources.ASSIGNMENT]).at)
     assert at is not None
     second = Cluster(wait_s=60)
     second.api = first.api
@@ -330,7 +330,7 @@ def workloads(draw: Any) -> list[tuple[int, int, int]]:
 def test_any_admission_order_serves_each_container_its_own_slices(
     workload: list[tuple[int, int, int]], data: st.DataObject
 ) -> None:
-    with mock.patch.object(assignment, "now_rfc3339", return_value="2026-01-01T00:00:10Z"):  # binds in one second
+    with mock.patch.object(timefmt, "now_rfc3339", return_value="2026-01-01T00:00:10Z"):  # binds in one second
         admit_in_any_order(workload, data)
 
 
