@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 from controller import status
 from gpupool import objects, signing_key
+from gpupool.assignment import KeySet
 from gpupool.errors import AssignmentError
 from gpupool.queues import State
 from gpupool.quota import message
-from gpupool.signing_key import read_signing_key
+from gpupool.signing_key import read_keys
 
 if TYPE_CHECKING:  # the Kubernetes client is imported by the cluster commands only, not by `simulate`
     from controller.runtime import Controller
@@ -57,7 +58,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--signing-key-file",
         default=signing_key.DEFAULT_PATH,
-        help="verify assignments with this key (unreadable: assignments are read unverified)",
+        help="verify assignments with these keys: the mounted Secret directory or one key file "
+        "(unreadable: assignments are read unverified)",
     )
 
 
@@ -67,7 +69,7 @@ def load_state(args: argparse.Namespace) -> Controller:
     from controller.settings import ControllerSettings
 
     try:
-        key = read_signing_key(args.signing_key_file)
+        key: bytes | KeySet = read_keys(args.signing_key_file)
     except AssignmentError:
         key = b""  # status and explain still work; assignments then show as unverified
     kube = Kube(load_api_client(args.kubeconfig))
@@ -85,8 +87,9 @@ def run_status(args: argparse.Namespace) -> int:
     state = load_state(args)
     nodes = status.node_statuses(state.ledger)
     queues = status.queue_statuses(state.manager)
+    quarantined = {state._key(uid): why for uid, why in sorted(state.quarantined.items())}
     if args.json:
-        print(json.dumps({"nodes": nodes, "queues": queues}, indent=2, sort_keys=True))
+        print(json.dumps({"nodes": nodes, "queues": queues, "quarantined": quarantined}, indent=2, sort_keys=True))
         return 0
     console = Console()
     table = Table(title="GPU nodes")
@@ -119,8 +122,11 @@ def run_status(args: argparse.Namespace) -> int:
         f"pool: {totals['gpus']} healthy GPUs, compute {totals['used_compute']}/{totals['compute']}, "
         f"memory {totals['used_memory_mib']}/{totals['memory_mib']} MiB (incl. reservations)"
     )
+    for key, why in sorted(quarantined.items()):
+        console.print(f"[red]quarantined[/red] pod {key}: {why} (its claimed slices count as held)")
     for where, problem in sorted(state.problems.items()):
-        console.print(f"[yellow]problem[/yellow] {where}: {problem}")
+        if not where.startswith("pod/") or where[4:] not in quarantined:
+            console.print(f"[yellow]problem[/yellow] {where}: {problem}")
     return 0
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from gpupool import assignment as assignment_format
 from gpupool import objects, resources
-from gpupool.assignment import Assignment, SliceRecord
+from gpupool.assignment import Assignment, Keys, SliceRecord
 from gpupool.errors import AssignmentError
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class Match:
 class PodCache:
     """In-memory view of the assigned pods bound to `node`, fed by list + watch (see `run`)."""
 
-    def __init__(self, node: str, key: bytes, lister: Any = None) -> None:
+    def __init__(self, node: str, key: Keys, lister: Any = None) -> None:
         self.node = node
         self.key = key
         self.kube = lister  # deviceplugin.kube.Kube or None (tests feed events directly)

@@ -22,7 +22,7 @@ from extender.kube import ApiError, PodAPI
 from extender.metrics import CacheStats, GPUAllocation, Metrics
 from gpupool import assignment as assignment_format
 from gpupool import objects, resources, timefmt
-from gpupool.assignment import SliceRecord
+from gpupool.assignment import Keys, SliceRecord, keyset
 from gpupool.errors import AssignmentError, GpupoolError, InvalidRequest, OverAllocation
 from gpupool.ledger import Holding, HoldingKind, Ledger
 from gpupool.placement import FilterResult, NoFit, Placer
@@ -71,7 +71,7 @@ class PoolService:
         self,
         ledger: Ledger,
         placer: Placer,
-        key: bytes,
+        key: Keys,
         api: PodAPI | None = None,
         metrics: Metrics | None = None,
     ) -> None:
@@ -120,9 +120,25 @@ class PoolService:
                 "synced": dict(self._synced),
                 "problems": dict(sorted(self.problems.items())),  # the quarantined pods
                 "quarantined": len(self.problems),
+                "keys": self._key_ids(),
                 "gpunode_problems": dict(sorted(self.gpunode_problems.items())),
                 "unplaced": sorted(self.unplaced),
             }
+
+    def _key_ids(self) -> dict[str, Any]:
+        try:
+            current = keyset(self.key)
+        except AssignmentError as exc:
+            return {"error": str(exc)}
+        return {"signing": current.signing, "verification": list(current.kids)}
+
+    def on_keys_changed(self) -> None:
+        """The signing keys changed (`gpupool.signing_key.KeyRing`): read the quarantined pods again."""
+        with self.lock:
+            for uid in sorted(self.problems):
+                pod = self.pods.get(uid)
+                if pod is not None:
+                    self._sync_holding(uid, pod)
 
     # --- cluster cache: Nodes ----------------------------------------------------------------------
 
