@@ -253,6 +253,17 @@ def verify(text: str, keys: Keys) -> Assignment:
     return assignment
 
 
+def key_id_of(assignment: Assignment, keys: Keys) -> str | None:
+    """Which verification key signed `assignment` (None: none of them), e.g. to tell when a key may retire."""
+    current = keyset(keys)
+    kids = (assignment.kid,) if assignment.kid else current.kids
+    for kid in kids:
+        key = current.key(kid)
+        if key is not None and hmac.compare_digest(assignment.sig, signature(assignment, key)):
+            return kid
+    return None
+
+
 def _kid(value: Any) -> str:
     if value is None:
         return ""
