@@ -80,6 +80,26 @@ def load_state(args: argparse.Namespace) -> Controller:
     return state
 
 
+def pods_per_key(state: Controller) -> dict[str, int]:
+    """How many live pods' assignments each key id verifies ("unverified": no key at hand; "none": no key
+    verifies it, the pod is quarantined). A retired key must show none (charts/gpupool/README.md)."""
+    from gpupool import assignment as assignment_format
+
+    out: dict[str, int] = {}
+    for pod in state.pods.values():
+        text = objects.pod_assignment_text(pod)
+        if text is None or objects.pod_is_terminal(pod):
+            continue
+        try:
+            record = assignment_format.parse(text)
+        except AssignmentError:
+            kid: str | None = None
+        else:
+            kid = assignment_format.key_id_of(record, state.key) if state.key else "unverified"
+        out[kid or "none"] = out.get(kid or "none", 0) + 1
+    return dict(sorted(out.items()))
+
+
 def run_status(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -88,8 +108,10 @@ def run_status(args: argparse.Namespace) -> int:
     nodes = status.node_statuses(state.ledger)
     queues = status.queue_statuses(state.manager)
     quarantined = {state._key(uid): why for uid, why in sorted(state.quarantined.items())}
+    per_key = pods_per_key(state)
     if args.json:
-        print(json.dumps({"nodes": nodes, "queues": queues, "quarantined": quarantined}, indent=2, sort_keys=True))
+        print(json.dumps({"nodes": nodes, "queues": queues, "quarantined": quarantined, "podsPerKey": per_key},
+                         indent=2, sort_keys=True))  # fmt: skip
         return 0
     console = Console()
     table = Table(title="GPU nodes")
@@ -122,6 +144,8 @@ def run_status(args: argparse.Namespace) -> int:
         f"pool: {totals['gpus']} healthy GPUs, compute {totals['used_compute']}/{totals['compute']}, "
         f"memory {totals['used_memory_mib']}/{totals['memory_mib']} MiB (incl. reservations)"
     )
+    if per_key:
+        console.print("assignments per signing key id: " + ", ".join(f"{k} {n}" for k, n in per_key.items()))
     for key, why in sorted(quarantined.items()):
         console.print(f"[red]quarantined[/red] pod {key}: {why} (its claimed slices count as held)")
     for where, problem in sorted(state.problems.items()):

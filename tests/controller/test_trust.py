@@ -124,3 +124,22 @@ def test_readyz_is_503_until_pods_gpunodes_and_gpuqueues_are_listed() -> None:
             assert r.status == 200
     finally:
         server.shutdown()
+
+
+def test_status_counts_pods_per_key_id_and_lists_the_quarantined(capsys: Any, monkeypatch: Any) -> None:
+    from controller import cli
+
+    rotated = KeySet.of({assignment.LEGACY_KID: KEY, "k2": OTHER}, "k2")
+    c = Controller(ControllerSettings(leader_election=False), FakeKube(), rotated)  # type: ignore[arg-type]
+    c.ready = True
+    c.on_gpunode("ADDED", gpunode("n1", gpus=4))
+    c.on_pod("ADDED", bound("old", "n1", 0))  # no kid: verified by `default`
+    c.on_pod("ADDED", signed_with("new", "n1", 1, rotated))
+    c.on_pod("ADDED", signed_with("lost", "n1", 2, KeySet.of({"k1": b"retired-key-0123"}, "k1")))
+    assert cli.pods_per_key(c) == {"default": 1, "k2": 1, "none": 1}
+    monkeypatch.setattr(cli, "load_state", lambda args: c)
+    monkeypatch.setenv("COLUMNS", "400")  # rich wraps at the terminal width
+    cli.run_status(cli.build_parser().parse_args(["status"]))
+    out = capsys.readouterr().out
+    assert "assignments per signing key id: default 1, k2 1, none 1" in out
+    assert "quarantined pod team-a/lost" in out and "key id 'k1'" in out
