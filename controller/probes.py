@@ -23,7 +23,7 @@ def make_server(host: str, port: int, registry: CollectorRegistry, readiness: Re
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
-            if path == "/metrics":
+            if path in ("/metrics", "/"):  # "/" as prometheus_client's own server answered it
                 self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
             elif path == "/healthz":
                 self._send(200, b"ok\n", "text/plain")

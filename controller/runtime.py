@@ -30,7 +30,7 @@ from controller.admission import AdmissionConfig, PoolLimits
 from controller.kube import Kube
 from controller.settings import ControllerSettings
 from gpupool import objects, resources, timefmt
-from gpupool.assignment import Keys
+from gpupool.assignment import Keys, keyset
 from gpupool.errors import GpupoolError, InvalidRequest
 from gpupool.ledger import Holding, Ledger
 from gpupool.placement import Placer
@@ -149,8 +149,18 @@ class Controller:
             "ready": self.ready,
             "synced": dict(self.synced),
             "leader": self.is_leader,
+            "keys": self._key_ids(),
             "quarantined": {self._key(u): why for u, why in sorted(self.quarantined.items())},
         }
+
+    def _key_ids(self) -> dict[str, Any]:
+        if not self.key:
+            return {}
+        try:
+            current = keyset(self.key)
+        except GpupoolError as exc:
+            return {"error": str(exc)}
+        return {"signing": current.signing, "verification": list(current.kids)}
 
     def on_keys_changed(self) -> None:
         """The signing keys changed: read the quarantined pods again (a new verification key may trust them)."""
