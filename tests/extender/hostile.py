@@ -54,4 +54,8 @@ class RacyAPI(StubAPI):
 def service(api: Any = None, **ledger_kw: Any) -> PoolService:
     ledger = Ledger(**ledger_kw)
     placer = Placer(ledger, {"bestfit": make_policy("bestfit")}, "bestfit")
-    return PoolService(ledger, placer, KEY, api if api is not None else StubAPI())
+    s = PoolService(ledger, placer, KEY, api if api is not None else StubAPI())
+    # these tests bind several same-size pods to one node with no kubelet to take their devices: the
+    # identity rule (tests/extender/test_identity.py) would hold them back, so it is off here
+    s.identity_wait_seconds = 0
+    return s

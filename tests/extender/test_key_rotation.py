@@ -27,7 +27,7 @@ def test_add_switch_retire_never_pauses_scheduling_nor_distrusts_a_running_pod(k
     secret = tmp_path / "signing"
     secret.mkdir()
     mount(secret, {"key": K0}, 1)  # today's Secret: one entry `key`
-    ext = start_extender(kube, key=KeyRing(secret))
+    ext = start_extender(kube, key=KeyRing(secret), identity_wait_seconds=0)
     controller = Controller(ControllerSettings(leader_election=False), FakeControllerKube(), KeyRing(secret))  # type: ignore[arg-type]
     try:
         add_gpu_node(kube, "gpu-0", gpus=4)
@@ -56,7 +56,7 @@ def test_add_switch_retire_never_pauses_scheduling_nor_distrusts_a_running_pod(k
         controller.on_keys_changed()
         assert not controller.quarantined and not ext.service.problems and ext.service.ready
         # a restarted extender trusts every pod at once
-        fresh = start_extender(kube, key=KeyRing(secret))
+        fresh = start_extender(kube, key=KeyRing(secret), identity_wait_seconds=0)
         try:
             assert fresh.service.ready and not fresh.service.problems
             assert fresh.service.ledger_snapshot() == ext.service.ledger_snapshot()

@@ -7,6 +7,8 @@ every filter answered an error.
 
 from __future__ import annotations
 
+import pytest
+
 from gpupool import assignment, resources
 from gpupool.assignment import SliceRecord
 from tests.extender.conftest import (
@@ -21,6 +23,12 @@ from tests.extender.conftest import (
 
 PODS = "/api/v1/namespaces/default/pods"
 GPU = "GPU-gpu-0-0"
+
+
+@pytest.fixture
+def ext(extender_factory):  # type: ignore[no-untyped-def]
+    """Several same-size pods bind to one node with no kubelet taking their devices: identity rule off."""
+    return extender_factory(identity_wait_seconds=0)
 
 
 def _fits(ext, p: dict) -> bool:  # type: ignore[no-untyped-def]
@@ -57,7 +65,7 @@ def test_forged_assignment_is_quarantined_its_claim_held_and_scheduling_goes_on(
     small = create_pod(kube, pod("small", compute=20))
     assert ext.post("bind", bind_body(small, "gpu-0")).json() == {"Error": ""}
     # a fresh extender (a restart) is ready at once and holds the same claim
-    second = start_extender(kube)
+    second = start_extender(kube, identity_wait_seconds=0)
     try:
         assert second.service.ready and "uid-evil" in second.service.problems
         assert second.service.ledger_snapshot() == ext.service.ledger_snapshot()
@@ -110,7 +118,7 @@ def test_unbound_pod_with_forged_claim_holds_nothing(kube, ext):
 
 def test_qos_edited_to_guaranteed_after_overcommitted_bind_does_not_stop_scheduling(kube, extender_factory):
     """Finding 2: a tenant edits gpupool.io/qos of its bound best-effort pod to guaranteed (over-commit on)."""
-    ext = extender_factory(overcommit_compute_percent=200)
+    ext = extender_factory(overcommit_compute_percent=200, identity_wait_seconds=0)
     add_gpu_node(kube, "gpu-0", gpus=1)
     g = create_pod(kube, pod("g", compute=60))
     b = create_pod(kube, pod("b", compute=60, annotations={resources.QOS: "best-effort"}))
@@ -125,6 +133,6 @@ def test_qos_edited_to_guaranteed_after_overcommitted_bind_does_not_stop_schedul
     assert _fits(ext, pod("be", compute=50, annotations={resources.QOS: "best-effort"}))
     # a restart is ready and counts both slices (one of the two pods, in replay order, is held as best-effort
     # and quarantined: the signature does not cover the annotation; the admission webhook refuses the edit)
-    second = extender_factory(overcommit_compute_percent=200)
+    second = extender_factory(overcommit_compute_percent=200, identity_wait_seconds=0)
     assert second.service.ready and len(second.service.problems) == 1
     assert second.service.ledger.gpu(GPU).used_compute == 120
