@@ -11,6 +11,7 @@ or does not fit: such capacity is never silently treated as free.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import logging
 import threading
@@ -94,8 +95,11 @@ class PoolService:
         self.gpunode_problems: dict[str, str] = {}
         #: pods with a valid assignment naming a node or GPU that is not in the pool (yet, or any more)
         self.unplaced: set[str] = set()
-        #: binds between commit and the end of their API writes: the watch leaves these pods alone
+        #: binds between commit and the end of their API writes: the watch leaves these pods alone, and their
+        #: commits stay counted through inventory flaps (`_hold_inflight`)
         self.inflight: dict[str, Holding] = {}
+        #: pods deleted while their bind was in flight: the bind releases them when its Binding answers
+        self._gone_while_binding: set[str] = set()
         #: which initial lists (Nodes, GPUNodes, pods) arrived: not ready before all three did
         self._synced = {"nodes": False, "gpunodes": False, "pods": False}
 
@@ -203,14 +207,16 @@ class PoolService:
         if not self.ledger.has_node(name):
             return
         for uid in self.ledger.remove_node(name):
-            if uid in self.inflight:
-                continue  # the bind's rollback or success path sorts it out
-            if uid in self.pods and objects.pod_assignment_text(self.pods[uid]) is not None:
+            if uid in self.inflight or (uid in self.pods and objects.pod_assignment_text(self.pods[uid]) is not None):
                 self.unplaced.add(uid)
         log.info("node %s left the pool; its slices were released", name)
+        self._retry_unplaced()  # what those pods hold on GPUs still in the pool stays counted
 
     def _retry_unplaced(self) -> None:
         for uid in list(self.unplaced):
+            if uid in self.inflight:  # a bind in flight for a pod deleted meanwhile counts until it answers
+                self._hold_inflight(uid)
+                continue
             pod = self.pods.get(uid)
             if pod is None:
                 self.unplaced.discard(uid)
@@ -224,6 +230,8 @@ class PoolService:
         with self.lock:
             for gone in set(self.pods) - set(fresh):
                 self._pod_gone(gone)
+            # a bind in flight for a pod the list lacks: deleted meanwhile, or listed before it was created
+            self._gone_while_binding.update(set(self.inflight) - set(fresh))
             for uid in sorted(fresh, key=lambda u: objects.pod_key(fresh[u])):
                 self._pod_seen(uid, fresh[uid])
             self._synced["pods"] = True
@@ -257,14 +265,17 @@ class PoolService:
             if self.pod_uids.get(key) == uid:
                 del self.pod_uids[key]
         self.problems.pop(uid, None)
-        self.unplaced.discard(uid)
-        if uid not in self.inflight:
+        if uid in self.inflight:
+            self._gone_while_binding.add(uid)  # its commit stays counted until the Binding answers
+        else:
+            self.unplaced.discard(uid)
             self.ledger.discard(uid)
 
     def _sync_holding(self, uid: str, pod: Mapping[str, Any]) -> None:
         """Make the ledger hold exactly what the pod's signed assignment says (caller holds the lock)."""
         if uid in self.inflight:
-            return  # our own bind is writing this pod; its outcome decides
+            self._hold_inflight(uid)  # our own bind is writing this pod; its outcome decides
+            return
         try:
             wanted = objects.holding_from_pod(pod, self.key)
         except AssignmentError as exc:
@@ -279,18 +290,20 @@ class PoolService:
             return
         if current is not None and current == wanted:
             self.problems.pop(uid, None)
-            self.unplaced.discard(uid)
+            if self._placeable(wanted):  # else all it holds is served by other nodes: still unplaced
+                self.unplaced.discard(uid)
             return
         if current is not None:
             self.ledger.release(uid)
-        if not self.ledger.has_node(wanted.node) or not all(self.ledger.has_gpu(s.gpu) for s in wanted.slices):
+        if not self._placeable(wanted):
             if uid not in self.unplaced:
                 log.warning(
-                    "pod %s holds slices on a node or GPU not in the pool; not counted until it is back",
+                    "pod %s holds slices on a node or GPU not in the pool; counted where it is until it is back",
                     objects.pod_key(pod),
                 )
             self.unplaced.add(uid)
             self.problems.pop(uid, None)
+            self._hold_remains(wanted)
             return
         try:
             self.ledger.hold(wanted)
@@ -301,6 +314,47 @@ class PoolService:
             return
         self.unplaced.discard(uid)
         self.problems.pop(uid, None)
+
+    def _placeable(self, holding: Holding) -> bool:
+        return self.ledger.has_node(holding.node) and all(self.ledger.has_gpu(s.gpu) for s in holding.slices)
+
+    def _hold_remains(self, holding: Holding) -> None:
+        """Hold the slices of `holding` on GPUs still in the pool (caller released what the pod held).
+
+        A pod one of whose GPUs left the pool (a GPU gone from status.gpus, a GPUNode or Node deleted) still
+        runs on the others, and a bind in flight lands on all of them: that capacity must not go to another
+        pod meanwhile (issue 12). That holds for the slices other nodes' GPUs serve a pod whose own node left.
+        """
+        rest = tuple(s for s in holding.slices if self.ledger.has_gpu(s.gpu))
+        if rest:
+            try:
+                self.ledger.hold(dataclasses.replace(holding, slices=rest))
+            except OverAllocation as exc:  # taken meanwhile: only possible if it was never counted
+                log.error("pod %s: its slices still in the pool do not fit: %s", self._pod_label(holding.pod), exc)
+
+    def _hold_inflight(self, uid: str) -> None:
+        """Keep an in-flight bind's commit counted after an inventory flap released it (issue 12 #1).
+
+        While the Binding is on its way the pod's assignment is not in the cache yet, so nothing else would
+        count it: re-hold the commit once its node and GPUs are back, what remains of it meanwhile.
+        """
+        holding = self.inflight[uid]
+        current = self.ledger.holding(uid)
+        if current == holding:
+            if self._placeable(holding):  # else all it holds is served by other nodes: still unplaced
+                self.unplaced.discard(uid)
+            return
+        if current is not None:
+            self.ledger.release(uid)
+        if self._placeable(holding):
+            try:
+                self.ledger.hold(holding)
+                self.unplaced.discard(uid)
+                return
+            except OverAllocation as exc:
+                log.error("bind in flight of pod %s: its commit no longer fits: %s", self._pod_label(uid), exc)
+        self.unplaced.add(uid)
+        self._hold_remains(holding)
 
     def _problem(self, uid: str, pod: Mapping[str, Any], message: str) -> None:
         text = f"pod {objects.pod_key(pod)}: {message}"  # /readyz names the pod, not only its uid
@@ -441,17 +495,45 @@ class PoolService:
             if isinstance(exc, BindError):
                 raise
             raise BindError(f"bind of pod {namespace}/{name} failed: {exc}") from exc
-        with self.lock:
-            self.inflight.pop(uid, None)
-            # what the API server now holds, so that a lagging watch event cannot undo it
-            base = self.pods.get(uid) or pod
-            annotations = {**(_meta(base).get("annotations") or {}), resources.ASSIGNMENT: text}
-            self.pods[uid] = {
-                **base,
-                "metadata": {**_meta(base), "annotations": annotations},
-                "spec": {**(base.get("spec") or {}), "nodeName": node},
-            }
-            self.pod_uids[(namespace, name)] = uid
+        self._finish_bind(namespace, name, uid, node, pod, text)
+
+    def _finish_bind(self, namespace: str, name: str, uid: str, node: str, pod: Mapping[str, Any], text: str) -> None:
+        """The Binding landed: cache the bound pod and settle its holding, unless it is gone (issue 12).
+
+        A pod the watch saw deleted, or that a relist lacked, while its Binding was in flight is read back
+        (outside the lock): gone, its commit is released; there, it is kept. No watch event would fix either.
+        """
+        while True:
+            with self.lock:
+                if uid not in self._gone_while_binding:
+                    self._keep_bound(namespace, name, uid, node, pod, text)
+                    return
+                self._gone_while_binding.discard(uid)
+            current = self._read_back(namespace, name)
+            if current is None or objects.pod_uid(current) != uid:
+                with self.lock:
+                    self.inflight.pop(uid, None)
+                    self._gone_while_binding.discard(uid)
+                    self.unplaced.discard(uid)
+                    self.ledger.discard(uid)
+                return
+
+    def _keep_bound(self, namespace: str, name: str, uid: str, node: str, pod: Mapping[str, Any], text: str) -> None:
+        """Cache the pod as bound with its assignment and settle its holding (caller holds the lock)."""
+        self.inflight.pop(uid, None)
+        # what the API server now holds, so that a lagging watch event cannot undo it
+        base = self.pods.get(uid) or pod
+        annotations = {**(_meta(base).get("annotations") or {}), resources.ASSIGNMENT: text}
+        self.pods[uid] = {
+            **base,
+            "metadata": {**_meta(base), "annotations": annotations},
+            "spec": {**(base.get("spec") or {}), "nodeName": node},
+        }
+        self.pod_uids[(namespace, name)] = uid
+        # Settle what the watch delivered while the Binding was in flight against the signed assignment
+        # (issue 12 #1): an inventory flap left the commit held again, partly, or not at all; a pod that
+        # finished meanwhile holds nothing.
+        self._sync_holding(uid, self.pods[uid])
 
     def _existing_assignment(self, pod: Mapping[str, Any], node: str) -> Existing | None:
         """DONE or STALE (see `Existing`) for a pod that carries a trusted assignment; None when it carries none."""
@@ -503,9 +585,15 @@ class PoolService:
         """Undo a commit whose Binding did not land: nothing was written, release the slices."""
         self.metrics.bind_rollbacks.inc()
         with self.lock:
-            if self.ledger.holding(uid) is holding:
-                self.ledger.release(uid)
-            self.inflight.pop(uid, None)
+            if self.inflight.get(uid) is holding:
+                # whatever the pod holds now is this commit, or what an inventory flap left of it
+                self.ledger.discard(uid)
+                self.unplaced.discard(uid)
+                self._gone_while_binding.discard(uid)
+                self.inflight.pop(uid, None)
+                cached = self.pods.get(uid)
+                if cached is not None:  # the watch may have shown it bound meanwhile (a reply lost, then unread)
+                    self._sync_holding(uid, cached)
 
     # --- preempt -----------------------------------------------------------------------------------
 

@@ -289,6 +289,13 @@ class Ledger:
         if old is not None:
             for h in held:
                 self._apply(h, +1)
+        else:  # pods of this node that kept slices on other nodes' GPUs while it was away (see `_check`)
+            for h in self._holdings.values():
+                if h.node == info.name:
+                    state.remote_used.update(slot_ids.parse_slot(s.slot)[1] for s in h.slices)
+                    state.used_cpu += h.cpu_milli
+                    state.used_memory += h.host_memory_mib
+                    state.pods += 1
         self._touch(info.name)
         return dropped
 
@@ -544,7 +551,9 @@ class Ledger:
 
     def _check(self, holding: Holding) -> None:
         pod_node = self._nodes.get(holding.node)
-        if pod_node is None:
+        # A pod whose node left the pool may keep the slices other nodes' GPUs serve it (it still runs there):
+        # they are counted on those GPUs, its remote slots once its node is back (`upsert_node`).
+        if pod_node is None and (not holding.slices or any(s.node == holding.node for s in holding.slices)):
             raise OverAllocation(f"node {holding.node} is not in the pool")
         per_gpu: dict[str, tuple[int, int, int]] = {}
         slots_seen: set[tuple[str, str]] = set()
@@ -572,7 +581,7 @@ class Ledger:
             if local:
                 if k in gpu.used_slots:
                     raise OverAllocation(f"slot {s.slot} of node {gpu.node} is already held")
-            else:
+            elif pod_node is not None:
                 if k in pod_node.remote_used:
                     raise OverAllocation(f"remote slot {s.slot} of node {holding.node} is already held")
                 remote.append(k)
@@ -593,6 +602,8 @@ class Ledger:
                 )
             if gpu.slices + n > self.slots_per_gpu:
                 raise OverAllocation(f"GPU {uuid} would hold more than {self.slots_per_gpu} slices")
+        if pod_node is None:
+            return
         if pod_node.cpu_milli is not None and pod_node.used_cpu + holding.cpu_milli > pod_node.cpu_milli:
             raise OverAllocation(f"node {holding.node}: not enough CPU")
         if pod_node.memory_mib is not None and pod_node.used_memory + holding.host_memory_mib > pod_node.memory_mib:
