@@ -9,7 +9,7 @@ resumes; the next event of one watch is delivered; a watch expires (410 Gone) an
 Binds run in greenlets on the scheduler's thread. Each API call of a bind (reading the pod, the Binding, the
 Binding's reply) hands control back to the scheduler, so several binds are in flight at once and any event can
 land between a bind's commit, its Binding and its success path. The Binding may fail (500), land with its reply
-lost, or be refused (404 gone, 409 bound or recreated).
+lost, or be refused (404 gone, 409 bound or recreated); a GET may fail (500).
 
 After every step `Schedule.check` asserts:
 
@@ -86,6 +86,8 @@ class World:
         #: bumped on every pod write: the double-booking check reruns only then
         self.pod_writes = 0
         self.checked_writes = -1
+        #: the next GETs that fail (scripted tests); random ones fail too
+        self.fail_gets = 0
 
     def emit(self, stream: str, kind: str, obj: dict[str, Any]) -> None:
         self.rv += 1
@@ -109,6 +111,9 @@ class World:
 
     def get_pod(self, namespace: str, name: str) -> dict[str, Any]:
         self._pause(f"get {name}")
+        if self.fail_gets or self.rng.random() < 0.03:
+            self.fail_gets = max(0, self.fail_gets - 1)
+            raise ApiError(500, "injected: GET failed")
         found = self.pods.get(name)
         if found is None:
             raise ApiError(404, f"pod {namespace}/{name} not found")
