@@ -8,7 +8,7 @@ annotations goes through `gpupool.resources.parse_pod` (DESIGN.md §1, §7).
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,13 +57,17 @@ def is_system_user(userinfo: Mapping[str, Any] | None, config: AdmissionConfig) 
 def mutate(pod: Mapping[str, Any], *, node_selector: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The pod as gpupool wants it stored (CREATE): canonical names, defaults, scheduler, gate, tenant nodes."""
     out: dict[str, Any] = copy.deepcopy(dict(pod))
+    if resources.pod_shape_errors(out):
+        return out  # malformed: left as it is for `validate` to refuse, naming the fields
     ops = resources.rewrite_aliases(out)
     if ops:
         out = jsonpatch.apply_patch(out, ops)
-    spec = out.setdefault("spec", {})
+    if not isinstance(out.get("spec"), dict):
+        out["spec"] = {}
+    spec = out["spec"]
     for kind in ("initContainers", "containers"):
         for container in spec.get(kind) or []:
-            res = container.setdefault("resources", {})
+            res = container.get("resources") or {}
             limits = res.get("limits") or {}
             requests = res.get("requests") or {}
             names = set(limits) | set(requests)
@@ -71,15 +75,15 @@ def mutate(pod: Mapping[str, Any], *, node_selector: Mapping[str, str] | None = 
                 continue
             # the kubelet's slot accounting needs the slice count; compute alone means one slice
             if resources.GPU not in names:
-                res.setdefault("limits", {})[resources.GPU] = "1"
+                res["limits"] = {**limits, resources.GPU: "1"}
                 if requests:
-                    res.setdefault("requests", {})[resources.GPU] = "1"
+                    res["requests"] = {**requests, resources.GPU: "1"}
     spec["schedulerName"] = resources.SCHEDULER_NAME
     if not objects.pod_gated(out):
         spec["schedulingGates"] = [*(spec.get("schedulingGates") or []), {"name": resources.ADMISSION_GATE}]
     if node_selector:
-        selector = spec.setdefault("nodeSelector", {})
-        selector.update(node_selector)  # the queue's tenant isolation wins over the pod's own values
+        # the queue's tenant isolation wins over the pod's own values
+        spec["nodeSelector"] = {**(spec.get("nodeSelector") or {}), **node_selector}
     return out
 
 
@@ -103,6 +107,11 @@ def validate(
     config: AdmissionConfig = AdmissionConfig(),
 ) -> list[FieldError]:
     """Every problem of the pod, each naming the field and what to write instead (empty = allowed)."""
+    shape = resources.pod_shape_errors(pod)
+    if shape:
+        return shape
+    if old is not None and resources.pod_shape_errors(old):
+        old = None  # the API server always sends a stored pod; anything else is read as no old object
     system = is_system_user(userinfo, config)
     errors: list[FieldError] = []
     if not system:
@@ -132,6 +141,8 @@ def validate(
     errors.extend(_bounds(pod, request, limits))
     if not config.allow_privileged:
         errors.extend(_privileged(pod, request))
+    if operation == "CREATE":  # a pod's env is immutable: checking it once, at creation, is enough
+        errors.extend(_runtime_env(pod))
     return errors
 
 
@@ -224,5 +235,105 @@ def _privileged(pod: Mapping[str, Any], request: PodRequest) -> list[FieldError]
     return errors
 
 
+def _runtime_env(pod: Mapping[str, Any]) -> list[FieldError]:
+    """Environment variables gpupool owns (`resources.is_runtime_env`), set by any container of the pod.
+
+    `env` is refused by name. `envFrom` keys live in ConfigMaps and Secrets that admission does not read;
+    only an `envFrom.prefix` that itself lands in gpupool's names is refused.
+    """
+    errors: list[FieldError] = []
+    spec = pod.get("spec") or {}
+    for init, kind in ((True, "initContainers"), (False, "containers")):
+        for i, container in enumerate(spec.get(kind) or []):
+            for j, item in enumerate(container.get("env") or []):
+                name = str(item.get("name") or "")
+                if resources.is_runtime_env(name):
+                    errors.append(
+                        FieldError(
+                            f"{_path(init, i)}.env[{j}] ({name})",
+                            f"{name} is set by gpupool to confine the container to its GPU slices; remove it",
+                        )
+                    )
+            for j, item in enumerate(container.get("envFrom") or []):
+                prefix = str(item.get("prefix") or "")
+                if prefix and (resources.is_runtime_env(prefix) or any(
+                    p.startswith(prefix) for p in (*resources.RUNTIME_ENV, *resources.RUNTIME_ENV_PREFIXES)
+                )):  # fmt: skip
+                    errors.append(
+                        FieldError(
+                            f"{_path(init, i)}.envFrom[{j}].prefix",
+                            f"{prefix!r} would import variables gpupool sets to confine the container; "
+                            "choose another prefix",
+                        )
+                    )
+    return errors
+
+
 def rejection_message(errors: Sequence[FieldError]) -> str:
     return "gpupool: " + "; ".join(str(e) for e in errors)
+
+
+# --- tenancy: queue membership and the fields fixed at admission (docs/contracts.md) ----------------------
+
+#: given a namespace and the queue a pod names: why the pod may not use it (None: it may)
+QueueProblem = Callable[[str, str], "str | None"]
+
+
+def tenancy_errors(
+    pod: Mapping[str, Any],
+    *,
+    old: Mapping[str, Any] | None = None,
+    operation: str = "CREATE",
+    queue_problem: QueueProblem | None = None,
+) -> list[FieldError]:
+    """Refusals that keep tenants apart: a queue the pod's namespace may not use, an edit after admission.
+
+    `queue_problem` is the controller's `QueueManager.membership_problem` (None while its cache is not
+    built: the queue manager still refuses to charge such a pod, it waits with the reason instead).
+    """
+    errors: list[FieldError] = []
+    if operation == "UPDATE" and old is not None and not objects.pod_gated(old):
+        errors.extend(_accounting_edits(pod, old))
+    named = _annotations(pod).get(resources.QUEUE)
+    renamed = old is not None and objects.pod_gated(old) and named != _annotations(old).get(resources.QUEUE)
+    checked = operation == "CREATE" or (operation == "UPDATE" and renamed)
+    if checked and named and queue_problem is not None:
+        namespace = str((pod.get("metadata") or {}).get("namespace") or "")
+        problem = queue_problem(namespace, str(named))
+        if problem is not None:
+            errors.append(FieldError(f"metadata.annotations[{resources.QUEUE}]", problem))
+    return errors
+
+
+def _annotations(pod: Mapping[str, Any]) -> Mapping[str, Any]:
+    return (pod.get("metadata") or {}).get("annotations") or {}
+
+
+def accounting_fields(pod: Mapping[str, Any]) -> dict[str, object]:
+    """Every field that decides a pod's accounting, by path: its gpupool annotations and resources."""
+    out: dict[str, object] = {}
+    annotations = _annotations(pod)
+    for key in resources.USER_ANNOTATIONS:
+        out[f"metadata.annotations[{key}]"] = annotations.get(key)
+    names = set(resources.CANONICAL) | set(resources.ALIASES)
+    spec = pod.get("spec") or {}
+    for init, kind in ((True, "initContainers"), (False, "containers")):
+        for i, container in enumerate(spec.get(kind) or []):
+            res = container.get("resources") or {}
+            for section in ("limits", "requests"):
+                values = res.get(section) or {}
+                for name in sorted(names & set(values)):
+                    out[f"{_path(init, i)}.resources.{section}[{name}]"] = str(values[name])
+    return out
+
+
+def _accounting_edits(pod: Mapping[str, Any], old: Mapping[str, Any]) -> list[FieldError]:
+    new_fields, old_fields = accounting_fields(pod), accounting_fields(old)
+    errors = []
+    for path in sorted(set(new_fields) | set(old_fields)):
+        before = old_fields.get(path)
+        if new_fields.get(path) != before:
+            keep = "leave it out" if before is None else f"keep {before!r}"
+            errors.append(FieldError(path, "is fixed once gpupool admitted the pod (it decides the pod's queue, "
+                                           f"quota and slices); {keep}, or delete and recreate the pod"))  # fmt: skip
+    return errors

@@ -2,7 +2,9 @@
 
 It lives with the controller because `status` and `explain` rebuild the controller's own state
 (`controller.runtime.Controller`) from the API server and print it (`controller.status` shapes); nothing
-is written. `simulate` is the pure simulator's (`gpupool.simulator.cli`), added to the same parser.
+is written. They show the live state and what the controller published (`explain`: the pod's
+`gpupool.io/Admission` condition); a simulated admission pass is printed only as a labelled what-if.
+`simulate` is the pure simulator's (`gpupool.simulator.cli`), added to the same parser.
 """
 
 from __future__ import annotations
@@ -15,10 +17,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from controller import status
-from gpupool import objects, signing_key
-from gpupool.errors import AssignmentError
-from gpupool.queues import State
-from gpupool.quota import message
+from gpupool import objects, resources, signing_key, timefmt
+from gpupool.errors import AssignmentError, GpupoolError
+from gpupool.quota import Resources, message
 from gpupool.signing_key import read_signing_key
 
 if TYPE_CHECKING:  # the Kubernetes client is imported by the cluster commands only, not by `simulate`
@@ -73,8 +74,7 @@ def load_state(args: argparse.Namespace) -> Controller:
     kube = Kube(load_api_client(args.kubeconfig))
     settings = ControllerSettings(leader_election=False, webhook_enabled=False, metrics_port=0)
     state = Controller(settings, kube, key)
-    asyncio.run(state.rebuild())
-    state.manager.schedule()  # what the controller would decide now (reservations included); nothing is written
+    asyncio.run(state.rebuild())  # the live state only: no simulated admission pass is taken for the truth
     return state
 
 
@@ -124,8 +124,11 @@ def run_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def explain_lines(state: Controller, namespace: str, name: str) -> list[str]:
-    """What `gpupool explain` prints (separate for tests)."""
+def explain_lines(state: Controller, namespace: str, name: str, *, what_if: bool = True) -> list[str]:
+    """What `gpupool explain` prints (separate for tests): the live pod (gate, node, assignment), the decision
+    the controller published on it (its `gpupool.io/Admission` condition), its queue, quota and the pool's
+    fit now; then, for a gated pod and only with `what_if`, a fresh admission pass labelled as a what-if
+    (it changes `state`)."""
     pod = next((p for p in state.pods.values() if objects.pod_key(p) == f"{namespace}/{name}"), None)
     if pod is None:
         problem = state.problems.get(f"pod/{namespace}/{name}")
@@ -135,9 +138,18 @@ def explain_lines(state: Controller, namespace: str, name: str) -> list[str]:
     uid = objects.pod_uid(pod)
     entry = state.manager.pods.get(uid)
     lines = [f"pod {namespace}/{name} (uid {uid}, priority {entry.request.priority if entry else '?'})"]
+    gated = objects.pod_gated(pod)
+    node = objects.pod_node_name(pod)
+    lines.append("admission gate: present (not admitted yet)" if gated else "admission gate: removed (admitted)")
+    decision = objects.pod_admission_decision(pod)
+    if decision is None:
+        lines.append("controller decision: none published yet")
+    else:
+        since = f" since {timefmt.format_time(decision.since)}" if decision.since is not None else ""
+        verdict = "admitted" if decision.admitted else "not admitted"
+        lines.append(f"controller decision: {verdict} ({decision.reason}{since}): {decision.message}")
     if entry is None:
         return [*lines, "not tracked by the queue manager"]
-    holding = state.ledger.holding(uid)
     if entry.assigned is not None:
         lines.append(f"bound to node {entry.assigned.node}:")
         for s in entry.assigned.slices:
@@ -145,6 +157,8 @@ def explain_lines(state: Controller, namespace: str, name: str) -> list[str]:
             lines.append(f"  container {s.container}: {s.compute}% / {s.memory_mib} MiB on {s.gpu} "
                          f"({s.node}, {where}, slot {s.slot})")  # fmt: skip
         return lines
+    if node:
+        lines.append(f"bound to node {node}; no assignment recorded")
     queue_name, position, waiting = state.manager.position(uid)
     label = queue_name if queue_name else "(no queue)"
     if entry.queue_error or queue_name is None:
@@ -157,24 +171,39 @@ def explain_lines(state: Controller, namespace: str, name: str) -> list[str]:
             f"{usage.memory_mib}/{spec.nominal.memory_mib if spec.nominal.memory_mib is not None else '-'} MiB"
         )  # fmt: skip
         lines.append(f"queue: {label}; quota in use {quota_text}")
-    if entry.state is State.ADMITTED:
-        lines.append(f"admitted (gate removed); reserved on {holding.node if holding else '(no reservation)'}; "
-                     "waiting for the gpupool scheduler to bind it")  # fmt: skip
+    if not gated:
+        if not node:
+            lines.append("waiting for the gpupool scheduler to bind it")
         return lines
     lines.append(f"waiting: {position} of {waiting} in line")
-    if entry.nomination is not None:
-        lines.append(f"nominated node {entry.nomination.node} (preemption); waiting for "
-                     f"{len(entry.nomination.victims)} evicted pod(s) to leave")  # fmt: skip
-    shortfall = state.manager.quota_problem(queue_name, entry.charge) if queue_name is not None else None
-    if shortfall is not None:
-        lines.append(f"quota: {message(shortfall)}")
+    nominated = (pod.get("metadata") or {}).get("annotations", {}).get(resources.NOMINATED)
+    if nominated:
+        try:
+            at, expires = objects.parse_nomination(nominated)
+            lines.append(f"nominated node {at} (preemption) until {timefmt.format_time(expires)}")
+        except GpupoolError as exc:
+            lines.append(f"nomination unreadable: {exc}")
+    if queue_name is not None:
+        # what it asks (the admission cycle's first quota check), not its charge: a waiting pod is charged 0
+        need = Resources(entry.request.compute_units, entry.request.memory_units(0))
+        shortfall = state.manager.quota_problem(queue_name, need)
+        if shortfall is not None:
+            lines.append(f"quota: {message(shortfall)}")
     nodes = state.manager.eligible_nodes(entry)
     names = state.ledger.node_names() if nodes is None else nodes
     result = state.placer.filter(entry.request, names)
     lines.append(f"fits now on {len(result.passing)} of {len(names)} node(s)" +
                  (f": {', '.join(sorted(result.passing)[:10])}" if result.passing else ""))  # fmt: skip
-    for node, reason in sorted({**result.failed, **result.unresolvable}.items()):
-        lines.append(f"  {node}: {reason}")
+    for node_name, reason in sorted({**result.failed, **result.unresolvable}.items()):
+        lines.append(f"  {node_name}: {reason}")
+    if what_if:
+        cycle = state.manager.schedule()
+        admitted = next((a for a in cycle.admitted if a.uid == uid), None)
+        outcome = (
+            f"would be admitted (capacity on node {admitted.node})" if admitted is not None
+            else f"would wait: {cycle.waiting.get(uid, 'no decision')}"
+        )  # fmt: skip
+        lines.append(f"what-if (a simulated admission pass now, not the controller's decision): {outcome}")
     return lines
 
 

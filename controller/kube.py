@@ -21,6 +21,8 @@ from kubeio.client import JSON_PATCH, MERGE_PATCH, load_api_client
 
 __all__ = ["Kube", "load_api_client"]
 
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
+
 T = TypeVar("T")
 
 
@@ -57,13 +59,17 @@ class Kube:
 
     # --- writes --------------------------------------------------------------------------------------
 
-    async def remove_gate(self, namespace: str, name: str, uid: str, gates: list[dict[str, Any]]) -> None:
-        """Remove the admission gate (JSON patch guarded by the pod's uid)."""
+    async def remove_gate(
+        self, namespace: str, name: str, uid: str, gates: list[dict[str, Any]], queue: str | None = None
+    ) -> None:
+        """Remove the admission gate (JSON patch guarded by the pod's uid and, given `queue`, by the
+        `gpupool.io/queue` it was admitted to: the pod is never ungated with another queue recorded)."""
         rest = [g for g in gates if g.get("name") != resources.ADMISSION_GATE]
-        body = [
-            {"op": "test", "path": "/metadata/uid", "value": uid},
-            {"op": "replace", "path": "/spec/schedulingGates", "value": rest},
-        ]
+        body: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/uid", "value": uid}]
+        if queue:
+            path = "/metadata/annotations/" + resources.QUEUE.replace("~", "~0").replace("/", "~1")
+            body.append({"op": "test", "path": path, "value": queue})
+        body.append({"op": "replace", "path": "/spec/schedulingGates", "value": rest})
         await self._run(self.core.patch_namespaced_pod, name, namespace, body,
                         _content_type=JSON_PATCH)  # fmt: skip
 
@@ -71,6 +77,12 @@ class Kube:
         body = {"metadata": {"annotations": dict(annotations)}}
         await self._run(self.core.patch_namespaced_pod, name, namespace, body,
                         _content_type=MERGE_PATCH)  # fmt: skip
+
+    async def set_pod_condition(self, namespace: str, name: str, condition: Mapping[str, Any]) -> None:
+        """Set one condition of the pod's status (strategic merge: other conditions are kept, by type)."""
+        body = {"status": {"conditions": [dict(condition)]}}
+        await self._run(self.core.patch_namespaced_pod_status, name, namespace, body,
+                        _content_type=STRATEGIC_MERGE_PATCH)  # fmt: skip
 
     async def evict(self, namespace: str, name: str) -> bool:
         """Evict through the Eviction API; False when refused (a PodDisruptionBudget: 429)."""

@@ -29,7 +29,7 @@ from gpupool import objects, resources, timefmt
 from gpupool.errors import GpupoolError, InvalidRequest
 from gpupool.ledger import Holding
 from gpupool.pool import build_pool
-from gpupool.preemption import find_preemption
+from gpupool.preemption import find_preemption, no_preemption_reason
 from gpupool.queues import IMPLICIT_QUEUE, PodEntry, QueueManager
 
 log = logging.getLogger("gpupool.controller")
@@ -88,6 +88,10 @@ class Controller:
 
     def pool_limits(self) -> PoolLimits:
         return PoolLimits.of(self.ledger)
+
+    def queue_problem(self, namespace: str, named: str) -> str | None:
+        """Why a pod of `namespace` may not name GPUQueue `named` (the validating webhook refuses it)."""
+        return self.manager.membership_problem(namespace, named)
 
     def queue_node_selector(self, pod: Mapping[str, Any]) -> dict[str, str]:
         meta = pod.get("metadata") or {}
@@ -226,13 +230,19 @@ class Controller:
             if pod is None:
                 continue
             meta = pod["metadata"]
+            queue = admission.queue or None  # recorded on the pod: the extender keys reserved nodes on it
             try:
+                if queue is not None and (meta.get("annotations") or {}).get(resources.QUEUE) != queue:
+                    await self.kube.annotate_pod(meta["namespace"], meta["name"], {resources.QUEUE: queue})
                 await self.kube.remove_gate(meta["namespace"], meta["name"], admission.uid,
-                                            pod["spec"].get("schedulingGates") or [])  # fmt: skip
+                                            pod["spec"].get("schedulingGates") or [], queue)  # fmt: skip
             except Exception as exc:
                 log.warning("could not remove the gate of %s: %s", admission.key, exc)
                 continue
             counts["admitted"] += 1
+            where = f"capacity reserved on node {admission.node}" if admission.node else "no node reserved"
+            await self._publish(pod, objects.ADMITTED_REASON, f"admitted by queue {admission.queue or '(none)'}; "
+                                f"{where}; the gpupool scheduler binds it", now)  # fmt: skip
             metrics.ADMISSIONS.labels(admission.queue or "(none)").inc()
             metrics.GATE_LATENCY.observe(max(0.0, now - (timefmt.parse_time(meta.get("creationTimestamp")) or 0.0)))
             self._events.pop(admission.uid, None)
@@ -244,7 +254,7 @@ class Controller:
                 meta = pod["metadata"]
                 await self._quiet(self.kube.annotate_pod(meta["namespace"], meta["name"], {resources.NOMINATED: None}))
         if self.settings.preemption_enabled:
-            counts["preempted"] = await self._preempt(result.preemptors, now)
+            counts["preempted"] = await self._preempt(result.preemptors, now, result.waiting)
         for uid, message in result.waiting.items():
             if self._events.get(uid) == message:
                 continue
@@ -253,6 +263,9 @@ class Controller:
                 continue
             self._events[uid] = message
             await self._quiet(self.kube.event(pod, "GPUPoolWaiting", message))
+            entry = self.manager.pods.get(uid)
+            nominated = entry is not None and entry.nomination is not None
+            await self._publish(pod, objects.NOMINATED_REASON if nominated else objects.WAITING_REASON, message, now)
             counts["events"] += 1
         counts["events"] += await self._warn_aliases()
         await self._health_gc()
@@ -280,17 +293,31 @@ class Controller:
             posted += 1
         return posted
 
+    async def _publish(self, pod: Mapping[str, Any], reason: str, message: str, now: float) -> None:
+        """Publish the decision on the pod (its `gpupool.io/Admission` condition), for `gpupool explain`;
+        the transition time moves only when admitted / waiting changes."""
+        assert self.kube is not None
+        admitted = reason == objects.ADMITTED_REASON
+        last = objects.pod_admission_decision(pod)
+        since = last.since if last is not None and last.admitted == admitted and last.since is not None else now
+        meta = pod["metadata"]
+        condition = objects.admission_condition(admitted, reason, message, since)
+        await self._quiet(self.kube.set_pod_condition(meta["namespace"], meta["name"], condition))
+
     async def _quiet(self, awaitable: Any) -> None:
         try:
             await awaitable
         except Exception as exc:
             log.warning("API write failed: %s", exc)
 
-    async def _preempt(self, preemptors: Mapping[str, str], now: float) -> int:
+    async def _preempt(self, preemptors: Mapping[str, str], now: float, waiting: dict[str, str]) -> int:
+        """Evict for each blocked head the model's victim set; its wait message in `waiting` gets what was
+        done: the pods being preempted, or why none can be (`no_preemption_reason`)."""
         assert self.kube is not None
         evicted = 0
         for uid, queue in preemptors.items():
             refused = self._refused.setdefault(uid, set())
+            note = None
             for _attempt in range(5):
                 plan = find_preemption(self.manager, uid, exclude=frozenset(refused))
                 if plan is None:
@@ -329,7 +356,12 @@ class Controller:
                     patch = {resources.NOMINATED: value}
                     await self._quiet(self.kube.annotate_pod(meta["namespace"], meta["name"], patch))
                     await self._quiet(self.kube.event(pod, "GPUPoolNominated", plan.describe()))
+                note = plan.describe()
                 break
+            if note is None:  # no victim set could be evicted: say why, when some pod might have been
+                note = no_preemption_reason(self.manager, uid, frozenset(refused))
+            if note is not None and uid in waiting:
+                waiting[uid] = f"{waiting[uid]}; {note}"
         return evicted
 
     def _key(self, uid: str) -> str:

@@ -77,10 +77,17 @@ def render_text(
     chart_dir: str | os.PathLike[str] = CHART_DIR,
     extra_args: Sequence[str] = (),
     bin_dir: str | os.PathLike[str] | None = None,
+    offline_key: bool = True,
 ) -> str:
-    """``helm template`` output (multi-document YAML) for *values*."""
+    """``helm template`` output (multi-document YAML) for *values*.
+
+    ``offline_key``: set ``signingKey.generateWithoutCluster`` (unless *values* set it), so that a render
+    without cluster access may generate the signing key; False renders exactly *values*."""
+    values = dict(values or {})
+    if offline_key:
+        values["signingKey"] = {"generateWithoutCluster": True, **(values.get("signingKey") or {})}
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="gpupool-values-") as fh:
-        yaml.safe_dump(dict(values or {}), fh)
+        yaml.safe_dump(values, fh)
         fh.flush()
         args = [
             "template",
@@ -102,7 +109,7 @@ def render(values: Mapping[str, Any] | None = None, **kwargs: Any) -> list[dict[
     """The chart's manifests for *values* (a nested dict, as in a values file), as a list of objects.
 
     Keyword arguments: ``release``, ``namespace``, ``kube_version``, ``include_crds``, ``chart_dir``,
-    ``extra_args`` (more helm flags, e.g. ``["--set", "a=b"]``), ``bin_dir``."""
+    ``extra_args`` (more helm flags, e.g. ``["--set", "a=b"]``), ``bin_dir``, ``offline_key``."""
     docs = yaml.safe_load_all(render_text(values, **kwargs))
     return [d for d in docs if isinstance(d, dict) and d]
 

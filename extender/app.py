@@ -2,8 +2,9 @@
 
 Bodies are read raw (with an early 413 above `max_body_bytes`) and decoded by
 pydantic-core straight from bytes; answers are serialised with `json.dumps`. A body
-that is not JSON or misses a required field gets 400 with the reason; an invalid pod
-gets 200 with `Error` filled (kube-scheduler then reports it on the pod). Nothing
+that is not JSON, misses a required field, or embeds a pod whose fields have the wrong
+JSON types (`wire.PodJSON`) gets 400 naming the field; a well-formed pod that asks for
+something invalid gets 200 with `Error` filled (kube-scheduler then reports it on the pod). Nothing
 here answers 500 on purpose: an unexpected exception is logged and answered as a
 verb-level `Error`.
 """
@@ -125,8 +126,7 @@ def create_app(service: PoolService, *, url_prefix: str = "", max_body_bytes: in
         }
         if not as_names:  # answer in the form asked: the passing Node objects themselves
             passing = set(answer.passing)
-            items = [i for i in (args.Nodes.items if args.Nodes else None) or []
-                     if (i.get("metadata") or {}).get("name") in passing]  # fmt: skip
+            items = [i for i in (args.Nodes.items if args.Nodes else None) or [] if wire.object_name(i) in passing]
             out["Nodes"] = {"apiVersion": "v1", "kind": "NodeList", "metadata": {}, "items": items}
         if answer.error:
             out["NodeNames"] = None if not as_names else []

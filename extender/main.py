@@ -10,7 +10,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from extender.kube import GPUNODES, NODES, PODS, KubeAPI, PodAPI
+from extender.kube import GPUNODES, GPUQUEUES, NODES, PODS, KubeAPI, PodAPI
 from extender.metrics import Metrics
 from extender.service import PoolService
 from extender.settings import ExtenderSettings
@@ -78,7 +78,11 @@ class Extender:
                 watch_timeout=t,
             ),
             Reflector(self.api, PODS, counted("pods", s.on_pod_list), s.on_pod_event, watch_timeout=t),
+            Reflector(
+                self.api, GPUQUEUES, counted("gpuqueues", s.on_gpuqueue_list), s.on_gpuqueue_event, watch_timeout=t
+            ),
         ]
+        s.expect_gpuqueues()
         for r in self.reflectors:
             r.start()
 

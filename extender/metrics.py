@@ -68,6 +68,11 @@ class Metrics:
             "Pods whose assignment was forged, unreadable or did not fit (the extender is then not ready).",
             registry=r,
         )
+        self.quarantined = Counter(
+            "gpupool_extender_quarantined",
+            "Pods whose signed assignment did not fit (a GPU reported less than was held); not counted.",
+            registry=r,
+        )
         self.gpunode_problems = Counter(
             "gpupool_extender_gpunode_problems", "GPUNode objects that could not be read.", registry=r
         )

@@ -4,14 +4,15 @@ One `Ledger` and one `Placer` behind one lock, fed from the cluster cache (the `
 called by the watch threads or by tests). `filter` / `prioritize` / `preempt` only read; `bind`
 is the only writer of slices and holds the lock for plan + commit only, never for its API writes
 (no per-node lock). The ledger is rebuilt from the pods' signed assignments
-(`gpupool.objects.holding_from_pod`); the service is not ready while any is forged, unreadable
-or does not fit: such capacity is never silently treated as free.
+(`gpupool.objects.holding_from_pod`); the service is not ready while any is forged or unreadable:
+such capacity is never silently treated as free. A signed assignment that does not fit (a GPU
+reports less than is held on it) is quarantined instead (`Ledger.quarantine`, named in /readyz,
+counted): nothing is held past capacity, its GPUs take no new slice, and it is held again once it fits.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import enum
 import logging
 import threading
@@ -54,7 +55,8 @@ def extender_score(policy_score: int | None) -> int:
 
 
 def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    return obj.get("metadata") or {}
+    meta = obj.get("metadata")
+    return meta if isinstance(meta, dict) else {}
 
 
 def _name(obj: Mapping[str, Any]) -> str:
@@ -87,6 +89,7 @@ class PoolService:
         self.lock = threading.RLock()
         self.nodes: set[str] = set()  # Node objects that exist
         self.gpunodes: dict[str, dict[str, Any]] = {}  # GPUNode objects by name
+        self.gpuqueues: set[str] = set()  # GPUQueue names (their reserved nodes are in placer.reservations)
         self.pods: dict[str, dict[str, Any]] = {}  # pool pods by uid
         self.pod_uids: dict[tuple[str, str], str] = {}  # (namespace, name) -> uid
         #: pods whose assignment cannot be trusted or accounted: forged, unreadable, over capacity
@@ -95,13 +98,14 @@ class PoolService:
         self.gpunode_problems: dict[str, str] = {}
         #: pods with a valid assignment naming a node or GPU that is not in the pool (yet, or any more)
         self.unplaced: set[str] = set()
-        #: binds between commit and the end of their API writes: the watch leaves these pods alone, and their
-        #: commits stay counted through inventory flaps (`_hold_inflight`)
+        #: binds between commit and the end of their API writes: the watch leaves these pods alone
         self.inflight: dict[str, Holding] = {}
-        #: pods deleted while their bind was in flight: the bind releases them when its Binding answers
-        self._gone_while_binding: set[str] = set()
         #: which initial lists (Nodes, GPUNodes, pods) arrived: not ready before all three did
         self._synced = {"nodes": False, "gpunodes": False, "pods": False}
+        #: pods deleted while their bind was in flight
+        self._gone_while_binding: set[str] = set()
+        #: quarantined pods already counted and logged (`Ledger.quarantined` holds the current ones)
+        self._quarantine_seen: set[str] = set()
 
     # --- readiness ---------------------------------------------------------------------------------
 
@@ -122,13 +126,22 @@ class PoolService:
                 "problems": dict(sorted(self.problems.items())),
                 "gpunode_problems": dict(sorted(self.gpunode_problems.items())),
                 "unplaced": sorted(self.unplaced),
+                "quarantined": {
+                    self._pod_label(u): why
+                    for u, why in sorted(self.ledger.quarantined.items())
+                    if u not in self.unplaced
+                },
             }
 
     # --- cluster cache: Nodes ----------------------------------------------------------------------
 
     def on_node_list(self, items: Iterable[Mapping[str, Any]]) -> None:
+        items = list(items)
         names = {_name(o) for o in items if _name(o)}
         with self.lock:
+            for o in items:
+                if _name(o):
+                    self.placer.reservations.set_node_labels(_name(o), _meta(o).get("labels") or {})
             for gone in self.nodes - names:
                 self._node_gone(gone)
             for name in names - self.nodes:
@@ -143,13 +156,53 @@ class PoolService:
         with self.lock:
             if kind == "DELETED":
                 self._node_gone(name)
-            elif name not in self.nodes:
+                return
+            self.placer.reservations.set_node_labels(name, _meta(obj).get("labels") or {})
+            if name not in self.nodes:
                 self.nodes.add(name)
                 self._apply_gpunode(name)
 
     def _node_gone(self, name: str) -> None:
         self.nodes.discard(name)
+        self.placer.reservations.remove_node(name)
         self._drop_from_pool(name)
+
+    # --- cluster cache: GPUQueues (only the nodes they reserve: gpupool.tenancy) --------------------
+
+    def expect_gpuqueues(self) -> None:
+        """Not ready before the GPUQueues were listed (the watch feeds them): reserved nodes stay reserved."""
+        with self.lock:
+            self._synced.setdefault("gpuqueues", False)
+
+    def on_gpuqueue_list(self, items: Iterable[Mapping[str, Any]]) -> None:
+        fresh = {_name(o): o for o in items if _name(o)}
+        with self.lock:
+            for gone in set(self.gpuqueues) - set(fresh):
+                self.gpuqueues.discard(gone)
+                self.placer.reservations.remove_queue(gone)
+            for obj in fresh.values():
+                self._apply_gpuqueue(obj)
+            self._synced["gpuqueues"] = True
+
+    def on_gpuqueue_event(self, kind: str, obj: Mapping[str, Any]) -> None:
+        name = _name(obj)
+        if not name:
+            return
+        with self.lock:
+            if kind == "DELETED":
+                self.gpuqueues.discard(name)
+                self.placer.reservations.remove_queue(name)
+            else:
+                self._apply_gpuqueue(obj)
+
+    def _apply_gpuqueue(self, obj: Mapping[str, Any]) -> None:
+        try:
+            spec = objects.queue_spec_from_object(obj)
+        except GpupoolError as exc:
+            log.error("GPUQueue %s is unreadable, its reserved nodes kept as they were: %s", _name(obj), exc)
+            return
+        self.gpuqueues.add(spec.name)
+        self.placer.reservations.set_queue(spec)
 
     # --- cluster cache: GPUNodes -------------------------------------------------------------------
 
@@ -199,7 +252,10 @@ class PoolService:
             return
         self.gpunode_problems.pop(name, None)
         for uid in dropped:
-            log.warning("pod %s lost its slices: a GPU it used left GPUNode %s", self._pod_label(uid), name)
+            if uid in self.ledger.quarantined:
+                self._quarantined(uid, self.ledger.quarantined[uid])
+            else:
+                log.warning("pod %s lost its slices: a GPU it used left GPUNode %s", self._pod_label(uid), name)
             self.unplaced.add(uid)
         self._retry_unplaced()
 
@@ -207,19 +263,24 @@ class PoolService:
         if not self.ledger.has_node(name):
             return
         for uid in self.ledger.remove_node(name):
-            if uid in self.inflight or (uid in self.pods and objects.pod_assignment_text(self.pods[uid]) is not None):
+            if uid in self.inflight:
+                self.unplaced.add(uid)  # its commit stays counted (`_hold_inflight`); the bind settles the rest
+                continue
+            if uid in self.pods and objects.pod_assignment_text(self.pods[uid]) is not None:
                 self.unplaced.add(uid)
         log.info("node %s left the pool; its slices were released", name)
-        self._retry_unplaced()  # what those pods hold on GPUs still in the pool stays counted
+        self._retry_unplaced()  # what those pods hold on GPUs still in the pool stays counted (conservatively)
 
     def _retry_unplaced(self) -> None:
-        for uid in list(self.unplaced):
-            if uid in self.inflight:  # a bind in flight for a pod deleted meanwhile counts until it answers
+        """Hold again what pods left unplaced or quarantined hold, where it is back or fits now."""
+        for uid in sorted(self.unplaced | set(self.ledger.quarantined)):
+            if uid in self.inflight:
                 self._hold_inflight(uid)
                 continue
             pod = self.pods.get(uid)
             if pod is None:
                 self.unplaced.discard(uid)
+                self.ledger.unquarantine(uid)
             else:
                 self._sync_holding(uid, pod)
 
@@ -230,8 +291,6 @@ class PoolService:
         with self.lock:
             for gone in set(self.pods) - set(fresh):
                 self._pod_gone(gone)
-            # a bind in flight for a pod the list lacks: deleted meanwhile, or listed before it was created
-            self._gone_while_binding.update(set(self.inflight) - set(fresh))
             for uid in sorted(fresh, key=lambda u: objects.pod_key(fresh[u])):
                 self._pod_seen(uid, fresh[uid])
             self._synced["pods"] = True
@@ -265,11 +324,14 @@ class PoolService:
             if self.pod_uids.get(key) == uid:
                 del self.pod_uids[key]
         self.problems.pop(uid, None)
+        self.unplaced.discard(uid)
+        self._quarantine_seen.discard(uid)
         if uid in self.inflight:
-            self._gone_while_binding.add(uid)  # its commit stays counted until the Binding answers
+            self._gone_while_binding.add(uid)  # the bind settles it when its Binding answers
         else:
-            self.unplaced.discard(uid)
             self.ledger.discard(uid)
+            if self.ledger.quarantined:  # capacity came back: a quarantined pod may fit now
+                self._retry_unplaced()
 
     def _sync_holding(self, uid: str, pod: Mapping[str, Any]) -> None:
         """Make the ledger hold exactly what the pod's signed assignment says (caller holds the lock)."""
@@ -281,80 +343,79 @@ class PoolService:
         except AssignmentError as exc:
             self._problem(uid, pod, f"assignment refused: {exc}")
             return  # whatever the ledger holds for it stays held: never silently free
+        except Exception as exc:  # one pod's object never stops the pods watcher (it would relist forever)
+            log.exception("pod %s: reading its assignment failed", objects.pod_key(pod))
+            self._problem(uid, pod, f"assignment unreadable: {type(exc).__name__}: {exc}")
+            return
         current = self.ledger.holding(uid)
         if wanted is None:
             self.problems.pop(uid, None)
             self.unplaced.discard(uid)
+            self.ledger.unquarantine(uid)
             if current is not None:
                 self.ledger.release(uid)
             return
         if current is not None and current == wanted:
             self.problems.pop(uid, None)
-            if self._placeable(wanted):  # else all it holds is served by other nodes: still unplaced
-                self.unplaced.discard(uid)
+            self.unplaced.discard(uid)
             return
         if current is not None:
             self.ledger.release(uid)
-        if not self._placeable(wanted):
+        if not self.ledger.has_node(wanted.node) or not all(self.ledger.has_gpu(s.gpu) for s in wanted.slices):
             if uid not in self.unplaced:
                 log.warning(
-                    "pod %s holds slices on a node or GPU not in the pool; counted where it is until it is back",
+                    "pod %s holds slices on a node or GPU not in the pool; not counted until it is back",
                     objects.pod_key(pod),
                 )
             self.unplaced.add(uid)
             self.problems.pop(uid, None)
-            self._hold_remains(wanted)
+            # the pod still runs on the GPUs of its assignment that are in the pool: they take no new slice
+            self.ledger.quarantine(wanted, "a node or GPU of its assignment is not in the pool")
             return
         try:
             self.ledger.hold(wanted)
         except OverAllocation as exc:
             if current is not None:
                 self.ledger.hold(current)
-            self._problem(uid, pod, f"assignment does not fit the pool: {exc}")
+                self._problem(uid, pod, f"assignment does not fit the pool: {exc}")
+                return
+            # a signed assignment that does not fit (a GPU reports less than is held on it): never held past
+            # capacity but counted conservatively (its GPUs take no new slice), named in /readyz and in a
+            # metric, and held again when it fits
+            self.ledger.quarantine(wanted, f"assignment does not fit the pool: {exc}")
+            self._quarantined(uid, self.ledger.quarantined[uid])
+            self.unplaced.discard(uid)
+            self.problems.pop(uid, None)
             return
         self.unplaced.discard(uid)
         self.problems.pop(uid, None)
-
-    def _placeable(self, holding: Holding) -> bool:
-        return self.ledger.has_node(holding.node) and all(self.ledger.has_gpu(s.gpu) for s in holding.slices)
-
-    def _hold_remains(self, holding: Holding) -> None:
-        """Hold the slices of `holding` on GPUs still in the pool (caller released what the pod held).
-
-        A pod one of whose GPUs left the pool (a GPU gone from status.gpus, a GPUNode or Node deleted) still
-        runs on the others, and a bind in flight lands on all of them: that capacity must not go to another
-        pod meanwhile (issue 12). That holds for the slices other nodes' GPUs serve a pod whose own node left.
-        """
-        rest = tuple(s for s in holding.slices if self.ledger.has_gpu(s.gpu))
-        if rest:
-            try:
-                self.ledger.hold(dataclasses.replace(holding, slices=rest))
-            except OverAllocation as exc:  # taken meanwhile: only possible if it was never counted
-                log.error("pod %s: its slices still in the pool do not fit: %s", self._pod_label(holding.pod), exc)
+        self._quarantine_seen.discard(uid)
 
     def _hold_inflight(self, uid: str) -> None:
-        """Keep an in-flight bind's commit counted after an inventory flap released it (issue 12 #1).
+        """Keep an in-flight bind's commit counted through inventory flaps (issue 12 #1; caller holds the lock).
 
-        While the Binding is on its way the pod's assignment is not in the cache yet, so nothing else would
-        count it: re-hold the commit once its node and GPUs are back, what remains of it meanwhile.
+        While the Binding is on its way the pod's assignment is in no cached object, so nothing else counts it:
+        a Node, GPUNode or GPU that leaves and comes back must not free it for another bind meanwhile. Held
+        again once its node and GPUs are back, quarantined (counted conservatively) while they are not.
         """
         holding = self.inflight[uid]
         current = self.ledger.holding(uid)
-        if current == holding:
-            if self._placeable(holding):  # else all it holds is served by other nodes: still unplaced
-                self.unplaced.discard(uid)
-            return
         if current is not None:
-            self.ledger.release(uid)
-        if self._placeable(holding):
-            try:
-                self.ledger.hold(holding)
+            if current == holding:
                 self.unplaced.discard(uid)
                 return
+            self.ledger.release(uid)
+        if self.ledger.has_node(holding.node) and all(self.ledger.has_gpu(s.gpu) for s in holding.slices):
+            try:
+                self.ledger.hold(holding)
             except OverAllocation as exc:
-                log.error("bind in flight of pod %s: its commit no longer fits: %s", self._pod_label(uid), exc)
+                self.ledger.quarantine(holding, f"its bind's commit does not fit the pool: {exc}")
+                return
+            self.ledger.unquarantine(uid)
+            self.unplaced.discard(uid)
+            return
         self.unplaced.add(uid)
-        self._hold_remains(holding)
+        self.ledger.quarantine(holding, "a node or GPU of its bind's commit is not in the pool")
 
     def _problem(self, uid: str, pod: Mapping[str, Any], message: str) -> None:
         text = f"pod {objects.pod_key(pod)}: {message}"  # /readyz names the pod, not only its uid
@@ -362,6 +423,15 @@ class PoolService:
             self.metrics.assignment_problems.inc()
             log.error("NOT READY: pod %s (uid %s): %s", objects.pod_key(pod), uid, message)
         self.problems[uid] = text
+
+    def _quarantined(self, uid: str, why: str) -> None:
+        if uid not in self._quarantine_seen:
+            self._quarantine_seen.add(uid)
+            self.metrics.quarantined.inc()
+            log.error(
+                "pod %s (uid %s) is quarantined (its GPUs take no new slice until it fits): %s",
+                self._pod_label(uid), uid, why,
+            )  # fmt: skip
 
     def _pod_label(self, uid: str) -> str:
         pod = self.pods.get(uid)
@@ -495,45 +565,28 @@ class PoolService:
             if isinstance(exc, BindError):
                 raise
             raise BindError(f"bind of pod {namespace}/{name} failed: {exc}") from exc
-        self._finish_bind(namespace, name, uid, node, pod, text)
-
-    def _finish_bind(self, namespace: str, name: str, uid: str, node: str, pod: Mapping[str, Any], text: str) -> None:
-        """The Binding landed: cache the bound pod and settle its holding, unless it is gone (issue 12).
-
-        A pod the watch saw deleted, or that a relist lacked, while its Binding was in flight is read back
-        (outside the lock): gone, its commit is released; there, it is kept. No watch event would fix either.
-        """
-        while True:
-            with self.lock:
-                if uid not in self._gone_while_binding:
-                    self._keep_bound(namespace, name, uid, node, pod, text)
-                    return
+        with self.lock:
+            self.inflight.pop(uid, None)
+            if uid in self._gone_while_binding:  # deleted while the Binding was in flight: nothing to keep
                 self._gone_while_binding.discard(uid)
-            current = self._read_back(namespace, name)
-            if current is None or objects.pod_uid(current) != uid:
-                with self.lock:
-                    self.inflight.pop(uid, None)
-                    self._gone_while_binding.discard(uid)
-                    self.unplaced.discard(uid)
-                    self.ledger.discard(uid)
+                self.ledger.discard(uid)
                 return
-
-    def _keep_bound(self, namespace: str, name: str, uid: str, node: str, pod: Mapping[str, Any], text: str) -> None:
-        """Cache the pod as bound with its assignment and settle its holding (caller holds the lock)."""
-        self.inflight.pop(uid, None)
-        # what the API server now holds, so that a lagging watch event cannot undo it
-        base = self.pods.get(uid) or pod
-        annotations = {**(_meta(base).get("annotations") or {}), resources.ASSIGNMENT: text}
-        self.pods[uid] = {
-            **base,
-            "metadata": {**_meta(base), "annotations": annotations},
-            "spec": {**(base.get("spec") or {}), "nodeName": node},
-        }
-        self.pod_uids[(namespace, name)] = uid
-        # Settle what the watch delivered while the Binding was in flight against the signed assignment
-        # (issue 12 #1): an inventory flap left the commit held again, partly, or not at all; a pod that
-        # finished meanwhile holds nothing.
-        self._sync_holding(uid, self.pods[uid])
+            # what the API server now holds, so that a lagging watch event cannot undo it
+            base = self.pods.get(uid) or pod
+            annotations = {**(_meta(base).get("annotations") or {}), resources.ASSIGNMENT: text}
+            self.pods[uid] = {
+                **base,
+                "metadata": {**_meta(base), "annotations": annotations},
+                "spec": {**(base.get("spec") or {}), "nodeName": node},
+            }
+            self.pod_uids[(namespace, name)] = uid
+            # The watch left this pod alone while the Binding was in flight. Whatever it delivered meanwhile
+            # is settled now against the signed assignment: an inventory flap (Node or GPUNode deleted and
+            # back, a GPU gone from status.gpus, a relist) released the slices, so they are held again, or
+            # the pod is marked unplaced / quarantined; a pod that finished meanwhile releases them.
+            if self.ledger.holding(uid) != holding:
+                log.warning("pod %s/%s lost its slices while binding; holding its assignment again", namespace, name)
+            self._sync_holding(uid, self.pods[uid])
 
     def _existing_assignment(self, pod: Mapping[str, Any], node: str) -> Existing | None:
         """DONE or STALE (see `Existing`) for a pod that carries a trusted assignment; None when it carries none."""
@@ -585,15 +638,16 @@ class PoolService:
         """Undo a commit whose Binding did not land: nothing was written, release the slices."""
         self.metrics.bind_rollbacks.inc()
         with self.lock:
-            if self.inflight.get(uid) is holding:
-                # whatever the pod holds now is this commit, or what an inventory flap left of it
-                self.ledger.discard(uid)
+            if self.ledger.holding(uid) is holding:
+                self.ledger.release(uid)
+            self.inflight.pop(uid, None)
+            self._gone_while_binding.discard(uid)
+            if self.ledger.holding(uid) is None:  # an inventory flap meanwhile may have marked what never landed
                 self.unplaced.discard(uid)
-                self._gone_while_binding.discard(uid)
-                self.inflight.pop(uid, None)
-                cached = self.pods.get(uid)
-                if cached is not None:  # the watch may have shown it bound meanwhile (a reply lost, then unread)
-                    self._sync_holding(uid, cached)
+                self.ledger.unquarantine(uid)
+            cached = self.pods.get(uid)
+            if cached is not None:  # the watch may have shown it bound meanwhile (the reply lost, then unread)
+                self._sync_holding(uid, cached)
 
     # --- preempt -----------------------------------------------------------------------------------
 

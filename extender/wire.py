@@ -9,33 +9,49 @@ bodies kube-scheduler sends on large clusters. Unknown keys are ignored.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from gpupool import resources
 
 
 class _Wire(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
 
+def _pod_shape(value: dict[str, Any]) -> dict[str, Any]:
+    """A pod whose fields have the wrong JSON types is a bad body (400 naming the field), never a 500."""
+    errors = resources.pod_shape_errors(value)
+    if errors:
+        raise ValueError("; ".join(str(e) for e in errors[:5]))
+    return value
+
+
+#: an embedded `v1.Pod` in the API server's JSON, its fields' types checked (`resources.pod_shape_errors`)
+PodJSON = Annotated[dict[str, Any], AfterValidator(_pod_shape)]
+
+
+def object_name(item: Any) -> str:
+    """`metadata.name` of an embedded object, '' when the object or its metadata is malformed."""
+    meta = item.get("metadata") if isinstance(item, dict) else None
+    name = meta.get("name") if isinstance(meta, dict) else None
+    return name if isinstance(name, str) else ""
+
+
 class NodeList(_Wire):
     """A `v1.NodeList`, sent in `Nodes` when the extender is not node-cache-capable."""
 
-    items: list[dict[str, Any]] | None = None
+    items: list[Any] | None = None
 
     def names(self) -> list[str]:
-        out = []
-        for item in self.items or []:
-            name = (item.get("metadata") or {}).get("name") if isinstance(item, dict) else None
-            if isinstance(name, str) and name:
-                out.append(name)
-        return out
+        return [name for item in self.items or [] if (name := object_name(item))]
 
 
 class ExtenderArgs(_Wire):
     """Filter and prioritize request."""
 
-    Pod: dict[str, Any]
+    Pod: PodJSON
     Nodes: NodeList | None = None
     NodeNames: list[str] | None = None
 
@@ -85,12 +101,12 @@ class MetaVictims(_Wire):
 
 
 class Victims(_Wire):
-    Pods: list[dict[str, Any]] | None = None
+    Pods: list[PodJSON] | None = None
     NumPDBViolations: int = 0
 
 
 class ExtenderPreemptionArgs(_Wire):
-    Pod: dict[str, Any]
+    Pod: PodJSON
     NodeNameToVictims: dict[str, Victims | None] | None = None
     NodeNameToMetaVictims: dict[str, MetaVictims | None] | None = None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -59,7 +60,7 @@ class SliceRecord:
                 compute=_int(data["compute"], f"{where}.compute"),
                 memory_mib=_int(data["memory"], f"{where}.memory"),
                 slot=_str(data["slot"], f"{where}.slot"),
-                init=bool(data.get("init", False)),
+                init=_bool(data.get("init", False), f"{where}.init"),
             )
         except KeyError as exc:
             raise AssignmentError(f"{where}: missing field {exc.args[0]!r}") from None
@@ -121,39 +122,65 @@ def signature(assignment: Assignment, key: bytes) -> str:
     return hmac.new(key, assignment.canonical(), hashlib.sha256).hexdigest()
 
 
-def parse(text: str) -> Assignment:
-    """Decode an annotation value without checking its signature (use `verify` for trust)."""
+#: longest annotation value read at all (the API server caps all annotations of an object at 256 KiB)
+MAX_TEXT = 256 * 1024
+_SIG = re.compile(r"[0-9a-f]{64}")
+
+
+def parse(text: Any) -> Assignment:
+    """Decode an annotation value without checking its signature (use `verify` for trust).
+
+    Every way the value can be unreadable (not a string, not JSON, nested too deep, wrong types)
+    raises `AssignmentError`: callers report the pod, they never see another exception.
+    """
+    try:
+        return _parse(text)
+    except AssignmentError:
+        raise
+    except Exception as exc:  # whatever else a hostile value provokes is still one named, per-pod problem
+        raise AssignmentError(f"assignment is unreadable ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def _parse(text: Any) -> Assignment:
+    if not isinstance(text, str):
+        raise AssignmentError(f"assignment must be a string, got a {type(text).__name__}")
+    if len(text) > MAX_TEXT:
+        raise AssignmentError(f"assignment is {len(text)} characters long; gpupool writes far shorter ones")
     try:
         data = json.loads(text)
-    except (TypeError, ValueError) as exc:
-        raise AssignmentError(f"assignment is not JSON: {exc}") from None
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise AssignmentError(f"assignment is not JSON: {type(exc).__name__}: {str(exc)[:200]}") from None
     if not isinstance(data, dict):
         raise AssignmentError("assignment must be a JSON object")
     version = data.get("v")
-    if version != VERSION:
+    if type(version) is not int or version != VERSION:
         raise AssignmentError(f"unsupported assignment version {version!r}; this gpupool reads v{VERSION}")
     slices = data.get("slices")
     if not isinstance(slices, list) or not slices:
         raise AssignmentError("assignment.slices must be a non-empty list")
+    sig = data.get("sig", "")
+    if not isinstance(sig, str):
+        raise AssignmentError("assignment.sig must be a string")
     try:
         return Assignment(
             pod=_str(data["pod"], "assignment.pod"),
             node=_str(data["node"], "assignment.node"),
             slices=tuple(SliceRecord.from_json(s, f"assignment.slices[{i}]") for i, s in enumerate(slices)),
             at=_str(data["at"], "assignment.at"),
-            sig=str(data.get("sig") or ""),
+            sig=sig,
             version=VERSION,
         )
     except KeyError as exc:
         raise AssignmentError(f"assignment: missing field {exc.args[0]!r}") from None
 
 
-def verify(text: str, key: bytes) -> Assignment:
+def verify(text: Any, key: bytes) -> Assignment:
     """Decode and authenticate an annotation value; raise `AssignmentError` saying what is wrong."""
     assignment = parse(text)
     if not assignment.sig:
         raise AssignmentError(f"assignment of pod {assignment.pod} is unsigned; only gpupool may write it")
-    if not hmac.compare_digest(assignment.sig, signature(assignment, key)):
+    # the hex digest form is checked first: compare_digest raises TypeError on non-ASCII text
+    if not _SIG.fullmatch(assignment.sig) or not hmac.compare_digest(assignment.sig, signature(assignment, key)):
         raise AssignmentError(
             f"assignment of pod {assignment.pod} has a wrong signature (forged, edited, or signed with "
             "another key); it is refused"
@@ -164,6 +191,12 @@ def verify(text: str, key: bytes) -> Assignment:
 def _int(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise AssignmentError(f"{where} must be an integer")
+    return value
+
+
+def _bool(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise AssignmentError(f"{where} must be true or false")
     return value
 
 

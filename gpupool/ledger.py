@@ -116,8 +116,8 @@ class GPUState:
     """One GPU's inventory and what its holdings use: all slices, guaranteed slices apart, and slot numbers."""
 
     __slots__ = (
-        "disabled", "healthy", "index", "memory_mib", "model", "node", "numa", "slices",
-        "used_compute", "used_g_compute", "used_g_memory", "used_memory", "used_slots", "uuid",
+        "blocked", "disabled", "healthy", "index", "memory_mib", "model", "node", "numa", "reserved_slots",
+        "slices", "used_compute", "used_g_compute", "used_g_memory", "used_memory", "used_slots", "uuid",
     )  # fmt: skip
 
     def __init__(self, info: GPUInfo, node: str, disabled: bool) -> None:
@@ -135,6 +135,9 @@ class GPUState:
         self.used_g_memory = 0
         self.slices = 0
         self.used_slots: set[int] = set()
+        #: quarantined holdings that use this GPU (it takes no new slice while any remain) and their slots
+        self.blocked = 0
+        self.reserved_slots: set[int] = set()
 
     def info(self) -> GPUInfo:
         return GPUInfo(self.uuid, self.index, self.model, self.memory_mib, self.numa, self.healthy)
@@ -144,6 +147,7 @@ class GPUState:
         for name in GPUState.__slots__:
             setattr(other, name, getattr(self, name))
         other.used_slots = set(self.used_slots)
+        other.reserved_slots = set(self.reserved_slots)
         return other
 
 
@@ -152,8 +156,8 @@ class NodeState:
     (remote slices), and its cached `NodeView`."""
 
     __slots__ = (
-        "agent_endpoint", "cpu_milli", "gpus", "max_pods", "memory_mib", "name", "pods", "remote_used",
-        "used_cpu", "used_memory", "view",
+        "agent_endpoint", "cpu_milli", "gpus", "max_pods", "memory_mib", "name", "pods", "remote_reserved",
+        "remote_used", "used_cpu", "used_memory", "view",
     )  # fmt: skip
 
     def __init__(self, info: NodeInfo) -> None:
@@ -169,6 +173,7 @@ class NodeState:
         self.used_memory = 0
         self.pods = 0
         self.remote_used: set[int] = set()
+        self.remote_reserved: set[int] = set()  # remote slots of quarantined holdings of this node's pods
         self.view: NodeView | None = None
 
     def clone(self) -> NodeState:
@@ -177,6 +182,7 @@ class NodeState:
             setattr(other, name, getattr(self, name))
         other.gpus = [g.clone() for g in self.gpus]
         other.remote_used = set(self.remote_used)
+        other.remote_reserved = set(self.remote_reserved)
         return other
 
 
@@ -210,6 +216,11 @@ class Ledger:
         self.kid_epoch = 0
         #: bumped on every change; adapters use it to tell whether a decision is stale
         self.generation = 0
+        #: pods whose signed holding does not fit (a GPU now reports less than they hold), pod -> why:
+        #: never counted past capacity, but counted conservatively: every GPU such a holding uses takes no
+        #: new slice and its slot ids stay taken, until the pod fits again (`hold`) or leaves (`discard`)
+        self.quarantined: dict[str, str] = {}
+        self._quarantined: dict[str, Holding] = {}
         #: a planning copy (`copy()`): the only kind of ledger `without` may change
         self.scratch = False
 
@@ -230,6 +241,8 @@ class Ledger:
         other._nodes = {name: state.clone() for name, state in self._nodes.items()}
         other._gpus = {g.uuid: g for state in other._nodes.values() for g in state.gpus}
         other._holdings = dict(self._holdings)
+        other.quarantined = dict(self.quarantined)
+        other._quarantined = dict(self._quarantined)
         other._by_key = {key: set(names) for key, names in self._by_key.items()}
         other._node_key = dict(self._node_key)
         other._indexed = self._indexed
@@ -261,41 +274,55 @@ class Ledger:
     # --- inventory ---------------------------------------------------------------------------------
 
     def upsert_node(self, info: NodeInfo) -> list[str]:
-        """Add a node or replace its inventory; keep holdings whose GPUs remain.
+        """Add a node or replace its inventory; keep holdings whose GPUs remain and still fit.
 
-        Returns the pods whose holdings were dropped because a GPU they use is gone.
+        Holdings are re-held in the order they were first held, each checked against the new
+        capacity: one that no longer fits (a GPU reports less memory now) is quarantined, never
+        held past capacity. Returns the pods whose holdings were dropped: a GPU they use is gone,
+        or they were quarantined. A GPU already on another node raises `ValueError`, changing nothing.
         """
+        for new in info.gpus:
+            other = self._gpus.get(new.uuid)
+            if other is not None and other.node != info.name:
+                raise ValueError(f"GPU {new.uuid} of node {info.name} is already on node {other.node}")
         old = self._nodes.get(info.name)
         dropped: list[str] = []
+        held: list[Holding] = []
+        remaining = {g.uuid for g in info.gpus}
+        gone = {g.uuid for g in old.gpus} - remaining if old is not None else set()
+        blocked: list[Holding] = []
+        for q in [q for q in self._quarantined.values() if self._touches_node(q, info.name)]:
+            self._block(q, -1)  # counted again below, on the new GPU objects
+            if any(s.gpu in gone for s in q.slices):
+                self._forget_quarantine(q.pod)  # a GPU it names is gone: the caller marks it unplaced
+                dropped.append(q.pod)
+            else:
+                blocked.append(q)
         if old is not None:
-            remaining = {g.uuid for g in info.gpus}
-            gone = {g.uuid for g in old.gpus} - remaining
-            dropped = self.pods_on_gpus(gone)
-            for pod in dropped:
+            lost = self.pods_on_gpus(gone)
+            for pod in lost:
                 self.release(pod)
+            dropped = lost + dropped
             held = [h for h in self._holdings.values() if self._touches_node(h, info.name)]
             for h in held:
                 self._apply(h, -1)
             for g in old.gpus:
                 del self._gpus[g.uuid]
-        for new in info.gpus:
-            other = self._gpus.get(new.uuid)
-            if other is not None and other.node != info.name:
-                raise ValueError(f"GPU {new.uuid} of node {info.name} is already on node {other.node}")
         state = NodeState(info)
         self._nodes[info.name] = state
         for g in state.gpus:
             self._gpus[g.uuid] = g
-        if old is not None:
-            for h in held:
-                self._apply(h, +1)
-        else:  # pods of this node that kept slices on other nodes' GPUs while it was away (see `_check`)
-            for h in self._holdings.values():
-                if h.node == info.name:
-                    state.remote_used.update(slot_ids.parse_slot(s.slot)[1] for s in h.slices)
-                    state.used_cpu += h.cpu_milli
-                    state.used_memory += h.host_memory_mib
-                    state.pods += 1
+        for q in blocked:
+            self._block(q, +1)
+        for h in held:
+            try:
+                self._check(h)
+            except OverAllocation as exc:
+                del self._holdings[h.pod]
+                self.quarantine(h, f"its slices no longer fit node {info.name}: {exc}")
+                dropped.append(h.pod)
+                continue
+            self._apply(h, +1)
         self._touch(info.name)
         return dropped
 
@@ -310,6 +337,10 @@ class Ledger:
         )
         for pod in pods:
             self.release(pod)
+        for q in [q for q in self._quarantined.values() if self._touches_node(q, name)]:
+            self._block(q, -1)
+            self._forget_quarantine(q.pod)
+            pods.append(q.pod)
         for g in state.gpus:
             del self._gpus[g.uuid]
         del self._nodes[name]
@@ -353,14 +384,14 @@ class Ledger:
         for p in planned:
             gpu = self._gpu(p.gpu)
             if gpu.node == node:
-                used = gpu.used_slots | taken_local.setdefault(gpu.uuid, set())
+                used = gpu.used_slots | gpu.reserved_slots | taken_local.setdefault(gpu.uuid, set())
                 k = _lowest_free(used, self.slots_per_gpu)
                 if k is None:
                     raise OverAllocation(f"GPU {gpu.uuid} has no free slot (all {self.slots_per_gpu} in use)")
                 taken_local[gpu.uuid].add(k)
                 slot = slot_ids.local_slot(gpu.index, k)
             else:
-                k = _lowest_free(pod_node.remote_used | taken_remote, self.remote_slots)
+                k = _lowest_free(pod_node.remote_used | pod_node.remote_reserved | taken_remote, self.remote_slots)
                 if k is None:
                     raise OverAllocation(f"node {node} has no free remote slot (all {self.remote_slots} in use)")
                 taken_remote.add(k)
@@ -378,9 +409,39 @@ class Ledger:
         """
         if holding.pod in self._holdings:
             raise OverAllocation(f"pod {holding.pod} already holds slices; release them first")
-        self._check(holding)
+        earlier = self._quarantined.get(holding.pod)
+        if earlier is not None:  # it may fit now: its own conservative count is set aside for the check
+            self._block(earlier, -1)
+        try:
+            self._check(holding)
+        except OverAllocation:
+            if earlier is not None:
+                self._block(earlier, +1)
+            raise
+        if earlier is not None:
+            self._forget_quarantine(holding.pod)
         self._apply(holding, +1)
         self._holdings[holding.pod] = holding
+
+    def quarantine(self, holding: Holding, reason: str) -> None:
+        """Record a signed holding that does not fit (it holds nothing), counted conservatively: the GPUs
+        it names (those in the pool) take no new slice and its slot ids stay taken (see `quarantined`)."""
+        if holding.pod in self._quarantined:
+            self._block(self._quarantined[holding.pod], -1)
+        self._quarantined[holding.pod] = holding
+        self.quarantined[holding.pod] = reason
+        self._block(holding, +1)
+
+    def unquarantine(self, pod: str) -> None:
+        """Forget a quarantined pod (it left, or no longer carries the assignment)."""
+        q = self._quarantined.get(pod)
+        if q is not None:
+            self._block(q, -1)
+        self._forget_quarantine(pod)
+
+    def _forget_quarantine(self, pod: str) -> None:
+        self._quarantined.pop(pod, None)
+        self.quarantined.pop(pod, None)
 
     def release(self, pod: str) -> Holding:
         holding = self._holdings.pop(pod, None)
@@ -390,7 +451,8 @@ class Ledger:
         return holding
 
     def discard(self, pod: str) -> Holding | None:
-        """Release `pod`'s holding if it has one."""
+        """Release `pod`'s holding if it has one (and forget a quarantine): the pod is gone."""
+        self.unquarantine(pod)
         return self.release(pod) if pod in self._holdings else None
 
     def holding(self, pod: str) -> Holding | None:
@@ -451,7 +513,7 @@ class Ledger:
         return max(0, cap_c - gpu.used_compute), max(0, cap_m - gpu.used_memory)
 
     def eligible(self, gpu: GPUState) -> bool:
-        return gpu.healthy and not gpu.disabled and gpu.slices < self.slots_per_gpu
+        return gpu.healthy and not gpu.disabled and not gpu.blocked and gpu.slices < self.slots_per_gpu
 
     def view(self, node: str) -> NodeView:
         """The cached view of `node` for guaranteed slices."""
@@ -551,9 +613,7 @@ class Ledger:
 
     def _check(self, holding: Holding) -> None:
         pod_node = self._nodes.get(holding.node)
-        # A pod whose node left the pool may keep the slices other nodes' GPUs serve it (it still runs there):
-        # they are counted on those GPUs, its remote slots once its node is back (`upsert_node`).
-        if pod_node is None and (not holding.slices or any(s.node == holding.node for s in holding.slices)):
+        if pod_node is None:
             raise OverAllocation(f"node {holding.node} is not in the pool")
         per_gpu: dict[str, tuple[int, int, int]] = {}
         slots_seen: set[tuple[str, str]] = set()
@@ -579,10 +639,10 @@ class Ledger:
                 raise OverAllocation(f"pod {holding.pod}, slice on GPU {s.gpu} of {gpu.node}: {problem}")
             _, k = slot_ids.parse_slot(s.slot)
             if local:
-                if k in gpu.used_slots:
+                if k in gpu.used_slots or k in gpu.reserved_slots:
                     raise OverAllocation(f"slot {s.slot} of node {gpu.node} is already held")
-            elif pod_node is not None:
-                if k in pod_node.remote_used:
+            else:
+                if k in pod_node.remote_used or k in pod_node.remote_reserved:
                     raise OverAllocation(f"remote slot {s.slot} of node {holding.node} is already held")
                 remote.append(k)
         for uuid, (c, m, n) in per_gpu.items():
@@ -602,8 +662,6 @@ class Ledger:
                 )
             if gpu.slices + n > self.slots_per_gpu:
                 raise OverAllocation(f"GPU {uuid} would hold more than {self.slots_per_gpu} slices")
-        if pod_node is None:
-            return
         if pod_node.cpu_milli is not None and pod_node.used_cpu + holding.cpu_milli > pod_node.cpu_milli:
             raise OverAllocation(f"node {holding.node}: not enough CPU")
         if pod_node.memory_mib is not None and pod_node.used_memory + holding.host_memory_mib > pod_node.memory_mib:
@@ -637,6 +695,27 @@ class Ledger:
         for name in touched:
             if name in self._nodes:
                 self._touch(name)
+
+    def _block(self, holding: Holding, sign: int) -> None:
+        """Count a quarantined holding conservatively (+1) or stop counting it (-1), see `quarantine`."""
+        touched: set[str] = set()
+        pod_node = self._nodes.get(holding.node)
+        for s in holding.slices:
+            gpu = self._gpus.get(s.gpu)
+            if gpu is None or gpu.node != s.node:
+                continue
+            gpu.blocked += sign
+            touched.add(gpu.node)
+            try:
+                _, k = slot_ids.parse_slot(s.slot)
+            except ValueError:
+                continue  # a malformed slot id reserves nothing; the GPU itself is blocked
+            if gpu.node == holding.node:
+                (gpu.reserved_slots.add if sign > 0 else gpu.reserved_slots.discard)(k)
+            elif pod_node is not None:
+                (pod_node.remote_reserved.add if sign > 0 else pod_node.remote_reserved.discard)(k)
+        for name in touched:
+            self._touch(name)
 
     def _touch(self, name: str) -> None:
         self._nodes[name].view = None

@@ -1,15 +1,16 @@
 """Kubernetes objects (as API JSON dicts) translated into pool-model values, and back.
 
 The one place that reads GPUNode and GPUQueue objects and a pod's gpupool fields (admission
-gate, assignment, nomination), so the extender, the controller, the node agent and the CLI
-rebuild the same ledger and queues from the same objects. No I/O here: callers list and watch.
+gate, assignment, nomination, the controller's admission condition), so the extender, the controller,
+the node agent and the CLI rebuild the same ledger and queues from the same objects. No I/O here:
+callers list and watch.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gpupool import assignment as assignment_format
@@ -36,33 +37,57 @@ TERMINAL_PHASES = ("Succeeded", "Failed")
 
 def node_info_from_gpunode(obj: Mapping[str, Any]) -> NodeInfo:
     """A GPUNode (DESIGN.md §4.1) as a `NodeInfo`; raises `GpupoolError` naming the bad field."""
-    name = (obj.get("metadata") or {}).get("name")
-    if not name:
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    name = meta.get("name") if isinstance(meta, dict) else None
+    if not name or not isinstance(name, str):
         raise GpupoolError("GPUNode without metadata.name")
     status = obj.get("status") or {}
     spec = obj.get("spec") or {}
+    if not isinstance(status, dict) or not isinstance(spec, dict):
+        raise GpupoolError(f"GPUNode {name}: status and spec must be objects")
+    items = status.get("gpus") or []
+    disabled = spec.get("disabledGPUs") or []
+    if not isinstance(items, list):
+        raise GpupoolError(f"GPUNode {name} status.gpus: must be a list")
+    if not isinstance(disabled, list) or not all(isinstance(u, str) for u in disabled):
+        raise GpupoolError(f"GPUNode {name} spec.disabledGPUs: must be a list of GPU UUIDs")
     gpus: list[GPUInfo] = []
-    for i, g in enumerate(status.get("gpus") or []):
+    for i, g in enumerate(items):
         where = f"GPUNode {name} status.gpus[{i}]"
+        if not isinstance(g, dict):
+            raise GpupoolError(f"{where}: must be an object")
         try:
-            gpus.append(
-                GPUInfo(
-                    uuid=str(g["uuid"]),
-                    index=int(g["index"]),
-                    model=str(g.get("model") or ""),
-                    memory_mib=int(g["memoryMiB"]),
-                    numa=int(g["numa"]) if g.get("numa") is not None else None,
-                    healthy=(g.get("health") or HEALTHY) == HEALTHY,
-                )
+            info = GPUInfo(
+                uuid=_text(g["uuid"]),
+                index=_whole(g["index"]),
+                model=_text(g.get("model") or ""),
+                memory_mib=_whole(g["memoryMiB"]),
+                numa=_whole(g["numa"]) if g.get("numa") is not None else None,
+                healthy=(g.get("health") or HEALTHY) == HEALTHY,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise GpupoolError(f"{where}: missing or invalid field ({exc})") from None
-    return NodeInfo(
-        name=str(name),
-        gpus=tuple(gpus),
-        disabled=frozenset(spec.get("disabledGPUs") or []),
-        agent_endpoint=str(status.get("agentEndpoint") or "").strip(),  # the CRD types it a string
-    )
+        if not info.uuid or info.index < 0 or info.memory_mib < 1:
+            raise GpupoolError(f"{where}: needs a uuid, an index >= 0 and memoryMiB >= 1")
+        gpus.append(info)
+    if len({g.uuid for g in gpus}) < len(gpus) or len({g.index for g in gpus}) < len(gpus):
+        raise GpupoolError(f"GPUNode {name} status.gpus: a uuid or an index appears twice")
+    endpoint = status.get("agentEndpoint") or ""
+    if not isinstance(endpoint, str):
+        raise GpupoolError(f"GPUNode {name} status.agentEndpoint: must be a string")
+    return NodeInfo(name=name, gpus=tuple(gpus), disabled=frozenset(disabled), agent_endpoint=endpoint.strip())
+
+
+def _whole(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{value!r} is not a whole number")
+    return value
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{value!r} is not a string")
+    return value
 
 
 def gpunode_status_gpus(gpus: Iterable[GPUInfo]) -> list[dict[str, Any]]:
@@ -100,7 +125,8 @@ def _limit(data: Any, where: str) -> Limit:
 
 
 def label_selector_from_dict(data: Mapping[str, Any] | None) -> LabelSelector | None:
-    if not data:
+    """A Kubernetes label selector; absent (None) selects nothing, `{}` selects everything."""
+    if data is None:
         return None
     labels = tuple(sorted((str(k), str(v)) for k, v in (data.get("matchLabels") or {}).items()))
     exprs = tuple(
@@ -126,17 +152,26 @@ def queue_spec_from_object(obj: Mapping[str, Any]) -> QueueSpec:
     nominal = _limit(spec.get("nominalQuota"), f"{where}.nominalQuota")
     if nominal.compute is None:
         nominal = replace(nominal, compute=0)
+    selector = spec.get("namespaceSelector")
+    if selector is not None and not isinstance(selector, Mapping):
+        raise GpupoolError(f"{where}.namespaceSelector: must be a label selector object ({{}} = every namespace)")
+    reserve = spec.get("reserveNodes", False)
+    if not isinstance(reserve, bool):
+        raise GpupoolError(f"{where}.reserveNodes: must be true or false, got {reserve!r}")
+    if reserve and not spec.get("nodeSelector"):
+        raise GpupoolError(f"{where}.reserveNodes: reserves the nodes spec.nodeSelector matches; set a nodeSelector")
     return QueueSpec(
         name=name,
         nominal=nominal,
         borrowing_limit=_limit(spec.get("borrowingLimit"), f"{where}.borrowingLimit"),
         cohort=spec.get("cohort") or None,
         namespaces=frozenset(spec.get("namespaces") or ()),
-        namespace_selector=label_selector_from_dict(spec.get("namespaceSelector")),
+        namespace_selector=label_selector_from_dict(selector),
         node_selector=tuple(sorted((str(k), str(v)) for k, v in (spec.get("nodeSelector") or {}).items())),
         strategy=strategy,
         within_queue=within,
         reclaim_borrowed=bool(preemption.get("reclaimBorrowed", True)),
+        reserve_nodes=reserve,
     )
 
 
@@ -224,3 +259,44 @@ def parse_nomination(text: str) -> tuple[str, float]:
     if expires is None:
         raise GpupoolError(f"{field}.expires: expected an RFC 3339 time, got {data.get('expires')!r}")
     return node, expires
+
+
+#: the pod condition where the controller publishes its admission decision (docs/contracts.md)
+ADMISSION_CONDITION = "gpupool.io/Admission"
+ADMITTED_REASON = "Admitted"
+WAITING_REASON = "Waiting"
+NOMINATED_REASON = "Nominated"
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionDecision:
+    """The controller's last decision on a pod, as published in its `gpupool.io/Admission` condition."""
+
+    admitted: bool
+    reason: str
+    message: str
+    since: float | None
+
+
+def admission_condition(admitted: bool, reason: str, message: str, now: float) -> dict[str, Any]:
+    """The `gpupool.io/Admission` pod condition: True once the gate is removed, else False with why it waits."""
+    return {
+        "type": ADMISSION_CONDITION,
+        "status": "True" if admitted else "False",
+        "reason": reason,
+        "message": message[:4096],
+        "lastTransitionTime": timefmt.format_time(now),
+    }
+
+
+def pod_admission_decision(pod: Mapping[str, Any]) -> AdmissionDecision | None:
+    """The decision the controller published on the pod (`admission_condition`); None before the first."""
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if isinstance(cond, Mapping) and cond.get("type") == ADMISSION_CONDITION:
+            return AdmissionDecision(
+                admitted=cond.get("status") == "True",
+                reason=str(cond.get("reason") or ""),
+                message=str(cond.get("message") or ""),
+                since=timefmt.parse_time(cond.get("lastTransitionTime")),
+            )
+    return None

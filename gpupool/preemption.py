@@ -12,12 +12,16 @@ released and re-held, so no reader and no failure mid-search sees or keeps a wha
 
 Rules (DESIGN.md §7):
 
-* Candidates: admitted pods of the preemptor's own queue with lower priority (when its queue has
-  `preemption.withinQueue: LowerPriority`), and — when the queue has `reclaimBorrowed: true` and the
-  preemptor's charge fits within its queue's nominal quota — pods of other queues of its cohort that use
-  more than their nominal quota, for as long as the victim's queue stays above its nominal quota after
-  the eviction. Pods of the implicit queue (no GPUQueue) may be preempted by higher-priority pods of any
-  queue; they hold no quota.
+* Rank (`may_preempt`): a guaranteed pod outranks every best-effort pod, whatever the priorities;
+  otherwise a pod outranks only pods of its own QoS with lower priority. A best-effort pod never evicts a
+  guaranteed one, so two pods can never evict each other in turn.
+* Candidates: best-effort pods of any queue, for a guaranteed preemptor (`yields`: they hold capacity
+  nothing promised them, whatever their queue's `withinQueue`, cohort or quota); admitted pods of the
+  preemptor's own queue that it outranks (when its queue has `preemption.withinQueue: LowerPriority`), and —
+  when the queue has `reclaimBorrowed: true` and the preemptor's charge fits within its queue's nominal
+  quota — pods of other queues of its cohort that use more than their nominal quota, for as long as the
+  victim's queue stays above its nominal quota after the eviction. Pods of the implicit queue (no GPUQueue)
+  may be preempted by any pod that outranks them; they hold no quota.
 * Victim order: best-effort slices first, then lower priority, then the most recently admitted. A
   preemptor whose queue stays within its nominal quota (it only lacks quota lent to borrowers) takes
   borrowers' pods before its own queue's: such sets are searched first and win over sets of as many
@@ -60,6 +64,16 @@ class Victim:
         return (0 if self.qos is QoS.BEST_EFFORT else 1, self.priority, -self.admitted_at, self.key)
 
 
+def yields(preemptor: PodRequest, victim: Victim) -> bool:
+    """A best-effort victim gives way to a guaranteed preemptor, whatever the priorities and queues."""
+    return preemptor.qos is QoS.GUARANTEED and victim.qos is QoS.BEST_EFFORT
+
+
+def may_preempt(preemptor: PodRequest, victim: Victim) -> bool:
+    """THE rank (docs/contracts.md "preemption rank"): guaranteed over best-effort, then higher priority."""
+    return yields(preemptor, victim) or (victim.qos is preemptor.qos and victim.priority < preemptor.priority)
+
+
 @dataclass(frozen=True, slots=True)
 class PreemptionPlan:
     preemptor: str
@@ -75,7 +89,7 @@ class PreemptionPlan:
 
 
 def candidates(manager: QueueManager, preemptor: PodEntry, exclude: frozenset[str] = frozenset()) -> list[Victim]:
-    """Pods the preemptor may evict, in victim order (best-effort, lower priority, newest first)."""
+    """Pods the preemptor may evict (module doc), in victim order (best-effort, lower priority, newest first)."""
     q = preemptor.queue
     if q is None:
         return []
@@ -93,20 +107,20 @@ def candidates(manager: QueueManager, preemptor: PodEntry, exclude: frozenset[st
         holding = manager.ledger.holding(entry.uid)
         if holding is None:
             continue
-        lower = entry.request.priority < preemptor.request.priority
         other = entry.queue
-        if other == q:
-            ok = within and lower
+        victim = Victim(entry.uid, entry.key, other or "", entry.request.priority, entry.request.qos,
+                        entry.admitted_at or 0.0, holding, entry.charge)  # fmt: skip
+        if yields(preemptor.request, victim):
+            ok = True
+        elif other == q:
+            ok = within and may_preempt(preemptor.request, victim)
         elif other == IMPLICIT_QUEUE:
-            ok = lower
+            ok = may_preempt(preemptor.request, victim)
         else:
             other_spec = manager.queue(other) if other is not None else None
             ok = cohort is not None and other_spec is not None and other_spec.cohort == cohort
         if ok:
-            out.append(
-                Victim(entry.uid, entry.key, other or "", entry.request.priority, entry.request.qos,
-                       entry.admitted_at or 0.0, holding, entry.charge)
-            )  # fmt: skip
+            out.append(victim)
     out.sort(key=lambda v: v.order)
     return out
 
@@ -136,7 +150,7 @@ def find_preemption(
     need = Resources(request.compute_units, request.memory_units(manager._largest_gpu_memory()))
     if q != IMPLICIT_QUEUE and not _within_nominal(manager, q, need, pool):
         # a queue reclaims only its own nominal quota; to borrow it may not evict other queues' pods
-        pool = [v for v in pool if v.queue in (q, IMPLICIT_QUEUE)]
+        pool = [v for v in pool if v.queue in (q, IMPLICIT_QUEUE) or yields(request, v)]
     # within its nominal quota even before evicting its own pods: what it lacks is lent to borrowers, so
     # reclaim from them first (Kueue does the same) rather than evict its own lower-priority pods
     reclaiming = q != IMPLICIT_QUEUE and _within_nominal(manager, q, need, ())
@@ -158,7 +172,7 @@ def find_preemption(
             return False
         by_queue: dict[str, list[Victim]] = {}
         for v in victims:
-            if v.queue not in (q, IMPLICIT_QUEUE):
+            if v.queue not in (q, IMPLICIT_QUEUE) and not yields(request, v):  # reclaim: quota rules
                 by_queue.setdefault(v.queue, []).append(v)
         for other, taken in by_queue.items():  # each victim's queue must still be borrowing when it is taken
             spec = manager.queue(other)
@@ -205,6 +219,23 @@ def find_preemption(
             return None
     reclaim = any(v.queue != q for v in chosen)
     return PreemptionPlan(uid, node, chosen, plan, reclaim)
+
+
+def no_preemption_reason(manager: QueueManager, uid: str, refused: frozenset[str] = frozenset()) -> str | None:
+    """Why `find_preemption` (with `refused` excluded) finds nothing for pod `uid`, for its wait message: the
+    refused evictions, or the pods it may evict that would not make room. None when no pod it may evict
+    holds slices and none was refused (its wait message already says what it lacks)."""
+    preemptor = manager.pods.get(uid)
+    if preemptor is None:
+        return None
+    names = sorted(manager.pods[r].key for r in refused if r in manager.pods)
+    blocked = f"the eviction of {', '.join(names)} was refused (a PodDisruptionBudget)" if names else ""
+    pool = candidates(manager, preemptor, refused)
+    if pool:
+        keys = ", ".join(v.key for v in pool[:5]) + (", ..." if len(pool) > 5 else "")
+        rest = f"evicting {keys} would not make room for it"
+        return f"no preemption: {blocked}; {rest}" if blocked else f"no preemption: {rest}"
+    return f"no preemption: {blocked}" if blocked else None
 
 
 def _within_nominal(manager: QueueManager, q: str, need: Resources, pool: Sequence[Victim]) -> bool:
@@ -269,12 +300,15 @@ def choose_victims(
 
     The extender's preempt verb: kube-scheduler offers the victims, this prunes them with the search and
     the victim order of `find_preemption`. `ledger` is a planning copy (`Ledger.copy()`, one per verb call)
-    and `placer` places over it (`Placer.over`). () when none is needed; None when even evicting every
-    offered pod does not make room.
+    and `placer` places over it (`Placer.over`). The rank of `may_preempt` applies: kube-scheduler offers
+    only pods of lower priority, and of those a best-effort pod may not evict a guaranteed one. (It never
+    offers pods of equal or higher priority, so the best-effort pods a guaranteed pod outranks whatever
+    their priority are reclaimed by the controller's `find_preemption`.) () when none is needed; None when
+    even evicting every usable offered pod does not make room.
     """
     if not ledger.has_node(node):
         return None
-    pool = sorted(offered, key=lambda v: v.order)
+    pool = sorted((v for v in offered if yields(request, v) or v.qos is request.qos), key=lambda v: v.order)
 
     def fits(node: str, victims: Sequence[Victim]) -> bool:
         return _fits(ledger, placer, request, node, victims)

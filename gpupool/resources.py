@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, localcontext
 from typing import Any
 
 from gpupool import policies
@@ -53,6 +53,20 @@ SYSTEM_ANNOTATIONS = (ASSIGNMENT, ALLOCATED, NOMINATED)
 ADMISSION_GATE = "gpupool.io/admission"
 SCHEDULER_NAME = "gpupool-scheduler"
 
+# --- environment gpupool owns (docs/contracts.md, "Allocate environment") --------------------------
+
+#: variables the device plugin sets (or the runtime reads) to confine a container to its slices; a pod
+#: that sets one itself could widen what it was given wherever the runtime lets the pod's env win
+RUNTIME_ENV = ("NVIDIA_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "CUDA_DEVICE_SM_LIMIT",
+               "LD_PRELOAD")  # fmt: skip
+RUNTIME_ENV_PREFIXES = ("GPUPOOL_", "CUDA_MPS_", "CUDA_DEVICE_MEMORY_LIMIT")
+
+
+def is_runtime_env(name: str) -> bool:
+    """True for an environment variable gpupool owns (`RUNTIME_ENV`, `RUNTIME_ENV_PREFIXES`)."""
+    return name in RUNTIME_ENV or name.startswith(RUNTIME_ENV_PREFIXES)
+
+
 _QUEUE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 _SUFFIXES: Mapping[str, int] = {
@@ -60,36 +74,144 @@ _SUFFIXES: Mapping[str, int] = {
     "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
     "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
 }  # fmt: skip
-_QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+_QUANTITY = re.compile(r"^([+-]?)([0-9]*)(?:\.([0-9]*))?(?:[eE]([+-]?[0-9]+))?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+
+#: the largest quantity gpupool accepts (int64, as Kubernetes stores quantities); bounds every value
+MAX_QUANTITY = 2**63 - 1
+#: longest quantity text read at all, and the most digits of its mantissa and of its exponent: checked
+#: BEFORE any conversion, so "1e999999" is refused in microseconds instead of building a huge number
+MAX_QUANTITY_TEXT = 64
+MAX_MANTISSA_DIGITS = 30
+MAX_EXPONENT_DIGITS = 3
+
+
+def _too_large(field: str, shown: str) -> InvalidRequest:
+    return InvalidRequest(
+        [FieldError(field, f"{shown} is out of range; write a whole number from 0 to {MAX_QUANTITY}")]
+    )
 
 
 def parse_quantity(value: Any, field: str) -> int:
     """Parse a Kubernetes quantity that must be a whole number (extended resources are integers).
 
-    Raises `InvalidRequest` naming `field` for anything that is not a non-negative integer.
+    Raises `InvalidRequest` naming `field` for anything that is not an integer in 0..`MAX_QUANTITY`.
+    Digit and exponent counts are bounded before conversion (docs/contracts.md, "quantities").
     """
     if isinstance(value, bool):
         raise InvalidRequest([FieldError(field, f"expected a whole number, got {value!r}")])
     if isinstance(value, int):
-        number = Decimal(value)
-    else:
-        text = str(value).strip()
-        match = _QUANTITY.match(text)
-        if not match:
-            raise InvalidRequest(
-                [FieldError(field, f"{text!r} is not a quantity; write a whole number such as 30")]
-            )
+        if value < 0:
+            raise InvalidRequest([FieldError(field, "must not be negative")])
+        if value > MAX_QUANTITY:
+            raise _too_large(field, "the number")
+        return value
+    if isinstance(value, float):
+        value = repr(value)  # JSON numbers with a fraction or exponent: read as their text
+    if not isinstance(value, str):
+        raise InvalidRequest(
+            [FieldError(field, f"expected a quantity string such as \"30\", got a {type(value).__name__}")]
+        )
+    text = value.strip()
+    if len(text) > MAX_QUANTITY_TEXT:
+        raise InvalidRequest(
+            [FieldError(field, f"quantity of {len(text)} characters; write a whole number such as 30")]
+        )
+    match = _QUANTITY.match(text)
+    if not match or not (match.group(2) or match.group(3)):
+        raise InvalidRequest([FieldError(field, f"{text!r} is not a quantity; write a whole number such as 30")])
+    sign, whole, fraction, exponent, suffix = match.groups()
+    digits = (whole or "").lstrip("0") + (fraction or "")
+    if len(digits) > MAX_MANTISSA_DIGITS or len((exponent or "").lstrip("+-").lstrip("0")) > MAX_EXPONENT_DIGITS:
+        raise _too_large(field, repr(text))
+    scale = int(exponent or 0)  # bounded now: |scale| < 1000 and at most 30 digits, so the Decimal is small
+    with localcontext() as ctx:
+        ctx.prec = 2 * MAX_MANTISSA_DIGITS + 40  # exact for every bounded input (no rounding)
+        ctx.Emax, ctx.Emin = 10_000, -10_000
         try:
-            number = Decimal(match.group(1))
+            number = Decimal(f"{sign}{whole or '0'}.{fraction or '0'}E{scale}")
         except InvalidOperation:
             raise InvalidRequest([FieldError(field, f"{text!r} is not a number")]) from None
-        suffix = match.group(2) or ""
-        number = number / 1000 if suffix == "m" else number * _SUFFIXES[suffix]
-    if number < 0:
-        raise InvalidRequest([FieldError(field, f"must not be negative (got {value!r})")])
-    if number != number.to_integral_value():
-        raise InvalidRequest([FieldError(field, f"must be a whole number (got {value!r})")])
-    return int(number)
+        number = number / 1000 if suffix == "m" else number * _SUFFIXES[suffix or ""]
+        if number < 0:
+            raise InvalidRequest([FieldError(field, f"must not be negative (got {text!r})")])
+        if number != number.to_integral_value():
+            raise InvalidRequest([FieldError(field, f"must be a whole number (got {text!r})")])
+        if number > MAX_QUANTITY:
+            raise _too_large(field, repr(text))
+        return int(number)
+
+
+# --- the shape of a pod manifest ------------------------------------------------------------------
+
+_OBJECT, _LIST, _STRING, _INTEGER = "an object", "a list", "a string", "an integer"
+#: fields gpupool reads and the JSON type each must have (absent or null is always fine)
+_POD_FIELDS: tuple[tuple[str, str], ...] = (
+    ("metadata", _OBJECT), ("spec", _OBJECT), ("status", _OBJECT),
+    ("metadata.name", _STRING), ("metadata.namespace", _STRING), ("metadata.uid", _STRING),
+    ("metadata.annotations", _OBJECT), ("metadata.labels", _OBJECT),
+    ("spec.containers", _LIST), ("spec.initContainers", _LIST), ("spec.schedulingGates", _LIST),
+    ("spec.nodeName", _STRING), ("spec.priority", _INTEGER), ("spec.schedulerName", _STRING),
+    ("spec.nodeSelector", _OBJECT), ("status.phase", _STRING),
+)  # fmt: skip
+_CONTAINER_FIELDS: tuple[tuple[str, str], ...] = (
+    ("name", _STRING), ("resources", _OBJECT), ("resources.limits", _OBJECT), ("resources.requests", _OBJECT),
+    ("securityContext", _OBJECT), ("env", _LIST), ("envFrom", _LIST),
+)  # fmt: skip
+_CHECKS = {
+    _OBJECT: lambda v: isinstance(v, dict),
+    _LIST: lambda v: isinstance(v, list),
+    _STRING: lambda v: isinstance(v, str),
+    _INTEGER: lambda v: isinstance(v, int) and not isinstance(v, bool),
+}
+
+
+def _lookup(obj: Mapping[str, Any], path: str) -> Any:
+    value: Any = obj
+    for part in path.split("."):
+        if not isinstance(value, dict):
+            return None  # the parent is reported on its own
+        value = value.get(part)
+    return value
+
+
+def _shape(obj: Mapping[str, Any], fields: Iterable[tuple[str, str]], where: str) -> list[FieldError]:
+    errors = []
+    for path, kind in fields:
+        value = _lookup(obj, path)
+        if value is not None and not _CHECKS[kind](value):
+            errors.append(FieldError(f"{where}{path}", f"must be {kind}, got {type(value).__name__}"))
+    return errors
+
+
+def pod_shape_errors(pod: Any) -> list[FieldError]:
+    """Every field gpupool reads that has the wrong JSON type, named (empty = the shape is fine).
+
+    The API server never stores such a pod, but webhooks and extender bodies are only JSON: this check
+    runs first, so no reader of a pod meets a string where it expects an object (issue 12 #5).
+    """
+    if not isinstance(pod, dict):
+        return [FieldError("pod", f"must be an object, got {type(pod).__name__}")]
+    errors = _shape(pod, _POD_FIELDS, "")
+    for key, value in _obj(_lookup(pod, "metadata.annotations")).items():
+        if not isinstance(value, str):
+            errors.append(FieldError(f"metadata.annotations[{key}]", f"must be a string, got {type(value).__name__}"))
+    for i, gate in enumerate(_list(_lookup(pod, "spec.schedulingGates"))):
+        if not isinstance(gate, dict) or not isinstance(gate.get("name"), str):
+            errors.append(FieldError(f"spec.schedulingGates[{i}]", "must be an object with a name"))
+    for kind in ("initContainers", "containers"):
+        for i, container in enumerate(_list(_lookup(pod, f"spec.{kind}"))):
+            where = f"spec.{kind}[{i}]"
+            if not isinstance(container, dict):
+                errors.append(FieldError(where, f"must be an object, got {type(container).__name__}"))
+                continue
+            errors.extend(_shape(container, _CONTAINER_FIELDS, where + "."))
+            for j, item in enumerate(_list(container.get("env"))):
+                if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                    errors.append(FieldError(f"{where}.env[{j}]", "must be an object with a name"))
+            for j, item in enumerate(_list(container.get("envFrom"))):
+                if not isinstance(item, dict):
+                    errors.append(FieldError(f"{where}.envFrom[{j}]", "must be an object"))
+    return errors
 
 
 def canonical_name(name: str) -> str:
@@ -101,9 +223,9 @@ def mentions_gpupool(pod: Mapping[str, Any]) -> bool:
     """True when any container of the pod asks for a gpupool resource (canonical or alias)."""
     names = set(CANONICAL) | set(ALIASES)
     for container in _all_containers(pod):
-        resources = container.get("resources") or {}
+        resources = _obj(container.get("resources"))
         for section in ("limits", "requests"):
-            if names & set((resources.get(section) or {}).keys()):
+            if names & set(_obj(resources.get(section))):
                 return True
     return False
 
@@ -112,9 +234,9 @@ def alias_names_in(pod: Mapping[str, Any]) -> list[str]:
     """Field paths of the pod that still carry an alias resource name."""
     found = []
     for path, container in _containers_with_paths(pod):
-        resources = container.get("resources") or {}
+        resources = _obj(container.get("resources"))
         for section in ("limits", "requests"):
-            for name in (resources.get(section) or {}):
+            for name in _obj(resources.get(section)):
                 if name in ALIASES:
                     found.append(f"{path}.resources.{section}[{name}]")
     return found
@@ -124,9 +246,9 @@ def rewrite_aliases(pod: Mapping[str, Any]) -> list[dict[str, Any]]:
     """JSON-patch operations that rename alias resources to canonical ones (for the mutating webhook)."""
     ops: list[dict[str, Any]] = []
     for path, container in _containers_with_paths(pod):
-        resources = container.get("resources") or {}
+        resources = _obj(container.get("resources"))
         for section in ("limits", "requests"):
-            values = resources.get(section) or {}
+            values = _obj(resources.get(section))
             if not any(name in ALIASES for name in values):
                 continue
             renamed = {canonical_name(name): value for name, value in values.items()}
@@ -135,11 +257,23 @@ def rewrite_aliases(pod: Mapping[str, Any]) -> list[dict[str, Any]]:
     return ops
 
 
+def _obj(value: Any) -> Mapping[str, Any]:
+    """`value` when it is an object, else an empty one (readers that run before `pod_shape_errors`)."""
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    """`value` when it is a list, else an empty one (its type is reported on its own)."""
+    return value if isinstance(value, list) else []
+
+
 def _containers_with_paths(pod: Mapping[str, Any]) -> Iterable[tuple[str, Mapping[str, Any]]]:
-    spec = pod.get("spec") or {}
+    spec = _obj(_obj(pod).get("spec"))
     for kind in ("initContainers", "containers"):
-        for i, container in enumerate(spec.get(kind) or []):
-            yield f"spec.{kind}[{i}]", container
+        items = spec.get(kind)
+        for i, container in enumerate(items if isinstance(items, list) else []):
+            if isinstance(container, dict):
+                yield f"spec.{kind}[{i}]", container
 
 
 def _all_containers(pod: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
@@ -224,6 +358,9 @@ def parse_pod(pod: Mapping[str, Any], *, allow_system_annotations: bool = True) 
     Raises `InvalidRequest` listing every invalid field with what to write instead.
     A pod that asks for no gpupool resource parses to a request with no containers.
     """
+    shape = pod_shape_errors(pod)
+    if shape:
+        raise InvalidRequest(shape)
     errors: list[FieldError] = []
     metadata = pod.get("metadata") or {}
     spec = pod.get("spec") or {}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from controller import status
 from controller.cli import build_parser, explain_lines
-from tests.controller.test_runtime import bound, gpunode, make, pod, queue
+from tests.controller.test_runtime import bound, gpunode, make, pod, queue, run
 
 
 def test_one_command_offers_simulate_and_the_cluster_commands() -> None:
@@ -25,7 +27,7 @@ def test_explain_shows_quota_position_fit_and_binding() -> None:
     assert "queue: team-a; quota in use 100/100 compute, 40960/- MiB" in lines
     assert "waiting: 1 of 1 in line" in lines
     assert "fits now on 1 of 1 node(s): n1" in lines
-    assert explain_lines(c, "team-a", "run")[1] == "bound to node n1:"
+    assert "bound to node n1:" in explain_lines(c, "team-a", "run")
     assert explain_lines(c, "team-a", "nope")[0].endswith("or does not exist")
 
 
@@ -45,3 +47,91 @@ def test_status_shapes_are_the_ones_the_controller_writes() -> None:
         "pending": 0, "admitted": 2, "usage": {"compute": 200, "memoryMiB": 2 * 40960},
         "borrowed": {"compute": 0, "memoryMiB": 0}, "computeSummary": "200/200", "memorySummary": f"{2 * 40960}/-",
     }  # fmt: skip
+
+
+def _with_conditions(p: dict[str, Any], kube: Any) -> dict[str, Any]:
+    """The pod as the API server holds it after the controller's condition patches (the watch's view)."""
+    key = f"{p['metadata']['namespace']}/{p['metadata']['name']}"
+    conditions = {c[2]["type"]: c[2] for c in kube.of("condition") if c[1] == key}
+    return {**p, "status": {**p["status"], "conditions": list(conditions.values())}}
+
+
+def _explain_from_the_api(monkeypatch: Any, listed: dict[str, list[dict[str, Any]]], target: str) -> list[str]:
+    """`gpupool explain` end to end over a fake API server that lists `listed`."""
+    import argparse
+
+    import controller.kube
+    from controller import cli
+
+    class Lister:
+        def __init__(self, _client: object) -> None:
+            pass
+
+        async def list_namespaces(self) -> list[dict[str, Any]]:
+            return [{"metadata": {"name": "team-a"}}]
+
+        async def list_nodes(self) -> list[dict[str, Any]]:
+            return []
+
+        async def list_custom(self, plural: str) -> list[dict[str, Any]]:
+            return listed.get(plural, [])
+
+        async def list_pods(self) -> list[dict[str, Any]]:
+            return listed["pods"]
+
+    monkeypatch.setattr(controller.kube, "Kube", Lister)
+    monkeypatch.setattr(controller.kube, "load_api_client", lambda _path: None)
+    args = argparse.Namespace(kubeconfig=None, signing_key_file="/nonexistent", pod=target)
+    state = cli.load_state(args)
+    namespace, name = target.split("/")
+    return explain_lines(state, namespace, name)
+
+
+def test_explain_shows_the_controllers_decision_and_never_admits_a_gated_pod(monkeypatch: Any) -> None:
+    """Issue 11 finding 6: explain ran a fresh schedule() and printed "admitted" for a pod still gated
+    (here: the pod holding the GPU finished after the controller's cycle, before its next one)."""
+    c, kube = make()
+    c.on_gpunode("ADDED", gpunode("n1", gpus=1))
+    c.on_queue("ADDED", queue("team-a", 1000))
+    running = bound("run", "n1", 0)
+    c.on_pod("ADDED", running)
+    waiting = pod("wait")
+    c.on_pod("ADDED", waiting)
+    run(c.cycle(now=2e9))
+    event = next(e[3] for e in kube.of("event") if e[1] == "team-a/wait" and e[2] == "GPUPoolWaiting")
+    published = _with_conditions(waiting, kube)
+    c.on_pod("MODIFIED", published)
+    c.on_pod("DELETED", running)  # the GPU is free now; the controller has not run again
+    # what `gpupool explain team-a/wait` reads from the API server now
+    listed = {"pods": [published], "gpunodes": [gpunode("n1", gpus=1)], "gpuqueues": [queue("team-a", 1000)]}
+    lines = _explain_from_the_api(monkeypatch, listed, "team-a/wait")
+    assert "admission gate: present (not admitted yet)" in lines
+    assert f"controller decision: not admitted (Waiting since 2033-05-18T03:33:20Z): {event}" in lines
+    assert not any(line.startswith("admitted") for line in lines)
+    assert lines[-1] == ("what-if (a simulated admission pass now, not the controller's decision): "
+                         "would be admitted (capacity on node n1)")  # fmt: skip
+    assert lines == explain_lines(c, "team-a", "wait")  # the CLI's rebuild equals the controller's state
+    # once the controller admits it, explain says so, with the controller's own words
+    c2, kube2 = make()
+    c2.on_gpunode("ADDED", gpunode("n1", gpus=1))
+    c2.on_queue("ADDED", queue("team-a", 1000))
+    c2.on_pod("ADDED", waiting)
+    run(c2.cycle(now=2e9))
+    admitted = _with_conditions(waiting, kube2)
+    admitted["spec"] = {**admitted["spec"], "schedulingGates": []}
+    c2.on_pod("MODIFIED", admitted)
+    lines = explain_lines(c2, "team-a", "wait")
+    assert "admission gate: removed (admitted)" in lines
+    assert ("controller decision: admitted (Admitted since 2033-05-18T03:33:20Z): admitted by queue team-a; "
+            "capacity reserved on node n1; the gpupool scheduler binds it") in lines  # fmt: skip
+
+
+def test_explain_shows_the_quota_a_waiting_pod_lacks() -> None:
+    """A waiting pod is charged nothing: explain checked quota with that zero charge and never said quota."""
+    c, _ = make()
+    c.on_gpunode("ADDED", gpunode("n1", gpus=2))
+    c.on_queue("ADDED", queue("team-a", 100))
+    c.on_pod("ADDED", bound("run", "n1", 0))
+    c.on_pod("ADDED", pod("wait"))
+    lines = explain_lines(c, "team-a", "wait")
+    assert "quota: quota 100/100 compute in use, needs 100 more" in lines

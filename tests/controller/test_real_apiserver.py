@@ -20,7 +20,7 @@ from kubernetes.client.exceptions import ApiException
 
 from e2e.cluster import wait_for
 from gpupool import resources
-from gpupool.objects import pod_gated
+from gpupool.objects import AdmissionDecision, pod_admission_decision, pod_gated
 from tests.controller.real_api import ControllerProcess, RealAPI, gpu_pod, plain_pod, wait_webhook_serving
 
 #: the pool: two GPUNodes (6 x 16384 MiB); the largest GPU bounds gpu-memory at admission
@@ -276,9 +276,18 @@ def test_queue_admits_within_quota_and_explains_the_wait(real: RealAPI, ns: str)
     messages = wait_for(lambda: waiting_events(real, ns, "p3"), 15, "a GPUPoolWaiting event on p3", 0.1)
     assert any(f"queue {queue}" in m and "quota" in m and "100/100" in m for m in messages), messages
     assert pod_gated(real.pod(ns, "p3"))
+    # the decision is published on the pod (gpupool explain reads it): the Event's words, not admitted
+    decision = wait_for(lambda: pod_admission_decision(real.pod(ns, "p3")), 15, "p3's Admission condition", 0.1)
+    assert not decision.admitted and decision.reason == "Waiting" and decision.message in messages
     real.delete_pod(ns, "p1")
-    wait_admitted(real, ns, "p3")
+    pod = wait_admitted(real, ns, "p3")
     assert pod_gated(real.pod(ns, "p2")) is False
+    def admitted() -> AdmissionDecision | None:
+        d = pod_admission_decision(real.pod(ns, "p3"))
+        return d if d is not None and d.admitted else None
+
+    decision = wait_for(admitted, 15, "p3's Admission condition True", 0.1)
+    assert decision.reason == "Admitted" and f"admitted by queue {queue}" in decision.message, pod
 
 
 def test_queue_admits_by_priority_then_creation(real: RealAPI, ns: str) -> None:
@@ -296,6 +305,21 @@ def test_queue_admits_by_priority_then_creation(real: RealAPI, ns: str) -> None:
     stays_gated(real, ns, "low", 1.0)
     real.delete_pod(ns, "fill-2")
     wait_admitted(real, ns, "low")
+
+
+def test_queue_is_recorded_at_admission_and_tenancy_is_enforced(real: RealAPI, ns: str) -> None:
+    """Issue 11 findings 2 and 3 through a real API server: another namespace's queue, edits after admission."""
+    queue = create_queue(real, ns, 100)
+    real.create_pod(ns, gpu_pod("mine", compute=10))  # defaulted to the namespace's queue
+    admitted = wait_admitted(real, ns, "mine")
+    assert admitted["metadata"]["annotations"][resources.QUEUE] == queue
+    other = real.namespace("o")
+    err = rejection(real, other, gpu_pod("thief", compute=10, annotations={resources.QUEUE: queue}))
+    assert f"metadata.annotations[{resources.QUEUE}]" in message(err), message(err)
+    assert f"GPUQueue {queue} serves namespaces {ns}, not namespace {other}" in message(err), message(err)
+    with pytest.raises(ApiException) as info:
+        real.core.patch_namespaced_pod("mine", ns, {"metadata": {"annotations": {resources.QOS: "best-effort"}}})
+    assert f"metadata.annotations[{resources.QOS}]: is fixed once gpupool admitted the pod" in message(info.value)
 
 
 # --- Lease HA -------------------------------------------------------------------------------------------

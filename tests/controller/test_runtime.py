@@ -19,12 +19,19 @@ class FakeKube:
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
         self.refuse: set[str] = set()
+        self.ungated_with: dict[str, str | None] = {}
 
-    async def remove_gate(self, namespace: str, name: str, uid: str, gates: list[dict[str, Any]]) -> None:
+    async def remove_gate(
+        self, namespace: str, name: str, uid: str, gates: list[dict[str, Any]], queue: str | None = None
+    ) -> None:
         self.calls.append(("ungate", f"{namespace}/{name}"))
+        self.ungated_with[f"{namespace}/{name}"] = queue
 
     async def annotate_pod(self, namespace: str, name: str, annotations: dict[str, Any]) -> None:
         self.calls.append(("annotate", f"{namespace}/{name}", annotations))
+
+    async def set_pod_condition(self, namespace: str, name: str, condition: dict[str, Any]) -> None:
+        self.calls.append(("condition", f"{namespace}/{name}", condition))
 
     async def evict(self, namespace: str, name: str) -> bool:
         self.calls.append(("evict", f"{namespace}/{name}"))
@@ -371,3 +378,68 @@ def test_metrics_after_a_cycle() -> None:
     assert value("gpupool_gpu_allocated", **gpu0, resource="compute") == 100
     assert value("gpupool_gpu_allocated", **gpu0, resource="memory") == 40960
     assert value("gpupool_gpu_allocated", node="metrics-n1", gpu="GPU-metrics-n1-1", resource="compute") == 0
+def test_admission_records_the_queue_on_the_pod_and_guards_the_gate_removal_with_it() -> None:
+    """The extender learns a pod's queue from `gpupool.io/queue`: written at admission when defaulted."""
+    c, kube = make()
+    c.on_gpunode("ADDED", gpunode("n1", gpus=2))
+    c.on_queue("ADDED", queue("team-a", 400))
+    c.on_pod("ADDED", pod("defaulted"))
+    c.on_pod("ADDED", pod("named", annotations={resources.QUEUE: "team-a"}))
+    run(c.cycle(now=2e9))
+    assert kube.of("annotate") == [("annotate", "team-a/defaulted", {resources.QUEUE: "team-a"})]
+    assert kube.ungated_with == {"team-a/defaulted": "team-a", "team-a/named": "team-a"}
+
+
+def test_a_pod_naming_another_namespaces_queue_waits_with_the_reason() -> None:
+    """Defence in depth if the webhook was bypassed: the pod is never admitted against team-a's quota."""
+    c, kube = make()
+    c.on_gpunode("ADDED", gpunode("n1", gpus=2))
+    c.on_queue("ADDED", queue("team-a", 400))
+    c.on_pod("ADDED", pod("thief", ns="team-b", annotations={resources.QUEUE: "team-a"}))
+    run(c.cycle(now=2e9))
+    assert kube.of("ungate") == []
+    events = {e[1]: e[3] for e in kube.of("event")}
+    assert "GPUQueue team-a serves namespaces team-a, not namespace team-b" in events["team-b/thief"]
+
+
+def test_guaranteed_pod_of_equal_priority_preempts_a_best_effort_holder_and_says_so() -> None:
+    """Issue 11 finding 4: a best-effort pod holding a whole over-committed GPU starved a guaranteed pod
+    of the same priority asking 50 %; its wait message now names the pod being preempted."""
+    c, kube = make(overcommit_compute_percent=200, overcommit_memory_percent=200)
+    c.on_gpunode("ADDED", gpunode("n1", gpus=1))
+    c.on_queue("ADDED", queue("team-a", 1000))
+    be = bound("be", "n1", 0)
+    be["metadata"]["annotations"][resources.QOS] = "best-effort"
+    c.on_pod("ADDED", be)
+    waiting = pod("g")
+    waiting["spec"]["containers"][0]["resources"]["limits"].update({resources.GPU_COMPUTE: "50",
+                                                                    resources.GPU_MEMORY: "1000"})  # fmt: skip
+    c.on_pod("ADDED", waiting)
+    run(c.cycle(now=2e9))
+    assert [e[1] for e in kube.of("evict")] == ["team-a/be"]
+    events = {(e[1], e[2]): e[3] for e in kube.of("event")}
+    assert events[("team-a/g", "GPUPoolWaiting")].endswith("; preemption on node n1: evict team-a/be")
+    kube.calls.clear()
+    run(c.cycle(now=2e9 + 1))
+    events = {(e[1], e[2]): e[3] for e in kube.of("event")}
+    assert events[("team-a/g", "GPUPoolWaiting")].endswith("to leave node n1: team-a/be")
+    c.on_pod("DELETED", be)
+    kube.calls.clear()
+    run(c.cycle(now=2e9 + 2))
+    assert kube.of("ungate") == [("ungate", "team-a/g")]
+
+
+def test_refused_eviction_of_a_best_effort_holder_is_named_in_the_wait_message() -> None:
+    c, kube = make(overcommit_compute_percent=200, overcommit_memory_percent=200)
+    c.on_gpunode("ADDED", gpunode("n1", gpus=1))
+    c.on_queue("ADDED", queue("team-a", 1000))
+    be = bound("be", "n1", 0, priority=100)
+    be["metadata"]["annotations"][resources.QOS] = "best-effort"
+    c.on_pod("ADDED", be)
+    c.on_pod("ADDED", pod("g"))
+    kube.refuse = {"be"}
+    run(c.cycle(now=2e9))
+    events = {(e[1], e[2]): e[3] for e in kube.of("event")}
+    assert events[("team-a/g", "GPUPoolWaiting")].endswith(
+        "; no preemption: the eviction of team-a/be was refused (a PodDisruptionBudget)"
+    )

@@ -16,10 +16,10 @@ After every step `Schedule.check` asserts:
 * no API call is made while the service's lock is held;
 * no GPU of the ledger is over capacity, and no slot is counted twice;
 * the ledger is a recount of what the service has seen: its nodes are the cached Nodes with GPUNodes, and it
-  holds exactly the cached pods' signed assignments and the in-flight binds' commits (none lost), each on the
-  GPUs of it still in the pool (`remains`; a holding outside the pool is also reported unplaced); nothing is
-  reported as a problem (a lagging event may show a pod, deleted since, holding what was given away: reported,
-  never held past capacity);
+  holds exactly the cached pods' signed assignments and the in-flight binds' commits (none lost); one with a
+  node or GPU outside the pool is reported unplaced and, where it still uses GPUs in the pool, quarantined
+  (counted conservatively), as is one that does not fit (a lagging event may show a pod, deleted since,
+  holding what was given away meanwhile: quarantined, never held past capacity);
 * the API objects never double-book: the signed assignments of all live pods fit together on every GPU ever
   published (`World.catalog`), slots included;
 * whenever nothing is in flight and every watch is drained, the cache is the API objects, no problem is
@@ -471,24 +471,35 @@ class Schedule:
         ledger = s.ledger
         wanted: dict[str, Holding] = {}
         unplaced: set[str] = set()
+        outside: dict[str, Holding] = {}  # signed holdings with a node or GPU outside the pool
         for uid, p in s.pods.items():
             if uid in s.inflight:
                 continue
             h = holding_of(p)
             if h is None:
                 continue
-            if not placeable(ledger, h):
+            if placeable(ledger, h):
+                wanted[uid] = h
+            else:
                 unplaced.add(uid)
-            if (counted := remains(ledger, h)) is not None:
-                wanted[uid] = counted
+                outside[uid] = h
         for uid, h in s.inflight.items():
             # a bind's commit counts from the moment it is made: while the Binding is in flight another bind
             # must not take its capacity, whatever the inventory did meanwhile
-            if (counted := remains(ledger, h)) is not None:
-                wanted[uid] = counted
+            if placeable(ledger, h):
+                wanted[uid] = h
+            else:
+                outside[uid] = h
+        quarantined = ledger.quarantined
+        for uid, h in outside.items():
+            # what such a pod holds on GPUs still in the pool is counted conservatively (quarantine)
+            if remains(ledger, h) is not None:
+                assert uid in quarantined, f"pod {uid}: {_holding_text(h)} is partly outside the pool and not counted"
         held = {h.pod: h for h in ledger.holdings()}
         for uid in sorted(set(wanted) | set(held)):
             w, h = wanted.get(uid), held.get(uid)
+            if h is None and uid in quarantined:
+                continue  # counted conservatively: does not fit (yet), its GPUs take no new slice
             if w is None:
                 raise AssertionError(f"ledger holds {_holding_text(h)} for pod {uid}, which no assignment or "
                                      f"bind in flight accounts for")  # fmt: skip
@@ -556,16 +567,16 @@ def placeable(ledger: Ledger, h: Holding) -> bool:
 
 
 def remains(ledger: Ledger, h: Holding) -> Holding | None:
-    """What the ledger must count of a signed holding: its slices on GPUs in the pool (a pod whose node or one
-    of whose GPUs left still runs on the others)."""
+    """The part of a signed holding on GPUs in the pool: a pod whose node or one of whose GPUs left still runs
+    on the others, so the ledger must keep counting it."""
     rest = tuple(sl for sl in h.slices if ledger.has_gpu(sl.gpu))
     return replace(h, slices=rest) if rest else None
 
 
 def recount(nodes: Iterable[str], gpunodes: Mapping[str, Mapping[str, Any]], pods: Iterable[Mapping[str, Any]],
             like: Ledger) -> Ledger:  # fmt: skip
-    """A fresh ledger from API objects: Nodes with GPUNodes, and the live pods' signed assignments (`remains`);
-    raises AssertionError where two of them do not fit together."""
+    """A fresh ledger from API objects: Nodes with GPUNodes, and the live pods' signed assignments that are in
+    the pool; raises AssertionError where two of them do not fit together."""
     ledger = Ledger(slots_per_gpu=like.slots_per_gpu, remote_slots=like.remote_slots,
                     overcommit_compute_percent=like.overcommit_compute_percent,
                     overcommit_memory_percent=like.overcommit_memory_percent)  # fmt: skip
@@ -573,11 +584,10 @@ def recount(nodes: Iterable[str], gpunodes: Mapping[str, Mapping[str, Any]], pod
         ledger.upsert_node(node_info_of(gpunodes[name]))
     for p in sorted(pods, key=objects.pod_key):
         h = holding_of(p)
-        counted = remains(ledger, h) if h is not None else None
-        if counted is None:
+        if h is None or not placeable(ledger, h):
             continue
         try:
-            ledger.hold(counted)
+            ledger.hold(h)
         except OverAllocation as exc:
             raise AssertionError(f"API objects double-book: pod {objects.pod_key(p)}: {exc}") from None
     return ledger

@@ -88,6 +88,7 @@ CAN_I = [
     ("controller", "list", "pods", "", "", True),
     ("controller", "watch", "pods", "", "", True),
     ("controller", "patch", "pods", "", "", True),
+    ("controller", "patch", "pods", "status", "", True),
     ("controller", "create", "pods", "eviction", "", True),
     ("controller", "list", "gpuqueues.gpupool.io", "", "", True),
     ("controller", "patch", "gpuqueues.gpupool.io", "status", "", True),
@@ -121,7 +122,9 @@ CAN_I = [
     ("scheduler", "patch", "nodes", "", "", False),
     ("scheduler", "patch", "gpunodes.gpupool.io", "", "", False),
     ("scheduler", "patch", "gpunodes.gpupool.io", "status", "", False),
-    ("scheduler", "list", "gpuqueues.gpupool.io", "", "", False),
+    ("scheduler", "list", "gpuqueues.gpupool.io", "", "", True),  # reserved nodes (spec.reserveNodes)
+    ("scheduler", "watch", "gpuqueues.gpupool.io", "", "", True),
+    ("scheduler", "patch", "gpuqueues.gpupool.io", "", "", False),
     ("scheduler", "get", "secrets", "", "", False),
     ("scheduler", "get", "secrets", "", "ns", False),
     # node agent: the pods of its node, its GPUNode, labels of its Node
@@ -329,6 +332,21 @@ def test_upgrade_keeps_the_generated_secrets(chart_cluster: Cluster) -> None:
         for o in again:
             if o["kind"].endswith("WebhookConfiguration"):
                 assert all(w["clientConfig"]["caBundle"] == ca for w in o["webhooks"])
+    finally:
+        c.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_a_render_that_sees_the_cluster_generates_the_signing_key(chart_cluster: Cluster) -> None:
+    """Issue 12 #6: the refusal of offline renders leaves `helm install` (lookup sees the cluster) working with
+    the defaults; `--dry-run=server` is such a render."""
+    c = chart_cluster
+    suffix = uuid.uuid4().hex[:6]
+    ns = f"helm-key-{suffix}"
+    c.create_namespace(ns)
+    try:
+        kc = f"--kubeconfig={c.kubeconfig}"
+        objs = chart.render({}, namespace=ns, offline_key=False, extra_args=["--dry-run=server", kc])
+        assert [o["metadata"]["name"] for o in objs if o["kind"] == "Secret" and "signing" in o["metadata"]["name"]]
     finally:
         c.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 

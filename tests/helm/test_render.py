@@ -344,6 +344,23 @@ def test_signing_key_secret(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert vols["signing-key"]["secret"]["secretName"] == "my-signing-key"
 
 
+def test_offline_render_refuses_to_mint_a_signing_key(helm_bin: Path) -> None:
+    """Issue 12 #6: `helm template` and GitOps renders (no `lookup`) minted a new key on every render."""
+    with pytest.raises(chart.ChartError, match=r"signingKey.*cannot see the cluster.*signingKey\.existingSecret"):
+        chart.render({}, offline_key=False)
+    objs = chart.render({"signingKey": {"existingSecret": "managed-key"}}, offline_key=False)
+    assert not [o for o in objs if o["kind"] == "Secret" and "signing" in o["metadata"]["name"]]
+    ds = one(objs, "DaemonSet", "deviceplugin")
+    vols = {v["name"]: v for v in ds["spec"]["template"]["spec"]["volumes"]}
+    assert vols["signing-key"]["secret"]["secretName"] == "managed-key"
+    keys = [
+        next(o for o in chart.render({"signingKey": {"generateWithoutCluster": True}}, offline_key=False)
+             if o["kind"] == "Secret" and o["metadata"]["name"] == "gpupool-signing-key")["data"]["key"]
+        for _ in range(2)
+    ]  # fmt: skip
+    assert keys[0] != keys[1]  # what the option accepts: a new key per render
+
+
 def test_device_plugin_daemonset(rendered: dict[str, list[dict[str, Any]]]) -> None:
     ds = one(rendered["defaults"], "DaemonSet", "deviceplugin")
     spec = ds["spec"]["template"]["spec"]

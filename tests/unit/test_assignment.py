@@ -96,3 +96,32 @@ def test_signing_key_is_read_stripped_and_missing_or_empty_is_a_clear_error(tmp_
         read_signing_key(tmp_path / "empty")
     with pytest.raises(AssignmentError, match="cannot read the signing key"):
         read_signing_key(tmp_path / "absent")
+
+
+def _signed_dict() -> dict:
+    return json.loads(sample().signed(KEY).to_annotation())
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        (json.dumps({**_signed_dict(), "sig": "é" * 64}), "wrong signature"),  # compare_digest: TypeError
+        (json.dumps({**_signed_dict(), "sig": "ａ" * 64}), "wrong signature"),
+        ("[" * 100_000 + "]" * 100_000, "not JSON"),  # RecursionError
+        ('{"v":1,"slices":' + "[" * 100_000 + "]" * 100_000 + "}", "not JSON"),
+        (json.dumps({**_signed_dict(), "sig": {"x": 1}}), "sig must be a string"),
+        (json.dumps({**_signed_dict(), "v": True}), "version"),
+        (json.dumps({**_signed_dict(), "v": 1.0}), "version"),
+        (json.dumps({**_signed_dict(), "slices": [{**_signed_dict()["slices"][0], "init": "yes"}]}), "init"),
+        (json.dumps({**_signed_dict(), "slices": [{**_signed_dict()["slices"][0], "c": "0"}]}), "integer"),
+        (json.dumps({**_signed_dict(), "pod": 7}), "non-empty string"),
+        (5, "must be a string"),
+        (None, "must be a string"),
+        (b"{}", "must be a string"),
+        ("x" * 300_000, "characters long"),
+    ],
+)
+def test_every_unreadable_annotation_is_an_assignment_error(text: object, said: str) -> None:
+    """Issue 12 #4: a non-ASCII sig raised TypeError, deep nesting RecursionError; both crashed the watcher."""
+    with pytest.raises(AssignmentError, match=said):
+        assignment.verify(text, KEY)  # type: ignore[arg-type]

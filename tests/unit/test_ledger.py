@@ -159,6 +159,29 @@ def test_property_never_over_capacity_and_release_restores(ops: list) -> None:  
     assert ledger.snapshot() == empty
 
 
+def test_upsert_node_never_holds_past_capacity_and_quarantines_the_excess() -> None:
+    """Issue 12 #3: a GPU reporting less memory kept 12,000 MiB held on 8,192 MiB."""
+    from gpupool.assignment import SliceRecord
+    from gpupool.inventory import GPUInfo, NodeInfo
+    from gpupool.ledger import Holding, Ledger
+
+    ledger = Ledger()
+    ledger.upsert_node(NodeInfo("n0", (GPUInfo("GPU-0", 0, "A100", 16384),)))
+    for i, pod in enumerate(("a", "b")):
+        ledger.hold(Holding(pod, "n0", (SliceRecord(0, "GPU-0", "n0", 30, 6000, f"gpu0-{i}"),)))
+    dropped = ledger.upsert_node(NodeInfo("n0", (GPUInfo("GPU-0", 0, "A100", 8192),)))
+    gpu = ledger.gpu("GPU-0")
+    assert gpu.used_memory <= gpu.memory_mib == 8192
+    assert dropped == ["b"] and ledger.holding("b") is None and ledger.holding("a") is not None
+    assert "no longer fit node n0" in ledger.quarantined["b"]
+    # counted conservatively: b still runs there, so its GPU takes no new slice and its slot stays taken
+    assert not ledger.eligible(gpu) and ledger.view("n0").gpu_index == ()
+    # the pod holds again once it fits, and leaves the quarantine
+    ledger.upsert_node(NodeInfo("n0", (GPUInfo("GPU-0", 0, "A100", 16384),)))
+    ledger.hold(Holding("b", "n0", (SliceRecord(0, "GPU-0", "n0", 30, 6000, "gpu0-1"),)))
+    assert ledger.quarantined == {} and ledger.gpu("GPU-0").used_memory == 12000
+
+
 def test_hold_refuses_a_malformed_slot_as_an_over_allocation() -> None:
     """A slot id that is no slot id is a named refusal, never a ValueError out of the ledger."""
     ledger = pool()

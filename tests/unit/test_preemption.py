@@ -305,19 +305,16 @@ def test_cohort_total_never_exceeds_its_quota_under_random_admissions() -> None:
 
 
 def test_preemption_plans_on_a_copy_and_never_touches_the_live_ledger() -> None:
-    """Issue 10: the search used to release and re-hold victims on the live ledger. A victim whose node
-    shrank under it (a GPUNode re-reported with less memory: the ledger keeps the holding) could then
-    not be re-held: the search raised and the live ledger lost the holding."""
-    from gpupool.inventory import GPUInfo, NodeInfo
-
+    """Issue 10: the search used to release and re-hold victims on the live ledger (a victim whose node
+    shrank under it could then not be re-held; since issue 12 #3 a shrink quarantines such a holding
+    instead of keeping it past capacity, so the copy is checked on a plain preemption)."""
     m, _ = make_manager(nodes=1, gpus=1, memory=40960)
     m.set_queue(queue("team-a", 10000))
     m.upsert_pod(pod("low", compute=50, memory=30000, priority=1))
     assert admitted(m.schedule()) == ["low"]
-    m.ledger.upsert_node(NodeInfo("node-0", (GPUInfo("GPU-0-0", 0, "A100", 20000),)))
     held = m.ledger.holding("uid-low")
-    assert held is not None  # kept, although 30000 MiB no longer fit the GPU
-    m.upsert_pod(pod("urgent", compute=50, memory=1000, priority=100))
+    assert held is not None
+    m.upsert_pod(pod("urgent", compute=60, memory=1000, priority=100))
     assert "urgent" not in admitted(m.schedule())
     before, generation = m.ledger.snapshot(), m.ledger.generation
     plan = find_preemption(m, "uid-urgent")
@@ -340,3 +337,107 @@ def test_what_if_releases_only_on_a_planning_copy() -> None:
         assert copy.holding("uid-a") is None and copy.gpu_free("GPU-0-0") == (100, 40960)
         assert m.ledger.holding("uid-a") is not None and m.ledger.gpu_free("GPU-0-0") == (0, 0)
     assert copy.snapshot() == m.ledger.snapshot()
+
+
+def _overcommitted(percent: int = 200):  # type: ignore[no-untyped-def]
+    """One node, one 40 GiB GPU whose best-effort slices may use `percent` % of it."""
+    from gpupool.inventory import GPUInfo, NodeInfo
+    from gpupool.ledger import Ledger
+    from gpupool.placement import Placer
+    from gpupool.policies import make_policy
+    from gpupool.queues import QueueManager
+
+    ledger = Ledger(overcommit_compute_percent=percent, overcommit_memory_percent=percent)
+    ledger.upsert_node(NodeInfo("node-0", (GPUInfo("GPU-0-0", 0, "A100", 40960),)))
+    placer = Placer(ledger, {"binpack": make_policy("binpack")}, "binpack")
+    return QueueManager(ledger, placer)
+
+
+def _best_effort(name: str, **kw: object):  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    entry = pod(name, **kw)  # type: ignore[arg-type]
+    entry.request = replace(entry.request, qos=QoS.BEST_EFFORT)
+    return entry
+
+
+def test_guaranteed_pod_reclaims_over_committed_capacity_from_best_effort_whatever_its_priority() -> None:
+    """Issue 11 finding 4: a best-effort pod held a GPU at 100 % on an over-committed GPU; a guaranteed
+    pod of the same (or a lower) priority asking 50 % waited forever: find_preemption found nobody."""
+    for be_priority, g_priority in ((0, 0), (100, 0), (5, 10)):
+        m = _overcommitted()
+        m.set_queue(queue("team-a", 10000))
+        m.upsert_pod(_best_effort("be", compute=100, memory=40960, priority=be_priority))
+        assert admitted(m.schedule()) == ["be"]
+        m.upsert_pod(pod("g", compute=50, memory=1000, priority=g_priority))
+        r = m.schedule()
+        assert "g" not in admitted(r) and r.preemptors == {"uid-g": "team-a"}
+        plan = find_preemption(m, "uid-g")
+        assert plan is not None and [v.key for v in plan.victims] == ["team-a/be"], (be_priority, g_priority)
+        m.nominate("uid-g", plan.plan, ["uid-be"])
+        r = m.schedule()
+        assert r.waiting["uid-g"].endswith("waiting for 1 preempted pod(s) to leave node node-0: team-a/be")
+        m.remove_pod("uid-be")
+        assert admitted(m.schedule()) == ["g"]
+
+
+def test_best_effort_yields_across_queues_and_whatever_within_queue_says() -> None:
+    """Best-effort slices carry no promise: a guaranteed pod of any queue reclaims them (its own quota
+    still applies), even in a queue with withinQueue: Never and no cohort."""
+    m = _overcommitted()
+    m.set_queue(queue("team-a", 10000, within_queue=WithinQueue.NEVER))
+    m.set_queue(queue("team-b", 10000))
+    m.upsert_pod(_best_effort("be", compute=100, memory=40960, priority=50, namespace="team-b"))
+    m.schedule()
+    m.upsert_pod(pod("g", compute=50, memory=1000))
+    m.schedule()
+    plan = find_preemption(m, "uid-g")
+    assert plan is not None and [v.key for v in plan.victims] == ["team-b/be"] and plan.reclaim
+    # its own quota is not freed by another queue's victim: a full team-a does not preempt
+    m.set_queue(queue("team-a", 0, within_queue=WithinQueue.NEVER))
+    assert find_preemption(m, "uid-g") is None
+
+
+def test_best_effort_never_evicts_guaranteed_so_no_two_pods_evict_each_other() -> None:
+    from gpupool.preemption import no_preemption_reason
+
+    m = _overcommitted()
+    m.set_queue(queue("team-a", 10000))
+    m.upsert_pod(pod("g", compute=50, memory=40960, priority=0))
+    m.schedule()
+    m.upsert_pod(_best_effort("be-low", compute=50, memory=20000, priority=1))
+    assert admitted(m.schedule()) == ["be-low"]
+    # 41000 MiB: room only with g gone (81920 MiB over-committed), be-low alone is not enough
+    m.upsert_pod(_best_effort("be-high", compute=50, memory=41000, priority=100))
+    r = m.schedule()
+    assert r.preemptors == {"uid-be-high": "team-a"}
+    plan = find_preemption(m, "uid-be-high")  # evicting be-low is not enough; g outranks it
+    assert plan is None
+    reason = no_preemption_reason(m, "uid-be-high")
+    assert reason == "no preemption: evicting team-a/be-low would not make room for it"
+    assert no_preemption_reason(m, "uid-be-high", frozenset({"uid-be-low"})) == (
+        "no preemption: the eviction of team-a/be-low was refused (a PodDisruptionBudget)"
+    )
+
+
+def test_extender_search_uses_the_same_rank_a_best_effort_pod_never_evicts_a_guaranteed_one() -> None:
+    """`choose_victims` (the extender's preempt verb) keeps only victims the preemptor outranks."""
+    from dataclasses import replace
+
+    from gpupool.preemption import Victim, choose_victims
+    from gpupool.quota import Resources
+
+    m = _overcommitted(100)
+    m.set_queue(queue("team-a", 10000))
+    m.upsert_pod(pod("g", compute=100, memory=40960, priority=0))
+    m.schedule()
+    holding = m.ledger.holding("uid-g")
+    assert holding is not None
+    offered = [Victim("uid-g", "team-a/g", "", 0, QoS.GUARANTEED, 0.0, holding, Resources(100, 40960))]
+    request = pod("x", compute=50, memory=1000, priority=10).request
+    copy = m.ledger.copy()
+    placer = m.placer.over(copy)
+    chosen = choose_victims(copy, placer, request, "node-0", offered)
+    assert chosen is not None and [v.key for v in chosen] == ["team-a/g"]
+    best_effort = replace(request, qos=QoS.BEST_EFFORT)
+    assert choose_victims(copy, placer, best_effort, "node-0", offered) is None

@@ -148,3 +148,20 @@ def test_policy_annotation_takes_the_registry_names() -> None:
 
     for name in policies.available():
         assert resources.parse_pod(pod({resources.GPU: "1"}, annotations={resources.POLICY: name})).policy == name
+
+
+@pytest.mark.parametrize("value", ["1e999999", "1e1000000", "1e-999999", "9223372036854775808", "8Ei",
+                                   "1" * 40, "1" * 200, 10**30, 1e300])
+def test_huge_quantities_are_refused_by_their_size_before_conversion(value: Any) -> None:
+    """Issue 12 #2: "1e999999" built a 3.3-million-bit integer (25 s holding the GIL); "1e1000000"
+    raised decimal.Overflow. Digit and exponent counts are bounded before any conversion."""
+    text = errors_of(pod({resources.GPU_MEMORY: value}))
+    assert "spec.containers[0].resources.limits[gpupool.io/gpu-memory]" in text
+    assert "out of range" in text or "characters" in text
+
+
+def test_the_largest_quantity_still_parses() -> None:
+    assert resources.parse_quantity("9223372036854775807", "f") == resources.MAX_QUANTITY
+    assert resources.parse_quantity("1Ei", "f") == 2**60
+    assert resources.parse_quantity("0.5e1", "f") == 5
+    assert resources.parse_quantity(" 30 ", "f") == 30

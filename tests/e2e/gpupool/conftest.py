@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tempfile
@@ -25,9 +26,24 @@ import yaml
 
 from e2e.cluster import Cluster
 from e2e.stack import Stack
-from tests.e2e.gpupool.gp_helpers import GP, HIGH, LOW, STACK_LABEL
+from tests.e2e.gpupool.gp_helpers import GP, HIGH, LOCAL_HARNESS, LOW, STACK_LABEL
 
 PLUGIN_NODE = "cpu-1"  # served by the real single-node device plugin (gRPC) instead of the multi-node publisher
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", f"{LOCAL_HARNESS}(reason): the local-harness feature the test needs (skipped on an external cluster)"
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """On an external cluster, skip each test with the harness feature it needs, before any fixture starts."""
+    if not os.environ.get("GPUPOOL_E2E_KUBECONFIG"):
+        return
+    marker = item.get_closest_marker(LOCAL_HARNESS)
+    reason = marker.args[0] if marker is not None and marker.args else "the gpupool stack as local processes"
+    pytest.skip(f"needs the local harness (GPUPOOL_E2E_KUBECONFIG is set): {reason}")
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,19 @@ LOW, HIGH = "gpupool-e2e-low", "gpupool-e2e-high"
 IMAGE = "registry.k8s.io/pause:3.10"
 
 
+#: the marker every test of this directory carries: the local-harness feature it needs, which an existing cluster
+#: with gpupool installed by Helm (``GPUPOOL_E2E_KUBECONFIG``, e.g. kind) does not give; conftest.py skips with it
+#: there (docs/e2e.md "kind")
+LOCAL_HARNESS = "local_harness"
+#: what every test here needs at least: the gp helper's teardown waits on the extender's /debug/pool
+DEBUG_POOL = (
+    "the local extender's /debug/pool (e2e/stack.py Stack.debug_pool), which the gp helper's teardown polls until "
+    "the pool let go of the test's pods; a Helm install does not expose it"
+)
+#: the fake nodes of the local control plane
+KWOK_NODES = "the kwok nodes of e2e.cluster.DEFAULT_NODES (asserted by name, GPU model and UUID)"
+
+
 def gpu_pod(
     name: str,
     *,

@@ -8,7 +8,9 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from gpupool import resources
-from tests.e2e.gpupool.gp_helpers import GP, gpu_pod
+from tests.e2e.gpupool.gp_helpers import DEBUG_POOL, GP, gpu_pod
+
+pytestmark = pytest.mark.local_harness(DEBUG_POOL)
 
 CASES: list[tuple[str, dict[str, Any], list[str]]] = [
     ("compute-too-big", {"compute": 150}, [resources.GPU_COMPUTE, "100"]),

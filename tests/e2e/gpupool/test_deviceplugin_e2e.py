@@ -7,12 +7,19 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from deviceplugin.api import pb2
 from e2e.cluster import wait_for
 from e2e.stack import AGENT_ENDPOINT_PORT, Stack
 from gpupool import resources
 from tests.e2e.gpupool.conftest import PLUGIN_NODE
 from tests.e2e.gpupool.gp_helpers import GP, assignment_of, gpu_pod
+
+pytestmark = pytest.mark.local_harness(
+    "a fake kubelet (tests/deviceplugin/helpers.py FakeKubelet) that the local node agent of kwok node cpu-1 "
+    "registers with, so that the test calls ListAndWatch and Allocate itself (on a real node the kubelet calls them)"
+)
 
 
 def _devices(stack: Stack) -> list[Any]:

@@ -8,9 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from e2e.cluster import wait_for
 from gpupool import resources
-from tests.e2e.gpupool.gp_helpers import GP, HIGH, LOW, gpu_pod
+from tests.e2e.gpupool.gp_helpers import DEBUG_POOL, GP, HIGH, KWOK_NODES, LOW, gpu_pod
+
+pytestmark = pytest.mark.local_harness(
+    f"{KWOK_NODES}: borrowing, reclaim and preemption pin pods to the two H100-80GB GPUs of gpu-h100-0; "
+    f"and {DEBUG_POOL}"
+)
 
 
 def _whole(name: str, prio: str | None = None, compute: int = 100, h100: bool = False) -> dict[str, Any]:

@@ -7,10 +7,17 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import pytest
+
 from e2e.cluster import wait_for
 from e2e.stack import CONTROLLER, EXTENDER, PUBLISHER, Stack
 from tests.e2e.gpupool.conftest import PLUGIN_NODE
 from tests.e2e.gpupool.gp_helpers import GP, assignment_of, check_pool, gpu_pod
+
+pytestmark = pytest.mark.local_harness(
+    "process control: it kills and restarts the extender, the controller and the node agents (Stack.kill, "
+    "Stack.restart) and compares the extender's /debug/pool before and after"
+)
 
 
 def _ledger(stack: Stack) -> dict[str, Any]:

@@ -9,10 +9,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from e2e.cluster import FakeNode, wait_for
 from e2e.stack import Stack, fake_inventory
 from gpupool import resources
-from tests.e2e.gpupool.gp_helpers import GP, assignment_of, check_pool, gpu_pod
+from tests.e2e.gpupool.gp_helpers import DEBUG_POOL, GP, KWOK_NODES, assignment_of, check_pool, gpu_pod
+
+pytestmark = pytest.mark.local_harness(DEBUG_POOL)
+H100_NODE = pytest.mark.local_harness(f"{KWOK_NODES}: gpu-h100-0 with its two H100-80GB GPUs; and {DEBUG_POOL}")
 
 H100 = {resources.GPU_MODEL: "H100-80GB"}
 
@@ -23,6 +28,7 @@ def _gpus(pod: Any) -> list[str]:
     return [s["gpu"] for s in a["slices"]]
 
 
+@H100_NODE
 def test_binpack_packs_fractional_pods_on_one_gpu(gp: GP) -> None:
     ns = gp.namespace()
     for i in range(3):
@@ -34,6 +40,7 @@ def test_binpack_packs_fractional_pods_on_one_gpu(gp: GP) -> None:
     check_pool(gp.stack.debug_pool())
 
 
+@H100_NODE
 def test_spread_puts_fractional_pods_on_distinct_gpus(gp: GP) -> None:
     ns = gp.namespace()
     for i in range(2):
@@ -44,6 +51,7 @@ def test_spread_puts_fractional_pods_on_distinct_gpus(gp: GP) -> None:
     assert len({g for p in pods for g in _gpus(p)}) == 2, "spread used both H100s"
 
 
+@pytest.mark.local_harness(f"kwok's pod-ready stage (Running without a kubelet or image pull); and {DEBUG_POOL}")
 def test_multi_slice_pod_gets_distinct_gpus(gp: GP) -> None:
     ns = gp.namespace()
     gp.create(ns, gpu_pod("multi", gpus=3, compute=50, memory=8192))
@@ -57,6 +65,9 @@ def test_multi_slice_pod_gets_distinct_gpus(gp: GP) -> None:
     wait_for(lambda: gp.pod(ns, "multi").status.phase == "Running", timeout=30, what="multi Running (kwok)")
 
 
+@pytest.mark.local_harness(
+    f"{KWOK_NODES}: T4-16GB on gpu-t4-*, UUID GPU-gpu-a100-1-05 (fake inventory of e2e.stack); and {DEBUG_POOL}"
+)
 def test_model_and_uuid_constraints(gp: GP) -> None:
     ns = gp.namespace()
     gp.create(ns, gpu_pod("t4", compute=20, memory=2048, annotations={resources.GPU_MODEL: "T4-16GB"}))
@@ -110,6 +121,10 @@ def test_alias_that_bypassed_the_webhook_never_gets_a_gpu(gp: GP) -> None:
     assert "webhook was bypassed" in event and f"-> {resources.GPU}" in event, event
 
 
+@pytest.mark.local_harness(
+    "a node added and removed at run time: a kwok Node (Cluster.apply_nodes) and the multi-node agent's fake "
+    "inventory file rewritten (Stack.inventory_file); and the extender's /debug/pool to see its slices released"
+)
 def test_deleted_node_frees_its_slices(gp: GP, stack: Stack) -> None:
     node = FakeNode("gpu-gone-0", gpus=2, gpu_model="L4-24GB", gpu_memory_mib=23034)
     c = stack.cluster
