@@ -179,10 +179,12 @@ def main(argv: list[str] | None = None) -> int:
             bind_ms.append(elapsed)
         h = service.ledger.holding(pod["metadata"]["uid"])
         held += len(h.slices) if h else 0
-        # what the watch then delivers: the pod with its assignment, bound
+        # what the watch then delivers: the pod with its assignment, bound, and (once the kubelet has taken its
+        # devices) Running, so that it no longer holds back pods of its slot count on the node
         written = api.bound.pop(("bench", pod["metadata"]["name"]), {})
         meta = {**pod["metadata"], "annotations": {**(pod["metadata"].get("annotations") or {}), **written}}
-        service.on_pod_event("MODIFIED", {**pod, "metadata": meta, "spec": {**pod["spec"], "nodeName": node}})
+        spec = {**pod["spec"], "nodeName": node}
+        service.on_pod_event("MODIFIED", {**pod, "metadata": meta, "spec": spec, "status": {"phase": "Running"}})
         if rng.random() < 0.5:
             cursor += 1
     fill_s = time.perf_counter() - t0

@@ -27,7 +27,7 @@ from deviceplugin import allocate as allocate_mod
 from deviceplugin.api import HEALTHY, UNHEALTHY, VERSION, pb2, pb2_grpc
 from deviceplugin.kube import Kube, KubeError
 from deviceplugin.metrics import Metrics
-from deviceplugin.podcache import Match, MatchError, PodCache, format_allocated, wait_synced
+from deviceplugin.podcache import Match, MatchError, PodCache, format_allocated, kubelet_order, wait_synced
 from deviceplugin.runtime_host import RuntimeHost
 from deviceplugin.settings import DevicePluginSettings
 from gpupool import resources, slots
@@ -184,11 +184,23 @@ class DevicePluginService(pb2_grpc.DevicePluginServicer):  # type: ignore[misc,n
         if not wait_synced(self.cache, self.settings.allocate_wait_seconds):
             context.abort(grpc.StatusCode.UNAVAILABLE, "pod cache of this node is not synced with the API server yet")
         responses = []
+        relisted = False
         for creq in request.container_requests:
             size = int(creq.allocation_size)
             if size < 1:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"allocation_size must be >= 1, got {size}")
-            pick, note = self.cache.preferred(list(creq.available_deviceIDs), list(creq.must_include_deviceIDs), size)
+            available, must = list(creq.available_deviceIDs), list(creq.must_include_deviceIDs)
+            hit = self.cache.candidate(available, must, size)
+            if hit is None and not relisted:
+                # the watch may lag behind the kubelet: re-list once (as Allocate does), so that the kubelet
+                # is offered the assignment's slots rather than its own order
+                relisted = True
+                try:
+                    self.cache.resync()
+                except KubeError as exc:
+                    log.warning("GetPreferredAllocation: re-listing the pods of this node failed: %s", exc)
+                hit = self.cache.candidate(available, must, size)
+            pick, note = hit if hit is not None else kubelet_order(available, must, size)
             log.info("GetPreferredAllocation size=%d -> %s (%s)", size, pick, note)
             responses.append(pb2.ContainerPreferredAllocationResponse(deviceIDs=pick))
         return pb2.PreferredAllocationResponse(container_responses=responses)

@@ -3,25 +3,21 @@
 No node lock (DESIGN.md §6, anchors.md §1.5): the kubelet's AllocateRequest carries only device ids, and the
 extender chose per-pod slot ids at bind, so the slot ids identify the pod and container.
 
-Container keys. A container of a pod is named by its key: ``"<c>"`` for ``spec.containers[c]`` and
-``"init:<c>"`` for ``spec.initContainers[c]``, where ``c`` is the index used by the assignment's slices.
+Container keys (``"<c>"``, ``"init:<c>"``) and the ``gpupool.io/allocated`` record (a JSON list of the keys the
+node agent served, written on the pod after each Allocate) have their home in `gpupool.identity`. The record
+tells the extender that the kubelet took the pod's devices; for the node agent the kubelet's own allocation
+is what keeps a slot from being offered twice, and a served container can be served again (kubelet restart).
 
-The ``gpupool.io/allocated`` annotation (written by the node agent on the pod after each Allocate)::
-
-    gpupool.io/allocated: '["init:0","0","2"]'
-
-a JSON list of the container keys the node agent has served, sorted (init keys first, then by index).
-Absent = none served yet. It is only a record: the kubelet's own allocation (the slots it handed out) is what
-keeps a slot from being offered twice, and a served container can be served again (kubelet restart).
-
-Order of "oldest bound": the assignment's ``at`` (written at bind), then the pod's ``creationTimestamp``
-(the kubelet admits one batch of pods in creation order), then namespace/name. Containers of one pod are
-taken init containers first, then app containers, each by index: the order in which the kubelet allocates.
+Which pod the kubelet is admitting: GetPreferredAllocation carries only a slot count, and the extender never
+leaves two unserved pods with a container of the same slot count on one node (`gpupool.identity`), so the
+unserved container of that size is unique; the order of "oldest bound" (the assignment's ``at``, then the
+pod's ``creationTimestamp``, then namespace/name) is only a tie-break (past the extender's identity wait).
+Containers of one pod are taken init containers first, then app containers, each by index: the order in
+which the kubelet allocates.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -30,40 +26,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpupool import assignment as assignment_format
-from gpupool import objects, resources
+from gpupool import identity, objects, resources
 from gpupool.assignment import Assignment, SliceRecord
 from gpupool.errors import AssignmentError
+from gpupool.identity import format_allocated as format_allocated  # re-exported for the Allocate record
+from gpupool.identity import key_order
 
 log = logging.getLogger(__name__)
 
 
-def container_key(container: int, init: bool) -> str:
-    return f"init:{container}" if init else str(container)
-
-
-def _key_order(key: str) -> tuple[int, int]:
-    if key.startswith("init:"):
-        return 0, int(key[5:])
-    return 1, int(key)
-
-
-def format_allocated(keys: Iterable[str]) -> str:
-    """The `gpupool.io/allocated` value for these served container keys."""
-    return json.dumps(sorted(set(keys), key=_key_order), separators=(",", ":"))
-
-
 def parse_allocated(text: str | None) -> frozenset[str]:
     """Served container keys from a `gpupool.io/allocated` value (unreadable = none, logged)."""
-    if not text:
-        return frozenset()
     try:
-        data = json.loads(text)
-        if isinstance(data, list) and all(isinstance(k, str) for k in data):
-            return frozenset(data)
+        return identity.parse_allocated(text)
     except ValueError:
-        pass
-    log.warning("ignoring unreadable %s annotation %r", resources.ALLOCATED, text)
-    return frozenset()
+        log.warning("ignoring unreadable %s annotation %r", resources.ALLOCATED, text)
+        return frozenset()
 
 
 class MatchError(Exception):
@@ -88,12 +66,17 @@ class PodEntry:
     allocated: frozenset[str]  # from the annotation
     served_here: set[str] = field(default_factory=set)  # served by this process (before the watch echoes it)
     containers: dict[str, tuple[SliceRecord, ...]] = field(default_factory=dict)
+    #: the pod reports what only follows the kubelet's admission (`identity.kubelet_admitted`): all served,
+    #: as the extender counts it, even when the record was never written (a failed write, an agent restart)
+    admitted: bool = False
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
     def served(self) -> frozenset[str]:
+        if self.admitted:
+            return frozenset(self.containers)
         return self.allocated | self.served_here
 
     def order(self) -> tuple[str, str, str]:
@@ -101,7 +84,7 @@ class PodEntry:
 
     def unserved(self) -> list[str]:
         done = self.served()
-        return [k for k in sorted(self.containers, key=_key_order) if k not in done]
+        return [k for k in sorted(self.containers, key=key_order) if k not in done]
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,12 +145,10 @@ class PodCache:
             assignment=record,
             problem=problem,
             allocated=parse_allocated(annotations.get(resources.ALLOCATED)),
+            admitted=identity.kubelet_admitted(pod),
         )
         if record is not None:
-            grouped: dict[str, list[SliceRecord]] = {}
-            for s in record.slices:
-                grouped.setdefault(container_key(s.container, s.init), []).append(s)
-            entry.containers = {k: tuple(v) for k, v in grouped.items()}
+            entry.containers = identity.container_slices(record.slices)
         return entry
 
     def upsert(self, pod: Mapping[str, Any]) -> None:
@@ -254,8 +235,11 @@ class PodCache:
 
     # --- matching ----------------------------------------------------------------------------------------
 
-    def preferred(self, available: Sequence[str], must_include: Sequence[str], size: int) -> tuple[list[str], str]:
-        """Slot ids to propose for a container of `size` slots, and a note saying why."""
+    def candidate(
+        self, available: Sequence[str], must_include: Sequence[str], size: int
+    ) -> tuple[list[str], str] | None:
+        """The slots of the unserved container of `size` slots on this node (oldest bound first), and a note;
+        None when the cache holds none (the watch may lag: the caller re-lists once)."""
         avail = set(available)
         must = list(must_include)
         with self._lock:
@@ -276,8 +260,7 @@ class PodCache:
                         slots = [s.slot for s in entry.containers[key]]
                         if len(slots) == size and avail.issuperset(slots):
                             return slots, f"pod {entry.key} container {key}"
-        pick = must + [s for s in available if s not in must]
-        return pick[:size], "no unserved assignment of this size on this node; kubelet order"
+        return None
 
     @staticmethod
     def _owner_of(ordered: list[PodEntry], slots: Sequence[str]) -> PodEntry | None:
@@ -312,7 +295,7 @@ class PodCache:
                         ek[0].problem is not None,
                         ek[1] in ek[0].served(),
                         ek[0].order(),
-                        _key_order(ek[1]),
+                        key_order(ek[1]),
                     )
                 )
                 entry, key = exact[0]
@@ -362,6 +345,13 @@ class PodCache:
         with self._lock:
             entry = self._pods.get(uid)
             return entry.served() if entry is not None else None
+
+
+def kubelet_order(available: Sequence[str], must_include: Sequence[str], size: int) -> tuple[list[str], str]:
+    """No unserved assignment of this size: the kubelet's own order (Allocate then falls back, see `match`)."""
+    must = list(must_include)
+    pick = must + [s for s in available if s not in must]
+    return pick[:size], "no unserved assignment of this size on this node; kubelet order"
 
 
 def wait_synced(cache: PodCache, timeout_s: float) -> bool:

@@ -80,6 +80,12 @@ class Metrics:
             "gpupool_extender_preempt_nodes", "Nodes answered to preempt calls, kept or dropped.", ["result"],
             registry=r,
         )  # fmt: skip
+        self.unserved_overdue = Counter(
+            "gpupool_extender_unserved_overdue",
+            "Bound pods whose devices the kubelet had not taken after identity_wait_seconds (they stopped holding "
+            "back same-slot-count pods on their node).",
+            registry=r,
+        )
         self.relists = Counter("gpupool_extender_relists", "Re-lists of a watched resource.", ["resource"], registry=r)
 
     def attach(

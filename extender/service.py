@@ -16,13 +16,14 @@ import contextlib
 import enum
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from extender.kube import ApiError, PodAPI
 from extender.metrics import CacheStats, GPUAllocation, Metrics
 from gpupool import assignment as assignment_format
-from gpupool import objects, resources, timefmt
+from gpupool import identity, objects, resources, timefmt
 from gpupool.errors import AssignmentError, GpupoolError, InvalidRequest, OverAllocation
 from gpupool.ledger import Holding, HoldingKind, Ledger
 from gpupool.placement import FilterResult, NoFit, Placer
@@ -106,6 +107,18 @@ class PoolService:
         self._gone_while_binding: set[str] = set()
         #: quarantined pods already counted and logged (`Ledger.quarantined` holds the current ones)
         self._quarantine_seen: set[str] = set()
+        # --- identity (gpupool.identity): bound pods whose devices the kubelet has not taken yet ---
+        #: how long an unserved pod holds back same-slot-count pods on its node (0 = off); set by `build`
+        self.identity_wait_seconds = 60.0
+        self.clock: Callable[[], float] = time.time
+        self.unserved: dict[str, dict[str, identity.Unserved]] = {}  # node -> uid -> unserved pod
+        self._unserved_node: dict[str, str] = {}  # uid -> node
+        self._overdue: set[str] = set()  # unserved pods already reported overdue
+        #: a bind held back by the rule waits this long for it to clear before refusing: kube-scheduler binds
+        #: asynchronously, so it may bind the next pod to a node before the extender saw the previous bind
+        #: (below kube-scheduler's extender httpTimeout, 5 s in the chart)
+        self.identity_bind_wait_seconds = 2.0
+        self._identity_changed = threading.Condition(self.lock)  # notified when an unserved pod is forgotten
 
     # --- readiness ---------------------------------------------------------------------------------
 
@@ -315,6 +328,7 @@ class PoolService:
         meta = _meta(pod)
         self.pod_uids[(str(meta.get("namespace") or ""), str(meta.get("name") or ""))] = uid
         self._sync_holding(uid, pod)
+        self._identity_seen(uid, pod)
 
     def _pod_gone(self, uid: str) -> None:
         pod = self.pods.pop(uid, None)
@@ -326,6 +340,7 @@ class PoolService:
         self.problems.pop(uid, None)
         self.unplaced.discard(uid)
         self._quarantine_seen.discard(uid)
+        self._identity_forget(uid)
         if uid in self.inflight:
             self._gone_while_binding.add(uid)  # the bind settles it when its Binding answers
         else:
@@ -457,7 +472,9 @@ class PoolService:
                 error=f"pod {request.key}: policy {request.policy!r} is not enabled; enabled are {enabled}"
             )
         with self.lock:
-            return self.placer.filter(request, nodes)
+            result = self.placer.filter(request, nodes)
+            self._identity_filter(request, result)
+            return result
 
     def prioritize(self, pod: Mapping[str, Any], nodes: list[str]) -> list[tuple[str, int]]:
         """(node, 0..10) for every node asked about; invalid pods score 0 everywhere (filter said why)."""
@@ -539,6 +556,7 @@ class PoolService:
             return
 
         with self.lock:
+            self._identity_check(request, node, f"{namespace}/{name}")  # may wait (releasing the lock)
             if uid in self.inflight:
                 raise BindError(f"a bind of pod {namespace}/{name} is already in progress")
             old = self.ledger.holding(uid)
@@ -555,6 +573,7 @@ class PoolService:
             except (OverAllocation, KeyError) as exc:
                 raise BindError(f"node {node} no longer fits pod {namespace}/{name}: {exc}") from None
             self.inflight[uid] = holding
+            self._identity_bound(uid, f"{namespace}/{name}", holding)
 
         record = assignment_format.Assignment(uid, node, holding.slices, timefmt.now_rfc3339())
         text = record.signed(self.key).to_annotation()
@@ -645,9 +664,99 @@ class PoolService:
             if self.ledger.holding(uid) is None:  # an inventory flap meanwhile may have marked what never landed
                 self.unplaced.discard(uid)
                 self.ledger.unquarantine(uid)
+            self._identity_forget(uid)
             cached = self.pods.get(uid)
             if cached is not None:  # the watch may have shown it bound meanwhile (the reply lost, then unread)
                 self._sync_holding(uid, cached)
+
+    # --- identity: one unserved pod per slot count and node (gpupool.identity) ---------------------------
+    # The caller holds the lock in every method of this section.
+
+    def _identity_seen(self, uid: str, pod: Mapping[str, Any]) -> None:
+        """Track `pod` (from the watch) as unserved on its node, or stop tracking it once served or gone."""
+        node = objects.pod_node_name(pod)
+        held = self.ledger.holding(uid)
+        if uid in self.inflight and (held is None or held.node != node):
+            return  # older than our own bind, which tracks the pod (`_identity_bound`)
+        # (the bound pod itself may arrive, even served, before our bind finishes: it counts like any other)
+        if not node or held is None or held.node != node or identity.served(pod, held.slices):
+            self._identity_forget(uid)
+            return
+        on_node = self.unserved.setdefault(node, {})
+        if uid in on_node:
+            return  # keeps the time its bind recorded
+        text = objects.pod_assignment_text(pod) or ""
+        try:
+            at = assignment_format.parse(text).at
+        except AssignmentError:
+            at = ""
+        on_node[uid] = identity.Unserved(objects.pod_key(pod), identity.slot_counts(held.slices), identity.bound_at(at))
+        self._unserved_node[uid] = node
+
+    def _identity_bound(self, uid: str, key: str, holding: Holding) -> None:
+        """A bind just committed `holding`: the pod is unserved on its node from now on."""
+        self._identity_forget(uid)
+        unserved = identity.Unserved(key, identity.slot_counts(holding.slices), self.clock())
+        self.unserved.setdefault(holding.node, {})[uid] = unserved
+        self._unserved_node[uid] = holding.node
+
+    def _identity_forget(self, uid: str) -> None:
+        node = self._unserved_node.pop(uid, None)
+        self._overdue.discard(uid)
+        if node is not None:
+            on_node = self.unserved.get(node)
+            if on_node is not None:
+                on_node.pop(uid, None)
+                if not on_node:
+                    del self.unserved[node]
+            self._identity_changed.notify_all()
+
+    def _identity_wait(self, request: PodRequest, node: str) -> str | None:
+        """Why `request` may not bind to `node` now (an unserved pod there shares a slot count), or None."""
+        on_node = self.unserved.get(node)
+        wait_s = self.identity_wait_seconds
+        if not on_node or wait_s <= 0:
+            return None
+        now = self.clock()
+        for uid, pod in on_node.items():
+            if uid not in self._overdue and identity.overdue(pod, now, wait_s):
+                self._overdue.add(uid)
+                self.metrics.unserved_overdue.inc()
+                log.warning(
+                    "pod %s was bound to node %s %.0f s ago and the kubelet has not taken its devices yet; it no "
+                    "longer holds back pods with slot counts %s there (if the kubelet admits them first, they may "
+                    "swap slices with it)",
+                    pod.pod,
+                    node,
+                    now - pod.bound_at,
+                    sorted(pod.slot_counts),
+                )
+        hit = identity.blocker(on_node.values(), identity.request_slot_counts(request), now, wait_s)
+        return identity.wait_reason(*hit) if hit is not None else None
+
+    def _identity_filter(self, request: PodRequest, answer: FilterResult) -> None:
+        """Move the passing nodes where `request` must wait for the kubelet to the unresolvable ones
+        (preemption cannot help: the wait ends by itself)."""
+        if not self.unserved:
+            return
+        passing = []
+        for node in answer.passing:
+            reason = self._identity_wait(request, node)
+            if reason is None:
+                passing.append(node)
+            else:
+                answer.unresolvable[node] = reason
+        answer.passing = passing
+
+    def _identity_check(self, request: PodRequest, node: str, key: str) -> None:
+        """Bind's re-check of the filter's rule (the node may have changed since): waits up to
+        `identity_bind_wait_seconds` for it to clear (the lock is released while waiting), then refuses."""
+        deadline = time.monotonic() + self.identity_bind_wait_seconds
+        while (reason := self._identity_wait(request, node)) is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BindError(f"node {node} cannot take pod {key} yet: {reason}")
+            self._identity_changed.wait(remaining)
 
     # --- preempt -----------------------------------------------------------------------------------
 

@@ -24,6 +24,12 @@ class ExtenderSettings(PoolSettings):
     kubeconfig: str | None = Field(None, description="kubeconfig file; unset = in-cluster, else ~/.kube/config")
     in_cluster: bool | None = Field(None, description="force (true) or forbid (false) in-cluster config")
     signing_key_file: str = Field(signing_key.DEFAULT_PATH, description="HMAC key shared with node agents")
+    identity_wait_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="a bound pod holds back same-slot-count pods on its node until the kubelet took its devices, "
+        "at most this long (docs/contracts.md, identity); 0 = off (same-size pods may then swap slices)",
+    )
     max_body_bytes: int = Field(8 * 2**20, ge=1024, description="larger request bodies get 413")
     api_timeout_seconds: float = Field(10.0, gt=0, description="timeout of each API-server write")
     watch_timeout_seconds: int = Field(300, ge=1, description="server-side timeout of one watch request")

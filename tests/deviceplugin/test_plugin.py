@@ -220,26 +220,91 @@ def test_backend_none_and_cdi(start_agent: Any, kube: Kube) -> None:
     assert "GPUPOOL_SLICES" in c.envs
 
 
-def test_two_pods_on_one_node_served_in_turn(start_agent: Any, kube: Kube) -> None:
+@pytest.mark.parametrize("order", [("small", "pair"), ("pair", "small")])
+def test_pods_of_different_slot_counts_served_in_any_admission_order(
+    start_agent: Any, kube: Kube, order: tuple[str, str]
+) -> None:
+    """Both unserved at once (the extender allows that for different slot counts): whichever the kubelet
+    admits first, each container gets its own slices."""
+    r = start_agent(backend="mps", node=f"sizes-{order[0]}")
+    small = make_pod(f"small-{order[0]}", r.node, [1], created="2025-01-01T00:00:00Z")
+    pair = make_pod(f"pair-{order[0]}", r.node, [2], created="2025-01-01T00:00:00Z")
+    put_pod(kube, small, assignment_for(small, r.node, [(0, GPU0, "gpu0-2", 60, 3000)], at="2025-01-01T00:00:05Z"))
+    put_pod(
+        kube,
+        pair,
+        assignment_for(pair, r.node, [(0, GPU0, "gpu0-4", 20, 1000), (0, GPU1, "gpu1-4", 20, 1000)],
+                       at="2025-01-01T00:00:05Z"),
+    )  # fmt: skip
+    names = {"small": small["metadata"]["name"], "pair": pair["metadata"]["name"]}
+    cached(r, *names.values())
+    expected = {"small": (1, ["gpu0-2"], "0=3000M"), "pair": (2, ["gpu0-4", "gpu1-4"], "0=1000M,1=1000M")}
+    available = [d.ID for d in first_list(r).devices]
+    for kind in order:
+        size, slots, memory = expected[kind]
+        pick = preferred(r, size, available)
+        assert sorted(pick) == slots
+        c = allocate(r, pick).container_responses[0]
+        assert c.annotations["gpupool.io/pod"] == f"default/{names[kind]}"
+        assert c.envs["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] == memory
+        available = [s for s in available if s not in pick]
+    wait_until(lambda: all(allocated_keys(kube, n) == ["0"] for n in names.values()))
+
+
+@pytest.mark.parametrize("order", [("early", "late"), ("late", "early")])
+def test_same_size_pods_served_in_turn_in_any_order(start_agent: Any, kube: Kube, order: tuple[str, str]) -> None:
+    """Pods of one slot count: the extender binds the next only once the kubelet took the previous one's devices,
+    so whichever is bound first (the one created earlier or later), the unserved candidate is unique."""
+    r = start_agent(backend="mps", node=f"turns-{order[0]}")
+    pods = {
+        "early": make_pod(f"early-{order[0]}", r.node, [1], created="2025-01-01T00:00:00Z"),
+        "late": make_pod(f"late-{order[0]}", r.node, [1], created="2025-01-01T00:00:01Z"),
+    }
+    slices = {"early": (0, GPU0, "gpu0-2", 60, 3000), "late": (0, GPU0, "gpu0-4", 20, 1000)}
+    available = [d.ID for d in first_list(r).devices]
+    for step, kind in enumerate(order):
+        p = pods[kind]
+        name = p["metadata"]["name"]
+        put_pod(kube, p, assignment_for(p, r.node, [slices[kind]], at=f"2025-01-01T00:00:0{5 - step}Z"))
+        cached(r, name)
+        pick = preferred(r, 1, available)
+        assert pick == [slices[kind][2]]
+        c = allocate(r, pick).container_responses[0]
+        assert c.annotations["gpupool.io/pod"] == f"default/{name}"
+        assert c.envs["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == str(slices[kind][3])
+        available = [s for s in available if s not in pick]
+        wait_until(lambda name=name: allocated_keys(kube, name) == ["0"])
+
+
+def test_a_running_pod_without_a_record_is_served(start_agent: Any, kube: Kube) -> None:
+    """A pod the kubelet admitted (Running) counts as served even when its record was never written (a failed
+    write, a restarted agent), as the extender counts it: it is never proposed for the next pod of its size."""
     r = start_agent(backend="mps")
-    a = make_pod("first", r.node, [1], created="2025-01-01T00:00:00Z")
-    b = make_pod("second", r.node, [1], created="2025-01-01T00:00:01Z")
-    put_pod(kube, b, assignment_for(b, r.node, [(0, GPU0, "gpu0-4", 20, 1000)], at="2025-01-01T00:00:06Z"))
-    put_pod(kube, a, assignment_for(a, r.node, [(0, GPU0, "gpu0-2", 60, 3000)], at="2025-01-01T00:00:05Z"))
-    cached(r, "first", "second")
-    all_healthy = [d.ID for d in first_list(r).devices]
-    # the oldest bound pod first
-    assert preferred(r, 1, all_healthy) == ["gpu0-2"]
-    first = allocate(r, ["gpu0-2"]).container_responses[0]
-    assert first.annotations["gpupool.io/pod"] == "default/first"
-    assert first.envs["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] == "0=3000M"
-    # then the next one: the kubelet no longer offers gpu0-2
-    remaining = [s for s in all_healthy if s != "gpu0-2"]
-    assert preferred(r, 1, remaining) == ["gpu0-4"]
-    second = allocate(r, ["gpu0-4"]).container_responses[0]
-    assert second.annotations["gpupool.io/pod"] == "default/second"
-    assert second.envs["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "20"
-    wait_until(lambda: allocated_keys(kube, "first") == ["0"] and allocated_keys(kube, "second") == ["0"])
+    ran = make_pod("ran", r.node, [1])
+    ran["status"] = {"phase": "Running"}
+    put_pod(kube, ran, assignment_for(ran, r.node, [(0, GPU0, "gpu0-3", 50, 5000)], at="2025-01-01T00:00:01Z"))
+    nxt = make_pod("next", r.node, [1])
+    put_pod(kube, nxt, assignment_for(nxt, r.node, [(0, GPU1, "gpu1-5", 10, 1000)], at="2025-01-01T00:00:09Z"))
+    cached(r, "ran", "next")
+    # the kubelet picked slots nobody was assigned: the fallback serves the one unserved pod of that size
+    c = allocate(r, ["gpu0-20"]).container_responses[0]
+    assert c.annotations["gpupool.io/pod"] == "default/next" and c.annotations["gpupool.io/match"] == "fallback"
+    assert c.envs["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "10"
+
+
+def test_preferred_allocation_relists_when_the_watch_lags(start_agent: Any, kube: Kube) -> None:
+    """The kubelet may ask before the pod watch delivered the bound pod: the plugin re-lists once, so the kubelet
+    is offered the assignment's slots rather than its own order."""
+    r = start_agent(backend="mps")
+    wait_until(lambda: r.agent.cache.synced.is_set())
+    pod = make_pod("lagging", r.node, [1])
+    put_pod(kube, pod, assignment_for(pod, r.node, [(0, GPU1, "gpu1-9", 30, 2000)]))
+    cached(r, "lagging")
+    r.agent.cache.delete(pod)  # as if the watch had not delivered it yet
+    assert "lagging" not in {e.name for e in r.agent.cache.entries()}
+    assert preferred(r, 1) == ["gpu1-9"]
+    c = allocate(r, ["gpu1-9"]).container_responses[0]
+    assert c.annotations["gpupool.io/pod"] == "default/lagging" and c.annotations["gpupool.io/match"] == "exact"
 
 
 def test_concurrent_allocates_for_different_pods(start_agent: Any, kube: Kube) -> None:

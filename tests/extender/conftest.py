@@ -201,6 +201,19 @@ def create_pod(kube: FakeKube, p: dict[str, Any]) -> dict[str, Any]:
     return created
 
 
+def kubelet_took(kube: FakeKube, p: dict[str, Any]) -> None:
+    """What a node's kubelet reports once it has taken a bound pod's devices: the pod is Running. Waits until
+    every running extender no longer counts the pod as unserved (gpupool.identity)."""
+    m = p["metadata"]
+    kube.patch(f"/api/v1/namespaces/{m['namespace']}/pods/{m['name']}", {"status": {"phase": "Running"}})
+    for r in list(RUNNING):
+        wait_for(
+            lambda r=r: all(m["uid"] not in pods for pods in r.service.unserved.values()),
+            10,
+            f"extender to see pod {m['name']} served",
+        )
+
+
 def filter_body(p: dict[str, Any], names: list[str] | None) -> dict[str, Any]:
     """Exactly what kube-scheduler sends with nodeCacheCapable: true."""
     return {"Pod": p, "Nodes": None, "NodeNames": names}

@@ -559,7 +559,12 @@ def node_info_of(obj: Mapping[str, Any]) -> NodeInfo:
 
 def new_service(world: World) -> PoolService:
     pool = build_pool(PoolConfig(policies=("bestfit",), default_policy="bestfit"))
-    return PoolService(pool.ledger, pool.placer, KEY, world)
+    service = PoolService(pool.ledger, pool.placer, KEY, world)
+    # No kubelet serves pods here: a bind that must wait for one is refused at once (never a real-time wait on
+    # the scheduler's one thread), and the identity rule's clock is the API server's write count (replayable).
+    service.identity_bind_wait_seconds = 0.0
+    service.clock = lambda: float(world.rv)
+    return service
 
 
 def placeable(ledger: Ledger, h: Holding) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 from extender.kube import ApiError
@@ -44,9 +45,17 @@ class StubAPI:
             pod["metadata"]["resourceVersion"] = str(self.rv)
             return pod
 
-    def bind_pod(self, namespace: str, name: str, uid: str, node: str) -> None:
+    def bind_pod(
+        self, namespace: str, name: str, uid: str, node: str, annotations: Mapping[str, str] | None = None
+    ) -> None:
+        """Like the API server: the Binding's annotations land on the pod in the same write as the node."""
         with self.lock:
             pod = self.pods.get((namespace, name))
             if pod is None:
                 raise ApiError(404, f"pod {namespace}/{name} not found")
+            if pod.get("spec", {}).get("nodeName"):
+                raise ApiError(409, f"pod {namespace}/{name} is already assigned to a node")
             pod.setdefault("spec", {})["nodeName"] = node
+            pod["metadata"].setdefault("annotations", {}).update(annotations or {})
+            self.rv += 1
+            pod["metadata"]["resourceVersion"] = str(self.rv)

@@ -14,6 +14,7 @@ from tests.extender.conftest import (
     create_pod,
     filter_body,
     gpunode,
+    kubelet_took,
     node,
     pod,
     start_extender,
@@ -107,12 +108,14 @@ def test_bind_rechecks_capacity(kube, ext):
     for p in (a, b):
         assert ext.post("filter", filter_body(p, ["gpu-0"])).json()["NodeNames"] == ["gpu-0"]
     assert ext.post("bind", bind_body(a, "gpu-0")).json() == {"Error": ""}
+    kubelet_took(kube, a)  # else b waits for the kubelet first (same slot count, test_identity.py)
     err = ext.post("bind", bind_body(b, "gpu-0")).json()["Error"]
     assert "no longer fits" in err
     assert resources.ASSIGNMENT not in (kube.get(f"{PODS}/b")["metadata"].get("annotations") or {})
 
 
-def test_concurrent_binds_on_one_node_never_overallocate(kube, ext):
+def test_concurrent_binds_on_one_node_never_overallocate(kube, extender_factory):
+    ext = extender_factory(identity_wait_seconds=0)  # capacity only: the identity rule would refuse most binds
     add_gpu_node(kube, "gpu-0", gpus=4, memory=10_000)
     pods = [create_pod(kube, pod(f"p{i:02d}", compute=10 + (i % 3) * 10, memory=700)) for i in range(60)]
     wait_for(lambda: len(ext.service.pods) == 60, 10, "the watch to see every pod")
@@ -138,7 +141,8 @@ def test_concurrent_binds_on_one_node_never_overallocate(kube, ext):
     assert compute == sum(10 + (int(p["metadata"]["name"][1:]) % 3) * 10 for p in won)
 
 
-def test_concurrent_binds_across_nodes(kube, ext):
+def test_concurrent_binds_across_nodes(kube, extender_factory):
+    ext = extender_factory(identity_wait_seconds=0)  # capacity only: the identity rule would refuse most binds
     for n in range(4):
         add_gpu_node(kube, f"gpu-{n}", gpus=2)
     pods = [create_pod(kube, pod(f"q{i:02d}", compute=25, memory=1000)) for i in range(40)]
@@ -160,7 +164,7 @@ def test_concurrent_binds_across_nodes(kube, ext):
 def test_restart_mid_stream_rebuilds_the_same_ledger(kube, extender_factory):
     for n in range(3):
         add_gpu_node(kube, f"gpu-{n}", gpus=2, memory=8000)
-    first = extender_factory()
+    first = extender_factory(identity_wait_seconds=0)  # the ledger only: no kubelet serves these pods
     pods = [create_pod(kube, pod(f"r{i:02d}", compute=20 + 10 * (i % 4), memory=500 + 100 * i)) for i in range(30)]
     wait_for(lambda: len(first.service.pods) == 30, 10, "watch")
     stop = threading.Event()
@@ -219,6 +223,7 @@ def test_pod_deleted_or_finished_frees(kube, ext):
     b = create_pod(kube, pod("b", compute=50))
     for p in (a, b):
         assert ext.post("bind", bind_body(p, "gpu-0")).json() == {"Error": ""}
+        kubelet_took(kube, p)
     assert ext.service.ledger.gpu("GPU-gpu-0-0").used_compute == 100
     kube.delete(f"{PODS}/a")
     wait_for(lambda: ext.service.ledger.gpu("GPU-gpu-0-0").used_compute == 50, 5, "delete frees")

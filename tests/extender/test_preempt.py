@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.extender.conftest import add_gpu_node, bind_body, create_pod, pod
+from tests.extender.conftest import add_gpu_node, bind_body, create_pod, kubelet_took, pod
 
 
 def _meta_victims(*uids: str, pdb: int = 0) -> dict[str, object]:
@@ -17,6 +17,7 @@ def test_preempt_keeps_fewest_helpful_victims(kube, ext):
     other = create_pod(kube, pod("other", compute=90, memory=9000, priority=1))
     for p, n in ((small, "gpu-0"), (big, "gpu-0"), (other, "gpu-1")):
         assert ext.post("bind", bind_body(p, n)).json() == {"Error": ""}
+        kubelet_took(kube, p)
     before = ext.service.ledger_snapshot()
     preemptor = pod("vip", compute=50, memory=5000, priority=100)
     body = {
@@ -77,6 +78,7 @@ def test_preempt_chooses_victims_in_the_model_order(kube, ext):
                                       annotations={"gpupool.io/qos": "best-effort"}))  # fmt: skip
     for p in (guaranteed, besteffort):
         assert ext.post("bind", bind_body(p, "gpu-0")).json() == {"Error": ""}
+        kubelet_took(kube, p)
     body = {
         "Pod": pod("vip", compute=40, memory=4000, priority=100),
         "NodeNameToMetaVictims": {"gpu-0": _meta_victims("uid-default-guaranteed", "uid-default-besteffort")},

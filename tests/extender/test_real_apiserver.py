@@ -62,8 +62,11 @@ class Running:
 
 def start_extender(real: RealAPI, *, wait_ready: bool = True) -> Running:
     kubeconfig = real.kubeconfigs.get("gpupool-extender") or real.service_account("gpupool-extender")
+    # identity_wait_seconds=0: no kubelet runs here, nothing would ever take the bound pods' devices, and these
+    # tests bind many pods of one slot count to one node; the identity rule has its own tests (test_identity.py)
     settings = ExtenderSettings(  # type: ignore[call-arg]
         _cli_parse_args=False, kubeconfig=str(kubeconfig), signing_key_file=str(real.key_file), in_cluster=False,
+        identity_wait_seconds=0,
     )  # fmt: skip
     ext = build(settings)  # connects to the API server like the entry point does
     app = create_app(ext.service, url_prefix=settings.url_prefix, max_body_bytes=settings.max_body_bytes)

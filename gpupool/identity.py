@@ -1,0 +1,152 @@
+"""Which pod a kubelet device request is for: container keys, the `gpupool.io/allocated` record, and the rule
+that keeps that question unambiguous (docs/contracts.md, "identity").
+
+The kubelet's device-plugin calls (GetPreferredAllocation, Allocate) carry a number of devices, never a pod.
+The node agent can only tell pods apart by their slot count: so gpupool never leaves two bound pods whose
+devices the kubelet has not taken yet ("unserved") with a container of the same slot count on one node.
+A pod is unserved on its node until the node agent recorded every container with slices in
+`gpupool.io/allocated`, or the pod reports a phase or a container state that only follows the kubelet's
+admission (the kubelet allocates devices before it starts any container), or it was bound more than the
+identity wait ago (then it is reported and stops holding others back). Different slot counts never wait
+on each other. Everything here is pure: the extender tracks the unserved pods and asks `blocker`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gpupool import resources, timefmt
+from gpupool.assignment import SliceRecord
+from gpupool.request import PodRequest
+
+#: pod phases that follow the kubelet's admission (and so its device allocation)
+ADMITTED_PHASES = frozenset({"Running", "Succeeded", "Failed"})
+
+
+# --- container keys and the `gpupool.io/allocated` record ----------------------------------------------------
+
+
+def container_key(container: int, init: bool) -> str:
+    """`"<c>"` for `spec.containers[c]`, `"init:<c>"` for `spec.initContainers[c]`."""
+    return f"init:{container}" if init else str(container)
+
+
+def key_order(key: str) -> tuple[int, int]:
+    """Init containers first, then app containers, each by index: the kubelet's allocation order."""
+    if key.startswith("init:"):
+        return 0, int(key[5:])
+    return 1, int(key)
+
+
+def format_allocated(keys: Iterable[str]) -> str:
+    """The `gpupool.io/allocated` value for these served container keys (JSON list, sorted by `key_order`)."""
+    return json.dumps(sorted(set(keys), key=key_order), separators=(",", ":"))
+
+
+def parse_allocated(text: str | None) -> frozenset[str]:
+    """Served container keys from a `gpupool.io/allocated` value (absent = none); ValueError when unreadable."""
+    if not text:
+        return frozenset()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, list) and all(isinstance(k, str) for k in data):
+        return frozenset(data)
+    raise ValueError(f"{resources.ALLOCATED} must be a JSON list of container keys, got {text!r}")
+
+
+def container_slices(slices: Iterable[SliceRecord]) -> dict[str, tuple[SliceRecord, ...]]:
+    """An assignment's slices grouped by container key, in `key_order`."""
+    grouped: dict[str, list[SliceRecord]] = {}
+    for s in slices:
+        grouped.setdefault(container_key(s.container, s.init), []).append(s)
+    return {k: tuple(grouped[k]) for k in sorted(grouped, key=key_order)}
+
+
+def slot_counts(slices: Iterable[SliceRecord]) -> frozenset[int]:
+    """The slot counts (devices the kubelet asks for) of the containers holding these slices."""
+    return frozenset(len(v) for v in container_slices(slices).values())
+
+
+def request_slot_counts(request: PodRequest) -> frozenset[int]:
+    """The slot counts of a pod's containers (init containers too) that ask for slices."""
+    return frozenset(c.count for c in request.containers if c.count > 0)
+
+
+# --- served or not -----------------------------------------------------------------------------------------
+
+
+def kubelet_admitted(pod: Mapping[str, Any]) -> bool:
+    """The pod reports what only follows the kubelet's admission: phase Running/Succeeded/Failed, or a
+    container (init or app) started, running or terminated."""
+    status = pod.get("status") or {}
+    if status.get("phase") in ADMITTED_PHASES:
+        return True
+    for field in ("initContainerStatuses", "containerStatuses"):
+        for cs in status.get(field) or []:
+            state = cs.get("state") or {}
+            if cs.get("started") or "running" in state or "terminated" in state:
+                return True
+    return False
+
+
+def served(pod: Mapping[str, Any], slices: Iterable[SliceRecord]) -> bool:
+    """Whether the kubelet has taken the devices of every container of `pod` that holds `slices`."""
+    if kubelet_admitted(pod):
+        return True
+    text = ((pod.get("metadata") or {}).get("annotations") or {}).get(resources.ALLOCATED)
+    try:
+        done = parse_allocated(text)
+    except ValueError:
+        return False
+    return set(container_slices(slices)) <= done
+
+
+# --- the rule ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Unserved:
+    """A pod bound to a node whose devices the kubelet has not taken yet."""
+
+    pod: str  # namespace/name, for messages
+    slot_counts: frozenset[int]
+    bound_at: float  # seconds since the epoch
+
+
+def bound_at(at: str) -> float:
+    """When an assignment was written (its `at`), in seconds since the epoch; unreadable = long ago."""
+    seconds = timefmt.parse_time(at)
+    return seconds if seconds is not None else 0.0
+
+
+def overdue(pod: Unserved, now: float, wait_s: float) -> bool:
+    """Bound more than `wait_s` ago and still unserved: reported, and no longer holding others back."""
+    return now - pod.bound_at > wait_s
+
+
+def blocker(
+    unserved: Iterable[Unserved], counts: Collection[int], now: float, wait_s: float
+) -> tuple[Unserved, int] | None:
+    """The unserved pod of a node that a pod with containers of slot `counts` would be ambiguous with, and
+    the shared slot count; None when it may bind there. `wait_s` <= 0 turns the rule off."""
+    if wait_s <= 0 or not counts:
+        return None
+    wanted = set(counts)
+    for pod in sorted(unserved, key=lambda u: (u.bound_at, u.pod)):
+        shared = wanted & pod.slot_counts
+        if shared and not overdue(pod, now, wait_s):
+            return pod, min(shared)
+    return None
+
+
+def wait_reason(pod: Unserved, count: int) -> str:
+    """Why a node is refused while `pod` is unserved there (filter and bind say the same)."""
+    return (
+        f"waiting for the kubelet to take pod {pod.pod}'s devices: same slot count {count}; gpupool serves one "
+        "such pod per node at a time so each container gets its own slices"
+    )

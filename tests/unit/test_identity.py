@@ -1,0 +1,137 @@
+"""The identity rule (gpupool.identity): never two unserved pods with a shared slot count on one node."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gpupool import identity, resources
+from gpupool.assignment import SliceRecord
+from gpupool.request import ContainerRequest, PodRequest
+
+
+def sl(container: int, slot: str, init: bool = False) -> SliceRecord:
+    return SliceRecord(container=container, gpu="GPU-0", node="n", compute=10, memory_mib=100, slot=slot, init=init)
+
+
+def unserved(name: str, *counts: int, at: float = 1000.0) -> identity.Unserved:
+    return identity.Unserved(f"default/{name}", frozenset(counts), at)
+
+
+def pod(phase: str = "Pending", allocated: str | None = None, status: dict[str, Any] | None = None) -> dict[str, Any]:
+    annotations = {resources.ALLOCATED: allocated} if allocated is not None else {}
+    return {"metadata": {"annotations": annotations}, "status": {"phase": phase, **(status or {})}}
+
+
+# --- the rule ------------------------------------------------------------------------------------------------
+
+
+def test_a_shared_slot_count_is_ambiguous() -> None:
+    a = unserved("a", 1)
+    assert identity.blocker([a], {1}, now=1001.0, wait_s=60) == (a, 1)
+    # any container of either pod: a 2-slot init container of the unserved pod meets a 2-slot app container
+    b = unserved("b", 1, 2)
+    assert identity.blocker([b], {3, 2}, now=1001.0, wait_s=60) == (b, 2)
+
+
+def test_different_slot_counts_never_wait_on_each_other() -> None:
+    assert identity.blocker([unserved("a", 1), unserved("b", 2, 4)], {3}, now=1001.0, wait_s=60) is None
+    assert identity.blocker([], {1}, now=1001.0, wait_s=60) is None
+    assert identity.blocker([unserved("a", 1)], set(), now=1001.0, wait_s=60) is None  # asks for no slices
+
+
+def test_the_oldest_blocker_is_named() -> None:
+    late, early = unserved("late", 1, at=1005.0), unserved("early", 1, at=1001.0)
+    assert identity.blocker([late, early], {1}, now=1010.0, wait_s=60) == (early, 1)
+
+
+def test_an_overdue_pod_no_longer_blocks() -> None:
+    a = unserved("a", 1, at=1000.0)
+    assert not identity.overdue(a, now=1060.0, wait_s=60)
+    assert identity.blocker([a], {1}, now=1060.0, wait_s=60) == (a, 1)
+    assert identity.overdue(a, now=1060.5, wait_s=60)
+    assert identity.blocker([a], {1}, now=1060.5, wait_s=60) is None
+    # an overdue pod is skipped, a younger one of the same count still blocks
+    b = unserved("b", 1, at=1050.0)
+    assert identity.blocker([a, b], {1}, now=1061.0, wait_s=60) == (b, 1)
+
+
+def test_wait_zero_turns_the_rule_off() -> None:
+    assert identity.blocker([unserved("a", 1)], {1}, now=1000.0, wait_s=0) is None
+
+
+def test_wait_reason_names_the_pod_and_the_count() -> None:
+    text = identity.wait_reason(unserved("q", 2), 2)
+    assert text == (
+        "waiting for the kubelet to take pod default/q's devices: same slot count 2; gpupool serves one such "
+        "pod per node at a time so each container gets its own slices"
+    )
+
+
+# --- slot counts -----------------------------------------------------------------------------------------------
+
+
+def test_slot_counts_per_container_init_containers_included() -> None:
+    slices = [sl(0, "gpu0-0"), sl(0, "gpu1-0"), sl(1, "gpu0-1"), sl(0, "gpu0-2", init=True)]
+    assert identity.slot_counts(slices) == {2, 1}
+    assert list(identity.container_slices(slices)) == ["init:0", "0", "1"]
+    request = PodRequest(
+        uid="u",
+        containers=(
+            ContainerRequest("init", 0, 3, 10, None, init=True),
+            ContainerRequest("main", 0, 1, 10, None),
+            ContainerRequest("side", 1, 1, 10, None),
+        ),
+    )
+    assert identity.request_slot_counts(request) == {3, 1}
+
+
+# --- served ----------------------------------------------------------------------------------------------------
+
+
+def test_served_when_every_container_with_slices_is_recorded() -> None:
+    slices = [sl(0, "gpu0-0", init=True), sl(0, "gpu0-1"), sl(2, "gpu0-2")]
+    assert not identity.served(pod(), slices)
+    assert not identity.served(pod(allocated='["init:0","0"]'), slices)  # container 2 still waits
+    assert identity.served(pod(allocated='["init:0","0","2"]'), slices)
+    assert not identity.served(pod(allocated="{garbage"), slices)  # unreadable: not served (phase or time decide)
+
+
+@pytest.mark.parametrize("phase", ["Running", "Succeeded", "Failed"])
+def test_served_by_phase(phase: str) -> None:
+    assert identity.served(pod(phase), [sl(0, "gpu0-0")])
+
+
+@pytest.mark.parametrize(
+    "field,entry",
+    [
+        ("containerStatuses", {"name": "main", "state": {"running": {}}}),
+        ("containerStatuses", {"name": "main", "started": True, "state": {"waiting": {}}}),
+        ("initContainerStatuses", {"name": "init", "state": {"terminated": {"exitCode": 0}}}),
+    ],
+)
+def test_served_by_a_started_container(field: str, entry: dict[str, Any]) -> None:
+    assert identity.served(pod(status={field: [entry]}), [sl(0, "gpu0-0")])
+
+
+def test_a_waiting_container_of_a_pending_pod_is_not_proof() -> None:
+    waiting = {"name": "main", "started": False, "state": {"waiting": {"reason": "ContainerCreating"}}}
+    assert not identity.served(pod(status={"containerStatuses": [waiting]}), [sl(0, "gpu0-0")])
+
+
+# --- formats ---------------------------------------------------------------------------------------------------
+
+
+def test_allocated_format_round_trip_and_errors() -> None:
+    assert identity.format_allocated({"1", "init:0", "0", "init:2", "10"}) == '["init:0","init:2","0","1","10"]'
+    assert identity.parse_allocated('["init:0","0"]') == {"init:0", "0"}
+    assert identity.parse_allocated(None) == frozenset() and identity.parse_allocated("") == frozenset()
+    for bad in ("garbage", '{"0": 1}', "[0, 1]"):
+        with pytest.raises(ValueError, match=r"gpupool\.io/allocated must be a JSON list"):
+            identity.parse_allocated(bad)
+
+
+def test_bound_at_reads_the_assignment_time() -> None:
+    assert identity.bound_at("2026-01-01T00:00:00Z") == 1767225600.0
+    assert identity.bound_at("not a time") == 0.0  # unreadable: long ago, so it never blocks
