@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 from controller import status
 from gpupool import objects, resources, signing_key, timefmt
+from gpupool.assignment import KeySet
 from gpupool.errors import AssignmentError, GpupoolError
 from gpupool.quota import Resources, message
-from gpupool.signing_key import read_signing_key
+from gpupool.signing_key import read_keys
 
 if TYPE_CHECKING:  # the Kubernetes client is imported by the cluster commands only, not by `simulate`
     from controller.runtime import Controller
@@ -58,7 +59,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--signing-key-file",
         default=signing_key.DEFAULT_PATH,
-        help="verify assignments with this key (unreadable: assignments are read unverified)",
+        help="verify assignments with these keys: the mounted Secret directory or one key file "
+        "(unreadable: assignments are read unverified)",
     )
 
 
@@ -68,7 +70,7 @@ def load_state(args: argparse.Namespace) -> Controller:
     from controller.settings import ControllerSettings
 
     try:
-        key = read_signing_key(args.signing_key_file)
+        key: bytes | KeySet = read_keys(args.signing_key_file)
     except AssignmentError:
         key = b""  # status and explain still work; assignments then show as unverified
     kube = Kube(load_api_client(args.kubeconfig))
@@ -78,6 +80,26 @@ def load_state(args: argparse.Namespace) -> Controller:
     return state
 
 
+def pods_per_key(state: Controller) -> dict[str, int]:
+    """How many live pods' assignments each key id verifies ("unverified": no key at hand; "none": no key
+    verifies it, the pod is quarantined). A retired key must show none (charts/gpupool/README.md)."""
+    from gpupool import assignment as assignment_format
+
+    out: dict[str, int] = {}
+    for pod in state.pods.values():
+        text = objects.pod_assignment_text(pod)
+        if text is None or objects.pod_is_terminal(pod):
+            continue
+        try:
+            record = assignment_format.parse(text)
+        except AssignmentError:
+            kid: str | None = None
+        else:
+            kid = assignment_format.key_id_of(record, state.key) if state.key else "unverified"
+        out[kid or "none"] = out.get(kid or "none", 0) + 1
+    return dict(sorted(out.items()))
+
+
 def run_status(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -85,8 +107,11 @@ def run_status(args: argparse.Namespace) -> int:
     state = load_state(args)
     nodes = status.node_statuses(state.ledger)
     queues = status.queue_statuses(state.manager)
+    quarantined = {state._key(uid): why for uid, why in sorted(state.quarantined.items())}
+    per_key = pods_per_key(state)
     if args.json:
-        print(json.dumps({"nodes": nodes, "queues": queues}, indent=2, sort_keys=True))
+        print(json.dumps({"nodes": nodes, "queues": queues, "quarantined": quarantined, "podsPerKey": per_key},
+                         indent=2, sort_keys=True))  # fmt: skip
         return 0
     console = Console()
     table = Table(title="GPU nodes")
@@ -119,8 +144,13 @@ def run_status(args: argparse.Namespace) -> int:
         f"pool: {totals['gpus']} healthy GPUs, compute {totals['used_compute']}/{totals['compute']}, "
         f"memory {totals['used_memory_mib']}/{totals['memory_mib']} MiB (incl. reservations)"
     )
+    if per_key:
+        console.print("assignments per signing key id: " + ", ".join(f"{k} {n}" for k, n in per_key.items()))
+    for key, why in sorted(quarantined.items()):
+        console.print(f"[red]quarantined[/red] pod {key}: {why} (its claimed slices count as held)")
     for where, problem in sorted(state.problems.items()):
-        console.print(f"[yellow]problem[/yellow] {where}: {problem}")
+        if not where.startswith("pod/") or where[4:] not in quarantined:
+            console.print(f"[yellow]problem[/yellow] {where}: {problem}")
     return 0
 
 

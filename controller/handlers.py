@@ -23,7 +23,7 @@ from controller.runtime import Controller
 from controller.settings import ControllerSettings
 from controller.webhooks import MUTATE_PATH, VALIDATE_PATH
 from gpupool import objects, resources
-from gpupool.signing_key import read_signing_key
+from gpupool.signing_key import KeyRing
 
 log = logging.getLogger("gpupool.controller")
 
@@ -34,6 +34,23 @@ STATE: Controller | None = None
 
 def current() -> Controller | None:
     return STATE
+
+
+def readiness() -> dict[str, Any] | None:
+    """/readyz (`controller.probes`): None until the controller exists (it is built after listing everything)."""
+    return STATE.readiness() if STATE is not None else None
+
+
+async def _keys_loop(ring: KeyRing, state: Controller, stop: asyncio.Event, interval: float = 2.0) -> None:
+    """Re-read the mounted signing Secret; on a change, quarantined pods are read again."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+        try:
+            if ring.refresh():
+                state.on_keys_changed()
+        except Exception:
+            log.exception("re-reading the signing keys failed")
 
 
 async def _cycle_loop(state: Controller, stop: asyncio.Event) -> None:
@@ -58,7 +75,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
             addr=cfg.webhook_host, port=cfg.webhook_port, certfile=cfg.webhook_cert_file, pkeyfile=cfg.webhook_key_file
         )
         settings.admission.managed = None  # the chart (or the test) owns the configurations: matchConditions
-    key = read_signing_key(cfg.signing_key_file)
+    key = KeyRing(cfg.signing_key_file)
     api_client = load_api_client(cfg.kubeconfig)
     kube = Kube(api_client)
     state = Controller(cfg, kube, key)
@@ -66,7 +83,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     STATE = state
     stop = asyncio.Event()
     memo["stop"] = stop
-    tasks = [asyncio.create_task(_cycle_loop(state, stop))]
+    tasks = [asyncio.create_task(_cycle_loop(state, stop)), asyncio.create_task(_keys_loop(key, state, stop))]
     if cfg.leader_election:
         identity = cfg.identity or f"{socket.gethostname()}-{os.getpid()}"
         elector = LeaseElector(kube.coordination, cfg.lease_name, cfg.lease_namespace, identity,

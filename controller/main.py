@@ -23,13 +23,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["KUBECONFIG"] = settings.kubeconfig  # kopf's own login reads it
     import kopf
 
-    from controller import handlers, metrics
+    from controller import handlers, metrics, probes
 
     handlers.SETTINGS = settings
     if settings.metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(settings.metrics_port, registry=metrics.REGISTRY)
+        probes.serve("0.0.0.0", settings.metrics_port, metrics.REGISTRY, handlers.readiness)
     asyncio.run(kopf.operator(clusterwide=True, standalone=True))
     return 0
 

@@ -32,3 +32,7 @@ GPU_ALLOCATED = Gauge(
 )  # fmt: skip
 LEADER = Gauge("gpupool_controller_leader", "1 while this replica holds the Lease", registry=REGISTRY)
 READY = Gauge("gpupool_controller_ready", "1 once the rebuild from the API server is complete", registry=REGISTRY)
+QUARANTINED = Gauge(
+    "gpupool_controller_quarantined_pods", "pods whose assignment cannot be trusted (their claim counts as held)",
+    registry=REGISTRY,
+)  # fmt: skip

@@ -12,6 +12,10 @@ Garbage and safety decisions (DESIGN.md §7):
   recreate them on healthy GPUs; `keep` only drops them from the ledger. GPUs in `spec.disabledGPUs`
   are cordoned: nothing new lands there, running pods keep their slices (drain them by hand).
 * nominations expire after `nomination_ttl_seconds`; the `gpupool.io/nominated` annotation is removed.
+* a pod whose assignment cannot be trusted (forged, unreadable, unknown key id) is quarantined: the
+  slices it claims (read unverified, only when bound to the node they name) count as held as far as
+  capacity allows, the leader posts one Warning Event `GPUPoolQuarantined` per reason, and
+  `gpupool_controller_quarantined_pods` and `gpupool status` show it; nothing else stops.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from controller.admission import AdmissionConfig, PoolLimits
 from controller.kube import Kube
 from controller.settings import ControllerSettings
 from gpupool import objects, resources, timefmt
+from gpupool.assignment import Keys, keyset
 from gpupool.errors import GpupoolError, InvalidRequest
 from gpupool.ledger import Holding
 from gpupool.pool import build_pool
@@ -36,6 +41,9 @@ log = logging.getLogger("gpupool.controller")
 
 
 ALIAS_EVENT_REASON = "AliasResourceNotRewritten"
+QUARANTINE_EVENT_REASON = "GPUPoolQuarantined"
+#: the initial lists `rebuild` makes; the controller is ready once all of them completed
+SYNCED_LISTS = ("namespaces", "nodes", "gpuqueues", "gpunodes", "pods")
 
 
 def alias_message(pod: Mapping[str, Any]) -> str:
@@ -55,7 +63,7 @@ class Controller:
     """The controller's cache of pods, GPUNodes and queues, fed by the `on_*` handlers on every replica,
     and the leader's `cycle()`, which writes the model's decisions through `Kube`."""
 
-    def __init__(self, settings: ControllerSettings, kube: Kube | None, key: bytes) -> None:
+    def __init__(self, settings: ControllerSettings, kube: Kube | None, key: Keys) -> None:
         self.settings = settings
         self.kube = kube
         self.key = key
@@ -73,6 +81,10 @@ class Controller:
         self.pods: dict[str, dict[str, Any]] = {}  # uid -> last seen pod (gpupool pods only)
         self.gpunodes: dict[str, dict[str, Any]] = {}
         self.ready = False
+        self.synced = dict.fromkeys(SYNCED_LISTS, False)
+        #: quarantined pods (untrusted assignment): uid -> why; `_quarantine_posted` what the Event said
+        self.quarantined: dict[str, str] = {}
+        self._quarantine_posted: dict[str, str] = {}
         self.is_leader = not settings.leader_election
         self.problems: dict[str, str] = {}
         self._events: dict[str, str] = {}  # uid -> last message posted
@@ -111,18 +123,49 @@ class Controller:
         assert self.kube is not None
         for ns in await self.kube.list_namespaces():
             self.on_namespace("ADDED", ns)
+        self.synced["namespaces"] = True
         for node in await self.kube.list_nodes():
             self.on_node("ADDED", node)
+        self.synced["nodes"] = True
         for obj in await self.kube.list_custom(objects.GPUQUEUE_PLURAL):
             self.on_queue("ADDED", obj)
+        self.synced["gpuqueues"] = True
         for obj in await self.kube.list_custom(objects.GPUNODE_PLURAL):
             self.on_gpunode("ADDED", obj)
+        self.synced["gpunodes"] = True
         for pod in await self.kube.list_pods():
             self.on_pod("ADDED", pod)
-        self.ready = True
+        self.synced["pods"] = True
+        self.ready = all(self.synced.values())
         metrics.READY.set(1)
         log.info("rebuilt: %d GPU nodes, %d gpupool pods, %d queues; problems: %s",
                  len(self.gpunodes), len(self.pods), len(self.manager.queues), self.problems or "none")  # fmt: skip
+
+    def readiness(self) -> dict[str, Any]:
+        """What /readyz answers: ready once every initial list completed; quarantined pods never unready it."""
+        return {
+            "ready": self.ready,
+            "synced": dict(self.synced),
+            "leader": self.is_leader,
+            "keys": self._key_ids(),
+            "quarantined": {self._key(u): why for u, why in sorted(self.quarantined.items())},
+        }
+
+    def _key_ids(self) -> dict[str, Any]:
+        if not self.key:
+            return {}
+        try:
+            current = keyset(self.key)
+        except GpupoolError as exc:
+            return {"error": str(exc)}
+        return {"signing": current.signing, "verification": list(current.kids)}
+
+    def on_keys_changed(self) -> None:
+        """The signing keys changed: read the quarantined pods again (a new verification key may trust them)."""
+        for uid in sorted(self.quarantined):
+            pod = self.pods.get(uid)
+            if pod is not None:
+                self.on_pod("MODIFIED", pod)
 
     def on_namespace(self, event: str, obj: Mapping[str, Any]) -> None:
         meta = obj.get("metadata") or {}
@@ -176,6 +219,7 @@ class Controller:
         if event == "DELETED" or objects.pod_is_terminal(pod):
             self._alias_pods.pop(uid, None)
             self._alias_warned.discard(uid)
+            self._unquarantine(uid)
             if uid in self.pods or uid in self.manager.pods:
                 self.pods.pop(uid, None)
                 self.manager.remove_pod(uid)
@@ -198,8 +242,15 @@ class Controller:
         assigned = None
         try:
             assigned = self.holding_of(pod)
+            self._unquarantine(uid)
+            self.problems.pop(f"pod/{objects.pod_key(pod)}", None)
         except GpupoolError as exc:
             self.problems[f"pod/{objects.pod_key(pod)}"] = str(exc)
+            assigned = self._claim(pod)
+            if self.quarantined.get(uid) != str(exc):
+                log.error("pod %s quarantined (its claimed slices count as held): %s", objects.pod_key(pod), exc)
+            self.quarantined[uid] = str(exc)
+            metrics.QUARANTINED.set(len(self.quarantined))
         if assigned is not None and not self.ledger.has_node(assigned.node):
             assigned = None
         self.pods[uid] = dict(pod)
@@ -213,6 +264,38 @@ class Controller:
             assigned=assigned,
         )
         self.manager.upsert_pod(entry)
+
+    def _claim(self, pod: Mapping[str, Any]) -> Holding | None:
+        """An untrusted pod's claimed slices, read unverified; only a pod bound to the claim's node runs on them."""
+        try:
+            claim = objects.holding_from_pod(pod, None)
+        except GpupoolError:
+            return None
+        return claim if claim is not None and objects.pod_node_name(pod) == claim.node else None
+
+    def _unquarantine(self, uid: str) -> None:
+        if self.quarantined.pop(uid, None) is not None:
+            metrics.QUARANTINED.set(len(self.quarantined))
+        self._quarantine_posted.pop(uid, None)
+
+    async def _warn_quarantined(self) -> int:
+        """One Warning Event per quarantined pod and reason (the leader's; retried after a failed post)."""
+        assert self.kube is not None
+        posted = 0
+        for uid, why in sorted(self.quarantined.items()):
+            pod = self.pods.get(uid)
+            if pod is None or self._quarantine_posted.get(uid) == why:
+                continue
+            message = (f"gpupool cannot trust this pod's assignment ({why}); it is quarantined: its slices stay "
+                       "counted as held, nothing else changes for it or for other pods")  # fmt: skip
+            try:
+                await self.kube.event(pod, QUARANTINE_EVENT_REASON, message, "Warning")
+            except Exception as exc:
+                log.warning("API write failed: %s", exc)
+                continue
+            self._quarantine_posted[uid] = why
+            posted += 1
+        return posted
 
     # --- the cycle (leader only) --------------------------------------------------------------------
 
@@ -268,6 +351,7 @@ class Controller:
             await self._publish(pod, objects.NOMINATED_REASON if nominated else objects.WAITING_REASON, message, now)
             counts["events"] += 1
         counts["events"] += await self._warn_aliases()
+        counts["events"] += await self._warn_quarantined()
         await self._health_gc()
         await self.write_status()
         return counts

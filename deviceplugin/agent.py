@@ -20,16 +20,18 @@ from deviceplugin.plugin import DevicePluginService, DeviceState, PluginServer
 from deviceplugin.podcache import PodCache
 from deviceplugin.runtime_host import RuntimeHost
 from deviceplugin.settings import Backend, DevicePluginSettings
+from gpupool.assignment import Keys
 from gpupool.errors import AssignmentError
 from gpupool.inventory import GPUInfo
-from gpupool.signing_key import read_signing_key
+from gpupool.signing_key import KeyRing
 
 log = logging.getLogger(__name__)
 
 
-def read_key(path: str) -> bytes:
+def read_key(path: str) -> KeyRing:
+    """The signing keys (a directory in the Secret layout, or one key file), re-read on change."""
     try:
-        return read_signing_key(path)
+        return KeyRing(path)
     except AssignmentError as exc:
         raise SystemExit(str(exc)) from None
 
@@ -48,7 +50,7 @@ class Agent:
         settings: DevicePluginSettings,
         kube: Kube | None,
         inventory: Inventory,
-        key: bytes,
+        key: Keys,
         metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
@@ -56,6 +58,7 @@ class Agent:
         self.inventory = inventory
         self.metrics = metrics or Metrics()
         self.cache = PodCache(settings.node_name, key, kube)
+        self.keyring = key if isinstance(key, KeyRing) else None
         self.state = DeviceState(settings.slots_per_gpu, settings.remote_slots)
         self.state.update(inventory.gpus())
         self.runtime = RuntimeHost(settings) if settings.backend is Backend.POOL else None
@@ -108,6 +111,8 @@ class Agent:
         if self.kube is not None:
             self._spawn(lambda: self.cache.run(self.stop_event, self.settings.watch_timeout_seconds), "dp-pods")
             self._spawn(self._publish_loop, "dp-publish")
+            if self.keyring is not None:  # new keys: pods refused for an unknown key id are read again
+                self._threads.append(self.keyring.watch(self.stop_event, self.cache.resync))
         else:
             self.cache.replace_all([])
         self._spawn(self._health_loop, "dp-health")

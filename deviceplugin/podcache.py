@@ -27,7 +27,7 @@ from typing import Any
 
 from gpupool import assignment as assignment_format
 from gpupool import identity, objects, resources
-from gpupool.assignment import Assignment, SliceRecord
+from gpupool.assignment import Assignment, Keys, SliceRecord
 from gpupool.errors import AssignmentError
 from gpupool.identity import format_allocated as format_allocated  # re-exported for the Allocate record
 from gpupool.identity import key_order
@@ -101,7 +101,7 @@ class Match:
 class PodCache:
     """In-memory view of the assigned pods bound to `node`, fed by list + watch (see `run`)."""
 
-    def __init__(self, node: str, key: bytes, lister: Any = None) -> None:
+    def __init__(self, node: str, key: Keys, lister: Any = None) -> None:
         self.node = node
         self.key = key
         self.kube = lister  # deviceplugin.kube.Kube or None (tests feed events directly)

@@ -2,7 +2,8 @@
 
 :class:`Stack` adds, in order:
 
-1. the signing key file (``<run_dir>/gpupool/signing.key``), shared by the extender, the controller and the node agents;
+1. the signing keys (``<run_dir>/gpupool/signing/``, the Secret's layout: ``key``, ``key.<id>``, ``signing-kid``),
+   shared by the extender, the controller and the node agents, which re-read them on change;
 2. the CRDs of ``crds/`` (waited until Established);
 3. identities: namespace ``gpupool-system`` with the ServiceAccounts ``gpupool-controller``, ``gpupool-extender`` and
    ``gpupool-deviceplugin`` (bound to cluster-admin here; the chart carries the real RBAC) and a token kubeconfig
@@ -109,8 +110,14 @@ class Stack:
     # ---------------------------------------------------------------- paths
 
     @property
+    def key_dir(self) -> Path:
+        """The signing keys as the chart mounts the Secret (docs/contracts.md "signing keys")."""
+        return self.dir / "signing"
+
+    @property
     def key_file(self) -> Path:
-        return self.dir / "signing.key"
+        """The first key (id `default`): `gpupool status --signing-key-file` reads it alone."""
+        return self.key_dir / "key"
 
     @property
     def inventory_file(self) -> Path:
@@ -137,7 +144,8 @@ class Stack:
             self.timings[step] = round(time.monotonic() - t0, 2)
 
         self.dir.mkdir(parents=True, exist_ok=True)
-        if not self.key_file.exists():
+        self.key_dir.mkdir(exist_ok=True)
+        if not any(self.key_dir.iterdir()):
             self.key_file.write_text(secrets.token_hex(32) + "\n")
             self.key_file.chmod(0o600)
         self.apply_crds()
@@ -204,7 +212,7 @@ class Stack:
             "GPUPOOL_KUBECONFIG": str(self.kubeconfigs["gpupool-deviceplugin"]),
             "GPUPOOL_MULTI_NODE": "true",
             "GPUPOOL_FAKE_INVENTORY": str(self.inventory_file),
-            "GPUPOOL_SIGNING_KEY_FILE": str(self.key_file),
+            "GPUPOOL_SIGNING_KEY_FILE": str(self.key_dir),
             "GPUPOOL_AGENT_ENDPOINT": f"127.0.0.1:{AGENT_ENDPOINT_PORT}",
             "GPUPOOL_HEALTH_INTERVAL_SECONDS": "1",
             "GPUPOOL_HEARTBEAT_INTERVAL_SECONDS": "30",
@@ -232,7 +240,7 @@ class Stack:
             "GPUPOOL_NODE_NAME": node,
             "GPUPOOL_FAKE_INVENTORY": str(inv),
             "GPUPOOL_PLUGIN_DIR": str(plugin_dir),
-            "GPUPOOL_SIGNING_KEY_FILE": str(self.key_file),
+            "GPUPOOL_SIGNING_KEY_FILE": str(self.key_dir),
             "GPUPOOL_AGENT_ENDPOINT": f"127.0.0.1:{AGENT_ENDPOINT_PORT}",
             "GPUPOOL_METRICS_HOST": "127.0.0.1",
             "GPUPOOL_METRICS_PORT": str(port),
@@ -251,7 +259,7 @@ class Stack:
         self.ports["controller_metrics"] = free_port()
         env = {
             "GPUPOOL_KUBECONFIG": str(self.kubeconfigs["gpupool-controller"]),
-            "GPUPOOL_SIGNING_KEY_FILE": str(self.key_file),
+            "GPUPOOL_SIGNING_KEY_FILE": str(self.key_dir),
             "GPUPOOL_WEBHOOK_HOST": "127.0.0.1",
             "GPUPOOL_WEBHOOK_PORT": str(self.ports["webhook"]),
             "GPUPOOL_WEBHOOK_CERT_FILE": str(c.pki / "webhook.crt"),
@@ -299,7 +307,7 @@ class Stack:
         self.ports["extender"] = free_port()
         env = {
             "GPUPOOL_KUBECONFIG": str(self.kubeconfigs["gpupool-extender"]),
-            "GPUPOOL_SIGNING_KEY_FILE": str(self.key_file),
+            "GPUPOOL_SIGNING_KEY_FILE": str(self.key_dir),
             "GPUPOOL_HOST": "127.0.0.1",
             "GPUPOOL_PORT": str(self.ports["extender"]),
             **self.extender_env,

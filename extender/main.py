@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import sys
+import threading
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,18 +16,20 @@ from extender.metrics import Metrics
 from extender.service import PoolService
 from extender.settings import ExtenderSettings
 from gpupool import fragmentation
+from gpupool.assignment import Keys
 from gpupool.errors import AssignmentError
 from gpupool.fragmentation import Workload
 from gpupool.pool import PoolConfigError, build_pool
-from gpupool.signing_key import read_signing_key
+from gpupool.signing_key import KeyRing
 from kubeio.reflector import Reflector
 
 log = logging.getLogger("gpupool.extender")
 
 
-def read_key(path: str) -> bytes:
+def read_key(path: str) -> KeyRing:
+    """The signing keys (a directory in the Secret layout, or one key file), re-read on change."""
     try:
-        return read_signing_key(path)
+        return KeyRing(path)
     except AssignmentError as exc:
         raise SystemExit(str(exc)) from None
 
@@ -49,11 +52,14 @@ class Extender:
     service: PoolService
     api: KubeAPI | None
     reflectors: list[Reflector] = field(default_factory=list)
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
         if self.api is None:
             return
         s = self.service
+        if isinstance(s.key, KeyRing):  # the mounted Secret changed: quarantined pods are read again
+            s.key.watch(self.stopping, s.on_keys_changed)
         m = s.metrics
 
         def counted(resource: str, handler: Callable[[list[dict[str, Any]]], None]) -> Any:
@@ -87,6 +93,7 @@ class Extender:
             r.start()
 
     def stop(self) -> None:
+        self.stopping.set()
         for r in self.reflectors:
             r.stop()
         if self.api is not None:
@@ -95,7 +102,7 @@ class Extender:
             r.join(5)
 
 
-def build(settings: ExtenderSettings, api: PodAPI | None = None, key: bytes | None = None) -> Extender:
+def build(settings: ExtenderSettings, api: PodAPI | None = None, key: Keys | None = None) -> Extender:
     """Build the service from settings; `api` None connects to the cluster from the settings.
 
     Raises `PoolConfigError` for pool settings that cannot work (`main` prints it and exits).

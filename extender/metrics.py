@@ -65,7 +65,7 @@ class Metrics:
         )
         self.assignment_problems = Counter(
             "gpupool_extender_assignment_problems",
-            "Pods whose assignment was forged, unreadable or did not fit (the extender is then not ready).",
+            "Quarantines: a pod's assignment was forged, unreadable, of an unknown key id or did not fit.",
             registry=r,
         )
         self.quarantined = Counter(
@@ -110,7 +110,8 @@ class _CacheCollector(Collector):
         yield GaugeMetricFamily("gpupool_extender_cache_gpus", "GPUs in the pool model.", value=len(s.gpus))
         yield GaugeMetricFamily("gpupool_extender_cache_holdings", "Pods holding slices.", value=s.holdings)
         yield GaugeMetricFamily(
-            "gpupool_extender_unready_pods", "Pods whose assignment is forged, unreadable or conflicting.",
+            "gpupool_extender_quarantined_pods",
+            "Pods quarantined now: assignment untrusted or not fitting; their claim is held as far as it fits.",
             value=s.problems,
         )  # fmt: skip
         yield GaugeMetricFamily(

@@ -4,10 +4,12 @@ One `Ledger` and one `Placer` behind one lock, fed from the cluster cache (the `
 called by the watch threads or by tests). `filter` / `prioritize` / `preempt` only read; `bind`
 is the only writer of slices and holds the lock for plan + commit only, never for its API writes
 (no per-node lock). The ledger is rebuilt from the pods' signed assignments
-(`gpupool.objects.holding_from_pod`); the service is not ready while any is forged or unreadable:
-such capacity is never silently treated as free. A signed assignment that does not fit (a GPU
-reports less than is held on it) is quarantined instead (`Ledger.quarantine`, named in /readyz,
-counted): nothing is held past capacity, its GPUs take no new slice, and it is held again once it fits.
+(`gpupool.objects.holding_from_pod`). A pod whose assignment cannot be trusted (forged, unreadable,
+unknown key id) is quarantined (`_quarantine`): its claim stays counted as far as capacity allows
+(`Ledger.hold_what_fits`), it is logged, counted and listed in /readyz, and scheduling goes on for
+everyone else. A signed assignment that does not fit (a GPU reports less than is held on it) is
+quarantined by the ledger (`Ledger.quarantine`): nothing is held past capacity, its GPUs take no new
+slice, and it is held again once it fits. Readiness is the sync state.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from extender.kube import ApiError, PodAPI
 from extender.metrics import CacheStats, GPUAllocation, Metrics
 from gpupool import assignment as assignment_format
 from gpupool import identity, objects, resources, timefmt
+from gpupool.assignment import Keys, SliceRecord, keyset
 from gpupool.errors import AssignmentError, GpupoolError, InvalidRequest, OverAllocation
 from gpupool.ledger import Holding, HoldingKind, Ledger
 from gpupool.placement import FilterResult, NoFit, Placer
@@ -75,7 +78,7 @@ class PoolService:
         self,
         ledger: Ledger,
         placer: Placer,
-        key: bytes,
+        key: Keys,
         api: PodAPI | None = None,
         metrics: Metrics | None = None,
     ) -> None:
@@ -93,8 +96,11 @@ class PoolService:
         self.gpuqueues: set[str] = set()  # GPUQueue names (their reserved nodes are in placer.reservations)
         self.pods: dict[str, dict[str, Any]] = {}  # pool pods by uid
         self.pod_uids: dict[tuple[str, str], str] = {}  # (namespace, name) -> uid
-        #: pods whose assignment cannot be trusted or accounted: forged, unreadable, over capacity
+        #: quarantined pods (`_quarantine`): assignment untrusted (forged, unreadable, unknown key id) or
+        #: not fitting; uid -> what is wrong and what of its claim could not be held
         self.problems: dict[str, str] = {}
+        #: slices of a quarantined pod's claim that capacity did not allow to hold
+        self.excess: dict[str, tuple[SliceRecord, ...]] = {}
         #: GPUNodes that could not be read (the node stays out of the pool, or keeps its last good inventory)
         self.gpunode_problems: dict[str, str] = {}
         #: pods with a valid assignment naming a node or GPU that is not in the pool (yet, or any more)
@@ -128,15 +134,16 @@ class PoolService:
 
     @property
     def ready(self) -> bool:
-        """True once Nodes, GPUNodes and pods were listed and no assignment is untrusted."""
-        return self.synced and not self.problems
+        """True once Nodes, GPUNodes and pods were listed; quarantined pods never make it false."""
+        return self.synced
 
     def readiness(self) -> dict[str, Any]:
         with self.lock:
             return {
                 "ready": self.ready,
                 "synced": dict(self._synced),
-                "problems": dict(sorted(self.problems.items())),
+                "problems": dict(sorted(self.problems.items())),  # the quarantined pods
+                "keys": self._key_ids(),
                 "gpunode_problems": dict(sorted(self.gpunode_problems.items())),
                 "unplaced": sorted(self.unplaced),
                 "quarantined": {
@@ -145,6 +152,21 @@ class PoolService:
                     if u not in self.unplaced
                 },
             }
+
+    def _key_ids(self) -> dict[str, Any]:
+        try:
+            current = keyset(self.key)
+        except AssignmentError as exc:
+            return {"error": str(exc)}
+        return {"signing": current.signing, "verification": list(current.kids)}
+
+    def on_keys_changed(self) -> None:
+        """The signing keys changed (`gpupool.signing_key.KeyRing`): read the quarantined pods again."""
+        with self.lock:
+            for uid in sorted(self.problems):
+                pod = self.pods.get(uid)
+                if pod is not None:
+                    self._sync_holding(uid, pod)
 
     # --- cluster cache: Nodes ----------------------------------------------------------------------
 
@@ -338,6 +360,7 @@ class PoolService:
             if self.pod_uids.get(key) == uid:
                 del self.pod_uids[key]
         self.problems.pop(uid, None)
+        self.excess.pop(uid, None)
         self.unplaced.discard(uid)
         self._quarantine_seen.discard(uid)
         self._identity_forget(uid)
@@ -356,23 +379,22 @@ class PoolService:
         try:
             wanted = objects.holding_from_pod(pod, self.key)
         except AssignmentError as exc:
-            self._problem(uid, pod, f"assignment refused: {exc}")
-            return  # whatever the ledger holds for it stays held: never silently free
+            # whatever the ledger holds for it stays held; else its unverified claim, as far as it fits
+            self._quarantine(uid, pod, f"assignment refused: {exc}", self._claim(pod))
+            return
         except Exception as exc:  # one pod's object never stops the pods watcher (it would relist forever)
             log.exception("pod %s: reading its assignment failed", objects.pod_key(pod))
-            self._problem(uid, pod, f"assignment unreadable: {type(exc).__name__}: {exc}")
+            self._quarantine(uid, pod, f"assignment unreadable: {type(exc).__name__}: {exc}", None)
             return
         current = self.ledger.holding(uid)
         if wanted is None:
-            self.problems.pop(uid, None)
-            self.unplaced.discard(uid)
+            self._trusted(uid)
             self.ledger.unquarantine(uid)
             if current is not None:
                 self.ledger.release(uid)
             return
         if current is not None and current == wanted:
-            self.problems.pop(uid, None)
-            self.unplaced.discard(uid)
+            self._trusted(uid)
             return
         if current is not None:
             self.ledger.release(uid)
@@ -386,24 +408,23 @@ class PoolService:
             self.problems.pop(uid, None)
             # the pod still runs on the GPUs of its assignment that are in the pool: they take no new slice
             self.ledger.quarantine(wanted, "a node or GPU of its assignment is not in the pool")
+            self.excess.pop(uid, None)
             return
         try:
             self.ledger.hold(wanted)
         except OverAllocation as exc:
             if current is not None:
-                self.ledger.hold(current)
-                self._problem(uid, pod, f"assignment does not fit the pool: {exc}")
+                self.ledger.hold(current)  # what it held (e.g. as best-effort, before a QoS edit) stays held
+                self._quarantine(uid, pod, f"assignment does not fit the pool: {exc}", wanted)
                 return
             # a signed assignment that does not fit (a GPU reports less than is held on it): never held past
             # capacity but counted conservatively (its GPUs take no new slice), named in /readyz and in a
             # metric, and held again when it fits
             self.ledger.quarantine(wanted, f"assignment does not fit the pool: {exc}")
             self._quarantined(uid, self.ledger.quarantined[uid])
-            self.unplaced.discard(uid)
-            self.problems.pop(uid, None)
+            self._trusted(uid)
             return
-        self.unplaced.discard(uid)
-        self.problems.pop(uid, None)
+        self._trusted(uid)
         self._quarantine_seen.discard(uid)
 
     def _hold_inflight(self, uid: str) -> None:
@@ -432,11 +453,42 @@ class PoolService:
         self.unplaced.add(uid)
         self.ledger.quarantine(holding, "a node or GPU of its bind's commit is not in the pool")
 
-    def _problem(self, uid: str, pod: Mapping[str, Any], message: str) -> None:
-        text = f"pod {objects.pod_key(pod)}: {message}"  # /readyz names the pod, not only its uid
+    def _trusted(self, uid: str) -> None:
+        self.unplaced.discard(uid)
+        if self.problems.pop(uid, None) is not None:
+            log.info("pod %s is no longer quarantined", self._pod_label(uid))
+        self.excess.pop(uid, None)
+
+    def _claim(self, pod: Mapping[str, Any]) -> Holding | None:
+        """The slices an untrusted pod claims, read unverified; only a pod bound to the node its claim
+        names can be running on them (an unbound pod runs nothing, so it holds nothing)."""
+        try:
+            claim = objects.holding_from_pod(pod, None)
+        except AssignmentError:
+            return None  # unreadable, or another pod's record: nothing of its own to count
+        if claim is None or objects.pod_node_name(pod) != claim.node:
+            return None
+        return claim
+
+    def _quarantine(self, uid: str, pod: Mapping[str, Any], message: str, claim: Holding | None) -> None:
+        """One pod that cannot be trusted or accounted is set apart; everyone else keeps being scheduled.
+
+        What the ledger holds for it stays held (never silently free); holding nothing yet, its
+        `claim` is held as far as capacity allows (`Ledger.hold_what_fits`) so that nothing else is
+        placed on top of it, and what could not be held is reported. Logged at ERROR and counted once
+        per distinct message, listed in /readyz and in `gpupool_extender_quarantined_pods`.
+        """
+        self.unplaced.discard(uid)
+        if claim is not None and self.ledger.holding(uid) is None and self.ledger.has_node(claim.node):
+            _, excess = self.ledger.hold_what_fits(claim)
+            self.excess[uid] = excess
+        excess = self.excess.get(uid, ())
+        text = f"pod {objects.pod_key(pod)}: quarantined: {message}"  # /readyz names the pod, not only its uid
+        if excess:
+            text += "; not held (no capacity left): " + ", ".join(f"{s.gpu} {s.slot}" for s in excess)
         if self.problems.get(uid) != text:
             self.metrics.assignment_problems.inc()
-            log.error("NOT READY: pod %s (uid %s): %s", objects.pod_key(pod), uid, message)
+            log.error("pod %s (uid %s) quarantined, scheduling goes on: %s", objects.pod_key(pod), uid, text)
         self.problems[uid] = text
 
     def _quarantined(self, uid: str, why: str) -> None:
@@ -492,14 +544,8 @@ class PoolService:
         return [(n, extender_score(scores.get(n))) for n in nodes]
 
     def _not_ready_message(self) -> str:
-        if not self.synced:
-            waiting = ", ".join(k for k, v in self._synced.items() if not v)
-            return f"gpupool extender is not ready: still listing {waiting}"
-        first = next(iter(sorted(self.problems.items())))
-        return (
-            f"gpupool extender is not ready: {len(self.problems)} pod(s) carry an assignment it cannot trust "
-            f"(first: {first[1]}); see /readyz"
-        )
+        waiting = ", ".join(k for k, v in self._synced.items() if not v)
+        return f"gpupool extender is not ready: still listing {waiting}"
 
     # --- bind --------------------------------------------------------------------------------------
 

@@ -1,8 +1,8 @@
 """The one home of the `gpupool.io/assignment` annotation: its format and its signature.
 
-The format is DESIGN.md §4.2; init-container slices and the canonical JSON that is signed
-are in docs/contracts.md. The extender signs; the other components verify
-(`gpupool.objects.pod_assignment`).
+The format is DESIGN.md §4.2; init-container slices, the canonical JSON that is signed and the
+key id (`kid`, `KeySet`) are in docs/contracts.md. The extender signs; the other components verify
+(`gpupool.objects.pod_assignment`). Reading the keys from the Secret is `gpupool.signing_key`.
 """
 
 from __future__ import annotations
@@ -12,12 +12,86 @@ import hmac
 import json
 import re
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from gpupool import timefmt
 from gpupool.errors import AssignmentError
 
 VERSION = 1
+
+#: id of the key of the single-key layout (the Secret's `key`); assignments it signs carry no `kid`,
+#: exactly as before key ids existed, so components of earlier releases still verify them
+LEGACY_KID = "default"
+KID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
+
+
+@dataclass(frozen=True, slots=True)
+class KeySet:
+    """The verification keys by id, one of which (`signing`) signs new assignments (docs/contracts.md)."""
+
+    keys: tuple[tuple[str, bytes], ...]
+    signing: str
+
+    def __post_init__(self) -> None:
+        if not self.keys:
+            raise AssignmentError("no signing key; mount the gpupool signing Secret")
+        for kid, key in self.keys:
+            if not KID_PATTERN.fullmatch(kid):
+                raise AssignmentError(f"key id {kid!r} must match {KID_PATTERN.pattern}")
+            if not key:
+                raise AssignmentError(f"key {kid!r} is empty")
+        if self.signing not in self.kids:
+            raise AssignmentError(
+                f"the signing key id {self.signing!r} is not among the keys ({', '.join(self.kids)})"
+            )
+
+    @classmethod
+    def of(cls, keys: dict[str, bytes], signing: str) -> KeySet:
+        return cls(tuple(sorted(keys.items())), signing)
+
+    @classmethod
+    def single(cls, key: bytes) -> KeySet:
+        """The single-key layout: `key` signs and verifies, under `LEGACY_KID`."""
+        return cls(((LEGACY_KID, key),), LEGACY_KID)
+
+    @property
+    def kids(self) -> tuple[str, ...]:
+        return tuple(kid for kid, _ in self.keys)
+
+    def key(self, kid: str) -> bytes | None:
+        return next((key for k, key in self.keys if k == kid), None)
+
+    @property
+    def signing_key(self) -> bytes:
+        key = self.key(self.signing)
+        assert key is not None  # checked in __post_init__
+        return key
+
+    @property
+    def signing_kid(self) -> str:
+        """The `kid` new assignments carry ('' for the legacy key: none)."""
+        return "" if self.signing == LEGACY_KID else self.signing
+
+
+@runtime_checkable
+class KeySource(Protocol):
+    """Keys that may change while a process runs (the mounted Secret, `gpupool.signing_key.KeyRing`)."""
+
+    def current(self) -> KeySet: ...
+
+
+#: what signs and verifies: one key (the single-key layout), a `KeySet`, or a `KeySource`
+Keys = bytes | KeySet | KeySource
+
+
+def keyset(keys: Keys) -> KeySet:
+    if isinstance(keys, KeySet):
+        return keys
+    if isinstance(keys, bytes):
+        if not keys:
+            raise AssignmentError("the signing key is empty; mount the gpupool signing Secret")
+        return KeySet.single(keys)
+    return keys.current()
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +153,7 @@ class Assignment:
     at: str
     sig: str = ""
     version: int = VERSION
+    kid: str = ""  # id of the key that signed it; '' = the legacy key, or any verification key
 
     @property
     def slots(self) -> tuple[str, ...]:
@@ -88,14 +163,17 @@ class Assignment:
         return tuple(s for s in self.slices if s.container == container and s.init == init)
 
     def payload(self) -> dict[str, Any]:
-        """Every field but the signature, in the documented order (version first)."""
-        return {
+        """Every field but the signature, in the documented order (version first); `kid` only when set."""
+        out: dict[str, Any] = {
             "v": self.version,
             "pod": self.pod,
             "node": self.node,
             "slices": [s.to_json() for s in self.slices],
             "at": self.at,
         }
+        if self.kid:
+            out["kid"] = self.kid
+        return out
 
     def bound_at(self) -> float:
         """`at` as seconds since the epoch (raises ValueError when it is no RFC 3339 time, `gpupool/timefmt.py`)."""
@@ -107,8 +185,13 @@ class Assignment:
     def canonical(self) -> bytes:
         return json.dumps(self.payload(), sort_keys=True, separators=(",", ":")).encode()
 
-    def signed(self, key: bytes) -> Assignment:
-        return replace(self, sig=signature(self, key))
+    def signed(self, keys: Keys) -> Assignment:
+        """Signed with the signing key of `keys`, carrying its id (bytes: one key, no id)."""
+        if isinstance(keys, bytes):
+            return replace(self, sig=signature(replace(self, kid=""), keys), kid="")
+        current = keyset(keys)
+        record = replace(self, kid=current.signing_kid)
+        return replace(record, sig=signature(record, current.signing_key))
 
     def to_annotation(self) -> str:
         if not self.sig:
@@ -169,23 +252,59 @@ def _parse(text: Any) -> Assignment:
             at=_str(data["at"], "assignment.at"),
             sig=sig,
             version=VERSION,
+            kid=_kid(data.get("kid")),
         )
     except KeyError as exc:
         raise AssignmentError(f"assignment: missing field {exc.args[0]!r}") from None
 
 
-def verify(text: Any, key: bytes) -> Assignment:
-    """Decode and authenticate an annotation value; raise `AssignmentError` saying what is wrong."""
+def verify(text: Any, keys: Keys) -> Assignment:
+    """Decode and authenticate an annotation value; raise `AssignmentError` saying what is wrong.
+
+    An assignment with a `kid` is checked with that verification key only (an unknown id is
+    refused, naming it); one without (signed before key ids, or by the legacy key) with each.
+    """
     assignment = parse(text)
+    current = keyset(keys)
     if not assignment.sig:
         raise AssignmentError(f"assignment of pod {assignment.pod} is unsigned; only gpupool may write it")
+    if assignment.kid:
+        key = current.key(assignment.kid)
+        if key is None:
+            raise AssignmentError(
+                f"assignment of pod {assignment.pod} is signed with key id {assignment.kid!r}, which is not "
+                f"among the verification keys ({', '.join(current.kids)}); add it to the signing Secret"
+            )
+        candidates: tuple[bytes, ...] = (key,)
+    else:
+        candidates = tuple(key for _, key in current.keys)
     # the hex digest form is checked first: compare_digest raises TypeError on non-ASCII text
-    if not _SIG.fullmatch(assignment.sig) or not hmac.compare_digest(assignment.sig, signature(assignment, key)):
+    digest_ok = _SIG.fullmatch(assignment.sig) is not None
+    if not digest_ok or not any(hmac.compare_digest(assignment.sig, signature(assignment, key)) for key in candidates):
         raise AssignmentError(
             f"assignment of pod {assignment.pod} has a wrong signature (forged, edited, or signed with "
             "another key); it is refused"
         )
     return assignment
+
+
+def key_id_of(assignment: Assignment, keys: Keys) -> str | None:
+    """Which verification key signed `assignment` (None: none of them), e.g. to tell when a key may retire."""
+    current = keyset(keys)
+    kids = (assignment.kid,) if assignment.kid else current.kids
+    for kid in kids:
+        key = current.key(kid)
+        if key is not None and hmac.compare_digest(assignment.sig, signature(assignment, key)):
+            return kid
+    return None
+
+
+def _kid(value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str) or not KID_PATTERN.fullmatch(value):
+        raise AssignmentError(f"assignment.kid must be a key id matching {KID_PATTERN.pattern}, got {value!r}")
+    return value
 
 
 def _int(value: Any, where: str) -> int:

@@ -443,6 +443,39 @@ class Ledger:
         self._quarantined.pop(pod, None)
         self.quarantined.pop(pod, None)
 
+    def hold_what_fits(self, holding: Holding) -> tuple[Holding | None, tuple[SliceRecord, ...]]:
+        """Hold as much of an untrusted or unfitting claim as capacity allows (a quarantined pod).
+
+        The claim is counted conservatively: held whole as it is when it fits, else whole as
+        best-effort (its usage counts the same, within the over-commit bound), else slice by slice
+        in its own order, each slice held when it fits with those before it. Returns what is now
+        held (None: nothing) and the slices that could not be held, for the caller to report.
+        Nothing is ever held past capacity; a pod that already holds something is refused.
+        """
+        if holding.pod in self._holdings:
+            raise OverAllocation(f"pod {holding.pod} already holds slices; release them first")
+        for qos in dict.fromkeys((holding.qos, QoS.BEST_EFFORT)):
+            try:
+                whole = replace(holding, qos=qos)
+                self.hold(whole)
+                return whole, ()
+            except OverAllocation:
+                pass
+        kept: list[SliceRecord] = []
+        excess: list[SliceRecord] = []
+        for s in holding.slices:
+            try:
+                self._check(replace(holding, qos=QoS.BEST_EFFORT, slices=(*kept, s)))
+            except OverAllocation:
+                excess.append(s)
+            else:
+                kept.append(s)
+        if not kept:
+            return None, tuple(excess)
+        partial = replace(holding, qos=QoS.BEST_EFFORT, slices=tuple(kept))
+        self.hold(partial)
+        return partial, tuple(excess)
+
     def release(self, pod: str) -> Holding:
         holding = self._holdings.pop(pod, None)
         if holding is None:

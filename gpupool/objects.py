@@ -15,7 +15,7 @@ from typing import Any
 
 from gpupool import assignment as assignment_format
 from gpupool import resources, timefmt
-from gpupool.assignment import Assignment
+from gpupool.assignment import Assignment, Keys
 from gpupool.errors import AssignmentError, GpupoolError
 from gpupool.inventory import GPUInfo, NodeInfo
 from gpupool.ledger import Holding, HoldingKind
@@ -209,11 +209,11 @@ def pod_gated(pod: Mapping[str, Any]) -> bool:
     return any(isinstance(g, Mapping) and g.get("name") == resources.ADMISSION_GATE for g in gates)
 
 
-def pod_assignment(pod: Mapping[str, Any], key: bytes | None) -> Assignment | None:
+def pod_assignment(pod: Mapping[str, Any], key: Keys | None) -> Assignment | None:
     """The pod's assignment record; None when it carries none.
 
-    With a `key` the signature is checked; `key=None` reads it unverified (read-only tools
-    without the signing Secret). Either way the record must name this pod. Raises
+    With a `key` (or keys, `gpupool.assignment.Keys`) the signature is checked; `key=None` reads
+    it unverified (read-only tools without the signing Secret). Either way the record must name this pod. Raises
     `AssignmentError` saying what is wrong: unreadable, unsigned, forged, or another pod's.
     """
     text = pod_assignment_text(pod)
@@ -225,7 +225,7 @@ def pod_assignment(pod: Mapping[str, Any], key: bytes | None) -> Assignment | No
     return record
 
 
-def holding_from_pod(pod: Mapping[str, Any], key: bytes | None) -> Holding | None:
+def holding_from_pod(pod: Mapping[str, Any], key: Keys | None) -> Holding | None:
     """The slices a live pod holds according to its assignment (`pod_assignment`); None if it holds none.
 
     Raises `AssignmentError` when the annotation is present but unreadable, forged, or

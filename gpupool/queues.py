@@ -344,10 +344,9 @@ class QueueManager:
         ]  # fmt: skip
         for h in displaced:
             self.ledger.release(h.pod)
-        with contextlib.suppress(
-            OverAllocation
-        ):  # else over-allocated by another binding: the extender's problem
-            self.ledger.hold(holding)
+        # what still does not fit (over-allocated by another binding, an untrusted claim) is the extender's
+        # to report; held as far as capacity allows, never past it
+        self.ledger.hold_what_fits(holding)
         for h in displaced:
             other = self.pods.get(h.pod)
             if other is not None:

@@ -140,7 +140,7 @@ class RunningExtender:
 
 
 def start_extender(
-    kube: FakeKube | None, *, prefix: str = "", wait_ready: bool = True, **settings: Any
+    kube: FakeKube | None, *, prefix: str = "", wait_ready: bool = True, key: Any = KEY, **settings: Any
 ) -> RunningExtender:
     cfg = ExtenderSettings(_cli_parse_args=False, url_prefix=prefix, **settings)  # type: ignore[call-arg]
     api = kube.client() if kube is not None else None
@@ -148,7 +148,7 @@ def start_extender(
         from tests.extender.stubs import StubAPI
 
         api = StubAPI()
-    ext = build(cfg, api=api, key=KEY)
+    ext = build(cfg, api=api, key=key)
     app = create_app(ext.service, url_prefix=cfg.url_prefix, max_body_bytes=cfg.max_body_bytes)
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)

@@ -231,36 +231,6 @@ def test_pod_deleted_or_finished_frees(kube, ext):
     wait_for(lambda: ext.service.ledger.gpu("GPU-gpu-0-0").used_compute == 0, 5, "finish frees")
 
 
-def test_forged_assignment_makes_extender_not_ready(kube, ext):
-    add_gpu_node(kube, "gpu-0", gpus=1)
-    good = create_pod(kube, pod("good"))
-    assert ext.post("bind", bind_body(good, "gpu-0")).json() == {"Error": ""}
-    text = kube.get(f"{PODS}/good")["metadata"]["annotations"][resources.ASSIGNMENT]
-    forged = assignment.parse(text)
-    evil = pod("evil", uid="uid-evil")
-    fake = assignment.Assignment("uid-evil", "gpu-0", forged.slices, forged.at).signed(b"not-the-key")
-    evil["metadata"]["annotations"] = {resources.ASSIGNMENT: fake.to_annotation()}
-    create_pod(kube, evil)
-    wait_for(lambda: not ext.service.ready, 5, "not ready")
-    ready = ext.http.get(ext.url + "/readyz")
-    assert ready.status_code == 503 and "signature" in ready.json()["problems"]["uid-evil"]
-    assert "gpupool_extender_assignment_problems_total 1.0" in ext.http.get(ext.url + "/metrics").text
-    assert "not ready" in ext.post("filter", filter_body(pod("x"), ["gpu-0"])).json()["Error"]
-    # a fresh extender refuses to become ready too
-    second = start_extender(kube, wait_ready=False)
-    try:
-        wait_for(lambda: second.service.synced, 5, "sync")
-        assert not second.service.ready and "uid-evil" in second.service.problems
-    finally:
-        second.stop()
-    kube.delete(f"{PODS}/evil")
-    wait_for(lambda: ext.service.ready, 5, "ready again once the forged pod is gone")
-    # unreadable text is refused the same way
-    junk = pod("junk", annotations={resources.ASSIGNMENT: "{not json"})
-    create_pod(kube, junk)
-    wait_for(lambda: not ext.service.ready, 5, "not ready on junk")
-
-
 def test_gpu_removed_from_gpunode_releases_its_holders(kube, ext):
     add_gpu_node(kube, "gpu-0", gpus=2)
     p = create_pod(kube, pod("p", count=2))

@@ -269,7 +269,7 @@ def test_scheduler_deployment(rendered: dict[str, list[dict[str, Any]]]) -> None
     assert ext["command"] == ["gpupool-extender"]
     e = env(ext)
     assert e["GPUPOOL_HOST"] == "127.0.0.1" and e["GPUPOOL_PORT"] == "8888"
-    assert e["GPUPOOL_SIGNING_KEY_FILE"] == "/etc/gpupool/signing/key"
+    assert e["GPUPOOL_SIGNING_KEY_FILE"] == "/etc/gpupool/signing"  # the Secret's directory: every key by id
     assert e["GPUPOOL_SLOTS_PER_GPU"] == "32" and e["GPUPOOL_REMOTE_SLOTS"] == "16"
     assert e["GPUPOOL_DEFAULT_POLICY"] == "fgd"
     assert {"mountPath": "/etc/gpupool/signing", "name": "signing-key", "readOnly": True} in ext["volumeMounts"]
@@ -342,6 +342,20 @@ def test_signing_key_secret(rendered: dict[str, list[dict[str, Any]]]) -> None:
     dp = one(rendered["everything-else"], "DaemonSet", "deviceplugin")
     vols = {v["name"]: v for v in dp["spec"]["template"]["spec"]["volumes"]}
     assert vols["signing-key"]["secret"]["secretName"] == "my-signing-key"
+    # every entry of the Secret is mounted (no `items`, no subPath), so keys added for a rotation arrive
+    assert "items" not in vols["signing-key"]["secret"]
+    for kind, name, cname in (("Deployment", "controller", "controller"), ("Deployment", "scheduler", "extender"),
+                              ("DaemonSet", "deviceplugin", "deviceplugin")):  # fmt: skip
+        c = container(one(rendered["defaults"], kind, name), cname)
+        assert env(c)["GPUPOOL_SIGNING_KEY_FILE"] == "/etc/gpupool/signing", name
+        assert not [m for m in c["volumeMounts"] if m["name"] == "signing-key" and m.get("subPath")], name
+
+
+def test_controller_readiness_is_its_sync_state(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """Issue 11: /readyz on the metrics port (200 once its lists completed), not a TCP check."""
+    c = container(one(rendered["defaults"], "Deployment", "controller"), "controller")
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert "tcpSocket" not in c["readinessProbe"]
 
 
 def test_offline_render_refuses_to_mint_a_signing_key(helm_bin: Path) -> None:

@@ -125,3 +125,65 @@ def test_every_unreadable_annotation_is_an_assignment_error(text: object, said: 
     """Issue 12 #4: a non-ASCII sig raised TypeError, deep nesting RecursionError; both crashed the watcher."""
     with pytest.raises(AssignmentError, match=said):
         assignment.verify(text, KEY)  # type: ignore[arg-type]
+
+
+# --- key ids and rotation (issue 11 "Key rotation") -----------------------------------------------
+
+OLD, NEW = b"old-key-0123456789", b"new-key-0123456789"
+
+
+def test_keyset_signs_with_its_id_and_verifies_by_id() -> None:
+    keys = assignment.KeySet.of({"k1": OLD, "k2": NEW}, signing="k2")
+    signed = sample().signed(keys)
+    assert signed.kid == "k2" and json.loads(signed.to_annotation())["kid"] == "k2"
+    assert assignment.verify(signed.to_annotation(), keys) == signed
+    assert assignment.verify(signed.to_annotation(), assignment.KeySet.of({"k2": NEW}, "k2")) == signed
+    # the kid is signed: pointing it at another key breaks the signature
+    data = json.loads(signed.to_annotation())
+    data["kid"] = "k1"
+    with pytest.raises(AssignmentError, match="wrong signature"):
+        assignment.verify(json.dumps(data), keys)
+
+
+def test_unknown_key_id_is_refused_naming_it() -> None:
+    signed = sample().signed(assignment.KeySet.of({"k3": NEW}, "k3"))
+    with pytest.raises(AssignmentError, match=r"key id 'k3', which is not among the verification keys \(k1, k2\)"):
+        assignment.verify(signed.to_annotation(), assignment.KeySet.of({"k1": OLD, "k2": NEW}, "k1"))
+
+
+def test_assignments_without_kid_verify_against_every_verification_key() -> None:
+    """Today's format (no kid) stays valid through a rotation: it is checked with each key."""
+    old_format = sample().signed(OLD)
+    assert "kid" not in json.loads(old_format.to_annotation())
+    rotated = assignment.KeySet.of({assignment.LEGACY_KID: OLD, "k2": NEW}, signing="k2")
+    assert assignment.verify(old_format.to_annotation(), rotated).slices == old_format.slices
+    with pytest.raises(AssignmentError, match="wrong signature"):
+        assignment.verify(old_format.to_annotation(), assignment.KeySet.of({"k2": NEW}, "k2"))
+
+
+def test_legacy_key_signs_exactly_as_before_key_ids() -> None:
+    """The single-key layout writes no kid, so components of the previous release verify it byte for byte."""
+    assert sample().signed(assignment.KeySet.single(OLD)).to_annotation() == sample().signed(OLD).to_annotation()
+
+
+def test_rotation_add_switch_retire_keeps_every_assignment_verifiable_until_retired() -> None:
+    before = assignment.KeySet.single(OLD)
+    a = sample().signed(before).to_annotation()
+    added = assignment.KeySet.of({assignment.LEGACY_KID: OLD, "k2": NEW}, signing=assignment.LEGACY_KID)
+    switched = assignment.KeySet.of({assignment.LEGACY_KID: OLD, "k2": NEW}, signing="k2")
+    b = sample().signed(switched).to_annotation()
+    for keys in (added, switched):
+        assert assignment.verify(a, keys) and assignment.verify(b, keys)
+    assert assignment.verify(b, added)  # a component still on step 1 verifies what step 2 signs
+    assert assignment.key_id_of(assignment.parse(a), switched) == assignment.LEGACY_KID
+    assert assignment.key_id_of(assignment.parse(b), switched) == "k2"
+
+
+@pytest.mark.parametrize(
+    ("keys", "signing", "needle"),
+    [({}, "k1", "no signing key"), ({"k1": OLD}, "k2", "signing key id 'k2' is not among"),
+     ({"bad id": OLD}, "bad id", "must match"), ({"k1": b""}, "k1", "is empty")],
+)  # fmt: skip
+def test_bad_keysets_are_refused(keys: dict[str, bytes], signing: str, needle: str) -> None:
+    with pytest.raises(AssignmentError, match=needle):
+        assignment.KeySet.of(keys, signing)

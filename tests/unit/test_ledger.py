@@ -191,3 +191,28 @@ def test_hold_refuses_a_malformed_slot_as_an_over_allocation() -> None:
     with pytest.raises(OverAllocation, match="remote-<k>"):
         ledger.hold(Holding("b", "n0", (SliceRecord(0, "G10", "n1", 10, 10, "gpu0-0"),)))
     assert ledger.snapshot() == before
+
+
+def test_hold_what_fits_holds_a_claim_as_far_as_capacity_allows() -> None:
+    """A quarantined pod's claim: whole if it fits, else as best-effort, else slice by slice; never past capacity."""
+    ledger = pool(nodes=1, gpus=2, overcommit_compute_percent=200)
+    ledger.hold(Holding("g", "n0", (SliceRecord(0, "G00", "n0", 80, 100, "gpu0-0"),)))
+    # guaranteed 40 % on G00 exceeds the physical bound; as best-effort it fits the over-commit bound
+    claim = Holding("q", "n0", (SliceRecord(0, "G00", "n0", 40, 100, "gpu0-1"),))
+    held, excess = ledger.hold_what_fits(claim)
+    assert excess == () and held is not None and held.qos is QoS.BEST_EFFORT and held.slices == claim.slices
+    assert ledger.gpu("G00").used_compute == 120 and ledger.gpu("G00").used_g_compute == 80
+    # slice by slice: a taken slot and an over-capacity slice are reported, the rest is held
+    greedy = Holding("r", "n0", (
+        SliceRecord(0, "G00", "n0", 10, 10, "gpu0-0"),  # slot of pod g
+        SliceRecord(0, "G01", "n0", 90, 10, "gpu1-0"),
+        SliceRecord(0, "G00", "n0", 90, 10, "gpu0-2"),  # 120 + 90 > 200
+        SliceRecord(0, "G09", "n0", 10, 10, "gpu9-0"),  # no such GPU
+    ))  # fmt: skip
+    held, excess = ledger.hold_what_fits(greedy)
+    assert held is not None and held.slices == (greedy.slices[1],)
+    assert excess == (greedy.slices[0], greedy.slices[2], greedy.slices[3])
+    assert_within_capacity(ledger)
+    assert ledger.hold_what_fits(Holding("s", "n0", (greedy.slices[3],))) == (None, (greedy.slices[3],))
+    with pytest.raises(OverAllocation):
+        ledger.hold_what_fits(claim)  # "q" already holds

@@ -113,7 +113,7 @@ app.kubernetes.io/component: {{ .component }}
 - name: GPUPOOL_REMOTE_SLOTS
   value: {{ .Values.remoteSlots | quote }}
 - name: GPUPOOL_SIGNING_KEY_FILE
-  value: /etc/gpupool/signing/key
+  value: /etc/gpupool/signing
 - name: GPUPOOL_LOG_LEVEL
   value: {{ .Values.logLevel | quote }}
 {{- end }}
@@ -123,8 +123,8 @@ app.kubernetes.io/component: {{ .component }}
   secret:
     secretName: {{ include "gpupool.signingSecret" . }}
     defaultMode: 0440
-    items:
-    - {key: key, path: key}
+    # every entry (`key`, `key.<id>`, `signing-kid`), no subPath: the kubelet updates the files when the
+    # Secret changes and gpupool re-reads them (key rotation, README "Rotating the signing key")
 {{- end }}
 
 {{- define "gpupool.containerSecurityContext" -}}
