@@ -39,7 +39,7 @@ test: setup e2e-bin runtime
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 # the input fuzzers of tests/fuzz and the extender's interleaving harness at length (`make test` runs a few
-# dozen examples per surface and 300 schedules); a failing schedule names its seed: GPUPOOL_INTERLEAVING_SEED=<n>
+# dozen examples per surface and 400 schedules); a failing schedule names its seed: GPUPOOL_INTERLEAVING_SEED=<n>
 FUZZ_EXAMPLES ?= 5000
 FUZZ_SCHEDULES ?= 5000
 fuzz: setup

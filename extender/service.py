@@ -299,7 +299,8 @@ class PoolService:
             return
         for uid in self.ledger.remove_node(name):
             if uid in self.inflight:
-                continue  # the bind's rollback or success path sorts it out
+                self.unplaced.add(uid)  # its commit stays counted (`_hold_inflight`); the bind settles the rest
+                continue
             if uid in self.pods and objects.pod_assignment_text(self.pods[uid]) is not None:
                 self.unplaced.add(uid)
         log.info("node %s left the pool; its slices were released", name)
@@ -309,6 +310,7 @@ class PoolService:
         """Hold again what pods left unplaced or quarantined hold, where it is back or fits now."""
         for uid in sorted(self.unplaced | set(self.ledger.quarantined)):
             if uid in self.inflight:
+                self._hold_inflight(uid)
                 continue
             pod = self.pods.get(uid)
             if pod is None:
@@ -372,7 +374,8 @@ class PoolService:
     def _sync_holding(self, uid: str, pod: Mapping[str, Any]) -> None:
         """Make the ledger hold exactly what the pod's signed assignment says (caller holds the lock)."""
         if uid in self.inflight:
-            return  # our own bind is writing this pod; its outcome decides
+            self._hold_inflight(uid)  # our own bind is writing this pod; its outcome decides
+            return
         try:
             wanted = objects.holding_from_pod(pod, self.key)
         except AssignmentError as exc:
@@ -423,6 +426,32 @@ class PoolService:
             return
         self._trusted(uid)
         self._quarantine_seen.discard(uid)
+
+    def _hold_inflight(self, uid: str) -> None:
+        """Keep an in-flight bind's commit counted through inventory flaps (issue 12 #1; caller holds the lock).
+
+        While the Binding is on its way the pod's assignment is in no cached object, so nothing else counts it:
+        a Node, GPUNode or GPU that leaves and comes back must not free it for another bind meanwhile. Held
+        again once its node and GPUs are back, quarantined (counted conservatively) while they are not.
+        """
+        holding = self.inflight[uid]
+        current = self.ledger.holding(uid)
+        if current is not None:
+            if current == holding:
+                self.unplaced.discard(uid)
+                return
+            self.ledger.release(uid)
+        if self.ledger.has_node(holding.node) and all(self.ledger.has_gpu(s.gpu) for s in holding.slices):
+            try:
+                self.ledger.hold(holding)
+            except OverAllocation as exc:
+                self.ledger.quarantine(holding, f"its bind's commit does not fit the pool: {exc}")
+                return
+            self.ledger.unquarantine(uid)
+            self.unplaced.discard(uid)
+            return
+        self.unplaced.add(uid)
+        self.ledger.quarantine(holding, "a node or GPU of its bind's commit is not in the pool")
 
     def _trusted(self, uid: str) -> None:
         self.unplaced.discard(uid)
@@ -682,6 +711,9 @@ class PoolService:
                 self.unplaced.discard(uid)
                 self.ledger.unquarantine(uid)
             self._identity_forget(uid)
+            cached = self.pods.get(uid)
+            if cached is not None:  # the watch may have shown it bound meanwhile (the reply lost, then unread)
+                self._sync_holding(uid, cached)
 
     # --- identity: one unserved pod per slot count and node (gpupool.identity) ---------------------------
     # The caller holds the lock in every method of this section.

@@ -1,16 +1,31 @@
-"""A seeded, single-thread scheduler of everything that reaches the extender's cache (issue 12).
+"""Random interleavings of everything that reaches the extender's cache, driven by one seeded scheduler (issue 12).
 
-`World` is the API server: Nodes, GPUNodes and pods, each change queued on its resource's watch stream.
-`Schedule(seed).run(steps)` draws, step by step, one of: a pod is created, finishes or is deleted; a
-Node, a GPUNode or one GPU of it flaps; a GPU reports less or more memory; a filter and a bind (during whose
-Binding some queued events are delivered, as the watch threads do); some queued events are delivered; a
-watch expires (410 Gone) and its resource is relisted. After every step `check` asserts the invariants:
+`World` is the API server: Nodes, GPUNodes and pods, each write queued on its resource's watch stream, and
+the extender's `PodAPI`. `Schedule(seed)` draws every step from `random.Random(seed)`: a pod is created
+(names come back with new uids), finishes or is deleted; a Node or a GPUNode is deleted or comes back; a GPU
+leaves or returns to `status.gpus`, turns unhealthy or disabled; a filter; a preempt; a bind starts or
+resumes; the next event of one watch is delivered; a watch expires (410 Gone) and its resource is relisted.
 
-* no GPU is over capacity, in the ledger and in the API objects (the signed assignments of live pods);
-* every holding is what a pod's signed assignment says, every signed assignment the extender has seen is
-  held, unplaced or quarantined, and once every stream is drained the ledger equals a fresh rebuild.
+Binds run in greenlets on the scheduler's thread. Each API call of a bind (reading the pod, the Binding, the
+Binding's reply) hands control back to the scheduler, so several binds are in flight at once and any event can
+land between a bind's commit, its Binding and its success path. The Binding may fail (500), land with its reply
+lost, or be refused (404 gone, 409 bound or recreated); a GET may fail (500).
 
-All randomness comes from `random.Random(seed)`: a failing seed replays exactly.
+After every step `Schedule.check` asserts:
+
+* no API call is made while the service's lock is held;
+* no GPU of the ledger is over capacity, and no slot is counted twice;
+* the ledger is a recount of what the service has seen: its nodes are the cached Nodes with GPUNodes, and it
+  holds exactly the cached pods' signed assignments and the in-flight binds' commits (none lost); one with a
+  node or GPU outside the pool is reported unplaced and, where it still uses GPUs in the pool, quarantined
+  (counted conservatively), as is one that does not fit (a lagging event may show a pod, deleted since,
+  holding what was given away meanwhile: quarantined, never held past capacity);
+* the API objects never double-book: the signed assignments of all live pods fit together on every GPU ever
+  published (`World.catalog`), slots included;
+* whenever nothing is in flight and every watch is drained, the cache is the API objects, no problem is
+  reported, and the ledger holds exactly what a fresh recount from them holds.
+
+A failure names the seed and prints the step log; `run_seed(seed)` replays it exactly.
 """
 
 from __future__ import annotations
@@ -18,44 +33,88 @@ from __future__ import annotations
 import copy
 import random
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
+
+from greenlet import greenlet
 
 from extender.kube import ApiError
 from extender.service import PoolService
-from gpupool import assignment, objects
-from gpupool.ledger import Ledger
-from gpupool.placement import Placer
-from gpupool.policies import make_policy
+from gpupool import objects, resources
+from gpupool.errors import OverAllocation
+from gpupool.inventory import NodeInfo
+from gpupool.ledger import Holding, Ledger
+from gpupool.pool import PoolConfig, build_pool
+from gpupool.request import WHOLE_GPU_COMPUTE
 from gpupool.slots import parse_slot
 from tests.extender.conftest import KEY, gpunode, node, pod
 
 NODES = ("n0", "n1", "n2")
+NAMES = ("a", "b", "c", "d", "e", "f")
 STREAMS = ("nodes", "gpunodes", "pods")
+NAMESPACE = "default"
+
+
+@dataclass(frozen=True)
+class Paused:
+    """What a bind's greenlet hands the scheduler at each API call: where it stopped."""
+
+    what: str
 
 
 class World:
-    """The API server's objects and the watch streams not yet delivered (one FIFO per resource)."""
+    """The API server's objects, the watch events not yet delivered (one FIFO per resource), and the
+    extender's `PodAPI`, whose every call hands control back to the scheduler first."""
 
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
+        self.service: PoolService | None = None
         self.nodes: dict[str, dict[str, Any]] = {n: node(n) for n in NODES}
-        self.gpunodes: dict[str, dict[str, Any]] = {
-            n: gpunode(n, gpus=rng.randint(1, 2), memory=rng.choice((8192, 16384))) for n in NODES
+        self.gpunodes: dict[str, dict[str, Any]] = {}
+        for n in NODES:
+            obj = gpunode(n, gpus=2, memory=rng.choice((8192, 16384)), endpoint=rng.choice((None, None, "")))
+            self.gpunodes[n] = obj
+        #: every GPU ever published, as its status.gpus entry: a GPU that leaves comes back the same
+        self.catalog: dict[str, list[dict[str, Any]]] = {
+            n: copy.deepcopy(o["status"]["gpus"]) for n, o in self.gpunodes.items()
         }
-        self.pods: dict[tuple[str, str], dict[str, Any]] = {}
+        self.pods: dict[str, dict[str, Any]] = {}  # by name (one namespace)
         self.streams: dict[str, deque[tuple[str, dict[str, Any]]]] = {s: deque() for s in STREAMS}
+        self.rv = 1
         self.serial = 0
-        self.during_bind: Callable[[], None] | None = None
-        self.fail_next_binding = False
+        #: bumped on every pod write: the double-booking check reruns only then
+        self.pod_writes = 0
+        self.checked_writes = -1
+        #: the next GETs that fail (scripted tests); random ones fail too
+        self.fail_gets = 0
 
-    def emit(self, stream: str, kind: str, obj: Mapping[str, Any]) -> None:
-        self.streams[stream].append((kind, copy.deepcopy(dict(obj))))
+    def emit(self, stream: str, kind: str, obj: dict[str, Any]) -> None:
+        self.rv += 1
+        self.pod_writes += stream == "pods"
+        obj.setdefault("metadata", {})["resourceVersion"] = str(self.rv)
+        self.streams[stream].append((kind, copy.deepcopy(obj)))
 
-    # --- the extender's PodAPI --------------------------------------------------------------------
+    def objects_of(self, stream: str) -> list[dict[str, Any]]:
+        found = {"nodes": self.nodes, "gpunodes": self.gpunodes, "pods": self.pods}[stream]
+        return copy.deepcopy(list(found.values()))
+
+    # --- the extender's PodAPI ----------------------------------------------------------------------
+
+    def _pause(self, what: str) -> None:
+        service = self.service
+        assert service is not None
+        assert not service.lock._is_owned(), f"API call ({what}) made while holding the service's lock"
+        here = greenlet.getcurrent()
+        assert here.parent is not None, "the PodAPI is called from a bind greenlet only"
+        here.parent.switch(Paused(what))
 
     def get_pod(self, namespace: str, name: str) -> dict[str, Any]:
-        found = self.pods.get((namespace, name))
+        self._pause(f"get {name}")
+        if self.fail_gets or self.rng.random() < 0.03:
+            self.fail_gets = max(0, self.fail_gets - 1)
+            raise ApiError(500, "injected: GET failed")
+        found = self.pods.get(name)
         if found is None:
             raise ApiError(404, f"pod {namespace}/{name} not found")
         return copy.deepcopy(found)
@@ -65,236 +124,510 @@ class World:
 
     def bind_pod(self, namespace: str, name: str, uid: str, node_name: str,
                  annotations: Mapping[str, str] | None = None) -> None:  # fmt: skip
-        hook, self.during_bind = self.during_bind, None
-        if hook is not None:
-            hook()
-        if self.fail_next_binding:
-            self.fail_next_binding = False
-            raise ApiError(500, "injected failure")
-        found = self.pods.get((namespace, name))
-        if found is None or found["metadata"]["uid"] != uid:
+        self._pause(f"Binding {name} -> {node_name}")
+        fate = self.rng.random()
+        if fate < 0.08:
+            raise ApiError(500, "injected: Binding failed")
+        found = self.pods.get(name)
+        if found is None:
             raise ApiError(404, f"pod {namespace}/{name} not found")
+        if found["metadata"]["uid"] != uid:
+            raise ApiError(409, f"Precondition failed: UID in precondition: {uid}, UID in object meta: "
+                                f"{found['metadata']['uid']}")  # fmt: skip
         if found["spec"].get("nodeName"):
-            raise ApiError(409, "already bound")
+            raise ApiError(409, f"pod {name} is already assigned to node {found['spec']['nodeName']}")
         found["spec"]["nodeName"] = node_name
-        found["metadata"].setdefault("annotations", {}).update(annotations or {})
+        if annotations:
+            found["metadata"].setdefault("annotations", {}).update(annotations)
         self.emit("pods", "MODIFIED", found)
+        self._pause(f"Binding {name} -> {node_name} landed, reply on its way")
+        if fate < 0.16:
+            raise ApiError(500, "injected: Binding applied, reply lost")
+
+
+@dataclass
+class Bind:
+    """A bind in flight: its greenlet and where it stands."""
+
+    label: str
+    task: Any  # greenlet
+    at: str = "start"
 
 
 class Schedule:
+    """One seeded schedule over a fresh service and world; `run` draws the steps and checks after each."""
+
     def __init__(self, seed: int) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
         self.world = World(self.rng)
-        self.service = _service(self.world)
-        s, w = self.service, self.world
-        s.on_node_list(list(w.nodes.values()))
-        s.on_gpunode_list(list(w.gpunodes.values()))
-        s.on_pod_list([])
+        self.service = new_service(self.world)
+        self.world.service = self.service
+        self.binds: list[Bind] = []
         self.log: list[str] = []
+        s, w = self.service, self.world
+        s.on_node_list(w.objects_of("nodes"))
+        s.on_gpunode_list(w.objects_of("gpunodes"))
+        s.on_pod_list(w.objects_of("pods"))
 
-    # --- the steps ----------------------------------------------------------------------------------
+    # --- pods ---------------------------------------------------------------------------------------
 
     def create_pod(self) -> None:
         w = self.world
+        free = [n for n in NAMES if n not in w.pods]
+        if not free:
+            return
+        name = self.rng.choice(free)
         w.serial += 1
         whole = self.rng.random() < 0.3
-        p = pod(f"p{w.serial}", uid=f"uid-{w.serial}", count=self.rng.choice((1, 1, 1, 2)),
-                compute=100 if whole else self.rng.choice((10, 30, 50, 70)),
-                memory=None if whole else self.rng.choice((1024, 3000, 6000)))  # fmt: skip
-        w.pods[("default", p["metadata"]["name"])] = p
-        self.log.append(f"create {p['metadata']['uid']}")
+        annotations: dict[str, str] = {}
+        if self.rng.random() < 0.2:
+            annotations[resources.LOCALITY] = "pool"
+        if self.rng.random() < 0.15:
+            annotations[resources.QOS] = "best-effort"
+        p = pod(name, uid=f"uid-{name}-{w.serial}", count=self.rng.choice((1, 1, 1, 2)),
+                compute=WHOLE_GPU_COMPUTE if whole else self.rng.choice((10, 30, 50, 70)),
+                memory=None if whole else self.rng.choice((1024, 3000, 6000)),
+                annotations=annotations or None)  # fmt: skip
+        w.pods[name] = p
+        self.note(f"create pod {name} ({p['metadata']['uid']}, {_request_text(p)})")
         w.emit("pods", "ADDED", p)
 
-    def bind_one(self) -> None:
-        w, s = self.world, self.service
-        pending = [p for p in w.pods.values() if not p["spec"].get("nodeName") and not objects.pod_is_terminal(p)]
-        if not pending:
-            return
-        p = self.rng.choice(pending)
-        answer = s.filter(copy.deepcopy(p), list(NODES))
-        target = self.rng.choice(answer.passing) if answer.passing and self.rng.random() < 0.9 else \
-            self.rng.choice(NODES)  # fmt: skip
-        k = self.rng.randint(0, 4)
-        w.during_bind = lambda: self.deliver(k)
-        w.fail_next_binding = self.rng.random() < 0.1
-        self.log.append(f"bind {p['metadata']['uid']} -> {target} (deliver {k}, fail {w.fail_next_binding})")
-        error = s.bind(p["metadata"]["name"], "default", p["metadata"]["uid"], target)
-        self.log.append(f"bind {p['metadata']['uid']} answered {error!r}")
-        w.during_bind, w.fail_next_binding = None, False
-        self.check_world()  # a Binding that landed must not have double-booked anything
-
-    def finish_or_delete(self) -> None:
+    def end_pod(self) -> None:
         w = self.world
         if not w.pods:
             return
-        key = self.rng.choice(sorted(w.pods))
+        name = self.rng.choice(sorted(w.pods))
         if self.rng.random() < 0.5:
-            p = w.pods.pop(key)
+            p = w.pods.pop(name)
+            self.note(f"delete pod {name} ({p['metadata']['uid']})")
             w.emit("pods", "DELETED", p)
-        else:
-            w.pods[key]["status"]["phase"] = "Succeeded"
-            w.emit("pods", "MODIFIED", w.pods[key])
+        elif not objects.pod_is_terminal(w.pods[name]):
+            w.pods[name]["status"]["phase"] = "Succeeded"
+            self.note(f"pod {name} finished")
+            w.emit("pods", "MODIFIED", w.pods[name])
+
+    # --- inventory ----------------------------------------------------------------------------------
 
     def flap(self) -> None:
         w = self.world
         name = self.rng.choice(NODES)
-        what = self.rng.choice(("node", "gpunode", "gpu", "memory"))
-        self.log.append(f"flap {what} {name}")
+        what = self.rng.choice(("node", "gpunode", "gpu", "gpu", "health", "disabled"))
         if what == "node":
             if name in w.nodes:
+                self.note(f"delete Node {name}")
                 w.emit("nodes", "DELETED", w.nodes.pop(name))
             else:
+                self.note(f"create Node {name}")
                 w.nodes[name] = node(name)
                 w.emit("nodes", "ADDED", w.nodes[name])
-        elif what == "gpunode":
+            return
+        if what == "gpunode":
             if name in w.gpunodes:
+                self.note(f"delete GPUNode {name}")
                 w.emit("gpunodes", "DELETED", w.gpunodes.pop(name))
             else:
-                w.gpunodes[name] = gpunode(name, gpus=2, memory=16384)
-                w.emit("gpunodes", "ADDED", w.gpunodes[name])
-        elif name in w.gpunodes:
-            obj = w.gpunodes[name]
-            gpus = obj["status"]["gpus"]
-            if what == "gpu":  # the last GPU leaves status.gpus, or comes back
-                if len(gpus) == 2:
-                    gpus.pop()
-                else:
-                    gpus.append({**gpus[0], "uuid": f"GPU-{name}-1", "index": 1})
-            else:  # a GPU reports less (or more) memory than before
-                gpus[0]["memoryMiB"] = self.rng.choice((4096, 8192, 16384))
-            w.emit("gpunodes", "MODIFIED", obj)
-
-    def deliver(self, count: int) -> None:
-        for _ in range(count):
-            live = [name for name in STREAMS if self.world.streams[name]]
-            if not live:
+                self.note(f"create GPUNode {name}")
+                obj = gpunode(name, gpus=0)
+                obj["status"]["gpus"] = copy.deepcopy(w.catalog[name])
+                obj["status"]["agentEndpoint"] = self.rng.choice((f"{name}.agents:9403", ""))
+                w.gpunodes[name] = obj
+                w.emit("gpunodes", "ADDED", obj)
+            return
+        obj = w.gpunodes.get(name)
+        if obj is None:
+            return
+        gpus: list[dict[str, Any]] = obj["status"]["gpus"]
+        index = self.rng.randrange(len(w.catalog[name]))
+        uuid = w.catalog[name][index]["uuid"]
+        present = [g for g in gpus if g["uuid"] == uuid]
+        if what == "gpu":
+            if present:
+                self.note(f"GPU {uuid} leaves GPUNode {name}")
+                gpus.remove(present[0])
+            else:
+                self.note(f"GPU {uuid} returns to GPUNode {name}")
+                gpus.append(copy.deepcopy(w.catalog[name][index]))
+                gpus.sort(key=lambda g: g["index"])
+        elif what == "health":
+            if not present:
                 return
-            stream = self.rng.choice(live)
-            kind, obj = self.world.streams[stream].popleft()
-            handler = {"nodes": self.service.on_node_event, "gpunodes": self.service.on_gpunode_event,
-                       "pods": self.service.on_pod_event}[stream]  # fmt: skip
-            self.log.append(f"deliver {stream} {kind} {objects.pod_uid(obj) or obj['metadata'].get('name')}")
-            handler(kind, obj)
+            present[0]["health"] = "Unhealthy" if present[0]["health"] == "Healthy" else "Healthy"
+            self.note(f"GPU {uuid} turns {present[0]['health']}")
+        else:
+            disabled: list[str] = obj["spec"]["disabledGPUs"]
+            if uuid in disabled:
+                disabled.remove(uuid)
+                self.note(f"GPU {uuid} enabled")
+            else:
+                disabled.append(uuid)
+                self.note(f"GPU {uuid} disabled")
+        w.emit("gpunodes", "MODIFIED", obj)
+
+    # --- the verbs ----------------------------------------------------------------------------------
+
+    def _pending(self) -> list[dict[str, Any]]:
+        w = self.world
+        return [p for p in w.pods.values() if not p["spec"].get("nodeName") and not objects.pod_is_terminal(p)]
+
+    def filter(self) -> None:
+        pending = self._pending()
+        if not pending:
+            return
+        p = self.rng.choice(pending)
+        asked = [*NODES, "ghost"]
+        result = self.service.filter(copy.deepcopy(p), asked)
+        self.note(f"filter {p['metadata']['name']}: passing {result.passing}, error {result.error!r}")
+        assert set(result.passing or ()) <= set(asked), "filter passed a node it was not asked about"
+
+    def preempt(self) -> None:
+        pending = self._pending()
+        if not pending:
+            return
+        p = self.rng.choice(pending)
+        on: dict[str, list[str]] = {n: [] for n in NODES}
+        for q in self.world.pods.values():
+            bound = q["spec"].get("nodeName")
+            if bound in on:
+                on[bound].append(q["metadata"]["uid"])
+        candidates = {n: (uids, 0) for n, uids in on.items() if uids}
+        before = self.service.ledger_snapshot()
+        answer = self.service.preempt(copy.deepcopy(p), candidates)
+        self.note(f"preempt for {p['metadata']['name']}: {answer}")
+        assert self.service.ledger_snapshot() == before, "preempt changed the live ledger"
+        for n, (victims, _) in answer.items():
+            assert n in candidates and set(victims) <= set(candidates[n][0]), f"preempt invented victims on {n}"
+
+    def start_bind(self) -> None:
+        w = self.world
+        pending = self._pending()
+        choices = pending if pending and self.rng.random() < 0.9 else list(w.pods.values())
+        if not choices:
+            return
+        p = self.rng.choice(choices)
+        target = self.rng.choice(NODES)
+        if self.rng.random() < 0.8:  # kube-scheduler binds where the filter passed
+            passing = self.service.filter(copy.deepcopy(p), list(NODES)).passing
+            if passing:
+                target = self.rng.choice(passing)
+        meta = p["metadata"]
+        # now and then a stale uid: the pod was recreated since kube-scheduler read it
+        uid = meta["uid"] if self.rng.random() < 0.95 else f"uid-{meta['name']}-0"
+        service = self.service
+        task = greenlet(lambda: service.bind(meta["name"], NAMESPACE, uid, target))
+        b = Bind(f"bind {meta['name']} ({uid}) -> {target}", task)
+        self.note(f"start {b.label}")
+        self.binds.append(b)
+        self._advance(b)
+
+    def resume_bind(self) -> None:
+        if self.binds:
+            self._advance(self.rng.choice(self.binds))
+
+    def _advance(self, b: Bind) -> None:
+        out = b.task.switch()
+        if isinstance(out, Paused):
+            b.at = out.what
+            self.note(f"  {b.label}: paused at {out.what}")
+            return
+        self.binds.remove(b)
+        self.note(f"  {b.label}: answered {out!r}")
+
+    # --- the watches --------------------------------------------------------------------------------
+
+    def deliver(self) -> None:
+        live = [s for s in STREAMS if self.world.streams[s]]
+        if not live:
+            return
+        stream = self.rng.choice(live)
+        kind, obj = self.world.streams[stream].popleft()
+        self.note(f"deliver {stream} {kind} {_label(obj)}")
+        handler: Callable[[str, dict[str, Any]], None] = {
+            "nodes": self.service.on_node_event,
+            "gpunodes": self.service.on_gpunode_event,
+            "pods": self.service.on_pod_event,
+        }[stream]
+        handler(kind, obj)
 
     def relist(self) -> None:
-        """A watch expired (410 Gone): its queued events are lost, the resource is listed afresh."""
-        w, s = self.world, self.service
+        """A watch expired (410 Gone): its undelivered events are lost and the resource is listed afresh."""
         stream = self.rng.choice(STREAMS)
-        self.log.append(f"relist {stream}")
+        w, s = self.world, self.service
+        lost = len(w.streams[stream])
         w.streams[stream].clear()
-        if stream == "nodes":
-            s.on_node_list(copy.deepcopy(list(w.nodes.values())))
-        elif stream == "gpunodes":
-            s.on_gpunode_list(copy.deepcopy(list(w.gpunodes.values())))
-        else:
-            s.on_pod_list(copy.deepcopy(list(w.pods.values())))
+        self.note(f"410 Gone: relist {stream} ({lost} undelivered events dropped)")
+        {"nodes": s.on_node_list, "gpunodes": s.on_gpunode_list, "pods": s.on_pod_list}[stream](w.objects_of(stream))
+
+    # --- driving ------------------------------------------------------------------------------------
+
+    def note(self, text: str) -> None:
+        self.log.append(text)
 
     def step(self) -> None:
-        roll = self.rng.random()
-        self.log.append(f"-- step {roll:.2f}")
-        if roll < 0.2:
-            self.create_pod()
-        elif roll < 0.45:
-            self.bind_one()
-        elif roll < 0.55:
-            self.finish_or_delete()
-        elif roll < 0.65:
-            self.flap()
-        elif roll < 0.95:
-            self.deliver(self.rng.randint(1, 5))
-        else:
-            self.relist()
+        steps: list[tuple[float, Callable[[], None]]] = [
+            (0.12, self.create_pod),
+            (0.07, self.end_pod),
+            (0.13, self.flap),
+            (0.05, self.filter),
+            (0.03, self.preempt),
+            (0.14, self.start_bind),
+            (0.16, self.resume_bind),
+            (0.25, self.deliver),
+            (0.05, self.relist),
+        ]
+        roll = self.rng.random() * sum(weight for weight, _ in steps)
+        for weight, action in steps:
+            roll -= weight
+            if roll < 0:
+                action()
+                return
+        steps[-1][1]()
+
+    def settle(self) -> None:
+        """Let every bind answer, then deliver every event (in a seeded order), checking after each."""
+        while self.binds:
+            self.resume_bind()
+            self.check()
+        while any(self.world.streams.values()):
+            self.deliver()
+            self.check()
 
     def run(self, steps: int) -> None:
-        for i in range(steps):
-            try:
+        try:
+            for i in range(steps):
+                self.note(f"#{i}")
                 self.step()
                 self.check()
-            except AssertionError as exc:
-                trail = "\n  ".join(self.log[-25:])
-                raise AssertionError(f"seed {self.seed}, step {i}: {exc}\n  {trail}") from None
-        self.deliver(10**6)  # everything arrives in the end
-        try:
-            self.check(drained=True)
-        except AssertionError as exc:
-            raise AssertionError(f"seed {self.seed}, after draining: {exc}") from None
+            self.note("settle")
+            self.settle()
+        except Exception as exc:
+            trail = "\n  ".join(self.log)
+            raise AssertionError(
+                f"interleaving seed {self.seed} failed: {type(exc).__name__}: {exc}\n"
+                f"replay: GPUPOOL_INTERLEAVING_SEED={self.seed} pytest tests/extender/test_interleavings.py\n"
+                f"steps:\n  {trail}"
+            ) from exc
 
     # --- the invariants -----------------------------------------------------------------------------
 
-    def check_world(self) -> None:
-        """No GPU over capacity among the signed assignments of live pods, no slot held twice."""
-        compute: dict[str, int] = {}
-        slots: set[tuple[str, str]] = set()
-        for p in self.world.pods.values():
-            text = objects.pod_assignment_text(p)
-            if text is None or objects.pod_is_terminal(p):
-                continue
-            record = assignment.verify(text, KEY)
-            for sl in record.slices:
-                compute[sl.gpu] = compute.get(sl.gpu, 0) + sl.compute
-                assert (record.node, sl.slot) not in slots, f"slot {sl.slot} of {record.node} held twice"
-                slots.add((record.node, sl.slot))
-        over = {gpu: c for gpu, c in compute.items() if c > 100}
-        assert not over, f"GPUs over capacity in the API objects: {over}"
-
-    def check(self, drained: bool = False) -> None:
+    def check(self) -> None:
         s = self.service
         ledger = s.ledger
-        assert not s.inflight, "a bind left an in-flight entry behind"
+        assert not s.lock._is_owned(), "the service's lock is still held between steps"
         for name in ledger.node_names():
             for g in ledger.gpus_of(name):
-                assert g.used_g_compute <= 100 and g.used_g_memory <= g.memory_mib, f"ledger over capacity: {g.uuid}"
-                assert len(g.used_slots) == g.slices, f"slot count of {g.uuid} is off"
+                assert g.used_g_compute <= WHOLE_GPU_COMPUTE and g.used_g_memory <= g.memory_mib, (
+                    f"ledger: GPU {g.uuid} over capacity ({g.used_g_compute}% / {g.used_g_memory} MiB "
+                    f"of {g.memory_mib} MiB)"
+                )
+                assert g.used_compute <= WHOLE_GPU_COMPUTE * ledger.overcommit_compute_percent // 100
+                assert g.used_memory <= g.memory_mib * ledger.overcommit_memory_percent // 100
+                assert g.slices <= ledger.slots_per_gpu, f"ledger: GPU {g.uuid} holds {g.slices} slices"
+        self._check_slots()
+        self._check_inventory()
+        self._check_holdings()
+        check_no_double_booking(self.world)
+        if not self.binds and not any(self.world.streams.values()):
+            self._check_drained()
+
+    def _check_slots(self) -> None:
+        """Every GPU's slice count and slots, every node's remote slots, are those of the holdings."""
+        ledger = self.service.ledger
+        slices: dict[str, int] = {}
+        local: dict[str, set[int]] = {}
+        remote: dict[str, set[int]] = {}
         for h in ledger.holdings():
-            p = s.pods.get(h.pod)
-            assert p is not None, f"pod {h.pod} is held but not in the cache"
-            wanted = objects.holding_from_pod(p, KEY)
-            assert wanted is not None and wanted.slices == h.slices, f"holding of {h.pod} is not its assignment"
             for sl in h.slices:
+                if not ledger.has_gpu(sl.gpu):
+                    continue
+                slices[sl.gpu] = slices.get(sl.gpu, 0) + 1
+                k = parse_slot(sl.slot)[1]
                 if sl.node == h.node:
-                    assert parse_slot(sl.slot)[0] == ledger.gpu(sl.gpu).index
+                    local.setdefault(sl.gpu, set()).add(k)
+                else:
+                    remote.setdefault(h.node, set()).add(k)
+        for name in ledger.node_names():
+            state = ledger._nodes[name]
+            assert state.remote_used == remote.get(name, set()), f"ledger: remote slots of {name} are off"
+            for g in state.gpus:
+                assert g.slices == slices.get(g.uuid, 0), f"ledger: slice count of {g.uuid} is off"
+                assert g.used_slots == local.get(g.uuid, set()), f"ledger: slots of {g.uuid} are off"
+
+    def _check_inventory(self) -> None:
+        s = self.service
+        in_pool = sorted(s.nodes & set(s.gpunodes))
+        assert sorted(s.ledger.node_names()) == in_pool, (
+            f"ledger nodes {sorted(s.ledger.node_names())} != cached Nodes with GPUNodes {in_pool}"
+        )
+        for name in in_pool:
+            info = node_info_of(s.gpunodes[name])
+            have = s.ledger.node_info(name)
+            assert set(have.gpus) == set(info.gpus), f"ledger GPUs of {name} are not its cached GPUNode's"
+            assert have.disabled == info.disabled & {g.uuid for g in info.gpus}, f"disabled GPUs of {name}"
+
+    def _check_holdings(self) -> None:
+        """The ledger's holdings are a recount of the cache: assignments seen, plus the binds in flight."""
+        s = self.service
+        ledger = s.ledger
+        wanted: dict[str, Holding] = {}
+        unplaced: set[str] = set()
+        outside: dict[str, Holding] = {}  # signed holdings with a node or GPU outside the pool
         for uid, p in s.pods.items():
-            if objects.pod_assignment_text(p) is None or objects.pod_is_terminal(p):
+            if uid in s.inflight:
                 continue
-            accounted = (ledger.holding(uid) is not None or uid in s.unplaced or uid in ledger.quarantined
-                         or uid in s.problems)  # fmt: skip
-            assert accounted, f"pod {uid} has a signed assignment the ledger neither holds nor reports"
-        assert not s.problems, f"problems: {s.problems}"
-        self.check_world()
-        if drained:
-            self.check_rebuild()
+            h = holding_of(p)
+            if h is None:
+                continue
+            if placeable(ledger, h):
+                wanted[uid] = h
+            else:
+                unplaced.add(uid)
+                outside[uid] = h
+        for uid, h in s.inflight.items():
+            # a bind's commit counts from the moment it is made: while the Binding is in flight another bind
+            # must not take its capacity, whatever the inventory did meanwhile
+            if placeable(ledger, h):
+                wanted[uid] = h
+            else:
+                outside[uid] = h
+        quarantined = ledger.quarantined
+        for uid, h in outside.items():
+            # what such a pod holds on GPUs still in the pool is counted conservatively (quarantine)
+            if remains(ledger, h) is not None:
+                assert uid in quarantined, f"pod {uid}: {_holding_text(h)} is partly outside the pool and not counted"
+        held = {h.pod: h for h in ledger.holdings()}
+        for uid in sorted(set(wanted) | set(held)):
+            w, h = wanted.get(uid), held.get(uid)
+            if h is None and uid in quarantined:
+                continue  # counted conservatively: does not fit (yet), its GPUs take no new slice
+            if w is None:
+                raise AssertionError(f"ledger holds {_holding_text(h)} for pod {uid}, which no assignment or "
+                                     f"bind in flight accounts for")  # fmt: skip
+            if h is None and uid in s.problems:
+                continue  # reported: a lagging event shows it holding what the service has since given away
+            if h is None:
+                state = "in flight" if uid in s.inflight else "seen"
+                raise AssertionError(f"assignment of pod {uid} ({state}) is lost: {_holding_text(w)} "
+                                     f"is in the pool but not held")  # fmt: skip
+            assert (h.node, h.slices) == (w.node, w.slices), (
+                f"pod {uid}: ledger holds {_holding_text(h)}, its assignment says {_holding_text(w)}"
+            )
+        missing = unplaced - s.unplaced
+        assert not missing, f"pods with assignments outside the pool but not reported unplaced: {sorted(missing)}"
 
-    def check_rebuild(self) -> None:
-        """With every event delivered, the cache is the world and the ledger is what a restarted extender
-        rebuilds from the API objects (a fresh service fed the lists)."""
+    def _check_drained(self) -> None:
+        """Nothing in flight, every event delivered: the cache is the API objects, the ledger their recount."""
         s, w = self.service, self.world
-        assert set(s.nodes) == set(w.nodes) and set(s.gpunodes) == set(w.gpunodes)
-        assert {uid for uid in s.pods} == {objects.pod_uid(p) for p in w.pods.values()}
-        fresh = _service(self.world)
-        fresh.on_node_list(copy.deepcopy(list(w.nodes.values())))
-        fresh.on_gpunode_list(copy.deepcopy(list(w.gpunodes.values())))
-        fresh.on_pod_list(copy.deepcopy(list(w.pods.values())))
-        assert fresh.ready and not fresh.problems
-        ours = {h.pod: h.slices for h in s.ledger.holdings()}
-        theirs = {h.pod: h.slices for h in fresh.ledger.holdings()}
-        # what does not fit may differ by the order of replay (quarantine); everything else agrees
-        excused = set(s.ledger.quarantined) | set(fresh.ledger.quarantined) | s.unplaced | fresh.unplaced
-        for uid in set(ours) | set(theirs):
-            if ours.get(uid) != theirs.get(uid):
-                assert uid in excused, f"pod {uid}: ledger {ours.get(uid)} != rebuild {theirs.get(uid)}"
-        assert s.unplaced == fresh.unplaced
+        assert s.nodes == set(w.nodes), "cached Nodes differ from the API server's"
+        assert set(s.gpunodes) == set(w.gpunodes), "cached GPUNodes differ from the API server's"
+        live = {p["metadata"]["uid"] for p in w.pods.values()}
+        assert set(s.pods) == live, f"cached pods {sorted(s.pods)} != the API server's {sorted(live)}"
+        assert not s.inflight, f"binds left in flight: {sorted(s.inflight)}"
+        assert not s.problems, f"problems reported once every event arrived: {s.problems}"
+        fresh = recount(w.nodes, w.gpunodes, w.pods.values(), s.ledger)
+        ours = {h.pod: (h.node, h.slices) for h in s.ledger.holdings()}
+        theirs = {h.pod: (h.node, h.slices) for h in fresh.holdings()}
+        assert ours == theirs, f"ledger {sorted(ours)} != recount from the API objects {sorted(theirs)}"
 
 
-def _service(world: World) -> PoolService:
-    ledger = Ledger()
-    s = PoolService(ledger, Placer(ledger, {"bestfit": make_policy("bestfit")}, "bestfit"), KEY,
-                    world)  # type: ignore[arg-type]  # fmt: skip
-    # no kubelet takes devices here: the identity rule would hold back every second same-size bind on a node
-    # (and its bind wait would sleep in this single thread), so the schedules run with it off
-    s.identity_wait_seconds = 0
-    return s
+_HOLDINGS: dict[tuple[str, str, str, bool, str], Holding | None] = {}
+_NODE_INFOS: dict[tuple[str, str, str], NodeInfo] = {}
+
+
+def holding_of(p: Mapping[str, Any]) -> Holding | None:
+    """`objects.holding_from_pod` with the signing key, remembered (the checks read every pod at every step)."""
+    text = objects.pod_assignment_text(p)
+    if text is None:
+        return None
+    key = (objects.pod_uid(p), text, objects.pod_key(p), objects.pod_is_terminal(p), str(objects.pod_qos(p)))
+    if key not in _HOLDINGS:
+        if len(_HOLDINGS) > 50_000:
+            _HOLDINGS.clear()
+        _HOLDINGS[key] = objects.holding_from_pod(p, KEY)
+    return _HOLDINGS[key]
+
+
+def node_info_of(obj: Mapping[str, Any]) -> NodeInfo:
+    """`objects.node_info_from_gpunode`, remembered by the object's content."""
+    key = (obj["metadata"]["name"], repr(obj.get("spec")), repr(obj.get("status")))
+    if key not in _NODE_INFOS:
+        if len(_NODE_INFOS) > 50_000:
+            _NODE_INFOS.clear()
+        _NODE_INFOS[key] = objects.node_info_from_gpunode(obj)
+    return _NODE_INFOS[key]
+
+
+def new_service(world: World) -> PoolService:
+    pool = build_pool(PoolConfig(policies=("bestfit",), default_policy="bestfit"))
+    service = PoolService(pool.ledger, pool.placer, KEY, world)
+    # No kubelet serves pods here: a bind that must wait for one is refused at once (never a real-time wait on
+    # the scheduler's one thread), and the identity rule's clock is the API server's write count (replayable).
+    service.identity_bind_wait_seconds = 0.0
+    service.clock = lambda: float(world.rv)
+    return service
+
+
+def placeable(ledger: Ledger, h: Holding) -> bool:
+    return ledger.has_node(h.node) and all(ledger.has_gpu(sl.gpu) for sl in h.slices)
+
+
+def remains(ledger: Ledger, h: Holding) -> Holding | None:
+    """The part of a signed holding on GPUs in the pool: a pod whose node or one of whose GPUs left still runs
+    on the others, so the ledger must keep counting it."""
+    rest = tuple(sl for sl in h.slices if ledger.has_gpu(sl.gpu))
+    return replace(h, slices=rest) if rest else None
+
+
+def recount(nodes: Iterable[str], gpunodes: Mapping[str, Mapping[str, Any]], pods: Iterable[Mapping[str, Any]],
+            like: Ledger) -> Ledger:  # fmt: skip
+    """A fresh ledger from API objects: Nodes with GPUNodes, and the live pods' signed assignments that are in
+    the pool; raises AssertionError where two of them do not fit together."""
+    ledger = Ledger(slots_per_gpu=like.slots_per_gpu, remote_slots=like.remote_slots,
+                    overcommit_compute_percent=like.overcommit_compute_percent,
+                    overcommit_memory_percent=like.overcommit_memory_percent)  # fmt: skip
+    for name in sorted(set(nodes) & set(gpunodes)):
+        ledger.upsert_node(node_info_of(gpunodes[name]))
+    for p in sorted(pods, key=objects.pod_key):
+        h = holding_of(p)
+        if h is None or not placeable(ledger, h):
+            continue
+        try:
+            ledger.hold(h)
+        except OverAllocation as exc:
+            raise AssertionError(f"API objects double-book: pod {objects.pod_key(p)}: {exc}") from None
+    return ledger
+
+
+def check_no_double_booking(world: World) -> None:
+    """The signed assignments of all live pods fit together on every GPU ever published (slots included)."""
+    if world.checked_writes == world.pod_writes:
+        return
+    world.checked_writes = world.pod_writes
+    every_gpu = {}
+    for name, gpus in world.catalog.items():
+        obj = gpunode(name, gpus=0)
+        obj["status"]["gpus"] = gpus
+        every_gpu[name] = obj
+    recount(NODES, every_gpu, world.pods.values(), Ledger())
 
 
 def run_seed(seed: int, steps: int) -> None:
     Schedule(seed).run(steps)
+
+
+def _label(obj: Mapping[str, Any]) -> str:
+    meta = obj.get("metadata") or {}
+    uid = meta.get("uid")
+    return f"{meta.get('name')}" + (f" ({uid}, node {(obj.get('spec') or {}).get('nodeName') or '-'})" if uid else "")
+
+
+def _request_text(p: Mapping[str, Any]) -> str:
+    limits = p["spec"]["containers"][0]["resources"]["limits"]
+    annotations = (p["metadata"].get("annotations") or {}).values()
+    return " ".join(f"{k.split('/')[1]}={v}" for k, v in limits.items()) + "".join(f" {a}" for a in annotations)
+
+
+def _holding_text(h: Holding | None) -> str:
+    if h is None:
+        return "nothing"
+    return f"{h.node}: " + ", ".join(f"{sl.gpu} {sl.compute}%/{sl.memory_mib}MiB {sl.slot}" for sl in h.slices)
