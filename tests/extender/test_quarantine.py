@@ -134,5 +134,8 @@ def test_qos_edited_to_guaranteed_after_overcommitted_bind_does_not_stop_schedul
     # a restart is ready and counts both slices (one of the two pods, in replay order, is held as best-effort
     # and quarantined: the signature does not cover the annotation; the admission webhook refuses the edit)
     second = extender_factory(overcommit_compute_percent=200, identity_wait_seconds=0)
-    assert second.service.ready and len(second.service.problems) == 1
-    assert second.service.ledger.gpu(GPU).used_compute == 120
+    # after a restart the pod replayed second no longer fits as signed: the ledger quarantines it (it holds
+    # nothing, its GPU takes no new slice: `Ledger.quarantine`), so the GPU is still never handed out twice
+    assert second.service.ready and len(second.service.ledger.quarantined) == 1
+    assert second.service.readiness()["quarantined"]
+    assert not _fits(second, pod("late", compute=10))
