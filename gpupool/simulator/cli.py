@@ -4,7 +4,9 @@
 
 Defaults: the trace files under `$GPUPOOL_OPENB_DIR` (else `../shared/data/openb` next to the
 repository), seeds 42.., the default policy alone. Bad input (a missing or malformed file, an
-unknown policy) prints one line and exits with status 2.
+unknown policy) prints one line and exits with status 2. A pod no idle node could ever serve is,
+as in the published protocol, arrived and failed: a warning lists each with its row (`--strict`
+refuses the trace instead).
 """
 
 from __future__ import annotations
@@ -19,18 +21,28 @@ from typing import Any
 
 from gpupool.policies import DEFAULT_POLICY, available
 from gpupool.simulator.metrics import mean_sd
-from gpupool.simulator.trace import KINDS, TraceError, TraceNode, TracePod, load_nodes, load_pods
+from gpupool.simulator.trace import (
+    KINDS,
+    Infeasible,
+    TraceError,
+    TraceNode,
+    TracePod,
+    infeasible_pods,
+    load_nodes,
+    load_pods,
+)  # fmt: skip
 
 EXIT_BAD_INPUT = 2
 
-_CACHE: dict[tuple[str, str], tuple[list[TraceNode], list[TracePod]]] = {}
+_CACHE: dict[tuple[str, str], tuple[list[TraceNode], list[TracePod], list[Infeasible]]] = {}
 
 
-def _load(nodes_path: str, pods_path: str) -> tuple[list[TraceNode], list[TracePod]]:
+def _load(nodes_path: str, pods_path: str) -> tuple[list[TraceNode], list[TracePod], list[Infeasible]]:
     key = (nodes_path, pods_path)
     if key not in _CACHE:
         nodes = load_nodes(nodes_path)
-        _CACHE[key] = (nodes, load_pods(pods_path, nodes))
+        pods = load_pods(pods_path)
+        _CACHE[key] = (nodes, pods, infeasible_pods(pods, nodes))
     return _CACHE[key]
 
 
@@ -43,7 +55,7 @@ def run_one(
     from gpupool.simulator.report import RunSummary, trace_name
     from gpupool.simulator.trace import target_workload
 
-    nodes, pods = _load(nodes_path, pods_path)
+    nodes, pods, _ = _load(nodes_path, pods_path)
     workload = target_workload(pods, coverage)
     result = replay(nodes, pods, policy, seed, trace=trace_name(pods_path), tune=tune, workload=workload,
                     progress=progress)  # fmt: skip
@@ -74,6 +86,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--json", type=Path, default=None, help="write per-policy statistics here")
     parser.add_argument("--plot", type=Path, default=None, help="write the allocation curve PNG here")
     parser.add_argument("--csv", type=Path, default=None, help="write per-run rows (expected/ format) to this dir")
+    parser.add_argument("--strict", action="store_true",
+                        help="refuse a trace with a pod no idle node could serve (default: it arrives and fails)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")  # fmt: skip
     parser.set_defaults(run=run)
     return parser
@@ -102,15 +116,22 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.coverage <= 1:
         return _fail(f"--coverage: {args.coverage} (need a share in (0, 1])")
     try:
-        nodes, _ = _load(str(args.nodes), str(args.pods))
+        nodes, _, infeasible = _load(str(args.nodes), str(args.pods))
     except TraceError as exc:
         return _fail(str(exc))
     if not any(n.gpus for n in nodes):
         return _fail(f"{args.nodes}: no node has a GPU")
-    return _simulate(args, policies)
+    if infeasible and args.strict:
+        return _fail(infeasible[0].describe(args.pods))
+    if infeasible:
+        print(f"gpupool simulate: warning: {len(infeasible)} pod(s) no node could ever serve arrive and fail "
+              "(the published protocol; --strict refuses the trace):", file=sys.stderr)  # fmt: skip
+        for bad in infeasible:
+            print(f"  {bad.describe(args.pods)}", file=sys.stderr)
+    return _simulate(args, policies, infeasible)
 
 
-def _simulate(args: argparse.Namespace, policies: list[str]) -> int:
+def _simulate(args: argparse.Namespace, policies: list[str], infeasible: list[Infeasible]) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -153,6 +174,7 @@ def _simulate(args: argparse.Namespace, policies: list[str]) -> int:
     stats: dict[str, dict[str, Any]] = {}
     for policy in policies:
         stats[policy] = summarise(runs[policy], load_reference(expected, trace, policy))
+        stats[policy]["infeasible_pods"] = [bad.as_json() for bad in infeasible]
     _print_table(trace, policies, stats, runs, len(seeds))
 
     if args.json is not None:

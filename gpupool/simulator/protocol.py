@@ -46,8 +46,8 @@ def shuffled_pods(pods: list[TracePod], rng: random.Random, capacity_milli: int,
     rng.shuffle(order)
     target = tune * capacity_milli
     total = sum(p.gpu_request_milli for p in pods)
-    if tune <= 0 or total == target:
-        return order
+    if tune <= 0 or total == target or not any(p.gpu_milli for p in pods):
+        return order  # (a trace without GPU pods cannot be inflated: every copy would add nothing)
     if total > target:
         while total > target and order:
             victim = order.pop(rng.randrange(len(order)))
