@@ -31,7 +31,8 @@ from gpupool.simulator.cli import run_one
 from gpupool.simulator.report import default_data_dir, load_reference, summarise
 
 TRACES = (
-    "default", "gpushare20", "gpushare40", "gpushare60", "gpushare80", "gpushare100", "cpu200", "gpuspec25", "multigpu40",
+    "default", "gpushare20", "gpushare40", "gpushare60", "gpushare80", "gpushare100",
+    "cpu200", "gpuspec25", "multigpu40",
 )  # fmt: skip
 
 
