@@ -139,6 +139,13 @@ def test_cli_runs_and_writes(synthetic: tuple[Path, Path], tmp_path: Path, capsy
     for key in ("alloc_at_100", "alloc_at_100_sd", "alloc_at_130", "frag_rate_at_80", "seconds_per_run"):
         assert isinstance(stats["fgd"][key], float)
     assert stats["fgd"]["seeds"] == [42, 43]
+    for policy in ("fgd", "bestfit"):  # the physical limit, and the share of the avoidable loss recovered
+        assert stats[policy]["alloc_at_100"] <= stats[policy]["bound_at_100"] <= 100
+        assert stats[policy]["infeasible_pods"] == []
+    assert stats["fgd"]["bound_at_100"] == stats["bestfit"]["bound_at_100"]  # the same arrived pods
+    assert stats["bestfit"]["recovered"] == 0.0
+    fgd, best = stats["fgd"], stats["bestfit"]["alloc_at_100"]
+    assert fgd["recovered"] == pytest.approx((fgd["alloc_at_100"] - best) / (fgd["bound_at_100"] - best), abs=1e-3)
     assert (tmp_path / "o.png").stat().st_size > 1000
     rows = (tmp_path / "csv" / "analysis_allo_discrete.csv").read_text().splitlines()
     assert rows[0].startswith("workload,sc_policy,tune,seed,total_gpus,0,1,")
