@@ -29,6 +29,7 @@ from gpupool.ledger import Ledger
 from gpupool.placement import Placer
 from gpupool.policies import make_policy
 from gpupool.policies.base import Demand
+from gpupool.policies.fgdpp import reserved_shares
 from gpupool.request import WHOLE_GPU_COMPUTE, ContainerRequest, PodRequest
 from gpupool.simulator.trace import KINDS, MILLI, TraceNode, TracePod, target_workload, total_gpu_milli
 
@@ -125,7 +126,13 @@ def replay(
     order = shuffled_pods(pods, rng, total_gpu_milli(nodes), tune)
     rank = node_rank(nodes, rng)
     ledger = build_ledger(nodes)
-    engine = make_policy(policy, workload=workload, seed=seed)
+    model_gpus: dict[str, int] = {}
+    for n in nodes:
+        if n.gpus:
+            model_gpus[n.model] = model_gpus.get(n.model, 0) + n.gpus
+    # fgdpp's reservation term: what the model-constrained pods of the whole trace need of each model
+    reserved = reserved_shares(target_workload(pods, 1.0), model_gpus)
+    engine = make_policy(policy, workload=workload, seed=seed, reserved=reserved)
     placer = Placer(ledger, {policy: engine}, policy, rank=rank.__getitem__)
 
     capacity_units = sum(n.gpus for n in nodes) * WHOLE_GPU_COMPUTE
