@@ -256,8 +256,8 @@ def _print_table(trace: str, policies: list[str], stats: dict[str, dict[str, Any
         mean, sd = mean_sd([r.alloc[100] for r in runs[policy]])
         bound = stats[policy].get("bound_at_100")
         limit = "" if bound is None else f", bound {bound:.2f}, recovered {share(stats[policy].get('recovered'))}"
-        print(f"{trace} {policy}: alloc_at_100 {mean:.2f} ± {sd:.2f} ({n_seeds} seeds){limit}, "
-              f"{stats[policy]['seconds_per_run']:.1f} s/run")  # fmt: skip
+        seconds = f"{stats[policy]['seconds_per_run']:.1f} s/run ({stats[policy]['cpu_seconds_per_run']:.1f} CPU s)"
+        print(f"{trace} {policy}: alloc_at_100 {mean:.2f} ± {sd:.2f} ({n_seeds} seeds){limit}, {seconds}")
 
 
 def share(value: float | None) -> str:

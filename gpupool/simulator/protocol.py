@@ -105,6 +105,8 @@ class RunResult:
     failed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     arrived_by_kind: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     seconds: float = 0.0
+    #: CPU seconds of this process (the wall-clock `seconds` grow when the machine is shared)
+    cpu_seconds: float = 0.0
     placed: int = 0
 
 
@@ -121,6 +123,7 @@ def replay(
 ) -> RunResult:
     """Replay one (trace, policy, seed) run and return its series."""
     started = time.perf_counter()
+    cpu_started = time.process_time()
     workload = workload if workload is not None else target_workload(pods)
     rng = random.Random(seed)
     order = shuffled_pods(pods, rng, total_gpu_milli(nodes), tune)
@@ -177,4 +180,5 @@ def replay(
         if progress is not None and i % 500 == 0:
             progress(i, len(order))
     result.seconds = time.perf_counter() - started
+    result.cpu_seconds = time.process_time() - cpu_started
     return result

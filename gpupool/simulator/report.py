@@ -46,6 +46,7 @@ class RunSummary:
     seconds: float
     tune: float = 1.3
     total_gpus: int = 0
+    cpu_seconds: float = 0.0
     #: the seed's physical limit at 100 % arrived (`gpupool.simulator.bound`), None when not computed
     bound_at_100: float | None = None
 
@@ -57,7 +58,7 @@ class RunSummary:
             frag=discretise(result.arrived, result.frag_amount),
             frag_rate=discretise(result.arrived, result.frag_rate),
             failed=dict(result.failed), arrived_by_kind=dict(result.arrived_by_kind),
-            seconds=result.seconds, tune=tune, total_gpus=total_gpus,
+            seconds=result.seconds, tune=tune, total_gpus=total_gpus, cpu_seconds=result.cpu_seconds,
         )  # fmt: skip
 
 
@@ -124,6 +125,7 @@ def summarise(runs: Sequence[RunSummary], reference: Reference | None) -> dict[s
         out["bound_at_100"] = round(mean_sd(bounds)[0], 4)
         out["bound_at_100_per_seed"] = [round(b, 4) for b in bounds]
     out["seconds_per_run"] = round(sum(r.seconds for r in runs) / len(runs), 2)
+    out["cpu_seconds_per_run"] = round(sum(r.cpu_seconds for r in runs) / len(runs), 2)
     out["failed_per_run"] = {k: round(sum(r.failed[k] for r in runs) / len(runs), 1) for k in KINDS}
     out["pods_per_run"] = round(sum(r.pods for r in runs) / len(runs), 1)
     out["seeds"] = [r.seed for r in runs]
