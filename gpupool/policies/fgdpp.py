@@ -16,7 +16,13 @@ r_cpu / r_mem the CPU (milli) / host memory (MiB) the workload asks per compute 
 the GPU choice are FGD's (integer ⌊100 σ(ΔF'/100)⌋, ties to the lowest index, then the
 node rank), so it is FGD wherever host resources are plentiful.
 
-Measured on openb default, 10 seeds: alloc at 100 % arrived 95.8 vs FGD's 95.3.
+With GPU-model constraints the stranding terms alone lose to FGD: they steer CPU-heavy
+pods that could run anywhere onto the CPU-rich T4 nodes, whose GPUs the T4-only pods
+then lack. So a node's score also charges a pod the *reservation* of the model:
+ρ_X · units for a GPU of model X, less ρ of the cheapest model the pod may use, where
+ρ_X (`reserved_shares`) is the share of X's GPUs the model-constrained tasks of M would
+need if M filled the cluster. A pod pays nothing on its only model; without model
+constraints every ρ is 0 and fgdpp is unchanged. docs/openb.md has the numbers.
 """
 
 from __future__ import annotations
