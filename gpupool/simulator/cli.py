@@ -31,7 +31,7 @@ from gpupool.simulator.trace import (
     infeasible_pods,
     load_nodes,
     load_pods,
-)  # fmt: skip
+)
 
 EXIT_BAD_INPUT = 2
 

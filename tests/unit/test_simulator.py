@@ -18,7 +18,7 @@ from gpupool.simulator.trace import (
     load_pods,
     target_workload,
     total_gpu_milli,
-)  # fmt: skip
+)
 from tests.unit.openb_data import NODE_HEADER, NODES, POD_HEADER, needs_openb, pods_file, write_synthetic
 
 
