@@ -20,6 +20,7 @@ WORKDIR /src
 RUN pip install "grpcio-tools>=1.62"
 COPY pyproject.toml README.md ./
 COPY gpupool ./gpupool
+COPY kubeio ./kubeio
 COPY extender ./extender
 COPY controller ./controller
 COPY deviceplugin ./deviceplugin

@@ -21,9 +21,12 @@ $(STAMP): pyproject.toml
 e2e-bin:
 	bash e2e/build.sh
 
+# ruff, mypy (strict) over every package, and the import contracts of pyproject's [tool.importlinter]
 lint: setup
-	$(VENV)/bin/ruff check gpupool extender controller deviceplugin e2e tests bench
-	$(VENV)/bin/mypy gpupool
+	$(VENV)/bin/ruff check gpupool kubeio extender controller deviceplugin e2e tests bench
+	$(PY) -c "import deviceplugin.api"  # generates the gRPC stubs mypy reads
+	$(VENV)/bin/mypy gpupool kubeio extender controller deviceplugin
+	$(VENV)/bin/lint-imports
 
 unit: setup
 	$(VENV)/bin/pytest tests/unit -q
@@ -56,4 +59,4 @@ bench: setup e2e-bin
 	$(PY) bench/e2e_throughput.py --nodes 1000 --pods 1000 --json $(OUT)/e2e-1000.json
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(OUT)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache $(OUT)

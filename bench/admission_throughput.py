@@ -25,7 +25,8 @@ from gpupool.inventory import GPUInfo, NodeInfo
 from gpupool.ledger import Ledger
 from gpupool.placement import Placer
 from gpupool.policies import make_policy
-from gpupool.queues import Limit, PodEntry, QueueManager, QueueSpec, Strategy
+from gpupool.queues import PodEntry, QueueManager, QueueSpec, Strategy
+from gpupool.quota import Limit
 from gpupool.request import ContainerRequest, PodRequest
 
 SHAPES = [(1, 100, None), (2, 100, None), (4, 100, None), (1, 25, 8192), (1, 50, 20480), (1, 30, 4096)]

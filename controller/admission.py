@@ -14,7 +14,7 @@ from typing import Any
 
 import jsonpatch
 
-from gpupool import resources
+from gpupool import objects, resources
 from gpupool.errors import FieldError, InvalidRequest
 from gpupool.ledger import Ledger
 from gpupool.request import Locality, PodRequest
@@ -75,9 +75,8 @@ def mutate(pod: Mapping[str, Any], *, node_selector: Mapping[str, str] | None = 
                 if requests:
                     res.setdefault("requests", {})[resources.GPU] = "1"
     spec["schedulerName"] = resources.SCHEDULER_NAME
-    gates = spec.setdefault("schedulingGates", [])
-    if not any(g.get("name") == resources.ADMISSION_GATE for g in gates):
-        gates.append({"name": resources.ADMISSION_GATE})
+    if not objects.pod_gated(out):
+        spec["schedulingGates"] = [*(spec.get("schedulingGates") or []), {"name": resources.ADMISSION_GATE}]
     if node_selector:
         selector = spec.setdefault("nodeSelector", {})
         selector.update(node_selector)  # the queue's tenant isolation wins over the pod's own values
@@ -91,11 +90,7 @@ def _system_annotation_changes(new: Mapping[str, Any], old: Mapping[str, Any] | 
 
 
 def _gate_removed(new: Mapping[str, Any], old: Mapping[str, Any] | None) -> bool:
-    def gated(pod: Mapping[str, Any] | None) -> bool:
-        gates = ((pod or {}).get("spec") or {}).get("schedulingGates") or []
-        return any(g.get("name") == resources.ADMISSION_GATE for g in gates)
-
-    return old is not None and gated(old) and not gated(new)
+    return old is not None and objects.pod_gated(old) and not objects.pod_gated(new)
 
 
 def validate(

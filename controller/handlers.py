@@ -147,7 +147,8 @@ def mutate_pods(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     patch.fns.append(replace)
 
 
-@kopf.on.validate("", "v1", "pods", id=VALIDATE_PATH, operations=["CREATE", "UPDATE"], persistent=True)
+# kopf passes `old` and `operation` to webhooks, but its WebhookFn protocol does not name them
+@kopf.on.validate("", "v1", "pods", id=VALIDATE_PATH, operations=["CREATE", "UPDATE"], persistent=True)  # type: ignore[arg-type]
 def validate_pods(body: kopf.Body, old: Any, operation: str, userinfo: Any, **_: Any) -> None:
     limits = STATE.pool_limits() if STATE is not None and STATE.ready else admission.PoolLimits()
     config = STATE.admission if STATE is not None else admission.AdmissionConfig(

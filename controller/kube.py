@@ -1,6 +1,6 @@
 """The controller's API-server I/O: one thin class over the `kubernetes` client's typed APIs (run in threads).
 
-The connection (kubeconfig or in-cluster, pooled) comes from `gpupool.kubeapi.load_api_client`.
+The connection (kubeconfig or in-cluster, pooled) comes from `kubeio.client.load_api_client`.
 
 Everything the controller writes goes through `Kube`, so tests can point it at kmock or a real
 apiserver, and the decision logic (gpupool.queues / gpupool.preemption) never sees a client.
@@ -9,7 +9,6 @@ apiserver, and the decision logic (gpupool.queues / gpupool.preemption) never se
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, cast
 
@@ -17,15 +16,12 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from gpupool import objects, resources
-from gpupool.kubeapi import JSON_PATCH, MERGE_PATCH, load_api_client
+from gpupool.timefmt import now_rfc3339
+from kubeio.client import JSON_PATCH, MERGE_PATCH, load_api_client
 
-__all__ = ["Kube", "load_api_client", "now_rfc3339"]
+__all__ = ["Kube", "load_api_client"]
 
 T = TypeVar("T")
-
-
-def now_rfc3339() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Kube:

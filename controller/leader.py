@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -19,23 +18,9 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from gpupool.timefmt import format_time, parse_time
+
 log = logging.getLogger("gpupool.controller.leader")
-
-
-def _parse_time(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, dt.datetime):
-        return value.timestamp()
-    text = str(value).replace("Z", "+00:00")
-    try:
-        return dt.datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        return None
-
-
-def _format_time(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def may_hold(spec: Mapping[str, Any] | None, identity: str, now: float, default_duration: float) -> bool:
@@ -45,7 +30,7 @@ def may_hold(spec: Mapping[str, Any] | None, identity: str, now: float, default_
     holder = spec.get("holderIdentity")
     if not holder or holder == identity:
         return True
-    renewed = _parse_time(spec.get("renewTime")) or _parse_time(spec.get("acquireTime"))
+    renewed = parse_time(spec.get("renewTime")) or parse_time(spec.get("acquireTime"))
     duration = float(spec.get("leaseDurationSeconds") or default_duration)
     return renewed is None or now - renewed > duration
 
@@ -53,11 +38,12 @@ def may_hold(spec: Mapping[str, Any] | None, identity: str, now: float, default_
 def lease_spec(old: Mapping[str, Any] | None, identity: str, now: float, duration: float) -> dict[str, Any]:
     old = old or {}
     taking = old.get("holderIdentity") != identity
+    stamp = format_time(now, micro=True)  # Lease times are MicroTime
     return {
         "holderIdentity": identity,
         "leaseDurationSeconds": int(duration),
-        "acquireTime": _format_time(now) if taking else old.get("acquireTime") or _format_time(now),
-        "renewTime": _format_time(now),
+        "acquireTime": stamp if taking else old.get("acquireTime") or stamp,
+        "renewTime": stamp,
         "leaseTransitions": int(old.get("leaseTransitions") or 0) + (1 if taking and old.get("holderIdentity") else 0),
     }
 
@@ -99,7 +85,7 @@ class LeaseElector:
         if not may_hold(spec, self.identity, now, self.duration):
             self.is_leader = False
             return False
-        lease.spec = lease_spec(spec, self.identity, now, self.duration)
+        lease.spec = lease_spec(spec, self.identity, now, self.duration)  # type: ignore[assignment]  # a dict serialises too
         try:
             self.api.replace_namespaced_lease(self.name, self.namespace, lease)  # resourceVersion guards it
             self.is_leader = True

@@ -1,7 +1,7 @@
 """The controller's state and its reconcile cycle: Kubernetes objects in, `Kube` writes out.
 
 Thin by design: objects are translated with `gpupool.objects` / `gpupool.resources` /
-`gpupool.queues.queue_spec_from_object`, every decision is `QueueManager.schedule()` or
+`gpupool.objects.queue_spec_from_object`, every decision is `QueueManager.schedule()` or
 `gpupool.preemption.find_preemption`, and the results are written through `controller.kube.Kube`.
 
 Garbage and safety decisions (DESIGN.md §7):
@@ -16,42 +16,24 @@ Garbage and safety decisions (DESIGN.md §7):
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import logging
 import time
 from collections.abc import Mapping
 from typing import Any
 
-from controller import metrics
+from controller import metrics, status
 from controller.admission import AdmissionConfig, PoolLimits
 from controller.kube import Kube
 from controller.settings import ControllerSettings
-from gpupool import assignment, objects, resources
+from gpupool import objects, resources, timefmt
 from gpupool.errors import GpupoolError, InvalidRequest
-from gpupool.ledger import Holding, HoldingKind, Ledger
+from gpupool.ledger import Holding, Ledger
 from gpupool.placement import Placer
 from gpupool.policies import available, make_policy
 from gpupool.preemption import find_preemption
-from gpupool.queues import IMPLICIT_QUEUE, PodEntry, QueueManager, queue_spec_from_object
+from gpupool.queues import IMPLICIT_QUEUE, PodEntry, QueueManager
 
 log = logging.getLogger("gpupool.controller")
-
-
-def parse_time(value: Any) -> float:
-    if not value:
-        return 0.0
-    if isinstance(value, dt.datetime):
-        return value.timestamp()
-    try:
-        return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return 0.0
-
-
-def gated(pod: Mapping[str, Any]) -> bool:
-    gates = (pod.get("spec") or {}).get("schedulingGates") or []
-    return any(g.get("name") == resources.ADMISSION_GATE for g in gates)
 
 
 ALIAS_EVENT_REASON = "AliasResourceNotRewritten"
@@ -70,12 +52,10 @@ def alias_message(pod: Mapping[str, Any]) -> str:
     )
 
 
-def nomination_annotation(node: str, expires: float) -> str:
-    stamp = dt.datetime.fromtimestamp(expires, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return json.dumps({"node": node, "expires": stamp}, separators=(",", ":"))
-
-
 class Controller:
+    """The controller's cache of pods, GPUNodes and queues, fed by the `on_*` handlers on every replica,
+    and the leader's `cycle()`, which writes the model's decisions through `Kube`."""
+
     def __init__(self, settings: ControllerSettings, kube: Kube | None, key: bytes) -> None:
         self.settings = settings
         self.kube = kube
@@ -124,13 +104,7 @@ class Controller:
 
     def holding_of(self, pod: Mapping[str, Any]) -> Holding | None:
         """The pod's assignment; verified with the key (an empty key: read-only tools, unverified)."""
-        if self.key:
-            return objects.holding_from_pod(pod, self.key)
-        text = objects.pod_assignment_text(pod)
-        if text is None or objects.pod_is_terminal(pod):
-            return None
-        record = assignment.parse(text)
-        return Holding(objects.pod_uid(pod), record.node, record.slices, HoldingKind.ASSIGNED, objects.pod_qos(pod))
+        return objects.holding_from_pod(pod, self.key or None)
 
     # --- cache updates (every replica) ---------------------------------------------------------------
 
@@ -173,7 +147,7 @@ class Controller:
             self._queue_status.pop(name, None)
             return
         try:
-            self.manager.set_queue(queue_spec_from_object(obj))
+            self.manager.set_queue(objects.queue_spec_from_object(obj))
             self.problems.pop(f"gpuqueue/{name}", None)
         except GpupoolError as exc:
             self.problems[f"gpuqueue/{name}"] = str(exc)
@@ -235,11 +209,10 @@ class Controller:
         spec = pod.get("spec") or {}
         entry = PodEntry(
             request=request,
-            created=parse_time(meta.get("creationTimestamp")),
-            gated=gated(pod),
+            created=timefmt.parse_time(meta.get("creationTimestamp")) or 0.0,
+            gated=objects.pod_gated(pod),
             node_selector=dict(spec.get("nodeSelector") or {}),
             assigned=assigned,
-            bound_node=spec.get("nodeName"),
         )
         self.manager.upsert_pod(entry)
 
@@ -267,7 +240,7 @@ class Controller:
                 continue
             counts["admitted"] += 1
             metrics.ADMISSIONS.labels(admission.queue or "(none)").inc()
-            metrics.GATE_LATENCY.observe(max(0.0, now - parse_time(meta.get("creationTimestamp"))))
+            metrics.GATE_LATENCY.observe(max(0.0, now - (timefmt.parse_time(meta.get("creationTimestamp")) or 0.0)))
             self._events.pop(admission.uid, None)
             if (meta.get("annotations") or {}).get(resources.NOMINATED):
                 await self._quiet(self.kube.annotate_pod(meta["namespace"], meta["name"], {resources.NOMINATED: None}))
@@ -358,7 +331,7 @@ class Controller:
                 nomination = self.manager.pods[uid].nomination
                 if pod is not None and nomination is not None:
                     meta = pod["metadata"]
-                    value = nomination_annotation(plan.node, nomination.expires)
+                    value = objects.nomination_annotation(plan.node, nomination.expires)
                     patch = {resources.NOMINATED: value}
                     await self._quiet(self.kube.annotate_pod(meta["namespace"], meta["name"], patch))
                     await self._quiet(self.kube.event(pod, "GPUPoolNominated", plan.describe()))
@@ -401,76 +374,44 @@ class Controller:
     # --- status --------------------------------------------------------------------------------------
 
     def queue_statuses(self) -> dict[str, dict[str, Any]]:
-        out = {}
-        for name, spec in self.manager.queues.items():
-            status = self.manager.queue_status(name)
-            out[name] = status
-            metrics.QUEUE_PENDING.labels(name).set(status["pending"])
-            metrics.QUEUE_ADMITTED.labels(name).set(status["admitted"])
-            metrics.QUEUE_USAGE.labels(name, "compute").set(status["usage"]["compute"])
-            metrics.QUEUE_USAGE.labels(name, "memory").set(status["usage"]["memoryMiB"])
+        """GPUQueue statuses (`controller.status`), with the queue metrics set from them."""
+        out = status.queue_statuses(self.manager)
+        for name, row in out.items():
+            spec = self.manager.queues[name]
+            metrics.QUEUE_PENDING.labels(name).set(row["pending"])
+            metrics.QUEUE_ADMITTED.labels(name).set(row["admitted"])
+            metrics.QUEUE_USAGE.labels(name, "compute").set(row["usage"]["compute"])
+            metrics.QUEUE_USAGE.labels(name, "memory").set(row["usage"]["memoryMiB"])
             metrics.QUEUE_QUOTA.labels(name, "compute").set(spec.nominal.compute or 0)
             if spec.nominal.memory_mib is not None:
                 metrics.QUEUE_QUOTA.labels(name, "memory").set(spec.nominal.memory_mib)
-        implicit = self.manager.queue_status(IMPLICIT_QUEUE)
+        implicit = status.queue_status(self.manager, IMPLICIT_QUEUE)
         metrics.QUEUE_PENDING.labels("(none)").set(implicit["pending"])
         metrics.QUEUE_ADMITTED.labels("(none)").set(implicit["admitted"])
         return out
 
     def node_statuses(self) -> dict[str, dict[str, Any]]:
-        per_gpu: dict[str, dict[str, int]] = {}
-        for h in self.ledger.holdings():
-            for s in h.slices:
-                row = per_gpu.setdefault(s.gpu, {"compute": 0, "memoryMiB": 0, "slices": 0,
-                                                 "reservedCompute": 0, "reservedMemoryMiB": 0})  # fmt: skip
-                if h.kind is HoldingKind.ASSIGNED:
-                    row["compute"] += s.compute
-                    row["memoryMiB"] += s.memory_mib
-                    row["slices"] += 1
-                else:
-                    row["reservedCompute"] += s.compute
-                    row["reservedMemoryMiB"] += s.memory_mib
-        out: dict[str, dict[str, Any]] = {}
-        for name in self.ledger.node_names():
-            gpus = self.ledger.gpus_of(name)
-            allocated = []
-            cap_c = cap_m = used_c = used_m = healthy = 0
-            for g in gpus:
-                row = per_gpu.get(g.uuid, {"compute": 0, "memoryMiB": 0, "slices": 0,
-                                           "reservedCompute": 0, "reservedMemoryMiB": 0})  # fmt: skip
-                allocated.append({"uuid": g.uuid, **row})
-                metrics.GPU_ALLOCATED.labels(name, g.uuid, "compute").set(row["compute"])
-                metrics.GPU_ALLOCATED.labels(name, g.uuid, "memory").set(row["memoryMiB"])
-                if g.healthy:
-                    healthy += 1
-                if g.healthy and not g.disabled:
-                    cap_c += 100
-                    cap_m += g.memory_mib
-                    used_c += row["compute"]
-                    used_m += row["memoryMiB"]
-            out[name] = {
-                "allocated": allocated,
-                "gpuCount": len(gpus),
-                "model": ",".join(sorted({g.model for g in gpus})),
-                "computePercent": 100 * used_c // cap_c if cap_c else 0,
-                "memoryPercent": 100 * used_m // cap_m if cap_m else 0,
-                "healthy": f"{healthy}/{len(gpus)}",
-            }
+        """GPUNode statuses (`controller.status`), with the per-GPU allocation metrics set from them."""
+        out = status.node_statuses(self.ledger)
+        for name, row in out.items():
+            for gpu in row["allocated"]:
+                metrics.GPU_ALLOCATED.labels(name, gpu["uuid"], "compute").set(gpu["compute"])
+                metrics.GPU_ALLOCATED.labels(name, gpu["uuid"], "memory").set(gpu["memoryMiB"])
         return out
 
     async def write_status(self) -> None:
         assert self.kube is not None
-        for name, status in self.queue_statuses().items():
-            if self._queue_status.get(name) != status:
+        for name, row in self.queue_statuses().items():
+            if self._queue_status.get(name) != row:
                 try:
-                    await self.kube.patch_status(objects.GPUQUEUE_PLURAL, name, status)
-                    self._queue_status[name] = status
+                    await self.kube.patch_status(objects.GPUQUEUE_PLURAL, name, row)
+                    self._queue_status[name] = row
                 except Exception as exc:
                     log.warning("GPUQueue %s status: %s", name, exc)
-        for name, status in self.node_statuses().items():
-            if self._node_status.get(name) != status:
+        for name, row in self.node_statuses().items():
+            if self._node_status.get(name) != row:
                 try:
-                    await self.kube.patch_status(objects.GPUNODE_PLURAL, name, status)
-                    self._node_status[name] = status
+                    await self.kube.patch_status(objects.GPUNODE_PLURAL, name, row)
+                    self._node_status[name] = row
                 except Exception as exc:
                     log.warning("GPUNode %s status: %s", name, exc)

@@ -60,4 +60,4 @@ class ControllerSettings(BaseSettings):
 
     @classmethod
     def from_args(cls, argv: Sequence[str] | None = None) -> ControllerSettings:
-        return cls(_cli_parse_args=list(argv) if argv is not None else True)  # type: ignore[call-arg]
+        return cls(_cli_parse_args=list(argv) if argv is not None else True)

@@ -60,7 +60,13 @@ class Agent:
         self.service = DevicePluginService(settings, self.state, self.cache, kube, self.metrics)
         self.server = PluginServer(settings, self.service, self.metrics)
         self.publisher = (
-            Publisher(kube, settings.node_name, settings.slots_per_gpu, settings.remote_slots, settings.agent_endpoint)
+            Publisher(
+                kube,
+                settings.node_name,
+                settings.slots_per_gpu,
+                settings.remote_slots,
+                settings.endpoint_of(settings.node_name),
+            )
             if kube is not None
             else None
         )
@@ -177,9 +183,9 @@ class MultiNodeAgent:
     def _publish_one(self, node: str, gpus: Sequence[GPUInfo]) -> bool:
         publisher = self.publishers.get(node)
         if publisher is None:
-            endpoint = self.settings.agent_endpoint.replace("{node}", node)
+            settings = self.settings
             publisher = self.publishers[node] = Publisher(
-                self.kube, node, self.settings.slots_per_gpu, self.settings.remote_slots, endpoint
+                self.kube, node, settings.slots_per_gpu, settings.remote_slots, settings.endpoint_of(node)
             )
         try:
             publisher.publish(gpus)

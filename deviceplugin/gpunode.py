@@ -23,8 +23,8 @@ from typing import Any
 
 from deviceplugin.kube import Kube, KubeError
 from gpupool import objects
-from gpupool.assignment import now_rfc3339
 from gpupool.inventory import GPUInfo
+from gpupool.timefmt import now_rfc3339
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The few API calls the node agent makes, on plain dicts (the transport is `gpupool.kubeapi`).
+"""The few API calls the node agent makes, on plain dicts (the transport is `kubeio.client`).
 
 Objects stay plain API JSON dicts, as `gpupool.objects` expects, and nothing is deserialised into the
 `kubernetes` client's models (cheap for hundreds of pods). Every call is independent: there is no lock
@@ -13,8 +13,8 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from gpupool import objects
-from gpupool.kubeapi import JSON, MERGE_PATCH, KubeClient, load_api_client
-from gpupool.kubeapi import ApiError as KubeError
+from kubeio.client import JSON, MERGE_PATCH, KubeClient, load_api_client
+from kubeio.client import ApiError as KubeError
 
 __all__ = ["GPUNODES", "MERGE_PATCH", "Kube", "KubeError", "load_api_client"]
 

@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -132,7 +132,7 @@ class AllocateError(Exception):
         self.reason = reason
 
 
-class DevicePluginService(pb2_grpc.DevicePluginServicer):  # type: ignore[misc]
+class DevicePluginService(pb2_grpc.DevicePluginServicer):  # type: ignore[misc,name-defined]
     def __init__(
         self,
         settings: DevicePluginSettings,
@@ -159,10 +159,11 @@ class DevicePluginService(pb2_grpc.DevicePluginServicer):  # type: ignore[misc]
         yield pb2.ListAndWatchResponse(devices=devices)
         while True:
             with self.state.cond:
-                self.state.cond.wait_for(
-                    lambda v=version: self.state.stopping or self.state.version != v or not context.is_active(),
-                    timeout=0.5,
-                )
+
+                def woken(v: int = version) -> bool:
+                    return self.state.stopping or self.state.version != v or not context.is_active()
+
+                self.state.cond.wait_for(woken, timeout=0.5)
                 stopping = self.state.stopping
             if stopping or not context.is_active():
                 log.info("ListAndWatch: stream ends (%s)", "shutdown" if stopping else "kubelet went away")
@@ -266,42 +267,40 @@ class DevicePluginService(pb2_grpc.DevicePluginServicer):  # type: ignore[misc]
         gpu_index = self.state.gpu_index()
         endpoints: dict[str, str] = {}
         for s in match.slices:
-            index, _ = slots.parse_slot(s.slot)
-            if s.node == node:
-                if s.gpu not in gpu_index:
+            local = s.node == node
+            if local and s.gpu not in gpu_index:
+                raise AllocateError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "unknown_gpu",
+                    f"pod {match.entry.key}: assignment names GPU {s.gpu}, which node {node} does not have",
+                )
+            problem = slots.slot_problem(
+                s.slot,
+                gpu_index[s.gpu] if local else None,
+                slots_per_gpu=self.state.slots_per_gpu,
+                remote_slots=self.state.remote_slots,
+            )
+            if problem is not None:
+                raise AllocateError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "inconsistent",
+                    f"pod {match.entry.key}, slice on GPU {s.gpu} of {s.node}: {problem}; "
+                    "the assignment is inconsistent",
+                )
+            if not local and s.node not in endpoints:
+                try:
+                    endpoints[s.node] = self.endpoints.get(s.node)
+                except KubeError as exc:
                     raise AllocateError(
-                        grpc.StatusCode.FAILED_PRECONDITION,
-                        "unknown_gpu",
-                        f"pod {match.entry.key}: assignment names GPU {s.gpu}, which node {node} does not have",
-                    )
-                if index != gpu_index[s.gpu]:
+                        grpc.StatusCode.UNAVAILABLE, "api", f"reading GPUNode {s.node}: {exc}"
+                    ) from None
+                if not endpoints[s.node]:
                     raise AllocateError(
-                        grpc.StatusCode.FAILED_PRECONDITION,
-                        "inconsistent",
-                        f"pod {match.entry.key}: slot {s.slot} does not belong to GPU {s.gpu} (index "
-                        f"{gpu_index[s.gpu]}); the assignment is inconsistent",
+                        grpc.StatusCode.UNAVAILABLE,
+                        "no_endpoint",
+                        f"pod {match.entry.key}: remote slice on node {s.node}, but GPUNode {s.node} has no "
+                        "status.agentEndpoint (is its node agent running with --agent-endpoint?)",
                     )
-            else:
-                if index is not None:
-                    raise AllocateError(
-                        grpc.StatusCode.FAILED_PRECONDITION,
-                        "inconsistent",
-                        f"pod {match.entry.key}: remote slice on node {s.node} holds local slot {s.slot}",
-                    )
-                if s.node not in endpoints:
-                    try:
-                        endpoints[s.node] = self.endpoints.get(s.node)
-                    except KubeError as exc:
-                        raise AllocateError(
-                            grpc.StatusCode.UNAVAILABLE, "api", f"reading GPUNode {s.node}: {exc}"
-                        ) from None
-                    if not endpoints[s.node]:
-                        raise AllocateError(
-                            grpc.StatusCode.UNAVAILABLE,
-                            "no_endpoint",
-                            f"pod {match.entry.key}: remote slice on node {s.node}, but GPUNode {s.node} has no "
-                            "status.agentEndpoint (is its node agent running with --agent-endpoint?)",
-                        )
         plan = allocate_mod.ContainerPlan(
             pod_uid=match.entry.uid,
             pod=match.entry.key,
@@ -477,6 +476,3 @@ def _ident(path: Path) -> tuple[int, int] | None:
         return None
     return st.st_ino, st.st_mtime_ns
 
-
-def gpu_index_map(gpus: Sequence[GPUInfo]) -> Mapping[str, int]:
-    return {g.uuid: g.index for g in gpus}

@@ -144,11 +144,9 @@ class PodCache:
         record: Assignment | None = None
         problem: str | None = None
         try:
-            record = assignment_format.parse(text)
-            assignment_format.verify(text, self.key)
-            if record.pod != uid:
-                problem = f"pod {objects.pod_key(pod)} carries the assignment of another pod ({record.pod})"
-            elif record.node != self.node:
+            record = assignment_format.parse(text)  # kept when refused, so that Allocate can say why
+            objects.pod_assignment(pod, self.key)  # signature and owner
+            if record.node != self.node:
                 problem = (
                     f"the assignment of pod {objects.pod_key(pod)} is for node {record.node}, "
                     f"but this is node {self.node} (foreign-node assignment refused)"

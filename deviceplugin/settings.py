@@ -72,7 +72,11 @@ class DevicePluginSettings(BaseSettings):
             raise ValueError("--multi-node publishes fake nodes: it needs --fake-inventory FILE")
         return self
 
+    def endpoint_of(self, node: str) -> str:
+        """The endpoint `node`'s agent publishes as GPUNode status.agentEndpoint: `agent_endpoint`, {node} expanded."""
+        return self.agent_endpoint.replace("{node}", node)
+
     @classmethod
     def from_args(cls, argv: Sequence[str] | None = None) -> DevicePluginSettings:
         """Environment first, then flags (`argv` None = sys.argv[1:])."""
-        return cls(_cli_parse_args=list(argv) if argv is not None else True)  # type: ignore[call-arg]
+        return cls(_cli_parse_args=list(argv) if argv is not None else True)

@@ -40,7 +40,7 @@ def _docs(path: Path) -> list[dict[str, Any]]:
 
 def gpupool_status(c: Cluster, key_file: Path) -> str:
     r = subprocess.run(
-        [sys.executable, "-m", "gpupool.cli", "status", "--kubeconfig", str(c.kubeconfig),
+        [sys.executable, "-m", "controller.cli", "status", "--kubeconfig", str(c.kubeconfig),
          "--signing-key-file", str(key_file)],
         capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
         env={**os.environ, "COLUMNS": os.environ.get("COLUMNS", "140")},

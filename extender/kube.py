@@ -1,8 +1,8 @@
-"""What the extender asks of the API server: read, patch and bind pods (the transport is `gpupool.kubeapi`).
+"""What the extender asks of the API server: read, patch and bind pods (the transport is `kubeio.client`).
 
 Pods are read and written as the API server's JSON (dicts) and the Binding subresource is POSTed
-directly: the generated `create_namespaced_binding` mis-decodes the reply (see `gpupool.kubeapi`).
-The list+watch threads that feed the pool are `gpupool.kubeapi.Reflector`s over `NODES`, `GPUNODES`
+directly: the generated `create_namespaced_binding` mis-decodes the reply (see `kubeio.client`).
+The list+watch threads that feed the pool are `kubeio.reflector.Reflector`s over `NODES`, `GPUNODES`
 and `PODS`.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from gpupool import objects
-from gpupool.kubeapi import JSON, MERGE_PATCH, ApiError, KubeClient
+from kubeio.client import JSON, MERGE_PATCH, ApiError, KubeClient
 
 __all__ = ["GPUNODES", "MERGE_PATCH", "NODES", "PODS", "ApiError", "KubeAPI", "PodAPI"]
 

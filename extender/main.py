@@ -16,11 +16,11 @@ from extender.metrics import Metrics
 from extender.service import PoolService
 from extender.settings import ExtenderSettings
 from gpupool.errors import AssignmentError
-from gpupool.kubeapi import Reflector
 from gpupool.ledger import Ledger
 from gpupool.placement import Placer
 from gpupool.policies import Policy, available, make_policy
 from gpupool.signing_key import read_signing_key
+from kubeio.reflector import Reflector
 
 log = logging.getLogger("gpupool.extender")
 
@@ -33,14 +33,12 @@ def read_key(path: str) -> bytes:
 
 
 def load_workload(path: str | None) -> Any:
-    """The target workload M for FGD and the fragmentation gauge, or None when the module is not there.
+    """The target workload M for FGD and the fragmentation gauge.
 
     `path`: an openb-style pod CSV (columns cpu_milli, num_gpu, gpu_milli); unset = the built-in default.
     """
-    try:
-        from gpupool import fragmentation
-    except ImportError:  # pragma: no cover - the module is being written
-        return None
+    from gpupool import fragmentation
+
     if not path:
         return fragmentation.default_workload()
     keys = []
@@ -138,7 +136,7 @@ def build(settings: ExtenderSettings, api: PodAPI | None = None, key: bytes | No
         kube = api
     metrics = Metrics()
     service = PoolService(ledger, placer, key if key is not None else read_key(settings.signing_key_file), api, metrics)
-    metrics.attach(service, fragmentation_gauge(service, workload))
+    metrics.attach(service.cache_stats, fragmentation_gauge(service, workload))
     return Extender(settings, service, kube)
 
 

@@ -1,26 +1,50 @@
 """Prometheus metrics of the extender (prefix `gpupool_`), on a registry of its own.
 
 Counters and histograms are updated by the service; everything derived from the
-ledger (cache sizes, per-GPU allocation, fragmentation) is read at scrape time by a
-collector, so it is always consistent with the ledger and costs nothing between scrapes.
+ledger (cache sizes, per-GPU allocation, fragmentation) is read at scrape time through
+callables the owner of the ledger passes to `attach`, so it is always consistent with the
+ledger and costs nothing between scrapes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from extender.service import PoolService
-
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
+@dataclass(frozen=True, slots=True)
+class GPUAllocation:
+    """One GPU's allocation as the scrape shows it."""
+
+    node: str
+    uuid: str
+    index: int
+    compute: int
+    memory_mib: int
+    eligible: bool  # healthy and not disabled
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    """The extender's cache at one instant (taken under its lock by `PoolService.cache_stats`)."""
+
+    ready: bool
+    nodes: int
+    holdings: int
+    problems: int
+    unplaced: int
+    gpus: tuple[GPUAllocation, ...]
+
+
 class Metrics:
+    """The extender's counters and histograms; `attach` adds the gauges read at scrape time."""
+
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
@@ -53,41 +77,34 @@ class Metrics:
         )  # fmt: skip
         self.relists = Counter("gpupool_extender_relists", "Re-lists of a watched resource.", ["resource"], registry=r)
 
-    def attach(self, service: PoolService, fragmentation: Callable[[], float | None] | None = None) -> None:
-        self.registry.register(_LedgerCollector(service, fragmentation))
+    def attach(
+        self, stats: Callable[[], CacheStats], fragmentation: Callable[[], float | None] | None = None
+    ) -> None:
+        self.registry.register(_CacheCollector(stats, fragmentation))
 
 
-class _LedgerCollector(Collector):
-    def __init__(self, service: PoolService, fragmentation: Callable[[], float | None] | None) -> None:
-        self.service = service
+class _CacheCollector(Collector):
+    def __init__(self, stats: Callable[[], CacheStats], fragmentation: Callable[[], float | None] | None) -> None:
+        self.stats = stats
         self.fragmentation = fragmentation
 
     def describe(self) -> list[Metric]:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        s = self.service
-        with s.lock:
-            ledger = s.ledger
-            nodes = ledger.node_names()
-            gpus = [(g.node, g.uuid, g.index, g.used_compute, g.used_memory, g.healthy and not g.disabled)
-                    for n in nodes for g in ledger.gpus_of(n)]  # fmt: skip
-            holdings = sum(1 for _ in ledger.holdings())
-            problems = len(s.problems)
-            ready = s.ready
-            unplaced = len(s.unplaced)
+        s = self.stats()
         frag = self.fragmentation() if self.fragmentation is not None else None
-        yield GaugeMetricFamily("gpupool_extender_ready", "1 when the cache is complete and clean.", value=int(ready))
-        yield GaugeMetricFamily("gpupool_extender_cache_nodes", "Nodes in the pool model.", value=len(nodes))
-        yield GaugeMetricFamily("gpupool_extender_cache_gpus", "GPUs in the pool model.", value=len(gpus))
-        yield GaugeMetricFamily("gpupool_extender_cache_holdings", "Pods holding slices.", value=holdings)
+        yield GaugeMetricFamily("gpupool_extender_ready", "1 when the cache is complete and clean.", value=int(s.ready))
+        yield GaugeMetricFamily("gpupool_extender_cache_nodes", "Nodes in the pool model.", value=s.nodes)
+        yield GaugeMetricFamily("gpupool_extender_cache_gpus", "GPUs in the pool model.", value=len(s.gpus))
+        yield GaugeMetricFamily("gpupool_extender_cache_holdings", "Pods holding slices.", value=s.holdings)
         yield GaugeMetricFamily(
             "gpupool_extender_unready_pods", "Pods whose assignment is forged, unreadable or conflicting.",
-            value=problems,
+            value=s.problems,
         )  # fmt: skip
         yield GaugeMetricFamily(
             "gpupool_extender_unplaced_holdings", "Valid assignments naming a node or GPU not in the pool.",
-            value=unplaced,
+            value=s.unplaced,
         )  # fmt: skip
         compute = GaugeMetricFamily(
             "gpupool_gpu_allocated_compute_percent", "Compute allocated on a GPU (percent of one GPU).",
@@ -97,10 +114,10 @@ class _LedgerCollector(Collector):
             "gpupool_gpu_allocated_memory_mib", "Memory allocated on a GPU (MiB).",
             labels=["node", "gpu", "index", "eligible"],
         )  # fmt: skip
-        for node, uuid, index, c, m, ok in gpus:
-            labels = [node, uuid, str(index), "true" if ok else "false"]
-            compute.add_metric(labels, c)
-            memory.add_metric(labels, m)
+        for g in s.gpus:
+            labels = [g.node, g.uuid, str(g.index), "true" if g.eligible else "false"]
+            compute.add_metric(labels, g.compute)
+            memory.add_metric(labels, g.memory_mib)
         yield compute
         yield memory
         if frag is not None:

@@ -1,37 +1,28 @@
-"""`PoolService`: the extender's state and verbs, with no HTTP in sight.
+"""`PoolService`: the extender's state and verbs (DESIGN.md §5), with no HTTP in sight.
 
-It owns one `Ledger` and one `Placer` behind one lock, feeds them from the cluster
-cache (GPUNodes, Nodes, pods: the `on_*` methods, called by the watch threads or by
-tests directly), and answers kube-scheduler's verbs:
-
-* `filter` / `prioritize` / `preempt` read the ledger under the lock; nothing is held.
-* `bind` is the only writer of slices: under the lock it re-checks the node
-  (`Placer.plan`) and commits the slices; outside the lock it writes the signed
-  assignment on the pod and posts the Binding; on failure it removes the annotation
-  and releases the slices under the lock again. No per-node lock: two binds on one
-  node only serialise for the microseconds of plan + commit.
-
-The pods' signed assignments are the source of truth. The ledger is rebuilt from
-them at start (`gpupool.objects.holding_from_pod`), and the service is not ready
-while any assignment is forged, unreadable or does not fit: such capacity is never
-silently treated as free.
+One `Ledger` and one `Placer` behind one lock, fed from the cluster cache (the `on_*` methods,
+called by the watch threads or by tests). `filter` / `prioritize` / `preempt` only read; `bind`
+is the only writer of slices and holds the lock for plan + commit only, never for its API writes
+(no per-node lock). The ledger is rebuilt from the pods' signed assignments
+(`gpupool.objects.holding_from_pod`); the service is not ready while any is forged, unreadable
+or does not fit: such capacity is never silently treated as free.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from extender.kube import ApiError, PodAPI
-from extender.metrics import Metrics
+from extender.metrics import CacheStats, GPUAllocation, Metrics
 from gpupool import assignment as assignment_format
-from gpupool import objects, resources
+from gpupool import objects, resources, timefmt
 from gpupool.errors import AssignmentError, GpupoolError, InvalidRequest, OverAllocation
 from gpupool.ledger import Holding, HoldingKind, Ledger
-from gpupool.placement import NoFit, Placer
+from gpupool.placement import FilterResult, NoFit, Placer
 from gpupool.request import PodRequest
 
 log = logging.getLogger("gpupool.extender")
@@ -40,12 +31,11 @@ log = logging.getLogger("gpupool.extender")
 MAX_EXTENDER_SCORE = 10
 
 
-@dataclass(slots=True)
-class FilterAnswer:
-    passing: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-    unresolvable: dict[str, str] = field(default_factory=dict)
-    error: str = ""
+class Existing(enum.Enum):
+    """What a pod's assignment says about a bind to a node (`PoolService._existing_assignment`)."""
+
+    DONE = "done"  # a valid assignment for this node that the ledger agrees with: only the Binding is missing
+    STALE = "stale"  # an assignment for another node that never bound: replaced by a fresh one
 
 
 class BindError(GpupoolError):
@@ -103,7 +93,7 @@ class PoolService:
         self.unplaced: set[str] = set()
         #: binds between commit and the end of their API writes: the watch leaves these pods alone
         self.inflight: dict[str, Holding] = {}
-        #: resourceVersion our own assignment write produced, per pod: older watch events are stale
+        #: which initial lists (Nodes, GPUNodes, pods) arrived: not ready before all three did
         self._synced = {"nodes": False, "gpunodes": False, "pods": False}
 
     # --- readiness ---------------------------------------------------------------------------------
@@ -126,12 +116,6 @@ class PoolService:
                 "gpunode_problems": dict(sorted(self.gpunode_problems.items())),
                 "unplaced": sorted(self.unplaced),
             }
-
-    def mark_synced(self) -> None:
-        """For embedders that feed the cache without list calls (tests, the benchmark)."""
-        with self.lock:
-            for k in self._synced:
-                self._synced[k] = True
 
     # --- cluster cache: Nodes ----------------------------------------------------------------------
 
@@ -331,23 +315,22 @@ class PoolService:
     def _request(self, pod: Mapping[str, Any]) -> PodRequest:
         return resources.parse_pod(pod)
 
-    def filter(self, pod: Mapping[str, Any], nodes: list[str]) -> FilterAnswer:
+    def filter(self, pod: Mapping[str, Any], nodes: list[str]) -> FilterResult:
         try:
             request = self._request(pod)
         except InvalidRequest as exc:
-            return FilterAnswer(error=f"pod {objects.pod_key(pod)} is invalid for gpupool: {exc}")
+            return FilterResult(error=f"pod {objects.pod_key(pod)} is invalid for gpupool: {exc}")
         if not self.ready:
-            return FilterAnswer(error=self._not_ready_message())
+            return FilterResult(error=self._not_ready_message())
         if not request.containers:
-            return FilterAnswer(passing=list(nodes))
+            return FilterResult(passing=list(nodes))
         if request.policy is not None and request.policy not in self.placer.policies:
             enabled = ", ".join(sorted(self.placer.policies))
-            return FilterAnswer(
+            return FilterResult(
                 error=f"pod {request.key}: policy {request.policy!r} is not enabled; enabled are {enabled}"
             )
         with self.lock:
-            result = self.placer.filter(request, nodes)
-        return FilterAnswer(result.passing, result.failed, result.unresolvable)
+            return self.placer.filter(request, nodes)
 
     def prioritize(self, pod: Mapping[str, Any], nodes: list[str]) -> list[tuple[str, int]]:
         """(node, 0..10) for every node asked about; invalid pods score 0 everywhere (filter said why)."""
@@ -420,7 +403,7 @@ class PoolService:
             raise BindError(f"pod {namespace}/{name} is invalid for gpupool: {exc}") from None
 
         existing = self._existing_assignment(pod, node)
-        if existing == "done":
+        if existing is Existing.DONE:
             if not bound_to:
                 self._post_binding(namespace, name, uid, node, None)
             return
@@ -433,7 +416,7 @@ class PoolService:
                 raise BindError(f"a bind of pod {namespace}/{name} is already in progress")
             old = self.ledger.holding(uid)
             if old is not None:
-                if existing == "stale":  # an assignment for another node that never bound: replace it
+                if existing is Existing.STALE:  # an assignment for another node that never bound: replace it
                     self.ledger.release(uid)
                 else:
                     raise BindError(f"pod {namespace}/{name} already holds slices on {old.node}")
@@ -446,7 +429,7 @@ class PoolService:
                 raise BindError(f"node {node} no longer fits pod {namespace}/{name}: {exc}") from None
             self.inflight[uid] = holding
 
-        record = assignment_format.Assignment(uid, node, holding.slices, assignment_format.now_rfc3339())
+        record = assignment_format.Assignment(uid, node, holding.slices, timefmt.now_rfc3339())
         text = record.signed(self.key).to_annotation()
         try:
             self._post_binding(namespace, name, uid, node, text)
@@ -467,20 +450,16 @@ class PoolService:
             }
             self.pod_uids[(namespace, name)] = uid
 
-    def _existing_assignment(self, pod: Mapping[str, Any], node: str) -> str | None:
-        """'done' when the pod already carries a valid assignment for `node` that the ledger agrees with;
-        'stale' when it carries one for another node; None when it carries none."""
-        text = objects.pod_assignment_text(pod)
-        if text is None:
-            return None
+    def _existing_assignment(self, pod: Mapping[str, Any], node: str) -> Existing | None:
+        """DONE or STALE (see `Existing`) for a pod that carries a trusted assignment; None when it carries none."""
         try:
-            record = assignment_format.verify(text, self.key)
+            record = objects.pod_assignment(pod, self.key)
         except AssignmentError as exc:
             raise BindError(f"pod {objects.pod_key(pod)} carries an assignment gpupool cannot trust: {exc}") from None
-        if record.pod != objects.pod_uid(pod):
-            raise BindError(f"pod {objects.pod_key(pod)} carries the assignment of pod {record.pod}")
+        if record is None:
+            return None
         if record.node != node:
-            return "stale"
+            return Existing.STALE
         uid = objects.pod_uid(pod)
         with self.lock:
             if uid in self.inflight:
@@ -496,7 +475,7 @@ class PoolService:
                     )
             if held.node != node or held.slices != record.slices:
                 raise BindError(f"pod {objects.pod_key(pod)}: the ledger and its assignment disagree")
-        return "done"
+        return Existing.DONE
 
     def _post_binding(self, namespace: str, name: str, uid: str, node: str, text: str | None) -> None:
         """Create the Binding; with `text`, the API server writes the assignment in the same update."""
@@ -588,6 +567,19 @@ class PoolService:
                 self.ledger.hold(h)
 
     # --- debug -------------------------------------------------------------------------------------
+
+    def cache_stats(self) -> CacheStats:
+        """What the metrics scrape reads of the cache, taken at once under the lock."""
+        with self.lock:
+            ledger = self.ledger
+            gpus = tuple(
+                GPUAllocation(g.node, g.uuid, g.index, g.used_compute, g.used_memory, g.healthy and not g.disabled)
+                for n in ledger.node_names() for g in ledger.gpus_of(n)
+            )  # fmt: skip
+            return CacheStats(
+                self.ready, len(ledger.node_names()), sum(1 for _ in ledger.holdings()), len(self.problems),
+                len(self.unplaced), gpus,
+            )  # fmt: skip
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:

@@ -41,4 +41,4 @@ class ExtenderSettings(BaseSettings):
     @classmethod
     def from_args(cls, argv: Sequence[str] | None = None) -> ExtenderSettings:
         """Environment first, then flags (`argv` None = sys.argv[1:])."""
-        return cls(_cli_parse_args=list(argv) if argv is not None else True)  # type: ignore[call-arg]
+        return cls(_cli_parse_args=list(argv) if argv is not None else True)

@@ -1,12 +1,8 @@
-"""The one home of the `gpupool.io/assignment` annotation: its format and its signature (DESIGN.md §4.2).
+"""The one home of the `gpupool.io/assignment` annotation: its format and its signature.
 
-    {"v":1,"pod":"<uid>","node":"<node>","slices":[{"c":0,"gpu":"<uuid>","node":"<node>",
-     "compute":30,"memory":4096,"slot":"<slot id>"}],"at":"<RFC3339>","sig":"<hmac>"}
-
-`c` is the index of the container in `spec.containers`; a slice of an init container
-also carries `"init": true` and `c` indexes `spec.initContainers`. `sig` is the hex
-HMAC-SHA256, keyed by the cluster's signing Secret, of the canonical JSON of every
-other field (keys sorted, no spaces). The extender signs; node agents verify.
+The format is DESIGN.md §4.2; init-container slices and the canonical JSON that is signed
+are in docs/contracts.md. The extender signs; the other components verify
+(`gpupool.objects.pod_assignment`).
 """
 
 from __future__ import annotations
@@ -15,7 +11,6 @@ import hashlib
 import hmac
 import json
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import Any
 
 from gpupool.errors import AssignmentError
@@ -110,10 +105,6 @@ class Assignment:
         if not self.sig:
             raise AssignmentError("refusing to serialise an unsigned assignment")
         return json.dumps({**self.payload(), "sig": self.sig}, separators=(",", ":"))
-
-
-def now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def signature(assignment: Assignment, key: bytes) -> str:

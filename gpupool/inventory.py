@@ -24,6 +24,8 @@ class NodeInfo:
     Host resources (`cpu_milli`, `memory_mib`, `max_pods`) are tracked only when set:
     the simulator sets them to reproduce the openb protocol; the live extender leaves
     them to kube-scheduler. `disabled` lists GPU uuids an admin took out of service.
+    `agent_endpoint` is where the node's agent serves remote slices (GPUNode `status.agentEndpoint`,
+    docs/contracts.md); empty: its GPUs serve only pods of this node.
     """
 
     name: str
@@ -32,6 +34,7 @@ class NodeInfo:
     memory_mib: int | None = None
     max_pods: int | None = None
     disabled: frozenset[str] = field(default_factory=frozenset)
+    agent_endpoint: str = ""
 
     @property
     def model(self) -> str:

@@ -1,22 +1,9 @@
-"""The ledger: who holds which part of which GPU, in integer units.
+"""The ledger: who holds which part of which GPU, in integer units (DESIGN.md §3).
 
-Capacity of a GPU is 100 compute units (1 %) and `memory_mib` memory units (1 MiB).
-Guaranteed slices fit only within that physical capacity. Best-effort slices may
-also use over-committed capacity, up to `overcommit_*_percent` of it. So:
-
-* the compute (memory) of a GPU used by all slices never exceeds
-  capacity × overcommit percent / 100, and
-* the guaranteed slices of a GPU never exceed its physical capacity; placement
-  (the views) only offers a guaranteed slice room where the total stays physical.
-
-Holdings are keyed by pod uid and come in three kinds: assigned (bound pods),
-reserved (admitted but not yet bound) and nominated (capacity freed by preemption
-and kept for the preemptor). All count as used. Every change is all-or-nothing:
-a holding that does not fit raises `OverAllocation` and changes nothing.
-
-For fast fit checks over thousands of nodes each node keeps a cached `NodeView`
-(free capacity of its eligible GPUs) and the ledger indexes nodes by the view's
-key, so identical nodes are evaluated once.
+Its capacity rules (physical and over-committed bounds, slot limits) are listed in
+docs/contracts.md. Holdings are keyed by pod uid and come in three kinds (`HoldingKind`),
+all counted as used; every change is all-or-nothing (`OverAllocation` changes nothing).
+Each node keeps a cached `NodeView`, indexed by its key, so identical nodes are evaluated once.
 """
 
 from __future__ import annotations
@@ -125,6 +112,8 @@ class NodeView:
 
 
 class GPUState:
+    """One GPU's inventory and what its holdings use: all slices, guaranteed slices apart, and slot numbers."""
+
     __slots__ = (
         "disabled", "healthy", "index", "memory_mib", "model", "node", "numa", "slices",
         "used_compute", "used_g_compute", "used_g_memory", "used_memory", "used_slots", "uuid",
@@ -151,8 +140,11 @@ class GPUState:
 
 
 class NodeState:
+    """One node: its GPUs, host capacity and use, the remote slots its pods hold, its agent's endpoint
+    (remote slices), and its cached `NodeView`."""
+
     __slots__ = (
-        "cpu_milli", "gpus", "max_pods", "memory_mib", "name", "pods", "remote_used",
+        "agent_endpoint", "cpu_milli", "gpus", "max_pods", "memory_mib", "name", "pods", "remote_used",
         "used_cpu", "used_memory", "view",
     )  # fmt: skip
 
@@ -164,6 +156,7 @@ class NodeState:
         self.cpu_milli = info.cpu_milli
         self.memory_mib = info.memory_mib
         self.max_pods = info.max_pods
+        self.agent_endpoint = info.agent_endpoint
         self.used_cpu = 0
         self.used_memory = 0
         self.pods = 0
@@ -356,6 +349,7 @@ class Ledger:
             memory_mib=state.memory_mib,
             max_pods=state.max_pods,
             disabled=frozenset(g.uuid for g in state.gpus if g.disabled),
+            agent_endpoint=state.agent_endpoint,
         )
 
     def gpus_of(self, node: str) -> list[GPUState]:
@@ -372,6 +366,10 @@ class Ledger:
 
     def has_gpu(self, uuid: str) -> bool:
         return uuid in self._gpus
+
+    def agent_endpoint(self, node: str) -> str:
+        """Where `node`'s agent serves remote slices; '' = its GPUs serve no other node's pods."""
+        return self._node(node).agent_endpoint
 
     def remote_slots_free(self, node: str) -> int:
         return self.remote_slots - len(self._node(node).remote_used)
@@ -501,15 +499,17 @@ class Ledger:
             if (s.node, s.slot) in slots_seen:
                 raise OverAllocation(f"slot {s.slot} appears twice in the holding of pod {holding.pod}")
             slots_seen.add((s.node, s.slot))
-            index, k = slot_ids.parse_slot(s.slot)
-            if gpu.node == holding.node:
-                if index != gpu.index or k >= self.slots_per_gpu:
-                    raise OverAllocation(f"slot {s.slot} does not belong to GPU {gpu.index} of {gpu.node}")
+            local = gpu.node == holding.node
+            problem = slot_ids.slot_problem(
+                s.slot, gpu.index if local else None, slots_per_gpu=self.slots_per_gpu, remote_slots=self.remote_slots
+            )
+            if problem is not None:
+                raise OverAllocation(f"pod {holding.pod}, slice on GPU {s.gpu} of {gpu.node}: {problem}")
+            _, k = slot_ids.parse_slot(s.slot)
+            if local:
                 if k in gpu.used_slots:
                     raise OverAllocation(f"slot {s.slot} of node {gpu.node} is already held")
             else:
-                if index is not None or k >= self.remote_slots:
-                    raise OverAllocation(f"remote slice on {s.gpu} needs a remote-<k> slot, got {s.slot}")
                 if k in pod_node.remote_used:
                     raise OverAllocation(f"remote slot {s.slot} of node {holding.node} is already held")
                 remote.append(k)

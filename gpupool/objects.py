@@ -1,21 +1,25 @@
 """Kubernetes objects (as API JSON dicts) translated into pool-model values, and back.
 
-The one place that reads GPUNode objects and the assignment annotation of pods, so
-the extender, the controller, the node agent and the CLI rebuild the same ledger
-from the same objects. No I/O here: callers list and watch, then call these.
+The one place that reads GPUNode and GPUQueue objects and a pod's gpupool fields (admission
+gate, assignment, nomination), so the extender, the controller, the node agent and the CLI
+rebuild the same ledger and queues from the same objects. No I/O here: callers list and watch.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any
 
 from gpupool import assignment as assignment_format
-from gpupool import resources
+from gpupool import resources, timefmt
+from gpupool.assignment import Assignment
 from gpupool.errors import AssignmentError, GpupoolError
 from gpupool.inventory import GPUInfo, NodeInfo
-from gpupool.ledger import Holding, HoldingKind, Ledger
+from gpupool.ledger import Holding, HoldingKind
+from gpupool.queues import LabelSelector, QueueSpec, Strategy, WithinQueue
+from gpupool.quota import Limit
 from gpupool.request import QoS
 
 GROUP = "gpupool.io"
@@ -53,7 +57,12 @@ def node_info_from_gpunode(obj: Mapping[str, Any]) -> NodeInfo:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise GpupoolError(f"{where}: missing or invalid field ({exc})") from None
-    return NodeInfo(name=str(name), gpus=tuple(gpus), disabled=frozenset(spec.get("disabledGPUs") or []))
+    return NodeInfo(
+        name=str(name),
+        gpus=tuple(gpus),
+        disabled=frozenset(spec.get("disabledGPUs") or []),
+        agent_endpoint=str(status.get("agentEndpoint") or "").strip(),  # the CRD types it a string
+    )
 
 
 def gpunode_status_gpus(gpus: Iterable[GPUInfo]) -> list[dict[str, Any]]:
@@ -71,6 +80,64 @@ def gpunode_status_gpus(gpus: Iterable[GPUInfo]) -> list[dict[str, Any]]:
             item["numa"] = g.numa
         out.append(item)
     return out
+
+
+def _int_field(value: Any, where: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise GpupoolError(f"{where}: must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _limit(data: Any, where: str) -> Limit:
+    if data is None:
+        return Limit()
+    if not isinstance(data, Mapping):
+        raise GpupoolError(f"{where}: must be an object with compute and memoryMiB")
+    return Limit(_int_field(data.get("compute"), f"{where}.compute"),
+                 _int_field(data.get("memoryMiB"), f"{where}.memoryMiB"))  # fmt: skip
+
+
+def label_selector_from_dict(data: Mapping[str, Any] | None) -> LabelSelector | None:
+    if not data:
+        return None
+    labels = tuple(sorted((str(k), str(v)) for k, v in (data.get("matchLabels") or {}).items()))
+    exprs = tuple(
+        (str(e["key"]), str(e["operator"]), tuple(str(v) for v in e.get("values") or ()))
+        for e in data.get("matchExpressions") or ()
+    )
+    return LabelSelector(labels, exprs)
+
+
+def queue_spec_from_object(obj: Mapping[str, Any]) -> QueueSpec:
+    """A GPUQueue (crds/gpuqueue.yaml) as a `QueueSpec`; raises `GpupoolError` naming the bad field."""
+    name = str((obj.get("metadata") or {}).get("name") or "")
+    if not name:
+        raise GpupoolError("GPUQueue without metadata.name")
+    spec = obj.get("spec") or {}
+    where = f"GPUQueue {name} spec"
+    preemption = spec.get("preemption") or {}
+    try:
+        strategy = Strategy(spec.get("queueingStrategy") or Strategy.BEST_EFFORT_FIFO.value)
+        within = WithinQueue(preemption.get("withinQueue") or WithinQueue.LOWER_PRIORITY.value)
+    except ValueError as exc:
+        raise GpupoolError(f"{where}: {exc}") from None
+    nominal = _limit(spec.get("nominalQuota"), f"{where}.nominalQuota")
+    if nominal.compute is None:
+        nominal = replace(nominal, compute=0)
+    return QueueSpec(
+        name=name,
+        nominal=nominal,
+        borrowing_limit=_limit(spec.get("borrowingLimit"), f"{where}.borrowingLimit"),
+        cohort=spec.get("cohort") or None,
+        namespaces=frozenset(spec.get("namespaces") or ()),
+        namespace_selector=label_selector_from_dict(spec.get("namespaceSelector")),
+        node_selector=tuple(sorted((str(k), str(v)) for k, v in (spec.get("nodeSelector") or {}).items())),
+        strategy=strategy,
+        within_queue=within,
+        reclaim_borrowed=bool(preemption.get("reclaimBorrowed", True)),
+    )
 
 
 def pod_uid(pod: Mapping[str, Any]) -> str:
@@ -101,59 +168,59 @@ def pod_qos(pod: Mapping[str, Any]) -> QoS:
     return QoS.BEST_EFFORT if value == QoS.BEST_EFFORT.value else QoS.GUARANTEED
 
 
-def holding_from_pod(pod: Mapping[str, Any], key: bytes) -> Holding | None:
-    """The slices a live pod holds according to its signed assignment; None if it holds none.
+def pod_gated(pod: Mapping[str, Any]) -> bool:
+    """Does the pod still carry gpupool's admission scheduling gate?"""
+    gates = (pod.get("spec") or {}).get("schedulingGates") or []
+    return any(isinstance(g, Mapping) and g.get("name") == resources.ADMISSION_GATE for g in gates)
+
+
+def pod_assignment(pod: Mapping[str, Any], key: bytes | None) -> Assignment | None:
+    """The pod's assignment record; None when it carries none.
+
+    With a `key` the signature is checked; `key=None` reads it unverified (read-only tools
+    without the signing Secret). Either way the record must name this pod. Raises
+    `AssignmentError` saying what is wrong: unreadable, unsigned, forged, or another pod's.
+    """
+    text = pod_assignment_text(pod)
+    if text is None:
+        return None
+    record = assignment_format.parse(text) if key is None else assignment_format.verify(text, key)
+    if record.pod != pod_uid(pod):
+        raise AssignmentError(f"pod {pod_key(pod)} carries the assignment of pod {record.pod}")
+    return record
+
+
+def holding_from_pod(pod: Mapping[str, Any], key: bytes | None) -> Holding | None:
+    """The slices a live pod holds according to its assignment (`pod_assignment`); None if it holds none.
 
     Raises `AssignmentError` when the annotation is present but unreadable, forged, or
     belongs to another pod: the caller must treat that loudly (not ready), never as free.
     """
-    text = pod_assignment_text(pod)
-    if text is None or pod_is_terminal(pod):
+    if pod_is_terminal(pod):
         return None
-    record = assignment_format.verify(text, key)
-    uid = pod_uid(pod)
-    if record.pod != uid:
-        raise AssignmentError(f"pod {pod_key(pod)} carries the assignment of pod {record.pod}")
-    return Holding(pod=uid, node=record.node, slices=record.slices, kind=HoldingKind.ASSIGNED, qos=pod_qos(pod))
+    record = pod_assignment(pod, key)
+    if record is None:
+        return None
+    return Holding(pod=record.pod, node=record.node, slices=record.slices, kind=HoldingKind.ASSIGNED, qos=pod_qos(pod))
 
 
-@dataclass(frozen=True, slots=True)
-class RebuildReport:
-    """What a rebuild found: nodes, holdings, and the pods it could not account for (and why)."""
-
-    nodes: int
-    holdings: int
-    problems: dict[str, str]
-
-    @property
-    def clean(self) -> bool:
-        return not self.problems
+def nomination_annotation(node: str, expires: float) -> str:
+    """The `gpupool.io/nominated` value: capacity on `node` is held for the pod until `expires`."""
+    return json.dumps({"node": node, "expires": timefmt.format_time(expires)}, separators=(",", ":"))
 
 
-def rebuild(
-    ledger: Ledger, gpunodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]], key: bytes
-) -> RebuildReport:
-    """Load GPUNodes and assigned pods into an empty ledger.
-
-    Every problem (bad GPUNode, forged or unreadable assignment, an assignment that
-    does not fit) is reported per object; the caller stays not-ready while any remain.
-    """
-    problems: dict[str, str] = {}
-    nodes = 0
-    for obj in gpunodes:
-        try:
-            ledger.upsert_node(node_info_from_gpunode(obj))
-            nodes += 1
-        except (GpupoolError, ValueError) as exc:
-            problems[f"gpunode/{(obj.get('metadata') or {}).get('name')}"] = str(exc)
-    holdings = 0
-    for pod in sorted(pods, key=lambda p: pod_key(p)):
-        try:
-            holding = holding_from_pod(pod, key)
-            if holding is None:
-                continue
-            ledger.hold(holding)
-            holdings += 1
-        except GpupoolError as exc:
-            problems[f"pod/{pod_key(pod)}"] = str(exc)
-    return RebuildReport(nodes, holdings, problems)
+def parse_nomination(text: str) -> tuple[str, float]:
+    """(node, expires) of a `gpupool.io/nominated` value; `GpupoolError` naming the bad field."""
+    field = f"metadata.annotations[{resources.NOMINATED}]"
+    try:
+        data = json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise GpupoolError(f"{field}: not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise GpupoolError(f'{field}: expected {{"node":"<node>","expires":"<RFC3339>"}}')
+    node, expires = data.get("node"), timefmt.parse_time(data.get("expires"))
+    if not isinstance(node, str) or not node:
+        raise GpupoolError(f"{field}.node: expected a node name, got {data.get('node')!r}")
+    if expires is None:
+        raise GpupoolError(f"{field}.expires: expected an RFC 3339 time, got {data.get('expires')!r}")
+    return node, expires

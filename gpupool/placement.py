@@ -56,9 +56,13 @@ class Plan:
 
 @dataclass(slots=True)
 class FilterResult:
+    """The nodes a pod passes, the reasons it fails the others (`unresolvable`: preemption cannot help),
+    or an `error` about the pod itself, in which case no node was judged."""
+
     passing: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     unresolvable: dict[str, str] = field(default_factory=dict)
+    error: str = ""
 
     def add(self, node: str, verdict: Verdict) -> None:
         if verdict.fits:
@@ -121,6 +125,7 @@ class Placer:
         self._choices: dict[tuple[str, Demand], dict[int, Choice | None]] = {}
         self._epoch = ledger.kid_epoch
         self._pool_cache: tuple[int, tuple[object, ...], bool] | None = None
+        self._silent_cache: tuple[int, tuple[str, ...], frozenset[str]] | None = None
 
     # --- policy and views ------------------------------------------------------------------------
 
@@ -210,12 +215,38 @@ class Placer:
         """Add what depends on the node itself, not its state: remote slots, the GPU named in a reason."""
         if local.fits:
             return local
-        if request.locality is Locality.POOL and self._remote_possible(request, demand, node):
-            return Verdict(True, remote=True)
+        if request.locality is Locality.POOL:
+            if self._remote_possible(request, demand, node):
+                return Verdict(True, remote=True)
+            local = self._without_endpoints(local, node)
         if local.gpu_index is None:
             return local
         uuid = self.ledger.gpu_uuid(node, local.gpu_index)
         return Verdict(False, local.reason.replace(_GPU, short_uuid(uuid)), local.resolvable)
+
+    def _without_endpoints(self, verdict: Verdict, node: str) -> Verdict:
+        """`verdict` of a `pool` pod that gets no remote slices, naming the nodes that could serve none."""
+        note = self._no_endpoint(node)
+        if not note:
+            return verdict
+        return Verdict(False, f"{verdict.reason}; {note}", verdict.resolvable, gpu_index=verdict.gpu_index)
+
+    def _no_endpoint(self, node: str) -> str:
+        """Which nodes besides `node` have GPUs but no agent endpoint, so serve no remote slices ('' = none)."""
+        if self._silent_cache is None or self._silent_cache[0] != self.ledger.generation:
+            silent = tuple(sorted(
+                n for n in self.ledger.node_names() if not self.ledger.agent_endpoint(n) and self.ledger.gpus_of(n)
+            ))  # fmt: skip
+            self._silent_cache = (self.ledger.generation, silent, frozenset(silent))
+        _, silent, members = self._silent_cache
+        count = len(silent) - (node in members)
+        if count <= 0:
+            return ""
+        named = ", ".join([n for n in silent[:4] if n != node][:3]) + (f" and {count - 3} more" if count > 3 else "")
+        return (
+            f"{count} node(s) serve no remote slices, their node agent publishes no endpoint "
+            f"(GPUNode status.agentEndpoint, set by --agent-endpoint): {named}"
+        )
 
     def _local_verdict(self, request: PodRequest, demand: Demand, view: NodeView) -> Verdict:
         """The verdict on `view`'s state alone: the same for every node with the same kid."""
@@ -300,19 +331,26 @@ class Placer:
         return Verdict(False, reason, gpu_index=view.gpu_index[best])
 
     def _remote_possible(self, request: PodRequest, demand: Demand, node: str) -> bool:
-        """Could the pool serve the pod from other nodes, given `node`'s free remote slots?"""
+        """Could the pool serve the pod from other nodes, given `node`'s free remote slots?
+
+        Counts the GPUs of `node` itself and of the nodes whose agent publishes an endpoint: only
+        those can serve a remote slice (the container is handed that endpoint, DESIGN.md §6).
+        """
         if self.ledger.remote_slots_free(node) < demand_slices(demand):
             return False
-        cache_key = (demand, request.models, request.uuids, request.qos)
+        own = node if not self.ledger.agent_endpoint(node) else None  # counted although it serves no one else
+        cache_key = (demand, request.models, request.uuids, request.qos, own)
         if self._pool_cache and self._pool_cache[0] == self.ledger.generation and self._pool_cache[1] == cache_key:
             return self._pool_cache[2]
-        ok = all(self._pool_count(request, group) >= group.count for group in demand.groups)
+        ok = all(self._pool_count(request, group, own) >= group.count for group in demand.groups)
         self._pool_cache = (self.ledger.generation, cache_key, ok)
         return ok
 
-    def _pool_count(self, request: PodRequest, group: SliceGroup) -> int:
+    def _pool_count(self, request: PodRequest, group: SliceGroup, own: str | None) -> int:
         count = 0
         for name in self.ledger.node_names():
+            if name != own and not self.ledger.agent_endpoint(name):
+                continue
             view = self._view(request, name)
             for j in range(len(view.free_compute)):
                 if slice_fits(view.free_compute[j], view.free_memory[j], view.total_memory[j], group):
@@ -519,7 +557,7 @@ class Placer:
         single = Demand((SliceGroup(1, group.compute, group.memory_mib),))
         best: tuple[int, int, str] | None = None
         for other in self.ledger.node_names():
-            if other == node:
+            if other == node or not self.ledger.agent_endpoint(other):
                 continue
             view, uuids = self._adjusted(request, other, used, taken)
             choice = policy.evaluate(view, single)
@@ -530,7 +568,9 @@ class Placer:
                 best = candidate
         if best is None:
             memory = "the whole memory" if group.memory_mib is None else f"{group.memory_mib} MiB"
-            raise NoFit(f"no GPU in the pool has {group.compute}% compute and {memory} free for a remote slice")
+            reason = f"no GPU in the pool has {group.compute}% compute and {memory} free for a remote slice"
+            note = self._no_endpoint(node)
+            raise NoFit(f"{reason}; {note}" if note else reason)
         return best[2]
 
 

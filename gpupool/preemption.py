@@ -32,7 +32,8 @@ from dataclasses import dataclass
 
 from gpupool.ledger import Holding, Ledger
 from gpupool.placement import NoFit, Plan
-from gpupool.queues import IMPLICIT_QUEUE, PodEntry, QueueManager, Resources, State, WithinQueue
+from gpupool.queues import IMPLICIT_QUEUE, PodEntry, QueueManager, State, WithinQueue
+from gpupool.quota import Resources
 from gpupool.request import QoS
 
 

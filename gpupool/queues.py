@@ -1,40 +1,10 @@
-"""GPUQueues: priority queues with quota in pool units, cohort borrowing and capacity-aware admission.
+"""GPUQueues: membership, order, charges and the admission cycle (`QueueManager.schedule`).
 
-Pure logic (no I/O): the controller feeds it GPUQueues, namespaces, node labels and pods, calls
-`QueueManager.schedule()` and acts on the result (removes the scheduling gate of admitted pods, posts
-Events with the wait reasons, writes GPUQueue status). Vocabulary after Kueue's ClusterQueue
-(DESIGN.md §4.1, docs/anchors.md §7).
-
-Units and rules (documented here once):
-
-* Quota is counted in pool units: compute 100 = one whole GPU, memory in MiB. A pod's charge is the sum
-  over its slices. A slice without a memory request (the "whole memory of the GPU") is charged the
-  memory of the GPU it was placed on: the capacity plan made at admission decides it (and the signed
-  assignment replaces it once the pod is bound). A queue whose `nominalQuota.memoryMiB` is absent has
-  no memory limit.
-* A pod joins the queue named by its `gpupool.io/queue` annotation, else the queue whose
-  `spec.namespaces` lists its namespace, else the first queue (by name) whose `namespaceSelector`
-  matches the namespace's labels. A pod with no queue goes to the implicit queue "" (no quota,
-  BestEffortFIFO) unless `require_queue` is set; then it waits with a message saying what to create.
-* Order: pod priority (higher first), then creation time, then namespace/name. All queues are walked
-  together in that order, so a high-priority pod of one queue gets capacity before a lower one of another.
-* Admission needs quota AND capacity: quota = usage + charge within nominal; above nominal only in a
-  cohort, within `borrowingLimit`, and while the cohort's total usage stays within the sum of its
-  nominal quotas. That bound holds for a queue within its nominal quota too: when other members borrow
-  what it would use, its pod waits ("waiting for reclaim …") and is offered to preemption, which evicts
-  borrowed pods when the queue has `reclaimBorrowed` (else the pod waits until the borrowers finish);
-  so the cohort's total never exceeds the sum of its nominal quotas.
-* Capacity = `Placer.best` over a ledger holding assigned pods plus RESERVED holdings of
-  admitted-but-unbound pods plus NOMINATED holdings of preemptors, over the nodes that match the queue's
-  and the pod's nodeSelector.
-* StrictFIFO: nothing of a queue passes its blocked head. BestEffortFIFO: a later pod may pass a blocked
-  head only when (a) the head waits for pool capacity, not quota — quota the head needs is never given
-  away; (b) the later pod is not larger than the head (compute and memory); and (c) the queue's quota
-  still has room for the head after admitting the later pod. Capacity a preemptor was nominated is held
-  in the ledger, so no passing pod can take it.
-* Reservations of admitted pods that do not bind within `reservation_ttl` are released (the pod stays
-  admitted and charged to its queue: gates cannot be re-added); nominations expire after
-  `nomination_ttl`.
+Pure logic (no I/O) after Kueue's ClusterQueue (DESIGN.md §4.1, docs/anchors.md §7): the controller
+feeds it GPUQueues, namespaces, node labels and pods, calls `schedule()` and acts on the result. Quota
+arithmetic is `gpupool.quota`; GPUQueue objects are read by `gpupool.objects.queue_spec_from_object`.
+The rules it keeps (queue membership, quota memory, order, BestEffortFIFO, reservations and
+nominations that expire) are written once, in docs/contracts.md.
 """
 
 from __future__ import annotations
@@ -42,13 +12,14 @@ from __future__ import annotations
 import contextlib
 import enum
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
 
-from gpupool.errors import GpupoolError, OverAllocation
+from gpupool import quota
+from gpupool.errors import OverAllocation
 from gpupool.ledger import Holding, HoldingKind, Ledger
 from gpupool.placement import NoFit, Placer, Plan
+from gpupool.quota import ZERO, Limit, QuotaProblem, Resources, Shortage
 from gpupool.request import Locality, PodRequest
 
 IMPLICIT_QUEUE = ""
@@ -62,40 +33,6 @@ class Strategy(enum.StrEnum):
 class WithinQueue(enum.StrEnum):
     LOWER_PRIORITY = "LowerPriority"
     NEVER = "Never"
-
-
-@dataclass(frozen=True, slots=True)
-class Resources:
-    """Pool units: compute (100 = one GPU) and memory MiB."""
-
-    compute: int = 0
-    memory_mib: int = 0
-
-    def __add__(self, other: Resources) -> Resources:
-        return Resources(self.compute + other.compute, self.memory_mib + other.memory_mib)
-
-    def __sub__(self, other: Resources) -> Resources:
-        return Resources(self.compute - other.compute, self.memory_mib - other.memory_mib)
-
-    def le(self, other: Resources) -> bool:
-        return self.compute <= other.compute and self.memory_mib <= other.memory_mib
-
-    def to_json(self) -> dict[str, int]:
-        return {"compute": self.compute, "memoryMiB": self.memory_mib}
-
-
-ZERO = Resources()
-
-
-@dataclass(frozen=True, slots=True)
-class Limit:
-    """A per-resource limit; None = unlimited."""
-
-    compute: int | None = None
-    memory_mib: int | None = None
-
-    def get(self, resource: str) -> int | None:
-        return self.compute if resource == "compute" else self.memory_mib
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +61,8 @@ class LabelSelector:
 
 @dataclass(frozen=True, slots=True)
 class QueueSpec:
+    """One GPUQueue's spec (crds/gpuqueue.yaml): quota in pool units, cohort, members, order, preemption."""
+
     name: str
     nominal: Limit = field(default_factory=Limit)
     borrowing_limit: Limit = field(default_factory=Limit)
@@ -140,66 +79,8 @@ class QueueSpec:
         return dict(self.node_selector)
 
 
-#: the queue of pods that name none (no quota); see the module docstring
+#: the queue of pods that no GPUQueue claims (no quota; docs/contracts.md "queue membership")
 IMPLICIT = QueueSpec(name=IMPLICIT_QUEUE)
-
-
-def _int_field(value: Any, where: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise GpupoolError(f"{where}: must be a non-negative integer, got {value!r}")
-    return value
-
-
-def _limit(data: Any, where: str) -> Limit:
-    if data is None:
-        return Limit()
-    if not isinstance(data, Mapping):
-        raise GpupoolError(f"{where}: must be an object with compute and memoryMiB")
-    return Limit(_int_field(data.get("compute"), f"{where}.compute"),
-                 _int_field(data.get("memoryMiB"), f"{where}.memoryMiB"))  # fmt: skip
-
-
-def label_selector_from_dict(data: Mapping[str, Any] | None) -> LabelSelector | None:
-    if not data:
-        return None
-    labels = tuple(sorted((str(k), str(v)) for k, v in (data.get("matchLabels") or {}).items()))
-    exprs = tuple(
-        (str(e["key"]), str(e["operator"]), tuple(str(v) for v in e.get("values") or ()))
-        for e in data.get("matchExpressions") or ()
-    )
-    return LabelSelector(labels, exprs)
-
-
-def queue_spec_from_object(obj: Mapping[str, Any]) -> QueueSpec:
-    """A GPUQueue (API JSON dict) as a `QueueSpec`; raises `GpupoolError` naming the bad field."""
-    name = str((obj.get("metadata") or {}).get("name") or "")
-    if not name:
-        raise GpupoolError("GPUQueue without metadata.name")
-    spec = obj.get("spec") or {}
-    where = f"GPUQueue {name} spec"
-    preemption = spec.get("preemption") or {}
-    try:
-        strategy = Strategy(spec.get("queueingStrategy") or Strategy.BEST_EFFORT_FIFO.value)
-        within = WithinQueue(preemption.get("withinQueue") or WithinQueue.LOWER_PRIORITY.value)
-    except ValueError as exc:
-        raise GpupoolError(f"{where}: {exc}") from None
-    nominal = _limit(spec.get("nominalQuota"), f"{where}.nominalQuota")
-    if nominal.compute is None:
-        nominal = replace(nominal, compute=0)
-    return QueueSpec(
-        name=name,
-        nominal=nominal,
-        borrowing_limit=_limit(spec.get("borrowingLimit"), f"{where}.borrowingLimit"),
-        cohort=spec.get("cohort") or None,
-        namespaces=frozenset(spec.get("namespaces") or ()),
-        namespace_selector=label_selector_from_dict(spec.get("namespaceSelector")),
-        node_selector=tuple(sorted((str(k), str(v)) for k, v in (spec.get("nodeSelector") or {}).items())),
-        strategy=strategy,
-        within_queue=within,
-        reclaim_borrowed=bool(preemption.get("reclaimBorrowed", True)),
-    )
 
 
 class State(enum.StrEnum):
@@ -217,7 +98,6 @@ class PodEntry:
     gated: bool
     node_selector: Mapping[str, str] = field(default_factory=dict)
     assigned: Holding | None = None  # from the signed assignment
-    bound_node: str | None = None
     # managed by the QueueManager
     queue: str | None = None
     queue_error: str | None = None
@@ -241,6 +121,8 @@ class PodEntry:
 
 @dataclass(slots=True)
 class Nomination:
+    """Capacity freed by preemption and held for a pod until its victims leave (then it is admitted)."""
+
     node: str
     expires: float
     victims: frozenset[str]
@@ -249,6 +131,8 @@ class Nomination:
 
 @dataclass(frozen=True, slots=True)
 class Admission:
+    """A pod whose admission gate may be removed: its queue, its charge, the node its capacity is held on."""
+
     uid: str
     key: str
     queue: str
@@ -283,7 +167,7 @@ class _Blocked:
 
 
 class QueueManager:
-    """Queues, quota and admission over one ledger (shared with preemption)."""
+    """Queue membership, order, quota charges and the admission cycle over one ledger (shared with preemption)."""
 
     def __init__(
         self,
@@ -470,7 +354,7 @@ class QueueManager:
         if entry.queue is not None:
             self._usage[entry.queue] = self._usage.get(entry.queue, ZERO) - entry.charge
 
-    # --- quota -------------------------------------------------------------------------------------
+    # --- quota (the arithmetic is gpupool.quota) ------------------------------------------------------
 
     def usage(self, queue: str) -> Resources:
         return self._usage.get(queue, ZERO)
@@ -484,82 +368,23 @@ class QueueManager:
         spec = self.queue(queue)
         if spec is None or queue == IMPLICIT_QUEUE:
             return ZERO
-        u = self.usage(queue)
-        nc = spec.nominal.compute or 0
-        nm = spec.nominal.memory_mib
-        return Resources(max(0, u.compute - nc), 0 if nm is None else max(0, u.memory_mib - nm))
-
-    @staticmethod
-    def _cohort_capacity(members: Sequence[QueueSpec], key: str) -> int | None:
-        """The sum of the members' nominal quotas of `key`; None without a cohort or when one is unlimited."""
-        if not members:
-            return None
-        capacity = 0
-        for m in members:
-            n = m.nominal.get(key)
-            if n is None:
-                return None
-            capacity += n
-        return capacity
+        return quota.borrowed(spec, self.usage(queue))
 
     def quota_problem(
         self, queue: str, charge: Resources, released: Mapping[str, Resources] | None = None
-    ) -> str | None:
+    ) -> QuotaProblem | None:
         """None when `charge` more fits the queue's quota (after `released` per queue); else why not."""
         spec = self.queue(queue)
         if spec is None:
-            return f"GPUQueue {queue} does not exist"
+            return QuotaProblem(queue, Shortage.NO_QUEUE)
         if queue == IMPLICIT_QUEUE:
             return None
-        released = released or {}
+        gone = released or {}
 
         def used(q: str) -> Resources:
-            return self.usage(q) - released.get(q, ZERO)
+            return self.usage(q) - gone.get(q, ZERO)
 
-        after = used(queue) + charge
-        for resource, unit in (("compute", ""), ("memory_mib", " MiB")):
-            key = "compute" if resource == "compute" else "memory"
-            nominal = spec.nominal.get(key)
-            if nominal is None:
-                continue
-            value = getattr(after, resource)
-            need = getattr(charge, resource)
-            label = "compute" if resource == "compute" else "memory"
-            before = value - need
-            text = f"quota {before}/{nominal}{unit} {label} in use, needs {need}{unit} more"
-            members = self.cohort_members(spec.cohort)
-            capacity = self._cohort_capacity(members, key)
-            total = None
-            if capacity is not None:
-                total = sum(getattr(used(m.name), resource) for m in members) + need
-            if value <= nominal:
-                if need == 0 or total is None or capacity is None or total <= capacity:
-                    continue
-                # within its nominal quota, but other members borrow it: they must give it back first
-                borrowers = []
-                for m in members:
-                    m_nominal = m.nominal.get(key) or 0
-                    m_used = getattr(used(m.name), resource)
-                    if m.name != queue and m_used > m_nominal:
-                        borrowers.append(f"{m.name} ({m_used - m_nominal}{unit})")
-                lent = ", ".join(borrowers) or "other queues"
-                how = (
-                    "waiting for reclaim of the quota borrowed by"
-                    if spec.reclaim_borrowed
-                    else "reclaimBorrowed is off: waiting for the borrowers to release it,"
-                )
-                return (
-                    f"{text} (within nominal); cohort {spec.cohort} has {total - need}/{capacity}{unit} "
-                    f"{label} in use; {how} {lent}"
-                )
-            if spec.cohort is None:
-                return text
-            limit = spec.borrowing_limit.get(key)
-            if limit is not None and value - nominal > limit:
-                return f"{text}; borrowing limit {limit}{unit} reached"
-            if total is not None and capacity is not None and total > capacity:
-                return f"{text}; cohort {spec.cohort} has {total - need}/{capacity}{unit} in use"
-        return None
+        return quota.check(spec, charge, used, self.cohort_members(spec.cohort))
 
     # --- capacity ----------------------------------------------------------------------------------
 
@@ -641,14 +466,24 @@ class QueueManager:
         entry.nomination = None
 
     def schedule(self, now: float | None = None) -> CycleResult:
-        """One admission pass over every queue; mutates the ledger (RESERVED holdings) and usage."""
+        """One admission pass over every queue; mutates the ledger (RESERVED holdings) and usage.
+
+        Phases, in order: (1) expire nominations and unbound reservations; (2) walk every waiting pod of
+        every queue in one order (priority, creation, name) and for each: (3) skip what cannot be
+        decided (ungated, no queue); (4) admit a nominated pod whose victims are gone; (5) keep it
+        behind its queue's blocked head unless BestEffortFIFO lets it pass; (6) check quota with the
+        smallest charge, (7) plan capacity (a shape that failed at this ledger generation is not
+        planned again), (8) check quota with the planned charge and admit, reserving the plan;
+        (9) else it waits, and the first waiting pod of a queue becomes its blocked head and may preempt.
+        """
         now = self.clock() if now is None else now
         result = CycleResult()
-        self.expire(now, result)
+        self.expire(now, result)  # (1)
         blocked: dict[str, _Blocked] = {}
         position: dict[str, int] = {}
         failed_shapes: dict[tuple[object, ...], tuple[int, str]] = {}
-        for entry in self.pending_order():
+        for entry in self.pending_order():  # (2)
+            # (3) nothing to decide
             if not entry.gated:
                 continue
             if entry.queue is None:
@@ -664,6 +499,7 @@ class QueueManager:
                 position[q] = position.get(q, 0) + 1
                 return f"queue {q or '(none)'}: {ordinal(position[q])} in line"
 
+            # (4) nominated by preemption: admitted once its victims are gone, else it blocks its queue
             if entry.state is State.NOMINATED and entry.nomination is not None:
                 nom = entry.nomination
                 if nom.victims:
@@ -673,14 +509,17 @@ class QueueManager:
                     continue
                 self._admit_nominated(entry, result)
                 continue
+            # (5) behind a blocked head: StrictFIFO never passes; BestEffortFIFO as docs/contracts.md says
             head = blocked.get(q)
             if head is not None and not self._may_pass(entry, head, spec):
                 result.waiting[entry.uid] = f"{where()} behind {head.head.key} ({head.reason})"
                 continue
             result.decisions += 1
+            # (6) quota with the lower bound of the charge (whole-memory slices count 0 before placement)
             lower = Resources(entry.request.compute_units, entry.request.memory_units(0))
             problem = self.quota_problem(q, lower + (head.need if head else ZERO))
             if problem is None:
+                # (7) capacity
                 shape = self._shape(entry)
                 failed = failed_shapes.get(shape)
                 plan = None
@@ -694,6 +533,7 @@ class QueueManager:
                     failed_shapes[shape] = (self.ledger.generation, reason)
                     self._wait(entry, q, where(), reason, blocked, result, by_quota=False)
                     continue
+                # (8) quota with the planned charge, then admit
                 charge = Resources(
                     sum(s.compute for s in plan.slices), sum(s.memory_mib for s in plan.slices)
                 )
@@ -701,10 +541,12 @@ class QueueManager:
                 if problem is None:
                     self._admit(entry, q, plan, charge, now, result)
                     continue
+            # (9) it waits for quota
+            assert problem is not None
             if head is not None:  # it may pass only when the head keeps its quota
                 result.waiting[entry.uid] = f"{where()} behind {head.head.key} ({head.reason})"
                 continue
-            self._wait(entry, q, where(), problem, blocked, result, by_quota=True)
+            self._wait(entry, q, where(), quota.message(problem), blocked, result, by_quota=True)
         return result
 
     def _shape(self, entry: PodEntry) -> tuple[object, ...]:
@@ -739,6 +581,7 @@ class QueueManager:
             result.preemptors[entry.uid] = q
 
     def _may_pass(self, entry: PodEntry, head: _Blocked, spec: QueueSpec) -> bool:
+        """May `entry` pass its queue's blocked head (docs/contracts.md "BestEffortFIFO")?"""
         if spec.strategy is Strategy.STRICT_FIFO or head.by_quota:
             return False
         largest = self._largest_gpu_memory()
@@ -793,24 +636,7 @@ class QueueManager:
         self._charge(entry)
         return holding
 
-    # --- reporting ---------------------------------------------------------------------------------
-
-    def queue_status(self, name: str) -> dict[str, Any]:
-        spec = self.queue(name)
-        pending = sum(1 for e in self.pods.values() if e.queue == name and e.state is not State.ADMITTED)
-        admitted = sum(1 for e in self.pods.values() if e.queue == name and e.state is State.ADMITTED)
-        usage = self.usage(name)
-        borrowed = self.borrowed(name)
-        nominal_c = "" if spec is None or spec.nominal.compute is None else str(spec.nominal.compute)
-        nominal_m = "-" if spec is None or spec.nominal.memory_mib is None else str(spec.nominal.memory_mib)
-        return {
-            "pending": pending,
-            "admitted": admitted,
-            "usage": usage.to_json(),
-            "borrowed": borrowed.to_json(),
-            "computeSummary": f"{usage.compute}/{nominal_c}",
-            "memorySummary": f"{usage.memory_mib}/{nominal_m}",
-        }
+    # --- reporting (the API status shapes are controller.status) -----------------------------------
 
     def position(self, uid: str) -> tuple[str | None, int, int]:
         """(queue, 1-based position among the waiting pods of its queue, how many wait); 0 if admitted."""
@@ -821,6 +647,3 @@ class QueueManager:
         index = next((i + 1 for i, e in enumerate(same) if e.uid == uid), 0)
         return entry.queue, index, len(same)
 
-
-def sort_entries(entries: Sequence[PodEntry]) -> list[PodEntry]:
-    return sorted(entries, key=lambda e: e.sort_key)

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from gpupool import policies
 from gpupool.errors import FieldError, InvalidRequest
 from gpupool.request import WHOLE_GPU_COMPUTE, ContainerRequest, Locality, PodRequest, QoS
 
@@ -51,9 +52,6 @@ SYSTEM_ANNOTATIONS = (ASSIGNMENT, ALLOCATED, NOMINATED)
 
 ADMISSION_GATE = "gpupool.io/admission"
 SCHEDULER_NAME = "gpupool-scheduler"
-
-#: placement policies a pod may name; kept here so admission can validate without importing policies
-POLICY_NAMES = ("fgd", "binpack", "spread", "bestfit", "dotprod", "packing", "clustering", "random", "fgdpp")
 
 _QUEUE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
@@ -257,9 +255,9 @@ def parse_pod(pod: Mapping[str, Any], *, allow_system_annotations: bool = True) 
             except ValueError:
                 errors.append(FieldError(field, f"{value!r} is not a qos; write 'guaranteed' or 'best-effort'"))
         elif key == POLICY:
-            if value not in POLICY_NAMES:
+            if value not in policies.available():
                 errors.append(
-                    FieldError(field, f"unknown policy {value!r}; write one of {', '.join(POLICY_NAMES)}")
+                    FieldError(field, f"unknown policy {value!r}; write one of {', '.join(policies.available())}")
                 )
             else:
                 policy = value

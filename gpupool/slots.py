@@ -35,6 +35,21 @@ def parse_slot(slot: str) -> tuple[int | None, int]:
     raise ValueError(f"{slot!r} is not a gpupool slot id (gpu<index>-<k> or remote-<k>)")
 
 
+def slot_problem(slot: str, gpu_index: int | None, *, slots_per_gpu: int, remote_slots: int) -> str | None:
+    """Why `slot` cannot carry a slice of the pod's node's GPU `gpu_index`, or, with `gpu_index` None,
+    a slice served by another node's GPU; None when it can. The ledger and the node agent both ask."""
+    try:
+        index, k = parse_slot(slot)
+    except ValueError as exc:
+        return str(exc)
+    if gpu_index is None:
+        if index is not None or k >= remote_slots:
+            return f"a slice served by another node needs a slot remote-<k> with k < {remote_slots}, not {slot}"
+    elif index != gpu_index or k >= slots_per_gpu:
+        return f"slot {slot} does not belong to GPU {gpu_index} (its slots are gpu{gpu_index}-<k>, k < {slots_per_gpu})"
+    return None
+
+
 def all_slots(gpu_indexes: list[int], slots_per_gpu: int, remote_slots: int) -> list[str]:
     """Every slot id a node advertises, local ones first in GPU order."""
     out = [local_slot(i, k) for i in gpu_indexes for k in range(slots_per_gpu)]

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import ClassVar
 
-from gpupool.ledger import Ledger, NodeView
+from gpupool.ledger import NodeView
 from gpupool.policies.base import (
     MAX_SCORE,
     Choice,
@@ -128,7 +128,7 @@ class Clustering(Policy):
     """`clustering`: keep pods of one class ("share", "k-gpu") together.
 
     Stateful: it must know which classes each node hosts. The simulator tells it
-    through `placed`; a long-lived user calls `sync(ledger)` (or `placed`/`released`).
+    through `placed`; `released` undoes one.
     Because the state is not in the node view, nodes are not grouped by view
     (`deterministic = False`).
     """
@@ -151,15 +151,6 @@ class Clustering(Policy):
             counts[cls] -= 1
             if counts[cls] == 0:
                 del counts[cls]
-
-    def sync(self, ledger: Ledger) -> None:
-        """Rebuild the classes from the ledger's holdings."""
-        self.classes = {}
-        for h in ledger.holdings():
-            if not h.slices:
-                continue
-            cls = "share" if len(h.slices) == 1 and h.slices[0].compute < WHOLE_GPU_COMPUTE else f"{len(h.slices)}-gpu"
-            self.classes.setdefault(h.node, Counter())[cls] += 1
 
     def score(self, view: NodeView, demand: Demand, picks: Picks) -> int:
         cls = gpu_class(demand)

@@ -23,7 +23,6 @@ import socket
 import ssl
 import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -33,6 +32,8 @@ import pytest
 import yaml
 
 from e2e.cluster import REPO_ROOT, Cluster, FakeNode, free_port, missing_binaries, wait_for
+from gpupool.objects import pod_gated
+from gpupool.timefmt import now_rfc3339
 
 SKIP_REASON = "k8s binaries not found in $GPUPOOL_E2E_BIN (run e2e/build.sh)"
 SYSTEM_NAMESPACE = "gpupool-system"
@@ -139,7 +140,7 @@ class RealAPI:
             if exc.status != 409:
                 raise
         status = {"status": {"gpus": gpu_inventory(name, gpus, memory_mib, model),
-                             "heartbeatTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}  # fmt: skip
+                             "heartbeatTime": now_rfc3339()}}  # fmt: skip
         return dict(self.custom.patch_cluster_custom_object_status(
             "gpupool.io", "v1alpha1", "gpunodes", name, status))  # fmt: skip
 
@@ -232,11 +233,6 @@ def gpu_pod(
 def plain_pod(name: str) -> dict[str, Any]:
     spec = {"containers": [{"name": "main", "image": "busybox"}], "terminationGracePeriodSeconds": 0}
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
-
-
-def gated(pod: Mapping[str, Any]) -> bool:
-    gates = (pod.get("spec") or {}).get("schedulingGates") or []
-    return any(g.get("name") == "gpupool.io/admission" for g in gates)
 
 
 def http_text(url: str, timeout: float = 2.0) -> str:
@@ -360,7 +356,7 @@ def wait_webhook_serving(api: RealAPI, namespace: str, probe: Callable[[str], di
         except ApiException:
             return False
         api.delete_pod(namespace, name, wait=False)
-        return gated(pod)
+        return pod_gated(pod)
 
     wait_for(once, timeout, "the API server to call the gpupool webhooks", 0.2)
 

@@ -178,3 +178,9 @@ def test_update_that_leaves_the_gpupool_request_alone_passes_even_if_the_pool_sh
     assert check(new, operation="UPDATE", old=old, limits=small_pool) == []
     new["metadata"]["annotations"][resources.QOS] = "platinum"
     assert any("gpupool.io/qos" in e for e in check(new, operation="UPDATE", old=old, limits=small_pool))
+
+
+def test_mutate_gates_a_pod_whose_gate_list_is_null() -> None:
+    pod = make_pod()
+    pod["spec"]["schedulingGates"] = None
+    assert admission.mutate(pod)["spec"]["schedulingGates"] == [{"name": resources.ADMISSION_GATE}]

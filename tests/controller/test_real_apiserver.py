@@ -20,7 +20,8 @@ from kubernetes.client.exceptions import ApiException
 
 from e2e.cluster import wait_for
 from gpupool import resources
-from tests.controller.real_api import ControllerProcess, RealAPI, gated, gpu_pod, plain_pod, wait_webhook_serving
+from gpupool.objects import pod_gated
+from tests.controller.real_api import ControllerProcess, RealAPI, gpu_pod, plain_pod, wait_webhook_serving
 
 #: the pool: two GPUNodes (6 x 16384 MiB); the largest GPU bounds gpu-memory at admission
 NODES = {"rgpu-0": 2, "rgpu-1": 4}
@@ -109,7 +110,7 @@ def message(err: ApiException) -> str:
 def wait_admitted(real: RealAPI, namespace: str, name: str, timeout: float = 15) -> dict[str, Any]:
     def admitted() -> dict[str, Any] | None:
         pod = real.pod(namespace, name)
-        return None if gated(pod) else pod
+        return None if pod_gated(pod) else pod
 
     return wait_for(admitted, timeout, f"{namespace}/{name} to be admitted (gate removed)", 0.1)
 
@@ -117,7 +118,7 @@ def wait_admitted(real: RealAPI, namespace: str, name: str, timeout: float = 15)
 def stays_gated(real: RealAPI, namespace: str, name: str, seconds: float = 1.5) -> None:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        assert gated(real.pod(namespace, name)), f"{namespace}/{name} was admitted but should wait"
+        assert pod_gated(real.pod(namespace, name)), f"{namespace}/{name} was admitted but should wait"
         time.sleep(0.1)
 
 
@@ -208,7 +209,7 @@ def test_system_annotation_and_gate_changes_by_a_user_are_refused_on_update(real
     # an ordinary label change by the same user is allowed
     real.core.patch_namespaced_pod("victim", ns, {"metadata": {"labels": {"team": "a"}}})
     pod = real.pod(ns, "victim")
-    assert gated(pod) and resources.ASSIGNMENT not in (pod["metadata"].get("annotations") or {})
+    assert pod_gated(pod) and resources.ASSIGNMENT not in (pod["metadata"].get("annotations") or {})
 
 
 # --- mutation -------------------------------------------------------------------------------------------
@@ -274,10 +275,10 @@ def test_queue_admits_within_quota_and_explains_the_wait(real: RealAPI, ns: str)
     real.create_pod(ns, gpu_pod("p3", compute=50))
     messages = wait_for(lambda: waiting_events(real, ns, "p3"), 15, "a GPUPoolWaiting event on p3", 0.1)
     assert any(f"queue {queue}" in m and "quota" in m and "100/100" in m for m in messages), messages
-    assert gated(real.pod(ns, "p3"))
+    assert pod_gated(real.pod(ns, "p3"))
     real.delete_pod(ns, "p1")
     wait_admitted(real, ns, "p3")
-    assert gated(real.pod(ns, "p2")) is False
+    assert pod_gated(real.pod(ns, "p2")) is False
 
 
 def test_queue_admits_by_priority_then_creation(real: RealAPI, ns: str) -> None:

@@ -4,13 +4,13 @@ preemption through evictions (a PDB refusal moves to the next victim set), healt
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 from typing import Any
 
 from controller.leader import LeaseElector, lease_spec, may_hold
 from controller.runtime import Controller
 from controller.settings import ControllerSettings
-from gpupool import assignment, resources
+from gpupool import assignment, objects, resources, timefmt
+from gpupool.ledger import HoldingKind
 
 KEY = b"test-key"
 
@@ -58,10 +58,10 @@ _n = iter(range(10**6))
 
 def pod(name: str, *, ns: str = "team-a", count: int = 1, priority: int = 0, gated: bool = True,
         annotations: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
-    stamp = dt.datetime(2025, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=next(_n))
+    stamp = timefmt.format_time(1_735_689_600 + next(_n))  # 2025-01-01T00:00:00Z onwards
     return {
         "metadata": {"name": name, "namespace": ns, "uid": f"uid-{name}", "annotations": annotations or {},
-                     "creationTimestamp": stamp.isoformat().replace("+00:00", "Z")},
+                     "creationTimestamp": stamp},
         "spec": {"priority": priority,
                  "containers": [{"name": "c", "resources": {"limits": {resources.GPU: str(count)}}}],
                  "schedulingGates": [{"name": resources.ADMISSION_GATE}] if gated else []},
@@ -139,10 +139,19 @@ def test_preemption_evicts_fewest_victims_then_nominates_and_admits_after_they_l
     c.on_pod("ADDED", bound("low1", "n1", 1, priority=2))
     c.on_pod("ADDED", pod("urgent", priority=100))
     kube.refuse = {"low0"}  # a PDB protects low0: the next victim set is low1
+    from controller import metrics
+
+    def count(name: str, **labels: str) -> float:
+        return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+    preempted, refused = (count("gpupool_preemptions_total", queue="team-a", kind="preemption"),
+                          count("gpupool_evictions_refused_total"))  # fmt: skip
     run(c.cycle(now=2e9))
     assert [e[1] for e in kube.of("evict")] == ["team-a/low0", "team-a/low1"]
+    assert count("gpupool_preemptions_total", queue="team-a", kind="preemption") == preempted + 1  # low1
+    assert count("gpupool_evictions_refused_total") == refused + 1  # low0
     annotations = [a for a in kube.of("annotate") if a[1] == "team-a/urgent"]
-    assert annotations and '"node":"n1"' in annotations[0][2][resources.NOMINATED]
+    assert annotations and objects.parse_nomination(annotations[0][2][resources.NOMINATED]) == ("n1", 2e9 + 300)
     assert kube.of("ungate") == []
     c.on_pod("DELETED", bound("low1", "n1", 1))
     kube.calls.clear()
@@ -308,3 +317,57 @@ def test_lender_waits_for_reclaim_then_is_admitted() -> None:
     kube.calls.clear()
     run(c.cycle(now=2e9 + 1))
     assert kube.of("ungate") == [("ungate", "team-a/a0")]
+
+
+def test_read_only_controller_refuses_another_pods_assignment_too() -> None:
+    """Without the key (read-only CLI) assignments are read unverified, but never credited to another pod."""
+    c = Controller(ControllerSettings(leader_election=False), FakeKube(), b"")  # type: ignore[arg-type]
+    c.on_gpunode("ADDED", gpunode("n1", gpus=2))
+    own = bound("own", "n1", 0)
+    copied = bound("copied", "n1", 1)
+    copied["metadata"]["annotations"][resources.ASSIGNMENT] = own["metadata"]["annotations"][resources.ASSIGNMENT]
+    c.on_pod("ADDED", own)
+    c.on_pod("ADDED", copied)
+    assert c.ledger.holding("uid-own") is not None
+    copied_holding = c.ledger.holding("uid-copied")
+    assert copied_holding is None or copied_holding.kind is not HoldingKind.ASSIGNED
+    assert "carries the assignment of pod uid-own" in c.problems["pod/team-a/copied"]
+
+
+def test_metrics_after_a_cycle() -> None:
+    """Values, not names: the queue and GPU gauges after a known cycle, and what the counters grew by.
+
+    The registry is the process's (controller.metrics), shared with other tests: names are unique here and
+    counters are compared before and after."""
+    from controller import metrics
+
+    def value(name: str, **labels: str) -> float | None:  # None: no such series
+        return metrics.REGISTRY.get_sample_value(name, labels)
+
+    def count(name: str, **labels: str) -> float:  # a counter not incremented yet reads 0
+        return value(name, **labels) or 0.0
+
+    c, kube = make()
+    c.on_gpunode("ADDED", gpunode("metrics-n1", gpus=2))
+    c.on_queue("ADDED", queue("metrics-q", 200))
+    c.on_pod("ADDED", bound("metrics-run", "metrics-n1", 0, ns="metrics-q"))
+    for name in ("metrics-a", "metrics-b"):
+        c.on_pod("ADDED", pod(name, ns="metrics-q"))
+    admitted, cycles, gates = (count("gpupool_admissions_total", queue="metrics-q"),
+                               count("gpupool_admission_cycle_seconds_count"),
+                               count("gpupool_gate_removal_seconds_count"))  # fmt: skip
+    run(c.cycle(now=2e9))
+    assert kube.of("ungate") == [("ungate", "metrics-q/metrics-a")]
+    assert value("gpupool_admissions_total", queue="metrics-q") == admitted + 1
+    assert value("gpupool_admission_cycle_seconds_count") == cycles + 1
+    assert value("gpupool_gate_removal_seconds_count") == gates + 1
+    assert value("gpupool_queue_pending_pods", queue="metrics-q") == 1  # metrics-b
+    assert value("gpupool_queue_admitted_pods", queue="metrics-q") == 2  # the bound pod and metrics-a
+    assert value("gpupool_queue_usage", queue="metrics-q", resource="compute") == 200
+    assert value("gpupool_queue_usage", queue="metrics-q", resource="memory") == 2 * 40960
+    assert value("gpupool_queue_quota", queue="metrics-q", resource="compute") == 200
+    # the bound pod's slice is allocated; metrics-a's is only reserved until it binds
+    gpu0 = {"node": "metrics-n1", "gpu": "GPU-metrics-n1-0"}
+    assert value("gpupool_gpu_allocated", **gpu0, resource="compute") == 100
+    assert value("gpupool_gpu_allocated", **gpu0, resource="memory") == 40960
+    assert value("gpupool_gpu_allocated", node="metrics-n1", gpu="GPU-metrics-n1-1", resource="compute") == 0

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -12,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from deviceplugin.agent import MultiNodeAgent
+from deviceplugin.agent import Agent, MultiNodeAgent
 from deviceplugin.inventory import (
     FakeInventory,
     InventoryError,
@@ -173,9 +175,37 @@ def test_entry_point_help_and_bad_settings() -> None:
     assert out.returncode == 2 and "node name unknown" in out.stderr
 
 
-def test_entry_point_declared() -> None:
-    text = (ROOT / "pyproject.toml").read_text()
-    assert 'gpupool-deviceplugin = "deviceplugin.main:main"' in text
+def test_installed_command_runs_the_agent() -> None:
+    """The `gpupool-deviceplugin` command of the installed package is this entry point and runs."""
+    from deviceplugin import main as entry
+
+    (point,) = importlib.metadata.entry_points(group="console_scripts", name="gpupool-deviceplugin")
+    assert point.load() is entry.main
+    script = shutil.which("gpupool-deviceplugin", path=str(Path(sys.executable).parent))
+    assert script, f"gpupool-deviceplugin is not installed next to {sys.executable}"
+    env = {k: v for k, v in os.environ.items() if k != "NODE_NAME" and not k.startswith("GPUPOOL_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    out = subprocess.run([script, "--help"], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith("usage: gpupool-deviceplugin")
+    assert "--agent-endpoint" in out.stdout
+    out = subprocess.run([script], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 2 and out.stderr.startswith("gpupool-deviceplugin: ") and "node name unknown" in out.stderr
+
+
+def test_node_agent_publishes_its_endpoint_with_the_node_name_expanded(tmp_path: Path, kube: Kube) -> None:
+    """The chart may pass `{node}` in --agent-endpoint (a DNS name per node): the single-node agent expands it as
+    the multi-node publisher does."""
+    path = tmp_path / "gpus.yaml"
+    path.write_text("- {model: T4, memoryMiB: 15360}\n")
+    node = "ep-0"
+    kube.request("POST", "/api/v1/nodes", body={"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}},
+                 content_type="application/json")  # fmt: skip
+    settings = DevicePluginSettings(node_name=node, fake_inventory=str(path), agent_endpoint="{node}.gpu.example:9403")
+    agent = Agent(settings, kube, FakeInventory(str(path), node), b"k" * 32)
+    assert agent.publisher is not None
+    agent.publisher.publish(agent.inventory.gpus())
+    assert kube.get_gpunode(node)["status"]["agentEndpoint"] == "ep-0.gpu.example:9403"
+    assert settings.endpoint_of("other") == "other.gpu.example:9403"
 
 
 def test_multi_node_heartbeat_is_one_status_patch_per_node(tmp_path: Path, kube: Kube) -> None:
@@ -199,3 +229,22 @@ def test_multi_node_heartbeat_is_one_status_patch_per_node(tmp_path: Path, kube:
     assert agent.publish_all() == 2
     assert sorted(m for m, _ in calls) == ["PATCH", "PATCH"]
     assert all(p.endswith("/status") for _, p in calls)
+
+
+def test_health_gauges_follow_the_inventory(tmp_path: Path) -> None:
+    """Slot and GPU health gauges hold the values of the inventory, and follow it when a GPU turns healthy."""
+    path = tmp_path / "gpus.yaml"
+    path.write_text("- {model: T4, memoryMiB: 15360}\n- {model: T4, memoryMiB: 15360, health: Unhealthy}\n")
+    settings = DevicePluginSettings(node_name="gauge-0", fake_inventory=str(path), slots_per_gpu=4, remote_slots=2)
+    agent = Agent(settings, None, FakeInventory(str(path), "gauge-0"), b"k" * 32)
+    registry = agent.metrics.registry
+    # advertised ids: 4 per GPU, and the 2 remote slots (always healthy)
+    assert registry.get_sample_value("gpupool_deviceplugin_slots", {"health": "Healthy"}) == 4 + 2
+    assert registry.get_sample_value("gpupool_deviceplugin_slots", {"health": "Unhealthy"}) == 4
+    assert registry.get_sample_value("gpupool_deviceplugin_gpus_unhealthy") == 1
+    path.write_text("- {model: T4, memoryMiB: 15360}\n- {model: T4, memoryMiB: 15360}\n")
+    os.utime(path, (time.time() + 5, time.time() + 5))  # a new mtime even within the clock's resolution
+    agent.check_health()
+    assert registry.get_sample_value("gpupool_deviceplugin_slots", {"health": "Healthy"}) == 8 + 2
+    assert registry.get_sample_value("gpupool_deviceplugin_slots", {"health": "Unhealthy"}) == 0
+    assert registry.get_sample_value("gpupool_deviceplugin_gpus_unhealthy") == 0

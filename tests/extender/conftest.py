@@ -48,7 +48,8 @@ def node(name: str) -> dict[str, Any]:
 
 
 def gpunode(name: str, gpus: int = 2, memory: int = 16384, model: str = "A100", unhealthy: tuple[int, ...] = (),
-            disabled: tuple[int, ...] = ()) -> dict[str, Any]:  # fmt: skip
+            disabled: tuple[int, ...] = (), endpoint: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """A GPUNode as its agent publishes it; `endpoint` None = `<name>.agents:9403`, '' = none."""
     items = [
         {"uuid": f"GPU-{name}-{i}", "index": i, "model": model, "memoryMiB": memory,
          "health": "Unhealthy" if i in unhealthy else "Healthy"}
@@ -59,7 +60,7 @@ def gpunode(name: str, gpus: int = 2, memory: int = 16384, model: str = "A100", 
         "kind": "GPUNode",
         "metadata": {"name": name},
         "spec": {"disabledGPUs": [f"GPU-{name}-{i}" for i in disabled]},
-        "status": {"gpus": items},
+        "status": {"gpus": items, "agentEndpoint": f"{name}.agents:9403" if endpoint is None else endpoint},
     }
 
 

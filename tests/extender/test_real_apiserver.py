@@ -26,7 +26,7 @@ from e2e.cluster import free_port, wait_for
 from extender.app import create_app
 from extender.main import Extender, build
 from extender.settings import ExtenderSettings
-from gpupool import assignment, resources
+from gpupool import assignment, resources, timefmt
 from tests.controller.real_api import RealAPI, gpu_pod, skip_without_binaries
 
 GPU_MIB = 16384
@@ -277,7 +277,7 @@ def test_forged_assignment_makes_readyz_503_naming_the_pod(real: RealAPI, ext: R
     pod["spec"]["schedulerName"] = resources.SCHEDULER_NAME
     created = real.create_pod(ns, pod)
     uid = created["metadata"]["uid"]
-    forged = assignment.Assignment(uid, node, honest.slices, assignment.now_rfc3339()).signed(b"not-the-key")
+    forged = assignment.Assignment(uid, node, honest.slices, timefmt.now_rfc3339()).signed(b"not-the-key")
     real.core.patch_namespaced_pod("forger", ns, {"metadata": {"annotations": {
         resources.ASSIGNMENT: forged.to_annotation()}}})  # fmt: skip
 

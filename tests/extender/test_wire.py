@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.extender.conftest import (
     add_gpu_node,
     bind_body,
@@ -93,6 +95,19 @@ def test_pool_pod_passes_remote(kube, ext):
     assert local["NodeNames"] == [] and "nogpu" in local["FailedAndUnresolvableNodes"]
 
 
+def test_pool_pod_gets_no_remote_slice_from_a_node_without_agent_endpoint(kube, ext):
+    add_gpu_node(kube, "silent", gpus=1, endpoint="")
+    add_gpu_node(kube, "nogpu", gpus=0)
+    p = pod("remote", annotations={"gpupool.io/locality": "pool"})
+    r = ext.post("filter", filter_body(p, ["silent", "nogpu"])).json()
+    assert r["NodeNames"] == ["silent"]  # its own GPU serves pods bound to it
+    reason = {**r.get("FailedNodes", {}), **r.get("FailedAndUnresolvableNodes", {})}["nogpu"]
+    assert "silent" in reason and "agentEndpoint" in reason
+    add_gpu_node(kube, "far", gpus=1)
+    r = ext.post("filter", filter_body(p, ["silent", "nogpu"])).json()
+    assert sorted(r["NodeNames"]) == ["nogpu", "silent"]
+
+
 def test_invalid_pod_fills_error(kube, ext):
     add_gpu_node(kube, "gpu-0")
     r = ext.post("filter", filter_body(pod("neg", compute=-5), ["gpu-0"]))
@@ -163,18 +178,52 @@ def test_url_prefix_and_probes(kube, extender_factory):
     assert ready.status_code == 200 and ready.json()["ready"] is True
     snap = e.http.get(root + "/debug/pool").json()
     assert "gpu-0" in snap["nodes"] and snap["readiness"]["ready"] is True
-    metrics = e.http.get(root + "/metrics").text
-    for name in (
-        "gpupool_extender_request_duration_seconds_bucket",
-        "gpupool_extender_cache_nodes 1.0",
-        "gpupool_extender_cache_gpus 1.0",
-        "gpupool_gpu_allocated_compute_percent",
-        "gpupool_gpu_allocated_memory_mib",
-        "gpupool_pool_fragmentation_compute",
-        "gpupool_extender_bind_conflicts_total",
-        "gpupool_extender_bind_rollbacks_total",
-    ):
-        assert name in metrics, name
+    metrics = e.http.get(root + "/metrics").text  # served at the root; the values: test_metrics_after_known_verbs
+    assert "gpupool_extender_cache_nodes 1.0" in metrics and "gpupool_extender_cache_gpus 1.0" in metrics
+
+
+#: pods of the built-in openb mix (gpupool/fragmentation.py): 7766, of which 1056 CPU-only and 4890 asking more
+#: than 70 % of a GPU (every shape but the 12 of at most 65 %: 388+360+237+232+122+120+75+72+72+54+45+43 = 1820)
+_OPENB_PODS, _CPU_ONLY, _OVER_70 = 7766, 1056, 4890
+
+
+def test_metrics_after_known_verbs(kube, ext):
+    """The values, not just the names: counters after known calls, ledger gauges after a bind."""
+    add_gpu_node(kube, "gpu-0", gpus=1)
+    registry = ext.service.metrics.registry
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    gpu = {"node": "gpu-0", "gpu": "GPU-gpu-0-0", "index": "0", "eligible": "true"}
+    assert value("gpupool_gpu_allocated_compute_percent", **gpu) == 0
+    # idle [100]: only the CPU-only tasks leave the GPU idle
+    assert value("gpupool_pool_fragmentation_compute") == pytest.approx(100 * _CPU_ONLY / _OPENB_PODS)
+    for _ in range(2):
+        assert ext.post("filter", filter_body(pod("p"), ["gpu-0"])).json()["NodeNames"] == ["gpu-0"]
+    assert ext.post("filter", content=b"{not json").status_code == 400
+    p = create_pod(kube, pod("p", compute=30, memory=1024))
+    assert ext.post("bind", bind_body(p, "gpu-0")).json() == {"Error": ""}
+    assert "no-such-node" in ext.post("bind", bind_body(create_pod(kube, pod("q")), "no-such-node")).json()["Error"]
+
+    assert value("gpupool_extender_requests_total", verb="filter", outcome="ok") == 2
+    assert value("gpupool_extender_requests_total", verb="filter", outcome="rejected") == 1
+    assert value("gpupool_extender_requests_total", verb="bind", outcome="ok") == 2  # an answered Error is ok
+    assert value("gpupool_extender_request_duration_seconds_count", verb="filter") == 3
+    assert value("gpupool_extender_request_duration_seconds_count", verb="bind") == 2
+    assert value("gpupool_extender_binds_total", result="ok") == 1
+    assert value("gpupool_extender_binds_total", result="error") == 1
+    assert value("gpupool_extender_bind_conflicts_total") == 0 and value("gpupool_extender_bind_rollbacks_total") == 0
+    assert value("gpupool_extender_cache_nodes") == 1 and value("gpupool_extender_cache_gpus") == 1
+    assert value("gpupool_extender_cache_holdings") == 1 and value("gpupool_extender_ready") == 1
+    assert value("gpupool_gpu_allocated_compute_percent", **gpu) == 30
+    assert value("gpupool_gpu_allocated_memory_mib", **gpu) == 1024
+    # [70] free: CPU-only tasks and tasks over 70 % strand all 70
+    assert value("gpupool_pool_fragmentation_compute") == pytest.approx(70 * (_CPU_ONLY + _OVER_70) / _OPENB_PODS)
+    scraped = ext.http.get(ext.url + "/metrics").text
+    assert 'gpupool_gpu_allocated_compute_percent{eligible="true",gpu="GPU-gpu-0-0",index="0",node="gpu-0"} 30.0' in (
+        scraped
+    )
 
 
 def test_gpunode_changes_reach_filter(kube, ext):

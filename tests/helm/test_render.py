@@ -40,7 +40,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "defaultQueue": {"create": True, "nominalQuota": {"compute": 400, "memoryMiB": 65536}},
         "controller": {"replicas": 1, "requireQueue": True},
         "scheduler": {"replicas": 1, "image": {"tag": "v1.36.3"}, "extender": {"metricsPort": 0}},
-        "devicePlugin": {"runtimeClassName": "nvidia"},
+        "devicePlugin": {"runtimeClassName": "nvidia", "agentEndpoint": {"address": "hostIP", "port": 9500}},
         "gpuNodes": {"nodeSelector": {"gpu": "true"}},
         "signingKey": {"existingSecret": "my-signing-key"},
         "metrics": {"enabled": False, "dashboard": {"enabled": False}},
@@ -144,11 +144,11 @@ def test_bad_values_fail_with_a_clear_message(helm_bin: Path) -> None:
 
 
 def test_schema_policy_names_match_the_contract() -> None:
-    from gpupool import resources
+    from gpupool import policies
 
     schema = json.loads((CHART / "values.schema.json").read_text())
     enum = schema["properties"]["placement"]["properties"]["defaultPolicy"]["enum"]
-    assert sorted(enum) == sorted(resources.POLICY_NAMES)
+    assert sorted(enum) == sorted(policies.available())
 
 
 def test_every_value_is_documented() -> None:
@@ -355,6 +355,37 @@ def test_device_plugin_daemonset(rendered: dict[str, list[dict[str, Any]]]) -> N
     other = one(rendered["everything-else"], "DaemonSet", "deviceplugin")
     assert other["spec"]["template"]["spec"]["runtimeClassName"] == "nvidia"
     assert other["spec"]["template"]["spec"]["nodeSelector"] == {"gpu": "true"}
+
+
+def test_device_plugin_publishes_its_agent_endpoint(rendered: dict[str, list[dict[str, Any]]], helm_bin: Path) -> None:
+    """Every node agent publishes GPUNode status.agentEndpoint: without it no remote slice can be served."""
+    from deviceplugin.settings import DevicePluginSettings
+
+    def agent(objs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        c = container(one(objs, "DaemonSet", "deviceplugin"), "deviceplugin")
+        return c["env"], {p["name"]: p for p in c["ports"]}
+
+    for name, ip, field, port in (("defaults", "POD_IP", "status.podIP", 9403),
+                                  ("everything-else", "HOST_IP", "status.hostIP", 9500)):  # fmt: skip
+        items, ports = agent(rendered[name])
+        names = [e["name"] for e in items]
+        e = env({"env": items})
+        assert e[ip] == {"fieldRef": {"fieldPath": field}}
+        assert e["GPUPOOL_AGENT_ENDPOINT"] == f"$({ip}):{port}"
+        assert names.index(ip) < names.index("GPUPOOL_AGENT_ENDPOINT")  # the kubelet expands only earlier vars
+        assert ports["agent"]["containerPort"] == port
+        assert ports["agent"].get("hostPort") == (port if ip == "HOST_IP" else None)
+        # what the agent makes of it once the kubelet has expanded $(...)
+        expanded = e["GPUPOOL_AGENT_ENDPOINT"].replace(f"$({ip})", "10.1.2.3")
+        settings = DevicePluginSettings(node_name="n1", agent_endpoint=expanded)
+        assert settings.agent_endpoint == f"10.1.2.3:{port}"
+
+    override = chart.render({"devicePlugin": {"agentEndpoint": {"override": "{node}.gpu.example:7000"}}}, namespace=NS)
+    items, ports = agent(override)
+    assert env({"env": items})["GPUPOOL_AGENT_ENDPOINT"] == "{node}.gpu.example:7000" and "agent" not in ports
+    off = chart.render({"devicePlugin": {"agentEndpoint": {"enabled": False}}}, namespace=NS)
+    items, ports = agent(off)
+    assert "GPUPOOL_AGENT_ENDPOINT" not in env({"env": items}) and "agent" not in ports
 
 
 @pytest.mark.parametrize(

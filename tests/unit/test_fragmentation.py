@@ -38,8 +38,8 @@ def test_fragment_ignores_gpu_order_and_memoises() -> None:
     m = hand_example()
     a = m.node_fragment(16000, [100, 60], "X")
     b = m.node_fragment(16000, [60, 100], "X")
-    assert a == b
-    assert m.memo_hits >= 1
+    assert a == b == pytest.approx(50.0)  # (4, 500): strands 0; (8, 1000): strands 60; CPU-only: all 160
+    assert (m.memo_misses, m.memo_hits) == (1, 1)
 
 
 def test_model_allow_list_and_untracked_cpu() -> None:
@@ -91,9 +91,24 @@ def test_cluster_gauge_over_a_ledger() -> None:
     assert after.amount_percent == pytest.approx(100 * 50 / 200)
 
 
-def test_default_workload_is_usable() -> None:
+#: the default openb mix by hand: 35 shapes, 7766 pods; CPU-only 366 + 290 + 185 + 120 + 95 = 1056 pods;
+#: GPU shapes of at most 50 units 388 + 360 + 232 + 122 + 120 + 72 + 54 + 45 + 43 = 1436 pods, the rest 5274;
+#: shapes asking more than 4 cores 5564 pods (every CPU-only one among them)
+OPENB_PODS, CPU_ONLY, UP_TO_50, OVER_50, OVER_4_CORES = 7766, 1056, 1436, 5274, 5564
+
+
+def test_default_workload_values() -> None:
     m = default_workload()
-    assert m.node_fragment(None, [100] * 8, "G2") >= 0
+    assert len(m.shapes) == 35  # coverage 1.0: every shape kept
+    assert (m.shapes[0].cpu_milli, m.shapes[0].compute, m.shapes[0].popularity) == (3152, 81, 1047 / OPENB_PODS)
+    assert CPU_ONLY + UP_TO_50 + OVER_50 == OPENB_PODS
+    # an idle 8-GPU node: every GPU task fits a whole free GPU, only CPU-only tasks leave all 800 units idle
+    assert m.node_fragment(None, [100] * 8, "G2") == pytest.approx(800 * CPU_ONLY / OPENB_PODS)  # 108.78
+    # [50, 100]: tasks over 50 units strand the 50; CPU-only tasks strand all 150
+    assert m.node_fragment(None, [50, 100], "G2") == pytest.approx((150 * CPU_ONLY + 50 * OVER_50) / OPENB_PODS)
+    # 4 free cores: every task asking more than 4 cores strands the whole GPU; the others fit
+    assert m.node_fragment(4000, [100], "G2") == pytest.approx(100 * OVER_4_CORES / OPENB_PODS)  # 71.65
+    assert m.node_fragment(None, [0, 0], "G2") == 0.0  # nothing idle, nothing fragmented
 
 
 @needs_openb

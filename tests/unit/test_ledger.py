@@ -157,3 +157,14 @@ def test_property_never_over_capacity_and_release_restores(ops: list) -> None:  
     for pod in held:
         ledger.release(pod)
     assert ledger.snapshot() == empty
+
+
+def test_hold_refuses_a_malformed_slot_as_an_over_allocation() -> None:
+    """A slot id that is no slot id is a named refusal, never a ValueError out of the ledger."""
+    ledger = pool()
+    before = copy.deepcopy(ledger.snapshot())
+    with pytest.raises(OverAllocation, match="not a gpupool slot id"):
+        ledger.hold(Holding("a", "n0", (SliceRecord(0, "G00", "n0", 10, 10, "slot-7"),)))
+    with pytest.raises(OverAllocation, match="remote-<k>"):
+        ledger.hold(Holding("b", "n0", (SliceRecord(0, "G10", "n1", 10, 10, "gpu0-0"),)))
+    assert ledger.snapshot() == before

@@ -16,8 +16,9 @@ def cluster() -> Ledger:
     ledger = Ledger()
     for n in range(2):
         ledger.upsert_node(NodeInfo(f"a100-{n}", tuple(GPUInfo(f"GPU-A{n}{i}", i, "A100-80GB", 81920)
-                                                       for i in range(4))))
-    ledger.upsert_node(NodeInfo("t4-0", tuple(GPUInfo(f"GPU-T{i}", i, "T4-16GB", 16384) for i in range(2))))
+                                                       for i in range(4)), agent_endpoint=f"10.0.0.{n}:9403"))
+    ledger.upsert_node(NodeInfo("t4-0", tuple(GPUInfo(f"GPU-T{i}", i, "T4-16GB", 16384) for i in range(2)),
+                                agent_endpoint="10.0.1.0:9403"))
     ledger.upsert_node(NodeInfo("cpu-0", ()))
     return ledger
 
@@ -91,6 +92,54 @@ def test_pool_pod_on_cpu_node_gets_remote_slices_combined_from_fragments() -> No
     holding = ledger.commit("pod", "cpu-0", plan.slices)
     assert {s.slot for s in holding.slices} == {"remote-0", "remote-1"}
     assert p.filter(pod, ["cpu-0"]).passing == []  # the pool is now full
+
+
+def test_no_remote_slice_on_a_node_whose_agent_publishes_no_endpoint() -> None:
+    """The container of a remote slice is handed the owning agent's endpoint: a node without one serves none."""
+    ledger = cluster()
+    # 50 % free on GPU-A00, 40 % on GPU-A10 (the tighter fit binpack prefers); a100-1's agent publishes no endpoint
+    for n in range(2):
+        ledger.commit(f"fill{n}", f"a100-{n}", [PlannedSlice(0, False, f"GPU-A{n}{i}", (50 + 10 * n) if i == 0 else 100,
+                                                              100) for i in range(4)])  # fmt: skip
+    ledger.commit("fillt4", "t4-0", [PlannedSlice(0, False, f"GPU-T{i}", 100, 100) for i in range(2)])
+    info = ledger.node_info("a100-1")
+    ledger.upsert_node(NodeInfo(info.name, info.gpus))
+    assert ledger.agent_endpoint("a100-1") == "" and ledger.agent_endpoint("a100-0") == "10.0.0.0:9403"
+    p = placer(ledger)
+    one = req(count=1, compute=40, memory=1000, locality=Locality.POOL)
+    plan = p.plan(one, "cpu-0")
+    assert [(s.gpu, plan.remote) for s in plan.slices] == [("GPU-A00", 1)]
+    two = req(count=2, compute=40, memory=1000, locality=Locality.POOL)
+    result = p.filter(two, ["cpu-0"])
+    assert result.passing == []
+    assert "1 node(s) serve no remote slices" in result.unresolvable["cpu-0"]
+    assert "a100-1" in result.unresolvable["cpu-0"] and "agentEndpoint" in result.unresolvable["cpu-0"]
+    with pytest.raises(NoFit, match="serve no remote slices"):
+        p.plan(two, "cpu-0")
+    ledger.commit("one", "cpu-0", plan.slices)
+    # a100-0 has 10 % left; a100-1 still has room but no endpoint: nothing more goes remote
+    assert p.filter(one, ["cpu-0"]).passing == []
+    ledger.upsert_node(NodeInfo(info.name, info.gpus, agent_endpoint="10.0.0.1:9403"))
+    plan = p.plan(one, "cpu-0")
+    assert [s.gpu for s in plan.slices] == ["GPU-A10"]
+
+
+def test_endpointless_node_still_serves_its_own_pool_pods() -> None:
+    """A node without an agent endpoint serves slices to pods on it; with locality pool they may combine
+    its own GPUs with remote ones from nodes that have an endpoint."""
+    ledger = cluster()
+    info = ledger.node_info("t4-0")
+    ledger.upsert_node(NodeInfo(info.name, info.gpus))
+    # one A100 GPU in the whole pool keeps room: with t4-0's own two GPUs that makes the three a pod needs
+    for n in range(2):
+        ledger.commit(f"fill{n}", f"a100-{n}", [PlannedSlice(0, False, f"GPU-A{n}{i}", 100, 100)
+                                                 for i in range(4) if (n, i) != (1, 2)])
+    p = placer(ledger)
+    pod = req(count=3, compute=50, memory=1000, locality=Locality.POOL)
+    assert p.filter(pod, ["t4-0"]).passing == ["t4-0"]
+    plan = p.plan(pod, "t4-0")
+    assert plan.remote == 1
+    assert sorted(s.gpu for s in plan.slices) == ["GPU-A12", "GPU-T0", "GPU-T1"]
 
 
 def test_local_pod_never_goes_remote() -> None:

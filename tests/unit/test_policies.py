@@ -60,23 +60,25 @@ def test_fgd_worked_example() -> None:
 
 def test_fgd_ties_go_to_the_lowest_index_and_filters_hold() -> None:
     fgd = FGD(hand_example())
-    assert fgd.evaluate(view([100, 100]), share(50)) == Choice(fgd.evaluate(view([100, 100]), share(50)).score, ((0,),))  # type: ignore[union-attr]
+    # [100, 100], 16 cores: F0 = .2 × 200 (CPU-only) = 40. Either GPU gives [50, 100], 12 cores:
+    # F1 = .3 × 50 + .2 × 150 = 45, so ΔF = −5 and ⌊100 σ(−0.05)⌋ = 48; the tie goes to GPU 0
+    assert fgd.evaluate(view([100, 100]), share(50)) == Choice(48, ((0,),))
     assert fgd.evaluate(view([100, 100], cpu=1000), share(50)) is None  # CPU is a hard filter
     big = Demand((SliceGroup(1, 50, 50),), cpu_milli=4000, memory_mib=100)
     assert fgd.evaluate(view([100, 100], memory=10), big) is None
     assert fgd.evaluate(view([40, 40]), whole(1)) is None
-    assert fgd.evaluate(view([100, 40, 100, 100]), whole(2)) == Choice(
-        fgd.evaluate(view([100, 40, 100, 100]), whole(2)).score, ((0, 2),)  # type: ignore[union-attr]
-    )
+    # [100, 40, 100, 100]: F0 = .5 × 40 + .3 × 40 + .2 × 340 = 100; two whole GPUs take the first free ones,
+    # 0 and 2, leaving [0, 40, 0, 100] and 8 cores: F1 = 20 + 12 + 28 = 60, ΔF = 40, ⌊100 σ(0.4)⌋ = 59
+    assert fgd.evaluate(view([100, 40, 100, 100]), whole(2)) == Choice(59, ((0, 2),))
 
 
 def test_fgd_multi_group_demand() -> None:
     fgd = FGD(hand_example())
     demand = Demand((SliceGroup(1, 50, 50), SliceGroup(1, 100, 100)), cpu_milli=4000)
-    choice = fgd.evaluate(view([60, 100, 100]), demand)
-    assert choice is not None
-    assert choice.picks[0] == (0,)
-    assert choice.picks[1] in ((1,), (2,))
+    # F0 of [60, 100, 100] = .3 × 60 + .2 × 260 = 70. The 50 % slice: on GPU 0 F = 5 + 3 + 42 = 50 (ΔF 20,
+    # value 54), on GPU 1 F = 0 + 33 + 42 = 75 (ΔF −5, value 48): GPU 0. The whole GPU: the first free, 1.
+    # [10, 0, 100], 12 cores: F1 = 5 + 3 + 22 = 30, ΔF = 40, score 59
+    assert fgd.evaluate(view([60, 100, 100]), demand) == Choice(59, ((0,), (1,)))
 
 
 def test_bestfit_scores_and_normalises() -> None:
@@ -115,13 +117,14 @@ def test_clustering_bands() -> None:
     empty = cl.evaluate(view([100] * 8, name="a"), share(50))
     assert empty is not None and empty.score == 25
     cl.placed("a", share(50))
+    # fill = 25 × (800 − idle) // 800, plus 75 (only its class here), 50 (its class among others), 25 (empty)
     same = cl.evaluate(view([50] + [100] * 7, name="a"), share(50))
-    assert same is not None and 75 < same.score <= 100
+    assert same is not None and same.score == 1 + 75  # idle 750
     cl.placed("a", whole(1))
     mixed = cl.evaluate(view([50, 0] + [100] * 6, name="a"), share(50))
-    assert mixed is not None and 50 < mixed.score <= 75
+    assert mixed is not None and mixed.score == 4 + 50  # idle 650
     other = cl.evaluate(view([50, 0] + [100] * 6, name="a"), whole(2))
-    assert other is not None and other.score <= 25
+    assert other is not None and other.score == 4  # a class the node does not host: fill only
     assert cl.evaluate(view([100], name="b"), Demand((), cpu_milli=1)) == Choice(0, ())
     cl.released("a", whole(1))
     assert cl.classes["a"] == {"share": 1}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from gpupool.ledger import HoldingKind
 from gpupool.preemption import find_preemption
-from gpupool.queues import Limit, State, WithinQueue
+from gpupool.queues import State, WithinQueue
+from gpupool.quota import Limit
 from gpupool.request import QoS
 from tests.unit.test_queues import admitted, make_manager, pod, queue
 

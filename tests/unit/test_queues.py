@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import pytest
 
+from controller import status
 from gpupool.errors import GpupoolError
 from gpupool.inventory import GPUInfo, NodeInfo
 from gpupool.ledger import HoldingKind, Ledger
+from gpupool.objects import queue_spec_from_object
 from gpupool.placement import Placer
 from gpupool.policies import make_policy
-from gpupool.queues import (
-    IMPLICIT_QUEUE,
-    LabelSelector,
-    Limit,
-    PodEntry,
-    QueueManager,
-    QueueSpec,
-    Resources,
-    State,
-    Strategy,
-    queue_spec_from_object,
-)
+from gpupool.queues import IMPLICIT_QUEUE, LabelSelector, PodEntry, QueueManager, QueueSpec, State, Strategy
+from gpupool.quota import Limit, Resources
 from gpupool.request import ContainerRequest, PodRequest
 
 
@@ -98,11 +90,11 @@ def test_quota_holds_then_releases() -> None:
     assert r.waiting["uid-p4"] == "queue team-a: 1st in line; quota 400/400 compute in use, needs 100 more"
     assert "2nd in line" in r.waiting["uid-p5"]
     assert m.usage("team-a") == Resources(400, 4 * 40960)  # whole-memory slices charge the GPU's memory
-    assert m.queue_status("team-a")["computeSummary"] == "400/400"
+    assert status.queue_status(m, "team-a")["computeSummary"] == "400/400"
     m.remove_pod("uid-p0")
     r = m.schedule()
     assert admitted(r) == ["p4"]
-    assert m.queue_status("team-a") | {} == {
+    assert status.queue_status(m, "team-a") | {} == {
         "pending": 1, "admitted": 4, "usage": {"compute": 400, "memoryMiB": 4 * 40960},
         "borrowed": {"compute": 0, "memoryMiB": 0}, "computeSummary": "400/400", "memorySummary": "163840/-",
     }  # fmt: skip
@@ -172,7 +164,7 @@ def test_borrowing_within_cohort_and_limit() -> None:
     assert admitted(r) == ["a0", "a1", "a2", "a3", "a4"]  # 200 nominal + 300 borrowed
     assert "borrowing limit 300 reached" in r.waiting["uid-a5"]
     assert m.borrowed("team-a") == Resources(300, 0)
-    assert m.queue_status("team-a")["borrowed"] == {"compute": 300, "memoryMiB": 0}
+    assert status.queue_status(m, "team-a")["borrowed"] == {"compute": 300, "memoryMiB": 0}
 
 
 def test_borrowing_bounded_by_cohort_idle_quota() -> None:

@@ -143,7 +143,8 @@ def test_quantities(text: str | int, value: int) -> None:
     assert resources.parse_quantity(text, "f") == value
 
 
-def test_policy_names_match_the_registry() -> None:
+def test_policy_annotation_takes_the_registry_names() -> None:
     from gpupool import policies
 
-    assert set(policies.available()) <= set(resources.POLICY_NAMES)
+    for name in policies.available():
+        assert resources.parse_pod(pod({resources.GPU: "1"}, annotations={resources.POLICY: name})).policy == name

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gpupool.cli import main
+from controller.cli import main
 from gpupool.simulator.metrics import discretise, mean_sd
 from gpupool.simulator.protocol import build_ledger, node_rank, replay, shuffled_pods
 from gpupool.simulator.trace import (

@@ -9,9 +9,13 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from kubernetes import client
+
 from e2e.cluster import wait_for
 from e2e.stack import Stack
-from gpupool import resources
+from gpupool import objects, resources
+
+_PLAIN = client.ApiClient()  # only turns client objects into API JSON dicts
 
 STACK_LABEL = ("gpupool.io/e2e", "stack")
 LOW, HIGH = "gpupool-e2e-low", "gpupool-e2e-high"
@@ -56,7 +60,8 @@ def assignment_of(pod: Any) -> dict[str, Any] | None:
 
 
 def gated(pod: Any) -> bool:
-    return any(g.name == resources.ADMISSION_GATE for g in (pod.spec.scheduling_gates or []))
+    """`gpupool.objects.pod_gated` of a `kubernetes` client pod object."""
+    return objects.pod_gated(_PLAIN.sanitize_for_serialization(pod))
 
 
 def check_pool(snapshot: Mapping[str, Any]) -> None:

@@ -1,8 +1,8 @@
-"""`gpupool status` and `gpupool explain NAMESPACE/POD`: the pool and one pod's wait, read from the API server.
+"""The `gpupool` command: `simulate` (trace what-if), `status` (the pool), `explain` (why a pod waits).
 
-Both list GPUNodes, GPUQueues, Nodes, Namespaces and Pods through the kubeconfig and rebuild the same
-model the controller runs (`controller.runtime.Controller` over `gpupool.queues` / `gpupool.placement`),
-then print it with rich. Nothing is written.
+It lives with the controller because `status` and `explain` rebuild the controller's own state
+(`controller.runtime.Controller`) from the API server and print it (`controller.status` shapes); nothing
+is written. `simulate` is the pure simulator's (`gpupool.simulator.cli`), added to the same parser.
 """
 
 from __future__ import annotations
@@ -10,18 +10,42 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from typing import Any
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from gpupool import signing_key
+from controller import status
+from gpupool import objects, signing_key
 from gpupool.errors import AssignmentError
+from gpupool.queues import State
+from gpupool.quota import message
 from gpupool.signing_key import read_signing_key
+
+if TYPE_CHECKING:  # the Kubernetes client is imported by the cluster commands only, not by `simulate`
+    from controller.runtime import Controller
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from gpupool.simulator import cli as simulate_cli
+
+    parser = argparse.ArgumentParser(prog="gpupool", description=(__doc__ or "").split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    simulate_cli.add_parser(sub)
+    add_parsers(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.run(args)
+    return code
 
 
 def add_parsers(subparsers: Any) -> None:
-    status = subparsers.add_parser("status", help="nodes, GPUs and queues of the pool (from the API server)")
-    _common(status)
-    status.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    status.set_defaults(run=run_status)
+    show = subparsers.add_parser("status", help="nodes, GPUs and queues of the pool (from the API server)")
+    _common(show)
+    show.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    show.set_defaults(run=run_status)
     explain = subparsers.add_parser("explain", help="why a pod waits (queue position, quota, per-node fit)")
     _common(explain)
     explain.add_argument("pod", metavar="NAMESPACE/POD")
@@ -37,18 +61,17 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def load_state(args: argparse.Namespace) -> Any:
-    from controller.kube import Kube
+def load_state(args: argparse.Namespace) -> Controller:
+    from controller.kube import Kube, load_api_client
     from controller.runtime import Controller
     from controller.settings import ControllerSettings
-    from gpupool.kubeapi import load_api_client
 
     try:
         key = read_signing_key(args.signing_key_file)
     except AssignmentError:
         key = b""  # status and explain still work; assignments then show as unverified
     kube = Kube(load_api_client(args.kubeconfig))
-    settings = ControllerSettings(leader_election=False, webhook_enabled=False, metrics_port=0)  # type: ignore[call-arg]
+    settings = ControllerSettings(leader_election=False, webhook_enabled=False, metrics_port=0)
     state = Controller(settings, kube, key)
     asyncio.run(state.rebuild())
     state.manager.schedule()  # what the controller would decide now (reservations included); nothing is written
@@ -60,8 +83,8 @@ def run_status(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     state = load_state(args)
-    nodes = state.node_statuses()
-    queues = state.queue_statuses()
+    nodes = status.node_statuses(state.ledger)
+    queues = status.queue_statuses(state.manager)
     if args.json:
         print(json.dumps({"nodes": nodes, "queues": queues}, indent=2, sort_keys=True))
         return 0
@@ -69,8 +92,8 @@ def run_status(args: argparse.Namespace) -> int:
     table = Table(title="GPU nodes")
     for col in ("node", "gpu", "model", "memory MiB", "health", "compute %", "memory MiB used", "slices", "reserved %"):
         table.add_column(col)
-    for name, status in sorted(nodes.items()):
-        by_uuid = {row["uuid"]: row for row in status["allocated"]}
+    for name, node in sorted(nodes.items()):
+        by_uuid = {row["uuid"]: row for row in node["allocated"]}
         for g in state.ledger.gpus_of(name):
             row = by_uuid[g.uuid]
             health = "Healthy" if g.healthy else "[red]Unhealthy[/red]"
@@ -84,11 +107,11 @@ def run_status(args: argparse.Namespace) -> int:
     for col in ("queue", "cohort", "strategy", "pending", "admitted", "compute used/quota", "memory used/quota",
                 "borrowed compute"):  # fmt: skip
         qtable.add_column(col)
-    for name, status in sorted(queues.items()):
+    for name, queue in sorted(queues.items()):
         spec = state.manager.queues[name]
         qtable.add_row(
-            name, spec.cohort or "-", spec.strategy.value, str(status["pending"]), str(status["admitted"]),
-            status["computeSummary"], status["memorySummary"], str(status["borrowed"]["compute"]),
+            name, spec.cohort or "-", spec.strategy.value, str(queue["pending"]), str(queue["admitted"]),
+            queue["computeSummary"], queue["memorySummary"], str(queue["borrowed"]["compute"]),
         )  # fmt: skip
     console.print(qtable)
     totals = state.ledger.totals()
@@ -101,11 +124,8 @@ def run_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def explain_lines(state: Any, namespace: str, name: str) -> list[str]:
+def explain_lines(state: Controller, namespace: str, name: str) -> list[str]:
     """What `gpupool explain` prints (separate for tests)."""
-    from gpupool import objects
-    from gpupool.queues import State
-
     pod = next((p for p in state.pods.values() if objects.pod_key(p) == f"{namespace}/{name}"), None)
     if pod is None:
         problem = state.problems.get(f"pod/{namespace}/{name}")
@@ -127,16 +147,16 @@ def explain_lines(state: Any, namespace: str, name: str) -> list[str]:
         return lines
     queue_name, position, waiting = state.manager.position(uid)
     label = queue_name if queue_name else "(no queue)"
-    if entry.queue_error:
+    if entry.queue_error or queue_name is None:
         lines.append(f"queue: none — {entry.queue_error}")
     else:
         spec = state.manager.queue(queue_name)
         usage = state.manager.usage(queue_name)
-        quota = "unlimited" if spec is None or queue_name == "" else (
+        quota_text = "unlimited" if spec is None or queue_name == "" else (
             f"{usage.compute}/{spec.nominal.compute} compute, "
             f"{usage.memory_mib}/{spec.nominal.memory_mib if spec.nominal.memory_mib is not None else '-'} MiB"
         )  # fmt: skip
-        lines.append(f"queue: {label}; quota in use {quota}")
+        lines.append(f"queue: {label}; quota in use {quota_text}")
     if entry.state is State.ADMITTED:
         lines.append(f"admitted (gate removed); reserved on {holding.node if holding else '(no reservation)'}; "
                      "waiting for the gpupool scheduler to bind it")  # fmt: skip
@@ -145,9 +165,9 @@ def explain_lines(state: Any, namespace: str, name: str) -> list[str]:
     if entry.nomination is not None:
         lines.append(f"nominated node {entry.nomination.node} (preemption); waiting for "
                      f"{len(entry.nomination.victims)} evicted pod(s) to leave")  # fmt: skip
-    problem = state.manager.quota_problem(queue_name, entry.charge) if queue_name is not None else None
-    if problem:
-        lines.append(f"quota: {problem}")
+    shortfall = state.manager.quota_problem(queue_name, entry.charge) if queue_name is not None else None
+    if shortfall is not None:
+        lines.append(f"quota: {message(shortfall)}")
     nodes = state.manager.eligible_nodes(entry)
     names = state.ledger.node_names() if nodes is None else nodes
     result = state.placer.filter(entry.request, names)
@@ -167,3 +187,7 @@ def run_explain(args: argparse.Namespace) -> int:
     for line in explain_lines(state, namespace, name):
         print(line)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
