@@ -10,6 +10,15 @@
 # the image: the NVIDIA container toolkit injects it into the node agent (NVIDIA_VISIBLE_DEVICES=all).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
+# ---------------------------------------------------------------- the pooling runtime (libgpupool.so)
+# Built against an old glibc (2.17) so that it loads in every application image it is preloaded into: a library
+# needing a newer glibc than the container's is skipped by ld.so and would leave the container unenforced.
+ARG RUNTIME_BUILD_IMAGE=quay.io/pypa/manylinux2014_x86_64
+FROM ${RUNTIME_BUILD_IMAGE} AS runtime
+WORKDIR /src/runtime
+COPY runtime ./
+RUN make clean && make
+
 # ---------------------------------------------------------------- builder: wheels of gpupool and its deps
 FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_NO_CACHE_DIR=1 \
@@ -48,6 +57,8 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
  && python -c "import controller.main, extender.main, deviceplugin.main" \
  && groupadd --system --gid 10001 gpupool \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin gpupool
+# the node agent copies it to the host (--runtime-library) for the `pool` backend
+COPY --from=runtime /src/runtime/build/libgpupool.so /opt/gpupool/libgpupool.so
 USER 10001:10001
 WORKDIR /tmp
 CMD ["gpupool", "--help"]

@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 OPENB  ?= ../shared/data/openb
 OUT    ?= out
 
-.PHONY: setup e2e-bin test unit lint bench demo demo-down simulate clean
+.PHONY: setup e2e-bin runtime test unit lint bench demo demo-down simulate clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,10 @@ $(STAMP): pyproject.toml
 e2e-bin:
 	bash e2e/build.sh
 
+# the pooling runtime (runtime/libgpupool.so), its sanitizer build, the fake CUDA driver and test program (gcc, make)
+runtime:
+	$(MAKE) -C runtime check
+
 # ruff, mypy (strict) over every package, and the import contracts of pyproject's [tool.importlinter]
 lint: setup
 	$(VENV)/bin/ruff check gpupool kubeio extender controller deviceplugin e2e tests bench
@@ -31,7 +35,7 @@ lint: setup
 unit: setup
 	$(VENV)/bin/pytest tests/unit -q
 
-test: setup e2e-bin
+test: setup e2e-bin runtime
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 # the main job: a local cluster with fake GPUs, gpupool installed, sample workloads, the pool shown
@@ -57,6 +61,9 @@ bench: setup e2e-bin
 	$(PY) bench/admission_throughput.py --json > $(OUT)/admission.json
 	$(PY) bench/e2e_throughput.py --nodes 100 --pods 500 --json $(OUT)/e2e-100.json
 	$(PY) bench/e2e_throughput.py --nodes 1000 --pods 1000 --json $(OUT)/e2e-1000.json
+	$(MAKE) -C runtime test-bin
+	$(PY) bench/runtime_overhead.py --json $(OUT)/runtime.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache $(OUT)
+	$(MAKE) -C runtime clean

@@ -22,9 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gpupool.inventory import GPUInfo, NodeInfo
-from gpupool.ledger import Ledger
-from gpupool.placement import Placer
-from gpupool.policies import make_policy
+from gpupool.pool import PoolConfig, build_pool
 from gpupool.queues import PodEntry, QueueManager, QueueSpec, Strategy
 from gpupool.quota import Limit
 from gpupool.request import ContainerRequest, PodRequest
@@ -34,11 +32,11 @@ SHAPES = [(1, 100, None), (2, 100, None), (4, 100, None), (1, 25, 8192), (1, 50,
 
 def build(nodes: int, queues: int, pods: int, seed: int, policy: str) -> QueueManager:
     rng = random.Random(seed)
-    ledger = Ledger()
+    pool = build_pool(PoolConfig(policies=(policy,), default_policy=policy))
+    ledger, placer = pool.ledger, pool.placer
     for n in range(nodes):
         ledger.upsert_node(NodeInfo(f"node-{n:04d}", tuple(GPUInfo(f"GPU-{n}-{i}", i, "A100-80GB", 81920)
                                                            for i in range(8))))  # fmt: skip
-    placer = Placer(ledger, {policy: make_policy(policy)}, policy)
     manager = QueueManager(ledger, placer)
     per_queue = nodes * 8 * 100 // queues
     for q in range(queues):

@@ -8,7 +8,7 @@ annotations goes through `gpupool.resources.parse_pod` (DESIGN.md §1, §7).
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -226,3 +226,69 @@ def _privileged(pod: Mapping[str, Any], request: PodRequest) -> list[FieldError]
 
 def rejection_message(errors: Sequence[FieldError]) -> str:
     return "gpupool: " + "; ".join(str(e) for e in errors)
+
+
+# --- tenancy: queue membership and the fields fixed at admission (docs/contracts.md) ----------------------
+
+#: given a namespace and the queue a pod names: why the pod may not use it (None: it may)
+QueueProblem = Callable[[str, str], "str | None"]
+
+
+def tenancy_errors(
+    pod: Mapping[str, Any],
+    *,
+    old: Mapping[str, Any] | None = None,
+    operation: str = "CREATE",
+    queue_problem: QueueProblem | None = None,
+) -> list[FieldError]:
+    """Refusals that keep tenants apart: a queue the pod's namespace may not use, an edit after admission.
+
+    `queue_problem` is the controller's `QueueManager.membership_problem` (None while its cache is not
+    built: the queue manager still refuses to charge such a pod, it waits with the reason instead).
+    """
+    errors: list[FieldError] = []
+    if operation == "UPDATE" and old is not None and not objects.pod_gated(old):
+        errors.extend(_accounting_edits(pod, old))
+    named = _annotations(pod).get(resources.QUEUE)
+    renamed = old is not None and objects.pod_gated(old) and named != _annotations(old).get(resources.QUEUE)
+    checked = operation == "CREATE" or (operation == "UPDATE" and renamed)
+    if checked and named and queue_problem is not None:
+        namespace = str((pod.get("metadata") or {}).get("namespace") or "")
+        problem = queue_problem(namespace, str(named))
+        if problem is not None:
+            errors.append(FieldError(f"metadata.annotations[{resources.QUEUE}]", problem))
+    return errors
+
+
+def _annotations(pod: Mapping[str, Any]) -> Mapping[str, Any]:
+    return (pod.get("metadata") or {}).get("annotations") or {}
+
+
+def accounting_fields(pod: Mapping[str, Any]) -> dict[str, object]:
+    """Every field that decides a pod's accounting, by path: its gpupool annotations and resources."""
+    out: dict[str, object] = {}
+    annotations = _annotations(pod)
+    for key in resources.USER_ANNOTATIONS:
+        out[f"metadata.annotations[{key}]"] = annotations.get(key)
+    names = set(resources.CANONICAL) | set(resources.ALIASES)
+    spec = pod.get("spec") or {}
+    for init, kind in ((True, "initContainers"), (False, "containers")):
+        for i, container in enumerate(spec.get(kind) or []):
+            res = container.get("resources") or {}
+            for section in ("limits", "requests"):
+                values = res.get(section) or {}
+                for name in sorted(names & set(values)):
+                    out[f"{_path(init, i)}.resources.{section}[{name}]"] = str(values[name])
+    return out
+
+
+def _accounting_edits(pod: Mapping[str, Any], old: Mapping[str, Any]) -> list[FieldError]:
+    new_fields, old_fields = accounting_fields(pod), accounting_fields(old)
+    errors = []
+    for path in sorted(set(new_fields) | set(old_fields)):
+        before = old_fields.get(path)
+        if new_fields.get(path) != before:
+            keep = "leave it out" if before is None else f"keep {before!r}"
+            errors.append(FieldError(path, "is fixed once gpupool admitted the pod (it decides the pod's queue, "
+                                           f"quota and slices); {keep}, or delete and recreate the pod"))  # fmt: skip
+    return errors

@@ -158,5 +158,9 @@ def validate_pods(body: kopf.Body, old: Any, operation: str, userinfo: Any, **_:
         dict(body), old=dict(old) if old is not None else None, operation=operation,
         userinfo=userinfo, limits=limits, config=config,
     )  # fmt: skip
+    errors += admission.tenancy_errors(
+        dict(body), old=dict(old) if old is not None else None, operation=operation,
+        queue_problem=STATE.queue_problem if STATE is not None and STATE.ready else None,
+    )  # fmt: skip
     if errors:
         raise kopf.AdmissionError(admission.rejection_message(errors), code=400)

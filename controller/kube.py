@@ -57,13 +57,17 @@ class Kube:
 
     # --- writes --------------------------------------------------------------------------------------
 
-    async def remove_gate(self, namespace: str, name: str, uid: str, gates: list[dict[str, Any]]) -> None:
-        """Remove the admission gate (JSON patch guarded by the pod's uid)."""
+    async def remove_gate(
+        self, namespace: str, name: str, uid: str, gates: list[dict[str, Any]], queue: str | None = None
+    ) -> None:
+        """Remove the admission gate (JSON patch guarded by the pod's uid and, given `queue`, by the
+        `gpupool.io/queue` it was admitted to: the pod is never ungated with another queue recorded)."""
         rest = [g for g in gates if g.get("name") != resources.ADMISSION_GATE]
-        body = [
-            {"op": "test", "path": "/metadata/uid", "value": uid},
-            {"op": "replace", "path": "/spec/schedulingGates", "value": rest},
-        ]
+        body: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/uid", "value": uid}]
+        if queue:
+            path = "/metadata/annotations/" + resources.QUEUE.replace("~", "~0").replace("/", "~1")
+            body.append({"op": "test", "path": path, "value": queue})
+        body.append({"op": "replace", "path": "/spec/schedulingGates", "value": rest})
         await self._run(self.core.patch_namespaced_pod, name, namespace, body,
                         _content_type=JSON_PATCH)  # fmt: skip
 

@@ -9,10 +9,15 @@ import sys
 from collections.abc import Sequence
 
 from controller.settings import ControllerSettings
+from gpupool.pool import PoolConfigError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings = ControllerSettings.from_args(argv)
+    try:
+        settings.pool_config()  # the pool settings fail here, before kopf starts, with the setting named
+    except PoolConfigError as exc:
+        raise SystemExit(f"gpupool-controller: {exc}") from None
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if settings.kubeconfig:
         os.environ["KUBECONFIG"] = settings.kubeconfig  # kopf's own login reads it

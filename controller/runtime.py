@@ -27,9 +27,8 @@ from controller.kube import Kube
 from controller.settings import ControllerSettings
 from gpupool import objects, resources, timefmt
 from gpupool.errors import GpupoolError, InvalidRequest
-from gpupool.ledger import Holding, Ledger
-from gpupool.placement import Placer
-from gpupool.policies import available, make_policy
+from gpupool.ledger import Holding
+from gpupool.pool import build_pool
 from gpupool.preemption import find_preemption
 from gpupool.queues import IMPLICIT_QUEUE, PodEntry, QueueManager
 
@@ -60,14 +59,9 @@ class Controller:
         self.settings = settings
         self.kube = kube
         self.key = key
-        self.ledger = Ledger(
-            slots_per_gpu=settings.slots_per_gpu,
-            remote_slots=settings.remote_slots,
-            overcommit_compute_percent=settings.overcommit_compute_percent,
-            overcommit_memory_percent=settings.overcommit_memory_percent,
-        )
-        policies = {name: make_policy(name) for name in available()}
-        self.placer = Placer(self.ledger, policies, settings.default_policy)
+        pool = build_pool(settings.pool_config())  # the extender's pool, from the same settings
+        self.ledger = pool.ledger
+        self.placer = pool.placer
         self.manager = QueueManager(
             self.ledger,
             self.placer,
@@ -94,6 +88,10 @@ class Controller:
 
     def pool_limits(self) -> PoolLimits:
         return PoolLimits.of(self.ledger)
+
+    def queue_problem(self, namespace: str, named: str) -> str | None:
+        """Why a pod of `namespace` may not name GPUQueue `named` (the validating webhook refuses it)."""
+        return self.manager.membership_problem(namespace, named)
 
     def queue_node_selector(self, pod: Mapping[str, Any]) -> dict[str, str]:
         meta = pod.get("metadata") or {}
@@ -232,9 +230,12 @@ class Controller:
             if pod is None:
                 continue
             meta = pod["metadata"]
+            queue = admission.queue or None  # recorded on the pod: the extender keys reserved nodes on it
             try:
+                if queue is not None and (meta.get("annotations") or {}).get(resources.QUEUE) != queue:
+                    await self.kube.annotate_pod(meta["namespace"], meta["name"], {resources.QUEUE: queue})
                 await self.kube.remove_gate(meta["namespace"], meta["name"], admission.uid,
-                                            pod["spec"].get("schedulingGates") or [])  # fmt: skip
+                                            pod["spec"].get("schedulingGates") or [], queue)  # fmt: skip
             except Exception as exc:
                 log.warning("could not remove the gate of %s: %s", admission.key, exc)
                 continue

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from gpupool import signing_key, slots
-from gpupool.policies import DEFAULT_POLICY
+from gpupool import signing_key
+from gpupool.config import PoolSettings
 
 DEFAULT_SYSTEM_USERS = (
     "system:serviceaccount:gpupool-system:gpupool-controller",
@@ -17,16 +17,13 @@ DEFAULT_SYSTEM_USERS = (
 )
 
 
-class ControllerSettings(BaseSettings):
+class ControllerSettings(PoolSettings):
+    """Every knob of the controller (the pool's in `PoolSettings`, shared with the extender)."""
+
     model_config = SettingsConfigDict(env_prefix="GPUPOOL_", cli_kebab_case=True, cli_prog_name="gpupool-controller")
 
     kubeconfig: str | None = Field(None, description="kubeconfig file; unset = in-cluster, else ~/.kube/config")
     signing_key_file: str = Field(signing_key.DEFAULT_PATH, description="HMAC key that verifies assignments")
-    default_policy: str = Field(DEFAULT_POLICY, description="placement policy for capacity checks")
-    slots_per_gpu: int = Field(slots.DEFAULT_SLOTS_PER_GPU, ge=1)
-    remote_slots: int = Field(slots.DEFAULT_REMOTE_SLOTS, ge=0)
-    overcommit_compute_percent: int = Field(100, ge=100)
-    overcommit_memory_percent: int = Field(100, ge=100)
     # webhooks
     webhook_enabled: bool = Field(True, description="serve the admission webhooks")
     webhook_host: str = Field("0.0.0.0", description="listen address of the webhook server")

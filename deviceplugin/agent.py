@@ -18,7 +18,8 @@ from deviceplugin.kube import Kube
 from deviceplugin.metrics import HealthServer, Metrics
 from deviceplugin.plugin import DevicePluginService, DeviceState, PluginServer
 from deviceplugin.podcache import PodCache
-from deviceplugin.settings import DevicePluginSettings
+from deviceplugin.runtime_host import RuntimeHost
+from deviceplugin.settings import Backend, DevicePluginSettings
 from gpupool.errors import AssignmentError
 from gpupool.inventory import GPUInfo
 from gpupool.signing_key import read_signing_key
@@ -57,7 +58,10 @@ class Agent:
         self.cache = PodCache(settings.node_name, key, kube)
         self.state = DeviceState(settings.slots_per_gpu, settings.remote_slots)
         self.state.update(inventory.gpus())
-        self.service = DevicePluginService(settings, self.state, self.cache, kube, self.metrics)
+        self.runtime = RuntimeHost(settings) if settings.backend is Backend.POOL else None
+        self.service = DevicePluginService(settings, self.state, self.cache, kube, self.metrics, self.runtime)
+        if self.runtime is not None:
+            self.metrics.watch_runtime(self.runtime_samples)
         self.server = PluginServer(settings, self.service, self.metrics)
         self.publisher = (
             Publisher(
@@ -88,7 +92,19 @@ class Agent:
         thread.start()
         self._threads.append(thread)
 
+    def runtime_samples(self) -> list[tuple[str, str, str, int, int, int, int, float]]:
+        """One sample per device of every container the pool runtime serves on this node (for /metrics)."""
+        if self.runtime is None:
+            return []
+        return [
+            (c.namespace, c.pod, c.container, i, d.memory_used_bytes, d.memory_limit_bytes, d.compute, d.busy_ns / 1e9)
+            for c in self.runtime.usage()
+            for i, d in enumerate(c.usage.devices)
+        ]
+
     def start(self) -> None:
+        if self.runtime is not None:
+            self.runtime.install()
         if self.kube is not None:
             self._spawn(lambda: self.cache.run(self.stop_event, self.settings.watch_timeout_seconds), "dp-pods")
             self._spawn(self._publish_loop, "dp-publish")
@@ -125,6 +141,12 @@ class Agent:
     def _health_loop(self) -> None:
         while not self.stop_event.wait(self.settings.health_interval_seconds):
             self.check_health()
+            if self.runtime is not None and self.cache.synced.is_set():
+                try:
+                    for uid in self.runtime.forget(e.uid for e in self.cache.entries()):
+                        log.info("pool runtime: removed the regions of pod %s (gone from this node)", uid)
+                except OSError as exc:
+                    log.warning("pool runtime: cleaning %s failed: %s", self.settings.runtime_state_dir, exc)
 
     def _publish_loop(self) -> None:
         assert self.publisher is not None

@@ -15,6 +15,13 @@ Backends:
 - ``hami-core``: ``CUDA_DEVICE_MEMORY_LIMIT_<i>=<memory>m`` per device and ``CUDA_DEVICE_SM_LIMIT=<compute>``
   (one value, the minimum, for the same reason), plus the library directory and ``/etc/ld.so.preload``
   mounted read-only.
+- ``pool``: gpupool's runtime (docs/runtime.md). The library directory and ``/etc/ld.so.preload`` mounted
+  read-only (unsetting an env variable does not escape it), the container's region directory (host
+  ``<runtime-state-dir>/containers/<pod uid>/<container>``) at ``/run/gpupool`` and each local GPU's sharing
+  directory at ``/run/gpupool-gpus/<i>``; ``GPUPOOL_MEMORY_LIMITS`` (MiB) and ``GPUPOOL_COMPUTE_LIMITS``
+  (percent) per device ordinal — per device, no minimum needed — and ``GPUPOOL_COMPUTE_MODE``. These env limits
+  are what the runtime holds when the control region (written by the agent, `deviceplugin.runtime_host`) is
+  missing or corrupt.
 - ``none``: no enforcement env; the slices are accounted by gpupool only.
 
 Always: ``GPUPOOL_SLICES`` (JSON list of every slice of the container: gpu, node, compute, memory, slot,
@@ -31,6 +38,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from deviceplugin import runtime_regions as regions
 from deviceplugin.api import pb2
 from deviceplugin.settings import Backend, DevicePluginSettings
 from gpupool.assignment import SliceRecord
@@ -99,6 +107,9 @@ def build_response(
             mounts.append(
                 pb2.Mount(container_path="/etc/ld.so.preload", host_path=settings.hami_preload_file, read_only=True)
             )
+        elif settings.backend is Backend.POOL:
+            envs.update(pool_env(local, settings.runtime_compute_mode))
+            mounts.extend(pool_mounts(plan, local, settings))
 
     listed: list[dict[str, Any]] = []
     for i, s in enumerate(local):
@@ -132,6 +143,40 @@ def build_response(
     if plan.note:
         annotations[f"{ANNOTATION_PREFIX}match-note"] = plan.note
     return pb2.ContainerAllocateResponse(envs=envs, mounts=mounts, annotations=annotations, cdi_devices=cdi)
+
+
+def pool_env(local: Sequence[SliceRecord], mode: str) -> dict[str, str]:
+    """The pool backend's env: limits per CUDA ordinal (`local` in ordinal order) and where the regions are."""
+    return {
+        "GPUPOOL_RUNTIME_DIR": regions.CONTAINER_RUNTIME_DIR,
+        "GPUPOOL_GPU_DIR": regions.CONTAINER_GPU_DIR,
+        "GPUPOOL_MEMORY_LIMITS": ",".join(str(s.memory_mib) for s in local),
+        "GPUPOOL_COMPUTE_LIMITS": ",".join(str(s.compute) for s in local),
+        "GPUPOOL_COMPUTE_MODE": mode,
+    }
+
+
+def pool_mounts(plan: ContainerPlan, local: Sequence[SliceRecord], settings: DevicePluginSettings) -> list[Any]:
+    lib_dir = settings.runtime_lib_dir.rstrip("/")
+    mounts = [
+        pb2.Mount(container_path=lib_dir, host_path=lib_dir, read_only=True),
+        pb2.Mount(
+            container_path="/etc/ld.so.preload", host_path=f"{lib_dir}/{regions.PRELOAD_FILE}", read_only=True
+        ),
+        pb2.Mount(
+            container_path=regions.CONTAINER_RUNTIME_DIR,
+            host_path=regions.container_dir(settings.runtime_state_dir, plan.pod_uid, plan.container),
+        ),
+    ]
+    for i, s in enumerate(local):
+        gpu = regions.gpu_dir(settings.runtime_state_dir, s.gpu)
+        mounts.append(pb2.Mount(container_path=f"{regions.CONTAINER_GPU_DIR}/{i}", host_path=gpu))
+    return mounts
+
+
+def local_slices(plan: ContainerPlan, gpu_index: Mapping[str, int]) -> list[SliceRecord]:
+    """The container's slices on this node in CUDA ordinal order (the order of `NVIDIA_VISIBLE_DEVICES`)."""
+    return _local_and_remote(plan.slices, plan.node, gpu_index)[0]
 
 
 def _slice_json(s: SliceRecord, remote: bool) -> dict[str, Any]:

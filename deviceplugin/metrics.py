@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,50 @@ class Metrics:
             registry=r,
         )
         self.gpus_unhealthy = Gauge("gpupool_deviceplugin_gpus_unhealthy", "Unhealthy GPUs", registry=r)
+
+    def watch_runtime(self, source: Callable[[], Iterable[ContainerSample]]) -> None:
+        """Per-container usage reported by the pool runtime, read from its regions at every scrape."""
+        self.registry.register(_RuntimeCollector(source))
+
+
+#: namespace, pod, container, device ordinal, GPU-level figures:
+#: memory used bytes, memory limit bytes, compute limit percent, busy seconds (cumulative)
+ContainerSample = tuple[str, str, str, int, int, int, int, float]
+
+_LABELS = ["namespace", "pod", "container", "device"]
+
+
+class _RuntimeCollector(Collector):
+    def __init__(self, source: Callable[[], Iterable[ContainerSample]]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        used = GaugeMetricFamily(
+            "gpupool_container_gpu_memory_used_bytes", "GPU memory the container holds (pool runtime)", labels=_LABELS
+        )
+        limit = GaugeMetricFamily(
+            "gpupool_container_gpu_memory_limit_bytes", "GPU memory cap in effect (pool runtime)", labels=_LABELS
+        )
+        compute = GaugeMetricFamily(
+            "gpupool_container_gpu_compute_limit_percent", "Compute share in effect (pool runtime)", labels=_LABELS
+        )
+        busy = CounterMetricFamily(
+            "gpupool_container_gpu_busy_seconds",
+            "Device time the container's kernels ran (pool runtime); its rate is the achieved share",
+            labels=_LABELS,
+        )
+        try:
+            samples: Sequence[ContainerSample] = list(self.source())
+        except Exception:
+            log.exception("reading the runtime regions failed")
+            samples = []
+        for namespace, pod, container, device, mem_used, mem_limit, compute_limit, busy_s in samples:
+            labels = [namespace, pod, container, str(device)]
+            used.add_metric(labels, mem_used)
+            limit.add_metric(labels, mem_limit)
+            compute.add_metric(labels, compute_limit)
+            busy.add_metric(labels, busy_s)
+        yield from (used, limit, compute, busy)
 
 
 class HealthServer:

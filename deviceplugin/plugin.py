@@ -28,6 +28,7 @@ from deviceplugin.api import HEALTHY, UNHEALTHY, VERSION, pb2, pb2_grpc
 from deviceplugin.kube import Kube, KubeError
 from deviceplugin.metrics import Metrics
 from deviceplugin.podcache import Match, MatchError, PodCache, format_allocated, wait_synced
+from deviceplugin.runtime_host import RuntimeHost
 from deviceplugin.settings import DevicePluginSettings
 from gpupool import resources, slots
 from gpupool.inventory import GPUInfo
@@ -140,12 +141,14 @@ class DevicePluginService(pb2_grpc.DevicePluginServicer):  # type: ignore[misc,n
         cache: PodCache,
         kube: Kube | None,
         metrics: Metrics,
+        runtime: RuntimeHost | None = None,
     ) -> None:
         self.settings = settings
         self.state = state
         self.cache = cache
         self.kube = kube
         self.metrics = metrics
+        self.runtime = runtime  # pool backend: writes each container's control region
         self.endpoints = EndpointCache(kube)
 
     # --- options and devices ---------------------------------------------------------------------------
@@ -311,7 +314,18 @@ class DevicePluginService(pb2_grpc.DevicePluginServicer):  # type: ignore[misc,n
             how=match.how,
             note=match.note,
         )
-        return allocate_mod.build_response(plan, self.settings, gpu_index, endpoints)
+        response = allocate_mod.build_response(plan, self.settings, gpu_index, endpoints)
+        if self.runtime is not None:
+            try:
+                self.runtime.prepare(plan, gpu_index)
+            except OSError as exc:
+                raise AllocateError(
+                    grpc.StatusCode.INTERNAL,
+                    "runtime",
+                    f"pod {match.entry.key}: cannot write the runtime control region under "
+                    f"{self.settings.runtime_state_dir} ({exc}); check --runtime-state-dir",
+                ) from None
+        return response
 
     def _record(self, match: Match) -> None:
         """Write `gpupool.io/allocated` on the pod (per-pod lock only; never a node-wide one)."""

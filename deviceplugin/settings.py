@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -20,6 +21,7 @@ class Backend(StrEnum):
 
     MPS = "mps"  #: CUDA MPS client limits (needs an MPS control daemon per GPU)
     HAMI_CORE = "hami-core"  #: HAMi-core LD_PRELOAD library (needs libvgpu.so on the host)
+    POOL = "pool"  #: gpupool's own runtime, runtime/libgpupool.so (docs/runtime.md), installed by the agent
     NONE = "none"  #: accounted by gpupool, not enforced in the container
 
 
@@ -30,7 +32,7 @@ class DevicePluginSettings(BaseSettings):
 
     node_name: str = Field("", description="this node (default: $NODE_NAME from the downward API)")
     kubeconfig: str | None = Field(None, description="kubeconfig file; unset = in-cluster, else ~/.kube/config")
-    backend: Backend = Field(Backend.NONE, description="enforcement: mps | hami-core | none")
+    backend: Backend = Field(Backend.NONE, description="enforcement: mps | hami-core | pool | none")
     cdi: bool = Field(False, description="answer CDI devices nvidia.com/gpu=<uuid> instead of NVIDIA_VISIBLE_DEVICES")
     slots_per_gpu: int = Field(slots.DEFAULT_SLOTS_PER_GPU, ge=1, le=1024, description="slots per physical GPU")
     remote_slots: int = Field(slots.DEFAULT_REMOTE_SLOTS, ge=0, le=4096, description="slots for remote slices")
@@ -59,6 +61,18 @@ class DevicePluginSettings(BaseSettings):
     hami_lib_dir: str = Field("/usr/local/vgpu", description="host dir with libvgpu.so (mounted at the same path)")
     hami_preload_file: str = Field(
         "/usr/local/vgpu/ld.so.preload", description="host file mounted at /etc/ld.so.preload (hami-core)"
+    )
+    runtime_library: str = Field(
+        "/opt/gpupool/libgpupool.so", description="pool backend: the runtime library in this image, copied to the host"
+    )
+    runtime_lib_dir: str = Field(
+        "/usr/local/gpupool", description="pool backend: host dir of libgpupool.so and ld.so.preload (same path inside)"
+    )
+    runtime_state_dir: str = Field(
+        "/var/lib/gpupool/runtime", description="pool backend: host dir of the per-container and per-GPU regions"
+    )
+    runtime_compute_mode: Literal["ceiling", "share"] = Field(
+        "ceiling", description="pool backend: ceiling (never above the share) or share (idle cycles when alone)"
     )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
 

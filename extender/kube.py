@@ -2,8 +2,8 @@
 
 Pods are read and written as the API server's JSON (dicts) and the Binding subresource is POSTed
 directly: the generated `create_namespaced_binding` mis-decodes the reply (see `kubeio.client`).
-The list+watch threads that feed the pool are `kubeio.reflector.Reflector`s over `NODES`, `GPUNODES`
-and `PODS`.
+The list+watch threads that feed the pool are `kubeio.reflector.Reflector`s over `NODES`, `GPUNODES`,
+`PODS` and `GPUQUEUES` (reserved nodes).
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ from typing import Any, Protocol
 from gpupool import objects
 from kubeio.client import JSON, MERGE_PATCH, ApiError, KubeClient
 
-__all__ = ["GPUNODES", "MERGE_PATCH", "NODES", "PODS", "ApiError", "KubeAPI", "PodAPI"]
+__all__ = ["GPUNODES", "GPUQUEUES", "MERGE_PATCH", "NODES", "PODS", "ApiError", "KubeAPI", "PodAPI"]
 
 PODS = "/api/v1/pods"
 NODES = "/api/v1/nodes"
 GPUNODES = f"/apis/{objects.API_VERSION}/{objects.GPUNODE_PLURAL}"
+GPUQUEUES = f"/apis/{objects.API_VERSION}/{objects.GPUQUEUE_PLURAL}"
 
 
 class PodAPI(Protocol):

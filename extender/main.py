@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import csv
 import gc
 import logging
 import sys
@@ -11,14 +10,14 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from extender.kube import GPUNODES, NODES, PODS, KubeAPI, PodAPI
+from extender.kube import GPUNODES, GPUQUEUES, NODES, PODS, KubeAPI, PodAPI
 from extender.metrics import Metrics
 from extender.service import PoolService
 from extender.settings import ExtenderSettings
+from gpupool import fragmentation
 from gpupool.errors import AssignmentError
-from gpupool.ledger import Ledger
-from gpupool.placement import Placer
-from gpupool.policies import Policy, available, make_policy
+from gpupool.fragmentation import Workload
+from gpupool.pool import PoolConfigError, build_pool
 from gpupool.signing_key import read_signing_key
 from kubeio.reflector import Reflector
 
@@ -32,30 +31,10 @@ def read_key(path: str) -> bytes:
         raise SystemExit(str(exc)) from None
 
 
-def load_workload(path: str | None) -> Any:
-    """The target workload M for FGD and the fragmentation gauge.
-
-    `path`: an openb-style pod CSV (columns cpu_milli, num_gpu, gpu_milli); unset = the built-in default.
-    """
-    from gpupool import fragmentation
-
-    if not path:
-        return fragmentation.default_workload()
-    keys = []
-    with open(path, newline="") as fh:
-        for row in csv.DictReader(fh):
-            keys.append(fragmentation.shape_key(int(row["cpu_milli"]), int(row["gpu_milli"]), int(row["num_gpu"])))
-    return fragmentation.Workload.from_shapes(keys)
-
-
-def fragmentation_gauge(service: PoolService, workload: Any) -> Callable[[], float | None]:
+def fragmentation_gauge(service: PoolService, workload: Workload) -> Callable[[], float | None]:
     """F_N(M) over the service's ledger; the one place to switch when the measure changes."""
 
     def value() -> float | None:
-        if workload is None:
-            return None
-        from gpupool import fragmentation
-
         with service.lock:
             return float(fragmentation.cluster_fragmentation(service.ledger, workload).amount)
 
@@ -99,7 +78,11 @@ class Extender:
                 watch_timeout=t,
             ),
             Reflector(self.api, PODS, counted("pods", s.on_pod_list), s.on_pod_event, watch_timeout=t),
+            Reflector(
+                self.api, GPUQUEUES, counted("gpuqueues", s.on_gpuqueue_list), s.on_gpuqueue_event, watch_timeout=t
+            ),
         ]
+        s.expect_gpuqueues()
         for r in self.reflectors:
             r.start()
 
@@ -113,21 +96,11 @@ class Extender:
 
 
 def build(settings: ExtenderSettings, api: PodAPI | None = None, key: bytes | None = None) -> Extender:
-    """Build the service from settings; `api` None connects to the cluster from the settings."""
-    names = settings.policies or list(available())
-    if settings.default_policy not in names:
-        names.append(settings.default_policy)
-    workload = load_workload(settings.fragmentation_workload)
-    policies: dict[str, Policy] = {}
-    for name in names:
-        policies[name] = make_policy(name, workload=workload) if workload is not None else make_policy(name)
-    ledger = Ledger(
-        slots_per_gpu=settings.slots_per_gpu,
-        remote_slots=settings.remote_slots,
-        overcommit_compute_percent=settings.overcommit_compute_percent,
-        overcommit_memory_percent=settings.overcommit_memory_percent,
-    )
-    placer = Placer(ledger, policies, settings.default_policy)
+    """Build the service from settings; `api` None connects to the cluster from the settings.
+
+    Raises `PoolConfigError` for pool settings that cannot work (`main` prints it and exits).
+    """
+    pool = build_pool(settings.pool_config())
     kube: KubeAPI | None = None
     if api is None:
         kube = KubeAPI.connect(settings.kubeconfig, settings.in_cluster, settings.api_timeout_seconds)
@@ -135,8 +108,9 @@ def build(settings: ExtenderSettings, api: PodAPI | None = None, key: bytes | No
     elif isinstance(api, KubeAPI):
         kube = api
     metrics = Metrics()
-    service = PoolService(ledger, placer, key if key is not None else read_key(settings.signing_key_file), api, metrics)
-    metrics.attach(service.cache_stats, fragmentation_gauge(service, workload))
+    service = PoolService(pool.ledger, pool.placer, key if key is not None else read_key(settings.signing_key_file),
+                          api, metrics)  # fmt: skip
+    metrics.attach(service.cache_stats, fragmentation_gauge(service, pool.workload))
     return Extender(settings, service, kube)
 
 
@@ -172,7 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    extender = build(settings)
+    try:
+        extender = build(settings)
+    except PoolConfigError as exc:
+        raise SystemExit(f"gpupool-extender: {exc}") from None
     app = create_app(extender.service, url_prefix=settings.url_prefix, max_body_bytes=settings.max_body_bytes)
     extender.start()
     tune_gc()

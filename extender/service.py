@@ -10,6 +10,7 @@ or does not fit: such capacity is never silently treated as free.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import threading
@@ -23,6 +24,8 @@ from gpupool import objects, resources, timefmt
 from gpupool.errors import AssignmentError, GpupoolError, InvalidRequest, OverAllocation
 from gpupool.ledger import Holding, HoldingKind, Ledger
 from gpupool.placement import FilterResult, NoFit, Placer
+from gpupool.preemption import Victim, choose_victims
+from gpupool.quota import Resources
 from gpupool.request import PodRequest
 
 log = logging.getLogger("gpupool.extender")
@@ -83,6 +86,7 @@ class PoolService:
         self.lock = threading.RLock()
         self.nodes: set[str] = set()  # Node objects that exist
         self.gpunodes: dict[str, dict[str, Any]] = {}  # GPUNode objects by name
+        self.gpuqueues: set[str] = set()  # GPUQueue names (their reserved nodes are in placer.reservations)
         self.pods: dict[str, dict[str, Any]] = {}  # pool pods by uid
         self.pod_uids: dict[tuple[str, str], str] = {}  # (namespace, name) -> uid
         #: pods whose assignment cannot be trusted or accounted: forged, unreadable, over capacity
@@ -120,8 +124,12 @@ class PoolService:
     # --- cluster cache: Nodes ----------------------------------------------------------------------
 
     def on_node_list(self, items: Iterable[Mapping[str, Any]]) -> None:
+        items = list(items)
         names = {_name(o) for o in items if _name(o)}
         with self.lock:
+            for o in items:
+                if _name(o):
+                    self.placer.reservations.set_node_labels(_name(o), _meta(o).get("labels") or {})
             for gone in self.nodes - names:
                 self._node_gone(gone)
             for name in names - self.nodes:
@@ -136,13 +144,53 @@ class PoolService:
         with self.lock:
             if kind == "DELETED":
                 self._node_gone(name)
-            elif name not in self.nodes:
+                return
+            self.placer.reservations.set_node_labels(name, _meta(obj).get("labels") or {})
+            if name not in self.nodes:
                 self.nodes.add(name)
                 self._apply_gpunode(name)
 
     def _node_gone(self, name: str) -> None:
         self.nodes.discard(name)
+        self.placer.reservations.remove_node(name)
         self._drop_from_pool(name)
+
+    # --- cluster cache: GPUQueues (only the nodes they reserve: gpupool.tenancy) --------------------
+
+    def expect_gpuqueues(self) -> None:
+        """Not ready before the GPUQueues were listed (the watch feeds them): reserved nodes stay reserved."""
+        with self.lock:
+            self._synced.setdefault("gpuqueues", False)
+
+    def on_gpuqueue_list(self, items: Iterable[Mapping[str, Any]]) -> None:
+        fresh = {_name(o): o for o in items if _name(o)}
+        with self.lock:
+            for gone in set(self.gpuqueues) - set(fresh):
+                self.gpuqueues.discard(gone)
+                self.placer.reservations.remove_queue(gone)
+            for obj in fresh.values():
+                self._apply_gpuqueue(obj)
+            self._synced["gpuqueues"] = True
+
+    def on_gpuqueue_event(self, kind: str, obj: Mapping[str, Any]) -> None:
+        name = _name(obj)
+        if not name:
+            return
+        with self.lock:
+            if kind == "DELETED":
+                self.gpuqueues.discard(name)
+                self.placer.reservations.remove_queue(name)
+            else:
+                self._apply_gpuqueue(obj)
+
+    def _apply_gpuqueue(self, obj: Mapping[str, Any]) -> None:
+        try:
+            spec = objects.queue_spec_from_object(obj)
+        except GpupoolError as exc:
+            log.error("GPUQueue %s is unreadable, its reserved nodes kept as they were: %s", _name(obj), exc)
+            return
+        self.gpuqueues.add(spec.name)
+        self.placer.reservations.set_queue(spec)
 
     # --- cluster cache: GPUNodes -------------------------------------------------------------------
 
@@ -511,13 +559,13 @@ class PoolService:
     ) -> dict[str, tuple[list[str], int]]:
         """Prune kube-scheduler's preemption candidates to what the pool model says helps.
 
-        For each candidate node, the victims offered by kube-scheduler are simulated away
-        (their holdings released and re-held under the lock). A node where the pod still
+        For each candidate node, the victims offered by kube-scheduler are simulated away on a
+        copy of the ledger (`gpupool.preemption.choose_victims`). A node where the pod still
         does not fit is dropped. Otherwise the answer keeps every offered victim that holds
         no slices (kube-scheduler chose it for its own resources) and the fewest slice holders
-        whose release the pod needs: all are released, then each is given back, highest
-        priority first, whenever the pod still fits without it. Returns node -> (victims,
-        NumPDBViolations); an empty map declines preemption.
+        whose release the pod needs, chosen in the model's victim order (best-effort, lower
+        priority, most recently bound first). Returns node -> (victims, NumPDBViolations); an
+        empty map declines preemption.
         """
         try:
             request = self._request(pod)
@@ -529,42 +577,39 @@ class PoolService:
         with self.lock:
             if not self.ready:
                 return {}
+            copy = self.ledger.copy()  # the what-if runs here, never on the live ledger
+            placer = self.placer.over(copy)
             for node, (victims, pdb) in candidates.items():
-                kept = self._victims_on(request, node, victims)
+                kept = self._victims_on(copy, placer, request, node, victims)
                 self.metrics.preemptions.labels("kept" if kept is not None else "dropped").inc()
                 if kept is not None:
                     out[node] = (kept, min(pdb, len(kept)))
         return out
 
-    def _victims_on(self, request: PodRequest, node: str, victims: list[str]) -> list[str] | None:
-        if not self.ledger.has_node(node):
+    def _victims_on(
+        self, copy: Ledger, placer: Placer, request: PodRequest, node: str, victims: list[str]
+    ) -> list[str] | None:
+        """Translate kube-scheduler's victims to the model's (`gpupool.preemption.choose_victims`) and back."""
+        offered = [v for u in dict.fromkeys(victims) if (v := self._victim(u)) is not None]
+        chosen = choose_victims(copy, placer, request, node, offered)
+        if chosen is None:
             return None
-        holders = [(u, h) for u in dict.fromkeys(victims) if (h := self.ledger.holding(u)) is not None]
-        plain = [u for u in victims if self.ledger.holding(u) is None]
-        released: list[tuple[str, Holding]] = []
-        try:
-            for u, h in holders:
-                self.ledger.release(u)
-                released.append((u, h))
-            if not self.placer.verdict(request, node).fits:
-                return None
+        needed = {v.uid for v in chosen}
+        return [u for u in victims if self.ledger.holding(u) is None or u in needed]
 
-            def order(item: tuple[str, Holding]) -> tuple[int, int, str]:
-                pod = self.pods.get(item[0]) or {}
-                return (-int((pod.get("spec") or {}).get("priority") or 0), -item[1].compute_units, item[0])
-
-            needed: list[str] = []
-            for u, h in sorted(released, key=order):
-                self.ledger.hold(h)
-                if self.placer.verdict(request, node).fits:
-                    released.remove((u, h))  # reprieved: stays held
-                else:
-                    self.ledger.release(u)
-                    needed.append(u)
-            return plain + sorted(needed, key=victims.index)
-        finally:
-            for _, h in released:
-                self.ledger.hold(h)
+    def _victim(self, uid: str) -> Victim | None:
+        holding = self.ledger.holding(uid)
+        if holding is None:
+            return None
+        pod = self.pods.get(uid) or {}
+        record = objects.pod_assignment_text(pod)
+        admitted = 0.0
+        if record is not None:
+            with contextlib.suppress(AssignmentError, ValueError):
+                admitted = assignment_format.parse(record).bound_at()
+        priority = int((pod.get("spec") or {}).get("priority") or 0)
+        return Victim(uid, objects.pod_key(pod) if pod else uid, "", priority, holding.qos, admitted, holding,
+                      Resources(holding.compute_units, holding.memory_units))  # fmt: skip
 
     # --- debug -------------------------------------------------------------------------------------
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from gpupool import signing_key, slots
-from gpupool.policies import DEFAULT_POLICY
+from gpupool import signing_key
+from gpupool.config import PoolSettings
 
 
-class ExtenderSettings(BaseSettings):
-    """Every knob of the extender. Env `GPUPOOL_<NAME>`, flag `--<name-with-dashes>`; flags win."""
+class ExtenderSettings(PoolSettings):
+    """Every knob of the extender (the pool's in `PoolSettings`). Env `GPUPOOL_<NAME>`, flag `--<name-with-dashes>`."""
 
     model_config = SettingsConfigDict(env_prefix="GPUPOOL_", cli_kebab_case=True, cli_prog_name="gpupool-extender")
 
@@ -23,16 +23,7 @@ class ExtenderSettings(BaseSettings):
     url_prefix: str = Field("", description="path prefix of the verbs, as in the scheduler's urlPrefix path")
     kubeconfig: str | None = Field(None, description="kubeconfig file; unset = in-cluster, else ~/.kube/config")
     in_cluster: bool | None = Field(None, description="force (true) or forbid (false) in-cluster config")
-    default_policy: str = Field(DEFAULT_POLICY, description="placement policy when a pod names none")
-    policies: list[str] = Field(default_factory=list, description="enabled policies (empty = all available)")
     signing_key_file: str = Field(signing_key.DEFAULT_PATH, description="HMAC key shared with node agents")
-    slots_per_gpu: int = Field(slots.DEFAULT_SLOTS_PER_GPU, ge=1, description="must match the node agents")
-    remote_slots: int = Field(slots.DEFAULT_REMOTE_SLOTS, ge=0, description="must match the node agents")
-    overcommit_compute_percent: int = Field(100, ge=100, description="best-effort compute over-commit")
-    overcommit_memory_percent: int = Field(100, ge=100, description="best-effort memory over-commit")
-    fragmentation_workload: str | None = Field(
-        None, description="openb-style pod CSV (cpu_milli,num_gpu,gpu_milli) defining the target workload M"
-    )
     max_body_bytes: int = Field(8 * 2**20, ge=1024, description="larger request bodies get 413")
     api_timeout_seconds: float = Field(10.0, gt=0, description="timeout of each API-server write")
     watch_timeout_seconds: int = Field(300, ge=1, description="server-side timeout of one watch request")

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any
 
+from gpupool import timefmt
 from gpupool.errors import AssignmentError
 
 VERSION = 1
@@ -94,6 +95,13 @@ class Assignment:
             "slices": [s.to_json() for s in self.slices],
             "at": self.at,
         }
+
+    def bound_at(self) -> float:
+        """`at` as seconds since the epoch (raises ValueError when it is no RFC 3339 time, `gpupool/timefmt.py`)."""
+        stamp = timefmt.parse_time(self.at)
+        if stamp is None:
+            raise ValueError(f"assignment time {self.at!r} is not an RFC 3339 time")
+        return stamp
 
     def canonical(self) -> bytes:
         return json.dumps(self.payload(), sort_keys=True, separators=(",", ":")).encode()

@@ -8,6 +8,7 @@ Each node keeps a cached `NodeView`, indexed by its key, so identical nodes are 
 
 from __future__ import annotations
 
+import contextlib
 import enum
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -138,6 +139,13 @@ class GPUState:
     def info(self) -> GPUInfo:
         return GPUInfo(self.uuid, self.index, self.model, self.memory_mib, self.numa, self.healthy)
 
+    def clone(self) -> GPUState:
+        other = GPUState.__new__(GPUState)
+        for name in GPUState.__slots__:
+            setattr(other, name, getattr(self, name))
+        other.used_slots = set(self.used_slots)
+        return other
+
 
 class NodeState:
     """One node: its GPUs, host capacity and use, the remote slots its pods hold, its agent's endpoint
@@ -162,6 +170,14 @@ class NodeState:
         self.pods = 0
         self.remote_used: set[int] = set()
         self.view: NodeView | None = None
+
+    def clone(self) -> NodeState:
+        other = NodeState.__new__(NodeState)
+        for name in NodeState.__slots__:
+            setattr(other, name, getattr(self, name))
+        other.gpus = [g.clone() for g in self.gpus]
+        other.remote_used = set(self.remote_used)
+        return other
 
 
 class Ledger:
@@ -194,6 +210,53 @@ class Ledger:
         self.kid_epoch = 0
         #: bumped on every change; adapters use it to tell whether a decision is stale
         self.generation = 0
+        #: a planning copy (`copy()`): the only kind of ledger `without` may change
+        self.scratch = False
+
+    # --- planning copies ---------------------------------------------------------------------------
+
+    def copy(self) -> Ledger:
+        """An independent copy to plan on (preemption): what-if changes there never reach this ledger.
+
+        View keys keep their ids (`NodeView.kid`), but a copy's new ids are its own: place on it with
+        `Placer.over(copy)`, never with a placer of the original.
+        """
+        other = Ledger(
+            slots_per_gpu=self.slots_per_gpu,
+            remote_slots=self.remote_slots,
+            overcommit_compute_percent=self.overcommit_compute_percent,
+            overcommit_memory_percent=self.overcommit_memory_percent,
+        )
+        other._nodes = {name: state.clone() for name, state in self._nodes.items()}
+        other._gpus = {g.uuid: g for state in other._nodes.values() for g in state.gpus}
+        other._holdings = dict(self._holdings)
+        other._by_key = {key: set(names) for key, names in self._by_key.items()}
+        other._node_key = dict(self._node_key)
+        other._indexed = self._indexed
+        other._kids = dict(self._kids)
+        other.kid_epoch = self.kid_epoch
+        other.generation = self.generation
+        other.scratch = True
+        return other
+
+    @contextlib.contextmanager
+    def without(self, pods: Iterable[str]) -> Iterator[None]:
+        """On a planning copy: as if `pods` held nothing, restored exactly afterwards (even when a holding
+        would no longer pass `hold`'s checks, e.g. after its node's inventory shrank)."""
+        if not self.scratch:
+            raise RuntimeError("plan on a copy (Ledger.copy()), never by releasing on the live ledger")
+        gone: list[Holding] = []
+        try:
+            for pod in dict.fromkeys(pods):
+                holding = self._holdings.pop(pod, None)
+                if holding is not None:
+                    self._apply(holding, -1)
+                    gone.append(holding)
+            yield
+        finally:
+            for holding in reversed(gone):
+                self._apply(holding, +1)
+                self._holdings[holding.pod] = holding
 
     # --- inventory ---------------------------------------------------------------------------------
 

@@ -100,7 +100,8 @@ def _limit(data: Any, where: str) -> Limit:
 
 
 def label_selector_from_dict(data: Mapping[str, Any] | None) -> LabelSelector | None:
-    if not data:
+    """A Kubernetes label selector; absent (None) selects nothing, `{}` selects everything."""
+    if data is None:
         return None
     labels = tuple(sorted((str(k), str(v)) for k, v in (data.get("matchLabels") or {}).items()))
     exprs = tuple(
@@ -126,17 +127,26 @@ def queue_spec_from_object(obj: Mapping[str, Any]) -> QueueSpec:
     nominal = _limit(spec.get("nominalQuota"), f"{where}.nominalQuota")
     if nominal.compute is None:
         nominal = replace(nominal, compute=0)
+    selector = spec.get("namespaceSelector")
+    if selector is not None and not isinstance(selector, Mapping):
+        raise GpupoolError(f"{where}.namespaceSelector: must be a label selector object ({{}} = every namespace)")
+    reserve = spec.get("reserveNodes", False)
+    if not isinstance(reserve, bool):
+        raise GpupoolError(f"{where}.reserveNodes: must be true or false, got {reserve!r}")
+    if reserve and not spec.get("nodeSelector"):
+        raise GpupoolError(f"{where}.reserveNodes: reserves the nodes spec.nodeSelector matches; set a nodeSelector")
     return QueueSpec(
         name=name,
         nominal=nominal,
         borrowing_limit=_limit(spec.get("borrowingLimit"), f"{where}.borrowingLimit"),
         cohort=spec.get("cohort") or None,
         namespaces=frozenset(spec.get("namespaces") or ()),
-        namespace_selector=label_selector_from_dict(spec.get("namespaceSelector")),
+        namespace_selector=label_selector_from_dict(selector),
         node_selector=tuple(sorted((str(k), str(v)) for k, v in (spec.get("nodeSelector") or {}).items())),
         strategy=strategy,
         within_queue=within,
         reclaim_borrowed=bool(preemption.get("reclaimBorrowed", True)),
+        reserve_nodes=reserve,
     )
 
 

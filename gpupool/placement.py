@@ -21,6 +21,7 @@ from gpupool.errors import GpupoolError
 from gpupool.ledger import Ledger, NodeView, PlannedSlice
 from gpupool.policies.base import Choice, Demand, Policy, SliceGroup, best_fit, host_fits, slice_fits, slice_memory
 from gpupool.request import Locality, PodRequest, QoS
+from gpupool.tenancy import Reservations
 
 
 class NoFit(GpupoolError):
@@ -118,6 +119,8 @@ class Placer:
         self.policies = dict(policies)
         self.default_policy = default_policy
         self.rank = rank
+        #: nodes reserved for some GPUQueues' pods (`request.queue`); fed by the adapters
+        self.reservations = Reservations()
         # per demand: kid -> fits; kid -> failure verdict; node -> (kid, final verdict with its GPU named)
         self._verdicts: dict[Demand, dict[int, bool]] = {}
         self._failures: dict[Demand, dict[int, Verdict]] = {}
@@ -126,6 +129,10 @@ class Placer:
         self._epoch = ledger.kid_epoch
         self._pool_cache: tuple[int, tuple[object, ...], bool] | None = None
         self._silent_cache: tuple[int, tuple[str, ...], frozenset[str]] | None = None
+
+    def over(self, ledger: Ledger) -> Placer:
+        """The same policies, default and rank over another ledger (a planning copy), with its own memos."""
+        return Placer(ledger, self.policies, self.default_policy, self.rank)
 
     # --- policy and views ------------------------------------------------------------------------
 
@@ -148,6 +155,8 @@ class Placer:
         """Can `request` be served on `node`? Local GPUs first; remote slices for `pool` pods."""
         if not self.ledger.has_node(node):
             return _no_agent(node)
+        if not self.reservations.allows(node, request.queue):
+            return Verdict(False, self.reservations.refusal(node), resolvable=False)
         demand = Demand.of(request)
         view = self._view(request, node)
         return self._finish(request, demand, node, self._local_verdict(request, demand, view))
@@ -161,13 +170,15 @@ class Placer:
         """
         demand = Demand.of(request)
         names = list(nodes)
+        result = FilterResult()
+        if self.reservations:
+            names = self._reserved_out(request, names, result)
         if self._constrained(request):
-            return self._filter_each(request, demand, names)
+            return self._filter_each(request, demand, names, result)
         self._check_epoch()
         fits = self._memo(self._verdicts, demand)
         reasons = self._memo(self._reasons, demand)
         local_only = request.locality is Locality.LOCAL
-        result = FilterResult()
         for node, view in zip(names, self.ledger.views(names), strict=True):
             if view is None:
                 result.add(node, _no_agent(node))
@@ -189,9 +200,20 @@ class Placer:
             result.add(node, v)
         return result
 
-    def _filter_each(self, request: PodRequest, demand: Demand, names: list[str]) -> FilterResult:
+    def _reserved_out(self, request: PodRequest, names: list[str], result: FilterResult) -> list[str]:
+        """The nodes of `names` the pod's queue may use; the others fail in `result` (gpupool.tenancy)."""
+        allowed = []
+        for node in names:
+            if self.reservations.allows(node, request.queue):
+                allowed.append(node)
+            else:
+                result.add(node, Verdict(False, self.reservations.refusal(node), resolvable=False))
+        return allowed
+
+    def _filter_each(
+        self, request: PodRequest, demand: Demand, names: list[str], result: FilterResult
+    ) -> FilterResult:
         """Requests with allow-lists or best-effort QoS see their own views: judged node by node."""
-        result = FilterResult()
         for node in names:
             view = self._view_if_known(request, node)
             result.add(node, _no_agent(node) if view is None else self._finish(
@@ -339,7 +361,7 @@ class Placer:
         if self.ledger.remote_slots_free(node) < demand_slices(demand):
             return False
         own = node if not self.ledger.agent_endpoint(node) else None  # counted although it serves no one else
-        cache_key = (demand, request.models, request.uuids, request.qos, own)
+        cache_key = (demand, request.models, request.uuids, request.qos, own, request.queue, self.reservations.version)
         if self._pool_cache and self._pool_cache[0] == self.ledger.generation and self._pool_cache[1] == cache_key:
             return self._pool_cache[2]
         ok = all(self._pool_count(request, group, own) >= group.count for group in demand.groups)
@@ -350,6 +372,8 @@ class Placer:
         count = 0
         for name in self.ledger.node_names():
             if name != own and not self.ledger.agent_endpoint(name):
+                continue
+            if not self.reservations.allows(name, request.queue):
                 continue
             view = self._view(request, name)
             for j in range(len(view.free_compute)):
@@ -426,6 +450,9 @@ class Placer:
         """The best node for `request` by its policy (local slices only), ties to the lowest rank."""
         demand = Demand.of(request)
         policy = self.policy_for(request)
+        if self.reservations:
+            names = self.ledger.node_names() if nodes is None else nodes
+            nodes = [n for n in names if self.reservations.allows(n, request.queue)]
         if policy.random_node:
             return self._random_node(request, demand, policy, nodes)
         if nodes is None and policy.deterministic and not request.uuids and request.qos is QoS.GUARANTEED:
@@ -558,6 +585,8 @@ class Placer:
         best: tuple[int, int, str] | None = None
         for other in self.ledger.node_names():
             if other == node or not self.ledger.agent_endpoint(other):
+                continue
+            if not self.reservations.allows(other, request.queue):
                 continue
             view, uuids = self._adjusted(request, other, used, taken)
             choice = policy.evaluate(view, single)

@@ -1,9 +1,14 @@
 """Slice-aware preemption and reclaim: which pods to evict so that one waiting pod can be placed.
 
-Pure logic (no I/O). The controller asks `QueueManager`-aware `find_preemption` for a plan, evicts the
-victims through the Eviction API (PDBs respected), and on success calls `QueueManager.nominate` so the
-freed capacity is held (a NOMINATED ledger holding) for the preemptor. If an eviction is refused, it
-calls `find_preemption` again with the refused pod excluded (the next victim set).
+Pure logic (no I/O), the one home of victim choice (docs/contracts.md: victim order). The controller asks
+`QueueManager`-aware `find_preemption` for a plan, evicts the victims through the Eviction API (PDBs
+respected), and on success calls `QueueManager.nominate` so the freed capacity is held (a NOMINATED
+ledger holding) for the preemptor. If an eviction is refused, it calls `find_preemption` again with the
+refused pod excluded (the next victim set). The extender's preempt verb prunes kube-scheduler's victims
+of one node with `choose_victims`, the same search in the same order.
+
+Every search plans on a copy of the ledger (`Ledger.copy`, `Placer.over`): the live ledger is never
+released and re-held, so no reader and no failure mid-search sees or keeps a what-if state.
 
 Rules (DESIGN.md §7):
 
@@ -18,7 +23,7 @@ Rules (DESIGN.md §7):
   borrowers' pods before its own queue's: such sets are searched first and win over sets of as many
   victims with more of its own pods.
 * A victim set is valid when, with its holdings released, the preemptor fits the pool (one placement on
-  one node, checked with the `Placer` over the same `Ledger`) and its queue's quota.
+  one node, checked with the same policies over a copy of the `Ledger`) and its queue's quota.
 * Among valid sets, the fewest victims win; then the fewest guaranteed victims, then the lowest highest
   victim priority, then the node's stable rank. Per node the search is exact for one victim, else a
   greedy pass in victim order followed by a reprieve pass that gives back every victim not needed.
@@ -26,19 +31,20 @@ Rules (DESIGN.md §7):
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from gpupool.ledger import Holding, Ledger
-from gpupool.placement import NoFit, Plan
+from gpupool.placement import NoFit, Placer, Plan
 from gpupool.queues import IMPLICIT_QUEUE, PodEntry, QueueManager, State, WithinQueue
 from gpupool.quota import Resources
-from gpupool.request import QoS
+from gpupool.request import PodRequest, QoS
 
 
 @dataclass(frozen=True, slots=True)
 class Victim:
+    """A pod whose eviction may make room; `order` is THE victim order (the first is evicted first)."""
+
     uid: str
     key: str
     queue: str
@@ -50,6 +56,7 @@ class Victim:
 
     @property
     def order(self) -> tuple[int, int, float, str]:
+        """Best-effort first, then lower priority, then the most recently admitted, then the key."""
         return (0 if self.qos is QoS.BEST_EFFORT else 1, self.priority, -self.admitted_at, self.key)
 
 
@@ -65,21 +72,6 @@ class PreemptionPlan:
         names = ", ".join(v.key for v in self.victims)
         kind = "reclaim" if self.reclaim else "preemption"
         return f"{kind} on node {self.node}: evict {names}"
-
-
-@contextlib.contextmanager
-def released(ledger: Ledger, holdings: Sequence[Holding]) -> Iterator[None]:
-    """Temporarily release `holdings` (restored exactly afterwards)."""
-    done: list[Holding] = []
-    try:
-        for h in holdings:
-            if ledger.holding(h.pod) == h:
-                ledger.release(h.pod)
-                done.append(h)
-        yield
-    finally:
-        for h in reversed(done):
-            ledger.hold(h)
 
 
 def candidates(manager: QueueManager, preemptor: PodEntry, exclude: frozenset[str] = frozenset()) -> list[Victim]:
@@ -139,7 +131,8 @@ def find_preemption(
         return None
     q = preemptor.queue
     request = preemptor.request
-    ledger, placer = manager.ledger, manager.placer
+    ledger = manager.ledger.copy()  # plan on a copy: the live ledger is never released and re-held
+    placer = manager.placer.over(ledger)
     need = Resources(request.compute_units, request.memory_units(manager._largest_gpu_memory()))
     if q != IMPLICIT_QUEUE and not _within_nominal(manager, q, need, pool):
         # a queue reclaims only its own nominal quota; to borrow it may not evict other queues' pods
@@ -180,8 +173,7 @@ def find_preemption(
         return True
 
     def fits(node: str, victims: Sequence[Victim]) -> bool:
-        with released(ledger, [v.holding for v in victims]):
-            return placer.verdict(request, node).fits
+        return _fits(ledger, placer, request, node, victims)
 
     best: tuple[tuple[int, int, int, int, int], str, tuple[Victim, ...]] | None = None
     for node in names:
@@ -192,8 +184,8 @@ def find_preemption(
         if not fits(node, local):
             continue  # even evicting everything allowed here does not make room
         chosen = _search(node, local, elsewhere, fits, quota_ok, max_victims, order)
-        if chosen is None:
-            continue
+        if not chosen:
+            continue  # none helps, or none is needed (the admission cycle will take the pod)
         score = (
             len(chosen),
             sum(1 for v in chosen if v.queue in (q, IMPLICIT_QUEUE)) if reclaiming else 0,
@@ -206,7 +198,7 @@ def find_preemption(
     if best is None:
         return None
     _, node, chosen = best
-    with released(ledger, [v.holding for v in chosen]):
+    with ledger.without(v.uid for v in chosen):
         try:
             plan = placer.plan(request, node)
         except NoFit:
@@ -232,14 +224,16 @@ def _search(
     elsewhere: list[Victim],
     fits: Callable[[str, Sequence[Victim]], bool],
     quota_ok: Callable[[Sequence[Victim]], bool],
-    max_victims: int,
+    max_victims: int | None,
     order: Callable[[Victim], tuple[object, ...]] = lambda v: v.order,
 ) -> tuple[Victim, ...] | None:
+    """Exact for one victim, else greedy in victim order then a reprieve pass; () when none is needed."""
+
     def valid(vs: Sequence[Victim]) -> bool:
         return quota_ok(vs) and fits(node, vs)
 
     if valid([]):
-        return None  # nothing to preempt: the pod fits already (the admission cycle will take it)
+        return ()  # nothing to preempt: the pod fits already
     for v in local + elsewhere:  # exact for a single victim, in victim order
         if valid([v]):
             return (v,)
@@ -252,12 +246,39 @@ def _search(
         if quota_ok(chosen):
             break
         chosen.append(v)
-    if not valid(chosen) or len(chosen) > max_victims * 4:
+    if not valid(chosen) or (max_victims is not None and len(chosen) > max_victims * 4):
         return None
     for v in sorted(chosen, key=order, reverse=True):  # reprieve the most valuable first
         trial = [c for c in chosen if c is not v]
         if valid(trial):
             chosen = trial
-    if len(chosen) > max_victims:
+    if max_victims is not None and len(chosen) > max_victims:
         return None
     return tuple(sorted(chosen, key=order))
+
+
+def _fits(ledger: Ledger, placer: Placer, request: PodRequest, node: str, victims: Sequence[Victim]) -> bool:
+    with ledger.without(v.uid for v in victims):
+        return placer.verdict(request, node).fits
+
+
+def choose_victims(
+    ledger: Ledger, placer: Placer, request: PodRequest, node: str, offered: Sequence[Victim]
+) -> tuple[Victim, ...] | None:
+    """The fewest of `offered` (pods holding slices on or for `node`) whose eviction lets `request` fit there.
+
+    The extender's preempt verb: kube-scheduler offers the victims, this prunes them with the search and
+    the victim order of `find_preemption`. `ledger` is a planning copy (`Ledger.copy()`, one per verb call)
+    and `placer` places over it (`Placer.over`). () when none is needed; None when even evicting every
+    offered pod does not make room.
+    """
+    if not ledger.has_node(node):
+        return None
+    pool = sorted(offered, key=lambda v: v.order)
+
+    def fits(node: str, victims: Sequence[Victim]) -> bool:
+        return _fits(ledger, placer, request, node, victims)
+
+    if not fits(node, pool):
+        return None
+    return _search(node, pool, [], fits, lambda _: True, None)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
-from gpupool import quota
+from gpupool import quota, tenancy
 from gpupool.errors import OverAllocation
 from gpupool.ledger import Holding, HoldingKind, Ledger
 from gpupool.placement import NoFit, Placer, Plan
@@ -73,6 +73,8 @@ class QueueSpec:
     strategy: Strategy = Strategy.BEST_EFFORT_FIFO
     within_queue: WithinQueue = WithinQueue.LOWER_PRIORITY
     reclaim_borrowed: bool = True
+    #: the nodes `node_selector` matches serve only this queue's pods (gpupool.tenancy.Reservations)
+    reserve_nodes: bool = False
 
     @property
     def node_selector_dict(self) -> dict[str, str]:
@@ -99,12 +101,18 @@ class PodEntry:
     node_selector: Mapping[str, str] = field(default_factory=dict)
     assigned: Holding | None = None  # from the signed assignment
     # managed by the QueueManager
+    #: the queue the pod names (`gpupool.io/queue`); `request.queue` becomes the resolved queue
+    named_queue: str | None = None
     queue: str | None = None
     queue_error: str | None = None
     state: State = State.PENDING
     charge: Resources = ZERO
     admitted_at: float | None = None
     nomination: Nomination | None = None
+
+    def __post_init__(self) -> None:
+        if self.named_queue is None:
+            self.named_queue = self.request.queue
 
     @property
     def uid(self) -> str:
@@ -198,10 +206,12 @@ class QueueManager:
 
     def set_queue(self, spec: QueueSpec) -> None:
         self.queues[spec.name] = spec
+        self.placer.reservations.set_queue(spec)
         self._requeue_all()
 
     def remove_queue(self, name: str) -> None:
         self.queues.pop(name, None)
+        self.placer.reservations.remove_queue(name)
         self._requeue_all()
 
     def set_namespace(self, name: str, labels: Mapping[str, str]) -> None:
@@ -213,28 +223,39 @@ class QueueManager:
 
     def set_node_labels(self, node: str, labels: Mapping[str, str]) -> None:
         self.node_labels[node] = dict(labels)
+        self.placer.reservations.set_node_labels(node, labels)
 
     def remove_node_labels(self, node: str) -> None:
         self.node_labels.pop(node, None)
+        self.placer.reservations.remove_node(node)
 
     def queue(self, name: str) -> QueueSpec | None:
         return IMPLICIT if name == IMPLICIT_QUEUE and not self.require_queue else self.queues.get(name)
 
+    def membership_problem(self, namespace: str, named: str) -> str | None:
+        """Why a pod of `namespace` may not name GPUQueue `named` (None: it may, or the queue does not exist)."""
+        spec = self.queues.get(named)
+        if spec is None:
+            return None
+        return tenancy.membership_problem(spec, namespace, self.namespace_labels.get(namespace, {}))
+
     def resolve_queue(self, namespace: str, named: str | None) -> tuple[str | None, str | None]:
-        """(queue name, None) or (None, why no queue) for a pod of `namespace` naming `named`."""
+        """(queue name, None) or (None, why no queue) for a pod of `namespace` naming `named`.
+
+        A named queue must serve the namespace (`gpupool.tenancy.serves`); else the first queue, by
+        `tenancy.selector_rank` then name, that serves it; else the implicit queue (docs/contracts.md).
+        """
         if named:
-            if named in self.queues:
-                return named, None
-            return (
-                None,
-                f"GPUQueue {named} (annotation gpupool.io/queue) does not exist; create it or fix the name",
-            )
-        for spec in sorted(self.queues.values(), key=lambda q: q.name):
-            if namespace in spec.namespaces:
-                return spec.name, None
+            if named not in self.queues:
+                return (
+                    None,
+                    f"GPUQueue {named} (annotation gpupool.io/queue) does not exist; create it or fix the name",
+                )
+            problem = self.membership_problem(namespace, named)
+            return (named, None) if problem is None else (None, problem)
         labels = self.namespace_labels.get(namespace, {})
-        for spec in sorted(self.queues.values(), key=lambda q: q.name):
-            if spec.namespace_selector is not None and spec.namespace_selector.matches(labels):
+        for spec in sorted(self.queues.values(), key=lambda q: (tenancy.selector_rank(q), q.name)):
+            if tenancy.serves(spec, namespace, labels):
                 return spec.name, None
         if self.require_queue:
             return None, (
@@ -242,6 +263,12 @@ class QueueManager:
                 "or set the gpupool.io/queue annotation"
             )
         return IMPLICIT_QUEUE, None
+
+    def _resolve(self, entry: PodEntry) -> None:
+        """Set the entry's queue; its request names the resolved queue (placement keys reserved nodes on it)."""
+        entry.queue, entry.queue_error = self.resolve_queue(entry.request.namespace, entry.named_queue)
+        if entry.request.queue != (entry.queue or None):
+            entry.request = replace(entry.request, queue=entry.queue or None)
 
     # --- pods --------------------------------------------------------------------------------------
 
@@ -253,7 +280,9 @@ class QueueManager:
             entry.admitted_at, entry.nomination = old.admitted_at, old.nomination
             if old.state is not State.PENDING:
                 self._uncharge(old)
-        entry.queue, entry.queue_error = self.resolve_queue(entry.request.namespace, entry.request.queue)
+                # admitted: the queue it named then is final (the webhook refuses edits; this holds if bypassed)
+                entry.named_queue = old.named_queue or old.queue or None
+        self._resolve(entry)
         if not entry.gated and entry.state is not State.ADMITTED:
             # admitted by us before a restart, or never gated (webhook bypassed): it is in the pool's hands
             if entry.nomination is not None:
@@ -342,7 +371,7 @@ class QueueManager:
         for entry in list(self.pods.values()):
             if entry.state is not State.PENDING:
                 self._uncharge(entry)
-            entry.queue, entry.queue_error = self.resolve_queue(entry.request.namespace, entry.request.queue)
+            self._resolve(entry)
             if entry.state is not State.PENDING:
                 self._charge(entry)
 
@@ -561,6 +590,7 @@ class QueueManager:
             r.locality,
             r.policy,
             None if nodes is None else tuple(nodes),
+            r.queue if self.placer.reservations else None,  # reserved nodes differ per queue
         )
 
     def _wait(

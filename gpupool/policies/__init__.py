@@ -14,6 +14,8 @@ from gpupool.policies.simple import BinPack, Spread
 
 #: the cluster-wide default when neither the configuration nor the pod names one
 DEFAULT_POLICY = "fgdpp"
+#: policies that keep state the node view does not show, fed only by the simulator's replay
+SIMULATOR_ONLY = frozenset({"clustering"})
 
 
 def _workload(params: dict[str, Any]) -> Workload | None:
@@ -64,4 +66,4 @@ def make_policy(name: str, **params: object) -> Policy:
     return factory(**params)
 
 
-__all__ = ["DEFAULT_POLICY", "Choice", "Demand", "Policy", "SliceGroup", "available", "make_policy"]
+__all__ = ["DEFAULT_POLICY", "SIMULATOR_ONLY", "Choice", "Demand", "Policy", "SliceGroup", "available", "make_policy"]

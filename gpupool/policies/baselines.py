@@ -128,7 +128,7 @@ class Clustering(Policy):
     """`clustering`: keep pods of one class ("share", "k-gpu") together.
 
     Stateful: it must know which classes each node hosts. The simulator tells it
-    through `placed`; `released` undoes one.
+    through `placed`; the extender and the controller do not offer it (`SIMULATOR_ONLY`).
     Because the state is not in the node view, nodes are not grouped by view
     (`deterministic = False`).
     """

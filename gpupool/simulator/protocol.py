@@ -26,10 +26,9 @@ from dataclasses import dataclass, field
 from gpupool.fragmentation import Workload
 from gpupool.inventory import GPUInfo, NodeInfo
 from gpupool.ledger import Ledger
-from gpupool.placement import Placer
-from gpupool.policies import make_policy
 from gpupool.policies.base import Demand
 from gpupool.policies.fgdpp import reserved_shares
+from gpupool.pool import PoolConfig, build_pool
 from gpupool.request import WHOLE_GPU_COMPUTE, ContainerRequest, PodRequest
 from gpupool.simulator.trace import KINDS, MILLI, TraceNode, TracePod, target_workload, total_gpu_milli
 
@@ -72,8 +71,17 @@ def node_rank(nodes: list[TraceNode], rng: random.Random) -> dict[str, int]:
     return {n.name: perm[i] for i, n in enumerate(nodes)}
 
 
-def build_ledger(nodes: list[TraceNode]) -> Ledger:
-    ledger = Ledger(slots_per_gpu=WHOLE_GPU_COMPUTE)  # the smallest slice is 1 unit
+def pool_config(policy: str, seed: int, workload: Workload, reserved: dict[str, float] | None = None) -> PoolConfig:
+    """The replay's pool: one policy, the run's seed and workload (and fgdpp's reserved share per GPU model);
+    the smallest slice is 1 unit."""
+    return PoolConfig(slots_per_gpu=WHOLE_GPU_COMPUTE, policies=(policy,), default_policy=policy,
+                      workload=workload, seed=seed, simulator=True,
+                      reserved=tuple(sorted((reserved or {}).items())))  # fmt: skip
+
+
+def build_ledger(nodes: list[TraceNode], ledger: Ledger | None = None) -> Ledger:
+    """The trace's nodes, idle, in `ledger` (default: a new one with a slot per compute unit)."""
+    ledger = ledger if ledger is not None else Ledger(slots_per_gpu=WHOLE_GPU_COMPUTE)
     for n in nodes:
         gpus = tuple(GPUInfo(f"{n.name}-gpu{i}", i, n.model, GPU_MEMORY_MIB) for i in range(n.gpus))
         ledger.upsert_node(NodeInfo(n.name, gpus, cpu_milli=n.cpu_milli, memory_mib=n.memory_mib, max_pods=MAX_PODS))
@@ -128,15 +136,15 @@ def replay(
     rng = random.Random(seed)
     order = shuffled_pods(pods, rng, total_gpu_milli(nodes), tune)
     rank = node_rank(nodes, rng)
-    ledger = build_ledger(nodes)
     model_gpus: dict[str, int] = {}
     for n in nodes:
         if n.gpus:
             model_gpus[n.model] = model_gpus.get(n.model, 0) + n.gpus
     # fgdpp's reservation term: what the model-constrained pods of the whole trace need of each model
     reserved = reserved_shares(target_workload(pods, 1.0), model_gpus)
-    engine = make_policy(policy, workload=workload, seed=seed, reserved=reserved)
-    placer = Placer(ledger, {policy: engine}, policy, rank=rank.__getitem__)
+    pool = build_pool(pool_config(policy, seed, workload, reserved), rank=rank.__getitem__)
+    ledger, placer = build_ledger(nodes, pool.ledger), pool.placer
+    engine = pool.policies[policy]
 
     capacity_units = sum(n.gpus for n in nodes) * WHOLE_GPU_COMPUTE
     # fragmentation measure (its own memo: the policy's workload may be a different object)

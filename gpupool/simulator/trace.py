@@ -264,6 +264,25 @@ def target_workload(pods: Iterable[TracePod], coverage: float = 0.95) -> Workloa
     return Workload.from_shapes(keys, coverage, memory_per_unit=memory)
 
 
+WORKLOAD_COLUMNS = ("cpu_milli", "num_gpu", "gpu_milli")
+
+
+def load_workload(path: Path | str) -> Workload:
+    """A target workload M from an openb-style pod CSV (columns cpu_milli, num_gpu, gpu_milli): every row one task.
+
+    The one reader of `fragmentation_workload` (the extender's and the controller's setting).
+    """
+    path = Path(path)
+    keys = [
+        shape_key(_int(path, line, row, "cpu_milli"), _int(path, line, row, "gpu_milli", 0, MILLI),
+                  _int(path, line, row, "num_gpu"))
+        for line, row in _rows(path, WORKLOAD_COLUMNS)
+    ]  # fmt: skip
+    if not keys:
+        raise TraceError(path, None, None, "no tasks in the file")
+    return Workload.from_shapes(keys)
+
+
 def total_gpu_milli(nodes: Iterable[TraceNode]) -> int:
     return sum(n.gpus for n in nodes) * MILLI
 

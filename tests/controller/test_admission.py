@@ -73,6 +73,9 @@ def test_bad_input_is_rejected_naming_the_field(
         def pool_limits(self) -> PoolLimits:
             return LIMITS
 
+        def queue_problem(self, namespace: str, named: str) -> str | None:
+            return None
+
     monkeypatch.setattr(handlers, "STATE", State())
     errors = check(pod)
     assert errors, "expected a rejection"
@@ -184,3 +187,81 @@ def test_mutate_gates_a_pod_whose_gate_list_is_null() -> None:
     pod = make_pod()
     pod["spec"]["schedulingGates"] = None
     assert admission.mutate(pod)["spec"]["schedulingGates"] == [{"name": resources.ADMISSION_GATE}]
+
+
+# --- tenancy (issue 11 finding 3 and 2): queue membership, fields fixed at admission ----------------------
+
+
+def served(namespace: str, named: str) -> str | None:
+    return None if (namespace, named) == ("team-a", "team-a") else f"GPUQueue {named} serves namespaces team-a"
+
+
+def tenancy(pod: dict, **kw: Any) -> list[str]:
+    kw.setdefault("queue_problem", served)
+    return [str(e) for e in admission.tenancy_errors(pod, **kw)]
+
+
+def test_a_pod_naming_a_queue_of_another_namespace_is_refused() -> None:
+    thief = make_pod(annotations={resources.QUEUE: "team-a"})
+    thief["metadata"]["namespace"] = "team-b"
+    errors = tenancy(thief)
+    assert errors == ["metadata.annotations[gpupool.io/queue]: GPUQueue team-a serves namespaces team-a"]
+    assert tenancy(make_pod(annotations={resources.QUEUE: "team-a"})) == []
+    assert tenancy(thief, queue_problem=None) == []  # the controller's cache is not built yet
+    # renaming the queue of a gated pod is checked too; other updates of it are not
+    old = admission.mutate(make_pod())
+    new = copy.deepcopy(old)
+    new["metadata"]["namespace"] = old["metadata"]["namespace"] = "team-b"
+    new["metadata"]["annotations"][resources.QUEUE] = "team-a"
+    assert len(tenancy(new, old=old, operation="UPDATE")) == 1
+    assert tenancy(new, old=new, operation="UPDATE") == []
+
+
+def admitted_pod(**annotations: str) -> dict:
+    pod = make_pod({resources.GPU: "1", resources.GPU_COMPUTE: "20"}, annotations=dict(annotations))
+    pod["spec"]["schedulingGates"] = []
+    return pod
+
+
+@pytest.mark.parametrize(
+    ("field", "change"),
+    [
+        (resources.QOS, "guaranteed"),
+        (resources.QUEUE, "team-a"),
+        (resources.LOCALITY, "pool"),
+        (resources.POLICY, "spread"),
+        (resources.GPU_MODEL, "H100"),
+        (resources.GPU_UUID, "GPU-1"),
+    ],
+)
+def test_accounting_annotations_are_fixed_once_admitted(field: str, change: str) -> None:
+    """Issue 11 finding 2: the webhook let a user turn a bound best-effort pod into a guaranteed one."""
+    old = admitted_pod(**{resources.QOS: "best-effort"})
+    new = copy.deepcopy(old)
+    new["metadata"]["annotations"][field] = change
+    for user in (USER, SYSTEM):
+        errors = tenancy(new, old=old, operation="UPDATE")
+        assert len(errors) == 1 and errors[0].startswith(f"metadata.annotations[{field}]: is fixed once"), errors
+        # through the webhook handler as well, whoever asks
+        with pytest.raises(kopf.AdmissionError, match=r"is fixed once gpupool admitted the pod"):
+            handlers.validate_pods(body=new, old=old, operation="UPDATE", userinfo=user)
+    # the same edit while the pod still waits for admission is allowed
+    gated_old, gated_new = copy.deepcopy(old), copy.deepcopy(new)
+    for p in (gated_old, gated_new):
+        p["spec"]["schedulingGates"] = [{"name": resources.ADMISSION_GATE}]
+    assert tenancy(gated_new, old=gated_old, operation="UPDATE") == []
+
+
+def test_requests_are_fixed_once_admitted_and_other_updates_pass() -> None:
+    old = admitted_pod()
+    new = copy.deepcopy(old)
+    new["spec"]["containers"][0]["resources"]["limits"][resources.GPU_COMPUTE] = "90"
+    errors = tenancy(new, old=old, operation="UPDATE")
+    assert errors == [
+        "spec.containers[0].resources.limits[gpupool.io/gpu-compute]: is fixed once gpupool admitted the pod "
+        "(it decides the pod's queue, quota and slices); keep '20', or delete and recreate the pod"
+    ]
+    labelled = copy.deepcopy(old)
+    labelled["metadata"]["labels"] = {"x": "y"}
+    labelled["metadata"]["annotations"]["other.io/note"] = "fine"
+    assert tenancy(labelled, old=old, operation="UPDATE") == []

@@ -298,6 +298,21 @@ def test_queue_admits_by_priority_then_creation(real: RealAPI, ns: str) -> None:
     wait_admitted(real, ns, "low")
 
 
+def test_queue_is_recorded_at_admission_and_tenancy_is_enforced(real: RealAPI, ns: str) -> None:
+    """Issue 11 findings 2 and 3 through a real API server: another namespace's queue, edits after admission."""
+    queue = create_queue(real, ns, 100)
+    real.create_pod(ns, gpu_pod("mine", compute=10))  # defaulted to the namespace's queue
+    admitted = wait_admitted(real, ns, "mine")
+    assert admitted["metadata"]["annotations"][resources.QUEUE] == queue
+    other = real.namespace("o")
+    err = rejection(real, other, gpu_pod("thief", compute=10, annotations={resources.QUEUE: queue}))
+    assert f"metadata.annotations[{resources.QUEUE}]" in message(err), message(err)
+    assert f"GPUQueue {queue} serves namespaces {ns}, not namespace {other}" in message(err), message(err)
+    with pytest.raises(ApiException) as info:
+        real.core.patch_namespaced_pod("mine", ns, {"metadata": {"annotations": {resources.QOS: "best-effort"}}})
+    assert f"metadata.annotations[{resources.QOS}]: is fixed once gpupool admitted the pod" in message(info.value)
+
+
 # --- Lease HA -------------------------------------------------------------------------------------------
 
 

@@ -19,9 +19,13 @@ class FakeKube:
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
         self.refuse: set[str] = set()
+        self.ungated_with: dict[str, str | None] = {}
 
-    async def remove_gate(self, namespace: str, name: str, uid: str, gates: list[dict[str, Any]]) -> None:
+    async def remove_gate(
+        self, namespace: str, name: str, uid: str, gates: list[dict[str, Any]], queue: str | None = None
+    ) -> None:
         self.calls.append(("ungate", f"{namespace}/{name}"))
+        self.ungated_with[f"{namespace}/{name}"] = queue
 
     async def annotate_pod(self, namespace: str, name: str, annotations: dict[str, Any]) -> None:
         self.calls.append(("annotate", f"{namespace}/{name}", annotations))
@@ -371,3 +375,25 @@ def test_metrics_after_a_cycle() -> None:
     assert value("gpupool_gpu_allocated", **gpu0, resource="compute") == 100
     assert value("gpupool_gpu_allocated", **gpu0, resource="memory") == 40960
     assert value("gpupool_gpu_allocated", node="metrics-n1", gpu="GPU-metrics-n1-1", resource="compute") == 0
+def test_admission_records_the_queue_on_the_pod_and_guards_the_gate_removal_with_it() -> None:
+    """The extender learns a pod's queue from `gpupool.io/queue`: written at admission when defaulted."""
+    c, kube = make()
+    c.on_gpunode("ADDED", gpunode("n1", gpus=2))
+    c.on_queue("ADDED", queue("team-a", 400))
+    c.on_pod("ADDED", pod("defaulted"))
+    c.on_pod("ADDED", pod("named", annotations={resources.QUEUE: "team-a"}))
+    run(c.cycle(now=2e9))
+    assert kube.of("annotate") == [("annotate", "team-a/defaulted", {resources.QUEUE: "team-a"})]
+    assert kube.ungated_with == {"team-a/defaulted": "team-a", "team-a/named": "team-a"}
+
+
+def test_a_pod_naming_another_namespaces_queue_waits_with_the_reason() -> None:
+    """Defence in depth if the webhook was bypassed: the pod is never admitted against team-a's quota."""
+    c, kube = make()
+    c.on_gpunode("ADDED", gpunode("n1", gpus=2))
+    c.on_queue("ADDED", queue("team-a", 400))
+    c.on_pod("ADDED", pod("thief", ns="team-b", annotations={resources.QUEUE: "team-a"}))
+    run(c.cycle(now=2e9))
+    assert kube.of("ungate") == []
+    events = {e[1]: e[3] for e in kube.of("event")}
+    assert "GPUQueue team-a serves namespaces team-a, not namespace team-b" in events["team-b/thief"]

@@ -45,6 +45,7 @@ class FakeKubeHandler(KubernetesEmulator):  # type: ignore[misc]
         self.conflicts: dict[str, int] = {}
         self.bindings: list[tuple[str, str, str]] = []
         self.resources["gpupool.io/v1alpha1/gpunodes"] = {"namespaced": False, "kind": "GPUNode"}
+        self.resources["gpupool.io/v1alpha1/gpuqueues"] = {"namespaced": False, "kind": "GPUQueue"}
         self.resources["v1/nodes"] = {"namespaced": False, "kind": "Node"}
         self.resources["v1/pods"] = {"namespaced": True, "kind": "Pod"}
 

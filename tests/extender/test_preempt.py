@@ -63,3 +63,47 @@ def test_preempt_full_victims_form_and_decline(kube, ext):
     body = {"Pod": pod("bad", compute=-1), "NodeNameToMetaVictims": {"gpu-0": _meta_victims()}}
     r = ext.post("preempt", body)
     assert r.status_code == 200 and r.json() == {"NodeNameToMetaVictims": {}}
+
+
+def test_preempt_chooses_victims_in_the_model_order(kube, ext):
+    """One victim order for both paths (gpupool.preemption): best-effort first, then lower priority.
+
+    The extender used to reprieve by priority then largest compute: it gave back the larger
+    best-effort pod and evicted the guaranteed one, where the controller would evict the best-effort pod.
+    """
+    add_gpu_node(kube, "gpu-0", gpus=1, memory=10_000)
+    guaranteed = create_pod(kube, pod("guaranteed", compute=40, memory=4000, priority=1))
+    besteffort = create_pod(kube, pod("besteffort", compute=60, memory=6000, priority=1,
+                                      annotations={"gpupool.io/qos": "best-effort"}))  # fmt: skip
+    for p in (guaranteed, besteffort):
+        assert ext.post("bind", bind_body(p, "gpu-0")).json() == {"Error": ""}
+    body = {
+        "Pod": pod("vip", compute=40, memory=4000, priority=100),
+        "NodeNameToMetaVictims": {"gpu-0": _meta_victims("uid-default-guaranteed", "uid-default-besteffort")},
+    }
+    answer = ext.post("preempt", body).json()["NodeNameToMetaVictims"]
+    assert answer == {"gpu-0": {"Pods": [{"UID": "uid-default-besteffort"}], "NumPDBViolations": 0}}
+
+
+def test_preempt_leaves_the_live_ledger_alone_when_a_victim_no_longer_fits(kube, ext):
+    """The what-if runs on a copy: a victim whose GPU shrank under it (its holding is kept, over capacity)
+    used to be released and could not be re-held, so the verb failed and the live ledger lost it."""
+    from tests.extender.conftest import GPUNODES, gpunode, wait_for
+
+    add_gpu_node(kube, "gpu-0", gpus=1, memory=10_000)
+    low = create_pod(kube, pod("low", compute=50, memory=8000, priority=1))
+    assert ext.post("bind", bind_body(low, "gpu-0")).json() == {"Error": ""}
+    kube.patch(f"{GPUNODES}/gpu-0", {"status": gpunode("gpu-0", gpus=1, memory=6000)["status"]})
+    wait_for(lambda: ext.service.ledger.gpus_of("gpu-0")[0].memory_mib == 6000, 10, "the smaller GPU")
+    held = ext.service.ledger.holding("uid-default-low")
+    assert held is not None
+    before = ext.service.ledger_snapshot()
+    body = {
+        "Pod": pod("vip", compute=50, memory=1000, priority=100),
+        "NodeNameToMetaVictims": {"gpu-0": _meta_victims("uid-default-low")},
+    }
+    r = ext.post("preempt", body)
+    assert r.status_code == 200
+    assert r.json()["NodeNameToMetaVictims"] == {"gpu-0": {"Pods": [{"UID": "uid-default-low"}], "NumPDBViolations": 0}}
+    assert ext.service.ledger.holding("uid-default-low") is held
+    assert ext.service.ledger_snapshot() == before

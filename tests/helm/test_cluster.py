@@ -121,7 +121,9 @@ CAN_I = [
     ("scheduler", "patch", "nodes", "", "", False),
     ("scheduler", "patch", "gpunodes.gpupool.io", "", "", False),
     ("scheduler", "patch", "gpunodes.gpupool.io", "status", "", False),
-    ("scheduler", "list", "gpuqueues.gpupool.io", "", "", False),
+    ("scheduler", "list", "gpuqueues.gpupool.io", "", "", True),  # reserved nodes (spec.reserveNodes)
+    ("scheduler", "watch", "gpuqueues.gpupool.io", "", "", True),
+    ("scheduler", "patch", "gpuqueues.gpupool.io", "", "", False),
     ("scheduler", "get", "secrets", "", "", False),
     ("scheduler", "get", "secrets", "", "ns", False),
     # node agent: the pods of its node, its GPUNode, labels of its Node

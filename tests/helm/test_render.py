@@ -144,11 +144,32 @@ def test_bad_values_fail_with_a_clear_message(helm_bin: Path) -> None:
 
 
 def test_schema_policy_names_match_the_contract() -> None:
-    from gpupool import policies
+    from gpupool.pool import live_policies
 
     schema = json.loads((CHART / "values.schema.json").read_text())
     enum = schema["properties"]["placement"]["properties"]["defaultPolicy"]["enum"]
-    assert sorted(enum) == sorted(policies.available())
+    assert sorted(enum) == sorted(live_policies())  # clustering is offered only by the simulator
+
+
+def test_pool_settings_are_set_once_for_the_extender_and_the_controller(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """One values block (placement, slotsPerGPU, remoteSlots, overcommit) rendered into both Deployments."""
+    pool_env = {"GPUPOOL_DEFAULT_POLICY", "GPUPOOL_POLICIES", "GPUPOOL_SLOTS_PER_GPU", "GPUPOOL_REMOTE_SLOTS",
+                "GPUPOOL_OVERCOMMIT_COMPUTE_PERCENT", "GPUPOOL_OVERCOMMIT_MEMORY_PERCENT", "GPUPOOL_X"}  # fmt: skip
+    del rendered  # the helm binary is ready
+    values = {**VALUE_SETS["everything-else"], "placement": {
+        "defaultPolicy": "binpack", "policies": ["binpack", "fgd"], "extraEnv": {"GPUPOOL_X": "1"}}}  # fmt: skip
+    objs = chart.render(values, namespace=NS)
+    ext = container(one(objs, "Deployment", "scheduler"), "extender")
+    ctl = container(one(objs, "Deployment", "controller"), "controller")
+    for c in (ext, ctl):
+        names = [e["name"] for e in c["env"]]
+        assert len(names) == len(set(names)), names  # each variable once
+    e, c = env(ext), env(ctl)
+    assert {k: v for k, v in e.items() if k in pool_env} == {k: v for k, v in c.items() if k in pool_env}
+    assert json.loads(c["GPUPOOL_POLICIES"]) == ["binpack", "fgd"] and c["GPUPOOL_X"] == "1"
+    assert c["GPUPOOL_SLOTS_PER_GPU"] == "64" and c["GPUPOOL_OVERCOMMIT_COMPUTE_PERCENT"] == "150"
 
 
 def test_every_value_is_documented() -> None:

@@ -70,3 +70,15 @@ def test_without_constraints_fgdpp_is_unchanged() -> None:
             assert plain.evaluate(node(model, free), demand) == same.evaluate(node(model, free), demand)
     with pytest.raises(TypeError, match="reserved"):
         make_policy("fgdpp", workload=w, reserved={"G2": 2.0})
+
+
+def test_the_simulator_pool_hands_the_shares_to_fgdpp() -> None:
+    from gpupool.pool import build_pool
+    from gpupool.simulator.protocol import pool_config
+
+    reserved = reserved_shares(mix(), {"G2": 50, "T4": 20, "V100": 30})
+    pool = build_pool(pool_config("fgdpp", 42, mix(), reserved))
+    policy = pool.policies["fgdpp"]
+    assert isinstance(policy, FGDPlusPlus) and policy.reserved == reserved
+    plain = build_pool(pool_config("fgdpp", 42, mix())).policies["fgdpp"]
+    assert isinstance(plain, FGDPlusPlus) and plain.reserved == {}

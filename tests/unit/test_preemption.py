@@ -302,3 +302,41 @@ def test_cohort_total_never_exceeds_its_quota_under_random_admissions() -> None:
                     assert usage[q].compute <= nominal_c + s.borrowing_limit.compute, (seed, step, q, usage)
         reclaimed += reclaims
     assert reclaimed > 0  # the loop exercises reclaim, not only admission
+
+
+def test_preemption_plans_on_a_copy_and_never_touches_the_live_ledger() -> None:
+    """Issue 10: the search used to release and re-hold victims on the live ledger. A victim whose node
+    shrank under it (a GPUNode re-reported with less memory: the ledger keeps the holding) could then
+    not be re-held: the search raised and the live ledger lost the holding."""
+    from gpupool.inventory import GPUInfo, NodeInfo
+
+    m, _ = make_manager(nodes=1, gpus=1, memory=40960)
+    m.set_queue(queue("team-a", 10000))
+    m.upsert_pod(pod("low", compute=50, memory=30000, priority=1))
+    assert admitted(m.schedule()) == ["low"]
+    m.ledger.upsert_node(NodeInfo("node-0", (GPUInfo("GPU-0-0", 0, "A100", 20000),)))
+    held = m.ledger.holding("uid-low")
+    assert held is not None  # kept, although 30000 MiB no longer fit the GPU
+    m.upsert_pod(pod("urgent", compute=50, memory=1000, priority=100))
+    assert "urgent" not in admitted(m.schedule())
+    before, generation = m.ledger.snapshot(), m.ledger.generation
+    plan = find_preemption(m, "uid-urgent")
+    assert plan is not None and [v.key for v in plan.victims] == ["team-a/low"]
+    assert m.ledger.holding("uid-low") is held
+    assert m.ledger.snapshot() == before and m.ledger.generation == generation  # nothing happened to it
+
+
+def test_what_if_releases_only_on_a_planning_copy() -> None:
+    import pytest
+
+    m, _ = make_manager(nodes=1, gpus=1)
+    m.set_queue(queue("team-a", 10000))
+    m.upsert_pod(pod("a"))
+    m.schedule()
+    with pytest.raises(RuntimeError, match="plan on a copy"), m.ledger.without(["uid-a"]):
+        pass
+    copy = m.ledger.copy()
+    with copy.without(["uid-a"]):
+        assert copy.holding("uid-a") is None and copy.gpu_free("GPU-0-0") == (100, 40960)
+        assert m.ledger.holding("uid-a") is not None and m.ledger.gpu_free("GPU-0-0") == (0, 0)
+    assert copy.snapshot() == m.ledger.snapshot()

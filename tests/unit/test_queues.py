@@ -208,13 +208,101 @@ def test_queue_resolution() -> None:
     m.set_namespace("ns-gold", {"tier": "gold"})
     assert m.resolve_queue("team-a", None) == ("team-a", None)
     assert m.resolve_queue("ns-gold", None) == ("labelled", None)
-    assert m.resolve_queue("ns-gold", "team-a") == ("team-a", None)
     name, why = m.resolve_queue("other", None)
     assert name is None and "no GPUQueue serves namespace other" in str(why)
     name, why = m.resolve_queue("team-a", "nope")
     assert name is None and "GPUQueue nope" in str(why)
     m.upsert_pod(pod("lost", namespace="other"))
     assert "no GPUQueue serves namespace other" in m.schedule().waiting["uid-lost"]
+
+
+def test_a_pod_may_not_name_a_queue_that_does_not_serve_its_namespace() -> None:
+    """Issue 11 finding 3: a pod in team-b naming team-a's queue was admitted against team-a's quota."""
+    m, _ = make_manager()
+    m.set_queue(queue("team-a", 100))
+    m.set_queue(QueueSpec("labelled", Limit(100), namespace_selector=LabelSelector((("tier", "gold"),))))
+    m.set_namespace("ns-gold", {"tier": "gold"})
+    name, why = m.resolve_queue("ns-gold", "team-a")
+    assert name is None
+    assert "GPUQueue team-a serves namespaces team-a, not namespace ns-gold" in str(why)
+    assert m.membership_problem("ns-gold", "labelled") is None
+    assert m.membership_problem("team-a", "nope") is None  # a missing queue is reported when resolving
+    m.upsert_pod(pod("thief", namespace="team-b", queue="team-a"))
+    r = m.schedule()
+    assert admitted(r) == []
+    assert "GPUQueue team-a serves namespaces team-a, not namespace team-b" in r.waiting["uid-thief"]
+    assert m.usage("team-a") == Resources()
+    # a thief that bypassed the webhook entirely (never gated) is not charged to team-a either
+    ungated = pod("ungated", namespace="team-b", queue="team-a")
+    ungated.gated = False
+    m.upsert_pod(ungated)
+    assert m.usage("team-a") == Resources()
+    assert m.pods["uid-ungated"].queue is None
+
+
+def test_a_queue_without_members_serves_no_namespace_and_empty_selector_serves_all() -> None:
+    m, _ = make_manager()
+    m.set_queue(QueueSpec("closed", Limit(100)))
+    assert m.resolve_queue("team-a", "closed")[0] is None
+    assert "serves no namespace" in str(m.resolve_queue("team-a", "closed")[1])
+    assert m.resolve_queue("team-a", None) == (IMPLICIT_QUEUE, None)
+    open_spec = queue_spec_from_object(
+        {"metadata": {"name": "open"}, "spec": {"namespaceSelector": {}, "nominalQuota": {"compute": 100}}}
+    )
+    m.set_queue(open_spec)
+    assert m.resolve_queue("team-a", "open") == ("open", None)
+    assert m.resolve_queue("team-a", None) == ("open", None)
+    # a namespace list, then a label selector, win over the catch-all `{}` whatever the names
+    m.set_queue(QueueSpec("b-gold", Limit(100), namespace_selector=LabelSelector((("tier", "gold"),))))
+    m.set_namespace("ns-gold", {"tier": "gold"})
+    assert m.resolve_queue("ns-gold", None) == ("b-gold", None)
+    m.set_queue(QueueSpec("c-list", Limit(100), namespaces=frozenset({"ns-gold"})))
+    assert m.resolve_queue("ns-gold", None) == ("c-list", None)
+
+
+def test_re_annotating_an_admitted_pod_does_not_move_its_charge() -> None:
+    """Issue 11 finding 3: editing gpupool.io/queue on a bound pod moved its charge to another queue."""
+    m, _ = make_manager()
+    m.set_queue(queue("team-a", 400))
+    m.set_queue(QueueSpec("shared", Limit(400), namespace_selector=LabelSelector()))
+    m.upsert_pod(pod("a0", compute=100))
+    assert admitted(m.schedule()) == ["a0"]
+    assert m.usage("team-a") == Resources(100, 40960)
+    edited = pod("a0", compute=100, queue="shared")
+    edited.gated = False
+    m.upsert_pod(edited)
+    assert m.pods["uid-a0"].queue == "team-a"
+    assert m.usage("team-a") == Resources(100, 40960) and m.usage("shared") == Resources()
+
+
+def test_reserved_nodes_serve_only_their_queue() -> None:
+    """Issue 11 finding 3: nodes selected by a queue were not reserved; now `reserveNodes` keeps others off."""
+    m, _ = make_manager(nodes=2, gpus=1)
+    m.set_node_labels("node-0", {"tenant": "a"})
+    m.set_node_labels("node-1", {"tenant": "b"})
+    m.set_queue(queue("team-a", 1000, node_selector=(("tenant", "a"),), reserve_nodes=True))
+    m.set_queue(queue("team-b", 1000))
+    m.upsert_pod(pod("b0", namespace="team-b"))
+    m.upsert_pod(pod("b1", namespace="team-b"))
+    m.upsert_pod(pod("free", namespace="elsewhere"))
+    m.upsert_pod(pod("a0"))
+    r = m.schedule()
+    assert sorted(admitted(r)) == ["a0", "b0"]
+    assert {a.key: a.node for a in r.admitted} == {"team-a/a0": "node-0", "team-b/b0": "node-1"}
+    assert "reserved for the pods of GPUQueue team-a" in r.waiting["uid-b1"]
+    assert "reserved for the pods of GPUQueue team-a" in r.waiting["uid-free"]
+
+
+def test_a_shape_that_failed_for_another_queue_is_planned_again_for_the_owner_of_reserved_nodes() -> None:
+    m, _ = make_manager(nodes=2, gpus=1)
+    m.set_node_labels("node-0", {"tenant": "a"})
+    m.set_queue(queue("team-a", 1000, node_selector=(("tenant", "a"),), reserve_nodes=True))
+    m.set_queue(queue("team-b", 1000, node_selector=(("tenant", "a"),)))  # same nodes, no reservation
+    m.upsert_pod(pod("b0", namespace="team-b", priority=1))
+    m.upsert_pod(pod("a0"))
+    r = m.schedule()
+    assert admitted(r) == ["a0"]
+    assert "reserved for the pods of GPUQueue team-a" in r.waiting["uid-b0"]
 
 
 def test_implicit_queue_without_require_queue() -> None:
@@ -299,6 +387,17 @@ def test_queue_spec_from_object() -> None:
         queue_spec_from_object({"metadata": {"name": "x"}, "spec": {"nominalQuota": {"compute": -1}}})
     with pytest.raises(GpupoolError, match=r"LIFO"):
         queue_spec_from_object({"metadata": {"name": "x"}, "spec": {"queueingStrategy": "LIFO"}})
+    assert not spec.reserve_nodes and spec.namespace_selector is None
+    reserving = queue_spec_from_object(
+        {"metadata": {"name": "r"}, "spec": {"nodeSelector": {"t": "a"}, "reserveNodes": True, "namespaceSelector": {}}}
+    )
+    assert reserving.reserve_nodes and reserving.namespace_selector == LabelSelector()
+    with pytest.raises(GpupoolError, match=r"spec\.reserveNodes: .*set a nodeSelector"):
+        queue_spec_from_object({"metadata": {"name": "x"}, "spec": {"reserveNodes": True}})
+    with pytest.raises(GpupoolError, match=r"spec\.reserveNodes: must be true or false"):
+        queue_spec_from_object({"metadata": {"name": "x"}, "spec": {"reserveNodes": "yes", "nodeSelector": {"t": "a"}}})
+    with pytest.raises(GpupoolError, match=r"spec\.namespaceSelector"):
+        queue_spec_from_object({"metadata": {"name": "x"}, "spec": {"namespaceSelector": ["a"]}})
 
 
 def test_cross_queue_priority_order() -> None:

@@ -88,7 +88,25 @@ app.kubernetes.io/component: {{ .component }}
 {{- list (printf "system:serviceaccount:%s:%s" $ns (include "gpupool.controller" .)) (printf "system:serviceaccount:%s:%s" $ns (include "gpupool.scheduler" .)) (printf "system:serviceaccount:%s:%s" $ns (include "gpupool.deviceplugin" .)) | toJson }}
 {{- end }}
 
-{{/* Env shared by the extender and the node agent (must agree). */}}
+{{/* The pool settings (gpupool/config.py PoolSettings), set once for the extender and the controller. */}}
+{{- define "gpupool.poolEnv" -}}
+- name: GPUPOOL_DEFAULT_POLICY
+  value: {{ .Values.placement.defaultPolicy | quote }}
+{{- with .Values.placement.policies }}
+- name: GPUPOOL_POLICIES
+  value: {{ toJson . | quote }}
+{{- end }}
+- name: GPUPOOL_OVERCOMMIT_COMPUTE_PERCENT
+  value: {{ .Values.overcommit.computePercent | quote }}
+- name: GPUPOOL_OVERCOMMIT_MEMORY_PERCENT
+  value: {{ .Values.overcommit.memoryPercent | quote }}
+{{- range $k, $v := .Values.placement.extraEnv }}
+- name: {{ $k }}
+  value: {{ $v | quote }}
+{{- end }}
+{{- end }}
+
+{{/* Env shared by the extender, the controller and the node agent (must agree). */}}
 {{- define "gpupool.sharedEnv" -}}
 - name: GPUPOOL_SLOTS_PER_GPU
   value: {{ .Values.slotsPerGPU | quote }}
