@@ -30,7 +30,10 @@ from gpupool.policies import available
 from gpupool.simulator.cli import run_one
 from gpupool.simulator.report import default_data_dir, load_reference, summarise
 
-TRACES = ("default", "gpushare20", "gpushare40", "gpushare60", "gpushare80", "gpushare100")
+TRACES = (
+    "default", "gpushare20", "gpushare40", "gpushare60", "gpushare80", "gpushare100",
+    "cpu200", "gpuspec25", "multigpu40",
+)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -455,7 +455,7 @@ class Placer:
             nodes = [n for n in names if self.reservations.allows(n, request.queue)]
         if policy.random_node:
             return self._random_node(request, demand, policy, nodes)
-        if nodes is None and policy.deterministic and not self._constrained(request):
+        if nodes is None and policy.deterministic and not request.uuids and request.qos is QoS.GUARANTEED:
             candidates = self._best_by_key(request, demand, policy)
         else:
             names = list(nodes) if nodes is not None else self.ledger.node_names()
@@ -471,21 +471,32 @@ class Placer:
         return Plan(node, self._slices(request, view, demand, choice.picks), choice.score)
 
     def _best_by_key(self, request: PodRequest, demand: Demand, policy: Policy) -> list[tuple[str, Choice]]:
-        groups = self.ledger.nodes_by_key()
-        evaluated: list[tuple[tuple[object, ...], Choice]] = []
-        for key, members in groups.items():
+        """Each distinct node state evaluated once. A model allow-list leaves a node's view as it is when every
+        GPU of the node is of an allowed model, and empty when none is; only mixed nodes need their own view."""
+        evaluated: list[tuple[Iterable[str], Choice]] = []
+        for members in self.ledger.nodes_by_key().values():
             view = self.ledger.view(next(iter(members)))
+            if request.models:
+                allowed = sum(1 for model, _ in view.inventory if model in request.models)
+                if allowed == 0 and demand.groups:
+                    continue
+                if allowed < len(view.inventory):
+                    for name in members:
+                        own = policy.evaluate(self._view(request, name), demand)
+                        if own is not None:
+                            evaluated.append(((name,), own))
+                    continue
             choice = policy.evaluate(view, demand)
             if choice is not None:
-                evaluated.append((key, choice))
+                evaluated.append((members, choice))
         if not evaluated:
             return []
         rescored = policy.rescore([c for _, c in evaluated])
         top = max(c.score for c in rescored)
         out: list[tuple[str, Choice]] = []
-        for (key, _), choice in zip(evaluated, rescored, strict=True):
+        for (names, _), choice in zip(evaluated, rescored, strict=True):
             if choice.score == top:
-                out.append((min(groups[key], key=self.rank), choice))
+                out.append((min(names, key=self.rank), choice))
         return out
 
     def _random_node(

@@ -42,6 +42,8 @@ class PoolConfig:
     seed: int | None = None
     #: allow `clustering` (the simulator, which tells policies about every placement)
     simulator: bool = False
+    #: (GPU model, share of its GPUs model-constrained pods need) for fgdpp's reservation term; () = off
+    reserved: tuple[tuple[str, float], ...] = ()
 
     def policy_names(self) -> list[str]:
         """The enabled policies, the default among them; raises `PoolConfigError` on a name that cannot work."""
@@ -84,5 +86,8 @@ def build_pool(config: PoolConfig, rank: Callable[[str], int] = stable_rank) -> 
         )
     except ValueError as exc:
         raise PoolConfigError(str(exc)) from None
-    policies = {name: make_policy(name, workload=workload, seed=config.seed) for name in config.policy_names()}
+    policies = {
+        name: make_policy(name, workload=workload, seed=config.seed, reserved=dict(config.reserved) or None)
+        for name in config.policy_names()
+    }
     return Pool(config, ledger, Placer(ledger, policies, config.default_policy, rank=rank), workload)

@@ -32,11 +32,18 @@ def _seed(params: dict[str, Any]) -> int | None:
     return seed
 
 
+def _reserved(params: dict[str, Any]) -> dict[str, float] | None:
+    reserved = params.get("reserved")
+    if reserved is not None and not (isinstance(reserved, dict) and all(0 <= v <= 1 for v in reserved.values())):
+        raise TypeError("reserved must map a GPU model to a share in [0, 1] (gpupool.policies.fgdpp.reserved_shares)")
+    return reserved
+
+
 _FACTORIES: dict[str, Callable[..., Policy]] = {
     "binpack": lambda **_: BinPack(),
     "spread": lambda **_: Spread(),
     "fgd": lambda **p: FGD(_workload(p)),
-    "fgdpp": lambda **p: FGDPlusPlus(_workload(p)),
+    "fgdpp": lambda **p: FGDPlusPlus(_workload(p), reserved=_reserved(p)),
     "bestfit": lambda **_: BestFit(),
     "dotprod": lambda **_: DotProd(),
     "packing": lambda **_: Packing(),
@@ -51,7 +58,8 @@ def available() -> tuple[str, ...]:
 
 def make_policy(name: str, **params: object) -> Policy:
     """Build the policy `name`; `params` are policy-specific (`workload`: a target workload M for
-    `fgd`/`fgdpp`, default the openb default mix; `seed`: for `random`) and ignored by others."""
+    `fgd`/`fgdpp`, default the openb default mix; `seed`: for `random`; `reserved`: the share of each GPU
+    model's GPUs that model-constrained pods need, for `fgdpp`) and ignored by others."""
     factory = _FACTORIES.get(name)
     if factory is None:
         raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(available())}")

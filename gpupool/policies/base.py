@@ -43,6 +43,8 @@ class Demand:
     groups: tuple[SliceGroup, ...]
     cpu_milli: int = 0
     memory_mib: int = 0
+    #: the pod's GPU-model allow-list (empty = any); views are already restricted to it
+    models: frozenset[str] = frozenset()
 
     @staticmethod
     def of(request: PodRequest) -> Demand:
@@ -50,6 +52,7 @@ class Demand:
             groups=tuple(SliceGroup(c.count, c.compute, c.memory_mib) for c in request.containers),
             cpu_milli=request.cpu_milli,
             memory_mib=request.host_memory_mib,
+            models=request.models,
         )
 
     @property

@@ -4,13 +4,16 @@
 
 Defaults: the trace files under `$GPUPOOL_OPENB_DIR` (else `../shared/data/openb` next to the
 repository), seeds 42.., the default policy alone. Bad input (a missing or malformed file, an
-unknown policy) prints one line and exits with status 2.
+unknown policy) prints one line and exits with status 2. A pod no idle node could ever serve is,
+as in the published protocol, arrived and failed: a warning lists each with its row (`--strict`
+refuses the trace instead).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -19,35 +22,69 @@ from typing import Any
 
 from gpupool.policies import DEFAULT_POLICY, available
 from gpupool.simulator.metrics import mean_sd
-from gpupool.simulator.trace import KINDS, TraceError, TraceNode, TracePod, load_nodes, load_pods
+from gpupool.simulator.trace import (
+    KINDS,
+    Infeasible,
+    TraceError,
+    TraceNode,
+    TracePod,
+    infeasible_pods,
+    load_nodes,
+    load_pods,
+)
 
 EXIT_BAD_INPUT = 2
 
-_CACHE: dict[tuple[str, str], tuple[list[TraceNode], list[TracePod]]] = {}
+_CACHE: dict[tuple[str, str], tuple[list[TraceNode], list[TracePod], list[Infeasible]]] = {}
 
 
-def _load(nodes_path: str, pods_path: str) -> tuple[list[TraceNode], list[TracePod]]:
+def _load(nodes_path: str, pods_path: str) -> tuple[list[TraceNode], list[TracePod], list[Infeasible]]:
     key = (nodes_path, pods_path)
     if key not in _CACHE:
         nodes = load_nodes(nodes_path)
-        _CACHE[key] = (nodes, load_pods(pods_path, nodes))
+        pods = load_pods(pods_path)
+        _CACHE[key] = (nodes, pods, infeasible_pods(pods, nodes))
     return _CACHE[key]
+
+
+_BOUNDS: dict[tuple[str, str, int, float], float] = {}
+
+
+def seed_bound(nodes_path: str, pods_path: str, seed: int, tune: float) -> float:
+    """The physical limit at 100 % arrived for one seed (`gpupool.simulator.bound`), remembered per process."""
+    key = (nodes_path, pods_path, seed, tune)
+    if key not in _BOUNDS:
+        import random
+
+        from gpupool.simulator.bound import allocation_bound, arrived_at
+        from gpupool.simulator.protocol import shuffled_pods
+        from gpupool.simulator.trace import total_gpu_milli
+
+        nodes, pods, _ = _load(nodes_path, pods_path)
+        capacity = total_gpu_milli(nodes)
+        order = shuffled_pods(pods, random.Random(seed), capacity, tune)
+        _BOUNDS[key] = allocation_bound(nodes, arrived_at(order, capacity))
+    return _BOUNDS[key]
 
 
 def run_one(
     nodes_path: str, pods_path: str, policy: str, seed: int, tune: float, coverage: float,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None, bound: bool = False,
 ) -> Any:  # fmt: skip
-    """One run, in this process; returns a `RunSummary` (picklable, for process pools)."""
+    """One run, in this process; returns a `RunSummary` (picklable, for process pools). `bound`: also the
+    seed's physical limit (not counted in the run's seconds)."""
     from gpupool.simulator.protocol import replay
     from gpupool.simulator.report import RunSummary, trace_name
     from gpupool.simulator.trace import target_workload
 
-    nodes, pods = _load(nodes_path, pods_path)
+    nodes, pods, _ = _load(nodes_path, pods_path)
     workload = target_workload(pods, coverage)
     result = replay(nodes, pods, policy, seed, trace=trace_name(pods_path), tune=tune, workload=workload,
                     progress=progress)  # fmt: skip
-    return RunSummary.of(result, tune, sum(n.gpus for n in nodes))
+    summary = RunSummary.of(result, tune, sum(n.gpus for n in nodes))
+    if bound:
+        summary.bound_at_100 = seed_bound(nodes_path, pods_path, seed, tune)
+    return summary
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -74,6 +111,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--json", type=Path, default=None, help="write per-policy statistics here")
     parser.add_argument("--plot", type=Path, default=None, help="write the allocation curve PNG here")
     parser.add_argument("--csv", type=Path, default=None, help="write per-run rows (expected/ format) to this dir")
+    parser.add_argument("--no-bound", dest="bound", action="store_false",
+                        help="skip the physical limit (an LP per seed; docs/openb.md)")
+    parser.add_argument("--strict", action="store_true",
+                        help="refuse a trace with a pod no idle node could serve (default: it arrives and fails)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")  # fmt: skip
     parser.set_defaults(run=run)
     return parser
@@ -102,19 +143,26 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.coverage <= 1:
         return _fail(f"--coverage: {args.coverage} (need a share in (0, 1])")
     try:
-        nodes, _ = _load(str(args.nodes), str(args.pods))
+        nodes, _, infeasible = _load(str(args.nodes), str(args.pods))
     except TraceError as exc:
         return _fail(str(exc))
     if not any(n.gpus for n in nodes):
         return _fail(f"{args.nodes}: no node has a GPU")
-    return _simulate(args, policies)
+    if infeasible and args.strict:
+        return _fail(infeasible[0].describe(args.pods))
+    if infeasible:
+        print(f"gpupool simulate: warning: {len(infeasible)} pod(s) no node could ever serve arrive and fail "
+              "(the published protocol; --strict refuses the trace):", file=sys.stderr)  # fmt: skip
+        for bad in infeasible:
+            print(f"  {bad.describe(args.pods)}", file=sys.stderr)
+    return _simulate(args, policies, infeasible)
 
 
-def _simulate(args: argparse.Namespace, policies: list[str]) -> int:
+def _simulate(args: argparse.Namespace, policies: list[str], infeasible: list[Infeasible]) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from gpupool.simulator.report import RunSummary, load_reference, summarise, trace_name, write_csv
+    from gpupool.simulator.report import RunSummary, add_recovered, load_reference, summarise, trace_name, write_csv
 
     console = Console(stderr=True)
     seeds = list(range(args.seed_base, args.seed_base + args.seeds))
@@ -132,13 +180,13 @@ def _simulate(args: argparse.Namespace, policies: list[str]) -> int:
                 def tick(i: int, n: int, k: int = k) -> None:
                     progress.update(task, completed=k + i / n)
 
-                summary = run_one(*common, policy, seed, args.tune, args.coverage, tick)
+                summary = run_one(*common, policy, seed, args.tune, args.coverage, tick, args.bound)
                 runs[policy].append(summary)
                 progress.update(task, completed=k + 1)
         else:
             with ProcessPoolExecutor(max_workers=args.jobs) as pool:
                 futures = {
-                    pool.submit(run_one, *common, policy, seed, args.tune, args.coverage): policy
+                    pool.submit(run_one, *common, policy, seed, args.tune, args.coverage, None, args.bound): policy
                     for policy, seed in specs
                 }
                 for future in as_completed(futures):
@@ -153,6 +201,8 @@ def _simulate(args: argparse.Namespace, policies: list[str]) -> int:
     stats: dict[str, dict[str, Any]] = {}
     for policy in policies:
         stats[policy] = summarise(runs[policy], load_reference(expected, trace, policy))
+        stats[policy]["infeasible_pods"] = [bad.as_json() for bad in infeasible]
+    add_recovered(stats, load_reference(expected, trace, "bestfit"))
     _print_table(trace, policies, stats, runs, len(seeds))
 
     if args.json is not None:
@@ -180,7 +230,7 @@ def _print_table(trace: str, policies: list[str], stats: dict[str, dict[str, Any
 
     table = Table(title=f"openb {trace}: {n_seeds} seed(s), GPU memory unconstrained (1 MiB per 1 % compute)")
     for col in ("policy", "alloc @100 %", "paper", "alloc @130 %", "paper", "frag rate @80 %", "paper",
-                "failed cpu/share/whole/multi", "s/run"):  # fmt: skip
+                "bound @100 %", "recovered", "paper", "failed cpu/share/whole/multi", "s/run"):  # fmt: skip
         table.add_column(col, justify="left" if col == "policy" else "right")
     for policy in policies:
         s = stats[policy]
@@ -195,6 +245,7 @@ def _print_table(trace: str, policies: list[str], stats: dict[str, dict[str, Any
             fmt(s["alloc_at_100"], s["alloc_at_100_sd"]), ref("alloc_at_100"),
             fmt(s["alloc_at_130"], s["alloc_at_130_sd"]), ref("alloc_at_130"),
             fmt(s["frag_rate_at_80"], s["frag_rate_at_80_sd"]), ref("frag_rate_at_80"),
+            fmt(s.get("bound_at_100", math.nan)), share(s.get("recovered")), share(paper.get("recovered")),
             failed, f"{s['seconds_per_run']:.1f}",
         )  # fmt: skip
     console = Console()
@@ -203,5 +254,11 @@ def _print_table(trace: str, policies: list[str], stats: dict[str, dict[str, Any
     console.print(table)
     for policy in policies:
         mean, sd = mean_sd([r.alloc[100] for r in runs[policy]])
-        print(f"{trace} {policy}: alloc_at_100 {mean:.2f} ± {sd:.2f} ({n_seeds} seeds), "
-              f"{stats[policy]['seconds_per_run']:.1f} s/run")  # fmt: skip
+        bound = stats[policy].get("bound_at_100")
+        limit = "" if bound is None else f", bound {bound:.2f}, recovered {share(stats[policy].get('recovered'))}"
+        seconds = f"{stats[policy]['seconds_per_run']:.1f} s/run ({stats[policy]['cpu_seconds_per_run']:.1f} CPU s)"
+        print(f"{trace} {policy}: alloc_at_100 {mean:.2f} ± {sd:.2f} ({n_seeds} seeds){limit}, {seconds}")
+
+
+def share(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.0f} %"

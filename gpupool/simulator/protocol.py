@@ -27,6 +27,7 @@ from gpupool.fragmentation import Workload
 from gpupool.inventory import GPUInfo, NodeInfo
 from gpupool.ledger import Ledger
 from gpupool.policies.base import Demand
+from gpupool.policies.fgdpp import reserved_shares
 from gpupool.pool import PoolConfig, build_pool
 from gpupool.request import WHOLE_GPU_COMPUTE, ContainerRequest, PodRequest
 from gpupool.simulator.trace import KINDS, MILLI, TraceNode, TracePod, target_workload, total_gpu_milli
@@ -45,8 +46,8 @@ def shuffled_pods(pods: list[TracePod], rng: random.Random, capacity_milli: int,
     rng.shuffle(order)
     target = tune * capacity_milli
     total = sum(p.gpu_request_milli for p in pods)
-    if tune <= 0 or total == target:
-        return order
+    if tune <= 0 or total == target or not any(p.gpu_milli for p in pods):
+        return order  # (a trace without GPU pods cannot be inflated: every copy would add nothing)
     if total > target:
         while total > target and order:
             victim = order.pop(rng.randrange(len(order)))
@@ -70,10 +71,12 @@ def node_rank(nodes: list[TraceNode], rng: random.Random) -> dict[str, int]:
     return {n.name: perm[i] for i, n in enumerate(nodes)}
 
 
-def pool_config(policy: str, seed: int, workload: Workload) -> PoolConfig:
-    """The replay's pool: one policy, the run's seed and workload; the smallest slice is 1 unit."""
+def pool_config(policy: str, seed: int, workload: Workload, reserved: dict[str, float] | None = None) -> PoolConfig:
+    """The replay's pool: one policy, the run's seed and workload (and fgdpp's reserved share per GPU model);
+    the smallest slice is 1 unit."""
     return PoolConfig(slots_per_gpu=WHOLE_GPU_COMPUTE, policies=(policy,), default_policy=policy,
-                      workload=workload, seed=seed, simulator=True)  # fmt: skip
+                      workload=workload, seed=seed, simulator=True,
+                      reserved=tuple(sorted((reserved or {}).items())))  # fmt: skip
 
 
 def build_ledger(nodes: list[TraceNode], ledger: Ledger | None = None) -> Ledger:
@@ -110,6 +113,8 @@ class RunResult:
     failed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     arrived_by_kind: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     seconds: float = 0.0
+    #: CPU seconds of this process (the wall-clock `seconds` grow when the machine is shared)
+    cpu_seconds: float = 0.0
     placed: int = 0
 
 
@@ -126,11 +131,18 @@ def replay(
 ) -> RunResult:
     """Replay one (trace, policy, seed) run and return its series."""
     started = time.perf_counter()
+    cpu_started = time.process_time()
     workload = workload if workload is not None else target_workload(pods)
     rng = random.Random(seed)
     order = shuffled_pods(pods, rng, total_gpu_milli(nodes), tune)
     rank = node_rank(nodes, rng)
-    pool = build_pool(pool_config(policy, seed, workload), rank=rank.__getitem__)
+    model_gpus: dict[str, int] = {}
+    for n in nodes:
+        if n.gpus:
+            model_gpus[n.model] = model_gpus.get(n.model, 0) + n.gpus
+    # fgdpp's reservation term: what the model-constrained pods of the whole trace need of each model
+    reserved = reserved_shares(target_workload(pods, 1.0), model_gpus)
+    pool = build_pool(pool_config(policy, seed, workload, reserved), rank=rank.__getitem__)
     ledger, placer = build_ledger(nodes, pool.ledger), pool.placer
     engine = pool.policies[policy]
 
@@ -176,4 +188,5 @@ def replay(
         if progress is not None and i % 500 == 0:
             progress(i, len(order))
     result.seconds = time.perf_counter() - started
+    result.cpu_seconds = time.process_time() - cpu_started
     return result

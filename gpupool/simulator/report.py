@@ -46,6 +46,9 @@ class RunSummary:
     seconds: float
     tune: float = 1.3
     total_gpus: int = 0
+    cpu_seconds: float = 0.0
+    #: the seed's physical limit at 100 % arrived (`gpupool.simulator.bound`), None when not computed
+    bound_at_100: float | None = None
 
     @staticmethod
     def of(result: RunResult, tune: float, total_gpus: int) -> RunSummary:
@@ -55,7 +58,7 @@ class RunSummary:
             frag=discretise(result.arrived, result.frag_amount),
             frag_rate=discretise(result.arrived, result.frag_rate),
             failed=dict(result.failed), arrived_by_kind=dict(result.arrived_by_kind),
-            seconds=result.seconds, tune=tune, total_gpus=total_gpus,
+            seconds=result.seconds, tune=tune, total_gpus=total_gpus, cpu_seconds=result.cpu_seconds,
         )  # fmt: skip
 
 
@@ -117,7 +120,12 @@ def summarise(runs: Sequence[RunSummary], reference: Reference | None) -> dict[s
             ref_mean, ref_sd = reference.at(metric, x)
             out.setdefault("paper", {})[name] = round(ref_mean, 4)
             out["paper"][f"{name}_sd"] = round(ref_sd, 4)
+    bounds = [r.bound_at_100 for r in runs if r.bound_at_100 is not None]
+    if bounds and len(bounds) == len(runs):
+        out["bound_at_100"] = round(mean_sd(bounds)[0], 4)
+        out["bound_at_100_per_seed"] = [round(b, 4) for b in bounds]
     out["seconds_per_run"] = round(sum(r.seconds for r in runs) / len(runs), 2)
+    out["cpu_seconds_per_run"] = round(sum(r.cpu_seconds for r in runs) / len(runs), 2)
     out["failed_per_run"] = {k: round(sum(r.failed[k] for r in runs) / len(runs), 1) for k in KINDS}
     out["pods_per_run"] = round(sum(r.pods for r in runs) / len(runs), 1)
     out["seeds"] = [r.seed for r in runs]
@@ -125,6 +133,30 @@ def summarise(runs: Sequence[RunSummary], reference: Reference | None) -> dict[s
     out["trace"] = runs[0].trace if runs else ""
     out["curve_alloc_mean"] = [round(mean_sd([r.alloc[x] for r in runs])[0], 4) for x in COLUMNS]
     return out
+
+
+def recovered(alloc: float, bestfit: float, bound: float) -> float | None:
+    """The share of the avoidable loss a policy recovers: (alloc − bestfit) / (bound − bestfit)."""
+    if math.isnan(alloc) or math.isnan(bestfit) or bound - bestfit <= 1e-9:
+        return None
+    return round((alloc - bestfit) / (bound - bestfit), 4)
+
+
+def add_recovered(stats: dict[str, dict[str, Any]], paper_bestfit: Reference | None) -> None:
+    """Add `recovered` to every policy with a bound, against gpupool's own bestfit when it ran (else the
+    paper's BestFit), and the paper's own share next to its numbers."""
+    own = stats.get("bestfit", {}).get("alloc_at_100")
+    paper = paper_bestfit.at("alloc", 100)[0] if paper_bestfit is not None else math.nan
+    for s in stats.values():
+        bound = s.get("bound_at_100")
+        if bound is None:
+            continue
+        if own is not None:
+            s["recovered"], s["recovered_against"] = recovered(s["alloc_at_100"], own, bound), "bestfit"
+        else:
+            s["recovered"], s["recovered_against"] = recovered(s["alloc_at_100"], paper, bound), "paper bestfit"
+        if "paper" in s:
+            s["paper"]["recovered"] = recovered(s["paper"]["alloc_at_100"], paper, bound)
 
 
 def write_csv(directory: Path, runs: Iterable[RunSummary]) -> list[Path]:

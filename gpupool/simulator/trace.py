@@ -18,7 +18,9 @@ from gpupool.request import WHOLE_GPU_COMPUTE
 MILLI = 1000
 
 NODE_COLUMNS = ("sn", "cpu_milli", "memory_mib", "gpu", "model")
-POD_COLUMNS = ("name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli", "gpu_spec")
+POD_COLUMNS = ("name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli")
+#: optional pod columns (multigpu40 is published without `gpu_spec`: every pod then takes any model)
+OPTIONAL_POD_COLUMNS = ("gpu_spec",)
 
 
 class TraceError(Exception):
@@ -144,7 +146,8 @@ def load_nodes(path: Path | str) -> list[TraceNode]:
 
 
 def load_pods(path: Path | str, nodes: list[TraceNode] | None = None) -> list[TracePod]:
-    """Pods of a pod list. With `nodes`, a pod that no idle node could ever serve is an error."""
+    """Pods of a pod list. With `nodes`, a pod that no idle node could ever serve is an error (`--strict`);
+    without, such pods load and the replay counts them arrived and failed (`infeasible_pods` lists them)."""
     path = Path(path)
     pods: list[TracePod] = []
     seen: set[str] = set()
@@ -167,7 +170,7 @@ def load_pods(path: Path | str, nodes: list[TraceNode] | None = None) -> list[Tr
             raise TraceError(path, line, "gpu_milli", f"{gpu_milli} with num_gpu {num_gpu} (multi-GPU pods use 1000)")
         if gpu_milli % MILLI_PER_UNIT:
             raise TraceError(path, line, "gpu_milli", f"{gpu_milli} is not a multiple of {MILLI_PER_UNIT}")
-        models = frozenset(m.strip() for m in row["gpu_spec"].split("|") if m.strip())
+        models = frozenset(m.strip() for m in (row.get("gpu_spec") or "").split("|") if m.strip())
         pods.append(TracePod(name, cpu, memory, num_gpu, gpu_milli, models, line))
     if not pods:
         raise TraceError(path, None, None, "no pods in the file")
@@ -176,17 +179,37 @@ def load_pods(path: Path | str, nodes: list[TraceNode] | None = None) -> list[Tr
     return pods
 
 
-def check_servable(path: Path | str, pods: list[TracePod], nodes: list[TraceNode]) -> None:
-    """Raise for the first pod that even an idle cluster could not serve (it would only ever fail)."""
+@dataclass(frozen=True, slots=True)
+class Infeasible:
+    """A pod that even an idle cluster could not serve: it can only ever fail. `field` names the culprit."""
+
+    pod: TracePod
+    field: str
+    reason: str
+
+    def error(self, path: Path | str) -> TraceError:
+        message = f"no node could ever serve pod {self.pod.name}: {self.reason}"
+        return TraceError(path, self.pod.line, self.field, message)
+
+    def describe(self, path: Path | str) -> str:
+        return str(self.error(path))
+
+    def as_json(self) -> dict[str, object]:
+        return {"pod": self.pod.name, "line": self.pod.line, "field": self.field, "reason": self.reason}
+
+
+def infeasible_pods(pods: list[TracePod], nodes: list[TraceNode]) -> list[Infeasible]:
+    """The pods no idle node could serve (CPU, host memory, GPU count or model), in file order."""
     max_cpu = max(n.cpu_milli for n in nodes)
     max_mem = max(n.memory_mib for n in nodes)
-    seen: set[tuple[int, int, int, frozenset[str]]] = set()
+    servable: dict[tuple[int, int, int, frozenset[str]], bool] = {}
+    out: list[Infeasible] = []
     for pod in pods:
         key = (pod.cpu_milli, pod.memory_mib, pod.num_gpu, pod.models)
-        if key in seen:
-            continue
-        seen.add(key)
-        if any(_fits_idle(pod, n) for n in nodes):
+        ok = servable.get(key)
+        if ok is None:
+            ok = servable[key] = any(_fits_idle(pod, n) for n in nodes)
+        if ok:
             continue
         if pod.cpu_milli > max_cpu:
             field, why = "cpu_milli", f"{pod.cpu_milli} is more than any node has ({max_cpu})"
@@ -197,15 +220,38 @@ def check_servable(path: Path | str, pods: list[TracePod], nodes: list[TraceNode
         elif pod.num_gpu > 0 and not any(n.gpus >= pod.num_gpu for n in nodes):
             field, why = "num_gpu", f"{pod.num_gpu} is more GPUs than any node has ({max(n.gpus for n in nodes)})"
         else:
-            field, why = "num_gpu", "no single node has enough CPU, host memory and GPUs together"
-        raise TraceError(path, pod.line, field, f"no node could ever serve pod {pod.name}: {why}")
+            field, why = _short_of(pod, nodes)
+        out.append(Infeasible(pod, field, why))
+    return out
+
+
+def _short_of(pod: TracePod, nodes: list[TraceNode]) -> tuple[str, str]:
+    """What the nodes that have the pod's GPUs (count and model) lack for it: CPU or host memory."""
+    gpu_ok = [n for n in nodes if pod.num_gpu == 0 or _gpus_fit(pod, n)]
+    if not gpu_ok:
+        return "num_gpu", f"no node has {pod.num_gpu} GPUs of model {'|'.join(sorted(pod.models))}"
+    which = f"a node with {pod.num_gpu} GPUs" + (f" of model {'|'.join(sorted(pod.models))}" if pod.models else "")
+    cpu = max(n.cpu_milli for n in gpu_ok)
+    if pod.cpu_milli > cpu:
+        return "cpu_milli", f"{pod.cpu_milli} is more than {which} has ({cpu})"
+    memory = max(n.memory_mib for n in gpu_ok if n.cpu_milli >= pod.cpu_milli)
+    return "memory_mib", f"{pod.memory_mib} is more than {which} and enough CPU has ({memory})"
+
+
+def check_servable(path: Path | str, pods: list[TracePod], nodes: list[TraceNode]) -> None:
+    """Raise for the first pod that even an idle cluster could not serve (`--strict`)."""
+    bad = infeasible_pods(pods, nodes)
+    if bad:
+        raise bad[0].error(path)
 
 
 def _fits_idle(pod: TracePod, node: TraceNode) -> bool:
     if pod.cpu_milli > node.cpu_milli or pod.memory_mib > node.memory_mib:
         return False
-    if pod.num_gpu == 0:
-        return True
+    return pod.num_gpu == 0 or _gpus_fit(pod, node)
+
+
+def _gpus_fit(pod: TracePod, node: TraceNode) -> bool:
     return node.gpus >= pod.num_gpu and (not pod.models or node.model in pod.models)
 
 

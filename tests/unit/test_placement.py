@@ -190,3 +190,35 @@ def test_unknown_policy_is_a_clear_unresolvable_error() -> None:
     with pytest.raises(NoFit, match="policy 'fgd' is not enabled") as info:
         placer(cluster()).plan(req(policy="fgd"), "a100-0")
     assert not info.value.resolvable
+
+
+def test_best_with_a_model_allow_list_matches_node_by_node_evaluation() -> None:
+    """`best` evaluates each node state once even for model-constrained pods; it must pick what judging every node
+    on its own restricted view picks (nodes all of an allowed model, none, and a mixed node)."""
+    import random
+
+    from gpupool.fragmentation import default_workload
+
+    ledger = Ledger()
+    for n in range(6):
+        model = ("A", "B")[n % 2]
+        ledger.upsert_node(NodeInfo(f"n{n}", tuple(GPUInfo(f"G{n}-{i}", i, model, 100) for i in range(4)),
+                                    cpu_milli=64000, memory_mib=262144))  # fmt: skip
+    mixed = (GPUInfo("M-0", 0, "A", 100), GPUInfo("M-1", 1, "B", 100), GPUInfo("M-2", 2, "B", 100))
+    ledger.upsert_node(NodeInfo("mixed", mixed, cpu_milli=64000, memory_mib=262144))
+    rank = {name: i for i, name in enumerate(reversed(ledger.node_names()))}
+    policies = {name: make_policy(name, workload=default_workload()) for name in ("fgd", "fgdpp", "bestfit")}
+    rng = random.Random(3)
+    for i in range(60):
+        for name in policies:
+            p = Placer(ledger, policies, name, rank=rank.__getitem__)
+            models = rng.choice([frozenset({"A"}), frozenset({"B"}), frozenset({"A", "B"}), frozenset({"C"})])
+            request = PodRequest(uid=f"p{i}", containers=(ContainerRequest("c", 0, 1, rng.choice([20, 50, 100]), 1),),
+                                 models=models, cpu_milli=rng.choice([1000, 8000]))  # fmt: skip
+            fast = p.best(request)
+            slow = p.best(request, ledger.node_names())
+            assert (fast is None) == (slow is None), (i, name)
+            if fast is not None and slow is not None:
+                assert (fast.node, fast.slices, fast.score) == (slow.node, slow.slices, slow.score), (i, name)
+        if fast is not None:
+            ledger.commit(request.uid, fast.node, fast.slices, cpu_milli=request.cpu_milli)

@@ -11,7 +11,14 @@ import pytest
 from controller.cli import main
 from gpupool.simulator.metrics import discretise, mean_sd
 from gpupool.simulator.protocol import build_ledger, node_rank, replay, shuffled_pods
-from gpupool.simulator.trace import TraceError, load_nodes, load_pods, target_workload, total_gpu_milli
+from gpupool.simulator.trace import (
+    TraceError,
+    infeasible_pods,
+    load_nodes,
+    load_pods,
+    target_workload,
+    total_gpu_milli,
+)
 from tests.unit.openb_data import NODE_HEADER, NODES, POD_HEADER, needs_openb, pods_file, write_synthetic
 
 
@@ -132,6 +139,13 @@ def test_cli_runs_and_writes(synthetic: tuple[Path, Path], tmp_path: Path, capsy
     for key in ("alloc_at_100", "alloc_at_100_sd", "alloc_at_130", "frag_rate_at_80", "seconds_per_run"):
         assert isinstance(stats["fgd"][key], float)
     assert stats["fgd"]["seeds"] == [42, 43]
+    for policy in ("fgd", "bestfit"):  # the physical limit, and the share of the avoidable loss recovered
+        assert stats[policy]["alloc_at_100"] <= stats[policy]["bound_at_100"] <= 100
+        assert stats[policy]["infeasible_pods"] == []
+    assert stats["fgd"]["bound_at_100"] == stats["bestfit"]["bound_at_100"]  # the same arrived pods
+    assert stats["bestfit"]["recovered"] == 0.0
+    fgd, best = stats["fgd"], stats["bestfit"]["alloc_at_100"]
+    assert fgd["recovered"] == pytest.approx((fgd["alloc_at_100"] - best) / (fgd["bound_at_100"] - best), abs=1e-3)
     assert (tmp_path / "o.png").stat().st_size > 1000
     rows = (tmp_path / "csv" / "analysis_allo_discrete.csv").read_text().splitlines()
     assert rows[0].startswith("workload,sc_policy,tune,seed,total_gpus,0,1,")
@@ -158,9 +172,6 @@ POD = "openb-pod-0000,{cpu},1024,{num},{milli},{spec},LS,Running,0,0,0\n"
         (None, POD_HEADER + POD.format(cpu=-5, num=1, milli=500, spec=""), "field 'cpu_milli': -5 is below 0"),
         (None, POD_HEADER + POD.format(cpu=1000, num=1, milli=1500, spec=""), "field 'gpu_milli': 1500 is above"),
         (None, POD_HEADER + POD.format(cpu=1000, num=2, milli=500, spec=""), "multi-GPU pods use 1000"),
-        (None, POD_HEADER + POD.format(cpu=1000, num=9, milli=1000, spec=""), "field 'num_gpu'"),
-        (None, POD_HEADER + POD.format(cpu=10**7, num=0, milli=0, spec=""), "no node could ever serve"),
-        (None, POD_HEADER + POD.format(cpu=1000, num=1, milli=500, spec="A100"), "field 'gpu_spec'"),
         (None, POD_HEADER + "openb-pod-0000,1000\n", ":2: expected 11 values"),
         (None, POD_HEADER, "no pods in the file"),
         (NODE_HEADER + "n0,96000,1000,8,\n", None, "field 'model'"),
@@ -176,6 +187,91 @@ def test_cli_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str], nodes
     assert len(lines) == 1, err
     assert needle in lines[0]
     assert "Traceback" not in err
+
+
+def with_pods(tmp_path: Path, extra: str, header: str = POD_HEADER) -> list[str]:
+    """The synthetic trace (6 nodes, 20 pods) with `extra` rows appended; `header` may drop columns."""
+    node_path, pod_path = write_synthetic(tmp_path, nodes=6, pods=20)
+    rows = pod_path.read_text().splitlines(keepends=True)[1:]
+    if header != POD_HEADER:
+        keep = len(header.strip().split(","))
+        rows = [",".join(r.rstrip("\n").split(",")[:keep]) + "\n" for r in rows]
+    pod_path.write_text(header + "".join(rows) + extra)
+    return ["--nodes", str(node_path), "--pods", str(pod_path), "--seeds", "1", "--policy", "fgd"]
+
+
+INFEASIBLE = (
+    "openb-pod-0100,1000,1024,1,500,A100,LS,Running,0,0,0\n"  # no node has this model (line 22)
+    "openb-pod-0101,10000000,1024,0,0,,LS,Running,0,0,0\n"  # more CPU than any node (line 23)
+    "openb-pod-0102,100000,1024,1,1000,G2,LS,Running,0,0,0\n"  # G2 nodes have 96 cores (line 24)
+    "openb-pod-0103,1000,1024,9,1000,,LS,Running,0,0,0\n"  # no node has 9 GPUs (line 25)
+)
+
+
+def test_infeasible_pods_arrive_and_fail(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The published protocol: a pod no idle node can serve is arrived and failed, and listed with its row."""
+    out_json = tmp_path / "o.json"
+    code, _out, err = run_cli([*with_pods(tmp_path, INFEASIBLE), "--json", str(out_json)], capsys)
+    assert code == 0, err
+    warning = [line for line in err.splitlines() if line.strip()]
+    assert "4 pod(s) no node could ever serve" in warning[0]
+    assert ":22: field 'gpu_spec'" in warning[1] and "openb-pod-0100" in warning[1]
+    assert ":23: field 'cpu_milli'" in warning[2]
+    assert ":24: field 'cpu_milli'" in warning[3] and "a node with 1 GPUs of model G2 has (96000)" in warning[3]
+    assert ":25: field 'num_gpu'" in warning[4]
+    stats = json.loads(out_json.read_text())["fgd"]
+    assert [(b["pod"], b["line"], b["field"]) for b in stats["infeasible_pods"]] == [
+        ("openb-pod-0100", 22, "gpu_spec"), ("openb-pod-0101", 23, "cpu_milli"), ("openb-pod-0102", 24, "cpu_milli"),
+        ("openb-pod-0103", 25, "num_gpu"),
+    ]  # fmt: skip
+
+
+def test_infeasible_pods_count_as_arrived_in_the_replay(tmp_path: Path) -> None:
+    args = with_pods(tmp_path, INFEASIBLE)
+    nodes = load_nodes(args[1])
+    pods = load_pods(args[3])
+    assert [b.pod.name for b in infeasible_pods(pods, nodes)] == [f"openb-pod-010{i}" for i in range(4)]
+    result = replay(nodes, pods, "fgd", 42, tune=0)  # no inflation: the originals only
+    assert result.pods == len(pods) and result.placed + sum(result.failed.values()) == len(pods)
+    assert result.failed["sharing"] >= 1 and result.failed["cpu-only"] >= 1 and result.failed["whole"] >= 1
+    assert result.arrived[-1] == pytest.approx(100.0 * sum(p.gpu_request_milli for p in pods) / total_gpu_milli(nodes))
+
+
+def test_strict_refuses_infeasible_pods(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _out, err = run_cli([*with_pods(tmp_path, INFEASIBLE), "--strict"], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err
+    assert "openb_pod_list_synthetic.csv:22: field 'gpu_spec': no node could ever serve pod openb-pod-0100" in lines[0]
+    with pytest.raises(TraceError, match="field 'gpu_spec'"):
+        args = with_pods(tmp_path, INFEASIBLE)
+        load_pods(args[3], load_nodes(args[1]))
+
+
+def test_pod_list_without_gpu_spec_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """multigpu40 is published with five columns: every pod may take any model."""
+    header = "name,cpu_milli,memory_mib,num_gpu,gpu_milli\n"
+    args = with_pods(tmp_path, "openb-pod-0100,48000,131072,4,1000\n", header=header)
+    pods = load_pods(args[3])
+    assert len(pods) == 21 and all(not p.models for p in pods)
+    assert pods[-1].num_gpu == 4 and pods[-1].line == 22
+    code, out, err = run_cli(args, capsys)
+    assert code == 0 and "warning" not in err and "alloc_at_100" in out
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        ("openb-pod-0100,1000,1024,1\n", ":22: expected 5 values"),
+        ("openb-pod-0100,1000,x,1,500\n", ":22: field 'memory_mib': 'x' is not a whole number"),
+        ("openb-pod-0100,1000,1024,2,500\n", ":22: field 'gpu_milli': 500 with num_gpu 2"),
+    ],
+)
+def test_five_column_pod_list_still_checks_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: str,
+                                                needle: str) -> None:  # fmt: skip
+    args = with_pods(tmp_path, extra, header="name,cpu_milli,memory_mib,num_gpu,gpu_milli\n")
+    code, _out, err = run_cli(args, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
 
 
 def test_cli_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
