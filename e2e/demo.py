@@ -23,7 +23,8 @@ from typing import Any
 
 import yaml
 
-from e2e.cluster import REPO_ROOT, Cluster, ClusterError, missing_binaries, wait_for
+from e2e.cluster import REPO_ROOT, Cluster, ClusterError, missing_binaries
+from e2e.polling import wait_for
 from e2e.stack import Stack
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo"

@@ -32,7 +32,8 @@ from typing import Any
 import pytest
 import yaml
 
-from e2e.cluster import REPO_ROOT, Cluster, FakeNode, free_port, missing_binaries, wait_for
+from e2e.cluster import REPO_ROOT, Cluster, FakeNode, free_port, missing_binaries
+from e2e.polling import wait_for
 
 SKIP_REASON = "k8s binaries not found in $GPUPOOL_E2E_BIN (run e2e/build.sh)"
 SYSTEM_NAMESPACE = "gpupool-system"

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from e2e.cluster import wait_for
+from e2e.polling import wait_for
 from e2e.stack import Stack
 from gpupool import resources
 

@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from deviceplugin.api import pb2
-from e2e.cluster import wait_for
+from e2e.polling import wait_for
 from e2e.stack import AGENT_ENDPOINT_PORT, Stack
 from gpupool import resources
 from tests.e2e.gpupool.conftest import PLUGIN_NODE

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from e2e.cluster import wait_for
+from e2e.polling import wait_for
 from gpupool import resources
 from tests.e2e.gpupool.gp_helpers import GP, HIGH, LOW, gpu_pod
 
