@@ -38,6 +38,8 @@ def _file() -> descriptor_pb2.FileDescriptorProto:
     message("PodResources", ("name", 1, _T.TYPE_STRING, None, False), ("namespace", 2, _T.TYPE_STRING, None, False),
             ("containers", 3, _T.TYPE_MESSAGE, "ContainerResources", True))  # fmt: skip
     message("ListPodResourcesResponse", ("pod_resources", 1, _T.TYPE_MESSAGE, "PodResources", True))
+    message("AllocatableResourcesRequest")
+    message("AllocatableResourcesResponse", ("devices", 1, _T.TYPE_MESSAGE, "ContainerDevices", True))
     return f
 
 
@@ -45,20 +47,38 @@ _POOL = descriptor_pool.DescriptorPool()
 _POOL.Add(_file())
 _Request: Any = message_factory.GetMessageClass(_POOL.FindMessageTypeByName(f"{_PACKAGE}.ListPodResourcesRequest"))
 _Response: Any = message_factory.GetMessageClass(_POOL.FindMessageTypeByName(f"{_PACKAGE}.ListPodResourcesResponse"))
+_AllocRequest: Any = message_factory.GetMessageClass(
+    _POOL.FindMessageTypeByName(f"{_PACKAGE}.AllocatableResourcesRequest")
+)
+_AllocResponse: Any = message_factory.GetMessageClass(
+    _POOL.FindMessageTypeByName(f"{_PACKAGE}.AllocatableResourcesResponse")
+)
 
 #: (namespace, pod, container) -> resource name -> device ids, as the kubelet recorded them
 PodDevices = dict[tuple[str, str, str], dict[str, list[str]]]
 
 
-def list_devices(socket: Path, timeout: float = 10.0) -> PodDevices:
-    """``List`` on the kubelet's ``pod-resources/kubelet.sock``: every container's devices (sorted ids)."""
+def _call(socket: Path, method: str, request: Any, response: Any, timeout: float) -> Any:
     with grpc.insecure_channel(f"unix://{socket}") as channel:
         call: Callable[..., Any] = channel.unary_unary(
-            "/v1.PodResourcesLister/List",
+            f"/v1.PodResourcesLister/{method}",
             request_serializer=lambda m: m.SerializeToString(),
-            response_deserializer=_Response.FromString,
+            response_deserializer=response.FromString,
         )
-        response = call(_Request(), timeout=timeout)
+        return call(request(), timeout=timeout)
+
+
+def allocatable(socket: Path, timeout: float = 10.0) -> dict[str, list[str]]:
+    """``GetAllocatableResources``: resource -> the device ids the kubelet holds healthy and registered now."""
+    out: dict[str, list[str]] = {}
+    for d in _call(socket, "GetAllocatableResources", _AllocRequest, _AllocResponse, timeout).devices:
+        out.setdefault(d.resource_name, []).extend(d.device_ids)
+    return out
+
+
+def list_devices(socket: Path, timeout: float = 10.0) -> PodDevices:
+    """``List`` on the kubelet's ``pod-resources/kubelet.sock``: every container's devices (sorted ids)."""
+    response = _call(socket, "List", _Request, _Response, timeout)
     out: PodDevices = {}
     for pod in response.pod_resources:
         for c in pod.containers:

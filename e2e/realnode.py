@@ -26,7 +26,7 @@ from e2e import oci
 from e2e.cluster import Cluster
 from e2e.nodes import FakeNode
 from e2e.pki import issue
-from e2e.podresources import PodDevices, list_devices
+from e2e.podresources import PodDevices, allocatable, list_devices
 from e2e.polling import wait_for
 from e2e.processes import ClusterError, free_port
 
@@ -41,7 +41,19 @@ HOST_NEEDS: Mapping[str, str] = {
     str(CNI_BIN / "loopback"): "containernetworking-plugins",
     str(oci.BUSYBOX): "busybox-static",
 }
-SUBNET = "10.88.77.0/24"  # the pods' private bridge network (loopback-only host otherwise)
+SUBNET = "10.88.77.0/24"  # the pods' private bridge network
+#: the kubelet's device manager ignores --root-dir: its socket path is the constant pluginapi.KubeletSocket
+#: (k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1/constants.go, used by pkg/kubelet/cm/devicemanager
+#: NewManagerImpl), so one real node per host, and this directory is cleaned by down()
+DEVICE_PLUGIN_DIR = Path("/var/lib/kubelet/device-plugins")
+
+
+def host_ip() -> str:
+    """The address the kubelet reports and listens on: the source address of the default route (the kubelet
+    refuses a loopback node IP), or 127.0.0.1 on a host without one. No packet is sent."""
+    r = subprocess.run(["ip", "-4", "route", "get", "192.0.2.255"], capture_output=True, text=True, check=False)
+    words = r.stdout.split()
+    return words[words.index("src") + 1] if "src" in words[:-1] else "127.0.0.1"
 
 
 def missing(bin_dir: Path) -> list[str]:
@@ -74,6 +86,8 @@ class RealNode:
         self.bridge = f"gprn{os.getpid() % 100000}"
         self.kubelet_port = free_port()
         self.healthz_port = free_port()
+        self.ip = host_ip()
+        self._made_plugin_dirs: list[Path] = []  # what up() created of DEVICE_PLUGIN_DIR (down() removes it)
         self._started_at = time.time()
 
     # ---------------------------------------------------------------- paths
@@ -88,8 +102,8 @@ class RealNode:
 
     @property
     def plugin_dir(self) -> Path:
-        """The kubelet's device-plugin directory (``kubelet.sock`` appears there)."""
-        return self.kubelet_root / "device-plugins"
+        """The kubelet's device-plugin directory (``kubelet.sock`` appears there): fixed, whatever the root dir."""
+        return DEVICE_PLUGIN_DIR
 
     @property
     def pod_resources_socket(self) -> Path:
@@ -110,6 +124,10 @@ class RealNode:
     # ---------------------------------------------------------------- bring-up
 
     def up(self, timeout: float = 120.0) -> RealNode:
+        sock = self.plugin_dir / "kubelet.sock"
+        if sock.exists() and self._socket_answers(sock):
+            raise ClusterError(f"another kubelet serves {sock}: one real node per host")
+        self._made_plugin_dirs = [d for d in (self.plugin_dir.parent, self.plugin_dir) if not d.exists()]
         try:
             self._start_containerd(timeout)
             self._import_images()
@@ -207,7 +225,7 @@ state = "{self.dir / 'state'}"
         cfg: dict[str, Any] = {
             "apiVersion": "kubelet.config.k8s.io/v1beta1",
             "kind": "KubeletConfiguration",
-            "address": "127.0.0.1",
+            "address": self.ip,
             "port": self.kubelet_port,
             "readOnlyPort": 0,
             "healthzBindAddress": "127.0.0.1",
@@ -242,8 +260,9 @@ state = "{self.dir / 'state'}"
                 f"--config={cfg}",
                 f"--kubeconfig={self._kubeconfig}",
                 f"--root-dir={self.kubelet_root}",
+                f"--cert-dir={self.kubelet_root / 'pki'}",  # its default is /var/lib/kubelet/pki, not under root-dir
                 f"--hostname-override={self.name}",
-                "--node-ip=127.0.0.1",
+                f"--node-ip={self.ip}",
                 "--v=2",
             ],
             env={"KUBECONFIG": str(self._kubeconfig)},
@@ -280,6 +299,14 @@ state = "{self.dir / 'state'}"
             if sep:
                 env[key] = value
         return env
+
+    def healthy_devices(self, resource: str) -> int:
+        """How many devices of *resource* the kubelet holds healthy and registered (PodResources
+        ``GetAllocatableResources``; 0 while the kubelet is down or the plugin not registered)."""
+        try:
+            return len(allocatable(self.pod_resources_socket).get(resource, []))
+        except Exception:  # grpc.RpcError while the kubelet restarts
+            return 0
 
     def pod_devices(self) -> PodDevices:
         """The kubelet's own record (PodResources ``List``)."""
@@ -321,11 +348,33 @@ state = "{self.dir / 'state'}"
         self.cluster.stop_process(self.containerd_proc)
         self._unmount_all()
         self._remove_network()
+        self._clean_plugin_dir()
         for link in Path("/var/log/containers").glob("*.log"):  # the kubelet's symlinks into our pod-log dir
             with contextlib.suppress(OSError):
                 if str(os.readlink(link)).startswith(str(self.dir)):
                     link.unlink()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    @staticmethod
+    def _socket_answers(path: Path) -> bool:
+        import socket
+
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(1)
+            try:
+                s.connect(str(path))
+            except OSError:
+                return False
+        return True
+
+    def _clean_plugin_dir(self) -> None:
+        """Remove what the kubelet and the node agent left in the fixed device-plugin directory."""
+        for name in ("kubelet.sock", "kubelet_internal_checkpoint", "gpupool.sock"):
+            with contextlib.suppress(OSError):
+                (self.plugin_dir / name).unlink()
+        for d in reversed(self._made_plugin_dirs):
+            with contextlib.suppress(OSError):
+                d.rmdir()  # only if empty
 
     def _alive(self, proc: str) -> bool:
         p = self.cluster.processes.get(proc)

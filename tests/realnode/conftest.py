@@ -35,6 +35,7 @@ REAL = FakeNode("real-0", gpus=2, gpu_model="A100-80GB", gpu_memory_mib=81920)
 KWOK = FakeNode("kwok-0", gpus=2, gpu_model="A100-80GB", gpu_memory_mib=81920)
 
 _env: RealNodeEnv | None = None
+_failed = False
 _summary: list[str] = []
 
 
@@ -52,7 +53,9 @@ class RealNodeEnv:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
     rep = yield
+    global _failed
     if rep.failed and _env is not None and "rn" in getattr(item, "fixturenames", ()):
+        _failed = True
         rep.sections.append(("gpupool realnode: process log tails", _env.cluster.log_tails(40)))
     return rep
 
@@ -101,21 +104,23 @@ def rn() -> Iterator[RealNodeEnv]:
         stack.down()
         node.down()
         api.close()
-        keep = failed or os.environ.get("GPUPOOL_E2E_KEEP", "") not in ("", "0")
+        keep = failed or _failed or os.environ.get("GPUPOOL_E2E_KEEP", "") not in ("", "0")
         cluster.down(remove_run_dir=not keep)
         if keep:
             _summary.append(f"logs kept in {cluster.log_dir}")
 
 
 def wait_capacity(env: RealNodeEnv, slots: int, timeout: float = 60.0) -> None:
-    """Until the kubelet advertises *slots* ``gpupool.io/gpu`` (the node agent registered and listed them)."""
+    """Until the kubelet itself holds *slots* healthy ``gpupool.io/gpu`` devices (the node agent registered with
+    this kubelet and listed them; PodResources, not the Node status, which lags a kubelet restart)."""
     from e2e.polling import wait_for
 
-    def advertised() -> bool:
-        n = env.v1.read_node(env.node.name)
-        return str((n.status.allocatable or {}).get("gpupool.io/gpu")) == str(slots)
-
-    wait_for(advertised, timeout=timeout, what=f"{env.node.name} to advertise {slots} gpupool.io/gpu", interval=0.5)
+    wait_for(
+        lambda: env.node.healthy_devices("gpupool.io/gpu") == slots,
+        timeout=timeout,
+        what=f"the kubelet of {env.node.name} to hold {slots} healthy gpupool.io/gpu",
+        interval=0.3,
+    )
 
 
 @pytest.fixture
