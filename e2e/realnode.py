@@ -90,6 +90,31 @@ class RealNode:
         self._made_plugin_dirs: list[Path] = []  # what up() created of DEVICE_PLUGIN_DIR (down() removes it)
         self._started_at = time.time()
 
+    def state(self) -> dict[str, Any]:
+        """What another process needs to take this node down (``python -m e2e.demo down``)."""
+        return {
+            "name": self.name,
+            "dir": str(self.dir),
+            "bridge": self.bridge,
+            "started_at": self._started_at,
+            "made_plugin_dirs": [str(d) for d in self._made_plugin_dirs],
+        }
+
+    @classmethod
+    def from_state(cls, cluster: Cluster, state: Mapping[str, Any]) -> RealNode:
+        """The node described by :meth:`state`, on *cluster* (re-attached from its ``cluster.json``)."""
+        node = cls.__new__(cls)
+        node.cluster = cluster
+        node.node = FakeNode(str(state["name"]))
+        node.name = str(state["name"])
+        node.dir = Path(state["dir"])
+        node.bridge = str(state["bridge"])
+        node.kubelet_port = node.healthz_port = 0
+        node.ip = host_ip()
+        node._started_at = float(state["started_at"])
+        node._made_plugin_dirs = [Path(d) for d in state.get("made_plugin_dirs", [])]
+        return node
+
     # ---------------------------------------------------------------- paths
 
     @property
