@@ -203,7 +203,9 @@ def down(run_dir: Path, *, remove: bool = False) -> int:
     c = Cluster.attach(run_dir)
     meta = json.loads((run_dir / "demo.json").read_text()) if (run_dir / "demo.json").is_file() else {}
     if meta.get("real_node"):
-        realnode.RealNode.from_state(c, meta["real_node"]).down()
+        node = realnode.RealNode.from_state(c, meta["real_node"])
+        c.stop_process(f"node-agent-{node.name}")  # first: it would serve its socket again in the plugin dir
+        node.down()
     n = sum(1 for p in c.processes.values() if p.alive())
     c.down(remove_run_dir=remove)
     say(f"stopped {n} processes of {run_dir}" + (" and removed it" if remove else ""))
