@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Build the binaries of gpupool's e2e tier (docs/e2e.md, shared recipe: e2e-control-plane.md §1, §2, §8, §11):
-#   kube-apiserver, kube-scheduler, kube-controller-manager, kubectl   (Kubernetes $K8S, wrapper e2e/k8sbin/)
+#   kube-apiserver, kube-scheduler, kube-controller-manager, kubectl, kubelet (Kubernetes $K8S, wrapper e2e/k8sbin/)
 #   etcd, etcdctl                                                      (etcd $ETCD, wrapper e2e/etcdbin/)
 #   kwok, helm                                                         (go install at pinned versions)
 # into ${GPUPOOL_E2E_BIN:-$HOME/.cache/gpupool/k8s-$K8S/bin}. Binaries already present at the right version are
-# skipped. Never commit the binaries; the wrappers' go.mod/go.sum are the version pin.
+# skipped. Never commit the binaries; the wrappers' go.mod/go.sum are the version pin. As root, it also installs the
+# Debian packages the real node needs (containerd, runc, CNI plugins, busybox-static; e2e/realnode.py) if missing.
 #
 # Usage: e2e/build.sh [--regen] [--force]
 #   --regen   re-derive e2e/k8sbin/go.mod and e2e/etcdbin/go.mod from the pins below (go mod tidy; needs the proxy
@@ -67,7 +68,7 @@ has_dep() {
 }
 
 # ---------------------------------------------------------------- Kubernetes (§1)
-K8S_CMDS=(kube-apiserver kube-scheduler kube-controller-manager kubectl)
+K8S_CMDS=(kube-apiserver kube-scheduler kube-controller-manager kubectl kubelet)
 # Staging modules of v1.36 (33). Listing one that is not in the build graph is harmless.
 K8S_STAGING=(api apiextensions-apiserver apimachinery apiserver cli-runtime client-go cloud-provider cluster-bootstrap
   code-generator component-base component-helpers controller-manager cri-api cri-client cri-streaming
@@ -173,7 +174,25 @@ go_install() { # NAME MODULE PKG VERSION [EXTRA_LDFLAGS [VERSION_CHECK_CMD...]]
   installed || die "$BIN/$name does not report $mod $ver"
 }
 
+# ---------------------------------------------------------------- the real node's runtime (Debian packages)
+REALNODE_PKGS=(containerd runc containernetworking-plugins busybox-static)
+install_realnode_packages() {
+  local need=() p
+  for p in "${REALNODE_PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
+  done
+  [ "${#need[@]}" = 0 ] && { log "ok: ${REALNODE_PKGS[*]} installed"; return 0; }
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+    log "not installing ${need[*]} (needs root and apt-get): the realnode tests will skip and say why"; return 0
+  fi
+  log "apt-get install ${need[*]} (the real node's runtime)"
+  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" ||
+    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"; }
+  } >/dev/null || log "apt-get install ${need[*]} failed: the realnode tests will skip and say why"
+}
+
 start=$(date +%s)
+install_realnode_packages
 build_etcd
 go_install kwok sigs.k8s.io/kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK"
 # kwok v0.8.0 has no built-in stages: the e2e fixture concatenates the stage files from its module directory.

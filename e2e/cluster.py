@@ -1,9 +1,10 @@
-"""A real, local Kubernetes control plane for gpupool's e2e tier (no Docker).
+"""A real, local Kubernetes control plane for gpupool's e2e tier (no Docker): the bring-up.
 
-Starts, on free loopback ports and in one run directory: certificates and one kubeconfig per identity, etcd,
-kube-apiserver, kube-controller-manager, the default kube-scheduler and kwok, then creates fake GPU Nodes.
-gpupool's own processes (extender, gpupool-scheduler, controller, node agent) are plugged in with
-:meth:`Cluster.start_process` / :meth:`Cluster.start_gpupool_scheduler`.
+Starts, on free loopback ports and in one run directory: certificates (e2e/pki.py) and one kubeconfig per
+identity, etcd, kube-apiserver, kube-controller-manager, the default kube-scheduler and kwok, then creates fake
+GPU Nodes (e2e/nodes.py). gpupool's own processes (extender, gpupool-scheduler, controller, node agent) are
+plugged in with :meth:`Cluster.start_process` (supervised by e2e/processes.py) and
+:meth:`Cluster.start_gpupool_scheduler`. The command line is e2e/cli.py.
 
 Recipe: ``docs/e2e.md`` and the shared ``e2e-control-plane.md``. Binaries come from ``e2e/build.sh``.
 
@@ -11,26 +12,14 @@ As a library::
 
     with Cluster() as c:                       # or c = Cluster(); c.up(); ...; c.down()
         v1 = kubernetes.client.CoreV1Api(c.api_client())
-
-For humans::
-
-    python -m e2e.cluster up [--run-dir DIR]   # starts it and leaves it running, prints the env
-    eval "$(python -m e2e.cluster env)"        # KUBECONFIG=..., PATH with kubectl 1.36
-    python -m e2e.cluster down                 # stops the last one started (or --run-dir DIR)
 """
 
 from __future__ import annotations
 
-import argparse
-import atexit
 import contextlib
-import datetime as dt
-import ipaddress
 import json
 import os
 import shutil
-import signal
-import socket
 import ssl
 import string
 import subprocess
@@ -39,38 +28,37 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 
-T = TypeVar("T")
+from e2e.nodes import DEFAULT_NODES, KWOK_ANNOTATION, FakeNode, kwok_stages
+from e2e.pki import write_pki
+from e2e.processes import ClusterError, ManagedProcess, Supervisor, free_port
+
+__all__ = [  # the names tests and tools import from here (their homes are the modules named above)
+    "DEFAULT_NODES",
+    "K8S_VERSION",
+    "REPO_ROOT",
+    "TEMPLATES",
+    "Cluster",
+    "ClusterError",
+    "FakeNode",
+    "default_bin_dir",
+    "free_port",
+    "missing_binaries",
+]
 
 K8S_VERSION = "v1.36.3"
 ETCD_VERSION = "v3.6.14"
-KWOK_VERSION = "v0.8.0"
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 LAST_RUN_LINK = Path("/tmp/gpupool-e2e-last")
 
-GPU_RESOURCE = "gpupool.io/gpu"
-GPU_MODEL_LABEL = "gpupool.io/gpu-model"
-KWOK_ANNOTATION = "kwok.x-k8s.io/node"
-SLOTS_PER_GPU = 32
-REMOTE_SLOTS = 16
-
 # Binaries the local control plane needs (kubectl is optional for the harness, needed by humans/tests).
 REQUIRED_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubectl")
-
-KWOK_STAGE_FILES = (
-    "node/fast/node-initialize.yaml",
-    "node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
-    "pod/fast/pod-ready.yaml",
-    "pod/fast/pod-complete.yaml",
-    "pod/fast/pod-delete.yaml",
-)
 
 
 def default_bin_dir() -> Path:
@@ -85,266 +73,6 @@ def missing_binaries(bin_dir: Path | None = None) -> list[str]:
     """Names of the required binaries that are not executable files in *bin_dir*."""
     d = bin_dir or default_bin_dir()
     return [b for b in REQUIRED_BINARIES if not os.access(d / b, os.X_OK)]
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (bound and released; the usual tiny race is acceptable here)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ClusterError(RuntimeError):
-    """A process of the local cluster failed to start or become ready."""
-
-
-def wait_for(fn: Callable[[], T | None], timeout: float = 30.0, what: str = "condition", interval: float = 0.2) -> T:
-    """Poll *fn* every *interval* seconds until it returns something truthy, and return that.
-
-    Raises ``TimeoutError`` naming *what* (and the last falsy value) after *timeout* seconds."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while True:
-        last = fn()
-        if last:
-            return last
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
-        time.sleep(interval)
-
-
-# --------------------------------------------------------------------------------------------- fake nodes
-
-
-@dataclass(frozen=True)
-class FakeNode:
-    """One kwok-managed fake node. ``gpus == 0`` means a CPU-only node."""
-
-    name: str
-    gpus: int = 0
-    gpu_model: str = ""
-    gpu_memory_mib: int = 0
-    cpu: str = "32"
-    memory: str = "256Gi"
-    pods: str = "110"
-    labels: Mapping[str, str] = field(default_factory=dict)
-    taints: Sequence[Mapping[str, str]] = ()
-
-    @property
-    def gpu_slots(self) -> int:
-        """The ``gpupool.io/gpu`` value the device plugin would advertise: GPUs x 32 + 16 (0 without GPUs)."""
-        return self.gpus * SLOTS_PER_GPU + REMOTE_SLOTS if self.gpus else 0
-
-    def inventory(self) -> list[dict[str, Any]]:
-        """A deterministic fake GPU inventory of this node (for fake GPUNodes / node-agent inventories)."""
-        return [
-            {
-                "index": i,
-                "uuid": f"GPU-{self.name}-{i:02d}",
-                "model": self.gpu_model,
-                "memoryMiB": self.gpu_memory_mib,
-                "numaNode": 0 if i < max(1, self.gpus // 2) else 1,
-                "health": "Healthy",
-            }
-            for i in range(self.gpus)
-        ]
-
-    def manifest(self) -> dict[str, Any]:
-        """The v1 Node object, status included (the API server accepts status on create)."""
-        res: dict[str, str] = {"cpu": self.cpu, "memory": self.memory, "pods": self.pods}
-        labels = {
-            "kubernetes.io/hostname": self.name,
-            "kubernetes.io/os": "linux",
-            "kubernetes.io/arch": "amd64",
-            "type": "kwok",
-        }
-        if self.gpus:
-            res[GPU_RESOURCE] = str(self.gpu_slots)
-            labels[GPU_MODEL_LABEL] = self.gpu_model
-        labels.update(self.labels)
-        return {
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {
-                "name": self.name,
-                "annotations": {KWOK_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
-                "labels": labels,
-            },
-            "spec": {"taints": [dict(t) for t in self.taints]} if self.taints else {},
-            "status": {
-                "capacity": dict(res),
-                "allocatable": dict(res),
-                "nodeInfo": {  # all fields: the kubernetes client (v37, pydantic) requires them in a V1Node
-                    "architecture": "amd64",
-                    "operatingSystem": "linux",
-                    "kubeletVersion": "fake",
-                    "kubeProxyVersion": "fake",
-                    "containerRuntimeVersion": "fake",
-                    "kernelVersion": "",
-                    "osImage": "",
-                    "bootID": "",
-                    "machineID": "",
-                    "systemUUID": "",
-                },
-                "phase": "Running",
-            },
-        }
-
-
-def _gpu_nodes(prefix: str, n: int, gpus: int, model: str, mem: int) -> list[FakeNode]:
-    return [FakeNode(f"{prefix}-{i}", gpus=gpus, gpu_model=model, gpu_memory_mib=mem) for i in range(n)]
-
-
-DEFAULT_NODES: tuple[FakeNode, ...] = (
-    *_gpu_nodes("gpu-a100", 2, 8, "A100-80GB", 81920),
-    *_gpu_nodes("gpu-t4", 2, 4, "T4-16GB", 15360),
-    *_gpu_nodes("gpu-h100", 1, 2, "H100-80GB", 81559),
-    FakeNode("cpu-0", cpu="16", memory="64Gi"),
-    FakeNode("cpu-1", cpu="16", memory="64Gi"),
-)
-
-
-# --------------------------------------------------------------------------------------------- PKI
-
-
-def _write_pki(pki: Path) -> None:
-    """CA, apiserver/webhook serving certs, client certs (admin, scheduler, kcm), SA key pair (in-process)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    pki.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
-    until = now + dt.timedelta(days=7)
-
-    def save_key(key: Any, name: str) -> None:
-        (pki / name).write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        (pki / name).chmod(0o600)
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gpupool-e2e-ca")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(until)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    (pki / "ca.crt").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    save_key(ca_key, "ca.key")
-
-    sans: list[x509.GeneralName] = [
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-        x509.DNSName("localhost"),
-        x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
-        x509.DNSName("kubernetes.default.svc"),
-    ]
-
-    def leaf(name: str, cn: str, orgs: Sequence[str] = (), server: bool = False) -> None:
-        key = ec.generate_private_key(ec.SECP256R1())
-        attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs]
-        attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, cn))
-        b = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name(attrs))
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now)
-            .not_valid_after(until)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
-                critical=False,
-            )
-        )
-        if server:
-            b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        cert = b.sign(ca_key, hashes.SHA256())
-        (pki / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        save_key(key, f"{name}.key")
-
-    leaf("apiserver", "kube-apiserver", server=True)
-    leaf("webhook", "gpupool-webhook", server=True)  # for the controller's admission server on 127.0.0.1
-    leaf("admin", "e2e-admin", ["system:masters"])
-    leaf("scheduler", "system:kube-scheduler")
-    leaf("kcm", "system:kube-controller-manager")
-
-    sa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    save_key(sa, "sa.key")
-    (pki / "sa.pub").write_bytes(
-        sa.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
-
-
-# --------------------------------------------------------------------------------------------- processes
-
-
-@dataclass
-class ManagedProcess:
-    """A process started by the cluster; its stdout+stderr go to ``log_path``."""
-
-    name: str
-    argv: list[str]
-    env: dict[str, str] | None
-    log_path: Path
-    ready_url: str | None = None
-    cwd: Path | None = None
-    popen: subprocess.Popen[bytes] | None = None
-    pid: int | None = None
-    ready_check: Callable[[], bool] | None = None
-
-    def alive(self) -> bool:
-        if self.popen is not None:
-            return self.popen.poll() is None
-        if self.pid is None:
-            return False
-        # Re-attached from cluster.json: only a live process running our argv[0] counts (PIDs get reused).
-        try:
-            cmdline = Path(f"/proc/{self.pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            return False
-        return bool(cmdline) and cmdline[0].decode(errors="replace") == self.argv[0]
-
-
-def _tail(path: Path, lines: int) -> str:
-    try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 256 * lines))
-            data = f.read().decode("utf-8", "replace")
-    except OSError as e:
-        return f"<cannot read {path}: {e}>"
-    return "\n".join(data.splitlines()[-lines:])
-
-
-# --------------------------------------------------------------------------------------------- the cluster
 
 
 class Cluster:
@@ -365,14 +93,17 @@ class Cluster:
         self.nodes: list[FakeNode] = list(nodes)
         self.local = True
         self.ports: dict[str, int] = {}
-        self.processes: dict[str, ManagedProcess] = {}  # insertion order = start order
         self.startup_seconds: float | None = None
         self.timings: dict[str, float] = {}  # seconds after up() began at which each step was ready
         self._t0: float | None = None
         self._kubeconfig: Path | None = None
         self._ssl_admin: ssl.SSLContext | None = None
-        self._atexit_registered = False
-        self.detach = False  # True: leave the processes running when the interpreter exits (CLI `up`)
+        self.supervisor = Supervisor(
+            self.log_dir,
+            base_env=lambda: {"KUBECONFIG": str(self.kubeconfig)},
+            probe=self.probe,
+            on_change=self._save_state,
+        )
 
     # ---------------------------------------------------------------- construction
 
@@ -393,15 +124,7 @@ class Cluster:
         c.ports = {k: int(v) for k, v in state["ports"].items()}
         c._kubeconfig = rd / "admin.kubeconfig"
         for p in state["processes"]:
-            c.processes[p["name"]] = ManagedProcess(
-                name=p["name"],
-                argv=p["argv"],
-                env=p.get("env"),
-                log_path=Path(p["log"]),
-                ready_url=p.get("ready_url"),
-                cwd=Path(p["cwd"]) if p.get("cwd") else None,
-                pid=p.get("pid"),
-            )
+            c.processes[p["name"]] = ManagedProcess.from_state(p)
         return c
 
     def __enter__(self) -> Cluster:
@@ -537,7 +260,21 @@ class Cluster:
         except (urllib.error.URLError, OSError, ssl.SSLError):
             return False
 
-    # ---------------------------------------------------------------- process management
+    # ---------------------------------------------------------------- processes (e2e/processes.py)
+
+    @property
+    def processes(self) -> dict[str, ManagedProcess]:
+        """Every process started, in start order."""
+        return self.supervisor.processes
+
+    @property
+    def detach(self) -> bool:
+        """True: leave the processes running when the interpreter exits (CLI ``up``)."""
+        return self.supervisor.detach
+
+    @detach.setter
+    def detach(self, value: bool) -> None:
+        self.supervisor.detach = value
 
     def start_process(
         self,
@@ -559,103 +296,26 @@ class Cluster:
         """
         if not self.local:
             raise ClusterError("start_process() needs a local cluster (not GPUPOOL_E2E_KUBECONFIG)")
-        if name in self.processes and self.processes[name].alive():
-            raise ClusterError(f"process {name!r} is already running (pid {self.processes[name].pid})")
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        proc = ManagedProcess(
-            name=name,
-            argv=[str(a) for a in argv],
-            env=dict(env) if env is not None else None,
-            log_path=self.log_dir / f"{name}.log",
-            ready_url=ready_url,
-            cwd=Path(cwd) if cwd is not None else None,
-            ready_check=ready_check,
-        )
-        self._spawn(proc)
-        self.processes[name] = proc
-        self._save_state()
+        proc = self.supervisor.start(name, argv, env, ready_url, ready_check=ready_check, cwd=cwd)
         if wait and (ready_url or ready_check):
             self.wait_ready(name, timeout=ready_timeout)
         return proc
 
-    def _spawn(self, proc: ManagedProcess) -> None:
-        full_env = dict(os.environ)
-        full_env["KUBECONFIG"] = str(self.kubeconfig)
-        if proc.env:
-            full_env.update(proc.env)
-        with proc.log_path.open("ab") as log:
-            stamp = time.strftime("%H:%M:%S")
-            log.write(f"==== {stamp} start {proc.name}: {' '.join(proc.argv)}\n".encode())
-            log.flush()
-            # A new session: Ctrl-C in a terminal does not hit the children, and `up` can exit and leave them.
-            proc.popen = subprocess.Popen(
-                proc.argv,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=full_env,
-                cwd=proc.cwd,
-                start_new_session=True,
-            )
-        proc.pid = proc.popen.pid
-        if not self._atexit_registered:
-            atexit.register(self._atexit)
-            self._atexit_registered = True
-
     def wait_ready(self, name: str, timeout: float = 60.0) -> None:
         """Poll the readiness of process *name* (its ready_url or ready_check)."""
-        proc = self.processes[name]
-        deadline = time.monotonic() + timeout
-        delay = 0.05
-        while True:
-            if not proc.alive():
-                code = proc.popen.returncode if proc.popen else "?"
-                raise ClusterError(
-                    f"{name} exited with code {code} before it was ready; log tail:\n" + _tail(proc.log_path, 40)
-                )
-            ok = (proc.ready_url is None or self.probe(proc.ready_url)) and (
-                proc.ready_check is None or proc.ready_check()
-            )
-            if ok:
-                if self._t0 is not None and self.startup_seconds is None:
-                    self.timings[name] = round(time.monotonic() - self._t0, 2)
-                return
-            if time.monotonic() > deadline:
-                raise ClusterError(
-                    f"{name} not ready after {timeout:.0f} s ({proc.ready_url or 'ready_check'}); "
-                    f"log tail:\n{_tail(proc.log_path, 40)}"
-                )
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.5)
+        self.supervisor.wait_ready(name, timeout)
+        if self._t0 is not None and self.startup_seconds is None:
+            self.timings[name] = round(time.monotonic() - self._t0, 2)
 
     def stop_process(self, name: str, timeout: float = 10.0) -> None:
         """SIGTERM process *name* by PID, then SIGKILL after *timeout* seconds. No error if it is gone."""
-        proc = self.processes.get(name)
-        if proc is None or proc.pid is None:
-            return
-        if proc.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while proc.alive() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if proc.alive():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGKILL)
-                end = time.monotonic() + 5
-                while proc.alive() and time.monotonic() < end:
-                    time.sleep(0.05)
-        if proc.popen is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.popen.wait(timeout=1)
-        with contextlib.suppress(OSError), proc.log_path.open("ab") as log:
-            log.write(f"==== {time.strftime('%H:%M:%S')} stopped {name}\n".encode())
+        self.supervisor.stop(name, timeout)
 
     def restart_process(self, name: str, *, wait: bool = True, ready_timeout: float = 60.0) -> ManagedProcess:
         """Stop process *name* and start it again with the same argv/env/readiness; the log is appended to."""
         proc = self.processes[name]
-        self.stop_process(name)
-        self._spawn(proc)
+        self.supervisor.stop(name)
+        self.supervisor.spawn(proc)
         self._save_state()
         if wait and (proc.ready_url or proc.ready_check):
             self.wait_ready(name, timeout=ready_timeout)
@@ -663,14 +323,7 @@ class Cluster:
 
     def log_tails(self, lines: int = 30, names: Iterable[str] | None = None) -> str:
         """The last *lines* of every process log (or of *names*), for test failure reports."""
-        out = []
-        for n in names or list(self.processes):
-            p = self.processes.get(n)
-            if p is None:
-                continue
-            state = "running" if p.alive() else "exited"
-            out.append(f"----- {n} (pid {p.pid}, {state}) {p.log_path} -----\n{_tail(p.log_path, lines)}")
-        return "\n".join(out)
+        return self.supervisor.log_tails(lines, names)
 
     def _save_state(self) -> None:
         if not self.local:
@@ -679,27 +332,11 @@ class Cluster:
             "bin_dir": str(self.bin_dir),
             "ports": self.ports,
             "kubeconfig": str(self.kubeconfig),
-            "processes": [
-                {
-                    "name": p.name,
-                    "pid": p.pid,
-                    "argv": p.argv,
-                    "env": p.env,
-                    "log": str(p.log_path),
-                    "ready_url": p.ready_url,
-                    "cwd": str(p.cwd) if p.cwd else None,
-                }
-                for p in self.processes.values()
-            ],
+            "processes": [p.state() for p in self.processes.values()],
         }
         tmp = self.run_dir / "cluster.json.tmp"
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(self.run_dir / "cluster.json")
-
-    def _atexit(self) -> None:
-        # Only processes we spawned in this interpreter (popen set) are ours to stop at exit.
-        if not self.detach and any(p.popen is not None and p.alive() for p in self.processes.values()):
-            self.down()
 
     # ---------------------------------------------------------------- bring-up
 
@@ -730,7 +367,7 @@ class Cluster:
         return self
 
     def _bring_up(self, *, kwok: bool, nodes: bool, timeout: float) -> None:
-        _write_pki(self.pki)
+        write_pki(self.pki)
         self.timings["pki"] = round(time.monotonic() - (self._t0 or 0), 2)
         self._kubeconfig = self.write_kubeconfig(
             "admin", client_cert=self.pki / "admin.crt", client_key=self.pki / "admin.key"
@@ -992,8 +629,7 @@ class Cluster:
         """Stop every process in reverse start order (SIGTERM, then SIGKILL by PID)."""
         if not self.local:
             return
-        for name in reversed(list(self.processes)):
-            self.stop_process(name)
+        self.supervisor.stop_all()
         if remove_run_dir:
             shutil.rmtree(self.run_dir, ignore_errors=True)
             with contextlib.suppress(OSError):
@@ -1001,96 +637,7 @@ class Cluster:
                     LAST_RUN_LINK.unlink()
 
 
-# --------------------------------------------------------------------------------------------- kwok stages
+if __name__ == "__main__":  # `python -m e2e.cluster up|down|env|logs`, as documented before e2e/cli.py existed
+    from e2e.cli import main
 
-
-def _go_mod_cache() -> Path:
-    env = os.environ.get("GOMODCACHE")
-    if env:
-        return Path(env)
-    for go in (shutil.which("go"), "/usr/local/go/bin/go"):
-        if go and os.access(go, os.X_OK):
-            with contextlib.suppress(OSError, subprocess.SubprocessError):
-                out = subprocess.run([go, "env", "GOMODCACHE"], capture_output=True, text=True, timeout=20)
-                if out.returncode == 0 and out.stdout.strip():
-                    return Path(out.stdout.strip())
-    gopath = os.environ.get("GOPATH", str(Path.home() / "go")).split(os.pathsep)[0]
-    return Path(gopath) / "pkg" / "mod"
-
-
-def kwok_stages() -> str:
-    """kwok v0.8.0 has no built-in stages: concatenate the stage files shipped in its module (e2e/build.sh
-    downloads it)."""
-    d = _go_mod_cache() / f"sigs.k8s.io/kwok@{KWOK_VERSION}" / "kustomize" / "stage"
-    parts = []
-    for f in KWOK_STAGE_FILES:
-        p = d / f
-        if not p.is_file():
-            raise ClusterError(f"kwok stage file {p} not found (run e2e/build.sh, it downloads kwok {KWOK_VERSION})")
-        parts.append(p.read_text().strip() + "\n")
-    return "---\n".join(parts)
-
-
-# --------------------------------------------------------------------------------------------- CLI
-
-
-def _resolve_run_dir(arg: str | None) -> Path:
-    if arg:
-        return Path(arg)
-    env = os.environ.get("GPUPOOL_E2E_RUN_DIR")
-    if env:
-        return Path(env)
-    if LAST_RUN_LINK.exists():
-        return LAST_RUN_LINK.resolve()
-    raise SystemExit("no run dir given and no cluster started before (--run-dir DIR)")
-
-
-def _print_env(c: Cluster) -> None:
-    print(f"export KUBECONFIG={c.kubeconfig}")
-    print(f"export PATH={c.bin_dir}:$PATH")
-    print(f"export GPUPOOL_E2E_RUN_DIR={c.run_dir}")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m e2e.cluster", description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    up = sub.add_parser("up", help="start a local control plane with fake GPU nodes and leave it running")
-    up.add_argument("--run-dir", help="run directory (default /tmp/gpupool-e2e-<pid>)")
-    up.add_argument("--bin-dir", help="binaries (default $GPUPOOL_E2E_BIN or ~/.cache/gpupool/k8s-v1.36.3/bin)")
-    up.add_argument("--no-nodes", action="store_true", help="do not create the fake nodes")
-    for n in ("down", "env", "logs"):
-        sp = sub.add_parser(n)
-        sp.add_argument("--run-dir", help="run directory (default: the last one started)")
-        if n == "down":
-            sp.add_argument("--rm", action="store_true", help="also remove the run directory")
-        if n == "logs":
-            sp.add_argument("-n", "--lines", type=int, default=30)
-    args = ap.parse_args(argv)
-
-    if args.cmd == "up":
-        c = Cluster(run_dir=args.run_dir, bin_dir=args.bin_dir)
-        try:
-            c.up(nodes=not args.no_nodes)
-        except ClusterError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        c.detach = True  # leave the processes running at exit
-        print(
-            f"# cluster up in {c.startup_seconds:.1f} s; run dir {c.run_dir}; stop: python -m e2e.cluster down",
-            file=sys.stderr,
-        )
-        _print_env(c)
-        return 0
-    c = Cluster.attach(_resolve_run_dir(args.run_dir))
-    if args.cmd == "env":
-        _print_env(c)
-    elif args.cmd == "logs":
-        print(c.log_tails(args.lines))
-    elif args.cmd == "down":
-        c.down(remove_run_dir=args.rm)
-        print(f"stopped {len(c.processes)} processes of {c.run_dir}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
     sys.exit(main())

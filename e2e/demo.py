@@ -23,8 +23,13 @@ from typing import Any
 
 import yaml
 
-from e2e.cluster import REPO_ROOT, Cluster, ClusterError, missing_binaries, wait_for
+from e2e import realnode
+from e2e.cluster import REPO_ROOT, Cluster, ClusterError, missing_binaries
+from e2e.nodes import FakeNode
+from e2e.polling import wait_for
 from e2e.stack import Stack
+
+REAL_NODE = FakeNode("real-0", gpus=2, gpu_model="A100-80GB", gpu_memory_mib=81920)
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo"
 DEFAULT_RUN_DIR = Path(os.environ.get("GPUPOOL_DEMO_DIR", "/tmp/gpupool-demo"))
@@ -91,9 +96,12 @@ def up(run_dir: Path, *, build: bool = True) -> int:
         c.detach = False
         c.down()
         return 1
-    (run_dir / "demo.json").write_text(
-        json.dumps({"key_file": str(stack.key_file), "extender": stack.extender_url, "ports": stack.ports}, indent=2)
-    )
+    meta: dict[str, Any] = {"key_file": str(stack.key_file), "extender": stack.extender_url, "ports": stack.ports}
+    (run_dir / "demo.json").write_text(json.dumps(meta, indent=2))
+    real = start_real_node(c, stack)
+    if real is not None:
+        meta["real_node"] = real.state()
+        (run_dir / "demo.json").write_text(json.dumps(meta, indent=2))
 
     files = sorted(DEMO_DIR.glob("*.yaml"))
     pods: list[tuple[str, str]] = []
@@ -120,6 +128,8 @@ def up(run_dir: Path, *, build: bool = True) -> int:
     print(c.kubectl("get", "pods", "-A", "-l", "app in (trainer,inference)", "-o", "wide").stdout)
     print(c.kubectl("get", "gpuqueues").stdout)
     print(gpupool_status(c, stack.key_file))
+    if real is not None:
+        show_real_node_pod(c, real)
     total = time.monotonic() - t0
     say(f"demo up in {total:.0f} s. The cluster keeps running.")
     print(
@@ -138,11 +148,64 @@ Stop it: make demo-down   (or: .venv/bin/python -m e2e.demo down --run-dir {run_
     return 0
 
 
+def start_real_node(c: Cluster, stack: Stack) -> realnode.RealNode | None:
+    """A real kubelet + containerd node with gpupool's node agent (root and Debian's runtime needed)."""
+    reasons = realnode.missing(c.bin_dir)
+    if reasons:
+        say("no real node: " + "; ".join(reasons))
+        return None
+    say(f"starting a real node {REAL_NODE.name}: containerd + runc, the kubelet, gpupool's node agent")
+    node = realnode.RealNode(c, REAL_NODE)
+    try:
+        node.up()
+        stack.start_node_agent(REAL_NODE.name, node.plugin_dir, gpus=REAL_NODE.inventory())
+        wait_for(lambda: node.healthy_devices("gpupool.io/gpu") == REAL_NODE.gpu_slots, timeout=90,
+                 what="the kubelet to hold gpupool's slots", interval=0.5)  # fmt: skip
+    except (ClusterError, TimeoutError) as e:
+        say(f"the real node did not come up: {e}")
+        node.down()
+        return None
+    return node
+
+
+def show_real_node_pod(c: Cluster, node: realnode.RealNode) -> None:
+    """One fractional pod on the real node, and what its container received."""
+    ns = "demo-real"
+    c.create_namespace(ns)
+    body = realnode.real_node_pod(
+        "hello-real", node.name,
+        containers=[{"name": "main", "resources": {"limits": {
+            "gpupool.io/gpu": "1", "gpupool.io/gpu-compute": "30", "gpupool.io/gpu-memory": "8192"}}}],
+    )  # fmt: skip
+    c.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(body))
+
+    def env() -> dict[str, str] | None:
+        pod = json.loads(c.kubectl("get", "pod", "-n", ns, "hello-real", "-o", "json").stdout)
+        if pod["status"].get("phase") != "Running":
+            return None
+        return node.container_env(ns, "hello-real", pod["metadata"]["uid"], "main")
+
+    try:
+        got = wait_for(env, timeout=120, what="hello-real running on the real node", interval=0.5)
+    except TimeoutError as e:
+        say(f"{e}")
+        return
+    say(f"pod {ns}/hello-real runs on the real node {node.name}; its container received:")
+    for k in sorted(got):
+        if k.startswith(("GPUPOOL_", "NVIDIA_", "CUDA_")):
+            print(f"  {k}={got[k]}")
+
+
 def down(run_dir: Path, *, remove: bool = False) -> int:
     if not (run_dir / "cluster.json").is_file():
         say(f"no demo in {run_dir}")
         return 0
     c = Cluster.attach(run_dir)
+    meta = json.loads((run_dir / "demo.json").read_text()) if (run_dir / "demo.json").is_file() else {}
+    if meta.get("real_node"):
+        node = realnode.RealNode.from_state(c, meta["real_node"])
+        c.stop_process(f"node-agent-{node.name}")  # first: it would serve its socket again in the plugin dir
+        node.down()
     n = sum(1 for p in c.processes.values() if p.alive())
     c.down(remove_run_dir=remove)
     say(f"stopped {n} processes of {run_dir}" + (" and removed it" if remove else ""))

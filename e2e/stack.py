@@ -40,7 +40,10 @@ from typing import Any
 
 import yaml
 
-from e2e.cluster import REPO_ROOT, TEMPLATES, Cluster, ClusterError, FakeNode, free_port, wait_for
+from e2e.cluster import REPO_ROOT, TEMPLATES, Cluster
+from e2e.nodes import FakeNode, fake_inventory
+from e2e.polling import wait_for
+from e2e.processes import ClusterError, free_port
 
 SYSTEM_NAMESPACE = "gpupool-system"
 SERVICE_ACCOUNTS = ("gpupool-controller", "gpupool-extender", "gpupool-deviceplugin")
@@ -50,25 +53,6 @@ SCHEDULER = "gpupool-scheduler"
 PUBLISHER = "gpupool-nodes"  # the --multi-node node agent
 #: kube-scheduler settings used by the e2e tier and the benchmark (both gpupool and plain runs)
 AGENT_ENDPOINT_PORT = 9403
-
-
-def inventory_entries(node: FakeNode) -> list[dict[str, Any]]:
-    """The node's fake GPUs in the node agent's ``--fake-inventory`` format (uuids as in ``FakeNode.inventory``)."""
-    return [
-        {
-            "uuid": g["uuid"],
-            "index": g["index"],
-            "model": g["model"],
-            "memoryMiB": g["memoryMiB"],
-            "numa": g["numaNode"],
-        }
-        for g in node.inventory()
-    ]
-
-
-def fake_inventory(nodes: Iterable[FakeNode]) -> dict[str, list[dict[str, Any]]]:
-    """node -> GPU list for ``--multi-node --fake-inventory`` (CPU-only nodes: an empty list)."""
-    return {n.name: inventory_entries(n) for n in nodes}
 
 
 class Stack:
@@ -391,7 +375,7 @@ class Stack:
 
         def full() -> bool:
             m = re.search(r"^gpupool_extender_cache_gpus (\S+)", self.extender_metrics(), re.M)
-            return bool(m) and float(m.group(1)) >= want
+            return m is not None and float(m.group(1)) >= want
 
         wait_for(full, timeout=timeout, what=f"extender cache with {want} GPUs", interval=0.5)
 

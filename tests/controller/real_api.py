@@ -31,7 +31,8 @@ from typing import Any
 import pytest
 import yaml
 
-from e2e.cluster import REPO_ROOT, Cluster, FakeNode, free_port, missing_binaries, wait_for
+from e2e.cluster import REPO_ROOT, Cluster, FakeNode, free_port, missing_binaries
+from e2e.polling import wait_for
 from gpupool.objects import pod_gated
 from gpupool.timefmt import now_rfc3339
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from e2e.cluster import wait_for
+from e2e.polling import wait_for
 from gpupool import resources
 from gpupool.objects import AdmissionDecision, pod_admission_decision, pod_gated
 from tests.controller.real_api import ControllerProcess, RealAPI, gpu_pod, plain_pod, wait_webhook_serving

@@ -27,7 +27,7 @@ from deviceplugin.inventory import (
 from deviceplugin.kube import Kube
 from deviceplugin.podcache import format_allocated, parse_allocated
 from deviceplugin.settings import Backend, DevicePluginSettings
-from tests.deviceplugin.conftest import wait_until
+from e2e.polling import wait_for
 from tests.deviceplugin.helpers import FakeNvmlBackend, nvml_devices
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -143,11 +143,11 @@ def test_multi_node_mode_publishes_every_fake_node(tmp_path: Path, kube: Kube) -
     thread.start()
     try:
         rounds = agent.rounds
-        wait_until(lambda: agent.rounds >= rounds + 2)  # heartbeats keep coming
+        wait_for(lambda: agent.rounds >= rounds + 2)  # heartbeats keep coming
         path.write_text("kw-0:\n- {model: A100, memoryMiB: 81920, count: 4}\nkw-1:\n- {model: T4, memoryMiB: 15360, "
                         "health: Unhealthy}\n")  # fmt: skip
         os.utime(path, (time.time() + 2, time.time() + 2))
-        wait_until(lambda: kube.get_gpunode("kw-1")["status"]["gpus"][0]["health"] == "Unhealthy")
+        wait_for(lambda: kube.get_gpunode("kw-1")["status"]["gpus"][0]["health"] == "Unhealthy")
     finally:
         agent.stop_event.set()
         thread.join(timeout=5)

@@ -13,8 +13,9 @@ import pytest
 
 from deviceplugin.api import pb2
 from deviceplugin.kube import Kube
+from e2e.polling import wait_for
 from gpupool import resources
-from tests.deviceplugin.conftest import Running, wait_until
+from tests.deviceplugin.conftest import Running
 from tests.deviceplugin.helpers import assignment_for, get_pod, make_pod, put_pod
 
 GPU0 = "GPU-00000000-aaaa-bbbb-cccc-dddddddddddd"
@@ -55,7 +56,7 @@ def first_list(r: Running) -> Any:
 
 
 def cached(r: Running, *names: str) -> None:
-    wait_until(lambda: {e.name for e in r.agent.cache.entries()} >= set(names))
+    wait_for(lambda: {e.name for e in r.agent.cache.entries()} >= set(names))
 
 
 def allocated_keys(kube: Kube, name: str) -> list[str]:
@@ -78,7 +79,7 @@ def test_registers_with_the_kubelet(start_agent: Any) -> None:
     with r.kubelet.dial(reg.endpoint) as stub:
         options = stub.GetDevicePluginOptions(pb2.Empty(), timeout=5)
     assert options.get_preferred_allocation_available and options.pre_start_required
-    wait_until(r.agent.ready)
+    wait_for(r.agent.ready)
 
 
 def test_list_and_watch_slots_topology_and_health_flip(start_agent: Any, kube: Kube) -> None:
@@ -109,7 +110,7 @@ def test_list_and_watch_slots_topology_and_health_flip(start_agent: Any, kube: K
         gpus = ((obj or {}).get("status") or {}).get("gpus") or []
         return [g["health"] for g in gpus] == ["Healthy", "Unhealthy"]
 
-    wait_until(gpunode_says_unhealthy)
+    wait_for(gpunode_says_unhealthy)
     status = kube.get_gpunode(r.node)["status"]
     assert status["agentEndpoint"] == f"{r.node}.agents:9403"
     assert status["slotsPerGPU"] == 32 and status["remoteSlots"] == 16 and status["heartbeatTime"]
@@ -126,11 +127,11 @@ def test_list_and_watch_slots_topology_and_health_flip(start_agent: Any, kube: K
 def test_critical_xid_marks_gpu_unhealthy_but_application_xid_does_not(start_agent: Any) -> None:
     r = start_agent()
     r.nvml.xids.put((GPU0, 13))  # application error: GPU stays healthy
-    wait_until(lambda: r.nvml.xids.empty())
+    wait_for(lambda: r.nvml.xids.empty())
     r.agent.check_health()
     assert all(g.healthy for g in r.agent.state.gpus)
     r.nvml.xids.put((GPU0, 79))  # fallen off the bus
-    wait_until(lambda: [g.healthy for g in r.agent.state.gpus] == [False, True])
+    wait_for(lambda: [g.healthy for g in r.agent.state.gpus] == [False, True])
 
 
 def test_list_and_watch_ends_cleanly_on_shutdown(start_agent: Any) -> None:
@@ -150,7 +151,7 @@ def test_list_and_watch_ends_cleanly_on_shutdown(start_agent: Any) -> None:
 
         thread = threading.Thread(target=consume)
         thread.start()
-        wait_until(lambda: received)
+        wait_for(lambda: received)
         r.agent.stop()
         thread.join(timeout=10)
         assert not thread.is_alive()
@@ -180,7 +181,7 @@ def test_allocate_one_slice_mps(start_agent: Any, kube: Kube) -> None:
     assert c.annotations["gpupool.io/pod-uid"] == pod["metadata"]["uid"]
     assert c.annotations["gpupool.io/slots"] == "gpu1-7"
     assert c.annotations["gpupool.io/match"] == "exact"
-    wait_until(lambda: allocated_keys(kube, "one") == ["0"])
+    wait_for(lambda: allocated_keys(kube, "one") == ["0"])
     # served: no longer offered by GetPreferredAllocation
     assert preferred(r, 1, available=["gpu0-0", "gpu1-7"]) == ["gpu0-0"]
 
@@ -248,7 +249,7 @@ def test_pods_of_different_slot_counts_served_in_any_admission_order(
         assert c.annotations["gpupool.io/pod"] == f"default/{names[kind]}"
         assert c.envs["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] == memory
         available = [s for s in available if s not in pick]
-    wait_until(lambda: all(allocated_keys(kube, n) == ["0"] for n in names.values()))
+    wait_for(lambda: all(allocated_keys(kube, n) == ["0"] for n in names.values()))
 
 
 @pytest.mark.parametrize("order", [("early", "late"), ("late", "early")])
@@ -273,7 +274,7 @@ def test_same_size_pods_served_in_turn_in_any_order(start_agent: Any, kube: Kube
         assert c.annotations["gpupool.io/pod"] == f"default/{name}"
         assert c.envs["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == str(slices[kind][3])
         available = [s for s in available if s not in pick]
-        wait_until(lambda name=name: allocated_keys(kube, name) == ["0"])
+        wait_for(lambda name=name: allocated_keys(kube, name) == ["0"])
 
 
 def test_a_running_pod_without_a_record_is_served(start_agent: Any, kube: Kube) -> None:
@@ -296,7 +297,7 @@ def test_preferred_allocation_relists_when_the_watch_lags(start_agent: Any, kube
     """The kubelet may ask before the pod watch delivered the bound pod: the plugin re-lists once, so the kubelet
     is offered the assignment's slots rather than its own order."""
     r = start_agent(backend="mps")
-    wait_until(lambda: r.agent.cache.synced.is_set())
+    wait_for(lambda: r.agent.cache.synced.is_set())
     pod = make_pod("lagging", r.node, [1])
     put_pod(kube, pod, assignment_for(pod, r.node, [(0, GPU1, "gpu1-9", 30, 2000)]))
     cached(r, "lagging")
@@ -320,7 +321,7 @@ def test_concurrent_allocates_for_different_pods(start_agent: Any, kube: Kube) -
     assert [c.annotations["gpupool.io/pod"] for c in results] == [f"default/{p}" for p in slots_of]
     assert [c.annotations["gpupool.io/slots"] for c in results] == list(slots_of.values())
     for name in slots_of:
-        wait_until(lambda name=name: allocated_keys(kube, name) == ["0"])
+        wait_for(lambda name=name: allocated_keys(kube, name) == ["0"])
 
 
 def test_forged_and_unsigned_assignments_are_refused(start_agent: Any, kube: Kube) -> None:
@@ -414,7 +415,7 @@ def test_init_container_slots_reused_by_the_app_container(start_agent: Any, kube
     assert app.annotations["gpupool.io/container"] == "0"
     assert app.annotations["gpupool.io/match"] == "init-reuse"
     assert app.envs["NVIDIA_VISIBLE_DEVICES"] == GPU1
-    wait_until(lambda: allocated_keys(kube, "withinit") == ["init:0", "0"])
+    wait_for(lambda: allocated_keys(kube, "withinit") == ["init:0", "0"])
 
 
 def test_remote_slices_carry_the_owning_agent_endpoint(start_agent: Any, kube: Kube) -> None:
@@ -468,7 +469,7 @@ def test_pre_start_container_checks_health(start_agent: Any) -> None:
     with r.kubelet.dial(r.settings.socket_name) as stub:
         stub.PreStartContainer(pb2.PreStartContainerRequest(devices_ids=["gpu0-1", "remote-0"]), timeout=5)
         r.nvml.failing[0] = "NVML: lost"
-        wait_until(lambda: r.agent.state.healthy_gpu(0) is False)
+        wait_for(lambda: r.agent.state.healthy_gpu(0) is False)
         with pytest.raises(grpc.RpcError) as error:
             stub.PreStartContainer(pb2.PreStartContainerRequest(devices_ids=["gpu0-1"]), timeout=5)
     assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -489,10 +490,10 @@ def test_reregisters_after_kubelet_restart(start_agent: Any, kube: Kube) -> None
     (r.kubelet.directory / r.settings.socket_name).unlink()
     r.kubelet.start()
     reg = r.kubelet.wait_registration()
-    wait_until(lambda: (r.kubelet.directory / r.settings.socket_name).exists())
+    wait_for(lambda: (r.kubelet.directory / r.settings.socket_name).exists())
     assert len(first_list(r).devices) == 80
     # the kubelet records a Register on receipt; the plugin counts it once the call has returned
-    wait_until(lambda: r.agent.server.registrations >= 3)
+    wait_for(lambda: r.agent.server.registrations >= 3)
 
 
 # --- publishing, metrics ----------------------------------------------------------------------------------------
@@ -502,7 +503,7 @@ def test_node_labels_metrics_and_healthz(start_agent: Any, kube: Kube) -> None:
     node = "labelled-node"
     kube.request("POST", "/api/v1/nodes", body={"metadata": {"name": node}}, content_type="application/json")
     r = start_agent(node=node)
-    wait_until(lambda: kube.request("GET", f"/api/v1/nodes/{node}")["metadata"].get("labels") or {})
+    wait_for(lambda: kube.request("GET", f"/api/v1/nodes/{node}")["metadata"].get("labels") or {})
     labels = kube.request("GET", f"/api/v1/nodes/{node}")["metadata"]["labels"]
     assert labels == {"gpupool.io/gpu-model": "NVIDIA-A100-SXM4-80GB", "gpupool.io/gpu-count": "2"}
     pod = make_pod("metered", node, [1])
@@ -510,7 +511,7 @@ def test_node_labels_metrics_and_healthz(start_agent: Any, kube: Kube) -> None:
     allocate(r, ["gpu0-0"])
     with pytest.raises(grpc.RpcError):
         allocate(r, ["gpu0-31"])
-    wait_until(r.agent.ready)
+    wait_for(r.agent.ready)
     port = r.agent.http.port
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert "gpupool_deviceplugin_allocate_seconds_count 1.0" in body

@@ -13,7 +13,7 @@ import pytest
 
 from deviceplugin import runtime_regions as regions
 from deviceplugin.kube import Kube
-from tests.deviceplugin.conftest import wait_until
+from e2e.polling import wait_for
 from tests.deviceplugin.helpers import assignment_for, make_pod, put_pod
 from tests.deviceplugin.test_plugin import GPU0, GPU1, allocate, cached, preferred
 
@@ -69,7 +69,7 @@ def test_allocate_injects_the_runtime_and_writes_the_control_region(
     }
     # the pod leaves the node: its regions go
     kube.request("DELETE", "/api/v1/namespaces/default/pods/pooled")
-    wait_until(lambda: not cdir.parent.exists(), timeout=10)
+    wait_for(lambda: not cdir.parent.exists(), timeout=10)
 
 
 def test_other_backends_write_no_region(start_agent: Any, kube: Kube, tmp_path: Path) -> None:

@@ -19,8 +19,8 @@ from deviceplugin.api import pb2
 from deviceplugin.inventory import NvmlInventory
 from deviceplugin.kube import Kube, KubeError, load_api_client
 from deviceplugin.settings import DevicePluginSettings
+from e2e.polling import wait_for
 from gpupool import resources
-from tests.deviceplugin.conftest import wait_until
 from tests.deviceplugin.helpers import KEY, FakeKubelet, FakeNvmlBackend, assignment_for, make_pod, nvml_devices
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,10 +69,10 @@ def test_agent_against_a_real_api_server(real_kube: tuple[Kube, Any]) -> None:
     agent.start()
     try:
         kubelet.wait_registration()
-        status = wait_until(lambda: (kube.get_gpunode(node) or {}).get("status"))
+        status = wait_for(lambda: (kube.get_gpunode(node) or {}).get("status"))
         assert [g["health"] for g in status["gpus"]] == ["Healthy", "Healthy"]
         assert status["agentEndpoint"] == "10.0.0.1:9403" and status["slotsPerGPU"] == 32
-        labels = wait_until(lambda: kube.request("GET", f"/api/v1/nodes/{node}")["metadata"].get("labels"))
+        labels = wait_for(lambda: kube.request("GET", f"/api/v1/nodes/{node}")["metadata"].get("labels"))
         assert labels["gpupool.io/gpu-count"] == "2"
 
         # the API server assigns the uid; the assignment is written after creation, as the extender does
@@ -83,7 +83,7 @@ def test_agent_against_a_real_api_server(real_kube: tuple[Kube, Any]) -> None:
         uuid = nvml.devices[1].uuid
         text = assignment_for(pod, node, [(0, uuid, "gpu1-4", 30, 2048)])
         kube.patch_pod_annotations("dp-real", "real-pod", {resources.ASSIGNMENT: text})
-        wait_until(lambda: [e.name for e in agent.cache.entries()] == ["real-pod"])
+        wait_for(lambda: [e.name for e in agent.cache.entries()] == ["real-pod"])
         with kubelet.dial(settings.socket_name) as stub:
             response = stub.Allocate(
                 pb2.AllocateRequest(container_requests=[pb2.ContainerAllocateRequest(devices_ids=["gpu1-4"])]),
@@ -96,7 +96,7 @@ def test_agent_against_a_real_api_server(real_kube: tuple[Kube, Any]) -> None:
         assert json.loads(annotations[resources.ALLOCATED]) == ["0"]
 
         nvml.failing[0] = "NVML: GPU is lost"
-        wait_until(lambda: [g["health"] for g in kube.get_gpunode(node)["status"]["gpus"]] == ["Unhealthy", "Healthy"])
+        wait_for(lambda: [g["health"] for g in kube.get_gpunode(node)["status"]["gpus"]] == ["Unhealthy", "Healthy"])
         # the status subresource is the only way in: a status in a main-resource patch is ignored
         kube.request(
             "PATCH",

@@ -12,15 +12,9 @@ from typing import Any
 
 import pytest
 
-from e2e.cluster import (
-    DEFAULT_NODES,
-    GPU_MODEL_LABEL,
-    GPU_RESOURCE,
-    K8S_VERSION,
-    KWOK_ANNOTATION,
-    Cluster,
-    wait_for,
-)
+from e2e.cluster import K8S_VERSION, Cluster
+from e2e.nodes import DEFAULT_NODES, GPU_MODEL_LABEL, GPU_RESOURCE, KWOK_ANNOTATION
+from e2e.polling import wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +18,7 @@ import httpx
 import pytest
 import uvicorn
 
+from e2e.polling import wait_for
 from extender.app import create_app
 from extender.main import Extender, build
 from extender.settings import ExtenderSettings
@@ -28,16 +28,6 @@ KEY = b"test-signing-key-0123456789"
 #: extenders currently running; the object helpers wait until each has seen what they created
 RUNNING: list[Any] = []
 GPUNODES = "/apis/gpupool.io/v1alpha1/gpunodes"
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 # --- object makers -------------------------------------------------------------------------------

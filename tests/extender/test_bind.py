@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from e2e.polling import wait_for
 from gpupool import assignment, resources
 from gpupool.slots import parse_slot
 from tests.extender.conftest import (
@@ -18,7 +19,6 @@ from tests.extender.conftest import (
     node,
     pod,
     start_extender,
-    wait_for,
 )
 
 PODS = "/api/v1/namespaces/default/pods"

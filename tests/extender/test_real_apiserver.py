@@ -22,7 +22,8 @@ import httpx
 import pytest
 import uvicorn
 
-from e2e.cluster import free_port, wait_for
+from e2e.polling import wait_for
+from e2e.processes import free_port
 from extender.app import create_app
 from extender.main import Extender, build
 from extender.settings import ExtenderSettings

@@ -237,7 +237,7 @@ def test_gpunode_changes_reach_filter(kube, ext):
     def failing() -> bool:
         return ext.post("filter", filter_body(p, ["gpu-0"])).json()["NodeNames"] == []
 
-    from tests.extender.conftest import wait_for
+    from e2e.polling import wait_for
 
     wait_for(failing, 5, "the unhealthy GPU to stop receiving slices")
     kube.patch("/apis/gpupool.io/v1alpha1/gpunodes/gpu-0", {"status": gpunode("gpu-0", gpus=1)["status"],

@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from e2e import chart
-from e2e.cluster import Cluster, free_port, wait_for
+from e2e.cluster import Cluster, free_port
+from e2e.polling import wait_for
 from tests.helm.test_render import VALUE_SETS
 
 RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")

@@ -11,7 +11,7 @@ from typing import Any
 
 from kubernetes import client
 
-from e2e.cluster import wait_for
+from e2e.polling import wait_for
 from e2e.stack import Stack
 from gpupool import objects, resources
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from deviceplugin.api import pb2
-from e2e.cluster import wait_for
+from e2e.polling import wait_for
 from e2e.stack import AGENT_ENDPOINT_PORT, Stack
 from gpupool import resources
 from tests.e2e.gpupool.conftest import PLUGIN_NODE

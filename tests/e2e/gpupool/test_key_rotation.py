@@ -10,7 +10,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from e2e.cluster import wait_for
+from e2e.polling import wait_for
 from e2e.stack import Stack
 from tests.e2e.gpupool.gp_helpers import GP, assignment_of, gpu_pod
 

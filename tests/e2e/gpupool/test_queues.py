@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from e2e.cluster import wait_for
+from e2e.polling import wait_for
 from gpupool import resources
 from tests.e2e.gpupool.gp_helpers import DEBUG_POOL, GP, HIGH, KWOK_NODES, LOW, gpu_pod
 

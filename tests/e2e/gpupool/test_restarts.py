@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from e2e.cluster import wait_for
+from e2e.polling import wait_for
 from e2e.stack import CONTROLLER, EXTENDER, PUBLISHER, Stack
 from tests.e2e.gpupool.conftest import PLUGIN_NODE
 from tests.e2e.gpupool.gp_helpers import GP, assignment_of, check_pool, gpu_pod

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from e2e.cluster import FakeNode, wait_for
-from e2e.stack import Stack, fake_inventory
+from e2e.nodes import FakeNode, fake_inventory
+from e2e.polling import wait_for
+from e2e.stack import Stack
 from gpupool import resources
 from tests.e2e.gpupool.gp_helpers import DEBUG_POOL, GP, KWOK_NODES, assignment_of, check_pool, gpu_pod
 
