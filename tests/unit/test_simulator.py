@@ -113,7 +113,9 @@ def test_small_trace_fgd_beats_bestfit(synthetic: tuple[Path, Path]) -> None:
         runs = [replay(nodes, pods, policy, seed, workload=workload) for seed in (42, 43, 44)]
         return sum(discretise(r.arrived, r.allocated)[130] for r in runs) / len(runs)
 
-    assert alloc("fgd") >= alloc("bestfit") - 0.5
+    # measured: fgd 95.98, bestfit 94.38 (seeds 42-44); a policy no better than bestfit fails this
+    fgd, bestfit = alloc("fgd"), alloc("bestfit")
+    assert fgd - bestfit >= 1.0, (fgd, bestfit)
 
 
 # --- the command line ------------------------------------------------------------------------------
