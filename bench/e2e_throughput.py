@@ -16,7 +16,8 @@ In the same run, the same ``gpupool-scheduler`` process binds:
   namespace served by a GPUQueue with room: mutating + validating webhook, the controller's queue admission and
   gate removal, then the scheduler and the extender. Per-pod latency = the bench's own clock from just before the
   create request to the moment its watch sees ``spec.nodeName`` (the API's timestamps have 1 s resolution; they
-  are reported as a cross-check in ``details``). p50 and p99.
+  are reported as a cross-check in ``details``). p50 and p99; ``details.full_path.admitted_*`` is the part up to
+  the moment the watch sees the pod without any scheduling gate (webhook + queue admission).
 * CPU: utime+stime from ``/proc/<pid>/stat`` of the extender and the controller (and, in ``details``, the
   gpupool-scheduler and kube-apiserver) before and after each phase, divided by the pods bound in it. The top-level
   ``extender_cpu_ms_per_pod`` / ``controller_cpu_ms_per_pod`` are those of the full path (both components work
@@ -118,6 +119,7 @@ class BindWatch(threading.Thread):
         super().__init__(daemon=True, name=f"watch-{ns}")
         self.api, self.ns = api, ns
         self.bound: dict[str, float] = {}
+        self.ungated: dict[str, float] = {}  # first seen without any scheduling gate
         self.cond = threading.Condition()
         self.rv = str(api.request("GET", f"/api/v1/namespaces/{ns}/pods?limit=1")["metadata"]["resourceVersion"])
         self.stop = False
@@ -134,7 +136,10 @@ class BindWatch(threading.Thread):
                         raise RuntimeError(f"watch {self.ns}: {obj}")
                     self.rv = obj.get("metadata", {}).get("resourceVersion", self.rv)
                     name = obj.get("metadata", {}).get("name")
-                    if name and (obj.get("spec") or {}).get("nodeName") and name not in self.bound:
+                    spec = obj.get("spec") or {}
+                    if name and not spec.get("schedulingGates"):
+                        self.ungated.setdefault(name, now)
+                    if name and spec.get("nodeName") and name not in self.bound:
                         with self.cond:
                             self.bound[name] = now
                             self.cond.notify_all()
@@ -289,6 +294,7 @@ def full_path(api: Api, cpu: CpuMeter, ns: str, m: int, timeout: float) -> dict[
     c1 = cpu.sample()
     watch.stop = True
     lat = [bound[n] - sent[n] for n in names]
+    admitted = [watch.ungated[n] - sent[n] for n in names if n in watch.ungated]  # webhook + queue admission
     # cross-check with the API's own (1 s resolution) times: creationTimestamp -> PodScheduled
     api_lat: list[float] = []
     for p in api.request("GET", f"/api/v1/namespaces/{ns}/pods")["items"]:
@@ -302,6 +308,8 @@ def full_path(api: Api, cpu: CpuMeter, ns: str, m: int, timeout: float) -> dict[
         "p99_s": round(quantile(lat, 0.99), 3),
         "max_s": round(max(lat), 3),
         "mean_s": round(statistics.fmean(lat), 3),
+        "admitted_p50_s": round(quantile(admitted, 0.50), 3) if admitted else None,
+        "admitted_p99_s": round(quantile(admitted, 0.99), 3) if admitted else None,
         "create_seconds": round(created, 2),
         "burst_seconds": round(max(bound.values()) - t0, 2),
         "api_timestamps_p50_s": quantile(api_lat, 0.50) if api_lat else None,
