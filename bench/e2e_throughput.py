@@ -359,18 +359,18 @@ def main() -> int:
     run_dir = Path(tempfile.mkdtemp(prefix="gpupool-bench-"))
     c = Cluster(run_dir=run_dir, nodes=[])
     t0 = time.monotonic()
-    c.up(nodes=False)
-    api = Api(c)
-    pool(16)(lambda n: api.request("POST", "/api/v1/nodes", node_body(n)), nodes)
-    c.wait_nodes_ready([n.name for n in nodes], timeout=600)
-    print(f"# control plane + {args.nodes} kwok nodes in {time.monotonic() - t0:.1f} s", flush=True)
     stack = Stack(
         c, nodes=nodes, scheduler_verbosity=1,
         controller_env={"GPUPOOL_ADMISSION_INTERVAL_SECONDS": args.admission_interval},
         publisher_env={"GPUPOOL_HEARTBEAT_INTERVAL_SECONDS": "3600", "GPUPOOL_HEALTH_INTERVAL_SECONDS": "5"},
     )  # fmt: skip
-    try:
-        stack.up(timeout=900)
+    try:  # an interrupted run (Ctrl-C) still stops every process it started
+        c.up(nodes=False)
+        api = Api(c)
+        pool(16)(lambda n: api.request("POST", "/api/v1/nodes", node_body(n)), nodes)
+        c.wait_nodes_ready([n.name for n in nodes], timeout=1800)
+        print(f"# control plane + {args.nodes} kwok nodes in {time.monotonic() - t0:.1f} s", flush=True)
+        stack.up(timeout=1800)
         print(f"# gpupool stack up {stack.timings} (scheduler config: {stack.scheduler_config_source})", flush=True)
         cpu = CpuMeter(c)
         skip = {WEBHOOK_SKIP[0]: WEBHOOK_SKIP[1]}
