@@ -1,41 +1,167 @@
-"""Scheduling throughput of the real kube-scheduler with the gpupool extender vs. a plain extended resource.
+"""Scheduling throughput and burst latency of the real kube-scheduler with the gpupool extender (issue 16).
 
-    python bench/e2e_throughput.py --nodes 1000 --pods 1000 [--json OUT.json] [--full-path]
+    python bench/e2e_throughput.py --nodes 100 --pods 200 --json OUT.json
 
 One local control plane (e2e.cluster) with N kwok nodes of 8 fake GPUs each, which also advertise
-``example.com/gpu: 8``; the gpupool stack (e2e.stack) on it. In the same run, the same ``gpupool-scheduler``
-process (one KubeSchedulerConfiguration) binds:
+``example.com/gpu: 8``; the gpupool stack (e2e.stack) on it, the controller at the product's admission interval.
+In the same run, the same ``gpupool-scheduler`` process binds:
 
-* **plain**: M pods requesting ``example.com/gpu: 1`` — the extender is not called (not a managed resource);
-* **gpupool**: M pods requesting ``gpupool.io/gpu: 1, gpu-compute: 50, gpu-memory: 4096`` — filter, prioritize and
-  bind go through the extender, which writes the signed assignment and the Binding.
+* **scheduler path** (namespaces the admission webhooks skip): M pods are created with a bench-owned scheduling
+  gate (``bench.gpupool.io/hold``, not gpupool's admission gate), so all of them exist before any is schedulable;
+  then every gate is removed at once (32 threads) and the time runs from the first removal to the last pod bound.
+  First M ``example.com/gpu: 1`` pods (**plain**: the extender is not called), then M pods asking
+  ``gpupool.io/gpu: 1, gpu-compute: 50, gpu-memory: 4096`` (**gpupool**: filter, prioritize and bind go through
+  the extender). ``ratio`` = gpupool pods/s / plain pods/s.
+* **full path**: a burst of M ordinary gpupool pods (no schedulerName, no gate) created by 16 threads in a
+  namespace served by a GPUQueue with room: mutating + validating webhook, the controller's queue admission and
+  gate removal, then the scheduler and the extender. Per-pod latency = the bench's own clock from just before the
+  create request to the moment its watch sees ``spec.nodeName`` (the API's timestamps have 1 s resolution; they
+  are reported as a cross-check in ``details``). p50 and p99; ``details.full_path.admitted_*`` is the part up to
+  the moment the watch sees the pod without any scheduling gate (webhook + queue admission).
+* CPU: utime+stime from ``/proc/<pid>/stat`` of the extender and the controller (and, in ``details``, the
+  gpupool-scheduler and kube-apiserver) before and after each phase, divided by the pods bound in it. The top-level
+  ``extender_cpu_ms_per_pod`` / ``controller_cpu_ms_per_pod`` are those of the full path (both components work
+  there); the scheduler path's are in ``details``.
 
-Both sets are created ungated with ``schedulerName: gpupool-scheduler`` in a namespace the admission webhooks skip,
-so both measure the scheduler path alone; ``--full-path`` adds a third run through the webhook and the controller's
-queue admission (gate removal). Pods are created by 16 threads; the time is from the first create to the last
-bound (a 0.25 s poll of the pods). Extender verb latencies come from its /metrics.
+Times are wall clock on whatever machine runs it: a benchmark, not a test. Results and the machine: docs/e2e.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
+import os
 import re
+import statistics
 import sys
 import tempfile
+import threading
 import time
-import urllib.request
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from e2e.cluster import Cluster, FakeNode  # noqa: E402
-from e2e.stack import Stack  # noqa: E402
+from e2e.stack import CONTROLLER, EXTENDER, SCHEDULER, Stack  # noqa: E402
 
 PLAIN = "example.com/gpu"
+HOLD_GATE = "bench.gpupool.io/hold"  # the bench's own gate: gpupool's admission gate is the controller's
+WEBHOOK_SKIP = ("gpupool.io/webhook", "ignore")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+T = TypeVar("T")
+
+
+# ------------------------------------------------------------------------------------------------ raw API access
+
+
+class Api:
+    """Minimal JSON client on keep-alive HTTPS connections (one per thread): the bench's own cost stays small and
+    the same for every kind of pod (the kubernetes client validates every body with pydantic)."""
+
+    def __init__(self, c: Cluster) -> None:
+        u = urllib.parse.urlsplit(c.api_url)
+        self.host, self.port = u.hostname or "127.0.0.1", u.port or 443
+        self.ctx = c._ssl_for(c.api_url)
+        self.local = threading.local()
+
+    def conn(self) -> http.client.HTTPSConnection:
+        cn: http.client.HTTPSConnection | None = getattr(self.local, "conn", None)
+        if cn is None:
+            cn = http.client.HTTPSConnection(self.host, self.port, context=self.ctx, timeout=60)
+            self.local.conn = cn
+        return cn
+
+    def request(self, method: str, path: str, body: Any = None, ctype: str = "application/json") -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": ctype, "Accept": "application/json"}
+        for attempt in range(3):
+            cn = self.conn()
+            try:
+                cn.request(method, path, body=data, headers=headers)
+                r = cn.getresponse()
+                payload = r.read()
+            except (OSError, http.client.HTTPException):
+                cn.close()
+                self.local.conn = None
+                if attempt == 2:
+                    raise
+                continue
+            if r.status >= 300:
+                raise RuntimeError(f"{method} {path}: HTTP {r.status}: {payload[:500]!r}")
+            return json.loads(payload) if payload else None
+        raise AssertionError("unreachable")
+
+    def stream(self, path: str) -> Iterable[dict[str, Any]]:
+        """The events of a watch request, one JSON object per line."""
+        cn = http.client.HTTPSConnection(self.host, self.port, context=self.ctx, timeout=900)
+        try:
+            cn.request("GET", path, headers={"Accept": "application/json"})
+            r = cn.getresponse()
+            if r.status != 200:
+                raise RuntimeError(f"watch {path}: HTTP {r.status}: {r.read()[:500]!r}")
+            while line := r.readline():
+                yield json.loads(line)
+        finally:
+            cn.close()
+
+
+class BindWatch(threading.Thread):
+    """Watches the pods of one namespace and records, on the monotonic clock, when each is first seen bound."""
+
+    def __init__(self, api: Api, ns: str) -> None:
+        super().__init__(daemon=True, name=f"watch-{ns}")
+        self.api, self.ns = api, ns
+        self.bound: dict[str, float] = {}
+        self.ungated: dict[str, float] = {}  # first seen without any scheduling gate
+        self.cond = threading.Condition()
+        self.rv = str(api.request("GET", f"/api/v1/namespaces/{ns}/pods?limit=1")["metadata"]["resourceVersion"])
+        self.stop = False
+        self.start()
+
+    def run(self) -> None:
+        while not self.stop:
+            q = f"watch=1&resourceVersion={self.rv}&timeoutSeconds=600&allowWatchBookmarks=true"
+            try:
+                for ev in self.api.stream(f"/api/v1/namespaces/{self.ns}/pods?{q}"):
+                    now = time.monotonic()
+                    obj = ev.get("object") or {}
+                    if ev.get("type") == "ERROR":
+                        raise RuntimeError(f"watch {self.ns}: {obj}")
+                    self.rv = obj.get("metadata", {}).get("resourceVersion", self.rv)
+                    name = obj.get("metadata", {}).get("name")
+                    spec = obj.get("spec") or {}
+                    if name and not spec.get("schedulingGates"):
+                        self.ungated.setdefault(name, now)
+                    if name and spec.get("nodeName") and name not in self.bound:
+                        with self.cond:
+                            self.bound[name] = now
+                            self.cond.notify_all()
+                    if self.stop:
+                        return
+            except (OSError, http.client.HTTPException):
+                time.sleep(0.2)  # reconnect from the last resourceVersion
+
+    def wait(self, names: Iterable[str], timeout: float) -> dict[str, float]:
+        want = set(names)
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not want <= self.bound.keys():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise SystemExit(f"{self.ns}: only {len(want & self.bound.keys())}/{len(want)} pods bound "
+                                     f"after {timeout:.0f} s")  # fmt: skip
+                self.cond.wait(min(left, 1.0))
+            return {n: self.bound[n] for n in want}
+
+
+# ------------------------------------------------------------------------------------------------ cluster objects
 
 
 def node_body(n: FakeNode) -> dict[str, Any]:
@@ -45,16 +171,7 @@ def node_body(n: FakeNode) -> dict[str, Any]:
     return body
 
 
-def create_nodes(c: Cluster, nodes: list[FakeNode]) -> None:
-    from kubernetes import client
-
-    with c.api_client() as api:
-        v1: Any = client.CoreV1Api(api)
-        with ThreadPoolExecutor(16) as ex:
-            list(ex.map(lambda n: v1.create_node(node_body(n), _preload_content=False), nodes))
-
-
-def pod_body(name: str, kind: str, gated_path: bool) -> dict[str, Any]:
+def pod_body(name: str, kind: str, *, hold: bool, scheduler: bool) -> dict[str, Any]:
     if kind == "plain":
         limits = {PLAIN: "1"}
     else:
@@ -63,39 +180,142 @@ def pod_body(name: str, kind: str, gated_path: bool) -> dict[str, Any]:
         "terminationGracePeriodSeconds": 0,
         "containers": [{"name": "main", "image": "registry.k8s.io/pause:3.10", "resources": {"limits": limits}}],
     }
-    if not gated_path:
+    if scheduler:  # the webhook sets it for ordinary pods; skipped namespaces name the scheduler themselves
         spec["schedulerName"] = "gpupool-scheduler"
+    if hold:
+        spec["schedulingGates"] = [{"name": HOLD_GATE}]
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"bench": kind}}, "spec": spec}
 
 
-def run(c: Cluster, ns: str, kind: str, m: int, gated_path: bool = False) -> dict[str, float]:
-    """Create m pods with 16 threads; return the seconds from the first create to the last bound."""
-    from kubernetes import client
+def namespace(api: Api, c: Cluster, name: str, labels: Mapping[str, str]) -> None:
+    api.request("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                               "metadata": {"name": name, "labels": dict(labels)}})  # fmt: skip
+    c.create_namespace(name)  # waits for the default ServiceAccount
 
-    url = f"{c.api_url}/api/v1/namespaces/{ns}/pods?labelSelector=bench%3D{kind}"
-    ctx = c._ssl_for(c.api_url)
 
-    def count_bound() -> int:  # a poll of raw JSON every 0.25 s (same cost for both kinds)
-        with urllib.request.urlopen(url, timeout=30, context=ctx) as r:
-            items = json.loads(r.read())["items"]
-        return sum(1 for p in items if (p.get("spec") or {}).get("nodeName"))
+def queue_with_room(api: Api, ns: str, pods: int) -> None:
+    """A GPUQueue serving *ns* whose quota holds every pod of the burst twice over."""
+    body = {"apiVersion": "gpupool.io/v1alpha1", "kind": "GPUQueue", "metadata": {"name": f"{ns}-queue"},
+            "spec": {"namespaces": [ns], "nominalQuota": {"compute": 100 * pods}}}  # fmt: skip
+    api.request("POST", "/apis/gpupool.io/v1alpha1/gpuqueues", body)
 
+
+# ------------------------------------------------------------------------------------------------ measurements
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """utime + stime of a process (all its threads), in seconds."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of proc(5)
+
+
+class CpuMeter:
+    NAMES = (EXTENDER, CONTROLLER, SCHEDULER, "kube-apiserver")
+
+    def __init__(self, c: Cluster) -> None:
+        self.c = c
+
+    def sample(self) -> dict[str, float]:
+        return {n: cpu_seconds(self.c.processes[n].pid) for n in self.NAMES if n in self.c.processes}
+
+    @staticmethod
+    def per_pod_ms(before: Mapping[str, float], after: Mapping[str, float], pods: int) -> dict[str, float]:
+        return {n: round(1000 * (after[n] - before[n]) / pods, 2) for n in after}
+
+
+def pool(n: int) -> Callable[[Callable[[T], Any], list[T]], list[Any]]:
+    """``pool(k)(fn, items)``: fn over items on k threads."""
+
+    def run(fn: Callable[[T], Any], items: list[T]) -> list[Any]:
+        with ThreadPoolExecutor(n) as ex:
+            return list(ex.map(fn, items))
+
+    return run
+
+
+def scheduler_path(api: Api, cpu: CpuMeter, ns: str, kind: str, m: int, timeout: float) -> dict[str, Any]:
+    """Create m held pods, remove every hold at once, time from the first removal to the last bound."""
+    watch = BindWatch(api, ns)
     names = [f"{kind}-{i:05d}" for i in range(m)]
-    with c.api_client() as api:
-        api.configuration.connection_pool_maxsize = 32
-        v1: Any = client.CoreV1Api(api)
-        t0 = time.monotonic()
-        with ThreadPoolExecutor(16) as ex:
-            list(ex.map(lambda n: v1.create_namespaced_pod(ns, pod_body(n, kind, gated_path),
-                                                           _preload_content=False), names))  # fmt: skip
-        created = time.monotonic() - t0
-    deadline = time.monotonic() + 600
-    while (n := count_bound()) < m:
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{kind}: only {n}/{m} pods bound after 600 s")
-        time.sleep(0.25)
-    last = time.monotonic() - t0
-    return {"seconds": round(last, 2), "pods_per_s": round(m / last, 1), "create_seconds": round(created, 2)}
+    t0 = time.monotonic()
+    pool(16)(lambda n: api.request("POST", f"/api/v1/namespaces/{ns}/pods",
+                                   pod_body(n, kind, hold=True, scheduler=True)), names)  # fmt: skip
+    created = time.monotonic() - t0
+    time.sleep(1.0)  # let the scheduler's informer hold every gated pod
+    release = [{"op": "test", "path": "/spec/schedulingGates/0/name", "value": HOLD_GATE},
+               {"op": "remove", "path": "/spec/schedulingGates"}]  # fmt: skip
+    c0 = cpu.sample()
+    t_rel = time.monotonic()
+    pool(32)(lambda n: api.request("PATCH", f"/api/v1/namespaces/{ns}/pods/{n}", release,
+                                   "application/json-patch+json"), names)  # fmt: skip
+    released = time.monotonic() - t_rel
+    bound = watch.wait(names, timeout)
+    c1 = cpu.sample()
+    watch.stop = True
+    last = max(bound.values()) - t_rel
+    return {
+        "seconds": round(last, 2),
+        "pods_per_s": round(m / last, 1),
+        "create_seconds": round(created, 2),
+        "release_seconds": round(released, 2),
+        "after_release_s": round(last - released, 2),  # ~0: the run was bound by the gate removals, not the scheduler
+        "first_bound_s": round(min(bound.values()) - t_rel, 2),
+        "cpu_ms_per_pod": CpuMeter.per_pod_ms(c0, c1, m),
+    }
+
+
+def parse_time(s: str | None) -> float | None:
+    return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp() if s else None
+
+
+def quantile(xs: list[float], q: float) -> float:
+    """Nearest-rank quantile (p99 of 200 pods = the 198th fastest)."""
+    s = sorted(xs)
+    return s[max(0, min(len(s) - 1, -(-int(q * 100 * len(s)) // 100) - 1))]
+
+
+def full_path(api: Api, cpu: CpuMeter, ns: str, m: int, timeout: float) -> dict[str, Any]:
+    """A burst of m ordinary gpupool pods; per-pod latency from create to bound on the bench's clock."""
+    watch = BindWatch(api, ns)
+    names = [f"full-{i:05d}" for i in range(m)]
+    sent: dict[str, float] = {}
+
+    def create(n: str) -> None:
+        sent[n] = time.monotonic()
+        api.request("POST", f"/api/v1/namespaces/{ns}/pods", pod_body(n, "gpupool", hold=False, scheduler=False))
+
+    c0 = cpu.sample()
+    t0 = time.monotonic()
+    pool(16)(create, names)
+    created = time.monotonic() - t0
+    bound = watch.wait(names, timeout)
+    c1 = cpu.sample()
+    watch.stop = True
+    lat = [bound[n] - sent[n] for n in names]
+    admitted = [watch.ungated[n] - sent[n] for n in names if n in watch.ungated]  # webhook + queue admission
+    # cross-check with the API's own (1 s resolution) times: creationTimestamp -> PodScheduled
+    api_lat: list[float] = []
+    for p in api.request("GET", f"/api/v1/namespaces/{ns}/pods")["items"]:
+        created_at = parse_time(p["metadata"].get("creationTimestamp"))
+        conds = {c["type"]: c for c in (p.get("status") or {}).get("conditions") or []}
+        sched_at = parse_time(conds.get("PodScheduled", {}).get("lastTransitionTime"))
+        if created_at is not None and sched_at is not None:
+            api_lat.append(sched_at - created_at)
+    return {
+        "p50_s": round(quantile(lat, 0.50), 3),
+        "p99_s": round(quantile(lat, 0.99), 3),
+        "max_s": round(max(lat), 3),
+        "mean_s": round(statistics.fmean(lat), 3),
+        "admitted_p50_s": round(quantile(admitted, 0.50), 3) if admitted else None,
+        "admitted_p99_s": round(quantile(admitted, 0.99), 3) if admitted else None,
+        "create_seconds": round(created, 2),
+        "burst_seconds": round(max(bound.values()) - t0, 2),
+        "api_timestamps_p50_s": quantile(api_lat, 0.50) if api_lat else None,
+        "api_timestamps_p99_s": quantile(api_lat, 0.99) if api_lat else None,
+        "cpu_ms_per_pod": CpuMeter.per_pod_ms(c0, c1, m),
+    }
 
 
 def verb_latency(metrics: str) -> dict[str, dict[str, float]]:
@@ -103,88 +323,102 @@ def verb_latency(metrics: str) -> dict[str, dict[str, float]]:
     for verb in ("filter", "prioritize", "bind", "preempt"):
         s = re.search(rf'gpupool_extender_request_duration_seconds_sum{{verb="{verb}"}} (\S+)', metrics)
         n = re.search(rf'gpupool_extender_request_duration_seconds_count{{verb="{verb}"}} (\S+)', metrics)
-        if s and n and float(n.group(1)):
-            out[verb] = {"count": float(n.group(1)), "mean_ms": round(1000 * float(s.group(1)) / float(n.group(1)), 2)}
+        if s and n:
+            out[verb] = {"count": float(n.group(1)), "sum_s": float(s.group(1))}
     return out
 
 
+def verb_delta(before: Mapping[str, Mapping[str, float]], after: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for v, a in after.items():
+        b = before.get(v, {"count": 0.0, "sum_s": 0.0})
+        n = a["count"] - b["count"]
+        if n:
+            out[v] = {"count": int(n), "mean_ms": round(1000 * (a["sum_s"] - b["sum_s"]) / n, 2)}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--nodes", type=int, default=100)
-    ap.add_argument("--pods", type=int, default=500)
+    ap.add_argument("--pods", type=int, default=200)
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--full-path", action="store_true", help="also run pods through the webhook and the controller")
-    ap.add_argument("--percentage-of-nodes-to-score", type=int, default=0, help="0 = kube-scheduler's default")
+    ap.add_argument("--no-full-path", action="store_true", help="skip the full-path burst")
+    ap.add_argument("--admission-interval", default="1.0", help="controller admission period (product default 1 s)")
+    ap.add_argument("--timeout", type=float, default=1200, help="seconds to wait for each phase's pods to bind")
     ap.add_argument("--keep", action="store_true", help="leave the run directory")
     args = ap.parse_args()
+    m = args.pods
+    if m * 2 > args.nodes * 8:
+        ap.error(f"--pods {m}: the plain run needs m GPUs of {args.nodes * 8}; raise --nodes or lower --pods")
 
     nodes = [FakeNode(f"n-{i:04d}", gpus=8, gpu_model="A100-80GB", gpu_memory_mib=81920) for i in range(args.nodes)]
     run_dir = Path(tempfile.mkdtemp(prefix="gpupool-bench-"))
     c = Cluster(run_dir=run_dir, nodes=[])
     t0 = time.monotonic()
-    c.up(nodes=False)
-    create_nodes(c, nodes)
-    c.wait_nodes_ready([n.name for n in nodes], timeout=300)
-    print(f"# control plane + {args.nodes} kwok nodes in {time.monotonic() - t0:.1f} s", flush=True)
-    sched_cfg = None
-    if args.percentage_of_nodes_to_score:
-        import yaml
-
-        from e2e.cluster import TEMPLATES
-
-        cfg = yaml.safe_load((TEMPLATES / "sched-gpupool.yaml").read_text())
-        cfg["percentageOfNodesToScore"] = args.percentage_of_nodes_to_score
-        sched_cfg = yaml.safe_dump(cfg)
     stack = Stack(
-        c, nodes=nodes, scheduler_config=sched_cfg, scheduler_verbosity=1,
+        c, nodes=nodes, scheduler_verbosity=1,
+        controller_env={"GPUPOOL_ADMISSION_INTERVAL_SECONDS": args.admission_interval},
         publisher_env={"GPUPOOL_HEARTBEAT_INTERVAL_SECONDS": "3600", "GPUPOOL_HEALTH_INTERVAL_SECONDS": "5"},
     )  # fmt: skip
-    try:
-        stack.up(timeout=600)
+    try:  # an interrupted run (Ctrl-C) still stops every process it started
+        c.up(nodes=False)
+        api = Api(c)
+        pool(16)(lambda n: api.request("POST", "/api/v1/nodes", node_body(n)), nodes)
+        c.wait_nodes_ready([n.name for n in nodes], timeout=1800)
+        print(f"# control plane + {args.nodes} kwok nodes in {time.monotonic() - t0:.1f} s", flush=True)
+        stack.up(timeout=1800)
         print(f"# gpupool stack up {stack.timings} (scheduler config: {stack.scheduler_config_source})", flush=True)
+        cpu = CpuMeter(c)
+        skip = {WEBHOOK_SKIP[0]: WEBHOOK_SKIP[1]}
         for ns in ("warm", "bench-plain", "bench-gpupool"):
-            c.create_namespace(ns)
-            c.kubectl("label", "namespace", ns, "gpupool.io/webhook=ignore")
+            namespace(api, c, ns, skip)
         # warm-up: a few pods of each kind (informers, connection pools, the extender's first requests)
+        scheduler_path(api, cpu, "warm", "plain", 20, args.timeout)
+        scheduler_path(api, cpu, "warm", "gpupool", 20, args.timeout)
         results: dict[str, Any] = {}
-        run(c, "warm", "plain", 20)
-        run(c, "warm", "gpupool", 20)
-        results["plain"] = run(c, "bench-plain", "plain", args.pods)
+        results["plain"] = scheduler_path(api, cpu, "bench-plain", "plain", m, args.timeout)
         print(f"plain:   {results['plain']}", flush=True)
-        before = verb_latency(stack.extender_metrics())
-        results["gpupool"] = run(c, "bench-gpupool", "gpupool", args.pods)
+        v0 = verb_latency(stack.extender_metrics())
+        results["gpupool"] = scheduler_path(api, cpu, "bench-gpupool", "gpupool", m, args.timeout)
+        results["gpupool"]["extender_verbs"] = verb_delta(v0, verb_latency(stack.extender_metrics()))
         print(f"gpupool: {results['gpupool']}", flush=True)
-        after = verb_latency(stack.extender_metrics())
-        lat = {
-            v: {
-                "count": after[v]["count"] - before.get(v, {}).get("count", 0),
-                "mean_ms_cumulative": after[v]["mean_ms"],
-            }
-            for v in after
-        }
-        print(f"extender verbs: {lat}", flush=True)
-        if args.full_path:
-            c.create_namespace("full")
-            results["gpupool_full_path"] = run(c, "full", "gpupool", args.pods, gated_path=True)
-            print(f"gpupool via webhook + controller: {results['gpupool_full_path']}", flush=True)
         ratio = results["gpupool"]["pods_per_s"] / results["plain"]["pods_per_s"]
-        out = {
+        out: dict[str, Any] = {
             "nodes": args.nodes,
-            "pods": args.pods,
-            "gpupool_pods_per_s": results["gpupool"]["pods_per_s"],
+            "pods": m,
             "plain_pods_per_s": results["plain"]["pods_per_s"],
+            "gpupool_pods_per_s": results["gpupool"]["pods_per_s"],
             "ratio": round(ratio, 3),
-            "details": results,
-            "extender_verbs": lat,
-            "percentage_of_nodes_to_score": args.percentage_of_nodes_to_score or "default",
+            "full_path_p50_s": None,
+            "full_path_p99_s": None,
+            "extender_cpu_ms_per_pod": None,
+            "controller_cpu_ms_per_pod": None,
         }
-        print(
-            f"nodes={args.nodes} pods={args.pods} gpupool {out['gpupool_pods_per_s']} pods/s, "
-            f"plain {out['plain_pods_per_s']} pods/s, ratio {out['ratio']}"
-        )
+        if not args.no_full_path:
+            namespace(api, c, "bench-full", {})
+            queue_with_room(api, "bench-full", m)
+            time.sleep(2.0)  # the controller and the webhook see the queue
+            v0 = verb_latency(stack.extender_metrics())
+            results["full_path"] = full_path(api, cpu, "bench-full", m, args.timeout)
+            results["full_path"]["extender_verbs"] = verb_delta(v0, verb_latency(stack.extender_metrics()))
+            print(f"full path: {results['full_path']}", flush=True)
+            fp = results["full_path"]
+            out.update(
+                full_path_p50_s=fp["p50_s"],
+                full_path_p99_s=fp["p99_s"],
+                extender_cpu_ms_per_pod=fp["cpu_ms_per_pod"].get(EXTENDER),
+                controller_cpu_ms_per_pod=fp["cpu_ms_per_pod"].get(CONTROLLER),
+            )
+        out["details"] = results
+        out["admission_interval_s"] = float(args.admission_interval)
+        print(json.dumps({k: v for k, v in out.items() if k != "details"}), flush=True)
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(out, indent=2))
+            args.json.write_text(json.dumps(out, indent=2) + "\n")
     finally:
         stack.down()
         c.down(remove_run_dir=not args.keep)
