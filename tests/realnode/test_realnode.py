@@ -110,8 +110,9 @@ def record_problems(rn: RealNodeEnv, ns: str, pods: list[Any]) -> list[str]:
 # when the fallback guesses right, but the kubelet records (and keeps reserved) other slots than the assignment's.
 # Seen here in about half the runs (agent log: "no unserved assignment of this size on this node; kubelet order").
 @pytest.mark.xfail(
-    reason="issue 11 (identity): GetPreferredAllocation does not wait for the pod cache, so the kubelet may record "
-    "slots other than the assignment's",
+    reason="the kubelet may ask GetPreferredAllocation before the agent's pod watch has the pod; since the identity "
+    "fix the agent re-lists on such a miss and this passed in the sprint's last CI run (XPASS), but it failed in about "
+    "half the runs before that fix: kept non-strict until more runs confirm it",
     strict=False,
 )
 def test_the_kubelets_record_agrees_with_gpupools_assignments(rn: RealNodeEnv, ns: str) -> None:
