@@ -58,6 +58,12 @@ class ContainerPlan:
     node: str
     how: str
     note: str = ""
+    compute_mode: str | None = None  # the pod's `gpupool.io/compute-mode`; None = the node's default
+
+
+def compute_mode(plan: ContainerPlan, settings: DevicePluginSettings) -> str:
+    """The compute mode the pool runtime holds `plan`'s container to: the pod's choice, else the node's."""
+    return plan.compute_mode or settings.runtime_compute_mode
 
 
 def _local_and_remote(
@@ -108,7 +114,7 @@ def build_response(
                 pb2.Mount(container_path="/etc/ld.so.preload", host_path=settings.hami_preload_file, read_only=True)
             )
         elif settings.backend is Backend.POOL:
-            envs.update(pool_env(local, settings.runtime_compute_mode))
+            envs.update(pool_env(local, compute_mode(plan, settings)))
             mounts.extend(pool_mounts(plan, local, settings))
 
     listed: list[dict[str, Any]] = []

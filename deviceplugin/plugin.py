@@ -325,6 +325,7 @@ class DevicePluginService(pb2_grpc.DevicePluginServicer):  # type: ignore[misc,n
             node=node,
             how=match.how,
             note=match.note,
+            compute_mode=match.entry.compute_mode,
         )
         response = allocate_mod.build_response(plan, self.settings, gpu_index, endpoints)
         if self.runtime is not None:

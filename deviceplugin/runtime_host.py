@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deviceplugin import runtime_regions as regions
-from deviceplugin.allocate import ContainerPlan, local_slices
+from deviceplugin.allocate import ContainerPlan, compute_mode, local_slices
 from deviceplugin.settings import DevicePluginSettings
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class RuntimeHost:
         (directory / regions.OWNER_FILE).write_text(json.dumps(owner, sort_keys=True))
         limits = [regions.DeviceLimit(s.memory_mib, s.compute) for s in local]
         generation = regions.read_control_generation(directory) + 1
-        regions.write_control(directory, limits, self.settings.runtime_compute_mode, generation)
+        regions.write_control(directory, limits, compute_mode(plan, self.settings), generation)
 
     def usage(self) -> list[ContainerUsage]:
         """Every container region on this node that has an accounting region."""

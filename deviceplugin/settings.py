@@ -72,7 +72,7 @@ class DevicePluginSettings(BaseSettings):
         "/var/lib/gpupool/runtime", description="pool backend: host dir of the per-container and per-GPU regions"
     )
     runtime_compute_mode: Literal["ceiling", "share"] = Field(
-        "ceiling", description="pool backend: ceiling (never above the share) or share (idle cycles when alone)"
+        "ceiling", description="pool backend: compute mode of pods without gpupool.io/compute-mode (ceiling or share)"
     )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
 

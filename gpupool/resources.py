@@ -43,7 +43,10 @@ GPU_MODEL = "gpupool.io/gpu-model"
 GPU_UUID = "gpupool.io/gpu-uuid"
 QOS = "gpupool.io/qos"
 POLICY = "gpupool.io/policy"
-USER_ANNOTATIONS = (QUEUE, LOCALITY, GPU_MODEL, GPU_UUID, QOS, POLICY)
+#: how the pool runtime holds the pod's compute share (docs/runtime.md "Compute"); absent: the node's default
+COMPUTE_MODE = "gpupool.io/compute-mode"
+COMPUTE_MODES = ("ceiling", "share")
+USER_ANNOTATIONS = (QUEUE, LOCALITY, GPU_MODEL, GPU_UUID, QOS, POLICY, COMPUTE_MODE)
 
 ASSIGNMENT = "gpupool.io/assignment"
 ALLOCATED = "gpupool.io/allocated"
@@ -348,6 +351,13 @@ def _container_request(
     return ContainerRequest(name=name, index=index, count=count, compute=compute, memory_mib=memory, init=init)
 
 
+def compute_mode_problem(value: object) -> str | None:
+    """Why `value` is not a `gpupool.io/compute-mode`, or None (the one check: admission and the node agent)."""
+    if value in COMPUTE_MODES:
+        return None
+    return f"{value!r} is not a compute mode; write {' or '.join(repr(m) for m in COMPUTE_MODES)}"
+
+
 def _comma_list(value: str) -> frozenset[str]:
     return frozenset(item.strip() for item in value.split(",") if item.strip())
 
@@ -398,6 +408,10 @@ def parse_pod(pod: Mapping[str, Any], *, allow_system_annotations: bool = True) 
                 )
             else:
                 policy = value
+        elif key == COMPUTE_MODE:
+            problem = compute_mode_problem(value)
+            if problem is not None:
+                errors.append(FieldError(field, problem))
         elif key == QUEUE:
             if not _QUEUE_NAME.match(value):
                 errors.append(

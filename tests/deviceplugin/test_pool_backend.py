@@ -14,6 +14,7 @@ import pytest
 from deviceplugin import runtime_regions as regions
 from deviceplugin.kube import Kube
 from e2e.polling import wait_for
+from gpupool import resources
 from tests.deviceplugin.helpers import assignment_for, make_pod, put_pod
 from tests.deviceplugin.test_plugin import GPU0, GPU1, allocate, cached, preferred
 
@@ -70,6 +71,31 @@ def test_allocate_injects_the_runtime_and_writes_the_control_region(
     # the pod leaves the node: its regions go
     kube.request("DELETE", "/api/v1/namespaces/default/pods/pooled")
     wait_for(lambda: not cdir.parent.exists(), timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("node_mode", "pod_mode", "expected"),
+    [
+        ("ceiling", "share", "share"),
+        ("share", "ceiling", "ceiling"),
+        ("share", None, "share"),
+        ("ceiling", "x", "ceiling"),
+    ],
+)
+def test_the_pods_compute_mode_wins_over_the_nodes_default(
+    start_agent: Any, kube: Kube, tmp_path: Path, node_mode: str, pod_mode: str | None, expected: str
+) -> None:
+    node = f"node-mode-{node_mode}-{pod_mode}".lower()
+    r = start_pool(start_agent, tmp_path, node=node, runtime_compute_mode=node_mode)
+    pod = make_pod(node, r.node, [1])
+    if pod_mode is not None:  # "x": a pod created around the webhook; the node's default applies
+        pod["metadata"]["annotations"][resources.COMPUTE_MODE] = pod_mode
+    put_pod(kube, pod, assignment_for(pod, r.node, [(0, GPU0, "gpu0-4", 30, 512)]))
+    cached(r, node)
+    c = allocate(r, ["gpu0-4"]).container_responses[0]
+    assert c.envs["GPUPOOL_COMPUTE_MODE"] == expected
+    cdir = tmp_path / "state" / "containers" / pod["metadata"]["uid"] / "0"
+    assert (cdir / "control").read_bytes() == regions.pack_control([regions.DeviceLimit(512, 30)], expected, 1)
 
 
 def test_other_backends_write_no_region(start_agent: Any, kube: Kube, tmp_path: Path) -> None:
