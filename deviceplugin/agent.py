@@ -16,6 +16,7 @@ from deviceplugin.gpunode import Publisher
 from deviceplugin.inventory import FakeInventory, Inventory, MultiNodeFakeInventory, NvmlInventory
 from deviceplugin.kube import Kube
 from deviceplugin.metrics import HealthServer, Metrics
+from deviceplugin.mps import MpsSupervisor
 from deviceplugin.plugin import DevicePluginService, DeviceState, PluginServer
 from deviceplugin.podcache import PodCache
 from deviceplugin.runtime_host import RuntimeHost
@@ -62,7 +63,18 @@ class Agent:
         self.state = DeviceState(settings.slots_per_gpu, settings.remote_slots)
         self.state.update(inventory.gpus())
         self.runtime = RuntimeHost(settings) if settings.backend is Backend.POOL else None
-        self.service = DevicePluginService(settings, self.state, self.cache, kube, self.metrics, self.runtime)
+        self.mps = (
+            MpsSupervisor(
+                settings.mps_control,
+                settings.mps_pipe_dir,
+                settings.mps_log_dir,
+                on_restart=lambda gpu: self.metrics.mps_restarts.labels(gpu).inc(),
+                on_health=lambda gpu, up: self.metrics.mps_daemon_up.labels(gpu).set(1 if up else 0),
+            )
+            if settings.backend is Backend.MPS and settings.mps_managed
+            else None
+        )
+        self.service = DevicePluginService(settings, self.state, self.cache, kube, self.metrics, self.runtime, self.mps)
         if self.runtime is not None:
             self.metrics.watch_runtime(self.runtime_samples)
         self.server = PluginServer(settings, self.service, self.metrics)
@@ -108,6 +120,10 @@ class Agent:
     def start(self) -> None:
         if self.runtime is not None:
             self.runtime.install()
+        if self.mps is not None:
+            self.mps.update(self.inventory.gpus())
+            mps = self.mps
+            self._spawn(lambda: mps.run(self.stop_event, self.settings.mps_health_interval_seconds), "dp-mps")
         if self.kube is not None:
             self._spawn(lambda: self.cache.run(self.stop_event, self.settings.watch_timeout_seconds), "dp-pods")
             self._spawn(self._publish_loop, "dp-publish")
@@ -139,6 +155,8 @@ class Agent:
             return False
         if changed:
             self.state.update(self.inventory.gpus())
+            if self.mps is not None:
+                self.mps.update(self.inventory.gpus())
             self._update_gauges()
             self._publish_now.set()
         return changed
@@ -179,6 +197,8 @@ class Agent:
             self.http.stop()
         for thread in self._threads:
             thread.join(timeout=2)
+        if self.mps is not None:
+            self.mps.stop()  # the MPS daemons end with the agent (a new agent starts its own)
         self.inventory.close()
 
 

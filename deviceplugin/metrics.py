@@ -50,6 +50,18 @@ class Metrics:
             registry=r,
         )
         self.gpus_unhealthy = Gauge("gpupool_deviceplugin_gpus_unhealthy", "Unhealthy GPUs", registry=r)
+        self.mps_daemon_up = Gauge(
+            "gpupool_deviceplugin_mps_daemon_up",
+            "Managed mps: 1 while the GPU's MPS control daemon passed its last health check",
+            ["gpu"],
+            registry=r,
+        )
+        self.mps_restarts = Counter(
+            "gpupool_deviceplugin_mps_restarts_total",
+            "Managed mps: restarts of a GPU's MPS daemon",
+            ["gpu"],
+            registry=r,
+        )
 
     def watch_runtime(self, source: Callable[[], Iterable[ContainerSample]]) -> None:
         """Per-container usage reported by the pool runtime, read from its regions at every scrape."""

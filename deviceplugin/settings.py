@@ -56,7 +56,16 @@ class DevicePluginSettings(BaseSettings):
     allocate_wait_seconds: float = Field(10.0, ge=0, description="Allocate waits this long for the pod cache sync")
     api_timeout_seconds: float = Field(10.0, gt=0, description="timeout of each API call")
     watch_timeout_seconds: int = Field(300, ge=1, description="server-side timeout of one pod watch")
-    mps_pipe_dir: str = Field("/run/nvidia/mps", description="host MPS pipe directory (mounted at the same path)")
+    mps_pipe_dir: str = Field(
+        "/run/nvidia/mps",
+        description="host MPS pipe directory: managed, the root of one directory per GPU; else the daemon's own",
+    )
+    mps_managed: bool = Field(
+        False, description="mps backend: the agent runs one MPS control daemon per GPU (false: you run one daemon)"
+    )
+    mps_control: str = Field("nvidia-cuda-mps-control", description="managed mps: the MPS control daemon binary")
+    mps_log_dir: str = Field("/var/log/gpupool-mps", description="managed mps: root of one log directory per GPU")
+    mps_health_interval_seconds: float = Field(5.0, gt=0, description="managed mps: daemon health check interval")
     mps_shm_dir: str | None = Field(None, description="host dir mounted at /dev/shm for MPS clients (optional)")
     hami_lib_dir: str = Field("/usr/local/vgpu", description="host dir with libvgpu.so (mounted at the same path)")
     hami_preload_file: str = Field(
