@@ -127,7 +127,9 @@ def test_a_crashed_daemon_is_restarted_after_a_growing_backoff(mps_dirs: dict[st
         clock.now += 0.2
         sup.check()
         assert len(restarts) == 3
-        wait_for(lambda: sup.daemons[GPU0].process is not None and sup.daemons[GPU0].process.poll() is not None)
+        process = sup.daemons[GPU0].process
+        assert process is not None
+        wait_for(lambda: process.poll() is not None)
         sup.check()
         assert sup.daemons[GPU0].last_problem == "exited with status 1"
     finally:
