@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from deviceplugin.gpunode import Publisher
+from deviceplugin.gpunode import Publisher, UsageReporter, UsageSample
 from deviceplugin.inventory import FakeInventory, Inventory, MultiNodeFakeInventory, NvmlInventory
 from deviceplugin.kube import Kube
 from deviceplugin.metrics import HealthServer, Metrics
@@ -85,6 +85,9 @@ class Agent:
                 settings.slots_per_gpu,
                 settings.remote_slots,
                 settings.endpoint_of(settings.node_name),
+                usage=UsageReporter(self.usage_samples, settings.usage_interval_seconds)
+                if self.runtime is not None and settings.usage_interval_seconds > 0
+                else None,
             )
             if kube is not None
             else None
@@ -115,6 +118,16 @@ class Agent:
             (c.namespace, c.pod, c.container, i, d.memory_used_bytes, d.memory_limit_bytes, d.compute, d.busy_ns / 1e9)
             for c in self.runtime.usage()
             for i, d in enumerate(c.usage.devices)
+        ]
+
+    def usage_samples(self) -> list[UsageSample]:
+        """Memory and device time of every container device the pool runtime serves (GPUNode status.usage)."""
+        if self.runtime is None:
+            return []
+        return [
+            (c.namespace, c.pod, d.memory_used_bytes, d.memory_limit_bytes, d.busy_ns)
+            for c in self.runtime.usage()
+            for d in c.usage.devices
         ]
 
     def start(self) -> None:

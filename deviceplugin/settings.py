@@ -52,6 +52,9 @@ class DevicePluginSettings(BaseSettings):
     metrics_enabled: bool = Field(True, description="serve /metrics and /healthz")
     health_interval_seconds: float = Field(5.0, gt=0, description="GPU health polling interval")
     heartbeat_interval_seconds: float = Field(30.0, gt=0, description="GPUNode status.heartbeatTime interval")
+    usage_interval_seconds: float = Field(
+        60.0, ge=0, description="pool backend: GPUNode status.usage at most this often, with a heartbeat (0 = off)"
+    )
     kubelet_poll_seconds: float = Field(1.0, gt=0, description="how often kubelet.sock is checked for a restart")
     allocate_wait_seconds: float = Field(10.0, ge=0, description="Allocate waits this long for the pod cache sync")
     api_timeout_seconds: float = Field(10.0, gt=0, description="timeout of each API call")
