@@ -132,7 +132,7 @@ def test_control_generation_grows_on_every_write(tmp_path: Path) -> None:
 def test_usage_metrics_from_a_real_runtime_process(start_agent: Any, kube: Kube, tmp_path: Path) -> None:
     subprocess.run(["make", "-s", "-C", str(ROOT / "runtime"), "test-bin"], check=True, timeout=300)
     build = ROOT / "runtime" / "build"
-    r = start_pool(start_agent, tmp_path)
+    r = start_pool(start_agent, tmp_path, usage_interval_seconds=0.1)
     pod = make_pod("metered", r.node, [1])
     put_pod(kube, pod, assignment_for(pod, r.node, [(0, GPU0, "gpu0-2", 30, 1)]))
     cached(r, "metered")
@@ -161,3 +161,9 @@ def test_usage_metrics_from_a_real_runtime_process(start_agent: Any, kube: Kube,
     prefix = f"gpupool_container_gpu_busy_seconds_total{{{labels}}}"
     busy = [line for line in body.splitlines() if line.startswith(prefix)]
     assert busy and float(busy[0].split()[-1]) > 0
+
+    # and per pod in the GPUNode status, with a heartbeat
+    def usage() -> list[dict[str, Any]]:
+        return list((((kube.get_gpunode(r.node) or {}).get("status") or {}).get("usage") or {}).get("pods") or [])
+
+    wait_for(lambda: [(p["name"], p["memoryUsedMiB"], p["memoryLimitMiB"]) for p in usage()] == [("metered", 0, 1)])
