@@ -15,7 +15,7 @@ from typing import Any
 from deviceplugin.gpunode import Publisher, UsageReporter, UsageSample
 from deviceplugin.inventory import FakeInventory, Inventory, MultiNodeFakeInventory, NvmlInventory
 from deviceplugin.kube import Kube
-from deviceplugin.metrics import HealthServer, Metrics
+from deviceplugin.metrics import Metrics
 from deviceplugin.mps import MpsSupervisor
 from deviceplugin.plugin import DevicePluginService, DeviceState, PluginServer
 from deviceplugin.podcache import PodCache
@@ -25,6 +25,7 @@ from gpupool.assignment import Keys
 from gpupool.errors import AssignmentError
 from gpupool.inventory import GPUInfo
 from gpupool.signing_key import KeyRing
+from kubeio.probes import ProbeServer, text_probe
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class Agent:
             if kube is not None
             else None
         )
-        self.http: HealthServer | None = None
+        self.http: ProbeServer | None = None
         self.stop_event = threading.Event()
         self._publish_now = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -147,14 +148,14 @@ class Agent:
         self._spawn(self._health_loop, "dp-health")
         self.server.start()
         if self.settings.metrics_enabled:
-            self.http = HealthServer(
-                self.metrics,
+            self.http = ProbeServer(
                 self.settings.metrics_host,
                 self.settings.metrics_port,
-                healthy=lambda: not self.stop_event.is_set(),
-                ready=self.ready,
-            )
-            self.http.start()
+                self.metrics.registry,
+                healthz=text_probe(lambda: not self.stop_event.is_set(), failed=b"unhealthy\n"),
+                readyz=text_probe(self.ready, ok=b"ready\n", failed=b"not ready\n"),
+                name="dp-http",
+            ).start()
 
     def ready(self) -> bool:
         return self.server.registered and self.cache.synced.is_set()
