@@ -476,7 +476,7 @@ def test_device_plugin_publishes_its_agent_endpoint(rendered: dict[str, list[dic
             },
             ["GPUPOOL_MPS_PIPE_DIR", "GPUPOOL_HAMI_LIB_DIR"],
         ),
-        # the default on real GPU nodes (README "Enforcement backends"), and with the fake inventory
+        # the default on real GPU nodes (README "What is enforced, per backend"), and with the fake inventory
         ("defaults", {"GPUPOOL_BACKEND": "mps", "GPUPOOL_MPS_MANAGED": "true"}, ["GPUPOOL_RUNTIME_LIB_DIR"]),
         ("kind-fake-inventory", {"GPUPOOL_BACKEND": "none"}, ["GPUPOOL_MPS_PIPE_DIR", "GPUPOOL_MPS_MANAGED"]),
         (

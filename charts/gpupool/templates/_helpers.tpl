@@ -20,7 +20,7 @@
 {{- define "gpupool.controller" -}}{{ include "gpupool.fullname" . }}-controller{{- end }}
 {{- define "gpupool.scheduler" -}}{{ include "gpupool.fullname" . }}-scheduler{{- end }}
 {{/* The enforcement backend in effect: "auto" is mps on real GPU nodes, none with the fake inventory
-(README "Enforcement backends"). */}}
+(README "What is enforced, per backend"). */}}
 {{- define "gpupool.backend" -}}
 {{- $b := .Values.enforcement.backend -}}
 {{- if eq $b "auto" -}}{{ ternary "none" "mps" .Values.fakeInventory.enabled }}{{- else -}}{{ $b }}{{- end -}}
