@@ -87,7 +87,7 @@ class Resizer:
             untrusted = ""
         except AssignmentError as exc:
             assignment, untrusted = None, str(exc)
-        p = rz.pending(pod, assignment)
+        p = rz.pending(pod, assignment.slices if assignment is not None else None)
         if p is None or uid in self.writing:
             return None
         if untrusted:
@@ -102,7 +102,7 @@ class Resizer:
         problem, note = rz.usage_problem(p, usage)
         if problem is not None:
             return self._refuse(pod, p.request, problem)
-        assert p.old is not None and p.new is not None
+        assert assignment is not None
         with s.lock:
             if uid in s.inflight:
                 return None  # a bind or an earlier resize of this pod is being written
@@ -112,15 +112,15 @@ class Resizer:
                 problem = "the ledger does not hold this pod's assignment (quarantined, or the watch lags); try again"
             else:
                 try:
-                    envelope = rz.hold_envelope(s.ledger, held, p.new.slices)
+                    envelope = rz.hold_envelope(s.ledger, held, p.new)
                 except OverAllocation as exc:
                     problem = f"no room to grow: {exc}"
                 else:
                     s.inflight[uid] = envelope
         if problem is not None:
             return self._refuse(pod, p.request, problem)
-        text = p.new.signed(s.key).to_annotation()
-        message = _applied_message(p) + note
+        text = rz.reissued(assignment, p).signed(s.key).to_annotation()
+        message = rz.applied_message(p) + note
         ops = [
             {"op": "test", "path": _pointer(resources.RESIZE), "value": request_text(pod)},
             {"op": "replace", "path": _pointer(resources.ASSIGNMENT), "value": text},
@@ -168,25 +168,3 @@ class Resizer:
 
 def request_text(pod: Mapping[str, Any]) -> str:
     return str(((pod.get("metadata") or {}).get("annotations") or {}).get(resources.RESIZE) or "")
-
-
-def _applied_message(p: rz.Pending) -> str:
-    assert p.old is not None and p.new is not None
-    index = next(s.container for o, s in zip(p.old.slices, p.new.slices, strict=True) if o != s) if (
-        p.old.slices != p.new.slices) else None  # fmt: skip
-    if index is None:
-        return f"container {p.request.container!r} already holds {_what(p)}; nothing changed"
-    before = [s for s in p.old.slices if s.container == index and not s.init]
-    after = [s for s in p.new.slices if s.container == index and not s.init]
-    return (f"container {p.request.container!r}: " + ", ".join(
-        f"{o.compute}% / {o.memory_mib} MiB -> {n.compute}% / {n.memory_mib} MiB on {n.gpu}"
-        for o, n in zip(before, after, strict=True)))  # fmt: skip
-
-
-def _what(p: rz.Pending) -> str:
-    parts = []
-    if p.request.compute is not None:
-        parts.append(f"{p.request.compute}%")
-    if p.request.memory_mib is not None:
-        parts.append(f"{p.request.memory_mib} MiB")
-    return " / ".join(parts)

@@ -222,26 +222,26 @@ def mib_rounded_up(used_bytes: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Pending:
-    """A request without a final outcome, read against the pod's current (verified) assignment."""
+    """A request without a final outcome, read against the slices of the pod's current (verified) assignment."""
 
     request: ResizeRequest
-    old: Assignment | None
-    new: Assignment | None  # unsigned; None when `problem` is set
+    old: tuple[SliceRecord, ...]
+    new: tuple[SliceRecord, ...]  # `old` with the request applied; empty when `problem` is set
     problem: str | None  # refused before any capacity is looked at (unknown container, not bound, ...)
     approved: bool  # the controller reserved the quota of its growth
 
     @property
     def growth(self) -> Resources:
         """What more the pod would be charged (each of compute and memory: what it grows, else 0)."""
-        if self.old is None or self.new is None:
-            return Resources(0, 0)
-        return growth(self.old.slices, self.new.slices)
+        return growth(self.old, self.new) if self.new else Resources(0, 0)
 
     @property
     def shrinks_memory(self) -> bool:
-        if self.old is None or self.new is None:
-            return False
-        return any(n.memory_mib < o.memory_mib for o, n in zip(self.old.slices, self.new.slices, strict=True))
+        return bool(self.new) and any(n.memory_mib < o.memory_mib for o, n in zip(self.old, self.new, strict=True))
+
+    @property
+    def changed(self) -> list[tuple[SliceRecord, SliceRecord]]:
+        return [(o, n) for o, n in zip(self.old, self.new, strict=True) if o != n] if self.new else []
 
 
 def growth(old: tuple[SliceRecord, ...], new: tuple[SliceRecord, ...]) -> Resources:
@@ -257,21 +257,25 @@ def container_index(pod: Mapping[str, Any], name: str) -> int | None:
     return None
 
 
-def resized(old: Assignment, index: int, request: ResizeRequest) -> Assignment:
-    """`old` with every slice of app container `index` at the requested compute and memory (unsigned)."""
-    slices = tuple(
+def resized(old: tuple[SliceRecord, ...], index: int, request: ResizeRequest) -> tuple[SliceRecord, ...]:
+    """`old` with every slice of app container `index` at the requested compute and memory."""
+    return tuple(
         replace(s, compute=request.compute if request.compute is not None else s.compute,
                 memory_mib=request.memory_mib if request.memory_mib is not None else s.memory_mib)
         if s.container == index and not s.init else s
-        for s in old.slices
+        for s in old
     )  # fmt: skip
-    return replace(old, slices=slices, sig="")
 
 
-def pending(pod: Mapping[str, Any], assignment: Assignment | None) -> Pending | None:
+def reissued(old: Assignment, p: Pending) -> Assignment:
+    """The assignment to sign: `old` with the new slices (same node, slots and bind time)."""
+    return replace(old, slices=p.new, sig="")
+
+
+def pending(pod: Mapping[str, Any], slices: tuple[SliceRecord, ...] | None) -> Pending | None:
     """The pod's request still waiting for a final outcome (None: nothing to do).
 
-    `assignment` is the pod's verified assignment (None: it has none); a request that cannot be read is
+    `slices` are those of the pod's verified assignment (None: it has none); a request that cannot be read is
     refused at admission, so here it is simply not pending.
     """
     try:
@@ -283,34 +287,34 @@ def pending(pod: Mapping[str, Any], assignment: Assignment | None) -> Pending | 
     last = outcome_of(pod, request.seq)
     if last is not None and last.state in FINAL:
         return None
-    newer = [o.seq for o in history_of(pod) if o.state in FINAL]
-    if newer and max(newer) > request.seq:
+    finished = [o.seq for o in history_of(pod) if o.state in FINAL]
+    if finished and max(finished) > request.seq:
         return None  # an older request written again: its turn has passed
     approved = last is not None and last.state is State.APPROVED
 
     def refused(why: str) -> Pending:
-        return Pending(request, assignment, None, why, approved)
+        return Pending(request, slices or (), (), why, approved)
 
-    if assignment is None:
+    if slices is None:
         return refused("the pod holds no slices yet (not bound); resize a running pod, or change its resources")
     index = container_index(pod, request.container)
     if index is None:
         names = [str(c.get("name")) for c in (pod.get("spec") or {}).get("containers") or [] if isinstance(c, Mapping)]
         return refused(f"the pod has no app container {request.container!r} (it has {', '.join(names)})")
-    if not assignment.slices_of(index):
+    if not any(s.container == index and not s.init for s in slices):
         return refused(f"container {request.container!r} holds no gpupool slices")
-    return Pending(request, assignment, resized(assignment, index, request), None, approved)
+    return Pending(request, slices, resized(slices, index, request), None, approved)
 
 
 def usage_problem(p: Pending, usage: Usage | None) -> tuple[str | None, str]:
     """(why the memory shrink is refused, a note for the outcome) given the agent's report for `p`."""
-    if p.old is None or p.new is None or not p.shrinks_memory:
+    if not p.shrinks_memory:
         return None, ""
     if usage is None or usage.seq != p.request.seq or usage.memory_mib is None:
         why = usage.unknown if usage is not None and usage.seq == p.request.seq else "no usage report"
         return None, (f"; memory in use unknown ({why}): the runtime refuses new allocations until the "
                       "container's use is below the new limit")  # fmt: skip
-    for o, n in zip(p.old.slices, p.new.slices, strict=True):
+    for o, n in p.changed:
         if n.memory_mib >= o.memory_mib:
             continue
         key = identity.container_key(o.container, o.init)
@@ -320,6 +324,20 @@ def usage_problem(p: Pending, usage: Usage | None) -> tuple[str | None, str]:
                    f"{n.memory_mib} MiB is below that: free memory first or ask for at least {used} MiB")
             return why, ""
     return None, ""
+
+
+def reserved_growth(pod: Mapping[str, Any], slices: tuple[SliceRecord, ...] | None) -> Resources:
+    """What the controller charges the pod beyond its assignment: an approved growth not yet applied."""
+    p = pending(pod, slices)
+    return p.growth if p is not None and p.approved and p.problem is None else Resources(0, 0)
+
+
+def applied_message(p: Pending) -> str:
+    if not p.changed:
+        return f"container {p.request.container!r} already holds what was asked; nothing changed"
+    return f"container {p.request.container!r}: " + ", ".join(
+        f"{o.compute}% / {o.memory_mib} MiB -> {n.compute}% / {n.memory_mib} MiB on {n.gpu}" for o, n in p.changed
+    )
 
 
 def envelope(old: Holding, new_slices: tuple[SliceRecord, ...]) -> Holding:
