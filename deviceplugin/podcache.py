@@ -69,6 +69,8 @@ class PodEntry:
     #: the pod reports what only follows the kubelet's admission (`identity.kubelet_admitted`): all served,
     #: as the extender counts it, even when the record was never written (a failed write, an agent restart)
     admitted: bool = False
+    #: the pod object itself (the resize follower reads its request, `deviceplugin/resize.py`)
+    pod: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -146,6 +148,7 @@ class PodCache:
             problem=problem,
             allocated=parse_allocated(annotations.get(resources.ALLOCATED)),
             admitted=identity.kubelet_admitted(pod),
+            pod=pod,
         )
         if record is not None:
             entry.containers = identity.container_slices(record.slices)
