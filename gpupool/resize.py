@@ -122,6 +122,65 @@ def request_of(pod: Mapping[str, Any]) -> ResizeRequest | None:
     return None if text is None else parse_request(text)
 
 
+def next_request(pod: Mapping[str, Any], container: str | None, compute: int | None,
+                 memory_mib: int | None) -> ResizeRequest:  # fmt: skip
+    """The request `gpupool resize` writes: `container` defaults to the pod's only app container with slices, and
+    `seq` follows every request and outcome on the pod. Raises `InvalidRequest` naming the option to fix."""
+    spec = pod.get("spec") or {}
+    names = [str(c.get("name")) for c in spec.get("containers") or [] if isinstance(c, Mapping)]
+    if container is None:
+        try:
+            parsed = resources.parse_pod(pod)
+            with_slices = [names[c.index] for c in parsed.containers if not c.init]
+        except InvalidRequest:
+            with_slices = []
+        if len(with_slices) != 1:
+            raise InvalidRequest([FieldError("--container", "the pod has " + (
+                f"{len(with_slices)} app containers with slices ({', '.join(with_slices)}); name one"
+                if with_slices else "no app container with gpupool slices"))])  # fmt: skip
+        container = with_slices[0]
+    seqs = [o.seq for o in history_of(pod)]
+    try:
+        previous = request_of(pod)
+    except InvalidRequest:
+        previous = None
+    if previous is not None:
+        seqs.append(previous.seq)
+    text = ResizeRequest(max(seqs, default=0) + 1, container, compute, memory_mib).to_annotation()
+    try:
+        return parse_request(text)
+    except InvalidRequest as exc:  # name the command-line option, not the annotation field
+        options = {_field("compute"): "--compute", _field("memory"): "--memory", _field("container"): "--container"}
+        raise InvalidRequest(
+            [FieldError(options.get(e.field, "--compute/--memory"), e.message) for e in exc.errors]
+        ) from None
+
+
+def describe(pod: Mapping[str, Any]) -> list[str]:
+    """What `gpupool explain` prints of the pod's resizes: the pending request and the recorded outcomes."""
+    lines: list[str] = []
+    try:
+        request = request_of(pod)
+    except InvalidRequest as exc:
+        return [f"resize request unreadable: {exc}"]
+    history = history_of(pod)
+    if request is not None and not any(o.seq == request.seq and o.state in FINAL for o in history):
+        last = outcome_of(pod, request.seq)
+        step = ("the extender applies it" if last is not None and last.state is State.APPROVED else
+                "waiting for the controller (quota of a growth), the node agent (memory in use) or the extender")
+        lines.append(f"resize #{request.seq} pending ({_asked(request)} for container {request.container!r}): {step}")
+    if history:
+        lines.append("resize history (newest last):")
+        lines.extend(f"  #{o.seq} {o.state.value} at {o.at}: {o.message}" for o in history)
+    return lines
+
+
+def _asked(request: ResizeRequest) -> str:
+    parts = ([f"{request.compute}%"] if request.compute is not None else []) + (
+        [f"{request.memory_mib} MiB"] if request.memory_mib is not None else [])  # fmt: skip
+    return " / ".join(parts)
+
+
 # --- status -----------------------------------------------------------------------------------------------------
 
 
