@@ -4,7 +4,7 @@ The extender owns the ledger and binds, so it is where a resize is planned: unde
 commit (`PoolService.lock`), the ledger holds the envelope of the old and new slices (`gpupool.resize.
 hold_envelope`) while the re-signed assignment is written; the watch then brings the new assignment back and
 the ledger holds exactly it. The decision is `gpupool.resize`; this module reads pods and writes one JSON patch
-that lands only if the request is still the one decided (`test` op).
+that lands only on the pod as decided (its `resourceVersion`).
 """
 
 from __future__ import annotations
@@ -19,13 +19,9 @@ from gpupool import objects, resources
 from gpupool import resize as rz
 from gpupool.errors import AssignmentError, OverAllocation
 from gpupool.quota import Resources
-from kubeio.client import JSON_PATCH
+from kubeio.client import MERGE_PATCH
 
 log = logging.getLogger(__name__)
-
-
-def _pointer(key: str) -> str:
-    return "/metadata/annotations/" + key.replace("~", "~0").replace("/", "~1")
 
 
 class Resizer:
@@ -121,15 +117,10 @@ class Resizer:
             return self._refuse(pod, p.request, problem)
         text = rz.reissued(assignment, p).signed(s.key).to_annotation()
         message = rz.applied_message(p) + note
-        ops = [
-            {"op": "test", "path": _pointer(resources.RESIZE), "value": request_text(pod)},
-            {"op": "replace", "path": _pointer(resources.ASSIGNMENT), "value": text},
-            {"op": "add", "path": _pointer(resources.RESIZE_STATUS),
-             "value": rz.status_annotation(pod, rz.outcome(p.request, rz.State.APPLIED, message, s.clock()))},
-        ]  # fmt: skip
+        status = rz.status_annotation(pod, rz.outcome(p.request, rz.State.APPLIED, message, s.clock()))
         self.writing[uid] = text
         try:
-            self._patch(pod, ops)
+            self._patch(pod, {resources.ASSIGNMENT: text, rz.STATUS: status})
         except Exception as exc:  # nothing landed: the ledger follows the pod's (old) assignment again
             log.warning("resize of pod %s: writing the new assignment failed: %s", objects.pod_key(pod), exc)
             with s.lock:
@@ -146,25 +137,22 @@ class Resizer:
 
     def _refuse(self, pod: Mapping[str, Any], request: rz.ResizeRequest, why: str) -> str | None:
         value = rz.status_annotation(pod, rz.outcome(request, rz.State.REFUSED, why, self.service.clock()))
-        ops = [
-            {"op": "test", "path": _pointer(resources.RESIZE), "value": request_text(pod)},
-            {"op": "add", "path": _pointer(resources.RESIZE_STATUS), "value": value},
-        ]
         try:
-            self._patch(pod, ops)
+            self._patch(pod, {rz.STATUS: value})
         except Exception as exc:
             log.warning("resize of pod %s: writing the refusal failed: %s", objects.pod_key(pod), exc)
             return None
         log.info("resize of pod %s refused: %s", objects.pod_key(pod), why)
         return rz.State.REFUSED.value
 
-    def _patch(self, pod: Mapping[str, Any], ops: list[dict[str, Any]]) -> None:
+    def _patch(self, pod: Mapping[str, Any], annotations: Mapping[str, str]) -> None:
+        """A merge patch that lands only on the pod as decided (its resourceVersion): a request rewritten meanwhile,
+        or any other change, answers 409 and the next watch event decides again."""
         api = self.service.api
         if api is None:
             raise ApiError(0, "the extender has no API-server connection")
         meta = pod.get("metadata") or {}
-        api.patch_pod(str(meta.get("namespace") or ""), str(meta.get("name") or ""), ops, JSON_PATCH)
-
-
-def request_text(pod: Mapping[str, Any]) -> str:
-    return str(((pod.get("metadata") or {}).get("annotations") or {}).get(resources.RESIZE) or "")
+        body: dict[str, Any] = {"metadata": {"annotations": dict(annotations)}}
+        if meta.get("resourceVersion"):
+            body["metadata"]["resourceVersion"] = meta["resourceVersion"]
+        api.patch_pod(str(meta.get("namespace") or ""), str(meta.get("name") or ""), body, MERGE_PATCH)
