@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from controller import metrics, status
@@ -99,6 +99,8 @@ class Controller:
         self._alias_warned: set[str] = set()
         #: resize outcomes already posted as Events: uid -> (seq, state)
         self._resize_posted: dict[str, tuple[int, str]] = {}
+        #: called (from any thread) when a pod brings a growth to decide: runs the cycle now (`controller.handlers`)
+        self.wake: Callable[[], object] | None = None
 
     # --- pool limits for admission -------------------------------------------------------------------
 
@@ -270,6 +272,8 @@ class Controller:
             resize_growth=rz.reserved_growth(pod, assigned.slices if assigned is not None else None),
         )
         self.manager.upsert_pod(entry)
+        if self.wake is not None and assigned is not None and rz.awaits_quota(pod, assigned.slices):
+            self.wake()
 
     def _claim(self, pod: Mapping[str, Any]) -> Holding | None:
         """An untrusted pod's claimed slices, read unverified; only a pod bound to the claim's node runs on them."""

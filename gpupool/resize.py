@@ -391,6 +391,12 @@ def reserved_growth(pod: Mapping[str, Any], slices: tuple[SliceRecord, ...] | No
     return p.growth if p is not None and p.approved and p.problem is None else Resources(0, 0)
 
 
+def awaits_quota(pod: Mapping[str, Any], slices: tuple[SliceRecord, ...] | None) -> bool:
+    """A pending growth the controller has not decided yet (it wakes its cycle for it)."""
+    p = pending(pod, slices)
+    return p is not None and p.problem is None and not p.approved and p.growth != Resources(0, 0)
+
+
 def applied_message(p: Pending) -> str:
     if not p.changed:
         return f"container {p.request.container!r} already holds what was asked; nothing changed"

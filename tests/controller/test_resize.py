@@ -159,3 +159,47 @@ def test_explain_shows_the_resize_history() -> None:
     lines = explain_lines(c, "team-a", "a", what_if=False)
     assert "resize history (newest last):" in lines
     assert "  #1 Applied at 2027-01-15T08:00:00Z: container 'c': 30% -> 60%" in lines
+
+
+def test_a_pending_growth_wakes_the_cycle() -> None:
+    c, _ = make()
+    woken: list[int] = []
+    c.wake = lambda: woken.append(1)
+    c.on_gpunode("ADDED", gpunode("n1", gpus=2))
+    p = bound_at("a", 30)
+    c.on_pod("ADDED", p)
+    assert woken == []
+    p["metadata"]["annotations"][rz.REQUEST] = json.dumps({"seq": 1, "container": "c", "compute": 60})
+    c.on_pod("MODIFIED", p)
+    assert woken == [1]
+    p["metadata"]["annotations"][rz.REQUEST] = json.dumps({"seq": 2, "container": "c", "compute": 10})
+    c.on_pod("MODIFIED", p)  # a shrink is the extender's alone
+    assert woken == [1]
+
+
+def test_the_cycle_loop_runs_again_when_woken() -> None:
+    import asyncio
+
+    from controller.handlers import _cycle_loop
+
+    class State:
+        settings = type("S", (), {"admission_interval_seconds": 3600.0})()
+        cycles = 0
+
+        async def cycle(self) -> None:
+            self.cycles += 1
+
+    async def scenario() -> int:
+        state, stop, wake = State(), asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(_cycle_loop(state, stop, wake))  # type: ignore[arg-type]
+        while state.cycles < 1:
+            await asyncio.sleep(0.01)
+        wake.set()
+        async with asyncio.timeout(60):  # far below the hour-long interval: only the wake can run it again
+            while state.cycles < 2:
+                await asyncio.sleep(0.01)
+        stop.set()
+        await task
+        return state.cycles
+
+    assert run(scenario()) >= 2
