@@ -75,7 +75,11 @@ class ResizeFollower:
                             log.info("pod %s container %s: control region rewritten for %s", entry.key, key, what)
                     except OSError as exc:
                         log.warning("pod %s container %s: cannot rewrite its control region: %s", entry.key, key, exc)
-            report = self._usage_report(entry, index)
+            try:
+                report = self._usage_report(entry, index)
+            except Exception:  # one pod's object never stops the others
+                log.exception("pod %s: reading its resize request failed", entry.key)
+                report = None
             if report is not None:
                 reports[entry.key] = report
         for uid in set(self._reported) - live:

@@ -71,7 +71,15 @@ class Resizer:
     # --- the decision ----------------------------------------------------------------------------------------
 
     def handle(self, pod: Mapping[str, Any]) -> str | None:
-        """Act on the pod's pending request if it is the extender's turn; returns the state written, if any."""
+        """Act on the pod's pending request if it is the extender's turn; returns the state written, if any.
+        One pod's object never stops the pods watcher: whatever it provokes is logged."""
+        try:
+            return self._handle(pod)
+        except Exception:
+            log.exception("resize of pod %s failed", objects.pod_key(pod) if isinstance(pod, Mapping) else "?")
+            return None
+
+    def _handle(self, pod: Mapping[str, Any]) -> str | None:
         if resources.RESIZE not in ((pod.get("metadata") or {}).get("annotations") or {}):
             return None
         if objects.pod_is_terminal(pod) or not objects.pod_uid(pod):

@@ -124,3 +124,20 @@ def test_a_resize_racing_binds_on_its_gpu_never_over_commits(kube, ext):
     wait_for(lambda: ext.service.inflight == {}, 10, "writes to settle")
     gpu = ext.service.ledger.gpu("GPU-gpu-0-0")
     assert gpu.used_compute == total
+
+
+def test_a_malformed_pod_never_stops_the_watch() -> None:
+    from extender.resize import Resizer
+
+    class Service:
+        key = KEY
+        api = None
+        clock = staticmethod(lambda: 2e9)
+
+    one = (assignment.SliceRecord(0, "G", "n", 30, 1024, "gpu0-0"),)
+    record = assignment.Assignment("u", "n", one, "2025-01-01T00:00:00Z")
+    annotations = {rz.REQUEST: json.dumps({"seq": 1, "container": "c", "compute": 5}),
+                   resources.ASSIGNMENT: record.signed(KEY).to_annotation()}  # fmt: skip
+    meta = {"name": "x", "namespace": "d", "uid": "u", "annotations": annotations}
+    bad = {"metadata": meta, "spec": ["not", "a", "map"]}
+    assert Resizer(Service()).handle(bad) is None  # type: ignore[arg-type]
