@@ -373,15 +373,21 @@ def usage_problem(p: Pending, usage: Usage | None) -> tuple[str | None, str]:
         why = usage.unknown if usage is not None and usage.seq == p.request.seq else "no usage report"
         return None, (f"; memory in use unknown ({why}): the runtime refuses new allocations until the "
                       "container's use is below the new limit")  # fmt: skip
+    unreported: list[str] = []
     for o, n in p.changed:
         if n.memory_mib >= o.memory_mib:
             continue
         key = identity.container_key(o.container, o.init)
-        used = usage.memory_mib.get(key, {}).get(o.gpu, 0)
-        if used > n.memory_mib:
+        used = usage.memory_mib.get(key, {}).get(o.gpu)
+        if used is None:  # e.g. a remote slice: the pod's node agent has no region for it
+            unreported.append(o.gpu)
+        elif used > n.memory_mib:
             why = (f"container {p.request.container!r} uses {used} MiB of GPU {o.gpu} (reported {usage.at}); "
                    f"{n.memory_mib} MiB is below that: free memory first or ask for at least {used} MiB")
             return why, ""
+    if unreported:
+        return None, (f"; memory in use on {', '.join(unreported)} unknown (not reported by the node agent): the "
+                      "runtime refuses new allocations until the container's use is below the new limit")  # fmt: skip
     return None, ""
 
 
@@ -428,19 +434,23 @@ def hold_envelope(ledger: Ledger, old: Holding, new_slices: tuple[SliceRecord, .
         return old
     if ledger.holding(old.pod) != old:
         raise OverAllocation(f"pod {old.pod}: the ledger holds other slices than its assignment; try again")
+    # per GPU: what the pod would hold there, and whether compute / memory grow there
+    per_gpu: dict[str, tuple[int, int, bool, bool]] = {}
+    for o, w in zip(old.slices, wanted.slices, strict=True):
+        c, m, gc, gm = per_gpu.get(o.gpu, (0, 0, False, False))
+        grows = (gc or w.compute > o.compute, gm or w.memory_mib > o.memory_mib)
+        per_gpu[o.gpu] = (c + w.compute, m + w.memory_mib, *grows)
     ledger.release(old.pod)
     try:
         if old.qos is QoS.GUARANTEED:
-            for o, w in zip(old.slices, wanted.slices, strict=True):
-                gpu = ledger.gpu(o.gpu)
-                dc, dm = w.compute - o.compute, w.memory_mib - o.memory_mib
-                if (dc and gpu.used_compute + w.compute > WHOLE_GPU_COMPUTE) or (
-                    dm and gpu.used_memory + w.memory_mib > gpu.memory_mib
+            for uuid, (c, m, grows_c, grows_m) in per_gpu.items():
+                gpu = ledger.gpu(uuid)
+                if (grows_c and gpu.used_compute + c > WHOLE_GPU_COMPUTE) or (
+                    grows_m and gpu.used_memory + m > gpu.memory_mib
                 ):
                     raise OverAllocation(
-                        f"GPU {o.gpu} on {o.node} has room for {WHOLE_GPU_COMPUTE - gpu.used_compute}% / "
-                        f"{gpu.memory_mib - gpu.used_memory} MiB besides this pod; asked {w.compute}% / "
-                        f"{w.memory_mib} MiB"
+                        f"GPU {uuid} on {gpu.node} has room for {WHOLE_GPU_COMPUTE - gpu.used_compute}% / "
+                        f"{gpu.memory_mib - gpu.used_memory} MiB besides this pod; asked {c}% / {m} MiB"
                     )
         ledger.hold(wanted)
     except OverAllocation:

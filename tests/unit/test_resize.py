@@ -246,3 +246,25 @@ def test_resize_racing_binds_never_over_capacity(order: tuple[str, ...]) -> None
         g = led.gpu("G0")
         assert g.used_compute <= 100 and g.used_memory <= g.memory_mib
     assert sum(won.values()) == 2 and won[order[0]] and won[order[1]]
+
+
+def test_two_containers_of_a_pod_on_one_gpu_are_counted_together() -> None:
+    """Container 1 grows on G0, where container 0 of the same pod also holds a slice: the room is for both."""
+    slices = (SliceRecord(0, "G0", "n0", 30, GIB, "gpu0-0"), SliceRecord(1, "G0", "n0", 30, GIB, "gpu0-1"))
+    two = Assignment("uid-a", "n0", slices, "2025-01-01T00:00:00Z")
+    led = Ledger(overcommit_compute_percent=200)
+    led.upsert_node(NodeInfo("n0", (GPUInfo("G0", 0, "A100", 16 * GIB),)))
+    led.hold(holding(two))
+    led.commit("uid-be", "n0", [PlannedSlice(0, False, "G0", 20, GIB)], qos=QoS.BEST_EFFORT)
+    p = rz.pending(pod({"seq": 1, "container": "train", "compute": 60}), two.slices)
+    assert p is not None and p.problem is None
+    with pytest.raises(OverAllocation, match=r"room for 80% .* asked 90%"):  # 30 + 60 + 20 > 100
+        rz.hold_envelope(led, holding(two), p.new)
+    assert led.holding("uid-a") == holding(two)
+
+
+def test_a_gpu_the_agent_did_not_report_is_unknown_not_free() -> None:
+    remote = Assignment("uid-a", "n0", (SliceRecord(1, "G9", "n9", 30, 4 * GIB, "remote-0"),), "2025-01-01T00:00:00Z")
+    usage = rz.usage_of(pod(usage=rz.usage_annotation(1, {"1": {}}, "", 1.8e9)))
+    problem, note = rz.usage_problem(pending_for(remote, memory=GIB), usage)
+    assert problem is None and "memory in use on G9 unknown" in note
