@@ -41,6 +41,7 @@ class ResizeFollower:
         self.clock: Callable[[], float] = time.time
         self.changed = threading.Event()
         self._reported: dict[str, int] = {}  # uid -> seq whose usage was written
+        self._followed: dict[str, str] = {}  # uid -> the assignment text its regions were last checked against
 
     def notify(self) -> None:
         self.changed.set()
@@ -66,7 +67,8 @@ class ResizeFollower:
             live.add(entry.uid)
             if entry.problem is not None or entry.assignment is None:
                 continue
-            if self.runtime is not None:
+            if self.runtime is not None and self._followed.get(entry.uid) != entry.text:
+                self._followed[entry.uid] = entry.text  # Allocate writes what a later container needs itself
                 for key, slices in entry.containers.items():
                     try:
                         if self.runtime.refresh(entry.uid, key, slices, self.node, index):
@@ -74,6 +76,7 @@ class ResizeFollower:
                             what = ", ".join(f"{s.compute}% / {s.memory_mib} MiB on {s.gpu}" for s in slices)
                             log.info("pod %s container %s: control region rewritten for %s", entry.key, key, what)
                     except OSError as exc:
+                        self._followed.pop(entry.uid, None)  # tried again on the next pass
                         log.warning("pod %s container %s: cannot rewrite its control region: %s", entry.key, key, exc)
             try:
                 report = self._usage_report(entry, index)
@@ -84,6 +87,8 @@ class ResizeFollower:
                 reports[entry.key] = report
         for uid in set(self._reported) - live:
             del self._reported[uid]
+        for uid in set(self._followed) - live:
+            del self._followed[uid]
         return rewritten, reports
 
     def _usage_report(self, entry: PodEntry, index: Mapping[str, int]) -> str | None:
