@@ -19,6 +19,7 @@ from deviceplugin.metrics import Metrics
 from deviceplugin.mps import MpsSupervisor
 from deviceplugin.plugin import DevicePluginService, DeviceState, PluginServer
 from deviceplugin.podcache import PodCache
+from deviceplugin.resize import ResizeFollower
 from deviceplugin.runtime_host import RuntimeHost
 from deviceplugin.settings import Backend, DevicePluginSettings
 from gpupool.assignment import Keys
@@ -79,6 +80,10 @@ class Agent:
         if self.runtime is not None:
             self.metrics.watch_runtime(self.runtime_samples)
         self.server = PluginServer(settings, self.service, self.metrics)
+        #: resize: rewrites control regions of resized containers, reports memory in use (deviceplugin/resize.py)
+        self.resizer = ResizeFollower(settings.node_name, self.cache, self.runtime, self.state.gpu_index, kube,
+                                      settings.backend.value)  # fmt: skip
+        self.cache.on_change = self.resizer.notify
         self.publisher = (
             Publisher(
                 kube,
@@ -141,6 +146,7 @@ class Agent:
         if self.kube is not None:
             self._spawn(lambda: self.cache.run(self.stop_event, self.settings.watch_timeout_seconds), "dp-pods")
             self._spawn(self._publish_loop, "dp-publish")
+            self._spawn(lambda: self.resizer.run(self.stop_event), "dp-resize")
             if self.keyring is not None:  # new keys: pods refused for an unknown key id are read again
                 self._threads.append(self.keyring.watch(self.stop_event, self.cache.resync))
         else:
@@ -204,6 +210,7 @@ class Agent:
     def stop(self) -> None:
         self.stop_event.set()
         self._publish_now.set()
+        self.resizer.notify()
         if self.kube is not None:
             self.kube.close_streams()
         self.server.stop()

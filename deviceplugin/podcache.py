@@ -71,6 +71,8 @@ class PodEntry:
     admitted: bool = False
     #: `gpupool.io/compute-mode` (None: the node's `--runtime-compute-mode`); not signed, docs/runtime.md
     compute_mode: str | None = None
+    #: the pod object itself (the resize follower reads its request, `deviceplugin/resize.py`)
+    pod: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -148,6 +150,7 @@ class PodCache:
             problem=problem,
             allocated=parse_allocated(annotations.get(resources.ALLOCATED)),
             admitted=identity.kubelet_admitted(pod),
+            pod=pod,
         )
         entry.compute_mode, mode_problem = objects.pod_compute_mode(pod)
         if mode_problem is not None:  # admission refuses it; a pod created around the webhook gets the default

@@ -51,7 +51,12 @@ USER_ANNOTATIONS = (QUEUE, LOCALITY, GPU_MODEL, GPU_UUID, QOS, POLICY, COMPUTE_M
 ASSIGNMENT = "gpupool.io/assignment"
 ALLOCATED = "gpupool.io/allocated"
 NOMINATED = "gpupool.io/nominated"
-SYSTEM_ANNOTATIONS = (ASSIGNMENT, ALLOCATED, NOMINATED)
+#: resizing a running pod (format and decision: `gpupool/resize.py`): the user's request, validated at admission,
+#: and what gpupool writes back (the outcome history; the node agent's report of memory in use)
+RESIZE = "gpupool.io/resize"
+RESIZE_STATUS = "gpupool.io/resize-status"
+USAGE = "gpupool.io/usage"
+SYSTEM_ANNOTATIONS = (ASSIGNMENT, ALLOCATED, NOMINATED, RESIZE_STATUS, USAGE)
 
 ADMISSION_GATE = "gpupool.io/admission"
 SCHEDULER_NAME = "gpupool-scheduler"
@@ -427,6 +432,8 @@ def parse_pod(pod: Mapping[str, Any], *, allow_system_annotations: bool = True) 
             uuids = _comma_list(value)
             if not uuids:
                 errors.append(FieldError(field, "empty UUID list; write e.g. 'GPU-3f2a…' or remove it"))
+        elif key == RESIZE:
+            pass  # a resize request: read by `gpupool.resize` (and checked by admission), not a placement input
         elif key in SYSTEM_ANNOTATIONS:
             if not allow_system_annotations:
                 errors.append(FieldError(field, "is written by gpupool only; remove it from the manifest"))
@@ -434,7 +441,7 @@ def parse_pod(pod: Mapping[str, Any], *, allow_system_annotations: bool = True) 
             errors.append(
                 FieldError(
                     field,
-                    f"unknown gpupool annotation; allowed are {', '.join(USER_ANNOTATIONS)}",
+                    f"unknown gpupool annotation; allowed are {', '.join((*USER_ANNOTATIONS, RESIZE))}",
                 )
             )
     if errors:
