@@ -146,13 +146,13 @@ def test_usage_metrics_from_a_real_runtime_process(start_agent: Any, kube: Kube,
     }
     out = subprocess.run(
         [str(build / "gpuprog")],
-        input="alloc v2 1048576\nalloc v2 1\nlaunch 20 100\ninfo\n",
+        input="alloc v2 1048576\nalloc v2 1\nlaunch 20 100\nlaunch 1 1\ninfo\n",  # the 2nd launch charges the 1st batch
         env=env,
         capture_output=True,
         text=True,
         timeout=30,
     ).stdout.split("\n")
-    assert out[:4] == ["ok 0", "err 2", "ok", "info 0 1048576"]
+    assert out[:5] == ["ok 0", "err 2", "ok", "ok", "info 0 1048576"]
     body = urllib.request.urlopen(f"http://127.0.0.1:{r.agent.http.port}/metrics", timeout=5).read().decode()
     labels = 'container="0",device="0",namespace="default",pod="metered"'
     assert f"gpupool_container_gpu_memory_limit_bytes{{{labels}}} 1.048576e+06" in body
