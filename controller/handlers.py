@@ -53,16 +53,6 @@ async def _keys_loop(ring: KeyRing, state: Controller, stop: asyncio.Event, inte
             log.exception("re-reading the signing keys failed")
 
 
-async def _cycle_loop(state: Controller, stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        try:
-            await state.cycle()
-        except Exception:
-            log.exception("admission cycle failed")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=state.settings.admission_interval_seconds)
-
-
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     global STATE
@@ -83,7 +73,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     STATE = state
     stop = asyncio.Event()
     memo["stop"] = stop
-    tasks = [asyncio.create_task(_cycle_loop(state, stop)), asyncio.create_task(_keys_loop(key, state, stop))]
+    tasks = [asyncio.create_task(state.run_cycles(stop)), asyncio.create_task(_keys_loop(key, state, stop))]
     if cfg.leader_election:
         identity = cfg.identity or f"{socket.gethostname()}-{os.getpid()}"
         elector = LeaseElector(kube.coordination, cfg.lease_name, cfg.lease_namespace, identity,
