@@ -57,10 +57,10 @@ def within_nominal(spec: QuotaSpec, usage: Resources) -> bool:
     )  # fmt: skip
 
 
-def rank(spec: FairSpec, usage: Resources, charge: Resources, cap: Limit) -> tuple[bool, Fraction]:
+def rank(spec: QuotaSpec, usage: Resources, charge: Resources, weighted_share: Fraction) -> tuple[bool, Fraction]:
     """Order of a cohort's queue heads (smallest first): a head its nominal quota covers, then the queue
-    with the lowest weighted share."""
-    return (not within_nominal(spec, usage + charge), weighted(usage, cap, spec.weight))
+    with the lowest weighted share (`weighted(usage, ...)`, which the caller keeps while usage stays)."""
+    return (not within_nominal(spec, usage + charge), weighted_share)
 
 
 def may_reclaim(

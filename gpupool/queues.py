@@ -519,7 +519,9 @@ class QueueManager:
             cohort = spec.cohort if spec is not None and name != IMPLICIT_QUEUE else None
             grouped.setdefault(("cohort", cohort) if cohort is not None else ("queue", name), []).append(name)
         groups = list(grouped.values())
-        ranks: dict[str | None, tuple[tuple[str, Resources], tuple[object, ...]]] = {}
+        caps: dict[str | None, Limit] = {}
+        weighted: dict[str, tuple[Resources, Fraction]] = {}  # queue -> (usage, weighted share at that usage)
+        ranks: dict[str | None, tuple[PodEntry, Resources, tuple[object, ...]]] = {}
 
         def rank(name: str | None) -> tuple[object, ...]:
             head = lines[name][0]
@@ -528,12 +530,17 @@ class QueueManager:
                 return (False, fairshare.ZERO_SHARE, *head.sort_key)
             usage = self.usage(spec.name)
             seen = ranks.get(name)
-            if seen is not None and seen[0] == (head.uid, usage):
-                return seen[1]
-            cap = fairshare.capacity(spec, self.cohort_members(spec.cohort))
+            if seen is not None and seen[0] is head and seen[1] is usage:
+                return seen[2]
+            share = weighted.get(spec.name)
+            if share is None or share[0] != usage:
+                if spec.cohort not in caps:
+                    caps[spec.cohort] = fairshare.capacity(spec, self.cohort_members(spec.cohort))
+                share = (usage, fairshare.weighted(usage, caps[spec.cohort], spec.weight))
+                weighted[spec.name] = share
             charge = Resources(head.request.compute_units, head.request.memory_units(0))
-            ranked = (*fairshare.rank(spec, usage, charge, cap), *head.sort_key)
-            ranks[name] = ((head.uid, usage), ranked)
+            ranked = (*fairshare.rank(spec, usage, charge, share[1]), *head.sort_key)
+            ranks[name] = (head, usage, ranked)
             return ranked
 
         def pick(group: list[str | None]) -> tuple[str | None] | None:  # (the queue whose head goes next,)
