@@ -111,14 +111,17 @@ class Controller:
         self.wake.set()
 
     async def run_cycles(self, stop: asyncio.Event) -> None:
-        """The cycle loop: on `nudge` (after `admission_coalesce_seconds`, so a burst is one cycle), else every
-        `admission_interval_seconds` (the backstop), until `stop`."""
+        """The cycle loop: on `nudge` (after `admission_coalesce_seconds`, or as long as the last cycle took if
+        that is longer, so a burst is one cycle and a stream of events keeps the leader busy at most half the
+        time), else every `admission_interval_seconds` (the backstop), until `stop`."""
         while not stop.is_set():
             self.wake.clear()
+            started = time.perf_counter()
             try:
                 await self.cycle()
             except Exception:
                 log.exception("admission cycle failed")
+            took = time.perf_counter() - started
             waiter = asyncio.ensure_future(self.wake.wait())
             stopper = asyncio.ensure_future(stop.wait())
             try:
@@ -129,9 +132,10 @@ class Controller:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
-            if self.wake.is_set() and not stop.is_set() and self.settings.admission_coalesce_seconds > 0:
+            gap = max(self.settings.admission_coalesce_seconds, took)
+            if self.wake.is_set() and not stop.is_set() and gap > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=self.settings.admission_coalesce_seconds)
+                    await asyncio.wait_for(stop.wait(), timeout=gap)
 
     # --- pool limits for admission -------------------------------------------------------------------
 

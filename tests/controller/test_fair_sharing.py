@@ -93,7 +93,7 @@ def test_events_admit_without_the_timer(real: RealAPI, controller: ControllerPro
 
 def test_three_queues_weighted_1_1_2_share_25_25_50(real: RealAPI, controller: ControllerProcess) -> None:
     """Queues a, b, c (weights 1:1:2, no quota of their own) borrow from an idle lender that holds the cohort's
-    quota, the size of the pool. 12 pods each wait first; once the lender exists they are admitted by fair
+    quota, the size of the pool. 6 pods each wait first; once the lender exists they are admitted by fair
     share, and when c gives a pod back, c (below its fair share) gets the next admission though a's and b's
     waiting pods are older."""
     tag = secrets.token_hex(2)
@@ -103,11 +103,11 @@ def test_three_queues_weighted_1_1_2_share_25_25_50(real: RealAPI, controller: C
     for q, weight in WEIGHTS.items():
         create_queue(real, names[q], {"namespaces": [spaces[q]], "cohort": cohort, "nominalQuota": {"compute": 0},
                                       "fairSharing": {"weight": weight}})  # fmt: skip
-    for i in range(12):
+    for i in range(6):
         for q in WEIGHTS:
             real.create_pod(spaces[q], whole_gpu(f"{q}-{i:02d}"))
-    wait_for(lambda: all(queue_status(real, names[q]).get("pending") == 12 for q in WEIGHTS), 60,
-             "36 pods waiting (the cohort has no quota yet)", 0.2)  # fmt: skip
+    wait_for(lambda: all(queue_status(real, names[q]).get("pending") == 6 for q in WEIGHTS), 60,
+             "18 pods waiting (the cohort has no quota yet)", 0.2)  # fmt: skip
     create_queue(real, f"lender-{tag}", {"namespaces": [real.namespace("lender")], "cohort": cohort,
                                          "nominalQuota": {"compute": GPUS * 100}})  # fmt: skip
 
