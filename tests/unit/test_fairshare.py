@@ -87,6 +87,8 @@ def test_nominal_quota_first_then_weights_share_the_rest() -> None:
     m.schedule()
     # a: its 3 nominal GPUs; the rest by weight 1:3 over total share: a 3 (3/8 / 1), b 5 (5/8 / 3)
     assert admitted_per_queue(m) == {"a": 3, "b": 5}
+    shares = m.shares()
+    assert (shares["a"], shares["b"]) == ((Fraction(3, 8), Fraction(3, 8)), (Fraction(5, 8), Fraction(5, 8)))
 
 
 def test_borrowing_queue_reclaims_by_fair_share_and_never_back() -> None:
