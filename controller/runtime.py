@@ -28,14 +28,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from controller import metrics, status
 from controller.admission import AdmissionConfig, PoolLimits
 from controller.kube import Kube
 from controller.settings import ControllerSettings
-from gpupool import objects, resources, timefmt
+from gpupool import objects, quota, resources, timefmt
+from gpupool import resize as rz
 from gpupool.assignment import Keys, keyset
 from gpupool.errors import GpupoolError, InvalidRequest
 from gpupool.inventory import NodeInfo
@@ -43,6 +44,7 @@ from gpupool.ledger import Holding
 from gpupool.pool import build_pool
 from gpupool.preemption import find_preemption, no_preemption_reason
 from gpupool.queues import IMPLICIT_QUEUE, PodEntry, QueueManager
+from gpupool.quota import Resources
 
 log = logging.getLogger("gpupool.controller")
 
@@ -102,28 +104,35 @@ class Controller:
         #: pods still carrying an alias resource (the webhook was bypassed): uid -> pod; warned once each
         self._alias_pods: dict[str, dict[str, Any]] = {}
         self._alias_warned: set[str] = set()
-        #: set by the watch handlers when an admission may have become possible (`run_cycles`)
-        self.wake = asyncio.Event()
+        #: resize outcomes already posted as Events: uid -> (seq, state)
+        self._resize_posted: dict[str, tuple[int, str]] = {}
+        #: called (from any thread: kopf runs the sync watch handlers in worker threads) when an admission or a
+        #: resize may have become possible; `run_cycles` sets it (None before: the first cycle decides anyway)
+        self.wake: Callable[[], object] | None = None
         #: how long the last `QueueManager.schedule` took (CPU-bound; the API writes after it are not counted)
         self.decision_seconds = 0.0
         self._node_infos: dict[str, NodeInfo] = {}
 
     def nudge(self) -> None:
         """Something changed that may let a pod be admitted: run the cycle soon (coalesced; `run_cycles`)."""
-        self.wake.set()
+        if self.wake is not None:
+            self.wake()
 
     async def run_cycles(self, stop: asyncio.Event) -> None:
         """The cycle loop: on `nudge` (after `admission_coalesce_seconds`, or as long as the last decision pass
         took if that is longer, so a burst is one cycle and a stream of events leaves the leader's CPU at
         least half the time for its watches), else every `admission_interval_seconds` (the backstop), until
         `stop`."""
+        loop = asyncio.get_running_loop()
+        woken = asyncio.Event()
+        self.wake = lambda: loop.call_soon_threadsafe(woken.set)
         while not stop.is_set():
-            self.wake.clear()
+            woken.clear()
             try:
                 await self.cycle()
             except Exception:
                 log.exception("admission cycle failed")
-            waiter = asyncio.ensure_future(self.wake.wait())
+            waiter = asyncio.ensure_future(woken.wait())
             stopper = asyncio.ensure_future(stop.wait())
             try:
                 await asyncio.wait({waiter, stopper}, timeout=self.settings.admission_interval_seconds,
@@ -134,7 +143,7 @@ class Controller:
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
             gap = max(self.settings.admission_coalesce_seconds, self.decision_seconds)
-            if self.wake.is_set() and not stop.is_set() and gap > 0:
+            if woken.is_set() and not stop.is_set() and gap > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=gap)
 
@@ -274,6 +283,7 @@ class Controller:
             self._alias_pods.pop(uid, None)
             self._alias_warned.discard(uid)
             self._unquarantine(uid)
+            self._resize_posted.pop(uid, None)
             if uid in self.pods or uid in self.manager.pods:
                 self.pods.pop(uid, None)
                 self.manager.remove_pod(uid)
@@ -317,11 +327,12 @@ class Controller:
             gated=objects.pod_gated(pod),
             node_selector=dict(spec.get("nodeSelector") or {}),
             assigned=assigned,
+            resize_growth=rz.reserved_growth(pod, assigned.slices if assigned is not None else None),
         )
         new = uid not in self.manager.pods
         self.manager.upsert_pod(entry)
-        if new and entry.gated:
-            self.nudge()  # a new pod waits for admission
+        if (new and entry.gated) or (assigned is not None and rz.awaits_quota(pod, assigned.slices)):
+            self.nudge()  # a new pod waits for admission, or a growth for its quota
 
     def _claim(self, pod: Mapping[str, Any]) -> Holding | None:
         """An untrusted pod's claimed slices, read unverified; only a pod bound to the claim's node runs on them."""
@@ -362,6 +373,7 @@ class Controller:
         if not (self.ready and self.is_leader) or self.kube is None:
             return {}
         now = time.time() if now is None else now
+        await self._resize_quota(now)  # before admitting: an approved growth holds its quota
         started = time.perf_counter()
         result = self.manager.schedule(now)
         self.decision_seconds = time.perf_counter() - started
@@ -411,9 +423,62 @@ class Controller:
             counts["events"] += 1
         counts["events"] += await self._warn_aliases()
         counts["events"] += await self._warn_quarantined()
+        counts["events"] += await self._resize_events(now)
         await self._health_gc()
         await self.write_status()
         return counts
+
+    # --- resize: the controller checks the quota of a growth (gpupool.resize, docs/runtime.md "Resize") ---------
+
+    async def _resize_quota(self, now: float) -> int:
+        """Approve (reserving the quota) or refuse each pending resize that grows a pod; returns how many."""
+        assert self.kube is not None
+        decided = 0
+        for uid, pod in sorted(self.pods.items()):
+            entry = self.manager.pods.get(uid)
+            if entry is None or entry.assigned is None or uid in self.quarantined:
+                continue
+            p = rz.pending(pod, entry.assigned.slices)
+            if p is None or p.problem is not None or p.approved or p.growth == Resources(0, 0):
+                continue
+            grow = p.growth
+            problem = self.manager.quota_problem(entry.queue, grow) if entry.queue is not None else None
+            if problem is not None:
+                state, text = rz.State.REFUSED, f"quota: {quota.message(problem)}"
+            else:
+                state, text = rz.State.APPROVED, (f"quota of queue {entry.queue or '(none)'} reserved for "
+                                                  f"+{grow.compute}% / +{grow.memory_mib} MiB")  # fmt: skip
+            value = rz.status_annotation(pod, rz.outcome(p.request, state, text, now))
+            meta = pod["metadata"]
+            try:
+                await self.kube.annotate_pod(meta["namespace"], meta["name"], {rz.STATUS: value})
+            except Exception as exc:
+                log.warning("resize of %s: could not write its status: %s", objects.pod_key(pod), exc)
+                continue
+            decided += 1
+            annotations = {**(meta.get("annotations") or {}), rz.STATUS: value}
+            self.on_pod("MODIFIED", {**pod, "metadata": {**meta, "annotations": annotations}})  # charged now
+        return decided
+
+    async def _resize_events(self, now: float, recent_s: float = 300.0) -> int:
+        """One Event per final resize outcome (recent ones: a new leader does not repeat old news)."""
+        assert self.kube is not None
+        posted = 0
+        for uid, pod in sorted(self.pods.items()):
+            history = rz.history_of(pod)
+            last = history[-1] if history else None
+            if last is None or last.state not in rz.FINAL or self._resize_posted.get(uid) == (last.seq, last.state):
+                continue
+            self._resize_posted[uid] = (last.seq, last.state)
+            at = timefmt.parse_time(last.at)
+            if at is None or now - at > recent_s:
+                continue
+            applied = last.state is rz.State.APPLIED
+            reason = "GPUPoolResized" if applied else "GPUPoolResizeRefused"
+            await self._quiet(self.kube.event(pod, reason, f"resize #{last.seq}: {last.message}",
+                                              "Normal" if applied else "Warning"))  # fmt: skip
+            posted += 1
+        return posted
 
     async def _warn_aliases(self) -> int:
         """One Warning Event per pod that reached the API server with an alias resource name.
