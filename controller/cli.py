@@ -131,13 +131,14 @@ def run_status(args: argparse.Namespace) -> int:
     console.print(table)
     qtable = Table(title="GPU queues")
     for col in ("queue", "cohort", "strategy", "pending", "admitted", "compute used/quota", "memory used/quota",
-                "borrowed compute"):  # fmt: skip
+                "borrowed compute", "weight", "share %", "fair share %"):  # fmt: skip
         qtable.add_column(col)
     for name, queue in sorted(queues.items()):
         spec = state.manager.queues[name]
         qtable.add_row(
             name, spec.cohort or "-", spec.strategy.value, str(queue["pending"]), str(queue["admitted"]),
             queue["computeSummary"], queue["memorySummary"], str(queue["borrowed"]["compute"]),
+            f"{float(spec.weight):g}", str(queue["sharePercent"]), str(queue["fairSharePercent"]),
         )  # fmt: skip
     console.print(qtable)
     totals = state.ledger.totals()

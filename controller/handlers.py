@@ -53,22 +53,6 @@ async def _keys_loop(ring: KeyRing, state: Controller, stop: asyncio.Event, inte
             log.exception("re-reading the signing keys failed")
 
 
-async def _cycle_loop(state: Controller, stop: asyncio.Event, wake: asyncio.Event | None = None) -> None:
-    """The admission cycle every `admission_interval_seconds`, and at once when `wake` is set (a resize to decide)."""
-    while not stop.is_set():
-        try:
-            await state.cycle()
-        except Exception:
-            log.exception("admission cycle failed")
-        waits = [asyncio.ensure_future(stop.wait())] + ([asyncio.ensure_future(wake.wait())] if wake else [])
-        _, pending = await asyncio.wait(waits, timeout=state.settings.admission_interval_seconds,
-                                        return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
-        for task in pending:
-            task.cancel()
-        if wake is not None:
-            wake.clear()
-
-
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     global STATE
@@ -76,6 +60,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.peering.standalone = True  # HA is a Lease (controller.leader), not kopf peering
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
+    # kopf holds each object's events for this long to batch them (default 0.1 s): a freed slice or a new pod
+    # would wait that long before it wakes the admission cycle (docs/fairshare.md); the handlers are cheap
+    settings.batching.batch_window = 0.01
     if cfg.webhook_enabled:
         settings.admission.server = kopf.WebhookServer(
             addr=cfg.webhook_host, port=cfg.webhook_port, certfile=cfg.webhook_cert_file, pkeyfile=cfg.webhook_key_file
@@ -89,10 +76,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     STATE = state
     stop = asyncio.Event()
     memo["stop"] = stop
-    wake = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    state.wake = lambda: loop.call_soon_threadsafe(wake.set)  # pod handlers may run in worker threads
-    tasks = [asyncio.create_task(_cycle_loop(state, stop, wake)), asyncio.create_task(_keys_loop(key, state, stop))]
+    tasks = [asyncio.create_task(state.run_cycles(stop)), asyncio.create_task(_keys_loop(key, state, stop))]
     if cfg.leader_election:
         identity = cfg.identity or f"{socket.gethostname()}-{os.getpid()}"
         elector = LeaseElector(kube.coordination, cfg.lease_name, cfg.lease_namespace, identity,

@@ -12,6 +12,10 @@ Garbage and safety decisions (DESIGN.md §7):
   recreate them on healthy GPUs; `keep` only drops them from the ledger. GPUs in `spec.disabledGPUs`
   are cordoned: nothing new lands there, running pods keep their slices (drain them by hand).
 * nominations expire after `nomination_ttl_seconds`; the `gpupool.io/nominated` annotation is removed.
+* the leader's cycle runs on events (`run_cycles`): a new waiting pod, a pod that finished or was deleted, a
+  GPUQueue, namespace or Node label change, a GPUNode whose inventory changed wake it, a burst coalesced into
+  one cycle (`admission_coalesce_seconds`); `admission_interval_seconds` is only the backstop (expiries,
+  retries of failed writes).
 * a pod whose assignment cannot be trusted (forged, unreadable, unknown key id) is quarantined: the
   slices it claims (read unverified, only when bound to the node they name) count as held as far as
   capacity allows, the leader posts one Warning Event `GPUPoolQuarantined` per reason, and
@@ -20,6 +24,8 @@ Garbage and safety decisions (DESIGN.md §7):
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -33,6 +39,7 @@ from gpupool import objects, quota, resources, timefmt
 from gpupool import resize as rz
 from gpupool.assignment import Keys, keyset
 from gpupool.errors import GpupoolError, InvalidRequest
+from gpupool.inventory import NodeInfo
 from gpupool.ledger import Holding
 from gpupool.pool import build_pool
 from gpupool.preemption import find_preemption, no_preemption_reason
@@ -99,8 +106,46 @@ class Controller:
         self._alias_warned: set[str] = set()
         #: resize outcomes already posted as Events: uid -> (seq, state)
         self._resize_posted: dict[str, tuple[int, str]] = {}
-        #: called (from any thread) when a pod brings a growth to decide: runs the cycle now (`controller.handlers`)
+        #: called (from any thread: kopf runs the sync watch handlers in worker threads) when an admission or a
+        #: resize may have become possible; `run_cycles` sets it (None before: the first cycle decides anyway)
         self.wake: Callable[[], object] | None = None
+        #: how long the last `QueueManager.schedule` took (CPU-bound; the API writes after it are not counted)
+        self.decision_seconds = 0.0
+        self._node_infos: dict[str, NodeInfo] = {}
+
+    def nudge(self) -> None:
+        """Something changed that may let a pod be admitted: run the cycle soon (coalesced; `run_cycles`)."""
+        if self.wake is not None:
+            self.wake()
+
+    async def run_cycles(self, stop: asyncio.Event) -> None:
+        """The cycle loop: on `nudge` (after `admission_coalesce_seconds`, or as long as the last decision pass
+        took if that is longer, so a burst is one cycle and a stream of events leaves the leader's CPU at
+        least half the time for its watches), else every `admission_interval_seconds` (the backstop), until
+        `stop`."""
+        loop = asyncio.get_running_loop()
+        woken = asyncio.Event()
+        self.wake = lambda: loop.call_soon_threadsafe(woken.set)
+        while not stop.is_set():
+            woken.clear()
+            try:
+                await self.cycle()
+            except Exception:
+                log.exception("admission cycle failed")
+            waiter = asyncio.ensure_future(woken.wait())
+            stopper = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait({waiter, stopper}, timeout=self.settings.admission_interval_seconds,
+                                   return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+            finally:
+                for task in (waiter, stopper):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            gap = max(self.settings.admission_coalesce_seconds, self.decision_seconds)
+            if woken.is_set() and not stop.is_set() and gap > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=gap)
 
     # --- pool limits for admission -------------------------------------------------------------------
 
@@ -175,26 +220,34 @@ class Controller:
 
     def on_namespace(self, event: str, obj: Mapping[str, Any]) -> None:
         meta = obj.get("metadata") or {}
+        name = str(meta.get("name"))
         if event == "DELETED":
-            self.manager.remove_namespace(str(meta.get("name")))
-        else:
-            self.manager.set_namespace(str(meta.get("name")), meta.get("labels") or {})
+            self.manager.remove_namespace(name)
+        elif self.manager.namespace_labels.get(name) != (meta.get("labels") or {}):
+            self.manager.set_namespace(name, meta.get("labels") or {})
+            self.nudge()
 
     def on_node(self, event: str, obj: Mapping[str, Any]) -> None:
         meta = obj.get("metadata") or {}
+        name = str(meta.get("name"))
         if event == "DELETED":
-            self.manager.remove_node_labels(str(meta.get("name")))
-        else:
-            self.manager.set_node_labels(str(meta.get("name")), meta.get("labels") or {})
+            self.manager.remove_node_labels(name)
+        elif self.manager.node_labels.get(name) != (meta.get("labels") or {}):
+            self.manager.set_node_labels(name, meta.get("labels") or {})
+            self.nudge()
 
     def on_queue(self, event: str, obj: Mapping[str, Any]) -> None:
         name = str((obj.get("metadata") or {}).get("name"))
         if event == "DELETED":
             self.manager.remove_queue(name)
             self._queue_status.pop(name, None)
+            self.nudge()
             return
         try:
-            self.manager.set_queue(objects.queue_spec_from_object(obj))
+            spec = objects.queue_spec_from_object(obj)
+            if self.manager.queues.get(name) != spec:
+                self.manager.set_queue(spec)
+                self.nudge()
             self.problems.pop(f"gpuqueue/{name}", None)
         except GpupoolError as exc:
             self.problems[f"gpuqueue/{name}"] = str(exc)
@@ -206,6 +259,7 @@ class Controller:
             self.gpunodes.pop(name, None)
             self.ledger.remove_node(name)
             self._node_status.pop(name, None)
+            self._node_infos.pop(name, None)
             return
         self.gpunodes[name] = dict(obj)
         try:
@@ -214,6 +268,9 @@ class Controller:
             self.problems[f"gpunode/{name}"] = str(exc)
             return
         self.problems.pop(f"gpunode/{name}", None)
+        if self._node_infos.get(name) != info:
+            self._node_infos[name] = info
+            self.nudge()  # new, changed or returning capacity (its own status writes change nothing here)
         dropped = self.ledger.upsert_node(info)
         for uid in dropped:
             pod = self.pods.get(uid)
@@ -231,6 +288,7 @@ class Controller:
                 self.pods.pop(uid, None)
                 self.manager.remove_pod(uid)
                 self._events.pop(uid, None)
+                self.nudge()  # its slices and quota are free (or the line it waited in is shorter)
             return
         if not resources.mentions_gpupool(pod):
             return
@@ -271,9 +329,10 @@ class Controller:
             assigned=assigned,
             resize_growth=rz.reserved_growth(pod, assigned.slices if assigned is not None else None),
         )
+        new = uid not in self.manager.pods
         self.manager.upsert_pod(entry)
-        if self.wake is not None and assigned is not None and rz.awaits_quota(pod, assigned.slices):
-            self.wake()
+        if (new and entry.gated) or (assigned is not None and rz.awaits_quota(pod, assigned.slices)):
+            self.nudge()  # a new pod waits for admission, or a growth for its quota
 
     def _claim(self, pod: Mapping[str, Any]) -> Holding | None:
         """An untrusted pod's claimed slices, read unverified; only a pod bound to the claim's node runs on them."""
@@ -317,7 +376,8 @@ class Controller:
         await self._resize_quota(now)  # before admitting: an approved growth holds its quota
         started = time.perf_counter()
         result = self.manager.schedule(now)
-        metrics.DECISION_LATENCY.observe(time.perf_counter() - started)
+        self.decision_seconds = time.perf_counter() - started
+        metrics.DECISION_LATENCY.observe(self.decision_seconds)
         counts = {"admitted": 0, "preempted": 0, "events": 0}
         for admission in result.admitted:
             pod = self.pods.get(admission.uid)
@@ -559,7 +619,7 @@ class Controller:
             metrics.QUEUE_QUOTA.labels(name, "compute").set(spec.nominal.compute or 0)
             if spec.nominal.memory_mib is not None:
                 metrics.QUEUE_QUOTA.labels(name, "memory").set(spec.nominal.memory_mib)
-        implicit = status.queue_status(self.manager, IMPLICIT_QUEUE)
+        implicit = status.queue_status(self.manager, IMPLICIT_QUEUE, {})
         metrics.QUEUE_PENDING.labels("(none)").set(implicit["pending"])
         metrics.QUEUE_ADMITTED.labels("(none)").set(implicit["admitted"])
         return out

@@ -19,8 +19,9 @@ Rules (DESIGN.md §7):
   nothing promised them, whatever their queue's `withinQueue`, cohort or quota); admitted pods of the
   preemptor's own queue that it outranks (when its queue has `preemption.withinQueue: LowerPriority`), and —
   when the queue has `reclaimBorrowed: true` and the preemptor's charge fits within its queue's nominal
-  quota — pods of other queues of its cohort that use more than their nominal quota, for as long as the
-  victim's queue stays above its nominal quota after the eviction. Pods of the implicit queue (no GPUQueue)
+  quota (or, when it does not, while `gpupool.fairshare.may_reclaim` allows: docs/fairshare.md) — pods of
+  other queues of its cohort that use more than their nominal quota, for as long as the victim's queue
+  stays above its nominal quota after the eviction. Pods of the implicit queue (no GPUQueue)
   may be preempted by any pod that outranks them; they hold no quota.
 * Victim order: best-effort slices first, then lower priority, then the most recently admitted. A
   preemptor whose queue stays within its nominal quota (it only lacks quota lent to borrowers) takes
@@ -148,9 +149,11 @@ def find_preemption(
     ledger = manager.ledger.copy()  # plan on a copy: the live ledger is never released and re-held
     placer = manager.placer.over(ledger)
     need = Resources(request.compute_units, request.memory_units(manager._largest_gpu_memory()))
-    if q != IMPLICIT_QUEUE and not _within_nominal(manager, q, need, pool):
-        # a queue reclaims only its own nominal quota; to borrow it may not evict other queues' pods
-        pool = [v for v in pool if v.queue in (q, IMPLICIT_QUEUE) or yields(request, v)]
+    borrowing = q != IMPLICIT_QUEUE and not _within_nominal(manager, q, need, pool)
+    if borrowing:
+        # a queue reclaims its own nominal quota; to borrow it evicts other queues' pods only by fair share
+        pool = [v for v in pool if v.queue in (q, IMPLICIT_QUEUE) or yields(request, v)
+                or manager.may_reclaim(q, need, v.queue, v.charge)]  # fmt: skip
     # within its nominal quota even before evicting its own pods: what it lacks is lent to borrowers, so
     # reclaim from them first (Kueue does the same) rather than evict its own lower-priority pods
     reclaiming = q != IMPLICIT_QUEUE and _within_nominal(manager, q, need, ())
@@ -179,6 +182,8 @@ def find_preemption(
             if spec is None:
                 return False
             running = manager.usage(other)
+            if borrowing and not manager.may_reclaim(q, need - freed.get(q, Resources()), other, freed[other]):
+                return False  # gpupool.fairshare.may_reclaim
             for v in sorted(taken, key=lambda v: v.order):
                 nc, nm = spec.nominal.compute or 0, spec.nominal.memory_mib
                 if not (running.compute > nc or (nm is not None and running.memory_mib > nm)):

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import heapq
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
 
-from gpupool import quota, tenancy
+from gpupool import fairshare, quota, tenancy
 from gpupool.errors import OverAllocation
 from gpupool.ledger import Holding, HoldingKind, Ledger
 from gpupool.placement import NoFit, Placer, Plan
@@ -75,6 +78,8 @@ class QueueSpec:
     reclaim_borrowed: bool = True
     #: the nodes `node_selector` matches serve only this queue's pods (gpupool.tenancy.Reservations)
     reserve_nodes: bool = False
+    #: `spec.fairSharing.weight` (> 0): its part of what the cohort shares (gpupool.fairshare)
+    weight: Fraction = fairshare.DEFAULT_WEIGHT
 
     @property
     def node_selector_dict(self) -> dict[str, str]:
@@ -401,6 +406,34 @@ class QueueManager:
             return ZERO
         return quota.borrowed(spec, self.usage(queue))
 
+    def may_reclaim(self, queue: str, need: Resources, victim_queue: str, freed: Resources) -> bool:
+        """May `queue`, borrowing to admit `need`, take `freed` back from `victim_queue` of its cohort?
+        (`fairshare.may_reclaim`: its weighted share after stays at or below the victim queue's after.)"""
+        spec, other = self.queue(queue), self.queue(victim_queue)
+        if spec is None or other is None or spec.cohort is None or other.cohort != spec.cohort:
+            return False
+        cap = fairshare.capacity(spec, self.cohort_members(spec.cohort))
+        return fairshare.may_reclaim(spec, self.usage(queue) + need, other, self.usage(victim_queue) - freed, cap)
+
+    def shares(self) -> dict[str, tuple[Fraction, Fraction]]:
+        """(share, fair share) of every GPUQueue within its cohort, or of its own quota (docs/fairshare.md)."""
+        largest = self._largest_gpu_memory()
+        waiting: dict[str, Resources] = {}
+        for e in self.pods.values():
+            if e.state is State.PENDING and e.gated and e.queue:
+                ask = Resources(e.request.compute_units, e.request.memory_units(largest))
+                waiting[e.queue] = waiting.get(e.queue, ZERO) + ask
+        out: dict[str, tuple[Fraction, Fraction]] = {}
+        for name, spec in self.queues.items():
+            if name in out:
+                continue
+            members = self.cohort_members(spec.cohort) if spec.cohort is not None else [spec]
+            cap = fairshare.capacity(spec, members)
+            fair = fairshare.fair_shares(members, self._usage, waiting)
+            for m in members:
+                out[m.name] = (fairshare.share(self.usage(m.name), cap), fair[m.name])
+        return out
+
     def quota_problem(
         self, queue: str, charge: Resources, released: Mapping[str, Resources] | None = None
     ) -> QuotaProblem | None:
@@ -471,6 +504,67 @@ class QueueManager:
             (e for e in self.pods.values() if e.state is not State.ADMITTED), key=lambda e: e.sort_key
         )
 
+    def admission_order(self) -> Iterator[PodEntry]:
+        """The waiting pods in the order the cycle decides them (docs/contracts.md "admission order").
+
+        Within a queue: `PodEntry.sort_key`. The queues of one cohort form a group, every other queue is a
+        group of its own; the group whose next pod comes first by `sort_key` goes next. A cohort's next pod is
+        the head of the queue `fairshare.rank` puts first (its nominal quota covers the head, then the lowest
+        weighted share, then `sort_key`), read lazily: an admission the caller makes before asking for the
+        next pod moves its queue's rank (docs/fairshare.md).
+        """
+        lines: dict[str | None, deque[PodEntry]] = {}
+        for entry in self.pending_order():
+            lines.setdefault(entry.queue, deque()).append(entry)
+        grouped: dict[tuple[str, str | None], list[str | None]] = {}
+        for name in lines:
+            spec = self.queue(name) if name is not None else None
+            cohort = spec.cohort if spec is not None and name != IMPLICIT_QUEUE else None
+            grouped.setdefault(("cohort", cohort) if cohort is not None else ("queue", name), []).append(name)
+        groups = list(grouped.values())
+        caps: dict[str | None, Limit] = {}
+        weighted: dict[str, tuple[Resources, Fraction]] = {}  # queue -> (usage, weighted share at that usage)
+        ranks: dict[str | None, tuple[PodEntry, Resources, tuple[object, ...]]] = {}
+
+        def rank(name: str | None) -> tuple[object, ...]:
+            head = lines[name][0]
+            spec = self.queue(name) if name is not None else None
+            if spec is None:
+                return (False, fairshare.ZERO_SHARE, *head.sort_key)
+            usage = self.usage(spec.name)
+            seen = ranks.get(name)
+            if seen is not None and seen[0] is head and seen[1] is usage:
+                return seen[2]
+            share = weighted.get(spec.name)
+            if share is None or share[0] != usage:
+                if spec.cohort not in caps:
+                    caps[spec.cohort] = fairshare.capacity(spec, self.cohort_members(spec.cohort))
+                share = (usage, fairshare.weighted(usage, caps[spec.cohort], spec.weight))
+                weighted[spec.name] = share
+            charge = Resources(head.request.compute_units, head.request.memory_units(0))
+            ranked = (*fairshare.rank(spec, usage, charge, share[1]), *head.sort_key)
+            ranks[name] = (head, usage, ranked)
+            return ranked
+
+        def pick(group: list[str | None]) -> tuple[str | None] | None:  # (the queue whose head goes next,)
+            live = [name for name in group if lines[name]]
+            if len(live) <= 1:
+                return (live[0],) if live else None
+            return (min(live, key=rank),)
+
+        heap: list[tuple[tuple[int, float, str], int, str | None]] = []
+        for i, group in enumerate(groups):
+            first = pick(group)
+            if first is not None:
+                heap.append((lines[first[0]][0].sort_key, i, first[0]))
+        heapq.heapify(heap)
+        while heap:
+            _, i, name = heapq.heappop(heap)
+            yield lines[name].popleft()
+            following = pick(groups[i])
+            if following is not None:
+                heapq.heappush(heap, (lines[following[0]][0].sort_key, i, following[0]))
+
     def expire(self, now: float, result: CycleResult) -> None:
         for entry in self.pods.values():
             if entry.nomination is not None and entry.nomination.expires <= now:
@@ -500,7 +594,8 @@ class QueueManager:
         """One admission pass over every queue; mutates the ledger (RESERVED holdings) and usage.
 
         Phases, in order: (1) expire nominations and unbound reservations; (2) walk every waiting pod of
-        every queue in one order (priority, creation, name) and for each: (3) skip what cannot be
+        every queue in `admission_order` (fair sharing within a cohort, else priority, creation, name) and
+        for each: (3) skip what cannot be
         decided (ungated, no queue); (4) admit a nominated pod whose victims are gone; (5) keep it
         behind its queue's blocked head unless BestEffortFIFO lets it pass; (6) check quota with the
         smallest charge, (7) plan capacity (a shape that failed at this ledger generation is not
@@ -513,7 +608,7 @@ class QueueManager:
         blocked: dict[str, _Blocked] = {}
         position: dict[str, int] = {}
         failed_shapes: dict[tuple[object, ...], tuple[int, str]] = {}
-        for entry in self.pending_order():  # (2)
+        for entry in self.admission_order():  # (2)
             # (3) nothing to decide
             if not entry.gated:
                 continue

@@ -164,8 +164,8 @@ def test_explain_shows_the_resize_history() -> None:
 def test_a_pending_growth_wakes_the_cycle() -> None:
     c, _ = make()
     woken: list[int] = []
+    c.on_gpunode("ADDED", gpunode("n1", gpus=2))  # (new capacity wakes it too: docs/fairshare.md)
     c.wake = lambda: woken.append(1)
-    c.on_gpunode("ADDED", gpunode("n1", gpus=2))
     p = bound_at("a", 30)
     c.on_pod("ADDED", p)
     assert woken == []
@@ -180,26 +180,27 @@ def test_a_pending_growth_wakes_the_cycle() -> None:
 def test_the_cycle_loop_runs_again_when_woken() -> None:
     import asyncio
 
-    from controller.handlers import _cycle_loop
+    c, _ = make(admission_interval_seconds=3600.0)
+    cycles: list[int] = []
 
-    class State:
-        settings = type("S", (), {"admission_interval_seconds": 3600.0})()
-        cycles = 0
+    async def cycle(now: float | None = None) -> dict[str, int]:
+        cycles.append(1)
+        return {}
 
-        async def cycle(self) -> None:
-            self.cycles += 1
+    c.cycle = cycle  # type: ignore[method-assign]
 
     async def scenario() -> int:
-        state, stop, wake = State(), asyncio.Event(), asyncio.Event()
-        task = asyncio.create_task(_cycle_loop(state, stop, wake))  # type: ignore[arg-type]
-        while state.cycles < 1:
+        stop = asyncio.Event()
+        task = asyncio.create_task(c.run_cycles(stop))
+        while len(cycles) < 1:
             await asyncio.sleep(0.01)
-        wake.set()
+        assert c.wake is not None
+        c.wake()
         async with asyncio.timeout(60):  # far below the hour-long interval: only the wake can run it again
-            while state.cycles < 2:
+            while len(cycles) < 2:
                 await asyncio.sleep(0.01)
         stop.set()
         await task
-        return state.cycles
+        return len(cycles)
 
     assert run(scenario()) >= 2
