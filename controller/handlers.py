@@ -114,32 +114,42 @@ def _type(event: Any) -> str:
 
 @kopf.on.event("", "v1", "pods")
 def pod_event(event: Any, body: kopf.Body, **_: Any) -> None:
-    if STATE is not None:
-        STATE.on_pod(_type(event), dict(body))
+    state = STATE
+    if state is not None:
+        with state.lock:  # the admission cycle runs on the event loop meanwhile
+            state.on_pod(_type(event), dict(body))
 
 
 @kopf.on.event(objects.GROUP, objects.VERSION, objects.GPUNODE_PLURAL)
 def gpunode_event(event: Any, body: kopf.Body, **_: Any) -> None:
-    if STATE is not None:
-        STATE.on_gpunode(_type(event), dict(body))
+    state = STATE
+    if state is not None:
+        with state.lock:  # the admission cycle runs on the event loop meanwhile
+            state.on_gpunode(_type(event), dict(body))
 
 
 @kopf.on.event(objects.GROUP, objects.VERSION, objects.GPUQUEUE_PLURAL)
 def gpuqueue_event(event: Any, body: kopf.Body, **_: Any) -> None:
-    if STATE is not None:
-        STATE.on_queue(_type(event), dict(body))
+    state = STATE
+    if state is not None:
+        with state.lock:  # the admission cycle runs on the event loop meanwhile
+            state.on_queue(_type(event), dict(body))
 
 
 @kopf.on.event("", "v1", "nodes")
 def node_event(event: Any, body: kopf.Body, **_: Any) -> None:
-    if STATE is not None:
-        STATE.on_node(_type(event), dict(body))
+    state = STATE
+    if state is not None:
+        with state.lock:  # the admission cycle runs on the event loop meanwhile
+            state.on_node(_type(event), dict(body))
 
 
 @kopf.on.event("", "v1", "namespaces")
 def namespace_event(event: Any, body: kopf.Body, **_: Any) -> None:
-    if STATE is not None:
-        STATE.on_namespace(_type(event), dict(body))
+    state = STATE
+    if state is not None:
+        with state.lock:  # the admission cycle runs on the event loop meanwhile
+            state.on_namespace(_type(event), dict(body))
 
 
 @kopf.on.mutate("", "v1", "pods", id=MUTATE_PATH, operations=["CREATE"], persistent=True)

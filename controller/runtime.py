@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -97,6 +98,9 @@ class Controller:
         self.is_leader = not settings.leader_election
         self.problems: dict[str, str] = {}
         self._events: dict[str, str] = {}  # uid -> last message posted
+        #: kopf runs the sync watch handlers (`on_*`) in worker threads while `cycle` runs on the event loop:
+        #: both take this lock around what reads or changes the model (tests/controller/test_handler_threads.py)
+        self.lock = threading.RLock()
         self._queue_status: dict[str, dict[str, Any]] = {}
         self._node_status: dict[str, dict[str, Any]] = {}
         self._refused: dict[str, set[str]] = {}  # preemptor -> victims whose eviction was refused
@@ -375,7 +379,8 @@ class Controller:
         now = time.time() if now is None else now
         await self._resize_quota(now)  # before admitting: an approved growth holds its quota
         started = time.perf_counter()
-        result = self.manager.schedule(now)
+        with self.lock:
+            result = self.manager.schedule(now)
         self.decision_seconds = time.perf_counter() - started
         metrics.DECISION_LATENCY.observe(self.decision_seconds)
         counts = {"admitted": 0, "preempted": 0, "events": 0}
@@ -417,8 +422,9 @@ class Controller:
                 continue
             self._events[uid] = message
             await self._quiet(self.kube.event(pod, "GPUPoolWaiting", message))
-            entry = self.manager.pods.get(uid)
-            nominated = entry is not None and entry.nomination is not None
+            with self.lock:
+                entry = self.manager.pods.get(uid)
+                nominated = entry is not None and entry.nomination is not None
             await self._publish(pod, objects.NOMINATED_REASON if nominated else objects.WAITING_REASON, message, now)
             counts["events"] += 1
         counts["events"] += await self._warn_aliases()
@@ -434,15 +440,18 @@ class Controller:
         """Approve (reserving the quota) or refuse each pending resize that grows a pod; returns how many."""
         assert self.kube is not None
         decided = 0
-        for uid, pod in sorted(self.pods.items()):
-            entry = self.manager.pods.get(uid)
-            if entry is None or entry.assigned is None or uid in self.quarantined:
-                continue
-            p = rz.pending(pod, entry.assigned.slices)
-            if p is None or p.problem is not None or p.approved or p.growth == Resources(0, 0):
-                continue
-            grow = p.growth
-            problem = self.manager.quota_problem(entry.queue, grow) if entry.queue is not None else None
+        with self.lock:
+            pods = sorted(self.pods.items())
+        for uid, pod in pods:
+            with self.lock:
+                entry = self.manager.pods.get(uid)
+                if entry is None or entry.assigned is None or uid in self.quarantined:
+                    continue
+                p = rz.pending(pod, entry.assigned.slices)
+                if p is None or p.problem is not None or p.approved or p.growth == Resources(0, 0):
+                    continue
+                grow = p.growth
+                problem = self.manager.quota_problem(entry.queue, grow) if entry.queue is not None else None
             if problem is not None:
                 state, text = rz.State.REFUSED, f"quota: {quota.message(problem)}"
             else:
@@ -457,14 +466,17 @@ class Controller:
                 continue
             decided += 1
             annotations = {**(meta.get("annotations") or {}), rz.STATUS: value}
-            self.on_pod("MODIFIED", {**pod, "metadata": {**meta, "annotations": annotations}})  # charged now
+            with self.lock:
+                self.on_pod("MODIFIED", {**pod, "metadata": {**meta, "annotations": annotations}})  # charged now
         return decided
 
     async def _resize_events(self, now: float, recent_s: float = 300.0) -> int:
         """One Event per final resize outcome (recent ones: a new leader does not repeat old news)."""
         assert self.kube is not None
         posted = 0
-        for uid, pod in sorted(self.pods.items()):
+        with self.lock:
+            pods = sorted(self.pods.items())
+        for uid, pod in pods:
             history = rz.history_of(pod)
             last = history[-1] if history else None
             if last is None or last.state not in rz.FINAL or self._resize_posted.get(uid) == (last.seq, last.state):
@@ -527,7 +539,8 @@ class Controller:
             refused = self._refused.setdefault(uid, set())
             note = None
             for _attempt in range(5):
-                plan = find_preemption(self.manager, uid, exclude=frozenset(refused))
+                with self.lock:
+                    plan = find_preemption(self.manager, uid, exclude=frozenset(refused))
                 if plan is None:
                     break
                 ok = True
@@ -550,14 +563,18 @@ class Controller:
                         f"evicted by gpupool ({kind}) for {self._key(uid)} on node {plan.node}",
                         "Warning",
                     ))  # fmt: skip
-                for v in done:
-                    self.manager.mark_evicting(v)
+                with self.lock:
+                    for v in done:
+                        self.manager.mark_evicting(v)
                 evicted += len(done)
                 if not ok:
                     continue  # the next victim set, without the refused pod
-                self.manager.nominate(uid, plan.plan, [v.uid for v in plan.victims], now)
+                with self.lock:
+                    if uid not in self.manager.pods:  # deleted while the victims were evicted
+                        break
+                    self.manager.nominate(uid, plan.plan, [v.uid for v in plan.victims], now)
+                    nomination = self.manager.pods[uid].nomination
                 pod = self.pods.get(uid)
-                nomination = self.manager.pods[uid].nomination
                 if pod is not None and nomination is not None:
                     meta = pod["metadata"]
                     value = objects.nomination_annotation(plan.node, nomination.expires)
@@ -567,7 +584,9 @@ class Controller:
                 note = plan.describe()
                 break
             if note is None:  # no victim set could be evicted: say why, when some pod might have been
-                note = no_preemption_reason(self.manager, uid, frozenset(refused))
+                with self.lock:
+                    if uid in self.manager.pods:
+                        note = no_preemption_reason(self.manager, uid, frozenset(refused))
             if note is not None and uid in waiting:
                 waiting[uid] = f"{waiting[uid]}; {note}"
         return evicted
@@ -581,7 +600,9 @@ class Controller:
         assert self.kube is not None
         if self.settings.unhealthy_gpu_action != "evict":
             return
-        for uid, pod in list(self.pods.items()):
+        with self.lock:
+            pods = list(self.pods.items())
+        for uid, pod in pods:
             if uid in self._evicted_for_health:
                 continue
             try:
@@ -591,13 +612,14 @@ class Controller:
             if holding is None:
                 continue
             reason = None
-            for s in holding.slices:
-                if s.node not in self.gpunodes:
-                    reason = ("GPUNodeGone", f"GPUNode {s.node} holding its slice on {s.gpu} is gone")
-                    break
-                if self.ledger.has_gpu(s.gpu) and not self.ledger.gpu(s.gpu).healthy:
-                    reason = ("GPUUnhealthy", f"GPU {s.gpu} on {s.node} is Unhealthy")
-                    break
+            with self.lock:
+                for s in holding.slices:
+                    if s.node not in self.gpunodes:
+                        reason = ("GPUNodeGone", f"GPUNode {s.node} holding its slice on {s.gpu} is gone")
+                        break
+                    if self.ledger.has_gpu(s.gpu) and not self.ledger.gpu(s.gpu).healthy:
+                        reason = ("GPUUnhealthy", f"GPU {s.gpu} on {s.node} is Unhealthy")
+                        break
             if reason is None:
                 continue
             meta = pod["metadata"]
@@ -609,6 +631,10 @@ class Controller:
 
     def queue_statuses(self) -> dict[str, dict[str, Any]]:
         """GPUQueue statuses (`controller.status`), with the queue metrics set from them."""
+        with self.lock:
+            return self._queue_statuses()
+
+    def _queue_statuses(self) -> dict[str, dict[str, Any]]:
         out = status.queue_statuses(self.manager)
         for name, row in out.items():
             spec = self.manager.queues[name]
@@ -626,7 +652,8 @@ class Controller:
 
     def node_statuses(self) -> dict[str, dict[str, Any]]:
         """GPUNode statuses (`controller.status`), with the per-GPU allocation metrics set from them."""
-        out = status.node_statuses(self.ledger)
+        with self.lock:
+            out = status.node_statuses(self.ledger)
         for name, row in out.items():
             for gpu in row["allocated"]:
                 metrics.GPU_ALLOCATED.labels(name, gpu["uuid"], "compute").set(gpu["compute"])
