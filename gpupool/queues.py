@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
-from gpupool import quota, tenancy
+from gpupool import groups, quota, tenancy
 from gpupool.errors import OverAllocation
 from gpupool.ledger import Holding, HoldingKind, Ledger
 from gpupool.placement import NoFit, Placer, Plan
@@ -109,6 +109,8 @@ class PodEntry:
     charge: Resources = ZERO
     admitted_at: float | None = None
     nomination: Nomination | None = None
+    #: the pod group it is admitted with (`gpupool.groups`); None: admitted pod by pod
+    group: groups.GroupSpec | None = None
 
     def __post_init__(self) -> None:
         if self.named_queue is None:
@@ -146,6 +148,7 @@ class Admission:
     queue: str
     node: str | None  # the node the capacity plan reserved
     charge: Resources
+    group: str | None = None  # the key of the pod group admitted with it as one
 
 
 @dataclass(slots=True)
@@ -157,6 +160,8 @@ class CycleResult:
     preemptors: dict[str, str] = field(default_factory=dict)
     expired_reservations: list[str] = field(default_factory=list)
     expired_nominations: list[str] = field(default_factory=list)
+    #: uid -> why the reservation of its pod group was released as one (`groups.expire`)
+    released_groups: dict[str, str] = field(default_factory=dict)
     decisions: int = 0
 
 
@@ -185,6 +190,7 @@ class QueueManager:
         require_queue: bool = False,
         reservation_ttl: float = 600.0,
         nomination_ttl: float = 300.0,
+        group_bind_ttl: float = 300.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.ledger = ledger
@@ -192,6 +198,7 @@ class QueueManager:
         self.require_queue = require_queue
         self.reservation_ttl = reservation_ttl
         self.nomination_ttl = nomination_ttl
+        self.group_bind_ttl = group_bind_ttl
         self.clock = clock
         self.queues: dict[str, QueueSpec] = {}
         self.namespace_labels: dict[str, dict[str, str]] = {}
@@ -469,6 +476,7 @@ class QueueManager:
         )
 
     def expire(self, now: float, result: CycleResult) -> None:
+        groups.expire(self, now, result)  # a pod group's reservations go as one, before the pod-by-pod TTL
         for entry in self.pods.values():
             if entry.nomination is not None and entry.nomination.expires <= now:
                 self._drop_nomination(entry)
@@ -510,9 +518,10 @@ class QueueManager:
         blocked: dict[str, _Blocked] = {}
         position: dict[str, int] = {}
         failed_shapes: dict[tuple[object, ...], tuple[int, str]] = {}
+        book = groups.Book.of(self.pods.values(), self.evicting)
         for entry in self.pending_order():  # (2)
-            # (3) nothing to decide
-            if not entry.gated:
+            # (3) nothing to decide (or admitted already in this pass, with its pod group)
+            if not entry.gated or entry.state is State.ADMITTED:
                 continue
             if entry.queue is None:
                 result.waiting[entry.uid] = entry.queue_error or "no GPUQueue"
@@ -527,6 +536,12 @@ class QueueManager:
                 position[q] = position.get(q, 0) + 1
                 return f"queue {q or '(none)'}: {ordinal(position[q])} in line"
 
+            # (3b) a member of a pod group that does not hold its min-members yet: the group is decided as one
+            if (
+                entry.group is not None and entry.state is State.PENDING
+                and groups.decide(self, book, entry, q, spec, where, blocked, now, result)
+            ):  # fmt: skip
+                continue
             # (4) nominated by preemption: admitted once its victims are gone, else it blocks its queue
             if entry.state is State.NOMINATED and entry.nomination is not None:
                 nom = entry.nomination
@@ -603,10 +618,12 @@ class QueueManager:
         result: CycleResult,
         *,
         by_quota: bool,
+        need: Resources | None = None,
     ) -> None:
         result.waiting[entry.uid] = f"{where}; {reason}"
         if q not in blocked:
-            need = Resources(entry.request.compute_units, entry.request.memory_units(0))
+            if need is None:
+                need = Resources(entry.request.compute_units, entry.request.memory_units(0))
             blocked[q] = _Blocked(entry, reason, by_quota, need)
             result.preemptors[entry.uid] = q
 
@@ -634,9 +651,16 @@ class QueueManager:
         self.ledger.commit(
             entry.uid, plan.node, plan.slices, kind=HoldingKind.RESERVED, qos=entry.request.qos
         )
+        self._admitted(entry, q, plan.node, charge, now, result)
+
+    def _admitted(
+        self, entry: PodEntry, q: str, node: str, charge: Resources, now: float, result: CycleResult,
+        group: str | None = None,
+    ) -> None:
+        """Book an admission whose RESERVED holding is committed already."""
         entry.state, entry.charge, entry.admitted_at = State.ADMITTED, charge, now
         self._charge(entry)
-        result.admitted.append(Admission(entry.uid, entry.key, q, plan.node, charge))
+        result.admitted.append(Admission(entry.uid, entry.key, q, node, charge, group))
 
     def _admit_nominated(self, entry: PodEntry, result: CycleResult) -> None:
         nom = entry.nomination
