@@ -84,9 +84,25 @@ class Kube:
         await self._run(self.core.patch_namespaced_pod_status, name, namespace, body,
                         _content_type=STRATEGIC_MERGE_PATCH)  # fmt: skip
 
-    async def evict(self, namespace: str, name: str) -> bool:
-        """Evict through the Eviction API; False when refused (a PodDisruptionBudget: 429)."""
+    async def get_object(self, path: str) -> dict[str, Any] | None:
+        """GET one object by its API path (a pod's owner, `controller.workloads`); None when it is gone (404)."""
+        try:
+            data, _, _ = await self._run(
+                self.api_client.call_api, path, "GET", response_type="object", auth_settings=["BearerToken"],
+                _return_http_data_only=False,
+            )  # fmt: skip
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return cast(dict[str, Any], data)
+
+    async def evict(self, namespace: str, name: str, *, dry_run: bool = False) -> bool:
+        """Evict through the Eviction API; False when refused (a PodDisruptionBudget: 429). `dry_run`: only
+        ask whether it would be allowed (a pod group is evicted whole or not at all)."""
         body = client.V1Eviction(metadata=client.V1ObjectMeta(name=name, namespace=namespace))
+        if dry_run:
+            body.delete_options = client.V1DeleteOptions(dry_run=["All"])
         try:
             await self._run(self.core.create_namespaced_pod_eviction, name, namespace, body)
         except ApiException as exc:

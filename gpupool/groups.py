@@ -91,6 +91,12 @@ def unreadable(namespace: str, kind: str, name: str, why: str) -> GroupSpec:
                      f"cannot read its owner {kind} {namespace}/{name} to size its pod group: {why}")  # fmt: skip
 
 
+def unresolved(namespace: str, kind: str, name: str) -> GroupSpec:
+    """The group of a pod whose owner is not read yet: it waits for the read (the next cycle's)."""
+    return GroupSpec(f"{namespace}/{kind.lower()}/{name}", 1, None, f"{kind} {namespace}/{name}",
+                     f"reading its owner {kind} {namespace}/{name} to size its pod group")  # fmt: skip
+
+
 def members_problem(spec: GroupSpec, members: Sequence[PodEntry]) -> str | None:
     """Why the group can never be admitted as it stands (mixed queues or priorities, more members needed
     than it can ever have), naming the field to change; None when it can."""
@@ -270,6 +276,24 @@ def expire(manager: QueueManager, now: float, result: CycleResult) -> None:
             manager.ledger.release(e.uid)
             result.expired_reservations.append(e.uid)
             result.released_groups[e.uid] = why
+
+
+def pending_gang(manager: QueueManager, entry: PodEntry) -> list[PodEntry]:
+    """The members of `entry`'s group still to be admitted together, `entry` first among them (as `decide`
+    takes them); `[entry]` when it is in no group or its group holds its min-members already."""
+    from gpupool.queues import State
+
+    g = entry.group
+    if g is None:
+        return [entry]
+    book = Book.of(manager.pods.values(), manager.evicting)
+    if book.satisfied(g):
+        return [entry]
+    need = g.min_members - book.admitted.get(g.key, 0)
+    waiting = [m for m in book.members.get(g.key, []) if m.state is State.PENDING and m.gated
+               and m.uid not in manager.evicting]  # fmt: skip
+    gang = waiting[:need]
+    return gang if entry in gang else [entry, *gang[: need - 1]]
 
 
 def describe(manager: QueueManager, uid: str) -> str | None:

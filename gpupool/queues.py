@@ -310,6 +310,12 @@ class QueueManager:
                 entry.charge = self._estimate(entry)
             self._charge(entry)
 
+    def set_group(self, uid: str, group: groups.GroupSpec | None) -> None:
+        """The pod's group, once its owner is read (the adapter reads it; `gpupool.groups`)."""
+        entry = self.pods.get(uid)
+        if entry is not None:
+            entry.group = group
+
     def remove_pod(self, uid: str) -> None:
         entry = self.pods.pop(uid, None)
         self.evicting.discard(uid)

@@ -239,3 +239,56 @@ def test_property_no_partial_group_no_overrun(
         if done:
             m.remove_pod(done[step % len(done)])
         _cycle(m, specs, quota_of)
+
+
+# --- workload-level preemption ----------------------------------------------------------------------------------
+
+
+def test_a_gang_victim_is_evicted_whole_or_not_at_all() -> None:
+    from gpupool.preemption import find_preemption
+
+    m, _ = make_manager(gpus=4)
+    m.set_queue(queue("team-a", None))
+    gang = job("low", 2)
+    m.upsert_pod(member("g0", gang, created=1))
+    m.upsert_pod(member("g1", gang, created=2))
+    m.upsert_pod(pod("s0", created=3))
+    m.upsert_pod(pod("s1", created=4))
+    assert len(m.schedule().admitted) == 4
+    m.upsert_pod(pod("one", priority=10))
+    m.schedule()
+    plan = find_preemption(m, "uid-one")
+    assert plan is not None and [v.key for v in plan.victims] == ["team-a/s0"]  # a single pod, not the gang
+    m.remove_pod("uid-one")
+    m.upsert_pod(pod("three", count=3, priority=10))
+    m.schedule()
+    plan = find_preemption(m, "uid-three")
+    assert plan is not None
+    # two single pods free only two GPUs and a gang member may not go alone: the whole gang and one more
+    assert sorted(v.key for v in plan.victims) == ["team-a/g0", "team-a/g1", "team-a/s0"]
+
+
+def test_a_gang_preempts_for_all_of_its_members_together() -> None:
+    from gpupool.preemption import find_preemption
+
+    m, _ = make_manager(gpus=4)
+    m.set_queue(queue("team-a", None))
+    for i in range(4):
+        m.upsert_pod(pod(f"low{i}", created=i))
+    assert len(m.schedule().admitted) == 4
+    high = job("high", 3)
+    for i in range(3):
+        m.upsert_pod(member(f"h{i}", high, priority=10, created=10 + i))
+    r = m.schedule()
+    assert list(r.preemptors) == ["uid-h0"]
+    plan = find_preemption(m, "uid-h0")
+    assert plan is not None and len(plan.victims) == 3
+    assert sorted(u for u, _ in plan.members) == ["uid-h1", "uid-h2"]
+    victims = [v.uid for v in plan.victims]
+    m.nominate("uid-h0", plan.plan, victims)
+    for uid, member_plan in plan.members:
+        m.nominate(uid, member_plan, victims)
+    assert not m.schedule().admitted  # the victims are still there
+    for v in victims:
+        m.remove_pod(v)
+    assert admitted(m.schedule()) == ["h0", "h1", "h2"]
