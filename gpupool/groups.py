@@ -296,18 +296,46 @@ def pending_gang(manager: QueueManager, entry: PodEntry) -> list[PodEntry]:
     return gang if entry in gang else [entry, *gang[: need - 1]]
 
 
-def describe(manager: QueueManager, uid: str) -> str | None:
-    """What the group of pod `uid` waits for (for `gpupool explain`), or None when it is in no group."""
+def describe(manager: QueueManager, uid: str) -> list[str]:
+    """What the group of pod `uid` waits for (`gpupool explain`): members missing, quota for all of them,
+    or the largest member that has no place (planned on a copy of the ledger); [] when in no group."""
     entry = manager.pods.get(uid)
     if entry is None or entry.group is None:
-        return None
+        return []
     g = entry.group
     book = Book.of(manager.pods.values(), manager.evicting)
     members = book.members.get(g.key, [])
-    admitted = book.admitted.get(g.key, 0)
-    text = (f"group {g.key} ({g.origin}): {len(members)} member(s) present, {admitted} admitted, "
-            f"{g.min_members} needed together")  # fmt: skip
+    have = book.admitted.get(g.key, 0)
+    lines = [f"pod group {g.key} ({g.origin or 'annotation'}): {len(members)} member(s) present, {have} "
+             f"admitted, {g.min_members} needed together"]  # fmt: skip
     problem = members_problem(g, members)
     if problem is not None:
-        return f"{text}; {problem}"
-    return text
+        return [*lines, f"group: never admitted as it stands: {problem}"]
+    if book.satisfied(g):
+        return [*lines, "group: holds its min-members; further members are admitted pod by pod"]
+    gang = pending_gang(manager, entry)
+    need = g.min_members - have
+    if len(gang) < need:
+        return [*lines, f"group waits for members: {need - len(gang)} more must be created"]
+    q = entry.queue
+    lower = sum((Resources(m.request.compute_units, m.request.memory_units(0)) for m in gang), ZERO)
+    shortfall = manager.quota_problem(q, lower) if q is not None else None
+    if shortfall is not None:
+        lines.append(f"group waits for quota: {need} member(s) need {lower.compute} compute together; "
+                     f"{quota.message(shortfall)}")  # fmt: skip
+    ledger = manager.ledger.copy()
+    placer = manager.placer.over(ledger)
+    largest = manager._largest_gpu_memory()
+    for m in sorted(gang, key=lambda m: tuple(-x for x in _size(m, largest))):
+        nodes = manager.eligible_nodes(m)
+        plan = placer.best(m.request, nodes)
+        if plan is None:
+            names = ledger.node_names() if nodes is None else nodes
+            result = placer.filter(m.request, names)
+            reasons = sorted(set({**result.failed, **result.unresolvable}.values()))[:2]
+            return [*lines, f"group waits for capacity: the largest member with no place (with the others "
+                    f"planned first) is {m.key}: {'; '.join(reasons) or 'no node'}"]  # fmt: skip
+        ledger.commit(m.uid, plan.node, plan.slices, kind=HoldingKind.RESERVED, qos=m.request.qos)
+    if shortfall is None:
+        lines.append(f"group: all {need} member(s) fit together now (admitted by the next cycle)")
+    return lines
