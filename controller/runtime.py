@@ -109,6 +109,22 @@ class Controller:
         """Why a pod of `namespace` may not name GPUQueue `named` (the validating webhook refuses it)."""
         return self.manager.membership_problem(namespace, named)
 
+    def group_problem(self, pod: Mapping[str, Any]) -> tuple[str, str] | None:
+        """(field, why) when the pod joins a pod group (`gpupool.io/pod-group`) whose members ask for
+        another min-members, queue or priority (the validating webhook refuses it)."""
+        meta = pod.get("metadata") or {}
+        namespace, annotations = str(meta.get("namespace") or ""), meta.get("annotations") or {}
+        try:
+            spec = groups.from_annotations(namespace, annotations)
+        except GpupoolError:
+            return None  # refused by `validate` already, naming the field
+        if spec is None:
+            return None
+        queue, _ = self.manager.resolve_queue(namespace, annotations.get(resources.QUEUE))
+        priority = (pod.get("spec") or {}).get("priority")
+        return groups.joining_problem(spec, queue, priority if isinstance(priority, int) else 0,
+                                      self.manager.pods.values())  # fmt: skip
+
     def queue_node_selector(self, pod: Mapping[str, Any]) -> dict[str, str]:
         meta = pod.get("metadata") or {}
         named = (meta.get("annotations") or {}).get(resources.QUEUE)

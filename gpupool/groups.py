@@ -105,6 +105,10 @@ def members_problem(spec: GroupSpec, members: Sequence[PodEntry]) -> str | None:
     if spec.capacity is not None and spec.min_members > spec.capacity:
         return (f"group {spec.key} needs {spec.min_members} members ({spec.origin}) but can never have more "
                 f"than {spec.capacity}; lower {resources.MIN_MEMBERS}")  # fmt: skip
+    sizes = sorted({m.group.min_members for m in members if m.group is not None})
+    if len(sizes) > 1:
+        return (f"group {spec.key} has members asking for {', '.join(map(str, sizes))} members; give every "
+                f"member the same {resources.MIN_MEMBERS}")  # fmt: skip
     queues = sorted({m.queue or "(none)" for m in members})
     if len(queues) > 1:
         return (f"group {spec.key} mixes queues {', '.join(queues)}; give every member the same "
@@ -294,6 +298,27 @@ def pending_gang(manager: QueueManager, entry: PodEntry) -> list[PodEntry]:
                and m.uid not in manager.evicting]  # fmt: skip
     gang = waiting[:need]
     return gang if entry in gang else [entry, *gang[: need - 1]]
+
+
+def joining_problem(
+    spec: GroupSpec, queue: str | None, priority: int, members: Iterable[PodEntry]
+) -> tuple[str, str] | None:
+    """(field, why) a new pod of group `spec` (its queue, its priority) does not match the members there are
+    (the webhook refuses it); None when it matches or is the first."""
+    for m in members:
+        if m.group is None or m.group.key != spec.key:
+            continue
+        if m.group.min_members != spec.min_members:
+            return (f"metadata.annotations[{resources.MIN_MEMBERS}]",
+                    f"member {m.key} of the group asks for {m.group.min_members}; write the same value")
+        if m.queue != queue:
+            return (f"metadata.annotations[{resources.QUEUE}]", f"member {m.key} of the group is in queue "
+                    f"{m.queue or '(none)'}, this pod in {queue or '(none)'}; every member of a group is in the "
+                    "same queue")  # fmt: skip
+        if m.request.priority != priority:
+            return ("spec.priorityClassName", f"member {m.key} of the group has priority {m.request.priority}, "
+                    f"this pod {priority}; give every member the same spec.priorityClassName")  # fmt: skip
+    return None
 
 
 def describe(manager: QueueManager, uid: str) -> list[str]:

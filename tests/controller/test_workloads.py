@@ -162,3 +162,23 @@ def test_owner_sizes() -> None:
     js_pod = owned("js-0", "Job", "js-workers-0")
     js_pod["metadata"]["labels"] = {workloads.JOBSET_NAME: "js"}
     assert workloads.owner_of(js_pod) == workloads.Ref("team-a", "JobSet", "js")
+
+
+def test_webhook_refuses_a_pod_that_does_not_match_its_groups_members() -> None:
+    from controller import admission
+
+    c, _ = make()
+    c.on_gpunode("ADDED", gpunode("n1", gpus=2))
+    c.on_queue("ADDED", queue("team-a", 1000))
+    ann = {resources.POD_GROUP: "g", resources.MIN_MEMBERS: "2"}
+    c.on_pod("ADDED", pod("first", annotations=dict(ann)))
+    ok = pod("second", annotations=dict(ann))
+    assert admission.group_errors(ok, group_problem=c.group_problem) == []
+    errs = admission.group_errors(pod("hi", priority=5, annotations=dict(ann)), group_problem=c.group_problem)
+    assert [e.field for e in errs] == ["spec.priorityClassName"]
+    assert "member team-a/first of the group has priority 0, this pod 5" in errs[0].message
+    other = pod("three", annotations={resources.POD_GROUP: "g", resources.MIN_MEMBERS: "3"})
+    errs = admission.group_errors(other, group_problem=c.group_problem)
+    assert [e.field for e in errs] == [f"metadata.annotations[{resources.MIN_MEMBERS}]"]
+    bad = pod("bad", annotations={resources.POD_GROUP: "g", resources.MIN_MEMBERS: "many"})
+    assert any(e.field == f"metadata.annotations[{resources.MIN_MEMBERS}]" for e in admission.validate(bad))
