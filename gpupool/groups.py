@@ -128,6 +128,9 @@ class Book:
     admitted: dict[str, int] = field(default_factory=dict)
     #: group key -> why it waits, set at its first member (the others repeat it)
     decided: dict[str, str] = field(default_factory=dict)
+    #: pod shape (`QueueManager._shape`) -> (the most pods of it that found a place together, why no more):
+    #: a pass only ever fills the ledger (a plan rolled back restores it), so no more fit for the pass
+    fits_at_most: dict[tuple[object, ...], tuple[int, str]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, entries: Iterable[PodEntry], evicting: set[str]) -> Book:
@@ -145,9 +148,10 @@ class Book:
         return spec.error is None and self.admitted.get(spec.key, 0) >= spec.min_members
 
 
-def _size(entry: PodEntry, largest: int) -> tuple[int, int, int]:
+def _largest_first(entry: PodEntry) -> tuple[object, ...]:
+    """Members planned the largest first (compute, then memory asked for, then slices), then in pod order."""
     r = entry.request
-    return (r.compute_units, r.memory_units(largest), r.slice_count)
+    return (-r.compute_units, -r.memory_units(0), -r.slice_count, entry.sort_key)
 
 
 def decide(
@@ -189,7 +193,6 @@ def decide(
         return wait(f"group {g.key}: {len(waiting) + book.admitted.get(g.key, 0)} of {g.min_members} members "
                     f"present ({g.origin}); waiting for {need - len(waiting)} more")  # fmt: skip
     gang = waiting[:need]
-    largest = manager._largest_gpu_memory()
     lower = sum((Resources(m.request.compute_units, m.request.memory_units(0)) for m in gang), ZERO)
     head = blocked.get(q)
     if head is not None and (
@@ -206,7 +209,17 @@ def decide(
     # plan every member, the largest first (it is the likeliest not to fit, and packs best first)
     planned: list[tuple[PodEntry, Plan, Resources]] = []
     failure: str | None = None
-    for m in sorted(gang, key=lambda m: tuple(-x for x in _size(m, largest))):
+    ordered = sorted(gang, key=_largest_first)
+    shapes = {id(m): manager._shape(m) for m in ordered}
+    counts: dict[tuple[object, ...], int] = {}
+    for m in ordered:
+        counts[shapes[id(m)]] = counts.get(shapes[id(m)], 0) + 1
+        known = book.fits_at_most.get(shapes[id(m)])
+        if known is not None and counts[shapes[id(m)]] > known[0]:
+            failure = (f"group {g.key}: no place for all {need} member(s) together; the largest without one, "
+                       f"{m.key}: {known[1]}")  # fmt: skip
+            break
+    for m in ordered if failure is None else ():
         plan = manager._place(m)
         if plan is not None:
             try:
@@ -214,8 +227,15 @@ def decide(
             except OverAllocation:
                 plan = None
         if plan is None:
+            # the per-node reasons cost a pass over the pool: only for the first that blocks its queue
+            why = manager.capacity_reason(m) if q not in blocked else "no capacity"
+            shape = shapes[id(m)]
+            if all(shapes[id(p)] == shape for p, _, _ in planned):
+                known = book.fits_at_most.get(shape)
+                if known is None or len(planned) < known[0]:
+                    book.fits_at_most[shape] = (len(planned), why)
             failure = (f"group {g.key}: no place for all {need} member(s) together; the largest without one, "
-                       f"{m.key}: {manager.capacity_reason(m)}")  # fmt: skip
+                       f"{m.key}: {why}")  # fmt: skip
             break
         charge = Resources(sum(s.compute for s in plan.slices), sum(s.memory_mib for s in plan.slices))
         planned.append((m, plan, charge))
@@ -350,8 +370,7 @@ def describe(manager: QueueManager, uid: str) -> list[str]:
                      f"{quota.message(shortfall)}")  # fmt: skip
     ledger = manager.ledger.copy()
     placer = manager.placer.over(ledger)
-    largest = manager._largest_gpu_memory()
-    for m in sorted(gang, key=lambda m: tuple(-x for x in _size(m, largest))):
+    for m in sorted(gang, key=_largest_first):
         nodes = manager.eligible_nodes(m)
         plan = placer.best(m.request, nodes)
         if plan is None:
