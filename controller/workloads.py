@@ -62,6 +62,8 @@ def size_of(kind: str, obj: Mapping[str, Any]) -> tuple[int | None, str]:
     spec = obj.get("spec") or {}
     if kind == "Job":
         return _job_pods(spec), "spec.parallelism"
+    if kind == "StatefulSet" and spec.get("podManagementPolicy") != "Parallel":
+        return None, "spec.podManagementPolicy"  # OrderedReady creates pod n+1 once n runs: no gang possible
     if kind in ("StatefulSet", "ReplicaSet"):
         return _int(spec.get("replicas"), 1), "spec.replicas"
     if kind == "JobSet":

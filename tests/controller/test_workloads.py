@@ -154,7 +154,10 @@ def test_owner_sizes() -> None:
     pt = {"spec": {"pytorchReplicaSpecs": {"Master": {"replicas": 1}, "Worker": {"replicas": 3}}}}
     assert workloads.size_of("PyTorchJob", pt)[0] == 4
     assert workloads.size_of("TrainJob", {"spec": {"trainer": {"numNodes": 8}}})[0] == 8
-    assert workloads.size_of("StatefulSet", {"spec": {"replicas": 3}}) == (3, "spec.replicas")
+    parallel = {"spec": {"replicas": 3, "podManagementPolicy": "Parallel"}}
+    assert workloads.size_of("StatefulSet", parallel) == (3, "spec.replicas")
+    # OrderedReady (the default) creates each pod once the one before runs: its pods stay individual
+    assert workloads.size_of("StatefulSet", {"spec": {"replicas": 3}})[0] is None
     lws = pod("lws-0-1")
     lws["metadata"]["labels"] = {workloads.LWS_NAME: "lws", workloads.LWS_GROUP: "0"}
     lws["metadata"]["annotations"][workloads.LWS_SIZE] = "4"
