@@ -17,7 +17,7 @@ from kubernetes.client.exceptions import ApiException
 
 from gpupool import objects, resources
 from gpupool.timefmt import now_rfc3339
-from kubeio.client import JSON_PATCH, MERGE_PATCH, load_api_client
+from kubeio.client import JSON_PATCH, MERGE_PATCH, ApiError, KubeClient, load_api_client
 
 __all__ = ["Kube", "load_api_client"]
 
@@ -32,6 +32,7 @@ class Kube:
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
         self.coordination = client.CoordinationV1Api(api_client)
+        self.raw = KubeClient(api_client)  # raw JSON calls (owners of any kind)
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.to_thread(fn, *args, **kwargs)
@@ -87,11 +88,8 @@ class Kube:
     async def get_object(self, path: str) -> dict[str, Any] | None:
         """GET one object by its API path (a pod's owner, `controller.workloads`); None when it is gone (404)."""
         try:
-            data, _, _ = await self._run(
-                self.api_client.call_api, path, "GET", response_type="object", auth_settings=["BearerToken"],
-                _return_http_data_only=False,
-            )  # fmt: skip
-        except ApiException as exc:
+            data = await self._run(self.raw.request, "GET", path)
+        except ApiError as exc:
             if exc.status == 404:
                 return None
             raise

@@ -119,8 +119,8 @@ class OwnerCache:
     def get(self, ref: Ref, now: float) -> tuple[Owner | None, str | None] | None:
         """(owner or None when it is gone, error) while fresh; None when it must be read (again)."""
         hit = self._known.get(ref)
-        if hit is None or now - hit[2] > self.ttl:
-            return None
+        if hit is None or now - hit[2] > (self.ttl if hit[1] is None else min(self.ttl, 5.0)):
+            return None  # a failed read is tried again sooner
         return hit[0], hit[1]
 
     def known(self, ref: Ref) -> tuple[Owner | None, str | None] | None:

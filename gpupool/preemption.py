@@ -22,6 +22,9 @@ Rules (DESIGN.md §7):
   quota — pods of other queues of its cohort that use more than their nominal quota, for as long as the
   victim's queue stays above its nominal quota after the eviction. Pods of the implicit queue (no GPUQueue)
   may be preempted by any pod that outranks them; they hold no quota.
+* Units (`units`, docs/workloads.md): the admitted members of a pod group are evicted together or not at
+  all; units in `unit_order` (best-effort, lower priority, fewest pods, youngest). A waiting pod group
+  preempts for all the members it still needs together.
 * Victim order: best-effort slices first, then lower priority, then the most recently admitted. A
   preemptor whose queue stays within its nominal quota (it only lacks quota lent to borrowers) takes
   borrowers' pods before its own queue's: such sets are searched first and win over sets of as many

@@ -512,7 +512,8 @@ class QueueManager:
 
         Phases, in order: (1) expire nominations and unbound reservations; (2) walk every waiting pod of
         every queue in one order (priority, creation, name) and for each: (3) skip what cannot be
-        decided (ungated, no queue); (4) admit a nominated pod whose victims are gone; (5) keep it
+        decided (ungated, no queue); (3b) decide a pod group lacking its min-members as one
+        (`gpupool.groups.decide`); (4) admit a nominated pod whose victims are gone; (5) keep it
         behind its queue's blocked head unless BestEffortFIFO lets it pass; (6) check quota with the
         smallest charge, (7) plan capacity (a shape that failed at this ledger generation is not
         planned again), (8) check quota with the planned charge and admit, reserving the plan;
