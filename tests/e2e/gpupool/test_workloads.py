@@ -133,7 +133,7 @@ def test_deployment_scaled_up_and_down_under_quota(gp: GP) -> None:
 
     wait_for(lambda: len(pods()) == 3 and running() == 2, timeout=60, what="two of three replicas admitted")
     assert sum(1 for p in pods() if gated(p)) == 1  # the third waits for quota: the pods stay individual
-    apps.patch_namespaced_deployment_scale(ns, "web", {"spec": {"replicas": 1}})
+    apps.patch_namespaced_deployment("web", ns, {"spec": {"replicas": 1}})
     wait_for(lambda: len(pods()) == 1 and running() == 1, timeout=60, what="scaled down to one")
-    apps.patch_namespaced_deployment_scale(ns, "web", {"spec": {"replicas": 2}})
+    apps.patch_namespaced_deployment("web", ns, {"spec": {"replicas": 2}})
     wait_for(lambda: len(pods()) == 2 and running() == 2, timeout=60, what="scaled up to two, both admitted")
