@@ -53,14 +53,20 @@ async def _keys_loop(ring: KeyRing, state: Controller, stop: asyncio.Event, inte
             log.exception("re-reading the signing keys failed")
 
 
-async def _cycle_loop(state: Controller, stop: asyncio.Event) -> None:
+async def _cycle_loop(state: Controller, stop: asyncio.Event, wake: asyncio.Event | None = None) -> None:
+    """The admission cycle every `admission_interval_seconds`, and at once when `wake` is set (a resize to decide)."""
     while not stop.is_set():
         try:
             await state.cycle()
         except Exception:
             log.exception("admission cycle failed")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=state.settings.admission_interval_seconds)
+        waits = [asyncio.ensure_future(stop.wait())] + ([asyncio.ensure_future(wake.wait())] if wake else [])
+        _, pending = await asyncio.wait(waits, timeout=state.settings.admission_interval_seconds,
+                                        return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+        for task in pending:
+            task.cancel()
+        if wake is not None:
+            wake.clear()
 
 
 @kopf.on.startup()
@@ -83,7 +89,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     STATE = state
     stop = asyncio.Event()
     memo["stop"] = stop
-    tasks = [asyncio.create_task(_cycle_loop(state, stop)), asyncio.create_task(_keys_loop(key, state, stop))]
+    wake = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    state.wake = lambda: loop.call_soon_threadsafe(wake.set)  # pod handlers may run in worker threads
+    tasks = [asyncio.create_task(_cycle_loop(state, stop, wake)), asyncio.create_task(_keys_loop(key, state, stop))]
     if cfg.leader_election:
         identity = cfg.identity or f"{socket.gethostname()}-{os.getpid()}"
         elector = LeaseElector(kube.coordination, cfg.lease_name, cfg.lease_namespace, identity,

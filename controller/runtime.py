@@ -22,20 +22,22 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from controller import metrics, status, workloads
 from controller.admission import AdmissionConfig, PoolLimits
 from controller.kube import Kube
 from controller.settings import ControllerSettings
-from gpupool import groups, objects, resources, timefmt
+from gpupool import groups, objects, quota, resources, timefmt
+from gpupool import resize as rz
 from gpupool.assignment import Keys, keyset
 from gpupool.errors import GpupoolError, InvalidRequest
 from gpupool.ledger import Holding
 from gpupool.pool import build_pool
 from gpupool.preemption import find_preemption, no_preemption_reason
 from gpupool.queues import IMPLICIT_QUEUE, PodEntry, QueueManager
+from gpupool.quota import Resources
 
 log = logging.getLogger("gpupool.controller")
 
@@ -99,6 +101,10 @@ class Controller:
         #: owners read to size pod groups (controller.workloads), and the owner each gpupool pod waits on
         self.owners = workloads.OwnerCache()
         self._owner_refs: dict[str, workloads.Ref] = {}
+        #: resize outcomes already posted as Events: uid -> (seq, state)
+        self._resize_posted: dict[str, tuple[int, str]] = {}
+        #: called (from any thread) when a pod brings a growth to decide: runs the cycle now (`controller.handlers`)
+        self.wake: Callable[[], object] | None = None
 
     # --- pool limits for admission -------------------------------------------------------------------
 
@@ -240,6 +246,7 @@ class Controller:
             self._alias_pods.pop(uid, None)
             self._alias_warned.discard(uid)
             self._unquarantine(uid)
+            self._resize_posted.pop(uid, None)
             if uid in self.pods or uid in self.manager.pods:
                 self.pods.pop(uid, None)
                 self.manager.remove_pod(uid)
@@ -283,8 +290,11 @@ class Controller:
             node_selector=dict(spec.get("nodeSelector") or {}),
             assigned=assigned,
             group=self._group(uid, pod),
+            resize_growth=rz.reserved_growth(pod, assigned.slices if assigned is not None else None),
         )
         self.manager.upsert_pod(entry)
+        if self.wake is not None and assigned is not None and rz.awaits_quota(pod, assigned.slices):
+            self.wake()
 
     def _group(self, uid: str, pod: Mapping[str, Any], now: float | None = None) -> groups.GroupSpec | None:
         """The pod's group (controller.workloads): from its annotations and its owner, as last read; a pod
@@ -371,6 +381,7 @@ class Controller:
             return {}
         now = time.time() if now is None else now
         await self.read_owners(now)
+        await self._resize_quota(now)  # before admitting: an approved growth holds its quota
         started = time.perf_counter()
         result = self.manager.schedule(now)
         metrics.DECISION_LATENCY.observe(time.perf_counter() - started)
@@ -423,9 +434,62 @@ class Controller:
             counts["events"] += 1
         counts["events"] += await self._warn_aliases()
         counts["events"] += await self._warn_quarantined()
+        counts["events"] += await self._resize_events(now)
         await self._health_gc()
         await self.write_status()
         return counts
+
+    # --- resize: the controller checks the quota of a growth (gpupool.resize, docs/runtime.md "Resize") ---------
+
+    async def _resize_quota(self, now: float) -> int:
+        """Approve (reserving the quota) or refuse each pending resize that grows a pod; returns how many."""
+        assert self.kube is not None
+        decided = 0
+        for uid, pod in sorted(self.pods.items()):
+            entry = self.manager.pods.get(uid)
+            if entry is None or entry.assigned is None or uid in self.quarantined:
+                continue
+            p = rz.pending(pod, entry.assigned.slices)
+            if p is None or p.problem is not None or p.approved or p.growth == Resources(0, 0):
+                continue
+            grow = p.growth
+            problem = self.manager.quota_problem(entry.queue, grow) if entry.queue is not None else None
+            if problem is not None:
+                state, text = rz.State.REFUSED, f"quota: {quota.message(problem)}"
+            else:
+                state, text = rz.State.APPROVED, (f"quota of queue {entry.queue or '(none)'} reserved for "
+                                                  f"+{grow.compute}% / +{grow.memory_mib} MiB")  # fmt: skip
+            value = rz.status_annotation(pod, rz.outcome(p.request, state, text, now))
+            meta = pod["metadata"]
+            try:
+                await self.kube.annotate_pod(meta["namespace"], meta["name"], {rz.STATUS: value})
+            except Exception as exc:
+                log.warning("resize of %s: could not write its status: %s", objects.pod_key(pod), exc)
+                continue
+            decided += 1
+            annotations = {**(meta.get("annotations") or {}), rz.STATUS: value}
+            self.on_pod("MODIFIED", {**pod, "metadata": {**meta, "annotations": annotations}})  # charged now
+        return decided
+
+    async def _resize_events(self, now: float, recent_s: float = 300.0) -> int:
+        """One Event per final resize outcome (recent ones: a new leader does not repeat old news)."""
+        assert self.kube is not None
+        posted = 0
+        for uid, pod in sorted(self.pods.items()):
+            history = rz.history_of(pod)
+            last = history[-1] if history else None
+            if last is None or last.state not in rz.FINAL or self._resize_posted.get(uid) == (last.seq, last.state):
+                continue
+            self._resize_posted[uid] = (last.seq, last.state)
+            at = timefmt.parse_time(last.at)
+            if at is None or now - at > recent_s:
+                continue
+            applied = last.state is rz.State.APPLIED
+            reason = "GPUPoolResized" if applied else "GPUPoolResizeRefused"
+            await self._quiet(self.kube.event(pod, reason, f"resize #{last.seq}: {last.message}",
+                                              "Normal" if applied else "Warning"))  # fmt: skip
+            posted += 1
+        return posted
 
     async def _warn_aliases(self) -> int:
         """One Warning Event per pod that reached the API server with an alias resource name.

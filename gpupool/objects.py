@@ -203,6 +203,15 @@ def pod_qos(pod: Mapping[str, Any]) -> QoS:
     return QoS.BEST_EFFORT if value == QoS.BEST_EFFORT.value else QoS.GUARANTEED
 
 
+def pod_compute_mode(pod: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """The pod's `gpupool.io/compute-mode` and, when it is set but invalid, why (the node default applies then)."""
+    value = ((pod.get("metadata") or {}).get("annotations") or {}).get(resources.COMPUTE_MODE)
+    if value is None:
+        return None, None
+    problem = resources.compute_mode_problem(value)
+    return (None, problem) if problem is not None else (str(value), None)
+
+
 def pod_gated(pod: Mapping[str, Any]) -> bool:
     """Does the pod still carry gpupool's admission scheduling gate?"""
     gates = (pod.get("spec") or {}).get("schedulingGates") or []

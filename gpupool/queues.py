@@ -100,6 +100,8 @@ class PodEntry:
     gated: bool
     node_selector: Mapping[str, str] = field(default_factory=dict)
     assigned: Holding | None = None  # from the signed assignment
+    #: an approved resize not applied yet (`gpupool.resize.reserved_growth`): charged on top of `assigned`
+    resize_growth: Resources = ZERO
     # managed by the QueueManager
     #: the queue the pod names (`gpupool.io/queue`); `request.queue` becomes the resolved queue
     named_queue: str | None = None
@@ -306,6 +308,7 @@ class QueueManager:
         if entry.state is not State.PENDING:
             if entry.assigned is not None:
                 entry.charge = Resources(entry.assigned.compute_units, entry.assigned.memory_units)
+                entry.charge = entry.charge + entry.resize_growth
             elif entry.charge == ZERO:
                 entry.charge = self._estimate(entry)
             self._charge(entry)

@@ -43,15 +43,23 @@ GPU_MODEL = "gpupool.io/gpu-model"
 GPU_UUID = "gpupool.io/gpu-uuid"
 QOS = "gpupool.io/qos"
 POLICY = "gpupool.io/policy"
+#: how the pool runtime holds the pod's compute share (docs/runtime.md "Compute"); absent: the node's default
+COMPUTE_MODE = "gpupool.io/compute-mode"
+COMPUTE_MODES = ("ceiling", "share")
 #: a pod group (gang, docs/workloads.md): its name and the members admitted together (`gpupool.groups`)
 POD_GROUP = "gpupool.io/pod-group"
 MIN_MEMBERS = "gpupool.io/min-members"
-USER_ANNOTATIONS = (QUEUE, LOCALITY, GPU_MODEL, GPU_UUID, QOS, POLICY, POD_GROUP, MIN_MEMBERS)
+USER_ANNOTATIONS = (QUEUE, LOCALITY, GPU_MODEL, GPU_UUID, QOS, POLICY, COMPUTE_MODE, POD_GROUP, MIN_MEMBERS)
 
 ASSIGNMENT = "gpupool.io/assignment"
 ALLOCATED = "gpupool.io/allocated"
 NOMINATED = "gpupool.io/nominated"
-SYSTEM_ANNOTATIONS = (ASSIGNMENT, ALLOCATED, NOMINATED)
+#: resizing a running pod (format and decision: `gpupool/resize.py`): the user's request, validated at admission,
+#: and what gpupool writes back (the outcome history; the node agent's report of memory in use)
+RESIZE = "gpupool.io/resize"
+RESIZE_STATUS = "gpupool.io/resize-status"
+USAGE = "gpupool.io/usage"
+SYSTEM_ANNOTATIONS = (ASSIGNMENT, ALLOCATED, NOMINATED, RESIZE_STATUS, USAGE)
 
 ADMISSION_GATE = "gpupool.io/admission"
 SCHEDULER_NAME = "gpupool-scheduler"
@@ -351,6 +359,13 @@ def _container_request(
     return ContainerRequest(name=name, index=index, count=count, compute=compute, memory_mib=memory, init=init)
 
 
+def compute_mode_problem(value: object) -> str | None:
+    """Why `value` is not a `gpupool.io/compute-mode`, or None (the one check: admission and the node agent)."""
+    if value in COMPUTE_MODES:
+        return None
+    return f"{value!r} is not a compute mode; write {' or '.join(repr(m) for m in COMPUTE_MODES)}"
+
+
 def _comma_list(value: str) -> frozenset[str]:
     return frozenset(item.strip() for item in value.split(",") if item.strip())
 
@@ -434,6 +449,10 @@ def parse_pod(pod: Mapping[str, Any], *, allow_system_annotations: bool = True) 
                 )
             else:
                 policy = value
+        elif key == COMPUTE_MODE:
+            problem = compute_mode_problem(value)
+            if problem is not None:
+                errors.append(FieldError(field, problem))
         elif key == QUEUE:
             if not _QUEUE_NAME.match(value):
                 errors.append(
@@ -451,6 +470,8 @@ def parse_pod(pod: Mapping[str, Any], *, allow_system_annotations: bool = True) 
                 errors.append(FieldError(field, "empty UUID list; write e.g. 'GPU-3f2a…' or remove it"))
         elif key in (POD_GROUP, MIN_MEMBERS):
             pass  # read together by `pod_group`, below
+        elif key == RESIZE:
+            pass  # a resize request: read by `gpupool.resize` (and checked by admission), not a placement input
         elif key in SYSTEM_ANNOTATIONS:
             if not allow_system_annotations:
                 errors.append(FieldError(field, "is written by gpupool only; remove it from the manifest"))
@@ -458,7 +479,7 @@ def parse_pod(pod: Mapping[str, Any], *, allow_system_annotations: bool = True) 
             errors.append(
                 FieldError(
                     field,
-                    f"unknown gpupool annotation; allowed are {', '.join(USER_ANNOTATIONS)}",
+                    f"unknown gpupool annotation; allowed are {', '.join((*USER_ANNOTATIONS, RESIZE))}",
                 )
             )
     try:

@@ -52,6 +52,11 @@ C = "spec.containers[0].resources.limits"
         (make_pod(annotations={resources.LOCALITY: "far"}), "metadata.annotations[gpupool.io/locality]", "'pool'"),
         (make_pod(annotations={resources.QOS: "gold"}), "metadata.annotations[gpupool.io/qos]", "best-effort"),
         (make_pod(annotations={resources.POLICY: "magic"}), "metadata.annotations[gpupool.io/policy]", "binpack"),
+        (
+            make_pod(annotations={resources.COMPUTE_MODE: "burst"}),
+            "metadata.annotations[gpupool.io/compute-mode]",
+            "'ceiling' or 'share'",
+        ),
         (make_pod(annotations={"gpupool.io/colour": "x"}), "metadata.annotations[gpupool.io/colour]", "allowed are"),
         (make_pod(annotations={resources.POD_GROUP: "g", resources.MIN_MEMBERS: "0"}),
          "metadata.annotations[gpupool.io/min-members]", "whole number from 1"),
@@ -287,6 +292,7 @@ def admitted_pod(**annotations: str) -> dict:
         (resources.POLICY, "spread"),
         (resources.GPU_MODEL, "H100"),
         (resources.GPU_UUID, "GPU-1"),
+        (resources.COMPUTE_MODE, "share"),
     ],
 )
 def test_accounting_annotations_are_fixed_once_admitted(field: str, change: str) -> None:
