@@ -364,6 +364,21 @@ def tenancy_errors(
     return errors
 
 
+#: given a pod: the field and why it does not match the pod group it joins (None: it does)
+GroupProblem = Callable[[Mapping[str, Any]], "tuple[str, str] | None"]
+
+
+def group_errors(pod: Mapping[str, Any], *, operation: str = "CREATE",
+                 group_problem: GroupProblem | None = None) -> list[FieldError]:  # fmt: skip
+    """A new pod whose pod group's members ask for another min-members, queue or priority is refused
+    (`Controller.group_problem`; docs/workloads.md). Groups inferred from owners are checked by the
+    admission cycle instead, which reports them."""
+    if operation != "CREATE" or group_problem is None:
+        return []
+    found = group_problem(pod)
+    return [] if found is None else [FieldError(*found)]
+
+
 def _annotations(pod: Mapping[str, Any]) -> Mapping[str, Any]:
     return (pod.get("metadata") or {}).get("annotations") or {}
 

@@ -13,11 +13,12 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from controller import status
-from gpupool import objects, resize, resources, signing_key, timefmt
+from gpupool import groups, objects, resize, resources, signing_key, timefmt
 from gpupool.assignment import KeySet
 from gpupool.errors import AssignmentError, GpupoolError
 from gpupool.quota import Resources, message
@@ -78,6 +79,7 @@ def load_state(args: argparse.Namespace) -> Controller:
     settings = ControllerSettings(leader_election=False, webhook_enabled=False, metrics_port=0)
     state = Controller(settings, kube, key)
     asyncio.run(state.rebuild())  # the live state only: no simulated admission pass is taken for the truth
+    asyncio.run(state.read_owners(time.time()))  # the owners that size pod groups
     return state
 
 
@@ -204,6 +206,7 @@ def explain_lines(state: Controller, namespace: str, name: str, *, what_if: bool
             f"{usage.memory_mib}/{spec.nominal.memory_mib if spec.nominal.memory_mib is not None else '-'} MiB"
         )  # fmt: skip
         lines.append(f"queue: {label}; quota in use {quota_text}")
+    lines.extend(groups.describe(state.manager, uid))
     if not gated:
         if not node:
             lines.append("waiting for the gpupool scheduler to bind it")

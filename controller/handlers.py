@@ -182,5 +182,8 @@ def validate_pods(body: kopf.Body, old: Any, operation: str, userinfo: Any, **_:
         dict(body), old=dict(old) if old is not None else None, operation=operation,
         queue_problem=STATE.queue_problem if STATE is not None and STATE.ready else None,
     )  # fmt: skip
+    ready = STATE is not None and STATE.ready
+    errors += admission.group_errors(dict(body), operation=operation,
+                                     group_problem=STATE.group_problem if STATE is not None and ready else None)
     if errors:
         raise kopf.AdmissionError(admission.rejection_message(errors), code=400)

@@ -32,11 +32,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from controller import metrics, status
+from controller import metrics, status, workloads
 from controller.admission import AdmissionConfig, PoolLimits
 from controller.kube import Kube
 from controller.settings import ControllerSettings
-from gpupool import objects, quota, resources, timefmt
+from gpupool import groups, objects, quota, resources, timefmt
 from gpupool import resize as rz
 from gpupool.assignment import Keys, keyset
 from gpupool.errors import GpupoolError, InvalidRequest
@@ -86,6 +86,7 @@ class Controller:
             require_queue=settings.require_queue,
             reservation_ttl=settings.reservation_ttl_seconds,
             nomination_ttl=settings.nomination_ttl_seconds,
+            group_bind_ttl=settings.group_bind_timeout_seconds,
         )
         self.admission = AdmissionConfig(frozenset(settings.system_usernames), settings.allow_privileged)
         self.pods: dict[str, dict[str, Any]] = {}  # uid -> last seen pod (gpupool pods only)
@@ -108,6 +109,9 @@ class Controller:
         #: pods still carrying an alias resource (the webhook was bypassed): uid -> pod; warned once each
         self._alias_pods: dict[str, dict[str, Any]] = {}
         self._alias_warned: set[str] = set()
+        #: owners read to size pod groups (controller.workloads), and the owner each gpupool pod waits on
+        self.owners = workloads.OwnerCache()
+        self._owner_refs: dict[str, workloads.Ref] = {}
         #: resize outcomes already posted as Events: uid -> (seq, state)
         self._resize_posted: dict[str, tuple[int, str]] = {}
         #: called (from any thread: kopf runs the sync watch handlers in worker threads) when an admission or a
@@ -159,6 +163,22 @@ class Controller:
     def queue_problem(self, namespace: str, named: str) -> str | None:
         """Why a pod of `namespace` may not name GPUQueue `named` (the validating webhook refuses it)."""
         return self.manager.membership_problem(namespace, named)
+
+    def group_problem(self, pod: Mapping[str, Any]) -> tuple[str, str] | None:
+        """(field, why) when the pod joins a pod group (`gpupool.io/pod-group`) whose members ask for
+        another min-members, queue or priority (the validating webhook refuses it)."""
+        meta = pod.get("metadata") or {}
+        namespace, annotations = str(meta.get("namespace") or ""), meta.get("annotations") or {}
+        try:
+            spec = groups.from_annotations(namespace, annotations)
+        except GpupoolError:
+            return None  # refused by `validate` already, naming the field
+        if spec is None:
+            return None
+        queue, _ = self.manager.resolve_queue(namespace, annotations.get(resources.QUEUE))
+        priority = (pod.get("spec") or {}).get("priority")
+        return groups.joining_problem(spec, queue, priority if isinstance(priority, int) else 0,
+                                      self.manager.pods.values())  # fmt: skip
 
     def queue_node_selector(self, pod: Mapping[str, Any]) -> dict[str, str]:
         meta = pod.get("metadata") or {}
@@ -331,12 +351,61 @@ class Controller:
             gated=objects.pod_gated(pod),
             node_selector=dict(spec.get("nodeSelector") or {}),
             assigned=assigned,
+            group=self._group(uid, pod),
             resize_growth=rz.reserved_growth(pod, assigned.slices if assigned is not None else None),
         )
         new = uid not in self.manager.pods
         self.manager.upsert_pod(entry)
         if (new and entry.gated) or (assigned is not None and rz.awaits_quota(pod, assigned.slices)):
             self.nudge()  # a new pod waits for admission, or a growth for its quota
+
+    def _group(self, uid: str, pod: Mapping[str, Any], now: float | None = None) -> groups.GroupSpec | None:
+        """The pod's group (controller.workloads): from its annotations and its owner, as last read; a pod
+        whose owner is not read yet waits for the next cycle's read."""
+        found = workloads.owner_of(pod)
+        owner = found if isinstance(found, groups.Owner) else None
+        if isinstance(found, workloads.Ref):
+            self._owner_refs[uid] = found
+            known = self.owners.known(found)
+            if known is None:
+                return groups.unresolved(found.namespace, found.kind, found.name)
+            owner, error = known
+            if error is not None:
+                return groups.unreadable(found.namespace, found.kind, found.name, error)
+        else:
+            self._owner_refs.pop(uid, None)
+        try:
+            return workloads.group_of(pod, owner)
+        except InvalidRequest:
+            return None  # parse_pod refused the pod first (the annotations are read there too)
+
+    async def read_owners(self, now: float) -> int:
+        """Read the owners of waiting pods that are unknown or stale (one read per owner), then give each
+        pod its group again. Returns the reads made."""
+        assert self.kube is not None
+        users: dict[workloads.Ref, list[str]] = {}
+        stale: set[workloads.Ref] = set()
+        with self.lock:
+            for uid, ref in list(self._owner_refs.items()):
+                entry = self.manager.pods.get(uid)
+                if entry is None or uid not in self.pods:
+                    self._owner_refs.pop(uid, None)
+                    continue
+                users.setdefault(ref, []).append(uid)
+                if self.owners.known(ref) is None or (entry.gated and self.owners.get(ref, now) is None):
+                    stale.add(ref)
+        for ref in sorted(stale, key=lambda r: (r.namespace, r.kind, r.name)):
+            try:
+                obj = await self.kube.get_object(ref.path())
+                self.owners.put(ref, obj, None, now)
+            except Exception as exc:  # an owner it may not read (RBAC) or cannot reach: the group says so
+                log.warning("reading %s %s/%s: %s", ref.kind, ref.namespace, ref.name, exc)
+                self.owners.put(ref, None, str(exc)[:200], now)
+            with self.lock:
+                for uid in users[ref]:  # every pod of it, admitted ones too (victims are evicted per group)
+                    if uid in self.pods and uid in self.manager.pods:  # not deleted while the owner was read
+                        self.manager.set_group(uid, self._group(uid, self.pods[uid]))
+        return len(stale)
 
     def _claim(self, pod: Mapping[str, Any]) -> Holding | None:
         """An untrusted pod's claimed slices, read unverified; only a pod bound to the claim's node runs on them."""
@@ -377,6 +446,7 @@ class Controller:
         if not (self.ready and self.is_leader) or self.kube is None:
             return {}
         now = time.time() if now is None else now
+        await self.read_owners(now)
         await self._resize_quota(now)  # before admitting: an approved growth holds its quota
         started = time.perf_counter()
         with self.lock:
@@ -412,6 +482,10 @@ class Controller:
             if pod is not None:
                 meta = pod["metadata"]
                 await self._quiet(self.kube.annotate_pod(meta["namespace"], meta["name"], {resources.NOMINATED: None}))
+        for uid, why in result.released_groups.items():
+            pod = self.pods.get(uid)
+            if pod is not None:
+                await self._quiet(self.kube.event(pod, "GPUPoolGroupReleased", why, "Warning"))
         if self.settings.preemption_enabled:
             counts["preempted"] = await self._preempt(result.preemptors, now, result.waiting)
         for uid, message in result.waiting.items():
@@ -545,6 +619,18 @@ class Controller:
                     break
                 ok = True
                 done: list[str] = []
+                if any(v.group is not None for v in plan.victims):  # a gang goes whole: ask every eviction first
+                    for victim in plan.victims:
+                        pod = self.pods.get(victim.uid)
+                        if pod is not None and not await self.kube.evict(
+                            pod["metadata"]["namespace"], pod["metadata"]["name"], dry_run=True
+                        ):
+                            metrics.EVICTIONS_REFUSED.inc()
+                            refused.add(victim.uid)
+                            ok = False
+                            break
+                    if not ok:
+                        continue
                 for victim in plan.victims:
                     pod = self.pods.get(victim.uid)
                     if pod is None:
@@ -573,6 +659,9 @@ class Controller:
                     if uid not in self.manager.pods:  # deleted while the victims were evicted
                         break
                     self.manager.nominate(uid, plan.plan, [v.uid for v in plan.victims], now)
+                    for member, member_plan in plan.members:  # the rest of its pod group, nominated with it
+                        if member in self.manager.pods:
+                            self.manager.nominate(member, member_plan, [v.uid for v in plan.victims], now)
                     nomination = self.manager.pods[uid].nomination
                 pod = self.pods.get(uid)
                 if pod is not None and nomination is not None:

@@ -45,6 +45,9 @@ class ControllerSettings(PoolSettings):
     )
     reservation_ttl_seconds: float = Field(600.0, gt=0, description="admitted pods that do not bind release it")
     nomination_ttl_seconds: float = Field(300.0, gt=0, description="nominations of preemptors expire")
+    group_bind_timeout_seconds: float = Field(
+        300.0, gt=0, description="an admitted pod group not bound within it has its reservations released as one"
+    )
     preemption_enabled: bool = Field(True)
     unhealthy_gpu_action: str = Field(
         "evict", pattern="^(evict|keep)$", description="pods holding slices of an unhealthy GPU: evict or keep"

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 
-from gpupool import fairshare, quota, tenancy
+from gpupool import fairshare, groups, quota, tenancy
 from gpupool.errors import OverAllocation
 from gpupool.ledger import Holding, HoldingKind, Ledger
 from gpupool.placement import NoFit, Placer, Plan
@@ -116,6 +116,8 @@ class PodEntry:
     charge: Resources = ZERO
     admitted_at: float | None = None
     nomination: Nomination | None = None
+    #: the pod group it is admitted with (`gpupool.groups`); None: admitted pod by pod
+    group: groups.GroupSpec | None = None
 
     def __post_init__(self) -> None:
         if self.named_queue is None:
@@ -153,6 +155,7 @@ class Admission:
     queue: str
     node: str | None  # the node the capacity plan reserved
     charge: Resources
+    group: str | None = None  # the key of the pod group admitted with it as one
 
 
 @dataclass(slots=True)
@@ -164,6 +167,8 @@ class CycleResult:
     preemptors: dict[str, str] = field(default_factory=dict)
     expired_reservations: list[str] = field(default_factory=list)
     expired_nominations: list[str] = field(default_factory=list)
+    #: uid -> why the reservation of its pod group was released as one (`groups.expire`)
+    released_groups: dict[str, str] = field(default_factory=dict)
     decisions: int = 0
 
 
@@ -192,6 +197,7 @@ class QueueManager:
         require_queue: bool = False,
         reservation_ttl: float = 600.0,
         nomination_ttl: float = 300.0,
+        group_bind_ttl: float = 300.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.ledger = ledger
@@ -199,6 +205,7 @@ class QueueManager:
         self.require_queue = require_queue
         self.reservation_ttl = reservation_ttl
         self.nomination_ttl = nomination_ttl
+        self.group_bind_ttl = group_bind_ttl
         self.clock = clock
         self.queues: dict[str, QueueSpec] = {}
         self.namespace_labels: dict[str, dict[str, str]] = {}
@@ -310,6 +317,12 @@ class QueueManager:
             elif entry.charge == ZERO:
                 entry.charge = self._estimate(entry)
             self._charge(entry)
+
+    def set_group(self, uid: str, group: groups.GroupSpec | None) -> None:
+        """The pod's group, once its owner is read (the adapter reads it; `gpupool.groups`)."""
+        entry = self.pods.get(uid)
+        if entry is not None:
+            entry.group = group
 
     def remove_pod(self, uid: str) -> None:
         entry = self.pods.pop(uid, None)
@@ -521,7 +534,7 @@ class QueueManager:
             spec = self.queue(name) if name is not None else None
             cohort = spec.cohort if spec is not None and name != IMPLICIT_QUEUE else None
             grouped.setdefault(("cohort", cohort) if cohort is not None else ("queue", name), []).append(name)
-        groups = list(grouped.values())
+        bundles = list(grouped.values())
         caps: dict[str | None, Limit] = {}
         weighted: dict[str, tuple[Resources, Fraction]] = {}  # queue -> (usage, weighted share at that usage)
         ranks: dict[str | None, tuple[PodEntry, Resources, tuple[object, ...]]] = {}
@@ -553,7 +566,7 @@ class QueueManager:
             return (min(live, key=rank),)
 
         heap: list[tuple[tuple[int, float, str], int, str | None]] = []
-        for i, group in enumerate(groups):
+        for i, group in enumerate(bundles):
             first = pick(group)
             if first is not None:
                 heap.append((lines[first[0]][0].sort_key, i, first[0]))
@@ -561,11 +574,12 @@ class QueueManager:
         while heap:
             _, i, name = heapq.heappop(heap)
             yield lines[name].popleft()
-            following = pick(groups[i])
+            following = pick(bundles[i])
             if following is not None:
                 heapq.heappush(heap, (lines[following[0]][0].sort_key, i, following[0]))
 
     def expire(self, now: float, result: CycleResult) -> None:
+        groups.expire(self, now, result)  # a pod group's reservations go as one, before the pod-by-pod TTL
         for entry in self.pods.values():
             if entry.nomination is not None and entry.nomination.expires <= now:
                 self._drop_nomination(entry)
@@ -595,8 +609,8 @@ class QueueManager:
 
         Phases, in order: (1) expire nominations and unbound reservations; (2) walk every waiting pod of
         every queue in `admission_order` (fair sharing within a cohort, else priority, creation, name) and
-        for each: (3) skip what cannot be
-        decided (ungated, no queue); (4) admit a nominated pod whose victims are gone; (5) keep it
+        for each: (3) skip what cannot be decided (ungated, no queue); (3b) decide a pod group lacking its
+        min-members as one (`gpupool.groups.decide`); (4) admit a nominated pod whose victims are gone; (5) keep it
         behind its queue's blocked head unless BestEffortFIFO lets it pass; (6) check quota with the
         smallest charge, (7) plan capacity (a shape that failed at this ledger generation is not
         planned again), (8) check quota with the planned charge and admit, reserving the plan;
@@ -608,9 +622,10 @@ class QueueManager:
         blocked: dict[str, _Blocked] = {}
         position: dict[str, int] = {}
         failed_shapes: dict[tuple[object, ...], tuple[int, str]] = {}
+        book = groups.Book.of(self.pods.values(), self.evicting)
         for entry in self.admission_order():  # (2)
-            # (3) nothing to decide
-            if not entry.gated:
+            # (3) nothing to decide (or admitted already in this pass, with its pod group)
+            if not entry.gated or entry.state is State.ADMITTED:
                 continue
             if entry.queue is None:
                 result.waiting[entry.uid] = entry.queue_error or "no GPUQueue"
@@ -625,6 +640,12 @@ class QueueManager:
                 position[q] = position.get(q, 0) + 1
                 return f"queue {q or '(none)'}: {ordinal(position[q])} in line"
 
+            # (3b) a member of a pod group that does not hold its min-members yet: the group is decided as one
+            if (
+                entry.group is not None and entry.state is State.PENDING
+                and groups.decide(self, book, entry, q, spec, where, blocked, now, result)
+            ):  # fmt: skip
+                continue
             # (4) nominated by preemption: admitted once its victims are gone, else it blocks its queue
             if entry.state is State.NOMINATED and entry.nomination is not None:
                 nom = entry.nomination
@@ -701,10 +722,12 @@ class QueueManager:
         result: CycleResult,
         *,
         by_quota: bool,
+        need: Resources | None = None,
     ) -> None:
         result.waiting[entry.uid] = f"{where}; {reason}"
         if q not in blocked:
-            need = Resources(entry.request.compute_units, entry.request.memory_units(0))
+            if need is None:
+                need = Resources(entry.request.compute_units, entry.request.memory_units(0))
             blocked[q] = _Blocked(entry, reason, by_quota, need)
             result.preemptors[entry.uid] = q
 
@@ -732,9 +755,16 @@ class QueueManager:
         self.ledger.commit(
             entry.uid, plan.node, plan.slices, kind=HoldingKind.RESERVED, qos=entry.request.qos
         )
+        self._admitted(entry, q, plan.node, charge, now, result)
+
+    def _admitted(
+        self, entry: PodEntry, q: str, node: str, charge: Resources, now: float, result: CycleResult,
+        group: str | None = None,
+    ) -> None:
+        """Book an admission whose RESERVED holding is committed already."""
         entry.state, entry.charge, entry.admitted_at = State.ADMITTED, charge, now
         self._charge(entry)
-        result.admitted.append(Admission(entry.uid, entry.key, q, plan.node, charge))
+        result.admitted.append(Admission(entry.uid, entry.key, q, node, charge, group))
 
     def _admit_nominated(self, entry: PodEntry, result: CycleResult) -> None:
         nom = entry.nomination

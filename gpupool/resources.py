@@ -46,7 +46,10 @@ POLICY = "gpupool.io/policy"
 #: how the pool runtime holds the pod's compute share (docs/runtime.md "Compute"); absent: the node's default
 COMPUTE_MODE = "gpupool.io/compute-mode"
 COMPUTE_MODES = ("ceiling", "share")
-USER_ANNOTATIONS = (QUEUE, LOCALITY, GPU_MODEL, GPU_UUID, QOS, POLICY, COMPUTE_MODE)
+#: a pod group (gang, docs/workloads.md): its name and the members admitted together (`gpupool.groups`)
+POD_GROUP = "gpupool.io/pod-group"
+MIN_MEMBERS = "gpupool.io/min-members"
+USER_ANNOTATIONS = (QUEUE, LOCALITY, GPU_MODEL, GPU_UUID, QOS, POLICY, COMPUTE_MODE, POD_GROUP, MIN_MEMBERS)
 
 ASSIGNMENT = "gpupool.io/assignment"
 ALLOCATED = "gpupool.io/allocated"
@@ -367,6 +370,39 @@ def _comma_list(value: str) -> frozenset[str]:
     return frozenset(item.strip() for item in value.split(",") if item.strip())
 
 
+_GROUP_NAME = re.compile(r"^[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?$")
+#: the most members one pod group may ask to be admitted together
+MAX_MIN_MEMBERS = 10_000
+
+
+def pod_group(annotations: Mapping[str, Any]) -> tuple[str, int] | None:
+    """(group name, min-members) of `gpupool.io/pod-group` + `gpupool.io/min-members` (absent: 1), or None.
+
+    Raises `InvalidRequest` naming the annotation: a name that is no DNS subdomain, a min-members that is
+    not a whole number in 1..`MAX_MIN_MEMBERS`, or a min-members without a group (docs/workloads.md).
+    """
+    name, size = annotations.get(POD_GROUP), annotations.get(MIN_MEMBERS)
+    errors: list[FieldError] = []
+    if name is not None and not (isinstance(name, str) and _GROUP_NAME.match(name)):
+        errors.append(FieldError(f"metadata.annotations[{POD_GROUP}]", f"{name!r} is not a group name; use "
+                                 "lower-case letters, digits, '-' and '.' (at most 253)"))  # fmt: skip
+    count = 1
+    if size is not None:
+        field = f"metadata.annotations[{MIN_MEMBERS}]"
+        text = size.strip() if isinstance(size, str) else ""
+        if not text.isdigit() or len(text) > 6 or not 1 <= int(text) <= MAX_MIN_MEMBERS:
+            errors.append(FieldError(field, f"{size!r} is not a member count; write a whole number from 1 to "
+                                     f"{MAX_MIN_MEMBERS}"))  # fmt: skip
+        elif name is None:
+            errors.append(FieldError(field, f"needs {POD_GROUP} naming the group the pod belongs to; add it or "
+                                     "remove this annotation"))  # fmt: skip
+        else:
+            count = int(text)
+    if errors:
+        raise InvalidRequest(errors)
+    return None if name is None else (str(name), count)
+
+
 def parse_pod(pod: Mapping[str, Any], *, allow_system_annotations: bool = True) -> PodRequest:
     """Parse a pod manifest into a `PodRequest`.
 
@@ -432,6 +468,8 @@ def parse_pod(pod: Mapping[str, Any], *, allow_system_annotations: bool = True) 
             uuids = _comma_list(value)
             if not uuids:
                 errors.append(FieldError(field, "empty UUID list; write e.g. 'GPU-3f2a…' or remove it"))
+        elif key in (POD_GROUP, MIN_MEMBERS):
+            pass  # read together by `pod_group`, below
         elif key == RESIZE:
             pass  # a resize request: read by `gpupool.resize` (and checked by admission), not a placement input
         elif key in SYSTEM_ANNOTATIONS:
@@ -444,6 +482,10 @@ def parse_pod(pod: Mapping[str, Any], *, allow_system_annotations: bool = True) 
                     f"unknown gpupool annotation; allowed are {', '.join((*USER_ANNOTATIONS, RESIZE))}",
                 )
             )
+    try:
+        pod_group(annotations)
+    except InvalidRequest as exc:
+        errors.extend(exc.errors)
     if errors:
         raise InvalidRequest(errors)
     return PodRequest(
