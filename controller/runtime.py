@@ -95,6 +95,9 @@ class Controller:
         #: pods still carrying an alias resource (the webhook was bypassed): uid -> pod; warned once each
         self._alias_pods: dict[str, dict[str, Any]] = {}
         self._alias_warned: set[str] = set()
+        #: node -> pods whose assignment (or claim) names it: held again when the node (or a GPU) comes back
+        self._on_node: dict[str, set[str]] = {}
+        self._nodes_of: dict[str, frozenset[str]] = {}  # uid -> the nodes its assignment names
 
     # --- pool limits for admission -------------------------------------------------------------------
 
@@ -208,11 +211,33 @@ class Controller:
             self.problems[f"gpunode/{name}"] = str(exc)
             return
         self.problems.pop(f"gpunode/{name}", None)
-        dropped = self.ledger.upsert_node(info)
-        for uid in dropped:
+        had = self.ledger.node_info(name) if self.ledger.has_node(name) else None
+        again = self.ledger.upsert_node(info)
+        if had != info:  # new, back, or its GPUs changed: the pods bound there are held again (issue 12)
+            again += sorted(self._on_node.get(name, ()))
+        for uid in dict.fromkeys(again):
             pod = self.pods.get(uid)
             if pod is not None:
                 self.on_pod("MODIFIED", pod)
+
+    def _index_nodes(self, uid: str, holding: Holding | None) -> None:
+        """Remember which nodes `uid`'s assignment names (none: forget it)."""
+        nodes = frozenset({holding.node, *(s.node for s in holding.slices)}) if holding is not None else frozenset()
+        old = self._nodes_of.pop(uid, frozenset())
+        if nodes == old:
+            if nodes:
+                self._nodes_of[uid] = nodes
+            return
+        for n in old - nodes:
+            on = self._on_node.get(n)
+            if on is not None:
+                on.discard(uid)
+                if not on:
+                    del self._on_node[n]
+        for n in nodes:
+            self._on_node.setdefault(n, set()).add(uid)
+        if nodes:
+            self._nodes_of[uid] = nodes
 
     def on_pod(self, event: str, pod: Mapping[str, Any]) -> None:
         uid = objects.pod_uid(pod)
@@ -220,6 +245,7 @@ class Controller:
             self._alias_pods.pop(uid, None)
             self._alias_warned.discard(uid)
             self._unquarantine(uid)
+            self._index_nodes(uid, None)
             if uid in self.pods or uid in self.manager.pods:
                 self.pods.pop(uid, None)
                 self.manager.remove_pod(uid)
@@ -251,6 +277,7 @@ class Controller:
                 log.error("pod %s quarantined (its claimed slices count as held): %s", objects.pod_key(pod), exc)
             self.quarantined[uid] = str(exc)
             metrics.QUARANTINED.set(len(self.quarantined))
+        self._index_nodes(uid, assigned)
         if assigned is not None and not self.ledger.has_node(assigned.node):
             assigned = None
         self.pods[uid] = dict(pod)

@@ -443,3 +443,37 @@ def test_refused_eviction_of_a_best_effort_holder_is_named_in_the_wait_message()
     assert events[("team-a/g", "GPUPoolWaiting")].endswith(
         "; no preemption: the eviction of team-a/be was refused (a PodDisruptionBudget)"
     )
+
+
+def _assigned(c: Controller) -> dict[str, list[str]]:
+    return {h.pod: sorted(s.gpu for s in h.slices) for h in c.ledger.holdings() if h.kind is HoldingKind.ASSIGNED}
+
+
+def test_a_gpunode_deleted_and_re_added_holds_its_bound_pods_again() -> None:
+    """Found by bench/soak.py: after a GPUNode flap the controller's ledger lacked the pods bound there, so its
+    allocation (GPUNode status, gpupool_gpu_allocated) and its admission saw those GPUs free."""
+    c, _ = make()
+    c.on_gpunode("ADDED", gpunode("n1", gpus=2))
+    c.on_pod("ADDED", bound("run", "n1", 0))
+    assert _assigned(c) == {"uid-run": ["GPU-n1-0"]}
+    c.on_gpunode("DELETED", gpunode("n1", gpus=2))
+    assert _assigned(c) == {}
+    c.on_gpunode("ADDED", gpunode("n1", gpus=2))
+    assert _assigned(c) == {"uid-run": ["GPU-n1-0"]}
+
+
+def test_a_pod_seen_before_its_gpunode_is_held_once_the_gpunode_arrives() -> None:
+    c, _ = make()
+    c.on_pod("ADDED", bound("early", "n1", 1))
+    c.on_gpunode("ADDED", gpunode("n1", gpus=2))
+    assert _assigned(c) == {"uid-early": ["GPU-n1-1"]}
+
+
+def test_a_gpu_that_leaves_and_returns_holds_its_pods_again() -> None:
+    c, _ = make()
+    c.on_gpunode("ADDED", gpunode("n1", gpus=2))
+    c.on_pod("ADDED", bound("run", "n1", 1))
+    c.on_gpunode("MODIFIED", gpunode("n1", gpus=1))  # GPU-n1-1 leaves status.gpus
+    assert "GPU-n1-1" not in {g for gpus in _assigned(c).values() for g in gpus}
+    c.on_gpunode("MODIFIED", gpunode("n1", gpus=2))
+    assert _assigned(c) == {"uid-run": ["GPU-n1-1"]}
