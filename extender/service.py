@@ -621,7 +621,7 @@ class PoolService:
             self.inflight[uid] = holding
             self._identity_bound(uid, f"{namespace}/{name}", holding)
 
-        record = assignment_format.Assignment(uid, node, holding.slices, timefmt.now_rfc3339())
+        record = assignment_format.Assignment(uid, node, holding.slices, timefmt.format_time(self.clock()))
         text = record.signed(self.key).to_annotation()
         try:
             self._post_binding(namespace, name, uid, node, text)
@@ -725,6 +725,11 @@ class PoolService:
         if uid in self.inflight and (held is None or held.node != node):
             return  # older than our own bind, which tracks the pod (`_identity_bound`)
         # (the bound pod itself may arrive, even served, before our bind finishes: it counts like any other)
+        if node and (held is None or held.node != node):
+            # not held (its node or a GPU left the pool, or it is quarantined): its signed assignment still says
+            # it waits for the kubelet there (issue 12, interleaving seed 1100)
+            with contextlib.suppress(GpupoolError):
+                held = objects.holding_from_pod(pod, self.key)
         if not node or held is None or held.node != node or identity.served(pod, held.slices):
             self._identity_forget(uid)
             return
