@@ -52,7 +52,8 @@ from gpupool.signing_key import read_keys  # noqa: E402
 GPUNODES = f"/apis/{objects.GROUP}/{objects.VERSION}/gpunodes"
 SOAK_LABEL = "soak.gpupool.io/pod"
 HOT_LABEL = "soak.gpupool.io/hot"
-QUEUES = ("soak-a", "soak-b")
+QUEUES = ("soak-a", "soak-b")  # pods for any node
+HOT = "soak-hot"  # pods for the hot nodes: a queue of their own, as a blocked head holds back its queue
 IMAGE = "registry.k8s.io/pause:3.10"
 #: (gpus, compute %, memory MiB or None = whole memory): the pod sizes, drawn uniformly
 SIZES: tuple[tuple[int, int, int | None], ...] = (
@@ -90,9 +91,8 @@ class Recount:
 
 
 def live(pod: Mapping[str, Any]) -> bool:
-    return not pod["metadata"].get("deletionTimestamp") and (pod.get("status") or {}).get("phase") not in (
-        "Succeeded", "Failed",
-    )  # fmt: skip
+    """Not finished. A pod being deleted still runs on its GPUs until it is gone: it counts."""
+    return (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
 
 
 def recount(api: Api, keys_dir: Path) -> Recount:
@@ -106,7 +106,8 @@ def recount(api: Api, keys_dir: Path) -> Recount:
             continue
         meta, node = p["metadata"], (p.get("spec") or {}).get("nodeName")
         if not node:
-            r.pending.append(p)
+            if not meta.get("deletionTimestamp"):
+                r.pending.append(p)
             continue
         uid = meta["uid"]
         r.bound[uid] = p
@@ -124,7 +125,8 @@ def recount(api: Api, keys_dir: Path) -> Recount:
             u[0] += s.compute
             u[1] += s.memory_mib
             u[2] += 1
-            r.on_gpu.setdefault(s.gpu, []).append(f"{meta['namespace']}/{meta['name']} {s.compute}/{s.memory_mib}")
+            gone = " (deleted)" if meta.get("deletionTimestamp") else ""
+            r.on_gpu.setdefault(s.gpu, []).append(f"{objects.pod_key(p)} {s.compute}/{s.memory_mib}{gone}")
     return r
 
 
@@ -156,6 +158,25 @@ def could_fit(pod: Mapping[str, Any], r: Recount, labels: Mapping[str, Mapping[s
         if len(free) >= n:
             return f"{node}: {free[:n]}"
     return None
+
+
+def heads(pending: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pending pods gpupool must have run if they fit: every one of the any-node queues (the pool is far from
+    full), only the first in line of the hot queue (BestEffortFIFO lets no larger pod pass a blocked head; a
+    smaller one may, but need not be checked here)."""
+    out = [p for p in pending if p["metadata"]["namespace"] != HOT]
+    hot = sorted((p for p in pending if p["metadata"]["namespace"] == HOT),
+                 key=lambda p: (p["metadata"].get("creationTimestamp") or "", p["metadata"]["name"]))  # fmt: skip
+    return out + hot[:1]
+
+
+def pending_state(pod: Mapping[str, Any]) -> str:
+    """Why a pending pod waits, as its object tells: scheduling gates, the PodScheduled condition."""
+    gates = [g.get("name") for g in (pod.get("spec") or {}).get("schedulingGates") or []]
+    conds = {c.get("type"): c for c in (pod.get("status") or {}).get("conditions") or []}
+    said = "; ".join(f"{t} {c.get('status')} {c.get('lastTransitionTime')} {str(c.get('message'))[:200]}"
+                     for t, c in conds.items())  # fmt: skip
+    return f"gates {gates}, created {pod['metadata'].get('creationTimestamp')}; {said}"
 
 
 # ------------------------------------------------------------------------------------------------ ledgers
@@ -240,7 +261,7 @@ class Soak:
 
     # -- churn
 
-    def pod_body(self, name: str, rng: random.Random) -> dict[str, Any]:
+    def pod_body(self, name: str, rng: random.Random, hot: bool) -> dict[str, Any]:
         gpus, compute, memory = rng.choice(SIZES)
         limits = {resources.GPU: str(gpus)}
         if compute < 100 or memory is not None:
@@ -251,7 +272,7 @@ class Soak:
             "terminationGracePeriodSeconds": 0,
             "containers": [{"name": "main", "image": IMAGE, "resources": {"limits": limits}}],
         }
-        if rng.random() < self.args.hot_share:
+        if hot:
             spec["nodeSelector"] = {HOT_LABEL: "true"}
         meta = {"name": name, "labels": {SOAK_LABEL: "1"}}
         return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
@@ -261,10 +282,11 @@ class Soak:
         period = 1.0 / self.args.rate
         nxt = time.monotonic()
         while not self.stop.is_set():
-            ns = rng.choice(QUEUES)
+            hot = rng.random() < self.args.hot_share
+            ns = HOT if hot else rng.choice(QUEUES)
             name = f"p-{self.created:06d}"
             try:
-                self.api.request("POST", f"/api/v1/namespaces/{ns}/pods", self.pod_body(name, rng))
+                self.api.request("POST", f"/api/v1/namespaces/{ns}/pods", self.pod_body(name, rng, hot))
                 with self.lock:
                     self.deadlines[(ns, name)] = time.monotonic() + rng.expovariate(1.0 / self.args.lifetime)
             except Exception as e:  # an admission webhook down for a moment (controller restarting): counted
@@ -382,8 +404,8 @@ class Soak:
         deadline = time.monotonic() + self.args.settle
         while True:
             r = recount(self.api, self.stack.key_dir)
-            fit = [f"{p['metadata']['namespace']}/{p['metadata']['name']} fits {w}"
-                   for p in r.pending if (w := could_fit(p, r, labels))]  # fmt: skip
+            fit = [f"{p['metadata']['namespace']}/{p['metadata']['name']} fits {w}; {pending_state(p)}"
+                   for p in heads(r.pending) if (w := could_fit(p, r, labels))]  # fmt: skip
             try:
                 ext, ctl = extender_mismatches(self.stack, r), controller_mismatches(self.stack, r)
             except Exception as e:
@@ -433,7 +455,7 @@ def main() -> int:
         pool(8)(lambda n: api.request("POST", "/api/v1/nodes", n.manifest()), nodes)
         c.wait_nodes_ready([n.name for n in nodes], timeout=1800)
         stack.up(timeout=1800)
-        for ns in QUEUES:
+        for ns in (*QUEUES, HOT):
             api.request("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
                                                        "metadata": {"name": ns}})  # fmt: skip
             c.create_namespace(ns)

@@ -144,6 +144,32 @@ class Controller:
         log.info("rebuilt: %d GPU nodes, %d gpupool pods, %d queues; problems: %s",
                  len(self.gpunodes), len(self.pods), len(self.manager.queues), self.problems or "none")  # fmt: skip
 
+    async def prune_gone(self) -> list[str]:
+        """Forget cached pods the API server no longer has; returns their uids.
+
+        kopf's watch lists without reporting what vanished before (deleted between `rebuild`'s list and the
+        watch's own first list, or while a watch that expired was relisting), so such a pod would keep its slices
+        and its queue charge forever (found by bench/soak.py). A pod missing from a fresh list is dropped only
+        once reading it confirms it is gone: it may be newer than the list."""
+        assert self.kube is not None
+        listed = {objects.pod_uid(p) for p in await self.kube.list_pods()}
+        gone: list[str] = []
+        for uid in [u for u in self.pods if u not in listed]:
+            meta = (self.pods.get(uid) or {}).get("metadata") or {}
+            try:
+                exists = await self.kube.pod_exists(str(meta.get("namespace") or ""), str(meta.get("name") or ""), uid)
+            except Exception as exc:
+                log.warning("reading pod %s/%s: %s", meta.get("namespace"), meta.get("name"), exc)
+                continue
+            pod = self.pods.get(uid)
+            if not exists and pod is not None:
+                self.on_pod("DELETED", pod)
+                gone.append(uid)
+        if gone:
+            log.warning("forgot %d pod(s) deleted while the watch was not looking: %s", len(gone),
+                        ", ".join(sorted(self._key(u) for u in gone)))  # fmt: skip
+        return gone
+
     def readiness(self) -> dict[str, Any]:
         """What /readyz answers: ready once every initial list completed; quarantined pods never unready it."""
         return {

@@ -20,6 +20,8 @@ class FakeKube:
         self.calls: list[tuple[Any, ...]] = []
         self.refuse: set[str] = set()
         self.ungated_with: dict[str, str | None] = {}
+        self.listed: list[dict[str, Any]] = []  # what list_pods answers
+        self.existing: list[dict[str, Any]] = []  # what pod_exists finds (later than the list)
 
     async def remove_gate(
         self, namespace: str, name: str, uid: str, gates: list[dict[str, Any]], queue: str | None = None
@@ -42,6 +44,12 @@ class FakeKube:
 
     async def patch_status(self, plural: str, name: str, status: dict[str, Any]) -> None:
         self.calls.append(("status", plural, name, status))
+
+    async def list_pods(self) -> list[dict[str, Any]]:
+        return list(self.listed)
+
+    async def pod_exists(self, namespace: str, name: str, uid: str) -> bool:
+        return any(p["metadata"]["uid"] == uid for p in self.existing)
 
     def of(self, kind: str) -> list[tuple[Any, ...]]:
         out = [c for c in self.calls if c[0] == kind]
@@ -477,3 +485,17 @@ def test_a_gpu_that_leaves_and_returns_holds_its_pods_again() -> None:
     assert "GPU-n1-1" not in {g for gpus in _assigned(c).values() for g in gpus}
     c.on_gpunode("MODIFIED", gpunode("n1", gpus=2))
     assert _assigned(c) == {"uid-run": ["GPU-n1-1"]}
+
+
+def test_pods_deleted_before_the_watch_listed_are_pruned() -> None:
+    """Found by bench/soak.py: a pod deleted between the rebuild's list and kopf's first list never gets a DELETED
+    event; the controller kept its slices (and queue charge) until its next restart."""
+    c, kube = make()
+    c.on_gpunode("ADDED", gpunode("n1", gpus=2))
+    gone, new = bound("gone", "n1", 0), bound("new", "n1", 1)
+    c.on_pod("ADDED", gone)
+    c.on_pod("ADDED", new)  # created after the list below: the watch showed it
+    kube.listed, kube.existing = [], [new]
+    assert run(c.prune_gone()) == ["uid-gone"]
+    assert _assigned(c) == {"uid-new": ["GPU-n1-1"]}
+    assert "uid-gone" not in c.manager.pods
