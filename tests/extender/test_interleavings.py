@@ -23,7 +23,7 @@ from tests.extender.conftest import KEY, gpunode, node, pod
 from tests.extender.interleavings import STREAMS, Paused, World, check_no_double_booking, new_service, run_seed
 
 FIRST = int(os.environ.get("GPUPOOL_INTERLEAVING_FIRST", "0"))
-COUNT = int(os.environ.get("GPUPOOL_INTERLEAVINGS", os.environ.get("GPUPOOL_INTERLEAVING_SEEDS", "400")))
+COUNT = int(os.environ.get("GPUPOOL_INTERLEAVINGS", os.environ.get("GPUPOOL_INTERLEAVING_SEEDS", "2000")))
 STEPS = int(os.environ.get("GPUPOOL_INTERLEAVING_STEPS", "40"))
 
 
