@@ -163,11 +163,9 @@ class Controller:
                 continue
             pod = self.pods.get(uid)
             if not exists and pod is not None:
+                log.warning("forgot pod %s (%s): deleted while the watch was not looking", objects.pod_key(pod), uid)
                 self.on_pod("DELETED", pod)
                 gone.append(uid)
-        if gone:
-            log.warning("forgot %d pod(s) deleted while the watch was not looking: %s", len(gone),
-                        ", ".join(sorted(self._key(u) for u in gone)))  # fmt: skip
         return gone
 
     def readiness(self) -> dict[str, Any]:
