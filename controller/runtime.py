@@ -164,8 +164,13 @@ class Controller:
             pod = self.pods.get(uid)
             if not exists and pod is not None:
                 log.warning("forgot pod %s (%s): deleted while the watch was not looking", objects.pod_key(pod), uid)
+                freed = self._nodes_of.get(uid, frozenset())
                 self.on_pod("DELETED", pod)
                 gone.append(uid)
+                # pods bound there since may have been held only in part (their GPUs looked taken): hold them again
+                for other in sorted({u for n in freed for u in self._on_node.get(n, ())}):
+                    if other in self.pods:
+                        self.on_pod("MODIFIED", self.pods[other])
         return gone
 
     def readiness(self) -> dict[str, Any]:
@@ -371,7 +376,8 @@ class Controller:
                 await self.kube.remove_gate(meta["namespace"], meta["name"], admission.uid,
                                             pod["spec"].get("schedulingGates") or [], queue)  # fmt: skip
             except Exception as exc:
-                log.warning("could not remove the gate of %s: %s", admission.key, exc)
+                log.warning("could not remove the gate of %s (it waits for the next cycle): %s", admission.key, exc)
+                self.manager.unadmit(admission.uid)
                 continue
             counts["admitted"] += 1
             where = f"capacity reserved on node {admission.node}" if admission.node else "no node reserved"

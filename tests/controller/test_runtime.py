@@ -20,6 +20,7 @@ class FakeKube:
         self.calls: list[tuple[Any, ...]] = []
         self.refuse: set[str] = set()
         self.ungated_with: dict[str, str | None] = {}
+        self.fail_ungate = 0  # the next gate removals that fail
         self.listed: list[dict[str, Any]] = []  # what list_pods answers
         self.existing: list[dict[str, Any]] = []  # what pod_exists finds (later than the list)
 
@@ -27,6 +28,9 @@ class FakeKube:
         self, namespace: str, name: str, uid: str, gates: list[dict[str, Any]], queue: str | None = None
     ) -> None:
         self.calls.append(("ungate", f"{namespace}/{name}"))
+        if self.fail_ungate:
+            self.fail_ungate -= 1
+            raise RuntimeError("injected: the controller's own webhook is not serving yet")
         self.ungated_with[f"{namespace}/{name}"] = queue
 
     async def annotate_pod(self, namespace: str, name: str, annotations: dict[str, Any]) -> None:
@@ -499,3 +503,32 @@ def test_pods_deleted_before_the_watch_listed_are_pruned() -> None:
     assert run(c.prune_gone()) == ["uid-gone"]
     assert _assigned(c) == {"uid-new": ["GPU-n1-1"]}
     assert "uid-gone" not in c.manager.pods
+
+
+def test_a_pod_squeezed_by_a_deleted_pod_is_held_once_the_prune_forgets_it() -> None:
+    """Soak: a pod bound on the GPU of a pod deleted while the watch was not looking could not be held (the GPU
+    looked taken); forgetting the deleted pod must hold it, not leave its GPU free in the controller's ledger."""
+    c, kube = make()
+    c.on_gpunode("ADDED", gpunode("n1", gpus=2))
+    gone = bound("gone", "n1", 0)
+    c.on_pod("ADDED", gone)
+    late = bound("late", "n1", 0)  # on the GPU gone had, bound after gone was deleted
+    c.on_pod("ADDED", late)
+    assert "uid-late" not in _assigned(c)
+    kube.listed, kube.existing = [late], [late]
+    assert run(c.prune_gone()) == ["uid-gone"]
+    assert _assigned(c) == {"uid-late": ["GPU-n1-0"]}
+
+
+def test_a_failed_gate_removal_is_retried_by_the_next_cycle() -> None:
+    """Soak: right after a restart the controller's cycle ran before its own webhook served, the gate removal
+    failed, and the pod stayed gated forever (the queue manager counted it admitted and charged)."""
+    c, kube = make()
+    c.on_gpunode("ADDED", gpunode("n1", gpus=2))
+    c.on_queue("ADDED", queue("team-a", 100))
+    c.on_pod("ADDED", pod("a"))
+    kube.fail_ungate = 1
+    run(c.cycle(now=2e9))
+    assert kube.of("ungate") == [("ungate", "team-a/a")] and c.manager.usage("team-a").compute == 0
+    run(c.cycle(now=2e9 + 1))
+    assert kube.of("ungate") == [("ungate", "team-a/a")] * 2 and kube.ungated_with == {"team-a/a": "team-a"}

@@ -248,3 +248,20 @@ def test_a_bound_pod_whose_gpu_left_still_holds_back_its_slot_count() -> None:
     answer = c.service.filter(c.world.pods["c"], ["n1"])
     assert answer.passing == [], "a pod with e's slot count may bind to n1 while e is unserved there"
     assert "waiting for the kubelet" in answer.failed.get("n1", "") + str(answer.unresolvable.get("n1", ""))
+
+
+def test_a_pod_a_relist_lacks_once_its_binding_landed_is_released() -> None:
+    """Interleaving seed 5102: the Binding landed, the pod was deleted and its DELETED event lost to a 410; the
+    relist lacked it, yet the bind's success path put it back in the cache, holding its slices for good."""
+    c = Cluster({"n0": 1})
+    c.create(pod("short", count=1, compute=100, memory=None))  # not delivered: the bind reads it from the API
+    bind = c.bind("short", "n0")
+    while not bind.switch().what.endswith("reply on its way"):
+        pass
+    uid = c.world.pods["short"]["metadata"]["uid"]
+    del c.world.pods["short"]
+    c.world.streams["pods"].clear()
+    c.service.on_pod_list(c.world.objects_of("pods"))
+    while not bind.dead:
+        bind.switch()
+    assert uid not in c.service.pods and c.service.ledger.holding(uid) is None
