@@ -39,12 +39,12 @@ test: setup e2e-bin runtime
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 # the input fuzzers of tests/fuzz and the extender's interleaving harness at length (`make test` runs a few
-# dozen examples per surface and 400 schedules); a failing schedule names its seed: GPUPOOL_INTERLEAVING_SEED=<n>
+# dozen examples per surface and 2,000 schedules); a failing schedule names its seed: GPUPOOL_INTERLEAVING_SEED=<n>
 FUZZ_EXAMPLES ?= 5000
 FUZZ_SCHEDULES ?= 5000
 fuzz: setup
 	GPUPOOL_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/pytest tests/fuzz -q -p no:cacheprovider -o timeout=0
-	GPUPOOL_INTERLEAVING_FIRST=300 GPUPOOL_INTERLEAVING_SEEDS=$(FUZZ_SCHEDULES) GPUPOOL_INTERLEAVING_STEPS=100 \
+	GPUPOOL_INTERLEAVING_FIRST=2000 GPUPOOL_INTERLEAVING_SEEDS=$(FUZZ_SCHEDULES) GPUPOOL_INTERLEAVING_STEPS=100 \
 	  $(VENV)/bin/pytest tests/extender/test_interleavings.py -q -p no:cacheprovider -o timeout=0
 
 # the main job: a local cluster with fake GPUs, gpupool installed, sample workloads, the pool shown

@@ -53,6 +53,22 @@ async def _keys_loop(ring: KeyRing, state: Controller, stop: asyncio.Event, inte
             log.exception("re-reading the signing keys failed")
 
 
+async def _prune_loop(state: Controller, stop: asyncio.Event, first: float = 15.0, interval: float = 120.0) -> None:
+    """`Controller.prune_gone` soon after startup (pods deleted before the watch's first list), then now and then
+    (a watch relisted after 410 Gone)."""
+    wait = first
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=wait)
+        if stop.is_set():
+            return
+        wait = interval
+        try:
+            await state.prune_gone()
+        except Exception:
+            log.exception("pruning deleted pods failed")
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     global STATE
@@ -76,7 +92,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     STATE = state
     stop = asyncio.Event()
     memo["stop"] = stop
-    tasks = [asyncio.create_task(state.run_cycles(stop)), asyncio.create_task(_keys_loop(key, state, stop))]
+    tasks = [asyncio.create_task(state.run_cycles(stop)), asyncio.create_task(_keys_loop(key, state, stop)),
+             asyncio.create_task(_prune_loop(state, stop))]  # fmt: skip
     if cfg.leader_election:
         identity = cfg.identity or f"{socket.gethostname()}-{os.getpid()}"
         elector = LeaseElector(kube.coordination, cfg.lease_name, cfg.lease_namespace, identity,

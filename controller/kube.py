@@ -46,6 +46,16 @@ class Kube:
         result = await self._run(self.core.list_pod_for_all_namespaces)
         return list(self._plain(result).get("items") or [])
 
+    async def pod_exists(self, namespace: str, name: str, uid: str) -> bool:
+        """Whether pod `namespace/name` still exists with this uid (404, or another uid: it is gone)."""
+        try:
+            pod = await self._run(self.core.read_namespaced_pod, name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return bool(pod.metadata is not None and pod.metadata.uid == uid)
+
     async def list_nodes(self) -> list[dict[str, Any]]:
         return list(self._plain(await self._run(self.core.list_node)).get("items") or [])
 

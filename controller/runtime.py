@@ -154,6 +154,9 @@ class Controller:
             if woken.is_set() and not stop.is_set() and gap > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=gap)
+        #: node -> pods whose assignment (or claim) names it: held again when the node (or a GPU) comes back
+        self._on_node: dict[str, set[str]] = {}
+        self._nodes_of: dict[str, frozenset[str]] = {}  # uid -> the nodes its assignment names
 
     # --- pool limits for admission -------------------------------------------------------------------
 
@@ -215,6 +218,39 @@ class Controller:
         metrics.READY.set(1)
         log.info("rebuilt: %d GPU nodes, %d gpupool pods, %d queues; problems: %s",
                  len(self.gpunodes), len(self.pods), len(self.manager.queues), self.problems or "none")  # fmt: skip
+
+    async def prune_gone(self) -> list[str]:
+        """Forget cached pods the API server no longer has; returns their uids.
+
+        kopf's watch lists without reporting what vanished before (deleted between `rebuild`'s list and the
+        watch's own first list, or while a watch that expired was relisting), so such a pod would keep its slices
+        and its queue charge forever (found by bench/soak.py). A pod missing from a fresh list is dropped only
+        once reading it confirms it is gone: it may be newer than the list."""
+        assert self.kube is not None
+        listed = {objects.pod_uid(p) for p in await self.kube.list_pods()}
+        gone: list[str] = []
+        with self.lock:
+            missing = [u for u in self.pods if u not in listed]
+        for uid in missing:
+            meta = (self.pods.get(uid) or {}).get("metadata") or {}
+            try:
+                exists = await self.kube.pod_exists(str(meta.get("namespace") or ""), str(meta.get("name") or ""), uid)
+            except Exception as exc:
+                log.warning("reading pod %s/%s: %s", meta.get("namespace"), meta.get("name"), exc)
+                continue
+            with self.lock:
+                pod = self.pods.get(uid)
+                if exists or pod is None:
+                    continue
+                log.warning("forgot pod %s (%s): deleted while the watch was not looking", objects.pod_key(pod), uid)
+                freed = self._nodes_of.get(uid, frozenset())
+                self.on_pod("DELETED", pod)
+                gone.append(uid)
+                # pods bound there since may have been held only in part (their GPUs looked taken): hold them again
+                for other in sorted({u for n in freed for u in self._on_node.get(n, ())}):
+                    if other in self.pods:
+                        self.on_pod("MODIFIED", self.pods[other])
+        return gone
 
     def readiness(self) -> dict[str, Any]:
         """What /readyz answers: ready once every initial list completed; quarantined pods never unready it."""
@@ -292,14 +328,36 @@ class Controller:
             self.problems[f"gpunode/{name}"] = str(exc)
             return
         self.problems.pop(f"gpunode/{name}", None)
+        had = self.ledger.node_info(name) if self.ledger.has_node(name) else None
         if self._node_infos.get(name) != info:
             self._node_infos[name] = info
             self.nudge()  # new, changed or returning capacity (its own status writes change nothing here)
-        dropped = self.ledger.upsert_node(info)
-        for uid in dropped:
+        again = self.ledger.upsert_node(info)
+        if had != info:  # new, back, or its GPUs changed: the pods bound there are held again (issue 12)
+            again += sorted(self._on_node.get(name, ()))
+        for uid in dict.fromkeys(again):
             pod = self.pods.get(uid)
             if pod is not None:
                 self.on_pod("MODIFIED", pod)
+
+    def _index_nodes(self, uid: str, holding: Holding | None) -> None:
+        """Remember which nodes `uid`'s assignment names (none: forget it)."""
+        nodes = frozenset({holding.node, *(s.node for s in holding.slices)}) if holding is not None else frozenset()
+        old = self._nodes_of.pop(uid, frozenset())
+        if nodes == old:
+            if nodes:
+                self._nodes_of[uid] = nodes
+            return
+        for n in old - nodes:
+            on = self._on_node.get(n)
+            if on is not None:
+                on.discard(uid)
+                if not on:
+                    del self._on_node[n]
+        for n in nodes:
+            self._on_node.setdefault(n, set()).add(uid)
+        if nodes:
+            self._nodes_of[uid] = nodes
 
     def on_pod(self, event: str, pod: Mapping[str, Any]) -> None:
         uid = objects.pod_uid(pod)
@@ -308,6 +366,7 @@ class Controller:
             self._alias_warned.discard(uid)
             self._unquarantine(uid)
             self._resize_posted.pop(uid, None)
+            self._index_nodes(uid, None)
             if uid in self.pods or uid in self.manager.pods:
                 self.pods.pop(uid, None)
                 self.manager.remove_pod(uid)
@@ -340,6 +399,7 @@ class Controller:
                 log.error("pod %s quarantined (its claimed slices count as held): %s", objects.pod_key(pod), exc)
             self.quarantined[uid] = str(exc)
             metrics.QUARANTINED.set(len(self.quarantined))
+        self._index_nodes(uid, assigned)
         if assigned is not None and not self.ledger.has_node(assigned.node):
             assigned = None
         self.pods[uid] = dict(pod)
@@ -466,7 +526,9 @@ class Controller:
                 await self.kube.remove_gate(meta["namespace"], meta["name"], admission.uid,
                                             pod["spec"].get("schedulingGates") or [], queue)  # fmt: skip
             except Exception as exc:
-                log.warning("could not remove the gate of %s: %s", admission.key, exc)
+                log.warning("could not remove the gate of %s (it waits for the next cycle): %s", admission.key, exc)
+                with self.lock:
+                    self.manager.unadmit(admission.uid)
                 continue
             counts["admitted"] += 1
             where = f"capacity reserved on node {admission.node}" if admission.node else "no node reserved"

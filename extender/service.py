@@ -111,6 +111,8 @@ class PoolService:
         self._synced = {"nodes": False, "gpunodes": False, "pods": False}
         #: pods deleted while their bind was in flight
         self._gone_while_binding: set[str] = set()
+        #: binds in flight whose pod a relist lacked (deleted meanwhile, or newer than the list): read at the end
+        self._relisted_without: set[str] = set()
         #: quarantined pods already counted and logged (`Ledger.quarantined` holds the current ones)
         self._quarantine_seen: set[str] = set()
         # --- identity (gpupool.identity): bound pods whose devices the kubelet has not taken yet ---
@@ -324,6 +326,7 @@ class PoolService:
     def on_pod_list(self, items: Iterable[Mapping[str, Any]]) -> None:
         fresh = {objects.pod_uid(p): dict(p) for p in items if _is_pool_pod(p) and objects.pod_uid(p)}
         with self.lock:
+            self._relisted_without |= self.inflight.keys() - fresh.keys()
             for gone in set(self.pods) - set(fresh):
                 self._pod_gone(gone)
             for uid in sorted(fresh, key=lambda u: objects.pod_key(fresh[u])):
@@ -621,7 +624,7 @@ class PoolService:
             self.inflight[uid] = holding
             self._identity_bound(uid, f"{namespace}/{name}", holding)
 
-        record = assignment_format.Assignment(uid, node, holding.slices, timefmt.now_rfc3339())
+        record = assignment_format.Assignment(uid, node, holding.slices, timefmt.format_time(self.clock()))
         text = record.signed(self.key).to_annotation()
         try:
             self._post_binding(namespace, name, uid, node, text)
@@ -631,10 +634,18 @@ class PoolService:
                 raise
             raise BindError(f"bind of pod {namespace}/{name} failed: {exc}") from exc
         with self.lock:
+            relisted = uid in self._relisted_without
+        # a relist lacked the pod: its DELETED event may be lost with the expired watch, so ask (issue 12, seed 5102)
+        gone = relisted and self._gone_now(namespace, name, uid)
+        with self.lock:
+            self._relisted_without.discard(uid)
+            if gone:
+                self._gone_while_binding.add(uid)
             self.inflight.pop(uid, None)
             if uid in self._gone_while_binding:  # deleted while the Binding was in flight: nothing to keep
                 self._gone_while_binding.discard(uid)
                 self.ledger.discard(uid)
+                self._identity_forget(uid)
                 return
             # what the API server now holds, so that a lagging watch event cannot undo it
             base = self.pods.get(uid) or pod
@@ -652,6 +663,14 @@ class PoolService:
             if self.ledger.holding(uid) != holding:
                 log.warning("pod %s/%s lost its slices while binding; holding its assignment again", namespace, name)
             self._sync_holding(uid, self.pods[uid])
+
+    def _gone_now(self, namespace: str, name: str, uid: str) -> bool:
+        """Whether pod `uid` is gone or finished, as the API server says now; an error answers no (kept held)."""
+        try:
+            current = self._api().get_pod(namespace, name)
+        except ApiError as exc:
+            return exc.status == 404
+        return objects.pod_uid(current) != uid or objects.pod_is_terminal(current)
 
     def _existing_assignment(self, pod: Mapping[str, Any], node: str) -> Existing | None:
         """DONE or STALE (see `Existing`) for a pod that carries a trusted assignment; None when it carries none."""
@@ -707,6 +726,7 @@ class PoolService:
                 self.ledger.release(uid)
             self.inflight.pop(uid, None)
             self._gone_while_binding.discard(uid)
+            self._relisted_without.discard(uid)
             if self.ledger.holding(uid) is None:  # an inventory flap meanwhile may have marked what never landed
                 self.unplaced.discard(uid)
                 self.ledger.unquarantine(uid)
@@ -725,6 +745,11 @@ class PoolService:
         if uid in self.inflight and (held is None or held.node != node):
             return  # older than our own bind, which tracks the pod (`_identity_bound`)
         # (the bound pod itself may arrive, even served, before our bind finishes: it counts like any other)
+        if node and (held is None or held.node != node):
+            # not held (its node or a GPU left the pool, or it is quarantined): its signed assignment still says
+            # it waits for the kubelet there (issue 12, interleaving seed 1100)
+            with contextlib.suppress(GpupoolError):
+                held = objects.holding_from_pod(pod, self.key)
         if not node or held is None or held.node != node or identity.served(pod, held.slices):
             self._identity_forget(uid)
             return

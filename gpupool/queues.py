@@ -334,6 +334,18 @@ class QueueManager:
             if other.nomination is not None and uid in other.nomination.victims:
                 other.nomination.victims = other.nomination.victims - {uid}
 
+    def unadmit(self, uid: str) -> None:
+        """Undo the admission of a pod that is still gated (its gate removal failed): its reservation and charge
+        are released and it waits again, so a later cycle admits it (else it would stay gated forever)."""
+        entry = self.pods.get(uid)
+        if entry is None or entry.state is not State.ADMITTED or not entry.gated:
+            return
+        held = self.ledger.holding(uid)
+        if held is not None and held.kind is HoldingKind.RESERVED:
+            self.ledger.release(uid)
+        self._uncharge(entry)
+        entry.state, entry.charge, entry.admitted_at = State.PENDING, ZERO, None
+
     def mark_evicting(self, uid: str) -> None:
         """`uid` is being evicted: free its capacity and quota now (its pod object may linger)."""
         entry = self.pods.get(uid)

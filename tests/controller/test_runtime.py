@@ -20,11 +20,17 @@ class FakeKube:
         self.calls: list[tuple[Any, ...]] = []
         self.refuse: set[str] = set()
         self.ungated_with: dict[str, str | None] = {}
+        self.fail_ungate = 0  # the next gate removals that fail
+        self.listed: list[dict[str, Any]] = []  # what list_pods answers
+        self.existing: list[dict[str, Any]] = []  # what pod_exists finds (later than the list)
 
     async def remove_gate(
         self, namespace: str, name: str, uid: str, gates: list[dict[str, Any]], queue: str | None = None
     ) -> None:
         self.calls.append(("ungate", f"{namespace}/{name}"))
+        if self.fail_ungate:
+            self.fail_ungate -= 1
+            raise RuntimeError("injected: the controller's own webhook is not serving yet")
         self.ungated_with[f"{namespace}/{name}"] = queue
 
     async def annotate_pod(self, namespace: str, name: str, annotations: dict[str, Any]) -> None:
@@ -42,6 +48,12 @@ class FakeKube:
 
     async def patch_status(self, plural: str, name: str, status: dict[str, Any]) -> None:
         self.calls.append(("status", plural, name, status))
+
+    async def list_pods(self) -> list[dict[str, Any]]:
+        return list(self.listed)
+
+    async def pod_exists(self, namespace: str, name: str, uid: str) -> bool:
+        return any(p["metadata"]["uid"] == uid for p in self.existing)
 
     def of(self, kind: str) -> list[tuple[Any, ...]]:
         out = [c for c in self.calls if c[0] == kind]
@@ -524,3 +536,80 @@ def test_a_burst_of_events_is_one_cycle() -> None:
 
     run(scenario())
     assert len(cycles) == 2  # the first cycle at start, one for the whole burst
+
+
+def _assigned(c: Controller) -> dict[str, list[str]]:
+    return {h.pod: sorted(s.gpu for s in h.slices) for h in c.ledger.holdings() if h.kind is HoldingKind.ASSIGNED}
+
+
+def test_a_gpunode_deleted_and_re_added_holds_its_bound_pods_again() -> None:
+    """Found by bench/soak.py: after a GPUNode flap the controller's ledger lacked the pods bound there, so its
+    allocation (GPUNode status, gpupool_gpu_allocated) and its admission saw those GPUs free."""
+    c, _ = make()
+    c.on_gpunode("ADDED", gpunode("n1", gpus=2))
+    c.on_pod("ADDED", bound("run", "n1", 0))
+    assert _assigned(c) == {"uid-run": ["GPU-n1-0"]}
+    c.on_gpunode("DELETED", gpunode("n1", gpus=2))
+    assert _assigned(c) == {}
+    c.on_gpunode("ADDED", gpunode("n1", gpus=2))
+    assert _assigned(c) == {"uid-run": ["GPU-n1-0"]}
+
+
+def test_a_pod_seen_before_its_gpunode_is_held_once_the_gpunode_arrives() -> None:
+    c, _ = make()
+    c.on_pod("ADDED", bound("early", "n1", 1))
+    c.on_gpunode("ADDED", gpunode("n1", gpus=2))
+    assert _assigned(c) == {"uid-early": ["GPU-n1-1"]}
+
+
+def test_a_gpu_that_leaves_and_returns_holds_its_pods_again() -> None:
+    c, _ = make()
+    c.on_gpunode("ADDED", gpunode("n1", gpus=2))
+    c.on_pod("ADDED", bound("run", "n1", 1))
+    c.on_gpunode("MODIFIED", gpunode("n1", gpus=1))  # GPU-n1-1 leaves status.gpus
+    assert "GPU-n1-1" not in {g for gpus in _assigned(c).values() for g in gpus}
+    c.on_gpunode("MODIFIED", gpunode("n1", gpus=2))
+    assert _assigned(c) == {"uid-run": ["GPU-n1-1"]}
+
+
+def test_pods_deleted_before_the_watch_listed_are_pruned() -> None:
+    """Found by bench/soak.py: a pod deleted between the rebuild's list and kopf's first list never gets a DELETED
+    event; the controller kept its slices (and queue charge) until its next restart."""
+    c, kube = make()
+    c.on_gpunode("ADDED", gpunode("n1", gpus=2))
+    gone, new = bound("gone", "n1", 0), bound("new", "n1", 1)
+    c.on_pod("ADDED", gone)
+    c.on_pod("ADDED", new)  # created after the list below: the watch showed it
+    kube.listed, kube.existing = [], [new]
+    assert run(c.prune_gone()) == ["uid-gone"]
+    assert _assigned(c) == {"uid-new": ["GPU-n1-1"]}
+    assert "uid-gone" not in c.manager.pods
+
+
+def test_a_pod_squeezed_by_a_deleted_pod_is_held_once_the_prune_forgets_it() -> None:
+    """Soak: a pod bound on the GPU of a pod deleted while the watch was not looking could not be held (the GPU
+    looked taken); forgetting the deleted pod must hold it, not leave its GPU free in the controller's ledger."""
+    c, kube = make()
+    c.on_gpunode("ADDED", gpunode("n1", gpus=2))
+    gone = bound("gone", "n1", 0)
+    c.on_pod("ADDED", gone)
+    late = bound("late", "n1", 0)  # on the GPU gone had, bound after gone was deleted
+    c.on_pod("ADDED", late)
+    assert "uid-late" not in _assigned(c)
+    kube.listed, kube.existing = [late], [late]
+    assert run(c.prune_gone()) == ["uid-gone"]
+    assert _assigned(c) == {"uid-late": ["GPU-n1-0"]}
+
+
+def test_a_failed_gate_removal_is_retried_by_the_next_cycle() -> None:
+    """Soak: right after a restart the controller's cycle ran before its own webhook served, the gate removal
+    failed, and the pod stayed gated forever (the queue manager counted it admitted and charged)."""
+    c, kube = make()
+    c.on_gpunode("ADDED", gpunode("n1", gpus=2))
+    c.on_queue("ADDED", queue("team-a", 100))
+    c.on_pod("ADDED", pod("a"))
+    kube.fail_ungate = 1
+    run(c.cycle(now=2e9))
+    assert kube.of("ungate") == [("ungate", "team-a/a")] and c.manager.usage("team-a").compute == 0
+    run(c.cycle(now=2e9 + 1))
+    assert kube.of("ungate") == [("ungate", "team-a/a")] * 2 and kube.ungated_with == {"team-a/a": "team-a"}

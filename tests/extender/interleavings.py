@@ -4,7 +4,12 @@
 the extender's `PodAPI`. `Schedule(seed)` draws every step from `random.Random(seed)`: a pod is created
 (names come back with new uids), finishes or is deleted; a Node or a GPUNode is deleted or comes back; a GPU
 leaves or returns to `status.gpus`, turns unhealthy or disabled; a filter; a preempt; a bind starts or
-resumes; the next event of one watch is delivered; a watch expires (410 Gone) and its resource is relisted.
+resumes; the next event of one watch is delivered; a watch expires (410 Gone) and its resource is relisted;
+the kubelet takes a bound pod's devices (`gpupool.io/allocated` written, or the pod runs); time passes.
+
+The identity rule (gpupool.identity) is on in half of the schedules (wait 30 or 120 s, drawn from the seed), on
+the world's fake clock, which only the "time passes" step moves: assignment times come from it too, so a
+schedule replays exactly.
 
 Binds run in greenlets on the scheduler's thread. Each API call of a bind (reading the pod, the Binding, the
 Binding's reply) hands control back to the scheduler, so several binds are in flight at once and any event can
@@ -23,14 +28,19 @@ After every step `Schedule.check` asserts:
 * the API objects never double-book: the signed assignments of all live pods fit together on every GPU ever
   published (`World.catalog`), slots included;
 * whenever nothing is in flight and every watch is drained, the cache is the API objects, no problem is
-  reported, and the ledger holds exactly what a fresh recount from them holds.
+  reported, and the ledger holds exactly what a fresh recount from them holds;
+* with the identity rule on, no two bound pods of one node that the kubelet has not served, both bound less than
+  the wait ago, share a slot count (on the API objects).
+
+The checks are exact after every step; what makes them cheap is only caching by content (a pod's assignment
+text, a GPUNode's spec and status objects) and skipping the API-object checks when no pod was written and the
+clock did not move since the last one.
 
 A failure names the seed and prints the step log; `run_seed(seed)` replays it exactly.
 """
 
 from __future__ import annotations
 
-import copy
 import random
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -40,8 +50,10 @@ from typing import Any
 from greenlet import greenlet
 
 from extender.kube import ApiError
+from extender.metrics import Metrics
 from extender.service import PoolService
-from gpupool import objects, resources
+from gpupool import assignment as assignment_format
+from gpupool import identity, objects, resources
 from gpupool.errors import OverAllocation
 from gpupool.inventory import NodeInfo
 from gpupool.ledger import Holding, Ledger
@@ -54,6 +66,10 @@ NODES = ("n0", "n1", "n2")
 NAMES = ("a", "b", "c", "d", "e", "f")
 STREAMS = ("nodes", "gpunodes", "pods")
 NAMESPACE = "default"
+#: the fake clock's start (2026-01-01T00:00:00Z): whole seconds, so assignment times read back exactly
+EPOCH = 1_767_225_600
+#: identity waits (fake seconds) a schedule draws from; 0 turns the rule off (capacity only)
+IDENTITY_WAITS = (0.0, 0.0, 30.0, 120.0)
 
 
 @dataclass(frozen=True)
@@ -77,15 +93,20 @@ class World:
             self.gpunodes[n] = obj
         #: every GPU ever published, as its status.gpus entry: a GPU that leaves comes back the same
         self.catalog: dict[str, list[dict[str, Any]]] = {
-            n: copy.deepcopy(o["status"]["gpus"]) for n, o in self.gpunodes.items()
+            n: clone(o["status"]["gpus"]) for n, o in self.gpunodes.items()
         }
         self.pods: dict[str, dict[str, Any]] = {}  # by name (one namespace)
         self.streams: dict[str, deque[tuple[str, dict[str, Any]]]] = {s: deque() for s in STREAMS}
         self.rv = 1
+        #: the fake clock of the service (the identity rule, assignment times): moves only when a step says so
+        self.now = float(EPOCH)
         self.serial = 0
         #: bumped on every pod write: the double-booking check reruns only then
         self.pod_writes = 0
         self.checked_writes = -1
+        self.identity_checked: tuple[int, float] | None = None  # (pod_writes, now) of the last identity check
+        #: `catalog` as node infos, for the double-booking check (built once per catalog)
+        self.catalog_infos: tuple[Any, dict[str, NodeInfo]] | None = None
         #: the next GETs that fail (scripted tests); random ones fail too
         self.fail_gets = 0
 
@@ -93,11 +114,11 @@ class World:
         self.rv += 1
         self.pod_writes += stream == "pods"
         obj.setdefault("metadata", {})["resourceVersion"] = str(self.rv)
-        self.streams[stream].append((kind, copy.deepcopy(obj)))
+        self.streams[stream].append((kind, clone(obj)))
 
     def objects_of(self, stream: str) -> list[dict[str, Any]]:
         found = {"nodes": self.nodes, "gpunodes": self.gpunodes, "pods": self.pods}[stream]
-        return copy.deepcopy(list(found.values()))
+        return clone(list(found.values()))
 
     # --- the extender's PodAPI ----------------------------------------------------------------------
 
@@ -117,7 +138,7 @@ class World:
         found = self.pods.get(name)
         if found is None:
             raise ApiError(404, f"pod {namespace}/{name} not found")
-        return copy.deepcopy(found)
+        return clone(found)
 
     def patch_pod(self, namespace: str, name: str, patch: Any, content_type: str = "") -> dict[str, Any]:
         raise AssertionError("the extender writes assignments with the Binding, never with a patch")
@@ -161,7 +182,9 @@ class Schedule:
         self.seed = seed
         self.rng = random.Random(seed)
         self.world = World(self.rng)
-        self.service = new_service(self.world)
+        #: the identity rule (gpupool.identity) is on in a share of schedules, with a wait in fake seconds
+        self.identity_wait = self.rng.choice(IDENTITY_WAITS)
+        self.service = new_service(self.world, self.identity_wait)
         self.world.service = self.service
         self.binds: list[Bind] = []
         self.log: list[str] = []
@@ -229,7 +252,7 @@ class Schedule:
             else:
                 self.note(f"create GPUNode {name}")
                 obj = gpunode(name, gpus=0)
-                obj["status"]["gpus"] = copy.deepcopy(w.catalog[name])
+                obj["status"]["gpus"] = clone(w.catalog[name])
                 obj["status"]["agentEndpoint"] = self.rng.choice((f"{name}.agents:9403", ""))
                 w.gpunodes[name] = obj
                 w.emit("gpunodes", "ADDED", obj)
@@ -247,7 +270,7 @@ class Schedule:
                 gpus.remove(present[0])
             else:
                 self.note(f"GPU {uuid} returns to GPUNode {name}")
-                gpus.append(copy.deepcopy(w.catalog[name][index]))
+                gpus.append(clone(w.catalog[name][index]))
                 gpus.sort(key=lambda g: g["index"])
         elif what == "health":
             if not present:
@@ -264,6 +287,33 @@ class Schedule:
                 self.note(f"GPU {uuid} disabled")
         w.emit("gpunodes", "MODIFIED", obj)
 
+    # --- the kubelet and the clock --------------------------------------------------------------------
+
+    def serve(self) -> None:
+        """The kubelet takes a bound pod's devices: the node agent records them in `gpupool.io/allocated`, or the
+        pod reports Running (either ends its identity hold)."""
+        w = self.world
+        bound = [p for p in w.pods.values() if p["spec"].get("nodeName") and not objects.pod_is_terminal(p)
+                 and not identity.kubelet_admitted(p) and objects.pod_assignment_text(p) is not None]  # fmt: skip
+        if not bound:
+            return
+        p = self.rng.choice(sorted(bound, key=objects.pod_key))
+        name = p["metadata"]["name"]
+        if self.rng.random() < 0.5:
+            h = holding_of(p)
+            keys = identity.container_slices(h.slices) if h is not None else {}
+            p["metadata"].setdefault("annotations", {})[resources.ALLOCATED] = identity.format_allocated(keys)
+            self.note(f"the node agent records pod {name}'s devices taken: {sorted(keys)}")
+        else:
+            p["status"]["phase"] = "Running"
+            self.note(f"pod {name} runs")
+        w.emit("pods", "MODIFIED", p)
+
+    def tick(self) -> None:
+        seconds = self.rng.choice((1, 3, 10, 40))
+        self.world.now += seconds
+        self.note(f"{seconds} s pass (clock {self.world.now - EPOCH:.0f})")
+
     # --- the verbs ----------------------------------------------------------------------------------
 
     def _pending(self) -> list[dict[str, Any]]:
@@ -276,7 +326,7 @@ class Schedule:
             return
         p = self.rng.choice(pending)
         asked = [*NODES, "ghost"]
-        result = self.service.filter(copy.deepcopy(p), asked)
+        result = self.service.filter(clone(p), asked)
         self.note(f"filter {p['metadata']['name']}: passing {result.passing}, error {result.error!r}")
         assert set(result.passing or ()) <= set(asked), "filter passed a node it was not asked about"
 
@@ -292,7 +342,7 @@ class Schedule:
                 on[bound].append(q["metadata"]["uid"])
         candidates = {n: (uids, 0) for n, uids in on.items() if uids}
         before = self.service.ledger_snapshot()
-        answer = self.service.preempt(copy.deepcopy(p), candidates)
+        answer = self.service.preempt(clone(p), candidates)
         self.note(f"preempt for {p['metadata']['name']}: {answer}")
         assert self.service.ledger_snapshot() == before, "preempt changed the live ledger"
         for n, (victims, _) in answer.items():
@@ -307,7 +357,7 @@ class Schedule:
         p = self.rng.choice(choices)
         target = self.rng.choice(NODES)
         if self.rng.random() < 0.8:  # kube-scheduler binds where the filter passed
-            passing = self.service.filter(copy.deepcopy(p), list(NODES)).passing
+            passing = self.service.filter(clone(p), list(NODES)).passing
             if passing:
                 target = self.rng.choice(passing)
         meta = p["metadata"]
@@ -374,6 +424,8 @@ class Schedule:
             (0.16, self.resume_bind),
             (0.25, self.deliver),
             (0.05, self.relist),
+            (0.04, self.serve),
+            (0.04, self.tick),
         ]
         roll = self.rng.random() * sum(weight for weight, _ in steps)
         for weight, action in steps:
@@ -426,6 +478,8 @@ class Schedule:
         self._check_slots()
         self._check_inventory()
         self._check_holdings()
+        if self.identity_wait > 0:
+            check_identity_rule(self.world, self.identity_wait)
         check_no_double_booking(self.world)
         if not self.binds and not any(self.world.streams.values()):
             self._check_drained()
@@ -455,15 +509,19 @@ class Schedule:
 
     def _check_inventory(self) -> None:
         s = self.service
-        in_pool = sorted(s.nodes & set(s.gpunodes))
-        assert sorted(s.ledger.node_names()) == in_pool, (
-            f"ledger nodes {sorted(s.ledger.node_names())} != cached Nodes with GPUNodes {in_pool}"
+        ledger = s.ledger
+        in_pool = sorted(s.nodes & s.gpunodes.keys())
+        assert sorted(ledger.node_names()) == in_pool, (
+            f"ledger nodes {sorted(ledger.node_names())} != cached Nodes with GPUNodes {in_pool}"
         )
         for name in in_pool:
-            info = node_info_of(s.gpunodes[name])
-            have = s.ledger.node_info(name)
-            assert set(have.gpus) == set(info.gpus), f"ledger GPUs of {name} are not its cached GPUNode's"
-            assert have.disabled == info.disabled & {g.uuid for g in info.gpus}, f"disabled GPUs of {name}"
+            gpus, disabled = inventory_of(s.gpunodes[name])
+            have = ledger.gpus_of(name)
+            # the fields of `GPUInfo`, compared as tuples: `Ledger.node_info` would build the same objects slower
+            assert {(g.uuid, g.index, g.model, g.memory_mib, g.numa, g.healthy) for g in have} == gpus, (
+                f"ledger GPUs of {name} are not its cached GPUNode's"
+            )
+            assert {g.uuid for g in have if g.disabled} == disabled, f"disabled GPUs of {name}"
 
     def _check_holdings(self) -> None:
         """The ledger's holdings are a recount of the cache: assignments seen, plus the binds in flight."""
@@ -557,13 +615,86 @@ def node_info_of(obj: Mapping[str, Any]) -> NodeInfo:
     return _NODE_INFOS[key]
 
 
-def new_service(world: World) -> PoolService:
+_INVENTORIES: dict[tuple[int, int], tuple[Any, Any, frozenset[tuple[Any, ...]], frozenset[str]]] = {}
+
+
+def inventory_of(obj: Mapping[str, Any]) -> tuple[frozenset[tuple[Any, ...]], frozenset[str]]:
+    """A cached GPUNode's GPUs as `GPUInfo` field tuples, and its disabled GPUs that it lists.
+
+    Remembered by the identity of its `spec` and `status` (kept alive with the entry, so an id is never reused):
+    cached objects are copies the world handed out and nobody writes to."""
+    spec, status = obj.get("spec"), obj.get("status")
+    key = (id(spec), id(status))
+    hit = _INVENTORIES.get(key)
+    if hit is None or hit[0] is not spec or hit[1] is not status:
+        info = node_info_of(obj)
+        gpus = frozenset((g.uuid, g.index, g.model, g.memory_mib, g.numa, g.healthy) for g in info.gpus)
+        if len(_INVENTORIES) > 50_000:
+            _INVENTORIES.clear()
+        hit = _INVENTORIES[key] = (spec, status, gpus, info.disabled & {g.uuid for g in info.gpus})
+    return hit[2], hit[3]
+
+
+def clone(obj: Any) -> Any:
+    """A deep copy of JSON-shaped data (dicts, lists, scalars), as the API server hands out: about twice as fast
+    as `copy.deepcopy`, which every emitted event and every read goes through."""
+    if isinstance(obj, dict):
+        return {k: clone(v) if isinstance(v, (dict, list)) else v for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [clone(v) if isinstance(v, (dict, list)) else v for v in obj]
+    return obj
+
+
+#: one metrics registry for every schedule: the service only writes to it, and a fresh one per schedule costs
+#: more than a short schedule's steps
+_METRICS = Metrics()
+
+
+def check_identity_rule(world: World, wait_s: float) -> None:
+    """The rule of gpupool.identity, on the API objects: no two bound pods of one node whose devices the kubelet
+    has not taken yet, both bound less than the identity wait ago, share a slot count."""
+    if world.identity_checked == (world.pod_writes, world.now):
+        return  # the pods and the clock are as at the last check
+    world.identity_checked = (world.pod_writes, world.now)
+    seen: dict[tuple[str, int], str] = {}
+    for p in sorted(world.pods.values(), key=objects.pod_key):
+        node = p["spec"].get("nodeName")
+        if not node or objects.pod_is_terminal(p):
+            continue
+        h = holding_of(p)
+        if h is None or identity.served(p, h.slices):
+            continue
+        at = _bound_at(objects.pod_assignment_text(p) or "")
+        if world.now - at > wait_s:
+            continue  # overdue: reported, and no longer holding others back
+        for count in identity.slot_counts(h.slices):
+            other = seen.setdefault((node, count), p["metadata"]["name"])
+            assert other == p["metadata"]["name"], (
+                f"identity rule: pods {other} and {p['metadata']['name']} are both bound to {node} with slot count "
+                f"{count}, neither served nor overdue"
+            )
+
+
+_BOUND_AT: dict[str, float] = {}
+
+
+def _bound_at(text: str) -> float:
+    """`identity.bound_at` of an assignment's `at`, remembered by the annotation's text."""
+    if text not in _BOUND_AT:
+        if len(_BOUND_AT) > 50_000:
+            _BOUND_AT.clear()
+        _BOUND_AT[text] = identity.bound_at(assignment_format.parse(text).at)
+    return _BOUND_AT[text]
+
+
+def new_service(world: World, identity_wait: float = 0.0) -> PoolService:
     pool = build_pool(PoolConfig(policies=("bestfit",), default_policy="bestfit"))
-    service = PoolService(pool.ledger, pool.placer, KEY, world)
-    # No kubelet serves pods here: a bind that must wait for one is refused at once (never a real-time wait on
-    # the scheduler's one thread), and the identity rule's clock is the API server's write count (replayable).
+    service = PoolService(pool.ledger, pool.placer, KEY, world, _METRICS)
+    # The identity rule runs on the world's fake clock (replayable), with the schedule's wait (0: off); a bind it
+    # holds back is refused at once (never a real-time wait on the scheduler's one thread).
+    service.identity_wait_seconds = identity_wait
     service.identity_bind_wait_seconds = 0.0
-    service.clock = lambda: float(world.rv)
+    service.clock = lambda: world.now
     return service
 
 
@@ -582,11 +713,16 @@ def recount(nodes: Iterable[str], gpunodes: Mapping[str, Mapping[str, Any]], pod
             like: Ledger) -> Ledger:  # fmt: skip
     """A fresh ledger from API objects: Nodes with GPUNodes, and the live pods' signed assignments that are in
     the pool; raises AssertionError where two of them do not fit together."""
+    infos = {name: node_info_of(gpunodes[name]) for name in set(nodes) & set(gpunodes)}
+    return recount_infos(infos, pods, like)
+
+
+def recount_infos(infos: Mapping[str, NodeInfo], pods: Iterable[Mapping[str, Any]], like: Ledger) -> Ledger:
     ledger = Ledger(slots_per_gpu=like.slots_per_gpu, remote_slots=like.remote_slots,
                     overcommit_compute_percent=like.overcommit_compute_percent,
                     overcommit_memory_percent=like.overcommit_memory_percent)  # fmt: skip
-    for name in sorted(set(nodes) & set(gpunodes)):
-        ledger.upsert_node(node_info_of(gpunodes[name]))
+    for name in sorted(infos):
+        ledger.upsert_node(infos[name])
     for p in sorted(pods, key=objects.pod_key):
         h = holding_of(p)
         if h is None or not placeable(ledger, h):
@@ -603,12 +739,17 @@ def check_no_double_booking(world: World) -> None:
     if world.checked_writes == world.pod_writes:
         return
     world.checked_writes = world.pod_writes
-    every_gpu = {}
-    for name, gpus in world.catalog.items():
-        obj = gpunode(name, gpus=0)
-        obj["status"]["gpus"] = gpus
-        every_gpu[name] = obj
-    recount(NODES, every_gpu, world.pods.values(), Ledger())
+    if world.catalog_infos is None or world.catalog_infos[0] is not world.catalog:
+        every_gpu = {}
+        for name, gpus in world.catalog.items():
+            obj = gpunode(name, gpus=0)
+            obj["status"]["gpus"] = gpus
+            every_gpu[name] = objects.node_info_from_gpunode(obj)
+        world.catalog_infos = (world.catalog, every_gpu)
+    recount_infos(world.catalog_infos[1], world.pods.values(), _PLAIN)
+
+
+_PLAIN = Ledger()
 
 
 def run_seed(seed: int, steps: int) -> None:

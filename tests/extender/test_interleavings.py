@@ -23,7 +23,7 @@ from tests.extender.conftest import KEY, gpunode, node, pod
 from tests.extender.interleavings import STREAMS, Paused, World, check_no_double_booking, new_service, run_seed
 
 FIRST = int(os.environ.get("GPUPOOL_INTERLEAVING_FIRST", "0"))
-COUNT = int(os.environ.get("GPUPOOL_INTERLEAVINGS", os.environ.get("GPUPOOL_INTERLEAVING_SEEDS", "400")))
+COUNT = int(os.environ.get("GPUPOOL_INTERLEAVINGS", os.environ.get("GPUPOOL_INTERLEAVING_SEEDS", "2000")))
 STEPS = int(os.environ.get("GPUPOOL_INTERLEAVING_STEPS", "40"))
 
 
@@ -51,14 +51,14 @@ def test_random_interleavings_keep_the_ledger_a_recount_within_capacity(quiet: N
 class Cluster:
     """A scripted schedule: the harness's world and service, with every random fault turned off."""
 
-    def __init__(self, gpus: dict[str, int]) -> None:
+    def __init__(self, gpus: dict[str, int], identity_wait: float = 0.0) -> None:
         self.world = World(random.Random(0))
         self.world.rng = _NoFaults()
         w = self.world
         w.nodes = {n: node(n) for n in gpus}
         w.gpunodes = {n: gpunode(n, gpus=k, memory=16384) for n, k in gpus.items()}
         w.catalog = {n: copy.deepcopy(o["status"]["gpus"]) for n, o in w.gpunodes.items()}
-        self.service = new_service(w)
+        self.service = new_service(w, identity_wait)
         w.service = self.service
         self.service.on_node_list(w.objects_of("nodes"))
         self.service.on_gpunode_list(w.objects_of("gpunodes"))
@@ -227,3 +227,41 @@ def test_remote_slices_of_a_pod_whose_node_left_stay_counted() -> None:
     w.emit("gpunodes", "ADDED", w.gpunodes["n1"])
     c.deliver()
     assert c.holds("far") == ["GPU-n0-0"] and c.service.ledger.remote_slots_free("n1") == 15
+
+
+def test_a_bound_pod_whose_gpu_left_still_holds_back_its_slot_count() -> None:
+    """Interleaving seed 1100: pod e is bound to n1 and the kubelet has not taken its devices; its GPU leaves
+    status.gpus, then e's next pod event made the extender stop tracking it (no ledger holding), so pod c with
+    the same slot count was bound to n1 too: two unserved pods the node agent cannot tell apart."""
+    c = Cluster({"n1": 2}, identity_wait=120)
+    c.create(pod("e", count=1, compute=100, memory=None))
+    c.deliver()
+    bind = c.bind("e", "n1")
+    while not bind.dead:
+        bind.switch()
+    gpus = c.world.gpunodes["n1"]["status"]["gpus"]
+    gpus.remove(next(g for g in gpus if g["uuid"] in c.holds("e")))
+    c.world.emit("gpunodes", "MODIFIED", c.world.gpunodes["n1"])
+    c.deliver()  # the GPUNode without e's GPU, then e's bind as the watch shows it
+    c.create(pod("c", count=1, compute=100, memory=None))
+    c.deliver()
+    answer = c.service.filter(c.world.pods["c"], ["n1"])
+    assert answer.passing == [], "a pod with e's slot count may bind to n1 while e is unserved there"
+    assert "waiting for the kubelet" in answer.failed.get("n1", "") + str(answer.unresolvable.get("n1", ""))
+
+
+def test_a_pod_a_relist_lacks_once_its_binding_landed_is_released() -> None:
+    """Interleaving seed 5102: the Binding landed, the pod was deleted and its DELETED event lost to a 410; the
+    relist lacked it, yet the bind's success path put it back in the cache, holding its slices for good."""
+    c = Cluster({"n0": 1})
+    c.create(pod("short", count=1, compute=100, memory=None))  # not delivered: the bind reads it from the API
+    bind = c.bind("short", "n0")
+    while not bind.switch().what.endswith("reply on its way"):
+        pass
+    uid = c.world.pods["short"]["metadata"]["uid"]
+    del c.world.pods["short"]
+    c.world.streams["pods"].clear()
+    c.service.on_pod_list(c.world.objects_of("pods"))
+    while not bind.dead:
+        bind.switch()
+    assert uid not in c.service.pods and c.service.ledger.holding(uid) is None
