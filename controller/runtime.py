@@ -35,7 +35,7 @@ from gpupool.errors import GpupoolError, InvalidRequest
 from gpupool.ledger import Holding
 from gpupool.pool import build_pool
 from gpupool.preemption import find_preemption, no_preemption_reason
-from gpupool.queues import IMPLICIT_QUEUE, PodEntry, QueueManager
+from gpupool.queues import IMPLICIT_QUEUE, QueueManager
 
 log = logging.getLogger("gpupool.controller")
 
@@ -254,16 +254,7 @@ class Controller:
         if assigned is not None and not self.ledger.has_node(assigned.node):
             assigned = None
         self.pods[uid] = dict(pod)
-        meta = pod.get("metadata") or {}
-        spec = pod.get("spec") or {}
-        entry = PodEntry(
-            request=request,
-            created=timefmt.parse_time(meta.get("creationTimestamp")) or 0.0,
-            gated=objects.pod_gated(pod),
-            node_selector=dict(spec.get("nodeSelector") or {}),
-            assigned=assigned,
-        )
-        self.manager.upsert_pod(entry)
+        self.manager.upsert_pod(objects.pod_entry(pod, request, assigned))
 
     def _claim(self, pod: Mapping[str, Any]) -> Holding | None:
         """An untrusted pod's claimed slices, read unverified; only a pod bound to the claim's node runs on them."""
