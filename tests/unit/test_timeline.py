@@ -21,7 +21,8 @@ from gpupool.simulator import timeline
 from gpupool.simulator.trace import TraceError, load_nodes, load_pods, load_times
 
 NODE_HEADER = "sn,cpu_milli,memory_mib,gpu,model"
-POD_HEADER = "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time"
+POD_HEADER = ("name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,"
+              "scheduled_time")
 
 
 def write_trace(tmp: Path, nodes: list[str], pods: list[str]) -> tuple[Path, Path]:
@@ -55,6 +56,13 @@ def test_a_departure_frees_the_capacity_a_later_pod_waits_for(tmp_path: Path) ->
     assert by_time[5.0] == 100.0 and by_time[95.0] == 100.0 and by_time[145.0] == 100.0
     assert result.utilisation[-1] == 0.0
     assert max(result.pending) == 1 and result.pending[-1] == 0
+
+
+def test_host_cpu_is_held_from_admission_so_one_pass_never_admits_past_it(tmp_path: Path) -> None:
+    # two GPUs but CPU for one pod: the second waits (the QueueManager's reservation carries the pod's CPU)
+    pods = ["a,1500,1024,1,1000,,LS,Running,0,100,0", "b,1500,1024,1,1000,,LS,Running,0,100,0"]
+    result = trace_run(tmp_path, ["n0,2000,32768,2,V100"], pods)
+    assert sorted(result.waits["(none)"]) == [0.0, 100.0]
 
 
 def test_without_a_departure_the_later_pod_never_runs(tmp_path: Path) -> None:
