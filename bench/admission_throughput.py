@@ -2,12 +2,14 @@
 
 Setup: a pool of N nodes x 8 GPUs (80 GiB), Q GPUQueues (cohorts of 5, nominal quota split so that the
 pool is oversubscribed), P waiting pods of mixed shapes (whole 1/2/4 GPUs, 25 % / 50 % fractions with
-memory) and priorities. Measured: the first full cycle (every pod decided once), then steady-state
-cycles after completions free capacity. What the API adds is not measured here: each admission costs
-one JSON-patch PATCH of the pod (gate removal), each changed wait reason one Event POST, and queue /
-GPUNode status are merge-patched only on change (see the printed note).
+memory) and priorities; with `--groups G` (default 1,500) the pods form G pod groups of 1-16 members
+(one queue, priority and shape per group, min-members = its size: admitted all or nothing,
+gpupool/groups.py); `--groups 0` admits pod by pod. Measured: the first full cycle (every pod decided
+once), then steady-state cycles after completions (whole groups) free capacity. What the API adds is not
+measured here: each admission costs one JSON-patch PATCH of the pod (gate removal), each changed wait
+reason one Event POST, and queue / GPUNode status are merge-patched only on change (see the printed note).
 
-    .venv/bin/python bench/admission_throughput.py [--nodes 1000 --queues 20 --pods 10000] [--json]
+    .venv/bin/python bench/admission_throughput.py [--nodes 1000 --queues 20 --pods 10000 --groups 1500] [--json]
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gpupool import groups
 from gpupool.inventory import GPUInfo, NodeInfo
 from gpupool.pool import PoolConfig, build_pool
 from gpupool.queues import PodEntry, QueueManager, QueueSpec, Strategy
@@ -30,7 +33,23 @@ from gpupool.request import ContainerRequest, PodRequest
 SHAPES = [(1, 100, None), (2, 100, None), (4, 100, None), (1, 25, 8192), (1, 50, 20480), (1, 30, 4096)]
 
 
-def build(nodes: int, queues: int, pods: int, seed: int, policy: str) -> QueueManager:
+def group_sizes(pods: int, count: int, rng: random.Random, largest: int = 16) -> list[int]:
+    """`count` sizes of 1..`largest` summing to `pods` (each group gets one, the rest spread at random)."""
+    if count <= 0:
+        return []
+    count = min(count, pods)
+    sizes = [1] * count
+    room = [i for i in range(count)]
+    for _ in range(min(pods - count, count * (largest - 1))):
+        i = rng.randrange(len(room))
+        sizes[room[i]] += 1
+        if sizes[room[i]] == largest:
+            room[i] = room[-1]
+            room.pop()
+    return sizes
+
+
+def build(nodes: int, queues: int, pods: int, seed: int, policy: str, n_groups: int = 0) -> QueueManager:
     rng = random.Random(seed)
     pool = build_pool(PoolConfig(policies=(policy,), default_policy=policy))
     ledger, placer = pool.ledger, pool.placer
@@ -43,13 +62,19 @@ def build(nodes: int, queues: int, pods: int, seed: int, policy: str) -> QueueMa
         strategy = Strategy.STRICT_FIFO if q % 4 == 0 else Strategy.BEST_EFFORT_FIFO
         manager.set_queue(QueueSpec(f"q{q:02d}", Limit(per_queue, None), cohort=f"c{q // 5}",
                                     namespaces=frozenset({f"ns{q:02d}"}), strategy=strategy))  # fmt: skip
-    for i in range(pods):
+    sizes = group_sizes(pods, n_groups, rng) or [1] * pods
+    i = 0
+    for g, size in enumerate(sizes):
         q = rng.randrange(queues)
         count, compute, memory = rng.choice(SHAPES)
-        request = PodRequest(uid=f"u{i}", namespace=f"ns{q:02d}", name=f"p{i}",
-                             containers=(ContainerRequest("c", 0, count, compute, memory),),
-                             priority=rng.choice((0, 0, 0, 100, 1000)))  # fmt: skip
-        manager.upsert_pod(PodEntry(request=request, created=float(i), gated=True))
+        priority = rng.choice((0, 0, 0, 100, 1000))
+        spec = groups.GroupSpec(f"ns{q:02d}/job/g{g}", size, size, "bench") if n_groups and size > 1 else None
+        for _ in range(size):
+            request = PodRequest(uid=f"u{i}", namespace=f"ns{q:02d}", name=f"p{i}",
+                                 containers=(ContainerRequest("c", 0, count, compute, memory),),
+                                 priority=priority)  # fmt: skip
+            manager.upsert_pod(PodEntry(request=request, created=float(i), gated=True, group=spec))
+            i += 1
     return manager
 
 
@@ -58,6 +83,7 @@ def main() -> int:
     parser.add_argument("--nodes", type=int, default=1000)
     parser.add_argument("--queues", type=int, default=20)
     parser.add_argument("--pods", type=int, default=10000)
+    parser.add_argument("--groups", type=int, default=1500, help="pod groups of 1-16 members (0: pod by pod)")
     parser.add_argument("--cycles", type=int, default=5, help="steady-state cycles after the first")
     parser.add_argument("--complete", type=int, default=200, help="admitted pods that finish before each cycle")
     parser.add_argument("--policy", default="binpack")
@@ -66,7 +92,7 @@ def main() -> int:
     args = parser.parse_args()
 
     t0 = time.perf_counter()
-    manager = build(args.nodes, args.queues, args.pods, args.seed, args.policy)
+    manager = build(args.nodes, args.queues, args.pods, args.seed, args.policy, args.groups)
     setup = time.perf_counter() - t0
     t0 = time.perf_counter()
     first = manager.schedule(now=1.0)
@@ -75,8 +101,19 @@ def main() -> int:
     rng = random.Random(args.seed + 1)
     for c in range(args.cycles):
         admitted = [uid for uid, e in manager.pods.items() if e.state.value == "admitted"]
-        for uid in rng.sample(admitted, min(args.complete, len(admitted))):
-            manager.remove_pod(uid)
+        finished = 0
+        for uid in rng.sample(admitted, len(admitted)):  # whole groups finish together
+            if finished >= args.complete:
+                break
+            entry = manager.pods.get(uid)
+            if entry is None:
+                continue
+            key = entry.group.key if entry.group is not None else None
+            gone = [u for u, e in manager.pods.items() if key is not None and e.group is not None
+                    and e.group.key == key] if key is not None else [uid]  # fmt: skip
+            for u in gone:
+                manager.remove_pod(u)
+            finished += len(gone)
         t0 = time.perf_counter()
         r = manager.schedule(now=2.0 + c)
         dt = time.perf_counter() - t0
@@ -86,7 +123,9 @@ def main() -> int:
     steady_seconds = sum(s["seconds"] for s in steady)
     out = {
         "nodes": args.nodes, "gpus": args.nodes * 8, "queues": args.queues, "pods": args.pods,
-        "policy": args.policy, "setup_seconds": round(setup, 3),
+        "policy": args.policy, "setup_seconds": round(setup, 3), "groups": args.groups,
+        "first_cycle_decisions_per_s": round(first.decisions / first_s) if first_s else None,
+        "steady_cycle_decisions_per_s": round(steady_decisions / steady_seconds) if steady_seconds else None,
         "first_cycle": {"seconds": round(first_s, 3), "decisions": first.decisions,
                         "admitted": len(first.admitted), "waiting": len(first.waiting),
                         "decisions_per_second": round(first.decisions / first_s) if first_s else None,
@@ -104,7 +143,8 @@ def main() -> int:
     else:
         f = out["first_cycle"]
         s = out["steady"]
-        print(f"pool: {args.nodes} nodes x 8 GPUs, {args.queues} queues, {args.pods} waiting pods ({args.policy})")
+        print(f"pool: {args.nodes} nodes x 8 GPUs, {args.queues} queues, {args.pods} waiting pods in "
+              f"{args.groups or 'no'} groups ({args.policy})")  # fmt: skip
         print(f"setup: {setup:.2f} s")
         print(f"first cycle: {f['seconds']} s, {f['decisions']} quota+capacity decisions "
               f"({f['decisions_per_second']}/s), {f['admitted']} admitted, {f['waiting']} waiting with reasons, "

@@ -15,6 +15,7 @@ from typing import Any
 import jsonpatch
 
 from gpupool import objects, resources
+from gpupool import resize as resize_format
 from gpupool.errors import FieldError, InvalidRequest
 from gpupool.ledger import Ledger
 from gpupool.request import Locality, PodRequest
@@ -126,6 +127,7 @@ def validate(
                     "is removed by the gpupool controller when the pod's queue admits it; leave it in place",
                 )
             )
+    errors.extend(resize_errors(pod, old=old, operation=operation, limits=limits))
     if operation == "UPDATE" and old is not None and _gpupool_intent(pod) == _gpupool_intent(old):
         # what the pod asks of gpupool did not change: an update of a stored pod (labels, finalizers) must
         # not fail because the pool changed under it (a node left, the largest GPU is smaller now)
@@ -143,6 +145,63 @@ def validate(
         errors.extend(_privileged(pod, request))
     if operation == "CREATE":  # a pod's env is immutable: checking it once, at creation, is enough
         errors.extend(_runtime_env(pod))
+    return errors
+
+
+def resize_errors(
+    pod: Mapping[str, Any],
+    *,
+    old: Mapping[str, Any] | None = None,
+    operation: str = "CREATE",
+    limits: PoolLimits = PoolLimits(),
+) -> list[FieldError]:
+    """A new or changed `gpupool.io/resize` request (docs/runtime.md, "Resize"): readable, sensible, on a running
+    pod's app container holding slices, with a `seq` above the previous request's.
+
+    Who may ask: the webhook sees an UPDATE only after the API server authorised it, so a request reaching here
+    comes from a user allowed to update (or patch) this pod; the webhook refuses it at CREATE (a new pod asks for
+    its slices in its resources) and refuses edits of what gpupool writes back (`SYSTEM_ANNOTATIONS`).
+    """
+    text = _annotations(pod).get(resources.RESIZE)
+    before = _annotations(old).get(resources.RESIZE) if old is not None else None
+    if text is None or (operation == "UPDATE" and text == before):
+        return []
+    field = f"metadata.annotations[{resources.RESIZE}]"
+    if operation != "UPDATE" or old is None:
+        return [FieldError(field, "resizes a running pod; a new pod asks for its slices in its resources, "
+                                  "remove the annotation")]  # fmt: skip
+    try:
+        request = resize_format.parse_request(text)
+    except InvalidRequest as exc:
+        return list(exc.errors)
+    errors: list[FieldError] = []
+    try:
+        previous = resize_format.parse_request(before) if before is not None else None
+    except InvalidRequest:
+        previous = None
+    last = max([o.seq for o in resize_format.history_of(old)] + ([previous.seq] if previous else []), default=-1)
+    if request.seq <= last:
+        errors.append(FieldError(f"{field}.seq", f"must be larger than the last request's ({last}); "
+                                                 f"write {last + 1}"))  # fmt: skip
+    index = resize_format.container_index(pod, request.container)
+    names = [str(c.get("name")) for c in (pod.get("spec") or {}).get("containers") or [] if isinstance(c, Mapping)]
+    if index is None:
+        errors.append(FieldError(f"{field}.container", f"the pod has no app container {request.container!r}; "
+                                                       f"write one of {', '.join(names)}"))  # fmt: skip
+    else:
+        try:
+            parsed = resources.parse_pod(pod, allow_system_annotations=True)
+        except InvalidRequest:
+            parsed = None
+        if parsed is not None and not any(c.index == index and not c.init for c in parsed.containers):
+            errors.append(FieldError(f"{field}.container",
+                                     f"container {request.container!r} asks for no gpupool slice; "
+                                     "resize one that does"))  # fmt: skip
+    if request.memory_mib is not None and limits.largest_gpu_mib and request.memory_mib > limits.largest_gpu_mib:
+        errors.append(FieldError(f"{field}.memory", f"{request.memory_mib} MiB per slice is more than the largest GPU "
+                                                    f"in the pool ({limits.largest_gpu_mib} MiB)"))  # fmt: skip
+    if objects.pod_assignment_text(old) is None:
+        errors.append(FieldError(field, "the pod holds no slices yet (it is not bound); resize it once it runs"))
     return errors
 
 
@@ -303,6 +362,21 @@ def tenancy_errors(
         if problem is not None:
             errors.append(FieldError(f"metadata.annotations[{resources.QUEUE}]", problem))
     return errors
+
+
+#: given a pod: the field and why it does not match the pod group it joins (None: it does)
+GroupProblem = Callable[[Mapping[str, Any]], "tuple[str, str] | None"]
+
+
+def group_errors(pod: Mapping[str, Any], *, operation: str = "CREATE",
+                 group_problem: GroupProblem | None = None) -> list[FieldError]:  # fmt: skip
+    """A new pod whose pod group's members ask for another min-members, queue or priority is refused
+    (`Controller.group_problem`; docs/workloads.md). Groups inferred from owners are checked by the
+    admission cycle instead, which reports them."""
+    if operation != "CREATE" or group_problem is None:
+        return []
+    found = group_problem(pod)
+    return [] if found is None else [FieldError(*found)]
 
 
 def _annotations(pod: Mapping[str, Any]) -> Mapping[str, Any]:

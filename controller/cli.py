@@ -13,11 +13,12 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from controller import status
-from gpupool import objects, resources, signing_key, timefmt
+from gpupool import groups, objects, resize, resources, signing_key, timefmt
 from gpupool.assignment import KeySet
 from gpupool.errors import AssignmentError, GpupoolError
 from gpupool.quota import Resources, message
@@ -52,6 +53,7 @@ def add_parsers(subparsers: Any) -> None:
     _common(explain)
     explain.add_argument("pod", metavar="NAMESPACE/POD")
     explain.set_defaults(run=run_explain)
+    add_resize_parser(subparsers)
     snap = subparsers.add_parser(
         "snapshot", help="write the pool's nodes, GPUs, queues and pods as JSON (for `simulate --timeline --snapshot`)"
     )
@@ -83,6 +85,7 @@ def load_state(args: argparse.Namespace) -> Controller:
     settings = ControllerSettings(leader_election=False, webhook_enabled=False, metrics_port=0)
     state = Controller(settings, kube, key)
     asyncio.run(state.rebuild())  # the live state only: no simulated admission pass is taken for the truth
+    asyncio.run(state.read_owners(time.time()))  # the owners that size pod groups
     return state
 
 
@@ -136,13 +139,14 @@ def run_status(args: argparse.Namespace) -> int:
     console.print(table)
     qtable = Table(title="GPU queues")
     for col in ("queue", "cohort", "strategy", "pending", "admitted", "compute used/quota", "memory used/quota",
-                "borrowed compute"):  # fmt: skip
+                "borrowed compute", "weight", "share %", "fair share %"):  # fmt: skip
         qtable.add_column(col)
     for name, queue in sorted(queues.items()):
         spec = state.manager.queues[name]
         qtable.add_row(
             name, spec.cohort or "-", spec.strategy.value, str(queue["pending"]), str(queue["admitted"]),
             queue["computeSummary"], queue["memorySummary"], str(queue["borrowed"]["compute"]),
+            f"{float(spec.weight):g}", str(queue["sharePercent"]), str(queue["fairSharePercent"]),
         )  # fmt: skip
     console.print(qtable)
     totals = state.ledger.totals()
@@ -184,6 +188,7 @@ def explain_lines(state: Controller, namespace: str, name: str, *, what_if: bool
         since = f" since {timefmt.format_time(decision.since)}" if decision.since is not None else ""
         verdict = "admitted" if decision.admitted else "not admitted"
         lines.append(f"controller decision: {verdict} ({decision.reason}{since}): {decision.message}")
+    lines.extend(resize.describe(pod))
     if entry is None:
         return [*lines, "not tracked by the queue manager"]
     if entry.assigned is not None:
@@ -207,6 +212,7 @@ def explain_lines(state: Controller, namespace: str, name: str, *, what_if: bool
             f"{usage.memory_mib}/{spec.nominal.memory_mib if spec.nominal.memory_mib is not None else '-'} MiB"
         )  # fmt: skip
         lines.append(f"queue: {label}; quota in use {quota_text}")
+    lines.extend(groups.describe(state.manager, uid))
     if not gated:
         if not node:
             lines.append("waiting for the gpupool scheduler to bind it")
@@ -257,8 +263,6 @@ def run_explain(args: argparse.Namespace) -> int:
 def run_snapshot(args: argparse.Namespace) -> int:
     """List what the controller reads (kubeio, raw JSON) and write it in the snapshot format
     (`gpupool.simulator.snapshot`, docs/timeline.md); nothing is written to the cluster."""
-    import time
-
     from gpupool.simulator.snapshot import capture
     from kubeio.client import ApiError, KubeClient
 
@@ -285,6 +289,67 @@ def run_snapshot(args: argparse.Namespace) -> int:
             handle.write(text)
     counts = ", ".join(f"{len(doc[k])} {k}" for k in ("gpuNodes", "gpuQueues", "pods"))
     print(f"gpupool snapshot: {counts}", file=sys.stderr)
+    return 0
+
+
+# --- resize (docs/runtime.md "Resize"): writes the request, then reads the outcome back ------------------------
+
+
+def add_resize_parser(subparsers: Any) -> None:
+    cmd = subparsers.add_parser("resize", help="grow or shrink a running pod's slices, live")
+    cmd.add_argument("pod", metavar="NAMESPACE/POD")
+    cmd.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config)")
+    cmd.add_argument("--container", default=None, help="app container (default: the only one with gpupool slices)")
+    cmd.add_argument("--compute", type=int, default=None, help="percent of one GPU per slice, 1..100")
+    cmd.add_argument("--memory", type=int, default=None, metavar="MIB", help="MiB per slice")
+    cmd.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
+                     help="wait this long for the outcome (0: write the request and return)")  # fmt: skip
+    cmd.set_defaults(run=run_resize)
+
+
+def run_resize(args: argparse.Namespace) -> int:
+    """0: applied (or written, with --wait 0); 1: refused or not written; 2: bad arguments; 3: no outcome in time."""
+    import time
+
+    from kubeio.client import MERGE_PATCH, ApiError, KubeClient
+
+    if "/" not in args.pod:
+        print("write NAMESPACE/POD, e.g. team-a/bert-finetune")
+        return 2
+    namespace, name = args.pod.split("/", 1)
+    path = f"/api/v1/namespaces/{namespace}/pods/{name}"
+    kube = KubeClient.connect(args.kubeconfig, in_cluster=False)
+    try:
+        pod = kube.request("GET", path)
+        request = resize.next_request(pod, args.container, args.compute, args.memory)
+        meta = pod.get("metadata") or {}
+        # resourceVersion: the patch fails (409) rather than overwrite a request written meanwhile
+        patch = {"metadata": {"resourceVersion": meta.get("resourceVersion"),
+                              "annotations": {resize.REQUEST: request.to_annotation()}}}  # fmt: skip
+        started = time.monotonic()
+        kube.request("PATCH", path, body=patch, content_type=MERGE_PATCH)
+    except GpupoolError as exc:
+        print(f"gpupool resize: {exc}")
+        return 2
+    except ApiError as exc:
+        print(f"gpupool resize: the request was not written: {exc}")
+        return 1
+    print(f"resize #{request.seq} of {args.pod} written")
+    deadline = started + args.wait
+    while time.monotonic() < deadline:
+        try:
+            pod = kube.request("GET", path)
+        except ApiError as exc:
+            print(f"gpupool resize: reading the pod failed: {exc}")
+            return 1
+        outcome = resize.outcome_of(pod, request.seq)
+        if outcome is not None and outcome.state in resize.FINAL:
+            print(f"{outcome.state.value} after {time.monotonic() - started:.2f}s: {outcome.message}")
+            return 0 if outcome.state is resize.State.APPLIED else 1
+        time.sleep(0.1)
+    if args.wait > 0:
+        print(f"no outcome after {args.wait:.0f}s; `gpupool explain {args.pod}` shows where it waits")
+        return 3
     return 0
 
 

@@ -53,16 +53,6 @@ async def _keys_loop(ring: KeyRing, state: Controller, stop: asyncio.Event, inte
             log.exception("re-reading the signing keys failed")
 
 
-async def _cycle_loop(state: Controller, stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        try:
-            await state.cycle()
-        except Exception:
-            log.exception("admission cycle failed")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=state.settings.admission_interval_seconds)
-
-
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     global STATE
@@ -70,6 +60,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.peering.standalone = True  # HA is a Lease (controller.leader), not kopf peering
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
+    # kopf holds each object's events for this long to batch them (default 0.1 s): a freed slice or a new pod
+    # would wait that long before it wakes the admission cycle (docs/fairshare.md); the handlers are cheap
+    settings.batching.batch_window = 0.01
     if cfg.webhook_enabled:
         settings.admission.server = kopf.WebhookServer(
             addr=cfg.webhook_host, port=cfg.webhook_port, certfile=cfg.webhook_cert_file, pkeyfile=cfg.webhook_key_file
@@ -83,7 +76,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     STATE = state
     stop = asyncio.Event()
     memo["stop"] = stop
-    tasks = [asyncio.create_task(_cycle_loop(state, stop)), asyncio.create_task(_keys_loop(key, state, stop))]
+    tasks = [asyncio.create_task(state.run_cycles(stop)), asyncio.create_task(_keys_loop(key, state, stop))]
     if cfg.leader_election:
         identity = cfg.identity or f"{socket.gethostname()}-{os.getpid()}"
         elector = LeaseElector(kube.coordination, cfg.lease_name, cfg.lease_namespace, identity,
@@ -121,32 +114,42 @@ def _type(event: Any) -> str:
 
 @kopf.on.event("", "v1", "pods")
 def pod_event(event: Any, body: kopf.Body, **_: Any) -> None:
-    if STATE is not None:
-        STATE.on_pod(_type(event), dict(body))
+    state = STATE
+    if state is not None:
+        with state.lock:  # the admission cycle runs on the event loop meanwhile
+            state.on_pod(_type(event), dict(body))
 
 
 @kopf.on.event(objects.GROUP, objects.VERSION, objects.GPUNODE_PLURAL)
 def gpunode_event(event: Any, body: kopf.Body, **_: Any) -> None:
-    if STATE is not None:
-        STATE.on_gpunode(_type(event), dict(body))
+    state = STATE
+    if state is not None:
+        with state.lock:  # the admission cycle runs on the event loop meanwhile
+            state.on_gpunode(_type(event), dict(body))
 
 
 @kopf.on.event(objects.GROUP, objects.VERSION, objects.GPUQUEUE_PLURAL)
 def gpuqueue_event(event: Any, body: kopf.Body, **_: Any) -> None:
-    if STATE is not None:
-        STATE.on_queue(_type(event), dict(body))
+    state = STATE
+    if state is not None:
+        with state.lock:  # the admission cycle runs on the event loop meanwhile
+            state.on_queue(_type(event), dict(body))
 
 
 @kopf.on.event("", "v1", "nodes")
 def node_event(event: Any, body: kopf.Body, **_: Any) -> None:
-    if STATE is not None:
-        STATE.on_node(_type(event), dict(body))
+    state = STATE
+    if state is not None:
+        with state.lock:  # the admission cycle runs on the event loop meanwhile
+            state.on_node(_type(event), dict(body))
 
 
 @kopf.on.event("", "v1", "namespaces")
 def namespace_event(event: Any, body: kopf.Body, **_: Any) -> None:
-    if STATE is not None:
-        STATE.on_namespace(_type(event), dict(body))
+    state = STATE
+    if state is not None:
+        with state.lock:  # the admission cycle runs on the event loop meanwhile
+            state.on_namespace(_type(event), dict(body))
 
 
 @kopf.on.mutate("", "v1", "pods", id=MUTATE_PATH, operations=["CREATE"], persistent=True)
@@ -179,5 +182,8 @@ def validate_pods(body: kopf.Body, old: Any, operation: str, userinfo: Any, **_:
         dict(body), old=dict(old) if old is not None else None, operation=operation,
         queue_problem=STATE.queue_problem if STATE is not None and STATE.ready else None,
     )  # fmt: skip
+    ready = STATE is not None and STATE.ready
+    errors += admission.group_errors(dict(body), operation=operation,
+                                     group_problem=STATE.group_problem if STATE is not None and ready else None)
     if errors:
         raise kopf.AdmissionError(admission.rejection_message(errors), code=400)

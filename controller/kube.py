@@ -17,7 +17,7 @@ from kubernetes.client.exceptions import ApiException
 
 from gpupool import objects, resources
 from gpupool.timefmt import now_rfc3339
-from kubeio.client import JSON_PATCH, MERGE_PATCH, load_api_client
+from kubeio.client import JSON_PATCH, MERGE_PATCH, ApiError, KubeClient, load_api_client
 
 __all__ = ["Kube", "load_api_client"]
 
@@ -32,6 +32,7 @@ class Kube:
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
         self.coordination = client.CoordinationV1Api(api_client)
+        self.raw = KubeClient(api_client)  # raw JSON calls (owners of any kind)
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.to_thread(fn, *args, **kwargs)
@@ -84,9 +85,22 @@ class Kube:
         await self._run(self.core.patch_namespaced_pod_status, name, namespace, body,
                         _content_type=STRATEGIC_MERGE_PATCH)  # fmt: skip
 
-    async def evict(self, namespace: str, name: str) -> bool:
-        """Evict through the Eviction API; False when refused (a PodDisruptionBudget: 429)."""
+    async def get_object(self, path: str) -> dict[str, Any] | None:
+        """GET one object by its API path (a pod's owner, `controller.workloads`); None when it is gone (404)."""
+        try:
+            data = await self._run(self.raw.request, "GET", path)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return cast(dict[str, Any], data)
+
+    async def evict(self, namespace: str, name: str, *, dry_run: bool = False) -> bool:
+        """Evict through the Eviction API; False when refused (a PodDisruptionBudget: 429). `dry_run`: only
+        ask whether it would be allowed (a pod group is evicted whole or not at all)."""
         body = client.V1Eviction(metadata=client.V1ObjectMeta(name=name, namespace=namespace))
+        if dry_run:
+            body.delete_options = client.V1DeleteOptions(dry_run=["All"])
         try:
             await self._run(self.core.create_namespaced_pod_eviction, name, namespace, body)
         except ApiException as exc:

@@ -12,6 +12,10 @@ Garbage and safety decisions (DESIGN.md §7):
   recreate them on healthy GPUs; `keep` only drops them from the ledger. GPUs in `spec.disabledGPUs`
   are cordoned: nothing new lands there, running pods keep their slices (drain them by hand).
 * nominations expire after `nomination_ttl_seconds`; the `gpupool.io/nominated` annotation is removed.
+* the leader's cycle runs on events (`run_cycles`): a new waiting pod, a pod that finished or was deleted, a
+  GPUQueue, namespace or Node label change, a GPUNode whose inventory changed wake it, a burst coalesced into
+  one cycle (`admission_coalesce_seconds`); `admission_interval_seconds` is only the backstop (expiries,
+  retries of failed writes).
 * a pod whose assignment cannot be trusted (forged, unreadable, unknown key id) is quarantined: the
   slices it claims (read unverified, only when bound to the node they name) count as held as far as
   capacity allows, the leader posts one Warning Event `GPUPoolQuarantined` per reason, and
@@ -20,22 +24,28 @@ Garbage and safety decisions (DESIGN.md §7):
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from controller import metrics, status
+from controller import metrics, status, workloads
 from controller.admission import AdmissionConfig, PoolLimits
 from controller.kube import Kube
 from controller.settings import ControllerSettings
-from gpupool import objects, resources, timefmt
+from gpupool import groups, objects, quota, resources, timefmt
+from gpupool import resize as rz
 from gpupool.assignment import Keys, keyset
 from gpupool.errors import GpupoolError, InvalidRequest
+from gpupool.inventory import NodeInfo
 from gpupool.ledger import Holding
 from gpupool.pool import build_pool
 from gpupool.preemption import find_preemption, no_preemption_reason
 from gpupool.queues import IMPLICIT_QUEUE, QueueManager
+from gpupool.quota import Resources
 
 log = logging.getLogger("gpupool.controller")
 
@@ -76,6 +86,7 @@ class Controller:
             require_queue=settings.require_queue,
             reservation_ttl=settings.reservation_ttl_seconds,
             nomination_ttl=settings.nomination_ttl_seconds,
+            group_bind_ttl=settings.group_bind_timeout_seconds,
         )
         self.admission = AdmissionConfig(frozenset(settings.system_usernames), settings.allow_privileged)
         self.pods: dict[str, dict[str, Any]] = {}  # uid -> last seen pod (gpupool pods only)
@@ -88,6 +99,9 @@ class Controller:
         self.is_leader = not settings.leader_election
         self.problems: dict[str, str] = {}
         self._events: dict[str, str] = {}  # uid -> last message posted
+        #: kopf runs the sync watch handlers (`on_*`) in worker threads while `cycle` runs on the event loop:
+        #: both take this lock around what reads or changes the model (tests/controller/test_handler_threads.py)
+        self.lock = threading.RLock()
         self._queue_status: dict[str, dict[str, Any]] = {}
         self._node_status: dict[str, dict[str, Any]] = {}
         self._refused: dict[str, set[str]] = {}  # preemptor -> victims whose eviction was refused
@@ -95,6 +109,51 @@ class Controller:
         #: pods still carrying an alias resource (the webhook was bypassed): uid -> pod; warned once each
         self._alias_pods: dict[str, dict[str, Any]] = {}
         self._alias_warned: set[str] = set()
+        #: owners read to size pod groups (controller.workloads), and the owner each gpupool pod waits on
+        self.owners = workloads.OwnerCache()
+        self._owner_refs: dict[str, workloads.Ref] = {}
+        #: resize outcomes already posted as Events: uid -> (seq, state)
+        self._resize_posted: dict[str, tuple[int, str]] = {}
+        #: called (from any thread: kopf runs the sync watch handlers in worker threads) when an admission or a
+        #: resize may have become possible; `run_cycles` sets it (None before: the first cycle decides anyway)
+        self.wake: Callable[[], object] | None = None
+        #: how long the last `QueueManager.schedule` took (CPU-bound; the API writes after it are not counted)
+        self.decision_seconds = 0.0
+        self._node_infos: dict[str, NodeInfo] = {}
+
+    def nudge(self) -> None:
+        """Something changed that may let a pod be admitted: run the cycle soon (coalesced; `run_cycles`)."""
+        if self.wake is not None:
+            self.wake()
+
+    async def run_cycles(self, stop: asyncio.Event) -> None:
+        """The cycle loop: on `nudge` (after `admission_coalesce_seconds`, or as long as the last decision pass
+        took if that is longer, so a burst is one cycle and a stream of events leaves the leader's CPU at
+        least half the time for its watches), else every `admission_interval_seconds` (the backstop), until
+        `stop`."""
+        loop = asyncio.get_running_loop()
+        woken = asyncio.Event()
+        self.wake = lambda: loop.call_soon_threadsafe(woken.set)
+        while not stop.is_set():
+            woken.clear()
+            try:
+                await self.cycle()
+            except Exception:
+                log.exception("admission cycle failed")
+            waiter = asyncio.ensure_future(woken.wait())
+            stopper = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait({waiter, stopper}, timeout=self.settings.admission_interval_seconds,
+                                   return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+            finally:
+                for task in (waiter, stopper):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            gap = max(self.settings.admission_coalesce_seconds, self.decision_seconds)
+            if woken.is_set() and not stop.is_set() and gap > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=gap)
 
     # --- pool limits for admission -------------------------------------------------------------------
 
@@ -104,6 +163,22 @@ class Controller:
     def queue_problem(self, namespace: str, named: str) -> str | None:
         """Why a pod of `namespace` may not name GPUQueue `named` (the validating webhook refuses it)."""
         return self.manager.membership_problem(namespace, named)
+
+    def group_problem(self, pod: Mapping[str, Any]) -> tuple[str, str] | None:
+        """(field, why) when the pod joins a pod group (`gpupool.io/pod-group`) whose members ask for
+        another min-members, queue or priority (the validating webhook refuses it)."""
+        meta = pod.get("metadata") or {}
+        namespace, annotations = str(meta.get("namespace") or ""), meta.get("annotations") or {}
+        try:
+            spec = groups.from_annotations(namespace, annotations)
+        except GpupoolError:
+            return None  # refused by `validate` already, naming the field
+        if spec is None:
+            return None
+        queue, _ = self.manager.resolve_queue(namespace, annotations.get(resources.QUEUE))
+        priority = (pod.get("spec") or {}).get("priority")
+        return groups.joining_problem(spec, queue, priority if isinstance(priority, int) else 0,
+                                      self.manager.pods.values())  # fmt: skip
 
     def queue_node_selector(self, pod: Mapping[str, Any]) -> dict[str, str]:
         meta = pod.get("metadata") or {}
@@ -169,26 +244,34 @@ class Controller:
 
     def on_namespace(self, event: str, obj: Mapping[str, Any]) -> None:
         meta = obj.get("metadata") or {}
+        name = str(meta.get("name"))
         if event == "DELETED":
-            self.manager.remove_namespace(str(meta.get("name")))
-        else:
-            self.manager.set_namespace(str(meta.get("name")), meta.get("labels") or {})
+            self.manager.remove_namespace(name)
+        elif self.manager.namespace_labels.get(name) != (meta.get("labels") or {}):
+            self.manager.set_namespace(name, meta.get("labels") or {})
+            self.nudge()
 
     def on_node(self, event: str, obj: Mapping[str, Any]) -> None:
         meta = obj.get("metadata") or {}
+        name = str(meta.get("name"))
         if event == "DELETED":
-            self.manager.remove_node_labels(str(meta.get("name")))
-        else:
-            self.manager.set_node_labels(str(meta.get("name")), meta.get("labels") or {})
+            self.manager.remove_node_labels(name)
+        elif self.manager.node_labels.get(name) != (meta.get("labels") or {}):
+            self.manager.set_node_labels(name, meta.get("labels") or {})
+            self.nudge()
 
     def on_queue(self, event: str, obj: Mapping[str, Any]) -> None:
         name = str((obj.get("metadata") or {}).get("name"))
         if event == "DELETED":
             self.manager.remove_queue(name)
             self._queue_status.pop(name, None)
+            self.nudge()
             return
         try:
-            self.manager.set_queue(objects.queue_spec_from_object(obj))
+            spec = objects.queue_spec_from_object(obj)
+            if self.manager.queues.get(name) != spec:
+                self.manager.set_queue(spec)
+                self.nudge()
             self.problems.pop(f"gpuqueue/{name}", None)
         except GpupoolError as exc:
             self.problems[f"gpuqueue/{name}"] = str(exc)
@@ -200,6 +283,7 @@ class Controller:
             self.gpunodes.pop(name, None)
             self.ledger.remove_node(name)
             self._node_status.pop(name, None)
+            self._node_infos.pop(name, None)
             return
         self.gpunodes[name] = dict(obj)
         try:
@@ -208,6 +292,9 @@ class Controller:
             self.problems[f"gpunode/{name}"] = str(exc)
             return
         self.problems.pop(f"gpunode/{name}", None)
+        if self._node_infos.get(name) != info:
+            self._node_infos[name] = info
+            self.nudge()  # new, changed or returning capacity (its own status writes change nothing here)
         dropped = self.ledger.upsert_node(info)
         for uid in dropped:
             pod = self.pods.get(uid)
@@ -220,10 +307,12 @@ class Controller:
             self._alias_pods.pop(uid, None)
             self._alias_warned.discard(uid)
             self._unquarantine(uid)
+            self._resize_posted.pop(uid, None)
             if uid in self.pods or uid in self.manager.pods:
                 self.pods.pop(uid, None)
                 self.manager.remove_pod(uid)
                 self._events.pop(uid, None)
+                self.nudge()  # its slices and quota are free (or the line it waited in is shorter)
             return
         if not resources.mentions_gpupool(pod):
             return
@@ -254,7 +343,61 @@ class Controller:
         if assigned is not None and not self.ledger.has_node(assigned.node):
             assigned = None
         self.pods[uid] = dict(pod)
-        self.manager.upsert_pod(objects.pod_entry(pod, request, assigned))
+        entry = objects.pod_entry(pod, request, assigned)
+        entry.group = self._group(uid, pod)
+        entry.resize_growth = rz.reserved_growth(pod, assigned.slices if assigned is not None else None)
+        new = uid not in self.manager.pods
+        self.manager.upsert_pod(entry)
+        if (new and entry.gated) or (assigned is not None and rz.awaits_quota(pod, assigned.slices)):
+            self.nudge()  # a new pod waits for admission, or a growth for its quota
+
+    def _group(self, uid: str, pod: Mapping[str, Any], now: float | None = None) -> groups.GroupSpec | None:
+        """The pod's group (controller.workloads): from its annotations and its owner, as last read; a pod
+        whose owner is not read yet waits for the next cycle's read."""
+        found = workloads.owner_of(pod)
+        owner = found if isinstance(found, groups.Owner) else None
+        if isinstance(found, workloads.Ref):
+            self._owner_refs[uid] = found
+            known = self.owners.known(found)
+            if known is None:
+                return groups.unresolved(found.namespace, found.kind, found.name)
+            owner, error = known
+            if error is not None:
+                return groups.unreadable(found.namespace, found.kind, found.name, error)
+        else:
+            self._owner_refs.pop(uid, None)
+        try:
+            return workloads.group_of(pod, owner)
+        except InvalidRequest:
+            return None  # parse_pod refused the pod first (the annotations are read there too)
+
+    async def read_owners(self, now: float) -> int:
+        """Read the owners of waiting pods that are unknown or stale (one read per owner), then give each
+        pod its group again. Returns the reads made."""
+        assert self.kube is not None
+        users: dict[workloads.Ref, list[str]] = {}
+        stale: set[workloads.Ref] = set()
+        with self.lock:
+            for uid, ref in list(self._owner_refs.items()):
+                entry = self.manager.pods.get(uid)
+                if entry is None or uid not in self.pods:
+                    self._owner_refs.pop(uid, None)
+                    continue
+                users.setdefault(ref, []).append(uid)
+                if self.owners.known(ref) is None or (entry.gated and self.owners.get(ref, now) is None):
+                    stale.add(ref)
+        for ref in sorted(stale, key=lambda r: (r.namespace, r.kind, r.name)):
+            try:
+                obj = await self.kube.get_object(ref.path())
+                self.owners.put(ref, obj, None, now)
+            except Exception as exc:  # an owner it may not read (RBAC) or cannot reach: the group says so
+                log.warning("reading %s %s/%s: %s", ref.kind, ref.namespace, ref.name, exc)
+                self.owners.put(ref, None, str(exc)[:200], now)
+            with self.lock:
+                for uid in users[ref]:  # every pod of it, admitted ones too (victims are evicted per group)
+                    if uid in self.pods and uid in self.manager.pods:  # not deleted while the owner was read
+                        self.manager.set_group(uid, self._group(uid, self.pods[uid]))
+        return len(stale)
 
     def _claim(self, pod: Mapping[str, Any]) -> Holding | None:
         """An untrusted pod's claimed slices, read unverified; only a pod bound to the claim's node runs on them."""
@@ -295,9 +438,13 @@ class Controller:
         if not (self.ready and self.is_leader) or self.kube is None:
             return {}
         now = time.time() if now is None else now
+        await self.read_owners(now)
+        await self._resize_quota(now)  # before admitting: an approved growth holds its quota
         started = time.perf_counter()
-        result = self.manager.schedule(now)
-        metrics.DECISION_LATENCY.observe(time.perf_counter() - started)
+        with self.lock:
+            result = self.manager.schedule(now)
+        self.decision_seconds = time.perf_counter() - started
+        metrics.DECISION_LATENCY.observe(self.decision_seconds)
         counts = {"admitted": 0, "preempted": 0, "events": 0}
         for admission in result.admitted:
             pod = self.pods.get(admission.uid)
@@ -327,6 +474,10 @@ class Controller:
             if pod is not None:
                 meta = pod["metadata"]
                 await self._quiet(self.kube.annotate_pod(meta["namespace"], meta["name"], {resources.NOMINATED: None}))
+        for uid, why in result.released_groups.items():
+            pod = self.pods.get(uid)
+            if pod is not None:
+                await self._quiet(self.kube.event(pod, "GPUPoolGroupReleased", why, "Warning"))
         if self.settings.preemption_enabled:
             counts["preempted"] = await self._preempt(result.preemptors, now, result.waiting)
         for uid, message in result.waiting.items():
@@ -337,15 +488,75 @@ class Controller:
                 continue
             self._events[uid] = message
             await self._quiet(self.kube.event(pod, "GPUPoolWaiting", message))
-            entry = self.manager.pods.get(uid)
-            nominated = entry is not None and entry.nomination is not None
+            with self.lock:
+                entry = self.manager.pods.get(uid)
+                nominated = entry is not None and entry.nomination is not None
             await self._publish(pod, objects.NOMINATED_REASON if nominated else objects.WAITING_REASON, message, now)
             counts["events"] += 1
         counts["events"] += await self._warn_aliases()
         counts["events"] += await self._warn_quarantined()
+        counts["events"] += await self._resize_events(now)
         await self._health_gc()
         await self.write_status()
         return counts
+
+    # --- resize: the controller checks the quota of a growth (gpupool.resize, docs/runtime.md "Resize") ---------
+
+    async def _resize_quota(self, now: float) -> int:
+        """Approve (reserving the quota) or refuse each pending resize that grows a pod; returns how many."""
+        assert self.kube is not None
+        decided = 0
+        with self.lock:
+            pods = sorted(self.pods.items())
+        for uid, pod in pods:
+            with self.lock:
+                entry = self.manager.pods.get(uid)
+                if entry is None or entry.assigned is None or uid in self.quarantined:
+                    continue
+                p = rz.pending(pod, entry.assigned.slices)
+                if p is None or p.problem is not None or p.approved or p.growth == Resources(0, 0):
+                    continue
+                grow = p.growth
+                problem = self.manager.quota_problem(entry.queue, grow) if entry.queue is not None else None
+            if problem is not None:
+                state, text = rz.State.REFUSED, f"quota: {quota.message(problem)}"
+            else:
+                state, text = rz.State.APPROVED, (f"quota of queue {entry.queue or '(none)'} reserved for "
+                                                  f"+{grow.compute}% / +{grow.memory_mib} MiB")  # fmt: skip
+            value = rz.status_annotation(pod, rz.outcome(p.request, state, text, now))
+            meta = pod["metadata"]
+            try:
+                await self.kube.annotate_pod(meta["namespace"], meta["name"], {rz.STATUS: value})
+            except Exception as exc:
+                log.warning("resize of %s: could not write its status: %s", objects.pod_key(pod), exc)
+                continue
+            decided += 1
+            annotations = {**(meta.get("annotations") or {}), rz.STATUS: value}
+            with self.lock:
+                self.on_pod("MODIFIED", {**pod, "metadata": {**meta, "annotations": annotations}})  # charged now
+        return decided
+
+    async def _resize_events(self, now: float, recent_s: float = 300.0) -> int:
+        """One Event per final resize outcome (recent ones: a new leader does not repeat old news)."""
+        assert self.kube is not None
+        posted = 0
+        with self.lock:
+            pods = sorted(self.pods.items())
+        for uid, pod in pods:
+            history = rz.history_of(pod)
+            last = history[-1] if history else None
+            if last is None or last.state not in rz.FINAL or self._resize_posted.get(uid) == (last.seq, last.state):
+                continue
+            self._resize_posted[uid] = (last.seq, last.state)
+            at = timefmt.parse_time(last.at)
+            if at is None or now - at > recent_s:
+                continue
+            applied = last.state is rz.State.APPLIED
+            reason = "GPUPoolResized" if applied else "GPUPoolResizeRefused"
+            await self._quiet(self.kube.event(pod, reason, f"resize #{last.seq}: {last.message}",
+                                              "Normal" if applied else "Warning"))  # fmt: skip
+            posted += 1
+        return posted
 
     async def _warn_aliases(self) -> int:
         """One Warning Event per pod that reached the API server with an alias resource name.
@@ -394,11 +605,24 @@ class Controller:
             refused = self._refused.setdefault(uid, set())
             note = None
             for _attempt in range(5):
-                plan = find_preemption(self.manager, uid, exclude=frozenset(refused))
+                with self.lock:
+                    plan = find_preemption(self.manager, uid, exclude=frozenset(refused))
                 if plan is None:
                     break
                 ok = True
                 done: list[str] = []
+                if any(v.group is not None for v in plan.victims):  # a gang goes whole: ask every eviction first
+                    for victim in plan.victims:
+                        pod = self.pods.get(victim.uid)
+                        if pod is not None and not await self.kube.evict(
+                            pod["metadata"]["namespace"], pod["metadata"]["name"], dry_run=True
+                        ):
+                            metrics.EVICTIONS_REFUSED.inc()
+                            refused.add(victim.uid)
+                            ok = False
+                            break
+                    if not ok:
+                        continue
                 for victim in plan.victims:
                     pod = self.pods.get(victim.uid)
                     if pod is None:
@@ -417,14 +641,21 @@ class Controller:
                         f"evicted by gpupool ({kind}) for {self._key(uid)} on node {plan.node}",
                         "Warning",
                     ))  # fmt: skip
-                for v in done:
-                    self.manager.mark_evicting(v)
+                with self.lock:
+                    for v in done:
+                        self.manager.mark_evicting(v)
                 evicted += len(done)
                 if not ok:
                     continue  # the next victim set, without the refused pod
-                self.manager.nominate(uid, plan.plan, [v.uid for v in plan.victims], now)
+                with self.lock:
+                    if uid not in self.manager.pods:  # deleted while the victims were evicted
+                        break
+                    self.manager.nominate(uid, plan.plan, [v.uid for v in plan.victims], now)
+                    for member, member_plan in plan.members:  # the rest of its pod group, nominated with it
+                        if member in self.manager.pods:
+                            self.manager.nominate(member, member_plan, [v.uid for v in plan.victims], now)
+                    nomination = self.manager.pods[uid].nomination
                 pod = self.pods.get(uid)
-                nomination = self.manager.pods[uid].nomination
                 if pod is not None and nomination is not None:
                     meta = pod["metadata"]
                     value = objects.nomination_annotation(plan.node, nomination.expires)
@@ -434,7 +665,9 @@ class Controller:
                 note = plan.describe()
                 break
             if note is None:  # no victim set could be evicted: say why, when some pod might have been
-                note = no_preemption_reason(self.manager, uid, frozenset(refused))
+                with self.lock:
+                    if uid in self.manager.pods:
+                        note = no_preemption_reason(self.manager, uid, frozenset(refused))
             if note is not None and uid in waiting:
                 waiting[uid] = f"{waiting[uid]}; {note}"
         return evicted
@@ -448,7 +681,9 @@ class Controller:
         assert self.kube is not None
         if self.settings.unhealthy_gpu_action != "evict":
             return
-        for uid, pod in list(self.pods.items()):
+        with self.lock:
+            pods = list(self.pods.items())
+        for uid, pod in pods:
             if uid in self._evicted_for_health:
                 continue
             try:
@@ -458,13 +693,14 @@ class Controller:
             if holding is None:
                 continue
             reason = None
-            for s in holding.slices:
-                if s.node not in self.gpunodes:
-                    reason = ("GPUNodeGone", f"GPUNode {s.node} holding its slice on {s.gpu} is gone")
-                    break
-                if self.ledger.has_gpu(s.gpu) and not self.ledger.gpu(s.gpu).healthy:
-                    reason = ("GPUUnhealthy", f"GPU {s.gpu} on {s.node} is Unhealthy")
-                    break
+            with self.lock:
+                for s in holding.slices:
+                    if s.node not in self.gpunodes:
+                        reason = ("GPUNodeGone", f"GPUNode {s.node} holding its slice on {s.gpu} is gone")
+                        break
+                    if self.ledger.has_gpu(s.gpu) and not self.ledger.gpu(s.gpu).healthy:
+                        reason = ("GPUUnhealthy", f"GPU {s.gpu} on {s.node} is Unhealthy")
+                        break
             if reason is None:
                 continue
             meta = pod["metadata"]
@@ -476,6 +712,10 @@ class Controller:
 
     def queue_statuses(self) -> dict[str, dict[str, Any]]:
         """GPUQueue statuses (`controller.status`), with the queue metrics set from them."""
+        with self.lock:
+            return self._queue_statuses()
+
+    def _queue_statuses(self) -> dict[str, dict[str, Any]]:
         out = status.queue_statuses(self.manager)
         for name, row in out.items():
             spec = self.manager.queues[name]
@@ -486,14 +726,15 @@ class Controller:
             metrics.QUEUE_QUOTA.labels(name, "compute").set(spec.nominal.compute or 0)
             if spec.nominal.memory_mib is not None:
                 metrics.QUEUE_QUOTA.labels(name, "memory").set(spec.nominal.memory_mib)
-        implicit = status.queue_status(self.manager, IMPLICIT_QUEUE)
+        implicit = status.queue_status(self.manager, IMPLICIT_QUEUE, {})
         metrics.QUEUE_PENDING.labels("(none)").set(implicit["pending"])
         metrics.QUEUE_ADMITTED.labels("(none)").set(implicit["admitted"])
         return out
 
     def node_statuses(self) -> dict[str, dict[str, Any]]:
         """GPUNode statuses (`controller.status`), with the per-GPU allocation metrics set from them."""
-        out = status.node_statuses(self.ledger)
+        with self.lock:
+            out = status.node_statuses(self.ledger)
         for name, row in out.items():
             for gpu in row["allocated"]:
                 metrics.GPU_ALLOCATED.labels(name, gpu["uuid"], "compute").set(gpu["compute"])

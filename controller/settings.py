@@ -37,9 +37,17 @@ class ControllerSettings(PoolSettings):
     allow_privileged: bool = Field(False, description="allow privileged containers to hold slices")
     # queues
     require_queue: bool = Field(False, description="pods that resolve to no GPUQueue wait (else: no quota)")
-    admission_interval_seconds: float = Field(1.0, gt=0, description="period of the admission cycle")
+    admission_interval_seconds: float = Field(
+        1.0, gt=0, description="the admission cycle's backstop period (events wake it sooner: controller/runtime.py)"
+    )
+    admission_coalesce_seconds: float = Field(
+        0.02, ge=0, description="after an event, wait this long for more before the cycle (a burst is one cycle)"
+    )
     reservation_ttl_seconds: float = Field(600.0, gt=0, description="admitted pods that do not bind release it")
     nomination_ttl_seconds: float = Field(300.0, gt=0, description="nominations of preemptors expire")
+    group_bind_timeout_seconds: float = Field(
+        300.0, gt=0, description="an admitted pod group not bound within it has its reservations released as one"
+    )
     preemption_enabled: bool = Field(True)
     unhealthy_gpu_action: str = Field(
         "evict", pattern="^(evict|keep)$", description="pods holding slices of an unhealthy GPU: evict or keep"

@@ -6,6 +6,7 @@ GPUNode summary fields are docs/contracts.md "GPUNode status summary".
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Any
 
 from gpupool.ledger import HoldingKind, Ledger
@@ -17,14 +18,23 @@ def _resources(r: Resources) -> dict[str, int]:
     return {"compute": r.compute, "memoryMiB": r.memory_mib}
 
 
-def queue_status(manager: QueueManager, name: str) -> dict[str, Any]:
-    """`status` of GPUQueue `name` (or of the implicit queue ""): pods, usage, borrowing, summaries."""
+def percent(value: Fraction) -> int:
+    """A share as whole percent, rounded down (the printer columns and `gpupool status`)."""
+    return int(value * 100)
+
+
+def queue_status(
+    manager: QueueManager, name: str, shares: dict[str, tuple[Fraction, Fraction]] | None = None
+) -> dict[str, Any]:
+    """`status` of GPUQueue `name` (or of the implicit queue ""): pods, usage, borrowing, summaries, and its
+    share and fair share in percent of its cohort (docs/fairshare.md; `shares` = `manager.shares()`)."""
     spec = manager.queue(name)
     members = [e for e in manager.pods.values() if e.queue == name]
     admitted = sum(1 for e in members if e.state is State.ADMITTED)
     usage = manager.usage(name)
     nominal_c = "" if spec is None or spec.nominal.compute is None else str(spec.nominal.compute)
     nominal_m = "-" if spec is None or spec.nominal.memory_mib is None else str(spec.nominal.memory_mib)
+    share, fair = (shares if shares is not None else manager.shares()).get(name, (Fraction(0), Fraction(0)))
     return {
         "pending": len(members) - admitted,
         "admitted": admitted,
@@ -32,12 +42,15 @@ def queue_status(manager: QueueManager, name: str) -> dict[str, Any]:
         "borrowed": _resources(manager.borrowed(name)),
         "computeSummary": f"{usage.compute}/{nominal_c}",
         "memorySummary": f"{usage.memory_mib}/{nominal_m}",
+        "sharePercent": percent(share),
+        "fairSharePercent": percent(fair),
     }
 
 
 def queue_statuses(manager: QueueManager) -> dict[str, dict[str, Any]]:
     """`status` of every GPUQueue, by name."""
-    return {name: queue_status(manager, name) for name in manager.queues}
+    shares = manager.shares()
+    return {name: queue_status(manager, name, shares) for name in manager.queues}
 
 
 _EMPTY = {"compute": 0, "memoryMiB": 0, "slices": 0, "reservedCompute": 0, "reservedMemoryMiB": 0}

@@ -12,18 +12,21 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from deviceplugin.gpunode import Publisher
+from deviceplugin.gpunode import Publisher, UsageReporter, UsageSample
 from deviceplugin.inventory import FakeInventory, Inventory, MultiNodeFakeInventory, NvmlInventory
 from deviceplugin.kube import Kube
-from deviceplugin.metrics import HealthServer, Metrics
+from deviceplugin.metrics import Metrics
+from deviceplugin.mps import MpsSupervisor
 from deviceplugin.plugin import DevicePluginService, DeviceState, PluginServer
 from deviceplugin.podcache import PodCache
+from deviceplugin.resize import ResizeFollower
 from deviceplugin.runtime_host import RuntimeHost
 from deviceplugin.settings import Backend, DevicePluginSettings
 from gpupool.assignment import Keys
 from gpupool.errors import AssignmentError
 from gpupool.inventory import GPUInfo
 from gpupool.signing_key import KeyRing
+from kubeio.probes import ProbeServer, text_probe
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +65,25 @@ class Agent:
         self.state = DeviceState(settings.slots_per_gpu, settings.remote_slots)
         self.state.update(inventory.gpus())
         self.runtime = RuntimeHost(settings) if settings.backend is Backend.POOL else None
-        self.service = DevicePluginService(settings, self.state, self.cache, kube, self.metrics, self.runtime)
+        self.mps = (
+            MpsSupervisor(
+                settings.mps_control,
+                settings.mps_pipe_dir,
+                settings.mps_log_dir,
+                on_restart=lambda gpu: self.metrics.mps_restarts.labels(gpu).inc(),
+                on_health=lambda gpu, up: self.metrics.mps_daemon_up.labels(gpu).set(1 if up else 0),
+            )
+            if settings.backend is Backend.MPS and settings.mps_managed
+            else None
+        )
+        self.service = DevicePluginService(settings, self.state, self.cache, kube, self.metrics, self.runtime, self.mps)
         if self.runtime is not None:
             self.metrics.watch_runtime(self.runtime_samples)
         self.server = PluginServer(settings, self.service, self.metrics)
+        #: resize: rewrites control regions of resized containers, reports memory in use (deviceplugin/resize.py)
+        self.resizer = ResizeFollower(settings.node_name, self.cache, self.runtime, self.state.gpu_index, kube,
+                                      settings.backend.value)  # fmt: skip
+        self.cache.on_change = self.resizer.notify
         self.publisher = (
             Publisher(
                 kube,
@@ -73,11 +91,14 @@ class Agent:
                 settings.slots_per_gpu,
                 settings.remote_slots,
                 settings.endpoint_of(settings.node_name),
+                usage=UsageReporter(self.usage_samples, settings.usage_interval_seconds)
+                if self.runtime is not None and settings.usage_interval_seconds > 0
+                else None,
             )
             if kube is not None
             else None
         )
-        self.http: HealthServer | None = None
+        self.http: ProbeServer | None = None
         self.stop_event = threading.Event()
         self._publish_now = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -105,12 +126,27 @@ class Agent:
             for i, d in enumerate(c.usage.devices)
         ]
 
+    def usage_samples(self) -> list[UsageSample]:
+        """Memory and device time of every container device the pool runtime serves (GPUNode status.usage)."""
+        if self.runtime is None:
+            return []
+        return [
+            (c.namespace, c.pod, d.memory_used_bytes, d.memory_limit_bytes, d.busy_ns)
+            for c in self.runtime.usage()
+            for d in c.usage.devices
+        ]
+
     def start(self) -> None:
         if self.runtime is not None:
             self.runtime.install()
+        if self.mps is not None:
+            self.mps.update(self.inventory.gpus())
+            mps = self.mps
+            self._spawn(lambda: mps.run(self.stop_event, self.settings.mps_health_interval_seconds), "dp-mps")
         if self.kube is not None:
             self._spawn(lambda: self.cache.run(self.stop_event, self.settings.watch_timeout_seconds), "dp-pods")
             self._spawn(self._publish_loop, "dp-publish")
+            self._spawn(lambda: self.resizer.run(self.stop_event), "dp-resize")
             if self.keyring is not None:  # new keys: pods refused for an unknown key id are read again
                 self._threads.append(self.keyring.watch(self.stop_event, self.cache.resync))
         else:
@@ -118,14 +154,14 @@ class Agent:
         self._spawn(self._health_loop, "dp-health")
         self.server.start()
         if self.settings.metrics_enabled:
-            self.http = HealthServer(
-                self.metrics,
+            self.http = ProbeServer(
                 self.settings.metrics_host,
                 self.settings.metrics_port,
-                healthy=lambda: not self.stop_event.is_set(),
-                ready=self.ready,
-            )
-            self.http.start()
+                self.metrics.registry,
+                healthz=text_probe(lambda: not self.stop_event.is_set(), failed=b"unhealthy\n"),
+                readyz=text_probe(self.ready, ok=b"ready\n", failed=b"not ready\n"),
+                name="dp-http",
+            ).start()
 
     def ready(self) -> bool:
         return self.server.registered and self.cache.synced.is_set()
@@ -139,6 +175,8 @@ class Agent:
             return False
         if changed:
             self.state.update(self.inventory.gpus())
+            if self.mps is not None:
+                self.mps.update(self.inventory.gpus())
             self._update_gauges()
             self._publish_now.set()
         return changed
@@ -172,6 +210,7 @@ class Agent:
     def stop(self) -> None:
         self.stop_event.set()
         self._publish_now.set()
+        self.resizer.notify()
         if self.kube is not None:
             self.kube.close_streams()
         self.server.stop()
@@ -179,6 +218,8 @@ class Agent:
             self.http.stop()
         for thread in self._threads:
             thread.join(timeout=2)
+        if self.mps is not None:
+            self.mps.stop()  # the MPS daemons end with the agent (a new agent starts its own)
         self.inventory.close()
 
 

@@ -8,9 +8,12 @@ Backends:
 
 - ``mps``: ``CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=4096M,1=2048M`` (per device, from each slice's memory) and
   ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=<compute>``, plus the MPS pipe directory mounted and named by
-  ``CUDA_MPS_PIPE_DIRECTORY``. MPS takes one thread percentage per client process for all its devices, so a
-  container whose slices differ gets the **minimum** of their compute: every GPU stays within its slice
-  (the larger slices are under-used) instead of a smaller slice overrunning its share. The percentage is a
+  ``CUDA_MPS_PIPE_DIRECTORY``: managed (``--mps-managed``, the chart's default), the pipe directory of the
+  daemon the agent runs for the container's GPU (`deviceplugin.mps`) at ``/run/gpupool-mps``, one local GPU
+  per container; unmanaged, the one daemon's directory at its host path. MPS takes one thread percentage per
+  client process for all its devices, so a container whose slices differ gets the **minimum** of their
+  compute: every GPU stays within its slice (the larger slices are under-used) instead of a smaller slice
+  overrunning its share. The percentage is a
   ceiling on the SMs a client may use, not a guarantee (NVIDIA MPS docs; anchors.md §6).
 - ``hami-core``: ``CUDA_DEVICE_MEMORY_LIMIT_<i>=<memory>m`` per device and ``CUDA_DEVICE_SM_LIMIT=<compute>``
   (one value, the minimum, for the same reason), plus the library directory and ``/etc/ld.so.preload``
@@ -38,6 +41,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from deviceplugin import mps
 from deviceplugin import runtime_regions as regions
 from deviceplugin.api import pb2
 from deviceplugin.settings import Backend, DevicePluginSettings
@@ -58,6 +62,12 @@ class ContainerPlan:
     node: str
     how: str
     note: str = ""
+    compute_mode: str | None = None  # the pod's `gpupool.io/compute-mode`; None = the node's default
+
+
+def compute_mode(plan: ContainerPlan, settings: DevicePluginSettings) -> str:
+    """The compute mode the pool runtime holds `plan`'s container to: the pod's choice, else the node's."""
+    return plan.compute_mode or settings.runtime_compute_mode
 
 
 def _local_and_remote(
@@ -93,8 +103,13 @@ def build_response(
         if settings.backend is Backend.MPS:
             envs["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(compute)
             envs["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] = ",".join(f"{i}={s.memory_mib}M" for i, s in enumerate(local))
-            envs["CUDA_MPS_PIPE_DIRECTORY"] = settings.mps_pipe_dir
-            mounts.append(pb2.Mount(container_path=settings.mps_pipe_dir, host_path=settings.mps_pipe_dir))
+            if settings.mps_managed:  # the daemon of the container's one GPU (`mps_problem`)
+                envs["CUDA_MPS_PIPE_DIRECTORY"] = mps.CONTAINER_PIPE_DIR
+                host = mps.pipe_dir(settings.mps_pipe_dir, local[0].gpu)
+                mounts.append(pb2.Mount(container_path=mps.CONTAINER_PIPE_DIR, host_path=host))
+            else:
+                envs["CUDA_MPS_PIPE_DIRECTORY"] = settings.mps_pipe_dir
+                mounts.append(pb2.Mount(container_path=settings.mps_pipe_dir, host_path=settings.mps_pipe_dir))
             if settings.mps_shm_dir:
                 mounts.append(pb2.Mount(container_path="/dev/shm", host_path=settings.mps_shm_dir))
         elif settings.backend is Backend.HAMI_CORE:
@@ -108,7 +123,7 @@ def build_response(
                 pb2.Mount(container_path="/etc/ld.so.preload", host_path=settings.hami_preload_file, read_only=True)
             )
         elif settings.backend is Backend.POOL:
-            envs.update(pool_env(local, settings.runtime_compute_mode))
+            envs.update(pool_env(local, compute_mode(plan, settings)))
             mounts.extend(pool_mounts(plan, local, settings))
 
     listed: list[dict[str, Any]] = []
@@ -145,6 +160,24 @@ def build_response(
     return pb2.ContainerAllocateResponse(envs=envs, mounts=mounts, annotations=annotations, cdi_devices=cdi)
 
 
+def mps_problem(plan: ContainerPlan, settings: DevicePluginSettings, gpu_index: Mapping[str, int]) -> str | None:
+    """Why the managed `mps` backend cannot serve `plan`'s container, or None.
+
+    A client connects to one control daemon, and the agent runs one per GPU, so a container may have local
+    slices on one GPU only (with several, MPS would hide all but one: refused rather than served wrong).
+    """
+    if settings.backend is not Backend.MPS or not settings.mps_managed:
+        return None
+    gpus = sorted({s.gpu for s in local_slices(plan, gpu_index)})
+    if len(gpus) > 1:
+        return (
+            f"the managed mps backend serves one local GPU per container (one MPS daemon per GPU), but container "
+            f"{plan.container} has slices on {len(gpus)} GPUs ({', '.join(gpus)}); use the pool backend, or run "
+            "one MPS daemon yourself with --mps-managed=false"
+        )
+    return None
+
+
 def pool_env(local: Sequence[SliceRecord], mode: str) -> dict[str, str]:
     """The pool backend's env: limits per CUDA ordinal (`local` in ordinal order) and where the regions are."""
     return {
@@ -160,9 +193,7 @@ def pool_mounts(plan: ContainerPlan, local: Sequence[SliceRecord], settings: Dev
     lib_dir = settings.runtime_lib_dir.rstrip("/")
     mounts = [
         pb2.Mount(container_path=lib_dir, host_path=lib_dir, read_only=True),
-        pb2.Mount(
-            container_path="/etc/ld.so.preload", host_path=f"{lib_dir}/{regions.PRELOAD_FILE}", read_only=True
-        ),
+        pb2.Mount(container_path="/etc/ld.so.preload", host_path=f"{lib_dir}/{regions.PRELOAD_FILE}", read_only=True),
         pb2.Mount(
             container_path=regions.CONTAINER_RUNTIME_DIR,
             host_path=regions.container_dir(settings.runtime_state_dir, plan.pod_uid, plan.container),

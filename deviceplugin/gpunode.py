@@ -8,6 +8,10 @@ GPUNode (`gpupool.io/v1alpha1`, cluster-scoped, name = node) status written here
       agentEndpoint: "10.0.0.5:9403"                            # remote slices are served through it
       slotsPerGPU: 32
       remoteSlots: 16
+      usage:                                                    # pool backend; see `UsageReporter`
+        time: "2025-01-01T00:00:00Z"
+        windowSeconds: 60
+        pods: [{namespace, name, memoryUsedMiB, memoryLimitMiB, computePercent}]
 
 Node labels: `gpupool.io/gpu-model` (the first GPU's model, made a valid label value) and
 `gpupool.io/gpu-count`. A missing Node object (kwok not yet up, unit tests) is logged once, not fatal.
@@ -17,8 +21,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from deviceplugin.kube import Kube, KubeError
@@ -38,6 +43,79 @@ def label_value(text: str) -> str:
     return value.strip("-._")
 
 
+#: one container-device figure from the pool runtime: namespace, pod, memory used bytes, memory limit bytes,
+#: busy ns (cumulative device time of its kernels)
+UsageSample = tuple[str, str, int, int, int]
+
+#: at most this many pods in status.usage (the CRD's maxItems; a node holds at most slots-per-GPU x GPUs)
+MAX_USAGE_PODS = 512
+MIB = 1 << 20
+
+
+@dataclass
+class UsageReporter:
+    """Per-pod usage for GPUNode `status.usage`, rate-limited: at most every `interval_s`, and only when it changed.
+
+    Usage never adds a write of its own: it rides on the heartbeat's status patch (one per node per
+    `--heartbeat-interval-seconds`), so 5,000 nodes write no more often than their heartbeats; a merge patch
+    without `usage` leaves the last published one in place. `computePercent` is the device time the pod's
+    kernels ran over the window since the previous report, in % of one GPU (summed over its GPUs); the first
+    report of a pod has none. Memory is rounded up to whole MiB. Cumulative device time is left to /metrics
+    (`gpupool_container_gpu_busy_seconds_total`): it changes at every report and would defeat "only when changed".
+    """
+
+    source: Callable[[], Iterable[UsageSample]]
+    interval_s: float = 60.0
+    clock: Callable[[], float] = time.monotonic
+    _at: float | None = None
+    _busy: dict[tuple[str, str], int] = field(default_factory=dict)
+    _published: list[dict[str, object]] | None = None
+
+    def unsent(self) -> None:
+        """The last report did not reach the API server: the next due one is sent even if unchanged."""
+        self._published = None
+
+    def due(self) -> bool:
+        return self._at is None or self.clock() - self._at >= self.interval_s
+
+    def report(self) -> dict[str, object] | None:
+        """The `usage` object to publish now, or None (not due, or nothing changed since the last one)."""
+        if not self.due():
+            return None
+        now = self.clock()
+        window = None if self._at is None else now - self._at
+        pods: dict[tuple[str, str], list[int]] = {}
+        for namespace, pod, used, limit, busy in self.source():
+            figures = pods.setdefault((namespace, pod), [0, 0, 0])
+            figures[0] += used
+            figures[1] += limit
+            figures[2] += busy
+        listed: list[dict[str, object]] = []
+        for key in sorted(pods)[:MAX_USAGE_PODS]:
+            used, limit, busy = pods[key]
+            item: dict[str, object] = {
+                "namespace": key[0],
+                "name": key[1],
+                "memoryUsedMiB": -(-used // MIB),
+                "memoryLimitMiB": limit // MIB,
+            }
+            before = self._busy.get(key)
+            if window and before is not None and busy >= before:
+                item["computePercent"] = round((busy - before) / 1e9 / window * 100)
+            listed.append(item)
+        self._busy = {k: v[2] for k, v in pods.items()}
+        self._at = now
+        if listed == self._published:
+            return None
+        self._published = listed
+        usage: dict[str, object] = {"time": now_rfc3339(), "pods": listed}
+        if window is not None:
+            usage["windowSeconds"] = round(window)
+        if len(pods) > MAX_USAGE_PODS:
+            usage["truncated"] = True
+        return usage
+
+
 @dataclass
 class Publisher:
     """Creates/updates the GPUNode of one node and labels its Node."""
@@ -47,25 +125,46 @@ class Publisher:
     slots_per_gpu: int
     remote_slots: int
     agent_endpoint: str = ""
+    usage: UsageReporter | None = None
     _labelled: tuple[str, str] | None = None
     _node_missing_logged: bool = False
 
     def status(self, gpus: Sequence[GPUInfo]) -> dict[str, Any]:
-        return {
+        status: dict[str, Any] = {
             "gpus": objects.gpunode_status_gpus(gpus),
             "heartbeatTime": now_rfc3339(),
             "agentEndpoint": self.agent_endpoint,
             "slotsPerGPU": self.slots_per_gpu,
             "remoteSlots": self.remote_slots,
         }
+        if self.usage is not None:
+            try:
+                usage = self.usage.report()
+            except Exception:  # usage is an extra: a failure never stops the heartbeat
+                log.exception("reading the runtime's usage failed")
+                usage = None
+            if usage is not None:
+                status["usage"] = usage
+        return status
 
     def publish(self, gpus: Sequence[GPUInfo]) -> dict[str, Any]:
         """Write the GPUNode status (creating the GPUNode the first time it is missing) and the Node labels.
 
         A heartbeat of a known GPUNode is one status patch; labels are written only when they change.
         """
+        status = self.status(gpus)  # once: the usage report it may carry is consumed
         try:
-            result = self.kube.patch_gpunode_status(self.node, self.status(gpus))
+            result = self._write(status)
+        except Exception:
+            if "usage" in status and self.usage is not None:
+                self.usage.unsent()
+            raise
+        self._label(gpus)
+        return result
+
+    def _write(self, status: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return self.kube.patch_gpunode_status(self.node, status)
         except KubeError as exc:
             if exc.status != 404:
                 raise
@@ -75,9 +174,7 @@ class Publisher:
             except KubeError as create_exc:
                 if create_exc.status != 409:
                     raise
-            result = self.kube.patch_gpunode_status(self.node, self.status(gpus))
-        self._label(gpus)
-        return result
+            return self.kube.patch_gpunode_status(self.node, status)
 
     def _label(self, gpus: Sequence[GPUInfo]) -> None:
         wanted = (label_value(gpus[0].model) if gpus else "", str(len(gpus)))

@@ -6,12 +6,9 @@ One registry per agent (tests start several agents in one process).
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -50,6 +47,18 @@ class Metrics:
             registry=r,
         )
         self.gpus_unhealthy = Gauge("gpupool_deviceplugin_gpus_unhealthy", "Unhealthy GPUs", registry=r)
+        self.mps_daemon_up = Gauge(
+            "gpupool_deviceplugin_mps_daemon_up",
+            "Managed mps: 1 while the GPU's MPS control daemon passed its last health check",
+            ["gpu"],
+            registry=r,
+        )
+        self.mps_restarts = Counter(
+            "gpupool_deviceplugin_mps_restarts_total",
+            "Managed mps: restarts of a GPU's MPS daemon",
+            ["gpu"],
+            registry=r,
+        )
 
     def watch_runtime(self, source: Callable[[], Iterable[ContainerSample]]) -> None:
         """Per-container usage reported by the pool runtime, read from its regions at every scrape."""
@@ -94,47 +103,3 @@ class _RuntimeCollector(Collector):
             compute.add_metric(labels, compute_limit)
             busy.add_metric(labels, busy_s)
         yield from (used, limit, compute, busy)
-
-
-class HealthServer:
-    """`/metrics`, `/healthz` (process alive and serving), `/readyz` (registered and pod cache synced)."""
-
-    def __init__(
-        self, metrics: Metrics, host: str, port: int, healthy: Callable[[], bool], ready: Callable[[], bool]
-    ) -> None:
-        registry = metrics.registry
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path.startswith("/metrics"):
-                    self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
-                elif self.path.startswith("/healthz"):
-                    ok = healthy()
-                    self._send(200 if ok else 503, b"ok\n" if ok else b"unhealthy\n", "text/plain")
-                elif self.path.startswith("/readyz"):
-                    ok = ready()
-                    self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n", "text/plain")
-                else:
-                    self._send(404, b"not found\n", "text/plain")
-
-            def _send(self, code: int, body: bytes, content_type: str) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                log.debug("http: " + format, *args)
-
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
-        self.port = int(self.server.server_address[1])
-        self.thread = threading.Thread(target=self.server.serve_forever, name="dp-http", daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()

@@ -27,6 +27,7 @@ from deviceplugin import allocate as allocate_mod
 from deviceplugin.api import HEALTHY, UNHEALTHY, VERSION, pb2, pb2_grpc
 from deviceplugin.kube import Kube, KubeError
 from deviceplugin.metrics import Metrics
+from deviceplugin.mps import MpsSupervisor
 from deviceplugin.podcache import Match, MatchError, PodCache, format_allocated, kubelet_order, wait_synced
 from deviceplugin.runtime_host import RuntimeHost
 from deviceplugin.settings import DevicePluginSettings
@@ -142,6 +143,7 @@ class DevicePluginService(pb2_grpc.DevicePluginServicer):  # type: ignore[misc,n
         kube: Kube | None,
         metrics: Metrics,
         runtime: RuntimeHost | None = None,
+        mps: MpsSupervisor | None = None,
     ) -> None:
         self.settings = settings
         self.state = state
@@ -149,6 +151,7 @@ class DevicePluginService(pb2_grpc.DevicePluginServicer):  # type: ignore[misc,n
         self.kube = kube
         self.metrics = metrics
         self.runtime = runtime  # pool backend: writes each container's control region
+        self.mps = mps  # managed mps backend: the daemons Allocate relies on
         self.endpoints = EndpointCache(kube)
 
     # --- options and devices ---------------------------------------------------------------------------
@@ -325,7 +328,9 @@ class DevicePluginService(pb2_grpc.DevicePluginServicer):  # type: ignore[misc,n
             node=node,
             how=match.how,
             note=match.note,
+            compute_mode=match.entry.compute_mode,
         )
+        self._check_mps(plan, gpu_index)
         response = allocate_mod.build_response(plan, self.settings, gpu_index, endpoints)
         if self.runtime is not None:
             try:
@@ -338,6 +343,22 @@ class DevicePluginService(pb2_grpc.DevicePluginServicer):  # type: ignore[misc,n
                     f"{self.settings.runtime_state_dir} ({exc}); check --runtime-state-dir",
                 ) from None
         return response
+
+    def _check_mps(self, plan: allocate_mod.ContainerPlan, gpu_index: dict[str, int]) -> None:
+        """Managed mps: one local GPU per container, and its daemon running (else MPS would not confine it)."""
+        problem = allocate_mod.mps_problem(plan, self.settings, gpu_index)
+        if problem is not None:
+            raise AllocateError(grpc.StatusCode.FAILED_PRECONDITION, "mps_multi_gpu", f"pod {plan.pod}: {problem}")
+        if self.mps is None:
+            return
+        for gpu in sorted({s.gpu for s in allocate_mod.local_slices(plan, gpu_index)}):
+            if not self.mps.serving(gpu):
+                raise AllocateError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "mps_down",
+                    f"pod {plan.pod}: the MPS control daemon of GPU {gpu} is not running (the agent restarts it; "
+                    f"see its log under {self.settings.mps_log_dir}); a client without it would run unconfined",
+                )
 
     def _record(self, match: Match) -> None:
         """Write `gpupool.io/allocated` on the pod (per-pod lock only; never a node-wide one)."""
@@ -501,4 +522,3 @@ def _ident(path: Path) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return st.st_ino, st.st_mtime_ns
-

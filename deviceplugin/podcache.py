@@ -69,6 +69,10 @@ class PodEntry:
     #: the pod reports what only follows the kubelet's admission (`identity.kubelet_admitted`): all served,
     #: as the extender counts it, even when the record was never written (a failed write, an agent restart)
     admitted: bool = False
+    #: `gpupool.io/compute-mode` (None: the node's `--runtime-compute-mode`); not signed, docs/runtime.md
+    compute_mode: str | None = None
+    #: the pod object itself (the resize follower reads its request, `deviceplugin/resize.py`)
+    pod: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -146,7 +150,11 @@ class PodCache:
             problem=problem,
             allocated=parse_allocated(annotations.get(resources.ALLOCATED)),
             admitted=identity.kubelet_admitted(pod),
+            pod=pod,
         )
+        entry.compute_mode, mode_problem = objects.pod_compute_mode(pod)
+        if mode_problem is not None:  # admission refuses it; a pod created around the webhook gets the default
+            log.warning("pod %s: %s: %s; the node's default applies", entry.key, resources.COMPUTE_MODE, mode_problem)
         if record is not None:
             entry.containers = identity.container_slices(record.slices)
         return entry

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deviceplugin import runtime_regions as regions
-from deviceplugin.allocate import ContainerPlan, local_slices
+from deviceplugin.allocate import ContainerPlan, compute_mode, local_slices
 from deviceplugin.settings import DevicePluginSettings
+from gpupool.assignment import SliceRecord
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class RuntimeHost:
         (directory / regions.OWNER_FILE).write_text(json.dumps(owner, sort_keys=True))
         limits = [regions.DeviceLimit(s.memory_mib, s.compute) for s in local]
         generation = regions.read_control_generation(directory) + 1
-        regions.write_control(directory, limits, self.settings.runtime_compute_mode, generation)
+        regions.write_control(directory, limits, compute_mode(plan, self.settings), generation)
 
     def usage(self) -> list[ContainerUsage]:
         """Every container region on this node that has an accounting region."""
@@ -97,3 +98,36 @@ class RuntimeHost:
                 shutil.rmtree(pod_dir, ignore_errors=True)
                 gone.append(pod_dir.name)
         return sorted(gone)
+
+    # --- resize (docs/runtime.md "Resize") -------------------------------------------------------------------
+
+    def _local(self, uid: str, container: str, slices: tuple[SliceRecord, ...], node: str,
+               gpu_index: Mapping[str, int]) -> tuple[Path, list[SliceRecord]]:  # fmt: skip
+        plan = ContainerPlan(pod_uid=uid, pod="", container=container, slots=(), slices=slices, node=node, how="")
+        return Path(regions.container_dir(str(self.state_dir), uid, container)), local_slices(plan, gpu_index)
+
+    def refresh(self, uid: str, container: str, slices: tuple[SliceRecord, ...], node: str,
+                gpu_index: Mapping[str, int]) -> bool:  # fmt: skip
+        """Rewrite the container's control region when its slices (a resized assignment) differ from the limits
+        it holds; the runtime applies them live. Only containers Allocate prepared have a region. True: rewritten."""
+        directory, local = self._local(uid, container, slices, node, gpu_index)
+        if not local or not directory.is_dir():
+            return False
+        limits = [regions.DeviceLimit(s.memory_mib, s.compute) for s in local]
+        current = regions.read_control(directory)
+        if current is not None and current[0] == limits:
+            return False
+        mode = current[1] if current is not None else self.settings.runtime_compute_mode  # the mode Allocate chose
+        regions.write_control(directory, limits, mode, (current[2] if current is not None else 0) + 1)
+        return True
+
+    def memory_used(self, uid: str, container: str, slices: tuple[SliceRecord, ...], node: str,
+                    gpu_index: Mapping[str, int]) -> dict[str, int] | None:  # fmt: skip
+        """MiB in use per local GPU (rounded up) from the container's accounting region; None when the container
+        has no region (not allocated here). No accounting region yet: no process allocated anything, 0."""
+        directory, local = self._local(uid, container, slices, node, gpu_index)
+        if not local or not directory.is_dir():
+            return None
+        acc = regions.read_accounting(directory / regions.ACCOUNTING_FILE)
+        used = [d.memory_used_bytes for d in acc.devices] if acc is not None else []
+        return {s.gpu: -(-(used[i] if i < len(used) else 0) // (1 << 20)) for i, s in enumerate(local)}

@@ -106,6 +106,26 @@ def read_control_generation(directory: str | os.PathLike[str]) -> int:
     return int(generation) if magic == CONTROL_MAGIC and version == CONTROL_VERSION else 0
 
 
+def read_control(directory: str | os.PathLike[str]) -> tuple[list[DeviceLimit], str, int] | None:
+    """(limits, mode, generation) of `<directory>/control`; None when it is missing or not a valid control region."""
+    try:
+        data = (Path(directory) / CONTROL_FILE).read_bytes()
+    except OSError:
+        return None
+    if len(data) < _CONTROL_HEAD.size + 8 or struct.unpack("<Q", data[-8:])[0] != fnv1a64(data[:-8]):
+        return None
+    magic, version, ndev, generation, mode, _ = _CONTROL_HEAD.unpack_from(data, 0)
+    size = _CONTROL_HEAD.size + ndev * _CONTROL_DEV.size + 8
+    if magic != CONTROL_MAGIC or version != CONTROL_VERSION or len(data) != size:
+        return None
+    limits = []
+    for i in range(ndev):
+        memory, compute, _ = _CONTROL_DEV.unpack_from(data, _CONTROL_HEAD.size + i * _CONTROL_DEV.size)
+        limits.append(DeviceLimit(int(memory), int(compute)))
+    mode_name = next((k for k, v in MODES.items() if v == mode), "ceiling")
+    return limits, mode_name, int(generation)
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceUsage:
     memory_limit_bytes: int

@@ -52,11 +52,23 @@ class DevicePluginSettings(BaseSettings):
     metrics_enabled: bool = Field(True, description="serve /metrics and /healthz")
     health_interval_seconds: float = Field(5.0, gt=0, description="GPU health polling interval")
     heartbeat_interval_seconds: float = Field(30.0, gt=0, description="GPUNode status.heartbeatTime interval")
+    usage_interval_seconds: float = Field(
+        60.0, ge=0, description="pool backend: GPUNode status.usage at most this often, with a heartbeat (0 = off)"
+    )
     kubelet_poll_seconds: float = Field(1.0, gt=0, description="how often kubelet.sock is checked for a restart")
     allocate_wait_seconds: float = Field(10.0, ge=0, description="Allocate waits this long for the pod cache sync")
     api_timeout_seconds: float = Field(10.0, gt=0, description="timeout of each API call")
     watch_timeout_seconds: int = Field(300, ge=1, description="server-side timeout of one pod watch")
-    mps_pipe_dir: str = Field("/run/nvidia/mps", description="host MPS pipe directory (mounted at the same path)")
+    mps_pipe_dir: str = Field(
+        "/run/nvidia/mps",
+        description="host MPS pipe directory: managed, the root of one directory per GPU; else the daemon's own",
+    )
+    mps_managed: bool = Field(
+        False, description="mps backend: the agent runs one MPS control daemon per GPU (false: you run one daemon)"
+    )
+    mps_control: str = Field("nvidia-cuda-mps-control", description="managed mps: the MPS control daemon binary")
+    mps_log_dir: str = Field("/var/log/gpupool-mps", description="managed mps: root of one log directory per GPU")
+    mps_health_interval_seconds: float = Field(5.0, gt=0, description="managed mps: daemon health check interval")
     mps_shm_dir: str | None = Field(None, description="host dir mounted at /dev/shm for MPS clients (optional)")
     hami_lib_dir: str = Field("/usr/local/vgpu", description="host dir with libvgpu.so (mounted at the same path)")
     hami_preload_file: str = Field(
@@ -72,7 +84,7 @@ class DevicePluginSettings(BaseSettings):
         "/var/lib/gpupool/runtime", description="pool backend: host dir of the per-container and per-GPU regions"
     )
     runtime_compute_mode: Literal["ceiling", "share"] = Field(
-        "ceiling", description="pool backend: ceiling (never above the share) or share (idle cycles when alone)"
+        "ceiling", description="pool backend: compute mode of pods without gpupool.io/compute-mode (ceiling or share)"
     )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
 

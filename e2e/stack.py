@@ -210,10 +210,11 @@ class Stack:
 
     def start_node_agent(
         self, node: str, plugin_dir: str | os.PathLike[str], *, gpus: Sequence[Mapping[str, Any]] = (),
-        wait: bool = True, timeout: float = 60.0,
+        wait: bool = True, timeout: float = 60.0, env: Mapping[str, str] | None = None,
     ) -> str:  # fmt: skip
         """Start the real single-node device plugin (gRPC on *plugin_dir*, which must hold a (fake) kubelet's
-        ``kubelet.sock``) for *node*; ready when it registered and its pod cache synced. Returns its name."""
+        ``kubelet.sock``) for *node*; ready when it registered and its pod cache synced. Returns its name.
+        *env*: more settings (e.g. ``GPUPOOL_BACKEND=pool`` and its runtime directories)."""
         name = f"node-agent-{node}"
         inv = self.dir / f"inventory-{node}.yaml"
         inv.write_text(yaml.safe_dump({node: [dict(g) for g in gpus]}))
@@ -229,6 +230,7 @@ class Stack:
             "GPUPOOL_METRICS_HOST": "127.0.0.1",
             "GPUPOOL_METRICS_PORT": str(port),
             "GPUPOOL_KUBELET_POLL_SECONDS": "0.2",
+            **(env or {}),
         }
         self.cluster.start_process(
             name, self._py("deviceplugin.main"), env=env, cwd=REPO_ROOT,

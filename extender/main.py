@@ -13,6 +13,7 @@ from typing import Any
 
 from extender.kube import GPUNODES, GPUQUEUES, NODES, PODS, KubeAPI, PodAPI
 from extender.metrics import Metrics
+from extender.resize import Resizer
 from extender.service import PoolService
 from extender.settings import ExtenderSettings
 from gpupool import fragmentation
@@ -61,6 +62,7 @@ class Extender:
         if isinstance(s.key, KeyRing):  # the mounted Secret changed: quarantined pods are read again
             s.key.watch(self.stopping, s.on_keys_changed)
         m = s.metrics
+        resizer = Resizer(s)
 
         def counted(resource: str, handler: Callable[[list[dict[str, Any]]], None]) -> Any:
             first = [True]
@@ -83,7 +85,8 @@ class Extender:
                 s.on_gpunode_event,
                 watch_timeout=t,
             ),
-            Reflector(self.api, PODS, counted("pods", s.on_pod_list), s.on_pod_event, watch_timeout=t),
+            # pod events go through the resizer (extender/resize.py): the service first, then pending resizes
+            Reflector(self.api, PODS, counted("pods", resizer.on_pod_list), resizer.on_pod_event, watch_timeout=t),
             Reflector(
                 self.api, GPUQUEUES, counted("gpuqueues", s.on_gpuqueue_list), s.on_gpuqueue_event, watch_timeout=t
             ),

@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from typing import Any
 
 from gpupool import assignment as assignment_format
 from gpupool import resources, timefmt
 from gpupool.assignment import Assignment, Keys
 from gpupool.errors import AssignmentError, GpupoolError
+from gpupool.fairshare import DEFAULT_WEIGHT
 from gpupool.inventory import GPUInfo, NodeInfo
 from gpupool.ledger import Holding, HoldingKind
 from gpupool.queues import LabelSelector, PodEntry, QueueSpec, Strategy, WithinQueue
@@ -136,6 +138,24 @@ def label_selector_from_dict(data: Mapping[str, Any] | None) -> LabelSelector | 
     return LabelSelector(labels, exprs)
 
 
+#: the largest `spec.fairSharing.weight` (a sanity bound: weights are ratios)
+MAX_WEIGHT = 1_000_000
+
+
+def _weight(data: Any, where: str) -> Fraction:
+    """`spec.fairSharing.weight`: a number > 0 (default 1), read exactly (0.5 is 1/2)."""
+    if data is None:
+        return DEFAULT_WEIGHT
+    if not isinstance(data, Mapping):
+        raise GpupoolError(f"{where}: must be an object with weight")
+    value = data.get("weight")
+    if value is None:
+        return DEFAULT_WEIGHT
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= MAX_WEIGHT:
+        raise GpupoolError(f"{where}.weight: must be a number above 0 and at most {MAX_WEIGHT}, got {value!r}")
+    return Fraction(str(value))
+
+
 def queue_spec_from_object(obj: Mapping[str, Any]) -> QueueSpec:
     """A GPUQueue (crds/gpuqueue.yaml) as a `QueueSpec`; raises `GpupoolError` naming the bad field."""
     name = str((obj.get("metadata") or {}).get("name") or "")
@@ -172,6 +192,7 @@ def queue_spec_from_object(obj: Mapping[str, Any]) -> QueueSpec:
         within_queue=within,
         reclaim_borrowed=bool(preemption.get("reclaimBorrowed", True)),
         reserve_nodes=reserve,
+        weight=_weight(spec.get("fairSharing"), f"{where}.fairSharing"),
     )
 
 
@@ -201,6 +222,15 @@ def pod_assignment_text(pod: Mapping[str, Any]) -> str | None:
 def pod_qos(pod: Mapping[str, Any]) -> QoS:
     value = ((pod.get("metadata") or {}).get("annotations") or {}).get(resources.QOS)
     return QoS.BEST_EFFORT if value == QoS.BEST_EFFORT.value else QoS.GUARANTEED
+
+
+def pod_compute_mode(pod: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """The pod's `gpupool.io/compute-mode` and, when it is set but invalid, why (the node default applies then)."""
+    value = ((pod.get("metadata") or {}).get("annotations") or {}).get(resources.COMPUTE_MODE)
+    if value is None:
+        return None, None
+    problem = resources.compute_mode_problem(value)
+    return (None, problem) if problem is not None else (str(value), None)
 
 
 def pod_gated(pod: Mapping[str, Any]) -> bool:

@@ -19,9 +19,13 @@ Rules (DESIGN.md §7):
   nothing promised them, whatever their queue's `withinQueue`, cohort or quota); admitted pods of the
   preemptor's own queue that it outranks (when its queue has `preemption.withinQueue: LowerPriority`), and —
   when the queue has `reclaimBorrowed: true` and the preemptor's charge fits within its queue's nominal
-  quota — pods of other queues of its cohort that use more than their nominal quota, for as long as the
-  victim's queue stays above its nominal quota after the eviction. Pods of the implicit queue (no GPUQueue)
+  quota (or, when it does not, while `gpupool.fairshare.may_reclaim` allows: docs/fairshare.md) — pods of
+  other queues of its cohort that use more than their nominal quota, for as long as the victim's queue
+  stays above its nominal quota after the eviction. Pods of the implicit queue (no GPUQueue)
   may be preempted by any pod that outranks them; they hold no quota.
+* Units (`units`, docs/workloads.md): the admitted members of a pod group are evicted together or not at
+  all; units in `unit_order` (best-effort, lower priority, fewest pods, youngest). A waiting pod group
+  preempts for all the members it still needs together.
 * Victim order: best-effort slices first, then lower priority, then the most recently admitted. A
   preemptor whose queue stays within its nominal quota (it only lacks quota lent to borrowers) takes
   borrowers' pods before its own queue's: such sets are searched first and win over sets of as many
@@ -38,7 +42,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from gpupool.ledger import Holding, Ledger
+from gpupool import groups
+from gpupool.errors import OverAllocation
+from gpupool.ledger import Holding, HoldingKind, Ledger
 from gpupool.placement import NoFit, Placer, Plan
 from gpupool.queues import IMPLICIT_QUEUE, PodEntry, QueueManager, State, WithinQueue
 from gpupool.quota import Resources
@@ -57,11 +63,38 @@ class Victim:
     admitted_at: float
     holding: Holding
     charge: Resources
+    #: the key of its pod group (`gpupool.groups`): the group's admitted members are evicted together
+    group: str | None = None
 
     @property
     def order(self) -> tuple[int, int, float, str]:
         """Best-effort first, then lower priority, then the most recently admitted, then the key."""
         return (0 if self.qos is QoS.BEST_EFFORT else 1, self.priority, -self.admitted_at, self.key)
+
+
+#: victims evicted together: one pod, or every admitted member of a pod group (a gang goes whole or not at all)
+Unit = tuple[Victim, ...]
+
+
+def unit_order(unit: Unit) -> tuple[int, int, int, float, str]:
+    """THE order of victim units: best-effort first, then lower priority, then the fewest pods, then the
+    youngest (most recently admitted), then the key."""
+    return (max(0 if v.qos is QoS.BEST_EFFORT else 1 for v in unit), max(v.priority for v in unit), len(unit),
+            -max(v.admitted_at for v in unit), unit[0].key)  # fmt: skip
+
+
+def units(victims: Sequence[Victim], members: Callable[[str], int]) -> list[Unit]:
+    """Group `victims` into units, in unit order: a pod group is a unit only when all of its `members(key)`
+    admitted pods are among the victims (else none of them may be evicted)."""
+    single: list[Unit] = []
+    gangs: dict[str, list[Victim]] = {}
+    for v in victims:
+        if v.group is None:
+            single.append((v,))
+        else:
+            gangs.setdefault(v.group, []).append(v)
+    whole = [tuple(sorted(vs, key=lambda v: v.order)) for key, vs in gangs.items() if len(vs) == members(key)]
+    return sorted(single + whole, key=unit_order)
 
 
 def yields(preemptor: PodRequest, victim: Victim) -> bool:
@@ -81,6 +114,8 @@ class PreemptionPlan:
     victims: tuple[Victim, ...]
     plan: Plan
     reclaim: bool  # True when a victim belongs to another queue
+    #: the other members of the preemptor's pod group planned with it: (uid, plan), nominated together
+    members: tuple[tuple[str, Plan], ...] = ()
 
     def describe(self) -> str:
         names = ", ".join(v.key for v in self.victims)
@@ -109,7 +144,8 @@ def candidates(manager: QueueManager, preemptor: PodEntry, exclude: frozenset[st
             continue
         other = entry.queue
         victim = Victim(entry.uid, entry.key, other or "", entry.request.priority, entry.request.qos,
-                        entry.admitted_at or 0.0, holding, entry.charge)  # fmt: skip
+                        entry.admitted_at or 0.0, holding, entry.charge,
+                        entry.group.key if entry.group is not None else None)  # fmt: skip
         if yields(preemptor.request, victim):
             ok = True
         elif other == q:
@@ -136,7 +172,12 @@ def find_preemption(
     exclude: frozenset[str] = frozenset(),
     max_victims: int = 16,
 ) -> PreemptionPlan | None:
-    """The best victim set (fewest victims) that lets pod `uid` be placed, or None."""
+    """The best victim set (fewest victims) that lets pod `uid` be placed, or None.
+
+    A pod of a pod group that lacks its min-members plans for every member the group still needs
+    (`groups.pending_gang`), the largest first, each on the copy left by the previous ones; the quota is
+    checked for all of them together. Victims are units (`units`): a gang is evicted whole or not at all.
+    """
     preemptor = manager.pods.get(uid)
     if preemptor is None or preemptor.queue is None or preemptor.state is not State.PENDING:
         return None
@@ -144,23 +185,29 @@ def find_preemption(
     if not pool:
         return None
     q = preemptor.queue
-    request = preemptor.request
+    gang = groups.pending_gang(manager, preemptor)
     ledger = manager.ledger.copy()  # plan on a copy: the live ledger is never released and re-held
     placer = manager.placer.over(ledger)
-    need = Resources(request.compute_units, request.memory_units(manager._largest_gpu_memory()))
-    if q != IMPLICIT_QUEUE and not _within_nominal(manager, q, need, pool):
-        # a queue reclaims only its own nominal quota; to borrow it may not evict other queues' pods
-        pool = [v for v in pool if v.queue in (q, IMPLICIT_QUEUE) or yields(request, v)]
+    largest = manager._largest_gpu_memory()
+    need = sum((Resources(m.request.compute_units, m.request.memory_units(largest)) for m in gang), Resources())
+    request = preemptor.request
+    borrowing = q != IMPLICIT_QUEUE and not _within_nominal(manager, q, need, pool)
+    if borrowing:
+        # a queue reclaims its own nominal quota; to borrow it evicts other queues' pods only by fair share
+        pool = [v for v in pool if v.queue in (q, IMPLICIT_QUEUE) or yields(request, v)
+                or manager.may_reclaim(q, need, v.queue, v.charge)]  # fmt: skip
     # within its nominal quota even before evicting its own pods: what it lacks is lent to borrowers, so
     # reclaim from them first (Kueue does the same) rather than evict its own lower-priority pods
     reclaiming = q != IMPLICIT_QUEUE and _within_nominal(manager, q, need, ())
 
-    def order(v: Victim) -> tuple[object, ...]:
-        return (reclaiming and v.queue in (q, IMPLICIT_QUEUE), *v.order)
+    def own(u: Unit) -> bool:
+        return all(v.queue in (q, IMPLICIT_QUEUE) for v in u)
 
-    pool.sort(key=order)
-    nodes = manager.eligible_nodes(preemptor)
-    names = ledger.node_names() if nodes is None else nodes
+    def order(u: Unit) -> tuple[object, ...]:
+        return (reclaiming and own(u), *unit_order(u))
+
+    members = _member_counts(manager)
+    pool_units = sorted(units(pool, lambda key: members.get(key, 0)), key=order)
 
     def quota_ok(victims: Sequence[Victim]) -> bool:
         if q == IMPLICIT_QUEUE:
@@ -179,6 +226,8 @@ def find_preemption(
             if spec is None:
                 return False
             running = manager.usage(other)
+            if borrowing and not manager.may_reclaim(q, need - freed.get(q, Resources()), other, freed[other]):
+                return False  # gpupool.fairshare.may_reclaim
             for v in sorted(taken, key=lambda v: v.order):
                 nc, nm = spec.nominal.compute or 0, spec.nominal.memory_mib
                 if not (running.compute > nc or (nm is not None and running.memory_mib > nm)):
@@ -186,39 +235,100 @@ def find_preemption(
                 running = running - v.charge
         return True
 
+    chosen_all: list[Victim] = []
+    plans: dict[str, Plan] = {}
+    first_node = ""
+    ordered = sorted(gang, key=lambda m: (-m.request.compute_units, -m.request.memory_units(largest), m.sort_key))
+    for i, member in enumerate(ordered):
+        last = i == len(ordered) - 1
+        before = list(chosen_all)
+        left = [u for u in pool_units if not any(v in before for v in u)]
+
+        def member_quota(victims: Sequence[Victim], last: bool = last, before: list[Victim] = before) -> bool:
+            return quota_ok([*before, *victims]) if last else True
+
+        found = _best_node(manager, ledger, placer, member, left, member_quota, max_victims, order,
+                           reclaiming, own, single=len(gang) == 1)  # fmt: skip
+        if found is None:
+            return None
+        node, chosen = found
+        flat = [v for u in chosen for v in u]
+        for v in flat:
+            ledger.discard(v.uid)
+        try:
+            plan = placer.plan(member.request, node)
+            ledger.commit(member.uid, plan.node, plan.slices, kind=HoldingKind.NOMINATED, qos=member.request.qos)
+        except (NoFit, OverAllocation):
+            return None
+        chosen_all.extend(flat)
+        plans[member.uid] = plan
+        if member.uid == uid:
+            first_node = node
+    if not chosen_all or not quota_ok(chosen_all) or uid not in plans:
+        return None
+    victims = tuple(sorted(chosen_all, key=lambda v: v.order))
+    others = tuple((m.uid, plans[m.uid]) for m in sorted(gang, key=lambda m: m.sort_key) if m.uid != uid)
+    reclaim = any(v.queue != q for v in victims)
+    return PreemptionPlan(uid, first_node, victims, plans[uid], reclaim, others)
+
+
+def _member_counts(manager: QueueManager) -> dict[str, int]:
+    """Admitted members holding capacity, per pod group (a gang victim is a unit only with all of them)."""
+    counts: dict[str, int] = {}
+    for e in manager.pods.values():
+        if (
+            e.group is not None and e.state is State.ADMITTED and e.uid not in manager.evicting
+            and manager.ledger.holding(e.uid) is not None
+        ):  # fmt: skip
+            counts[e.group.key] = counts.get(e.group.key, 0) + 1
+    return counts
+
+
+def _best_node(
+    manager: QueueManager,
+    ledger: Ledger,
+    placer: Placer,
+    member: PodEntry,
+    pool: list[Unit],
+    quota_ok: Callable[[Sequence[Victim]], bool],
+    max_victims: int,
+    order: Callable[[Unit], tuple[object, ...]],
+    reclaiming: bool,
+    own: Callable[[Unit], bool],
+    *,
+    single: bool,
+) -> tuple[str, tuple[Unit, ...]] | None:
+    """The node where `member` fits with the fewest victim units evicted (none for a gang member that fits
+    already; a single pod that fits already needs no preemption: None)."""
+    request = member.request
+    nodes = manager.eligible_nodes(member)
+    names = ledger.node_names() if nodes is None else nodes
+
     def fits(node: str, victims: Sequence[Victim]) -> bool:
         return _fits(ledger, placer, request, node, victims)
 
-    best: tuple[tuple[int, int, int, int, int], str, tuple[Victim, ...]] | None = None
+    best: tuple[tuple[int, int, int, int, int], str, tuple[Unit, ...]] | None = None
     for node in names:
         if not ledger.has_node(node):
             continue
-        local = [v for v in pool if _touches(v.holding, node)]
-        elsewhere = [v for v in pool if not _touches(v.holding, node)]
-        if not fits(node, local):
+        local = [u for u in pool if any(_touches(v.holding, node) for v in u)]
+        elsewhere = [u for u in pool if not any(_touches(v.holding, node) for v in u)]
+        if not fits(node, [v for u in local for v in u]):
             continue  # even evicting everything allowed here does not make room
         chosen = _search(node, local, elsewhere, fits, quota_ok, max_victims, order)
-        if not chosen:
+        if chosen is None or (single and not chosen):
             continue  # none helps, or none is needed (the admission cycle will take the pod)
+        flat = [v for u in chosen for v in u]
         score = (
-            len(chosen),
-            sum(1 for v in chosen if v.queue in (q, IMPLICIT_QUEUE)) if reclaiming else 0,
-            sum(1 for v in chosen if v.qos is not QoS.BEST_EFFORT),
-            max(v.priority for v in chosen),
+            len(flat),
+            sum(1 for u in chosen if own(u)) if reclaiming else 0,
+            sum(1 for v in flat if v.qos is not QoS.BEST_EFFORT),
+            max((v.priority for v in flat), default=-(2**31)),
             placer.rank(node),
         )
         if best is None or score < best[0]:
             best = (score, node, chosen)
-    if best is None:
-        return None
-    _, node, chosen = best
-    with ledger.without(v.uid for v in chosen):
-        try:
-            plan = placer.plan(request, node)
-        except NoFit:
-            return None
-    reclaim = any(v.queue != q for v in chosen)
-    return PreemptionPlan(uid, node, chosen, plan, reclaim)
+    return None if best is None else (best[1], best[2])
 
 
 def no_preemption_reason(manager: QueueManager, uid: str, refused: frozenset[str] = frozenset()) -> str | None:
@@ -251,36 +361,40 @@ def _within_nominal(manager: QueueManager, q: str, need: Resources, pool: Sequen
 
 def _search(
     node: str,
-    local: list[Victim],
-    elsewhere: list[Victim],
+    local: list[Unit],
+    elsewhere: list[Unit],
     fits: Callable[[str, Sequence[Victim]], bool],
     quota_ok: Callable[[Sequence[Victim]], bool],
     max_victims: int | None,
-    order: Callable[[Victim], tuple[object, ...]] = lambda v: v.order,
-) -> tuple[Victim, ...] | None:
-    """Exact for one victim, else greedy in victim order then a reprieve pass; () when none is needed."""
+    order: Callable[[Unit], tuple[object, ...]] = unit_order,
+) -> tuple[Unit, ...] | None:
+    """Exact for one unit, else greedy in unit order then a reprieve pass; () when none is needed."""
 
-    def valid(vs: Sequence[Victim]) -> bool:
+    def flat(us: Sequence[Unit]) -> list[Victim]:
+        return [v for u in us for v in u]
+
+    def valid(us: Sequence[Unit]) -> bool:
+        vs = flat(us)
         return quota_ok(vs) and fits(node, vs)
 
     if valid([]):
         return ()  # nothing to preempt: the pod fits already
-    for v in local + elsewhere:  # exact for a single victim, in victim order
-        if valid([v]):
-            return (v,)
-    chosen: list[Victim] = []
-    for v in local:  # capacity first: victims on this node
-        if fits(node, chosen):
+    for u in local + elsewhere:  # exact for a single unit, in unit order
+        if valid([u]):
+            return (u,)
+    chosen: list[Unit] = []
+    for u in local:  # capacity first: victims on this node
+        if fits(node, flat(chosen)):
             break
-        chosen.append(v)
-    for v in elsewhere + [v for v in local if v not in chosen]:  # then quota
-        if quota_ok(chosen):
+        chosen.append(u)
+    for u in elsewhere + [u for u in local if u not in chosen]:  # then quota
+        if quota_ok(flat(chosen)):
             break
-        chosen.append(v)
+        chosen.append(u)
     if not valid(chosen) or (max_victims is not None and len(chosen) > max_victims * 4):
         return None
-    for v in sorted(chosen, key=order, reverse=True):  # reprieve the most valuable first
-        trial = [c for c in chosen if c is not v]
+    for u in sorted(chosen, key=order, reverse=True):  # reprieve the most valuable first
+        trial = [c for c in chosen if c is not u]
         if valid(trial):
             chosen = trial
     if max_victims is not None and len(chosen) > max_victims:
@@ -315,4 +429,5 @@ def choose_victims(
 
     if not fits(node, pool):
         return None
-    return _search(node, pool, [], fits, lambda _: True, None)
+    chosen = _search(node, [(v,) for v in pool], [], fits, lambda _: True, None)
+    return None if chosen is None else tuple(sorted((u[0] for u in chosen), key=lambda v: v.order))

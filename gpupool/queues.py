@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import heapq
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
 
-from gpupool import quota, tenancy
+from gpupool import fairshare, groups, quota, tenancy
 from gpupool.errors import OverAllocation
 from gpupool.ledger import Holding, HoldingKind, Ledger
 from gpupool.placement import NoFit, Placer, Plan
@@ -75,6 +78,8 @@ class QueueSpec:
     reclaim_borrowed: bool = True
     #: the nodes `node_selector` matches serve only this queue's pods (gpupool.tenancy.Reservations)
     reserve_nodes: bool = False
+    #: `spec.fairSharing.weight` (> 0): its part of what the cohort shares (gpupool.fairshare)
+    weight: Fraction = fairshare.DEFAULT_WEIGHT
 
     @property
     def node_selector_dict(self) -> dict[str, str]:
@@ -100,6 +105,8 @@ class PodEntry:
     gated: bool
     node_selector: Mapping[str, str] = field(default_factory=dict)
     assigned: Holding | None = None  # from the signed assignment
+    #: an approved resize not applied yet (`gpupool.resize.reserved_growth`): charged on top of `assigned`
+    resize_growth: Resources = ZERO
     # managed by the QueueManager
     #: the queue the pod names (`gpupool.io/queue`); `request.queue` becomes the resolved queue
     named_queue: str | None = None
@@ -109,6 +116,8 @@ class PodEntry:
     charge: Resources = ZERO
     admitted_at: float | None = None
     nomination: Nomination | None = None
+    #: the pod group it is admitted with (`gpupool.groups`); None: admitted pod by pod
+    group: groups.GroupSpec | None = None
 
     def __post_init__(self) -> None:
         if self.named_queue is None:
@@ -146,6 +155,7 @@ class Admission:
     queue: str
     node: str | None  # the node the capacity plan reserved
     charge: Resources
+    group: str | None = None  # the key of the pod group admitted with it as one
 
 
 @dataclass(slots=True)
@@ -157,6 +167,8 @@ class CycleResult:
     preemptors: dict[str, str] = field(default_factory=dict)
     expired_reservations: list[str] = field(default_factory=list)
     expired_nominations: list[str] = field(default_factory=list)
+    #: uid -> why the reservation of its pod group was released as one (`groups.expire`)
+    released_groups: dict[str, str] = field(default_factory=dict)
     decisions: int = 0
 
 
@@ -185,6 +197,7 @@ class QueueManager:
         require_queue: bool = False,
         reservation_ttl: float = 600.0,
         nomination_ttl: float = 300.0,
+        group_bind_ttl: float = 300.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.ledger = ledger
@@ -192,6 +205,7 @@ class QueueManager:
         self.require_queue = require_queue
         self.reservation_ttl = reservation_ttl
         self.nomination_ttl = nomination_ttl
+        self.group_bind_ttl = group_bind_ttl
         self.clock = clock
         self.queues: dict[str, QueueSpec] = {}
         self.namespace_labels: dict[str, dict[str, str]] = {}
@@ -299,9 +313,16 @@ class QueueManager:
         if entry.state is not State.PENDING:
             if entry.assigned is not None:
                 entry.charge = Resources(entry.assigned.compute_units, entry.assigned.memory_units)
+                entry.charge = entry.charge + entry.resize_growth
             elif entry.charge == ZERO:
                 entry.charge = self._estimate(entry)
             self._charge(entry)
+
+    def set_group(self, uid: str, group: groups.GroupSpec | None) -> None:
+        """The pod's group, once its owner is read (the adapter reads it; `gpupool.groups`)."""
+        entry = self.pods.get(uid)
+        if entry is not None:
+            entry.group = group
 
     def remove_pod(self, uid: str) -> None:
         entry = self.pods.pop(uid, None)
@@ -399,6 +420,34 @@ class QueueManager:
             return ZERO
         return quota.borrowed(spec, self.usage(queue))
 
+    def may_reclaim(self, queue: str, need: Resources, victim_queue: str, freed: Resources) -> bool:
+        """May `queue`, borrowing to admit `need`, take `freed` back from `victim_queue` of its cohort?
+        (`fairshare.may_reclaim`: its weighted share after stays at or below the victim queue's after.)"""
+        spec, other = self.queue(queue), self.queue(victim_queue)
+        if spec is None or other is None or spec.cohort is None or other.cohort != spec.cohort:
+            return False
+        cap = fairshare.capacity(spec, self.cohort_members(spec.cohort))
+        return fairshare.may_reclaim(spec, self.usage(queue) + need, other, self.usage(victim_queue) - freed, cap)
+
+    def shares(self) -> dict[str, tuple[Fraction, Fraction]]:
+        """(share, fair share) of every GPUQueue within its cohort, or of its own quota (docs/fairshare.md)."""
+        largest = self._largest_gpu_memory()
+        waiting: dict[str, Resources] = {}
+        for e in self.pods.values():
+            if e.state is State.PENDING and e.gated and e.queue:
+                ask = Resources(e.request.compute_units, e.request.memory_units(largest))
+                waiting[e.queue] = waiting.get(e.queue, ZERO) + ask
+        out: dict[str, tuple[Fraction, Fraction]] = {}
+        for name, spec in self.queues.items():
+            if name in out:
+                continue
+            members = self.cohort_members(spec.cohort) if spec.cohort is not None else [spec]
+            cap = fairshare.capacity(spec, members)
+            fair = fairshare.fair_shares(members, self._usage, waiting)
+            for m in members:
+                out[m.name] = (fairshare.share(self.usage(m.name), cap), fair[m.name])
+        return out
+
     def quota_problem(
         self, queue: str, charge: Resources, released: Mapping[str, Resources] | None = None
     ) -> QuotaProblem | None:
@@ -469,7 +518,69 @@ class QueueManager:
             (e for e in self.pods.values() if e.state is not State.ADMITTED), key=lambda e: e.sort_key
         )
 
+    def admission_order(self) -> Iterator[PodEntry]:
+        """The waiting pods in the order the cycle decides them (docs/contracts.md "admission order").
+
+        Within a queue: `PodEntry.sort_key`. The queues of one cohort form a group, every other queue is a
+        group of its own; the group whose next pod comes first by `sort_key` goes next. A cohort's next pod is
+        the head of the queue `fairshare.rank` puts first (its nominal quota covers the head, then the lowest
+        weighted share, then `sort_key`), read lazily: an admission the caller makes before asking for the
+        next pod moves its queue's rank (docs/fairshare.md).
+        """
+        lines: dict[str | None, deque[PodEntry]] = {}
+        for entry in self.pending_order():
+            lines.setdefault(entry.queue, deque()).append(entry)
+        grouped: dict[tuple[str, str | None], list[str | None]] = {}
+        for name in lines:
+            spec = self.queue(name) if name is not None else None
+            cohort = spec.cohort if spec is not None and name != IMPLICIT_QUEUE else None
+            grouped.setdefault(("cohort", cohort) if cohort is not None else ("queue", name), []).append(name)
+        bundles = list(grouped.values())
+        caps: dict[str | None, Limit] = {}
+        weighted: dict[str, tuple[Resources, Fraction]] = {}  # queue -> (usage, weighted share at that usage)
+        ranks: dict[str | None, tuple[PodEntry, Resources, tuple[object, ...]]] = {}
+
+        def rank(name: str | None) -> tuple[object, ...]:
+            head = lines[name][0]
+            spec = self.queue(name) if name is not None else None
+            if spec is None:
+                return (False, fairshare.ZERO_SHARE, *head.sort_key)
+            usage = self.usage(spec.name)
+            seen = ranks.get(name)
+            if seen is not None and seen[0] is head and seen[1] is usage:
+                return seen[2]
+            share = weighted.get(spec.name)
+            if share is None or share[0] != usage:
+                if spec.cohort not in caps:
+                    caps[spec.cohort] = fairshare.capacity(spec, self.cohort_members(spec.cohort))
+                share = (usage, fairshare.weighted(usage, caps[spec.cohort], spec.weight))
+                weighted[spec.name] = share
+            charge = Resources(head.request.compute_units, head.request.memory_units(0))
+            ranked = (*fairshare.rank(spec, usage, charge, share[1]), *head.sort_key)
+            ranks[name] = (head, usage, ranked)
+            return ranked
+
+        def pick(group: list[str | None]) -> tuple[str | None] | None:  # (the queue whose head goes next,)
+            live = [name for name in group if lines[name]]
+            if len(live) <= 1:
+                return (live[0],) if live else None
+            return (min(live, key=rank),)
+
+        heap: list[tuple[tuple[int, float, str], int, str | None]] = []
+        for i, group in enumerate(bundles):
+            first = pick(group)
+            if first is not None:
+                heap.append((lines[first[0]][0].sort_key, i, first[0]))
+        heapq.heapify(heap)
+        while heap:
+            _, i, name = heapq.heappop(heap)
+            yield lines[name].popleft()
+            following = pick(bundles[i])
+            if following is not None:
+                heapq.heappush(heap, (lines[following[0]][0].sort_key, i, following[0]))
+
     def expire(self, now: float, result: CycleResult) -> None:
+        groups.expire(self, now, result)  # a pod group's reservations go as one, before the pod-by-pod TTL
         for entry in self.pods.values():
             if entry.nomination is not None and entry.nomination.expires <= now:
                 self._drop_nomination(entry)
@@ -498,8 +609,9 @@ class QueueManager:
         """One admission pass over every queue; mutates the ledger (RESERVED holdings) and usage.
 
         Phases, in order: (1) expire nominations and unbound reservations; (2) walk every waiting pod of
-        every queue in one order (priority, creation, name) and for each: (3) skip what cannot be
-        decided (ungated, no queue); (4) admit a nominated pod whose victims are gone; (5) keep it
+        every queue in `admission_order` (fair sharing within a cohort, else priority, creation, name) and
+        for each: (3) skip what cannot be decided (ungated, no queue); (3b) decide a pod group lacking its
+        min-members as one (`gpupool.groups.decide`); (4) admit a nominated pod whose victims are gone; (5) keep it
         behind its queue's blocked head unless BestEffortFIFO lets it pass; (6) check quota with the
         smallest charge, (7) plan capacity (a shape that failed at this ledger generation is not
         planned again), (8) check quota with the planned charge and admit, reserving the plan;
@@ -511,9 +623,10 @@ class QueueManager:
         blocked: dict[str, _Blocked] = {}
         position: dict[str, int] = {}
         failed_shapes: dict[tuple[object, ...], tuple[int, str]] = {}
-        for entry in self.pending_order():  # (2)
-            # (3) nothing to decide
-            if not entry.gated:
+        book = groups.Book.of(self.pods.values(), self.evicting)
+        for entry in self.admission_order():  # (2)
+            # (3) nothing to decide (or admitted already in this pass, with its pod group)
+            if not entry.gated or entry.state is State.ADMITTED:
                 continue
             if entry.queue is None:
                 result.waiting[entry.uid] = entry.queue_error or "no GPUQueue"
@@ -528,6 +641,12 @@ class QueueManager:
                 position[q] = position.get(q, 0) + 1
                 return f"queue {q or '(none)'}: {ordinal(position[q])} in line"
 
+            # (3b) a member of a pod group that does not hold its min-members yet: the group is decided as one
+            if (
+                entry.group is not None and entry.state is State.PENDING
+                and groups.decide(self, book, entry, q, spec, where, blocked, now, result)
+            ):  # fmt: skip
+                continue
             # (4) nominated by preemption: admitted once its victims are gone, else it blocks its queue
             if entry.state is State.NOMINATED and entry.nomination is not None:
                 nom = entry.nomination
@@ -604,10 +723,12 @@ class QueueManager:
         result: CycleResult,
         *,
         by_quota: bool,
+        need: Resources | None = None,
     ) -> None:
         result.waiting[entry.uid] = f"{where}; {reason}"
         if q not in blocked:
-            need = Resources(entry.request.compute_units, entry.request.memory_units(0))
+            if need is None:
+                need = Resources(entry.request.compute_units, entry.request.memory_units(0))
             blocked[q] = _Blocked(entry, reason, by_quota, need)
             result.preemptors[entry.uid] = q
 
@@ -636,9 +757,16 @@ class QueueManager:
             entry.uid, plan.node, plan.slices, kind=HoldingKind.RESERVED, qos=entry.request.qos,
             cpu_milli=entry.request.cpu_milli, host_memory_mib=entry.request.host_memory_mib,
         )
+        self._admitted(entry, q, plan.node, charge, now, result)
+
+    def _admitted(
+        self, entry: PodEntry, q: str, node: str, charge: Resources, now: float, result: CycleResult,
+        group: str | None = None,
+    ) -> None:
+        """Book an admission whose RESERVED holding is committed already."""
         entry.state, entry.charge, entry.admitted_at = State.ADMITTED, charge, now
         self._charge(entry)
-        result.admitted.append(Admission(entry.uid, entry.key, q, plan.node, charge))
+        result.admitted.append(Admission(entry.uid, entry.key, q, node, charge, group))
 
     def _admit_nominated(self, entry: PodEntry, result: CycleResult) -> None:
         nom = entry.nomination

@@ -43,12 +43,23 @@ GPU_MODEL = "gpupool.io/gpu-model"
 GPU_UUID = "gpupool.io/gpu-uuid"
 QOS = "gpupool.io/qos"
 POLICY = "gpupool.io/policy"
-USER_ANNOTATIONS = (QUEUE, LOCALITY, GPU_MODEL, GPU_UUID, QOS, POLICY)
+#: how the pool runtime holds the pod's compute share (docs/runtime.md "Compute"); absent: the node's default
+COMPUTE_MODE = "gpupool.io/compute-mode"
+COMPUTE_MODES = ("ceiling", "share")
+#: a pod group (gang, docs/workloads.md): its name and the members admitted together (`gpupool.groups`)
+POD_GROUP = "gpupool.io/pod-group"
+MIN_MEMBERS = "gpupool.io/min-members"
+USER_ANNOTATIONS = (QUEUE, LOCALITY, GPU_MODEL, GPU_UUID, QOS, POLICY, COMPUTE_MODE, POD_GROUP, MIN_MEMBERS)
 
 ASSIGNMENT = "gpupool.io/assignment"
 ALLOCATED = "gpupool.io/allocated"
 NOMINATED = "gpupool.io/nominated"
-SYSTEM_ANNOTATIONS = (ASSIGNMENT, ALLOCATED, NOMINATED)
+#: resizing a running pod (format and decision: `gpupool/resize.py`): the user's request, validated at admission,
+#: and what gpupool writes back (the outcome history; the node agent's report of memory in use)
+RESIZE = "gpupool.io/resize"
+RESIZE_STATUS = "gpupool.io/resize-status"
+USAGE = "gpupool.io/usage"
+SYSTEM_ANNOTATIONS = (ASSIGNMENT, ALLOCATED, NOMINATED, RESIZE_STATUS, USAGE)
 
 ADMISSION_GATE = "gpupool.io/admission"
 SCHEDULER_NAME = "gpupool-scheduler"
@@ -348,8 +359,48 @@ def _container_request(
     return ContainerRequest(name=name, index=index, count=count, compute=compute, memory_mib=memory, init=init)
 
 
+def compute_mode_problem(value: object) -> str | None:
+    """Why `value` is not a `gpupool.io/compute-mode`, or None (the one check: admission and the node agent)."""
+    if value in COMPUTE_MODES:
+        return None
+    return f"{value!r} is not a compute mode; write {' or '.join(repr(m) for m in COMPUTE_MODES)}"
+
+
 def _comma_list(value: str) -> frozenset[str]:
     return frozenset(item.strip() for item in value.split(",") if item.strip())
+
+
+_GROUP_NAME = re.compile(r"^[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?$")
+#: the most members one pod group may ask to be admitted together
+MAX_MIN_MEMBERS = 10_000
+
+
+def pod_group(annotations: Mapping[str, Any]) -> tuple[str, int] | None:
+    """(group name, min-members) of `gpupool.io/pod-group` + `gpupool.io/min-members` (absent: 1), or None.
+
+    Raises `InvalidRequest` naming the annotation: a name that is no DNS subdomain, a min-members that is
+    not a whole number in 1..`MAX_MIN_MEMBERS`, or a min-members without a group (docs/workloads.md).
+    """
+    name, size = annotations.get(POD_GROUP), annotations.get(MIN_MEMBERS)
+    errors: list[FieldError] = []
+    if name is not None and not (isinstance(name, str) and _GROUP_NAME.match(name)):
+        errors.append(FieldError(f"metadata.annotations[{POD_GROUP}]", f"{name!r} is not a group name; use "
+                                 "lower-case letters, digits, '-' and '.' (at most 253)"))  # fmt: skip
+    count = 1
+    if size is not None:
+        field = f"metadata.annotations[{MIN_MEMBERS}]"
+        text = size.strip() if isinstance(size, str) else ""
+        if not text.isdigit() or len(text) > 6 or not 1 <= int(text) <= MAX_MIN_MEMBERS:
+            errors.append(FieldError(field, f"{size!r} is not a member count; write a whole number from 1 to "
+                                     f"{MAX_MIN_MEMBERS}"))  # fmt: skip
+        elif name is None:
+            errors.append(FieldError(field, f"needs {POD_GROUP} naming the group the pod belongs to; add it or "
+                                     "remove this annotation"))  # fmt: skip
+        else:
+            count = int(text)
+    if errors:
+        raise InvalidRequest(errors)
+    return None if name is None else (str(name), count)
 
 
 def parse_pod(pod: Mapping[str, Any], *, allow_system_annotations: bool = True) -> PodRequest:
@@ -398,6 +449,10 @@ def parse_pod(pod: Mapping[str, Any], *, allow_system_annotations: bool = True) 
                 )
             else:
                 policy = value
+        elif key == COMPUTE_MODE:
+            problem = compute_mode_problem(value)
+            if problem is not None:
+                errors.append(FieldError(field, problem))
         elif key == QUEUE:
             if not _QUEUE_NAME.match(value):
                 errors.append(
@@ -413,6 +468,10 @@ def parse_pod(pod: Mapping[str, Any], *, allow_system_annotations: bool = True) 
             uuids = _comma_list(value)
             if not uuids:
                 errors.append(FieldError(field, "empty UUID list; write e.g. 'GPU-3f2a…' or remove it"))
+        elif key in (POD_GROUP, MIN_MEMBERS):
+            pass  # read together by `pod_group`, below
+        elif key == RESIZE:
+            pass  # a resize request: read by `gpupool.resize` (and checked by admission), not a placement input
         elif key in SYSTEM_ANNOTATIONS:
             if not allow_system_annotations:
                 errors.append(FieldError(field, "is written by gpupool only; remove it from the manifest"))
@@ -420,9 +479,13 @@ def parse_pod(pod: Mapping[str, Any], *, allow_system_annotations: bool = True) 
             errors.append(
                 FieldError(
                     field,
-                    f"unknown gpupool annotation; allowed are {', '.join(USER_ANNOTATIONS)}",
+                    f"unknown gpupool annotation; allowed are {', '.join((*USER_ANNOTATIONS, RESIZE))}",
                 )
             )
+    try:
+        pod_group(annotations)
+    except InvalidRequest as exc:
+        errors.extend(exc.errors)
     if errors:
         raise InvalidRequest(errors)
     return PodRequest(

@@ -254,6 +254,68 @@ EXPORT CUresult cuLaunchKernelEx_ptsz(const CUlaunchConfig *c, CUfunction f, voi
     return cuLaunchKernelEx(c, f, p, e);
 }
 
+EXPORT CUresult cuLaunchCooperativeKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz,
+                                          unsigned int bx, unsigned int by, unsigned int bz, unsigned int shmem,
+                                          CUstream s, void **p) {
+    (void)f; (void)bx; (void)by; (void)bz; (void)shmem; (void)p;
+    return launch(gx, gy, gz, s);
+}
+EXPORT CUresult cuLaunchCooperativeKernel_ptsz(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz,
+                                               unsigned int bx, unsigned int by, unsigned int bz,
+                                               unsigned int shmem, CUstream s, void **p) {
+    return cuLaunchCooperativeKernel(f, gx, gy, gz, bx, by, bz, shmem, s, p);
+}
+
+/* ---- graphs: a list of kernel nodes run back to back on the launching stream */
+#define GRAPH_NODES 64
+struct CUgraph_st {
+    unsigned n;
+    uint64_t blocks[GRAPH_NODES];
+};
+struct CUgraphExec_st {
+    struct CUgraph_st g;
+};
+EXPORT CUresult cuGraphCreate(CUgraph *g, unsigned int flags) {
+    (void)flags;
+    *g = calloc(1, sizeof **g);
+    return *g ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
+}
+EXPORT CUresult cuGraphDestroy(CUgraph g) { free(g); return CUDA_SUCCESS; }
+EXPORT CUresult cuGraphAddKernelNode(CUgraphNode *node, CUgraph g, const CUgraphNode *deps, size_t ndeps,
+                                     const CUDA_KERNEL_NODE_PARAMS *p) {
+    (void)deps; (void)ndeps;
+    if (!g || !p || g->n >= GRAPH_NODES || !p->gridDimX || !p->gridDimY || !p->gridDimZ)
+        return CUDA_ERROR_INVALID_VALUE;
+    g->blocks[g->n++] = (uint64_t)p->gridDimX * p->gridDimY * p->gridDimZ;
+    if (node)
+        *node = (CUgraphNode)(uintptr_t)g->n;
+    return CUDA_SUCCESS;
+}
+EXPORT CUresult cuGraphInstantiateWithFlags(CUgraphExec *e, CUgraph g, unsigned long long flags) {
+    (void)flags;
+    if (!g)
+        return CUDA_ERROR_INVALID_VALUE;
+    *e = malloc(sizeof **e);
+    if (!*e)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    (*e)->g = *g;
+    return CUDA_SUCCESS;
+}
+EXPORT CUresult cuGraphExecDestroy(CUgraphExec e) { free(e); return CUDA_SUCCESS; }
+EXPORT CUresult cuGraphLaunch(CUgraphExec e, CUstream s) {
+    struct CUstream_st *st = stream_of(s);
+    if (!st)
+        return CUDA_ERROR_INVALID_CONTEXT;
+    if (!e)
+        return CUDA_ERROR_INVALID_VALUE;
+    uint64_t blocks = 0;
+    for (unsigned i = 0; i < e->g.n; i++)
+        blocks += e->g.blocks[i];
+    enqueue(st, blocks * ns_per_block);
+    return CUDA_SUCCESS;
+}
+EXPORT CUresult cuGraphLaunch_ptsz(CUgraphExec e, CUstream s) { return cuGraphLaunch(e, s); }
+
 EXPORT CUresult cuEventCreate(CUevent *e, unsigned int flags) {
     (void)flags;
     *e = calloc(1, sizeof **e);
@@ -397,6 +459,51 @@ EXPORT CUresult cuMemGetInfo(unsigned int *f, unsigned int *t) {
     return r;
 }
 
+/* ---- IPC: a handle names the exporter's pid and pointer; opening it maps that memory (nothing is allocated,
+ * so the importer's simulated memory does not change) at a fresh address; closing unmaps it. */
+static uint64_t imported[256];
+static size_t nimported;
+EXPORT CUresult cuIpcGetMemHandle(CUipcMemHandle *h, CUdeviceptr p) {
+    if (!h)
+        return CUDA_ERROR_INVALID_VALUE;
+    memset(h, 0, sizeof *h);
+    uint64_t pid = (uint64_t)getpid();
+    memcpy(h->reserved, &pid, sizeof pid);
+    memcpy(h->reserved + 8, &p, sizeof p);
+    return CUDA_SUCCESS;
+}
+EXPORT CUresult cuIpcOpenMemHandle_v2(CUdeviceptr *p, CUipcMemHandle h, unsigned int flags) {
+    (void)flags;
+    uint64_t pid = 0;
+    memcpy(&pid, h.reserved, sizeof pid);
+    if (!p || pid == 0 || pid == (uint64_t)getpid())
+        return CUDA_ERROR_INVALID_VALUE; /* as the driver: not within the exporting process */
+    pthread_mutex_lock(&memlock);
+    if (nimported == sizeof imported / sizeof imported[0]) {
+        pthread_mutex_unlock(&memlock);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    *p = imported[nimported++] = next_ptr;
+    next_ptr += 1ull << 21;
+    pthread_mutex_unlock(&memlock);
+    return CUDA_SUCCESS;
+}
+EXPORT CUresult cuIpcOpenMemHandle(CUdeviceptr *p, CUipcMemHandle h, unsigned int flags) {
+    return cuIpcOpenMemHandle_v2(p, h, flags);
+}
+EXPORT CUresult cuIpcCloseMemHandle(CUdeviceptr p) {
+    pthread_mutex_lock(&memlock);
+    for (size_t i = 0; i < nimported; i++) {
+        if (imported[i] == p) {
+            imported[i] = imported[--nimported];
+            pthread_mutex_unlock(&memlock);
+            return CUDA_SUCCESS;
+        }
+    }
+    pthread_mutex_unlock(&memlock);
+    return CUDA_ERROR_INVALID_VALUE;
+}
+
 /* ---- cuGetProcAddress: the driver's own entry points by base name, version and stream flag */
 EXPORT CUresult cuGetProcAddress(const char *symbol, void **pfn, int version, cuuint64_t flags);
 EXPORT CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int version, cuuint64_t flags,
@@ -442,6 +549,12 @@ static const struct proc procs[] = {
     P("cuLaunchKernel", cuLaunchKernel_ptsz, 7000, 1),
     P("cuLaunchKernelEx", cuLaunchKernelEx, 11060, 0),
     P("cuLaunchKernelEx", cuLaunchKernelEx_ptsz, 11060, 1),
+    P("cuLaunchCooperativeKernel", cuLaunchCooperativeKernel, 9000, 0),
+    P("cuLaunchCooperativeKernel", cuLaunchCooperativeKernel_ptsz, 9000, 1),
+    P("cuGraphLaunch", cuGraphLaunch, 10000, 0),
+    P("cuGraphLaunch", cuGraphLaunch_ptsz, 10000, 1),
+    P("cuIpcOpenMemHandle", cuIpcOpenMemHandle, 4010, 0),
+    P("cuIpcOpenMemHandle", cuIpcOpenMemHandle_v2, 11000, 0),
     P("cuEventCreate", cuEventCreate, 2000, 0),
     P("cuEventRecord", cuEventRecord, 2000, 0),
     P("cuEventRecord", cuEventRecord_ptsz, 7000, 1),

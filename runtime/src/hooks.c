@@ -295,3 +295,46 @@ GP_EXPORT CUresult cuLaunchKernelEx_ptsz(const CUlaunchConfig *cfg, CUfunction f
     gp_launch_end(&l, r);
     return r;
 }
+
+/* Cooperative launches and CUDA graphs go through the same token bucket: the events around a graph launch
+ * measure the device time of the whole graph, so a graph is charged what all its kernels ran. (The deprecated
+ * cuLaunchCooperativeKernelMultiDevice passes through: it spans devices, one bucket each; docs/runtime.md.) */
+GP_EXPORT CUresult cuLaunchCooperativeKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz,
+                                             unsigned int bx, unsigned int by, unsigned int bz, unsigned int shmem,
+                                             CUstream s, void **params) {
+    NEED(cuLaunchCooperativeKernel);
+    struct gp_launch l;
+    gp_launch_begin(&l, s, 0);
+    CUresult r = gp_real.cuLaunchCooperativeKernel(f, gx, gy, gz, bx, by, bz, shmem, s, params);
+    gp_launch_end(&l, r);
+    return r;
+}
+
+GP_EXPORT CUresult cuLaunchCooperativeKernel_ptsz(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz,
+                                                  unsigned int bx, unsigned int by, unsigned int bz,
+                                                  unsigned int shmem, CUstream s, void **params) {
+    NEED(cuLaunchCooperativeKernel_ptsz);
+    struct gp_launch l;
+    gp_launch_begin(&l, s, 1);
+    CUresult r = gp_real.cuLaunchCooperativeKernel_ptsz(f, gx, gy, gz, bx, by, bz, shmem, s, params);
+    gp_launch_end(&l, r);
+    return r;
+}
+
+GP_EXPORT CUresult cuGraphLaunch(CUgraphExec g, CUstream s) {
+    NEED(cuGraphLaunch);
+    struct gp_launch l;
+    gp_launch_begin(&l, s, 0);
+    CUresult r = gp_real.cuGraphLaunch(g, s);
+    gp_launch_end(&l, r);
+    return r;
+}
+
+GP_EXPORT CUresult cuGraphLaunch_ptsz(CUgraphExec g, CUstream s) {
+    NEED(cuGraphLaunch_ptsz);
+    struct gp_launch l;
+    gp_launch_begin(&l, s, 1);
+    CUresult r = gp_real.cuGraphLaunch_ptsz(g, s);
+    gp_launch_end(&l, r);
+    return r;
+}

@@ -28,6 +28,12 @@ CUresult cuLaunchKernel_ptsz(CUfunction, unsigned int, unsigned int, unsigned in
                              unsigned int, unsigned int, CUstream, void **, void **);
 CUresult cuLaunchKernelEx(const CUlaunchConfig *, CUfunction, void **, void **);
 CUresult cuLaunchKernelEx_ptsz(const CUlaunchConfig *, CUfunction, void **, void **);
+CUresult cuLaunchCooperativeKernel(CUfunction, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int,
+                                   unsigned int, unsigned int, CUstream, void **);
+CUresult cuLaunchCooperativeKernel_ptsz(CUfunction, unsigned int, unsigned int, unsigned int, unsigned int,
+                                        unsigned int, unsigned int, unsigned int, CUstream, void **);
+CUresult cuGraphLaunch(CUgraphExec, CUstream);
+CUresult cuGraphLaunch_ptsz(CUgraphExec, CUstream);
 CUresult cuInit(unsigned int);
 GP_EXPORT CUresult cuGetProcAddress(const char *, void **, int, cuuint64_t);
 GP_EXPORT CUresult cuGetProcAddress_v2(const char *, void **, int, cuuint64_t, CUdriverProcAddressQueryResult *);
@@ -64,6 +70,10 @@ static const struct entry table[] = {
     E("cuLaunchKernel", cuLaunchKernel_ptsz, 7000, 1),
     E("cuLaunchKernelEx", cuLaunchKernelEx, 11060, 0),
     E("cuLaunchKernelEx", cuLaunchKernelEx_ptsz, 11060, 1),
+    E("cuLaunchCooperativeKernel", cuLaunchCooperativeKernel, 9000, 0),
+    E("cuLaunchCooperativeKernel", cuLaunchCooperativeKernel_ptsz, 9000, 1),
+    E("cuGraphLaunch", cuGraphLaunch, 10000, 0),
+    E("cuGraphLaunch", cuGraphLaunch_ptsz, 10000, 1),
     E("cuGetProcAddress", cuGetProcAddress, 11030, 0),
     E("cuGetProcAddress", cuGetProcAddress_v2, 12000, 0),
 };

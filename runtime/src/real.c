@@ -60,6 +60,7 @@ static void resolve(void) {
     R(cuMemCreate); R(cuMemRelease); R(cuMemFree); R(cuMemFree_v2); R(cuMemFreeAsync); R(cuMemFreeAsync_ptsz);
     R(cuMemGetInfo); R(cuMemGetInfo_v2);
     R(cuLaunchKernel); R(cuLaunchKernel_ptsz); R(cuLaunchKernelEx); R(cuLaunchKernelEx_ptsz);
+    R(cuLaunchCooperativeKernel); R(cuLaunchCooperativeKernel_ptsz); R(cuGraphLaunch); R(cuGraphLaunch_ptsz);
     R(cuGetProcAddress); R(cuGetProcAddress_v2);
     R(cuEventCreate); R(cuEventDestroy_v2); R(cuEventRecord); R(cuEventRecord_ptsz); R(cuEventQuery);
     R(cuEventSynchronize); R(cuEventElapsedTime);

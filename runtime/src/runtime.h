@@ -38,6 +38,12 @@ struct gp_real {
                                     unsigned int, unsigned int, unsigned int, CUstream, void **, void **);
     CUresult (*cuLaunchKernelEx)(const CUlaunchConfig *, CUfunction, void **, void **);
     CUresult (*cuLaunchKernelEx_ptsz)(const CUlaunchConfig *, CUfunction, void **, void **);
+    CUresult (*cuLaunchCooperativeKernel)(CUfunction, unsigned int, unsigned int, unsigned int, unsigned int,
+                                          unsigned int, unsigned int, unsigned int, CUstream, void **);
+    CUresult (*cuLaunchCooperativeKernel_ptsz)(CUfunction, unsigned int, unsigned int, unsigned int, unsigned int,
+                                               unsigned int, unsigned int, unsigned int, CUstream, void **);
+    CUresult (*cuGraphLaunch)(CUgraphExec, CUstream);
+    CUresult (*cuGraphLaunch_ptsz)(CUgraphExec, CUstream);
     CUresult (*cuGetProcAddress)(const char *, void **, int, cuuint64_t);
     CUresult (*cuGetProcAddress_v2)(const char *, void **, int, cuuint64_t, CUdriverProcAddressQueryResult *);
     CUresult (*cuEventCreate)(CUevent *, unsigned int);

@@ -6,9 +6,13 @@
  *   info               cuMemGetInfo_v2 -> "info FREE TOTAL"
  *   dev N              make device N's context current -> "ok"
  *   launch N US        N kernels of US microseconds (fake driver), then synchronise -> "ok"
- *   spin US SECONDS WARMUP
+ *   spin US SECONDS WARMUP [VIA]
  *                      launch US-kernels in pairs, two pairs in flight, for SECONDS; report the device time
- *                      that completed after WARMUP -> "spin BUSY_NS WINDOW_NS"
+ *                      that completed after WARMUP -> "spin BUSY_NS WINDOW_NS". VIA: kernel (cuLaunchKernel,
+ *                      default), graph (a one-kernel graph, cuGraphLaunch), coop (cuLaunchCooperativeKernel),
+ *                      graph-ptsz / coop-ptsz (the per-thread-stream entry from cuGetProcAddress)
+ *   export ID          cuIpcGetMemHandle of allocation ID -> "handle HEX"
+ *   import HEX         cuIpcOpenMemHandle_v2 -> "ok ID" | "err CODE" (free ID closes it)
  *   fork BYTES         a child process allocates BYTES and exits -> "child ok" | "child err CODE", then "ok"
  *   bench N            N launches of empty kernels and N alloc/free pairs -> "bench LAUNCH_NS... " percentiles
  *   quit
@@ -58,8 +62,23 @@ typedef CUresult (*alloc_fn)(CUdeviceptr *, size_t);
 typedef CUresult (*procaddr_fn)(const char *, void **, int, cuuint64_t);
 typedef CUresult (*async_fn)(CUdeviceptr *, size_t, CUstream);
 CUresult cuGetProcAddress_v2(const char *, void **, int, cuuint64_t, CUdriverProcAddressQueryResult *);
+CUresult cuLaunchCooperativeKernel(CUfunction, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int,
+                                   unsigned int, unsigned int, CUstream, void **);
+CUresult cuGraphCreate(CUgraph *, unsigned int);
+CUresult cuGraphDestroy(CUgraph);
+CUresult cuGraphAddKernelNode(CUgraphNode *, CUgraph, const CUgraphNode *, size_t, const CUDA_KERNEL_NODE_PARAMS *);
+CUresult cuGraphInstantiateWithFlags(CUgraphExec *, CUgraph, unsigned long long);
+CUresult cuGraphExecDestroy(CUgraphExec);
+CUresult cuGraphLaunch(CUgraphExec, CUstream);
+CUresult cuIpcGetMemHandle(CUipcMemHandle *, CUdeviceptr);
+CUresult cuIpcOpenMemHandle_v2(CUdeviceptr *, CUipcMemHandle, unsigned int);
+CUresult cuIpcCloseMemHandle(CUdeviceptr);
+typedef CUresult (*graph_launch_fn)(CUgraphExec, CUstream);
+typedef CUresult (*coop_fn)(CUfunction, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int,
+                            unsigned int, unsigned int, CUstream, void **);
 
-enum kind { K_V2, K_V1, K_PITCH, K_MANAGED, K_ASYNC, K_POOL, K_CREATE, K_PROCADDR, K_DLSYM, K_PROCADDR2, K_PTSZ };
+enum kind { K_V2, K_V1, K_PITCH, K_MANAGED, K_ASYNC, K_POOL, K_CREATE, K_PROCADDR, K_DLSYM, K_PROCADDR2, K_PTSZ,
+            K_IPC /* by import only */ };
 static const char *kinds[] = {"v2",     "v1",    "pitch",     "managed", "async", "pool",
                               "create", "procaddr", "dlsym", "procaddr2", "ptsz"};
 
@@ -159,12 +178,64 @@ static CUresult do_free(struct alloc *a) {
     case K_ASYNC:
     case K_POOL: return cuMemFreeAsync(a->key, NULL);
     case K_CREATE: return cuMemRelease(a->key);
+    case K_IPC: return cuIpcCloseMemHandle(a->key);
     default: return cuMemFree_v2(a->key);
     }
 }
 
 static CUresult launch(unsigned int us) {
     return cuLaunchKernel(kernel, us, 1, 1, 32, 1, 1, 0, NULL, NULL, NULL);
+}
+
+/* how `spin` launches: VIA (see the header); the graph holds one kernel of `us` blocks */
+static const char *via = "kernel";
+static CUgraphExec graph_exec;
+static graph_launch_fn graph_launch;
+static coop_fn coop_launch;
+
+static CUresult prepare_via(const char *name, unsigned int us) {
+    via = name;
+    int ptsz = strstr(name, "-ptsz") != NULL;
+    if (strncmp(name, "graph", 5) == 0) {
+        CUgraph g;
+        CUDA_KERNEL_NODE_PARAMS p;
+        memset(&p, 0, sizeof p);
+        p.func = kernel;
+        p.gridDimX = us, p.gridDimY = p.gridDimZ = 1, p.blockDimX = 32, p.blockDimY = p.blockDimZ = 1;
+        if (graph_exec)
+            cuGraphExecDestroy(graph_exec);
+        graph_exec = NULL;
+        CUresult r = cuGraphCreate(&g, 0);
+        if (r != CUDA_SUCCESS)
+            return r;
+        r = cuGraphAddKernelNode(NULL, g, NULL, 0, &p);
+        if (r == CUDA_SUCCESS)
+            r = cuGraphInstantiateWithFlags(&graph_exec, g, 0);
+        cuGraphDestroy(g);
+        if (r != CUDA_SUCCESS)
+            return r;
+        graph_launch = cuGraphLaunch;
+        if (ptsz)
+            return cuGetProcAddress("cuGraphLaunch", (void **)&graph_launch, 12040,
+                                    CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM);
+        return CUDA_SUCCESS;
+    }
+    if (strncmp(name, "coop", 4) == 0) {
+        coop_launch = cuLaunchCooperativeKernel;
+        if (ptsz)
+            return cuGetProcAddress("cuLaunchCooperativeKernel", (void **)&coop_launch, 12040,
+                                    CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM);
+        return CUDA_SUCCESS;
+    }
+    return strcmp(name, "kernel") == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+static CUresult launch_via(unsigned int us) {
+    if (via[0] == 'g')
+        return graph_launch(graph_exec, NULL);
+    if (via[0] == 'c')
+        return coop_launch(kernel, us, 1, 1, 32, 1, 1, 0, NULL, NULL);
+    return launch(us);
 }
 
 static int cmp_u64(const void *a, const void *b) {
@@ -262,6 +333,14 @@ int main(void) {
                 r = cuCtxSynchronize();
             printf(r == CUDA_SUCCESS ? "ok\n" : "err %d\n", r);
         } else if (strcmp(cmd, "spin") == 0 && sscanf(line, "%*s %llu %lf %lf", &x, &s, &w) == 3) {
+            static char via_name[64];
+            if (sscanf(line, "%*s %*s %*s %*s %63s", via_name) != 1)
+                strcpy(via_name, "kernel");
+            CUresult pr = prepare_via(via_name, (unsigned int)x);
+            if (pr != CUDA_SUCCESS) {
+                printf("err %d\n", pr);
+                continue;
+            }
             uint64_t t0 = now_ns(), end = t0 + (uint64_t)(s * 1e9), warm = t0 + (uint64_t)(w * 1e9);
             uint64_t first = 0, last = 0, busy = 0;
             CUevent done[2];
@@ -269,8 +348,8 @@ int main(void) {
             cuEventCreate(&done[1], 0);
             /* two batches in flight, like an application that queues ahead: wait for the older one */
             for (unsigned long long i = 0;; i++) {
-                launch((unsigned int)x);
-                launch((unsigned int)x);
+                launch_via((unsigned int)x);
+                launch_via((unsigned int)x);
                 cuEventRecord(done[i % 2], NULL);
                 if (i == 0)
                     continue;
@@ -303,6 +382,36 @@ int main(void) {
             if (pid > 0)
                 waitpid(pid, &status, 0);
             printf(pid > 0 ? "ok\n" : "err fork\n");
+        } else if (strcmp(cmd, "export") == 0 && sscanf(line, "%*s %llu", &x) == 1) {
+            CUipcMemHandle h;
+            CUresult r = x < (unsigned long long)nallocs ? cuIpcGetMemHandle(&h, allocs[x].key)
+                                                         : CUDA_ERROR_INVALID_VALUE;
+            if (r != CUDA_SUCCESS) {
+                printf("err %d\n", r);
+                continue;
+            }
+            printf("handle ");
+            for (size_t i = 0; i < sizeof h.reserved; i++)
+                printf("%02x", (unsigned char)h.reserved[i]);
+            printf("\n");
+        } else if (strcmp(cmd, "import") == 0) {
+            char hex[160] = "";
+            CUipcMemHandle h;
+            memset(&h, 0, sizeof h);
+            if (sscanf(line, "%*s %159s", hex) == 1 && strlen(hex) == 2 * sizeof h.reserved)
+                for (size_t i = 0; i < sizeof h.reserved; i++) {
+                    unsigned int byte = 0;
+                    if (sscanf(hex + 2 * i, "%2x", &byte) == 1)
+                        h.reserved[i] = (char)byte;
+                }
+            CUdeviceptr p = 0;
+            CUresult r = cuIpcOpenMemHandle_v2(&p, h, 1);
+            if (r == CUDA_SUCCESS && nallocs < 4096) {
+                allocs[nallocs] = (struct alloc){K_IPC, p, 1};
+                printf("ok %d\n", nallocs++);
+            } else {
+                printf("err %d\n", r);
+            }
         } else if (strcmp(cmd, "bench") == 0 && sscanf(line, "%*s %llu", &x) == 1 && x > 0) {
             bench((int)x);
         } else if (strcmp(cmd, "quit") == 0) {

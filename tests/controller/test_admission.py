@@ -52,7 +52,18 @@ C = "spec.containers[0].resources.limits"
         (make_pod(annotations={resources.LOCALITY: "far"}), "metadata.annotations[gpupool.io/locality]", "'pool'"),
         (make_pod(annotations={resources.QOS: "gold"}), "metadata.annotations[gpupool.io/qos]", "best-effort"),
         (make_pod(annotations={resources.POLICY: "magic"}), "metadata.annotations[gpupool.io/policy]", "binpack"),
+        (
+            make_pod(annotations={resources.COMPUTE_MODE: "burst"}),
+            "metadata.annotations[gpupool.io/compute-mode]",
+            "'ceiling' or 'share'",
+        ),
         (make_pod(annotations={"gpupool.io/colour": "x"}), "metadata.annotations[gpupool.io/colour]", "allowed are"),
+        (make_pod(annotations={resources.POD_GROUP: "g", resources.MIN_MEMBERS: "0"}),
+         "metadata.annotations[gpupool.io/min-members]", "whole number from 1"),
+        (make_pod(annotations={resources.MIN_MEMBERS: "2"}), "metadata.annotations[gpupool.io/min-members]",
+         "needs gpupool.io/pod-group"),
+        (make_pod(annotations={resources.POD_GROUP: "Not_A_Name"}), "metadata.annotations[gpupool.io/pod-group]",
+         "not a group name"),
         (make_pod(annotations={resources.ASSIGNMENT: "{}"}), "metadata.annotations[gpupool.io/assignment]", "remove"),
         (make_pod(annotations={resources.NOMINATED: "{}"}), "metadata.annotations[gpupool.io/nominated]", "remove"),
         (make_pod(annotations={resources.ALLOCATED: "x"}), "metadata.annotations[gpupool.io/allocated]", "remove"),
@@ -74,6 +85,9 @@ def test_bad_input_is_rejected_naming_the_field(
             return LIMITS
 
         def queue_problem(self, namespace: str, named: str) -> str | None:
+            return None
+
+        def group_problem(self, pod: dict) -> tuple[str, str] | None:
             return None
 
     monkeypatch.setattr(handlers, "STATE", State())
@@ -278,6 +292,7 @@ def admitted_pod(**annotations: str) -> dict:
         (resources.POLICY, "spread"),
         (resources.GPU_MODEL, "H100"),
         (resources.GPU_UUID, "GPU-1"),
+        (resources.COMPUTE_MODE, "share"),
     ],
 )
 def test_accounting_annotations_are_fixed_once_admitted(field: str, change: str) -> None:

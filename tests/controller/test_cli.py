@@ -46,6 +46,7 @@ def test_status_shapes_are_the_ones_the_controller_writes() -> None:
     assert status.queue_statuses(c.manager)["team-a"] == {
         "pending": 0, "admitted": 2, "usage": {"compute": 200, "memoryMiB": 2 * 40960},
         "borrowed": {"compute": 0, "memoryMiB": 0}, "computeSummary": "200/200", "memorySummary": f"{2 * 40960}/-",
+        "sharePercent": 100, "fairSharePercent": 100,
     }  # fmt: skip
 
 
@@ -135,3 +136,28 @@ def test_explain_shows_the_quota_a_waiting_pod_lacks() -> None:
     c.on_pod("ADDED", pod("wait"))
     lines = explain_lines(c, "team-a", "wait")
     assert "quota: quota 100/100 compute in use, needs 100 more" in lines
+
+
+def test_status_prints_weight_share_and_fair_share(monkeypatch: Any, capsys: Any) -> None:
+    import argparse
+
+    from controller import cli
+
+    c, _ = make()
+    c.on_gpunode("ADDED", gpunode("n1", gpus=4))
+    for name, weight in (("team-a", 1), ("team-b", 3)):
+        c.on_queue("ADDED", queue(name, 0, cohort="c", fairSharing={"weight": weight}))
+    c.on_queue("ADDED", queue("lender", 400, cohort="c"))
+    for i in range(4):
+        c.on_pod("ADDED", pod(f"a{i}"))
+        c.on_pod("ADDED", pod(f"b{i}", ns="team-b"))
+    c.manager.schedule()
+    monkeypatch.setattr(cli, "load_state", lambda args: c)
+    monkeypatch.setenv("COLUMNS", "250")
+    assert cli.run_status(argparse.Namespace(json=False)) == 0
+    out = capsys.readouterr().out
+    assert "fair share %" in out
+    rows = {line.split("│")[1].strip(): [f.strip() for f in line.split("│")[1:-1]] for line in out.splitlines()
+            if line.startswith("│ team-")}  # fmt: skip
+    # weights 1:3 over 4 GPUs: one for team-a, three for team-b; fair shares the same
+    assert rows["team-a"][-3:] == ["1", "25", "25"] and rows["team-b"][-3:] == ["3", "75", "75"], out

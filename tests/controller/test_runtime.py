@@ -443,3 +443,84 @@ def test_refused_eviction_of_a_best_effort_holder_is_named_in_the_wait_message()
     assert events[("team-a/g", "GPUPoolWaiting")].endswith(
         "; no preemption: the eviction of team-a/be was refused (a PodDisruptionBudget)"
     )
+
+
+async def _until(check: Any, what: str) -> None:
+    """Poll the fake API until `check()` (a guard against hanging, not a timed assertion)."""
+    for _ in range(3000):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never happened: {what}")
+
+
+def test_events_run_the_cycle_without_waiting_for_the_timer() -> None:
+    """The backstop timer is an hour: a finished pod, a new pod and a quota change still admit at once."""
+    c, kube = make(admission_interval_seconds=3600)
+    c.on_gpunode("ADDED", gpunode("n1", gpus=1))
+    c.on_queue("ADDED", queue("team-a", 100))
+    first = pod("a")
+    c.on_pod("ADDED", first)
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.create_task(c.run_cycles(stop))
+        await _until(lambda: ("ungate", "team-a/a") in kube.calls, "a admitted by the first cycle")
+        c.on_pod("ADDED", pod("b"))  # waits: quota 100/100
+        await _until(lambda: any(e[1] == "team-a/b" for e in kube.of("event")), "b told why it waits")
+        c.on_pod("DELETED", first)  # its slice and quota are free: b goes
+        await _until(lambda: ("ungate", "team-a/b") in kube.calls, "b admitted after a finished")
+        c.on_pod("ADDED", pod("d"))
+        await _until(lambda: any(e[1] == "team-a/d" for e in kube.of("event")), "d told why it waits")
+        c.on_gpunode("MODIFIED", gpunode("n1", gpus=2))  # more capacity, and more quota
+        c.on_queue("MODIFIED", queue("team-a", 200))
+        await _until(lambda: ("ungate", "team-a/d") in kube.calls, "d admitted after the quota change")
+        stop.set()
+        await loop
+
+    run(scenario())
+
+
+def test_own_writes_echoed_by_the_watches_do_not_wake_the_cycle() -> None:
+    """The status the leader writes comes back through the watches; it must not start another cycle."""
+    c, _ = make(admission_interval_seconds=3600)
+    woken: list[int] = []
+    c.wake = lambda: woken.append(1)
+    node, q = gpunode("n1", gpus=1), queue("team-a", 100)
+    c.on_gpunode("ADDED", node)
+    c.on_queue("ADDED", q)
+    c.on_pod("ADDED", pod("a"))
+    assert len(woken) == 3  # new capacity, a new queue, a new waiting pod
+    run(c.cycle(now=2e9))
+    c.on_gpunode("MODIFIED", {**node, "status": {**node["status"], "computePercent": 50}})
+    c.on_queue("MODIFIED", {**q, "status": {"admitted": 1}})
+    c.on_pod("MODIFIED", pod("a", gated=False))
+    assert len(woken) == 3
+
+
+def test_a_burst_of_events_is_one_cycle() -> None:
+    c, _ = make(admission_interval_seconds=3600, admission_coalesce_seconds=0.05)
+    c.on_gpunode("ADDED", gpunode("n1", gpus=4))
+    c.on_queue("ADDED", queue("team-a", 400))
+    cycles: list[float] = []
+    real_cycle = c.cycle
+
+    async def counted(now: float | None = None) -> dict[str, int]:
+        cycles.append(0.0)
+        return await real_cycle(now)
+
+    c.cycle = counted  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.create_task(c.run_cycles(stop))
+        await _until(lambda: len(cycles) == 1, "the first cycle")
+        for i in range(20):
+            c.on_pod("ADDED", pod(f"burst-{i}"))
+        await _until(lambda: len(cycles) >= 2, "a cycle after the burst")
+        await asyncio.sleep(0.2)
+        stop.set()
+        await loop
+
+    run(scenario())
+    assert len(cycles) == 2  # the first cycle at start, one for the whole burst

@@ -106,7 +106,7 @@ def test_readyz_is_503_until_pods_gpunodes_and_gpuqueues_are_listed() -> None:
     state: dict[str, Controller] = {}
     c = Controller(ControllerSettings(leader_election=False), ListingKube(gate), KEY)  # type: ignore[arg-type]
     server = probes.serve("127.0.0.1", 0, metrics.REGISTRY, lambda: state["c"].readiness() if state else None)
-    url = f"http://127.0.0.1:{server.server_address[1]}"
+    url = f"http://127.0.0.1:{server.port}"
     try:
         assert get(url + "/readyz")[0] == 503  # not even built
         state["c"] = c
@@ -123,7 +123,7 @@ def test_readyz_is_503_until_pods_gpunodes_and_gpuqueues_are_listed() -> None:
         with urllib.request.urlopen(url + "/healthz", timeout=5) as r:
             assert r.status == 200
     finally:
-        server.shutdown()
+        server.stop()
 
 
 def test_status_counts_pods_per_key_id_and_lists_the_quarantined(capsys: Any, monkeypatch: Any) -> None:

@@ -14,6 +14,7 @@ import pytest
 from deviceplugin import runtime_regions as regions
 from deviceplugin.kube import Kube
 from e2e.polling import wait_for
+from gpupool import resources
 from tests.deviceplugin.helpers import assignment_for, make_pod, put_pod
 from tests.deviceplugin.test_plugin import GPU0, GPU1, allocate, cached, preferred
 
@@ -72,6 +73,31 @@ def test_allocate_injects_the_runtime_and_writes_the_control_region(
     wait_for(lambda: not cdir.parent.exists(), timeout=10)
 
 
+@pytest.mark.parametrize(
+    ("node_mode", "pod_mode", "expected"),
+    [
+        ("ceiling", "share", "share"),
+        ("share", "ceiling", "ceiling"),
+        ("share", None, "share"),
+        ("ceiling", "x", "ceiling"),
+    ],
+)
+def test_the_pods_compute_mode_wins_over_the_nodes_default(
+    start_agent: Any, kube: Kube, tmp_path: Path, node_mode: str, pod_mode: str | None, expected: str
+) -> None:
+    node = f"node-mode-{node_mode}-{pod_mode}".lower()
+    r = start_pool(start_agent, tmp_path, node=node, runtime_compute_mode=node_mode)
+    pod = make_pod(node, r.node, [1])
+    if pod_mode is not None:  # "x": a pod created around the webhook; the node's default applies
+        pod["metadata"]["annotations"][resources.COMPUTE_MODE] = pod_mode
+    put_pod(kube, pod, assignment_for(pod, r.node, [(0, GPU0, "gpu0-4", 30, 512)]))
+    cached(r, node)
+    c = allocate(r, ["gpu0-4"]).container_responses[0]
+    assert c.envs["GPUPOOL_COMPUTE_MODE"] == expected
+    cdir = tmp_path / "state" / "containers" / pod["metadata"]["uid"] / "0"
+    assert (cdir / "control").read_bytes() == regions.pack_control([regions.DeviceLimit(512, 30)], expected, 1)
+
+
 def test_other_backends_write_no_region(start_agent: Any, kube: Kube, tmp_path: Path) -> None:
     r = start_agent(backend="mps", runtime_state_dir=str(tmp_path / "state"))
     pod = make_pod("plain", r.node, [1])
@@ -106,7 +132,7 @@ def test_control_generation_grows_on_every_write(tmp_path: Path) -> None:
 def test_usage_metrics_from_a_real_runtime_process(start_agent: Any, kube: Kube, tmp_path: Path) -> None:
     subprocess.run(["make", "-s", "-C", str(ROOT / "runtime"), "test-bin"], check=True, timeout=300)
     build = ROOT / "runtime" / "build"
-    r = start_pool(start_agent, tmp_path)
+    r = start_pool(start_agent, tmp_path, usage_interval_seconds=0.1)
     pod = make_pod("metered", r.node, [1])
     put_pod(kube, pod, assignment_for(pod, r.node, [(0, GPU0, "gpu0-2", 30, 1)]))
     cached(r, "metered")
@@ -120,13 +146,13 @@ def test_usage_metrics_from_a_real_runtime_process(start_agent: Any, kube: Kube,
     }
     out = subprocess.run(
         [str(build / "gpuprog")],
-        input="alloc v2 1048576\nalloc v2 1\nlaunch 20 100\ninfo\n",
+        input="alloc v2 1048576\nalloc v2 1\nlaunch 20 100\nlaunch 1 1\ninfo\n",  # the 2nd launch charges the 1st batch
         env=env,
         capture_output=True,
         text=True,
         timeout=30,
     ).stdout.split("\n")
-    assert out[:4] == ["ok 0", "err 2", "ok", "info 0 1048576"]
+    assert out[:5] == ["ok 0", "err 2", "ok", "ok", "info 0 1048576"]
     body = urllib.request.urlopen(f"http://127.0.0.1:{r.agent.http.port}/metrics", timeout=5).read().decode()
     labels = 'container="0",device="0",namespace="default",pod="metered"'
     assert f"gpupool_container_gpu_memory_limit_bytes{{{labels}}} 1.048576e+06" in body
@@ -135,3 +161,9 @@ def test_usage_metrics_from_a_real_runtime_process(start_agent: Any, kube: Kube,
     prefix = f"gpupool_container_gpu_busy_seconds_total{{{labels}}}"
     busy = [line for line in body.splitlines() if line.startswith(prefix)]
     assert busy and float(busy[0].split()[-1]) > 0
+
+    # and per pod in the GPUNode status, with a heartbeat
+    def usage() -> list[dict[str, Any]]:
+        return list((((kube.get_gpunode(r.node) or {}).get("status") or {}).get("usage") or {}).get("pods") or [])
+
+    wait_for(lambda: [(p["name"], p["memoryUsedMiB"], p["memoryLimitMiB"]) for p in usage()] == [("metered", 0, 1)])

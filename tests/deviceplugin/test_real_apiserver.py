@@ -112,3 +112,38 @@ def test_agent_against_a_real_api_server(real_kube: tuple[Kube, Any]) -> None:
         agent.stop()
         kubelet.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_usage_reaches_the_gpunode_status_through_the_crd_schema(real_kube: tuple[Kube, Any]) -> None:
+    from deviceplugin.gpunode import Publisher, UsageReporter
+    from gpupool.inventory import GPUInfo
+
+    kube, _ = real_kube
+    node = "real-usage-0"
+    mib, s = 1 << 20, 1_000_000_000
+    samples = [("ns", "a", 3 * mib, 4 * mib, 2 * s), ("ns", "b", mib, 2 * mib, 0)]
+    now = [0.0]
+    publisher = Publisher(kube, node, 32, 16, usage=UsageReporter(lambda: samples, 60, clock=lambda: now[0]))
+    gpus = [GPUInfo(uuid="GPU-u0", index=0, model="A100", memory_mib=81920)]
+    publisher.publish(gpus)
+    usage = kube.get_gpunode(node)["status"]["usage"]
+    assert usage["pods"] == [
+        {"namespace": "ns", "name": "a", "memoryUsedMiB": 3, "memoryLimitMiB": 4},
+        {"namespace": "ns", "name": "b", "memoryUsedMiB": 1, "memoryLimitMiB": 2},
+    ]
+    now[0] = 30.0  # a heartbeat before the usage interval: the patch leaves status.usage as it was
+    samples[0] = ("ns", "a", 4 * mib, 4 * mib, 2 * s)
+    publisher.publish(gpus)
+    status = kube.get_gpunode(node)["status"]
+    assert status["usage"] == usage and status["gpus"][0]["uuid"] == "GPU-u0"
+    now[0] = 60.0
+    samples[:] = [("ns", "a", 4 * mib, 4 * mib, 32 * s)]  # pod b left; a ran 30 s of the last 60 s
+    publisher.publish(gpus)
+    usage = kube.get_gpunode(node)["status"]["usage"]
+    assert usage["windowSeconds"] == 60
+    assert usage["pods"] == [
+        {"namespace": "ns", "name": "a", "memoryUsedMiB": 4, "memoryLimitMiB": 4, "computePercent": 50}
+    ]
+    with pytest.raises(KubeError) as invalid:  # the CRD schema holds
+        kube.patch_gpunode_status(node, {"usage": {"pods": [{"namespace": "ns", "name": "a", "memoryUsedMiB": -1}]}})
+    assert invalid.value.status == 422

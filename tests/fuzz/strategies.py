@@ -52,10 +52,12 @@ quantities = st.one_of(
     st.floats(),
 )
 RESOURCE_NAMES = (*resources.CANONICAL, *resources.ALIASES, "cpu", "nvidia.com/gpu")
-ANNOTATION_KEYS = (*resources.USER_ANNOTATIONS, *resources.SYSTEM_ANNOTATIONS, "gpupool.io/other", "team")
+ANNOTATION_KEYS = (*resources.USER_ANNOTATIONS, *resources.SYSTEM_ANNOTATIONS, resources.RESIZE, "gpupool.io/other",
+                   "team")  # fmt: skip
 ENV_NAMES = (*resources.RUNTIME_ENV, "GPUPOOL_SLICES", "CUDA_MPS_PIPE_DIRECTORY", "CUDA_HOME", "HOME", "")
 annotation_values = st.one_of(
-    st.sampled_from(["local", "pool", "guaranteed", "best-effort", "fgd", "bestfit", "team-a", "A100", "", ","]),
+    st.sampled_from(["local", "pool", "guaranteed", "best-effort", "fgd", "bestfit", "team-a", "A100", "", ",",
+                     '{"seq":1,"container":"a","compute":50}', '{"history":[{"seq":1,"state":"Applied"}]}']),
     st.text(max_size=16),
 )
 resource_maps = st.dictionaries(st.sampled_from(RESOURCE_NAMES), quantities, max_size=3)

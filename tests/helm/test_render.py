@@ -26,6 +26,8 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "kind-fake-inventory": {"fakeInventory": {"enabled": True}},
     "backend-mps": {"enforcement": {"backend": "mps", "mps": {"shmDir": "/dev/shm"}}},
     "backend-hami-core": {"enforcement": {"backend": "hami-core"}},
+    "backend-pool": {"enforcement": {"backend": "pool", "pool": {"computeMode": "share"}}},
+    "backend-mps-unmanaged": {"enforcement": {"backend": "mps", "mps": {"managed": False}}},
     "backend-none-cdi": {"enforcement": {"backend": "none", "cdi": True}},
     "metrics-servicemonitor": {
         "metrics": {"serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "prom"}}},
@@ -133,7 +135,10 @@ def test_helm_lint(helm_bin: Path, name: str, tmp_path: Path) -> None:
 def test_bad_values_fail_with_a_clear_message(helm_bin: Path) -> None:
     """values.schema.json (and the chart's own checks) refuse typos and out-of-range values."""
     for values, message in (
-        ({"enforcement": {"backend": "cuda"}}, r"/enforcement/backend.*one of 'mps', 'hami-core', 'none'"),
+        (
+            {"enforcement": {"backend": "cuda"}},
+            r"/enforcement/backend.*one of 'auto', 'pool', 'mps', 'hami-core', 'none'",
+        ),
         ({"slotsPerGPU": 0}, r"/slotsPerGPU.*minimum"),
         ({"overcommit": {"computePercent": 50}}, r"/overcommit/computePercent.*minimum"),
         ({"fakeInventory": {"enable": True}}, r"additional properties 'enable' not allowed"),
@@ -381,7 +386,7 @@ def test_device_plugin_daemonset(rendered: dict[str, list[dict[str, Any]]]) -> N
     c = container(ds, "deviceplugin")
     e = env(c)
     assert e["NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
-    assert e["NVIDIA_VISIBLE_DEVICES"] == "all" and e["GPUPOOL_BACKEND"] == "none"
+    assert e["NVIDIA_VISIBLE_DEVICES"] == "all" and e["GPUPOOL_BACKEND"] == "mps"  # real GPU nodes: auto = mps
     assert e["GPUPOOL_PLUGIN_DIR"] == "/var/lib/kubelet/device-plugins/"
     assert "GPUPOOL_FAKE_INVENTORY" not in e
     vols = {v["name"]: v for v in spec["volumes"]}
@@ -445,9 +450,35 @@ def test_device_plugin_publishes_its_agent_endpoint(rendered: dict[str, list[dic
     [
         (
             "backend-mps",
-            {"GPUPOOL_BACKEND": "mps", "GPUPOOL_MPS_PIPE_DIR": "/run/nvidia/mps", "GPUPOOL_MPS_SHM_DIR": "/dev/shm"},
-            ["GPUPOOL_HAMI_LIB_DIR"],
+            {
+                "GPUPOOL_BACKEND": "mps",
+                "GPUPOOL_MPS_MANAGED": "true",
+                "GPUPOOL_MPS_CONTROL": "nvidia-cuda-mps-control",
+                "GPUPOOL_MPS_PIPE_DIR": "/run/nvidia/mps",
+                "GPUPOOL_MPS_LOG_DIR": "/var/log/gpupool-mps",
+                "GPUPOOL_MPS_SHM_DIR": "/dev/shm",
+                "NVIDIA_DRIVER_CAPABILITIES": "compute,utility",
+            },
+            ["GPUPOOL_HAMI_LIB_DIR", "GPUPOOL_RUNTIME_LIB_DIR"],
         ),
+        (
+            "backend-mps-unmanaged",
+            {"GPUPOOL_BACKEND": "mps", "GPUPOOL_MPS_MANAGED": "false", "NVIDIA_DRIVER_CAPABILITIES": "utility"},
+            ["GPUPOOL_MPS_CONTROL", "GPUPOOL_MPS_LOG_DIR"],
+        ),
+        (
+            "backend-pool",
+            {
+                "GPUPOOL_BACKEND": "pool",
+                "GPUPOOL_RUNTIME_LIB_DIR": "/usr/local/gpupool",
+                "GPUPOOL_RUNTIME_STATE_DIR": "/var/lib/gpupool/runtime",
+                "GPUPOOL_RUNTIME_COMPUTE_MODE": "share",
+            },
+            ["GPUPOOL_MPS_PIPE_DIR", "GPUPOOL_HAMI_LIB_DIR"],
+        ),
+        # the default on real GPU nodes (README "What is enforced, per backend"), and with the fake inventory
+        ("defaults", {"GPUPOOL_BACKEND": "mps", "GPUPOOL_MPS_MANAGED": "true"}, ["GPUPOOL_RUNTIME_LIB_DIR"]),
+        ("kind-fake-inventory", {"GPUPOOL_BACKEND": "none"}, ["GPUPOOL_MPS_PIPE_DIR", "GPUPOOL_MPS_MANAGED"]),
         (
             "backend-hami-core",
             {
@@ -474,6 +505,33 @@ def test_backends(
         assert k not in e
 
 
+@pytest.mark.parametrize(
+    ("name", "host_paths"),
+    [
+        ("defaults", {"mps-pipes": "/run/nvidia/mps", "mps-logs": "/var/log/gpupool-mps"}),
+        ("backend-mps", {"mps-pipes": "/run/nvidia/mps", "mps-logs": "/var/log/gpupool-mps", "mps-shm": "/dev/shm"}),
+        ("backend-mps-unmanaged", {}),
+        ("backend-pool", {"runtime-lib": "/usr/local/gpupool", "runtime-state": "/var/lib/gpupool/runtime"}),
+        ("kind-fake-inventory", {}),
+    ],
+)
+def test_backend_host_directories_are_mounted_at_their_host_path(
+    rendered: dict[str, list[dict[str, Any]]], name: str, host_paths: dict[str, str]
+) -> None:
+    """The agent names host paths in Allocate's mounts (and runs the MPS daemons on them): same path inside."""
+    spec = one(rendered[name], "DaemonSet", "deviceplugin")["spec"]["template"]["spec"]
+    volumes = {
+        v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v and v["name"] != "device-plugins"
+    }
+    assert volumes == host_paths
+    mounts = {
+        m["name"]: m["mountPath"]
+        for m in container(one(rendered[name], "DaemonSet", "deviceplugin"), "deviceplugin")["volumeMounts"]
+    }
+    for volume, path in host_paths.items():
+        assert mounts[volume] == ("/dev/shm" if volume == "mps-shm" else path)
+
+
 def test_settings_env_names_exist(rendered: dict[str, list[dict[str, Any]]]) -> None:
     """Every GPUPOOL_* variable the chart gives the extender / node agent is a field of its settings."""
     from controller.settings import ControllerSettings
@@ -486,7 +544,15 @@ def test_settings_env_names_exist(rendered: dict[str, list[dict[str, Any]]]) -> 
         ("DaemonSet", "deviceplugin", "deviceplugin", DevicePluginSettings, set()),
         ("Deployment", "controller", "controller", ControllerSettings, set()),
     ):
-        for name in ("defaults", "backend-mps", "backend-hami-core", "kind-fake-inventory", "everything-else"):
+        for name in (
+            "defaults",
+            "backend-mps",
+            "backend-mps-unmanaged",
+            "backend-pool",
+            "backend-hami-core",
+            "kind-fake-inventory",
+            "everything-else",
+        ):
             e = env(container(one(rendered[name], kind, comp), cname))
             fields = {f"GPUPOOL_{f.upper()}" for f in settings.model_fields}
             unknown = {k for k in e if k.startswith("GPUPOOL_")} - fields - allowed

@@ -133,3 +133,20 @@ def test_gpunode_agent_endpoint_reaches_the_node_info() -> None:
     assert objects.node_info_from_gpunode(obj).agent_endpoint == "10.1.2.3:9403"
     del obj["status"]["agentEndpoint"]
     assert objects.node_info_from_gpunode(obj).agent_endpoint == ""
+
+
+@pytest.mark.parametrize(
+    ("annotations", "expected"),
+    [
+        ({}, (None, None)),
+        ({resources.COMPUTE_MODE: "share"}, ("share", None)),
+        ({resources.COMPUTE_MODE: "ceiling"}, ("ceiling", None)),
+    ],
+)
+def test_pod_compute_mode(annotations: dict[str, str], expected: tuple[str | None, str | None]) -> None:
+    assert objects.pod_compute_mode({"metadata": {"annotations": annotations}}) == expected
+
+
+def test_a_bad_compute_mode_reads_as_the_default_with_the_reason() -> None:
+    mode, problem = objects.pod_compute_mode({"metadata": {"annotations": {resources.COMPUTE_MODE: "turbo"}}})
+    assert mode is None and problem is not None and "'ceiling' or 'share'" in problem

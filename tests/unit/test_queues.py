@@ -97,6 +97,7 @@ def test_quota_holds_then_releases() -> None:
     assert status.queue_status(m, "team-a") | {} == {
         "pending": 1, "admitted": 4, "usage": {"compute": 400, "memoryMiB": 4 * 40960},
         "borrowed": {"compute": 0, "memoryMiB": 0}, "computeSummary": "400/400", "memorySummary": "163840/-",
+        "sharePercent": 100, "fairSharePercent": 100,  # outside a cohort: of its own quota
     }  # fmt: skip
 
 

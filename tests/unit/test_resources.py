@@ -97,6 +97,7 @@ def test_request_and_limit_must_agree() -> None:
         ({resources.LOCALITY: "anywhere"}, "'local' or 'pool'"),
         ({resources.QOS: "gold"}, "'guaranteed' or 'best-effort'"),
         ({resources.POLICY: "magic"}, "unknown policy"),
+        ({resources.COMPUTE_MODE: "Share"}, "'ceiling' or 'share'"),
         ({resources.QUEUE: "Team_A"}, "not a queue name"),
         ({resources.GPU_MODEL: " , "}, "empty model list"),
         ({resources.GPU_UUID: ""}, "empty UUID list"),

@@ -19,6 +19,12 @@
 
 {{- define "gpupool.controller" -}}{{ include "gpupool.fullname" . }}-controller{{- end }}
 {{- define "gpupool.scheduler" -}}{{ include "gpupool.fullname" . }}-scheduler{{- end }}
+{{/* The enforcement backend in effect: "auto" is mps on real GPU nodes, none with the fake inventory
+(README "What is enforced, per backend"). */}}
+{{- define "gpupool.backend" -}}
+{{- $b := .Values.enforcement.backend -}}
+{{- if eq $b "auto" -}}{{ ternary "none" "mps" .Values.fakeInventory.enabled }}{{- else -}}{{ $b }}{{- end -}}
+{{- end }}
 {{- define "gpupool.deviceplugin" -}}{{ include "gpupool.fullname" . }}-deviceplugin{{- end }}
 {{- define "gpupool.webhookService" -}}{{ include "gpupool.fullname" . }}-webhook{{- end }}
 {{- define "gpupool.webhookSecret" -}}{{ include "gpupool.fullname" . }}-webhook-tls{{- end }}
@@ -68,8 +74,8 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{- define "gpupool.validate" -}}
-{{- if not (has .Values.enforcement.backend (list "mps" "hami-core" "none")) }}
-{{- fail (printf "enforcement.backend must be mps, hami-core or none (got %q)" .Values.enforcement.backend) }}
+{{- if not (has .Values.enforcement.backend (list "auto" "pool" "mps" "hami-core" "none")) }}
+{{- fail (printf "enforcement.backend must be auto, pool, mps, hami-core or none (got %q)" .Values.enforcement.backend) }}
 {{- end }}
 {{- if lt (int .Values.slotsPerGPU) 1 }}
 {{- fail "slotsPerGPU must be >= 1" }}

@@ -29,6 +29,8 @@ from e2e.stack import Stack
 from tests.e2e.gpupool.gp_helpers import GP, HIGH, LOCAL_HARNESS, LOW, STACK_LABEL
 
 PLUGIN_NODE = "cpu-1"  # served by the real single-node device plugin (gRPC) instead of the multi-node publisher
+#: served by a real single-node device plugin with the pool backend (runtime regions in a temporary directory)
+POOL_NODE = "gpu-t4-1"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -54,17 +56,25 @@ def stack(cluster: Cluster) -> Iterator[Stack]:
 
     s = Stack(
         cluster,
-        plugin_nodes=[PLUGIN_NODE],
+        plugin_nodes=[PLUGIN_NODE, POOL_NODE],
         webhook_match_expressions=[{"key": STACK_LABEL[0], "operator": "In", "values": [STACK_LABEL[1]]}],
     )
     plugin_dir = Path(tempfile.mkdtemp(prefix="dp"))  # short: unix socket paths are limited to 108 bytes
     kubelet = FakeKubelet(plugin_dir)
     kubelet.start()
+    pool_dir = Path(tempfile.mkdtemp(prefix="dpp"))
+    pool_kubelet = FakeKubelet(pool_dir)
+    pool_kubelet.start()
     t0 = time.monotonic()
     try:
         s.up()
         s.start_node_agent(PLUGIN_NODE, plugin_dir)
-        s.wait_gpunodes([PLUGIN_NODE])
+        pool_gpus = next(n for n in cluster.nodes if n.name == POOL_NODE).inventory()
+        s.start_node_agent(POOL_NODE, pool_dir, gpus=pool_gpus, env={
+            "GPUPOOL_BACKEND": "pool", "GPUPOOL_RUNTIME_STATE_DIR": str(pool_dir / "state"),
+            "GPUPOOL_RUNTIME_LIB_DIR": str(pool_dir / "lib"), "GPUPOOL_RUNTIME_LIBRARY": str(pool_dir / "none.so"),
+        })  # fmt: skip
+        s.wait_gpunodes([PLUGIN_NODE, POOL_NODE])
         cluster.kubectl(
             "apply", "-f", "-",
             input=yaml.safe_dump_all(
@@ -76,6 +86,8 @@ def stack(cluster: Cluster) -> Iterator[Stack]:
         )  # fmt: skip
         s.fake_kubelet = kubelet  # type: ignore[attr-defined]
         s.plugin_dir = plugin_dir  # type: ignore[attr-defined]
+        s.pool_kubelet = pool_kubelet  # type: ignore[attr-defined]
+        s.pool_dir = pool_dir  # type: ignore[attr-defined]
         sys.stderr.write(
             f"\n[e2e] gpupool stack up in {time.monotonic() - t0:.1f} s {s.timings} "
             f"(scheduler config: {s.scheduler_config_source})\n"
@@ -84,7 +96,9 @@ def stack(cluster: Cluster) -> Iterator[Stack]:
     finally:
         s.down()
         kubelet.stop()
+        pool_kubelet.stop()
         shutil.rmtree(plugin_dir, ignore_errors=True)
+        shutil.rmtree(pool_dir, ignore_errors=True)
 
 
 @pytest.fixture
