@@ -1,4 +1,4 @@
-"""The `gpupool` command: `simulate` (trace what-if), `status` (the pool), `explain` (why a pod waits).
+"""The `gpupool` command: `simulate` (trace what-if), `status` (the pool), `explain` (why a pod waits), `snapshot`.
 
 It lives with the controller because `status` and `explain` rebuild the controller's own state
 (`controller.runtime.Controller`) from the API server and print it (`controller.status` shapes); nothing
@@ -54,6 +54,12 @@ def add_parsers(subparsers: Any) -> None:
     explain.add_argument("pod", metavar="NAMESPACE/POD")
     explain.set_defaults(run=run_explain)
     add_resize_parser(subparsers)
+    snap = subparsers.add_parser(
+        "snapshot", help="write the pool's nodes, GPUs, queues and pods as JSON (for `simulate --timeline --snapshot`)"
+    )
+    snap.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config)")
+    snap.add_argument("--output", "-o", default="-", help="file to write (default: standard output)")
+    snap.set_defaults(run=run_snapshot)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -251,6 +257,38 @@ def run_explain(args: argparse.Namespace) -> int:
     state = load_state(args)
     for line in explain_lines(state, namespace, name):
         print(line)
+    return 0
+
+
+def run_snapshot(args: argparse.Namespace) -> int:
+    """List what the controller reads (kubeio, raw JSON) and write it in the snapshot format
+    (`gpupool.simulator.snapshot`, docs/timeline.md); nothing is written to the cluster."""
+    from gpupool.simulator.snapshot import capture
+    from kubeio.client import ApiError, KubeClient
+
+    try:
+        kube = KubeClient.connect(args.kubeconfig, in_cluster=False if args.kubeconfig else None)
+        custom = f"/apis/{objects.GROUP}/{objects.VERSION}"
+        namespaces, nodes, gpunodes, gpuqueues, pods = (
+            kube.list(path)[0]
+            for path in ("/api/v1/namespaces", "/api/v1/nodes", f"{custom}/gpunodes", f"{custom}/gpuqueues",
+                         "/api/v1/pods")
+        )  # fmt: skip
+    except ApiError as exc:
+        print(f"gpupool snapshot: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # kubeconfig problems surface from the kubernetes package's loader
+        print(f"gpupool snapshot: error: cannot reach the API server: {exc}", file=sys.stderr)
+        return 1
+    doc = capture(namespaces, nodes, gpunodes, gpuqueues, pods, taken=time.time())
+    text = json.dumps(doc, indent=1, sort_keys=True) + "\n"
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    counts = ", ".join(f"{len(doc[k])} {k}" for k in ("gpuNodes", "gpuQueues", "pods"))
+    print(f"gpupool snapshot: {counts}", file=sys.stderr)
     return 0
 
 

@@ -44,7 +44,7 @@ from gpupool.inventory import NodeInfo
 from gpupool.ledger import Holding
 from gpupool.pool import build_pool
 from gpupool.preemption import find_preemption, no_preemption_reason
-from gpupool.queues import IMPLICIT_QUEUE, PodEntry, QueueManager
+from gpupool.queues import IMPLICIT_QUEUE, QueueManager
 from gpupool.quota import Resources
 
 log = logging.getLogger("gpupool.controller")
@@ -403,17 +403,9 @@ class Controller:
         if assigned is not None and not self.ledger.has_node(assigned.node):
             assigned = None
         self.pods[uid] = dict(pod)
-        meta = pod.get("metadata") or {}
-        spec = pod.get("spec") or {}
-        entry = PodEntry(
-            request=request,
-            created=timefmt.parse_time(meta.get("creationTimestamp")) or 0.0,
-            gated=objects.pod_gated(pod),
-            node_selector=dict(spec.get("nodeSelector") or {}),
-            assigned=assigned,
-            group=self._group(uid, pod),
-            resize_growth=rz.reserved_growth(pod, assigned.slices if assigned is not None else None),
-        )
+        entry = objects.pod_entry(pod, request, assigned)
+        entry.group = self._group(uid, pod)
+        entry.resize_growth = rz.reserved_growth(pod, assigned.slices if assigned is not None else None)
         new = uid not in self.manager.pods
         self.manager.upsert_pod(entry)
         if (new and entry.gated) or (assigned is not None and rz.awaits_quota(pod, assigned.slices)):

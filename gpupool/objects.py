@@ -21,9 +21,9 @@ from gpupool.errors import AssignmentError, GpupoolError
 from gpupool.fairshare import DEFAULT_WEIGHT
 from gpupool.inventory import GPUInfo, NodeInfo
 from gpupool.ledger import Holding, HoldingKind
-from gpupool.queues import LabelSelector, QueueSpec, Strategy, WithinQueue
+from gpupool.queues import LabelSelector, PodEntry, QueueSpec, Strategy, WithinQueue
 from gpupool.quota import Limit
-from gpupool.request import QoS
+from gpupool.request import PodRequest, QoS
 
 GROUP = "gpupool.io"
 VERSION = "v1alpha1"
@@ -267,6 +267,19 @@ def holding_from_pod(pod: Mapping[str, Any], key: Keys | None) -> Holding | None
     if record is None:
         return None
     return Holding(pod=record.pod, node=record.node, slices=record.slices, kind=HoldingKind.ASSIGNED, qos=pod_qos(pod))
+
+
+def pod_entry(pod: Mapping[str, Any], request: PodRequest, assigned: Holding | None) -> PodEntry:
+    """The queue manager's record of a pod (built here for the controller and for `gpupool simulate --snapshot`)."""
+    meta = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    return PodEntry(
+        request=request,
+        created=timefmt.parse_time(meta.get("creationTimestamp")) or 0.0,
+        gated=pod_gated(pod),
+        node_selector=dict(spec.get("nodeSelector") or {}),
+        assigned=assigned,
+    )
 
 
 def nomination_annotation(node: str, expires: float) -> str:

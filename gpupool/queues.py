@@ -390,7 +390,8 @@ class QueueManager:
         if plan is not None:
             with contextlib.suppress(OverAllocation):
                 self.ledger.commit(
-                    entry.uid, plan.node, plan.slices, kind=HoldingKind.RESERVED, qos=entry.request.qos
+                    entry.uid, plan.node, plan.slices, kind=HoldingKind.RESERVED, qos=entry.request.qos,
+                    cpu_milli=entry.request.cpu_milli, host_memory_mib=entry.request.host_memory_mib,
                 )
 
     def _estimate(self, entry: PodEntry) -> Resources:
@@ -764,8 +765,9 @@ class QueueManager:
     def _admit(
         self, entry: PodEntry, q: str, plan: Plan, charge: Resources, now: float, result: CycleResult
     ) -> None:
-        self.ledger.commit(
-            entry.uid, plan.node, plan.slices, kind=HoldingKind.RESERVED, qos=entry.request.qos
+        self.ledger.commit(  # host CPU and memory: set by the simulator only (kube-scheduler's, live)
+            entry.uid, plan.node, plan.slices, kind=HoldingKind.RESERVED, qos=entry.request.qos,
+            cpu_milli=entry.request.cpu_milli, host_memory_mib=entry.request.host_memory_mib,
         )
         self._admitted(entry, q, plan.node, charge, now, result)
 
@@ -797,7 +799,8 @@ class QueueManager:
         for v in victims:
             self.mark_evicting(v)
         holding = self.ledger.commit(
-            uid, plan.node, plan.slices, kind=HoldingKind.NOMINATED, qos=entry.request.qos
+            uid, plan.node, plan.slices, kind=HoldingKind.NOMINATED, qos=entry.request.qos,
+            cpu_milli=entry.request.cpu_milli, host_memory_mib=entry.request.host_memory_mib,
         )
         live = frozenset(v for v in victims if v in self.pods)
         entry.nomination = Nomination(plan.node, now + self.nomination_ttl, live, plan)

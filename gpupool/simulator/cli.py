@@ -116,6 +116,30 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--strict", action="store_true",
                         help="refuse a trace with a pod no idle node could serve (default: it arrives and fails)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")  # fmt: skip
+    what_if = parser.add_argument_group("what-if over time (--timeline; docs/timeline.md)")
+    what_if.add_argument("--timeline", action="store_true",
+                         help="replay arrivals and departures through the controller's queues instead")
+    what_if.add_argument("--queues", type=Path, default=None,
+                         help="YAML: the queues of a trace run and how its pods map to them (default: no queue)")
+    what_if.add_argument("--snapshot", type=Path, default=None,
+                         help="a cluster written by `gpupool snapshot` instead of the trace")
+    what_if.add_argument("--set-quota", action="append", default=[], metavar="QUEUE=COMPUTE",
+                         help="override a queue's nominalQuota.compute (100 = one GPU); repeatable")
+    what_if.add_argument("--speedup", type=float, default=1.0,
+                         help="trace: divide the time between arrivals by this (run times stay; default 1)")
+    what_if.add_argument("--duration", type=float, default=3600.0,
+                         help="snapshot: seconds a pod runs once admitted (default 3600)")
+    what_if.add_argument("--arrivals", type=int, default=0,
+                         help="snapshot: this many more pods, copies of the snapshot's pods (default 0)")
+    what_if.add_argument("--interarrival", type=float, default=60.0,
+                         help="snapshot: mean seconds between those arrivals (exponential; default 60)")
+    what_if.add_argument("--step", type=float, default=None,
+                         help="seconds between samples of the series (default: 200 samples)")
+    what_if.add_argument("--horizon", type=float, default=None, help="stop this many seconds after the start")
+    what_if.add_argument("--no-preemption", dest="preemption", action="store_false",
+                         help="blocked queue heads never preempt")
+    what_if.add_argument("--preemption-retry", type=float, default=60.0,
+                         help="seconds before a head whose victim search failed searches again (0: every pass)")
     parser.set_defaults(run=run)
     return parser
 
@@ -126,6 +150,10 @@ def _fail(message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.timeline:
+        return _timeline(args)
+    if args.snapshot is not None or args.queues is not None or args.set_quota:
+        return _fail("--snapshot, --queues and --set-quota go with --timeline")
     policies = [p.strip() for p in str(args.policy).split(",") if p.strip()]
     if not policies:
         return _fail("--policy: name at least one policy")
@@ -262,3 +290,108 @@ def _print_table(trace: str, policies: list[str], stats: dict[str, dict[str, Any
 
 def share(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.0f} %"
+
+
+def _timeline(args: argparse.Namespace) -> int:
+    """`--timeline`: build the scenario (trace or snapshot), run it, print the table, write JSON and PNG."""
+    import yaml
+
+    from gpupool.pool import PoolConfig, PoolConfigError
+    from gpupool.simulator import snapshot as snapshot_format
+    from gpupool.simulator import timeline
+    from gpupool.simulator.trace import load_times
+
+    policy = str(args.policy).strip()
+    if policy not in available():
+        return _fail(f"--policy: {policy!r}; --timeline takes one policy of {', '.join(available())}")
+    for flag, value in (("--step", args.step), ("--horizon", args.horizon)):
+        if value is not None and not value > 0:
+            return _fail(f"{flag}: {value} (need seconds > 0)")
+    try:
+        quotas = timeline.parse_quota_overrides(args.set_quota)
+        common: dict[str, Any] = {"quotas": quotas, "step": args.step, "horizon": args.horizon,
+                                  "preemption": args.preemption, "preemption_retry": args.preemption_retry}  # fmt: skip
+        if args.snapshot is not None:
+            if args.queues is not None:
+                return _fail("--queues: a snapshot has its own GPUQueues (change them with --set-quota)")
+            try:
+                doc = json.loads(Path(args.snapshot).read_text())
+            except (OSError, ValueError) as exc:
+                return _fail(f"{args.snapshot}: cannot read a snapshot ({exc})")
+            snap = snapshot_format.parse(doc)
+            for what, why in sorted(snap.problems.items()):
+                print(f"gpupool simulate: warning: {args.snapshot}: {what} left out: {why}", file=sys.stderr)
+            config = PoolConfig(default_policy=policy, seed=args.seed_base)
+            scenario = timeline.scenario_from_snapshot(
+                snap, config=config, seed=args.seed_base, duration=args.duration, arrivals=args.arrivals,
+                interarrival=args.interarrival, **common,
+            )  # fmt: skip
+            source = f"snapshot {args.snapshot}"
+        else:
+            plan = None
+            if args.queues is not None:
+                try:
+                    plan = timeline.parse_queue_plan(yaml.safe_load(Path(args.queues).read_text()))
+                except (OSError, yaml.YAMLError) as exc:
+                    return _fail(f"{args.queues}: cannot read ({exc})")
+            nodes, pods, _ = _load(str(args.nodes), str(args.pods))
+            times = load_times(args.pods)
+            scenario = timeline.scenario_from_trace(nodes, pods, times, plan, policy=policy, seed=args.seed_base,
+                                                    speedup=args.speedup, **common)  # fmt: skip
+            source = f"trace {Path(args.pods).name}" + (f" ×{args.speedup:g}" if args.speedup != 1 else "")
+    except (timeline.TimelineError, snapshot_format.SnapshotError, TraceError, PoolConfigError) as exc:
+        where = f"{args.snapshot}: " if isinstance(exc, snapshot_format.SnapshotError) else ""
+        where = f"{args.queues}: " if args.queues is not None and isinstance(exc, timeline.TimelineError) \
+            and not str(exc).startswith("--") else where
+        return _fail(f"{where}{exc}")
+    result = timeline.run(scenario)
+    _print_timeline(source, policy, result)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result.as_json(), indent=2) + "\n")
+        print(f"wrote {args.json}", file=sys.stderr)
+    if args.plot is not None:
+        from gpupool.simulator.plot import plot_timeline
+
+        plot_timeline(result.times, {"GPU allocation": result.utilisation, "fragmentation (FGD)": result.fragmentation},
+                      result.pending, args.plot, f"{source}, {policy}: {result.preemptions} preemption(s)")  # fmt: skip
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return 0
+
+
+def duration_text(seconds: float) -> str:
+    """Seconds as people read them: 42 s, 3.5 min, 2.1 h, 1.5 d."""
+    if math.isnan(seconds):
+        return "—"
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def _print_timeline(source: str, policy: str, result: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{source}, {policy}: waits from arrival to admission, per queue")
+    for col in ("queue", "admitted", "still waiting", "wait p50", "p90", "p99", "max", "preempted"):
+        table.add_column(col, justify="left" if col == "queue" else "right")
+    for queue in result.queues():
+        table.add_row(
+            queue, str(len(result.waits.get(queue, []))), str(len(result.unfinished.get(queue, []))),
+            *(duration_text(result.wait_percentile(queue, q)) for q in (50, 90, 99, 100)),
+            str(result.preemptions_by_queue.get(queue, 0)),
+        )  # fmt: skip
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    console.print(table)
+    util, frag = result.utilisation, result.fragmentation
+    mean = sum(util) / len(util) if util else 0.0
+    span = duration_text(result.end - result.start)
+    print(f"GPU allocation: mean {mean:.2f} %, peak {max(util, default=0.0):.2f} % over {span}"
+          f" ({len(util)} samples every {duration_text(result.step)}); fragmentation mean "
+          f"{sum(frag) / len(frag) if frag else 0.0:.2f} %, peak {max(frag, default=0.0):.2f} %")  # fmt: skip
+    skipped = ", ".join(f"{n} {why}" for why, n in sorted(result.skipped.items()))
+    print(f"admitted {result.admitted}, completed {result.completed}, preemptions {result.preemptions}, "
+          f"{result.cycles} admission passes, {result.seconds:.1f} s" + (f"; left out: {skipped}" if skipped else ""))

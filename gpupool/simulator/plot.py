@@ -37,3 +37,30 @@ def plot_allocation(curves: Mapping[str, Sequence[float]], path: Path, title: st
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_timeline(times_s: Sequence[float], series: Mapping[str, Sequence[float]], pending: Sequence[int],
+                  path: Path, title: str) -> None:  # fmt: skip
+    """`gpupool simulate --timeline --plot`: `series` (name -> % of GPU compute) and pending pods over time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hours = [t / 3600.0 for t in times_s]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), dpi=110, sharex=True, height_ratios=(2, 1))
+    for name, values in series.items():
+        top.plot(hours, list(values), label=name, linewidth=1.2)
+    top.set_ylim(0, 100)
+    top.set_ylabel("% of GPU compute")
+    top.set_title(title)
+    top.grid(True, alpha=0.3)
+    top.legend(loc="lower right")
+    bottom.plot(hours, list(pending), color="tab:red", linewidth=1.0)
+    bottom.set_ylabel("pods waiting")
+    bottom.set_xlabel("hours since the start")
+    bottom.grid(True, alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

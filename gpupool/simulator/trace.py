@@ -288,3 +288,38 @@ def total_gpu_milli(nodes: Iterable[TraceNode]) -> int:
 
 
 assert WHOLE_GPU_COMPUTE * MILLI_PER_UNIT == MILLI
+
+
+#: the columns `gpupool simulate --timeline` needs (docs/timeline.md); `scheduled_time` and `qos` are optional
+TIME_COLUMNS = ("name", "creation_time", "deletion_time")
+
+
+@dataclass(frozen=True, slots=True)
+class TraceTimes:
+    """When a trace pod arrived, started (None: never scheduled in the trace) and left, in seconds; its QoS class."""
+
+    created: int
+    scheduled: int | None
+    deleted: int
+    qos: str
+
+    @property
+    def duration(self) -> int:
+        """How long it ran in the trace: deletion minus scheduling (minus creation when it never started)."""
+        start = self.created if self.scheduled is None else self.scheduled
+        return max(0, self.deleted - start)
+
+
+def load_times(path: Path | str) -> dict[str, TraceTimes]:
+    """Pod name -> its times, from a pod list's `creation_time`, `deletion_time` (and `scheduled_time`, `qos`)."""
+    path = Path(path)
+    out: dict[str, TraceTimes] = {}
+    for line, row in _rows(path, TIME_COLUMNS):
+        name = row["name"].strip()
+        created = _int(path, line, row, "creation_time", 0)
+        deleted = _int(path, line, row, "deletion_time", created)
+        scheduled = None
+        if (row.get("scheduled_time") or "").strip():
+            scheduled = _int(path, line, row, "scheduled_time", created, deleted)
+        out[name] = TraceTimes(created, scheduled, deleted, (row.get("qos") or "").strip())
+    return out

@@ -13,6 +13,7 @@ import json
 import secrets
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -320,6 +321,41 @@ def test_queue_is_recorded_at_admission_and_tenancy_is_enforced(real: RealAPI, n
     with pytest.raises(ApiException) as info:
         real.core.patch_namespaced_pod("mine", ns, {"metadata": {"annotations": {resources.QOS: "best-effort"}}})
     assert f"metadata.annotations[{resources.QOS}]: is fixed once gpupool admitted the pod" in message(info.value)
+
+
+def test_snapshot_round_trips_into_a_timeline_what_if(real: RealAPI, ns: str, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """`gpupool snapshot` of this cluster, read back by `simulate --timeline --snapshot`; a larger quota removes
+    the wait of the pod that waits for quota now (docs/timeline.md's recipe)."""
+    from controller.cli import main
+    from gpupool.simulator import snapshot as snapshot_format
+
+    queue = create_queue(real, ns, 100, strategy="BestEffortFIFO")  # one GPU's compute
+    for name in ("s1", "s2"):
+        real.create_pod(ns, gpu_pod(name, compute=50))
+        wait_admitted(real, ns, name)
+    real.create_pod(ns, gpu_pod("s3", compute=50))
+    wait_for(lambda: waiting_events(real, ns, "s3"), 15, "s3 to wait for quota", 0.1)
+    cluster = tmp_path / "cluster.json"
+    assert main(["snapshot", "--kubeconfig", str(real.cluster.kubeconfig), "-o", str(cluster)]) == 0
+    snap = snapshot_format.parse(json.loads(cluster.read_text()))
+    mine = {e.request.name: e for e in snap.pods if e.request.namespace == ns}
+    assert {name: e.gated for name, e in mine.items()} == {"s1": False, "s2": False, "s3": True}
+    assert mine["s1"].request.queue == queue and mine["s3"].request.compute_units == 50
+    assert {n.name: len(n.gpus) for n in snap.nodes} == NODES and queue in {q.name for q in snap.queues}
+    assert ns in snap.namespaces and not snap.problems
+
+    def what_if(*extra: str) -> dict[str, Any]:
+        out = tmp_path / f"what-if{len(extra)}.json"
+        argv = ["simulate", "--timeline", "--snapshot", str(cluster), "--duration", "600", "--json", str(out)]
+        assert main([*argv, *extra]) == 0, capsys.readouterr().err
+        return dict(json.loads(out.read_text()))
+
+    now = what_if()
+    # running pods are not waits; s3 waits for s1 or s2 to finish (a seeded draw in (0, 600] s)
+    assert now["admitted_per_queue"][queue] == 1 and 0.0 < now["wait_p50_s"][queue] <= 600.0
+    more = what_if("--set-quota", f"{queue}=200")
+    assert more["wait_max_s"][queue] == 0.0 and more["admitted_per_queue"][queue] == 1  # s3, at once
 
 
 # --- Lease HA -------------------------------------------------------------------------------------------
