@@ -120,6 +120,9 @@ class Controller:
         #: how long the last `QueueManager.schedule` took (CPU-bound; the API writes after it are not counted)
         self.decision_seconds = 0.0
         self._node_infos: dict[str, NodeInfo] = {}
+        #: node -> pods whose assignment (or claim) names it: held again when the node (or a GPU) comes back
+        self._on_node: dict[str, set[str]] = {}
+        self._nodes_of: dict[str, frozenset[str]] = {}  # uid -> the nodes its assignment names
 
     def nudge(self) -> None:
         """Something changed that may let a pod be admitted: run the cycle soon (coalesced; `run_cycles`)."""
@@ -154,9 +157,6 @@ class Controller:
             if woken.is_set() and not stop.is_set() and gap > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=gap)
-        #: node -> pods whose assignment (or claim) names it: held again when the node (or a GPU) comes back
-        self._on_node: dict[str, set[str]] = {}
-        self._nodes_of: dict[str, frozenset[str]] = {}  # uid -> the nodes its assignment names
 
     # --- pool limits for admission -------------------------------------------------------------------
 
