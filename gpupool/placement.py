@@ -13,6 +13,7 @@ guaranteed pods are evaluated per distinct key. Ties go to the node of lowest
 from __future__ import annotations
 
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -129,6 +130,10 @@ class Placer:
         self._reasons: dict[Demand, dict[str, tuple[int, Verdict]]] = {}
         self._choices: dict[tuple[str, Demand], dict[int, Choice | None]] = {}
         self._boards: dict[tuple[str, Demand], ScoreBoard] = {}
+        # the pool's GPUs per model as policies were last told (`_sync_models`), per node and in all
+        self._models_mark: int | None = None
+        self._node_models: dict[str, tuple[str, ...]] = {}
+        self._model_gpus: Counter[str] = Counter()
         self._epoch = ledger.kid_epoch
         self._pool_cache: tuple[int, tuple[object, ...], bool] | None = None
         self._silent_cache: tuple[int, tuple[str, ...], frozenset[str]] | None = None
@@ -388,8 +393,37 @@ class Placer:
 
     # --- scores (prioritize) ---------------------------------------------------------------------
 
+    def _sync_models(self) -> None:
+        """Tell the policies the pool's GPUs per model when nodes came, went or changed GPUs (fgdpp's reservation
+        term depends on it), from the ledger's change log; forget remembered scores when a policy's change."""
+        ledger = self.ledger
+        mark = ledger.change_mark()
+        if mark == self._models_mark:
+            return
+        changed = None if self._models_mark is None else ledger.changes_since(self._models_mark)
+        self._models_mark = mark
+        if changed is None:
+            self._node_models.clear()
+            self._model_gpus.clear()
+        moved = changed is None
+        for name in ledger.node_names() if changed is None else set(changed):
+            models = tuple(g.model for g in ledger.gpus_of(name)) if ledger.has_node(name) else ()
+            old = self._node_models.get(name, ())
+            if models == old:
+                continue
+            moved = True
+            self._model_gpus.subtract(old)
+            self._model_gpus.update(models)
+            self._node_models[name] = models
+        if not moved:
+            return
+        gpus = {model: n for model, n in self._model_gpus.items() if n > 0}
+        if any([policy.pool_models(gpus) for policy in self.policies.values()]):
+            self.forget_scores()
+
     def scores(self, request: PodRequest, nodes: Iterable[str]) -> dict[str, int | None]:
         """Policy score 0..100 of each node where the pod fits locally; None where it fits only remotely."""
+        self._sync_models()
         demand = Demand.of(request)
         policy = self.policy_for(request)
         out: dict[str, int | None] = {}
@@ -440,6 +474,7 @@ class Placer:
         verdict = self.verdict(request, node)
         if not verdict.fits:
             raise NoFit(verdict.reason, verdict.resolvable)
+        self._sync_models()
         demand = Demand.of(request)
         policy = self.policy_for(request)
         view = self._view(request, node)
@@ -451,6 +486,7 @@ class Placer:
 
     def best(self, request: PodRequest, nodes: Iterable[str] | None = None) -> Plan | None:
         """The best node for `request` by its policy (local slices only), ties to the lowest rank."""
+        self._sync_models()
         demand = Demand.of(request)
         policy = self.policy_for(request)
         if self.reservations:

@@ -70,6 +70,7 @@ class FGDPlusPlus(FGD):
         memory_per_unit: float | None = None,
         reserved: Mapping[str, float] | None = None,
         reserve_weight: float = 1.0,
+        reservation_workload: Workload | None = None,
     ) -> None:
         super().__init__(workload)
         self.cpu_weight = cpu_weight
@@ -77,9 +78,26 @@ class FGDPlusPlus(FGD):
         self.cpu_per_unit = cpu_per_unit if cpu_per_unit is not None else self.workload.cpu_per_unit()
         self.memory_per_unit = memory_per_unit if memory_per_unit is not None else self.workload.memory_per_unit
         self.reserve_weight = reserve_weight
+        #: whose model constraints set ρ from the pool's GPUs (`pool_models`); None = `reserved` is fixed
+        self.reservation_workload = reservation_workload if reserved is None else None
+        self._set_reserved(reserved)
+
+    def _set_reserved(self, reserved: Mapping[str, float] | None) -> None:
         #: ρ per model (`reserved_shares`); empty = no reservation term
-        self.reserved = dict(reserved) if reserved and reserve_weight and any(reserved.values()) else {}
+        self.reserved = dict(reserved) if reserved and self.reserve_weight and any(reserved.values()) else {}
         self._any_floor = min(self.reserved.values(), default=0.0)
+
+    def pool_models(self, gpus: Mapping[str, int]) -> bool:
+        """ρ from the reservation workload and the pool's GPUs per model: the live extender and the simulator
+        derive it the same way, from what the ledger holds."""
+        if self.reservation_workload is None:
+            return False
+        old = self.reserved
+        self._set_reserved(reserved_shares(self.reservation_workload, gpus))
+        if self.reserved == old:
+            return False
+        self._memo.clear()
+        return True
 
     def memo_extra(self, view: NodeView, demand: Demand) -> tuple[object, ...]:
         extra: tuple[object, ...] = (view.memory_free, demand.memory_mib) if self._memory_on() else ()

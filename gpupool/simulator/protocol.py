@@ -27,7 +27,6 @@ from gpupool.fragmentation import Workload
 from gpupool.inventory import GPUInfo, NodeInfo
 from gpupool.ledger import Ledger
 from gpupool.policies.base import Demand
-from gpupool.policies.fgdpp import reserved_shares
 from gpupool.pool import PoolConfig, build_pool
 from gpupool.request import WHOLE_GPU_COMPUTE, ContainerRequest, PodRequest
 from gpupool.simulator.trace import KINDS, MILLI, TraceNode, TracePod, target_workload, total_gpu_milli
@@ -71,12 +70,17 @@ def node_rank(nodes: list[TraceNode], rng: random.Random) -> dict[str, int]:
     return {n.name: perm[i] for i, n in enumerate(nodes)}
 
 
-def pool_config(policy: str, seed: int, workload: Workload, reserved: dict[str, float] | None = None) -> PoolConfig:
-    """The replay's pool: one policy, the run's seed and workload (and fgdpp's reserved share per GPU model);
-    the smallest slice is 1 unit."""
+def pool_config(
+    policy: str, seed: int, workload: Workload, reserved: dict[str, float] | None = None,
+    reservation_workload: Workload | None = None,
+) -> PoolConfig:  # fmt: skip
+    """The replay's pool: one policy, the run's seed and workload, and what fgdpp reserves GPU models for (the
+    trace's every task shape, as the live settings pass every row of the workload CSV; `reserved` fixes the
+    shares instead); the smallest slice is 1 unit."""
     return PoolConfig(slots_per_gpu=WHOLE_GPU_COMPUTE, policies=(policy,), default_policy=policy,
                       workload=workload, seed=seed, simulator=True,
-                      reserved=tuple(sorted((reserved or {}).items())))  # fmt: skip
+                      reserved=tuple(sorted((reserved or {}).items())),
+                      reservation_workload=reservation_workload)  # fmt: skip
 
 
 def build_ledger(nodes: list[TraceNode], ledger: Ledger | None = None) -> Ledger:
@@ -136,13 +140,10 @@ def replay(
     rng = random.Random(seed)
     order = shuffled_pods(pods, rng, total_gpu_milli(nodes), tune)
     rank = node_rank(nodes, rng)
-    model_gpus: dict[str, int] = {}
-    for n in nodes:
-        if n.gpus:
-            model_gpus[n.model] = model_gpus.get(n.model, 0) + n.gpus
-    # fgdpp's reservation term: what the model-constrained pods of the whole trace need of each model
-    reserved = reserved_shares(target_workload(pods, 1.0), model_gpus)
-    pool = build_pool(pool_config(policy, seed, workload, reserved), rank=rank.__getitem__)
+    # fgdpp's reservation term: what the model-constrained pods of the whole trace need of each model, from
+    # the ledger's GPUs per model (`Placer._sync_models`), as in the live extender
+    pool = build_pool(pool_config(policy, seed, workload, reservation_workload=target_workload(pods, 1.0)),
+                      rank=rank.__getitem__)  # fmt: skip
     ledger, placer = build_ledger(nodes, pool.ledger), pool.placer
     engine = pool.policies[policy]
 

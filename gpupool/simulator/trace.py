@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpupool.fragmentation import MILLI_PER_UNIT, Workload, shape_key
+from gpupool.fragmentation import DEFAULT_COVERAGE, MILLI_PER_UNIT, Workload, shape_key
 from gpupool.request import WHOLE_GPU_COMPUTE
 
 #: milli-GPU of one whole GPU in the trace
@@ -267,20 +267,25 @@ def target_workload(pods: Iterable[TracePod], coverage: float = 0.95) -> Workloa
 WORKLOAD_COLUMNS = ("cpu_milli", "num_gpu", "gpu_milli")
 
 
-def load_workload(path: Path | str) -> Workload:
-    """A target workload M from an openb-style pod CSV (columns cpu_milli, num_gpu, gpu_milli): every row one task.
+def load_workload(path: Path | str, coverage: float = DEFAULT_COVERAGE) -> Workload:
+    """A target workload M from an openb-style pod CSV (columns cpu_milli, num_gpu, gpu_milli; optional gpu_spec
+    and memory_mib, as in the trace): every row one task, the shapes covering `coverage` of them.
 
     The one reader of `fragmentation_workload` (the extender's and the controller's setting).
     """
     path = Path(path)
-    keys = [
-        shape_key(_int(path, line, row, "cpu_milli"), _int(path, line, row, "gpu_milli", 0, MILLI),
-                  _int(path, line, row, "num_gpu"))
-        for line, row in _rows(path, WORKLOAD_COLUMNS)
-    ]  # fmt: skip
+    keys = []
+    units = memory = 0
+    for line, row in _rows(path, WORKLOAD_COLUMNS):
+        num_gpu, gpu_milli = _int(path, line, row, "num_gpu"), _int(path, line, row, "gpu_milli", 0, MILLI)
+        models = (m.strip() for m in (row.get("gpu_spec") or "").split("|") if m.strip())
+        keys.append(shape_key(_int(path, line, row, "cpu_milli"), gpu_milli, num_gpu, models))
+        if num_gpu and row.get("memory_mib") is not None:
+            units += num_gpu * (gpu_milli // MILLI_PER_UNIT)
+            memory += _int(path, line, row, "memory_mib")
     if not keys:
         raise TraceError(path, None, None, "no tasks in the file")
-    return Workload.from_shapes(keys)
+    return Workload.from_shapes(keys, coverage, memory_per_unit=memory / units if units else 0.0)
 
 
 def total_gpu_milli(nodes: Iterable[TraceNode]) -> int:
