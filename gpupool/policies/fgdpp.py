@@ -34,6 +34,22 @@ from gpupool.fragmentation import Workload
 from gpupool.ledger import NodeView
 from gpupool.policies.base import Choice, Demand
 from gpupool.policies.fgd import FGD, fgd_score
+from gpupool.request import WHOLE_GPU_COMPUTE
+
+#: weight of the GPU-memory term (`gpu_mismatch`); 0 = memory-blind (the comparison in docs/openb.md)
+GPU_MEMORY_WEIGHT = 1.0
+
+
+def gpu_mismatch(free_compute: list[int], free_memory: list[int], total_memory: tuple[int, ...]) -> float:
+    """Σ over GPUs of |free compute − free memory at the GPU's own memory per compute unit| (compute units): what
+    one resource of a GPU has left that the other cannot follow. 0 on an idle GPU and on one whose slices ask
+    memory in proportion to compute (the published trace), so only memory-annotated pods see it."""
+    total = 0.0
+    for c, m, t in zip(free_compute, free_memory, total_memory, strict=True):
+        if t:
+            d = c - m * WHOLE_GPU_COMPUTE / t
+            total += d if d > 0 else -d
+    return total
 
 
 def reserved_shares(workload: Workload, model_gpus: Mapping[str, int]) -> dict[str, float]:
@@ -71,6 +87,7 @@ class FGDPlusPlus(FGD):
         reserved: Mapping[str, float] | None = None,
         reserve_weight: float = 1.0,
         reservation_workload: Workload | None = None,
+        gpu_memory_weight: float | None = None,
     ) -> None:
         super().__init__(workload)
         self.cpu_weight = cpu_weight
@@ -78,6 +95,7 @@ class FGDPlusPlus(FGD):
         self.cpu_per_unit = cpu_per_unit if cpu_per_unit is not None else self.workload.cpu_per_unit()
         self.memory_per_unit = memory_per_unit if memory_per_unit is not None else self.workload.memory_per_unit
         self.reserve_weight = reserve_weight
+        self.gpu_memory_weight = GPU_MEMORY_WEIGHT if gpu_memory_weight is None else gpu_memory_weight
         #: whose model constraints set ρ from the pool's GPUs (`pool_models`); None = `reserved` is fixed
         self.reservation_workload = reservation_workload if reserved is None else None
         self._set_reserved(reserved)
@@ -119,9 +137,11 @@ class FGDPlusPlus(FGD):
     def _memory_on(self) -> bool:
         return self.memory_weight > 0 and self.memory_per_unit > 0
 
-    def fragment(self, cpu_free: int | None, free_compute: list[int], model: str,
-                 memory_free: int | None = None) -> float:  # fmt: skip
+    def fragment(self, cpu_free: int | None, free_compute: list[int], model: str, memory_free: int | None = None,
+                 gpu_memory: tuple[list[int], tuple[int, ...]] | None = None) -> float:  # fmt: skip
         f = self.workload.node_fragment(cpu_free, free_compute, model)
+        if gpu_memory is not None and self.gpu_memory_weight:
+            f += self.gpu_memory_weight * gpu_mismatch(free_compute, *gpu_memory)
         idle = sum(free_compute)
         if not idle:
             return f
