@@ -22,7 +22,13 @@ then lack. So a node's score also charges a pod the *reservation* of the model:
 ρ_X · units for a GPU of model X, less ρ of the cheapest model the pod may use, where
 ρ_X (`reserved_shares`) is the share of X's GPUs the model-constrained tasks of M would
 need if M filled the cluster. A pod pays nothing on its only model; without model
-constraints every ρ is 0 and fgdpp is unchanged. docs/openb.md has the numbers.
+constraints every ρ is 0 and fgdpp is unchanged. ρ follows the pool: the placer tells
+the policy its GPUs per model (`pool_models`), live and in the simulator alike.
+
+GPU memory: F'_n also adds, per GPU, |free compute − free memory / (the GPU's memory
+per compute unit)| (`gpu_mismatch`), the part of one resource the other cannot follow,
+so memory-heavy and compute-heavy slices share GPUs. Where slices ask memory in
+proportion to compute (the published trace) it is 0. docs/openb.md has the numbers.
 """
 
 from __future__ import annotations
