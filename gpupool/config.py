@@ -11,7 +11,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gpupool import slots
-from gpupool.fragmentation import Workload
+from gpupool.fragmentation import DEFAULT_COVERAGE, Workload
 from gpupool.policies import DEFAULT_POLICY
 from gpupool.pool import PoolConfig, PoolConfigError
 
@@ -41,16 +41,17 @@ class PoolSettings(BaseSettings):
             policies=tuple(self.policies),
             default_policy=self.default_policy,
             workload=self._workload(),
+            reservation_workload=self._workload(1.0),  # every row: fgdpp reserves GPU models for them all
         )
         config.policy_names()  # refuse an unknown or simulator-only policy at start, not at the first pod
         return config
 
-    def _workload(self) -> Workload | None:
+    def _workload(self, coverage: float = DEFAULT_COVERAGE) -> Workload | None:
         if not self.fragmentation_workload:
             return None
         from gpupool.simulator.trace import TraceError, load_workload
 
         try:
-            return load_workload(self.fragmentation_workload)
+            return load_workload(self.fragmentation_workload, coverage)
         except TraceError as exc:
             raise PoolConfigError(f"fragmentation_workload: {exc}") from None

@@ -21,6 +21,8 @@ from gpupool.request import WHOLE_GPU_COMPUTE, QoS
 
 #: interned view keys kept before the table starts over (bounds memory on long-running extenders)
 _MAX_KIDS = 500_000
+#: node changes kept in the log (`Ledger.changes_since`) before the older half is dropped
+_MAX_CHANGES = 100_000
 
 
 class HoldingKind(enum.StrEnum):
@@ -216,6 +218,9 @@ class Ledger:
         self.kid_epoch = 0
         #: bumped on every change; adapters use it to tell whether a decision is stale
         self.generation = 0
+        #: names of the nodes changed, in order (`changes_since`), and how many older entries were dropped
+        self._changes: list[str] = []
+        self._changes_dropped = 0
         #: pods whose signed holding does not fit (a GPU now reports less than they hold), pod -> why:
         #: never counted past capacity, but counted conservatively: every GPU such a holding uses takes no
         #: new slice and its slot ids stay taken, until the pod fits again (`hold`) or leaves (`discard`)
@@ -249,6 +254,7 @@ class Ledger:
         other._kids = dict(self._kids)
         other.kid_epoch = self.kid_epoch
         other.generation = self.generation
+        other._changes_dropped = self.change_mark()  # a copy's log starts empty: older marks are unknown to it
         other.scratch = True
         return other
 
@@ -348,6 +354,7 @@ class Ledger:
         if key is not None:
             self._unindex(name, key)
         self.generation += 1
+        self._log_change(name)
         return pods
 
     def set_gpu_health(self, uuid: str, healthy: bool) -> None:
@@ -750,9 +757,27 @@ class Ledger:
         for name in touched:
             self._touch(name)
 
+    def change_mark(self) -> int:
+        """A position in the log of node changes, for `changes_since`."""
+        return self._changes_dropped + len(self._changes)
+
+    def changes_since(self, mark: int) -> list[str] | None:
+        """The nodes changed (added, changed or removed; repeats kept) since `mark`, or None when the log no
+        longer reaches back that far (the caller starts over). Lets the placer keep per-node scores current."""
+        start = mark - self._changes_dropped
+        return None if start < 0 else self._changes[start:]
+
+    def _log_change(self, name: str) -> None:
+        if len(self._changes) >= _MAX_CHANGES:
+            half = len(self._changes) // 2
+            del self._changes[:half]
+            self._changes_dropped += half
+        self._changes.append(name)
+
     def _touch(self, name: str) -> None:
         self._nodes[name].view = None
         self.generation += 1
+        self._log_change(name)
         if self._indexed:  # the index is kept up to date once someone asked for it
             self.view(name)
             self._reindex(name)

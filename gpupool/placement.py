@@ -13,6 +13,7 @@ guaranteed pods are evaluated per distinct key. Ties go to the node of lowest
 from __future__ import annotations
 
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -21,6 +22,7 @@ from gpupool.errors import GpupoolError
 from gpupool.ledger import Ledger, NodeView, PlannedSlice
 from gpupool.policies.base import Choice, Demand, Policy, SliceGroup, best_fit, host_fits, slice_fits, slice_memory
 from gpupool.request import Locality, PodRequest, QoS
+from gpupool.scoreboard import ScoreBoard
 from gpupool.tenancy import Reservations
 
 
@@ -79,6 +81,7 @@ _GPU = "{gpu}"
 _MEMO_LIMIT = 200_000
 _MEMO_SHAPES = 256
 _K = TypeVar("_K")
+_S = TypeVar("_S")
 _V = TypeVar("_V")
 
 
@@ -126,6 +129,11 @@ class Placer:
         self._failures: dict[Demand, dict[int, Verdict]] = {}
         self._reasons: dict[Demand, dict[str, tuple[int, Verdict]]] = {}
         self._choices: dict[tuple[str, Demand], dict[int, Choice | None]] = {}
+        self._boards: dict[tuple[str, Demand], ScoreBoard] = {}
+        # the pool's GPUs per model as policies were last told (`_sync_models`), per node and in all
+        self._models_mark: int | None = None
+        self._node_models: dict[str, tuple[str, ...]] = {}
+        self._model_gpus: Counter[str] = Counter()
         self._epoch = ledger.kid_epoch
         self._pool_cache: tuple[int, tuple[object, ...], bool] | None = None
         self._silent_cache: tuple[int, tuple[str, ...], frozenset[str]] | None = None
@@ -222,7 +230,7 @@ class Placer:
         return result
 
     @staticmethod
-    def _memo(table: dict[Demand, dict[_K, _V]], demand: Demand) -> dict[_K, _V]:
+    def _memo(table: dict[_S, dict[_K, _V]], demand: _S) -> dict[_K, _V]:
         memo = table.get(demand)
         if memo is None or len(memo) > _MEMO_LIMIT:
             memo = table[demand] = {}
@@ -385,8 +393,37 @@ class Placer:
 
     # --- scores (prioritize) ---------------------------------------------------------------------
 
+    def _sync_models(self) -> None:
+        """Tell the policies the pool's GPUs per model when nodes came, went or changed GPUs (fgdpp's reservation
+        term depends on it), from the ledger's change log; forget remembered scores when a policy's change."""
+        ledger = self.ledger
+        mark = ledger.change_mark()
+        if mark == self._models_mark:
+            return
+        changed = None if self._models_mark is None else ledger.changes_since(self._models_mark)
+        self._models_mark = mark
+        if changed is None:
+            self._node_models.clear()
+            self._model_gpus.clear()
+        moved = changed is None
+        for name in ledger.node_names() if changed is None else set(changed):
+            models = tuple(g.model for g in ledger.gpus_of(name)) if ledger.has_node(name) else ()
+            old = self._node_models.get(name, ())
+            if models == old:
+                continue
+            moved = True
+            self._model_gpus.subtract(old)
+            self._model_gpus.update(models)
+            self._node_models[name] = models
+        if not moved:
+            return
+        gpus = {model: n for model, n in self._model_gpus.items() if n > 0}
+        if any([policy.pool_models(gpus) for policy in self.policies.values()]):
+            self.forget_scores()
+
     def scores(self, request: PodRequest, nodes: Iterable[str]) -> dict[str, int | None]:
         """Policy score 0..100 of each node where the pod fits locally; None where it fits only remotely."""
+        self._sync_models()
         demand = Demand.of(request)
         policy = self.policy_for(request)
         out: dict[str, int | None] = {}
@@ -437,6 +474,7 @@ class Placer:
         verdict = self.verdict(request, node)
         if not verdict.fits:
             raise NoFit(verdict.reason, verdict.resolvable)
+        self._sync_models()
         demand = Demand.of(request)
         policy = self.policy_for(request)
         view = self._view(request, node)
@@ -448,6 +486,7 @@ class Placer:
 
     def best(self, request: PodRequest, nodes: Iterable[str] | None = None) -> Plan | None:
         """The best node for `request` by its policy (local slices only), ties to the lowest rank."""
+        self._sync_models()
         demand = Demand.of(request)
         policy = self.policy_for(request)
         if self.reservations:
@@ -456,6 +495,8 @@ class Placer:
         if policy.random_node:
             return self._random_node(request, demand, policy, nodes)
         if nodes is None and policy.deterministic and not request.uuids and request.qos is QoS.GUARANTEED:
+            if type(policy).rescore is Policy.rescore:  # a node's score is its own: keep a board
+                return self._best_on_board(request, demand, policy)
             candidates = self._best_by_key(request, demand, policy)
         else:
             names = list(nodes) if nodes is not None else self.ledger.node_names()
@@ -470,12 +511,66 @@ class Placer:
         view = self._view(request, node)
         return Plan(node, self._slices(request, view, demand, choice.picks), choice.score)
 
+    def forget_scores(self) -> None:
+        """Drop every remembered choice and score: a policy now scores differently (its inputs changed)."""
+        self._choices.clear()
+        self._boards.clear()
+
+    def _best_on_board(self, request: PodRequest, demand: Demand, policy: Policy) -> Plan | None:
+        """`best` over the whole pool from the shape's `ScoreBoard`: only nodes changed since the shape's last
+        pod are scored again (the same choices as `_best_by_key`, node by node)."""
+        ledger = self.ledger
+        key = (policy.name, demand)
+        board = self._boards.get(key)
+        changed = None if board is None else ledger.changes_since(board.mark)
+        names: Iterable[str]
+        if board is None or changed is None:
+            board = ScoreBoard(self.rank, ledger.change_mark())
+            self._boards.pop(key, None)
+            if len(self._boards) >= _MEMO_SHAPES:
+                del self._boards[next(iter(self._boards))]
+            self._boards[key] = board
+            names = ledger.node_names()
+        else:
+            names = set(changed) if len(changed) > 1 else changed
+        for name in names:
+            choice = self._node_choice(request, demand, policy, name) if ledger.has_node(name) else None
+            board.update(name, None if choice is None else choice.score)
+        board.mark = ledger.change_mark()
+        node = board.best()
+        if node is None:
+            return None
+        choice = self._node_choice(request, demand, policy, node)
+        assert choice is not None
+        view = self._view(request, node)
+        return Plan(node, self._slices(request, view, demand, choice.picks), choice.score)
+
+    def _node_choice(self, request: PodRequest, demand: Demand, policy: Policy, node: str) -> Choice | None:
+        """`policy`'s choice on `node` for a guaranteed pod, remembered per node state (kid) as in `_best_by_key`."""
+        view = self.ledger.view(node)
+        if request.models:
+            allowed = sum(1 for model, _ in view.inventory if model in request.models)
+            if allowed == 0 and demand.groups:
+                return None
+            if allowed < len(view.inventory):
+                return policy.evaluate(self._view(request, node), demand)
+        self._check_epoch()  # after the view: building it may start a new kid epoch
+        memo = self._memo(self._choices, (policy.name, demand))
+        kid = view.kid
+        if kid in memo:
+            return memo[kid]
+        choice = memo[kid] = policy.evaluate(view, demand)
+        return choice
+
     def _best_by_key(self, request: PodRequest, demand: Demand, policy: Policy) -> list[tuple[str, Choice]]:
         """Each distinct node state evaluated once. A model allow-list leaves a node's view as it is when every
         GPU of the node is of an allowed model, and empty when none is; only mixed nodes need their own view."""
+        ledger = self.ledger
+        groups = [(ledger.view(next(iter(members))), members) for members in ledger.nodes_by_key().values()]
+        self._check_epoch()  # after the views: building one may start a new kid epoch
+        memo = self._memo(self._choices, (policy.name, demand))  # kid -> choice, as in `_evaluate`
         evaluated: list[tuple[Iterable[str], Choice]] = []
-        for members in self.ledger.nodes_by_key().values():
-            view = self.ledger.view(next(iter(members)))
+        for view, members in groups:
             if request.models:
                 allowed = sum(1 for model, _ in view.inventory if model in request.models)
                 if allowed == 0 and demand.groups:
@@ -486,7 +581,11 @@ class Placer:
                         if own is not None:
                             evaluated.append(((name,), own))
                     continue
-            choice = policy.evaluate(view, demand)
+            kid = view.kid
+            if kid in memo:
+                choice = memo[kid]
+            else:
+                choice = memo[kid] = policy.evaluate(view, demand)
             if choice is not None:
                 evaluated.append((members, choice))
         if not evaluated:

@@ -42,8 +42,11 @@ class PoolConfig:
     seed: int | None = None
     #: allow `clustering` (the simulator, which tells policies about every placement)
     simulator: bool = False
-    #: (GPU model, share of its GPUs model-constrained pods need) for fgdpp's reservation term; () = off
+    #: (GPU model, share of its GPUs model-constrained pods need) for fgdpp's reservation term, fixed; () = derived
     reserved: tuple[tuple[str, float], ...] = ()
+    #: the tasks whose model allow-lists fgdpp reserves GPUs for, from the pool's GPUs per model (None =
+    #: `workload`; the simulator passes every shape of the trace, the settings every row of the workload CSV)
+    reservation_workload: Workload | None = None
 
     def policy_names(self) -> list[str]:
         """The enabled policies, the default among them; raises `PoolConfigError` on a name that cannot work."""
@@ -86,8 +89,10 @@ def build_pool(config: PoolConfig, rank: Callable[[str], int] = stable_rank) -> 
         )
     except ValueError as exc:
         raise PoolConfigError(str(exc)) from None
+    reservation = config.reservation_workload if config.reservation_workload is not None else workload
     policies = {
-        name: make_policy(name, workload=workload, seed=config.seed, reserved=dict(config.reserved) or None)
+        name: make_policy(name, workload=workload, seed=config.seed, reserved=dict(config.reserved) or None,
+                          reservation_workload=reservation)
         for name in config.policy_names()
-    }
+    }  # fmt: skip
     return Pool(config, ledger, Placer(ledger, policies, config.default_policy, rank=rank), workload)

@@ -43,7 +43,9 @@ _FACTORIES: dict[str, Callable[..., Policy]] = {
     "binpack": lambda **_: BinPack(),
     "spread": lambda **_: Spread(),
     "fgd": lambda **p: FGD(_workload(p)),
-    "fgdpp": lambda **p: FGDPlusPlus(_workload(p), reserved=_reserved(p)),
+    "fgdpp": lambda **p: FGDPlusPlus(
+        _workload(p), reserved=_reserved(p), reservation_workload=_workload({"workload": p.get("reservation_workload")})
+    ),
     "bestfit": lambda **_: BestFit(),
     "dotprod": lambda **_: DotProd(),
     "packing": lambda **_: Packing(),
@@ -59,7 +61,8 @@ def available() -> tuple[str, ...]:
 def make_policy(name: str, **params: object) -> Policy:
     """Build the policy `name`; `params` are policy-specific (`workload`: a target workload M for
     `fgd`/`fgdpp`, default the openb default mix; `seed`: for `random`; `reserved`: the share of each GPU
-    model's GPUs that model-constrained pods need, for `fgdpp`) and ignored by others."""
+    model's GPUs that model-constrained pods need, for `fgdpp`, fixed; `reservation_workload`: else the
+    workload whose model constraints set that share from the pool's GPUs) and ignored by others."""
     factory = _FACTORIES.get(name)
     if factory is None:
         raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(available())}")

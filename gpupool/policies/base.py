@@ -12,7 +12,7 @@ gets its generator, seeded explicitly, at construction.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -103,6 +103,11 @@ class Policy(ABC):
     def released(self, node: str, demand: Demand) -> None:
         """Told after a pod of `demand` left `node`; default: nothing."""
         return None
+
+    def pool_models(self, gpus: Mapping[str, int]) -> bool:
+        """Told the pool's GPU count per model whenever it changes (the placer calls it); True when this policy
+        now scores differently, so remembered choices must go. Default: nothing depends on it."""
+        return False
 
 
 def is_sharing(group: SliceGroup) -> bool:

@@ -64,9 +64,10 @@ class FGD(Policy):
 
     # --- the gradient ------------------------------------------------------------------------------
 
-    def fragment(self, cpu_free: int | None, free_compute: list[int], model: str,
-                 memory_free: int | None = None) -> float:  # fmt: skip
-        """The node measure FGD descends: F_n(M) in compute units."""
+    def fragment(self, cpu_free: int | None, free_compute: list[int], model: str, memory_free: int | None = None,
+                 gpu_memory: tuple[list[int], tuple[int, ...]] | None = None) -> float:  # fmt: skip
+        """The node measure FGD descends: F_n(M) in compute units (`gpu_memory`: each GPU's free and total
+        memory, for measures that look at it; FGD does not)."""
         return self.workload.node_fragment(cpu_free, free_compute, model)
 
     def gpu_value(self, f0: float, f1: float) -> float:
@@ -87,7 +88,7 @@ class FGD(Policy):
         fm = list(view.free_memory)
         tm = view.total_memory
         n = len(fc)
-        f0 = self.fragment(cpu0, fc, model, mem0)
+        f0 = self.fragment(cpu0, fc, model, mem0, (fm, tm))
         picks: list[tuple[int, ...]] = []
         for group in demand.groups:
             memory = group.memory_mib
@@ -104,9 +105,12 @@ class FGD(Policy):
                         if sig in seen:  # equal GPUs give equal states: keep the lowest index
                             continue
                         seen.add(sig)
+                        taken = tm[j] if memory is None else memory
                         fc[j] -= group.compute
-                        f1 = self.fragment(cpu1, fc, model, mem1)
+                        fm[j] -= taken
+                        f1 = self.fragment(cpu1, fc, model, mem1, (fm, tm))
                         fc[j] += group.compute
+                        fm[j] += taken
                         v = self.gpu_value(f0, f1)
                         if v > best_v:
                             best_v, best_j = v, j
@@ -125,5 +129,5 @@ class FGD(Policy):
                     fc[j] -= group.compute
                     fm[j] -= slice_memory(tm[j], group)
                 picks.append(first)
-        f1 = self.fragment(cpu1, fc, model, mem1)
+        f1 = self.fragment(cpu1, fc, model, mem1, (fm, tm))
         return self.node_choice(view, demand, f0, f1, tuple(picks))

@@ -22,7 +22,13 @@ then lack. So a node's score also charges a pod the *reservation* of the model:
 ρ_X · units for a GPU of model X, less ρ of the cheapest model the pod may use, where
 ρ_X (`reserved_shares`) is the share of X's GPUs the model-constrained tasks of M would
 need if M filled the cluster. A pod pays nothing on its only model; without model
-constraints every ρ is 0 and fgdpp is unchanged. docs/openb.md has the numbers.
+constraints every ρ is 0 and fgdpp is unchanged. ρ follows the pool: the placer tells
+the policy its GPUs per model (`pool_models`), live and in the simulator alike.
+
+GPU memory: F'_n also adds, per GPU, |free compute − free memory / (the GPU's memory
+per compute unit)| (`gpu_mismatch`), the part of one resource the other cannot follow,
+so memory-heavy and compute-heavy slices share GPUs. Where slices ask memory in
+proportion to compute (the published trace) it is 0. docs/openb.md has the numbers.
 """
 
 from __future__ import annotations
@@ -34,6 +40,22 @@ from gpupool.fragmentation import Workload
 from gpupool.ledger import NodeView
 from gpupool.policies.base import Choice, Demand
 from gpupool.policies.fgd import FGD, fgd_score
+from gpupool.request import WHOLE_GPU_COMPUTE
+
+#: weight of the GPU-memory term (`gpu_mismatch`); 0 = memory-blind (the comparison in docs/openb.md)
+GPU_MEMORY_WEIGHT = 1.0
+
+
+def gpu_mismatch(free_compute: list[int], free_memory: list[int], total_memory: tuple[int, ...]) -> float:
+    """Σ over GPUs of |free compute − free memory at the GPU's own memory per compute unit| (compute units): what
+    one resource of a GPU has left that the other cannot follow. 0 on an idle GPU and on one whose slices ask
+    memory in proportion to compute (the published trace), so only memory-annotated pods see it."""
+    total = 0.0
+    for c, m, t in zip(free_compute, free_memory, total_memory, strict=True):
+        if t:
+            d = c - m * WHOLE_GPU_COMPUTE / t
+            total += d if d > 0 else -d
+    return total
 
 
 def reserved_shares(workload: Workload, model_gpus: Mapping[str, int]) -> dict[str, float]:
@@ -70,6 +92,8 @@ class FGDPlusPlus(FGD):
         memory_per_unit: float | None = None,
         reserved: Mapping[str, float] | None = None,
         reserve_weight: float = 1.0,
+        reservation_workload: Workload | None = None,
+        gpu_memory_weight: float | None = None,
     ) -> None:
         super().__init__(workload)
         self.cpu_weight = cpu_weight
@@ -77,9 +101,27 @@ class FGDPlusPlus(FGD):
         self.cpu_per_unit = cpu_per_unit if cpu_per_unit is not None else self.workload.cpu_per_unit()
         self.memory_per_unit = memory_per_unit if memory_per_unit is not None else self.workload.memory_per_unit
         self.reserve_weight = reserve_weight
+        self.gpu_memory_weight = GPU_MEMORY_WEIGHT if gpu_memory_weight is None else gpu_memory_weight
+        #: whose model constraints set ρ from the pool's GPUs (`pool_models`); None = `reserved` is fixed
+        self.reservation_workload = reservation_workload if reserved is None else None
+        self._set_reserved(reserved)
+
+    def _set_reserved(self, reserved: Mapping[str, float] | None) -> None:
         #: ρ per model (`reserved_shares`); empty = no reservation term
-        self.reserved = dict(reserved) if reserved and reserve_weight and any(reserved.values()) else {}
+        self.reserved = dict(reserved) if reserved and self.reserve_weight and any(reserved.values()) else {}
         self._any_floor = min(self.reserved.values(), default=0.0)
+
+    def pool_models(self, gpus: Mapping[str, int]) -> bool:
+        """ρ from the reservation workload and the pool's GPUs per model: the live extender and the simulator
+        derive it the same way, from what the ledger holds."""
+        if self.reservation_workload is None:
+            return False
+        old = self.reserved
+        self._set_reserved(reserved_shares(self.reservation_workload, gpus))
+        if self.reserved == old:
+            return False
+        self._memo.clear()
+        return True
 
     def memo_extra(self, view: NodeView, demand: Demand) -> tuple[object, ...]:
         extra: tuple[object, ...] = (view.memory_free, demand.memory_mib) if self._memory_on() else ()
@@ -101,9 +143,11 @@ class FGDPlusPlus(FGD):
     def _memory_on(self) -> bool:
         return self.memory_weight > 0 and self.memory_per_unit > 0
 
-    def fragment(self, cpu_free: int | None, free_compute: list[int], model: str,
-                 memory_free: int | None = None) -> float:  # fmt: skip
+    def fragment(self, cpu_free: int | None, free_compute: list[int], model: str, memory_free: int | None = None,
+                 gpu_memory: tuple[list[int], tuple[int, ...]] | None = None) -> float:  # fmt: skip
         f = self.workload.node_fragment(cpu_free, free_compute, model)
+        if gpu_memory is not None and self.gpu_memory_weight:
+            f += self.gpu_memory_weight * gpu_mismatch(free_compute, *gpu_memory)
         idle = sum(free_compute)
         if not idle:
             return f

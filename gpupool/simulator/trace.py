@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpupool.fragmentation import MILLI_PER_UNIT, Workload, shape_key
+from gpupool.fragmentation import DEFAULT_COVERAGE, MILLI_PER_UNIT, Workload, shape_key
 from gpupool.request import WHOLE_GPU_COMPUTE
 
 #: milli-GPU of one whole GPU in the trace
@@ -19,8 +19,11 @@ MILLI = 1000
 
 NODE_COLUMNS = ("sn", "cpu_milli", "memory_mib", "gpu", "model")
 POD_COLUMNS = ("name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli")
-#: optional pod columns (multigpu40 is published without `gpu_spec`: every pod then takes any model)
-OPTIONAL_POD_COLUMNS = ("gpu_spec",)
+#: optional pod columns (multigpu40 is published without `gpu_spec`: every pod then takes any model;
+#: `gpu_memory_mib`, GPU memory per GPU, only in memory-annotated variants, `bench/openb_variants.py --memory`)
+OPTIONAL_POD_COLUMNS = ("gpu_spec", "gpu_memory_mib")
+#: optional node column: each GPU's memory (MiB); absent, the replay's GPUs have memory ∝ compute
+OPTIONAL_NODE_COLUMNS = ("gpu_memory_mib",)
 
 
 class TraceError(Exception):
@@ -43,6 +46,7 @@ class TraceNode:
     memory_mib: int
     gpus: int
     model: str
+    gpu_memory_mib: int = 0  # per GPU; 0 = not in the trace
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +58,7 @@ class TracePod:
     gpu_milli: int  # per GPU, 0..1000
     models: frozenset[str]
     line: int = 0
+    gpu_memory_mib: int = 0  # per GPU of a sharing pod; 0 = not in the trace (whole GPUs take all of theirs)
 
     @property
     def compute(self) -> int:
@@ -74,7 +79,8 @@ class TracePod:
         return "multi"
 
     def renamed(self, name: str) -> TracePod:
-        return TracePod(name, self.cpu_milli, self.memory_mib, self.num_gpu, self.gpu_milli, self.models, self.line)
+        return TracePod(name, self.cpu_milli, self.memory_mib, self.num_gpu, self.gpu_milli, self.models, self.line,
+                        self.gpu_memory_mib)  # fmt: skip
 
 
 KINDS = ("cpu-only", "sharing", "whole", "multi")
@@ -139,7 +145,8 @@ def load_nodes(path: Path | str) -> list[TraceNode]:
         model = row["model"].strip()
         if gpus and not model:
             raise TraceError(path, line, "model", "a node with GPUs needs a GPU model")
-        nodes.append(TraceNode(name, cpu, memory, gpus, model))
+        gpu_memory = _int(path, line, row, "gpu_memory_mib", 0) if row.get("gpu_memory_mib") else 0
+        nodes.append(TraceNode(name, cpu, memory, gpus, model, gpu_memory))
     if not nodes:
         raise TraceError(path, None, None, "no nodes in the file")
     return nodes
@@ -171,7 +178,10 @@ def load_pods(path: Path | str, nodes: list[TraceNode] | None = None) -> list[Tr
         if gpu_milli % MILLI_PER_UNIT:
             raise TraceError(path, line, "gpu_milli", f"{gpu_milli} is not a multiple of {MILLI_PER_UNIT}")
         models = frozenset(m.strip() for m in (row.get("gpu_spec") or "").split("|") if m.strip())
-        pods.append(TracePod(name, cpu, memory, num_gpu, gpu_milli, models, line))
+        gpu_memory = _int(path, line, row, "gpu_memory_mib", 0) if row.get("gpu_memory_mib") else 0
+        if gpu_memory and num_gpu != 1:
+            raise TraceError(path, line, "gpu_memory_mib", f"{gpu_memory} with num_gpu {num_gpu} (only sharing pods)")
+        pods.append(TracePod(name, cpu, memory, num_gpu, gpu_milli, models, line, gpu_memory))
     if not pods:
         raise TraceError(path, None, None, "no pods in the file")
     if nodes is not None:
@@ -267,20 +277,25 @@ def target_workload(pods: Iterable[TracePod], coverage: float = 0.95) -> Workloa
 WORKLOAD_COLUMNS = ("cpu_milli", "num_gpu", "gpu_milli")
 
 
-def load_workload(path: Path | str) -> Workload:
-    """A target workload M from an openb-style pod CSV (columns cpu_milli, num_gpu, gpu_milli): every row one task.
+def load_workload(path: Path | str, coverage: float = DEFAULT_COVERAGE) -> Workload:
+    """A target workload M from an openb-style pod CSV (columns cpu_milli, num_gpu, gpu_milli; optional gpu_spec
+    and memory_mib, as in the trace): every row one task, the shapes covering `coverage` of them.
 
     The one reader of `fragmentation_workload` (the extender's and the controller's setting).
     """
     path = Path(path)
-    keys = [
-        shape_key(_int(path, line, row, "cpu_milli"), _int(path, line, row, "gpu_milli", 0, MILLI),
-                  _int(path, line, row, "num_gpu"))
-        for line, row in _rows(path, WORKLOAD_COLUMNS)
-    ]  # fmt: skip
+    keys = []
+    units = memory = 0
+    for line, row in _rows(path, WORKLOAD_COLUMNS):
+        num_gpu, gpu_milli = _int(path, line, row, "num_gpu"), _int(path, line, row, "gpu_milli", 0, MILLI)
+        models = (m.strip() for m in (row.get("gpu_spec") or "").split("|") if m.strip())
+        keys.append(shape_key(_int(path, line, row, "cpu_milli"), gpu_milli, num_gpu, models))
+        if num_gpu and row.get("memory_mib") is not None:
+            units += num_gpu * (gpu_milli // MILLI_PER_UNIT)
+            memory += _int(path, line, row, "memory_mib")
     if not keys:
         raise TraceError(path, None, None, "no tasks in the file")
-    return Workload.from_shapes(keys)
+    return Workload.from_shapes(keys, coverage, memory_per_unit=memory / units if units else 0.0)
 
 
 def total_gpu_milli(nodes: Iterable[TraceNode]) -> int:

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from gpupool.config import PoolSettings
 from gpupool.fragmentation import TaskShape, Workload
+from gpupool.inventory import GPUInfo, NodeInfo
 from gpupool.ledger import NodeView
 from gpupool.policies import make_policy
 from gpupool.policies.base import Demand, SliceGroup
 from gpupool.policies.fgdpp import FGDPlusPlus, reserved_shares
+from gpupool.pool import build_pool
+from gpupool.request import ContainerRequest, PodRequest
+from gpupool.simulator.trace import load_workload
 
 ANY: frozenset[str] = frozenset()
 T4 = frozenset({"T4"})
@@ -82,3 +89,28 @@ def test_the_simulator_pool_hands_the_shares_to_fgdpp() -> None:
     assert isinstance(policy, FGDPlusPlus) and policy.reserved == reserved
     plain = build_pool(pool_config("fgdpp", 42, mix())).policies["fgdpp"]
     assert isinstance(plain, FGDPlusPlus) and plain.reserved == {}
+
+
+def test_the_live_pool_derives_the_reservation_from_the_workload_csv_and_its_gpus(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The extender's fgdpp is the policy the simulator measures: ρ from the workload's model allow-lists (the CSV's
+    `gpu_spec`, every row) and the pool's GPUs per model, kept current as nodes come and go (issue 15)."""
+    csv = tmp_path / "m.csv"
+    rows = ["8000,1,1000,"] * 8 + ["8000,1,1000,T4"] * 2  # a fifth of the tasks run only on T4
+    csv.write_text("cpu_milli,num_gpu,gpu_milli,gpu_spec\n" + "\n".join(rows) + "\n")
+    monkeypatch.setenv("GPUPOOL_FRAGMENTATION_WORKLOAD", str(csv))
+    pool = build_pool(PoolSettings().pool_config())
+    fgdpp = pool.policies["fgdpp"]
+    assert isinstance(fgdpp, FGDPlusPlus)
+    for n, (model, gpus) in enumerate([("G2", 8), ("T4", 2)]):
+        gpu_list = tuple(GPUInfo(f"{model}-{n}-{i}", i, model, 100) for i in range(gpus))
+        pool.ledger.upsert_node(NodeInfo(f"{model}-{n}", gpu_list, cpu_milli=96000, memory_mib=10**6))
+    anywhere = PodRequest(uid="a", containers=(ContainerRequest("c", 0, 1, 100, None),), cpu_milli=8000)
+    plan = pool.placer.best(anywhere)
+    expected = reserved_shares(load_workload(csv, 1.0), {"G2": 8, "T4": 2})
+    assert fgdpp.reserved == expected and fgdpp.reserved["T4"] == 1.0
+    assert plan is not None and plan.node == "G2-0"  # the T4 GPUs stay for the T4-only tasks
+    pool.ledger.upsert_node(NodeInfo("T4-2", tuple(GPUInfo(f"T4-2-{i}", i, "T4", 100) for i in range(8))))
+    pool.placer.best(anywhere)
+    assert fgdpp.reserved["T4"] == pytest.approx(reserved_shares(load_workload(csv, 1.0), {"G2": 8, "T4": 10})["T4"])
