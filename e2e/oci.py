@@ -1,8 +1,10 @@
 """Container images without a registry: an OCI image-layout tarball built from Debian's static busybox.
 
 One layer (``/bin/busybox`` and its applet links) serves two images: the pause image containerd runs for every
-pod sandbox, and the test image whose containers print what they received. ``ctr images import`` reads the
-tarball; the ``io.containerd.image.name`` annotation names each image. Why and how: docs/e2e.md (real node).
+pod sandbox, and the test image whose containers print what they received. An image may add a second layer of
+host files (:func:`gpuprog_image`: the runtime's test program, the fake driver and the glibc they load).
+``ctr images import`` reads the tarball; the ``io.containerd.image.name`` annotation names each image. Why and
+how: docs/e2e.md (real node).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import subprocess
 import tarfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +22,8 @@ BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static
 APPLETS = ("sh", "env", "sleep", "cat", "echo", "ls", "true", "sort", "grep", "printenv", "wc")
 PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
 TEST_IMAGE = "docker.io/gpupool/busybox:1"  # a pod asks for "gpupool/busybox:1" (imagePullPolicy: Never)
+GPUPROG_IMAGE = "docker.io/gpupool/gpuprog:1"  # busybox + gpuprog on the fake driver (gpuprog_image)
+LIB_DIR = "lib/x86_64-linux-gnu"  # where the image's dynamic loader finds the fake libcuda.so.1 (a system dir)
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -32,6 +37,8 @@ class Image:
     name: str
     entrypoint: Sequence[str] = ()
     cmd: Sequence[str] = ()
+    #: a second layer: path in the image -> host file copied there (mode kept)
+    files: Mapping[str, Path] | None = None
 
 
 IMAGES = (
@@ -72,6 +79,47 @@ def busybox_layer(busybox: Path = BUSYBOX) -> bytes:
     return _tar_bytes(members)
 
 
+def files_layer(files: Mapping[str, Path]) -> bytes:
+    """A layer holding each host file at its path in the image (symlinks followed), with its parent directories."""
+    members: list[tuple[tarfile.TarInfo, bytes | None]] = []
+    dirs = sorted({str(parent) for name in files for parent in Path(name).parents if str(parent) != "."})
+    for d in dirs:
+        info = tarfile.TarInfo(d)
+        info.type = tarfile.DIRTYPE
+        info.mode = 0o755
+        members.append((info, None))
+    for name, source in sorted(files.items()):
+        data = source.read_bytes()
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mode = source.stat().st_mode & 0o777
+        members.append((info, data))
+    return _tar_bytes(members)
+
+
+def shared_objects(programs: Sequence[Path]) -> dict[str, Path]:
+    """The libraries ``ldd`` says *programs* load (the loader included): path in the image -> host file."""
+    out: dict[str, Path] = {}
+    for program in programs:
+        r = subprocess.run(["ldd", str(program)], capture_output=True, text=True, check=True)
+        for line in r.stdout.splitlines():
+            words = line.split()
+            path = words[2] if len(words) > 2 and words[1] == "=>" else words[0] if words else ""
+            if path.startswith("/"):
+                out[path.lstrip("/")] = Path(path).resolve()
+    return out
+
+
+def gpuprog_image(build: Path) -> Image:
+    """The runtime's end-to-end image: ``/bin/gpuprog`` (dynamic, so ``/etc/ld.so.preload`` applies) linked
+    against the fake driver at ``/lib/x86_64-linux-gnu/libcuda.so.1``, the host's glibc files that both load
+    (``ldd``), on the busybox layer. *build*: ``runtime/build`` after ``make -C runtime test-bin``."""
+    prog, fake = build / "gpuprog", build / "fake" / "libcuda.so.1"
+    files = {f"{LIB_DIR}/libcuda.so.1": fake, "bin/gpuprog": prog}
+    deps = shared_objects([prog, fake, build / "libgpupool.so"])
+    return Image(GPUPROG_IMAGE, cmd=("/bin/gpuprog",), files=deps | files)
+
+
 def _blob(blobs: dict[str, bytes], data: bytes) -> dict[str, object]:
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     blobs[digest] = data
@@ -79,12 +127,15 @@ def _blob(blobs: dict[str, bytes], data: bytes) -> dict[str, object]:
 
 
 def image_layout(images: Sequence[Image] = IMAGES, busybox: Path = BUSYBOX) -> bytes:
-    """An OCI image-layout tarball holding *images*, all on the one busybox layer."""
+    """An OCI image-layout tarball holding *images*, all on the one busybox layer (plus each one's files)."""
     blobs: dict[str, bytes] = {}
     layer = busybox_layer(busybox)
     layer_ref = {"mediaType": LAYER, **_blob(blobs, layer)}
     manifests: list[Mapping[str, object]] = []
     for image in images:
+        layers = [layer_ref]
+        if image.files:
+            layers.append({"mediaType": LAYER, **_blob(blobs, files_layer(image.files))})
         config = {
             "architecture": "amd64",
             "os": "linux",
@@ -93,10 +144,10 @@ def image_layout(images: Sequence[Image] = IMAGES, busybox: Path = BUSYBOX) -> b
                 **({"Entrypoint": list(image.entrypoint)} if image.entrypoint else {}),
                 **({"Cmd": list(image.cmd)} if image.cmd else {}),
             },
-            "rootfs": {"type": "layers", "diff_ids": [layer_ref["digest"]]},
+            "rootfs": {"type": "layers", "diff_ids": [ref["digest"] for ref in layers]},
         }
         config_ref = {"mediaType": CONFIG, **_blob(blobs, json.dumps(config, sort_keys=True).encode())}
-        manifest = {"schemaVersion": 2, "mediaType": MANIFEST, "config": config_ref, "layers": [layer_ref]}
+        manifest = {"schemaVersion": 2, "mediaType": MANIFEST, "config": config_ref, "layers": layers}
         ref = _blob(blobs, json.dumps(manifest, sort_keys=True).encode())
         tag = image.name.rsplit(":", 1)[-1]
         manifests.append(

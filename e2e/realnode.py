@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +155,7 @@ class RealNode:
         self._made_plugin_dirs = [d for d in (self.plugin_dir.parent, self.plugin_dir) if not d.exists()]
         try:
             self._start_containerd(timeout)
-            self._import_images()
+            self.import_images()
             self._start_kubelet(timeout)
         except BaseException:
             self.down()
@@ -233,12 +233,13 @@ state = "{self.dir / 'state'}"
             raise ClusterError(f"ctr {' '.join(args)} failed ({r.returncode}): {r.stderr.strip()}")
         return r
 
-    def _import_images(self) -> None:
-        tarball = self.dir / "images.tar"
-        tarball.write_bytes(oci.image_layout())
-        self.ctr("images", "import", "--snapshotter", "native", str(tarball))
+    def import_images(self, images: Sequence[oci.Image] = oci.IMAGES, tarball: str = "images.tar") -> None:
+        """Write *images* as an OCI layout (e2e/oci.py) and import them into this node's containerd."""
+        path = self.dir / tarball
+        path.write_bytes(oci.image_layout(images))
+        self.ctr("images", "import", "--snapshotter", "native", str(path))
         names = self.ctr("images", "ls", "-q").stdout.split()
-        for image in oci.IMAGES:
+        for image in images:
             if image.name not in names:
                 raise ClusterError(f"{image.name} not in containerd after import (have {names})")
 
@@ -303,15 +304,17 @@ state = "{self.dir / 'state'}"
 
     # ---------------------------------------------------------------- what the containers received
 
-    def container_log(self, namespace: str, pod: str, uid: str, container: str) -> str:
-        """The container's output (its first run), read from the kubelet's pod-log directory."""
+    def container_log(self, namespace: str, pod: str, uid: str, container: str, stream: str | None = None) -> str:
+        """The container's output (its first run), read from the kubelet's pod-log directory; *stream*
+        (``stdout``/``stderr``): that stream only."""
         path = self.pod_logs / f"{namespace}_{pod}_{uid}" / container / "0.log"
         try:
             raw = path.read_text()
         except OSError:
             return ""
         # CRI log format: "<time> <stream> <P|F> <text>"
-        return "\n".join(line.split(" ", 3)[3] for line in raw.splitlines() if line.count(" ") >= 3)
+        parts = [line.split(" ", 3) for line in raw.splitlines() if line.count(" ") >= 3]
+        return "\n".join(p[3] for p in parts if stream is None or p[1] == stream)
 
     def container_env(self, namespace: str, pod: str, uid: str, container: str) -> dict[str, str] | None:
         """The environment the container printed (``env`` then ``---``), or None before it has."""
