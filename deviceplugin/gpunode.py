@@ -47,6 +47,8 @@ class Publisher:
     slots_per_gpu: int
     remote_slots: int
     agent_endpoint: str = ""
+    #: whether the GPUNode exists: None unknown (patch, create on 404), False known missing (create first)
+    exists: bool | None = None
     _labelled: tuple[str, str] | None = None
     _node_missing_logged: bool = False
 
@@ -62,22 +64,32 @@ class Publisher:
     def publish(self, gpus: Sequence[GPUInfo]) -> dict[str, Any]:
         """Write the GPUNode status (creating the GPUNode the first time it is missing) and the Node labels.
 
-        A heartbeat of a known GPUNode is one status patch; labels are written only when they change.
+        A heartbeat of a known GPUNode is one status patch; labels are written only when they change. A
+        GPUNode known to be missing (`exists` False, from the multi-node agent's first list) is created
+        without trying the patch first.
         """
-        try:
+        if self.exists is False:
+            self._create()
             result = self.kube.patch_gpunode_status(self.node, self.status(gpus))
-        except KubeError as exc:
-            if exc.status != 404:
-                raise
+        else:
             try:
-                self.kube.create_gpunode(self.node)
-                log.info("created GPUNode %s", self.node)
-            except KubeError as create_exc:
-                if create_exc.status != 409:
+                result = self.kube.patch_gpunode_status(self.node, self.status(gpus))
+            except KubeError as exc:
+                if exc.status != 404:
                     raise
-            result = self.kube.patch_gpunode_status(self.node, self.status(gpus))
+                self._create()
+                result = self.kube.patch_gpunode_status(self.node, self.status(gpus))
+        self.exists = True
         self._label(gpus)
         return result
+
+    def _create(self) -> None:
+        try:
+            self.kube.create_gpunode(self.node)
+            log.info("created GPUNode %s", self.node)
+        except KubeError as exc:
+            if exc.status != 409:
+                raise
 
     def _label(self, gpus: Sequence[GPUInfo]) -> None:
         wanted = (label_value(gpus[0].model) if gpus else "", str(len(gpus)))
