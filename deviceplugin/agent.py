@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from deviceplugin.gpunode import Publisher, UsageReporter, UsageSample
 from deviceplugin.inventory import FakeInventory, Inventory, MultiNodeFakeInventory, NvmlInventory
-from deviceplugin.kube import Kube
+from deviceplugin.kube import GPUNODES, Kube
 from deviceplugin.metrics import Metrics
 from deviceplugin.mps import MpsSupervisor
 from deviceplugin.plugin import DevicePluginService, DeviceState, PluginServer
@@ -223,8 +224,26 @@ class Agent:
         self.inventory.close()
 
 
-#: GPUNodes written at once by the multi-node publisher
-_PUBLISH_WORKERS = 8
+class RateLimit:
+    """At most `qps` starts per second, shared by threads (0 = no limit): each caller gets the next free
+    slot, spaced 1/qps apart, and sleeps until it."""
+
+    def __init__(self, qps: float, clock: Any = time.monotonic, sleep: Any = time.sleep) -> None:
+        self.interval = 1.0 / qps if qps > 0 else 0.0
+        self.clock = clock
+        self.sleep = sleep
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        if not self.interval:
+            return
+        with self._lock:
+            now = self.clock()
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+        if slot > now:
+            self.sleep(slot - now)
 
 
 class MultiNodeAgent:
@@ -239,22 +258,43 @@ class MultiNodeAgent:
         self.rounds = 0
         #: one per node, kept across heartbeats (each remembers the labels it wrote)
         self.publishers: dict[str, Publisher] = {}
+        self.limit = RateLimit(settings.publish_qps)
+        self._listed = False
 
     def publish_all(self) -> int:
-        """Publish every node's GPUNode (a few at a time); returns how many succeeded."""
+        """Publish every node's GPUNode, `publish_workers` at a time within `publish_qps`; returns how many
+        succeeded. The first round lists the GPUNodes once, so each missing one is created straight away."""
         nodes = sorted(self.inventory.nodes.items())
-        with ThreadPoolExecutor(max_workers=_PUBLISH_WORKERS, thread_name_prefix="publish") as pool:
+        if not self._listed:
+            self._learn_existing()
+        with ThreadPoolExecutor(max_workers=self.settings.publish_workers, thread_name_prefix="publish") as pool:
             ok = sum(pool.map(lambda item: self._publish_one(*item), nodes))
         self.rounds += 1
         return ok
 
-    def _publish_one(self, node: str, gpus: Sequence[GPUInfo]) -> bool:
+    def _learn_existing(self) -> None:
+        try:
+            items, _ = self.kube.list(GPUNODES)
+        except Exception as exc:  # the publishes find out node by node (patch, create on 404)
+            log.warning("listing GPUNodes failed (%s); publishing without it", exc)
+            return
+        self._listed = True
+        existing = {str((o.get("metadata") or {}).get("name") or "") for o in items}
+        for node in self.inventory.nodes:
+            self._publisher(node).exists = node in existing
+
+    def _publisher(self, node: str) -> Publisher:
         publisher = self.publishers.get(node)
         if publisher is None:
             settings = self.settings
             publisher = self.publishers[node] = Publisher(
                 self.kube, node, settings.slots_per_gpu, settings.remote_slots, settings.endpoint_of(node)
             )
+        return publisher
+
+    def _publish_one(self, node: str, gpus: Sequence[GPUInfo]) -> bool:
+        publisher = self._publisher(node)
+        self.limit.wait()
         try:
             publisher.publish(gpus)
             return True

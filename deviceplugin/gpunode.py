@@ -126,6 +126,8 @@ class Publisher:
     remote_slots: int
     agent_endpoint: str = ""
     usage: UsageReporter | None = None
+    #: whether the GPUNode exists: None unknown (patch, create on 404), False known missing (create first)
+    exists: bool | None = None
     _labelled: tuple[str, str] | None = None
     _node_missing_logged: bool = False
 
@@ -150,7 +152,9 @@ class Publisher:
     def publish(self, gpus: Sequence[GPUInfo]) -> dict[str, Any]:
         """Write the GPUNode status (creating the GPUNode the first time it is missing) and the Node labels.
 
-        A heartbeat of a known GPUNode is one status patch; labels are written only when they change.
+        A heartbeat of a known GPUNode is one status patch; labels are written only when they change. A
+        GPUNode known to be missing (`exists` False, from the multi-node agent's first list) is created
+        without trying the patch first.
         """
         status = self.status(gpus)  # once: the usage report it may carry is consumed
         try:
@@ -159,22 +163,29 @@ class Publisher:
             if "usage" in status and self.usage is not None:
                 self.usage.unsent()
             raise
+        self.exists = True
         self._label(gpus)
         return result
 
     def _write(self, status: dict[str, Any]) -> dict[str, Any]:
+        if self.exists is False:
+            self._create()
+            return self.kube.patch_gpunode_status(self.node, status)
         try:
             return self.kube.patch_gpunode_status(self.node, status)
         except KubeError as exc:
             if exc.status != 404:
                 raise
-            try:
-                self.kube.create_gpunode(self.node)
-                log.info("created GPUNode %s", self.node)
-            except KubeError as create_exc:
-                if create_exc.status != 409:
-                    raise
-            return self.kube.patch_gpunode_status(self.node, status)
+        self._create()
+        return self.kube.patch_gpunode_status(self.node, status)
+
+    def _create(self) -> None:
+        try:
+            self.kube.create_gpunode(self.node)
+            log.info("created GPUNode %s", self.node)
+        except KubeError as exc:
+            if exc.status != 409:
+                raise
 
     def _label(self, gpus: Sequence[GPUInfo]) -> None:
         wanted = (label_value(gpus[0].model) if gpus else "", str(len(gpus)))

@@ -57,6 +57,12 @@ class DevicePluginSettings(BaseSettings):
     )
     kubelet_poll_seconds: float = Field(1.0, gt=0, description="how often kubelet.sock is checked for a restart")
     allocate_wait_seconds: float = Field(10.0, ge=0, description="Allocate waits this long for the pod cache sync")
+    publish_workers: int = Field(
+        16, ge=1, le=256, description="--multi-node: GPUNodes written at once (bounded concurrency on the API server)"
+    )
+    publish_qps: float = Field(
+        200.0, ge=0, description="--multi-node: at most this many GPUNode publishes started per second (0 = no limit)"
+    )
     api_timeout_seconds: float = Field(10.0, gt=0, description="timeout of each API call")
     watch_timeout_seconds: int = Field(300, ge=1, description="server-side timeout of one pod watch")
     mps_pipe_dir: str = Field(

@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from e2e.nodes import DEFAULT_NODES, KWOK_ANNOTATION, FakeNode, kwok_stages
+from e2e.nodes import DEFAULT_NODES, KWOK_ANNOTATION, FakeNode, kwok_config
 from e2e.pki import write_pki
 from e2e.processes import ClusterError, ManagedProcess, Supervisor, free_port
 
@@ -467,7 +467,7 @@ class Cluster:
         )
         if kwok:
             stages = self.run_dir / "kwok-stages.yaml"
-            stages.write_text(kwok_stages())
+            stages.write_text(kwok_config())
             self.start_process(
                 "kwok",
                 [
@@ -562,20 +562,26 @@ class Cluster:
 
     def apply_nodes(self, nodes: Iterable[FakeNode]) -> None:
         """Create (or replace) fake kwok Nodes, status included."""
+        from concurrent.futures import ThreadPoolExecutor
+
         from kubernetes import client
         from kubernetes.client.exceptions import ApiException
 
         with self.api_client() as api:
             v1: Any = client.CoreV1Api(api)  # dict bodies; the client validates them
-            for n in nodes:
+
+            def apply(n: FakeNode) -> None:
                 body = n.manifest()
                 try:
-                    v1.create_node(body)
+                    v1.create_node(body, _preload_content=False)  # no V1Node model built: 1,000s of nodes
                 except ApiException as e:
                     if e.status != 409:
                         raise
                     v1.patch_node(n.name, {"metadata": body["metadata"], "spec": body["spec"]})
                     v1.patch_node_status(n.name, {"status": body["status"]})
+
+            with ThreadPoolExecutor(max_workers=8, thread_name_prefix="apply-node") as pool:
+                list(pool.map(apply, nodes))
 
     def wait_nodes_ready(self, names: Iterable[str], timeout: float = 60.0) -> None:
         """Wait until every named Node has condition Ready=True."""
@@ -586,10 +592,15 @@ class Cluster:
         with self.api_client() as api:
             v1: Any = client.CoreV1Api(api)  # dict bodies; the client validates them
             while True:
+                # raw JSON: building V1Node models of 1,000s of nodes every poll took the CPU kwok needed
+                listed = json.loads(v1.list_node(_preload_content=False).data)
                 ready = {
-                    n.metadata.name
-                    for n in v1.list_node().items
-                    if any(c.type == "Ready" and c.status == "True" for c in (n.status.conditions or []))
+                    n["metadata"]["name"]
+                    for n in listed.get("items") or []
+                    if any(
+                        c.get("type") == "Ready" and c.get("status") == "True"
+                        for c in (n.get("status") or {}).get("conditions") or []
+                    )
                 }
                 if want <= ready:
                     return
@@ -598,7 +609,7 @@ class Cluster:
                         f"nodes not Ready after {timeout:.0f} s: {sorted(want - ready)}\n"
                         + self.log_tails(20, ["kwok"])
                     )
-                time.sleep(0.25)
+                time.sleep(0.25 if len(want) <= 100 else 2.0)
 
     def create_namespace(self, name: str, timeout: float = 30.0) -> None:
         """Create a namespace and wait for its ``default`` ServiceAccount (made by KCM; ServiceAccount

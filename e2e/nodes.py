@@ -144,6 +144,24 @@ def _go_mod_cache() -> Path:
     return Path(gopath) / "pkg" / "mod"
 
 
+#: kwok's workers for node stages, node leases and pod stages (kwok's default, 4 each, makes 1,000 nodes take
+#: minutes to turn Ready on a loaded 2-core machine: docs/e2e.md "Scale")
+KWOK_PARALLELISM = 32
+
+
+def kwok_config(parallelism: int = KWOK_PARALLELISM) -> str:
+    """kwok's --config file: a KwokConfiguration (its worker counts) followed by the stages."""
+    options = (
+        "apiVersion: config.kwok.x-k8s.io/v1alpha1\n"
+        "kind: KwokConfiguration\n"
+        "options:\n"
+        f"  nodePlayStageParallelism: {parallelism}\n"
+        f"  nodeLeaseParallelism: {parallelism}\n"
+        f"  podPlayStageParallelism: {parallelism}\n"
+    )
+    return options + "---\n" + kwok_stages()
+
+
 def kwok_stages() -> str:
     """kwok v0.8.0 has no built-in stages: concatenate the stage files shipped in its module (e2e/build.sh
     downloads it)."""

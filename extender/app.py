@@ -117,11 +117,12 @@ def create_app(service: PoolService, *, url_prefix: str = "", max_body_bytes: in
         args = _decode(wire.ExtenderArgs, body)
         names, as_names = args.node_names()
         answer = service.filter(args.Pod, names)  # CPU-bound and sub-millisecond: a thread hop costs more
+        failed, unresolvable = wire.failure_groups(answer.failed, answer.unresolvable)
         out: dict[str, Any] = {
             "Nodes": None,
             "NodeNames": answer.passing if as_names else None,
-            "FailedNodes": answer.failed,
-            "FailedAndUnresolvableNodes": answer.unresolvable,
+            "FailedNodes": failed,
+            "FailedAndUnresolvableNodes": unresolvable,
             "Error": answer.error,
         }
         if not as_names:  # answer in the form asked: the passing Node objects themselves

@@ -527,7 +527,7 @@ class PoolService:
                 error=f"pod {request.key}: policy {request.policy!r} is not enabled; enabled are {enabled}"
             )
         with self.lock:
-            result = self.placer.filter(request, nodes)
+            result = self.placer.filter(request, nodes, detail=False)  # the answer groups nodes by reason
             self._identity_filter(request, result)
             return result
 
@@ -544,7 +544,15 @@ class PoolService:
                 scores = self.placer.scores(request, nodes)
         except NoFit:
             return [(n, 0) for n in nodes]
-        return [(n, extender_score(scores.get(n))) for n in nodes]
+        table: dict[int | None, int] = {}  # few distinct policy scores: each converted once
+        out = []
+        for n in nodes:
+            score = scores.get(n)
+            ext = table.get(score)
+            if ext is None:
+                ext = table[score] = extender_score(score)
+            out.append((n, ext))
+        return out
 
     def _not_ready_message(self) -> str:
         waiting = ", ".join(k for k, v in self._synced.items() if not v)

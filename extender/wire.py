@@ -9,6 +9,8 @@ bodies kube-scheduler sends on large clusters. Unknown keys are ignored.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -65,6 +67,36 @@ class ExtenderArgs(_Wire):
         if self.Nodes is not None:
             return self.Nodes.names(), False
         return [], True
+
+
+#: distinct reason texts one filter answer carries; the nodes of smaller groups share `OTHER_REASONS`
+MAX_REASONS = 8
+#: longest reason text sent (kube-scheduler puts each distinct text into the pod's FailedScheduling event)
+MAX_REASON_CHARS = 256
+OTHER_REASONS = "does not fit for other reasons (gpupool explain names each node's)"
+
+
+def failure_groups(failed: Mapping[str, str], unresolvable: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """`FailedNodes` and `FailedAndUnresolvableNodes` as sent: every failing node, grouped by reason.
+
+    Each node keeps its map (kube-scheduler counts the nodes per reason text in the pod's FailedScheduling
+    event and preempts only on the resolvable ones). The texts come from `Placer.filter(detail=False)`, which
+    gives a `local` pod's failing nodes the reason of their state without its node-specific detail; each
+    is cut to `MAX_REASON_CHARS`. Of more than `MAX_REASONS` distinct texts, the nodes of the largest groups
+    keep theirs and the others get `OTHER_REASONS`. docs/contracts.md "filter answer".
+    """
+    short: dict[str, str] = {}  # each distinct reason cut once, then nodes mapped by lookup
+    for reason in {*failed.values(), *unresolvable.values()}:
+        short[reason] = reason if len(reason) <= MAX_REASON_CHARS else reason[: MAX_REASON_CHARS - 1] + "…"
+    out_failed = {node: short[r] for node, r in failed.items()}
+    out_unresolvable = {node: short[r] for node, r in unresolvable.items()}
+    if len(set(short.values())) > MAX_REASONS:
+        sizes = Counter(out_failed.values())
+        sizes.update(out_unresolvable.values())
+        kept = {t for t, _ in sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0]))[: MAX_REASONS - 1]}
+        out_failed = {n: t if t in kept else OTHER_REASONS for n, t in out_failed.items()}
+        out_unresolvable = {n: t if t in kept else OTHER_REASONS for n, t in out_unresolvable.items()}
+    return out_failed, out_unresolvable
 
 
 class ExtenderFilterResult(_Wire):

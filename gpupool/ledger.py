@@ -216,6 +216,8 @@ class Ledger:
         #: interned view keys -> small ints (`NodeView.kid`); reset (new epoch) when it grows too large
         self._kids: dict[tuple[object, ...], int] = {}
         self.kid_epoch = 0
+        #: node -> kid of its current guaranteed view (absent while the view is stale): `kids`' index
+        self._kid_of: dict[str, int] = {}
         #: bumped on every change; adapters use it to tell whether a decision is stale
         self.generation = 0
         #: names of the nodes changed, in order (`changes_since`), and how many older entries were dropped
@@ -252,6 +254,7 @@ class Ledger:
         other._node_key = dict(self._node_key)
         other._indexed = self._indexed
         other._kids = dict(self._kids)
+        other._kid_of = dict(self._kid_of)
         other.kid_epoch = self.kid_epoch
         other.generation = self.generation
         other._changes_dropped = self.change_mark()  # a copy's log starts empty: older marks are unknown to it
@@ -350,6 +353,7 @@ class Ledger:
         for g in state.gpus:
             del self._gpus[g.uuid]
         del self._nodes[name]
+        self._kid_of.pop(name, None)
         key = self._node_key.pop(name, None)
         if key is not None:
             self._unindex(name, key)
@@ -560,6 +564,7 @@ class Ledger:
         state = self._node(node)
         if state.view is None:
             state.view = self._build_view(state, QoS.GUARANTEED, None)
+            self._kid_of[node] = state.view.kid
         return state.view
 
     def view_for(
@@ -776,6 +781,7 @@ class Ledger:
 
     def _touch(self, name: str) -> None:
         self._nodes[name].view = None
+        self._kid_of.pop(name, None)
         self.generation += 1
         self._log_change(name)
         if self._indexed:  # the index is kept up to date once someone asked for it
@@ -829,6 +835,7 @@ class Ledger:
         if kid is None:
             if len(self._kids) >= _MAX_KIDS:
                 self._kids.clear()
+                self._kid_of.clear()
                 self.kid_epoch += 1
                 for other in self._nodes.values():
                     other.view = None
@@ -845,6 +852,22 @@ class Ledger:
                 out.append(None)
             else:
                 out.append(state.view or self.view(name))
+        return out
+
+
+    def kids(self, names: list[str]) -> list[int]:
+        """The kid of each of `names`' guaranteed view, -1 for a node not in the pool.
+
+        The filter and prioritize hot paths (`Placer.filter`, `Placer.scores`) judge each distinct kid
+        once and map nodes to verdicts through this index: one dict lookup per node, no view built.
+        """
+        get = self._kid_of.get
+        out = [get(name, -1) for name in names]
+        if -1 in out:  # stale views (a node changed since) or nodes not in the pool
+            nodes = self._nodes
+            for i, name in enumerate(names):
+                if out[i] == -1 and name in nodes:
+                    out[i] = self.view(name).kid
         return out
 
 

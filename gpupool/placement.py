@@ -134,6 +134,8 @@ class Placer:
         self._models_mark: int | None = None
         self._node_models: dict[str, tuple[str, ...]] = {}
         self._model_gpus: Counter[str] = Counter()
+        #: per demand: kid -> reason text of a failing state, (resolvable, unresolvable); `filter(detail=False)`
+        self._texts: dict[Demand, tuple[dict[int, str], dict[int, str]]] = {}
         self._epoch = ledger.kid_epoch
         self._pool_cache: tuple[int, tuple[object, ...], bool] | None = None
         self._silent_cache: tuple[int, tuple[str, ...], frozenset[str]] | None = None
@@ -169,12 +171,15 @@ class Placer:
         view = self._view(request, node)
         return self._finish(request, demand, node, self._local_verdict(request, demand, view))
 
-    def filter(self, request: PodRequest, nodes: Iterable[str]) -> FilterResult:
+    def filter(self, request: PodRequest, nodes: Iterable[str], *, detail: bool = True) -> FilterResult:
         """Verdicts for many nodes.
 
         Unconstrained requests take the hot path: per demand, the fit of each node state (kid) and the
         reason of each failing node are remembered across calls, so a call costs a few dict lookups per
-        node (kube-scheduler sends every feasible node, thousands, on every call).
+        node (kube-scheduler sends every feasible node, thousands, on every call). `detail=False` (the
+        extender, whose answer groups nodes by reason: extender/wire.py) gives a `local` pod's failing
+        nodes the first clause of their state's reason (what the pod needs; the detail after "; ", such
+        as the largest free GPU, is node-specific), one lookup per node.
         """
         demand = Demand.of(request)
         names = list(nodes)
@@ -187,25 +192,79 @@ class Placer:
         fits = self._memo(self._verdicts, demand)
         reasons = self._memo(self._reasons, demand)
         local_only = request.locality is Locality.LOCAL
-        for node, view in zip(names, self.ledger.views(names), strict=True):
-            if view is None:
+        kids = self.ledger.kids(names)  # each distinct node state judged once, nodes mapped by comprehension
+        unknown = set(kids).difference(fits)
+        unknown.discard(-1)
+        if unknown:
+            for node, kid in zip(names, kids, strict=True):
+                if kid in unknown:
+                    fits[kid] = _fits_now(self.ledger.view(node), demand)
+                    unknown.discard(kid)
+                    if not unknown:
+                        break
+        fits_get = fits.get
+        passing = [node for node, kid in zip(names, kids, strict=True) if fits_get(kid)]
+        result.passing.extend(passing)
+        if len(passing) == len(names):
+            return result
+        if local_only and not detail:
+            return self._failures_by_state(request, demand, names, kids, fits, result)
+        for node, kid in zip(names, kids, strict=True):
+            if kid == -1:
                 result.add(node, _no_agent(node))
                 continue
-            kid = view.kid
-            ok = fits.get(kid)
-            if ok is None:
-                ok = fits[kid] = _fits_now(view, demand)
-            if ok:
-                result.passing.append(node)
+            if fits_get(kid):
                 continue
             known = reasons.get(node) if local_only else None
             if known is not None and known[0] == kid:
                 v = known[1]
             else:
-                v = self._finish(request, demand, node, self._local_verdict(request, demand, view))
+                v = self._finish(request, demand, node, self._local_verdict(request, demand, self.ledger.view(node)))
                 if local_only:
                     reasons[node] = (kid, v)
             result.add(node, v)
+        return result
+
+    def _failures_by_state(
+        self,
+        request: PodRequest,
+        demand: Demand,
+        names: list[str],
+        kids: list[int],
+        fits: dict[int, bool],
+        result: FilterResult,
+    ) -> FilterResult:
+        """The failing nodes of `filter(detail=False)`: the text of each failing state, remembered across
+        calls like the fits, then mapped to the nodes by two comprehensions."""
+        memo = self._texts.get(demand)
+        if memo is None or len(memo[0]) + len(memo[1]) > _MEMO_LIMIT:
+            memo = self._texts[demand] = ({}, {})
+            if len(self._texts) > _MEMO_SHAPES:
+                del self._texts[next(iter(self._texts))]
+        resolvable, unresolvable = memo
+        fits_get = fits.get
+        unknown = {kid for kid in set(kids) if not fits_get(kid)}.difference(resolvable, unresolvable)
+        if -1 in unknown:
+            unknown.discard(-1)
+            for node, kid in zip(names, kids, strict=True):
+                if kid == -1:
+                    result.add(node, _no_agent(node))
+        if unknown:
+            failures = self._memo(self._failures, demand)
+            for node, kid in zip(names, kids, strict=True):
+                if kid in unknown:
+                    v = failures.get(kid)
+                    if v is None:
+                        v = failures[kid] = self._local_failure(request, demand, self.ledger.view(node))
+                    # its first clause, what the pod needs that the state lacks: the same text for many nodes
+                    (resolvable if v.resolvable else unresolvable)[kid] = v.reason.split("; ", 1)[0]
+                    unknown.discard(kid)
+                    if not unknown:
+                        break
+        for of_kid, into in ((resolvable, result.failed), (unresolvable, result.unresolvable)):
+            if of_kid:
+                get = of_kid.get
+                into.update({node: t for node, kid in zip(names, kids, strict=True) if (t := get(kid)) is not None})
         return result
 
     def _reserved_out(self, request: PodRequest, names: list[str], result: FilterResult) -> list[str]:
@@ -307,6 +366,7 @@ class Placer:
             self._failures.clear()
             self._reasons.clear()
             self._choices.clear()
+            self._texts.clear()
 
     def _local_failure(self, request: PodRequest, demand: Demand, view: NodeView) -> Verdict:
         inventory = view.inventory
@@ -426,13 +486,9 @@ class Placer:
         self._sync_models()
         demand = Demand.of(request)
         policy = self.policy_for(request)
-        out: dict[str, int | None] = {}
-        names = [n for n in nodes if self.ledger.has_node(n)]
+        names = list(nodes)
         choices = self._evaluate(policy, request, demand, names)
-        for node in nodes:
-            choice = choices.get(node)
-            out[node] = choice.score if choice is not None else None
-        return out
+        return {node: choice.score if (choice := choices.get(node)) is not None else None for node in names}
 
     def _evaluate(
         self, policy: Policy, request: PodRequest, demand: Demand, nodes: list[str]
@@ -445,16 +501,18 @@ class Placer:
             memo = self._choices.setdefault((policy.name, demand), {})
             if len(memo) > _MEMO_LIMIT:
                 memo.clear()
-            for node, view in zip(nodes, self.ledger.views(nodes), strict=True):
-                if view is None:
-                    continue
-                kid = view.kid
-                if kid in memo:
-                    choice = memo[kid]
-                else:
-                    choice = memo[kid] = policy.evaluate(view, demand)
-                if choice is not None:
-                    per_node[node] = choice
+            kids = self.ledger.kids(nodes)  # each distinct node state evaluated once (`Ledger.kids`)
+            unknown = set(kids).difference(memo)
+            unknown.discard(-1)
+            if unknown:
+                for node, kid in zip(nodes, kids, strict=True):
+                    if kid in unknown:
+                        memo[kid] = policy.evaluate(self.ledger.view(node), demand)
+                        unknown.discard(kid)
+                        if not unknown:
+                            break
+            memo_get = memo.get
+            per_node = {node: c for node, kid in zip(nodes, kids, strict=True) if (c := memo_get(kid)) is not None}
         else:
             for node in nodes:
                 if self.ledger.has_node(node):

@@ -248,3 +248,48 @@ def test_health_gauges_follow_the_inventory(tmp_path: Path) -> None:
     assert registry.get_sample_value("gpupool_deviceplugin_slots", {"health": "Healthy"}) == 8 + 2
     assert registry.get_sample_value("gpupool_deviceplugin_slots", {"health": "Unhealthy"}) == 0
     assert registry.get_sample_value("gpupool_deviceplugin_gpus_unhealthy") == 0
+
+
+def test_multi_node_first_round_lists_once_and_creates_missing_gpunodes_without_a_failed_patch(
+    tmp_path: Path, kube: Kube
+) -> None:
+    """The first publish of N fake nodes: one GPUNode list, then create + status patch (+ labels) per missing
+    node, never a status patch answered 404 first (a quarter of the requests at 5,000 nodes)."""
+    path = tmp_path / "nodes.yaml"
+    path.write_text("fr-0:\n- {model: A100, memoryMiB: 81920}\nfr-1:\n- {model: T4, memoryMiB: 15360}\n")
+    kube.create_gpunode("fr-1")  # already there: patched, not created
+    calls: list[tuple[str, str]] = []
+    original = kube.request
+
+    def counting(method: str, path: str, **kw: Any) -> Any:
+        calls.append((method, path))
+        return original(method, path, **kw)
+
+    kube.request = counting  # type: ignore[method-assign]
+    settings = DevicePluginSettings(multi_node=True, fake_inventory=str(path), publish_workers=2, publish_qps=0)
+    agent = MultiNodeAgent(settings, kube)
+    assert agent.publish_all() == 2
+    gpunode_calls = [(m, p.rsplit("gpunodes", 1)[-1]) for m, p in calls if "gpunodes" in p]
+    assert sorted(gpunode_calls) == sorted(
+        [("GET", ""), ("POST", ""), ("PATCH", "/fr-0/status"), ("PATCH", "/fr-1/status")]
+    )
+    assert kube.get_gpunode("fr-0")["status"]["gpus"][0]["model"] == "A100"
+
+
+def test_publish_rate_limit_spaces_starts() -> None:
+    from deviceplugin.agent import RateLimit
+
+    now = [100.0]
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(round(s, 6))
+
+    limit = RateLimit(4.0, clock=lambda: now[0], sleep=sleep)
+    for _ in range(3):
+        limit.wait()
+    assert slept == [0.25, 0.5]  # the first starts at once, the next ones 1/qps apart
+    unlimited = RateLimit(0.0, clock=lambda: now[0], sleep=sleep)
+    unlimited.wait()
+    unlimited.wait()
+    assert slept == [0.25, 0.5]

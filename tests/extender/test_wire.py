@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from extender import wire
+from gpupool import resources
 from tests.extender.conftest import (
     add_gpu_node,
     bind_body,
@@ -41,14 +43,22 @@ def test_filter_node_names_form(kube, ext):
     assert "GPUNode" in body["FailedAndUnresolvableNodes"]["cpu-0"]
 
 
-def test_filter_resolvable_failure_names_the_gpu(kube, ext):
-    add_gpu_node(kube, "gpu-0", gpus=1, memory=8192)
-    big = create_pod(kube, pod("big", compute=80, memory=6000))
-    assert ext.post("bind", bind_body(big, "gpu-0")).json() == {"Error": ""}
-    r = ext.post("filter", filter_body(pod("small", compute=30, memory=4096), ["gpu-0"])).json()
+def test_filter_resolvable_failure_says_what_is_missing_shared_by_nodes(kube, ext):
+    """The wire's reason is the node state's first clause, the same text for every node lacking the same thing
+    (kube-scheduler's event counts nodes per text); the detail naming a GPU stays in `gpupool explain`."""
+    for node in ("gpu-0", "gpu-1"):
+        add_gpu_node(kube, node, gpus=1, memory=8192)
+        big = create_pod(kube, pod(f"big-{node}", compute=80 if node == "gpu-0" else 90, memory=6000))
+        assert ext.post("bind", bind_body(big, node)).json() == {"Error": ""}
+    small = pod("small", compute=30, memory=4096)
+    r = ext.post("filter", filter_body(small, ["gpu-0", "gpu-1"])).json()
     assert r["NodeNames"] == []
     reason = r["FailedNodes"]["gpu-0"]
-    assert "30% compute" in reason and "4096 MiB" in reason and "GPU-gpu-0-0"[:12] in reason
+    assert "30% compute" in reason and "4096 MiB" in reason and "GPU-" not in reason
+    assert r["FailedNodes"]["gpu-1"] == reason  # largest free differs (20% vs 10%), the group does not
+    service = ext.service
+    detailed = service.placer.filter(resources.parse_pod(small), ["gpu-0"])
+    assert "GPU-gpu-0-0"[:12] in detailed.failed["gpu-0"]
 
 
 def test_filter_nodelist_form(kube, ext):
@@ -259,3 +269,17 @@ def test_probe_listener_serves_probes_and_metrics_but_no_verbs(kube, ext):
     assert b"gpupool_" in client.get("/metrics").content
     assert client.post("/filter", content=FILTER_NODE_NAMES).status_code == 404
     assert client.post("/bind", content=b"{}").status_code == 404
+
+
+def test_failure_groups_keep_every_node_and_at_most_max_reasons_texts():
+    """Every failing node stays in its map (kube-scheduler counts them and preempts only on the resolvable
+    ones); beyond `MAX_REASONS` distinct texts the smallest groups share one; long texts are cut."""
+    failed = {f"n{i}": f"reason {i % 20}" for i in range(200)}
+    failed.update({f"big{i}": "common" for i in range(50)})
+    unresolvable = {"u0": "x" * 1000, "u1": "x" * 1000}
+    out_f, out_u = wire.failure_groups(failed, unresolvable)
+    assert set(out_f) == set(failed) and set(out_u) == set(unresolvable)
+    texts = set(out_f.values()) | set(out_u.values())
+    assert len(texts) <= wire.MAX_REASONS and wire.OTHER_REASONS in texts
+    assert out_f["big0"] == "common" and all(len(t) <= wire.MAX_REASON_CHARS for t in texts)
+    assert wire.failure_groups({"a": "r1", "b": "r2"}, {}) == ({"a": "r1", "b": "r2"}, {})

@@ -216,3 +216,27 @@ def test_hold_what_fits_holds_a_claim_as_far_as_capacity_allows() -> None:
     assert ledger.hold_what_fits(Holding("s", "n0", (greedy.slices[3],))) == (None, (greedy.slices[3],))
     with pytest.raises(OverAllocation):
         ledger.hold_what_fits(claim)  # "q" already holds
+
+
+def test_kids_index_follows_every_change() -> None:
+    """`Ledger.kids` (the filter's node -> state index) always names the state `view` would build."""
+    ledger = pool(nodes=3, gpus=2)
+    names = ["n0", "n1", "n2", "gone"]
+
+    def agrees() -> None:
+        assert ledger.kids(names) == [ledger.view(n).kid for n in names[:3]] + [-1]
+
+    agrees()
+    assert len(set(ledger.kids(names[:3]))) == 1  # equal nodes, one state
+    ledger.commit("a", "n0", [PlannedSlice(0, False, "G00", 50, 100)])
+    agrees()
+    assert ledger.kids(["n0"]) != ledger.kids(["n1"])
+    ledger.set_gpu_health("G10", False)
+    agrees()
+    ledger.release("a")
+    agrees()
+    copy_ = ledger.copy()
+    copy_.commit("b", "n2", [PlannedSlice(0, False, "G20", 10, 10)])
+    assert copy_.kids(["n2"]) == [copy_.view("n2").kid] and ledger.kids(["n2"]) == [ledger.view("n2").kid]
+    ledger.remove_node("n2")
+    assert ledger.kids(names)[2:] == [-1, -1]
