@@ -328,13 +328,12 @@ class Controller:
             self.problems[f"gpunode/{name}"] = str(exc)
             return
         self.problems.pop(f"gpunode/{name}", None)
-        had = self.ledger.node_info(name) if self.ledger.has_node(name) else None
-        if self._node_infos.get(name) != info:
-            self._node_infos[name] = info
-            self.nudge()  # new, changed or returning capacity (its own status writes change nothing here)
+        changed = self._node_infos.get(name) != info  # the inventory as last parsed (status-only writes: equal)
+        self._node_infos[name] = info
         again = self.ledger.upsert_node(info)
-        if had != info:  # new, back, or its GPUs changed: the pods bound there are held again (issue 12)
-            again += sorted(self._on_node.get(name, ()))
+        if changed:  # new, back, or its GPUs changed: the pods bound there are held again (issue 12), and capacity
+            again += sorted(self._on_node.get(name, ()))  # may have come: run the admission cycle soon
+            self.nudge()
         for uid in dict.fromkeys(again):
             pod = self.pods.get(uid)
             if pod is not None:
