@@ -260,3 +260,23 @@ def nvml_devices(n: int = 2, memory_mib: int = 81920) -> list[NvmlDevice]:
         )
         for i in range(n)
     ]
+
+
+#: runtime/build: the pooling runtime, the fake CUDA driver and gpuprog (`make -C runtime test-bin`)
+RUNTIME_BUILD = Path(__file__).resolve().parents[2] / "runtime" / "build"
+
+
+def runtime_process_env(response: Any, gpu_dir: Path, fake_state: Path | None = None) -> dict[str, str]:
+    """The env of a process in a container that the pool backend's Allocate answered (`response`): Allocate's env,
+    the container's region directory as the container sees it at /run/gpupool, the runtime preloaded and the
+    fake driver of runtime/build; `fake_state` shares one fake device clock between processes."""
+    mounts = {m.container_path: m.host_path for m in response.mounts}
+    env = dict(response.envs) | {
+        "GPUPOOL_RUNTIME_DIR": mounts["/run/gpupool"],
+        "GPUPOOL_GPU_DIR": str(gpu_dir),
+        "LD_PRELOAD": str(RUNTIME_BUILD / "libgpupool.so"),
+        "LD_LIBRARY_PATH": str(RUNTIME_BUILD / "fake"),
+    }
+    if fake_state is not None:
+        env["FAKECUDA_STATE"] = str(fake_state)
+    return env

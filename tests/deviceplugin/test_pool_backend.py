@@ -15,7 +15,7 @@ from deviceplugin import runtime_regions as regions
 from deviceplugin.kube import Kube
 from e2e.polling import wait_for
 from gpupool import resources
-from tests.deviceplugin.helpers import assignment_for, make_pod, put_pod
+from tests.deviceplugin.helpers import assignment_for, make_pod, put_pod, runtime_process_env
 from tests.deviceplugin.test_plugin import GPU0, GPU1, allocate, cached, preferred
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -138,12 +138,7 @@ def test_usage_metrics_from_a_real_runtime_process(start_agent: Any, kube: Kube,
     cached(r, "metered")
     c = allocate(r, ["gpu0-2"]).container_responses[0]
     mounts = {m.container_path: m.host_path for m in c.mounts}
-    env = dict(c.envs) | {
-        "GPUPOOL_RUNTIME_DIR": mounts["/run/gpupool"],  # what the container sees at /run/gpupool
-        "GPUPOOL_GPU_DIR": str(Path(mounts["/run/gpupool-gpus/0"]).parent.parent / "fake-gpus"),
-        "LD_PRELOAD": str(build / "libgpupool.so"),
-        "LD_LIBRARY_PATH": str(build / "fake"),
-    }
+    env = runtime_process_env(c, Path(mounts["/run/gpupool-gpus/0"]).parent.parent / "fake-gpus")
     out = subprocess.run(
         [str(build / "gpuprog")],
         input="alloc v2 1048576\nalloc v2 1\nlaunch 20 100\nlaunch 1 1\ninfo\n",  # the 2nd launch charges the 1st batch

@@ -17,7 +17,7 @@ from deviceplugin.kube import Kube
 from e2e.polling import wait_for
 from gpupool import resize as rz
 from gpupool import resources
-from tests.deviceplugin.helpers import assignment_for, get_pod, make_pod, put_pod
+from tests.deviceplugin.helpers import assignment_for, get_pod, make_pod, put_pod, runtime_process_env
 from tests.deviceplugin.test_plugin import GPU0, allocate, cached
 from tests.deviceplugin.test_pool_backend import ROOT, start_pool
 
@@ -83,13 +83,7 @@ def test_a_running_runtime_process_applies_the_resize_live(start_agent: Any, kub
     cached(r, "live")
     c = allocate(r, ["gpu0-2"]).container_responses[0]
     mounts = {m.container_path: m.host_path for m in c.mounts}
-    env = dict(c.envs) | {
-        "GPUPOOL_RUNTIME_DIR": mounts["/run/gpupool"],
-        "GPUPOOL_GPU_DIR": str(tmp_path / "fake-gpus"),
-        "LD_PRELOAD": str(build / "libgpupool.so"),
-        "LD_LIBRARY_PATH": str(build / "fake"),
-        "FAKECUDA_STATE": str(tmp_path / "fakecuda.state"),
-    }
+    env = runtime_process_env(c, tmp_path / "fake-gpus", tmp_path / "fakecuda.state")
     proc = subprocess.Popen([str(build / "gpuprog")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                             env=env)  # fmt: skip
     assert proc.stdin is not None and proc.stdout is not None

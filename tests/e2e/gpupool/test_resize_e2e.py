@@ -23,6 +23,7 @@ from deviceplugin.api import pb2
 from e2e.polling import wait_for
 from e2e.stack import Stack
 from gpupool import resize as rz
+from tests.deviceplugin.helpers import runtime_process_env
 from tests.e2e.gpupool.conftest import POOL_NODE
 from tests.e2e.gpupool.gp_helpers import GP, assignment_of, gpu_pod
 
@@ -54,13 +55,7 @@ def test_resize_reaches_the_runtime_of_a_running_process(
     (s,) = assignment_of(pod)["slices"]  # type: ignore[index]
     c = _allocate(stack, s["slot"])
     mounts = {m.container_path: m.host_path for m in c.mounts}
-    env = dict(c.envs) | {
-        "GPUPOOL_RUNTIME_DIR": mounts["/run/gpupool"],
-        "GPUPOOL_GPU_DIR": str(tmp_path / "gpus"),
-        "LD_PRELOAD": str(build / "libgpupool.so"),
-        "LD_LIBRARY_PATH": str(build / "fake"),
-        "FAKECUDA_STATE": str(tmp_path / "fakecuda.state"),
-    }
+    env = runtime_process_env(c, tmp_path / "gpus", tmp_path / "fakecuda.state")
     proc = subprocess.Popen([str(build / "gpuprog")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                             env=env)  # fmt: skip
 
