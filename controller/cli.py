@@ -260,6 +260,43 @@ def run_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def pod_groups(kube: Any, pods: Sequence[dict[str, Any]]) -> dict[str, groups.GroupSpec | None]:
+    """Each gpupool pod's group as the controller resolves it (controller.workloads: annotations, else the owner,
+    read once per owner); an owner it cannot read gives the group the controller's error (it waits), and a
+    warning."""
+    from controller import workloads
+    from gpupool.errors import InvalidRequest
+    from kubeio.client import ApiError
+
+    owners: dict[workloads.Ref, groups.Owner | str | None] = {}
+    out: dict[str, groups.GroupSpec | None] = {}
+    for pod in pods:
+        if not resources.mentions_gpupool(pod) or objects.pod_is_terminal(pod):
+            continue
+        found = workloads.owner_of(pod)
+        owner = found if isinstance(found, groups.Owner) else None
+        if isinstance(found, workloads.Ref):
+            if found not in owners:
+                try:
+                    obj = kube.request("GET", found.path())
+                    size, field = workloads.size_of(found.kind, obj)
+                    owners[found] = groups.Owner(found.kind, found.name, size, field)
+                except ApiError as exc:  # RBAC, gone: recorded as the controller records it
+                    print(f"gpupool snapshot: warning: reading {found.kind} {found.namespace}/{found.name}: {exc}",
+                          file=sys.stderr)  # fmt: skip
+                    owners[found] = str(exc)[:200]
+            read = owners[found]
+            if isinstance(read, str):
+                out[objects.pod_key(pod)] = groups.unreadable(found.namespace, found.kind, found.name, read)
+                continue
+            owner = read
+        try:
+            out[objects.pod_key(pod)] = workloads.group_of(pod, owner)
+        except InvalidRequest:
+            out[objects.pod_key(pod)] = None  # parse_pod refuses the pod (the snapshot's reader names it)
+    return out
+
+
 def run_snapshot(args: argparse.Namespace) -> int:
     """List what the controller reads (kubeio, raw JSON) and write it in the snapshot format
     (`gpupool.simulator.snapshot`, docs/timeline.md); nothing is written to the cluster."""
@@ -280,7 +317,7 @@ def run_snapshot(args: argparse.Namespace) -> int:
     except Exception as exc:  # kubeconfig problems surface from the kubernetes package's loader
         print(f"gpupool snapshot: error: cannot reach the API server: {exc}", file=sys.stderr)
         return 1
-    doc = capture(namespaces, nodes, gpunodes, gpuqueues, pods, taken=time.time())
+    doc = capture(namespaces, nodes, gpunodes, gpuqueues, pods, taken=time.time(), pod_groups=pod_groups(kube, pods))
     text = json.dumps(doc, indent=1, sort_keys=True) + "\n"
     if args.output == "-":
         sys.stdout.write(text)

@@ -301,9 +301,11 @@ def scenario_from_snapshot(
     preemption_retry: float = 60.0,
 ) -> Scenario:
     """The snapshot's cluster from its `taken` time: running pods leave after a seeded uniform draw in
-    (0, `duration`] (their remaining time is unknown), pending pods join at once and run `duration` seconds,
-    and `arrivals` more pods (copies of the snapshot's pods drawn with the seed: shape, queue, priority, QoS)
-    join at exponential intervals of mean `interarrival` seconds and run `duration` seconds."""
+    (0, `duration`] (their remaining time is unknown; a pod group's members at the first member's draw),
+    pending pods join at once (pod groups admitted all or nothing, `gpupool.groups`) and run `duration`
+    seconds, and `arrivals` more pods (copies of the snapshot's pods drawn with the seed: shape, queue,
+    priority, QoS; each alone) join at exponential intervals of mean `interarrival` seconds and run `duration`
+    seconds."""
     if duration <= 0:
         raise TimelineError(f"--duration: {duration} (need seconds > 0)")
     if arrivals < 0 or interarrival <= 0:
@@ -314,12 +316,16 @@ def scenario_from_snapshot(
     rng = random.Random(seed)
     start = snapshot.taken
     jobs: list[Job] = []
+    group_runs: dict[str, float] = {}  # a running pod group's members leave together
     for entry in sorted(snapshot.pods, key=lambda e: e.sort_key):
         copy = replace(entry)
         if entry.gated:
             jobs.append(Job(copy, start, duration))
-        else:
-            jobs.append(Job(copy, start, rng.uniform(0.0, duration) or duration, running=True))
+            continue
+        run_s = rng.uniform(0.0, duration) or duration
+        if entry.group is not None:
+            run_s = group_runs.setdefault(entry.group.key, run_s)
+        jobs.append(Job(copy, start, run_s, running=True))
     templates = list(sorted(snapshot.pods, key=lambda e: e.key))
     if arrivals and not templates:
         raise TimelineError("--arrivals: the snapshot has no gpupool pod to copy")
@@ -504,7 +510,7 @@ class _Run:
         request = job.entry.request
         again = PodEntry(request=replace(request, uid=new_uid, name=f"{request.name}~{n}" if request.name else ""),
                          created=self.now, gated=True, node_selector=dict(job.entry.node_selector),
-                         named_queue=job.entry.named_queue)  # fmt: skip
+                         named_queue=job.entry.named_queue, group=job.entry.group)  # fmt: skip
         self.jobs[new_uid] = Job(again, self.now, job.duration)
         self.push(self.now, _ARRIVE, new_uid)
 

@@ -11,6 +11,7 @@ import pytest
 
 from controller.cli import main
 from gpupool import resources
+from gpupool.groups import GroupSpec
 from gpupool.inventory import GPUInfo, NodeInfo
 from gpupool.pool import PoolConfig, build_pool
 from gpupool.queues import PodEntry, QueueSpec
@@ -212,8 +213,9 @@ def cluster_doc(quota: int) -> dict[str, Any]:
 
 def test_capture_keeps_what_gpupool_reads_and_parse_reads_it_back() -> None:
     doc = json.loads(json.dumps(cluster_doc(100)))
-    assert doc["kind"] == "GPUPoolSnapshot" and doc["version"] == 1 and doc["taken"] == "2025-01-01T00:00:00Z"
+    assert doc["kind"] == "GPUPoolSnapshot" and doc["version"] == 2 and doc["taken"] == "2025-01-01T00:00:00Z"
     assert [p["metadata"]["name"] for p in doc["pods"]] == ["p0", "p1", "p2"]  # the pod without slices is left out
+    assert doc["podGroups"] == []
     assert "managedFields" not in doc["pods"][0]["metadata"] and "env" not in doc["pods"][0]["spec"]["containers"][0]
     snap = snapshot_format.parse(doc)
     assert [n.name for n in snap.nodes] == ["n0"] and len(snap.nodes[0].gpus) == 4
@@ -223,7 +225,9 @@ def test_capture_keeps_what_gpupool_reads_and_parse_reads_it_back() -> None:
 
 
 @pytest.mark.parametrize(("change", "words"), [
-    ({"version": 2}, "field 'version': 2 is not supported; this gpupool reads version 1"),
+    ({"version": 3}, "field 'version': 3 is not supported; this gpupool reads versions 1, 2"),
+    ({"podGroups": [{"key": "a/job/j", "minMembers": 0, "members": []}]}, "podGroups[0].minMembers: 0 is not"),
+    ({"podGroups": [{"key": "a/job/j", "minMembers": 2, "members": ["p0"]}]}, "podGroups[0].members: must be"),
     ({"kind": "Pod"}, "field 'kind'"),
     ({"taken": "yesterday"}, "field 'taken'"),
     ({"pods": {}}, "field 'pods': must be a list of objects"),
@@ -256,6 +260,83 @@ def test_a_snapshot_what_if_with_a_larger_quota_waits_less() -> None:
                                                     interarrival=30.0, quotas={"team-a": 400})  # fmt: skip
     result = timeline.run(with_arrivals)
     assert result.admitted == 8 and result.start == 1735689600.0
+
+
+def gang_doc(version: int = 2) -> dict[str, Any]:
+    """A 4-GPU node; p0 (2 GPUs) first, then a Job's three 1-GPU pods (a group of 3, known from its owner)."""
+    first = gated_pod("p0", "a", 100, "2025-01-01T00:00:00Z")
+    first["spec"]["containers"][0]["resources"]["limits"][resources.GPU] = "2"
+    job = [gated_pod(f"j{i}", "a", 100, f"2025-01-01T00:00:0{i + 1}Z") for i in range(3)]
+    spec = GroupSpec("a/job/train", 3, 3, "Job a/train spec.parallelism")
+    queue = {"metadata": {"name": "team-a"}, "spec": {"namespaces": ["a"], "nominalQuota": {"compute": 400}}}
+    doc = snapshot_format.capture([{"metadata": {"name": "a"}}], [{"metadata": {"name": "n0"}}], [gpunode("n0", 4)],
+                                  [queue], [first, *job], taken=1735689600.0,
+                                  pod_groups={f"a/j{i}": spec for i in range(3)})  # fmt: skip
+    if version == 1:  # as a version 1 file: no podGroups
+        del doc["podGroups"]
+        doc["version"] = 1
+    return dict(json.loads(json.dumps(doc)))
+
+
+def test_a_snapshot_keeps_pod_groups_and_reads_version_1() -> None:
+    doc = gang_doc()
+    assert doc["version"] == 2 and doc["podGroups"] == [
+        {"key": "a/job/train", "minMembers": 3, "capacity": 3, "origin": "Job a/train spec.parallelism",
+         "members": ["a/j0", "a/j1", "a/j2"]}]  # fmt: skip
+    groups_of = {e.request.name: e.group for e in snapshot_format.parse(doc).pods}
+    members = {g.key if g else None for n, g in groups_of.items() if n != "p0"}
+    assert groups_of["p0"] is None and members == {"a/job/train"}
+    assert groups_of["j0"] == GroupSpec("a/job/train", 3, 3, "Job a/train spec.parallelism")
+    old = gang_doc(version=1)  # version 1: only annotated groups
+    j0 = next(p for p in old["pods"] if p["metadata"]["name"] == "j0")
+    j0["metadata"]["annotations"] = {resources.POD_GROUP: "g", resources.MIN_MEMBERS: "2"}
+    groups_of = {e.request.name: e.group for e in snapshot_format.parse(old).pods}
+    assert groups_of["j0"] is not None and groups_of["j0"].key == "a/pod-group/g" and groups_of["j1"] is None
+    doc["podGroups"].append({"key": "a/job/other", "minMembers": 1, "members": ["a/j0"]})
+    with pytest.raises(snapshot_format.SnapshotError, match=r"podGroups\[1\]\.members: pod a/j0 is also in group"):
+        snapshot_format.parse(doc)
+
+
+def test_a_gang_from_a_snapshot_is_admitted_whole() -> None:
+    """p0 holds 2 of the 4 GPUs for 600 s: the Job's 3 pods wait for it together; pod by pod, two would start."""
+    config = PoolConfig(default_policy="bestfit", policies=("bestfit",))
+
+    def waits(doc: dict[str, Any]) -> list[float]:
+        snap = snapshot_format.parse(doc)
+        result = timeline.run(timeline.scenario_from_snapshot(snap, config=config, seed=1, duration=600.0))
+        assert result.admitted == 4
+        return sorted(result.waits["team-a"])
+
+    assert waits(gang_doc()) == [0.0, 600.0, 600.0, 600.0]
+    assert waits(gang_doc(version=1)) == [0.0, 0.0, 0.0, 600.0]  # no group known: pod by pod
+
+
+def test_snapshot_cli_resolves_each_pods_group_once_per_owner(capsys: pytest.CaptureFixture[str]) -> None:
+    from controller.cli import pod_groups
+    from kubeio.client import ApiError
+
+    reads: list[str] = []
+
+    class Kube:
+        def request(self, method: str, path: str) -> dict[str, Any]:
+            reads.append(path)
+            if path.endswith("/jobs/gone"):
+                raise ApiError(404, 'jobs.batch "gone" not found')
+            return {"spec": {"parallelism": 2}}
+
+    def owned(name: str, job: str) -> dict[str, Any]:
+        pod = gated_pod(name, "a", 100, "2025-01-01T00:00:00Z")
+        pod["metadata"]["ownerReferences"] = [{"kind": "Job", "name": job, "controller": True, "uid": "u"}]
+        return pod
+
+    pods = [owned("t0", "train"), owned("t1", "train"), owned("x0", "gone"), gated_pod("solo", "a", 50, "x")]
+    found = pod_groups(Kube(), pods)
+    assert reads == ["/apis/batch/v1/namespaces/a/jobs/train", "/apis/batch/v1/namespaces/a/jobs/gone"]
+    assert found["a/t0"] == found["a/t1"] == GroupSpec("a/job/train", 2, 2, "Job a/train spec.parallelism")
+    assert found["a/solo"] is None
+    gone = found["a/x0"]
+    assert gone is not None and gone.error is not None and "not found" in gone.error
+    assert "warning: reading Job a/gone" in capsys.readouterr().err
 
 
 # --- the command line -----------------------------------------------------------------------------------
