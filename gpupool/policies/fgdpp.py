@@ -25,10 +25,12 @@ need if M filled the cluster. A pod pays nothing on its only model; without mode
 constraints every ρ is 0 and fgdpp is unchanged. ρ follows the pool: the placer tells
 the policy its GPUs per model (`pool_models`), live and in the simulator alike.
 
-GPU memory: F'_n also adds, per GPU, |free compute − free memory / (the GPU's memory
-per compute unit)| (`gpu_mismatch`), the part of one resource the other cannot follow,
-so memory-heavy and compute-heavy slices share GPUs. Where slices ask memory in
-proportion to compute (the published trace) it is 0. docs/openb.md has the numbers.
+GPU memory: F'_n also adds, per GPU, the free memory its free compute cannot go with, in
+compute units at the GPU's memory per compute unit (`gpu_mismatch`): memory stranded,
+the measure of `gpupool.simulator.protocol.stranded_gpu_memory`. Only that side is
+charged: charging compute left without memory as well sends memory-heavy slices to the
+large GPUs, whose memory then strands (docs/openb.md "### GPU memory"). Where slices ask
+memory in proportion to compute (the published trace) it is 0.
 """
 
 from __future__ import annotations
@@ -47,14 +49,16 @@ GPU_MEMORY_WEIGHT = 1.0
 
 
 def gpu_mismatch(free_compute: list[int], free_memory: list[int], total_memory: tuple[int, ...]) -> float:
-    """Σ over GPUs of |free compute − free memory at the GPU's own memory per compute unit| (compute units): what
-    one resource of a GPU has left that the other cannot follow. 0 on an idle GPU and on one whose slices ask
-    memory in proportion to compute (the published trace), so only memory-annotated pods see it."""
+    """Σ over GPUs of the free memory beyond what the free compute can go with, in compute units at the GPU's own
+    memory per compute unit: max(0, free memory · 100 / total memory − free compute). 0 on an idle GPU and on one
+    whose slices ask memory in proportion to compute (the published trace), so only memory-annotated pods see
+    it. Compute left without memory is not charged (docs/openb.md "### GPU memory" says why)."""
     total = 0.0
     for c, m, t in zip(free_compute, free_memory, total_memory, strict=True):
         if t:
-            d = c - m * WHOLE_GPU_COMPUTE / t
-            total += d if d > 0 else -d
+            d = m * WHOLE_GPU_COMPUTE / t - c
+            if d > 0:
+                total += d
     return total
 
 

@@ -336,6 +336,14 @@ def test_snapshot_round_trips_into_a_timeline_what_if(real: RealAPI, ns: str, tm
         wait_admitted(real, ns, name)
     real.create_pod(ns, gpu_pod("s3", compute=50))
     wait_for(lambda: waiting_events(real, ns, "s3"), 15, "s3 to wait for quota", 0.1)
+    # a Job of two pods (its controller creates them): one pod group, known from the owner the CLI reads
+    jobs = real.namespace("j")
+    create_queue(real, jobs, 200)
+    template = {"spec": {**gpu_pod("w", compute=60)["spec"], "restartPolicy": "Never"}}
+    real.apply([{"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "train", "namespace": jobs},
+                 "spec": {"parallelism": 2, "completions": 2, "template": template}}])  # fmt: skip
+    wait_for(lambda: len(real.pods(jobs)) == 2 and not any(map(pod_gated, real.pods(jobs))), 30,
+             "the Job's two pods to be admitted", 0.2)  # fmt: skip
     cluster = tmp_path / "cluster.json"
     assert main(["snapshot", "--kubeconfig", str(real.cluster.kubeconfig), "-o", str(cluster)]) == 0
     snap = snapshot_format.parse(json.loads(cluster.read_text()))
@@ -344,6 +352,9 @@ def test_snapshot_round_trips_into_a_timeline_what_if(real: RealAPI, ns: str, tm
     assert mine["s1"].request.queue == queue and mine["s3"].request.compute_units == 50
     assert {n.name: len(n.gpus) for n in snap.nodes} == NODES and queue in {q.name for q in snap.queues}
     assert ns in snap.namespaces and not snap.problems
+    gang = {e.request.name: e.group for e in snap.pods if e.request.namespace == jobs}
+    assert len(gang) == 2 and {g.key if g else None for g in gang.values()} == {f"{jobs}/job/train"}, gang
+    assert all(g is not None and g.min_members == 2 and "spec.parallelism" in g.origin for g in gang.values())
 
     def what_if(*extra: str) -> dict[str, Any]:
         out = tmp_path / f"what-if{len(extra)}.json"

@@ -353,8 +353,11 @@ def test_cli_writes_the_json_contract_and_a_png(tmp_path: Path, capsys: pytest.C
                  str(queues), "--policy", "bestfit", "--json", str(out), "--plot", str(png)])  # fmt: skip
     assert code == 0
     data = json.loads(out.read_text())
-    assert {"utilisation", "wait_p50_s", "wait_p99_s", "preemptions"} <= set(data)
+    assert {"utilisation", "wait_p50_s", "wait_p99_s", "preemptions"} <= set(data)  # the contract
     assert data["wait_p50_s"] == {"team-a": 50.0, "team-b": 0.0} and data["preemptions"] == 0
+    assert set(data["wait_p99_s"]) == {"team-a", "team-b"} and all(isinstance(v, float)
+                                                                   for v in data["wait_p99_s"].values())  # fmt: skip
+    assert type(data["preemptions"]) is int
     assert all(isinstance(u, float) for u in data["utilisation"]) and max(data["utilisation"]) == 75.0
     assert png.read_bytes()[:4] == b"\x89PNG"
     printed = capsys.readouterr().out
