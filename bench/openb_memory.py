@@ -8,7 +8,8 @@ Build the variant first (how memory is assigned: `bench/openb_variants.py`, `--m
 
 Prints, per policy, the allocation ratio and the stranded GPU memory (`protocol.stranded_gpu_memory`, % of all
 GPU memory) at 80, 90, 100 and 130 % arrived, mean over seeds. `fgdpp-blind` is fgdpp with its GPU-memory term off
-(`fgdpp.GPU_MEMORY_WEIGHT = 0`), everything else equal.
+(`fgdpp.GPU_MEMORY_WEIGHT = 0`), everything else equal. Where the memory strands, per GPU size:
+`bench/openb_memory_where.py`. Figures and reading: docs/openb.md "### GPU memory".
 """
 
 from __future__ import annotations
