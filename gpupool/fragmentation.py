@@ -20,7 +20,15 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
 from gpupool.request import WHOLE_GPU_COMPUTE
+
+Ints = npt.NDArray[np.int64]
+Floats = npt.NDArray[np.float64]
+#: a CPU count that stands for "not tracked" (None) in `Workload.fragment_many`
+UNLIMITED = int(np.iinfo(np.int64).max)
 
 #: milli-GPU per gpupool compute unit
 MILLI_PER_UNIT = 10
@@ -157,6 +165,24 @@ class Workload:
                 else:
                     small += r
             total += p * (small if fit >= count else idle)
+        return total
+
+    def fragment_many(self, cpu_free: Ints, free_compute: Ints, model: str) -> Floats:
+        """`node_fragment` of many nodes of `model` at once (rows of `free_compute`; `cpu_free` with `UNLIMITED` for
+        None), with the same float operations in the same order, so the same values bit for bit."""
+        idle = free_compute.sum(axis=1)
+        total = np.zeros(len(idle))
+        below: dict[int, tuple[Ints, Ints]] = {}
+        for cpu, compute, count, models, p in self._flat:
+            if compute == 0 or (models and model not in models):
+                total = total + p * idle
+                continue
+            known = below.get(compute)
+            if known is None:
+                fits = free_compute >= compute
+                known = below[compute] = (np.count_nonzero(fits, axis=1), np.where(fits, 0, free_compute).sum(axis=1))
+            fit, small = known
+            total = total + p * np.where((fit >= count) & (cpu_free >= cpu), small, idle)
         return total
 
     def task_fragment(self, shape: TaskShape, cpu_free: int | None, free_compute: Sequence[int], model: str) -> int:

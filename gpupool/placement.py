@@ -599,13 +599,15 @@ class Placer:
             kids = self.ledger.kids(nodes)  # each distinct node state evaluated once (`Ledger.kids`)
             unknown = set(kids).difference(memo)
             unknown.discard(-1)
-            if unknown:
+            if unknown:  # one view per unknown state, evaluated together (`Policy.evaluate_many`)
+                views = []
                 for node, kid in zip(nodes, kids, strict=True):
                     if kid in unknown:
-                        memo[kid] = policy.evaluate(self.ledger.view(node), demand)
+                        views.append(self.ledger.view(node))
                         unknown.discard(kid)
                         if not unknown:
                             break
+                memo.update(zip([v.kid for v in views], policy.evaluate_many(views, demand), strict=True))
             memo_get = memo.get
             per_node = {node: c for node, kid in zip(nodes, kids, strict=True) if (c := memo_get(kid)) is not None}
         else:

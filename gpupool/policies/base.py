@@ -84,6 +84,10 @@ class Policy(ABC):
             return None
         return Choice(self.score(view, demand, picks), picks)
 
+    def evaluate_many(self, views: Sequence[NodeView], demand: Demand) -> list[Choice | None]:
+        """`evaluate` of each view (the placer's batch of distinct node states); a policy may vectorise it."""
+        return [self.evaluate(view, demand) for view in views]
+
     def choose(self, view: NodeView, demand: Demand) -> tuple[tuple[int, ...], ...] | None:
         """GPUs for each group: best fit (smallest free that fits, lowest index on ties)."""
         return best_fit(view, demand)

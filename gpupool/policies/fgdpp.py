@@ -36,7 +36,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import ClassVar
 
-from gpupool.fragmentation import Workload
+import numpy as np
+
+from gpupool.fragmentation import UNLIMITED, Floats, Ints, Workload
 from gpupool.ledger import NodeView
 from gpupool.policies.base import Choice, Demand
 from gpupool.policies.fgd import FGD, fgd_score
@@ -139,6 +141,29 @@ class FGDPlusPlus(FGD):
     def node_choice(self, view: NodeView, demand: Demand, f0: float, f1: float,
                     picks: tuple[tuple[int, ...], ...]) -> Choice:  # fmt: skip
         return Choice(fgd_score(f0 - f1 - self.reservation(view.model, demand)), picks)
+
+    def node_offset(self, model: str, demand: Demand) -> float:
+        return self.reservation(model, demand)
+
+    def fragment_many(self, cpu_free: Ints, free_compute: Ints, model: str, memory_free: Ints, free_memory: Ints,
+                      total_memory: Ints) -> Floats:  # fmt: skip
+        """`fragment` of many states (rows) at once, the same operations in the same order (`FGD.fragment_many`)."""
+        f = self.workload.fragment_many(cpu_free, free_compute, model)
+        if self.gpu_memory_weight:
+            mismatch = np.zeros(len(f))
+            for j in range(free_compute.shape[1]):  # summed GPU by GPU, as `gpu_mismatch` does
+                t = total_memory[:, j]
+                d = np.abs(free_compute[:, j] - free_memory[:, j] * WHOLE_GPU_COMPUTE / np.where(t == 0, 1, t))
+                mismatch = mismatch + np.where(t == 0, 0.0, d)
+            f = f + self.gpu_memory_weight * mismatch
+        idle = free_compute.sum(axis=1)
+        if self.cpu_weight and self.cpu_per_unit > 0:
+            stranded = idle - cpu_free / self.cpu_per_unit
+            f = np.where((cpu_free != UNLIMITED) & (idle > 0) & (stranded > 0), f + self.cpu_weight * stranded, f)
+        if self._memory_on():
+            stranded = idle - memory_free / self.memory_per_unit
+            f = np.where((memory_free != UNLIMITED) & (idle > 0) & (stranded > 0), f + self.memory_weight * stranded, f)
+        return f
 
     def _memory_on(self) -> bool:
         return self.memory_weight > 0 and self.memory_per_unit > 0
