@@ -28,7 +28,7 @@ SHORTAGE = 4
 INVENTORY = 5
 
 #: stands for "no limit" (a None in the view) in the host columns
-_UNLIMITED = np.iinfo(np.int64).max
+UNLIMITED = int(np.iinfo(np.int64).max)
 #: free compute and memory of a column that holds no eligible GPU: no slice fits there
 _NONE = -1
 #: total memory of such a column: never equal to the free memory (the whole-GPU test)
@@ -53,6 +53,11 @@ class CapacityIndex:
         self.cpu_free: Array = np.zeros(0, dtype=np.int64)
         self.memory_free: Array = np.zeros(0, dtype=np.int64)
         self.pods_free: Array = np.zeros(0, dtype=np.int64)
+        #: the view's model (an id into `models`) and its number of eligible GPUs (the columns in use)
+        self.model: Array = np.zeros(0, dtype=np.int64)
+        self.eligible: Array = np.zeros(0, dtype=np.int64)
+        self.models: list[str] = []
+        self._model_id: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._row)
@@ -80,9 +85,15 @@ class CapacityIndex:
         self.inventory_memory[row, :k] = [memory for _, memory in view.inventory]
         self.inventory_memory[row, k:] = _NONE
         self.inventory_count[row] = k
-        self.cpu_free[row] = _UNLIMITED if view.cpu_free is None else view.cpu_free
-        self.memory_free[row] = _UNLIMITED if view.memory_free is None else view.memory_free
-        self.pods_free[row] = _UNLIMITED if view.pods_free is None else view.pods_free
+        self.cpu_free[row] = UNLIMITED if view.cpu_free is None else view.cpu_free
+        self.memory_free[row] = UNLIMITED if view.memory_free is None else view.memory_free
+        self.pods_free[row] = UNLIMITED if view.pods_free is None else view.pods_free
+        model = self._model_id.get(view.model)
+        if model is None:
+            model = self._model_id[view.model] = len(self.models)
+            self.models.append(view.model)
+        self.model[row] = model
+        self.eligible[row] = n
 
     def drop(self, name: str) -> None:
         row = self._row.pop(name, None)
@@ -93,6 +104,7 @@ class CapacityIndex:
         self.total_memory[row] = _NO_TOTAL
         self.inventory_memory[row] = _NONE
         self.inventory_count[row] = 0
+        self.eligible[row] = 0
         self._spare.append(row)
 
     def codes(self, count: int, compute: int, memory_mib: int | None, cpu_milli: int, host_memory_mib: int) -> Array:
@@ -149,3 +161,5 @@ class CapacityIndex:
         self.cpu_free = longer(self.cpu_free)
         self.memory_free = longer(self.memory_free)
         self.pods_free = longer(self.pods_free)
+        self.model = longer(self.model)
+        self.eligible = longer(self.eligible)

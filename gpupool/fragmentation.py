@@ -17,7 +17,7 @@ model): F_n is invariant under GPU permutation and host memory is no input.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,8 +27,6 @@ from gpupool.request import WHOLE_GPU_COMPUTE
 
 Ints = npt.NDArray[np.int64]
 Floats = npt.NDArray[np.float64]
-#: a CPU count that stands for "not tracked" (None) in `Workload.fragment_many`
-UNLIMITED = int(np.iinfo(np.int64).max)
 
 #: milli-GPU per gpupool compute unit
 MILLI_PER_UNIT = 10
@@ -168,21 +166,56 @@ class Workload:
         return total
 
     def fragment_many(self, cpu_free: Ints, free_compute: Ints, model: str) -> Floats:
-        """`node_fragment` of many nodes of `model` at once (rows of `free_compute`; `cpu_free` with `UNLIMITED` for
-        None), with the same float operations in the same order, so the same values bit for bit."""
-        idle = free_compute.sum(axis=1)
-        total = np.zeros(len(idle))
-        below: dict[int, tuple[Ints, Ints]] = {}
+        """`node_fragment` of many nodes of `model` at once (rows of `free_compute`; `cpu_free` with
+        `capacity.UNLIMITED` for None), with the same float operations in the same order: the same values."""
+        by_gpu = np.ascontiguousarray(free_compute.T)  # GPU-major: sums over a node's GPUs add whole rows
+
+        def split(compute: int) -> tuple[Ints, Ints]:
+            fits = by_gpu >= compute
+            return fits.sum(axis=0), np.where(fits, 0, by_gpu).sum(axis=0)
+
+        return self._weigh(cpu_free, by_gpu.sum(axis=0), model, split, (len(free_compute),))
+
+    def fragment_moves(self, cpu_free: Ints, free_compute: Ints, model: str, compute: int) -> Floats:
+        """`fragment_many` of every state one slice of `compute` away: entry (i, j) is row i of `free_compute` with
+        `compute` less free on GPU j (a hypothetical placement), counted from row i's own figures."""
+        by_gpu = np.ascontiguousarray(free_compute.T)  # (GPU j, node i): the result is built transposed
+        moved = by_gpu - compute
+
+        def split(c: int) -> tuple[Ints, Ints]:
+            fits, fits_moved = by_gpu >= c, moved >= c
+            fit = fits.sum(axis=0) + (fits_moved.view(np.int8) - fits.view(np.int8))
+            small = np.where(fits, 0, by_gpu)
+            small = small.sum(axis=0) - small + np.where(fits_moved, 0, moved)
+            return fit, small
+
+        idle = by_gpu.sum(axis=0) - compute
+        return self._weigh(cpu_free, idle, model, split, by_gpu.shape).T
+
+    def _weigh(
+        self, cpu_free: Ints, idle: Ints, model: str, split: Callable[[int], tuple[Ints, Ints]], shape: tuple[int, ...]
+    ) -> Floats:
+        """Σ p_m F_n(m) over the shapes of M in order (`_compute`, vectorised); `split(c)`: per state, how many GPUs
+        have at least `c` free and the free compute of the others."""
+        total = np.zeros(shape)
+        splits: dict[int, tuple[Ints, Ints]] = {}
+        every_cpu = bool((cpu_free >= max(cpu for cpu, *_ in self._flat)).all())
+        frags: dict[tuple[int, int], Floats] = {}  # when every state has the CPU of every shape
         for cpu, compute, count, models, p in self._flat:
             if compute == 0 or (models and model not in models):
                 total = total + p * idle
                 continue
-            known = below.get(compute)
-            if known is None:
-                fits = free_compute >= compute
-                known = below[compute] = (np.count_nonzero(fits, axis=1), np.where(fits, 0, free_compute).sum(axis=1))
-            fit, small = known
-            total = total + p * np.where((fit >= count) & (cpu_free >= cpu), small, idle)
+            frag = frags.get((compute, count)) if every_cpu else None
+            if frag is None:
+                known = splits.get(compute)
+                if known is None:
+                    known = splits[compute] = split(compute)
+                fit, small = known
+                ok = fit >= count if every_cpu else (fit >= count) & (cpu_free >= cpu)
+                frag = np.where(ok, small, idle).astype(np.float64)  # exact: p * an int is p * its float
+                if every_cpu:
+                    frags[(compute, count)] = frag
+            total = total + p * frag
         return total
 
     def task_fragment(self, shape: TaskShape, cpu_free: int | None, free_compute: Sequence[int], model: str) -> int:

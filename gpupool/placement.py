@@ -599,15 +599,15 @@ class Placer:
             kids = self.ledger.kids(nodes)  # each distinct node state evaluated once (`Ledger.kids`)
             unknown = set(kids).difference(memo)
             unknown.discard(-1)
-            if unknown:  # one view per unknown state, evaluated together (`Policy.evaluate_many`)
-                views = []
-                for node, kid in zip(nodes, kids, strict=True):
-                    if kid in unknown:
-                        views.append(self.ledger.view(node))
-                        unknown.discard(kid)
-                        if not unknown:
-                            break
-                memo.update(zip([v.kid for v in views], policy.evaluate_many(views, demand), strict=True))
+            if unknown:  # the unknown states together (`Policy.evaluate_rows`), else one by one
+                of_kid = dict(zip(kids, nodes, strict=True))  # a node of each state
+                states = list(unknown)
+                names = [of_kid[kid] for kid in states]
+                index = self.ledger.capacity_index()
+                choices = policy.evaluate_rows(index, index.rows(names), demand)
+                if choices is None:
+                    choices = [policy.evaluate(self.ledger.view(name), demand) for name in names]
+                memo.update(zip(states, choices, strict=True))
             memo_get = memo.get
             per_node = {node: c for node, kid in zip(nodes, kids, strict=True) if (c := memo_get(kid)) is not None}
         else:
@@ -616,8 +616,8 @@ class Placer:
                     evaluated = policy.evaluate(self._view(request, node), demand)
                     if evaluated is not None:
                         per_node[node] = evaluated
-        if not per_node:
-            return {}
+        if not per_node or type(policy).rescore is Policy.rescore:  # scores are the nodes' own
+            return per_node
         distinct = list({id(c): c for c in per_node.values()}.values())
         rescored = dict(zip((id(c) for c in distinct), policy.rescore(distinct), strict=True))
         return {n: rescored[id(c)] for n, c in per_node.items()}

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+from gpupool.capacity import CapacityIndex
 from gpupool.ledger import NodeView
 from gpupool.request import WHOLE_GPU_COMPUTE, PodRequest
 
@@ -84,9 +85,10 @@ class Policy(ABC):
             return None
         return Choice(self.score(view, demand, picks), picks)
 
-    def evaluate_many(self, views: Sequence[NodeView], demand: Demand) -> list[Choice | None]:
-        """`evaluate` of each view (the placer's batch of distinct node states); a policy may vectorise it."""
-        return [self.evaluate(view, demand) for view in views]
+    def evaluate_rows(self, index: CapacityIndex, rows: list[int], demand: Demand) -> list[Choice | None] | None:
+        """`evaluate` of the node states in `rows` of `index` (the ledger's capacity index, current) at once, for
+        policies that vectorise it (fgd, fgdpp); None: evaluate them one by one (the default)."""
+        return None
 
     def choose(self, view: NodeView, demand: Demand) -> tuple[tuple[int, ...], ...] | None:
         """GPUs for each group: best fit (smallest free that fits, lowest index on ties)."""

@@ -17,8 +17,10 @@ from collections.abc import Sequence
 from typing import ClassVar, cast
 
 import numpy as np
+import numpy.typing as npt
 
-from gpupool.fragmentation import UNLIMITED, Floats, Ints, Workload, default_workload
+from gpupool.capacity import UNLIMITED, CapacityIndex
+from gpupool.fragmentation import Floats, Ints, Workload, default_workload
 from gpupool.ledger import NodeView
 from gpupool.policies.base import Choice, Demand, Policy, SliceGroup, host_fits, slice_fits, slice_memory
 from gpupool.request import WHOLE_GPU_COMPUTE
@@ -26,6 +28,8 @@ from gpupool.request import WHOLE_GPU_COMPUTE
 _MEMO_LIMIT = 1_000_000
 #: fewer states than this are evaluated one by one (`evaluate_many`)
 _MANY = 16
+#: the picks of one slice on position j
+_ONE: tuple[tuple[tuple[int, ...], ...], ...] = tuple(((j,),) for j in range(1024))
 _MISS = object()
 
 #: ΔF (compute units) per unit of the sigmoid's argument: 1000 milli-GPU = 100 units
@@ -56,6 +60,8 @@ class FGD(Policy):
     def __init__(self, workload: Workload | None = None) -> None:
         self.workload = workload if workload is not None else default_workload()
         self._memo: dict[tuple[object, ...], object] = {}
+        #: one `Choice` per (score, picks), shared by the states `evaluate_many` gives it
+        self._choices: dict[tuple[int, tuple[tuple[int, ...], ...]], Choice] = {}
 
     def evaluate(self, view: NodeView, demand: Demand) -> Choice | None:
         if not host_fits(view, demand):
@@ -79,55 +85,67 @@ class FGD(Policy):
         return 0 if choice is None else choice.score
 
     def evaluate_many(self, views: Sequence[NodeView], demand: Demand) -> list[Choice | None]:
-        """`evaluate` of many node states at once: one-group demands vectorised over the states of each (model,
-        GPU count), the same floats in the same order (`fragment_many`), the same choices (docs/e2e.md "Issue 16")."""
-        if len(demand.groups) != 1 or len(views) < _MANY or demand.groups[0].compute > WHOLE_GPU_COMPUTE:
-            return super().evaluate_many(views, demand)
+        """`evaluate` of each view, through `evaluate_rows` where it applies (views of distinct names)."""
+        index = CapacityIndex()
+        for view in views:
+            index.put(view)
+        done = self.evaluate_rows(index, index.rows([v.name for v in views]), demand)
+        return [self.evaluate(view, demand) for view in views] if done is None else done
+
+    def evaluate_rows(self, index: CapacityIndex, rows: list[int], demand: Demand) -> list[Choice | None] | None:
+        """`evaluate` of the node states in `rows` of `index` at once for a pod of one group, one sharing slice or
+        whole GPUs: vectorised over the states of each (model, GPU count), the same floats in the same order
+        (`fragment_many`, `fragment_moves`), so the same choices (docs/e2e.md "Issue 16")."""
+        if len(demand.groups) != 1 or len(rows) < _MANY or demand.groups[0].compute > WHOLE_GPU_COMPUTE:
+            return None
         (group,) = demand.groups
         if group.compute < WHOLE_GPU_COMPUTE and group.count != 1:
-            return super().evaluate_many(views, demand)
-        out: list[Choice | None] = [None] * len(views)
-        buckets: dict[tuple[str, int], list[int]] = {}
-        for i, view in enumerate(views):
-            if host_fits(view, demand):
-                buckets.setdefault((view.model, len(view.free_compute)), []).append(i)
-        for (model, n), members in buckets.items():
+            return None
+        at = np.array(rows, dtype=np.int64)
+        kind = index.model[at] * (index.free_compute.shape[1] + 1) + index.eligible[at]
+        batches: list[tuple[int, Ints, npt.NDArray[np.intp] | None]]
+        if (kind == kind[0]).all():  # one model and GPU count: one batch
+            batches = [(int(kind[0]), at, None)]
+        else:
+            batches = [(int(k), at[kind == k], np.flatnonzero(kind == k)) for k in np.unique(kind).tolist()]
+        out: list[Choice | None] = [None] * len(rows)
+        for k, where, positions in batches:
+            model, n = divmod(k, index.free_compute.shape[1] + 1)
             if n == 0:
                 continue
-            chosen = [views[i] for i in members]
-            for i, choice in zip(members, self._evaluate_batch(chosen, demand, group, model), strict=True):
-                out[i] = choice
+            choices = self._evaluate_batch(index, where, n, demand, group, index.models[model])
+            if positions is None:
+                out = choices
+            else:
+                for i, choice in zip(positions.tolist(), choices, strict=True):
+                    out[i] = choice
         return out
 
     def _evaluate_batch(
-        self, views: list[NodeView], demand: Demand, group: SliceGroup, model: str
+        self, index: CapacityIndex, rows: Ints, n: int, demand: Demand, group: SliceGroup, model: str
     ) -> list[Choice | None]:
-        """`_evaluate` of views of one model and GPU count, for one sharing slice or whole GPUs."""
-        fc = np.array([v.free_compute for v in views], dtype=np.int64)
-        fm = np.array([v.free_memory for v in views], dtype=np.int64)
-        tm = np.array([v.total_memory for v in views], dtype=np.int64)
-        cpu0 = np.array([UNLIMITED if v.cpu_free is None else v.cpu_free for v in views], dtype=np.int64)
-        mem0 = np.array([UNLIMITED if v.memory_free is None else v.memory_free for v in views], dtype=np.int64)
+        """`_evaluate` of the states in `rows` of `index`, all of `model` with `n` eligible GPUs, for one sharing
+        slice or whole GPUs."""
+        fc = index.free_compute[rows, :n]
+        fm = index.free_memory[rows, :n]
+        tm = index.total_memory[rows, :n]
+        cpu0 = index.cpu_free[rows]
+        mem0 = index.memory_free[rows]
+        host_ok = (cpu0 >= demand.cpu_milli) & (mem0 >= demand.memory_mib) & (index.pods_free[rows] >= 1)  # host_fits
         cpu1 = np.where(cpu0 == UNLIMITED, UNLIMITED, cpu0 - demand.cpu_milli)
         mem1 = np.where(mem0 == UNLIMITED, UNLIMITED, mem0 - demand.memory_mib)
-        b, n = fc.shape
+        b = len(rows)
         taken = tm if group.memory_mib is None else np.full_like(tm, group.memory_mib)
         memory_ok = ((fm == tm) & (fm > 0)) if group.memory_mib is None else (fm >= group.memory_mib)
         fits = (fc >= group.compute) & memory_ok
         f0 = self.fragment_many(cpu0, fc, model, mem0, fm, tm)
         if group.compute < WHOLE_GPU_COMPUTE:  # one sharing slice: the best GPU by `gpu_value`, ties to the lowest
-            rows = np.repeat(np.arange(b), n)
-            cols = np.tile(np.arange(n), b)
-            fc1 = fc[rows]
-            fm1 = fm[rows]
-            fc1[np.arange(b * n), cols] -= group.compute
-            fm1[np.arange(b * n), cols] -= taken[rows, cols]
-            f1 = self.fragment_many(cpu1[rows], fc1, model, mem1[rows], fm1, tm[rows]).reshape(b, n)
-            value = np.where(fits, fgd_scores(np.repeat(f0, n).reshape(b, n) - f1), -1)
+            f1 = self.fragment_moves(cpu1, fc, model, mem1, fm, tm, group.compute, taken)
+            value = np.where(fits, fgd_scores(f0[:, None] - f1), -1)
             best = np.argmax(value, axis=1)
             ok = fits.any(axis=1)
             f1_best = f1[np.arange(b), best]
-            picks: list[tuple[tuple[int, ...], ...]] = [((int(j),),) for j in best]
+            picks = [_ONE[j] for j in best.tolist()]
         else:  # whole GPUs: the first `count` that fit, by index
             ok = np.count_nonzero(fits, axis=1) >= group.count
             first = fits & (np.cumsum(fits, axis=1) <= group.count)
@@ -136,8 +154,20 @@ class FGD(Policy):
             )
             picks = [(tuple(int(j) for j in np.flatnonzero(row)),) for row in first]
         scores = fgd_scores(f0 - f1_best - self.node_offset(model, demand)).tolist()
-        fit = cast(list[bool], ok.tolist())
-        return [Choice(score, pick) if f else None for score, pick, f in zip(scores, picks, fit, strict=True)]
+        fit = cast(list[bool], (ok & host_ok).tolist())
+        known = self._choices
+        if len(known) > _MEMO_LIMIT:
+            known.clear()
+        out: list[Choice | None] = []
+        for score, pick, f in zip(scores, picks, fit, strict=True):
+            if not f:
+                out.append(None)
+                continue
+            choice = known.get((score, pick))
+            if choice is None:
+                choice = known[(score, pick)] = Choice(score, pick)
+            out.append(choice)
+        return out
 
     def node_offset(self, model: str, demand: Demand) -> float:
         """What `node_choice` takes from F0 − F1 besides F1 (fgdpp: the model's reservation); FGD: nothing."""
@@ -147,6 +177,11 @@ class FGD(Policy):
                       total_memory: Ints) -> Floats:  # fmt: skip
         """`fragment` of many states (rows) at once, bit for bit (`UNLIMITED` stands for None)."""
         return self.workload.fragment_many(cpu_free, free_compute, model)
+
+    def fragment_moves(self, cpu_free: Ints, free_compute: Ints, model: str, memory_free: Ints, free_memory: Ints,
+                       total_memory: Ints, compute: int, taken: Ints) -> Floats:  # fmt: skip
+        """`fragment_many` of each row with one slice (`compute`, `taken` memory) placed on GPU j, at (i, j)."""
+        return self.workload.fragment_moves(cpu_free, free_compute, model, compute)
 
     # --- the gradient ------------------------------------------------------------------------------
 

@@ -38,7 +38,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from gpupool.fragmentation import UNLIMITED, Floats, Ints, Workload
+from gpupool.capacity import UNLIMITED
+from gpupool.fragmentation import Floats, Ints, Workload
 from gpupool.ledger import NodeView
 from gpupool.policies.base import Choice, Demand
 from gpupool.policies.fgd import FGD, fgd_score
@@ -79,6 +80,12 @@ def reserved_shares(workload: Workload, model_gpus: Mapping[str, int]) -> dict[s
         for m in allowed:
             need[m] += share * gpus[m] / capacity
     return {m: min(1.0, need[m] / gpus[m]) for m in gpus}
+
+
+def _mismatch_terms(free_compute: Ints, free_memory: Ints, total_memory: Ints) -> Floats:
+    """`gpu_mismatch`'s term of each GPU (0 where the total memory is 0), the same operations."""
+    safe = np.where(total_memory == 0, 1, total_memory)
+    return np.where(total_memory == 0, 0.0, np.abs(free_compute - free_memory * WHOLE_GPU_COMPUTE / safe))
 
 
 class FGDPlusPlus(FGD):
@@ -149,14 +156,29 @@ class FGDPlusPlus(FGD):
                       total_memory: Ints) -> Floats:  # fmt: skip
         """`fragment` of many states (rows) at once, the same operations in the same order (`FGD.fragment_many`)."""
         f = self.workload.fragment_many(cpu_free, free_compute, model)
+        terms = _mismatch_terms(free_compute, free_memory, total_memory)
+        mismatch = np.zeros(len(f))
+        for j in range(terms.shape[1]):  # summed GPU by GPU, as `gpu_mismatch` does
+            mismatch = mismatch + terms[:, j]
+        return self._stranding(f, mismatch, free_compute.sum(axis=1), cpu_free, memory_free)
+
+    def fragment_moves(self, cpu_free: Ints, free_compute: Ints, model: str, memory_free: Ints, free_memory: Ints,
+                       total_memory: Ints, compute: int, taken: Ints) -> Floats:  # fmt: skip
+        f = self.workload.fragment_moves(cpu_free, free_compute, model, compute)
+        terms = _mismatch_terms(free_compute, free_memory, total_memory)
+        moved = _mismatch_terms(free_compute - compute, free_memory - taken, total_memory)
+        mismatch = np.zeros(f.shape)
+        for j in range(terms.shape[1]):  # GPU j's term: moved in the state that placed the slice on j
+            term = np.repeat(terms[:, j : j + 1], terms.shape[1], axis=1)
+            term[:, j] = moved[:, j]
+            mismatch = mismatch + term
+        idle = (free_compute.sum(axis=1) - compute)[:, None]
+        return self._stranding(f, mismatch, idle, cpu_free[:, None], memory_free[:, None])
+
+    def _stranding(self, f: Floats, mismatch: Floats, idle: Ints, cpu_free: Ints, memory_free: Ints) -> Floats:
+        """The terms `fragment` adds to F_n(M), in its order, over arrays (`UNLIMITED` stands for None)."""
         if self.gpu_memory_weight:
-            mismatch = np.zeros(len(f))
-            for j in range(free_compute.shape[1]):  # summed GPU by GPU, as `gpu_mismatch` does
-                t = total_memory[:, j]
-                d = np.abs(free_compute[:, j] - free_memory[:, j] * WHOLE_GPU_COMPUTE / np.where(t == 0, 1, t))
-                mismatch = mismatch + np.where(t == 0, 0.0, d)
             f = f + self.gpu_memory_weight * mismatch
-        idle = free_compute.sum(axis=1)
         if self.cpu_weight and self.cpu_per_unit > 0:
             stranded = idle - cpu_free / self.cpu_per_unit
             f = np.where((cpu_free != UNLIMITED) & (idle > 0) & (stranded > 0), f + self.cpu_weight * stranded, f)

@@ -72,7 +72,9 @@ def apply(ledger: Ledger, op: tuple[Any, ...], pods: list[str]) -> None:
         pods.append(pod)
     elif kind == "release":
         if pods:
-            ledger.release(pods.pop(op[1] % len(pods)))
+            pod = pods.pop(op[1] % len(pods))
+            if ledger.holding(pod) is not None:  # not released with its node
+                ledger.release(pod)
     elif kind in ("health", "disable"):
         _, name, gpu, flag = op
         if ledger.has_node(name) and ledger.gpus_of(name):
@@ -89,8 +91,11 @@ def reference(placer: Placer, request: PodRequest, demand: Demand, names: list[s
     ledger = placer.ledger
     result = FilterResult()
     if detail or request.locality is not Locality.LOCAL:
-        for node in names:
-            result.add(node, placer.verdict(request, node))
+        verdicts = [placer.verdict(request, node) for node in names]
+        result.passing.extend([node for node, v in zip(names, verdicts, strict=True) if v.fits and not v.remote])
+        for node, v in zip(names, verdicts, strict=True):  # then the nodes that pass with remote slices, or fail
+            if not v.fits or v.remote:
+                result.add(node, v)
         return result
     texts: dict[int, tuple[bool, str]] = {}
     failed: list[tuple[str, bool, str]] = []

@@ -7,8 +7,8 @@ import random
 import pytest
 
 from gpupool.ledger import NodeView
-from gpupool.policies import make_policy
-from gpupool.policies.base import Demand, Policy, SliceGroup
+from gpupool.policies.base import Demand, SliceGroup
+from gpupool.policies.fgd import FGD
 from gpupool.policies.fgdpp import FGDPlusPlus
 
 
@@ -39,10 +39,10 @@ DEMANDS = [
 ]
 
 
-def policies() -> list[Policy]:
+def policies() -> list[FGD]:
     return [
-        make_policy("fgd"),
-        make_policy("fgdpp"),
+        FGD(),
+        FGDPlusPlus(),
         FGDPlusPlus(reserved={"A": 0.3, "B": 0.05}, cpu_per_unit=120.0, memory_per_unit=400.0),
     ]
 
