@@ -168,29 +168,29 @@ class Workload:
     def fragment_many(self, cpu_free: Ints, free_compute: Ints, model: str) -> Floats:
         """`node_fragment` of many nodes of `model` at once (rows of `free_compute`; `cpu_free` with
         `capacity.UNLIMITED` for None), with the same float operations in the same order: the same values."""
-        by_gpu = np.ascontiguousarray(free_compute.T)  # GPU-major: sums over a node's GPUs add whole rows
+        return self._weigh(cpu_free, free_compute.sum(axis=1), model, _Splits(free_compute).of, (len(free_compute),))
 
-        def split(compute: int) -> tuple[Ints, Ints]:
-            fits = by_gpu >= compute
-            return fits.sum(axis=0), np.where(fits, 0, by_gpu).sum(axis=0)
-
-        return self._weigh(cpu_free, by_gpu.sum(axis=0), model, split, (len(free_compute),))
-
-    def fragment_moves(self, cpu_free: Ints, free_compute: Ints, model: str, compute: int) -> Floats:
-        """`fragment_many` of every state one slice of `compute` away: entry (i, j) is row i of `free_compute` with
-        `compute` less free on GPU j (a hypothetical placement), counted from row i's own figures."""
-        by_gpu = np.ascontiguousarray(free_compute.T)  # (GPU j, node i): the result is built transposed
-        moved = by_gpu - compute
+    def fragment_before_after(self, cpu_before: Ints, cpu_after: Ints, free_compute: Ints, model: str, compute: int,
+                              rows: Ints, columns: Ints) -> tuple[Floats, Floats]:  # fmt: skip
+        """`fragment_many` of the rows of `free_compute` (with `cpu_before`), and of hypothetical states: entry k is
+        row `rows[k]` with `compute` less free on GPU `columns[k]` (one slice placed there) and `cpu_after`,
+        counted from that row's own figures (the per-GPU splits of the rows are shared)."""
+        splits = _Splits(free_compute)
+        idle = free_compute.sum(axis=1)
+        before = self._weigh(cpu_before, idle, model, splits.of, (len(free_compute),))
+        old = free_compute[rows, columns]
+        new = old - compute
 
         def split(c: int) -> tuple[Ints, Ints]:
-            fits, fits_moved = by_gpu >= c, moved >= c
-            fit = fits.sum(axis=0) + (fits_moved.view(np.int8) - fits.view(np.int8))
-            small = np.where(fits, 0, by_gpu)
-            small = small.sum(axis=0) - small + np.where(fits_moved, 0, moved)
-            return fit, small
+            fit, small = splits.of(c)
+            fit_old, fit_new = old >= c, new >= c
+            return (
+                fit[rows] + (fit_new.view(np.int8) - fit_old.view(np.int8)),
+                small[rows] - np.where(fit_old, 0, old) + np.where(fit_new, 0, new),
+            )
 
-        idle = by_gpu.sum(axis=0) - compute
-        return self._weigh(cpu_free, idle, model, split, by_gpu.shape).T
+        after = self._weigh(cpu_after[rows], idle[rows] - compute, model, split, (len(rows),))
+        return before, after
 
     def _weigh(
         self, cpu_free: Ints, idle: Ints, model: str, split: Callable[[int], tuple[Ints, Ints]], shape: tuple[int, ...]
@@ -238,6 +238,22 @@ class Workload:
             gpu = "CPU-only" if s.count == 0 else f"{s.compute * MILLI_PER_UNIT}x{s.count}"
             parts.append(f"({s.cpu_milli / 1000:g}, {gpu}: {s.popularity:.3f})")
         return ", ".join(parts)
+
+
+class _Splits:
+    """Per compute value c, of each row of free compute: how many GPUs have at least c free, and the free compute
+    of the others (computed once per c, GPU-major so the sums add whole rows)."""
+
+    def __init__(self, free_compute: Ints) -> None:
+        self._by_gpu = np.ascontiguousarray(free_compute.T)
+        self._known: dict[int, tuple[Ints, Ints]] = {}
+
+    def of(self, c: int) -> tuple[Ints, Ints]:
+        known = self._known.get(c)
+        if known is None:
+            fits = self._by_gpu >= c
+            known = self._known[c] = (fits.sum(axis=0), np.where(fits, 0, self._by_gpu).sum(axis=0))
+        return known
 
 
 def shape_key(cpu_milli: int, gpu_milli: int, num_gpu: int, models: Iterable[str] = ()) -> ShapeKey:

@@ -138,21 +138,38 @@ class FGD(Policy):
         taken = tm if group.memory_mib is None else np.full_like(tm, group.memory_mib)
         memory_ok = ((fm == tm) & (fm > 0)) if group.memory_mib is None else (fm >= group.memory_mib)
         fits = (fc >= group.compute) & memory_ok
-        f0 = self.fragment_many(cpu0, fc, model, mem0, fm, tm)
+        f0 = np.zeros(b)
         if group.compute < WHOLE_GPU_COMPUTE:  # one sharing slice: the best GPU by `gpu_value`, ties to the lowest
-            f1 = self.fragment_moves(cpu1, fc, model, mem1, fm, tm, group.compute, taken)
-            value = np.where(fits, fgd_scores(f0[:, None] - f1), -1)
-            best = np.argmax(value, axis=1)
+            candidate = fits.copy()
+            for j in range(1, n):  # a GPU equal to a lower one gives the same state and loses the tie: skip it
+                for k in range(j):
+                    candidate[:, j] &= (fc[:, j] != fc[:, k]) | (fm[:, j] != fm[:, k]) | (tm[:, j] != tm[:, k])
+            at, col = np.nonzero(candidate)  # by row, then by column
             ok = fits.any(axis=1)
-            f1_best = f1[np.arange(b), best]
+            best = np.zeros(b, dtype=np.int64)
+            f1_best = np.zeros(b)
+            if len(at):
+                f0, f1 = self.fragment_before_after(
+                    cpu0, cpu1, mem0, mem1, fc, fm, tm, model, group.compute, taken, at, col
+                )
+                value = fgd_scores(f0[at] - f1)
+                starts = np.flatnonzero(np.concatenate(([True], at[1:] != at[:-1])))
+                top = np.maximum.reduceat(value, starts)
+                is_top = np.flatnonzero(value == np.repeat(top, np.diff(np.append(starts, len(at)))))
+                winner = is_top[np.concatenate(([True], at[is_top][1:] != at[is_top][:-1]))]  # lowest column of a row
+                best[at[winner]] = col[winner]
+                f1_best[at[winner]] = f1[winner]
             picks = [_ONE[j] for j in best.tolist()]
         else:  # whole GPUs: the first `count` that fit, by index
+            f0 = self.fragment_many(cpu0, fc, model, mem0, fm, tm)
             ok = np.count_nonzero(fits, axis=1) >= group.count
             first = fits & (np.cumsum(fits, axis=1) <= group.count)
             f1_best = self.fragment_many(
                 cpu1, np.where(first, fc - group.compute, fc), model, mem1, np.where(first, fm - taken, fm), tm
             )
-            picks = [(tuple(int(j) for j in np.flatnonzero(row)),) for row in first]
+            rank = np.cumsum(first, axis=1)  # the m-th chosen GPU of a row: the first column of rank m
+            columns = [np.argmax(first & (rank == m), axis=1).tolist() for m in range(1, group.count + 1)]
+            picks = [(tuple(chosen),) for chosen in zip(*columns, strict=True)] if columns else [((),)] * b
         scores = fgd_scores(f0 - f1_best - self.node_offset(model, demand)).tolist()
         fit = cast(list[bool], (ok & host_ok).tolist())
         known = self._choices
@@ -178,10 +195,13 @@ class FGD(Policy):
         """`fragment` of many states (rows) at once, bit for bit (`UNLIMITED` stands for None)."""
         return self.workload.fragment_many(cpu_free, free_compute, model)
 
-    def fragment_moves(self, cpu_free: Ints, free_compute: Ints, model: str, memory_free: Ints, free_memory: Ints,
-                       total_memory: Ints, compute: int, taken: Ints) -> Floats:  # fmt: skip
-        """`fragment_many` of each row with one slice (`compute`, `taken` memory) placed on GPU j, at (i, j)."""
-        return self.workload.fragment_moves(cpu_free, free_compute, model, compute)
+    def fragment_before_after(
+        self, cpu_before: Ints, cpu_after: Ints, memory_before: Ints, memory_after: Ints, free_compute: Ints,
+        free_memory: Ints, total_memory: Ints, model: str, compute: int, taken: Ints, rows: Ints, columns: Ints,
+    ) -> tuple[Floats, Floats]:  # fmt: skip
+        """`fragment_many` of each row as it is, and of row `rows[k]` with one slice (`compute`, `taken` memory)
+        placed on GPU `columns[k]` and the pod's host resources taken (`cpu_after`, `memory_after`)."""
+        return self.workload.fragment_before_after(cpu_before, cpu_after, free_compute, model, compute, rows, columns)
 
     # --- the gradient ------------------------------------------------------------------------------
 

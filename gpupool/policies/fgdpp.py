@@ -162,18 +162,24 @@ class FGDPlusPlus(FGD):
             mismatch = mismatch + terms[:, j]
         return self._stranding(f, mismatch, free_compute.sum(axis=1), cpu_free, memory_free)
 
-    def fragment_moves(self, cpu_free: Ints, free_compute: Ints, model: str, memory_free: Ints, free_memory: Ints,
-                       total_memory: Ints, compute: int, taken: Ints) -> Floats:  # fmt: skip
-        f = self.workload.fragment_moves(cpu_free, free_compute, model, compute)
+    def fragment_before_after(
+        self, cpu_before: Ints, cpu_after: Ints, memory_before: Ints, memory_after: Ints, free_compute: Ints,
+        free_memory: Ints, total_memory: Ints, model: str, compute: int, taken: Ints, rows: Ints, columns: Ints,
+    ) -> tuple[Floats, Floats]:  # fmt: skip
+        f0, f1 = self.workload.fragment_before_after(cpu_before, cpu_after, free_compute, model, compute, rows, columns)
         terms = _mismatch_terms(free_compute, free_memory, total_memory)
-        moved = _mismatch_terms(free_compute - compute, free_memory - taken, total_memory)
-        mismatch = np.zeros(f.shape)
-        for j in range(terms.shape[1]):  # GPU j's term: moved in the state that placed the slice on j
-            term = np.repeat(terms[:, j : j + 1], terms.shape[1], axis=1)
-            term[:, j] = moved[:, j]
-            mismatch = mismatch + term
-        idle = (free_compute.sum(axis=1) - compute)[:, None]
-        return self._stranding(f, mismatch, idle, cpu_free[:, None], memory_free[:, None])
+        moved = _mismatch_terms(
+            free_compute[rows, columns] - compute, free_memory[rows, columns] - taken[rows, columns],
+            total_memory[rows, columns],
+        )  # fmt: skip
+        before = np.zeros(len(f0))
+        after = np.zeros(len(rows))
+        for j in range(terms.shape[1]):  # GPU by GPU, as `gpu_mismatch`; GPU `columns[k]`'s term is the moved one
+            before = before + terms[:, j]
+            after = after + np.where(columns == j, moved, terms[rows, j])
+        idle = free_compute.sum(axis=1)
+        f0 = self._stranding(f0, before, idle, cpu_before, memory_before)
+        return f0, self._stranding(f1, after, idle[rows] - compute, cpu_after[rows], memory_after[rows])
 
     def _stranding(self, f: Floats, mismatch: Floats, idle: Ints, cpu_free: Ints, memory_free: Ints) -> Floats:
         """The terms `fragment` adds to F_n(M), in its order, over arrays (`UNLIMITED` stands for None)."""
