@@ -216,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     queries = [make_pod(10_000_000 + k, mix[rng.randrange(len(mix))]) for k in range(args.samples)]
     per_call = names_per_call(args.names_per_call, len(names))
     windows = [[names[(k * per_call + j) % len(names)] for j in range(per_call)] for k in range(len(queries))]
-    bodies = [json.dumps({"Pod": q, "Nodes": None, "NodeNames": w}).encode() for q, w in zip(queries, windows, strict=True)]
+    bodies = [
+        json.dumps({"Pod": q, "Nodes": None, "NodeNames": w}).encode() for q, w in zip(queries, windows, strict=True)
+    ]
 
     # --- in-process -------------------------------------------------------------------------------
     from extender.main import tune_gc
