@@ -41,6 +41,22 @@ def fgd_score(delta: float) -> int:
     return math.floor(100.0 / (1.0 + math.exp(-delta / SIGMOID_SCALE)))
 
 
+def _owner(cls: type, name: str) -> type:
+    return next(c for c in cls.__mro__ if name in c.__dict__)
+
+
+def _vectorised(cls: type) -> bool:
+    """Whether `cls`'s vectorised measure is its own: a subclass that changes the measure, the per-GPU value or
+    the node's score without its array form is evaluated state by state."""
+    fragment = _owner(cls, "fragment")
+    return (
+        _owner(cls, "fragment_many") is fragment
+        and _owner(cls, "fragment_before_after") is fragment
+        and _owner(cls, "node_offset") is _owner(cls, "node_choice")
+        and _owner(cls, "gpu_value").__name__ == "FGD"
+    )
+
+
 def fgd_scores(delta: Floats) -> Ints:
     """`fgd_score` of many deltas: numpy's exp may differ from the C library's in the last bit, so values within
     1e-9 of an integer, where that bit could move the floor, are computed again by `fgd_score`."""
@@ -96,7 +112,9 @@ class FGD(Policy):
         """`evaluate` of the node states in `rows` of `index` at once for a pod of one group, one sharing slice or
         whole GPUs: vectorised over the states of each (model, GPU count), the same floats in the same order
         (`fragment_many`, `fragment_moves`), so the same choices (docs/e2e.md "Issue 16")."""
-        if len(demand.groups) != 1 or len(rows) < _MANY or demand.groups[0].compute > WHOLE_GPU_COMPUTE:
+        if not _vectorised(type(self)) or len(demand.groups) != 1 or len(rows) < _MANY:
+            return None
+        if demand.groups[0].compute > WHOLE_GPU_COMPUTE:
             return None
         (group,) = demand.groups
         if group.compute < WHOLE_GPU_COMPUTE and group.count != 1:

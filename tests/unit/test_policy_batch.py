@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from gpupool.capacity import CapacityIndex
 from gpupool.ledger import NodeView
 from gpupool.policies.base import Demand, SliceGroup
 from gpupool.policies.fgd import FGD
@@ -57,3 +58,17 @@ def test_batch_choices_equal_one_by_one(which: int) -> None:
             policy = policies()[which]
             want = [policy.evaluate(v, d) for v in views]
             assert policies()[which].evaluate_many(views, d) == want, d
+
+
+def test_a_subclass_with_its_own_measure_is_evaluated_one_by_one() -> None:
+    class Flat(FGDPlusPlus):
+        def fragment(self, cpu_free: int | None, free_compute: list[int], model: str, memory_free: int | None = None,
+                     gpu_memory: tuple[list[int], tuple[int, ...]] | None = None) -> float:  # fmt: skip
+            return float(sum(free_compute) % 7)
+
+    rng = random.Random(3)
+    views = [random_view(rng, k) for k in range(40)]
+    demand = DEMANDS[0]
+    policy = Flat()
+    assert policy.evaluate_rows(CapacityIndex(), list(range(40)), demand) is None
+    assert policy.evaluate_many(views, demand) == [Flat().evaluate(v, demand) for v in views]
