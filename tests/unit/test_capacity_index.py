@@ -150,7 +150,7 @@ def check(ledger: Ledger, demands: list[Demand]) -> None:
                 assert list(got.unresolvable.items()) == list(want.unresolvable.items())
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(op_st, min_size=1, max_size=40), st.lists(demand_st, min_size=1, max_size=4))
 def test_index_verdicts_match_the_per_node_fit_check(ops: list[tuple[Any, ...]], demands: list[Demand]) -> None:
     ledger = Ledger(slots_per_gpu=3)

@@ -51,7 +51,7 @@ def policies() -> list[FGD]:
 @pytest.mark.parametrize("which", range(3))
 def test_batch_choices_equal_one_by_one(which: int) -> None:
     rng = random.Random(7 + which)
-    views = [random_view(rng, k) for k in range(250)]
+    views = [random_view(rng, k) for k in range(150)]
     for demand in DEMANDS:
         for models in (frozenset(), frozenset({"A"})):
             d = Demand(demand.groups, demand.cpu_milli, demand.memory_mib, models)
