@@ -89,7 +89,8 @@ def reserved_shares(workload: Workload, model_gpus: Mapping[str, int]) -> dict[s
 def _mismatch_terms(free_compute: Ints, free_memory: Ints, total_memory: Ints) -> Floats:
     """`gpu_mismatch`'s term of each GPU (0 where the total memory is 0), the same operations."""
     safe = np.where(total_memory == 0, 1, total_memory)
-    return np.where(total_memory == 0, 0.0, np.abs(free_compute - free_memory * WHOLE_GPU_COMPUTE / safe))
+    d = free_memory * WHOLE_GPU_COMPUTE / safe - free_compute
+    return np.where((total_memory == 0) | (d <= 0), 0.0, d)
 
 
 class FGDPlusPlus(FGD):
