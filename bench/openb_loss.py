@@ -19,6 +19,7 @@ import argparse
 import random
 import sys
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -56,6 +57,77 @@ def best_partial_remainder(ledger: Ledger, nodes: list[TraceNode], pod: TracePod
     return best
 
 
+@dataclass
+class Loss:
+    """One run up to 100 % arrived. Compute in units (100 per GPU); `points` converts units to % of capacity."""
+
+    capacity: int
+    arrived: int = 0
+    allocated: int = 0
+    free_gpus: int = 0
+    #: arrived % when the last fully free GPU was taken / the first whole-GPU pod failed (None: never)
+    last_free_at: float | None = None
+    first_whole_failure_at: float | None = None
+    #: (GPUs, compute per GPU) -> pods that failed
+    failed: Counter[tuple[int, int]] = field(default_factory=Counter)
+    #: (compute, smallest remainder a partially used GPU would have left, None: none could) -> sharing pods that
+    #: took a fully free GPU after the `after` point
+    openings: Counter[tuple[int, int | None]] = field(default_factory=Counter)
+    #: remainder -> idle units on partially used GPUs with that remainder
+    idle_by_remainder: Counter[int] = field(default_factory=Counter)
+    #: (slices held, descending; remainder) -> partially used GPUs
+    compositions: Counter[tuple[tuple[int, ...], int]] = field(default_factory=Counter)
+
+    @property
+    def points(self) -> float:
+        return 100.0 / self.capacity
+
+
+def analyse(nodes: list[TraceNode], pods: list[TracePod], policy: str, seed: int, after: float = 80.0) -> Loss:
+    """Replay (nodes, pods, policy, seed) as `gpupool simulate` does, up to 100 % arrived, and account for it."""
+    rng = random.Random(seed)
+    capacity_milli = total_gpu_milli(nodes)
+    order = shuffled_pods(pods, rng, capacity_milli, DEFAULT_TUNE)
+    rank = node_rank(nodes, rng)
+    config = pool_config(policy, seed, target_workload(pods), reservation_workload=target_workload(pods, 1.0))
+    pool = build_pool(config, rank=rank.__getitem__)
+    ledger, placer, engine = build_ledger(nodes, pool.ledger), pool.placer, pool.policies[policy]
+    loss = Loss(sum(n.gpus for n in nodes) * WHOLE_GPU_COMPUTE, free_gpus=sum(n.gpus for n in nodes))
+    slices_on: defaultdict[str, list[int]] = defaultdict(list)
+    arrived_milli = 0
+    for pod in order:
+        arrived_milli += pod.gpu_request_milli
+        arrived = 100.0 * arrived_milli / capacity_milli
+        if arrived > 100.0:
+            break
+        loss.arrived += pod.num_gpu * pod.compute
+        request = pod_request(pod)
+        plan = placer.best(request)
+        if plan is None:
+            loss.failed[(pod.num_gpu, pod.compute)] += 1
+            if pod.compute == WHOLE_GPU_COMPUTE and loss.first_whole_failure_at is None:
+                loss.first_whole_failure_at = arrived
+            continue
+        for s in plan.slices:
+            if ledger.gpu_free(s.gpu)[0] == WHOLE_GPU_COMPUTE:
+                loss.free_gpus -= 1
+                if loss.free_gpus == 0:
+                    loss.last_free_at = arrived
+                if pod.compute < WHOLE_GPU_COMPUTE and arrived > after:
+                    loss.openings[(pod.compute, best_partial_remainder(ledger, nodes, pod))] += 1
+            slices_on[s.gpu].append(s.compute)
+        ledger.commit(pod.name, plan.node, plan.slices, cpu_milli=pod.cpu_milli, host_memory_mib=pod.memory_mib)
+        engine.placed(plan.node, Demand.of(request))
+        loss.allocated += pod.num_gpu * pod.compute
+    for n in nodes:
+        for gpu in ledger.gpus_of(n.name):
+            free = ledger.gpu_free(gpu.uuid)[0]
+            if 0 < free < WHOLE_GPU_COMPUTE:
+                loss.idle_by_remainder[free] += free
+                loss.compositions[(tuple(sorted(slices_on[gpu.uuid], reverse=True)), free)] += 1
+    return loss
+
+
 def main(argv: list[str] | None = None) -> int:
     data = default_data_dir()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -67,72 +139,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=20, help="rows per list")
     args = parser.parse_args(argv)
 
-    nodes, pods = load_nodes(args.nodes), load_pods(args.pods)
-    rng = random.Random(args.seed)
-    capacity_milli = total_gpu_milli(nodes)
-    order = shuffled_pods(pods, rng, capacity_milli, DEFAULT_TUNE)
-    rank = node_rank(nodes, rng)
-    config = pool_config(args.policy, args.seed, target_workload(pods),
-                         reservation_workload=target_workload(pods, 1.0))  # fmt: skip
-    pool = build_pool(config, rank=rank.__getitem__)
-    ledger, placer, engine = build_ledger(nodes, pool.ledger), pool.placer, pool.policies[args.policy]
-    capacity = sum(n.gpus for n in nodes) * WHOLE_GPU_COMPUTE
-    points = 100.0 / capacity
-
-    free_gpus = sum(n.gpus for n in nodes)
-    last_free_at: float | None = None
-    first_whole_failure_at: float | None = None
-    failed: Counter[tuple[int, int]] = Counter()
-    openings: Counter[tuple[int, int | None]] = Counter()
-    slices_on: defaultdict[str, list[int]] = defaultdict(list)
-    arrived_milli = allocated = 0
-    for pod in order:
-        arrived_milli += pod.gpu_request_milli
-        arrived = 100.0 * arrived_milli / capacity_milli
-        if arrived > 100.0:
-            break
-        request = pod_request(pod)
-        plan = placer.best(request)
-        if plan is None:
-            failed[(pod.num_gpu, pod.compute)] += 1
-            if pod.compute == WHOLE_GPU_COMPUTE and first_whole_failure_at is None:
-                first_whole_failure_at = arrived
-            continue
-        for s in plan.slices:
-            if ledger.gpu_free(s.gpu)[0] == WHOLE_GPU_COMPUTE:
-                free_gpus -= 1
-                if free_gpus == 0:
-                    last_free_at = arrived
-                if pod.compute < WHOLE_GPU_COMPUTE and arrived > args.after:
-                    openings[(pod.compute, best_partial_remainder(ledger, nodes, pod))] += 1
-            slices_on[s.gpu].append(s.compute)
-        ledger.commit(pod.name, plan.node, plan.slices, cpu_milli=pod.cpu_milli, host_memory_mib=pod.memory_mib)
-        engine.placed(plan.node, Demand.of(request))
-        allocated += pod.num_gpu * pod.compute
-
-    print(f"{args.pods.name} {args.policy} seed {args.seed}: allocated {allocated * points:.2f} % at 100 % arrived")
-    last = "never" if last_free_at is None else f"at {last_free_at:.2f} % arrived"
-    first = "none" if first_whole_failure_at is None else f"at {first_whole_failure_at:.2f} %"
-    print(f"  last fully free GPU taken: {last}; first whole-GPU pod failed: {first}; {free_gpus} GPUs free")
+    loss = analyse(load_nodes(args.nodes), load_pods(args.pods), args.policy, args.seed, args.after)
+    points = loss.points
+    print(f"{args.pods.name} {args.policy} seed {args.seed}: allocated {loss.allocated * points:.2f} % at 100 % "
+          f"arrived (the pods arrived by then ask {loss.arrived * points:.2f} %)")  # fmt: skip
+    last = "never" if loss.last_free_at is None else f"at {loss.last_free_at:.2f} % arrived"
+    first = "none" if loss.first_whole_failure_at is None else f"at {loss.first_whole_failure_at:.2f} %"
+    print(f"  last fully free GPU taken: {last}; first whole-GPU pod failed: {first}; {loss.free_gpus} GPUs free")
     print("failed pods (GPUs, compute per GPU): count, points")
-    for (count, compute), k in sorted(failed.items(), key=lambda kv: -kv[1] * kv[0][0] * kv[0][1])[: args.top]:
+    for (count, compute), k in sorted(loss.failed.items(), key=lambda kv: -kv[1] * kv[0][0] * kv[0][1])[: args.top]:
         print(f"  {count} x {compute:3d}: {k:5d}  {k * count * compute * points:.2f}")
     print(f"sharing pods that took a free GPU after {args.after:g} % arrived (compute, best partial remainder): count")
-    for (compute, alternative), k in sorted(openings.items(), key=lambda kv: -kv[1])[: args.top]:
+    for (compute, alternative), k in sorted(loss.openings.items(), key=lambda kv: -kv[1])[: args.top]:
         print(f"  {compute:3d}, {'no partially used GPU fits' if alternative is None else alternative}: {k}")
-    idle_by_remainder: Counter[int] = Counter()
-    compositions: Counter[tuple[tuple[int, ...], int]] = Counter()
-    for n in nodes:
-        for gpu in ledger.gpus_of(n.name):
-            free = ledger.gpu_free(gpu.uuid)[0]
-            if 0 < free < WHOLE_GPU_COMPUTE:
-                idle_by_remainder[free] += free
-                compositions[(tuple(sorted(slices_on[gpu.uuid], reverse=True)), free)] += 1
     print("idle compute by remainder (remainder: points)")
-    for free, units in sorted(idle_by_remainder.items(), key=lambda kv: -kv[1])[: args.top]:
+    for free, units in sorted(loss.idle_by_remainder.items(), key=lambda kv: -kv[1])[: args.top]:
         print(f"  {free:3d}: {units * points:.2f}")
     print("partially used GPUs by slices held (slices, remainder: GPUs, points)")
-    for (held, free), k in sorted(compositions.items(), key=lambda kv: -kv[1] * kv[0][1])[: args.top]:
+    for (held, free), k in sorted(loss.compositions.items(), key=lambda kv: -kv[1] * kv[0][1])[: args.top]:
         print(f"  {held}, {free}: {k}  {k * free * points:.2f}")
     print(f"(arrived % counts GPU demand in milli-GPU, {MILLI} per GPU)")
     return 0
