@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 from controller import metrics, status, workloads
 from controller.admission import AdmissionConfig, PoolLimits
@@ -44,10 +45,12 @@ from gpupool.inventory import NodeInfo
 from gpupool.ledger import Holding
 from gpupool.pool import build_pool
 from gpupool.preemption import find_preemption, no_preemption_reason
-from gpupool.queues import IMPLICIT_QUEUE, QueueManager
+from gpupool.queues import IMPLICIT_QUEUE, Admission, QueueManager
 from gpupool.quota import Resources
 
 log = logging.getLogger("gpupool.controller")
+
+T = TypeVar("T")
 
 
 ALIAS_EVENT_REASON = "AliasResourceNotRewritten"
@@ -505,31 +508,17 @@ class Controller:
         self.decision_seconds = time.perf_counter() - started
         metrics.DECISION_LATENCY.observe(self.decision_seconds)
         counts = {"admitted": 0, "preempted": 0, "events": 0}
-        for admission in result.admitted:
-            pod = self.pods.get(admission.uid)
-            if pod is None:
-                continue
-            meta = pod["metadata"]
-            queue = admission.queue or None  # recorded on the pod: the extender keys reserved nodes on it
-            try:
-                if queue is not None and (meta.get("annotations") or {}).get(resources.QUEUE) != queue:
-                    await self.kube.annotate_pod(meta["namespace"], meta["name"], {resources.QUEUE: queue})
-                await self.kube.remove_gate(meta["namespace"], meta["name"], admission.uid,
-                                            pod["spec"].get("schedulingGates") or [], queue)  # fmt: skip
-            except Exception as exc:
-                log.warning("could not remove the gate of %s (it waits for the next cycle): %s", admission.key, exc)
-                with self.lock:
-                    self.manager.unadmit(admission.uid)
-                continue
+        admissions = [(a, self.pods[a.uid]) for a in result.admitted if a.uid in self.pods]
+        # gate removals first and in parallel (bounded): a burst's last pod does not wait for every other's writes
+        ungated = await self._concurrently(functools.partial(self._ungate, a, p) for a, p in admissions)
+        done = [(a, p) for (a, p), ok in zip(admissions, ungated, strict=True) if ok]
+        for admission, admitted in done:
             counts["admitted"] += 1
-            where = f"capacity reserved on node {admission.node}" if admission.node else "no node reserved"
-            await self._publish(pod, objects.ADMITTED_REASON, f"admitted by queue {admission.queue or '(none)'}; "
-                                f"{where}; the gpupool scheduler binds it", now)  # fmt: skip
             metrics.ADMISSIONS.labels(admission.queue or "(none)").inc()
-            metrics.GATE_LATENCY.observe(max(0.0, now - (timefmt.parse_time(meta.get("creationTimestamp")) or 0.0)))
+            created = timefmt.parse_time(admitted["metadata"].get("creationTimestamp")) or 0.0
+            metrics.GATE_LATENCY.observe(max(0.0, now - created))
             self._events.pop(admission.uid, None)
-            if (meta.get("annotations") or {}).get(resources.NOMINATED):
-                await self._quiet(self.kube.annotate_pod(meta["namespace"], meta["name"], {resources.NOMINATED: None}))
+        await self._concurrently(functools.partial(self._after_admission, a, p, now) for a, p in done)
         for uid in result.expired_nominations:
             pod = self.pods.get(uid)
             if pod is not None:
@@ -541,6 +530,7 @@ class Controller:
                 await self._quiet(self.kube.event(pod, "GPUPoolGroupReleased", why, "Warning"))
         if self.settings.preemption_enabled:
             counts["preempted"] = await self._preempt(result.preemptors, now, result.waiting)
+        told: list[tuple[dict[str, Any], str, str]] = []  # (pod, reason, message) of the changed wait messages
         for uid, message in result.waiting.items():
             if self._events.get(uid) == message:
                 continue
@@ -548,18 +538,62 @@ class Controller:
             if pod is None:
                 continue
             self._events[uid] = message
-            await self._quiet(self.kube.event(pod, "GPUPoolWaiting", message))
             with self.lock:
                 entry = self.manager.pods.get(uid)
                 nominated = entry is not None and entry.nomination is not None
-            await self._publish(pod, objects.NOMINATED_REASON if nominated else objects.WAITING_REASON, message, now)
-            counts["events"] += 1
+            told.append((pod, objects.NOMINATED_REASON if nominated else objects.WAITING_REASON, message))
+        await self._concurrently(functools.partial(self._tell_waiting, p, r, m, now) for p, r, m in told)
+        counts["events"] += len(told)
         counts["events"] += await self._warn_aliases()
         counts["events"] += await self._warn_quarantined()
         counts["events"] += await self._resize_events(now)
         await self._health_gc()
         await self.write_status()
         return counts
+
+    async def _concurrently(self, calls: Iterable[Callable[[], Awaitable[T]]]) -> list[T]:
+        """Run the API calls in parallel, at most `api_write_concurrency` at once; results in order. Each call
+        handles its own failure (`_quiet`, `_ungate`): one bad write never stops the others."""
+        limit = asyncio.Semaphore(self.settings.api_write_concurrency)
+
+        async def one(call: Callable[[], Awaitable[T]]) -> T:
+            async with limit:
+                return await call()
+
+        return list(await asyncio.gather(*(one(c) for c in calls)))
+
+    async def _ungate(self, admission: Admission, pod: Mapping[str, Any]) -> bool:
+        """Record the queue on the pod and remove its gate; on failure the model forgets the admission (the
+        next cycle decides the pod again)."""
+        assert self.kube is not None
+        meta = pod["metadata"]
+        queue = admission.queue or None  # recorded on the pod: the extender keys reserved nodes on it
+        try:
+            if queue is not None and (meta.get("annotations") or {}).get(resources.QUEUE) != queue:
+                await self.kube.annotate_pod(meta["namespace"], meta["name"], {resources.QUEUE: queue})
+            await self.kube.remove_gate(meta["namespace"], meta["name"], admission.uid,
+                                        pod["spec"].get("schedulingGates") or [], queue)  # fmt: skip
+        except Exception as exc:
+            log.warning("could not remove the gate of %s (it waits for the next cycle): %s", admission.key, exc)
+            with self.lock:
+                self.manager.unadmit(admission.uid)
+            return False
+        return True
+
+    async def _after_admission(self, admission: Admission, pod: Mapping[str, Any], now: float) -> None:
+        """The admitted pod's condition, and its nomination annotation gone."""
+        assert self.kube is not None
+        meta = pod["metadata"]
+        where = f"capacity reserved on node {admission.node}" if admission.node else "no node reserved"
+        await self._publish(pod, objects.ADMITTED_REASON, f"admitted by queue {admission.queue or '(none)'}; "
+                            f"{where}; the gpupool scheduler binds it", now)  # fmt: skip
+        if (meta.get("annotations") or {}).get(resources.NOMINATED):
+            await self._quiet(self.kube.annotate_pod(meta["namespace"], meta["name"], {resources.NOMINATED: None}))
+
+    async def _tell_waiting(self, pod: Mapping[str, Any], reason: str, message: str, now: float) -> None:
+        assert self.kube is not None
+        await self._quiet(self.kube.event(pod, "GPUPoolWaiting", message))
+        await self._publish(pod, reason, message, now)
 
     # --- resize: the controller checks the quota of a growth (gpupool.resize, docs/runtime.md "Resize") ---------
 
@@ -797,24 +831,36 @@ class Controller:
         with self.lock:
             out = status.node_statuses(self.ledger)
         for name, row in out.items():
-            for gpu in row["allocated"]:
-                metrics.GPU_ALLOCATED.labels(name, gpu["uuid"], "compute").set(gpu["compute"])
-                metrics.GPU_ALLOCATED.labels(name, gpu["uuid"], "memory").set(gpu["memoryMiB"])
+            _gpu_metrics(name, row)
         return out
 
     async def write_status(self) -> None:
+        """Patch the GPUQueue and GPUNode statuses that changed since last written (in parallel, bounded); the
+        per-GPU metrics are set only for those nodes (setting 16,000 series per cycle cost seconds at scale)."""
         assert self.kube is not None
-        for name, row in self.queue_statuses().items():
-            if self._queue_status.get(name) != row:
-                try:
-                    await self.kube.patch_status(objects.GPUQUEUE_PLURAL, name, row)
-                    self._queue_status[name] = row
-                except Exception as exc:
-                    log.warning("GPUQueue %s status: %s", name, exc)
-        for name, row in self.node_statuses().items():
-            if self._node_status.get(name) != row:
-                try:
-                    await self.kube.patch_status(objects.GPUNODE_PLURAL, name, row)
-                    self._node_status[name] = row
-                except Exception as exc:
-                    log.warning("GPUNode %s status: %s", name, exc)
+        queues = [(n, row) for n, row in self.queue_statuses().items() if self._queue_status.get(n) != row]
+        with self.lock:
+            rows = status.node_statuses(self.ledger)
+        nodes = [(n, row) for n, row in rows.items() if self._node_status.get(n) != row]
+        for name, row in nodes:
+            _gpu_metrics(name, row)
+
+        async def patch(plural: str, name: str, row: dict[str, Any], last: dict[str, dict[str, Any]]) -> None:
+            assert self.kube is not None
+            try:
+                await self.kube.patch_status(plural, name, row)
+                last[name] = row
+            except Exception as exc:
+                log.warning("%s %s status: %s", "GPUQueue" if plural == objects.GPUQUEUE_PLURAL else "GPUNode",
+                            name, exc)  # fmt: skip
+
+        await self._concurrently(
+            [functools.partial(patch, objects.GPUQUEUE_PLURAL, n, row, self._queue_status) for n, row in queues]
+            + [functools.partial(patch, objects.GPUNODE_PLURAL, n, row, self._node_status) for n, row in nodes]
+        )
+
+
+def _gpu_metrics(name: str, row: Mapping[str, Any]) -> None:
+    for gpu in row["allocated"]:
+        metrics.GPU_ALLOCATED.labels(name, gpu["uuid"], "compute").set(gpu["compute"])
+        metrics.GPU_ALLOCATED.labels(name, gpu["uuid"], "memory").set(gpu["memoryMiB"])

@@ -613,3 +613,30 @@ def test_a_failed_gate_removal_is_retried_by_the_next_cycle() -> None:
     assert kube.of("ungate") == [("ungate", "team-a/a")] and c.manager.usage("team-a").compute == 0
     run(c.cycle(now=2e9 + 1))
     assert kube.of("ungate") == [("ungate", "team-a/a")] * 2 and kube.ungated_with == {"team-a/a": "team-a"}
+
+
+def test_a_burst_of_admissions_removes_gates_in_parallel_within_the_bound() -> None:
+    """Issue 16: the cycle removed gates write after write, so the last pod of a 1,000-pod burst waited for ~3,000
+    API round trips. Gate removals now overlap, at most `api_write_concurrency` at once, before any condition."""
+    c, kube = make(api_write_concurrency=4)
+    c.on_gpunode("ADDED", gpunode("n1", gpus=8))
+    c.on_queue("ADDED", queue("team-a", 800))
+    for i in range(8):
+        c.on_pod("ADDED", pod(f"b{i}"))
+    in_flight, most = 0, 0
+    plain = kube.remove_gate
+
+    async def slow_gate(*args: Any, **kwargs: Any) -> None:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        for _ in range(3):  # yield to the loop: other writes may start meanwhile
+            await asyncio.sleep(0)
+        in_flight -= 1
+        await plain(*args, **kwargs)
+
+    kube.remove_gate = slow_gate  # type: ignore[method-assign]
+    counts = run(c.cycle(now=2e9))
+    assert counts["admitted"] == 8 and most == 4
+    kinds = [call[0] for call in kube.calls if call[0] in ("ungate", "condition")]
+    assert kinds == ["ungate"] * 8 + ["condition"] * 8  # every gate first, then the conditions
