@@ -618,10 +618,11 @@ def test_a_failed_gate_removal_is_retried_by_the_next_cycle() -> None:
 def test_a_burst_of_admissions_removes_gates_in_parallel_within_the_bound() -> None:
     """Issue 16: the cycle removed gates write after write, so the last pod of a 1,000-pod burst waited for ~3,000
     API round trips. Gate removals now overlap, at most `api_write_concurrency` at once, before any condition."""
-    c, kube = make(api_write_concurrency=4)
-    c.on_gpunode("ADDED", gpunode("n1", gpus=8))
-    c.on_queue("ADDED", queue("team-a", 800))
-    for i in range(8):
+    c, kube = make()  # api_write_concurrency: 16
+    for n in range(3):
+        c.on_gpunode("ADDED", gpunode(f"n{n}", gpus=8))
+    c.on_queue("ADDED", queue("team-a", 2400))
+    for i in range(24):
         c.on_pod("ADDED", pod(f"b{i}"))
     in_flight, most = 0, 0
     plain = kube.remove_gate
@@ -637,6 +638,6 @@ def test_a_burst_of_admissions_removes_gates_in_parallel_within_the_bound() -> N
 
     kube.remove_gate = slow_gate  # type: ignore[method-assign]
     counts = run(c.cycle(now=2e9))
-    assert counts["admitted"] == 8 and most == 4
+    assert counts["admitted"] == 24 and most == 16
     kinds = [call[0] for call in kube.calls if call[0] in ("ungate", "condition")]
-    assert kinds == ["ungate"] * 8 + ["condition"] * 8  # every gate first, then the conditions
+    assert kinds == ["ungate"] * 24 + ["condition"] * 24  # every gate first, then the conditions
