@@ -51,6 +51,16 @@ class Kube:
         result = await self._run(self.core.list_pod_for_all_namespaces)
         return list(self._plain(result).get("items") or [])
 
+    async def list_pod_uids(self, page_size: int = 500) -> set[str]:
+        """The uid of every pod of the cluster (`Controller.prune_gone`): a paged raw JSON list, no client models
+        (at 5,000 nodes the typed, unpaged list built tens of thousands of model objects every 2 minutes)."""
+
+        def uids() -> set[str]:
+            items, _ = self.raw.list("/api/v1/pods", page_size=page_size)
+            return {str((p.get("metadata") or {}).get("uid") or "") for p in items}
+
+        return await self._run(uids)
+
     async def pod_exists(self, namespace: str, name: str, uid: str) -> bool:
         """Whether pod `namespace/name` still exists with this uid (404, or another uid: it is gone)."""
         try:

@@ -230,7 +230,7 @@ class Controller:
         and its queue charge forever (found by bench/soak.py). A pod missing from a fresh list is dropped only
         once reading it confirms it is gone: it may be newer than the list."""
         assert self.kube is not None
-        listed = {objects.pod_uid(p) for p in await self.kube.list_pods()}
+        listed = await self.kube.list_pod_uids()
         gone: list[str] = []
         with self.lock:
             missing = [u for u in self.pods if u not in listed]

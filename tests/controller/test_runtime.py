@@ -52,6 +52,9 @@ class FakeKube:
     async def list_pods(self) -> list[dict[str, Any]]:
         return list(self.listed)
 
+    async def list_pod_uids(self) -> set[str]:
+        return {p["metadata"]["uid"] for p in self.listed}
+
     async def pod_exists(self, namespace: str, name: str, uid: str) -> bool:
         return any(p["metadata"]["uid"] == uid for p in self.existing)
 
