@@ -115,6 +115,9 @@ class Controller:
         #: owners read to size pod groups (controller.workloads), and the owner each gpupool pod waits on
         self.owners = workloads.OwnerCache()
         self._owner_refs: dict[str, workloads.Ref] = {}
+        #: the reverse index, and its gated pods: `read_owners` visits owners, not every pod, each cycle
+        self._ref_users: dict[workloads.Ref, set[str]] = {}
+        self._ref_gated: dict[workloads.Ref, set[str]] = {}
         #: resize outcomes already posted as Events: uid -> (seq, state)
         self._resize_posted: dict[str, tuple[int, str]] = {}
         #: called (from any thread: kopf runs the sync watch handlers in worker threads) when an admission or a
@@ -369,6 +372,7 @@ class Controller:
             self._unquarantine(uid)
             self._resize_posted.pop(uid, None)
             self._index_nodes(uid, None)
+            self._owner_ref(uid, None)
             if uid in self.pods or uid in self.manager.pods:
                 self.pods.pop(uid, None)
                 self.manager.remove_pod(uid)
@@ -419,7 +423,7 @@ class Controller:
         found = workloads.owner_of(pod)
         owner = found if isinstance(found, groups.Owner) else None
         if isinstance(found, workloads.Ref):
-            self._owner_refs[uid] = found
+            self._owner_ref(uid, found, objects.pod_gated(pod))
             known = self.owners.known(found)
             if known is None:
                 return groups.unresolved(found.namespace, found.kind, found.name)
@@ -427,27 +431,40 @@ class Controller:
             if error is not None:
                 return groups.unreadable(found.namespace, found.kind, found.name, error)
         else:
-            self._owner_refs.pop(uid, None)
+            self._owner_ref(uid, None)
         try:
             return workloads.group_of(pod, owner)
         except InvalidRequest:
             return None  # parse_pod refused the pod first (the annotations are read there too)
 
+    def _owner_ref(self, uid: str, ref: workloads.Ref | None, gated: bool = False) -> None:
+        """Index pod `uid` under the owner it waits on (None: under none)."""
+        old = self._owner_refs.pop(uid, None)
+        if old is not None:
+            for index in (self._ref_users, self._ref_gated):
+                members = index.get(old)
+                if members is not None:
+                    members.discard(uid)
+                    if not members:
+                        del index[old]
+        if ref is not None:
+            self._owner_refs[uid] = ref
+            self._ref_users.setdefault(ref, set()).add(uid)
+            if gated:
+                self._ref_gated.setdefault(ref, set()).add(uid)
+
     async def read_owners(self, now: float) -> int:
-        """Read the owners of waiting pods that are unknown or stale (one read per owner), then give each
-        pod its group again. Returns the reads made."""
+        """Read the owners that are unknown, or stale while a pod of theirs waits (one read per owner), then
+        give each of their pods its group again. Returns the reads made. Visits owners, not pods."""
         assert self.kube is not None
         users: dict[workloads.Ref, list[str]] = {}
         stale: set[workloads.Ref] = set()
         with self.lock:
-            for uid, ref in list(self._owner_refs.items()):
-                entry = self.manager.pods.get(uid)
-                if entry is None or uid not in self.pods:
-                    self._owner_refs.pop(uid, None)
-                    continue
-                users.setdefault(ref, []).append(uid)
-                if self.owners.known(ref) is None or (entry.gated and self.owners.get(ref, now) is None):
+            for ref in self._ref_users:
+                if self.owners.known(ref) is None or (ref in self._ref_gated and self.owners.get(ref, now) is None):
                     stale.add(ref)
+            for ref in stale:
+                users[ref] = sorted(u for u in self._ref_users[ref] if u in self.pods and u in self.manager.pods)
         for ref in sorted(stale, key=lambda r: (r.namespace, r.kind, r.name)):
             try:
                 obj = await self.kube.get_object(ref.path())

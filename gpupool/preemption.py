@@ -211,6 +211,8 @@ def find_preemption(
     def quota_ok(victims: Sequence[Victim]) -> bool:
         if q == IMPLICIT_QUEUE:
             return True
+        if len(victims) > 4:  # small sets repeat across nodes (none, one unit); large ones rarely do
+            return _quota_ok(victims)
         key = frozenset(v.uid for v in victims)
         known = checked.get(key)
         if known is None:
@@ -434,8 +436,8 @@ def _search(
         chosen.append(u)
     if not quota_ok(flat(chosen)):
         for u in elsewhere() + [u for u in local if u not in chosen]:  # then quota
-            if quota_ok(flat(chosen)):
-                break
+            if quota_ok(flat(chosen)) or (max_victims is not None and len(chosen) > max_victims * 4):
+                break  # (too many already: refused below whatever comes next)
             chosen.append(u)
     if not valid(chosen) or (max_victims is not None and len(chosen) > max_victims * 4):
         return None
