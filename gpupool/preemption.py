@@ -206,42 +206,7 @@ def find_preemption(
     members = _member_counts(manager)
     pool_units = sorted(units(pool, lambda key: members.get(key, 0)), key=order)
 
-    checked: dict[frozenset[str], bool] = {}  # a function of the set of victims: asked again for every node
-
-    def quota_ok(victims: Sequence[Victim]) -> bool:
-        if q == IMPLICIT_QUEUE:
-            return True
-        if len(victims) > 4:  # small sets repeat across nodes (none, one unit); large ones rarely do
-            return _quota_ok(victims)
-        key = frozenset(v.uid for v in victims)
-        known = checked.get(key)
-        if known is None:
-            known = checked[key] = _quota_ok(victims)
-        return known
-
-    def _quota_ok(victims: Sequence[Victim]) -> bool:
-        freed: dict[str, Resources] = {}
-        for v in victims:
-            freed[v.queue] = freed.get(v.queue, Resources()) + v.charge
-        if manager.quota_problem(q, need, freed) is not None:
-            return False
-        by_queue: dict[str, list[Victim]] = {}
-        for v in victims:
-            if v.queue not in (q, IMPLICIT_QUEUE) and not yields(request, v):  # reclaim: quota rules
-                by_queue.setdefault(v.queue, []).append(v)
-        for other, taken in by_queue.items():  # each victim's queue must still be borrowing when it is taken
-            spec = manager.queue(other)
-            if spec is None:
-                return False
-            running = manager.usage(other)
-            if borrowing and not manager.may_reclaim(q, need - freed.get(q, Resources()), other, freed[other]):
-                return False  # gpupool.fairshare.may_reclaim
-            for v in sorted(taken, key=lambda v: v.order):
-                nc, nm = spec.nominal.compute or 0, spec.nominal.memory_mib
-                if not (running.compute > nc or (nm is not None and running.memory_mib > nm)):
-                    return False
-                running = running - v.charge
-        return True
+    quota = _Quota(manager, q, need, request, borrowing)
 
     chosen_all: list[Victim] = []
     plans: dict[str, Plan] = {}
@@ -252,8 +217,7 @@ def find_preemption(
         before = list(chosen_all)
         left = [u for u in pool_units if not any(v in before for v in u)]
 
-        def member_quota(victims: Sequence[Victim], last: bool = last, before: list[Victim] = before) -> bool:
-            return quota_ok([*before, *victims]) if last else True
+        member_quota = quota.given(before) if last else _Quota.ANY
 
         found = _best_node(manager, ledger, placer, member, left, member_quota, max_victims, order,
                            reclaiming, own, single=len(gang) == 1)  # fmt: skip
@@ -272,7 +236,7 @@ def find_preemption(
         plans[member.uid] = plan
         if member.uid == uid:
             first_node = node
-    if not chosen_all or not quota_ok(chosen_all) or uid not in plans:
+    if not chosen_all or not quota.ok(chosen_all) or uid not in plans:
         return None
     victims = tuple(sorted(chosen_all, key=lambda v: v.order))
     others = tuple((m.uid, plans[m.uid]) for m in sorted(gang, key=lambda m: m.sort_key) if m.uid != uid)
@@ -292,13 +256,192 @@ def _member_counts(manager: QueueManager) -> dict[str, int]:
     return counts
 
 
+class _Quota:
+    """The preemptor's quota check on a victim set (module doc: "and its queue's quota"), fast.
+
+    The verdict depends on the set only through what it frees per queue and, per queue it reclaims from, what
+    the victims before its last one (in victim order) free: the victim queue must still borrow when each is
+    taken, and since charges only lower its usage, checking before the last victim checks them all. So a
+    `_Tally` adds and removes victims one at a time and verdicts are remembered per such summary.
+    `plain` recomputes each verdict from the whole set (the reference, kept for the oracle test).
+    """
+
+    ANY: _Quota  # no quota to check (the implicit queue, the extender's prune, a gang's earlier members)
+
+    def __init__(self, manager: QueueManager | None, q: str, need: Resources, request: PodRequest | None,
+                 borrowing: bool, base: Sequence[Victim] = (), plain: bool = False) -> None:  # fmt: skip
+        self.manager, self.q, self.need, self.request, self.borrowing = manager, q, need, request, borrowing
+        self.base = tuple(base)  # victims already chosen (a gang's earlier members): always in the set
+        self.plain = plain
+        self.free = manager is None or q == IMPLICIT_QUEUE
+        self.known: dict[object, bool] = {}  # summary -> verdict, shared with `given` copies
+
+    def given(self, base: Sequence[Victim]) -> _Quota:
+        """The same check with `base` always among the victims."""
+        other = _Quota(self.manager, self.q, self.need, self.request, self.borrowing, base, self.plain)
+        other.known = self.known
+        return other
+
+    def as_plain(self) -> _Quota:
+        other = _Quota(self.manager, self.q, self.need, self.request, self.borrowing, self.base, plain=True)
+        return other
+
+    def reclaims(self, v: Victim) -> bool:
+        """Is `v` taken by the quota rules of reclaim (another queue's pod that does not simply yield)?"""
+        assert self.request is not None
+        return v.queue not in (self.q, IMPLICIT_QUEUE) and not yields(self.request, v)
+
+    def ok(self, victims: Sequence[Victim]) -> bool:
+        if self.free:
+            return True
+        return self.tally(victims).ok()
+
+    def tally(self, victims: Sequence[Victim] = ()) -> _Tally:
+        t = _Tally(self)
+        t.add(self.base)
+        t.add(victims)
+        return t
+
+    def verdict(self, summary: tuple[tuple[tuple[str, int, int], ...], tuple[tuple[str, int, int], ...]]) -> bool:
+        known = self.known.get(summary)
+        if known is None:
+            known = self.known[summary] = self._verdict(summary)
+        return known
+
+    def _verdict(self, summary: tuple[tuple[tuple[str, int, int], ...], tuple[tuple[str, int, int], ...]]) -> bool:
+        manager = self.manager
+        assert manager is not None
+        freed_t, before_last = summary
+        freed = {name: Resources(c, m) for name, c, m in freed_t}
+        if manager.quota_problem(self.q, self.need, freed) is not None:
+            return False
+        for other, c, m in before_last:  # each victim's queue must still be borrowing when it is taken
+            spec = manager.queue(other)
+            if spec is None:
+                return False
+            if self.borrowing and not manager.may_reclaim(
+                self.q, self.need - freed.get(self.q, Resources()), other, freed.get(other, Resources())
+            ):
+                return False  # gpupool.fairshare.may_reclaim
+            running = manager.usage(other) - Resources(c, m)
+            nc, nm = spec.nominal.compute or 0, spec.nominal.memory_mib
+            if not (running.compute > nc or (nm is not None and running.memory_mib > nm)):
+                return False
+        return True
+
+    def plain_ok(self, victims: Sequence[Victim]) -> bool:
+        """The verdict recomputed from the whole set, victim by victim (the reference)."""
+        manager = self.manager
+        if self.free or manager is None:
+            return True
+        victims = [*self.base, *victims]
+        q, need = self.q, self.need
+        freed: dict[str, Resources] = {}
+        for v in victims:
+            freed[v.queue] = freed.get(v.queue, Resources()) + v.charge
+        if manager.quota_problem(q, need, freed) is not None:
+            return False
+        by_queue: dict[str, list[Victim]] = {}
+        for v in victims:
+            if self.reclaims(v):
+                by_queue.setdefault(v.queue, []).append(v)
+        for other, taken in by_queue.items():
+            spec = manager.queue(other)
+            if spec is None:
+                return False
+            running = manager.usage(other)
+            if self.borrowing and not manager.may_reclaim(q, need - freed.get(q, Resources()), other, freed[other]):
+                return False
+            for v in sorted(taken, key=lambda v: v.order):
+                nc, nm = spec.nominal.compute or 0, spec.nominal.memory_mib
+                if not (running.compute > nc or (nm is not None and running.memory_mib > nm)):
+                    return False
+                running = running - v.charge
+        return True
+
+
+_Quota.ANY = _Quota(None, IMPLICIT_QUEUE, Resources(), None, False)
+
+
+class _Tally:
+    """A victim set's quota summary (`_Quota`), kept up to date one victim at a time."""
+
+    def __init__(self, quota: _Quota) -> None:
+        self.quota = quota
+        self.victims: list[Victim] = []
+        self.freed: dict[str, list[int]] = {}  # queue -> [compute, memory] freed
+        self.taken: dict[str, list[Victim]] = {}  # reclaimed queue -> its victims
+        self.taken_sum: dict[str, list[int]] = {}
+        self.last: dict[str, Victim] = {}  # reclaimed queue -> its last victim in victim order
+
+    def add(self, victims: Sequence[Victim]) -> None:
+        if self.quota.free:
+            return
+        if self.quota.plain:
+            self.victims.extend(victims)
+            return
+        for v in victims:
+            f = self.freed.setdefault(v.queue, [0, 0])
+            f[0] += v.charge.compute
+            f[1] += v.charge.memory_mib
+            if self.quota.reclaims(v):
+                self.taken.setdefault(v.queue, []).append(v)
+                t = self.taken_sum.setdefault(v.queue, [0, 0])
+                t[0] += v.charge.compute
+                t[1] += v.charge.memory_mib
+                last = self.last.get(v.queue)
+                if last is None or v.order > last.order:
+                    self.last[v.queue] = v
+
+    def remove(self, victims: Sequence[Victim]) -> None:
+        if self.quota.free:
+            return
+        if self.quota.plain:
+            for v in victims:
+                self.victims.remove(v)
+            return
+        for v in victims:
+            f = self.freed[v.queue]
+            f[0] -= v.charge.compute
+            f[1] -= v.charge.memory_mib
+            if self.quota.reclaims(v):
+                taken = self.taken[v.queue]
+                taken.remove(v)
+                t = self.taken_sum[v.queue]
+                t[0] -= v.charge.compute
+                t[1] -= v.charge.memory_mib
+                if not taken:
+                    del self.taken[v.queue], self.taken_sum[v.queue], self.last[v.queue]
+                elif self.last[v.queue] is v:
+                    self.last[v.queue] = max(taken, key=lambda x: x.order)
+
+    def ok(self) -> bool:
+        if self.quota.free:
+            return True
+        if self.quota.plain:
+            return self.quota.plain_ok(self.victims)
+        freed = tuple(sorted((name, c, m) for name, (c, m) in self.freed.items() if c or m))
+        before_last = tuple(sorted(
+            (name, c - self.last[name].charge.compute, m - self.last[name].charge.memory_mib)
+            for name, (c, m) in self.taken_sum.items()
+        ))  # fmt: skip
+        return self.quota.verdict((freed, before_last))
+
+    def ok_without(self, victims: Sequence[Victim]) -> bool:
+        self.remove(victims)
+        try:
+            return self.ok()
+        finally:
+            self.add(victims)
+
+
 def _best_node(
     manager: QueueManager,
     ledger: Ledger,
     placer: Placer,
     member: PodEntry,
     pool: list[Unit],
-    quota_ok: Callable[[Sequence[Victim]], bool],
+    quota: _Quota,
     max_victims: int,
     order: Callable[[Unit], tuple[object, ...]],
     reclaiming: bool,
@@ -309,10 +452,16 @@ def _best_node(
     """The node where `member` fits with the fewest victim units evicted (none for a gang member that fits
     already; a single pod that fits already needs no preemption: None).
 
-    Same result as trying every node with every unit, found faster: units are indexed by the nodes they
-    touch, and a `local` pod's fit on a node depends only on the victims that touch that node (its verdict
-    reads that node's state alone), so fits are remembered per (node, victims there) and units elsewhere are
-    never tried for the fit.
+    Same result as trying every node with every unit, found faster (docs/e2e.md "Controller at scale"):
+
+    * units are indexed by the nodes they touch, and a `local` pod's fit on a node depends only on the
+      victims that touch that node (its verdict reads that node's state alone), so fits are remembered per
+      (node, victims there) and units elsewhere are never tried for the fit;
+    * a node's score has a lower bound (`_bounds`): a guaranteed local pod needs its compute free on the node,
+      so at least as many local units as it takes for the node's free compute plus theirs to reach it.
+      Nodes are visited from the lowest bound, and the search stops once the bound cannot beat the best
+      score found (ties go to the earlier node in `names`, as in a plain pass); a node whose every local
+      unit would not free enough compute is never searched.
     """
     request = member.request
     nodes = manager.eligible_nodes(member)
@@ -320,13 +469,18 @@ def _best_node(
     independent = request.locality is not Locality.POOL  # remote slices read other nodes
     touching: dict[str, list[int]] = {}  # node -> positions in `pool` of the units that touch it
     where: dict[str, frozenset[str]] = {}  # victim uid -> the nodes its holding touches
+    freed: dict[str, list[int]] = {}  # node -> compute each unit touching it frees there (same positions)
     for i, u in enumerate(pool):
-        here: set[str] = set()
+        here: dict[str, int] = {}
         for v in u:
             where[v.uid] = frozenset({v.holding.node, *(s.node for s in v.holding.slices)})
-            here |= where[v.uid]
+            for n in where[v.uid]:
+                here.setdefault(n, 0)
+            for s in v.holding.slices:
+                here[s.node] += s.compute
         for n in sorted(here):
             touching.setdefault(n, []).append(i)
+            freed.setdefault(n, []).append(here[n])
     seen: dict[tuple[str, frozenset[str]], bool] = {}
 
     def fits(node: str, victims: Sequence[Victim]) -> bool:
@@ -338,10 +492,11 @@ def _best_node(
             known = seen[key] = _fits(ledger, placer, request, node, victims)
         return known
 
-    best: tuple[tuple[int, int, int, int, int], str, tuple[Unit, ...]] | None = None
-    for node in names:
-        if not ledger.has_node(node):
-            continue
+    Score = tuple[int, int, int, int, int, int]
+    best: tuple[Score, str, tuple[Unit, ...]] | None = None
+    for bound, node in _bounds(ledger, placer, request, names, pool, touching, freed, reclaiming, single=single):
+        if best is not None and bound >= best[0]:
+            break  # no node left can beat the best (bounds ascend)
         mine = touching.get(node, [])
         local = [pool[i] for i in mine]
         if not fits(node, [v for u in local for v in u]):
@@ -352,7 +507,7 @@ def _best_node(
             return [u for i, u in enumerate(pool) if i not in taken]
 
         bare = fits(node, []) if independent else None
-        chosen = _search(node, local, elsewhere, fits, quota_ok, max_victims, order, bare)
+        chosen = _search(node, local, elsewhere, fits, quota, max_victims, order, bare)
         if chosen is None or (single and not chosen):
             continue  # none helps, or none is needed (the admission cycle will take the pod)
         flat = [v for u in chosen for v in u]
@@ -362,10 +517,53 @@ def _best_node(
             sum(1 for v in flat if v.qos is not QoS.BEST_EFFORT),
             max((v.priority for v in flat), default=-(2**31)),
             placer.rank(node),
+            bound[5],  # the node's position in `names`: the first of equal scores wins
         )
         if best is None or score < best[0]:
             best = (score, node, chosen)
     return None if best is None else (best[1], best[2])
+
+
+def _bounds(
+    ledger: Ledger, placer: Placer, request: PodRequest, names: Sequence[str], pool: list[Unit],
+    touching: dict[str, list[int]], freed: dict[str, list[int]], reclaiming: bool, *, single: bool,
+) -> list[tuple[tuple[int, int, int, int, int, int], str]]:  # fmt: skip
+    """Each node that might take `request` with a lower bound of its score in `_best_node`, lowest first.
+
+    The victims are at least the units it takes to free the compute a guaranteed local pod lacks on the node
+    (each GPU's compute free for a guaranteed slice, ignoring health, plus the compute its victims' slices
+    hold there: freeing a victim frees no more than that); at least one for a single pod. Nodes where even
+    all local units do not free enough are left out (their fit with every local unit evicted fails).
+    """
+    capacity = request.qos is QoS.GUARANTEED and request.locality is not Locality.POOL
+    need = max(
+        sum(c.count * c.compute for c in request.containers if not c.init),
+        max((c.count * c.compute for c in request.containers if c.init), default=0),
+    )
+    best_effort = sum(1 for u in pool for v in u if v.qos is QoS.BEST_EFFORT)
+    lowest = min((v.priority for u in pool for v in u), default=-(2**31))
+    out: list[tuple[tuple[int, int, int, int, int, int], str]] = []
+    for index, node in enumerate(names):
+        if not ledger.has_node(node):
+            continue
+        count = 0
+        if capacity and need > 0:
+            free = sum(ledger.gpu_free(g.uuid)[0] for g in ledger.gpus_of(node))
+            if free < need:
+                gains = sorted(freed.get(node, []), reverse=True)
+                for gain in gains:
+                    free += gain
+                    count += 1
+                    if free >= need:
+                        break
+                if free < need:
+                    continue  # evicting every local unit does not free enough compute
+        if single:
+            count = max(count, 1)
+        bound = (count, 0, max(0, count - best_effort), lowest if count else -(2**31), placer.rank(node), index)
+        out.append((bound, node))
+    out.sort()
+    return out
 
 
 def no_preemption_reason(manager: QueueManager, uid: str, refused: frozenset[str] = frozenset()) -> str | None:
@@ -401,7 +599,7 @@ def _search(
     local: list[Unit],
     elsewhere: Callable[[], list[Unit]],
     fits: Callable[[str, Sequence[Victim]], bool],
-    quota_ok: Callable[[Sequence[Victim]], bool],
+    quota: _Quota,
     max_victims: int | None,
     order: Callable[[Unit], tuple[object, ...]] = unit_order,
     bare: bool | None = None,
@@ -410,7 +608,8 @@ def _search(
 
     `elsewhere()`: the units that do not touch `node`, in unit order (built only when needed). `bare`, when
     known: whether the pod fits `node` with none of `local` evicted, which is then its fit with any units of
-    `elsewhere` evicted (they do not touch the node), so those are checked for quota only.
+    `elsewhere` evicted (they do not touch the node), so those are checked for quota only. The quota of the
+    greedy and reprieve passes is kept by a `_Tally`, one unit at a time.
     """
 
     def flat(us: Sequence[Unit]) -> list[Victim]:
@@ -418,7 +617,7 @@ def _search(
 
     def valid(us: Sequence[Unit]) -> bool:
         vs = flat(us)
-        return quota_ok(vs) and fits(node, vs)
+        return quota.ok(vs) and fits(node, vs)
 
     if valid([]):
         return ()  # nothing to preempt: the pod fits already
@@ -427,24 +626,27 @@ def _search(
             return (u,)
     if bare is not False:
         for u in elsewhere():
-            if quota_ok(flat([u])) and (bare or fits(node, flat([u]))):
+            if quota.ok(u) and (bare or fits(node, u)):
                 return (u,)
     chosen: list[Unit] = []
     for u in local:  # capacity first: victims on this node
         if fits(node, flat(chosen)):
             break
         chosen.append(u)
-    if not quota_ok(flat(chosen)):
+    tally = quota.tally(flat(chosen))
+    if not tally.ok():
         for u in elsewhere() + [u for u in local if u not in chosen]:  # then quota
-            if quota_ok(flat(chosen)) or (max_victims is not None and len(chosen) > max_victims * 4):
+            if tally.ok() or (max_victims is not None and len(chosen) > max_victims * 4):
                 break  # (too many already: refused below whatever comes next)
             chosen.append(u)
-    if not valid(chosen) or (max_victims is not None and len(chosen) > max_victims * 4):
+            tally.add(u)
+    if not (tally.ok() and fits(node, flat(chosen))) or (max_victims is not None and len(chosen) > max_victims * 4):
         return None
     for u in sorted(chosen, key=order, reverse=True):  # reprieve the most valuable first
         trial = [c for c in chosen if c is not u]
-        if valid(trial):
+        if tally.ok_without(u) and fits(node, flat(trial)):
             chosen = trial
+            tally.remove(u)
     if max_victims is not None and len(chosen) > max_victims:
         return None
     return tuple(sorted(chosen, key=order))
@@ -477,5 +679,5 @@ def choose_victims(
 
     if not fits(node, pool):
         return None
-    chosen = _search(node, [(v,) for v in pool], list, fits, lambda _: True, None)
+    chosen = _search(node, [(v,) for v in pool], list, fits, _Quota.ANY, None)
     return None if chosen is None else tuple(sorted((u[0] for u in chosen), key=lambda v: v.order))

@@ -26,10 +26,11 @@ from tests.unit.test_queues import make_manager, pod, queue
 
 def plain_best_node(
     manager: QueueManager, ledger: Ledger, placer: Placer, member: PodEntry, pool: list[Unit],
-    quota_ok: Callable[[Sequence[Victim]], bool], max_victims: int, order: Callable[[Unit], tuple[object, ...]],
+    quota: preemption._Quota, max_victims: int, order: Callable[[Unit], tuple[object, ...]],
     reclaiming: bool, own: Callable[[Unit], bool], *, single: bool,
 ) -> tuple[str, tuple[Unit, ...]] | None:  # fmt: skip
-    """The search before issue 16: every node, every unit, every fit evaluated."""
+    """The search before issue 16: every node in order, every unit, every fit evaluated, every quota check
+    recomputed from the whole victim set (`_Quota.plain_ok`)."""
     nodes = manager.eligible_nodes(member)
     names = ledger.node_names() if nodes is None else nodes
 
@@ -47,7 +48,7 @@ def plain_best_node(
         elsewhere = [u for u in pool if not any(touches(v, node) for v in u)]
         if not fits(node, [v for u in local for v in u]):
             continue
-        chosen = preemption._search(node, local, lambda e=elsewhere: e, fits, quota_ok, max_victims, order)  # type: ignore[misc]
+        chosen = preemption._search(node, local, lambda e=elsewhere: e, fits, quota.as_plain(), max_victims, order)  # type: ignore[misc]
         if chosen is None or (single and not chosen):
             continue
         flat = [v for u in chosen for v in u]
