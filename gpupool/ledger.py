@@ -331,12 +331,16 @@ class Ledger:
         capacity: one that no longer fits (a GPU reports less memory now) is quarantined, never
         held past capacity. Returns the pods whose holdings were dropped: a GPU they use is gone,
         or they were quarantined. A GPU already on another node raises `ValueError`, changing nothing.
+        The same inventory again changes nothing (not even `generation`).
         """
         for new in info.gpus:
             other = self._gpus.get(new.uuid)
             if other is not None and other.node != info.name:
                 raise ValueError(f"GPU {new.uuid} of node {info.name} is already on node {other.node}")
         old = self._nodes.get(info.name)
+        ordered = replace(info, gpus=tuple(sorted(info.gpus, key=lambda g: g.index)))
+        if old is not None and self.node_info(info.name) == ordered:
+            return []  # the same inventory (a GPUNode event that changed nothing here): no change, no generation
         dropped: list[str] = []
         held: list[Holding] = []
         remaining = {g.uuid for g in info.gpus}

@@ -494,7 +494,8 @@ def _best_node(
 
     Score = tuple[int, int, int, int, int, int]
     best: tuple[Score, str, tuple[Unit, ...]] | None = None
-    for bound, node in _bounds(ledger, placer, request, names, pool, touching, freed, reclaiming, single=single):
+    for bound, node in _bounds(ledger, placer, request, names, pool, touching, freed, reclaiming, own,
+                               single=single):
         if best is not None and bound >= best[0]:
             break  # no node left can beat the best (bounds ascend)
         mine = touching.get(node, [])
@@ -526,14 +527,16 @@ def _best_node(
 
 def _bounds(
     ledger: Ledger, placer: Placer, request: PodRequest, names: Sequence[str], pool: list[Unit],
-    touching: dict[str, list[int]], freed: dict[str, list[int]], reclaiming: bool, *, single: bool,
+    touching: dict[str, list[int]], freed: dict[str, list[int]], reclaiming: bool, own: Callable[[Unit], bool],
+    *, single: bool,
 ) -> list[tuple[tuple[int, int, int, int, int, int], str]]:  # fmt: skip
     """Each node that might take `request` with a lower bound of its score in `_best_node`, lowest first.
 
     The victims are at least the units it takes to free the compute a guaranteed local pod lacks on the node
     (each GPU's compute free for a guaranteed slice, ignoring health, plus the compute its victims' slices
-    hold there: freeing a victim frees no more than that); at least one for a single pod. Nodes where even
-    all local units do not free enough are left out (their fit with every local unit evicted fails).
+    hold there: freeing a victim frees no more than that); at least one for a single pod. Their highest
+    priority and (when reclaiming) own units are bounded from those local units. Nodes where even all local
+    units do not free enough are left out (their fit with every local unit evicted fails).
     """
     capacity = request.qos is QoS.GUARANTEED and request.locality is not Locality.POOL
     need = max(
@@ -546,22 +549,31 @@ def _bounds(
     for index, node in enumerate(names):
         if not ledger.has_node(node):
             continue
-        count = 0
+        count = 0  # local units it takes at least
         if capacity and need > 0:
             free = sum(ledger.gpu_free(g.uuid)[0] for g in ledger.gpus_of(node))
             if free < need:
-                gains = sorted(freed.get(node, []), reverse=True)
-                for gain in gains:
+                for gain in sorted(freed.get(node, []), reverse=True):
                     free += gain
                     count += 1
                     if free >= need:
                         break
                 if free < need:
                     continue  # evicting every local unit does not free enough compute
-        if single:
-            count = max(count, 1)
-        bound = (count, 0, max(0, count - best_effort), lowest if count else -(2**31), placer.rank(node), index)
-        out.append((bound, node))
+        mine, top, own_least = 0, lowest if single else -(2**31), 0
+        if count:
+            # the victims hold at least `count` local units, so their highest priority is at least the
+            # count-th lowest of those units'; with none of the preemptor's own (when that counts), of those
+            local = [pool[i] for i in touching.get(node, [])]
+            others = sorted(max(v.priority for v in u) for u in local if not (reclaiming and own(u)))
+            if len(others) >= count:
+                top = others[count - 1]
+            else:
+                own_least = count - len(others)
+                top = sorted(max(v.priority for v in u) for u in local)[count - 1]
+        count = max(count, 1) if single else count
+        mine = max(0, count - best_effort)
+        out.append(((count, own_least, mine, top, placer.rank(node), index), node))
     out.sort()
     return out
 
