@@ -44,7 +44,7 @@ from gpupool.errors import GpupoolError, InvalidRequest
 from gpupool.inventory import NodeInfo
 from gpupool.ledger import Holding
 from gpupool.pool import build_pool
-from gpupool.preemption import find_preemption, no_preemption_reason
+from gpupool.preemption import PreemptionPlan, find_preemption, no_preemption_reason
 from gpupool.queues import IMPLICIT_QUEUE, Admission, QueueManager
 from gpupool.quota import Resources
 
@@ -108,6 +108,9 @@ class Controller:
         self._queue_status: dict[str, dict[str, Any]] = {}
         self._node_status: dict[str, dict[str, Any]] = {}
         self._refused: dict[str, set[str]] = {}  # preemptor -> victims whose eviction was refused
+        #: preemptor -> ((ledger generation, manager version, refused), plan, why none): the search is not run
+        #: again for a head whose inputs did not change (docs/e2e.md "Controller at scale")
+        self._searched: dict[str, tuple[tuple[int, int, frozenset[str]], PreemptionPlan | None, str | None]] = {}
         self._evicted_for_health: set[str] = set()
         #: pods still carrying an alias resource (the webhook was bypassed): uid -> pod; warned once each
         self._alias_pods: dict[str, dict[str, Any]] = {}
@@ -713,12 +716,13 @@ class Controller:
         done: the pods being preempted, or why none can be (`no_preemption_reason`)."""
         assert self.kube is not None
         evicted = 0
+        self._searched = {uid: memo for uid, memo in self._searched.items() if uid in preemptors}
         for uid, queue in preemptors.items():
             refused = self._refused.setdefault(uid, set())
             note = None
             for _attempt in range(5):
                 with self.lock:
-                    plan = find_preemption(self.manager, uid, exclude=frozenset(refused))
+                    plan = self._search(uid, frozenset(refused))
                 if plan is None:
                     break
                 ok = True
@@ -779,10 +783,32 @@ class Controller:
             if note is None:  # no victim set could be evicted: say why, when some pod might have been
                 with self.lock:
                     if uid in self.manager.pods:
-                        note = no_preemption_reason(self.manager, uid, frozenset(refused))
+                        note = self._why_not(uid, frozenset(refused))
             if note is not None and uid in waiting:
                 waiting[uid] = f"{waiting[uid]}; {note}"
         return evicted
+
+    def _search(self, uid: str, refused: frozenset[str]) -> PreemptionPlan | None:
+        """`find_preemption`, remembered per head while its inputs (the ledger, the queue manager, the refused
+        victims) are unchanged: a blocked head is not searched again every cycle. Under `self.lock`."""
+        key = (self.manager.ledger.generation, self.manager.version, refused)
+        memo = self._searched.get(uid)
+        if memo is not None and memo[0] == key:
+            return memo[1]
+        plan = find_preemption(self.manager, uid, exclude=refused)
+        self._searched[uid] = (key, plan, None)
+        return plan
+
+    def _why_not(self, uid: str, refused: frozenset[str]) -> str | None:
+        """`no_preemption_reason`, remembered with the search it explains. Under `self.lock`."""
+        key = (self.manager.ledger.generation, self.manager.version, refused)
+        memo = self._searched.get(uid)
+        if memo is not None and memo[0] == key and memo[1] is None and memo[2] is not None:
+            return memo[2]
+        note = no_preemption_reason(self.manager, uid, refused)
+        if memo is not None and memo[0] == key and memo[1] is None:
+            self._searched[uid] = (key, None, note)
+        return note
 
     def _key(self, uid: str) -> str:
         pod = self.pods.get(uid)

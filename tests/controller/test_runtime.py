@@ -644,3 +644,28 @@ def test_a_burst_of_admissions_removes_gates_in_parallel_within_the_bound() -> N
     assert counts["admitted"] == 24 and most == 16
     kinds = [call[0] for call in kube.calls if call[0] in ("ungate", "condition")]
     assert kinds == ["ungate"] * 24 + ["condition"] * 24  # every gate first, then the conditions
+
+
+def test_a_blocked_head_is_not_searched_again_while_nothing_changed() -> None:
+    """Issue 16: the preemption search runs under the controller's lock; a head whose inputs (ledger generation,
+    queue manager version, refused victims) did not change reuses its last answer, and a GPUNode event that
+    changes nothing does not bump the ledger's generation."""
+    from unittest import mock
+
+    from controller import runtime
+
+    c, kube = make()
+    c.on_gpunode("ADDED", gpunode("n1", gpus=1))
+    c.on_queue("ADDED", queue("team-a", 1000))
+    c.on_pod("ADDED", bound("high", "n1", 0, priority=100))
+    c.on_pod("ADDED", pod("low", priority=1))  # blocked: it may evict nothing
+    with mock.patch.object(runtime, "find_preemption", wraps=runtime.find_preemption) as search:
+        run(c.cycle(now=2e9))
+        assert search.call_count == 1
+        c.on_gpunode("MODIFIED", gpunode("n1", gpus=1))  # the same inventory again
+        run(c.cycle(now=2e9 + 1))
+        assert search.call_count == 1
+        c.on_queue("MODIFIED", queue("team-a", 900))  # the quota changed: searched again
+        run(c.cycle(now=2e9 + 2))
+        assert search.call_count == 2
+    assert kube.of("evict") == []

@@ -140,3 +140,20 @@ def test_an_overlay_clones_only_the_nodes_it_changes() -> None:
     assert over._nodes["node-1"] is not live._nodes["node-1"]  # changed: its own
     over.discard(victim.pod)
     assert live.holding(victim.pod) == victim and live_state(m) == before
+
+
+def test_the_same_inventory_again_changes_nothing() -> None:
+    """Issue 16: every GPUNode event upserts its node; one that changes nothing keeps `generation` (the key of
+    the controller's preemption memo), the holdings and the cached views, whatever the GPUs' order."""
+    m, _ = make_manager(nodes=2, gpus=2)
+    m.set_queue(queue("team-a", 10000))
+    m.upsert_pod(pod("p0"))
+    m.schedule()
+    live = m.ledger
+    before = live_state(m)
+    info = live.node_info("node-0")
+    assert live.upsert_node(info) == []
+    assert live.upsert_node(replace(info, gpus=tuple(reversed(info.gpus)))) == []
+    assert live_state(m) == before
+    live.upsert_node(replace(info, gpus=(replace(info.gpus[0], healthy=False), *info.gpus[1:])))
+    assert live.generation > before[1]  # a change still counts
