@@ -275,6 +275,7 @@ class _Quota:
         self.plain = plain
         self.free = manager is None or q == IMPLICIT_QUEUE
         self.known: dict[object, bool] = {}  # summary -> verdict, shared with `given` copies
+        self.units: dict[str, bool] = {}  # a unit's first uid -> its verdict alone (with `base`)
 
     def given(self, base: Sequence[Victim]) -> _Quota:
         """The same check with `base` always among the victims."""
@@ -295,6 +296,15 @@ class _Quota:
         if self.free:
             return True
         return self.tally(victims).ok()
+
+    def ok_unit(self, unit: Unit) -> bool:
+        """`ok(unit)`, remembered per unit: single units are asked again for every node."""
+        if self.free:
+            return True
+        known = self.units.get(unit[0].uid)
+        if known is None:
+            known = self.units[unit[0].uid] = self.ok(unit)
+        return known
 
     def tally(self, victims: Sequence[Victim] = ()) -> _Tally:
         t = _Tally(self)
@@ -634,11 +644,11 @@ def _search(
     if valid([]):
         return ()  # nothing to preempt: the pod fits already
     for u in local:  # exact for a single unit, in unit order
-        if valid([u]):
+        if quota.ok_unit(u) and fits(node, u):
             return (u,)
     if bare is not False:
         for u in elsewhere():
-            if quota.ok(u) and (bare or fits(node, u)):
+            if quota.ok_unit(u) and (bare or fits(node, u)):
                 return (u,)
     chosen: list[Unit] = []
     for u in local:  # capacity first: victims on this node
