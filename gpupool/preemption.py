@@ -80,6 +80,9 @@ Unit = tuple[Victim, ...]
 def unit_order(unit: Unit) -> tuple[int, int, int, float, str]:
     """THE order of victim units: best-effort first, then lower priority, then the fewest pods, then the
     youngest (most recently admitted), then the key."""
+    if len(unit) == 1:  # the common case, without the generators
+        v = unit[0]
+        return (0 if v.qos is QoS.BEST_EFFORT else 1, v.priority, 1, -v.admitted_at, v.key)
     return (max(0 if v.qos is QoS.BEST_EFFORT else 1 for v in unit), max(v.priority for v in unit), len(unit),
             -max(v.admitted_at for v in unit), unit[0].key)  # fmt: skip
 
@@ -204,7 +207,10 @@ def find_preemption(
         return (reclaiming and own(u), *unit_order(u))
 
     members = _member_counts(manager)
-    pool_units = sorted(units(pool, lambda key: members.get(key, 0)), key=order)
+    # in `order`: `units` sorts by unit order (unique keys), so a stable sort on the first field is enough
+    pool_units = units(pool, lambda key: members.get(key, 0))
+    if reclaiming:
+        pool_units.sort(key=own)
 
     quota = _Quota(manager, q, need, request, borrowing)
 
@@ -481,6 +487,12 @@ def _best_node(
     where: dict[str, frozenset[str]] = {}  # victim uid -> the nodes its holding touches
     freed: dict[str, list[int]] = {}  # node -> compute each unit touching it frees there (same positions)
     for i, u in enumerate(pool):
+        if len(u) == 1 and all(s.node == u[0].holding.node for s in u[0].holding.slices):  # the common case
+            h = u[0].holding
+            where[u[0].uid] = frozenset((h.node,))
+            touching.setdefault(h.node, []).append(i)
+            freed.setdefault(h.node, []).append(sum(s.compute for s in h.slices))
+            continue
         here: dict[str, int] = {}
         for v in u:
             where[v.uid] = frozenset({v.holding.node, *(s.node for s in v.holding.slices)})
