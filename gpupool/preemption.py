@@ -40,8 +40,9 @@ Rules (DESIGN.md §7):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 from gpupool import groups
 from gpupool.errors import OverAllocation
@@ -504,6 +505,12 @@ def _best_node(
             touching.setdefault(n, []).append(i)
             freed.setdefault(n, []).append(here[n])
     seen: dict[tuple[str, frozenset[str]], bool] = {}
+    ok_alone: list[list[int]] = []  # positions of the units whose quota passes alone (the same on every node)
+
+    def passing() -> list[int]:
+        if not ok_alone:
+            ok_alone.append([i for i, u in enumerate(pool) if quota.ok_unit(u)])
+        return ok_alone[0]
 
     def fits(node: str, victims: Sequence[Victim]) -> bool:
         if independent:
@@ -526,11 +533,14 @@ def _best_node(
             continue  # even evicting everything allowed here does not make room
         taken = set(mine)
 
-        def elsewhere(taken: set[int] = taken) -> list[Unit]:
-            return [u for i, u in enumerate(pool) if i not in taken]
+        def elsewhere(taken: set[int] = taken) -> Iterable[Unit]:
+            return (u for i, u in enumerate(pool) if i not in taken)  # lazily: the passes stop early
+
+        def alone(taken: set[int] = taken) -> Iterable[Unit]:
+            return (pool[i] for i in passing() if i not in taken)
 
         bare = fits(node, []) if independent else None
-        chosen = _search(node, local, elsewhere, fits, quota, max_victims, order, bare)
+        chosen = _search(node, local, elsewhere, fits, quota, max_victims, order, bare, alone)
         if chosen is None or (single and not chosen):
             continue  # none helps, or none is needed (the admission cycle will take the pod)
         flat = [v for u in chosen for v in u]
@@ -631,18 +641,20 @@ def _within_nominal(manager: QueueManager, q: str, need: Resources, pool: Sequen
 def _search(
     node: str,
     local: list[Unit],
-    elsewhere: Callable[[], list[Unit]],
+    elsewhere: Callable[[], Iterable[Unit]],
     fits: Callable[[str, Sequence[Victim]], bool],
     quota: _Quota,
     max_victims: int | None,
     order: Callable[[Unit], tuple[object, ...]] = unit_order,
     bare: bool | None = None,
+    alone: Callable[[], Iterable[Unit]] | None = None,
 ) -> tuple[Unit, ...] | None:
     """Exact for one unit, else greedy in unit order then a reprieve pass; () when none is needed.
 
-    `elsewhere()`: the units that do not touch `node`, in unit order (built only when needed). `bare`, when
+    `elsewhere()`: the units that do not touch `node`, in unit order (iterated only as far as needed). `bare`, when
     known: whether the pod fits `node` with none of `local` evicted, which is then its fit with any units of
-    `elsewhere` evicted (they do not touch the node), so those are checked for quota only. The quota of the
+    `elsewhere` evicted (they do not touch the node), so those are checked for quota only; `alone()`, when
+    given: the units of `elsewhere()` whose quota check passes alone, for that check. The quota of the
     greedy and reprieve passes is kept by a `_Tally`, one unit at a time.
     """
 
@@ -659,7 +671,7 @@ def _search(
         if quota.ok_unit(u) and fits(node, u):
             return (u,)
     if bare is not False:
-        for u in elsewhere():
+        for u in elsewhere() if alone is None or not bare else alone():
             if quota.ok_unit(u) and (bare or fits(node, u)):
                 return (u,)
     chosen: list[Unit] = []
@@ -669,7 +681,7 @@ def _search(
         chosen.append(u)
     tally = quota.tally(flat(chosen))
     if not tally.ok():
-        for u in elsewhere() + [u for u in local if u not in chosen]:  # then quota
+        for u in chain(elsewhere(), [u for u in local if u not in chosen]):  # then quota
             if tally.ok() or (max_victims is not None and len(chosen) > max_victims * 4):
                 break  # (too many already: refused below whatever comes next)
             chosen.append(u)
