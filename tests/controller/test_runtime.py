@@ -653,13 +653,14 @@ def test_a_blocked_head_is_not_searched_again_while_nothing_changed() -> None:
     from unittest import mock
 
     from controller import runtime
+    from gpupool import preemption
 
     c, kube = make()
     c.on_gpunode("ADDED", gpunode("n1", gpus=1))
     c.on_queue("ADDED", queue("team-a", 1000))
     c.on_pod("ADDED", bound("high", "n1", 0, priority=100))
     c.on_pod("ADDED", pod("low", priority=1))  # blocked: it may evict nothing
-    with mock.patch.object(runtime, "find_preemption", wraps=runtime.find_preemption) as search:
+    with mock.patch.object(runtime, "find_preemption", wraps=preemption.find_preemption) as search:
         run(c.cycle(now=2e9))
         assert search.call_count == 1
         c.on_gpunode("MODIFIED", gpunode("n1", gpus=1))  # the same inventory again
