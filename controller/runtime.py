@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 from controller import metrics, status, workloads
 from controller.admission import AdmissionConfig, PoolLimits
@@ -43,11 +44,13 @@ from gpupool.errors import GpupoolError, InvalidRequest
 from gpupool.inventory import NodeInfo
 from gpupool.ledger import Holding
 from gpupool.pool import build_pool
-from gpupool.preemption import find_preemption, no_preemption_reason
-from gpupool.queues import IMPLICIT_QUEUE, QueueManager
+from gpupool.preemption import PreemptionPlan, find_preemption, no_preemption_reason
+from gpupool.queues import IMPLICIT_QUEUE, Admission, QueueManager
 from gpupool.quota import Resources
 
 log = logging.getLogger("gpupool.controller")
+
+T = TypeVar("T")
 
 
 ALIAS_EVENT_REASON = "AliasResourceNotRewritten"
@@ -105,6 +108,9 @@ class Controller:
         self._queue_status: dict[str, dict[str, Any]] = {}
         self._node_status: dict[str, dict[str, Any]] = {}
         self._refused: dict[str, set[str]] = {}  # preemptor -> victims whose eviction was refused
+        #: preemptor -> ((ledger generation, manager version, refused), plan, why none): the search is not run
+        #: again for a head whose inputs did not change (docs/e2e.md "Controller at scale")
+        self._searched: dict[str, tuple[tuple[int, int, frozenset[str]], PreemptionPlan | None, str | None]] = {}
         self._evicted_for_health: set[str] = set()
         #: pods still carrying an alias resource (the webhook was bypassed): uid -> pod; warned once each
         self._alias_pods: dict[str, dict[str, Any]] = {}
@@ -112,6 +118,9 @@ class Controller:
         #: owners read to size pod groups (controller.workloads), and the owner each gpupool pod waits on
         self.owners = workloads.OwnerCache()
         self._owner_refs: dict[str, workloads.Ref] = {}
+        #: the reverse index, and its gated pods: `read_owners` visits owners, not every pod, each cycle
+        self._ref_users: dict[workloads.Ref, set[str]] = {}
+        self._ref_gated: dict[workloads.Ref, set[str]] = {}
         #: resize outcomes already posted as Events: uid -> (seq, state)
         self._resize_posted: dict[str, tuple[int, str]] = {}
         #: called (from any thread: kopf runs the sync watch handlers in worker threads) when an admission or a
@@ -227,7 +236,7 @@ class Controller:
         and its queue charge forever (found by bench/soak.py). A pod missing from a fresh list is dropped only
         once reading it confirms it is gone: it may be newer than the list."""
         assert self.kube is not None
-        listed = {objects.pod_uid(p) for p in await self.kube.list_pods()}
+        listed = await self.kube.list_pod_uids()
         gone: list[str] = []
         with self.lock:
             missing = [u for u in self.pods if u not in listed]
@@ -366,6 +375,7 @@ class Controller:
             self._unquarantine(uid)
             self._resize_posted.pop(uid, None)
             self._index_nodes(uid, None)
+            self._owner_ref(uid, None)
             if uid in self.pods or uid in self.manager.pods:
                 self.pods.pop(uid, None)
                 self.manager.remove_pod(uid)
@@ -416,7 +426,7 @@ class Controller:
         found = workloads.owner_of(pod)
         owner = found if isinstance(found, groups.Owner) else None
         if isinstance(found, workloads.Ref):
-            self._owner_refs[uid] = found
+            self._owner_ref(uid, found, objects.pod_gated(pod))
             known = self.owners.known(found)
             if known is None:
                 return groups.unresolved(found.namespace, found.kind, found.name)
@@ -424,27 +434,40 @@ class Controller:
             if error is not None:
                 return groups.unreadable(found.namespace, found.kind, found.name, error)
         else:
-            self._owner_refs.pop(uid, None)
+            self._owner_ref(uid, None)
         try:
             return workloads.group_of(pod, owner)
         except InvalidRequest:
             return None  # parse_pod refused the pod first (the annotations are read there too)
 
+    def _owner_ref(self, uid: str, ref: workloads.Ref | None, gated: bool = False) -> None:
+        """Index pod `uid` under the owner it waits on (None: under none)."""
+        old = self._owner_refs.pop(uid, None)
+        if old is not None:
+            for index in (self._ref_users, self._ref_gated):
+                members = index.get(old)
+                if members is not None:
+                    members.discard(uid)
+                    if not members:
+                        del index[old]
+        if ref is not None:
+            self._owner_refs[uid] = ref
+            self._ref_users.setdefault(ref, set()).add(uid)
+            if gated:
+                self._ref_gated.setdefault(ref, set()).add(uid)
+
     async def read_owners(self, now: float) -> int:
-        """Read the owners of waiting pods that are unknown or stale (one read per owner), then give each
-        pod its group again. Returns the reads made."""
+        """Read the owners that are unknown, or stale while a pod of theirs waits (one read per owner), then
+        give each of their pods its group again. Returns the reads made. Visits owners, not pods."""
         assert self.kube is not None
         users: dict[workloads.Ref, list[str]] = {}
         stale: set[workloads.Ref] = set()
         with self.lock:
-            for uid, ref in list(self._owner_refs.items()):
-                entry = self.manager.pods.get(uid)
-                if entry is None or uid not in self.pods:
-                    self._owner_refs.pop(uid, None)
-                    continue
-                users.setdefault(ref, []).append(uid)
-                if self.owners.known(ref) is None or (entry.gated and self.owners.get(ref, now) is None):
+            for ref in self._ref_users:
+                if self.owners.known(ref) is None or (ref in self._ref_gated and self.owners.get(ref, now) is None):
                     stale.add(ref)
+            for ref in stale:
+                users[ref] = sorted(u for u in self._ref_users[ref] if u in self.pods and u in self.manager.pods)
         for ref in sorted(stale, key=lambda r: (r.namespace, r.kind, r.name)):
             try:
                 obj = await self.kube.get_object(ref.path())
@@ -505,31 +528,17 @@ class Controller:
         self.decision_seconds = time.perf_counter() - started
         metrics.DECISION_LATENCY.observe(self.decision_seconds)
         counts = {"admitted": 0, "preempted": 0, "events": 0}
-        for admission in result.admitted:
-            pod = self.pods.get(admission.uid)
-            if pod is None:
-                continue
-            meta = pod["metadata"]
-            queue = admission.queue or None  # recorded on the pod: the extender keys reserved nodes on it
-            try:
-                if queue is not None and (meta.get("annotations") or {}).get(resources.QUEUE) != queue:
-                    await self.kube.annotate_pod(meta["namespace"], meta["name"], {resources.QUEUE: queue})
-                await self.kube.remove_gate(meta["namespace"], meta["name"], admission.uid,
-                                            pod["spec"].get("schedulingGates") or [], queue)  # fmt: skip
-            except Exception as exc:
-                log.warning("could not remove the gate of %s (it waits for the next cycle): %s", admission.key, exc)
-                with self.lock:
-                    self.manager.unadmit(admission.uid)
-                continue
+        admissions = [(a, self.pods[a.uid]) for a in result.admitted if a.uid in self.pods]
+        # gate removals first and in parallel (bounded): a burst's last pod does not wait for every other's writes
+        ungated = await self._concurrently(functools.partial(self._ungate, a, p) for a, p in admissions)
+        done = [(a, p) for (a, p), ok in zip(admissions, ungated, strict=True) if ok]
+        for admission, admitted in done:
             counts["admitted"] += 1
-            where = f"capacity reserved on node {admission.node}" if admission.node else "no node reserved"
-            await self._publish(pod, objects.ADMITTED_REASON, f"admitted by queue {admission.queue or '(none)'}; "
-                                f"{where}; the gpupool scheduler binds it", now)  # fmt: skip
             metrics.ADMISSIONS.labels(admission.queue or "(none)").inc()
-            metrics.GATE_LATENCY.observe(max(0.0, now - (timefmt.parse_time(meta.get("creationTimestamp")) or 0.0)))
+            created = timefmt.parse_time(admitted["metadata"].get("creationTimestamp")) or 0.0
+            metrics.GATE_LATENCY.observe(max(0.0, now - created))
             self._events.pop(admission.uid, None)
-            if (meta.get("annotations") or {}).get(resources.NOMINATED):
-                await self._quiet(self.kube.annotate_pod(meta["namespace"], meta["name"], {resources.NOMINATED: None}))
+        await self._concurrently(functools.partial(self._after_admission, a, p, now) for a, p in done)
         for uid in result.expired_nominations:
             pod = self.pods.get(uid)
             if pod is not None:
@@ -541,6 +550,7 @@ class Controller:
                 await self._quiet(self.kube.event(pod, "GPUPoolGroupReleased", why, "Warning"))
         if self.settings.preemption_enabled:
             counts["preempted"] = await self._preempt(result.preemptors, now, result.waiting)
+        told: list[tuple[dict[str, Any], str, str]] = []  # (pod, reason, message) of the changed wait messages
         for uid, message in result.waiting.items():
             if self._events.get(uid) == message:
                 continue
@@ -548,18 +558,62 @@ class Controller:
             if pod is None:
                 continue
             self._events[uid] = message
-            await self._quiet(self.kube.event(pod, "GPUPoolWaiting", message))
             with self.lock:
                 entry = self.manager.pods.get(uid)
                 nominated = entry is not None and entry.nomination is not None
-            await self._publish(pod, objects.NOMINATED_REASON if nominated else objects.WAITING_REASON, message, now)
-            counts["events"] += 1
+            told.append((pod, objects.NOMINATED_REASON if nominated else objects.WAITING_REASON, message))
+        await self._concurrently(functools.partial(self._tell_waiting, p, r, m, now) for p, r, m in told)
+        counts["events"] += len(told)
         counts["events"] += await self._warn_aliases()
         counts["events"] += await self._warn_quarantined()
         counts["events"] += await self._resize_events(now)
         await self._health_gc()
         await self.write_status()
         return counts
+
+    async def _concurrently(self, calls: Iterable[Callable[[], Awaitable[T]]]) -> list[T]:
+        """Run the API calls in parallel, at most `api_write_concurrency` at once; results in order. Each call
+        handles its own failure (`_quiet`, `_ungate`): one bad write never stops the others."""
+        limit = asyncio.Semaphore(self.settings.api_write_concurrency)
+
+        async def one(call: Callable[[], Awaitable[T]]) -> T:
+            async with limit:
+                return await call()
+
+        return list(await asyncio.gather(*(one(c) for c in calls)))
+
+    async def _ungate(self, admission: Admission, pod: Mapping[str, Any]) -> bool:
+        """Record the queue on the pod and remove its gate; on failure the model forgets the admission (the
+        next cycle decides the pod again)."""
+        assert self.kube is not None
+        meta = pod["metadata"]
+        queue = admission.queue or None  # recorded on the pod: the extender keys reserved nodes on it
+        try:
+            if queue is not None and (meta.get("annotations") or {}).get(resources.QUEUE) != queue:
+                await self.kube.annotate_pod(meta["namespace"], meta["name"], {resources.QUEUE: queue})
+            await self.kube.remove_gate(meta["namespace"], meta["name"], admission.uid,
+                                        pod["spec"].get("schedulingGates") or [], queue)  # fmt: skip
+        except Exception as exc:
+            log.warning("could not remove the gate of %s (it waits for the next cycle): %s", admission.key, exc)
+            with self.lock:
+                self.manager.unadmit(admission.uid)
+            return False
+        return True
+
+    async def _after_admission(self, admission: Admission, pod: Mapping[str, Any], now: float) -> None:
+        """The admitted pod's condition, and its nomination annotation gone."""
+        assert self.kube is not None
+        meta = pod["metadata"]
+        where = f"capacity reserved on node {admission.node}" if admission.node else "no node reserved"
+        await self._publish(pod, objects.ADMITTED_REASON, f"admitted by queue {admission.queue or '(none)'}; "
+                            f"{where}; the gpupool scheduler binds it", now)  # fmt: skip
+        if (meta.get("annotations") or {}).get(resources.NOMINATED):
+            await self._quiet(self.kube.annotate_pod(meta["namespace"], meta["name"], {resources.NOMINATED: None}))
+
+    async def _tell_waiting(self, pod: Mapping[str, Any], reason: str, message: str, now: float) -> None:
+        assert self.kube is not None
+        await self._quiet(self.kube.event(pod, "GPUPoolWaiting", message))
+        await self._publish(pod, reason, message, now)
 
     # --- resize: the controller checks the quota of a growth (gpupool.resize, docs/runtime.md "Resize") ---------
 
@@ -662,12 +716,13 @@ class Controller:
         done: the pods being preempted, or why none can be (`no_preemption_reason`)."""
         assert self.kube is not None
         evicted = 0
+        self._searched = {uid: memo for uid, memo in self._searched.items() if uid in preemptors}
         for uid, queue in preemptors.items():
             refused = self._refused.setdefault(uid, set())
             note = None
             for _attempt in range(5):
                 with self.lock:
-                    plan = find_preemption(self.manager, uid, exclude=frozenset(refused))
+                    plan = self._search(uid, frozenset(refused))
                 if plan is None:
                     break
                 ok = True
@@ -728,10 +783,32 @@ class Controller:
             if note is None:  # no victim set could be evicted: say why, when some pod might have been
                 with self.lock:
                     if uid in self.manager.pods:
-                        note = no_preemption_reason(self.manager, uid, frozenset(refused))
+                        note = self._why_not(uid, frozenset(refused))
             if note is not None and uid in waiting:
                 waiting[uid] = f"{waiting[uid]}; {note}"
         return evicted
+
+    def _search(self, uid: str, refused: frozenset[str]) -> PreemptionPlan | None:
+        """`find_preemption`, remembered per head while its inputs (the ledger, the queue manager, the refused
+        victims) are unchanged: a blocked head is not searched again every cycle. Under `self.lock`."""
+        key = (self.manager.ledger.generation, self.manager.version, refused)
+        memo = self._searched.get(uid)
+        if memo is not None and memo[0] == key:
+            return memo[1]
+        plan = find_preemption(self.manager, uid, exclude=refused)
+        self._searched[uid] = (key, plan, None)
+        return plan
+
+    def _why_not(self, uid: str, refused: frozenset[str]) -> str | None:
+        """`no_preemption_reason`, remembered with the search it explains. Under `self.lock`."""
+        key = (self.manager.ledger.generation, self.manager.version, refused)
+        memo = self._searched.get(uid)
+        if memo is not None and memo[0] == key and memo[1] is None and memo[2] is not None:
+            return memo[2]
+        note = no_preemption_reason(self.manager, uid, refused)
+        if memo is not None and memo[0] == key and memo[1] is None:
+            self._searched[uid] = (key, None, note)
+        return note
 
     def _key(self, uid: str) -> str:
         pod = self.pods.get(uid)
@@ -797,24 +874,36 @@ class Controller:
         with self.lock:
             out = status.node_statuses(self.ledger)
         for name, row in out.items():
-            for gpu in row["allocated"]:
-                metrics.GPU_ALLOCATED.labels(name, gpu["uuid"], "compute").set(gpu["compute"])
-                metrics.GPU_ALLOCATED.labels(name, gpu["uuid"], "memory").set(gpu["memoryMiB"])
+            _gpu_metrics(name, row)
         return out
 
     async def write_status(self) -> None:
+        """Patch the GPUQueue and GPUNode statuses that changed since last written (in parallel, bounded); the
+        per-GPU metrics are set only for those nodes (setting 16,000 series per cycle cost seconds at scale)."""
         assert self.kube is not None
-        for name, row in self.queue_statuses().items():
-            if self._queue_status.get(name) != row:
-                try:
-                    await self.kube.patch_status(objects.GPUQUEUE_PLURAL, name, row)
-                    self._queue_status[name] = row
-                except Exception as exc:
-                    log.warning("GPUQueue %s status: %s", name, exc)
-        for name, row in self.node_statuses().items():
-            if self._node_status.get(name) != row:
-                try:
-                    await self.kube.patch_status(objects.GPUNODE_PLURAL, name, row)
-                    self._node_status[name] = row
-                except Exception as exc:
-                    log.warning("GPUNode %s status: %s", name, exc)
+        queues = [(n, row) for n, row in self.queue_statuses().items() if self._queue_status.get(n) != row]
+        with self.lock:
+            rows = status.node_statuses(self.ledger)
+        nodes = [(n, row) for n, row in rows.items() if self._node_status.get(n) != row]
+        for name, row in nodes:
+            _gpu_metrics(name, row)
+
+        async def patch(plural: str, name: str, row: dict[str, Any], last: dict[str, dict[str, Any]]) -> None:
+            assert self.kube is not None
+            try:
+                await self.kube.patch_status(plural, name, row)
+                last[name] = row
+            except Exception as exc:
+                log.warning("%s %s status: %s", "GPUQueue" if plural == objects.GPUQUEUE_PLURAL else "GPUNode",
+                            name, exc)  # fmt: skip
+
+        await self._concurrently(
+            [functools.partial(patch, objects.GPUQUEUE_PLURAL, n, row, self._queue_status) for n, row in queues]
+            + [functools.partial(patch, objects.GPUNODE_PLURAL, n, row, self._node_status) for n, row in nodes]
+        )
+
+
+def _gpu_metrics(name: str, row: Mapping[str, Any]) -> None:
+    for gpu in row["allocated"]:
+        metrics.GPU_ALLOCATED.labels(name, gpu["uuid"], "compute").set(gpu["compute"])
+        metrics.GPU_ALLOCATED.labels(name, gpu["uuid"], "memory").set(gpu["memoryMiB"])

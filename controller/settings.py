@@ -43,6 +43,10 @@ class ControllerSettings(PoolSettings):
     admission_coalesce_seconds: float = Field(
         0.02, ge=0, description="after an event, wait this long for more before the cycle (a burst is one cycle)"
     )
+    api_write_concurrency: int = Field(
+        16, ge=1, le=64,
+        description="API writes of one cycle in flight at once (gate removals, conditions, Events, statuses)",
+    )  # fmt: skip
     reservation_ttl_seconds: float = Field(600.0, gt=0, description="admitted pods that do not bind release it")
     nomination_ttl_seconds: float = Field(300.0, gt=0, description="nominations of preemptors expire")
     group_bind_timeout_seconds: float = Field(

@@ -234,6 +234,8 @@ class Ledger:
         #: free capacity per node (`capacity_index`), built on first use; nodes changed since its last refresh
         self._free_index: CapacityIndex | None = None
         self._capacity_stale: set[str] = set()
+        #: an `overlay()`'s nodes still shared with the ledger it was made from (cloned on first change: `_own`)
+        self._shared: set[str] = set()
 
     # --- planning copies ---------------------------------------------------------------------------
 
@@ -243,14 +245,36 @@ class Ledger:
         View keys keep their ids (`NodeView.kid`), but a copy's new ids are its own: place on it with
         `Placer.over(copy)`, never with a placer of the original.
         """
+        other = self._copy_shell()
+        other._nodes = {name: state.clone() for name, state in self._nodes.items()}
+        other._gpus = {g.uuid: g for state in other._nodes.values() for g in state.gpus}
+        return other
+
+    def overlay(self) -> Ledger:
+        """A planning copy like `copy()` that clones only the nodes it changes (a what-if on one node costs one
+        node, not the pool: preemption on 1,000+ nodes). It shares the other nodes with this ledger, so it is
+        valid only while this ledger does not change: make it, plan and drop it under the owner's lock.
+
+        Every view of this ledger is built first (a cache fill, as `view` does), so the overlay never writes
+        a cache into a shared node.
+        """
+        for name, state in self._nodes.items():
+            if state.view is None:
+                self.view(name)
+        other = self._copy_shell()
+        other._nodes = dict(self._nodes)
+        other._gpus = dict(self._gpus)
+        other._shared = set(self._nodes)
+        return other
+
+    def _copy_shell(self) -> Ledger:
+        """`copy()` without its nodes and GPUs (the caller fills `_nodes` / `_gpus`)."""
         other = Ledger(
             slots_per_gpu=self.slots_per_gpu,
             remote_slots=self.remote_slots,
             overcommit_compute_percent=self.overcommit_compute_percent,
             overcommit_memory_percent=self.overcommit_memory_percent,
         )
-        other._nodes = {name: state.clone() for name, state in self._nodes.items()}
-        other._gpus = {g.uuid: g for state in other._nodes.values() for g in state.gpus}
         other._holdings = dict(self._holdings)
         other.quarantined = dict(self.quarantined)
         other._quarantined = dict(self._quarantined)
@@ -264,6 +288,24 @@ class Ledger:
         other._changes_dropped = self.change_mark()  # a copy's log starts empty: older marks are unknown to it
         other.scratch = True
         return other
+
+    def _own(self, name: str) -> None:
+        """An overlay's node `name` becomes its own (cloned with its GPUs) before it changes."""
+        if name in self._shared:
+            self._shared.discard(name)
+            state = self._nodes.get(name)
+            if state is not None:
+                mine = self._nodes[name] = state.clone()
+                for g in mine.gpus:
+                    self._gpus[g.uuid] = g
+
+    def _own_for(self, holding: Holding) -> None:
+        """`_own` every node a holding uses (its pod's node and each slice's GPU's node)."""
+        self._own(holding.node)
+        for s in holding.slices:
+            gpu = self._gpus.get(s.gpu)
+            if gpu is not None:
+                self._own(gpu.node)
 
     @contextlib.contextmanager
     def without(self, pods: Iterable[str]) -> Iterator[None]:
@@ -293,12 +335,16 @@ class Ledger:
         capacity: one that no longer fits (a GPU reports less memory now) is quarantined, never
         held past capacity. Returns the pods whose holdings were dropped: a GPU they use is gone,
         or they were quarantined. A GPU already on another node raises `ValueError`, changing nothing.
+        The same inventory again changes nothing (not even `generation`).
         """
         for new in info.gpus:
             other = self._gpus.get(new.uuid)
             if other is not None and other.node != info.name:
                 raise ValueError(f"GPU {new.uuid} of node {info.name} is already on node {other.node}")
         old = self._nodes.get(info.name)
+        ordered = replace(info, gpus=tuple(sorted(info.gpus, key=lambda g: g.index)))
+        if old is not None and self.node_info(info.name) == ordered:
+            return []  # the same inventory (a GPUNode event that changed nothing here): no change, no generation
         dropped: list[str] = []
         held: list[Holding] = []
         remaining = {g.uuid for g in info.gpus}
@@ -368,12 +414,16 @@ class Ledger:
         return pods
 
     def set_gpu_health(self, uuid: str, healthy: bool) -> None:
+        if self._shared:
+            self._own(self._gpu(uuid).node)
         gpu = self._gpu(uuid)
         if gpu.healthy != healthy:
             gpu.healthy = healthy
             self._touch(gpu.node)
 
     def set_gpu_disabled(self, uuid: str, disabled: bool) -> None:
+        if self._shared:
+            self._own(self._gpu(uuid).node)
         gpu = self._gpu(uuid)
         if gpu.disabled != disabled:
             gpu.disabled = disabled
@@ -569,6 +619,9 @@ class Ledger:
         """The cached view of `node` for guaranteed slices."""
         state = self._node(node)
         if state.view is None:
+            if node in self._shared:  # never cache into a node shared with the original (`overlay`)
+                self._own(node)
+                state = self._nodes[node]
             state.view = self._build_view(state, QoS.GUARANTEED, None)
             self._kid_of[node] = state.view.kid
         return state.view
@@ -721,6 +774,8 @@ class Ledger:
             raise OverAllocation(f"node {holding.node}: pod limit reached")
 
     def _apply(self, holding: Holding, sign: int) -> None:
+        if self._shared:
+            self._own_for(holding)
         touched = {holding.node}
         pod_node = self._nodes.get(holding.node)
         for s in holding.slices:
@@ -749,6 +804,8 @@ class Ledger:
 
     def _block(self, holding: Holding, sign: int) -> None:
         """Count a quarantined holding conservatively (+1) or stop counting it (-1), see `quarantine`."""
+        if self._shared:
+            self._own_for(holding)
         touched: set[str] = set()
         pod_node = self._nodes.get(holding.node)
         for s in holding.slices:
@@ -786,6 +843,8 @@ class Ledger:
         self._changes.append(name)
 
     def _touch(self, name: str) -> None:
+        if self._shared:
+            self._own(name)
         self._nodes[name].view = None
         self._kid_of.pop(name, None)
         if self._free_index is not None:
@@ -842,6 +901,8 @@ class Ledger:
         kid = self._kids.get(view.key)
         if kid is None:
             if len(self._kids) >= _MAX_KIDS:
+                for name in list(self._shared):  # the views of shared nodes are the original's
+                    self._own(name)
                 self._kids.clear()
                 self._kid_of.clear()
                 self.kid_epoch += 1

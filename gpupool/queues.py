@@ -215,31 +215,40 @@ class QueueManager:
         self.evicting: set[str] = set()
         self._usage: dict[str, Resources] = {}
         self._largest: tuple[int, int] = (-1, 0)
+        #: bumped by every change of queues, labels, pods or usage (with `ledger.generation`: the inputs of
+        #: `gpupool.preemption.find_preemption`, which the controller's memo keys on)
+        self.version = 0
 
     # --- configuration -----------------------------------------------------------------------------
 
     def set_queue(self, spec: QueueSpec) -> None:
+        self.version += 1
         self.queues[spec.name] = spec
         self.placer.reservations.set_queue(spec)
         self._requeue_all()
 
     def remove_queue(self, name: str) -> None:
+        self.version += 1
         self.queues.pop(name, None)
         self.placer.reservations.remove_queue(name)
         self._requeue_all()
 
     def set_namespace(self, name: str, labels: Mapping[str, str]) -> None:
+        self.version += 1
         self.namespace_labels[name] = dict(labels)
         self._requeue_all()
 
     def remove_namespace(self, name: str) -> None:
+        self.version += 1
         self.namespace_labels.pop(name, None)
 
     def set_node_labels(self, node: str, labels: Mapping[str, str]) -> None:
+        self.version += 1
         self.node_labels[node] = dict(labels)
         self.placer.reservations.set_node_labels(node, labels)
 
     def remove_node_labels(self, node: str) -> None:
+        self.version += 1
         self.node_labels.pop(node, None)
         self.placer.reservations.remove_node(node)
 
@@ -288,6 +297,7 @@ class QueueManager:
 
     def upsert_pod(self, entry: PodEntry) -> None:
         """Add or refresh a live pod (terminal or deleted pods: `remove_pod`)."""
+        self.version += 1
         old = self.pods.get(entry.uid)
         if old is not None:
             entry.state, entry.charge = old.state, old.charge
@@ -321,10 +331,12 @@ class QueueManager:
     def set_group(self, uid: str, group: groups.GroupSpec | None) -> None:
         """The pod's group, once its owner is read (the adapter reads it; `gpupool.groups`)."""
         entry = self.pods.get(uid)
-        if entry is not None:
+        if entry is not None and entry.group != group:
             entry.group = group
+            self.version += 1
 
     def remove_pod(self, uid: str) -> None:
+        self.version += 1
         entry = self.pods.pop(uid, None)
         self.evicting.discard(uid)
         self.ledger.discard(uid)
@@ -345,9 +357,11 @@ class QueueManager:
             self.ledger.release(uid)
         self._uncharge(entry)
         entry.state, entry.charge, entry.admitted_at = State.PENDING, ZERO, None
+        self.version += 1
 
     def mark_evicting(self, uid: str) -> None:
         """`uid` is being evicted: free its capacity and quota now (its pod object may linger)."""
+        self.version += 1
         entry = self.pods.get(uid)
         self.evicting.add(uid)
         self.ledger.discard(uid)
@@ -409,10 +423,12 @@ class QueueManager:
                 self._charge(entry)
 
     def _charge(self, entry: PodEntry) -> None:
+        self.version += 1
         if entry.queue is not None:
             self._usage[entry.queue] = self._usage.get(entry.queue, ZERO) + entry.charge
 
     def _uncharge(self, entry: PodEntry) -> None:
+        self.version += 1
         if entry.queue is not None:
             self._usage[entry.queue] = self._usage.get(entry.queue, ZERO) - entry.charge
 
@@ -616,6 +632,7 @@ class QueueManager:
             self._uncharge(entry)
             entry.state, entry.charge = State.PENDING, ZERO
         entry.nomination = None
+        self.version += 1
 
     def schedule(self, now: float | None = None) -> CycleResult:
         """One admission pass over every queue; mutates the ledger (RESERVED holdings) and usage.
@@ -776,6 +793,7 @@ class QueueManager:
         group: str | None = None,
     ) -> None:
         """Book an admission whose RESERVED holding is committed already."""
+        self.version += 1
         entry.state, entry.charge, entry.admitted_at = State.ADMITTED, charge, now
         self._charge(entry)
         result.admitted.append(Admission(entry.uid, entry.key, q, node, charge, group))
@@ -787,6 +805,7 @@ class QueueManager:
         if holding is not None and holding.kind is HoldingKind.NOMINATED:
             self.ledger.release(entry.uid)
             self.ledger.hold(replace(holding, kind=HoldingKind.RESERVED))
+        self.version += 1
         entry.state, entry.admitted_at, entry.nomination = State.ADMITTED, self.clock(), None
         result.admitted.append(Admission(entry.uid, entry.key, entry.queue, nom.node, entry.charge))
 
@@ -803,6 +822,7 @@ class QueueManager:
             cpu_milli=entry.request.cpu_milli, host_memory_mib=entry.request.host_memory_mib,
         )
         live = frozenset(v for v in victims if v in self.pods)
+        self.version += 1
         entry.nomination = Nomination(plan.node, now + self.nomination_ttl, live, plan)
         entry.charge = Resources(holding.compute_units, holding.memory_units)
         entry.state = State.NOMINATED

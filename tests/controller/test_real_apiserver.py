@@ -407,3 +407,14 @@ def test_standby_takes_the_lease_and_admits(real: RealAPI, ns: str, controller: 
         controller.start()
         controller.install_webhooks()
         wait_webhook_serving(real, ns, lambda n: real.create_pod(ns, gpu_pod(n)))
+
+
+def test_the_prune_lists_every_pod_uid_page_by_page(real: RealAPI, ns: str) -> None:
+    """Issue 16: `Controller.prune_gone` lists pods as raw JSON in pages (was: one unpaged typed list)."""
+    import asyncio
+
+    from controller.kube import Kube
+
+    uids = {real.create_pod(ns, plain_pod(f"plain-{i}"))["metadata"]["uid"] for i in range(3)}
+    listed = asyncio.run(Kube(real.api_client).list_pod_uids(page_size=2))
+    assert uids <= listed and "" not in listed

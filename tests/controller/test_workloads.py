@@ -185,3 +185,23 @@ def test_webhook_refuses_a_pod_that_does_not_match_its_groups_members() -> None:
     assert [e.field for e in errs] == [f"metadata.annotations[{resources.MIN_MEMBERS}]"]
     bad = pod("bad", annotations={resources.POD_GROUP: "g", resources.MIN_MEMBERS: "many"})
     assert any(e.field == f"metadata.annotations[{resources.MIN_MEMBERS}]" for e in admission.validate(bad))
+
+
+def test_owners_are_read_again_only_while_a_pod_of_theirs_waits_and_forgotten_with_their_pods() -> None:
+    """Issue 16: `read_owners` visits owners (indexed by the pods that wait on them), not every owned pod."""
+    c, kube = make()
+    c.on_gpunode("ADDED", gpunode("n1", gpus=4))
+    c.on_queue("ADDED", queue("team-a", 1000))
+    kube.objects[JOB] = {"spec": {"parallelism": 2}}
+    pods = [owned(f"w{i}", "Job", "train") for i in range(2)]
+    for p in pods:
+        c.on_pod("ADDED", p)
+    run(c.cycle(now=1.0))
+    assert kube.reads == [JOB] and len(kube.of("ungate")) == 2
+    for p in pods:  # the watch shows them ungated: nothing of the Job waits any more
+        c.on_pod("MODIFIED", {**p, "spec": {**p["spec"], "schedulingGates": []}})
+    run(c.cycle(now=1000.0))  # the cached read is stale, but no pod waits on it
+    assert kube.reads == [JOB]
+    for p in pods:
+        c.on_pod("DELETED", p)
+    assert c._owner_refs == {} and c._ref_users == {} and c._ref_gated == {}
