@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from anyio import to_thread
+from anyio import CapacityLimiter, to_thread
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -29,6 +29,10 @@ from extender.service import PoolService
 log = logging.getLogger("gpupool.extender.http")
 
 _JSON = "application/json"
+#: binds in threads at once: each waits on the API server (its Binding) or on the identity rule (up to
+#: `PoolService.identity_bind_wait_seconds`), not on the CPU; anyio's shared default (40) queued a burst's
+#: binds behind those waits, which delayed every commit (docs/e2e.md, issue 16)
+BIND_THREADS = 256
 _M = TypeVar("_M", bound=BaseModel)
 
 
@@ -140,10 +144,16 @@ def create_app(service: PoolService, *, url_prefix: str = "", max_body_bytes: in
         scores = service.prioritize(args.Pod, names)
         return Response(_dumps([{"Host": n, "Score": s} for n, s in scores]), media_type=_JSON)
 
+    binders: list[CapacityLimiter] = []  # made on the first bind, inside the event loop
+
     @verb("bind")
     async def _bind(body: bytes) -> Response:
         args = _decode(wire.ExtenderBindingArgs, body)
-        error = await to_thread.run_sync(service.bind, args.PodName, args.PodNamespace, args.PodUID, args.Node)
+        if not binders:
+            binders.append(CapacityLimiter(BIND_THREADS))
+        error = await to_thread.run_sync(
+            service.bind, args.PodName, args.PodNamespace, args.PodUID, args.Node, limiter=binders[0]
+        )
         return Response(_dumps({"Error": error}), media_type=_JSON)
 
     @verb("preempt")

@@ -127,6 +127,11 @@ class PoolService:
         #: (below kube-scheduler's extender httpTimeout, 5 s in the chart)
         self.identity_bind_wait_seconds = 2.0
         self._identity_changed = threading.Condition(self.lock)  # notified when an unserved pod is forgotten
+        #: how long a prioritize answer's chosen node counts as where its pod is about to bind (`_identity_expect`);
+        #: 0 = off. kube-scheduler's next cycles run before the extender sees that pod's bind
+        self.identity_expect_seconds = 2.0
+        self.expected: dict[str, dict[str, identity.Expected]] = {}  # node -> uid -> mark (time.monotonic)
+        self._expected_at: dict[str, tuple[str, identity.Expected]] = {}  # uid -> (node, mark)
 
     # --- readiness ---------------------------------------------------------------------------------
 
@@ -367,6 +372,7 @@ class PoolService:
         self.unplaced.discard(uid)
         self._quarantine_seen.discard(uid)
         self._identity_forget(uid)
+        self._identity_unexpect(uid)
         if uid in self.inflight:
             self._gone_while_binding.add(uid)  # the bind settles it when its Binding answers
         else:
@@ -552,7 +558,8 @@ class PoolService:
             if ext is None:
                 ext = table[score] = extender_score(score)
             out.append((n, ext))
-        return out
+        with self.lock:
+            return self._identity_expect(objects.pod_uid(pod), request, out)
 
     def _not_ready_message(self) -> str:
         waiting = ", ".join(k for k, v in self._synced.items() if not v)
@@ -565,6 +572,8 @@ class PoolService:
         try:
             self._bind(name, namespace, uid, node)
         except BindError as exc:
+            with self.lock:
+                self._identity_unexpect(uid)
             self.metrics.binds.labels("error").inc()
             log.warning("bind %s/%s -> %s failed: %s", namespace, name, node, exc)
             return str(exc)
@@ -775,6 +784,7 @@ class PoolService:
     def _identity_bound(self, uid: str, key: str, holding: Holding) -> None:
         """A bind just committed `holding`: the pod is unserved on its node from now on."""
         self._identity_forget(uid)
+        self._identity_unexpect(uid)  # the rule itself holds its node back now
         unserved = identity.Unserved(key, identity.slot_counts(holding.slices), self.clock())
         self.unserved.setdefault(holding.node, {})[uid] = unserved
         self._unserved_node[uid] = holding.node
@@ -826,6 +836,32 @@ class PoolService:
             else:
                 answer.unresolvable[node] = reason
         answer.passing = passing
+
+    def _identity_expect(self, uid: str, request: PodRequest, answer: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """Steer a burst of same-size pods to distinct nodes (`identity.steer`): this answer's chosen node is
+        marked as where `uid` is about to bind, for `identity_expect_seconds` or until its bind commits or fails."""
+        counts = identity.request_slot_counts(request)
+        self._identity_unexpect(uid)
+        if self.identity_expect_seconds <= 0 or self.identity_wait_seconds <= 0 or not counts or not uid:
+            return answer
+        now = time.monotonic()
+        for other in [u for u, (_, e) in self._expected_at.items() if e.until <= now]:
+            self._identity_unexpect(other)
+        out, chosen = identity.steer(answer, self.expected, counts, now, extender_score(0))
+        if chosen is not None:
+            mark = identity.Expected(counts, now + self.identity_expect_seconds)
+            self.expected.setdefault(chosen, {})[uid] = mark
+            self._expected_at[uid] = (chosen, mark)
+        return out
+
+    def _identity_unexpect(self, uid: str) -> None:
+        node, _ = self._expected_at.pop(uid, (None, None))
+        if node is not None:
+            marks = self.expected.get(node)
+            if marks is not None:
+                marks.pop(uid, None)
+                if not marks:
+                    del self.expected[node]
 
     def _identity_check(self, request: PodRequest, node: str, key: str) -> None:
         """Bind's re-check of the filter's rule (the node may have changed since): waits up to

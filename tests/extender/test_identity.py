@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import threading
+import time
 from typing import Any
 from unittest import mock
 
@@ -372,3 +373,70 @@ def admit_in_any_order(workload: list[tuple[int, int, int]], data: st.DataObject
         if data.draw(st.booleans(), label="the node agent restarts"):
             agent.restart([c.stored(pods[n]) for n in bound])
     assert sorted(served) == sorted(pods)
+
+
+# --- a burst: kube-scheduler schedules the next pod before the previous one's bind arrives -------------------
+
+
+def burst_service(nodes: int = 3) -> tuple[PoolService, StubAPI, list[str]]:
+    api = StubAPI()
+    service = build(ExtenderSettings(_cli_parse_args=False), api=api, key=KEY).service
+    names = [f"n-{i}" for i in range(nodes)]
+    service.on_node_list([node(n) for n in names])
+    service.on_gpunode_list([gpunode(n, gpus=8, memory=MEMORY) for n in names])
+    service.on_pod_list([])
+    return service, api, names
+
+
+def top(service: PoolService, p: dict[str, Any], names: list[str]) -> list[str]:
+    """The nodes kube-scheduler would pick from (the extender's top score), filter then prioritize."""
+    scores = service.prioritize(p, service.filter(p, names).passing)
+    best = max(s for _, s in scores)
+    return [n for n, s in scores if s == best]
+
+
+def test_a_burst_of_same_size_pods_is_pointed_to_distinct_nodes_before_any_binds() -> None:
+    """Issue 16: in a released burst each pod's prioritize ran before the previous pod's bind reached the
+    extender, every one ranked the same node first, and their binds waited for the kubelet there (2 s, then
+    refused). Each answer now points to one node, and the next pods of a shared slot count elsewhere."""
+    service, api, names = burst_service()
+    pods = [pod(f"p{i}", compute=50, memory=4096) for i in range(4)]
+    for p in pods:
+        api.add(p)
+        service.on_pod_event("ADDED", p)
+    chosen = [top(service, p, names) for p in pods[:3]]
+    assert all(len(c) == 1 for c in chosen)
+    assert len({c[0] for c in chosen}) == 3
+    # every node marked: the fourth has nowhere better; all its nodes stay eligible (never refused)
+    assert set(service.filter(pods[3], names).passing) == set(names)
+    # a pod of another slot count is not steered by them
+    two = pod("two", count=2, compute=50, memory=4096)
+    api.add(two)
+    service.on_pod_event("ADDED", two)
+    assert top(service, two, names) == [chosen[0][0]]
+    # the binds land where each pod was pointed, none waits
+    for p, (n,) in zip(pods[:3], chosen, strict=True):
+        m = p["metadata"]
+        assert service.bind(m["name"], m["namespace"], m["uid"], n) == ""
+    assert {u for marks in service.expected.values() for u in marks} == {"uid-default-two"}  # each bind ended its own
+
+
+def test_a_pods_mark_ends_with_its_bind_or_after_the_expect_time() -> None:
+    service, api, names = burst_service(2)
+    a, b = pod("a"), pod("b")
+    for p in (a, b):
+        api.add(p)
+        service.on_pod_event("ADDED", p)
+    (first,) = top(service, a, names)
+    assert top(service, b, names) != [first]
+    api.add({**a, "spec": {**a["spec"], "nodeName": "elsewhere"}})  # someone else bound a: 409, bind fails
+    assert "cannot create the Binding" in service.bind("a", "default", a["metadata"]["uid"], first)
+    assert first not in service.expected or "uid-default-a" not in service.expected[first]
+    service.expected.clear()
+    service._expected_at.clear()
+    service.identity_expect_seconds = 0.000001
+    (first,) = top(service, a, names)
+    time.sleep(0.01)
+    assert top(service, b, names) == [first]  # a's mark expired
+    service.identity_expect_seconds = 0  # off: the scores as the policy gives them, both nodes tie
+    assert top(service, a, names) == top(service, b, names) == names
