@@ -847,7 +847,9 @@ class PoolService:
         now = time.monotonic()
         for other in [u for u, (_, e) in self._expected_at.items() if e.until <= now]:
             self._identity_unexpect(other)
-        out, chosen = identity.steer(answer, self.expected, counts, now, extender_score(0))
+        # nodes where a bind committed since this pod's filter ran (the filter would refuse them now)
+        blocked = {node for node in self.unserved if self._identity_wait(request, node) is not None}
+        out, chosen = identity.steer(answer, self.expected, counts, now, extender_score(0), blocked)
         if chosen is not None:
             mark = identity.Expected(counts, now + self.identity_expect_seconds)
             self.expected.setdefault(chosen, {})[uid] = mark

@@ -440,3 +440,19 @@ def test_a_pods_mark_ends_with_its_bind_or_after_the_expect_time() -> None:
     assert top(service, b, names) == [first]  # a's mark expired
     service.identity_expect_seconds = 0  # off: the scores as the policy gives them, both nodes tie
     assert top(service, a, names) == top(service, b, names) == names
+
+
+def test_a_node_whose_bind_committed_after_the_filter_is_not_ranked_first() -> None:
+    """The debug log of a 100-node burst: pod b's filter passed node N, pod a's bind committed on N, then b's
+    prioritize ranked N first (a packing policy prefers the node a now uses) and b's bind waited 2 s there."""
+    service, api, names = burst_service(2)
+    a, b = pod("a", compute=50, memory=4096), pod("b", compute=50, memory=4096)
+    for p in (a, b):
+        api.add(p)
+        service.on_pod_event("ADDED", p)
+    (n,) = top(service, a, names)
+    passing = service.filter(b, names).passing  # before a's bind
+    assert service.bind("a", "default", a["metadata"]["uid"], n) == ""
+    scores = dict(service.prioritize(b, passing))
+    assert max(scores, key=lambda k: scores[k]) != n
+    assert scores[n] == 1  # the lowest local score: still eligible, as filter decides

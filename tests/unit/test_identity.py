@@ -162,3 +162,8 @@ def test_steer_ignores_other_counts_expired_marks_and_remote_only_nodes() -> Non
     assert identity.steer([("b", 5), ("c", 5)], expected, {1}, now=0.0, lowest=1) == ([("b", 5), ("c", 4)], "b")
     assert identity.steer([("a", 0), ("b", 1)], {}, {1}, now=0.0, lowest=1) == ([("a", 0), ("b", 1)], None)
     assert identity.steer([], {}, {1}, now=0.0, lowest=1) == ([], None)
+
+
+def test_steer_scores_a_node_the_rule_blocks_now_lowest() -> None:
+    out, chosen = identity.steer([("a", 5), ("b", 3)], {}, {1}, now=0.0, lowest=1, blocked={"a"})
+    assert (out, chosen) == ([("a", 1), ("b", 3)], "b")
