@@ -450,7 +450,7 @@ def test_a_node_whose_bind_committed_after_the_filter_is_not_ranked_first() -> N
     for p in (a, b):
         api.add(p)
         service.on_pod_event("ADDED", p)
-    (n,) = top(service, a, names)
+    n = top(service, a, names)[0]
     passing = service.filter(b, names).passing  # before a's bind
     assert service.bind("a", "default", a["metadata"]["uid"], n) == ""
     scores = dict(service.prioritize(b, passing))
