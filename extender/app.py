@@ -25,14 +25,16 @@ from pydantic import BaseModel, ValidationError
 
 from extender import wire
 from extender.service import PoolService
+from kubeio.client import POOL_SIZE
 
 log = logging.getLogger("gpupool.extender.http")
 
 _JSON = "application/json"
-#: binds in threads at once: each waits on the API server (its Binding) or on the identity rule (up to
-#: `PoolService.identity_bind_wait_seconds`), not on the CPU; anyio's shared default (40) queued a burst's
-#: binds behind those waits, which delayed every commit (docs/e2e.md, issue 16)
-BIND_THREADS = 256
+#: binds in threads at once, apart from anyio's shared pool (which preempt and the probes use): as many as the
+#: API connections kept (`kubeio.client.POOL_SIZE`). 256 at 1,000 nodes opened connections past the pool (a TLS
+#: handshake each), drew 429s from the API server and pushed binds past kube-scheduler's 5 s timeout
+#: (docs/e2e.md, issue 16)
+BIND_THREADS = POOL_SIZE
 _M = TypeVar("_M", bound=BaseModel)
 
 
