@@ -127,6 +127,7 @@ class PoolService:
         #: (below kube-scheduler's extender httpTimeout, 5 s in the chart)
         self.identity_bind_wait_seconds = 2.0
         self._identity_changed = threading.Condition(self.lock)  # notified when an unserved pod is forgotten
+        self._bind_ended = threading.Condition(self.lock)  # notified when a bind leaves `inflight`
         #: how long a prioritize answer's chosen node counts as where its pod is about to bind (`_identity_expect`);
         #: 0 = off. kube-scheduler's next cycles run before the extender sees that pod's bind
         self.identity_expect_seconds = 2.0
@@ -533,9 +534,35 @@ class PoolService:
                 error=f"pod {request.key}: policy {request.policy!r} is not enabled; enabled are {enabled}"
             )
         with self.lock:
+            taken = self._bound_by_us(objects.pod_uid(pod))
+            if taken is not None:
+                return self._only(taken, nodes, f"pod {request.key} is already bound to {taken}")
             result = self.placer.filter(request, nodes, detail=False)  # the answer groups nodes by reason
             self._identity_filter(request, result)
             return result
+
+    def _bound_by_us(self, uid: str) -> str | None:
+        """The node a bind of ours gave pod `uid`, landed or still writing (caller holds the lock); None when none.
+
+        kube-scheduler gives up on a bind after its extender timeout (5 s in the chart) and schedules the pod again,
+        while that bind goes on and lands (an API server slow to take Bindings: issue 16). The pod's next filter
+        then passes only that node, and its bind there answers what landed, instead of a new placement that the
+        bind would refuse ("already bound") cycle after cycle until kube-scheduler's informer caught up.
+        """
+        holding = self.inflight.get(uid)
+        if holding is not None:
+            return holding.node
+        cached = self.pods.get(uid)
+        held = self.ledger.holding(uid)
+        if cached is not None and held is not None and objects.pod_node_name(cached) == held.node:
+            return held.node
+        return None
+
+    @staticmethod
+    def _only(node: str, nodes: list[str], reason: str) -> FilterResult:
+        return FilterResult(
+            passing=[n for n in nodes if n == node], unresolvable={n: reason for n in nodes if n != node}
+        )
 
     def prioritize(self, pod: Mapping[str, Any], nodes: list[str]) -> list[tuple[str, int]]:
         """(node, 0..10) for every node asked about; invalid pods score 0 everywhere (filter said why)."""
@@ -601,6 +628,7 @@ class PoolService:
     def _bind(self, name: str, namespace: str, uid: str, node: str) -> None:
         if not self.ready:
             raise BindError(self._not_ready_message())
+        self._await_own_bind(uid)
         pod = self._get_pod(namespace, name, uid)
         bound_to = objects.pod_node_name(pod)
         if bound_to and bound_to != node:
@@ -659,6 +687,7 @@ class PoolService:
             if gone:
                 self._gone_while_binding.add(uid)
             self.inflight.pop(uid, None)
+            self._bind_ended.notify_all()
             if uid in self._gone_while_binding:  # deleted while the Binding was in flight: nothing to keep
                 self._gone_while_binding.discard(uid)
                 self.ledger.discard(uid)
@@ -680,6 +709,14 @@ class PoolService:
             if self.ledger.holding(uid) != holding:
                 log.warning("pod %s/%s lost its slices while binding; holding its assignment again", namespace, name)
             self._sync_holding(uid, self.pods[uid])
+
+    def _await_own_bind(self, uid: str) -> None:
+        """kube-scheduler's retry of a bind it timed out on, while ours still writes: wait (lock released) up to
+        `identity_bind_wait_seconds` for it to end, so the retry is answered by what landed (`_bound_by_us`)."""
+        deadline = time.monotonic() + self.identity_bind_wait_seconds
+        with self.lock:
+            while uid in self.inflight and (remaining := deadline - time.monotonic()) > 0:
+                self._bind_ended.wait(remaining)
 
     def _gone_now(self, namespace: str, name: str, uid: str) -> bool:
         """Whether pod `uid` is gone or finished, as the API server says now; an error answers no (kept held)."""
@@ -742,6 +779,7 @@ class PoolService:
             if self.ledger.holding(uid) is holding:
                 self.ledger.release(uid)
             self.inflight.pop(uid, None)
+            self._bind_ended.notify_all()
             self._gone_while_binding.discard(uid)
             self._relisted_without.discard(uid)
             if self.ledger.holding(uid) is None:  # an inventory flap meanwhile may have marked what never landed

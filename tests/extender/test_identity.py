@@ -456,3 +456,45 @@ def test_a_node_whose_bind_committed_after_the_filter_is_not_ranked_first() -> N
     scores = dict(service.prioritize(b, passing))
     assert max(scores, key=lambda k: scores[k]) != n
     assert scores[n] == 1  # the lowest local score: still eligible, as filter decides
+
+
+def test_a_bind_kube_scheduler_timed_out_on_answers_its_retry() -> None:
+    """Issue 16, 1,000 nodes: Bindings took over 5 s on a loaded API server, kube-scheduler timed out and scheduled
+    the pod again while the extender's bind went on and landed; every retry's filter offered all nodes and its
+    bind was refused ("already bound"), 3,143 times for 1,000 pods. The retry now finds the node of the bind in
+    flight or landed, and its bind there succeeds without a second write."""
+    service, api, names = burst_service(3)
+    a = pod("a", compute=50, memory=4096)
+    api.add(a)
+    service.on_pod_event("ADDED", a)
+    node_a = top(service, a, names)[0]
+    release, posting = threading.Event(), threading.Event()
+    bind_pod = api.bind_pod
+    posts: list[str] = []
+
+    def slow_bind(*args: Any, **kwargs: Any) -> None:
+        posts.append(args[1])
+        posting.set()
+        assert release.wait(30)
+        bind_pod(*args, **kwargs)
+
+    api.bind_pod = slow_bind  # type: ignore[method-assign]
+    first: list[str] = []
+    thread = threading.Thread(target=lambda: first.append(service.bind("a", "default", a["metadata"]["uid"], node_a)))
+    thread.start()
+    assert posting.wait(30)  # kube-scheduler has given up on this one; the pod is scheduled again
+    answer = service.filter(a, names)
+    assert answer.passing == [node_a]
+    assert set(answer.unresolvable) == set(names) - {node_a}
+    assert "is already bound to" in answer.unresolvable[next(iter(answer.unresolvable))]
+    service.identity_bind_wait_seconds = 30
+    second: list[str] = []
+    retry = threading.Thread(target=lambda: second.append(service.bind("a", "default", a["metadata"]["uid"], node_a)))
+    retry.start()
+    release.set()
+    thread.join(30)
+    retry.join(30)
+    assert first == second == [""]
+    assert posts == ["a"]  # one Binding
+    service.on_pod_event("MODIFIED", api.get_pod("default", "a"))
+    assert service.filter(a, names).passing == [node_a]  # landed: the same answer
