@@ -15,7 +15,11 @@ pod cache with its signed assignment, as the pod watch would leave it.
   same loaded service, so the client does not share its GIL); each sample is one
   /filter with every node name (as kube-scheduler sends them) plus one /prioritize
   with the names that passed, on loopback, with a keep-alive connection.
-* in-process: the same two calls on the service, including the decoding of the JSON body.
+* in-process: the same two calls on the service, including the decoding of the JSON body, with the
+  cyclic GC tuned as `gpupool-extender` tunes it after its first sync (`extender.main.tune_gc`).
+* `--names-per-call N`: each call asks about N nodes instead of all, a window that moves on by N every
+  call, as kube-scheduler sends only the feasible nodes it looked for (`scheduler`: its adaptive
+  percentageOfNodesToScore, 50 % - nodes/125, at least 5 % and 100 nodes: 500 of 5,000).
 * RSS: of the serving child after the HTTP run (VmRSS).
 
 Timings are reported, never asserted.
@@ -130,6 +134,18 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def names_per_call(option: str, nodes: int) -> int:
+    """Nodes per filter call: all, kube-scheduler's adaptive share (percentageOfNodesToScore unset), or a number."""
+    if option == "all":
+        return nodes
+    if option == "scheduler":
+        if nodes < 100:
+            return nodes
+        percent = max(5, 50 - nodes // 125)
+        return min(nodes, max(100, nodes * percent // 100))
+    return max(1, min(nodes, int(option)))
+
+
 def main(argv: list[str] | None = None) -> int:
     import logging
 
@@ -141,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--policy", default=None, help="default policy (default: gpupool's DEFAULT_POLICY)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", dest="json_out", default=None)
+    ap.add_argument("--names-per-call", default="all", help="nodes per filter call: all, scheduler or a number")
     args = ap.parse_args(argv)
 
     rng = random.Random(args.seed)
@@ -197,9 +214,16 @@ def main(argv: list[str] | None = None) -> int:
           f"filled in {fill_s:.1f} s")  # fmt: skip
 
     queries = [make_pod(10_000_000 + k, mix[rng.randrange(len(mix))]) for k in range(args.samples)]
-    bodies = [json.dumps({"Pod": q, "Nodes": None, "NodeNames": names}).encode() for q in queries]
+    per_call = names_per_call(args.names_per_call, len(names))
+    windows = [[names[(k * per_call + j) % len(names)] for j in range(per_call)] for k in range(len(queries))]
+    bodies = [
+        json.dumps({"Pod": q, "Nodes": None, "NodeNames": w}).encode() for q, w in zip(queries, windows, strict=True)
+    ]
 
     # --- in-process -------------------------------------------------------------------------------
+    from extender.main import tune_gc
+
+    tune_gc()  # as gpupool-extender does after its first sync (the HTTP child below does the same)
     inproc: list[float] = []
     inproc_cpu: list[float] = []  # this thread's CPU time: less at the mercy of other jobs on a shared machine
     passing_counts: list[int] = []
@@ -223,8 +247,6 @@ def main(argv: list[str] | None = None) -> int:
     pid = os.fork()
     if pid == 0:  # child: serve
         import uvicorn
-
-        from extender.main import tune_gc
 
         tune_gc()  # as gpupool-extender does after its first sync
         uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", access_log=False)
@@ -276,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         "slices_held": held,
         "pods_held": holdings,
         "policy": service.placer.default_policy,
+        "names_per_call": per_call,
         "mix": source,
         "filter_prioritize_http_p50_ms": round(pct(http_ms, 50), 3),
         "filter_prioritize_http_p99_ms": round(pct(http_ms, 99), 3),

@@ -17,10 +17,16 @@ model): F_n is invariant under GPU permutation and host memory is no input.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
 from gpupool.request import WHOLE_GPU_COMPUTE
+
+Ints = npt.NDArray[np.int64]
+Floats = npt.NDArray[np.float64]
 
 #: milli-GPU per gpupool compute unit
 MILLI_PER_UNIT = 10
@@ -159,6 +165,59 @@ class Workload:
             total += p * (small if fit >= count else idle)
         return total
 
+    def fragment_many(self, cpu_free: Ints, free_compute: Ints, model: str) -> Floats:
+        """`node_fragment` of many nodes of `model` at once (rows of `free_compute`; `cpu_free` with
+        `capacity.UNLIMITED` for None), with the same float operations in the same order: the same values."""
+        return self._weigh(cpu_free, free_compute.sum(axis=1), model, _Splits(free_compute).of, (len(free_compute),))
+
+    def fragment_before_after(self, cpu_before: Ints, cpu_after: Ints, free_compute: Ints, model: str, compute: int,
+                              rows: Ints, columns: Ints) -> tuple[Floats, Floats]:  # fmt: skip
+        """`fragment_many` of the rows of `free_compute` (with `cpu_before`), and of hypothetical states: entry k is
+        row `rows[k]` with `compute` less free on GPU `columns[k]` (one slice placed there) and `cpu_after`,
+        counted from that row's own figures (the per-GPU splits of the rows are shared)."""
+        splits = _Splits(free_compute)
+        idle = free_compute.sum(axis=1)
+        before = self._weigh(cpu_before, idle, model, splits.of, (len(free_compute),))
+        old = free_compute[rows, columns]
+        new = old - compute
+
+        def split(c: int) -> tuple[Ints, Ints]:
+            fit, small = splits.of(c)
+            fit_old, fit_new = old >= c, new >= c
+            return (
+                fit[rows] + (fit_new.view(np.int8) - fit_old.view(np.int8)),
+                small[rows] - np.where(fit_old, 0, old) + np.where(fit_new, 0, new),
+            )
+
+        after = self._weigh(cpu_after[rows], idle[rows] - compute, model, split, (len(rows),))
+        return before, after
+
+    def _weigh(
+        self, cpu_free: Ints, idle: Ints, model: str, split: Callable[[int], tuple[Ints, Ints]], shape: tuple[int, ...]
+    ) -> Floats:
+        """Σ p_m F_n(m) over the shapes of M in order (`_compute`, vectorised); `split(c)`: per state, how many GPUs
+        have at least `c` free and the free compute of the others."""
+        total = np.zeros(shape)
+        splits: dict[int, tuple[Ints, Ints]] = {}
+        every_cpu = bool((cpu_free >= max(cpu for cpu, *_ in self._flat)).all())
+        frags: dict[tuple[int, int], Floats] = {}  # when every state has the CPU of every shape
+        for cpu, compute, count, models, p in self._flat:
+            if compute == 0 or (models and model not in models):
+                total = total + p * idle
+                continue
+            frag = frags.get((compute, count)) if every_cpu else None
+            if frag is None:
+                known = splits.get(compute)
+                if known is None:
+                    known = splits[compute] = split(compute)
+                fit, small = known
+                ok = fit >= count if every_cpu else (fit >= count) & (cpu_free >= cpu)
+                frag = np.where(ok, small, idle).astype(np.float64)  # exact: p * an int is p * its float
+                if every_cpu:
+                    frags[(compute, count)] = frag
+            total = total + p * frag
+        return total
+
     def task_fragment(self, shape: TaskShape, cpu_free: int | None, free_compute: Sequence[int], model: str) -> int:
         """F_n(m) for one task shape, in compute units (exact integer)."""
         idle = sum(free_compute)
@@ -179,6 +238,22 @@ class Workload:
             gpu = "CPU-only" if s.count == 0 else f"{s.compute * MILLI_PER_UNIT}x{s.count}"
             parts.append(f"({s.cpu_milli / 1000:g}, {gpu}: {s.popularity:.3f})")
         return ", ".join(parts)
+
+
+class _Splits:
+    """Per compute value c, of each row of free compute: how many GPUs have at least c free, and the free compute
+    of the others (computed once per c, GPU-major so the sums add whole rows)."""
+
+    def __init__(self, free_compute: Ints) -> None:
+        self._by_gpu = np.ascontiguousarray(free_compute.T)
+        self._known: dict[int, tuple[Ints, Ints]] = {}
+
+    def of(self, c: int) -> tuple[Ints, Ints]:
+        known = self._known.get(c)
+        if known is None:
+            fits = self._by_gpu >= c
+            known = self._known[c] = (fits.sum(axis=0), np.where(fits, 0, self._by_gpu).sum(axis=0))
+        return known
 
 
 def shape_key(cpu_milli: int, gpu_milli: int, num_gpu: int, models: Iterable[str] = ()) -> ShapeKey:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from gpupool import slots as slot_ids
 from gpupool.assignment import SliceRecord
+from gpupool.capacity import CapacityIndex
 from gpupool.errors import OverAllocation, UnknownHolder
 from gpupool.inventory import GPUInfo, NodeInfo
 from gpupool.request import WHOLE_GPU_COMPUTE, QoS
@@ -230,6 +231,9 @@ class Ledger:
         self._quarantined: dict[str, Holding] = {}
         #: a planning copy (`copy()`): the only kind of ledger `without` may change
         self.scratch = False
+        #: free capacity per node (`capacity_index`), built on first use; nodes changed since its last refresh
+        self._free_index: CapacityIndex | None = None
+        self._capacity_stale: set[str] = set()
 
     # --- planning copies ---------------------------------------------------------------------------
 
@@ -354,6 +358,8 @@ class Ledger:
             del self._gpus[g.uuid]
         del self._nodes[name]
         self._kid_of.pop(name, None)
+        if self._free_index is not None:
+            self._capacity_stale.add(name)
         key = self._node_key.pop(name, None)
         if key is not None:
             self._unindex(name, key)
@@ -782,6 +788,8 @@ class Ledger:
     def _touch(self, name: str) -> None:
         self._nodes[name].view = None
         self._kid_of.pop(name, None)
+        if self._free_index is not None:
+            self._capacity_stale.add(name)
         self.generation += 1
         self._log_change(name)
         if self._indexed:  # the index is kept up to date once someone asked for it
@@ -854,6 +862,23 @@ class Ledger:
                 out.append(state.view or self.view(name))
         return out
 
+
+    def capacity_index(self) -> CapacityIndex:
+        """The free capacity of every node as numpy rows (`gpupool.capacity`), current: built from the views on
+        first use, then only the rows of nodes changed since the last call are copied again."""
+        index = self._free_index
+        if index is None:
+            index = self._free_index = CapacityIndex()
+            self._capacity_stale = set(self._nodes)
+        if self._capacity_stale:
+            nodes = self._nodes
+            for name in sorted(self._capacity_stale):
+                if name in nodes:
+                    index.put(self.view(name))
+                else:
+                    index.drop(name)
+            self._capacity_stale.clear()
+        return index
 
     def kids(self, names: list[str]) -> list[int]:
         """The kid of each of `names`' guaranteed view, -1 for a node not in the pool.

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from gpupool import capacity
 from gpupool.errors import GpupoolError
 from gpupool.ledger import Ledger, NodeView, PlannedSlice
 from gpupool.policies.base import Choice, Demand, Policy, SliceGroup, best_fit, host_fits, slice_fits, slice_memory
@@ -91,6 +92,25 @@ _FITS = Verdict(True)
 def _fits_now(view: NodeView, demand: Demand) -> bool:
     """Whether `demand` fits `view` as it is: host resources and a GPU for every slice."""
     return host_fits(view, demand) and best_fit(view, demand) is not None
+
+
+#: `_filter_indexed`'s code of a node not in the pool (after the index's codes)
+_NOT_IN_POOL = capacity.INVENTORY + 1
+_POD_LIMIT = "node is at its pod limit"
+
+
+def _cpu_need(demand: Demand) -> str:
+    return f"needs {demand.cpu_milli}m CPU"
+
+
+def _memory_need(demand: Demand) -> str:
+    return f"needs {demand.memory_mib} MiB host memory"
+
+
+def _gpu_need(group: SliceGroup) -> str:
+    """What a group needs of a node's GPUs, the first clause of a shortage reason."""
+    memory = "the whole memory" if group.memory_mib is None else f"{group.memory_mib} MiB"
+    return f"needs {group.count} GPU(s) with {group.compute}% compute and {memory} free"
 
 
 def _no_agent(node: str) -> Verdict:
@@ -189,9 +209,11 @@ class Placer:
         if self._constrained(request):
             return self._filter_each(request, demand, names, result)
         self._check_epoch()
+        local_only = request.locality is Locality.LOCAL
+        if len(demand.groups) == 1:  # one vectorised comparison over every node (`Ledger.capacity_index`)
+            return self._filter_indexed(request, demand, names, result, detail)
         fits = self._memo(self._verdicts, demand)
         reasons = self._memo(self._reasons, demand)
-        local_only = request.locality is Locality.LOCAL
         kids = self.ledger.kids(names)  # each distinct node state judged once, nodes mapped by comprehension
         unknown = set(kids).difference(fits)
         unknown.discard(-1)
@@ -223,6 +245,80 @@ class Placer:
                 if local_only:
                     reasons[node] = (kid, v)
             result.add(node, v)
+        return result
+
+    def _filter_indexed(
+        self, request: PodRequest, demand: Demand, names: list[str], result: FilterResult, detail: bool
+    ) -> FilterResult:
+        """`filter` of an unconstrained one-group pod by the ledger's capacity index: the verdict of every node at
+        once (`CapacityIndex.codes`, the checks of `_fits_now` and the order of `_local_failure`), the failing
+        nodes' reasons as `filter` gives them."""
+        (group,) = demand.groups
+        index = self.ledger.capacity_index()
+        rows = index.rows(names)
+        by_row = index.codes(group.count, group.compute, group.memory_mib, demand.cpu_milli, demand.memory_mib)
+        codes = by_row.tolist()
+        codes.append(_NOT_IN_POOL)  # row -1
+        node_codes = [codes[r] for r in rows]
+        result.passing.extend([node for node, code in zip(names, node_codes, strict=True) if code == capacity.FITS])
+        if len(result.passing) == len(names):
+            return result
+        failing = [node for node, code in zip(names, node_codes, strict=True) if code != capacity.FITS]
+        if request.locality is Locality.LOCAL and not detail:
+            return self._failures_by_code(request, demand, names, node_codes, result)
+        reasons = self._memo(self._reasons, demand)
+        kids = self.ledger.kids(failing)
+        for node, kid in zip(failing, kids, strict=True):
+            if kid == -1:
+                result.add(node, _no_agent(node))
+                continue
+            known = reasons.get(node) if request.locality is Locality.LOCAL else None
+            if known is not None and known[0] == kid:
+                v = known[1]
+            else:
+                v = self._finish(request, demand, node, self._local_verdict(request, demand, self.ledger.view(node)))
+                if request.locality is Locality.LOCAL:
+                    reasons[node] = (kid, v)
+            result.add(node, v)
+        return result
+
+    def _failures_by_code(
+        self, request: PodRequest, demand: Demand, names: list[str], codes: list[int], result: FilterResult
+    ) -> FilterResult:
+        """The failing nodes of `_filter_indexed(detail=False)`: the first clause of each node's reason, as
+        `_failures_by_state` gives it, from its verdict code; only nodes ruled out by their inventory (whose
+        reason names the node) get their state's `_local_failure`."""
+        (group,) = demand.groups
+        texts: list[str | None] = [None] * (_NOT_IN_POOL + 1)
+        texts[capacity.NO_CPU] = _cpu_need(demand)
+        texts[capacity.NO_MEMORY] = _memory_need(demand)
+        texts[capacity.NO_POD_SLOT] = _POD_LIMIT
+        texts[capacity.SHORTAGE] = _gpu_need(group)
+        by_kid: tuple[dict[int, str], dict[int, str]] | None = None
+        if capacity.INVENTORY in codes or _NOT_IN_POOL in codes:
+            for node, code in zip(names, codes, strict=True):
+                if code == _NOT_IN_POOL:
+                    result.add(node, _no_agent(node))
+            inventory = [node for node, code in zip(names, codes, strict=True) if code == capacity.INVENTORY]
+            if inventory:
+                failures = self._memo(self._failures, demand)
+                by_kid = ({}, {})
+                for node, kid in zip(inventory, self.ledger.kids(inventory), strict=True):
+                    if kid in by_kid[0] or kid in by_kid[1]:
+                        continue
+                    v = failures.get(kid)
+                    if v is None:
+                        v = failures[kid] = self._local_failure(request, demand, self.ledger.view(node))
+                    (by_kid[0] if v.resolvable else by_kid[1])[kid] = v.reason.split("; ", 1)[0]
+        result.failed.update(
+            {node: t for node, code in zip(names, codes, strict=True) if (t := texts[code]) is not None}
+        )
+        if by_kid is not None:
+            kids = self.ledger.kids(names)
+            for of_kid, into in ((by_kid[0], result.failed), (by_kid[1], result.unresolvable)):
+                if of_kid:
+                    get = of_kid.get
+                    into.update({node: t for node, kid in zip(names, kids, strict=True) if (t := get(kid)) is not None})
         return result
 
     def _failures_by_state(
@@ -393,11 +489,11 @@ class Placer:
                     False, f"needs {group.count} distinct GPU(s){need}; node has {big_enough}", resolvable=False
                 )
         if view.cpu_free is not None and view.cpu_free < demand.cpu_milli:
-            return Verdict(False, f"needs {demand.cpu_milli}m CPU; {view.cpu_free}m free")
+            return Verdict(False, f"{_cpu_need(demand)}; {view.cpu_free}m free")
         if view.memory_free is not None and view.memory_free < demand.memory_mib:
-            return Verdict(False, f"needs {demand.memory_mib} MiB host memory; {view.memory_free} MiB free")
+            return Verdict(False, f"{_memory_need(demand)}; {view.memory_free} MiB free")
         if view.pods_free is not None and view.pods_free < 1:
-            return Verdict(False, "node is at its pod limit")
+            return Verdict(False, _POD_LIMIT)
         for group in demand.groups:
             fitting = sum(
                 1 for j in range(len(view.free_compute))
@@ -409,8 +505,7 @@ class Placer:
 
     @staticmethod
     def _shortage(view: NodeView, group: SliceGroup, fitting: int) -> Verdict:
-        memory = "the whole memory" if group.memory_mib is None else f"{group.memory_mib} MiB"
-        need = f"needs {group.count} GPU(s) with {group.compute}% compute and {memory} free"
+        need = _gpu_need(group)
         if not view.free_compute:
             return Verdict(False, f"{need}; no GPU is eligible (unhealthy, disabled or out of slots)")
         best = max(range(len(view.free_compute)), key=lambda j: (view.free_compute[j], view.free_memory[j]))
@@ -504,13 +599,15 @@ class Placer:
             kids = self.ledger.kids(nodes)  # each distinct node state evaluated once (`Ledger.kids`)
             unknown = set(kids).difference(memo)
             unknown.discard(-1)
-            if unknown:
-                for node, kid in zip(nodes, kids, strict=True):
-                    if kid in unknown:
-                        memo[kid] = policy.evaluate(self.ledger.view(node), demand)
-                        unknown.discard(kid)
-                        if not unknown:
-                            break
+            if unknown:  # the unknown states together (`Policy.evaluate_rows`), else one by one
+                of_kid = dict(zip(kids, nodes, strict=True))  # a node of each state
+                states = list(unknown)
+                names = [of_kid[kid] for kid in states]
+                index = self.ledger.capacity_index()
+                choices = policy.evaluate_rows(index, index.rows(names), demand)
+                if choices is None:
+                    choices = [policy.evaluate(self.ledger.view(name), demand) for name in names]
+                memo.update(zip(states, choices, strict=True))
             memo_get = memo.get
             per_node = {node: c for node, kid in zip(nodes, kids, strict=True) if (c := memo_get(kid)) is not None}
         else:
@@ -519,8 +616,8 @@ class Placer:
                     evaluated = policy.evaluate(self._view(request, node), demand)
                     if evaluated is not None:
                         per_node[node] = evaluated
-        if not per_node:
-            return {}
+        if not per_node or type(policy).rescore is Policy.rescore:  # scores are the nodes' own
+            return per_node
         distinct = list({id(c): c for c in per_node.values()}.values())
         rescored = dict(zip((id(c) for c in distinct), policy.rescore(distinct), strict=True))
         return {n: rescored[id(c)] for n, c in per_node.items()}

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+from gpupool.capacity import CapacityIndex
 from gpupool.ledger import NodeView
 from gpupool.request import WHOLE_GPU_COMPUTE, PodRequest
 
@@ -83,6 +84,11 @@ class Policy(ABC):
         if picks is None:
             return None
         return Choice(self.score(view, demand, picks), picks)
+
+    def evaluate_rows(self, index: CapacityIndex, rows: list[int], demand: Demand) -> list[Choice | None] | None:
+        """`evaluate` of the node states in `rows` of `index` (the ledger's capacity index, current) at once, for
+        policies that vectorise it (fgd, fgdpp); None: evaluate them one by one (the default)."""
+        return None
 
     def choose(self, view: NodeView, demand: Demand) -> tuple[tuple[int, ...], ...] | None:
         """GPUs for each group: best fit (smallest free that fits, lowest index on ties)."""

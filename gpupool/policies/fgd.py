@@ -13,14 +13,23 @@ count are checked first, they are not inputs of the score).
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from collections.abc import Sequence
+from typing import ClassVar, cast
 
-from gpupool.fragmentation import Workload, default_workload
+import numpy as np
+import numpy.typing as npt
+
+from gpupool.capacity import UNLIMITED, CapacityIndex
+from gpupool.fragmentation import Floats, Ints, Workload, default_workload
 from gpupool.ledger import NodeView
-from gpupool.policies.base import Choice, Demand, Policy, host_fits, slice_fits, slice_memory
+from gpupool.policies.base import Choice, Demand, Policy, SliceGroup, host_fits, slice_fits, slice_memory
 from gpupool.request import WHOLE_GPU_COMPUTE
 
 _MEMO_LIMIT = 1_000_000
+#: fewer states than this are evaluated one by one (`evaluate_many`)
+_MANY = 16
+#: the picks of one slice on position j
+_ONE: tuple[tuple[tuple[int, ...], ...], ...] = tuple(((j,),) for j in range(1024))
 _MISS = object()
 
 #: ΔF (compute units) per unit of the sigmoid's argument: 1000 milli-GPU = 100 units
@@ -32,6 +41,33 @@ def fgd_score(delta: float) -> int:
     return math.floor(100.0 / (1.0 + math.exp(-delta / SIGMOID_SCALE)))
 
 
+def _owner(cls: type, name: str) -> type:
+    return next(c for c in cls.__mro__ if name in c.__dict__)
+
+
+def _vectorised(cls: type) -> bool:
+    """Whether `cls`'s vectorised measure is its own: a subclass that changes the measure, the per-GPU value or
+    the node's score without its array form is evaluated state by state."""
+    fragment = _owner(cls, "fragment")
+    return (
+        _owner(cls, "fragment_many") is fragment
+        and _owner(cls, "fragment_before_after") is fragment
+        and _owner(cls, "node_offset") is _owner(cls, "node_choice")
+        and _owner(cls, "gpu_value").__name__ == "FGD"
+    )
+
+
+def fgd_scores(delta: Floats) -> Ints:
+    """`fgd_score` of many deltas: numpy's exp may differ from the C library's in the last bit, so values within
+    1e-9 of an integer, where that bit could move the floor, are computed again by `fgd_score`."""
+    flat = delta.reshape(-1)
+    value = 100.0 / (1.0 + np.exp(-flat / SIGMOID_SCALE))
+    out = np.floor(value).astype(np.int64)
+    for i in np.flatnonzero(np.abs(value - np.round(value)) < 1e-9).tolist():
+        out[i] = fgd_score(float(flat[i]))
+    return out.reshape(delta.shape)
+
+
 class FGD(Policy):
     """The paper's FGD, integer score and all."""
 
@@ -40,6 +76,8 @@ class FGD(Policy):
     def __init__(self, workload: Workload | None = None) -> None:
         self.workload = workload if workload is not None else default_workload()
         self._memo: dict[tuple[object, ...], object] = {}
+        #: one `Choice` per (score, picks), shared by the states `evaluate_many` gives it
+        self._choices: dict[tuple[int, tuple[tuple[int, ...], ...]], Choice] = {}
 
     def evaluate(self, view: NodeView, demand: Demand) -> Choice | None:
         if not host_fits(view, demand):
@@ -61,6 +99,127 @@ class FGD(Policy):
     def score(self, view: NodeView, demand: Demand, picks: tuple[tuple[int, ...], ...]) -> int:
         choice = self.evaluate(view, demand)
         return 0 if choice is None else choice.score
+
+    def evaluate_many(self, views: Sequence[NodeView], demand: Demand) -> list[Choice | None]:
+        """`evaluate` of each view, through `evaluate_rows` where it applies (views of distinct names)."""
+        index = CapacityIndex()
+        for view in views:
+            index.put(view)
+        done = self.evaluate_rows(index, index.rows([v.name for v in views]), demand)
+        return [self.evaluate(view, demand) for view in views] if done is None else done
+
+    def evaluate_rows(self, index: CapacityIndex, rows: list[int], demand: Demand) -> list[Choice | None] | None:
+        """`evaluate` of the node states in `rows` of `index` at once for a pod of one group, one sharing slice or
+        whole GPUs: vectorised over the states of each (model, GPU count), the same floats in the same order
+        (`fragment_many`, `fragment_moves`), so the same choices (docs/e2e.md "Issue 16")."""
+        if not _vectorised(type(self)) or len(demand.groups) != 1 or len(rows) < _MANY:
+            return None
+        if demand.groups[0].compute > WHOLE_GPU_COMPUTE:
+            return None
+        (group,) = demand.groups
+        if group.compute < WHOLE_GPU_COMPUTE and group.count != 1:
+            return None
+        at = np.array(rows, dtype=np.int64)
+        kind = index.model[at] * (index.free_compute.shape[1] + 1) + index.eligible[at]
+        batches: list[tuple[int, Ints, npt.NDArray[np.intp] | None]]
+        if (kind == kind[0]).all():  # one model and GPU count: one batch
+            batches = [(int(kind[0]), at, None)]
+        else:
+            batches = [(int(k), at[kind == k], np.flatnonzero(kind == k)) for k in np.unique(kind).tolist()]
+        out: list[Choice | None] = [None] * len(rows)
+        for k, where, positions in batches:
+            model, n = divmod(k, index.free_compute.shape[1] + 1)
+            if n == 0:
+                continue
+            choices = self._evaluate_batch(index, where, n, demand, group, index.models[model])
+            if positions is None:
+                out = choices
+            else:
+                for i, choice in zip(positions.tolist(), choices, strict=True):
+                    out[i] = choice
+        return out
+
+    def _evaluate_batch(
+        self, index: CapacityIndex, rows: Ints, n: int, demand: Demand, group: SliceGroup, model: str
+    ) -> list[Choice | None]:
+        """`_evaluate` of the states in `rows` of `index`, all of `model` with `n` eligible GPUs, for one sharing
+        slice or whole GPUs."""
+        fc = index.free_compute[rows, :n]
+        fm = index.free_memory[rows, :n]
+        tm = index.total_memory[rows, :n]
+        cpu0 = index.cpu_free[rows]
+        mem0 = index.memory_free[rows]
+        host_ok = (cpu0 >= demand.cpu_milli) & (mem0 >= demand.memory_mib) & (index.pods_free[rows] >= 1)  # host_fits
+        cpu1 = np.where(cpu0 == UNLIMITED, UNLIMITED, cpu0 - demand.cpu_milli)
+        mem1 = np.where(mem0 == UNLIMITED, UNLIMITED, mem0 - demand.memory_mib)
+        b = len(rows)
+        taken = tm if group.memory_mib is None else np.full_like(tm, group.memory_mib)
+        memory_ok = ((fm == tm) & (fm > 0)) if group.memory_mib is None else (fm >= group.memory_mib)
+        fits = (fc >= group.compute) & memory_ok
+        f0 = np.zeros(b)
+        if group.compute < WHOLE_GPU_COMPUTE:  # one sharing slice: the best GPU by `gpu_value`, ties to the lowest
+            candidate = fits.copy()
+            for j in range(1, n):  # a GPU equal to a lower one gives the same state and loses the tie: skip it
+                for k in range(j):
+                    candidate[:, j] &= (fc[:, j] != fc[:, k]) | (fm[:, j] != fm[:, k]) | (tm[:, j] != tm[:, k])
+            at, col = np.nonzero(candidate)  # by row, then by column
+            ok = fits.any(axis=1)
+            best = np.zeros(b, dtype=np.int64)
+            f1_best = np.zeros(b)
+            if len(at):
+                f0, f1 = self.fragment_before_after(
+                    cpu0, cpu1, mem0, mem1, fc, fm, tm, model, group.compute, taken, at, col
+                )
+                value = fgd_scores(f0[at] - f1)
+                starts = np.flatnonzero(np.concatenate(([True], at[1:] != at[:-1])))
+                top = np.maximum.reduceat(value, starts)
+                is_top = np.flatnonzero(value == np.repeat(top, np.diff(np.append(starts, len(at)))))
+                winner = is_top[np.concatenate(([True], at[is_top][1:] != at[is_top][:-1]))]  # lowest column of a row
+                best[at[winner]] = col[winner]
+                f1_best[at[winner]] = f1[winner]
+            picks = [_ONE[j] for j in best.tolist()]
+        else:  # whole GPUs: the first `count` that fit, by index
+            f0 = self.fragment_many(cpu0, fc, model, mem0, fm, tm)
+            ok = np.count_nonzero(fits, axis=1) >= group.count
+            first = fits & (np.cumsum(fits, axis=1) <= group.count)
+            f1_best = self.fragment_many(
+                cpu1, np.where(first, fc - group.compute, fc), model, mem1, np.where(first, fm - taken, fm), tm
+            )
+            rank = np.cumsum(first, axis=1)  # the m-th chosen GPU of a row: the first column of rank m
+            columns = [np.argmax(first & (rank == m), axis=1).tolist() for m in range(1, group.count + 1)]
+            picks = [(tuple(chosen),) for chosen in zip(*columns, strict=True)] if columns else [((),)] * b
+        scores = fgd_scores(f0 - f1_best - self.node_offset(model, demand)).tolist()
+        fit = cast(list[bool], (ok & host_ok).tolist())
+        known = self._choices
+        if len(known) > _MEMO_LIMIT:
+            known.clear()
+        out: list[Choice | None] = []
+        for score, pick, f in zip(scores, picks, fit, strict=True):
+            if not f:
+                out.append(None)
+                continue
+            choice = known.get((score, pick))
+            if choice is None:
+                choice = known[(score, pick)] = Choice(score, pick)
+            out.append(choice)
+        return out
+
+    def node_offset(self, model: str, demand: Demand) -> float:
+        """What `node_choice` takes from F0 − F1 besides F1 (fgdpp: the model's reservation); FGD: nothing."""
+        return 0.0
+
+    def fragment_many(self, cpu_free: Ints, free_compute: Ints, model: str, memory_free: Ints, free_memory: Ints,
+                      total_memory: Ints) -> Floats:  # fmt: skip
+        """`fragment` of many states (rows) at once, bit for bit (`UNLIMITED` stands for None)."""
+        return self.workload.fragment_many(cpu_free, free_compute, model)
+
+    def fragment_before_after(
+        self, cpu_before: Ints, cpu_after: Ints, memory_before: Ints, memory_after: Ints, free_compute: Ints,
+        free_memory: Ints, total_memory: Ints, model: str, compute: int, taken: Ints, rows: Ints, columns: Ints,
+    ) -> tuple[Floats, Floats]:  # fmt: skip
+        """`fragment_many` of each row as it is, and of row `rows[k]` with one slice (`compute`, `taken` memory)
+        placed on GPU `columns[k]` and the pod's host resources taken (`cpu_after`, `memory_after`)."""
+        return self.workload.fragment_before_after(cpu_before, cpu_after, free_compute, model, compute, rows, columns)
 
     # --- the gradient ------------------------------------------------------------------------------
 

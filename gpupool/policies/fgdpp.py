@@ -36,7 +36,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import ClassVar
 
-from gpupool.fragmentation import Workload
+import numpy as np
+
+from gpupool.capacity import UNLIMITED
+from gpupool.fragmentation import Floats, Ints, Workload
 from gpupool.ledger import NodeView
 from gpupool.policies.base import Choice, Demand
 from gpupool.policies.fgd import FGD, fgd_score
@@ -77,6 +80,12 @@ def reserved_shares(workload: Workload, model_gpus: Mapping[str, int]) -> dict[s
         for m in allowed:
             need[m] += share * gpus[m] / capacity
     return {m: min(1.0, need[m] / gpus[m]) for m in gpus}
+
+
+def _mismatch_terms(free_compute: Ints, free_memory: Ints, total_memory: Ints) -> Floats:
+    """`gpu_mismatch`'s term of each GPU (0 where the total memory is 0), the same operations."""
+    safe = np.where(total_memory == 0, 1, total_memory)
+    return np.where(total_memory == 0, 0.0, np.abs(free_compute - free_memory * WHOLE_GPU_COMPUTE / safe))
 
 
 class FGDPlusPlus(FGD):
@@ -139,6 +148,50 @@ class FGDPlusPlus(FGD):
     def node_choice(self, view: NodeView, demand: Demand, f0: float, f1: float,
                     picks: tuple[tuple[int, ...], ...]) -> Choice:  # fmt: skip
         return Choice(fgd_score(f0 - f1 - self.reservation(view.model, demand)), picks)
+
+    def node_offset(self, model: str, demand: Demand) -> float:
+        return self.reservation(model, demand)
+
+    def fragment_many(self, cpu_free: Ints, free_compute: Ints, model: str, memory_free: Ints, free_memory: Ints,
+                      total_memory: Ints) -> Floats:  # fmt: skip
+        """`fragment` of many states (rows) at once, the same operations in the same order (`FGD.fragment_many`)."""
+        f = self.workload.fragment_many(cpu_free, free_compute, model)
+        terms = _mismatch_terms(free_compute, free_memory, total_memory)
+        mismatch = np.zeros(len(f))
+        for j in range(terms.shape[1]):  # summed GPU by GPU, as `gpu_mismatch` does
+            mismatch = mismatch + terms[:, j]
+        return self._stranding(f, mismatch, free_compute.sum(axis=1), cpu_free, memory_free)
+
+    def fragment_before_after(
+        self, cpu_before: Ints, cpu_after: Ints, memory_before: Ints, memory_after: Ints, free_compute: Ints,
+        free_memory: Ints, total_memory: Ints, model: str, compute: int, taken: Ints, rows: Ints, columns: Ints,
+    ) -> tuple[Floats, Floats]:  # fmt: skip
+        f0, f1 = self.workload.fragment_before_after(cpu_before, cpu_after, free_compute, model, compute, rows, columns)
+        terms = _mismatch_terms(free_compute, free_memory, total_memory)
+        moved = _mismatch_terms(
+            free_compute[rows, columns] - compute, free_memory[rows, columns] - taken[rows, columns],
+            total_memory[rows, columns],
+        )  # fmt: skip
+        before = np.zeros(len(f0))
+        after = np.zeros(len(rows))
+        for j in range(terms.shape[1]):  # GPU by GPU, as `gpu_mismatch`; GPU `columns[k]`'s term is the moved one
+            before = before + terms[:, j]
+            after = after + np.where(columns == j, moved, terms[rows, j])
+        idle = free_compute.sum(axis=1)
+        f0 = self._stranding(f0, before, idle, cpu_before, memory_before)
+        return f0, self._stranding(f1, after, idle[rows] - compute, cpu_after[rows], memory_after[rows])
+
+    def _stranding(self, f: Floats, mismatch: Floats, idle: Ints, cpu_free: Ints, memory_free: Ints) -> Floats:
+        """The terms `fragment` adds to F_n(M), in its order, over arrays (`UNLIMITED` stands for None)."""
+        if self.gpu_memory_weight:
+            f = f + self.gpu_memory_weight * mismatch
+        if self.cpu_weight and self.cpu_per_unit > 0:
+            stranded = idle - cpu_free / self.cpu_per_unit
+            f = np.where((cpu_free != UNLIMITED) & (idle > 0) & (stranded > 0), f + self.cpu_weight * stranded, f)
+        if self._memory_on():
+            stranded = idle - memory_free / self.memory_per_unit
+            f = np.where((memory_free != UNLIMITED) & (idle > 0) & (stranded > 0), f + self.memory_weight * stranded, f)
+        return f
 
     def _memory_on(self) -> bool:
         return self.memory_weight > 0 and self.memory_per_unit > 0

@@ -1,0 +1,178 @@
+"""The ledger's free-capacity index gives the verdicts of a per-node fit check, through any sequence of changes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gpupool import capacity
+from gpupool.errors import OverAllocation
+from gpupool.inventory import GPUInfo, NodeInfo
+from gpupool.ledger import Ledger, PlannedSlice
+from gpupool.placement import FilterResult, Placer, _fits_now
+from gpupool.policies import make_policy
+from gpupool.policies.base import Demand, SliceGroup
+from gpupool.request import ContainerRequest, Locality, PodRequest
+
+NAMES = [f"n{i}" for i in range(6)]
+MEMORIES = (8, 16, 32)
+
+node_st = st.builds(
+    lambda name, gpus, cpu, mem, pods: (name, gpus, cpu, mem, pods),
+    st.sampled_from(NAMES),
+    st.lists(st.tuples(st.sampled_from(MEMORIES), st.booleans()), max_size=4),
+    st.none() | st.integers(0, 8),
+    st.none() | st.integers(0, 64),
+    st.none() | st.integers(0, 3),
+)
+op_st = st.one_of(
+    st.tuples(st.just("upsert"), node_st),
+    st.tuples(st.just("remove"), st.sampled_from(NAMES)),
+    st.tuples(st.just("commit"), st.sampled_from(NAMES), st.integers(0, 3), st.integers(1, 100),
+              st.integers(1, 32), st.integers(0, 4), st.integers(0, 16)),
+    st.tuples(st.just("release"), st.integers(0, 40)),
+    st.tuples(st.just("health"), st.sampled_from(NAMES), st.integers(0, 3), st.booleans()),
+    st.tuples(st.just("disable"), st.sampled_from(NAMES), st.integers(0, 3), st.booleans()),
+    st.just(("check",)),
+)  # fmt: skip
+demand_st = st.builds(
+    lambda count, compute, memory, cpu, mem: Demand((SliceGroup(count, compute, memory),), cpu, mem),
+    st.integers(0, 3),
+    st.sampled_from((1, 10, 50, 99, 100)),
+    st.none() | st.sampled_from((1, 4, 8, 16, 32)),
+    st.integers(0, 8),
+    st.integers(0, 64),
+)
+
+
+def apply(ledger: Ledger, op: tuple[Any, ...], pods: list[str]) -> None:
+    kind = op[0]
+    if kind == "upsert":
+        name, gpus, cpu, mem, pods_max = op[1]
+        info = tuple(GPUInfo(f"{name}-g{i}", i, "M", m * 1024, healthy=h) for i, (m, h) in enumerate(gpus))
+        ledger.upsert_node(NodeInfo(name, info, cpu_milli=cpu, memory_mib=mem, max_pods=pods_max))
+    elif kind == "remove":
+        ledger.remove_node(op[1])
+    elif kind == "commit":
+        _, name, gpu, compute, memory, cpu, host_memory = op
+        if not ledger.has_node(name):
+            return
+        gpus = ledger.gpus_of(name)
+        if not gpus:
+            return
+        g = gpus[gpu % len(gpus)]
+        pod = f"p{len(pods)}"
+        try:
+            ledger.commit(pod, name, [PlannedSlice(0, False, g.uuid, compute, memory * 512)],
+                          cpu_milli=cpu, host_memory_mib=host_memory)  # fmt: skip
+        except OverAllocation:
+            return
+        pods.append(pod)
+    elif kind == "release":
+        if pods:
+            pod = pods.pop(op[1] % len(pods))
+            if ledger.holding(pod) is not None:  # not released with its node
+                ledger.release(pod)
+    elif kind in ("health", "disable"):
+        _, name, gpu, flag = op
+        if ledger.has_node(name) and ledger.gpus_of(name):
+            gpus = ledger.gpus_of(name)
+            uuid = gpus[gpu % len(gpus)].uuid
+            if kind == "health":
+                ledger.set_gpu_health(uuid, bool(flag))
+            else:
+                ledger.set_gpu_disabled(uuid, bool(flag))
+
+
+def reference(placer: Placer, request: PodRequest, demand: Demand, names: list[str], detail: bool) -> FilterResult:
+    """The filter answer node by node, as before the index: `_fits_now` on each view, reasons per state."""
+    ledger = placer.ledger
+    result = FilterResult()
+    if detail or request.locality is not Locality.LOCAL:
+        verdicts = [placer.verdict(request, node) for node in names]
+        result.passing.extend([node for node, v in zip(names, verdicts, strict=True) if v.fits and not v.remote])
+        for node, v in zip(names, verdicts, strict=True):  # then the nodes that pass with remote slices, or fail
+            if not v.fits or v.remote:
+                result.add(node, v)
+        return result
+    texts: dict[int, tuple[bool, str]] = {}
+    failed: list[tuple[str, bool, str]] = []
+    for node in names:
+        if not ledger.has_node(node):
+            result.add(node, placer.verdict(request, node))
+            continue
+        view = ledger.view(node)
+        if _fits_now(view, demand):
+            result.passing.append(node)
+            continue
+        if view.kid not in texts:
+            v = placer._local_failure(request, demand, view)
+            texts[view.kid] = (v.resolvable, v.reason.split("; ", 1)[0])
+        failed.append((node, *texts[view.kid]))
+    result.failed.update({node: text for node, ok, text in failed if ok})
+    result.unresolvable.update({node: text for node, ok, text in failed if not ok})
+    return result
+
+
+def request_of(demand: Demand, locality: Locality) -> PodRequest:
+    (g,) = demand.groups
+    return PodRequest(
+        uid="q", containers=(ContainerRequest("c", 0, g.count, g.compute, g.memory_mib),), cpu_milli=demand.cpu_milli,
+        host_memory_mib=demand.memory_mib, locality=locality,
+    )  # fmt: skip
+
+
+def fresh(ledger: Ledger) -> Placer:
+    return Placer(ledger, {"binpack": make_policy("binpack")}, "binpack")
+
+
+def check(ledger: Ledger, demands: list[Demand]) -> None:
+    index = ledger.capacity_index()
+    names = [*NAMES, "ghost"]
+    assert len(index) == len(ledger.node_names())
+    for demand in demands:
+        (g,) = demand.groups
+        codes = index.codes(g.count, g.compute, g.memory_mib, demand.cpu_milli, demand.memory_mib).tolist()
+        for node, row in zip(names, index.rows(names), strict=True):
+            if not ledger.has_node(node):
+                assert row == -1
+                continue
+            assert (codes[row] == capacity.FITS) == _fits_now(ledger.view(node), demand), (node, demand)
+        for locality in (Locality.LOCAL, Locality.POOL):
+            request = request_of(demand, locality)
+            for detail in (False, True):
+                got = fresh(ledger).filter(request, names, detail=detail)
+                want = reference(fresh(ledger), request, demand, names, detail)
+                assert got.passing == want.passing
+                assert list(got.failed.items()) == list(want.failed.items())
+                assert list(got.unresolvable.items()) == list(want.unresolvable.items())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(op_st, min_size=1, max_size=40), st.lists(demand_st, min_size=1, max_size=4))
+def test_index_verdicts_match_the_per_node_fit_check(ops: list[tuple[Any, ...]], demands: list[Demand]) -> None:
+    ledger = Ledger(slots_per_gpu=3)
+    pods: list[str] = []
+    check(ledger, demands)  # the index exists from the start: every change after it is incremental
+    for op in ops:
+        apply(ledger, op, pods)
+        if op[0] == "check":
+            check(ledger, demands)
+    check(ledger, demands)
+    check(ledger.copy(), demands)
+
+
+def test_index_follows_a_planning_copy_without_touching_the_original() -> None:
+    ledger = Ledger()
+    ledger.upsert_node(NodeInfo("a", (GPUInfo("g0", 0, "M", 1024),)))
+    ledger.commit("p", "a", [PlannedSlice(0, False, "g0", 100, 1024)])
+    whole = Demand((SliceGroup(1, 100, None),))
+    assert ledger.capacity_index().codes(1, 100, None, 0, 0)[0] == capacity.SHORTAGE
+    copy = ledger.copy()
+    with copy.without(["p"]):
+        row = copy.capacity_index().rows(["a"])[0]
+        assert copy.capacity_index().codes(1, 100, None, 0, 0)[row] == capacity.FITS
+        assert _fits_now(copy.view("a"), whole)
+    assert ledger.capacity_index().codes(1, 100, None, 0, 0)[0] == capacity.SHORTAGE

@@ -1,0 +1,74 @@
+"""`evaluate_many` (fgd, fgdpp: vectorised) gives exactly the choices of `evaluate`, state by state."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from gpupool.capacity import CapacityIndex
+from gpupool.ledger import NodeView
+from gpupool.policies.base import Demand, SliceGroup
+from gpupool.policies.fgd import FGD
+from gpupool.policies.fgdpp import FGDPlusPlus
+
+
+def random_view(rng: random.Random, k: int) -> NodeView:
+    gpus = rng.choice((1, 2, 4, 8))
+    model = rng.choice(("A", "B"))
+    total = [rng.choice((0, 16384, 32768)) if rng.random() < 0.05 else rng.choice((16384, 32768)) for _ in range(gpus)]
+    fc, fm = [], []
+    for t in total:
+        used = rng.choice((0, 0, 10, 25, 47, 50, 81, 100, rng.randint(0, 100)))
+        fc.append(100 - used)
+        fm.append(t if used == 0 and rng.random() < 0.7 else max(0, t - rng.randint(0, t) if t else 0))
+    host = rng.random() < 0.5
+    return NodeView.make(
+        f"n{k}", model, tuple(range(gpus)), tuple(fc), tuple(fm), tuple(total), gpus,
+        cpu_free=rng.randint(0, 96_000) if host else None, memory_free=rng.randint(0, 400_000) if host else None,
+        pods_free=rng.randint(0, 3) if host else None, inventory=tuple((model, t) for t in total),
+    )  # fmt: skip
+
+
+DEMANDS = [
+    Demand((SliceGroup(1, c, m),), cpu, mem)
+    for c, m in ((10, 1600), (47, 15400), (50, None), (81, 26000), (100, None), (100, 8000))
+    for cpu, mem in ((0, 0), (8000, 60000))
+] + [Demand((SliceGroup(k, 100, None),), 4000, 0) for k in (2, 4, 8)] + [
+    Demand((SliceGroup(2, 50, 8000),)),  # several sharing slices: one by one
+    Demand((SliceGroup(1, 50, 8000), SliceGroup(1, 100, None))),  # several groups: one by one
+]
+
+
+def policies() -> list[FGD]:
+    return [
+        FGD(),
+        FGDPlusPlus(),
+        FGDPlusPlus(reserved={"A": 0.3, "B": 0.05}, cpu_per_unit=120.0, memory_per_unit=400.0),
+    ]
+
+
+@pytest.mark.parametrize("which", range(3))
+def test_batch_choices_equal_one_by_one(which: int) -> None:
+    rng = random.Random(7 + which)
+    views = [random_view(rng, k) for k in range(250)]
+    for demand in DEMANDS:
+        for models in (frozenset(), frozenset({"A"})):
+            d = Demand(demand.groups, demand.cpu_milli, demand.memory_mib, models)
+            policy = policies()[which]
+            want = [policy.evaluate(v, d) for v in views]
+            assert policies()[which].evaluate_many(views, d) == want, d
+
+
+def test_a_subclass_with_its_own_measure_is_evaluated_one_by_one() -> None:
+    class Flat(FGDPlusPlus):
+        def fragment(self, cpu_free: int | None, free_compute: list[int], model: str, memory_free: int | None = None,
+                     gpu_memory: tuple[list[int], tuple[int, ...]] | None = None) -> float:  # fmt: skip
+            return float(sum(free_compute) % 7)
+
+    rng = random.Random(3)
+    views = [random_view(rng, k) for k in range(40)]
+    demand = DEMANDS[0]
+    policy = Flat()
+    assert policy.evaluate_rows(CapacityIndex(), list(range(40)), demand) is None
+    assert policy.evaluate_many(views, demand) == [Flat().evaluate(v, demand) for v in views]
