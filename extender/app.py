@@ -24,17 +24,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
 from extender import wire
+from extender.kube import BIND_THREADS
 from extender.service import PoolService
-from kubeio.client import POOL_SIZE
 
 log = logging.getLogger("gpupool.extender.http")
 
 _JSON = "application/json"
-#: binds in threads at once, apart from anyio's shared pool (which preempt and the probes use): as many as the
-#: API connections kept (`kubeio.client.POOL_SIZE`). 256 at 1,000 nodes opened connections past the pool (a TLS
-#: handshake each), drew 429s from the API server and pushed binds past kube-scheduler's 5 s timeout
-#: (docs/e2e.md, issue 16)
-BIND_THREADS = POOL_SIZE
 _M = TypeVar("_M", bound=BaseModel)
 
 
@@ -146,7 +141,7 @@ def create_app(service: PoolService, *, url_prefix: str = "", max_body_bytes: in
         scores = service.prioritize(args.Pod, names)
         return Response(_dumps([{"Host": n, "Score": s} for n, s in scores]), media_type=_JSON)
 
-    binders: list[CapacityLimiter] = []  # made on the first bind, inside the event loop
+    binders: list[CapacityLimiter] = []  # binds' own threads (`BIND_THREADS`), made inside the event loop
 
     @verb("bind")
     async def _bind(body: bytes) -> Response:
