@@ -754,17 +754,28 @@ class PoolService:
         return Existing.DONE
 
     def _post_binding(self, namespace: str, name: str, uid: str, node: str, text: str | None) -> None:
-        """Create the Binding; with `text`, the API server writes the assignment in the same update."""
-        try:
-            self._api().bind_pod(namespace, name, uid, node, {resources.ASSIGNMENT: text} if text else None)
-        except ApiError as exc:
-            current = self._read_back(namespace, name) or {}
-            landed = objects.pod_node_name(current) == node and objects.pod_uid(current) == uid
-            if landed and (text is None or objects.pod_assignment_text(current) == text):
-                return  # it did land (a repeated call, or the reply was lost)
-            if exc.status == 409:
-                self.metrics.bind_conflicts.inc()
-            raise BindError(f"cannot create the Binding of pod {namespace}/{name} to {node}: {exc}") from None
+        """Create the Binding; with `text`, the API server writes the assignment in the same update. A 429 (the API
+        server's in-flight limit: nothing was written) is tried again twice, 0.2 s and 0.4 s later (issue 16: 31 of
+        1,031 binds of a 1,000-node burst were refused so, each costing the pod a scheduling cycle and a backoff)."""
+        for attempt in range(3):
+            try:
+                self._api().bind_pod(namespace, name, uid, node, {resources.ASSIGNMENT: text} if text else None)
+                return
+            except ApiError as exc:
+                if exc.status != 429 or attempt == 2:
+                    self._binding_failed(exc, namespace, name, uid, node, text)
+                    return
+            time.sleep(0.2 * (attempt + 1))
+
+    def _binding_failed(self, exc: ApiError, namespace: str, name: str, uid: str, node: str, text: str | None) -> None:
+        """What a refused Binding means: it landed after all (a repeated call, a lost reply), or a BindError."""
+        current = self._read_back(namespace, name) or {}
+        landed = objects.pod_node_name(current) == node and objects.pod_uid(current) == uid
+        if landed and (text is None or objects.pod_assignment_text(current) == text):
+            return  # it did land (a repeated call, or the reply was lost)
+        if exc.status == 409:
+            self.metrics.bind_conflicts.inc()
+        raise BindError(f"cannot create the Binding of pod {namespace}/{name} to {node}: {exc}") from None
 
     def _read_back(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:

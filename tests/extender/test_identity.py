@@ -498,3 +498,30 @@ def test_a_bind_kube_scheduler_timed_out_on_answers_its_retry() -> None:
     assert posts == ["a"]  # one Binding
     service.on_pod_event("MODIFIED", api.get_pod("default", "a"))
     assert service.filter(a, names).passing == [node_a]  # landed: the same answer
+
+
+def test_a_binding_refused_with_429_is_tried_again() -> None:
+    """Issue 16: every refused bind of a 1,000-node burst (31 of 1,031) was the API server's 429, which writes
+    nothing; each cost the pod a scheduling cycle and a backoff. Two more tries now; a third 429 is refused."""
+    from kubeio.client import ApiError
+
+    service, api, names = burst_service(1)
+    bind_pod = api.bind_pod
+    refusals = iter([True, True, False])
+
+    def busy_then_bind(*args: Any, **kwargs: Any) -> None:
+        if next(refusals, False):
+            raise ApiError(429, "Too many requests, please try again later.")
+        bind_pod(*args, **kwargs)
+
+    api.bind_pod = busy_then_bind  # type: ignore[method-assign]
+    a, b = pod("a"), pod("b", count=2)  # another slot count: the identity rule does not hold b back
+    for p in (a, b):
+        api.add(p)
+        service.on_pod_event("ADDED", p)
+    with mock.patch("extender.service.time.sleep") as slept:
+        assert service.bind("a", "default", a["metadata"]["uid"], names[0]) == ""
+        assert [c.args[0] for c in slept.call_args_list] == [0.2, 0.4]
+        refusals = iter([True, True, True])
+        assert "429: Too many requests" in service.bind("b", "default", b["metadata"]["uid"], names[0])
+    assert service.ledger.holding("uid-default-b") is None
