@@ -94,6 +94,7 @@ class Controller:
         self.admission = AdmissionConfig(frozenset(settings.system_usernames), settings.allow_privileged)
         self.pods: dict[str, dict[str, Any]] = {}  # uid -> last seen pod (gpupool pods only)
         self.gpunodes: dict[str, dict[str, Any]] = {}
+        self._limits: PoolLimits | None = None  # `pool_limits`, until a GPUNode's inventory changes
         self.ready = False
         self.synced = dict.fromkeys(SYNCED_LISTS, False)
         #: quarantined pods (untrusted assignment): uid -> why; `_quarantine_posted` what the Event said
@@ -170,7 +171,12 @@ class Controller:
     # --- pool limits for admission -------------------------------------------------------------------
 
     def pool_limits(self) -> PoolLimits:
-        return PoolLimits.of(self.ledger)
+        """The validating webhook's bounds, computed again only when a GPUNode's inventory changed: every GPU of
+        the pool is visited (40,000 at 5,000 nodes), and a burst calls the webhook once per pod (issue 16)."""
+        limits = self._limits
+        if limits is None:
+            limits = self._limits = PoolLimits.of(self.ledger)
+        return limits
 
     def queue_problem(self, namespace: str, named: str) -> str | None:
         """Why a pod of `namespace` may not name GPUQueue `named` (the validating webhook refuses it)."""
@@ -327,6 +333,7 @@ class Controller:
         if event == "DELETED":
             self.gpunodes.pop(name, None)
             self.ledger.remove_node(name)
+            self._limits = None
             self._node_status.pop(name, None)
             self._node_infos.pop(name, None)
             return
@@ -342,6 +349,7 @@ class Controller:
         again = self.ledger.upsert_node(info)
         if changed:  # new, back, or its GPUs changed: the pods bound there are held again (issue 12), and capacity
             again += sorted(self._on_node.get(name, ()))  # may have come: run the admission cycle soon
+            self._limits = None
             self.nudge()
         for uid in dict.fromkeys(again):
             pod = self.pods.get(uid)

@@ -17,13 +17,14 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from anyio import to_thread
+from anyio import CapacityLimiter, to_thread
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
 from extender import wire
+from extender.kube import BIND_THREADS
 from extender.service import PoolService
 
 log = logging.getLogger("gpupool.extender.http")
@@ -140,10 +141,16 @@ def create_app(service: PoolService, *, url_prefix: str = "", max_body_bytes: in
         scores = service.prioritize(args.Pod, names)
         return Response(_dumps([{"Host": n, "Score": s} for n, s in scores]), media_type=_JSON)
 
+    binders: list[CapacityLimiter] = []  # binds' own threads (`BIND_THREADS`), made inside the event loop
+
     @verb("bind")
     async def _bind(body: bytes) -> Response:
         args = _decode(wire.ExtenderBindingArgs, body)
-        error = await to_thread.run_sync(service.bind, args.PodName, args.PodNamespace, args.PodUID, args.Node)
+        if not binders:
+            binders.append(CapacityLimiter(BIND_THREADS))
+        error = await to_thread.run_sync(
+            service.bind, args.PodName, args.PodNamespace, args.PodUID, args.Node, limiter=binders[0]
+        )
         return Response(_dumps({"Error": error}), media_type=_JSON)
 
     @verb("preempt")

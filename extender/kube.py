@@ -34,6 +34,15 @@ class PodAPI(Protocol):
     ) -> None: ...
 
 
+#: binds writing at once (their own thread limiter in `extender.app`): kube-scheduler gives up on a bind after its
+#: extender timeout (5 s in the chart), so binds must not queue here behind the API server's latency; 32 queued a
+#: 1,000-node burst past it, 256 drew 429s (docs/e2e.md, issue 16). The client keeps as many connections more
+#: than its watches, so that none is opened per call (a TLS handshake each).
+BIND_THREADS = 64
+#: connections kept to the API server: every bind's, and the watches'
+API_CONNECTIONS = BIND_THREADS + 8
+
+
 class KubeAPI(KubeClient):
     """The extender's `PodAPI` on the shared transport (also what its Reflectors list and watch with)."""
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from extender.kube import GPUNODES, GPUQUEUES, NODES, PODS, KubeAPI, PodAPI
+from extender.kube import API_CONNECTIONS, GPUNODES, GPUQUEUES, NODES, PODS, KubeAPI, PodAPI
 from extender.metrics import Metrics
 from extender.resize import Resizer
 from extender.service import PoolService
@@ -113,7 +113,8 @@ def build(settings: ExtenderSettings, api: PodAPI | None = None, key: Keys | Non
     pool = build_pool(settings.pool_config())
     kube: KubeAPI | None = None
     if api is None:
-        kube = KubeAPI.connect(settings.kubeconfig, settings.in_cluster, settings.api_timeout_seconds)
+        kube = KubeAPI.connect(settings.kubeconfig, settings.in_cluster, settings.api_timeout_seconds,
+                               pool_size=API_CONNECTIONS)  # fmt: skip
         api = kube
     elif isinstance(api, KubeAPI):
         kube = api

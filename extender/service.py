@@ -127,6 +127,12 @@ class PoolService:
         #: (below kube-scheduler's extender httpTimeout, 5 s in the chart)
         self.identity_bind_wait_seconds = 2.0
         self._identity_changed = threading.Condition(self.lock)  # notified when an unserved pod is forgotten
+        self._bind_ended = threading.Condition(self.lock)  # notified when a bind leaves `inflight`
+        #: how long a prioritize answer's chosen node counts as where its pod is about to bind (`_identity_expect`);
+        #: 0 = off. kube-scheduler's next cycles run before the extender sees that pod's bind
+        self.identity_expect_seconds = 2.0
+        self.expected: dict[str, dict[str, identity.Expected]] = {}  # node -> uid -> mark (time.monotonic)
+        self._expected_at: dict[str, tuple[str, identity.Expected]] = {}  # uid -> (node, mark)
 
     # --- readiness ---------------------------------------------------------------------------------
 
@@ -367,6 +373,7 @@ class PoolService:
         self.unplaced.discard(uid)
         self._quarantine_seen.discard(uid)
         self._identity_forget(uid)
+        self._identity_unexpect(uid)
         if uid in self.inflight:
             self._gone_while_binding.add(uid)  # the bind settles it when its Binding answers
         else:
@@ -527,9 +534,35 @@ class PoolService:
                 error=f"pod {request.key}: policy {request.policy!r} is not enabled; enabled are {enabled}"
             )
         with self.lock:
+            taken = self._bound_by_us(objects.pod_uid(pod))
+            if taken is not None:
+                return self._only(taken, nodes, f"pod {request.key} is already bound to {taken}")
             result = self.placer.filter(request, nodes, detail=False)  # the answer groups nodes by reason
             self._identity_filter(request, result)
             return result
+
+    def _bound_by_us(self, uid: str) -> str | None:
+        """The node a bind of ours gave pod `uid`, landed or still writing (caller holds the lock); None when none.
+
+        kube-scheduler gives up on a bind after its extender timeout (5 s in the chart) and schedules the pod again,
+        while that bind goes on and lands (an API server slow to take Bindings: issue 16). The pod's next filter
+        then passes only that node, and its bind there answers what landed, instead of a new placement that the
+        bind would refuse ("already bound") cycle after cycle until kube-scheduler's informer caught up.
+        """
+        holding = self.inflight.get(uid)
+        if holding is not None:
+            return holding.node
+        cached = self.pods.get(uid)
+        held = self.ledger.holding(uid)
+        if cached is not None and held is not None and objects.pod_node_name(cached) == held.node:
+            return held.node
+        return None
+
+    @staticmethod
+    def _only(node: str, nodes: list[str], reason: str) -> FilterResult:
+        return FilterResult(
+            passing=[n for n in nodes if n == node], unresolvable={n: reason for n in nodes if n != node}
+        )
 
     def prioritize(self, pod: Mapping[str, Any], nodes: list[str]) -> list[tuple[str, int]]:
         """(node, 0..10) for every node asked about; invalid pods score 0 everywhere (filter said why)."""
@@ -552,7 +585,8 @@ class PoolService:
             if ext is None:
                 ext = table[score] = extender_score(score)
             out.append((n, ext))
-        return out
+        with self.lock:
+            return self._identity_expect(objects.pod_uid(pod), request, out)
 
     def _not_ready_message(self) -> str:
         waiting = ", ".join(k for k, v in self._synced.items() if not v)
@@ -565,6 +599,8 @@ class PoolService:
         try:
             self._bind(name, namespace, uid, node)
         except BindError as exc:
+            with self.lock:
+                self._identity_unexpect(uid)
             self.metrics.binds.labels("error").inc()
             log.warning("bind %s/%s -> %s failed: %s", namespace, name, node, exc)
             return str(exc)
@@ -592,6 +628,7 @@ class PoolService:
     def _bind(self, name: str, namespace: str, uid: str, node: str) -> None:
         if not self.ready:
             raise BindError(self._not_ready_message())
+        self._await_own_bind(uid)
         pod = self._get_pod(namespace, name, uid)
         bound_to = objects.pod_node_name(pod)
         if bound_to and bound_to != node:
@@ -650,6 +687,7 @@ class PoolService:
             if gone:
                 self._gone_while_binding.add(uid)
             self.inflight.pop(uid, None)
+            self._bind_ended.notify_all()
             if uid in self._gone_while_binding:  # deleted while the Binding was in flight: nothing to keep
                 self._gone_while_binding.discard(uid)
                 self.ledger.discard(uid)
@@ -671,6 +709,14 @@ class PoolService:
             if self.ledger.holding(uid) != holding:
                 log.warning("pod %s/%s lost its slices while binding; holding its assignment again", namespace, name)
             self._sync_holding(uid, self.pods[uid])
+
+    def _await_own_bind(self, uid: str) -> None:
+        """kube-scheduler's retry of a bind it timed out on, while ours still writes: wait (lock released) up to
+        `identity_bind_wait_seconds` for it to end, so the retry is answered by what landed (`_bound_by_us`)."""
+        deadline = time.monotonic() + self.identity_bind_wait_seconds
+        with self.lock:
+            while uid in self.inflight and (remaining := deadline - time.monotonic()) > 0:
+                self._bind_ended.wait(remaining)
 
     def _gone_now(self, namespace: str, name: str, uid: str) -> bool:
         """Whether pod `uid` is gone or finished, as the API server says now; an error answers no (kept held)."""
@@ -708,17 +754,28 @@ class PoolService:
         return Existing.DONE
 
     def _post_binding(self, namespace: str, name: str, uid: str, node: str, text: str | None) -> None:
-        """Create the Binding; with `text`, the API server writes the assignment in the same update."""
-        try:
-            self._api().bind_pod(namespace, name, uid, node, {resources.ASSIGNMENT: text} if text else None)
-        except ApiError as exc:
-            current = self._read_back(namespace, name) or {}
-            landed = objects.pod_node_name(current) == node and objects.pod_uid(current) == uid
-            if landed and (text is None or objects.pod_assignment_text(current) == text):
-                return  # it did land (a repeated call, or the reply was lost)
-            if exc.status == 409:
-                self.metrics.bind_conflicts.inc()
-            raise BindError(f"cannot create the Binding of pod {namespace}/{name} to {node}: {exc}") from None
+        """Create the Binding; with `text`, the API server writes the assignment in the same update. A 429 (the API
+        server's in-flight limit: nothing was written) is tried again twice, 0.2 s and 0.4 s later (issue 16: 31 of
+        1,031 binds of a 1,000-node burst were refused so, each costing the pod a scheduling cycle and a backoff)."""
+        for attempt in range(3):
+            try:
+                self._api().bind_pod(namespace, name, uid, node, {resources.ASSIGNMENT: text} if text else None)
+                return
+            except ApiError as exc:
+                if exc.status != 429 or attempt == 2:
+                    self._binding_failed(exc, namespace, name, uid, node, text)
+                    return
+            time.sleep(0.2 * (attempt + 1))
+
+    def _binding_failed(self, exc: ApiError, namespace: str, name: str, uid: str, node: str, text: str | None) -> None:
+        """What a refused Binding means: it landed after all (a repeated call, a lost reply), or a BindError."""
+        current = self._read_back(namespace, name) or {}
+        landed = objects.pod_node_name(current) == node and objects.pod_uid(current) == uid
+        if landed and (text is None or objects.pod_assignment_text(current) == text):
+            return  # it did land (a repeated call, or the reply was lost)
+        if exc.status == 409:
+            self.metrics.bind_conflicts.inc()
+        raise BindError(f"cannot create the Binding of pod {namespace}/{name} to {node}: {exc}") from None
 
     def _read_back(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -733,6 +790,7 @@ class PoolService:
             if self.ledger.holding(uid) is holding:
                 self.ledger.release(uid)
             self.inflight.pop(uid, None)
+            self._bind_ended.notify_all()
             self._gone_while_binding.discard(uid)
             self._relisted_without.discard(uid)
             if self.ledger.holding(uid) is None:  # an inventory flap meanwhile may have marked what never landed
@@ -775,6 +833,7 @@ class PoolService:
     def _identity_bound(self, uid: str, key: str, holding: Holding) -> None:
         """A bind just committed `holding`: the pod is unserved on its node from now on."""
         self._identity_forget(uid)
+        self._identity_unexpect(uid)  # the rule itself holds its node back now
         unserved = identity.Unserved(key, identity.slot_counts(holding.slices), self.clock())
         self.unserved.setdefault(holding.node, {})[uid] = unserved
         self._unserved_node[uid] = holding.node
@@ -826,6 +885,34 @@ class PoolService:
             else:
                 answer.unresolvable[node] = reason
         answer.passing = passing
+
+    def _identity_expect(self, uid: str, request: PodRequest, answer: list[tuple[str, int]]) -> list[tuple[str, int]]:
+        """Steer a burst of same-size pods to distinct nodes (`identity.steer`): this answer's chosen node is
+        marked as where `uid` is about to bind, for `identity_expect_seconds` or until its bind commits or fails."""
+        counts = identity.request_slot_counts(request)
+        self._identity_unexpect(uid)
+        if self.identity_expect_seconds <= 0 or self.identity_wait_seconds <= 0 or not counts or not uid:
+            return answer
+        now = time.monotonic()
+        for other in [u for u, (_, e) in self._expected_at.items() if e.until <= now]:
+            self._identity_unexpect(other)
+        # nodes where a bind committed since this pod's filter ran (the filter would refuse them now)
+        blocked = {node for node in self.unserved if self._identity_wait(request, node) is not None}
+        out, chosen = identity.steer(answer, self.expected, counts, now, extender_score(0), blocked)
+        if chosen is not None:
+            mark = identity.Expected(counts, now + self.identity_expect_seconds)
+            self.expected.setdefault(chosen, {})[uid] = mark
+            self._expected_at[uid] = (chosen, mark)
+        return out
+
+    def _identity_unexpect(self, uid: str) -> None:
+        node, _ = self._expected_at.pop(uid, (None, None))
+        if node is not None:
+            marks = self.expected.get(node)
+            if marks is not None:
+                marks.pop(uid, None)
+                if not marks:
+                    del self.expected[node]
 
     def _identity_check(self, request: PodRequest, node: str, key: str) -> None:
         """Bind's re-check of the filter's rule (the node may have changed since): waits up to

@@ -150,3 +150,44 @@ def wait_reason(pod: Unserved, count: int) -> str:
         f"waiting for the kubelet to take pod {pod.pod}'s devices: same slot count {count}; gpupool serves one "
         "such pod per node at a time so each container gets its own slices"
     )
+
+
+# --- steering a burst apart (a hint, never a refusal) --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Expected:
+    """A pod that a prioritize answer pointed to a node, whose bind has not reached the extender yet."""
+
+    slot_counts: frozenset[int]
+    until: float  # on the caller's clock; the mark is ignored after
+
+
+def steer(
+    answer: Iterable[tuple[str, int]], expected: Mapping[str, Mapping[str, Expected]], counts: Collection[int],
+    now: float, lowest: int, blocked: Collection[str] = (),
+) -> tuple[list[tuple[str, int]], str | None]:  # fmt: skip
+    """Prioritize scores for a pod with containers of slot `counts`, and the node it is pointed to.
+
+    kube-scheduler schedules the next pod while the previous one's bind is on its way, so filter cannot yet
+    refuse the node that pod is about to take, and a packing policy ranks that node first again (and higher
+    once that bind committed, between this pod's filter and its prioritize): the next pod's bind would wait
+    for the kubelet there. So a node `blocked` by the rule now, or `expected` (node -> pod -> mark) to take a
+    pod sharing a slot count, scores `lowest` (never refused here: the mark is a guess, and filter refuses
+    what the rule refuses), and of the nodes sharing the top score the first one keeps it while the others
+    lose one point, so that the pod is pointed to one node (returned, to be marked by the caller) and the next
+    pods to others. None when no node scores above `lowest`.
+    """
+    wanted = set(counts)
+    out: list[tuple[str, int]] = []
+    for node, score in answer:
+        if score > lowest:
+            marks = expected.get(node)
+            if node in blocked or (marks and any(e.until > now and wanted & e.slot_counts for e in marks.values())):
+                score = lowest
+        out.append((node, score))
+    top = max((score for _, score in out), default=lowest)
+    if top <= lowest or not wanted:
+        return out, None
+    chosen = next(node for node, score in out if score == top)
+    return [(n, s - 1 if s == top and n != chosen else s) for n, s in out], chosen

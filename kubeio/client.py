@@ -105,8 +105,9 @@ class KubeClient:
         timeout: float = 10.0,
         *,
         context: str | None = None,
+        pool_size: int = POOL_SIZE,
     ) -> Self:
-        return cls(load_api_client(kubeconfig, context, in_cluster=in_cluster), timeout)
+        return cls(load_api_client(kubeconfig, context, in_cluster=in_cluster, pool_size=pool_size), timeout)
 
     # --- one call ----------------------------------------------------------------------------------
 

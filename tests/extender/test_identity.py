@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import threading
+import time
 from typing import Any
 from unittest import mock
 
@@ -372,3 +373,155 @@ def admit_in_any_order(workload: list[tuple[int, int, int]], data: st.DataObject
         if data.draw(st.booleans(), label="the node agent restarts"):
             agent.restart([c.stored(pods[n]) for n in bound])
     assert sorted(served) == sorted(pods)
+
+
+# --- a burst: kube-scheduler schedules the next pod before the previous one's bind arrives -------------------
+
+
+def burst_service(nodes: int = 3) -> tuple[PoolService, StubAPI, list[str]]:
+    api = StubAPI()
+    service = build(ExtenderSettings(_cli_parse_args=False), api=api, key=KEY).service
+    names = [f"n-{i}" for i in range(nodes)]
+    service.on_node_list([node(n) for n in names])
+    service.on_gpunode_list([gpunode(n, gpus=8, memory=MEMORY) for n in names])
+    service.on_pod_list([])
+    return service, api, names
+
+
+def top(service: PoolService, p: dict[str, Any], names: list[str]) -> list[str]:
+    """The nodes kube-scheduler would pick from (the extender's top score), filter then prioritize."""
+    scores = service.prioritize(p, service.filter(p, names).passing)
+    best = max(s for _, s in scores)
+    return [n for n, s in scores if s == best]
+
+
+def test_a_burst_of_same_size_pods_is_pointed_to_distinct_nodes_before_any_binds() -> None:
+    """Issue 16: in a released burst each pod's prioritize ran before the previous pod's bind reached the
+    extender, every one ranked the same node first, and their binds waited for the kubelet there (2 s, then
+    refused). Each answer now points to one node, and the next pods of a shared slot count elsewhere."""
+    service, api, names = burst_service()
+    pods = [pod(f"p{i}", compute=50, memory=4096) for i in range(4)]
+    for p in pods:
+        api.add(p)
+        service.on_pod_event("ADDED", p)
+    chosen = [top(service, p, names) for p in pods[:3]]
+    assert all(len(c) == 1 for c in chosen)
+    assert len({c[0] for c in chosen}) == 3
+    # every node marked: the fourth has nowhere better; all its nodes stay eligible (never refused)
+    assert set(service.filter(pods[3], names).passing) == set(names)
+    # a pod of another slot count is not steered by them
+    two = pod("two", count=2, compute=50, memory=4096)
+    api.add(two)
+    service.on_pod_event("ADDED", two)
+    assert top(service, two, names) == [chosen[0][0]]
+    # the binds land where each pod was pointed, none waits
+    for p, (n,) in zip(pods[:3], chosen, strict=True):
+        m = p["metadata"]
+        assert service.bind(m["name"], m["namespace"], m["uid"], n) == ""
+    assert {u for marks in service.expected.values() for u in marks} == {"uid-default-two"}  # each bind ended its own
+
+
+def test_a_pods_mark_ends_with_its_bind_or_after_the_expect_time() -> None:
+    service, api, names = burst_service(2)
+    a, b = pod("a"), pod("b")
+    for p in (a, b):
+        api.add(p)
+        service.on_pod_event("ADDED", p)
+    (first,) = top(service, a, names)
+    assert top(service, b, names) != [first]
+    api.add({**a, "spec": {**a["spec"], "nodeName": "elsewhere"}})  # someone else bound a: 409, bind fails
+    assert "cannot create the Binding" in service.bind("a", "default", a["metadata"]["uid"], first)
+    assert first not in service.expected or "uid-default-a" not in service.expected[first]
+    service.expected.clear()
+    service._expected_at.clear()
+    service.identity_expect_seconds = 0.000001
+    (first,) = top(service, a, names)
+    time.sleep(0.01)
+    assert top(service, b, names) == [first]  # a's mark expired
+    service.identity_expect_seconds = 0  # off: the scores as the policy gives them, both nodes tie
+    assert top(service, a, names) == top(service, b, names) == names
+
+
+def test_a_node_whose_bind_committed_after_the_filter_is_not_ranked_first() -> None:
+    """The debug log of a 100-node burst: pod b's filter passed node N, pod a's bind committed on N, then b's
+    prioritize ranked N first (a packing policy prefers the node a now uses) and b's bind waited 2 s there."""
+    service, api, names = burst_service(2)
+    a, b = pod("a", compute=50, memory=4096), pod("b", compute=50, memory=4096)
+    for p in (a, b):
+        api.add(p)
+        service.on_pod_event("ADDED", p)
+    n = top(service, a, names)[0]
+    passing = service.filter(b, names).passing  # before a's bind
+    assert service.bind("a", "default", a["metadata"]["uid"], n) == ""
+    scores = dict(service.prioritize(b, passing))
+    assert max(scores, key=lambda k: scores[k]) != n
+    assert scores[n] == 1  # the lowest local score: still eligible, as filter decides
+
+
+def test_a_bind_kube_scheduler_timed_out_on_answers_its_retry() -> None:
+    """Issue 16, 1,000 nodes: Bindings took over 5 s on a loaded API server, kube-scheduler timed out and scheduled
+    the pod again while the extender's bind went on and landed; every retry's filter offered all nodes and its
+    bind was refused ("already bound"), 3,143 times for 1,000 pods. The retry now finds the node of the bind in
+    flight or landed, and its bind there succeeds without a second write."""
+    service, api, names = burst_service(3)
+    a = pod("a", compute=50, memory=4096)
+    api.add(a)
+    service.on_pod_event("ADDED", a)
+    node_a = top(service, a, names)[0]
+    release, posting = threading.Event(), threading.Event()
+    bind_pod = api.bind_pod
+    posts: list[str] = []
+
+    def slow_bind(*args: Any, **kwargs: Any) -> None:
+        posts.append(args[1])
+        posting.set()
+        assert release.wait(30)
+        bind_pod(*args, **kwargs)
+
+    api.bind_pod = slow_bind  # type: ignore[method-assign]
+    first: list[str] = []
+    thread = threading.Thread(target=lambda: first.append(service.bind("a", "default", a["metadata"]["uid"], node_a)))
+    thread.start()
+    assert posting.wait(30)  # kube-scheduler has given up on this one; the pod is scheduled again
+    answer = service.filter(a, names)
+    assert answer.passing == [node_a]
+    assert set(answer.unresolvable) == set(names) - {node_a}
+    assert "is already bound to" in answer.unresolvable[next(iter(answer.unresolvable))]
+    service.identity_bind_wait_seconds = 30
+    second: list[str] = []
+    retry = threading.Thread(target=lambda: second.append(service.bind("a", "default", a["metadata"]["uid"], node_a)))
+    retry.start()
+    release.set()
+    thread.join(30)
+    retry.join(30)
+    assert first == second == [""]
+    assert posts == ["a"]  # one Binding
+    service.on_pod_event("MODIFIED", api.get_pod("default", "a"))
+    assert service.filter(a, names).passing == [node_a]  # landed: the same answer
+
+
+def test_a_binding_refused_with_429_is_tried_again() -> None:
+    """Issue 16: every refused bind of a 1,000-node burst (31 of 1,031) was the API server's 429, which writes
+    nothing; each cost the pod a scheduling cycle and a backoff. Two more tries now; a third 429 is refused."""
+    from kubeio.client import ApiError
+
+    service, api, names = burst_service(1)
+    bind_pod = api.bind_pod
+    refusals = iter([True, True, False])
+
+    def busy_then_bind(*args: Any, **kwargs: Any) -> None:
+        if next(refusals, False):
+            raise ApiError(429, "Too many requests, please try again later.")
+        bind_pod(*args, **kwargs)
+
+    api.bind_pod = busy_then_bind  # type: ignore[method-assign]
+    a, b = pod("a"), pod("b", count=2)  # another slot count: the identity rule does not hold b back
+    for p in (a, b):
+        api.add(p)
+        service.on_pod_event("ADDED", p)
+    with mock.patch("extender.service.time.sleep") as slept:
+        assert service.bind("a", "default", a["metadata"]["uid"], names[0]) == ""
+        assert [c.args[0] for c in slept.call_args_list] == [0.2, 0.4]
+        refusals = iter([True, True, True])
+        assert "429: Too many requests" in service.bind("b", "default", b["metadata"]["uid"], names[0])
+    assert service.ledger.holding("uid-default-b") is None

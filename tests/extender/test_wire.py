@@ -14,6 +14,7 @@ from tests.extender.conftest import (
     create_pod,
     filter_body,
     gpunode,
+    kubelet_took,
     pod,
 )
 
@@ -84,6 +85,7 @@ def test_prioritize_scores(kube, ext):
     add_gpu_node(kube, "tiny", gpus=1, memory=512)
     busy = create_pod(kube, pod("busy", compute=50, memory=4096))
     assert ext.post("bind", bind_body(busy, "busy")).json() == {"Error": ""}
+    kubelet_took(kube, busy)  # else the identity rule holds "busy" back for a 1-slot pod (lowest score)
     r = ext.post("prioritize", filter_body(pod("p"), ["empty", "busy", "tiny"]))
     assert r.status_code == 200
     scores = {h["Host"]: h["Score"] for h in r.json()}

@@ -135,3 +135,35 @@ def test_allocated_format_round_trip_and_errors() -> None:
 def test_bound_at_reads_the_assignment_time() -> None:
     assert identity.bound_at("2026-01-01T00:00:00Z") == 1767225600.0
     assert identity.bound_at("not a time") == 0.0  # unreadable: long ago, so it never blocks
+
+
+# --- steering a burst apart ----------------------------------------------------------------------------------
+
+
+def mark(*counts: int, until: float = 10.0) -> identity.Expected:
+    return identity.Expected(frozenset(counts), until)
+
+
+def test_steer_points_the_pod_to_the_first_top_node_and_demotes_the_other_ties() -> None:
+    out, chosen = identity.steer([("a", 3), ("b", 5), ("c", 5), ("d", 0)], {}, {1}, now=0.0, lowest=1)
+    assert chosen == "b"
+    assert out == [("a", 3), ("b", 5), ("c", 4), ("d", 0)]
+
+
+def test_steer_scores_a_node_expected_to_take_a_pod_of_a_shared_count_lowest() -> None:
+    expected = {"b": {"uid-x": mark(1)}}
+    out, chosen = identity.steer([("a", 3), ("b", 5), ("c", 3)], expected, {1, 2}, now=0.0, lowest=1)
+    assert chosen == "a"
+    assert out == [("a", 3), ("b", 1), ("c", 2)]  # b kept (a hint, never a refusal)
+
+
+def test_steer_ignores_other_counts_expired_marks_and_remote_only_nodes() -> None:
+    expected = {"b": {"uid-x": mark(2), "uid-y": mark(1, until=0.0)}}
+    assert identity.steer([("b", 5), ("c", 5)], expected, {1}, now=0.0, lowest=1) == ([("b", 5), ("c", 4)], "b")
+    assert identity.steer([("a", 0), ("b", 1)], {}, {1}, now=0.0, lowest=1) == ([("a", 0), ("b", 1)], None)
+    assert identity.steer([], {}, {1}, now=0.0, lowest=1) == ([], None)
+
+
+def test_steer_scores_a_node_the_rule_blocks_now_lowest() -> None:
+    out, chosen = identity.steer([("a", 5), ("b", 3)], {}, {1}, now=0.0, lowest=1, blocked={"a"})
+    assert (out, chosen) == ([("a", 1), ("b", 3)], "b")
