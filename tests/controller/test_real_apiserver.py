@@ -342,8 +342,9 @@ def test_snapshot_round_trips_into_a_timeline_what_if(real: RealAPI, ns: str, tm
     template = {"spec": {**gpu_pod("w", compute=60)["spec"], "restartPolicy": "Never"}}
     real.apply([{"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "train", "namespace": jobs},
                  "spec": {"parallelism": 2, "completions": 2, "template": template}}])  # fmt: skip
-    wait_for(lambda: len(real.pods(jobs)) == 2 and not any(map(pod_gated, real.pods(jobs))), 30,
-             "the Job's two pods to be admitted", 0.2)  # fmt: skip
+    # only that they exist: whether the gang fits depends on what the file's earlier tests left on the two nodes
+    # (in a full run, 10 % and 50 % free: the gang of 2 x 60 % waits), and the snapshot's groups do not
+    wait_for(lambda: len(real.pods(jobs)) == 2, 30, "the Job's two pods to be created", 0.2)
     cluster = tmp_path / "cluster.json"
     assert main(["snapshot", "--kubeconfig", str(real.cluster.kubeconfig), "-o", str(cluster)]) == 0
     snap = snapshot_format.parse(json.loads(cluster.read_text()))
