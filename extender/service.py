@@ -842,11 +842,7 @@ class PoolService:
         node = self._unserved_node.pop(uid, None)
         self._overdue.discard(uid)
         if node is not None:
-            on_node = self.unserved.get(node)
-            if on_node is not None:
-                on_node.pop(uid, None)
-                if not on_node:
-                    del self.unserved[node]
+            _drop(self.unserved, node, uid)
             self._identity_changed.notify_all()
 
     def _identity_wait(self, request: PodRequest, node: str) -> str | None:
@@ -908,11 +904,7 @@ class PoolService:
     def _identity_unexpect(self, uid: str) -> None:
         node, _ = self._expected_at.pop(uid, (None, None))
         if node is not None:
-            marks = self.expected.get(node)
-            if marks is not None:
-                marks.pop(uid, None)
-                if not marks:
-                    del self.expected[node]
+            _drop(self.expected, node, uid)
 
     def _identity_check(self, request: PodRequest, node: str, key: str) -> None:
         """Bind's re-check of the filter's rule (the node may have changed since): waits up to
@@ -1008,3 +1000,12 @@ class PoolService:
     def ledger_snapshot(self) -> dict[str, object]:
         with self.lock:
             return self.ledger.snapshot()
+
+
+def _drop(table: dict[str, dict[str, Any]], node: str, uid: str) -> None:
+    """Forget `uid` in a node -> uid -> value table (`PoolService.unserved`, `.expected`), and the node once empty."""
+    on_node = table.get(node)
+    if on_node is not None:
+        on_node.pop(uid, None)
+        if not on_node:
+            del table[node]

@@ -33,6 +33,19 @@ from tests.deviceplugin.helpers import FakeNvmlBackend, nvml_devices
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def count_requests(kube: Kube) -> list[tuple[str, str]]:
+    """From now on, every (method, path) `kube` is asked, in order."""
+    calls: list[tuple[str, str]] = []
+    original = kube.request
+
+    def counting(method: str, path: str, **kw: Any) -> Any:
+        calls.append((method, path))
+        return original(method, path, **kw)
+
+    kube.request = counting  # type: ignore[method-assign]
+    return calls
+
+
 def test_fake_inventory_list_and_map_forms(tmp_path: Path) -> None:
     single = tmp_path / "one.yaml"
     single.write_text(
@@ -218,14 +231,7 @@ def test_multi_node_heartbeat_is_one_status_patch_per_node(tmp_path: Path, kube:
     agent = MultiNodeAgent(settings, kube)
     assert agent.publish_all() == 2
     assert kube.get_gpunode("hb-1")["status"]["agentEndpoint"] == "hb-1:9403"
-    calls: list[tuple[str, str]] = []
-    original = kube.request
-
-    def counting(method: str, path: str, **kw: Any) -> Any:
-        calls.append((method, path))
-        return original(method, path, **kw)
-
-    kube.request = counting  # type: ignore[method-assign]
+    calls = count_requests(kube)
     assert agent.publish_all() == 2
     assert sorted(m for m, _ in calls) == ["PATCH", "PATCH"]
     assert all(p.endswith("/status") for _, p in calls)
@@ -258,14 +264,7 @@ def test_multi_node_first_round_lists_once_and_creates_missing_gpunodes_without_
     path = tmp_path / "nodes.yaml"
     path.write_text("fr-0:\n- {model: A100, memoryMiB: 81920}\nfr-1:\n- {model: T4, memoryMiB: 15360}\n")
     kube.create_gpunode("fr-1")  # already there: patched, not created
-    calls: list[tuple[str, str]] = []
-    original = kube.request
-
-    def counting(method: str, path: str, **kw: Any) -> Any:
-        calls.append((method, path))
-        return original(method, path, **kw)
-
-    kube.request = counting  # type: ignore[method-assign]
+    calls = count_requests(kube)
     settings = DevicePluginSettings(multi_node=True, fake_inventory=str(path), publish_workers=2, publish_qps=0)
     agent = MultiNodeAgent(settings, kube)
     assert agent.publish_all() == 2
