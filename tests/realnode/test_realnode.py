@@ -104,17 +104,11 @@ def record_problems(rn: RealNodeEnv, ns: str, pods: list[Any]) -> list[str]:
     return out
 
 
-# Not strict: a race. The kubelet sees a bound pod (its own watch) and calls GetPreferredAllocation before the node
-# agent's pod cache has the pod's assignment; the agent then answers "kubelet order", the kubelet allocates slot ids
-# that match no assignment, and Allocate serves the pod by the fallback rule. The container's environment is right
-# when the fallback guesses right, but the kubelet records (and keeps reserved) other slots than the assignment's.
-# Seen here in about half the runs (agent log: "no unserved assignment of this size on this node; kubelet order").
-@pytest.mark.xfail(
-    reason="the kubelet may ask GetPreferredAllocation before the agent's pod watch has the pod; since the identity "
-    "fix the agent re-lists on such a miss and this passed in the sprint's last CI run (XPASS), but it failed in about "
-    "half the runs before that fix: kept non-strict until more runs confirm it",
-    strict=False,
-)
+# Was a race (xfail until sprint 5): the kubelet sees a bound pod (its own watch) and may call
+# GetPreferredAllocation before the node agent's pod cache has the pod's assignment; the agent answered "kubelet
+# order" and the kubelet recorded slot ids that matched no assignment (about half the runs). Since the identity fix
+# the agent re-lists on such a miss: the test passed in 6 runs of its own and in every CI run since, so it is a
+# plain test again and a regression fails it.
 def test_the_kubelets_record_agrees_with_gpupools_assignments(rn: RealNodeEnv, ns: str) -> None:
     pods = [
         run(rn, ns, gpu_pod("rec-a", [(1, 10, 1024), (2, 15, 2048)])),
