@@ -924,7 +924,7 @@ class PoolService:
         """Prune kube-scheduler's preemption candidates to what the pool model says helps.
 
         For each candidate node, the victims offered by kube-scheduler are simulated away on a
-        copy of the ledger (`gpupool.preemption.choose_victims`). A node where the pod still
+        planning overlay of the ledger (`gpupool.preemption.choose_victims`). A node where the pod still
         does not fit is dropped. Otherwise the answer keeps every offered victim that holds
         no slices (kube-scheduler chose it for its own resources) and the fewest slice holders
         whose release the pod needs, chosen in the model's victim order (best-effort, lower
@@ -941,7 +941,9 @@ class PoolService:
         with self.lock:
             if not self.ready:
                 return {}
-            copy = self.ledger.copy()  # the what-if runs here, never on the live ledger
+            # the what-if runs here, never on the live ledger: an overlay clones only the nodes it changes (a full
+            # copy held this lock 2.8 s per call at 5,000 nodes); valid while the lock keeps the ledger still
+            copy = self.ledger.overlay()
             placer = self.placer.over(copy)
             for node, (victims, pdb) in candidates.items():
                 kept = self._victims_on(copy, placer, request, node, victims)

@@ -343,7 +343,7 @@ def joining_problem(
 
 def describe(manager: QueueManager, uid: str) -> list[str]:
     """What the group of pod `uid` waits for (`gpupool explain`): members missing, quota for all of them,
-    or the largest member that has no place (planned on a copy of the ledger); [] when in no group."""
+    or the largest member that has no place (planned on an overlay of the ledger); [] when in no group."""
     entry = manager.pods.get(uid)
     if entry is None or entry.group is None:
         return []
@@ -368,7 +368,7 @@ def describe(manager: QueueManager, uid: str) -> list[str]:
     if shortfall is not None:
         lines.append(f"group waits for quota: {need} member(s) need {lower.compute} compute together; "
                      f"{quota.message(shortfall)}")  # fmt: skip
-    ledger = manager.ledger.copy()
+    ledger = manager.ledger.overlay()  # the manager's ledger stays still while this runs (`gpupool explain`)
     placer = manager.placer.over(ledger)
     for m in sorted(gang, key=_largest_first):
         nodes = manager.eligible_nodes(m)

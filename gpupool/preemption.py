@@ -709,7 +709,7 @@ def choose_victims(
     """The fewest of `offered` (pods holding slices on or for `node`) whose eviction lets `request` fit there.
 
     The extender's preempt verb: kube-scheduler offers the victims, this prunes them with the search and
-    the victim order of `find_preemption`. `ledger` is a planning copy (`Ledger.copy()`, one per verb call)
+    the victim order of `find_preemption`. `ledger` is a planning copy (`Ledger.overlay()`, one per verb call)
     and `placer` places over it (`Placer.over`). The rank of `may_preempt` applies: kube-scheduler offers
     only pods of lower priority, and of those a best-effort pod may not evict a guaranteed one. (It never
     offers pods of equal or higher priority, so the best-effort pods a guaranteed pod outranks whatever
