@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import jsonpatch
 
@@ -57,35 +57,45 @@ def is_system_user(userinfo: Mapping[str, Any] | None, config: AdmissionConfig) 
 
 def mutate(pod: Mapping[str, Any], *, node_selector: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The pod as gpupool wants it stored (CREATE): canonical names, defaults, scheduler, gate, tenant nodes."""
-    out: dict[str, Any] = copy.deepcopy(dict(pod))
-    if resources.pod_shape_errors(out):
-        return out  # malformed: left as it is for `validate` to refuse, naming the fields
-    ops = resources.rewrite_aliases(out)
-    if ops:
-        out = jsonpatch.apply_patch(out, ops)
-    if not isinstance(out.get("spec"), dict):
-        out["spec"] = {}
-    spec = out["spec"]
+    ops = mutation_patch(pod, node_selector=node_selector)
+    return copy.deepcopy(cast(dict[str, Any], jsonpatch.apply_patch(dict(pod), ops)))  # shares nothing with `pod`
+
+
+def mutation_patch(pod: Mapping[str, Any], *, node_selector: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """The JSON patch the mutating webhook answers for a CREATE: the changes `mutate` makes, built from the pod
+    without copying or diffing it (the webhook is called for every pod of a burst: issue 16). Empty when the pod
+    needs none; a malformed pod is left as it is for `validate` to refuse, naming the fields."""
+    if resources.pod_shape_errors(pod):
+        return []
+    ops = resources.rewrite_aliases(pod)
+    spec = pod.get("spec")
+    if not isinstance(spec, dict):
+        spec = {}
+        ops.append({"op": "add", "path": "/spec", "value": {}})
     for kind in ("initContainers", "containers"):
-        for container in spec.get(kind) or []:
+        for i, container in enumerate(spec.get(kind) or []):
             res = container.get("resources") or {}
-            limits = res.get("limits") or {}
-            requests = res.get("requests") or {}
-            names = set(limits) | set(requests)
-            if not names & set(resources.CANONICAL):
-                continue
+            limits = {resources.canonical_name(k): v for k, v in (res.get("limits") or {}).items()}
+            requests = {resources.canonical_name(k): v for k, v in (res.get("requests") or {}).items()}
+            names = limits.keys() | requests.keys()
             # the kubelet's slot accounting needs the slice count; compute alone means one slice
-            if resources.GPU not in names:
-                res["limits"] = {**limits, resources.GPU: "1"}
-                if requests:
-                    res["requests"] = {**requests, resources.GPU: "1"}
-    spec["schedulerName"] = resources.SCHEDULER_NAME
-    if not objects.pod_gated(out):
-        spec["schedulingGates"] = [*(spec.get("schedulingGates") or []), {"name": resources.ADMISSION_GATE}]
+            if not names & set(resources.CANONICAL) or resources.GPU in names:
+                continue
+            where = f"/spec/{kind}/{i}/resources"
+            ops.append({"op": "add", "path": f"{where}/limits", "value": {**limits, resources.GPU: "1"}})
+            if requests:
+                ops.append({"op": "add", "path": f"{where}/requests", "value": {**requests, resources.GPU: "1"}})
+    if spec.get("schedulerName") != resources.SCHEDULER_NAME:
+        ops.append({"op": "add", "path": "/spec/schedulerName", "value": resources.SCHEDULER_NAME})
+    if not objects.pod_gated(pod):
+        gates = [*(spec.get("schedulingGates") or []), {"name": resources.ADMISSION_GATE}]
+        ops.append({"op": "add", "path": "/spec/schedulingGates", "value": gates})
     if node_selector:
         # the queue's tenant isolation wins over the pod's own values
-        spec["nodeSelector"] = {**(spec.get("nodeSelector") or {}), **node_selector}
-    return out
+        selector = {**(spec.get("nodeSelector") or {}), **node_selector}
+        if selector != spec.get("nodeSelector"):
+            ops.append({"op": "add", "path": "/spec/nodeSelector", "value": selector})
+    return ops
 
 
 def _system_annotation_changes(new: Mapping[str, Any], old: Mapping[str, Any] | None) -> list[str]:

@@ -1,4 +1,5 @@
-"""kopf handlers: watches feed `controller.runtime.Controller`; admission webhooks call `controller.admission`.
+"""kopf handlers: watches feed `controller.runtime.Controller`; the admission webhooks (served by
+`controller.webhook_server`) call `controller.admission`.
 
 Every replica runs the watches and serves the webhooks (hot standby); only the Lease holder runs the
 admission cycle (see `controller.leader`). Import this module (or run `gpupool-controller`) to register.
@@ -7,16 +8,19 @@ admission cycle (see `controller.leader`). Import this module (or run `gpupool-c
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import logging
 import os
 import socket
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
-from controller import admission
+from controller import admission, webhook_server
 from controller.kube import Kube, load_api_client
 from controller.leader import LeaseElector
 from controller.runtime import Controller
@@ -79,11 +83,6 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # kopf holds each object's events for this long to batch them (default 0.1 s): a freed slice or a new pod
     # would wait that long before it wakes the admission cycle (docs/fairshare.md); the handlers are cheap
     settings.batching.batch_window = 0.01
-    if cfg.webhook_enabled:
-        settings.admission.server = kopf.WebhookServer(
-            addr=cfg.webhook_host, port=cfg.webhook_port, certfile=cfg.webhook_cert_file, pkeyfile=cfg.webhook_key_file
-        )
-        settings.admission.managed = None  # the chart (or the test) owns the configurations: matchConditions
     key = KeyRing(cfg.signing_key_file)
     api_client = load_api_client(cfg.kubeconfig)
     kube = Kube(api_client)
@@ -92,6 +91,14 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     STATE = state
     stop = asyncio.Event()
     memo["stop"] = stop
+    if cfg.webhook_enabled:  # after the rebuild, as kopf's server started: the bounds are known when it answers
+        if not (cfg.webhook_cert_file and cfg.webhook_key_file):
+            raise kopf.PermanentError("the webhooks need webhook_cert_file and webhook_key_file (or webhook_enabled "
+                                      "false)")  # fmt: skip
+        server = webhook_server.AdmissionServer(cfg.webhook_host, cfg.webhook_port, cfg.webhook_cert_file,
+                                                cfg.webhook_key_file, WEBHOOKS)  # fmt: skip
+        await server.start()
+        memo["webhooks"] = server
     tasks = [asyncio.create_task(state.run_cycles(stop)), asyncio.create_task(_keys_loop(key, state, stop)),
              asyncio.create_task(_prune_loop(state, stop))]  # fmt: skip
     if cfg.leader_election:
@@ -120,6 +127,9 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         stop.set()
     for task in memo.get("tasks") or []:
         task.cancel()
+    server = memo.get("webhooks")
+    if server is not None:
+        await server.stop()
     elector = memo.get("elector")
     if elector is not None:
         await asyncio.to_thread(elector.release)
@@ -169,38 +179,64 @@ def namespace_event(event: Any, body: kopf.Body, **_: Any) -> None:
             state.on_namespace(_type(event), dict(body))
 
 
-@kopf.on.mutate("", "v1", "pods", id=MUTATE_PATH, operations=["CREATE"], persistent=True)
-def mutate_pods(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    pod = dict(body)
+def mutate_pods(pod: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The mutating webhook (CREATE): the JSON patch for the pod; none for pods that do not mention gpupool."""
     if not resources.mentions_gpupool(pod):
-        return
+        return []
     selector = STATE.queue_node_selector(pod) if STATE is not None else {}
-    new = admission.mutate(pod, node_selector=selector)
-
-    def replace(raw: Any) -> None:
-        raw.clear()
-        raw.update(new)
-
-    patch.fns.append(replace)
+    return admission.mutation_patch(pod, node_selector=selector)
 
 
-# kopf passes `old` and `operation` to webhooks, but its WebhookFn protocol does not name them
-@kopf.on.validate("", "v1", "pods", id=VALIDATE_PATH, operations=["CREATE", "UPDATE"], persistent=True)  # type: ignore[arg-type]
-def validate_pods(body: kopf.Body, old: Any, operation: str, userinfo: Any, **_: Any) -> None:
-    limits = STATE.pool_limits() if STATE is not None and STATE.ready else admission.PoolLimits()
-    config = STATE.admission if STATE is not None else admission.AdmissionConfig(
+def validate_pods(body: Mapping[str, Any], old: Any, operation: str, userinfo: Any) -> None:
+    """The validating webhook (CREATE, UPDATE): raises `kopf.AdmissionError` (code 400) naming every problem."""
+    state = STATE
+    ready = state is not None and state.ready
+    limits = state.pool_limits() if state is not None and ready else admission.PoolLimits()
+    config = state.admission if state is not None else admission.AdmissionConfig(
         frozenset((SETTINGS or ControllerSettings()).system_usernames)
     )
-    errors = admission.validate(
-        dict(body), old=dict(old) if old is not None else None, operation=operation,
-        userinfo=userinfo, limits=limits, config=config,
-    )  # fmt: skip
-    errors += admission.tenancy_errors(
-        dict(body), old=dict(old) if old is not None else None, operation=operation,
-        queue_problem=STATE.queue_problem if STATE is not None and STATE.ready else None,
-    )  # fmt: skip
-    ready = STATE is not None and STATE.ready
-    errors += admission.group_errors(dict(body), operation=operation,
-                                     group_problem=STATE.group_problem if STATE is not None and ready else None)
+    pod, previous = dict(body), dict(old) if old is not None else None
+    errors = admission.validate(pod, old=previous, operation=operation, userinfo=userinfo, limits=limits,
+                                config=config)  # fmt: skip
+    errors += admission.tenancy_errors(pod, old=previous, operation=operation,
+                                       queue_problem=state.queue_problem if state is not None and ready else None)
+    errors += admission.group_errors(pod, operation=operation,
+                                     group_problem=_group_problem if state is not None and ready else None)
     if errors:
         raise kopf.AdmissionError(admission.rejection_message(errors), code=400)
+
+
+def _group_problem(pod: Mapping[str, Any]) -> tuple[str, str] | None:
+    """`Controller.group_problem` under the lock: it walks the pods, which the watch handlers change meanwhile."""
+    state = STATE
+    if state is None:
+        return None
+    with state.lock:
+        return state.group_problem(pod)
+
+
+def mutate_review(request: Mapping[str, Any]) -> dict[str, Any]:
+    """/mutate-pods (`controller.webhook_server`): the AdmissionReview answer for one request."""
+    if request.get("operation") != "CREATE":
+        return {"allowed": True}
+    ops = mutate_pods(request["object"])
+    if not ops:
+        return {"allowed": True}
+    patch = base64.b64encode(json.dumps(ops, separators=(",", ":")).encode()).decode("ascii")
+    return {"allowed": True, "patch": patch, "patchType": "JSONPatch"}
+
+
+def validate_review(request: Mapping[str, Any]) -> dict[str, Any]:
+    """/validate-pods (`controller.webhook_server`): the AdmissionReview answer for one request."""
+    operation = str(request.get("operation") or "")
+    if operation not in ("CREATE", "UPDATE"):
+        return {"allowed": True}
+    old = request.get("oldObject")
+    try:
+        validate_pods(request["object"], old if isinstance(old, dict) else None, operation, request.get("userInfo"))
+    except kopf.AdmissionError as exc:
+        return {"allowed": False, "status": {"code": exc.code or 400, "message": str(exc)}}
+    return {"allowed": True}
+
+
+WEBHOOKS: dict[str, webhook_server.Webhook] = {MUTATE_PATH: mutate_review, VALIDATE_PATH: validate_review}

@@ -18,6 +18,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.pool_config()  # the pool settings fail here, before kopf starts, with the setting named
     except PoolConfigError as exc:
         raise SystemExit(f"gpupool-controller: {exc}") from None
+    if settings.webhook_enabled and not (settings.webhook_cert_file and settings.webhook_key_file):
+        raise SystemExit("gpupool-controller: the webhooks serve TLS: set --webhook-cert-file and --webhook-key-file "
+                         "(GPUPOOL_WEBHOOK_CERT_FILE, GPUPOOL_WEBHOOK_KEY_FILE), or --webhook-enabled false")
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if settings.kubeconfig:
         os.environ["KUBECONFIG"] = settings.kubeconfig  # kopf's own login reads it

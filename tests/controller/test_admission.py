@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import threading
 from typing import Any
 
+import jsonpatch
 import kopf
 import pytest
 
@@ -80,6 +82,7 @@ def test_bad_input_is_rejected_naming_the_field(
     class State:
         ready = True
         admission = AdmissionConfig()
+        lock = threading.Lock()
 
         def pool_limits(self) -> PoolLimits:
             return LIMITS
@@ -154,17 +157,12 @@ def test_mutation_rewrites_aliases_and_sets_scheduler_gate_defaults() -> None:
 
 def test_mutate_handler_produces_a_json_patch_and_ignores_other_pods() -> None:
     pod = make_pod({"pool.kubernetes.io/gpu": "1"})
-    body = kopf.Body(pod)
-    patch = kopf.Patch(body=body)
-    handlers.mutate_pods(body=body, patch=patch)
-    ops = patch.as_json_patch()
+    ops = handlers.mutate_pods(pod)
     paths = {op["path"] for op in ops}
     assert "/spec/schedulerName" in paths and "/spec/schedulingGates" in paths
+    assert jsonpatch.apply_patch(pod, ops) == admission.mutate(pod)
     plain = {"metadata": {"name": "x"}, "spec": {"containers": [{"name": "c", "resources": {"limits": {"cpu": "1"}}}]}}
-    body = kopf.Body(plain)
-    patch = kopf.Patch(body=body)
-    handlers.mutate_pods(body=body, patch=patch)
-    assert patch.as_json_patch() == []  # valid pods without gpupool resources are untouched
+    assert handlers.mutate_pods(plain) == []  # valid pods without gpupool resources are untouched
     assert check(plain) == []
 
 
