@@ -73,6 +73,21 @@ async def _prune_loop(state: Controller, stop: asyncio.Event, first: float = 15.
             log.exception("pruning deleted pods failed")
 
 
+class EventsOnly(kopf.DiffBaseStorage):
+    """kopf's diff base for the `on.event` handlers below: none. kopf builds (a deep copy of the object less its
+    status) and compares one on every event for change handlers (`on.create`/`on.update`), which this operator does
+    not register (tests/controller/test_handler_threads.py checks); that was a third of its CPU per pod event."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     global STATE
@@ -83,6 +98,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # kopf holds each object's events for this long to batch them (default 0.1 s): a freed slice or a new pod
     # would wait that long before it wakes the admission cycle (docs/fairshare.md); the handlers are cheap
     settings.batching.batch_window = 0.01
+    settings.persistence.diffbase_storage = EventsOnly()
     key = KeyRing(cfg.signing_key_file)
     api_client = load_api_client(cfg.kubeconfig)
     kube = Kube(api_client)
@@ -139,43 +155,49 @@ def _type(event: Any) -> str:
     return str((event or {}).get("type") or "ADDED")
 
 
+# The watch handlers are coroutines: kopf runs them on its event loop, as the admission cycle and the webhooks, so
+# an event costs no hop to a worker thread (sync handlers cost one each, and queued behind each other in a burst;
+# docs/e2e.md "Issue 16: the webhooks' cost per pod"). They take `Controller.lock` for the threads that still read
+# the model (tests/controller/test_handler_threads.py).
+
+
 @kopf.on.event("", "v1", "pods")
-def pod_event(event: Any, body: kopf.Body, **_: Any) -> None:
+async def pod_event(event: Any, body: kopf.Body, **_: Any) -> None:
     state = STATE
     if state is not None:
-        with state.lock:  # the admission cycle runs on the event loop meanwhile
+        with state.lock:
             state.on_pod(_type(event), dict(body))
 
 
 @kopf.on.event(objects.GROUP, objects.VERSION, objects.GPUNODE_PLURAL)
-def gpunode_event(event: Any, body: kopf.Body, **_: Any) -> None:
+async def gpunode_event(event: Any, body: kopf.Body, **_: Any) -> None:
     state = STATE
     if state is not None:
-        with state.lock:  # the admission cycle runs on the event loop meanwhile
+        with state.lock:
             state.on_gpunode(_type(event), dict(body))
 
 
 @kopf.on.event(objects.GROUP, objects.VERSION, objects.GPUQUEUE_PLURAL)
-def gpuqueue_event(event: Any, body: kopf.Body, **_: Any) -> None:
+async def gpuqueue_event(event: Any, body: kopf.Body, **_: Any) -> None:
     state = STATE
     if state is not None:
-        with state.lock:  # the admission cycle runs on the event loop meanwhile
+        with state.lock:
             state.on_queue(_type(event), dict(body))
 
 
 @kopf.on.event("", "v1", "nodes")
-def node_event(event: Any, body: kopf.Body, **_: Any) -> None:
+async def node_event(event: Any, body: kopf.Body, **_: Any) -> None:
     state = STATE
     if state is not None:
-        with state.lock:  # the admission cycle runs on the event loop meanwhile
+        with state.lock:
             state.on_node(_type(event), dict(body))
 
 
 @kopf.on.event("", "v1", "namespaces")
-def namespace_event(event: Any, body: kopf.Body, **_: Any) -> None:
+async def namespace_event(event: Any, body: kopf.Body, **_: Any) -> None:
     state = STATE
     if state is not None:
-        with state.lock:  # the admission cycle runs on the event loop meanwhile
+        with state.lock:
             state.on_namespace(_type(event), dict(body))
 
 

@@ -103,8 +103,8 @@ class Controller:
         self.is_leader = not settings.leader_election
         self.problems: dict[str, str] = {}
         self._events: dict[str, str] = {}  # uid -> last message posted
-        #: kopf runs the sync watch handlers (`on_*`) in worker threads while `cycle` runs on the event loop:
-        #: both take this lock around what reads or changes the model (tests/controller/test_handler_threads.py)
+        #: the watch handlers (`on_*`, coroutines on kopf's loop), `cycle` and any other thread take this lock around
+        #: what reads or changes the model (tests/controller/test_handler_threads.py)
         self.lock = threading.RLock()
         self._queue_status: dict[str, dict[str, Any]] = {}
         self._node_status: dict[str, dict[str, Any]] = {}
@@ -124,7 +124,7 @@ class Controller:
         self._ref_gated: dict[workloads.Ref, set[str]] = {}
         #: resize outcomes already posted as Events: uid -> (seq, state)
         self._resize_posted: dict[str, tuple[int, str]] = {}
-        #: called (from any thread: kopf runs the sync watch handlers in worker threads) when an admission or a
+        #: called (from any thread; the watch handlers call it on the loop) when an admission or a
         #: resize may have become possible; `run_cycles` sets it (None before: the first cycle decides anyway)
         self.wake: Callable[[], object] | None = None
         #: how long the last `QueueManager.schedule` took (CPU-bound; the API writes after it are not counted)

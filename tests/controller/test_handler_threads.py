@@ -1,9 +1,10 @@
-"""kopf runs the sync watch handlers in worker threads while the admission cycle runs on the event loop.
+"""The watch handlers and the admission cycle change and read one model; other threads may read it meanwhile.
 
-The Controller serialises them (`Controller.lock`); this test drives both at once, with the interpreter
-switching threads as often as it can, and checks that neither side raises and that the quota and the GPUs are
-never exceeded. It fails (a RuntimeError from a dict changed during iteration, or an over-admission) when the
-handlers mutate the QueueManager without the lock.
+kopf runs the watch handlers (coroutines since issue 16) on the loop of the admission cycle, and the Controller
+serialises every thread that touches the model (`Controller.lock`); this test drives the handlers from another
+thread (and loop) while the cycle runs, with the interpreter switching threads as often as it can, and checks
+that neither side raises and that the quota and the GPUs are never exceeded. It fails (a RuntimeError from a dict
+changed during iteration, or an over-admission) when the handlers mutate the QueueManager without the lock.
 """
 
 from __future__ import annotations
@@ -26,16 +27,19 @@ def test_watch_handlers_in_threads_never_race_the_admission_cycle(monkeypatch: A
     errors: list[BaseException] = []
     pods = [pod(f"p{i}") for i in range(60)]
 
+    async def events() -> None:
+        rounds = 0
+        while not stop.is_set() and rounds < 400:
+            for p in pods[rounds % 3::3]:
+                await handlers.pod_event({"type": "ADDED"}, p)
+            for p in pods[(rounds + 1) % 3::3]:
+                await handlers.pod_event({"type": "DELETED"}, p)
+            await handlers.gpunode_event({"type": "MODIFIED"}, gpunode("n1", gpus=4 - rounds % 2))
+            rounds += 1
+
     def churn() -> None:
         try:
-            rounds = 0
-            while not stop.is_set() and rounds < 400:
-                for p in pods[rounds % 3::3]:
-                    handlers.pod_event({"type": "ADDED"}, p)
-                for p in pods[(rounds + 1) % 3::3]:
-                    handlers.pod_event({"type": "DELETED"}, p)
-                handlers.gpunode_event({"type": "MODIFIED"}, gpunode("n1", gpus=4 - rounds % 2))
-                rounds += 1
+            asyncio.run(events())
         except BaseException as exc:  # reported below
             errors.append(exc)
 
@@ -59,3 +63,19 @@ def test_watch_handlers_in_threads_never_race_the_admission_cycle(monkeypatch: A
         worker.join(30)
         sys.setswitchinterval(old)
     assert not errors, errors
+
+
+def test_kopf_calls_only_event_handlers_so_no_diff_base_is_kept() -> None:
+    """`handlers.EventsOnly` gives kopf no diff base: right only while no change handler (on.create, on.update,
+    on.delete, on.field, daemons, timers) is registered, and kopf keeps no state on the objects (no annotation,
+    no finalizer: every pod event would cost a write). The webhooks are served by `controller.webhook_server`."""
+    from kopf._core.intents import registries
+
+    registry = registries.get_default_registry()
+    assert registry._changing.get_all_handlers() == [] and registry._spawning.get_all_handlers() == []
+    assert registry._webhooks.get_all_handlers() == []
+    watched = {h.fn for h in registry._watching.get_all_handlers()}
+    assert watched == {handlers.pod_event, handlers.gpunode_event, handlers.gpuqueue_event, handlers.node_event,
+                       handlers.namespace_event}  # fmt: skip
+    essence = handlers.EventsOnly().build(body={"metadata": {"name": "p"}, "spec": {"x": 1}})  # type: ignore[arg-type]
+    assert essence == {}
