@@ -10,7 +10,14 @@ removal) p50/p99, the controller's CPU ms per pod, and the cycles taken. `--pree
 queues whose head may preempt (best-effort pods fill part of the pool), to time `find_preemption` per cycle.
 `--profile OUT` writes a cProfile of the run (pstats).
 
-    .venv/bin/python bench/admission_burst.py [--nodes 1000 --pods 1000 --write-ms 5] [--json OUT] [--profile OUT]
+`--kopf` delivers the pod events (the burst's ADDED, every write's MODIFIED) through kopf's event processing to the
+handlers `controller.handlers` registers, with the settings it gives kopf, one object's events in order, on the
+loop the cycle runs on, as `gpupool-controller` receives them; the pods then carry what the API server adds to a
+pod (service-account volume, tolerations, managedFields), since kopf's cost per event grows with the pod.
+`--code=DIR` runs another checkout's controller (e.g. --code=/work/main, for a before/after).
+
+    .venv/bin/python bench/admission_burst.py [--nodes 1000 --pods 1000 --write-ms 5] [--kopf] [--json OUT]
+        [--profile OUT] [--code=DIR]
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import functools
 import json
 import statistics
 import sys
@@ -26,7 +34,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# `--code=DIR`: gpupool and controller from that checkout
+sys.path.insert(0, next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--code=")),
+                        str(Path(__file__).resolve().parents[1])))  # fmt: skip
 
 from controller.runtime import Controller
 from controller.settings import ControllerSettings
@@ -43,6 +53,7 @@ class BurstKube:
         self.writes = 0
         self.pods: dict[str, dict[str, Any]] = {}  # "ns/name" -> the pod as the API server has it
         self.threads = ThreadPoolExecutor(max_workers=32)  # as many as controller.kube.Kube's
+        self.kopf: KopfEvents | None = None  # `--kopf`: events through kopf's processing
 
     async def _write(self) -> None:
         self.writes += 1
@@ -51,7 +62,9 @@ class BurstKube:
 
     def _echo(self, key: str) -> None:
         c = self.controller
-        if c is not None and key in self.pods:
+        if self.kopf is not None and key in self.pods:
+            self.kopf.deliver("MODIFIED", self.pods[key])
+        elif c is not None and key in self.pods:
             with c.lock:
                 c.on_pod("MODIFIED", self.pods[key])
 
@@ -103,6 +116,80 @@ class BurstKube:
         return None
 
 
+class KopfEvents:
+    """Pod events through kopf's `process_resource_event` and the handlers `controller.handlers` registers, one
+    object's events in order (kopf runs one worker per object), as tasks on the running loop."""
+
+    def __init__(self) -> None:
+        import kopf
+        from kopf._cogs.structs import ephemera, references
+        from kopf._core.actions import lifecycles
+        from kopf._core.engines import indexing
+        from kopf._core.intents import registries
+        from kopf._core.reactor import inventory, processing
+
+        from controller import handlers
+
+        settings = kopf.OperatorSettings()
+        configure = getattr(handlers, "configure", None)  # absent before issue 16's change: kopf's defaults
+        if configure is not None:
+            configure(settings)
+        resource = references.Resource(group="", version="v1", plural="pods", kind="Pod", singular="pod",
+                                       namespaced=True, verbs=frozenset({"list", "watch"}))  # fmt: skip
+        self.process = functools.partial(
+            processing.process_resource_event, lifecycle=lifecycles.all_at_once,
+            indexers=indexing.OperatorIndexers(), registry=registries.get_default_registry(), settings=settings,
+            memories=inventory.ResourceMemories(), memobase=ephemera.AnyMemo(kopf.Memo()), resource=resource,
+            event_queue=asyncio.Queue())  # fmt: skip
+        self.last: dict[str, asyncio.Task[None]] = {}  # uid -> its latest event's delivery
+        self.events = 0
+
+    def deliver(self, kind: str, pod: dict[str, Any]) -> None:
+        uid = pod["metadata"]["uid"]
+        raw = json.loads(json.dumps(pod))  # what the watch decodes: the body shares nothing with the fake's
+        self.last[uid] = asyncio.ensure_future(self._after(self.last.get(uid), kind, raw))
+        self.events += 1
+
+    async def _after(self, previous: asyncio.Task[None] | None, kind: str, raw: dict[str, Any]) -> None:
+        if previous is not None:
+            await previous
+        await self.process(raw_event={"type": kind, "object": raw})  # type: ignore[typeddict-item]
+
+    async def drain(self) -> None:
+        await asyncio.gather(*self.last.values())
+
+
+def api_defaults(pod: dict[str, Any]) -> dict[str, Any]:
+    """`pod` with what kube-apiserver adds to every pod (the defaults and the built-in admission plugins')."""
+    volume = "kube-api-access-x7k2q"
+    meta, spec = pod["metadata"], pod["spec"]
+    meta["managedFields"] = [{"manager": "kubectl", "operation": "Update", "apiVersion": "v1",
+                              "time": meta["creationTimestamp"], "fieldsType": "FieldsV1",
+                              "fieldsV1": {"f:spec": {"f:containers": {'k:{"name":"c"}': {
+                                  ".": {}, "f:image": {}, "f:name": {}, "f:resources": {".": {}, "f:limits": {}}}},
+                                  "f:terminationGracePeriodSeconds": {}}}}]  # fmt: skip
+    spec.update({
+        "volumes": [{"name": volume, "projected": {"defaultMode": 420, "sources": [
+            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            {"downwardAPI": {"items": [{"path": "namespace",
+                                        "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}]}}],
+        "restartPolicy": "Always", "terminationGracePeriodSeconds": 0, "dnsPolicy": "ClusterFirst",
+        "serviceAccountName": "default", "serviceAccount": "default", "securityContext": {},
+        "schedulerName": resources.SCHEDULER_NAME, "enableServiceLinks": True,
+        "preemptionPolicy": "PreemptLowerThanOrEqual",
+        "tolerations": [{"key": f"node.kubernetes.io/{k}", "operator": "Exists", "effect": "NoExecute",
+                         "tolerationSeconds": 300} for k in ("not-ready", "unreachable")],
+    })  # fmt: skip
+    for container in spec["containers"]:
+        container.update({"image": "registry.k8s.io/pause:3.10", "imagePullPolicy": "IfNotPresent",
+                          "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File",
+                          "volumeMounts": [{"name": volume, "readOnly": True, "mountPath":
+                                            "/var/run/secrets/kubernetes.io/serviceaccount"}]})  # fmt: skip
+    pod["status"]["qosClass"] = "BestEffort"
+    return pod
+
+
 def gpunode(name: str, gpus: int) -> dict[str, Any]:
     return {"metadata": {"name": name}, "spec": {},
             "status": {"gpus": [{"uuid": f"GPU-{name}-{i}", "index": i, "model": "A100-80GB", "memoryMiB": 81920,
@@ -125,6 +212,10 @@ def setup(args: argparse.Namespace) -> tuple[Controller, BurstKube]:
     c = Controller(settings, kube, b"bench-key")  # type: ignore[arg-type]
     kube.controller = c
     c.ready = True
+    if args.kopf:  # the handlers kopf calls feed this controller
+        from controller import handlers
+
+        handlers.STATE = c
     for n in range(args.nodes):
         c.on_gpunode("ADDED", gpunode(f"node-{n:04d}", 8))
     c.on_queue("ADDED", {"metadata": {"name": "burst"},
@@ -144,14 +235,20 @@ async def burst(c: Controller, kube: BurstKube, args: argparse.Namespace) -> dic
               else {resources.GPU: "1"})  # fmt: skip
     base = time.time()
     pods = [gated_pod("burst", f"p{i:05d}", limits, base + i * 1e-3) for i in range(args.pods)]
+    if args.kopf:
+        pods = [api_defaults(p) for p in pods]
+        kube.kopf = KopfEvents()
     for k in range(args.preempt_heads):
         pods.append(gated_pod(f"tight{k}", "head", {resources.GPU: "2"}, base, priority=100))
     for p in pods:
         kube.pods[f"{p['metadata']['namespace']}/{p['metadata']['name']}"] = p
     cpu0, t0 = time.process_time(), time.perf_counter()
     for p in pods:
-        with c.lock:
-            c.on_pod("ADDED", p)
+        if kube.kopf is not None:
+            kube.kopf.deliver("ADDED", p)
+        else:
+            with c.lock:
+                c.on_pod("ADDED", p)
     cycles = 0
     cycle_s: list[float] = []
     want = {f"burst/{p['metadata']['name']}" for p in pods if p["metadata"]["namespace"] == "burst"}
@@ -160,16 +257,21 @@ async def burst(c: Controller, kube: BurstKube, args: argparse.Namespace) -> dic
         await c.cycle(now=time.time())
         cycle_s.append(time.perf_counter() - s)
         cycles += 1
+        if kube.kopf is not None:  # the events go on meanwhile; `run_cycles` waits as long after a nudge
+            await asyncio.sleep(max(c.settings.admission_coalesce_seconds, c.decision_seconds))
     wall = time.perf_counter() - t0
+    if kube.kopf is not None:
+        await kube.kopf.drain()  # the last writes' events: their CPU is the burst's too
     cpu = time.process_time() - cpu0
     lat = sorted(kube.ungated[k] - t0 for k in want if k in kube.ungated)
     return {
+        "code": sys.path[0], "kopf": args.kopf,
         "nodes": args.nodes, "pods": args.pods, "write_ms": args.write_ms, "preempt_heads": args.preempt_heads,
         "ungated": len(lat), "cycles": cycles, "cycle_s": [round(x, 3) for x in cycle_s],
         "wall_s": round(wall, 3), "controller_cpu_ms_per_pod": round(1000 * cpu / max(1, args.pods), 2),
         "latency_p50_s": round(statistics.median(lat), 3) if lat else None,
         "latency_p99_s": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 3) if lat else None,
-        "api_writes": kube.writes,
+        "api_writes": kube.writes, "kopf_events": kube.kopf.events if kube.kopf is not None else None,
     }  # fmt: skip
 
 
@@ -180,10 +282,14 @@ def main() -> int:
     ap.add_argument("--write-ms", type=float, default=5.0, help="time each API write takes (in a worker thread)")
     ap.add_argument("--fraction", action="store_true", help="25 %% / 8 GiB slices instead of whole GPUs")
     ap.add_argument("--preempt-heads", type=int, default=0, help="blocked heads that may preempt, each cycle")
-    ap.add_argument("--max-cycles", type=int, default=50)
+    ap.add_argument("--max-cycles", type=int, default=50, help="(with --kopf: 100 times as many)")
+    ap.add_argument("--kopf", action="store_true", help="pod events through kopf's processing and the handlers")
+    ap.add_argument("--code", default=None, help="run this checkout's controller (write --code=DIR)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--profile", type=Path, default=None, help="write a cProfile (pstats) of the burst here")
     args = ap.parse_args()
+    if args.kopf:
+        args.max_cycles *= 100
     t = time.perf_counter()
     c, kube = setup(args)
     if args.preempt_heads:  # best-effort pods of the lender hold half of the pool: the heads may reclaim them

@@ -88,10 +88,8 @@ class EventsOnly(kopf.DiffBaseStorage):
         return None
 
 
-@kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    global STATE
-    cfg = SETTINGS or ControllerSettings()
+def configure(settings: kopf.OperatorSettings) -> None:
+    """kopf's settings for this operator (`startup`; bench/admission_burst.py `--kopf` processes events with them)."""
     settings.peering.standalone = True  # HA is a Lease (controller.leader), not kopf peering
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
@@ -99,6 +97,13 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # would wait that long before it wakes the admission cycle (docs/fairshare.md); the handlers are cheap
     settings.batching.batch_window = 0.01
     settings.persistence.diffbase_storage = EventsOnly()
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    global STATE
+    cfg = SETTINGS or ControllerSettings()
+    configure(settings)
     key = KeyRing(cfg.signing_key_file)
     api_client = load_api_client(cfg.kubeconfig)
     kube = Kube(api_client)
