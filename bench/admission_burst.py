@@ -73,7 +73,10 @@ class BurstKube:
         await self._write()
         key = f"{namespace}/{name}"
         pod = self.pods[key]
-        self.pods[key] = {**pod, "spec": {**pod["spec"], "schedulingGates": []}}
+        meta = pod["metadata"]
+        if queue:  # recorded in the same write (controller/kube.py)
+            meta = {**meta, "annotations": {**meta.get("annotations", {}), resources.QUEUE: queue}}
+        self.pods[key] = {**pod, "metadata": meta, "spec": {**pod["spec"], "schedulingGates": []}}
         self.ungated[key] = time.perf_counter()
         self._echo(key)
 

@@ -19,7 +19,7 @@ from kubernetes.client.exceptions import ApiException
 
 from gpupool import objects, resources
 from gpupool.timefmt import now_rfc3339
-from kubeio.client import JSON_PATCH, MERGE_PATCH, POOL_SIZE, ApiError, KubeClient, load_api_client
+from kubeio.client import MERGE_PATCH, POOL_SIZE, ApiError, KubeClient, load_api_client
 
 __all__ = ["Kube", "load_api_client"]
 
@@ -88,16 +88,17 @@ class Kube:
     async def remove_gate(
         self, namespace: str, name: str, uid: str, gates: list[dict[str, Any]], queue: str | None = None
     ) -> None:
-        """Remove the admission gate (JSON patch guarded by the pod's uid and, given `queue`, by the
-        `gpupool.io/queue` it was admitted to: the pod is never ungated with another queue recorded)."""
+        """Remove the admission gate and, given `queue`, record it as `gpupool.io/queue` in the same write, so the
+        pod is never ungated with another queue recorded (one write, one webhook call and one watch event a pod:
+        issue 16). A merge patch naming the pod's uid: the API server refuses it (uid is immutable) when the name
+        now holds another pod; other annotations are kept."""
         rest = [g for g in gates if g.get("name") != resources.ADMISSION_GATE]
-        body: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/uid", "value": uid}]
+        meta: dict[str, Any] = {"uid": uid}
         if queue:
-            path = "/metadata/annotations/" + resources.QUEUE.replace("~", "~0").replace("/", "~1")
-            body.append({"op": "test", "path": path, "value": queue})
-        body.append({"op": "replace", "path": "/spec/schedulingGates", "value": rest})
+            meta["annotations"] = {resources.QUEUE: queue}
+        body = {"metadata": meta, "spec": {"schedulingGates": rest}}
         await self._run(self.core.patch_namespaced_pod, name, namespace, body,
-                        _content_type=JSON_PATCH)  # fmt: skip
+                        _content_type=MERGE_PATCH)  # fmt: skip
 
     async def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str | None]) -> None:
         body = {"metadata": {"annotations": dict(annotations)}}

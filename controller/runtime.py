@@ -591,14 +591,12 @@ class Controller:
         return list(await asyncio.gather(*(one(c) for c in calls)))
 
     async def _ungate(self, admission: Admission, pod: Mapping[str, Any]) -> bool:
-        """Record the queue on the pod and remove its gate; on failure the model forgets the admission (the
-        next cycle decides the pod again)."""
+        """Record the queue on the pod and remove its gate, in one write; on failure the model forgets the
+        admission (the next cycle decides the pod again)."""
         assert self.kube is not None
         meta = pod["metadata"]
         queue = admission.queue or None  # recorded on the pod: the extender keys reserved nodes on it
         try:
-            if queue is not None and (meta.get("annotations") or {}).get(resources.QUEUE) != queue:
-                await self.kube.annotate_pod(meta["namespace"], meta["name"], {resources.QUEUE: queue})
             await self.kube.remove_gate(meta["namespace"], meta["name"], admission.uid,
                                         pod["spec"].get("schedulingGates") or [], queue)  # fmt: skip
         except Exception as exc:

@@ -394,15 +394,16 @@ def test_metrics_after_a_cycle() -> None:
     assert value("gpupool_gpu_allocated", **gpu0, resource="compute") == 100
     assert value("gpupool_gpu_allocated", **gpu0, resource="memory") == 40960
     assert value("gpupool_gpu_allocated", node="metrics-n1", gpu="GPU-metrics-n1-1", resource="compute") == 0
-def test_admission_records_the_queue_on_the_pod_and_guards_the_gate_removal_with_it() -> None:
-    """The extender learns a pod's queue from `gpupool.io/queue`: written at admission when defaulted."""
+def test_admission_records_the_queue_on_the_pod_in_the_gate_removal() -> None:
+    """The extender learns a pod's queue from `gpupool.io/queue`: written at admission, in the write that removes the
+    gate (issue 16: one write, one webhook call and one watch event a pod, not two)."""
     c, kube = make()
     c.on_gpunode("ADDED", gpunode("n1", gpus=2))
     c.on_queue("ADDED", queue("team-a", 400))
     c.on_pod("ADDED", pod("defaulted"))
     c.on_pod("ADDED", pod("named", annotations={resources.QUEUE: "team-a"}))
     run(c.cycle(now=2e9))
-    assert kube.of("annotate") == [("annotate", "team-a/defaulted", {resources.QUEUE: "team-a"})]
+    assert kube.of("annotate") == []
     assert kube.ungated_with == {"team-a/defaulted": "team-a", "team-a/named": "team-a"}
 
 
