@@ -419,3 +419,25 @@ def test_the_prune_lists_every_pod_uid_page_by_page(real: RealAPI, ns: str) -> N
     uids = {real.create_pod(ns, plain_pod(f"plain-{i}"))["metadata"]["uid"] for i in range(3)}
     listed = asyncio.run(Kube(real.api_client).list_pod_uids(page_size=2))
     assert uids <= listed and "" not in listed
+
+
+def test_the_gate_removal_records_the_queue_in_one_write_and_names_the_pods_uid(real: RealAPI, ns: str) -> None:
+    """Issue 16: `Kube.remove_gate` writes the queue and removes the gate in one merge patch; it keeps the pod's
+    other annotations and gates, and the API server refuses it when the name now holds another pod."""
+    import asyncio
+
+    from controller.kube import Kube, load_api_client
+
+    body = plain_pod("gated")
+    body["metadata"]["annotations"] = {"team": "a"}
+    body["spec"]["schedulingGates"] = [{"name": "other/gate"}, {"name": resources.ADMISSION_GATE}]
+    uid = real.create_pod(ns, body)["metadata"]["uid"]
+    gates = real.pod(ns, "gated")["spec"]["schedulingGates"]
+    kube = Kube(load_api_client(str(real.kubeconfigs["gpupool-controller"])))  # the webhook lets it ungate
+    with pytest.raises(ApiException) as refused:
+        asyncio.run(kube.remove_gate(ns, "gated", "another-uid", gates, "q"))
+    assert refused.value.status == 422 and pod_gated(real.pod(ns, "gated"))
+    asyncio.run(kube.remove_gate(ns, "gated", uid, gates, "q"))
+    pod = real.pod(ns, "gated")
+    assert pod["metadata"]["annotations"] == {"team": "a", resources.QUEUE: "q"}
+    assert pod["spec"]["schedulingGates"] == [{"name": "other/gate"}]
