@@ -11,15 +11,17 @@ sending, for its share of `--pods` pods, the calls one pod costs on its way in:
 * `mutate-create`: /mutate-pods, CREATE by a user, the pod as the API server holds it at admission time
   (defaulted: service-account volume, tolerations, managedFields);
 * `validate-create`: /validate-pods, CREATE, the pod with the mutation's JSON patch applied;
-* `validate-queue`: /validate-pods, UPDATE by the controller, the queue annotation added;
-* `validate-ungate`: /validate-pods, UPDATE by the controller, the admission gate removed.
+* `validate-ungate`: /validate-pods, UPDATE by the controller, the queue annotation added and the admission gate
+  removed in one write (`--writes one`, the controller since issue 16); with `--writes two` (before), the
+  annotation is one UPDATE (`validate-queue`) and the gate removal another.
 
 Measured: per kind p50/p99 of the client's wall time per call (send to full answer), and the server process's
-CPU ms per call (`time.process_time` over the burst: the client is another process). Every answer is
+CPU ms per call and per pod (`time.process_time` over the burst: the client is another process). Every answer is
 checked (allowed, and the mutation adds the gate and the scheduler). `--profile OUT` writes a cProfile (pstats)
 of the server over the burst, every thread of it (kopf runs sync handlers in worker threads).
 
-    .venv/bin/python bench/webhook_latency.py [--nodes 1000 --pods 1000 --concurrency 16 --server lean] [--json OUT]
+    .venv/bin/python bench/webhook_latency.py [--nodes 1000 --pods 1000 --concurrency 16] [--json OUT] [--profile OUT]
+    .venv/bin/python bench/webhook_latency.py --code=/work/main --server kopf --writes two   # the code before
 """
 
 from __future__ import annotations
@@ -150,10 +152,11 @@ class Client:
         return took, json.loads(data)["response"]
 
 
-def pod_calls(i: int) -> list[tuple[str, str, bytes]]:
+def pod_calls(i: int, writes: str = "one") -> list[tuple[str, str, bytes]]:
     """The calls one pod costs, (kind, path, body), built before the burst so the client's CPU stays small: the
     validating calls carry the pod as `controller.admission.mutate` gates it (checked against the server's
-    patch in the warm-up)."""
+    patch in the warm-up). `writes`: how the controller admits it, `one` update (queue annotation and gate
+    removal together, since issue 16) or `two` (the annotation, then the gate)."""
     from controller.admission import mutate
 
     pod = user_pod(f"p{i:05d}", f"uid-{i:08d}")
@@ -162,10 +165,14 @@ def pod_calls(i: int) -> list[tuple[str, str, bytes]]:
     queued["metadata"].setdefault("annotations", {})[resources.QUEUE] = f"{NS}-queue"
     ungated = json.loads(json.dumps(queued))
     ungated["spec"]["schedulingGates"] = []
-    return [("mutate-create", "mutate-pods", review("CREATE", pod, None, "alice", 4 * i)),
-            ("validate-create", "validate-pods", review("CREATE", gated, None, "alice", 4 * i + 1)),
-            ("validate-queue", "validate-pods", review("UPDATE", queued, gated, CONTROLLER, 4 * i + 2)),
-            ("validate-ungate", "validate-pods", review("UPDATE", ungated, queued, CONTROLLER, 4 * i + 3))]
+    calls = [("mutate-create", "mutate-pods", review("CREATE", pod, None, "alice", 4 * i)),
+             ("validate-create", "validate-pods", review("CREATE", gated, None, "alice", 4 * i + 1))]
+    if writes == "two":
+        calls += [("validate-queue", "validate-pods", review("UPDATE", queued, gated, CONTROLLER, 4 * i + 2)),
+                  ("validate-ungate", "validate-pods", review("UPDATE", ungated, queued, CONTROLLER, 4 * i + 3))]
+    else:
+        calls.append(("validate-ungate", "validate-pods", review("UPDATE", ungated, gated, CONTROLLER, 4 * i + 3)))
+    return calls
 
 
 def send(client: Client, calls: list[tuple[str, str, bytes]], out: dict[str, list[float]],
@@ -185,13 +192,13 @@ def send(client: Client, calls: list[tuple[str, str, bytes]], out: dict[str, lis
         out[kind].append(took)  # list.append is atomic
 
 
-def run_client(port: int, ca: str, pods: int, concurrency: int, warmup: int) -> int:
+def run_client(port: int, ca: str, pods: int, concurrency: int, warmup: int, writes: str) -> int:
     """The child: `warmup` pods on one connection, then the burst on `concurrency`; JSON on stdout."""
     scratch: dict[str, list[float]] = {k: [] for k in KINDS}
     first = Client(port, ca)
     for i in range(warmup):
-        send(first, pod_calls(100_000 + i), scratch, check=True)
-    burst = [pod_calls(i) for i in range(pods)]
+        send(first, pod_calls(100_000 + i, writes), scratch, check=True)
+    burst = [pod_calls(i, writes) for i in range(pods)]
     sys.stdout.write("warm\n")
     sys.stdout.flush()
     sys.stdin.readline()  # the server's CPU meter starts
@@ -332,7 +339,7 @@ async def serve_and_measure(args: argparse.Namespace, cert: str, key: str, ca: s
     async with factory(cert, key, executor) as port:
         child = await asyncio.create_subprocess_exec(
             sys.executable, __file__, f"--code={CODE}", "--client", str(port), "--ca", ca, "--pods", str(args.pods),
-            "--concurrency", str(args.concurrency), "--warmup", str(args.warmup),
+            "--concurrency", str(args.concurrency), "--warmup", str(args.warmup), "--writes", args.writes,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
         assert child.stdin is not None and child.stdout is not None
         if (await child.stdout.readline()).strip() != b"warm":
@@ -348,7 +355,8 @@ async def serve_and_measure(args: argparse.Namespace, cert: str, key: str, ca: s
     executor.shutdown()
     result = json.loads(line)
     calls = sum(len(v) for v in result["latencies"].values())
-    out: dict[str, Any] = {"server": args.server, "code": str(CODE), "nodes": args.nodes, "pods": args.pods,
+    out: dict[str, Any] = {"server": args.server, "writes": args.writes, "code": str(CODE),
+                           "nodes": args.nodes, "pods": args.pods,
                            "concurrency": args.concurrency, "calls": calls, "wall_s": round(result["wall_s"], 3),
                            "calls_per_s": round(calls / result["wall_s"], 1),
                            "server_cpu_ms_per_call": round(1000 * cpu / calls, 3),
@@ -356,6 +364,8 @@ async def serve_and_measure(args: argparse.Namespace, cert: str, key: str, ca: s
     everything: list[float] = []
     for kind in KINDS:
         lat = sorted(result["latencies"][kind])
+        if not lat:
+            continue
         everything += lat
         out[kind] = {"p50_ms": round(1000 * statistics.median(lat), 2),
                      "p99_ms": round(1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))], 2)}  # fmt: skip
@@ -374,6 +384,8 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=20, help="pods sent on one connection before the burst")
     ap.add_argument("--server", choices=("kopf", "lean"), default="lean",
                     help="kopf: kopf's WebhookServer + admission engine; lean: controller.webhook_server")
+    ap.add_argument("--writes", choices=("one", "two"), default="one",
+                    help="the controller's updates per admitted pod: one (since issue 16) or two (before)")
     ap.add_argument("--code", type=Path, default=CODE, help="the checkout whose controller serves (write --code=DIR)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--profile", type=Path, default=None, help="write a cProfile (pstats) of the server here")
@@ -381,7 +393,7 @@ def main() -> int:
     ap.add_argument("--ca", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.client is not None:
-        return run_client(args.client, args.ca, args.pods, args.concurrency, args.warmup)
+        return run_client(args.client, args.ca, args.pods, args.concurrency, args.warmup, args.writes)
     from e2e import pki
 
     make_controller(args.nodes)
