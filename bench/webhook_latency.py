@@ -340,7 +340,7 @@ async def serve_and_measure(args: argparse.Namespace, cert: str, key: str, ca: s
         child = await asyncio.create_subprocess_exec(
             sys.executable, __file__, f"--code={CODE}", "--client", str(port), "--ca", ca, "--pods", str(args.pods),
             "--concurrency", str(args.concurrency), "--warmup", str(args.warmup), "--writes", args.writes,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, limit=1 << 24)  # fmt: skip
         assert child.stdin is not None and child.stdout is not None
         if (await child.stdout.readline()).strip() != b"warm":
             raise SystemExit("the client failed during the warm-up")
