@@ -26,6 +26,8 @@ log = logging.getLogger("gpupool.controller.webhooks")
 
 #: one webhook: the AdmissionReview's `request` in, the answer's `response` fields (less `uid`) out
 Webhook = Callable[[Mapping[str, Any]], dict[str, Any]]
+#: the largest body read: an UPDATE carries the object twice, each up to the API server's 3 MiB request limit
+MAX_BODY = 8 << 20
 
 
 class BadReview(ValueError):
@@ -92,7 +94,7 @@ class AdmissionServer:
         return web.Response(body=json.dumps(review, separators=(",", ":")), content_type="application/json")
 
     async def start(self) -> None:
-        app = web.Application()
+        app = web.Application(client_max_size=MAX_BODY)
         app.router.add_post("/{path}", self._serve)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()

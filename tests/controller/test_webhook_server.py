@@ -102,6 +102,11 @@ def test_the_server_answers_both_webhooks_over_tls(tls: tuple[str, str, str], mo
         assert refused["allowed"] is False and "schedulingGates" in refused["status"]["message"]
         allowed = post(port, ca, f"/{VALIDATE_PATH}", review("UPDATE", ungated, mutated, CONTROLLER))[1]
         assert allowed["response"]["allowed"] is True
+        # an UPDATE of a pod with large annotations carries them twice (aiohttp's default limit is 1 MiB)
+        big = copy.deepcopy(mutated)
+        big["metadata"]["annotations"] = {"example.com/blob": "x" * (1 << 20)}
+        status, large, _ = post(port, ca, f"/{VALIDATE_PATH}", review("UPDATE", big, big, CONTROLLER))
+        assert status == 200 and large["response"]["allowed"] is True
         # what is not an AdmissionReview: 400; an unknown path: 404; a webhook that fails refuses with 500
         assert post(port, ca, f"/{VALIDATE_PATH}", b"{not json")[0] == 400
         assert post(port, ca, f"/{VALIDATE_PATH}", json.dumps({"request": {"uid": "x"}}).encode())[0] == 400
