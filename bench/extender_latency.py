@@ -146,6 +146,67 @@ def names_per_call(option: str, nodes: int) -> int:
     return max(1, min(nodes, int(option)))
 
 
+def http_run(
+    service: Any, bodies: list[bytes], queries: list[dict[str, Any]]
+) -> tuple[list[float], list[float], float]:
+    """filter+prioritize over HTTP, served by a forked child: (call ms, filter-alone ms, the child's RSS MiB)."""
+    from extender.app import create_app
+    from extender.main import tune_gc
+
+    app = create_app(service)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pid = os.fork()
+    if pid == 0:  # child: serve
+        import uvicorn
+
+        tune_gc()  # as gpupool-extender does after its first sync
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", access_log=False)
+        os._exit(0)
+    http_ms: list[float] = []
+    filter_only: list[float] = []
+    try:
+        # a plain keep-alive connection: the measure is the extender's, not a Python HTTP client's
+        client = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        deadline = time.time() + 30
+        while True:
+            try:
+                client.request("GET", "/healthz")
+                if client.getresponse().read() == b"ok":
+                    break
+            except OSError:
+                client.close()
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.05)
+        headers = {"Content-Type": "application/json"}
+
+        def post(path: str, body: bytes) -> Any:
+            client.request("POST", path, body=body, headers=headers)
+            response = client.getresponse()
+            data = response.read()
+            if response.status != 200:
+                raise RuntimeError(f"{path}: HTTP {response.status}: {data[:200]!r}")
+            return json.loads(data)
+
+        for k, body in enumerate(bodies[:10] + bodies):
+            query = queries[k] if k < min(10, len(bodies)) else queries[k - min(10, len(bodies))]
+            started = time.perf_counter()
+            passing = post("/filter", body)["NodeNames"]
+            mid = time.perf_counter()
+            post("/prioritize", json.dumps({"Pod": query, "Nodes": None, "NodeNames": passing}).encode())
+            http_ms.append((time.perf_counter() - started) * 1000)
+            filter_only.append((mid - started) * 1000)
+        http_ms, filter_only = http_ms[10:], filter_only[10:]
+        rss = rss_mib(pid)
+        client.close()
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)
+    return http_ms, filter_only, rss
+
+
 def main(argv: list[str] | None = None) -> int:
     import logging
 
@@ -158,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", dest="json_out", default=None)
     ap.add_argument("--names-per-call", default="all", help="nodes per filter call: all, scheduler or a number")
+    ap.add_argument("--profile", default=None, help="write a cProfile of the measured in-process calls here")
+    ap.add_argument("--no-http", action="store_true", help="skip the HTTP run (and the RSS it reports)")
     args = ap.parse_args(argv)
 
     rng = random.Random(args.seed)
@@ -227,7 +290,13 @@ def main(argv: list[str] | None = None) -> int:
     inproc: list[float] = []
     inproc_cpu: list[float] = []  # this thread's CPU time: less at the mercy of other jobs on a shared machine
     passing_counts: list[int] = []
-    for body in bodies[:10] + bodies:
+    profiler = None
+    for k, body in enumerate(bodies[:10] + bodies):
+        if k == 10 and args.profile:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
         started, cpu_started = time.perf_counter(), time.thread_time()
         a = wire.ExtenderArgs.model_validate_json(body)
         answer = service.filter(a.Pod, a.NodeNames or [])
@@ -236,61 +305,19 @@ def main(argv: list[str] | None = None) -> int:
         inproc_cpu.append((time.thread_time() - cpu_started) * 1000)
         passing_counts.append(len(answer.passing))
     inproc, inproc_cpu = inproc[10:], inproc_cpu[10:]
+    if profiler is not None:
+        import pstats
+
+        profiler.disable()
+        profiler.dump_stats(args.profile)
+        pstats.Stats(args.profile).sort_stats("tottime").print_stats(25)
 
     # --- over HTTP, served by a forked child --------------------------------------------------------
-    from extender.app import create_app
-
-    app = create_app(service)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    pid = os.fork()
-    if pid == 0:  # child: serve
-        import uvicorn
-
-        tune_gc()  # as gpupool-extender does after its first sync
-        uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", access_log=False)
-        os._exit(0)
-    http_ms: list[float] = []
-    filter_only: list[float] = []
-    try:
-        # a plain keep-alive connection: the measure is the extender's, not a Python HTTP client's
-        client = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        deadline = time.time() + 30
-        while True:
-            try:
-                client.request("GET", "/healthz")
-                if client.getresponse().read() == b"ok":
-                    break
-            except OSError:
-                client.close()
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.05)
-        headers = {"Content-Type": "application/json"}
-
-        def post(path: str, body: bytes) -> Any:
-            client.request("POST", path, body=body, headers=headers)
-            response = client.getresponse()
-            data = response.read()
-            if response.status != 200:
-                raise RuntimeError(f"{path}: HTTP {response.status}: {data[:200]!r}")
-            return json.loads(data)
-
-        for k, body in enumerate(bodies[:10] + bodies):
-            query = queries[k] if k < min(10, len(bodies)) else queries[k - min(10, len(bodies))]
-            started = time.perf_counter()
-            passing = post("/filter", body)["NodeNames"]
-            mid = time.perf_counter()
-            post("/prioritize", json.dumps({"Pod": query, "Nodes": None, "NodeNames": passing}).encode())
-            http_ms.append((time.perf_counter() - started) * 1000)
-            filter_only.append((mid - started) * 1000)
-        http_ms, filter_only = http_ms[10:], filter_only[10:]
-        rss = rss_mib(pid)
-        client.close()
-    finally:
-        os.kill(pid, signal.SIGTERM)
-        os.waitpid(pid, 0)
+    if args.no_http:
+        http_ms = filter_only = [float("nan")]
+        rss = rss_mib(os.getpid())
+    else:
+        http_ms, filter_only, rss = http_run(service, bodies, queries)
 
     result = {
         "nodes": args.nodes,
