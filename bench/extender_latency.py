@@ -220,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", dest="json_out", default=None)
     ap.add_argument("--names-per-call", default="all", help="nodes per filter call: all, scheduler or a number")
     ap.add_argument("--profile", default=None, help="write a cProfile of the measured in-process calls here")
+    ap.add_argument("--answers", default=None, help="write every in-process answer (JSON) here, to compare code")
     ap.add_argument("--no-http", action="store_true", help="skip the HTTP run (and the RSS it reports)")
     args = ap.parse_args(argv)
 
@@ -289,7 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     tune_gc()  # as gpupool-extender does after its first sync (the HTTP child below does the same)
     inproc: list[float] = []
     inproc_cpu: list[float] = []  # this thread's CPU time: less at the mercy of other jobs on a shared machine
+    stages: list[tuple[float, float, float]] = []  # CPU ms of decode, filter, prioritize
     passing_counts: list[int] = []
+    answers: list[dict[str, Any]] = []
     profiler = None
     for k, body in enumerate(bodies[:10] + bodies):
         if k == 10 and args.profile:
@@ -299,12 +302,22 @@ def main(argv: list[str] | None = None) -> int:
             profiler.enable()
         started, cpu_started = time.perf_counter(), time.thread_time()
         a = wire.ExtenderArgs.model_validate_json(body)
+        cpu_decoded = time.thread_time()
         answer = service.filter(a.Pod, a.NodeNames or [])
-        service.prioritize(a.Pod, answer.passing)
+        cpu_filtered = time.thread_time()
+        scores = service.prioritize(a.Pod, answer.passing)
+        cpu_done = time.thread_time()
         inproc.append((time.perf_counter() - started) * 1000)
-        inproc_cpu.append((time.thread_time() - cpu_started) * 1000)
+        inproc_cpu.append((cpu_done - cpu_started) * 1000)
+        stages.append(((cpu_decoded - cpu_started) * 1000, (cpu_filtered - cpu_decoded) * 1000,
+                       (cpu_done - cpu_filtered) * 1000))  # fmt: skip
         passing_counts.append(len(answer.passing))
-    inproc, inproc_cpu = inproc[10:], inproc_cpu[10:]
+        if args.answers:
+            answers.append({"passing": answer.passing, "failed": answer.failed, "unresolvable": answer.unresolvable,
+                            "error": answer.error, "scores": scores})  # fmt: skip
+    inproc, inproc_cpu, stages = inproc[10:], inproc_cpu[10:], stages[10:]
+    if args.answers:
+        Path(args.answers).write_text(json.dumps(answers, sort_keys=True) + "\n")
     if profiler is not None:
         import pstats
 
@@ -334,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         "filter_prioritize_inproc_p99_ms": round(pct(inproc, 99), 3),
         "filter_prioritize_inproc_cpu_p50_ms": round(pct(inproc_cpu, 50), 3),
         "filter_prioritize_inproc_cpu_p99_ms": round(pct(inproc_cpu, 99), 3),
+        "inproc_cpu_decode_filter_prioritize_p50_ms": [round(pct([s[i] for s in stages], 50), 3) for i in range(3)],
+        "inproc_cpu_decode_filter_prioritize_p99_ms": [round(pct([s[i] for s in stages], 99), 3) for i in range(3)],
         "load_average_1m": round(os.getloadavg()[0], 2),
         "bind_p50_ms": round(pct(bind_ms, 50), 3),
         "bind_p99_ms": round(pct(bind_ms, 99), 3),
@@ -350,6 +365,10 @@ def main(argv: list[str] | None = None) -> int:
         f"filter+prioritize in-process: p50 {result['filter_prioritize_inproc_p50_ms']} ms, "
         f"p99 {result['filter_prioritize_inproc_p99_ms']} ms; CPU p50 {result['filter_prioritize_inproc_cpu_p50_ms']} "
         f"ms, p99 {result['filter_prioritize_inproc_cpu_p99_ms']} ms  (passing {result['passing_nodes_median']})"
+    )
+    print(
+        f"in-process CPU of decode / filter / prioritize: p50 {result['inproc_cpu_decode_filter_prioritize_p50_ms']} "
+        f"ms, p99 {result['inproc_cpu_decode_filter_prioritize_p99_ms']} ms"
     )
     print(
         f"bind (API writes stubbed): p50 {result['bind_p50_ms']} ms, p99 {result['bind_p99_ms']} ms "
