@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from functools import cache
 from typing import ClassVar, cast
 
 import numpy as np
@@ -33,12 +32,6 @@ _MANY = 16
 #: the picks of one slice on position j
 _ONE: tuple[tuple[tuple[int, ...], ...], ...] = tuple(((j,),) for j in range(1024))
 _MISS = object()
-
-
-@cache
-def _lower(n: int) -> npt.NDArray[np.bool_]:
-    """The pairs (j, k) of n GPUs with k < j."""
-    return np.tri(n, n, -1, dtype=bool)
 
 
 #: ΔF (compute units) per unit of the sigmoid's argument: 1000 milli-GPU = 100 units
@@ -188,10 +181,10 @@ class FGD(Policy):
         f0 = np.zeros(b)
         picks: list[tuple[tuple[int, ...], ...]] = []
         if group.compute < WHOLE_GPU_COMPUTE:  # one sharing slice: the best GPU by `gpu_value`, ties to the lowest
-            # a GPU equal to a lower one gives the same state and loses the tie: skip it ([row, j, k]: GPU j as k < j)
-            same = (fc[:, :, None] == fc[:, None, :]) & (fm[:, :, None] == fm[:, None, :])
-            same &= tm[:, :, None] == tm[:, None, :]
-            candidate = fits & ~(same & _lower(n)).any(axis=2)
+            candidate = fits.copy()
+            for j in range(1, n):  # a GPU equal to a lower one gives the same state and loses the tie: skip it
+                for k in range(j):
+                    candidate[:, j] &= (fc[:, j] != fc[:, k]) | (fm[:, j] != fm[:, k]) | (tm[:, j] != tm[:, k])
             at, col = np.nonzero(candidate)  # by row, then by column
             ok = fits.any(axis=1)
             best = np.zeros(b, dtype=np.int64)

@@ -234,3 +234,24 @@ def test_remembered_scores_follow_every_change(ops: list[tuple[Any, ...]], deman
                     got = placer.score_array(request, list(names)).tolist()
                     assert got == scores_reference(placer, request, names), (demand, placer.default_policy)
                     assert got == [NO_SCORE if s is None else s for s in placer.scores(request, names).values()]
+
+
+def test_remembered_scores_follow_renumbered_kids(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the ledger renumbers its kids (`_MAX_KIDS` reached), a node whose row was not changed keeps no kid of
+    the old numbering: else it shares a number with another state and gets that state's score."""
+    monkeypatch.setattr(ledger_module, "_MAX_KIDS", 3)
+    ledger = Ledger()
+    for name, memory in (("a", 1024), ("b", 2048), ("c", 4096)):
+        ledger.upsert_node(NodeInfo(name, (GPUInfo(f"{name}0", 0, "M", memory), GPUInfo(f"{name}1", 1, "M", memory))))
+    placer = fresh(ledger)
+    request = request_of(Demand((SliceGroup(1, 100, None),)), Locality.LOCAL)
+    names = ["a", "b", "c"]
+    assert placer.score_array(request, list(names)).tolist() == scores_reference(placer, request, names)
+    epoch = ledger.kid_epoch
+    ledger.commit("p1", "a", [PlannedSlice(0, False, "a0", 10, 100)])
+    for pod, gpu in (("p2", "c0"), ("p3", "c1")):  # c: no whole GPU left
+        ledger.commit(pod, "c", [PlannedSlice(0, False, gpu, 100, 4096)])
+    got = placer.score_array(request, list(names)).tolist()
+    assert ledger.kid_epoch > epoch  # the kids were renumbered
+    assert got == scores_reference(placer, request, names)
+    assert got[2] == NO_SCORE
