@@ -92,9 +92,11 @@ _V = TypeVar("_V")
 
 _FITS = Verdict(True)
 #: `Placer.score_array`'s score of a node where the pod fits only remotely, or not at all (`scores`' None)
-NO_SCORE = int(np.iinfo(np.int32).min)
+NO_SCORE = int(np.iinfo(np.int16).min)
 _UNKNOWN = NO_SCORE + 1
-_MOST = int(np.iinfo(np.int32).max)
+_MOST = int(np.iinfo(np.int16).max)
+#: pod shapes whose score arrays (`Placer.score_array`, 2 bytes per kid) are kept: at most 64 MiB at `_MAX_KIDS`
+_SCORE_SHAPES = 64
 
 
 def _fits_now(view: NodeView, demand: Demand) -> bool:
@@ -165,7 +167,7 @@ class Placer:
         #: per demand: kid -> reason text of a failing state, (resolvable, unresolvable); `filter(detail=False)`
         self._texts: dict[Demand, tuple[dict[int, str], dict[int, str]]] = {}
         #: per (policy, demand): kid -> policy score, `_UNKNOWN` or `NO_SCORE` (`score_array`; last slot: kid -1)
-        self._score_tables: dict[tuple[str, Demand], npt.NDArray[np.int32]] = {}
+        self._score_tables: dict[tuple[str, Demand], npt.NDArray[np.int16]] = {}
         self._epoch = ledger.kid_epoch
         self._pool_cache: tuple[int, tuple[object, ...], bool] | None = None
         self._silent_cache: tuple[int, tuple[str, ...], frozenset[str]] | None = None
@@ -601,7 +603,7 @@ class Placer:
         choices = self._evaluate(policy, request, demand, names)
         return {node: choice.score if (choice := choices.get(node)) is not None else None for node in names}
 
-    def score_array(self, request: PodRequest, nodes: list[str]) -> npt.NDArray[np.int32]:
+    def score_array(self, request: PodRequest, nodes: list[str]) -> npt.NDArray[np.int16]:
         """`scores` as an array in the order of `nodes`, `NO_SCORE` for None.
 
         For a deterministic policy whose scores are the nodes' own (no `rescore`) and an unconstrained pod, the
@@ -614,7 +616,8 @@ class Placer:
         policy = self.policy_for(request)
         if not policy.deterministic or self._constrained(request) or type(policy).rescore is not Policy.rescore:
             scores = self.scores(request, nodes)
-            return np.array([NO_SCORE if (s := scores[n]) is None else s for n in nodes], dtype=np.int32)
+            clipped = [NO_SCORE if (s := scores[n]) is None else max(_UNKNOWN + 1, min(s, _MOST)) for n in nodes]
+            return np.array(clipped, dtype=np.int16)
         index = self.ledger.capacity_index()  # before the epoch check: refreshing it may start a new kid epoch
         self._check_epoch()
         rows = index.lookup(nodes)
@@ -623,12 +626,12 @@ class Placer:
         table = self._score_tables.get(key)
         top = int(kids.max(initial=-1)) + 1
         if table is None or len(table) <= top:
-            grown = np.full(max(top, 2 * (0 if table is None else len(table) - 1), 64) + 1, _UNKNOWN, dtype=np.int32)
+            grown = np.full(max(top, 2 * (0 if table is None else len(table) - 1), 64) + 1, _UNKNOWN, dtype=np.int16)
             if table is not None:
                 grown[: len(table) - 1] = table[:-1]
             grown[-1] = NO_SCORE  # kid -1: a node not in the pool
             self._score_tables.pop(key, None)
-            if len(self._score_tables) >= _MEMO_SHAPES:
+            if len(self._score_tables) >= _SCORE_SHAPES:
                 del self._score_tables[next(iter(self._score_tables))]
             table = self._score_tables[key] = grown
         got = table[kids]
@@ -643,7 +646,7 @@ class Placer:
     def _score_states(
         self, policy: Policy, demand: Demand, index: capacity.CapacityIndex, rows: list[int], at: list[int],
         nodes: list[str],
-    ) -> npt.NDArray[np.int32]:  # fmt: skip
+    ) -> npt.NDArray[np.int16]:  # fmt: skip
         """The scores of the node states of `rows` of `index` (`nodes[i]` for i in `at`: a node of each),
         `NO_SCORE` where the pod does not fit: `Policy.score_rows`, else `Policy.evaluate_rows` or `evaluate`."""
         scored = policy.score_rows(index, rows, demand)
@@ -657,7 +660,7 @@ class Placer:
             memo.update(zip(index.kid[rows].tolist(), choices, strict=True))
             scores = np.array([0 if c is None else c.score for c in choices], dtype=np.int64)
             fits = np.array([c is not None for c in choices], dtype=bool)
-        return np.where(fits, np.clip(scores, _UNKNOWN + 1, _MOST), NO_SCORE).astype(np.int32)
+        return np.where(fits, np.clip(scores, _UNKNOWN + 1, _MOST), NO_SCORE).astype(np.int16)
 
     def _evaluate(
         self, policy: Policy, request: PodRequest, demand: Demand, nodes: list[str]
