@@ -146,6 +146,67 @@ def names_per_call(option: str, nodes: int) -> int:
     return max(1, min(nodes, int(option)))
 
 
+def http_run(
+    service: Any, bodies: list[bytes], queries: list[dict[str, Any]]
+) -> tuple[list[float], list[float], float]:
+    """filter+prioritize over HTTP, served by a forked child: (call ms, filter-alone ms, the child's RSS MiB)."""
+    from extender.app import create_app
+    from extender.main import tune_gc
+
+    app = create_app(service)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pid = os.fork()
+    if pid == 0:  # child: serve
+        import uvicorn
+
+        tune_gc()  # as gpupool-extender does after its first sync
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", access_log=False)
+        os._exit(0)
+    http_ms: list[float] = []
+    filter_only: list[float] = []
+    try:
+        # a plain keep-alive connection: the measure is the extender's, not a Python HTTP client's
+        client = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        deadline = time.time() + 30
+        while True:
+            try:
+                client.request("GET", "/healthz")
+                if client.getresponse().read() == b"ok":
+                    break
+            except OSError:
+                client.close()
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.05)
+        headers = {"Content-Type": "application/json"}
+
+        def post(path: str, body: bytes) -> Any:
+            client.request("POST", path, body=body, headers=headers)
+            response = client.getresponse()
+            data = response.read()
+            if response.status != 200:
+                raise RuntimeError(f"{path}: HTTP {response.status}: {data[:200]!r}")
+            return json.loads(data)
+
+        for k, body in enumerate(bodies[:10] + bodies):
+            query = queries[k] if k < min(10, len(bodies)) else queries[k - min(10, len(bodies))]
+            started = time.perf_counter()
+            passing = post("/filter", body)["NodeNames"]
+            mid = time.perf_counter()
+            post("/prioritize", json.dumps({"Pod": query, "Nodes": None, "NodeNames": passing}).encode())
+            http_ms.append((time.perf_counter() - started) * 1000)
+            filter_only.append((mid - started) * 1000)
+        http_ms, filter_only = http_ms[10:], filter_only[10:]
+        rss = rss_mib(pid)
+        client.close()
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)
+    return http_ms, filter_only, rss
+
+
 def main(argv: list[str] | None = None) -> int:
     import logging
 
@@ -158,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", dest="json_out", default=None)
     ap.add_argument("--names-per-call", default="all", help="nodes per filter call: all, scheduler or a number")
+    ap.add_argument("--profile", default=None, help="write a cProfile of the measured in-process calls here")
+    ap.add_argument("--answers", default=None, help="write every in-process answer (JSON) here, to compare code")
+    ap.add_argument("--no-http", action="store_true", help="skip the HTTP run (and the RSS it reports)")
     args = ap.parse_args(argv)
 
     rng = random.Random(args.seed)
@@ -226,71 +290,47 @@ def main(argv: list[str] | None = None) -> int:
     tune_gc()  # as gpupool-extender does after its first sync (the HTTP child below does the same)
     inproc: list[float] = []
     inproc_cpu: list[float] = []  # this thread's CPU time: less at the mercy of other jobs on a shared machine
+    stages: list[tuple[float, float, float]] = []  # CPU ms of decode, filter, prioritize
     passing_counts: list[int] = []
-    for body in bodies[:10] + bodies:
+    answers: list[dict[str, Any]] = []
+    profiler = None
+    for k, body in enumerate(bodies[:10] + bodies):
+        if k == 10 and args.profile:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
         started, cpu_started = time.perf_counter(), time.thread_time()
         a = wire.ExtenderArgs.model_validate_json(body)
+        cpu_decoded = time.thread_time()
         answer = service.filter(a.Pod, a.NodeNames or [])
-        service.prioritize(a.Pod, answer.passing)
+        cpu_filtered = time.thread_time()
+        scores = service.prioritize(a.Pod, answer.passing)
+        cpu_done = time.thread_time()
         inproc.append((time.perf_counter() - started) * 1000)
-        inproc_cpu.append((time.thread_time() - cpu_started) * 1000)
+        inproc_cpu.append((cpu_done - cpu_started) * 1000)
+        stages.append(((cpu_decoded - cpu_started) * 1000, (cpu_filtered - cpu_decoded) * 1000,
+                       (cpu_done - cpu_filtered) * 1000))  # fmt: skip
         passing_counts.append(len(answer.passing))
-    inproc, inproc_cpu = inproc[10:], inproc_cpu[10:]
+        if args.answers:
+            answers.append({"passing": answer.passing, "failed": answer.failed, "unresolvable": answer.unresolvable,
+                            "error": answer.error, "scores": scores})  # fmt: skip
+    inproc, inproc_cpu, stages = inproc[10:], inproc_cpu[10:], stages[10:]
+    if args.answers:
+        Path(args.answers).write_text(json.dumps(answers, sort_keys=True) + "\n")
+    if profiler is not None:
+        import pstats
+
+        profiler.disable()
+        profiler.dump_stats(args.profile)
+        pstats.Stats(args.profile).sort_stats("tottime").print_stats(25)
 
     # --- over HTTP, served by a forked child --------------------------------------------------------
-    from extender.app import create_app
-
-    app = create_app(service)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    pid = os.fork()
-    if pid == 0:  # child: serve
-        import uvicorn
-
-        tune_gc()  # as gpupool-extender does after its first sync
-        uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", access_log=False)
-        os._exit(0)
-    http_ms: list[float] = []
-    filter_only: list[float] = []
-    try:
-        # a plain keep-alive connection: the measure is the extender's, not a Python HTTP client's
-        client = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        deadline = time.time() + 30
-        while True:
-            try:
-                client.request("GET", "/healthz")
-                if client.getresponse().read() == b"ok":
-                    break
-            except OSError:
-                client.close()
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.05)
-        headers = {"Content-Type": "application/json"}
-
-        def post(path: str, body: bytes) -> Any:
-            client.request("POST", path, body=body, headers=headers)
-            response = client.getresponse()
-            data = response.read()
-            if response.status != 200:
-                raise RuntimeError(f"{path}: HTTP {response.status}: {data[:200]!r}")
-            return json.loads(data)
-
-        for k, body in enumerate(bodies[:10] + bodies):
-            query = queries[k] if k < min(10, len(bodies)) else queries[k - min(10, len(bodies))]
-            started = time.perf_counter()
-            passing = post("/filter", body)["NodeNames"]
-            mid = time.perf_counter()
-            post("/prioritize", json.dumps({"Pod": query, "Nodes": None, "NodeNames": passing}).encode())
-            http_ms.append((time.perf_counter() - started) * 1000)
-            filter_only.append((mid - started) * 1000)
-        http_ms, filter_only = http_ms[10:], filter_only[10:]
-        rss = rss_mib(pid)
-        client.close()
-    finally:
-        os.kill(pid, signal.SIGTERM)
-        os.waitpid(pid, 0)
+    if args.no_http:
+        http_ms = filter_only = [float("nan")]
+        rss = rss_mib(os.getpid())
+    else:
+        http_ms, filter_only, rss = http_run(service, bodies, queries)
 
     result = {
         "nodes": args.nodes,
@@ -307,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         "filter_prioritize_inproc_p99_ms": round(pct(inproc, 99), 3),
         "filter_prioritize_inproc_cpu_p50_ms": round(pct(inproc_cpu, 50), 3),
         "filter_prioritize_inproc_cpu_p99_ms": round(pct(inproc_cpu, 99), 3),
+        "inproc_cpu_decode_filter_prioritize_p50_ms": [round(pct([s[i] for s in stages], 50), 3) for i in range(3)],
+        "inproc_cpu_decode_filter_prioritize_p99_ms": [round(pct([s[i] for s in stages], 99), 3) for i in range(3)],
         "load_average_1m": round(os.getloadavg()[0], 2),
         "bind_p50_ms": round(pct(bind_ms, 50), 3),
         "bind_p99_ms": round(pct(bind_ms, 99), 3),
@@ -323,6 +365,10 @@ def main(argv: list[str] | None = None) -> int:
         f"filter+prioritize in-process: p50 {result['filter_prioritize_inproc_p50_ms']} ms, "
         f"p99 {result['filter_prioritize_inproc_p99_ms']} ms; CPU p50 {result['filter_prioritize_inproc_cpu_p50_ms']} "
         f"ms, p99 {result['filter_prioritize_inproc_cpu_p99_ms']} ms  (passing {result['passing_nodes_median']})"
+    )
+    print(
+        f"in-process CPU of decode / filter / prioritize: p50 {result['inproc_cpu_decode_filter_prioritize_p50_ms']} "
+        f"ms, p99 {result['inproc_cpu_decode_filter_prioritize_p99_ms']} ms"
     )
     print(
         f"bind (API writes stubbed): p50 {result['bind_p50_ms']} ms, p99 {result['bind_p99_ms']} ms "

@@ -22,6 +22,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import numpy as np
+
 from extender.kube import ApiError, PodAPI
 from extender.metrics import CacheStats, GPUAllocation, Metrics
 from gpupool import assignment as assignment_format
@@ -29,7 +31,7 @@ from gpupool import identity, objects, resources, timefmt
 from gpupool.assignment import Keys, SliceRecord, keyset
 from gpupool.errors import AssignmentError, GpupoolError, InvalidRequest, OverAllocation
 from gpupool.ledger import Holding, HoldingKind, Ledger
-from gpupool.placement import FilterResult, NoFit, Placer
+from gpupool.placement import NO_SCORE, FilterResult, NoFit, Placer
 from gpupool.preemption import Victim, choose_victims
 from gpupool.quota import Resources
 from gpupool.request import PodRequest
@@ -56,6 +58,10 @@ def extender_score(policy_score: int | None) -> int:
     if policy_score is None:
         return 0
     return 1 + max(0, min(100, policy_score)) * (MAX_EXTENDER_SCORE - 1) // 100
+
+
+#: `extender_score` of None (index 0, `NO_SCORE`) and of the policy scores 0..100 (index 1 + score)
+_EXTENDER_SCORES = np.array([extender_score(None), *(extender_score(s) for s in range(101))], dtype=np.int64)
 
 
 def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -574,17 +580,11 @@ class PoolService:
             return [(n, 0) for n in nodes]
         try:
             with self.lock:
-                scores = self.placer.scores(request, nodes)
+                scores = self.placer.score_array(request, nodes)
         except NoFit:
             return [(n, 0) for n in nodes]
-        table: dict[int | None, int] = {}  # few distinct policy scores: each converted once
-        out = []
-        for n in nodes:
-            score = scores.get(n)
-            ext = table.get(score)
-            if ext is None:
-                ext = table[score] = extender_score(score)
-            out.append((n, ext))
+        ext = _EXTENDER_SCORES[np.where(scores == NO_SCORE, 0, np.clip(scores, 0, 100) + 1)]  # a table lookup each
+        out = list(zip(nodes, ext.tolist(), strict=True))
         with self.lock:
             return self._identity_expect(objects.pod_uid(pod), request, out)
 

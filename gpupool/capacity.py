@@ -35,6 +35,9 @@ _NONE = -1
 _NO_TOTAL = -2
 
 Array = npt.NDArray[np.int64]
+Rows = npt.NDArray[np.intp]
+#: lists of names whose rows `CapacityIndex.lookup` remembers (kube-scheduler sends the same lists again and again)
+_LISTS = 6
 
 
 class CapacityIndex:
@@ -58,6 +61,11 @@ class CapacityIndex:
         self.eligible: Array = np.zeros(0, dtype=np.int64)
         self.models: list[str] = []
         self._model_id: dict[str, int] = {}
+        #: the kid (`NodeView.kid`) of each row's view, valid while the ledger's `kid_epoch` is `kid_epoch`
+        self.kid: Array = np.zeros(0, dtype=np.int64)
+        self.kid_epoch = 0
+        #: recent lists of names and their rows (`lookup`), most recent first; forgotten when a name gets or loses a row
+        self._lists: list[tuple[list[str], Rows]] = []
 
     def __len__(self) -> int:
         return len(self._row)
@@ -67,12 +75,32 @@ class CapacityIndex:
         get = self._row.get
         return [get(name, -1) for name in names]
 
+    def lookup(self, names: list[str]) -> Rows:
+        """`rows` of `names` as a read-only array, remembered for the last few lists: a list equal to one of them
+        (one comparison of the strings, no hashing) answers without a lookup per name."""
+        size = len(names)
+        for i, (known, rows) in enumerate(self._lists):
+            if len(known) == size and known == names:
+                if i:
+                    self._lists.insert(0, self._lists.pop(i))
+                return rows
+        rows = np.array(self.rows(names), dtype=np.intp)
+        rows.flags.writeable = False
+        self._lists.insert(0, (list(names), rows))
+        del self._lists[_LISTS:]
+        return rows
+
+    def kids_at(self, rows: Rows) -> Array:
+        """The kid of each of `rows`' views, -1 for row -1 (a node not in the index)."""
+        return np.append(self.kid, -1)[rows]  # row -1: the appended kid
+
     def put(self, view: NodeView) -> None:
         """Set the row of `view.name` from its guaranteed view."""
         row = self._row.get(view.name)
         if row is None:
             row = self._spare.pop() if self._spare else self._new_row()
             self._row[view.name] = row
+            self._lists.clear()
         self._fit(max(len(view.free_compute), len(view.inventory)))
         n = len(view.free_compute)
         self.free_compute[row, :n] = view.free_compute
@@ -94,17 +122,20 @@ class CapacityIndex:
             self.models.append(view.model)
         self.model[row] = model
         self.eligible[row] = n
+        self.kid[row] = view.kid
 
     def drop(self, name: str) -> None:
         row = self._row.pop(name, None)
         if row is None:
             return
+        self._lists.clear()
         self.free_compute[row] = _NONE
         self.free_memory[row] = _NONE
         self.total_memory[row] = _NO_TOTAL
         self.inventory_memory[row] = _NONE
         self.inventory_count[row] = 0
         self.eligible[row] = 0
+        self.kid[row] = -1
         self._spare.append(row)
 
     def codes(self, count: int, compute: int, memory_mib: int | None, cpu_milli: int, host_memory_mib: int) -> Array:
@@ -163,3 +194,4 @@ class CapacityIndex:
         self.pods_free = longer(self.pods_free)
         self.model = longer(self.model)
         self.eligible = longer(self.eligible)
+        self.kid = longer(self.kid)

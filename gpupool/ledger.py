@@ -931,7 +931,10 @@ class Ledger:
         if index is None:
             index = self._free_index = CapacityIndex()
             self._capacity_stale = set(self._nodes)
-        if self._capacity_stale:
+        while self._capacity_stale or index.kid_epoch != self.kid_epoch:
+            if index.kid_epoch != self.kid_epoch:  # kids renumbered (`_build_view`): every row's kid is stale
+                index.kid_epoch = self.kid_epoch
+                self._capacity_stale.update(self._nodes)
             nodes = self._nodes
             for name in sorted(self._capacity_stale):
                 if name in nodes:

@@ -16,7 +16,11 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import compress
 from typing import TypeVar
+
+import numpy as np
+import numpy.typing as npt
 
 from gpupool import capacity
 from gpupool.errors import GpupoolError
@@ -87,6 +91,12 @@ _V = TypeVar("_V")
 
 
 _FITS = Verdict(True)
+#: `Placer.score_array`'s score of a node where the pod fits only remotely, or not at all (`scores`' None)
+NO_SCORE = int(np.iinfo(np.int16).min)
+_UNKNOWN = NO_SCORE + 1
+_MOST = int(np.iinfo(np.int16).max)
+#: pod shapes whose score arrays (`Placer.score_array`, 2 bytes per kid) are kept: at most 64 MiB at `_MAX_KIDS`
+_SCORE_SHAPES = 64
 
 
 def _fits_now(view: NodeView, demand: Demand) -> bool:
@@ -156,6 +166,8 @@ class Placer:
         self._model_gpus: Counter[str] = Counter()
         #: per demand: kid -> reason text of a failing state, (resolvable, unresolvable); `filter(detail=False)`
         self._texts: dict[Demand, tuple[dict[int, str], dict[int, str]]] = {}
+        #: per (policy, demand): kid -> policy score, `_UNKNOWN` or `NO_SCORE` (`score_array`; last slot: kid -1)
+        self._score_tables: dict[tuple[str, Demand], npt.NDArray[np.int16]] = {}
         self._epoch = ledger.kid_epoch
         self._pool_cache: tuple[int, tuple[object, ...], bool] | None = None
         self._silent_cache: tuple[int, tuple[str, ...], frozenset[str]] | None = None
@@ -252,20 +264,20 @@ class Placer:
     ) -> FilterResult:
         """`filter` of an unconstrained one-group pod by the ledger's capacity index: the verdict of every node at
         once (`CapacityIndex.codes`, the checks of `_fits_now` and the order of `_local_failure`), the failing
-        nodes' reasons as `filter` gives them."""
+        nodes' reasons as `filter` gives them. The rows of a list of names seen lately are remembered
+        (`CapacityIndex.lookup`), so a call costs array operations and the answer's lists, no lookup per name."""
         (group,) = demand.groups
         index = self.ledger.capacity_index()
-        rows = index.rows(names)
+        rows = index.lookup(names)
         by_row = index.codes(group.count, group.compute, group.memory_mib, demand.cpu_milli, demand.memory_mib)
-        codes = by_row.tolist()
-        codes.append(_NOT_IN_POOL)  # row -1
-        node_codes = [codes[r] for r in rows]
-        result.passing.extend([node for node, code in zip(names, node_codes, strict=True) if code == capacity.FITS])
+        node_codes = np.append(by_row, _NOT_IN_POOL)[rows]  # row -1: the appended code
+        fits = node_codes == capacity.FITS
+        result.passing.extend(compress(names, fits.tolist()))
         if len(result.passing) == len(names):
             return result
-        failing = [node for node, code in zip(names, node_codes, strict=True) if code != capacity.FITS]
         if request.locality is Locality.LOCAL and not detail:
             return self._failures_by_code(request, demand, names, node_codes, result)
+        failing = list(compress(names, (~fits).tolist()))
         reasons = self._memo(self._reasons, demand)
         kids = self.ledger.kids(failing)
         for node, kid in zip(failing, kids, strict=True):
@@ -283,23 +295,23 @@ class Placer:
         return result
 
     def _failures_by_code(
-        self, request: PodRequest, demand: Demand, names: list[str], codes: list[int], result: FilterResult
+        self, request: PodRequest, demand: Demand, names: list[str], codes: capacity.Array, result: FilterResult
     ) -> FilterResult:
         """The failing nodes of `_filter_indexed(detail=False)`: the first clause of each node's reason, as
-        `_failures_by_state` gives it, from its verdict code; only nodes ruled out by their inventory (whose
-        reason names the node) get their state's `_local_failure`."""
+        `_failures_by_state` gives it, from its verdict code (one array per code); only nodes ruled out by their
+        inventory (whose reason names the node) get their state's `_local_failure`."""
         (group,) = demand.groups
         texts: list[str | None] = [None] * (_NOT_IN_POOL + 1)
         texts[capacity.NO_CPU] = _cpu_need(demand)
         texts[capacity.NO_MEMORY] = _memory_need(demand)
         texts[capacity.NO_POD_SLOT] = _POD_LIMIT
         texts[capacity.SHORTAGE] = _gpu_need(group)
+        present = set(np.unique(codes).tolist())
         by_kid: tuple[dict[int, str], dict[int, str]] | None = None
-        if capacity.INVENTORY in codes or _NOT_IN_POOL in codes:
-            for node, code in zip(names, codes, strict=True):
-                if code == _NOT_IN_POOL:
-                    result.add(node, _no_agent(node))
-            inventory = [node for node, code in zip(names, codes, strict=True) if code == capacity.INVENTORY]
+        if capacity.INVENTORY in present or _NOT_IN_POOL in present:
+            for node in compress(names, (codes == _NOT_IN_POOL).tolist()):
+                result.add(node, _no_agent(node))
+            inventory = list(compress(names, (codes == capacity.INVENTORY).tolist()))
             if inventory:
                 failures = self._memo(self._failures, demand)
                 by_kid = ({}, {})
@@ -310,9 +322,14 @@ class Placer:
                     if v is None:
                         v = failures[kid] = self._local_failure(request, demand, self.ledger.view(node))
                     (by_kid[0] if v.resolvable else by_kid[1])[kid] = v.reason.split("; ", 1)[0]
-        result.failed.update(
-            {node: t for node, code in zip(names, codes, strict=True) if (t := texts[code]) is not None}
-        )
+        texted = [code for code in sorted(present) if texts[code] is not None]
+        if len(texted) == 1:  # the usual case: every failing node for the same reason
+            text = texts[texted[0]]
+            result.failed.update(dict.fromkeys(compress(names, (codes == texted[0]).tolist()), text))
+        elif texted:  # in the order of `names`
+            has_text = np.isin(codes, texted)
+            of_code = np.array(texts, dtype=object)[codes[has_text]].tolist()
+            result.failed.update(zip(compress(names, has_text.tolist()), of_code, strict=True))
         if by_kid is not None:
             kids = self.ledger.kids(names)
             for of_kid, into in ((by_kid[0], result.failed), (by_kid[1], result.unresolvable)):
@@ -463,6 +480,7 @@ class Placer:
             self._reasons.clear()
             self._choices.clear()
             self._texts.clear()
+            self._score_tables.clear()
 
     def _local_failure(self, request: PodRequest, demand: Demand, view: NodeView) -> Verdict:
         inventory = view.inventory
@@ -585,6 +603,65 @@ class Placer:
         choices = self._evaluate(policy, request, demand, names)
         return {node: choice.score if (choice := choices.get(node)) is not None else None for node in names}
 
+    def score_array(self, request: PodRequest, nodes: list[str]) -> npt.NDArray[np.int16]:
+        """`scores` as an array in the order of `nodes`, `NO_SCORE` for None.
+
+        For a deterministic policy whose scores are the nodes' own (no `rescore`) and an unconstrained pod, the
+        score of each node state (kid) is kept in an array per (policy, demand), forgotten with the choices
+        (`_check_epoch`, `forget_scores`); the nodes' kids come from the capacity index's rows of the list
+        (`CapacityIndex.lookup`), so a call is array operations; states not scored yet are scored together
+        (`Policy.score_rows`). Else from `scores`."""
+        self._sync_models()
+        demand = Demand.of(request)
+        policy = self.policy_for(request)
+        if not policy.deterministic or self._constrained(request) or type(policy).rescore is not Policy.rescore:
+            scores = self.scores(request, nodes)
+            clipped = [NO_SCORE if (s := scores[n]) is None else max(_UNKNOWN + 1, min(s, _MOST)) for n in nodes]
+            return np.array(clipped, dtype=np.int16)
+        index = self.ledger.capacity_index()  # before the epoch check: refreshing it may start a new kid epoch
+        self._check_epoch()
+        rows = index.lookup(nodes)
+        kids = index.kids_at(rows)
+        key = (policy.name, demand)
+        table = self._score_tables.get(key)
+        top = int(kids.max(initial=-1)) + 1
+        if table is None or len(table) <= top:
+            grown = np.full(max(top, 2 * (0 if table is None else len(table) - 1), 64) + 1, _UNKNOWN, dtype=np.int16)
+            if table is not None:
+                grown[: len(table) - 1] = table[:-1]
+            grown[-1] = NO_SCORE  # kid -1: a node not in the pool
+            self._score_tables.pop(key, None)
+            if len(self._score_tables) >= _SCORE_SHAPES:
+                del self._score_tables[next(iter(self._score_tables))]
+            table = self._score_tables[key] = grown
+        got = table[kids]
+        unknown = np.flatnonzero(got == _UNKNOWN)
+        if len(unknown):
+            states, first = np.unique(kids[unknown], return_index=True)
+            at = unknown[first]  # a node of each state
+            table[states] = self._score_states(policy, demand, index, rows[at].tolist(), at.tolist(), nodes)
+            got = table[kids]
+        return got
+
+    def _score_states(
+        self, policy: Policy, demand: Demand, index: capacity.CapacityIndex, rows: list[int], at: list[int],
+        nodes: list[str],
+    ) -> npt.NDArray[np.int16]:  # fmt: skip
+        """The scores of the node states of `rows` of `index` (`nodes[i]` for i in `at`: a node of each),
+        `NO_SCORE` where the pod does not fit: `Policy.score_rows`, else `Policy.evaluate_rows` or `evaluate`."""
+        scored = policy.score_rows(index, rows, demand)
+        if scored is not None:
+            scores, fits = scored
+        else:
+            choices = policy.evaluate_rows(index, rows, demand)
+            if choices is None:
+                choices = [policy.evaluate(self.ledger.view(nodes[i]), demand) for i in at]
+            memo = self._memo(self._choices, (policy.name, demand))
+            memo.update(zip(index.kid[rows].tolist(), choices, strict=True))
+            scores = np.array([0 if c is None else c.score for c in choices], dtype=np.int64)
+            fits = np.array([c is not None for c in choices], dtype=bool)
+        return np.where(fits, np.clip(scores, _UNKNOWN + 1, _MOST), NO_SCORE).astype(np.int16)
+
     def _evaluate(
         self, policy: Policy, request: PodRequest, demand: Demand, nodes: list[str]
     ) -> dict[str, Choice]:
@@ -669,6 +746,7 @@ class Placer:
     def forget_scores(self) -> None:
         """Drop every remembered choice and score: a policy now scores differently (its inputs changed)."""
         self._choices.clear()
+        self._score_tables.clear()
         self._boards.clear()
 
     def _best_on_board(self, request: PodRequest, demand: Demand, policy: Policy) -> Plan | None:

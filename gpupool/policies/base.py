@@ -16,6 +16,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
+import numpy.typing as npt
+
 from gpupool.capacity import CapacityIndex
 from gpupool.ledger import NodeView
 from gpupool.request import WHOLE_GPU_COMPUTE, PodRequest
@@ -88,6 +91,13 @@ class Policy(ABC):
     def evaluate_rows(self, index: CapacityIndex, rows: list[int], demand: Demand) -> list[Choice | None] | None:
         """`evaluate` of the node states in `rows` of `index` (the ledger's capacity index, current) at once, for
         policies that vectorise it (fgd, fgdpp); None: evaluate them one by one (the default)."""
+        return None
+
+    def score_rows(
+        self, index: CapacityIndex, rows: list[int], demand: Demand
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]] | None:
+        """The scores of `evaluate_rows` and where the pod fits (score meaningless elsewhere), for policies that
+        have them without building choices; None: take them from `evaluate_rows` or `evaluate` (the default)."""
         return None
 
     def choose(self, view: NodeView, demand: Demand) -> tuple[tuple[int, ...], ...] | None:

@@ -25,12 +25,14 @@ from gpupool.ledger import NodeView
 from gpupool.policies.base import Choice, Demand, Policy, SliceGroup, host_fits, slice_fits, slice_memory
 from gpupool.request import WHOLE_GPU_COMPUTE
 
+Bools = npt.NDArray[np.bool_]
 _MEMO_LIMIT = 1_000_000
 #: fewer states than this are evaluated one by one (`evaluate_many`)
 _MANY = 16
 #: the picks of one slice on position j
 _ONE: tuple[tuple[tuple[int, ...], ...], ...] = tuple(((j,),) for j in range(1024))
 _MISS = object()
+
 
 #: ΔF (compute units) per unit of the sigmoid's argument: 1000 milli-GPU = 100 units
 SIGMOID_SCALE = 100.0
@@ -112,6 +114,31 @@ class FGD(Policy):
         """`evaluate` of the node states in `rows` of `index` at once for a pod of one group, one sharing slice or
         whole GPUs: vectorised over the states of each (model, GPU count), the same floats in the same order
         (`fragment_many`, `fragment_moves`), so the same choices (docs/e2e.md "Issue 16")."""
+        done = self._by_batch(index, rows, demand, True)
+        if done is None:
+            return None
+        out: list[Choice | None] = [None] * len(rows)
+        for positions, choices in done:
+            for i, choice in zip(positions.tolist(), cast(list[Choice | None], choices), strict=True):
+                out[i] = choice
+        return out
+
+    def score_rows(self, index: CapacityIndex, rows: list[int], demand: Demand) -> tuple[Ints, Bools] | None:
+        """The scores of `evaluate_rows` and where the pod fits, without building its choices (prioritize needs
+        only the scores)."""
+        done = self._by_batch(index, rows, demand, False)
+        if done is None:
+            return None
+        scores = np.zeros(len(rows), dtype=np.int64)
+        fits = np.zeros(len(rows), dtype=bool)
+        for positions, batch in done:
+            scores[positions], fits[positions] = cast(tuple[Ints, Bools], batch)
+        return scores, fits
+
+    def _by_batch(
+        self, index: CapacityIndex, rows: list[int], demand: Demand, choices: bool
+    ) -> list[tuple[npt.NDArray[np.intp], list[object] | tuple[Ints, Bools]]] | None:
+        """`_evaluate_batch` of `rows` grouped by (model, number of eligible GPUs): (positions in `rows`, result)."""
         if not _vectorised(type(self)) or len(demand.groups) != 1 or len(rows) < _MANY:
             return None
         if demand.groups[0].compute > WHOLE_GPU_COMPUTE:
@@ -119,31 +146,26 @@ class FGD(Policy):
         (group,) = demand.groups
         if group.compute < WHOLE_GPU_COMPUTE and group.count != 1:
             return None
-        at = np.array(rows, dtype=np.int64)
-        kind = index.model[at] * (index.free_compute.shape[1] + 1) + index.eligible[at]
-        batches: list[tuple[int, Ints, npt.NDArray[np.intp] | None]]
+        at = np.asarray(rows, dtype=np.int64)
+        width = index.free_compute.shape[1] + 1
+        kind = index.model[at] * width + index.eligible[at]
         if (kind == kind[0]).all():  # one model and GPU count: one batch
-            batches = [(int(kind[0]), at, None)]
+            batches = [(int(kind[0]), at, np.arange(len(at)))]
         else:
             batches = [(int(k), at[kind == k], np.flatnonzero(kind == k)) for k in np.unique(kind).tolist()]
-        out: list[Choice | None] = [None] * len(rows)
+        out = []
         for k, where, positions in batches:
-            model, n = divmod(k, index.free_compute.shape[1] + 1)
-            if n == 0:
-                continue
-            choices = self._evaluate_batch(index, where, n, demand, group, index.models[model])
-            if positions is None:
-                out = choices
-            else:
-                for i, choice in zip(positions.tolist(), choices, strict=True):
-                    out[i] = choice
+            model, n = divmod(k, width)
+            if n:
+                done = self._evaluate_batch(index, where, n, demand, group, index.models[model], choices)
+                out.append((positions, done))
         return out
 
     def _evaluate_batch(
-        self, index: CapacityIndex, rows: Ints, n: int, demand: Demand, group: SliceGroup, model: str
-    ) -> list[Choice | None]:
+        self, index: CapacityIndex, rows: Ints, n: int, demand: Demand, group: SliceGroup, model: str, choices: bool
+    ) -> list[object] | tuple[Ints, Bools]:
         """`_evaluate` of the states in `rows` of `index`, all of `model` with `n` eligible GPUs, for one sharing
-        slice or whole GPUs."""
+        slice or whole GPUs: their choices, or (`choices` False) their scores and where the pod fits."""
         fc = index.free_compute[rows, :n]
         fm = index.free_memory[rows, :n]
         tm = index.total_memory[rows, :n]
@@ -157,6 +179,7 @@ class FGD(Policy):
         memory_ok = ((fm == tm) & (fm > 0)) if group.memory_mib is None else (fm >= group.memory_mib)
         fits = (fc >= group.compute) & memory_ok
         f0 = np.zeros(b)
+        picks: list[tuple[tuple[int, ...], ...]] = []
         if group.compute < WHOLE_GPU_COMPUTE:  # one sharing slice: the best GPU by `gpu_value`, ties to the lowest
             candidate = fits.copy()
             for j in range(1, n):  # a GPU equal to a lower one gives the same state and loses the tie: skip it
@@ -177,7 +200,8 @@ class FGD(Policy):
                 winner = is_top[np.concatenate(([True], at[is_top][1:] != at[is_top][:-1]))]  # lowest column of a row
                 best[at[winner]] = col[winner]
                 f1_best[at[winner]] = f1[winner]
-            picks = [_ONE[j] for j in best.tolist()]
+            if choices:
+                picks = [_ONE[j] for j in best.tolist()]
         else:  # whole GPUs: the first `count` that fit, by index
             f0 = self.fragment_many(cpu0, fc, model, mem0, fm, tm)
             ok = np.count_nonzero(fits, axis=1) >= group.count
@@ -185,16 +209,19 @@ class FGD(Policy):
             f1_best = self.fragment_many(
                 cpu1, np.where(first, fc - group.compute, fc), model, mem1, np.where(first, fm - taken, fm), tm
             )
-            rank = np.cumsum(first, axis=1)  # the m-th chosen GPU of a row: the first column of rank m
-            columns = [np.argmax(first & (rank == m), axis=1).tolist() for m in range(1, group.count + 1)]
-            picks = [(tuple(chosen),) for chosen in zip(*columns, strict=True)] if columns else [((),)] * b
-        scores = fgd_scores(f0 - f1_best - self.node_offset(model, demand)).tolist()
-        fit = cast(list[bool], (ok & host_ok).tolist())
+            if choices:
+                rank = np.cumsum(first, axis=1)  # the m-th chosen GPU of a row: the first column of rank m
+                columns = [np.argmax(first & (rank == m), axis=1).tolist() for m in range(1, group.count + 1)]
+                picks = [(tuple(chosen),) for chosen in zip(*columns, strict=True)] if columns else [((),)] * b
+        score_of = fgd_scores(f0 - f1_best - self.node_offset(model, demand))
+        fit = ok & host_ok
+        if not choices:
+            return score_of, fit
         known = self._choices
         if len(known) > _MEMO_LIMIT:
             known.clear()
-        out: list[Choice | None] = []
-        for score, pick, f in zip(scores, picks, fit, strict=True):
+        out: list[object] = []
+        for score, pick, f in zip(score_of.tolist(), picks, fit.tolist(), strict=True):
             if not f:
                 out.append(None)
                 continue

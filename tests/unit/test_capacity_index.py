@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpupool import capacity
+from gpupool import ledger as ledger_module
 from gpupool.errors import OverAllocation
 from gpupool.inventory import GPUInfo, NodeInfo
 from gpupool.ledger import Ledger, PlannedSlice
-from gpupool.placement import FilterResult, Placer, _fits_now
+from gpupool.placement import NO_SCORE, FilterResult, Placer, _fits_now
 from gpupool.policies import make_policy
 from gpupool.policies.base import Demand, SliceGroup
 from gpupool.request import ContainerRequest, Locality, PodRequest
@@ -176,3 +178,80 @@ def test_index_follows_a_planning_copy_without_touching_the_original() -> None:
         assert copy.capacity_index().codes(1, 100, None, 0, 0)[row] == capacity.FITS
         assert _fits_now(copy.view("a"), whole)
     assert ledger.capacity_index().codes(1, 100, None, 0, 0)[0] == capacity.SHORTAGE
+
+
+def test_remembered_lists_of_names_follow_nodes_that_come_and_go() -> None:
+    """`CapacityIndex.lookup` answers a list it has seen from memory: a node removed, or a row given to another
+    node, must not leave the old rows in that memory."""
+    ledger = Ledger()
+    for name in ("a", "b"):
+        ledger.upsert_node(NodeInfo(name, (GPUInfo(f"{name}0", 0, "M", 1024),)))
+    names = ["a", "b", "c"]
+    index = ledger.capacity_index()
+    assert index.lookup(list(names)).tolist() == index.rows(names) == [0, 1, -1]
+    ledger.remove_node("a")
+    index = ledger.capacity_index()
+    assert index.lookup(list(names)).tolist() == [-1, 1, -1]
+    ledger.upsert_node(NodeInfo("c", (GPUInfo("c0", 0, "M", 1024),)))  # takes a's row
+    index = ledger.capacity_index()
+    assert index.lookup(list(names)).tolist() == index.rows(names) == [-1, 1, 0]
+    ledger.upsert_node(NodeInfo("a", (GPUInfo("a0", 0, "M", 1024),)))
+    index = ledger.capacity_index()
+    assert index.lookup(list(names)).tolist() == index.rows(names) == [2, 1, 0]
+
+
+def scores_reference(placer: Placer, request: PodRequest, names: list[str]) -> list[int]:
+    """Each node's score from its view, evaluated afresh (no memo of the placer)."""
+    policy = placer.policy_for(request)
+    demand = Demand.of(request)
+    out = []
+    for node in names:
+        choice = policy.evaluate(placer.ledger.view(node), demand) if placer.ledger.has_node(node) else None
+        out.append(NO_SCORE if choice is None else choice.score)
+    return out
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(op_st, min_size=1, max_size=40), st.lists(demand_st, min_size=1, max_size=3), st.booleans())
+def test_remembered_scores_follow_every_change(ops: list[tuple[Any, ...]], demands: list[Demand], few: bool) -> None:
+    """`Placer.score_array` keeps a score per node state and the rows of lists of names across calls: through
+    commits, releases, upserts, removals, health and disable changes (and kid epochs, `few`) a long-lived placer
+    scores as a fresh evaluation of every view does."""
+    ledger = Ledger(slots_per_gpu=3)
+    placers = {name: Placer(ledger, {name: make_policy(name)}, name) for name in ("fgdpp", "binpack")}
+    names = [*NAMES, "ghost"]
+    pods: list[str] = []
+    with pytest.MonkeyPatch.context() as patch:
+        if few:  # kids renumbered every few new states
+            patch.setattr(ledger_module, "_MAX_KIDS", 12)
+        for op in [*ops, ("check",)]:
+            apply(ledger, op, pods)
+            if op[0] != "check":
+                continue
+            for demand in demands:
+                request = request_of(demand, Locality.LOCAL)
+                for placer in placers.values():
+                    got = placer.score_array(request, list(names)).tolist()
+                    assert got == scores_reference(placer, request, names), (demand, placer.default_policy)
+                    assert got == [NO_SCORE if s is None else s for s in placer.scores(request, names).values()]
+
+
+def test_remembered_scores_follow_renumbered_kids(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the ledger renumbers its kids (`_MAX_KIDS` reached), a node whose row was not changed keeps no kid of
+    the old numbering: else it shares a number with another state and gets that state's score."""
+    monkeypatch.setattr(ledger_module, "_MAX_KIDS", 3)
+    ledger = Ledger()
+    for name, memory in (("a", 1024), ("b", 2048), ("c", 4096)):
+        ledger.upsert_node(NodeInfo(name, (GPUInfo(f"{name}0", 0, "M", memory), GPUInfo(f"{name}1", 1, "M", memory))))
+    placer = fresh(ledger)
+    request = request_of(Demand((SliceGroup(1, 100, None),)), Locality.LOCAL)
+    names = ["a", "b", "c"]
+    assert placer.score_array(request, list(names)).tolist() == scores_reference(placer, request, names)
+    epoch = ledger.kid_epoch
+    ledger.commit("p1", "a", [PlannedSlice(0, False, "a0", 10, 100)])
+    for pod, gpu in (("p2", "c0"), ("p3", "c1")):  # c: no whole GPU left
+        ledger.commit(pod, "c", [PlannedSlice(0, False, gpu, 100, 4096)])
+    got = placer.score_array(request, list(names)).tolist()
+    assert ledger.kid_epoch > epoch  # the kids were renumbered
+    assert got == scores_reference(placer, request, names)
+    assert got[2] == NO_SCORE

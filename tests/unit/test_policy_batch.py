@@ -72,3 +72,25 @@ def test_a_subclass_with_its_own_measure_is_evaluated_one_by_one() -> None:
     policy = Flat()
     assert policy.evaluate_rows(CapacityIndex(), list(range(40)), demand) is None
     assert policy.evaluate_many(views, demand) == [Flat().evaluate(v, demand) for v in views]
+
+
+@pytest.mark.parametrize("which", range(3))
+def test_batch_scores_equal_the_scores_of_the_choices(which: int) -> None:
+    """`score_rows` (prioritize's path, no choices built) gives the scores of `evaluate`, None where it does not fit."""
+    rng = random.Random(11 + which)
+    views = [random_view(rng, k) for k in range(150)]
+    index = CapacityIndex()
+    for view in views:
+        index.put(view)
+    rows = index.rows([v.name for v in views])
+    for demand in DEMANDS:
+        for models in (frozenset(), frozenset({"A"})):
+            d = Demand(demand.groups, demand.cpu_milli, demand.memory_mib, models)
+            policy = policies()[which]
+            want = [None if (c := policy.evaluate(v, d)) is None else c.score for v in views]
+            scored = policies()[which].score_rows(index, rows, d)
+            if scored is None:
+                assert policies()[which].evaluate_rows(index, rows, d) is None, d
+                continue
+            scores, fits = scored
+            assert [s if f else None for s, f in zip(scores.tolist(), fits.tolist(), strict=True)] == want, d
