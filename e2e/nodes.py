@@ -148,9 +148,18 @@ def _go_mod_cache() -> Path:
 #: minutes to turn Ready on a loaded 2-core machine: docs/e2e.md "Scale")
 KWOK_PARALLELISM = 32
 
+#: kwok's node lease (it renews each lease every quarter of this): 40 s, a kubelet's, meant ~500 lease writes/s at
+#: 5,000 nodes, more than a 2-core machine's API server keeps up with, so nodes went NotReady and back
+#: (docs/e2e.md "Issue 16 at 5,000 nodes"). 600 s: one renewal per node every ~150 s.
+NODE_LEASE_SECONDS = 600
+
+#: kube-controller-manager's grace before it marks a node whose lease was not renewed unhealthy (its
+#: --node-monitor-grace-period and --node-startup-grace-period): the lease's duration, four renewals
+NODE_GRACE_SECONDS = NODE_LEASE_SECONDS
+
 
 def kwok_config(parallelism: int = KWOK_PARALLELISM) -> str:
-    """kwok's --config file: a KwokConfiguration (its worker counts) followed by the stages."""
+    """kwok's --config file: a KwokConfiguration (its worker counts, the node lease) followed by the stages."""
     options = (
         "apiVersion: config.kwok.x-k8s.io/v1alpha1\n"
         "kind: KwokConfiguration\n"
@@ -158,6 +167,7 @@ def kwok_config(parallelism: int = KWOK_PARALLELISM) -> str:
         f"  nodePlayStageParallelism: {parallelism}\n"
         f"  nodeLeaseParallelism: {parallelism}\n"
         f"  podPlayStageParallelism: {parallelism}\n"
+        f"  nodeLeaseDurationSeconds: {NODE_LEASE_SECONDS}\n"
     )
     return options + "---\n" + kwok_stages()
 
