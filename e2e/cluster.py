@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from e2e.nodes import DEFAULT_NODES, KWOK_ANNOTATION, FakeNode, kwok_config
+from e2e.nodes import DEFAULT_NODES, KWOK_ANNOTATION, NODE_GRACE_SECONDS, FakeNode, kwok_config
 from e2e.pki import write_pki
 from e2e.processes import ClusterError, ManagedProcess, Supervisor, free_port
 
@@ -445,6 +445,9 @@ class Cluster:
                 f"--secure-port={p['kcm']}",
                 "--profiling=false",
                 f"--cert-dir={self.run_dir / 'kcm-certs'}",
+                # kwok's long node lease (e2e/nodes.py): nodes stay Ready between its renewals
+                f"--node-monitor-grace-period={NODE_GRACE_SECONDS}s",
+                f"--node-startup-grace-period={NODE_GRACE_SECONDS}s",
             ],
             ready_url=f"https://127.0.0.1:{p['kcm']}/healthz",
             wait=False,
@@ -477,7 +480,6 @@ class Cluster:
                     f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake",
                     "--cidr=10.244.0.1/16",
                     "--node-ip=10.0.1.1",
-                    "--node-lease-duration-seconds=40",
                     f"--server-address=127.0.0.1:{p['kwok']}",
                     f"--node-port={p['kwok']}",
                     f"--config={stages}",
@@ -609,7 +611,7 @@ class Cluster:
                         f"nodes not Ready after {timeout:.0f} s: {sorted(want - ready)}\n"
                         + self.log_tails(20, ["kwok"])
                     )
-                time.sleep(0.25 if len(want) <= 100 else 2.0)
+                time.sleep(0.25 if len(want) <= 100 else 2.0 if len(want) <= 1000 else 5.0)
 
     def create_namespace(self, name: str, timeout: float = 30.0) -> None:
         """Create a namespace and wait for its ``default`` ServiceAccount (made by KCM; ServiceAccount

@@ -148,9 +148,19 @@ def _go_mod_cache() -> Path:
 #: minutes to turn Ready on a loaded 2-core machine: docs/e2e.md "Scale")
 KWOK_PARALLELISM = 32
 
+#: kwok's node lease (it renews each lease every quarter of this). A kubelet's 40 s meant ~500 lease writes/s
+#: at 5,000 nodes, more than a 2-core machine's API server keeps up with, so nodes went NotReady and back; with
+#: 600 s the renewals still lagged to ~9 min under load (docs/e2e.md "Issue 16 at 5,000 nodes"), so 1,800 s:
+#: one renewal per node every ~450 s, ~11 writes/s at 5,000 nodes.
+NODE_LEASE_SECONDS = 1800
+
+#: kube-controller-manager's grace before it marks a node whose lease was not renewed unhealthy (its
+#: --node-monitor-grace-period and --node-startup-grace-period): two lease durations, for renewals that lag
+NODE_GRACE_SECONDS = 2 * NODE_LEASE_SECONDS
+
 
 def kwok_config(parallelism: int = KWOK_PARALLELISM) -> str:
-    """kwok's --config file: a KwokConfiguration (its worker counts) followed by the stages."""
+    """kwok's --config file: a KwokConfiguration (its worker counts, the node lease) followed by the stages."""
     options = (
         "apiVersion: config.kwok.x-k8s.io/v1alpha1\n"
         "kind: KwokConfiguration\n"
@@ -158,6 +168,7 @@ def kwok_config(parallelism: int = KWOK_PARALLELISM) -> str:
         f"  nodePlayStageParallelism: {parallelism}\n"
         f"  nodeLeaseParallelism: {parallelism}\n"
         f"  podPlayStageParallelism: {parallelism}\n"
+        f"  nodeLeaseDurationSeconds: {NODE_LEASE_SECONDS}\n"
     )
     return options + "---\n" + kwok_stages()
 
