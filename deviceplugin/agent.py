@@ -260,17 +260,33 @@ class MultiNodeAgent:
         self.publishers: dict[str, Publisher] = {}
         self.limit = RateLimit(settings.publish_qps)
         self._listed = False
+        #: nodes whose last publish failed: tried again on the next health tick, not a heartbeat later (issue 16:
+        #: at 5,000 nodes a status write that timed out left its node out of the pool for the whole heartbeat)
+        self.failed: set[str] = set()
 
     def publish_all(self) -> int:
         """Publish every node's GPUNode, `publish_workers` at a time within `publish_qps`; returns how many
         succeeded. The first round lists the GPUNodes once, so each missing one is created straight away."""
-        nodes = sorted(self.inventory.nodes.items())
+        ok = self._publish(sorted(self.inventory.nodes.items()))
+        self.rounds += 1
+        return ok
+
+    def publish_failed(self) -> int:
+        """Publish again the nodes whose last publish failed (and are still in the inventory); how many succeeded."""
+        return self._publish(sorted((n, g) for n, g in self.inventory.nodes.items() if n in self.failed))
+
+    def _publish(self, nodes: Sequence[tuple[str, Sequence[GPUInfo]]]) -> int:
         if not self._listed:
             self._learn_existing()
         with ThreadPoolExecutor(max_workers=self.settings.publish_workers, thread_name_prefix="publish") as pool:
-            ok = sum(pool.map(lambda item: self._publish_one(*item), nodes))
-        self.rounds += 1
-        return ok
+            results = list(pool.map(lambda item: self._publish_one(*item), nodes))
+        for (node, _), ok in zip(nodes, results, strict=True):
+            if ok:
+                self.failed.discard(node)
+            else:
+                self.failed.add(node)
+        self.failed &= set(self.inventory.nodes)
+        return sum(results)
 
     def _learn_existing(self) -> None:
         try:
@@ -309,5 +325,7 @@ class MultiNodeAgent:
             if changed or elapsed >= self.settings.heartbeat_interval_seconds:
                 self.publish_all()
                 elapsed = 0.0
+            elif self.failed:
+                self.publish_failed()
             self.stop_event.wait(self.settings.health_interval_seconds)
             elapsed += self.settings.health_interval_seconds

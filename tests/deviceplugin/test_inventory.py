@@ -275,6 +275,48 @@ def test_multi_node_first_round_lists_once_and_creates_missing_gpunodes_without_
     assert kube.get_gpunode("fr-0")["status"]["gpus"][0]["model"] == "A100"
 
 
+def test_a_failed_publish_is_tried_again_on_the_next_health_tick_not_a_heartbeat_later(
+    tmp_path: Path, kube: Kube
+) -> None:
+    """A GPUNode write refused (a timeout on a loaded API server) used to wait for the next heartbeat round (an hour
+    in the 5,000-node bench): its node stayed out of the pool. Now only the failed nodes are published again on the
+    next health tick."""
+    from kubeio.client import ApiError
+
+    path = tmp_path / "nodes.yaml"
+    path.write_text("rt-0:\n- {model: A100, memoryMiB: 81920}\nrt-1:\n- {model: T4, memoryMiB: 15360}\n")
+    original = kube.request
+    refused: list[str] = []
+
+    def flaky(method: str, path: str, **kw: Any) -> Any:
+        if "rt-1" in path and not refused:
+            refused.append(path)
+            raise ApiError(504, "Timeout: the server was unable to return a response in the time allotted")
+        return original(method, path, **kw)
+
+    kube.request = flaky  # type: ignore[method-assign]
+    settings = DevicePluginSettings(multi_node=True, fake_inventory=str(path), publish_workers=1, publish_qps=0,
+                                    health_interval_seconds=0.05, heartbeat_interval_seconds=3600)  # fmt: skip
+    agent = MultiNodeAgent(settings, kube)
+    import threading
+
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    try:
+        def published() -> bool:
+            try:
+                return bool(kube.get_gpunode("rt-1").get("status", {}).get("gpus"))
+            except ApiError:
+                return False
+
+        wait_for(lambda: bool(refused) and published(), timeout=10)
+        assert agent.rounds == 1  # no second heartbeat round: the retry alone published it
+        assert kube.get_gpunode("rt-1")["status"]["gpus"][0]["model"] == "T4"
+    finally:
+        agent.stop_event.set()
+        thread.join(timeout=5)
+
+
 def test_publish_rate_limit_spaces_starts() -> None:
     from deviceplugin.agent import RateLimit
 
