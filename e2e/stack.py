@@ -279,7 +279,8 @@ class Stack:
         from controller.webhooks import render_webhook_configurations
 
         ca = (self.cluster.pki / "ca.crt").read_bytes()
-        docs = render_webhook_configurations(self.webhook_url, ca)
+        users = [f"system:serviceaccount:{SYSTEM_NAMESPACE}:{sa}" for sa in SERVICE_ACCOUNTS]
+        docs = render_webhook_configurations(self.webhook_url, ca, system_users=users)  # as the chart does
         for doc in docs:
             for hook in doc["webhooks"]:
                 sel = hook.setdefault("namespaceSelector", {})
