@@ -276,9 +276,11 @@ class RequestMeter:
 
     @staticmethod
     def per_pod(before: Mapping[str, float], after: Mapping[str, float], pods: int) -> dict[str, float]:
-        """What changed between two samples, per pod, largest first (keys that did not move are left out)."""
+        """What changed between two samples, per pod, largest first; keys that moved by less than one in 200 pods
+        (and by less than 2: an informer's resync, a lease renewal) are left out."""
         delta = {k: v - before.get(k, 0.0) for k, v in after.items()}
-        return {k: round(v / pods, 3) for k, v in sorted(delta.items(), key=lambda kv: (-kv[1], kv[0])) if v > 0}
+        least = max(2.0, pods / 200)
+        return {k: round(v / pods, 3) for k, v in sorted(delta.items(), key=lambda kv: (-kv[1], kv[0])) if v >= least}
 
 
 def pool(n: int) -> Callable[[Callable[[T], Any], list[T]], list[Any]]:

@@ -31,6 +31,7 @@ import re
 import secrets
 import socket
 import ssl
+import subprocess
 import sys
 import time
 import urllib.request
@@ -360,7 +361,10 @@ class Stack:
         want = set(names)
 
         def published() -> bool:
-            r = self.cluster.kubectl("get", "gpunodes.gpupool.io", "-o", "json", check=False)
+            try:
+                r = self.cluster.kubectl("get", "gpunodes.gpupool.io", "-o", "json", check=False)
+            except subprocess.TimeoutExpired:  # a loaded API server answers the list slowly: ask again
+                return False
             if r.returncode != 0:
                 return False
             items = json.loads(r.stdout).get("items") or []
