@@ -84,8 +84,17 @@ class Api:
         return cn
 
     def request(self, method: str, path: str, body: Any = None, ctype: str = "application/json") -> Any:
+        payload = self.raw(method, path, body, ctype, "application/json")
+        return json.loads(payload) if payload else None
+
+    def text(self, path: str) -> str:
+        """A plain-text GET (the API server's /metrics)."""
+        return self.raw("GET", path, None, "application/json", "text/plain").decode()
+
+    def raw(self, method: str, path: str, body: Any, ctype: str, accept: str) -> bytes:
+        """The answer's bytes; a connection the server closed (idle keep-alive) is opened again, twice at most."""
         data = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": ctype, "Accept": "application/json"}
+        headers = {"Content-Type": ctype, "Accept": accept}
         for attempt in range(3):
             cn = self.conn()
             try:
@@ -100,18 +109,8 @@ class Api:
                 continue
             if r.status >= 300:
                 raise RuntimeError(f"{method} {path}: HTTP {r.status}: {payload[:500]!r}")
-            return json.loads(payload) if payload else None
+            return payload
         raise AssertionError("unreachable")
-
-    def text(self, path: str) -> str:
-        """A plain-text GET (the API server's /metrics)."""
-        cn = self.conn()
-        cn.request("GET", path, headers={"Accept": "text/plain"})
-        r = cn.getresponse()
-        payload = r.read()
-        if r.status != 200:
-            raise RuntimeError(f"GET {path}: HTTP {r.status}: {payload[:500]!r}")
-        return payload.decode()
 
     def stream(self, path: str) -> Iterable[dict[str, Any]]:
         """The events of a watch request, one JSON object per line."""
