@@ -20,9 +20,11 @@ In the same run, the same ``gpupool-scheduler`` process binds:
   the moment the watch sees the pod without any scheduling gate (webhook + queue admission).
 * API server requests: ``apiserver_request_total`` (by verb and resource), webhook calls and watch events sent,
   from the API server's /metrics before and after each window, per pod (``requests_per_pod`` in each phase's
-  ``details``: ``create``, ``release`` to the last bound, ``settle`` = the next 10 s; ``api_writes_per_pod`` /
-  ``api_requests_per_pod`` / ``webhook_calls_per_pod``: release + settle). Counts, not times: what each kind of
-  pod costs the API server, whatever the machine's load.
+  ``details``: ``create``, ``release`` to the last bound, ``settle`` = the next 10 s). ``api_writes_per_pod``,
+  ``watch_events_per_pod`` (pods, Events, GPUNodes, GPUQueues: Leases and Node heartbeats grow with the time, not
+  the pods) and ``webhook_calls_per_pod``, over release + settle: counts, not times, what each kind of pod costs
+  the API server whatever the machine's load (a phase slow enough for kwok's Node heartbeats to lapse still adds
+  kube-controller-manager's pod status writes).
 * CPU: utime+stime from ``/proc/<pid>/stat`` of the extender and the controller (and, in ``details``, the
   gpupool-scheduler and kube-apiserver) before and after each phase, divided by the pods bound in it. The top-level
   ``extender_cpu_ms_per_pod`` / ``controller_cpu_ms_per_pod`` are those of the full path (both components work
@@ -341,24 +343,34 @@ def scheduler_path(api: Api, cpu: CpuMeter, ns: str, kind: str, m: int, timeout:
 SETTLE_S = 10.0  # seconds after the last bind over which its aftermath is counted
 
 
+#: what a pod's scheduling writes (gate removal, Binding, Events, status by kwok or kube-scheduler, GPUNode and
+#: GPUQueue statuses); Leases and Node heartbeats are left out of the totals: they grow with the time, not the pods
+POD_PATH = ("pods", "events", "gpunodes.", "gpuqueues.")
+
+
 def request_summary(windows: Mapping[str, tuple[Mapping[str, float], Mapping[str, float]]], m: int,
                     scheduling: Iterable[str]) -> dict[str, Any]:  # fmt: skip
     """``requests_per_pod``: the API server's counts per pod in each window (`RequestMeter`);
-    ``api_writes_per_pod`` / ``api_requests_per_pod`` / ``webhook_calls_per_pod``: the totals over the windows
-    named in *scheduling* (release to bound and what followed: what scheduling the pods cost)."""
+    ``api_writes_per_pod`` / ``webhook_calls_per_pod`` / ``watch_events_per_pod``: totals over the windows named in
+    *scheduling* (release to bound and what followed) of the writes and watch events of `POD_PATH` resources, and of
+    the webhook calls."""
     per = {w: RequestMeter.per_pod(a, b, m) for w, (a, b) in windows.items()}
-    totals = {"writes": 0.0, "requests": 0.0, "webhooks": 0.0}
-    for w in scheduling:
+    return {"requests_per_pod": per, **request_totals(per, scheduling)}
+
+
+def request_totals(per: Mapping[str, Mapping[str, float]], windows: Iterable[str]) -> dict[str, float]:
+    totals = {"api_writes_per_pod": 0.0, "webhook_calls_per_pod": 0.0, "watch_events_per_pod": 0.0}
+    for w in windows:
         for k, v in per[w].items():
-            verb = k.split(" ", 1)[0]
-            if k.startswith("webhook "):
-                totals["webhooks"] += v
-            elif not k.startswith("watch events ") and verb != "WATCH":
-                totals["requests"] += v
-                totals["writes"] += v if verb in ("POST", "PUT", "PATCH", "DELETE", "APPLY") else 0.0
-    return {"requests_per_pod": per, "api_writes_per_pod": round(totals["writes"], 3),
-            "api_requests_per_pod": round(totals["requests"], 3),
-            "webhook_calls_per_pod": round(totals["webhooks"], 3)}  # fmt: skip
+            verb, _, res = k.partition(" ")
+            if verb == "webhook":
+                totals["webhook_calls_per_pod"] += v
+            elif k.startswith("watch events "):
+                if k.removeprefix("watch events ").startswith(POD_PATH):
+                    totals["watch_events_per_pod"] += v
+            elif verb in ("POST", "PUT", "PATCH", "DELETE", "APPLY") and res.startswith(POD_PATH):
+                totals["api_writes_per_pod"] += v
+    return {k: round(v, 3) for k, v in totals.items()}
 
 
 def parse_time(s: str | None) -> float | None:
