@@ -290,6 +290,12 @@ def test_updates_of_a_gpupool_pod_reach_the_webhook_only_when_they_touch_what_it
         ungate = [{"op": "test", "path": "/spec/schedulingGates/0/name", "value": "example.com/hold"},
                   {"op": "remove", "path": "/spec/schedulingGates/0"}]  # fmt: skip
         patch("edited", ns, ungate, _content_type=json_patch)
+        # what else the webhook reads on an update, the API server refuses itself, before any validating webhook
+        for path, value in (("/spec/containers/0/resources/limits/gpupool.io~1gpu-compute", "90"),
+                            ("/spec/containers/0/securityContext", {"privileged": True})):  # fmt: skip
+            with pytest.raises(ApiException) as info:
+                patch("edited", ns, [{"op": "add", "path": path, "value": value}], _content_type=json_patch)
+            assert info.value.status == 422 and "Forbidden: pod updates may not change" in message(info.value)
         edits: list[Any] = [
             {"metadata": {"annotations": {resources.ASSIGNMENT: '{"v":1}'}}},  # a gpupool annotation added
             {"metadata": {"annotations": {resources.QOS: "best-effort"}}},  # changed
