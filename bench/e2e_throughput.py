@@ -18,6 +18,13 @@ In the same run, the same ``gpupool-scheduler`` process binds:
   create request to the moment its watch sees ``spec.nodeName`` (the API's timestamps have 1 s resolution; they
   are reported as a cross-check in ``details``). p50 and p99; ``details.full_path.admitted_*`` is the part up to
   the moment the watch sees the pod without any scheduling gate (webhook + queue admission).
+* API server requests: ``apiserver_request_total`` (by verb and resource), webhook calls and watch events sent,
+  from the API server's /metrics before and after each window, per pod (``requests_per_pod`` in each phase's
+  ``details``: ``create``, ``release`` to the last bound, ``settle`` = the next 10 s). ``api_writes_per_pod``,
+  ``watch_events_per_pod`` (pods, Events, GPUNodes, GPUQueues: Leases and Node heartbeats grow with the time, not
+  the pods) and ``webhook_calls_per_pod``, over release + settle: counts, not times, what each kind of pod costs
+  the API server whatever the machine's load (a phase slow enough for kwok's Node heartbeats to lapse still adds
+  kube-controller-manager's pod status writes).
 * CPU: utime+stime from ``/proc/<pid>/stat`` of the extender and the controller (and, in ``details``, the
   gpupool-scheduler and kube-apiserver) before and after each phase, divided by the pods bound in it. The top-level
   ``extender_cpu_ms_per_pod`` / ``controller_cpu_ms_per_pod`` are those of the full path (both components work
@@ -79,8 +86,17 @@ class Api:
         return cn
 
     def request(self, method: str, path: str, body: Any = None, ctype: str = "application/json") -> Any:
+        payload = self.raw(method, path, body, ctype, "application/json")
+        return json.loads(payload) if payload else None
+
+    def text(self, path: str) -> str:
+        """A plain-text GET (the API server's /metrics)."""
+        return self.raw("GET", path, None, "application/json", "text/plain").decode()
+
+    def raw(self, method: str, path: str, body: Any, ctype: str, accept: str) -> bytes:
+        """The answer's bytes; a connection the server closed (idle keep-alive) is opened again, twice at most."""
         data = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": ctype, "Accept": "application/json"}
+        headers = {"Content-Type": ctype, "Accept": accept}
         for attempt in range(3):
             cn = self.conn()
             try:
@@ -95,7 +111,7 @@ class Api:
                 continue
             if r.status >= 300:
                 raise RuntimeError(f"{method} {path}: HTTP {r.status}: {payload[:500]!r}")
-            return json.loads(payload) if payload else None
+            return payload
         raise AssertionError("unreachable")
 
     def stream(self, path: str) -> Iterable[dict[str, Any]]:
@@ -225,6 +241,49 @@ class CpuMeter:
         return {n: round(1000 * (after[n] - before[n]) / pods, 2) for n in after}
 
 
+_SAMPLE = re.compile(r"^(\w+)\{([^}]*)\} (\S+)$", re.M)
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
+class RequestMeter:
+    """The API server's own counts (its /metrics), by what was asked: a measure of what a pod costs the API
+    server that does not move with the machine's load. Keys: ``VERB resource[/subresource]`` (``.group`` after
+    the resource for other API groups) for requests; ``webhook NAME OPERATION`` for admission webhook calls;
+    ``watch events RESOURCE`` for the events the API server sent to watchers (the fan-out of every write)."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+
+    def sample(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for metric, labels, value in _SAMPLE.findall(self.api.text("/metrics")):
+            lab = dict(_LABEL.findall(labels))
+            if metric == "apiserver_request_total":
+                res = lab.get("resource", "")
+                if lab.get("group"):
+                    res += "." + lab["group"]
+                if lab.get("subresource"):
+                    res += "/" + lab["subresource"]
+                key = f"{lab.get('verb', '')} {res}"
+            elif metric == "apiserver_admission_webhook_admission_duration_seconds_count":
+                key = f"webhook {lab.get('name', '')} {lab.get('operation', '')}"
+            elif metric == "apiserver_watch_events_total":
+                res = lab.get("resource") or lab.get("kind", "")
+                key = f"watch events {res}.{lab['group']}" if lab.get("group") else f"watch events {res}"
+            else:
+                continue
+            out[key] = out.get(key, 0.0) + float(value)
+        return out
+
+    @staticmethod
+    def per_pod(before: Mapping[str, float], after: Mapping[str, float], pods: int) -> dict[str, float]:
+        """What changed between two samples, per pod, largest first; keys that moved by less than one in 200 pods
+        (and by less than 2: an informer's resync, a lease renewal) are left out."""
+        delta = {k: v - before.get(k, 0.0) for k, v in after.items()}
+        least = max(2.0, pods / 200)
+        return {k: round(v / pods, 3) for k, v in sorted(delta.items(), key=lambda kv: (-kv[1], kv[0])) if v >= least}
+
+
 def pool(n: int) -> Callable[[Callable[[T], Any], list[T]], list[Any]]:
     """``pool(k)(fn, items)``: fn over items on k threads."""
 
@@ -239,6 +298,8 @@ def scheduler_path(api: Api, cpu: CpuMeter, ns: str, kind: str, m: int, timeout:
     """Create m held pods, remove every hold at once, time from the first removal to the last bound."""
     watch = BindWatch(api, ns)
     names = [f"{kind}-{i:05d}" for i in range(m)]
+    meter = RequestMeter(api)
+    r0 = meter.sample()
     t0 = time.monotonic()
     pool(16)(lambda n: api.request("POST", f"/api/v1/namespaces/{ns}/pods",
                                    pod_body(n, kind, hold=True, scheduler=True)), names)  # fmt: skip
@@ -252,12 +313,16 @@ def scheduler_path(api: Api, cpu: CpuMeter, ns: str, kind: str, m: int, timeout:
         sent[n] = time.monotonic()
         api.request("PATCH", f"/api/v1/namespaces/{ns}/pods/{n}", release, "application/json-patch+json")
 
+    r1 = meter.sample()
     c0 = cpu.sample()
     t_rel = time.monotonic()
     pool(32)(ungate, names)
     released = time.monotonic() - t_rel
     bound = watch.wait(names, timeout)
     c1 = cpu.sample()
+    r2 = meter.sample()
+    time.sleep(SETTLE_S)  # what the binds cause afterwards (kwok's status, the controller's GPUNode status)
+    r3 = meter.sample()
     watch.stop = True
     last = max(bound.values()) - t_rel
     lat = [bound[n] - sent[n] for n in names]  # this pod's gate removal sent -> its bind seen
@@ -271,7 +336,41 @@ def scheduler_path(api: Api, cpu: CpuMeter, ns: str, kind: str, m: int, timeout:
         "after_release_s": round(last - released, 2),  # ~0: the run was bound by the gate removals, not the scheduler
         "first_bound_s": round(min(bound.values()) - t_rel, 2),
         "cpu_ms_per_pod": CpuMeter.per_pod_ms(c0, c1, m),
+        **request_summary({"create": (r0, r1), "release": (r1, r2), "settle": (r2, r3)}, m, ("release", "settle")),
     }
+
+
+SETTLE_S = 10.0  # seconds after the last bind over which its aftermath is counted
+
+
+#: what a pod's scheduling writes (gate removal, Binding, Events, status by kwok or kube-scheduler, GPUNode and
+#: GPUQueue statuses); Leases and Node heartbeats are left out of the totals: they grow with the time, not the pods
+POD_PATH = ("pods", "events", "gpunodes.", "gpuqueues.")
+
+
+def request_summary(windows: Mapping[str, tuple[Mapping[str, float], Mapping[str, float]]], m: int,
+                    scheduling: Iterable[str]) -> dict[str, Any]:  # fmt: skip
+    """``requests_per_pod``: the API server's counts per pod in each window (`RequestMeter`);
+    ``api_writes_per_pod`` / ``webhook_calls_per_pod`` / ``watch_events_per_pod``: totals over the windows named in
+    *scheduling* (release to bound and what followed) of the writes and watch events of `POD_PATH` resources, and of
+    the webhook calls."""
+    per = {w: RequestMeter.per_pod(a, b, m) for w, (a, b) in windows.items()}
+    return {"requests_per_pod": per, **request_totals(per, scheduling)}
+
+
+def request_totals(per: Mapping[str, Mapping[str, float]], windows: Iterable[str]) -> dict[str, float]:
+    totals = {"api_writes_per_pod": 0.0, "webhook_calls_per_pod": 0.0, "watch_events_per_pod": 0.0}
+    for w in windows:
+        for k, v in per[w].items():
+            verb, _, res = k.partition(" ")
+            if verb == "webhook":
+                totals["webhook_calls_per_pod"] += v
+            elif k.startswith("watch events "):
+                if k.removeprefix("watch events ").startswith(POD_PATH):
+                    totals["watch_events_per_pod"] += v
+            elif verb in ("POST", "PUT", "PATCH", "DELETE", "APPLY") and res.startswith(POD_PATH):
+                totals["api_writes_per_pod"] += v
+    return {k: round(v, 3) for k, v in totals.items()}
 
 
 def parse_time(s: str | None) -> float | None:
@@ -307,12 +406,17 @@ def full_path(api: Api, cpu: CpuMeter, ns: str, m: int, timeout: float) -> dict[
                     raise
                 time.sleep(1.0)
 
+    meter = RequestMeter(api)
+    r0 = meter.sample()
     c0 = cpu.sample()
     t0 = time.monotonic()
     pool(16)(create, names)
     created = time.monotonic() - t0
     bound = watch.wait(names, timeout)
     c1 = cpu.sample()
+    r1 = meter.sample()
+    time.sleep(SETTLE_S)
+    r2 = meter.sample()
     watch.stop = True
     lat = [bound[n] - sent[n] for n in names]
     admitted = [watch.ungated[n] - sent[n] for n in names if n in watch.ungated]  # webhook + queue admission
@@ -338,6 +442,7 @@ def full_path(api: Api, cpu: CpuMeter, ns: str, m: int, timeout: float) -> dict[
         "api_timestamps_p50_s": quantile(api_lat, 0.50) if api_lat else None,
         "api_timestamps_p99_s": quantile(api_lat, 0.99) if api_lat else None,
         "cpu_ms_per_pod": CpuMeter.per_pod_ms(c0, c1, m),
+        **request_summary({"burst": (r0, r1), "settle": (r1, r2)}, m, ("burst", "settle")),
     }
 
 
@@ -425,6 +530,9 @@ def one_run(api: Api, c: Cluster, stack: Stack, cpu: CpuMeter, args: argparse.Na
         # the target's yardstick: the gpupool scheduler path's per-pod latency, gate removal -> bound, p99
         "scheduler_path_p99_s": results["gpupool"]["p99_s"],
         "full_vs_scheduler_p99": None,
+        # the API server's writes per pod from release to bound (+ SETTLE_S): load-insensitive, what gpupool adds
+        "plain_api_writes_per_pod": results["plain"]["api_writes_per_pod"],
+        "gpupool_api_writes_per_pod": results["gpupool"]["api_writes_per_pod"],
     }
     if not args.no_full_path:
         namespace(api, c, ns_full, {})
@@ -455,7 +563,7 @@ def one_run(api: Api, c: Cluster, stack: Stack, cpu: CpuMeter, args: argparse.Na
 
 MEDIAN_KEYS = ("plain_pods_per_s", "gpupool_pods_per_s", "ratio", "full_path_p50_s", "full_path_p99_s",
                "extender_cpu_ms_per_pod", "controller_cpu_ms_per_pod", "scheduler_path_p99_s",
-               "full_vs_scheduler_p99")  # fmt: skip
+               "full_vs_scheduler_p99", "plain_api_writes_per_pod", "gpupool_api_writes_per_pod")  # fmt: skip
 
 
 def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -107,7 +108,13 @@ class Controller:
         #: what reads or changes the model (tests/controller/test_handler_threads.py)
         self.lock = threading.RLock()
         self._queue_status: dict[str, dict[str, Any]] = {}
-        self._node_status: dict[str, dict[str, Any]] = {}
+        self._node_status: dict[str, dict[str, Any]] = {}  # GPUNode statuses as last written
+        #: GPUNode statuses as last computed, at which ledger `change_mark`; those that differ from what was
+        #: written; when each node's status was last written (`write_status`)
+        self._node_rows: dict[str, dict[str, Any]] = {}
+        self._node_rows_mark: int | None = None
+        self._node_stale: set[str] = set()
+        self._node_written_at: dict[str, float] = {}
         self._refused: dict[str, set[str]] = {}  # preemptor -> victims whose eviction was refused
         #: preemptor -> ((ledger generation, manager version, refused), plan, why none): the search is not run
         #: again for a head whose inputs did not change (docs/e2e.md "Controller at scale")
@@ -335,6 +342,7 @@ class Controller:
             self.ledger.remove_node(name)
             self._limits = None
             self._node_status.pop(name, None)
+            self._node_written_at.pop(name, None)
             self._node_infos.pop(name, None)
             return
         self.gpunodes[name] = dict(obj)
@@ -576,7 +584,7 @@ class Controller:
         counts["events"] += await self._warn_quarantined()
         counts["events"] += await self._resize_events(now)
         await self._health_gc()
-        await self.write_status()
+        await self.write_status(now)
         return counts
 
     async def _concurrently(self, calls: Iterable[Callable[[], Awaitable[T]]]) -> list[T]:
@@ -883,14 +891,25 @@ class Controller:
             _gpu_metrics(name, row)
         return out
 
-    async def write_status(self) -> None:
+    async def write_status(self, now: float) -> None:
         """Patch the GPUQueue and GPUNode statuses that changed since last written (in parallel, bounded); the
-        per-GPU metrics are set only for those nodes (setting 16,000 series per cycle cost seconds at scale)."""
+        per-GPU metrics are set only for those nodes (setting 16,000 series per cycle cost seconds at scale).
+
+        A GPUNode's status is written at most once per `gpunode_status_interval_seconds`: the first change
+        after a quiet spell at once, the changes of a burst of binds on that node together, at most that long
+        (plus a cycle) later. Each write is one more API write and a watch event to every GPUNode watcher (the
+        extender, the node agents) per bound pod otherwise (docs/e2e.md, "what gpupool adds per pod"). The
+        statuses are computed again only when the ledger logged a change."""
         assert self.kube is not None
         queues = [(n, row) for n, row in self.queue_statuses().items() if self._queue_status.get(n) != row]
         with self.lock:
-            rows = status.node_statuses(self.ledger)
-        nodes = [(n, row) for n, row in rows.items() if self._node_status.get(n) != row]
+            mark = self.ledger.change_mark()
+            if mark != self._node_rows_mark:
+                self._node_rows, self._node_rows_mark = status.node_statuses(self.ledger), mark
+                self._node_stale = {n for n, row in self._node_rows.items() if self._node_status.get(n) != row}
+        interval = self.settings.gpunode_status_interval_seconds
+        due = sorted(n for n in self._node_stale if now - self._node_written_at.get(n, -math.inf) >= interval)
+        nodes = [(n, self._node_rows[n]) for n in due]
         for name, row in nodes:
             _gpu_metrics(name, row)
 
@@ -899,6 +918,10 @@ class Controller:
             try:
                 await self.kube.patch_status(plural, name, row)
                 last[name] = row
+                if plural == objects.GPUNODE_PLURAL:
+                    self._node_written_at[name] = now
+                    if self._node_rows.get(name) is row:
+                        self._node_stale.discard(name)
             except Exception as exc:
                 log.warning("%s %s status: %s", "GPUQueue" if plural == objects.GPUQUEUE_PLURAL else "GPUNode",
                             name, exc)  # fmt: skip

@@ -47,6 +47,11 @@ class ControllerSettings(PoolSettings):
         16, ge=1, le=64,
         description="API writes of one cycle in flight at once (gate removals, conditions, Events, statuses)",
     )  # fmt: skip
+    gpunode_status_interval_seconds: float = Field(
+        5.0, ge=0,
+        description="a GPUNode's status is written again at most this often (a burst of binds is one write); "
+                    "0 = on every cycle that changed it",
+    )  # fmt: skip
     reservation_ttl_seconds: float = Field(600.0, gt=0, description="admitted pods that do not bind release it")
     nomination_ttl_seconds: float = Field(300.0, gt=0, description="nominations of preemptors expire")
     group_bind_timeout_seconds: float = Field(

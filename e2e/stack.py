@@ -31,6 +31,7 @@ import re
 import secrets
 import socket
 import ssl
+import subprocess
 import sys
 import time
 import urllib.request
@@ -279,7 +280,8 @@ class Stack:
         from controller.webhooks import render_webhook_configurations
 
         ca = (self.cluster.pki / "ca.crt").read_bytes()
-        docs = render_webhook_configurations(self.webhook_url, ca)
+        users = [f"system:serviceaccount:{SYSTEM_NAMESPACE}:{sa}" for sa in SERVICE_ACCOUNTS]
+        docs = render_webhook_configurations(self.webhook_url, ca, system_users=users)  # as the chart does
         for doc in docs:
             for hook in doc["webhooks"]:
                 sel = hook.setdefault("namespaceSelector", {})
@@ -359,7 +361,10 @@ class Stack:
         want = set(names)
 
         def published() -> bool:
-            r = self.cluster.kubectl("get", "gpunodes.gpupool.io", "-o", "json", check=False)
+            try:
+                r = self.cluster.kubectl("get", "gpunodes.gpupool.io", "-o", "json", check=False)
+            except subprocess.TimeoutExpired:  # a loaded API server answers the list slowly: ask again
+                return False
             if r.returncode != 0:
                 return False
             items = json.loads(r.stdout).get("items") or []

@@ -264,6 +264,68 @@ def test_unrelated_pods_never_reach_the_webhook(real: RealAPI, ns: str, controll
     wait_webhook_serving(real, ns, lambda n: real.create_pod(ns, gpu_pod(n)))
 
 
+def test_updates_of_a_gpupool_pod_reach_the_webhook_only_when_they_touch_what_it_checks(
+    real: RealAPI, ns: str, controller: ControllerProcess
+) -> None:
+    """Issue 16: every UPDATE of a gpupool pod called the validating webhook (a label, a finalizer, another
+    scheduling gate), one more round trip per edit that plain pods never pay. Now only an edit of a gpupool.io/
+    annotation or of the admission gate does: with the controller stopped and failurePolicy Fail, every other
+    edit goes through, those two fail calling the webhook."""
+    create_queue(real, ns, 0)  # no quota: the pod keeps its admission gate
+    body = gpu_pod("edited", annotations={resources.QOS: "guaranteed", "example.com/note": "a"})
+    body["spec"]["schedulingGates"] = [{"name": "example.com/hold"}]
+    real.create_pod(ns, body)
+    stays_gated(real, ns, "edited", 0.5)
+    assert [g["name"] for g in real.pod(ns, "edited")["spec"]["schedulingGates"]] == [
+        "example.com/hold", resources.ADMISSION_GATE]  # fmt: skip
+    patch = real.core.patch_namespaced_pod
+    json_patch = "application/json-patch+json"
+    controller.stop()
+    try:
+        patch("edited", ns, {"metadata": {"labels": {"team": "a"}}})
+        patch("edited", ns, {"metadata": {"annotations": {"example.com/note": "b", "example.com/new": "c"}}})
+        patch("edited", ns, {"metadata": {"finalizers": ["example.com/keep"]}})
+        patch("edited", ns, [{"op": "remove", "path": "/metadata/finalizers"}], _content_type=json_patch)
+        # the user's own gate goes, gpupool's stays
+        ungate = [{"op": "test", "path": "/spec/schedulingGates/0/name", "value": "example.com/hold"},
+                  {"op": "remove", "path": "/spec/schedulingGates/0"}]  # fmt: skip
+        patch("edited", ns, ungate, _content_type=json_patch)
+        # what else the webhook reads on an update, the API server refuses itself, before any validating webhook
+        for path, value in (("/spec/containers/0/resources/limits/gpupool.io~1gpu-compute", "90"),
+                            ("/spec/containers/0/securityContext", {"privileged": True})):  # fmt: skip
+            with pytest.raises(ApiException) as info:
+                patch("edited", ns, [{"op": "add", "path": path, "value": value}], _content_type=json_patch)
+            assert info.value.status == 422 and "Forbidden: pod updates may not change" in message(info.value)
+        edits: list[Any] = [
+            {"metadata": {"annotations": {resources.ASSIGNMENT: '{"v":1}'}}},  # a gpupool annotation added
+            {"metadata": {"annotations": {resources.QOS: "best-effort"}}},  # changed
+            {"metadata": {"annotations": {resources.QOS: None}}},  # removed
+            [{"op": "remove", "path": "/spec/schedulingGates"}],  # the admission gate removed
+        ]
+        for edit in edits:
+            with pytest.raises(ApiException) as info:
+                kind = {"_content_type": json_patch} if isinstance(edit, list) else {}
+                patch("edited", ns, edit, **kind)
+            assert "failed calling webhook" in message(info.value), (edit, message(info.value))
+            assert VALIDATE_HOOK in message(info.value), (edit, message(info.value))
+    finally:
+        controller.start()
+    wait_webhook_serving(real, ns, lambda n: real.create_pod(ns, gpu_pod(n)))
+    pod = real.pod(ns, "edited")
+    assert pod["metadata"]["labels"] == {"team": "a"} and not pod["metadata"].get("finalizers")
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["example.com/note"] == "b" and annotations[resources.QOS] == "guaranteed"
+    assert resources.ASSIGNMENT not in annotations
+    assert [g["name"] for g in pod["spec"]["schedulingGates"]] == [resources.ADMISSION_GATE]
+    # and the webhook, serving again, still refuses what it refused (the same edits by a user)
+    with pytest.raises(ApiException) as info:
+        patch("edited", ns, {"metadata": {"annotations": {resources.ASSIGNMENT: '{"v":1}'}}})
+    assert f'"{VALIDATE_HOOK}" denied' in message(info.value), message(info.value)
+    with pytest.raises(ApiException) as info:
+        patch("edited", ns, [{"op": "remove", "path": "/spec/schedulingGates"}], _content_type=json_patch)
+    assert f"spec.schedulingGates[{resources.ADMISSION_GATE}]" in message(info.value), message(info.value)
+
+
 # --- queue admission ------------------------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 from unittest import mock
 
+from controller import status
 from controller.leader import LeaseElector, lease_spec, may_hold
 from controller.runtime import Controller
 from controller.settings import ControllerSettings
@@ -152,6 +153,49 @@ def test_bound_pods_count_in_gpunode_status() -> None:
     assert node["allocated"][0] == {"uuid": "GPU-n1-0", "compute": 100, "memoryMiB": 40960, "slices": 1,
                                     "reservedCompute": 0, "reservedMemoryMiB": 0}  # fmt: skip
     assert node["computePercent"] == 50
+
+
+def test_a_burst_of_binds_on_one_node_writes_its_status_once_per_interval_and_ends_right() -> None:
+    """Issue 16: every cycle after a bind patched the node's GPUNode status, one more API write and a watch event
+    to every GPUNode watcher per bound pod. Now at most one write per node per `gpunode_status_interval_seconds`:
+    the first change at once, the rest of a burst together, and the last status is the node's."""
+    c, kube = make()  # gpunode_status_interval_seconds: 5
+    c.on_gpunode("ADDED", gpunode("n1", gpus=8))
+    c.on_gpunode("ADDED", gpunode("n2", gpus=1))
+    t0 = 2e9
+    run(c.cycle(now=t0))
+
+    def written(node: str) -> list[dict[str, Any]]:
+        return [s[3] for s in kube.of("status") if s[1] == "gpunodes" and s[2] == node]
+
+    assert written("n1")[-1]["computePercent"] == 0 and len(written("n2")) == 1
+    kube.calls.clear()
+    for i in range(8):  # one bind a second: 8 cycles that each changed n1
+        c.on_pod("ADDED", bound(f"p{i}", "n1", i))
+        run(c.cycle(now=t0 + 10 + i))
+    assert [w["computePercent"] for w in written("n1")] == [12, 75], written("n1")  # at +10 s and +15 s
+    assert written("n1")[0]["allocated"][0]["slices"] == 1  # the first change after a quiet spell: at once
+    assert written("n2") == []  # nothing changed there
+    run(c.cycle(now=t0 + 20))  # the burst is over: the rest is written within the interval
+    last = written("n1")[-1]
+    assert [g["slices"] for g in last["allocated"]] == [1] * 8 and last["computePercent"] == 100
+    assert last == status.node_statuses(c.ledger)["n1"]
+    n = len(written("n1"))
+    run(c.cycle(now=t0 + 30))
+    assert len(written("n1")) == n  # nothing changed since: nothing written
+    c.on_pod("DELETED", bound("p0", "n1", 0))
+    run(c.cycle(now=t0 + 31))
+    assert written("n1")[-1]["allocated"][0]["slices"] == 0  # quiet for longer than the interval: at once
+
+
+def test_gpunode_status_interval_zero_writes_every_change() -> None:
+    c, kube = make(gpunode_status_interval_seconds=0)
+    c.on_gpunode("ADDED", gpunode("n1", gpus=4))
+    run(c.cycle(now=2e9))
+    for i in range(4):
+        c.on_pod("ADDED", bound(f"p{i}", "n1", i))
+        run(c.cycle(now=2e9 + 1 + i / 10))
+    assert len([s for s in kube.of("status") if s[1] == "gpunodes"]) == 5
 
 
 def test_preemption_evicts_fewest_victims_then_nominates_and_admits_after_they_leave() -> None:
