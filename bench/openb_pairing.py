@@ -6,13 +6,16 @@ then by fgdpp's score; every other pod, and every pod with no such GPU, is place
 lexicographic (near-perfect, 100 − remainder, fgdpp's score), encoded in one integer above 100 — outside the
 0..100 score contract, so this lives here and not in `gpupool.policies` (`--encoding clip` keeps 0..100: a
 near-perfect fit scores 100 − remainder and every other choice at most 100 − threshold − 1, with ties in the
-remainder to the node order instead of fgdpp's score).
+remainder to the node order instead of fgdpp's score). `--avoid-dead` adds a tier below: a choice that leaves a
+partially used GPU with a *dead* remainder (above the threshold, below the smallest sharing share: no task of M
+fits it) comes after every other choice, a fully free GPU included.
 
 Each run replays the published protocol (`gpupool.simulator.protocol`) up to arrived = 100.5 % and prints the
 allocation at 100 % arrived as `gpupool simulate` discretises it (the mean over the pods with round(arrived) = 100).
 
     .venv/bin/python bench/openb_pairing.py --seeds 42,43,44                  # default trace, threshold M's c_min / 2
     .venv/bin/python bench/openb_pairing.py --pods ../shared/data/openb/openb_pod_list_gpushare40.csv --baseline
+    .venv/bin/python bench/openb_pairing.py --avoid-dead --seeds 42,43,44,45,46,47,48,49,50,51
 """
 
 from __future__ import annotations
@@ -47,16 +50,22 @@ def smallest_share(workload: Workload) -> int:
 class NearFitFirst(FGDPlusPlus):
     """fgdpp, but a sharing pod takes a partially used GPU it fills to within `threshold` units first."""
 
-    def __init__(self, *args: object, threshold: int | None = None, clip: bool = False, **kwargs: object) -> None:
+    def __init__(self, *args: object, threshold: int | None = None, clip: bool = False, avoid_dead: bool = False,
+                 **kwargs: object) -> None:  # fmt: skip
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.threshold = smallest_share(self.workload) // 2 if threshold is None else threshold
+        self.smallest = smallest_share(self.workload)
+        self.threshold = self.smallest // 2 if threshold is None else threshold
         self.clip = clip
+        self.avoid_dead = avoid_dead
 
     def evaluate_rows(self, index: CapacityIndex, rows: list[int], demand: Demand) -> list[Choice | None] | None:
         return None  # state by state: the array form has no near-fit key
 
-    def _key(self, score: int, remainder: int | None, node: bool) -> int:
-        """(near-perfect, 100 − remainder, score) as one integer; `remainder` None = not a near-perfect fit."""
+    def _key(self, score: int, remainder: int | None, node: bool, dead: bool = False) -> int:
+        """(near-perfect, 100 − remainder, not dead, score) as one integer; `remainder` None = not a near-perfect
+        fit; `dead`: leaves a remainder no task of M fits (counted only with `avoid_dead`)."""
+        if dead and self.avoid_dead:
+            return score - 200
         if self.clip and node:
             return 100 - remainder if remainder is not None else min(score, 100 - self.threshold - 1)
         return score if remainder is None else (1000 + WHOLE_GPU_COMPUTE - remainder) * 1000 + score
@@ -69,7 +78,7 @@ class NearFitFirst(FGDPlusPlus):
         mem1 = None if view.memory_free is None else view.memory_free - demand.memory_mib
         fc, fm, tm = list(view.free_compute), list(view.free_memory), view.total_memory
         f0 = self.fragment(view.cpu_free, fc, view.model, view.memory_free, (fm, tm))
-        best: tuple[int, int, float, int | None] | None = None
+        best: tuple[int, int, float, int | None, bool] | None = None
         seen: set[tuple[int, int, int]] = set()
         for j in range(len(fc)):
             sig = (fc[j], fm[j], tm[j])
@@ -79,25 +88,27 @@ class NearFitFirst(FGDPlusPlus):
             taken = tm[j] if group.memory_mib is None else group.memory_mib
             left = fc[j] - group.compute
             near = left if fc[j] < WHOLE_GPU_COMPUTE and left <= self.threshold else None
+            dead = fc[j] < WHOLE_GPU_COMPUTE and self.threshold < left < self.smallest
             fc[j] -= group.compute
             fm[j] -= taken
             f1 = self.fragment(cpu1, fc, view.model, mem1, (fm, tm))
             fc[j] += group.compute
             fm[j] += taken
-            value = self._key(fgd_score(f0 - f1), near, False)
+            value = self._key(fgd_score(f0 - f1), near, False, dead)
             if best is None or value > best[0]:
-                best = (value, j, f1, near)
+                best = (value, j, f1, near, dead)
         if best is None:
             return None
-        _, j, f1, near = best
+        _, j, f1, near, dead = best
         score = fgd_score(f0 - f1 - self.reservation(view.model, demand))
-        return Choice(self._key(score, near, True), ((j,),))
+        return Choice(self._key(score, near, True, dead), ((j,),))
 
 
 def alloc_at_100(
-    nodes: list[TraceNode], pods: list[TracePod], seed: int, variant: tuple[int | None, bool] | None
+    nodes: list[TraceNode], pods: list[TracePod], seed: int, variant: tuple[int | None, bool, bool] | None
 ) -> float:
-    """One replay of fgdpp (`variant` None) or `NearFitFirst` with (threshold, clip): allocation % at 100 % arrived."""
+    """One replay of fgdpp (`variant` None) or `NearFitFirst` with (threshold, clip, avoid_dead): allocation % at
+    100 % arrived."""
     rng = random.Random(seed)
     capacity_milli = total_gpu_milli(nodes)
     order = shuffled_pods(pods, rng, capacity_milli, DEFAULT_TUNE)
@@ -106,7 +117,7 @@ def alloc_at_100(
     pool = build_pool(pool_config("fgdpp", seed, workload, reservation_workload=reservation), rank=rank.__getitem__)
     if variant is not None:
         pool.placer.policies["fgdpp"] = NearFitFirst(
-            workload, reservation_workload=reservation, threshold=variant[0], clip=variant[1]
+            workload, reservation_workload=reservation, threshold=variant[0], clip=variant[1], avoid_dead=variant[2]
         )
     ledger, placer = build_ledger(nodes, pool.ledger), pool.placer
     engine = pool.placer.policies["fgdpp"]
@@ -137,11 +148,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="42,43,44", help="comma-separated replay seeds")
     parser.add_argument("--threshold", type=int, default=None, help="near-perfect remainder, units (default c_min / 2)")
     parser.add_argument("--encoding", choices=("lex", "clip"), default="lex")
+    parser.add_argument("--avoid-dead", action="store_true", help="dead remainders after every other choice")
     parser.add_argument("--baseline", action="store_true", help="also run fgdpp itself on each seed")
     args = parser.parse_args(argv)
 
     nodes, pods = load_nodes(args.nodes), load_pods(args.pods)
-    runs: list[tuple[str, tuple[int | None, bool] | None]] = [("near-fit", (args.threshold, args.encoding == "clip"))]
+    variant = (args.threshold, args.encoding == "clip", bool(args.avoid_dead))
+    runs: list[tuple[str, tuple[int | None, bool, bool] | None]] = [("near-fit", variant)]
     if args.baseline:
         runs.insert(0, ("fgdpp", None))
     for seed in (int(s) for s in args.seeds.split(",")):
