@@ -70,6 +70,10 @@ class CapacityIndex:
     def __len__(self) -> int:
         return len(self._row)
 
+    def names(self) -> list[str]:
+        """The nodes that have a row."""
+        return list(self._row)
+
     def rows(self, names: list[str]) -> list[int]:
         """The row of each of `names`, -1 for a node not in the index."""
         get = self._row.get

@@ -231,9 +231,9 @@ class Ledger:
         self._quarantined: dict[str, Holding] = {}
         #: a planning copy (`copy()`): the only kind of ledger `without` may change
         self.scratch = False
-        #: free capacity per node (`capacity_index`), built on first use; nodes changed since its last refresh
+        #: free capacity per node (`capacity_index`), built on first use, and the `change_mark` it is current at
         self._free_index: CapacityIndex | None = None
-        self._capacity_stale: set[str] = set()
+        self._free_mark = 0
         #: an `overlay()`'s nodes still shared with the ledger it was made from (cloned on first change: `_own`)
         self._shared: set[str] = set()
 
@@ -404,8 +404,6 @@ class Ledger:
             del self._gpus[g.uuid]
         del self._nodes[name]
         self._kid_of.pop(name, None)
-        if self._free_index is not None:
-            self._capacity_stale.add(name)
         key = self._node_key.pop(name, None)
         if key is not None:
             self._unindex(name, key)
@@ -847,8 +845,6 @@ class Ledger:
             self._own(name)
         self._nodes[name].view = None
         self._kid_of.pop(name, None)
-        if self._free_index is not None:
-            self._capacity_stale.add(name)
         self.generation += 1
         self._log_change(name)
         if self._indexed:  # the index is kept up to date once someone asked for it
@@ -926,22 +922,25 @@ class Ledger:
 
     def capacity_index(self) -> CapacityIndex:
         """The free capacity of every node as numpy rows (`gpupool.capacity`), current: built from the views on
-        first use, then only the rows of nodes changed since the last call are copied again."""
+        first use, then only the rows of the nodes the change log names since the last call are copied again."""
         index = self._free_index
+        changed = None if index is None else self.changes_since(self._free_mark)
         if index is None:
             index = self._free_index = CapacityIndex()
-            self._capacity_stale = set(self._nodes)
-        while self._capacity_stale or index.kid_epoch != self.kid_epoch:
-            if index.kid_epoch != self.kid_epoch:  # kids renumbered (`_build_view`): every row's kid is stale
-                index.kid_epoch = self.kid_epoch
-                self._capacity_stale.update(self._nodes)
+        while changed is None or changed or index.kid_epoch != self.kid_epoch:
+            if changed is None or index.kid_epoch != self.kid_epoch:  # new, the log no longer reaches back, or kids
+                index.kid_epoch = self.kid_epoch  # renumbered (`_build_view`): every row is stale
+                names = set(self._nodes).union(index.names())
+            else:
+                names = set(changed)
+            self._free_mark = self.change_mark()
             nodes = self._nodes
-            for name in sorted(self._capacity_stale):
+            for name in sorted(names):
                 if name in nodes:
                     index.put(self.view(name))
                 else:
                     index.drop(name)
-            self._capacity_stale.clear()
+            changed = self.changes_since(self._free_mark)  # building views logs nothing: empty
         return index
 
     def kids(self, names: list[str]) -> list[int]:

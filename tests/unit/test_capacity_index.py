@@ -255,3 +255,24 @@ def test_remembered_scores_follow_renumbered_kids(monkeypatch: pytest.MonkeyPatc
     assert ledger.kid_epoch > epoch  # the kids were renumbered
     assert got == scores_reference(placer, request, names)
     assert got[2] == NO_SCORE
+
+
+@pytest.mark.parametrize("why", ["log outrun", "kids renumbered"])
+def test_a_full_refresh_drops_the_rows_of_removed_nodes(monkeypatch: pytest.MonkeyPatch, why: str) -> None:
+    """The index follows the ledger's change log; when that log no longer reaches back to its last refresh, or the
+    kids were renumbered, every row is copied again, and a node removed since must lose its row (else a node out of
+    the pool keeps the verdict of its last state)."""
+    monkeypatch.setattr(ledger_module, "_MAX_CHANGES" if why == "log outrun" else "_MAX_KIDS", 4)
+    ledger = Ledger()
+    for name in ("a", "b"):
+        ledger.upsert_node(NodeInfo(name, (GPUInfo(f"{name}0", 0, "M", 1024),)))
+    assert ledger.capacity_index().rows(["a", "b"]) == [0, 1]
+    epoch, mark = ledger.kid_epoch, ledger.change_mark()
+    ledger.remove_node("a")
+    for i in range(6):  # more changes than the log keeps, and new states past `_MAX_KIDS`
+        ledger.commit(f"p{i}", "b", [PlannedSlice(0, False, "b0", 10, 100)])
+        ledger.view("b")  # each a new state: a kid each
+    assert ledger.changes_since(mark) is None if why == "log outrun" else ledger.kid_epoch > epoch
+    index = ledger.capacity_index()
+    assert index.rows(["a", "b"])[0] == -1
+    assert index.codes(1, 100, None, 0, 0)[index.rows(["b"])[0]] == capacity.SHORTAGE
