@@ -653,14 +653,20 @@ class Placer:
         if scored is not None:
             scores, fits = scored
         else:
-            choices = policy.evaluate_rows(index, rows, demand)
-            if choices is None:
-                choices = [policy.evaluate(self.ledger.view(nodes[i]), demand) for i in at]
+            choices = self._evaluate_states(policy, demand, index, rows, [nodes[i] for i in at])
             memo = self._memo(self._choices, (policy.name, demand))
             memo.update(zip(index.kid[rows].tolist(), choices, strict=True))
             scores = np.array([0 if c is None else c.score for c in choices], dtype=np.int64)
             fits = np.array([c is not None for c in choices], dtype=bool)
         return np.where(fits, np.clip(scores, _UNKNOWN + 1, _MOST), NO_SCORE).astype(np.int16)
+
+    def _evaluate_states(
+        self, policy: Policy, demand: Demand, index: capacity.CapacityIndex, rows: list[int], names: list[str]
+    ) -> list[Choice | None]:
+        """`evaluate` of the node states of `rows` of `index` (`names[i]`: a node of state i): together through
+        `Policy.evaluate_rows` where the policy has it, else one by one."""
+        choices = policy.evaluate_rows(index, rows, demand)
+        return choices if choices is not None else [policy.evaluate(self.ledger.view(name), demand) for name in names]
 
     def _evaluate(
         self, policy: Policy, request: PodRequest, demand: Demand, nodes: list[str]
@@ -681,10 +687,8 @@ class Placer:
                 states = list(unknown)
                 names = [of_kid[kid] for kid in states]
                 index = self.ledger.capacity_index()
-                choices = policy.evaluate_rows(index, index.rows(names), demand)
-                if choices is None:
-                    choices = [policy.evaluate(self.ledger.view(name), demand) for name in names]
-                memo.update(zip(states, choices, strict=True))
+                memo.update(zip(states, self._evaluate_states(policy, demand, index, index.rows(names), names),
+                                strict=True))  # fmt: skip
             memo_get = memo.get
             per_node = {node: c for node, kid in zip(nodes, kids, strict=True) if (c := memo_get(kid)) is not None}
         else:
