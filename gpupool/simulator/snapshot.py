@@ -23,8 +23,6 @@ KIND = "GPUPoolSnapshot"
 #: the format version this code writes; it reads `READS` (version 1 has no `podGroups`: only annotated groups)
 VERSION = 2
 READS = (1, 2)
-#: the most members a group may need (as `gpupool.io/min-members`)
-_MAX_MEMBERS = 10000
 
 _POD_META = ("name", "namespace", "uid", "labels", "annotations", "creationTimestamp")
 _POD_SPEC = ("priority", "nodeSelector", "nodeName", "schedulingGates")
@@ -117,8 +115,8 @@ def _group_doc(spec: GroupSpec, members: list[str]) -> dict[str, Any]:
 
 
 def _count(value: Any, where: str, what: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= _MAX_MEMBERS:
-        raise SnapshotError(f"{where}: {value!r} is not {what} (a whole number 1..{_MAX_MEMBERS})")
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= resources.MAX_MIN_MEMBERS:
+        raise SnapshotError(f"{where}: {value!r} is not {what} (a whole number 1..{resources.MAX_MIN_MEMBERS})")
     return value
 
 
