@@ -265,35 +265,25 @@ def pod_groups(kube: Any, pods: Sequence[dict[str, Any]]) -> dict[str, groups.Gr
     read once per owner); an owner it cannot read gives the group the controller's error (it waits), and a
     warning."""
     from controller import workloads
-    from gpupool.errors import InvalidRequest
     from kubeio.client import ApiError
 
-    owners: dict[workloads.Ref, groups.Owner | str | None] = {}
+    owners = workloads.OwnerCache()
     out: dict[str, groups.GroupSpec | None] = {}
     for pod in pods:
         if not resources.mentions_gpupool(pod) or objects.pod_is_terminal(pod):
             continue
         found = workloads.owner_of(pod)
-        owner = found if isinstance(found, groups.Owner) else None
+        read = None
         if isinstance(found, workloads.Ref):
-            if found not in owners:
+            if owners.known(found) is None:
                 try:
-                    obj = kube.request("GET", found.path())
-                    size, field = workloads.size_of(found.kind, obj)
-                    owners[found] = groups.Owner(found.kind, found.name, size, field)
+                    owners.put(found, kube.request("GET", found.path()), None, 0.0)
                 except ApiError as exc:  # RBAC, gone: recorded as the controller records it
                     print(f"gpupool snapshot: warning: reading {found.kind} {found.namespace}/{found.name}: {exc}",
                           file=sys.stderr)  # fmt: skip
-                    owners[found] = str(exc)[:200]
-            read = owners[found]
-            if isinstance(read, str):
-                out[objects.pod_key(pod)] = groups.unreadable(found.namespace, found.kind, found.name, read)
-                continue
-            owner = read
-        try:
-            out[objects.pod_key(pod)] = workloads.group_of(pod, owner)
-        except InvalidRequest:
-            out[objects.pod_key(pod)] = None  # parse_pod refuses the pod (the snapshot's reader names it)
+                    owners.put(found, None, str(exc)[:200], 0.0)
+            read = owners.known(found)
+        out[objects.pod_key(pod)] = workloads.resolved_group(pod, found, read)
     return out
 
 

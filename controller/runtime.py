@@ -440,21 +440,11 @@ class Controller:
         """The pod's group (controller.workloads): from its annotations and its owner, as last read; a pod
         whose owner is not read yet waits for the next cycle's read."""
         found = workloads.owner_of(pod)
-        owner = found if isinstance(found, groups.Owner) else None
         if isinstance(found, workloads.Ref):
             self._owner_ref(uid, found, objects.pod_gated(pod))
-            known = self.owners.known(found)
-            if known is None:
-                return groups.unresolved(found.namespace, found.kind, found.name)
-            owner, error = known
-            if error is not None:
-                return groups.unreadable(found.namespace, found.kind, found.name, error)
-        else:
-            self._owner_ref(uid, None)
-        try:
-            return workloads.group_of(pod, owner)
-        except InvalidRequest:
-            return None  # parse_pod refused the pod first (the annotations are read there too)
+            return workloads.resolved_group(pod, found, self.owners.known(found))
+        self._owner_ref(uid, None)
+        return workloads.resolved_group(pod, found, None)
 
     def _owner_ref(self, uid: str, ref: workloads.Ref | None, gated: bool = False) -> None:
         """Index pod `uid` under the owner it waits on (None: under none)."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpupool import groups, resources
+from gpupool.errors import InvalidRequest
 from gpupool.groups import GroupSpec, Owner
 
 JOBSET_NAME = "jobset.sigs.k8s.io/jobset-name"
@@ -107,6 +108,25 @@ def group_of(pod: Mapping[str, Any], owner: Owner | None) -> GroupSpec | None:
     """The pod's group from its annotations and its (read) owner; `InvalidRequest` for bad annotations."""
     meta = pod.get("metadata") or {}
     return groups.group_of(str(meta.get("namespace") or ""), meta.get("annotations") or {}, owner)
+
+
+def resolved_group(
+    pod: Mapping[str, Any], found: Owner | Ref | None, read: tuple[Owner | None, str | None] | None
+) -> GroupSpec | None:
+    """The pod's group given `found` (`owner_of(pod)`) and, when that is a `Ref`, the owner as read (`OwnerCache`:
+    (owner, error); None: not read yet, the group waits for it). An owner that could not be read gives the group
+    that error (it waits, saying why); None for bad annotations (`parse_pod` refuses the pod first)."""
+    owner = found if isinstance(found, Owner) else None
+    if isinstance(found, Ref):
+        if read is None:
+            return groups.unresolved(found.namespace, found.kind, found.name)
+        owner, error = read
+        if error is not None:
+            return groups.unreadable(found.namespace, found.kind, found.name, error)
+    try:
+        return group_of(pod, owner)
+    except InvalidRequest:
+        return None
 
 
 class OwnerCache:
