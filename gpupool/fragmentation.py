@@ -190,7 +190,9 @@ class Workload:
         before = self._weigh(cpu_before, idle, model, splits)
         old = free_compute[rows, columns]
         table = self._split_table(int(old.max(initial=0)))
-        after_splits = splits[:, rows] - table[:, old] + table[:, old - compute]  # no borrow: the row holds `old`'s
+        after_splits = splits[:, rows]  # less the old GPU's share (no borrow: the row holds it), plus the new one's
+        after_splits -= table[:, old]
+        after_splits += table[:, old - compute]
         after = self._weigh(cpu_after[rows], idle[rows] - compute, model, after_splits)
         return before, after
 
@@ -211,18 +213,22 @@ class Workload:
             return np.zeros((len(self._computes), len(free_compute)), dtype=np.int64)
         if int(free_compute.min()) < 0:
             raise ValueError("free compute must not be negative")
-        table = self._split_table(int(free_compute.max()))
-        return np.ascontiguousarray(table.T[free_compute.T].sum(axis=0).T)  # GPUs x states x values, summed
+        by_value = self._split_table(int(free_compute.max())).T  # a row per free compute value
+        splits = by_value[free_compute[:, 0]]  # states x compute values, GPU by GPU (no states x GPUs x values)
+        for j in range(1, free_compute.shape[1]):
+            splits += by_value[free_compute[:, j]]
+        return np.ascontiguousarray(splits.T)
 
     def _weigh(self, cpu_free: Ints, idle: Ints, model: str, splits: Ints) -> Floats:
         """Σ p_m F_n(m) over the shapes of M in order (`_compute`, vectorised): the same products added in the same
         order, so the same floats. `splits`: `_splits` of the states (or of hypothetical ones)."""
         total = np.zeros(len(idle))
+        term = np.empty(len(idle))
         every_cpu = bool((cpu_free >= self._most_cpu).all())
         frags: dict[tuple[int, int], Floats] = {}  # when every state has the CPU of every shape
         for cpu, compute, count, models, p in self._flat:
             if compute == 0 or (models and model not in models):
-                total += p * idle
+                total += np.multiply(p, idle, out=term)
                 continue
             row = self._split_row[compute]
             frag = frags.get((row, count)) if every_cpu else None
@@ -234,7 +240,7 @@ class Workload:
                 frag = np.where(ok, split & _SMALL, idle).astype(np.float64)  # exact: p * an int is p * its float
                 if every_cpu:
                     frags[(row, count)] = frag
-            total += p * frag
+            total += np.multiply(p, frag, out=term)
         return total
 
     def task_fragment(self, shape: TaskShape, cpu_free: int | None, free_compute: Sequence[int], model: str) -> int:
