@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from extender.kube import ApiError, PodAPI
 from extender.metrics import CacheStats, GPUAllocation, Metrics
@@ -584,9 +585,9 @@ class PoolService:
         except NoFit:
             return [(n, 0) for n in nodes]
         ext = _EXTENDER_SCORES[np.where(scores == NO_SCORE, 0, np.clip(scores, 0, 100) + 1)]  # a table lookup each
-        out = list(zip(nodes, ext.tolist(), strict=True))
         with self.lock:
-            return self._identity_expect(objects.pod_uid(pod), request, out)
+            ext = self._identity_expect(objects.pod_uid(pod), request, nodes, ext)
+        return list(zip(nodes, ext.tolist(), strict=True))
 
     def _not_ready_message(self) -> str:
         waiting = ", ".join(k for k, v in self._synced.items() if not v)
@@ -882,24 +883,37 @@ class PoolService:
                 answer.unresolvable[node] = reason
         answer.passing = passing
 
-    def _identity_expect(self, uid: str, request: PodRequest, answer: list[tuple[str, int]]) -> list[tuple[str, int]]:
-        """Steer a burst of same-size pods to distinct nodes (`identity.steer`): this answer's chosen node is
-        marked as where `uid` is about to bind, for `identity_expect_seconds` or until its bind commits or fails."""
+    def _identity_expect(
+        self, uid: str, request: PodRequest, nodes: list[str], scores: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.int64]:
+        """Steer a burst of same-size pods to distinct nodes (`identity.steer`, over arrays): `scores` (0..10, of
+        `nodes`) as steered, and this answer's chosen node marked as where `uid` is about to bind, for
+        `identity_expect_seconds` or until its bind commits or fails."""
         counts = identity.request_slot_counts(request)
         self._identity_unexpect(uid)
         if self.identity_expect_seconds <= 0 or self.identity_wait_seconds <= 0 or not counts or not uid:
-            return answer
+            return scores
         now = time.monotonic()
         for other in [u for u, (_, e) in self._expected_at.items() if e.until <= now]:
             self._identity_unexpect(other)
         # nodes where a bind committed since this pod's filter ran (the filter would refuse them now)
         blocked = {node for node in self.unserved if self._identity_wait(request, node) is not None}
-        out, chosen = identity.steer(answer, self.expected, counts, now, extender_score(0), blocked)
+        marked = identity.steer_marked(self.expected, counts, now, blocked)
+        out, chosen = identity.steer_scores(scores, self._among(nodes, marked), extender_score(0), counts)
         if chosen is not None:
             mark = identity.Expected(counts, now + self.identity_expect_seconds)
-            self.expected.setdefault(chosen, {})[uid] = mark
-            self._expected_at[uid] = (chosen, mark)
+            self.expected.setdefault(nodes[chosen], {})[uid] = mark
+            self._expected_at[uid] = (nodes[chosen], mark)
         return out
+
+    def _among(self, nodes: list[str], few: set[str]) -> npt.NDArray[np.bool_]:
+        """Which of `nodes` are in `few`, by the capacity index's rows (the list's are remembered: no lookup per
+        name); a node not in the pool is in none."""
+        if not few:
+            return np.zeros(len(nodes), dtype=bool)
+        index = self.ledger.capacity_index()
+        wanted = [row for row in index.rows(list(few)) if row >= 0]
+        return np.isin(index.lookup(nodes), wanted)
 
     def _identity_unexpect(self, uid: str) -> None:
         node, _ = self._expected_at.pop(uid, (None, None))

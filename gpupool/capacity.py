@@ -94,6 +94,16 @@ class CapacityIndex:
         del self._lists[_LISTS:]
         return rows
 
+    def remember(self, names: list[str], rows: Rows) -> None:
+        """Remember `rows` (of this index, as `lookup` gave them) as the rows of `names`, for `lookup`: the filter's
+        passing nodes, a sub-list of the list it looked up, which kube-scheduler's prioritize asks about next."""
+        rows = np.array(rows, dtype=np.intp)
+        if len(rows) != len(names):
+            raise ValueError(f"{len(names)} names, {len(rows)} rows")
+        rows.flags.writeable = False
+        self._lists.insert(0, (list(names), rows))
+        del self._lists[_LISTS:]
+
     def kids_at(self, rows: Rows) -> Array:
         """The kid of each of `rows`' views, -1 for row -1 (a node not in the index)."""
         return np.append(self.kid, -1)[rows]  # row -1: the appended kid

@@ -17,7 +17,7 @@ model): F_n is invariant under GPU permutation and host memory is no input.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +34,10 @@ MILLI_PER_UNIT = 10
 DEFAULT_COVERAGE = 0.95
 
 _MEMO_LIMIT = 500_000
+#: `Workload._splits` packs two integers in one: the GPUs with enough free compute above this bit, the others'
+#: free compute below it
+_FIT_SHIFT = 32
+_SMALL = (1 << _FIT_SHIFT) - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +76,12 @@ class Workload:
             )
         # flat tuples for the hot loop: (cpu, compute, count, models, p)
         self._flat = tuple((s.cpu_milli, s.compute, s.count, s.models, s.popularity) for s in self.shapes)
+        #: the array measure's per-GPU splits are taken at these compute values, one row each (`_splits`)
+        computes = sorted({s.compute for s in self.shapes if s.compute})
+        self._computes = np.array(computes, dtype=np.int64).reshape(-1, 1)
+        self._split_row = {c: i for i, c in enumerate(computes)}
+        self._most_cpu = max(s.cpu_milli for s in self.shapes)
+        self._table = np.zeros((len(computes), 0), dtype=np.int64)
         self._memo: dict[tuple[object, ...], float] = {}
         self.memo_hits = 0
         self.memo_misses = 0
@@ -168,54 +178,69 @@ class Workload:
     def fragment_many(self, cpu_free: Ints, free_compute: Ints, model: str) -> Floats:
         """`node_fragment` of many nodes of `model` at once (rows of `free_compute`; `cpu_free` with
         `capacity.UNLIMITED` for None), with the same float operations in the same order: the same values."""
-        return self._weigh(cpu_free, free_compute.sum(axis=1), model, _Splits(free_compute).of, (len(free_compute),))
+        return self._weigh(cpu_free, free_compute.sum(axis=1), model, self._splits(free_compute))
 
     def fragment_before_after(self, cpu_before: Ints, cpu_after: Ints, free_compute: Ints, model: str, compute: int,
                               rows: Ints, columns: Ints) -> tuple[Floats, Floats]:  # fmt: skip
         """`fragment_many` of the rows of `free_compute` (with `cpu_before`), and of hypothetical states: entry k is
         row `rows[k]` with `compute` less free on GPU `columns[k]` (one slice placed there) and `cpu_after`,
-        counted from that row's own figures (the per-GPU splits of the rows are shared)."""
-        splits = _Splits(free_compute)
+        counted from that row's own splits: less the old GPU's share, plus the new one's."""
+        splits = self._splits(free_compute)
         idle = free_compute.sum(axis=1)
-        before = self._weigh(cpu_before, idle, model, splits.of, (len(free_compute),))
+        before = self._weigh(cpu_before, idle, model, splits)
         old = free_compute[rows, columns]
-        new = old - compute
-
-        def split(c: int) -> tuple[Ints, Ints]:
-            fit, small = splits.of(c)
-            fit_old, fit_new = old >= c, new >= c
-            return (
-                fit[rows] + (fit_new.view(np.int8) - fit_old.view(np.int8)),
-                small[rows] - np.where(fit_old, 0, old) + np.where(fit_new, 0, new),
-            )
-
-        after = self._weigh(cpu_after[rows], idle[rows] - compute, model, split, (len(rows),))
+        table = self._split_table(int(old.max(initial=0)))
+        after_splits = splits[:, rows]  # less the old GPU's share (no borrow: the row holds it), plus the new one's
+        after_splits -= table[:, old]
+        after_splits += table[:, old - compute]
+        after = self._weigh(cpu_after[rows], idle[rows] - compute, model, after_splits)
         return before, after
 
-    def _weigh(
-        self, cpu_free: Ints, idle: Ints, model: str, split: Callable[[int], tuple[Ints, Ints]], shape: tuple[int, ...]
-    ) -> Floats:
-        """Σ p_m F_n(m) over the shapes of M in order (`_compute`, vectorised); `split(c)`: per state, how many GPUs
-        have at least `c` free and the free compute of the others."""
-        total = np.zeros(shape)
-        splits: dict[int, tuple[Ints, Ints]] = {}
-        every_cpu = bool((cpu_free >= max(cpu for cpu, *_ in self._flat)).all())
+    def _split_table(self, most: int) -> Ints:
+        """Per compute value c of M (`_computes`, a row each) and free compute v = 0..`most` (a column each): one
+        GPU's share of a state's split at c, `(v >= c) << 32 | (0 if v >= c else v)` (`_splits`)."""
+        table = self._table
+        if table.shape[1] <= most:
+            v = np.arange(max(most + 1, 2 * table.shape[1], WHOLE_GPU_COMPUTE + 1), dtype=np.int64)
+            fits = v >= self._computes
+            table = self._table = (fits.astype(np.int64) << _FIT_SHIFT) | np.where(fits, 0, v)
+        return table
+
+    def _splits(self, free_compute: Ints) -> Ints:
+        """Per compute value c of M (a row each) and state (a column each), packed in one integer: how many GPUs
+        have at least c free (<< 32), and the free compute of the others (below; integers, so exact in any order)."""
+        if not free_compute.size:
+            return np.zeros((len(self._computes), len(free_compute)), dtype=np.int64)
+        if int(free_compute.min()) < 0:
+            raise ValueError("free compute must not be negative")
+        by_value = self._split_table(int(free_compute.max())).T  # a row per free compute value
+        splits = by_value[free_compute[:, 0]]  # states x compute values, GPU by GPU (no states x GPUs x values)
+        for j in range(1, free_compute.shape[1]):
+            splits += by_value[free_compute[:, j]]
+        return np.ascontiguousarray(splits.T)
+
+    def _weigh(self, cpu_free: Ints, idle: Ints, model: str, splits: Ints) -> Floats:
+        """Σ p_m F_n(m) over the shapes of M in order (`_compute`, vectorised): the same products added in the same
+        order, so the same floats. `splits`: `_splits` of the states (or of hypothetical ones)."""
+        total = np.zeros(len(idle))
+        term = np.empty(len(idle))
+        every_cpu = bool((cpu_free >= self._most_cpu).all())
         frags: dict[tuple[int, int], Floats] = {}  # when every state has the CPU of every shape
         for cpu, compute, count, models, p in self._flat:
             if compute == 0 or (models and model not in models):
-                total = total + p * idle
+                total += np.multiply(p, idle, out=term)
                 continue
-            frag = frags.get((compute, count)) if every_cpu else None
+            row = self._split_row[compute]
+            frag = frags.get((row, count)) if every_cpu else None
             if frag is None:
-                known = splits.get(compute)
-                if known is None:
-                    known = splits[compute] = split(compute)
-                fit, small = known
-                ok = fit >= count if every_cpu else (fit >= count) & (cpu_free >= cpu)
-                frag = np.where(ok, small, idle).astype(np.float64)  # exact: p * an int is p * its float
+                split = splits[row]
+                ok = split >= count << _FIT_SHIFT  # at least `count` GPUs with `compute` free
+                if not every_cpu:
+                    ok &= cpu_free >= cpu
+                frag = np.where(ok, split & _SMALL, idle).astype(np.float64)  # exact: p * an int is p * its float
                 if every_cpu:
-                    frags[(compute, count)] = frag
-            total = total + p * frag
+                    frags[(row, count)] = frag
+            total += np.multiply(p, frag, out=term)
         return total
 
     def task_fragment(self, shape: TaskShape, cpu_free: int | None, free_compute: Sequence[int], model: str) -> int:
@@ -238,22 +263,6 @@ class Workload:
             gpu = "CPU-only" if s.count == 0 else f"{s.compute * MILLI_PER_UNIT}x{s.count}"
             parts.append(f"({s.cpu_milli / 1000:g}, {gpu}: {s.popularity:.3f})")
         return ", ".join(parts)
-
-
-class _Splits:
-    """Per compute value c, of each row of free compute: how many GPUs have at least c free, and the free compute
-    of the others (computed once per c, GPU-major so the sums add whole rows)."""
-
-    def __init__(self, free_compute: Ints) -> None:
-        self._by_gpu = np.ascontiguousarray(free_compute.T)
-        self._known: dict[int, tuple[Ints, Ints]] = {}
-
-    def of(self, c: int) -> tuple[Ints, Ints]:
-        known = self._known.get(c)
-        if known is None:
-            fits = self._by_gpu >= c
-            known = self._known[c] = (fits.sum(axis=0), np.where(fits, 0, self._by_gpu).sum(axis=0))
-        return known
 
 
 def shape_key(cpu_milli: int, gpu_milli: int, num_gpu: int, models: Iterable[str] = ()) -> ShapeKey:

@@ -18,6 +18,9 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from gpupool import resources, timefmt
 from gpupool.assignment import SliceRecord
 from gpupool.request import PodRequest
@@ -176,18 +179,41 @@ def steer(
     pod sharing a slot count, scores `lowest` (never refused here: the mark is a guess, and filter refuses
     what the rule refuses), and of the nodes sharing the top score the first one keeps it while the others
     lose one point, so that the pod is pointed to one node (returned, to be marked by the caller) and the next
-    pods to others. None when no node scores above `lowest`.
+    pods to others. None when no node scores above `lowest`. (`steer_marked` and `steer_scores`: the same over
+    arrays, for answers of thousands of nodes.)
     """
+    pairs = list(answer)
+    marked = steer_marked(expected, counts, now, blocked)
+    scores = np.array([score for _, score in pairs], dtype=np.int64)
+    out, chosen = steer_scores(scores, np.array([node in marked for node, _ in pairs], dtype=bool), lowest, counts)
+    nodes = [node for node, _ in pairs]
+    return list(zip(nodes, out.tolist(), strict=True)), None if chosen is None else nodes[chosen]
+
+
+def steer_marked(
+    expected: Mapping[str, Mapping[str, Expected]], counts: Collection[int], now: float, blocked: Collection[str] = ()
+) -> set[str]:
+    """The nodes `steer` scores `lowest` for a pod with containers of slot `counts`: `blocked`, or `expected` to
+    take a pod sharing a slot count (a mark not expired at `now`)."""
     wanted = set(counts)
-    out: list[tuple[str, int]] = []
-    for node, score in answer:
-        if score > lowest:
-            marks = expected.get(node)
-            if node in blocked or (marks and any(e.until > now and wanted & e.slot_counts for e in marks.values())):
-                score = lowest
-        out.append((node, score))
-    top = max((score for _, score in out), default=lowest)
-    if top <= lowest or not wanted:
+    out = set(blocked)
+    for node, marks in expected.items():
+        if any(e.until > now and wanted & e.slot_counts for e in marks.values()):
+            out.add(node)
+    return out
+
+
+def steer_scores(
+    scores: npt.NDArray[np.int64], marked: npt.NDArray[np.bool_], lowest: int, counts: Collection[int]
+) -> tuple[npt.NDArray[np.int64], int | None]:
+    """`steer` over arrays: `scores` of the nodes of an answer, `marked` where a node is in `steer_marked`; the new
+    scores (a new array) and the position of the node the pod is pointed to (None: none)."""
+    out = np.where(marked & (scores > lowest), lowest, scores)
+    top = int(out.max(initial=lowest))
+    if top <= lowest or not counts:
         return out, None
-    chosen = next(node for node, score in out if score == top)
-    return [(n, s - 1 if s == top and n != chosen else s) for n, s in out], chosen
+    ties = out == top
+    chosen = int(np.argmax(ties))  # the first node of the top score keeps it
+    ties[chosen] = False
+    out[ties] -= 1
+    return out, chosen

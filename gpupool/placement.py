@@ -272,9 +272,12 @@ class Placer:
         by_row = index.codes(group.count, group.compute, group.memory_mib, demand.cpu_milli, demand.memory_mib)
         node_codes = np.append(by_row, _NOT_IN_POOL)[rows]  # row -1: the appended code
         fits = node_codes == capacity.FITS
-        result.passing.extend(compress(names, fits.tolist()))
-        if len(result.passing) == len(names):
+        passing = list(compress(names, fits.tolist()))
+        result.passing.extend(passing)
+        if len(passing) == len(names):
             return result
+        if passing:
+            index.remember(passing, rows[fits])  # the list prioritize asks about next
         if request.locality is Locality.LOCAL and not detail:
             return self._failures_by_code(request, demand, names, node_codes, result)
         failing = list(compress(names, (~fits).tolist()))

@@ -70,6 +70,26 @@ def fgd_scores(delta: Floats) -> Ints:
     return out.reshape(delta.shape)
 
 
+def _first_of_equals(fc: Ints, fm: Ints, tm: Ints) -> Bools:
+    """Per state (row) and GPU: no lower GPU of the state has the same free compute, free memory and total memory
+    (a GPU equal to a lower one gives the same state and loses the tie). The three in one integer per GPU where
+    they fit (free compute < 2^15, memories < 2^24 MiB), compared GPU-major."""
+    n = fc.shape[1]
+    first = np.ones(fc.shape, dtype=bool)
+    if n < 2 or not fc.size:
+        return first
+    if fc.min() >= 0 and fm.min() >= 0 and tm.min() >= 0 and fc.max() < 1 << 15 and max(fm.max(), tm.max()) < 1 << 24:
+        key = np.ascontiguousarray(((fc << 48) | (fm << 24) | tm).T)
+        by_gpu = first.T
+        for j in range(1, n):
+            by_gpu[j] = (key[:j] != key[j]).all(axis=0)
+        return first
+    for j in range(1, n):
+        for k in range(j):
+            first[:, j] &= (fc[:, j] != fc[:, k]) | (fm[:, j] != fm[:, k]) | (tm[:, j] != tm[:, k])
+    return first
+
+
 class FGD(Policy):
     """The paper's FGD, integer score and all."""
 
@@ -181,11 +201,7 @@ class FGD(Policy):
         f0 = np.zeros(b)
         picks: list[tuple[tuple[int, ...], ...]] = []
         if group.compute < WHOLE_GPU_COMPUTE:  # one sharing slice: the best GPU by `gpu_value`, ties to the lowest
-            candidate = fits.copy()
-            for j in range(1, n):  # a GPU equal to a lower one gives the same state and loses the tie: skip it
-                for k in range(j):
-                    candidate[:, j] &= (fc[:, j] != fc[:, k]) | (fm[:, j] != fm[:, k]) | (tm[:, j] != tm[:, k])
-            at, col = np.nonzero(candidate)  # by row, then by column
+            at, col = np.nonzero(fits & _first_of_equals(fc, fm, tm))  # by row, then by column
             ok = fits.any(axis=1)
             best = np.zeros(b, dtype=np.int64)
             f1_best = np.zeros(b)

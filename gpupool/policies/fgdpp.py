@@ -172,16 +172,18 @@ class FGDPlusPlus(FGD):
         free_memory: Ints, total_memory: Ints, model: str, compute: int, taken: Ints, rows: Ints, columns: Ints,
     ) -> tuple[Floats, Floats]:  # fmt: skip
         f0, f1 = self.workload.fragment_before_after(cpu_before, cpu_after, free_compute, model, compute, rows, columns)
-        terms = _mismatch_terms(free_compute, free_memory, total_memory)
+        terms = np.ascontiguousarray(_mismatch_terms(free_compute, free_memory, total_memory).T)  # a row per GPU
         moved = _mismatch_terms(
             free_compute[rows, columns] - compute, free_memory[rows, columns] - taken[rows, columns],
             total_memory[rows, columns],
         )  # fmt: skip
+        terms_after = terms[:, rows]
+        terms_after[columns, np.arange(len(rows))] = moved  # GPU `columns[k]`'s term is the moved one
         before = np.zeros(len(f0))
         after = np.zeros(len(rows))
-        for j in range(terms.shape[1]):  # GPU by GPU, as `gpu_mismatch`; GPU `columns[k]`'s term is the moved one
-            before = before + terms[:, j]
-            after = after + np.where(columns == j, moved, terms[rows, j])
+        for j in range(len(terms)):  # GPU by GPU, as `gpu_mismatch`
+            before += terms[j]
+            after += terms_after[j]
         idle = free_compute.sum(axis=1)
         f0 = self._stranding(f0, before, idle, cpu_before, memory_before)
         return f0, self._stranding(f1, after, idle[rows] - compute, cpu_after[rows], memory_after[rows])

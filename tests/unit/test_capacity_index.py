@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -200,6 +201,28 @@ def test_remembered_lists_of_names_follow_nodes_that_come_and_go() -> None:
     assert index.lookup(list(names)).tolist() == index.rows(names) == [2, 1, 0]
 
 
+def test_the_filters_passing_nodes_follow_nodes_that_come_and_go() -> None:
+    """The filter hands its passing nodes' rows to the index (`CapacityIndex.remember`) for the prioritize that
+    follows: a node removed in between, or its row given to another node, must not leave its old row there."""
+    ledger = Ledger()
+    for name in ("a", "b", "c"):
+        ledger.upsert_node(NodeInfo(name, (GPUInfo(f"{name}0", 0, "M", 1024),)))
+    ledger.commit("p", "c", [PlannedSlice(0, False, "c0", 100, 1024)])  # c: no room
+    placer = Placer(ledger, {"fgdpp": make_policy("fgdpp")}, "fgdpp")
+    request = request_of(Demand((SliceGroup(1, 50, 512),)), Locality.LOCAL)
+    passing = placer.filter(request, ["a", "b", "c"]).passing
+    assert passing == ["a", "b"]
+    assert ledger.capacity_index().lookup(list(passing)).tolist() == [0, 1]
+    ledger.remove_node("a")
+    assert placer.score_array(request, list(passing)).tolist()[0] == NO_SCORE
+    ledger.upsert_node(NodeInfo("d", (GPUInfo("d0", 0, "M", 1024),)))  # takes a's row
+    assert ledger.capacity_index().lookup(list(passing)).tolist() == [-1, 1]
+    assert placer.score_array(request, list(passing)).tolist() == scores_reference(placer, request, passing)
+    assert placer.score_array(request, list(passing)).tolist()[0] == NO_SCORE
+    with pytest.raises(ValueError, match="2 names, 1 rows"):
+        ledger.capacity_index().remember(["a", "b"], np.array([0]))
+
+
 def scores_reference(placer: Placer, request: PodRequest, names: list[str]) -> list[int]:
     """Each node's score from its view, evaluated afresh (no memo of the placer)."""
     policy = placer.policy_for(request)
@@ -221,6 +244,7 @@ def test_remembered_scores_follow_every_change(ops: list[tuple[Any, ...]], deman
     placers = {name: Placer(ledger, {name: make_policy(name)}, name) for name in ("fgdpp", "binpack")}
     names = [*NAMES, "ghost"]
     pods: list[str] = []
+    stale: dict[tuple[str, Demand], list[str]] = {}  # the last filter's passing nodes, per policy and demand
     with pytest.MonkeyPatch.context() as patch:
         if few:  # kids renumbered every few new states
             patch.setattr(ledger_module, "_MAX_KIDS", 12)
@@ -234,6 +258,14 @@ def test_remembered_scores_follow_every_change(ops: list[tuple[Any, ...]], deman
                     got = placer.score_array(request, list(names)).tolist()
                     assert got == scores_reference(placer, request, names), (demand, placer.default_policy)
                     assert got == [NO_SCORE if s is None else s for s in placer.scores(request, names).values()]
+                    # as the extender calls it: prioritize with the filter's passing nodes (rows remembered by the
+                    # filter), now and after the next changes
+                    key = (placer.default_policy, demand)
+                    for passing in (stale.get(key), placer.filter(request, list(names)).passing):
+                        if passing is not None:
+                            got = placer.score_array(request, list(passing)).tolist()
+                            assert got == scores_reference(placer, request, passing), (demand, passing)
+                    stale[key] = placer.filter(request, list(names)).passing
 
 
 def test_remembered_scores_follow_renumbered_kids(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -123,3 +123,42 @@ def test_idle_cluster_fragmentation(trace: str, percent: float) -> None:
     m = target_workload(load_pods(pods_file(trace)))
     amount = sum(m.node_fragment(n.cpu_milli, [100] * n.gpus, n.model) for n in nodes)
     assert 100 * amount / (100 * sum(n.gpus for n in nodes)) == pytest.approx(percent, abs=0.005)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_array_measure_is_the_scalar_one_bit_for_bit(seed: int) -> None:
+    """`fragment_many` and `fragment_before_after` (the batch paths of fgd and fgdpp) give exactly the floats of
+    `node_fragment`, also where free compute exceeds 100 (over-commit: the per-GPU split table grows), with shapes
+    of several GPUs, model allow-lists, CPU that some states lack, and a state with no GPU free."""
+    import random
+
+    import numpy as np
+
+    from gpupool.capacity import UNLIMITED
+
+    rng = random.Random(seed)
+    shapes = [TaskShape(rng.choice((0, 2000, 8000, 32000)), rng.choice((0, 16, 47, 50, 81, 100, 150)),
+                        rng.choice((1, 1, 2, 4)), rng.choice((ANY, ANY, frozenset({"A"}), frozenset({"B"}))),
+                        rng.random()) for _ in range(12)]  # fmt: skip
+    workload = Workload([s if s.compute else TaskShape(s.cpu_milli, 0, 0, s.models, s.popularity) for s in shapes])
+    gpus = rng.choice((1, 4, 8))
+    most = rng.choice((100, 250))
+    rows = [[rng.choice((0, 3, 19, 50, most, rng.randint(0, most))) for _ in range(gpus)] for _ in range(60)]
+    rows[0] = [0] * gpus
+    cpus = [rng.choice((None, 0, 4000, 16000, 64000)) for _ in rows]
+    free = np.array(rows, dtype=np.int64)
+    cpu = np.array([UNLIMITED if c is None else c for c in cpus], dtype=np.int64)
+    for model in ("A", "B"):
+        want = [workload.node_fragment(c, r, model) for c, r in zip(cpus, rows, strict=True)]
+        assert workload.fragment_many(cpu, free, model).tolist() == want
+        compute = rng.choice((1, 10, 47, 100))
+        at, col = np.nonzero(free >= compute)
+        after_cpu = np.where(cpu == UNLIMITED, UNLIMITED, cpu - 3000)
+        before, after = workload.fragment_before_after(cpu, after_cpu, free, model, compute, at, col)
+        assert before.tolist() == want
+        moved = []
+        for i, j in zip(at.tolist(), col.tolist(), strict=True):
+            state = list(rows[i])
+            state[j] -= compute
+            moved.append(workload.node_fragment(None if cpus[i] is None else cpus[i] - 3000, state, model))
+        assert after.tolist() == moved

@@ -167,3 +167,48 @@ def test_steer_ignores_other_counts_expired_marks_and_remote_only_nodes() -> Non
 def test_steer_scores_a_node_the_rule_blocks_now_lowest() -> None:
     out, chosen = identity.steer([("a", 5), ("b", 3)], {}, {1}, now=0.0, lowest=1, blocked={"a"})
     assert (out, chosen) == ([("a", 1), ("b", 3)], "b")
+
+
+def _steer_reference(
+    answer: list[tuple[str, int]], expected: dict[str, dict[str, identity.Expected]], counts: set[int], now: float,
+    lowest: int, blocked: set[str],
+) -> tuple[list[tuple[str, int]], str | None]:  # fmt: skip
+    """`steer` node by node, as it was written before its array form."""
+    out = []
+    for node, score in answer:
+        if score > lowest:
+            marks = expected.get(node)
+            if node in blocked or (marks and any(e.until > now and counts & e.slot_counts for e in marks.values())):
+                score = lowest
+        out.append((node, score))
+    top = max((score for _, score in out), default=lowest)
+    if top <= lowest or not counts:
+        return out, None
+    chosen = next(node for node, score in out if score == top)
+    return [(n, s - 1 if s == top and n != chosen else s) for n, s in out], chosen
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_steer_over_arrays_is_steer_node_by_node(seed: int) -> None:
+    """`steer` (and the extender's `steer_marked` + `steer_scores`) gives the answers of the node-by-node rule."""
+    import random
+
+    import numpy as np
+
+    rng = random.Random(seed)
+    names = [f"n{i}" for i in range(rng.randint(0, 40))]
+    answer = [(n, rng.randint(0, 10)) for n in names]
+    expected = {
+        rng.choice(names): {f"u{k}": mark(*rng.sample((1, 2, 4), rng.randint(1, 2)), until=rng.choice((0.0, 5.0)))}
+        for k in range(rng.randint(0, 6))
+        if names
+    }
+    counts = set(rng.sample((1, 2, 4), rng.randint(0, 2)))
+    blocked = set(rng.sample(names, min(len(names), rng.randint(0, 2))))
+    want = _steer_reference(answer, expected, counts, 1.0, 1, blocked)
+    assert identity.steer(answer, expected, counts, now=1.0, lowest=1, blocked=blocked) == want
+    marked = identity.steer_marked(expected, counts, 1.0, blocked)
+    scores = np.array([s for _, s in answer], dtype=np.int64)
+    out, chosen = identity.steer_scores(scores, np.array([n in marked for n in names], dtype=bool), 1, counts)
+    assert (list(zip(names, out.tolist(), strict=True)), None if chosen is None else names[chosen]) == want
+    assert scores.tolist() == [s for _, s in answer]  # a new array: the caller's is left alone

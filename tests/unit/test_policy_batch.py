@@ -94,3 +94,24 @@ def test_batch_scores_equal_the_scores_of_the_choices(which: int) -> None:
                 continue
             scores, fits = scored
             assert [s if f else None for s, f in zip(scores.tolist(), fits.tolist(), strict=True)] == want, d
+
+
+@pytest.mark.parametrize("big", [False, True])
+def test_first_of_equal_gpus_packed_or_not(big: bool) -> None:
+    """The batch's "no lower GPU of the state is equal" (one packed integer per GPU, or pair by pair where the
+    figures do not fit in it: memories of 2^24 MiB and more) is the rule spelled out over the three figures."""
+    import numpy as np
+
+    from gpupool.policies.fgd import _first_of_equals
+
+    rng = np.random.default_rng(5)
+    memory = (1 << 24) if big else 32768
+    fc = rng.choice([0, 50, 100], size=(300, 6)).astype(np.int64)
+    tm = rng.choice([memory, memory // 2], size=(300, 6)).astype(np.int64)
+    fm = np.where(rng.random((300, 6)) < 0.5, tm, tm // 2)
+    want = np.ones(fc.shape, dtype=bool)
+    for i in range(len(fc)):
+        for j in range(fc.shape[1]):
+            want[i, j] = not any((fc[i, k], fm[i, k], tm[i, k]) == (fc[i, j], fm[i, j], tm[i, j]) for k in range(j))
+    assert (_first_of_equals(fc, fm, tm) == want).all()
+    assert _first_of_equals(fc[:, :1], fm[:, :1], tm[:, :1]).all()
