@@ -1,5 +1,9 @@
 """Near-perfect fit first: an fgdpp variant measured toward 96 on the default trace (docs/openb.md, "Toward 96").
 
+fgdpp has since adopted `--avoid-dead` at t = c_min / 2 in a 0..100 form (`FGDPlusPlus.slice_key` / `slice_score`);
+the variants here build on fgdpp with that off (`pairing=False`), so they reproduce the research figures, and
+`--baseline` runs fgdpp as it is now.
+
 A sharing pod that fits some partially used GPU leaving a remainder of at most `threshold` compute units (default:
 half the smallest sharing share of the workload mix M) goes to such a GPU, the smallest remainder first, and only
 then by fgdpp's score; every other pod, and every pod with no such GPU, is placed by fgdpp. The choice key is
@@ -52,6 +56,7 @@ class NearFitFirst(FGDPlusPlus):
 
     def __init__(self, *args: object, threshold: int | None = None, clip: bool = False, avoid_dead: bool = False,
                  **kwargs: object) -> None:  # fmt: skip
+        kwargs.setdefault("pairing", False)  # fgdpp's own bands (adopted from this) off: the variants stand alone
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.smallest = smallest_share(self.workload)
         self.threshold = self.smallest // 2 if threshold is None else threshold

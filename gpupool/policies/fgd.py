@@ -56,6 +56,8 @@ def _vectorised(cls: type) -> bool:
         and _owner(cls, "fragment_before_after") is fragment
         and _owner(cls, "node_offset") is _owner(cls, "node_choice")
         and _owner(cls, "gpu_value").__name__ == "FGD"
+        and _owner(cls, "slice_key") is _owner(cls, "slice_keys")
+        and _owner(cls, "slice_score") is _owner(cls, "slice_scores")
     )
 
 
@@ -193,7 +195,7 @@ class FGD(Policy):
                 f0, f1 = self.fragment_before_after(
                     cpu0, cpu1, mem0, mem1, fc, fm, tm, model, group.compute, taken, at, col
                 )
-                value = fgd_scores(f0[at] - f1)
+                value = self.slice_keys(fgd_scores(f0[at] - f1), fc[at, col], group.compute)
                 starts = np.flatnonzero(np.concatenate(([True], at[1:] != at[:-1])))
                 top = np.maximum.reduceat(value, starts)
                 is_top = np.flatnonzero(value == np.repeat(top, np.diff(np.append(starts, len(at)))))
@@ -214,6 +216,8 @@ class FGD(Policy):
                 columns = [np.argmax(first & (rank == m), axis=1).tolist() for m in range(1, group.count + 1)]
                 picks = [(tuple(chosen),) for chosen in zip(*columns, strict=True)] if columns else [((),)] * b
         score_of = fgd_scores(f0 - f1_best - self.node_offset(model, demand))
+        if group.compute < WHOLE_GPU_COMPUTE:
+            score_of = self.slice_scores(score_of, fc[np.arange(b), best], group.compute)
         fit = ok & host_ok
         if not choices:
             return score_of, fit
@@ -264,6 +268,26 @@ class FGD(Policy):
                     picks: tuple[tuple[int, ...], ...]) -> Choice:  # fmt: skip
         return Choice(fgd_score(f0 - f1), picks)
 
+    # --- a pod of one sharing slice: the GPU it takes (fgdpp ranks near fits and dead remainders) --------------
+
+    def slice_key(self, value: float, free: int, compute: int) -> float:
+        """The per-GPU choice's key (higher is better) for a pod of one sharing slice of `compute` units on a GPU
+        with `free` units, whose `gpu_value` is `value`; FGD: the value."""
+        return value
+
+    def slice_keys(self, values: Ints, free: Ints, compute: int) -> Ints:
+        """`slice_key` of many GPUs (integer `gpu_value`s), the same keys."""
+        return values
+
+    def slice_score(self, score: int, free: int, compute: int) -> int:
+        """The node's 0..100 score for a pod of one sharing slice of `compute` units that takes a GPU with `free`
+        units, given `node_choice`'s score; FGD: that score."""
+        return score
+
+    def slice_scores(self, scores: Ints, free: Ints, compute: int) -> Ints:
+        """`slice_score` of many nodes, the same scores."""
+        return scores
+
     def _evaluate(self, view: NodeView, demand: Demand) -> Choice | None:
         model = view.model
         cpu0 = view.cpu_free
@@ -276,6 +300,7 @@ class FGD(Policy):
         n = len(fc)
         f0 = self.fragment(cpu0, fc, model, mem0, (fm, tm))
         picks: list[tuple[int, ...]] = []
+        one = len(demand.groups) == 1 and demand.groups[0].count == 1  # one slice: `slice_key`, `slice_score`
         for group in demand.groups:
             memory = group.memory_mib
             if group.compute < WHOLE_GPU_COMPUTE:
@@ -298,6 +323,8 @@ class FGD(Policy):
                         fc[j] += group.compute
                         fm[j] += taken
                         v = self.gpu_value(f0, f1)
+                        if one:
+                            v = self.slice_key(v, fc[j], group.compute)
                         if v > best_v:
                             best_v, best_j = v, j
                     if best_j < 0:
@@ -316,4 +343,9 @@ class FGD(Policy):
                     fm[j] -= slice_memory(tm[j], group)
                 picks.append(first)
         f1 = self.fragment(cpu1, fc, model, mem1, (fm, tm))
-        return self.node_choice(view, demand, f0, f1, tuple(picks))
+        choice = self.node_choice(view, demand, f0, f1, tuple(picks))
+        if one and (compute := demand.groups[0].compute) < WHOLE_GPU_COMPUTE:
+            score = self.slice_score(choice.score, view.free_compute[picks[0][0]], compute)
+            if score != choice.score:
+                choice = Choice(score, choice.picks)
+        return choice

@@ -31,6 +31,17 @@ the measure of `gpupool.simulator.protocol.stranded_gpu_memory`. Only that side 
 charged: charging compute left without memory as well sends memory-heavy slices to the
 large GPUs, whose memory then strands (docs/openb.md "### GPU memory"). Where slices ask
 memory in proportion to compute (the published trace) it is 0.
+
+Pairing (a pod of one sharing slice): FGD's quantised score cannot tell a GPU the pod fills
+to 3 units from one it leaves 13 units on (both ΔF ≈ 29: the same score), and the 13 are
+never used. From M's smallest sharing share c_min (`sharing_bands`), with t = c_min // 2, a
+choice on a partially used GPU is a *near fit* when it leaves at most t units and *dead*
+when it leaves more than t and less than c_min (no task of M fits the rest). The GPU
+choice inside a node is lexicographic (near fits first, the smallest remainder first, then
+everything else by FGD's value, dead remainders last: `slice_key`), and the node's 0..100
+score keeps the three bands apart (`slice_score`): near fits score 100 − remainder, other
+choices fgdpp's score clamped to [t + 1, 100 − t − 1], dead ones fgdpp's score scaled into
+[0, t]. Whole-GPU and multi-GPU pods are scored as before (docs/openb.md "Pairing").
 """
 
 from __future__ import annotations
@@ -43,7 +54,7 @@ import numpy as np
 from gpupool.capacity import UNLIMITED
 from gpupool.fragmentation import Floats, Ints, Workload
 from gpupool.ledger import NodeView
-from gpupool.policies.base import Choice, Demand
+from gpupool.policies.base import MAX_SCORE, Choice, Demand
 from gpupool.policies.fgd import FGD, fgd_score
 from gpupool.request import WHOLE_GPU_COMPUTE
 
@@ -63,6 +74,20 @@ def gpu_mismatch(free_compute: list[int], free_memory: list[int], total_memory: 
             if d > 0:
                 total += d
     return total
+
+
+#: a near fit's per-GPU key is above, a dead remainder's below, every FGD value (0..100): `slice_key`
+_BAND = 1000
+
+
+def sharing_bands(workload: Workload) -> tuple[int, int] | None:
+    """(t, c_min) of fgdpp's pairing bands: c_min the smallest compute of a one-GPU sharing task of M, t = c_min // 2
+    the largest remainder of a near fit; None when M has no sharing task (no bands)."""
+    shares = [s.compute for s in workload.shapes if s.count == 1 and 0 < s.compute < WHOLE_GPU_COMPUTE]
+    if not shares:
+        return None
+    smallest = min(shares)
+    return smallest // 2, smallest
 
 
 def reserved_shares(workload: Workload, model_gpus: Mapping[str, int]) -> dict[str, float]:
@@ -108,8 +133,11 @@ class FGDPlusPlus(FGD):
         reserve_weight: float = 1.0,
         reservation_workload: Workload | None = None,
         gpu_memory_weight: float | None = None,
+        pairing: bool = True,
     ) -> None:
         super().__init__(workload)
+        #: (t, c_min) of the pairing bands (`sharing_bands`); None = off (M has no sharing task, or `pairing` False)
+        self.bands = sharing_bands(self.workload) if pairing else None
         self.cpu_weight = cpu_weight
         self.memory_weight = memory_weight
         self.cpu_per_unit = cpu_per_unit if cpu_per_unit is not None else self.workload.cpu_per_unit()
@@ -156,6 +184,47 @@ class FGDPlusPlus(FGD):
 
     def node_offset(self, model: str, demand: Demand) -> float:
         return self.reservation(model, demand)
+
+    def slice_key(self, value: float, free: int, compute: int) -> float:
+        """Near fits first, the smallest remainder first; dead remainders after every other choice."""
+        if self.bands is None or free >= WHOLE_GPU_COMPUTE:
+            return value
+        near, smallest = self.bands
+        left = free - compute
+        if left <= near:
+            return value + _BAND * (WHOLE_GPU_COMPUTE + 1 - left)
+        return value - _BAND if left < smallest else value
+
+    def slice_keys(self, values: Ints, free: Ints, compute: int) -> Ints:
+        if self.bands is None:
+            return values
+        near, smallest = self.bands
+        left = free - compute
+        partial = free < WHOLE_GPU_COMPUTE
+        keys = np.where(partial & (left <= near), values + _BAND * (WHOLE_GPU_COMPUTE + 1 - left), values)
+        return np.where(partial & (left > near) & (left < smallest), values - _BAND, keys)
+
+    def slice_score(self, score: int, free: int, compute: int) -> int:
+        """Near fits 100 − remainder; dead remainders fgdpp's score scaled into [0, t]; others clamped between."""
+        if self.bands is None:
+            return score
+        near, smallest = self.bands
+        left = free - compute
+        if free < WHOLE_GPU_COMPUTE and left <= near:
+            return MAX_SCORE - left
+        if free < WHOLE_GPU_COMPUTE and left < smallest:
+            return score * (near + 1) // (MAX_SCORE + 1)
+        return min(max(score, near + 1), MAX_SCORE - near - 1)
+
+    def slice_scores(self, scores: Ints, free: Ints, compute: int) -> Ints:
+        if self.bands is None:
+            return scores
+        near, smallest = self.bands
+        left = free - compute
+        partial = free < WHOLE_GPU_COMPUTE
+        out = np.where(partial & (left < smallest), scores * (near + 1) // (MAX_SCORE + 1),
+                       np.clip(scores, near + 1, MAX_SCORE - near - 1))  # fmt: skip
+        return np.where(partial & (left <= near), MAX_SCORE - left, out)
 
     def fragment_many(self, cpu_free: Ints, free_compute: Ints, model: str, memory_free: Ints, free_memory: Ints,
                       total_memory: Ints) -> Floats:  # fmt: skip

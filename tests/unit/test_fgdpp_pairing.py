@@ -1,0 +1,112 @@
+"""fgdpp's pairing bands: a sharing pod fills a partially used GPU to a near fit first, and avoids dead remainders."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from gpupool.fragmentation import TaskShape, Workload, default_workload
+from gpupool.ledger import NodeView
+from gpupool.policies import make_policy
+from gpupool.policies.base import MAX_SCORE, Choice, Demand, SliceGroup
+from gpupool.policies.fgdpp import FGDPlusPlus, sharing_bands
+
+ANY: frozenset[str] = frozenset()
+
+
+def view(free: list[int], name: str = "n", cpu: int = 64000) -> NodeView:
+    return NodeView.make(
+        name, "X", tuple(range(len(free))), tuple(free), tuple(free), (100,) * len(free), len(free), cpu, 10**6, 100,
+    )  # fmt: skip
+
+
+def share(compute: int, cpu: int = 4000) -> Demand:
+    return Demand((SliceGroup(1, compute, compute),), cpu_milli=cpu)
+
+
+def fgdpp() -> FGDPlusPlus:
+    policy = make_policy("fgdpp", workload=default_workload())
+    assert isinstance(policy, FGDPlusPlus)
+    return policy
+
+
+def test_the_bands_come_from_the_smallest_sharing_share_of_m() -> None:
+    assert sharing_bands(default_workload()) == (8, 16)  # the default mix: 16 % is its smallest sharing task
+    mix = Workload([TaskShape(4000, 30, 1, ANY, 0.5), TaskShape(8000, 100, 2, ANY, 0.5)])
+    assert sharing_bands(mix) == (15, 30)
+    assert sharing_bands(Workload([TaskShape(8000, 100, 1, ANY, 1.0)])) is None  # no sharing task: no bands
+    assert FGDPlusPlus(default_workload(), pairing=False).bands is None
+
+
+def test_a_32_percent_pod_takes_the_gpu_it_leaves_3_on() -> None:
+    """GPUs holding 55, 59 and 65 % (13, 9 and 3 left after a 32 % pod): FGD's ΔF gives the three the same score,
+    so the old fgdpp took the lowest index (13 left, dead); now the near fit wins, in the node and across nodes."""
+    policy = fgdpp()
+    pod = share(32)
+    assert policy.evaluate(view([45, 41, 35]), pod) == Choice(MAX_SCORE - 3, ((2,),))
+    on_55, on_59, on_65 = (policy.evaluate(view([free], name=f"n{free}"), pod) for free in (45, 41, 35))
+    assert on_55 is not None and on_59 is not None and on_65 is not None
+    assert on_65.score == MAX_SCORE - 3 > on_55.score and on_65.score > on_59.score
+    plain = FGDPlusPlus(default_workload(), pairing=False)  # the old key: equal scores, the lowest index
+    old = plain.evaluate(view([45, 41, 35]), pod)
+    assert old is not None and old.picks == ((0,),)
+    assert len({plain.evaluate(view([free]), pod) for free in (45, 41, 35)}) == 1
+
+
+def test_a_dead_remainder_comes_after_a_free_gpu() -> None:
+    """A 32 % pod beside a 55 % one leaves 13, which no task of M fits: a fully free GPU is taken instead, and a
+    node that offers only the dead remainder scores below every node that offers anything else."""
+    policy = fgdpp()
+    pod = share(32)
+    both = policy.evaluate(view([45, 100]), pod)
+    dead = policy.evaluate(view([45], name="dead"), pod)
+    free = policy.evaluate(view([100], name="free"), pod)
+    assert both is not None and dead is not None and free is not None
+    assert both.picks == ((1,),)
+    assert dead.score <= 8 < free.score  # t = 8 on the default mix
+    old = FGDPlusPlus(default_workload(), pairing=False).evaluate(view([45, 100]), pod)
+    assert old is not None and old.picks == ((0,),)  # the old choice: fill the shared GPU, 13 left
+
+
+def test_an_exact_fit_beats_a_near_fit_and_a_usable_remainder_is_ordinary() -> None:
+    policy = fgdpp()
+    pod = share(32)
+    assert policy.evaluate(view([37, 32, 100]), pod) == Choice(MAX_SCORE, ((1,),))
+    usable = policy.evaluate(view([70]), pod)  # 38 left: some task of M fits it, an ordinary choice
+    assert usable is not None and 8 < usable.score < MAX_SCORE - 8
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_whole_and_multi_gpu_pods_are_scored_as_before(seed: int) -> None:
+    rng = random.Random(seed)
+    policy, plain = fgdpp(), FGDPlusPlus(default_workload(), pairing=False)
+    for k in range(200):
+        free = [rng.choice((0, 13, 35, 45, 68, 100, 100)) for _ in range(rng.choice((1, 2, 4, 8)))]
+        v = view(free, name=f"n{k}", cpu=rng.randint(0, 96000))
+        for demand in (Demand((SliceGroup(1, 100, 100),), 8000), Demand((SliceGroup(2, 100, 100),), 8000),
+                       Demand((SliceGroup(2, 30, 30),), 4000), Demand((), 4000)):  # fmt: skip
+            assert policy.evaluate(v, demand) == plain.evaluate(v, demand), (free, demand)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_scores_stay_within_0_to_100_and_keep_the_bands_apart(seed: int) -> None:
+    rng = random.Random(seed)
+    policy = fgdpp()
+    near, smallest = 8, 16  # the default mix's bands
+    for k in range(300):
+        free = [rng.randint(0, 100) if rng.random() < 0.5 else 100 for _ in range(rng.choice((1, 2, 4, 8)))]
+        v = view(free, name=f"n{k}", cpu=rng.randint(0, 96000))
+        compute = rng.choice((16, 22, 32, 47, 55, 65, 81))
+        choice = policy.evaluate(v, share(compute, cpu=rng.choice((0, 4000, 12000))))
+        if choice is None:
+            continue
+        assert 0 <= choice.score <= MAX_SCORE
+        before = free[choice.picks[0][0]]
+        left = before - compute
+        if before < 100 and left <= near:
+            assert choice.score == MAX_SCORE - left
+        elif before < 100 and left < smallest:
+            assert choice.score <= near
+        else:
+            assert near < choice.score < MAX_SCORE - near
