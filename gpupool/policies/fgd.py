@@ -61,6 +61,12 @@ def _vectorised(cls: type) -> bool:
     )
 
 
+def _spare(free_memory: int, taken: int, total_memory: int) -> float:
+    """A GPU's memory left after a slice takes `taken`, in compute units at the GPU's memory per unit (0 without
+    memory): what `slice_key` compares with the compute left."""
+    return (free_memory - taken) * WHOLE_GPU_COMPUTE / total_memory if total_memory else 0.0
+
+
 def fgd_scores(delta: Floats) -> Ints:
     """`fgd_score` of many deltas: numpy's exp may differ from the C library's in the last bit, so values within
     1e-9 of an integer, where that bit could move the floor, are computed again by `fgd_score`."""
@@ -183,6 +189,7 @@ class FGD(Policy):
         f0 = np.zeros(b)
         picks: list[tuple[tuple[int, ...], ...]] = []
         if group.compute < WHOLE_GPU_COMPUTE:  # one sharing slice: the best GPU by `gpu_value`, ties to the lowest
+            spare = np.where(tm == 0, 0.0, (fm - taken) * WHOLE_GPU_COMPUTE / np.where(tm == 0, 1, tm))  # `_spare`
             candidate = fits.copy()
             for j in range(1, n):  # a GPU equal to a lower one gives the same state and loses the tie: skip it
                 for k in range(j):
@@ -195,7 +202,7 @@ class FGD(Policy):
                 f0, f1 = self.fragment_before_after(
                     cpu0, cpu1, mem0, mem1, fc, fm, tm, model, group.compute, taken, at, col
                 )
-                value = self.slice_keys(fgd_scores(f0[at] - f1), fc[at, col], group.compute)
+                value = self.slice_keys(fgd_scores(f0[at] - f1), fc[at, col], group.compute, spare[at, col])
                 starts = np.flatnonzero(np.concatenate(([True], at[1:] != at[:-1])))
                 top = np.maximum.reduceat(value, starts)
                 is_top = np.flatnonzero(value == np.repeat(top, np.diff(np.append(starts, len(at)))))
@@ -217,7 +224,8 @@ class FGD(Policy):
                 picks = [(tuple(chosen),) for chosen in zip(*columns, strict=True)] if columns else [((),)] * b
         score_of = fgd_scores(f0 - f1_best - self.node_offset(model, demand))
         if group.compute < WHOLE_GPU_COMPUTE:
-            score_of = self.slice_scores(score_of, fc[np.arange(b), best], group.compute)
+            chosen = np.arange(b), best
+            score_of = self.slice_scores(score_of, fc[chosen], group.compute, spare[chosen])
         fit = ok & host_ok
         if not choices:
             return score_of, fit
@@ -270,21 +278,22 @@ class FGD(Policy):
 
     # --- a pod of one sharing slice: the GPU it takes (fgdpp ranks near fits and dead remainders) --------------
 
-    def slice_key(self, value: float, free: int, compute: int) -> float:
+    def slice_key(self, value: float, free: int, compute: int, spare: float) -> float:
         """The per-GPU choice's key (higher is better) for a pod of one sharing slice of `compute` units on a GPU
-        with `free` units, whose `gpu_value` is `value`; FGD: the value."""
+        with `free` units, whose `gpu_value` is `value`; `spare`: the GPU's memory left after it, in compute units
+        at the GPU's memory per unit (`_spare`). FGD: the value."""
         return value
 
-    def slice_keys(self, values: Ints, free: Ints, compute: int) -> Ints:
+    def slice_keys(self, values: Ints, free: Ints, compute: int, spare: Floats) -> Ints:
         """`slice_key` of many GPUs (integer `gpu_value`s), the same keys."""
         return values
 
-    def slice_score(self, score: int, free: int, compute: int) -> int:
+    def slice_score(self, score: int, free: int, compute: int, spare: float) -> int:
         """The node's 0..100 score for a pod of one sharing slice of `compute` units that takes a GPU with `free`
-        units, given `node_choice`'s score; FGD: that score."""
+        units (`spare` as for `slice_key`), given `node_choice`'s score; FGD: that score."""
         return score
 
-    def slice_scores(self, scores: Ints, free: Ints, compute: int) -> Ints:
+    def slice_scores(self, scores: Ints, free: Ints, compute: int, spare: Floats) -> Ints:
         """`slice_score` of many nodes, the same scores."""
         return scores
 
@@ -317,6 +326,7 @@ class FGD(Policy):
                             continue
                         seen.add(sig)
                         taken = tm[j] if memory is None else memory
+                        spare = _spare(fm[j], taken, tm[j])
                         fc[j] -= group.compute
                         fm[j] -= taken
                         f1 = self.fragment(cpu1, fc, model, mem1, (fm, tm))
@@ -324,7 +334,7 @@ class FGD(Policy):
                         fm[j] += taken
                         v = self.gpu_value(f0, f1)
                         if one:
-                            v = self.slice_key(v, fc[j], group.compute)
+                            v = self.slice_key(v, fc[j], group.compute, spare)
                         if v > best_v:
                             best_v, best_j = v, j
                     if best_j < 0:
@@ -345,7 +355,10 @@ class FGD(Policy):
         f1 = self.fragment(cpu1, fc, model, mem1, (fm, tm))
         choice = self.node_choice(view, demand, f0, f1, tuple(picks))
         if one and (compute := demand.groups[0].compute) < WHOLE_GPU_COMPUTE:
-            score = self.slice_score(choice.score, view.free_compute[picks[0][0]], compute)
+            j = picks[0][0]
+            taken = slice_memory(view.total_memory[j], demand.groups[0])
+            spare = _spare(view.free_memory[j], taken, view.total_memory[j])
+            score = self.slice_score(choice.score, view.free_compute[j], compute, spare)
             if score != choice.score:
                 choice = Choice(score, choice.picks)
         return choice

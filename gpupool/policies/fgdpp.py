@@ -34,10 +34,13 @@ memory in proportion to compute (the published trace) it is 0.
 
 Pairing (a pod of one sharing slice): FGD's quantised score cannot tell a GPU the pod fills
 to 3 units from one it leaves 13 units on (both ΔF ≈ 29: the same score), and the 13 are
-never used. From M's smallest sharing share c_min (`sharing_bands`), with t = c_min // 2, a
+never used. From M's smallest sharing share c_min (`sharing_bands`: among the compute values
+covering 95 % of M's sharing tasks, as M covers 95 % of the pods), with t = c_min // 2, a
 choice on a partially used GPU is a *near fit* when it leaves at most t units and *dead*
 when it leaves more than t and less than c_min (no task of M fits the rest). The GPU
-choice inside a node is lexicographic (near fits first, the smallest remainder first, then
+choice inside a node is lexicographic (near fits first — nearly full in memory too: a GPU
+whose memory would be left beyond t units' worth is no near fit, unless the GPU-memory term
+is off — the smallest remainder first, then
 everything else by FGD's value, dead remainders last: `slice_key`), and the node's 0..100
 score keeps the three bands apart (`slice_score`): near fits score 100 − remainder, other
 choices fgdpp's score clamped to [t + 1, 100 − t − 1], dead ones fgdpp's score scaled into
@@ -52,7 +55,7 @@ from typing import ClassVar
 import numpy as np
 
 from gpupool.capacity import UNLIMITED
-from gpupool.fragmentation import Floats, Ints, Workload
+from gpupool.fragmentation import DEFAULT_COVERAGE, Floats, Ints, Workload
 from gpupool.ledger import NodeView
 from gpupool.policies.base import MAX_SCORE, Choice, Demand
 from gpupool.policies.fgd import FGD, fgd_score
@@ -80,13 +83,26 @@ def gpu_mismatch(free_compute: list[int], free_memory: list[int], total_memory: 
 _BAND = 1000
 
 
-def sharing_bands(workload: Workload) -> tuple[int, int] | None:
-    """(t, c_min) of fgdpp's pairing bands: c_min the smallest compute of a one-GPU sharing task of M, t = c_min // 2
-    the largest remainder of a near fit; None when M has no sharing task (no bands)."""
-    shares = [s.compute for s in workload.shapes if s.count == 1 and 0 < s.compute < WHOLE_GPU_COMPUTE]
-    if not shares:
+def sharing_bands(workload: Workload, coverage: float = DEFAULT_COVERAGE) -> tuple[int, int] | None:
+    """(t, c_min) of fgdpp's pairing bands: c_min the smallest compute of M's one-GPU sharing tasks, counted as M
+    itself is (`Workload.from_counts`): the compute values by popularity, most popular first, until `coverage` of
+    M's sharing tasks; t = c_min // 2 the largest remainder of a near fit. None when M has no sharing task. (A
+    rare small share, which a mix split finely by CPU or model keeps in M, would otherwise set c_min alone.)"""
+    shares: dict[int, float] = {}
+    for s in workload.shapes:
+        if s.count == 1 and 0 < s.compute < WHOLE_GPU_COMPUTE:
+            shares[s.compute] = shares.get(s.compute, 0.0) + s.popularity
+    total = sum(shares.values())
+    if not shares or total <= 0:
         return None
-    smallest = min(shares)
+    kept: list[int] = []
+    covered = 0.0
+    for compute, popularity in sorted(shares.items(), key=lambda item: (item[1], item[0]), reverse=True):
+        kept.append(compute)
+        covered += popularity
+        if covered >= coverage * total - 1e-9:
+            break
+    smallest = min(kept)
     return smallest // 2, smallest
 
 
@@ -185,46 +201,51 @@ class FGDPlusPlus(FGD):
     def node_offset(self, model: str, demand: Demand) -> float:
         return self.reservation(model, demand)
 
-    def slice_key(self, value: float, free: int, compute: int) -> float:
+    def slice_key(self, value: float, free: int, compute: int, spare: float) -> float:
         """Near fits first, the smallest remainder first; dead remainders after every other choice."""
         if self.bands is None or free >= WHOLE_GPU_COMPUTE:
             return value
         near, smallest = self.bands
         left = free - compute
-        if left <= near:
+        if left <= near and (spare <= near or not self.gpu_memory_weight):
             return value + _BAND * (WHOLE_GPU_COMPUTE + 1 - left)
-        return value - _BAND if left < smallest else value
+        return value - _BAND if near < left < smallest else value
 
-    def slice_keys(self, values: Ints, free: Ints, compute: int) -> Ints:
+    def slice_keys(self, values: Ints, free: Ints, compute: int, spare: Floats) -> Ints:
         if self.bands is None:
             return values
         near, smallest = self.bands
         left = free - compute
         partial = free < WHOLE_GPU_COMPUTE
-        keys = np.where(partial & (left <= near), values + _BAND * (WHOLE_GPU_COMPUTE + 1 - left), values)
+        keys = np.where(
+            partial & (left <= near) & ((spare <= near) | (not self.gpu_memory_weight)),
+            values + _BAND * (WHOLE_GPU_COMPUTE + 1 - left),
+            values,
+        )
         return np.where(partial & (left > near) & (left < smallest), values - _BAND, keys)
 
-    def slice_score(self, score: int, free: int, compute: int) -> int:
+    def slice_score(self, score: int, free: int, compute: int, spare: float) -> int:
         """Near fits 100 − remainder; dead remainders fgdpp's score scaled into [0, t]; others clamped between."""
         if self.bands is None:
             return score
         near, smallest = self.bands
         left = free - compute
-        if free < WHOLE_GPU_COMPUTE and left <= near:
+        if free < WHOLE_GPU_COMPUTE and left <= near and (spare <= near or not self.gpu_memory_weight):
             return MAX_SCORE - left
-        if free < WHOLE_GPU_COMPUTE and left < smallest:
+        if free < WHOLE_GPU_COMPUTE and near < left < smallest:
             return score * (near + 1) // (MAX_SCORE + 1)
         return min(max(score, near + 1), MAX_SCORE - near - 1)
 
-    def slice_scores(self, scores: Ints, free: Ints, compute: int) -> Ints:
+    def slice_scores(self, scores: Ints, free: Ints, compute: int, spare: Floats) -> Ints:
         if self.bands is None:
             return scores
         near, smallest = self.bands
         left = free - compute
         partial = free < WHOLE_GPU_COMPUTE
-        out = np.where(partial & (left < smallest), scores * (near + 1) // (MAX_SCORE + 1),
+        out = np.where(partial & (left > near) & (left < smallest), scores * (near + 1) // (MAX_SCORE + 1),
                        np.clip(scores, near + 1, MAX_SCORE - near - 1))  # fmt: skip
-        return np.where(partial & (left <= near), MAX_SCORE - left, out)
+        near_fit = partial & (left <= near) & ((spare <= near) | (not self.gpu_memory_weight))
+        return np.where(near_fit, MAX_SCORE - left, out)
 
     def fragment_many(self, cpu_free: Ints, free_compute: Ints, model: str, memory_free: Ints, free_memory: Ints,
                       total_memory: Ints) -> Floats:  # fmt: skip
