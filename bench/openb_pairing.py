@@ -114,7 +114,8 @@ class NearFitFirst(FGDPlusPlus):
 class Banded(FGDPlusPlus):
     """fgdpp (pairing bands adopted) with one change, for the attempts toward 96 after the adoption
     (docs/openb.md "Pairing"): `bands` (t, c_min) instead of M's own; `most_used`: among near fits of equal
-    remainder the node with the least free compute after the pod first (a key above 0..100: an experiment)."""
+    remainder the node with the least free compute after the pod first (a key above 0..100: an experiment);
+    `dead`: "last" (fgdpp's), "intra" or "charged" (`slice_score`). Scalar forms only where they differ."""
 
     def __init__(self, *args: object, bands: tuple[int, int] | None = None, most_used: bool = False,
                  dead: str = "last", **kwargs: object) -> None:  # fmt: skip
@@ -123,9 +124,20 @@ class Banded(FGDPlusPlus):
             self.bands = bands
         self.most_used = most_used
         self.dead = dead
+        self._charged = False
+
+    def slice_key(self, value: float, free: int, compute: int, spare: float) -> float:
+        """`dead` "charged": no bands inside a node whose model the pod pays a reservation for."""
+        if self.dead == "charged" and self._charged:
+            return value
+        return super().slice_key(value, free, compute, spare)
 
     def slice_score(self, score: int, free: int, compute: int, spare: float) -> int:
-        """`dead` "intra": a dead remainder is last inside the node only; the node scores as an ordinary choice."""
+        """`dead` "intra": a dead remainder is last inside the node only; the node scores as an ordinary choice.
+        `dead` "charged": a node whose model the pod pays a reservation for scores in the bottom band with the
+        dead remainders (fgdpp's score scaled into [0, t])."""
+        if self.dead == "charged" and self._charged and self.bands is not None:
+            return score * (self.bands[0] + 1) // (MAX_SCORE + 1)
         if self.dead == "intra" and self.bands is not None and free < WHOLE_GPU_COMPUTE:
             near, smallest = self.bands
             if near < free - compute < smallest:
@@ -142,9 +154,12 @@ class Banded(FGDPlusPlus):
         return out
 
     def evaluate_rows(self, index: CapacityIndex, rows: list[int], demand: Demand) -> list[Choice | None] | None:
-        return None if self.most_used else super().evaluate_rows(index, rows, demand)
+        if self.most_used or self.dead == "charged":
+            return None
+        return super().evaluate_rows(index, rows, demand)
 
     def _evaluate(self, view: NodeView, demand: Demand) -> Choice | None:
+        self._charged = self.reservation(view.model, demand) > 0
         choice = super()._evaluate(view, demand)
         if not self.most_used or choice is None or self.bands is None or choice.score < MAX_SCORE - self.bands[0]:
             return choice
@@ -205,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", action="store_true", help="also run fgdpp itself on each seed")
     parser.add_argument("--bands", default=None, help="T,CMIN: fgdpp with these pairing bands (Banded)")
     parser.add_argument("--most-used", action="store_true", help="fgdpp, near-fit ties to the most used node")
-    parser.add_argument("--dead", choices=("last", "intra"), default="last", help="fgdpp, where dead remainders go")
+    parser.add_argument(
+        "--dead", choices=("last", "intra", "charged"), default="last", help="fgdpp: where dead remainders go"
+    )
     args = parser.parse_args(argv)
 
     nodes, pods = load_nodes(args.nodes), load_pods(args.pods)
