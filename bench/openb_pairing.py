@@ -115,7 +115,7 @@ class Banded(FGDPlusPlus):
     """fgdpp (pairing bands adopted) with one change, for the attempts toward 96 after the adoption
     (docs/openb.md "Pairing"): `bands` (t, c_min) instead of M's own; `most_used`: among near fits of equal
     remainder the node with the least free compute after the pod first (a key above 0..100: an experiment);
-    `dead`: "last" (fgdpp's), "intra" or "charged" (`slice_score`). Scalar forms only where they differ."""
+    `dead`: "last" (fgdpp's), "intra", "charged" or "nonear" (`slice_score`). Scalar forms only where they differ."""
 
     def __init__(self, *args: object, bands: tuple[int, int] | None = None, most_used: bool = False,
                  dead: str = "last", **kwargs: object) -> None:  # fmt: skip
@@ -130,7 +130,12 @@ class Banded(FGDPlusPlus):
         """`dead` "charged": no bands inside a node whose model the pod pays a reservation for."""
         if self.dead == "charged" and self._charged:
             return value
+        if self.dead == "nonear" and self._charged and self.bands is not None and self._near(free, compute):
+            return value
         return super().slice_key(value, free, compute, spare)
+
+    def _near(self, free: int, compute: int) -> bool:
+        return self.bands is not None and free < WHOLE_GPU_COMPUTE and free - compute <= self.bands[0]
 
     def slice_score(self, score: int, free: int, compute: int, spare: float) -> int:
         """`dead` "intra": a dead remainder is last inside the node only; the node scores as an ordinary choice.
@@ -138,6 +143,8 @@ class Banded(FGDPlusPlus):
         dead remainders (fgdpp's score scaled into [0, t])."""
         if self.dead == "charged" and self._charged and self.bands is not None:
             return score * (self.bands[0] + 1) // (MAX_SCORE + 1)
+        if self.dead == "nonear" and self._charged and self.bands is not None and self._near(free, compute):
+            return min(max(score, self.bands[0] + 1), MAX_SCORE - self.bands[0] - 1)
         if self.dead == "intra" and self.bands is not None and free < WHOLE_GPU_COMPUTE:
             near, smallest = self.bands
             if near < free - compute < smallest:
@@ -154,7 +161,7 @@ class Banded(FGDPlusPlus):
         return out
 
     def evaluate_rows(self, index: CapacityIndex, rows: list[int], demand: Demand) -> list[Choice | None] | None:
-        if self.most_used or self.dead == "charged":
+        if self.most_used or self.dead in ("charged", "nonear"):
             return None
         return super().evaluate_rows(index, rows, demand)
 
@@ -221,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bands", default=None, help="T,CMIN: fgdpp with these pairing bands (Banded)")
     parser.add_argument("--most-used", action="store_true", help="fgdpp, near-fit ties to the most used node")
     parser.add_argument(
-        "--dead", choices=("last", "intra", "charged"), default="last", help="fgdpp: where dead remainders go"
+        "--dead", choices=("last", "intra", "charged", "nonear"), default="last", help="fgdpp: where dead remainders go"
     )
     args = parser.parse_args(argv)
 
