@@ -126,18 +126,18 @@ class Banded(FGDPlusPlus):
         self.dead = dead
         self._charged = False
 
-    def slice_key(self, value: float, free: int, compute: int, spare: float) -> float:
+    def slice_key(self, value: float, free: int, compute: int, spare: float, offset: float) -> float:
         """`dead` "charged": no bands inside a node whose model the pod pays a reservation for."""
         if self.dead == "charged" and self._charged:
             return value
         if self.dead == "nonear" and self._charged and self.bands is not None and self._near(free, compute):
             return value
-        return super().slice_key(value, free, compute, spare)
+        return super().slice_key(value, free, compute, spare, offset)
 
     def _near(self, free: int, compute: int) -> bool:
         return self.bands is not None and free < WHOLE_GPU_COMPUTE and free - compute <= self.bands[0]
 
-    def slice_score(self, score: int, free: int, compute: int, spare: float) -> int:
+    def slice_score(self, score: int, free: int, compute: int, spare: float, offset: float) -> int:
         """`dead` "intra": a dead remainder is last inside the node only; the node scores as an ordinary choice.
         `dead` "charged": a node whose model the pod pays a reservation for scores in the bottom band with the
         dead remainders (fgdpp's score scaled into [0, t])."""
@@ -149,10 +149,10 @@ class Banded(FGDPlusPlus):
             near, smallest = self.bands
             if near < free - compute < smallest:
                 return min(max(score, near + 1), MAX_SCORE - near - 1)
-        return super().slice_score(score, free, compute, spare)
+        return super().slice_score(score, free, compute, spare, offset)
 
-    def slice_scores(self, scores: Ints, free: Ints, compute: int, spare: Floats) -> Ints:
-        out = super().slice_scores(scores, free, compute, spare)
+    def slice_scores(self, scores: Ints, free: Ints, compute: int, spare: Floats, offset: float) -> Ints:
+        out = super().slice_scores(scores, free, compute, spare, offset)
         if self.dead == "intra" and self.bands is not None:
             near, smallest = self.bands
             left = free - compute

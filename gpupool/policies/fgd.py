@@ -188,6 +188,7 @@ class FGD(Policy):
         fits = (fc >= group.compute) & memory_ok
         f0 = np.zeros(b)
         picks: list[tuple[tuple[int, ...], ...]] = []
+        offset = self.node_offset(model, demand)
         if group.compute < WHOLE_GPU_COMPUTE:  # one sharing slice: the best GPU by `gpu_value`, ties to the lowest
             spare = np.where(tm == 0, 0.0, (fm - taken) * WHOLE_GPU_COMPUTE / np.where(tm == 0, 1, tm))  # `_spare`
             candidate = fits.copy()
@@ -202,7 +203,7 @@ class FGD(Policy):
                 f0, f1 = self.fragment_before_after(
                     cpu0, cpu1, mem0, mem1, fc, fm, tm, model, group.compute, taken, at, col
                 )
-                value = self.slice_keys(fgd_scores(f0[at] - f1), fc[at, col], group.compute, spare[at, col])
+                value = self.slice_keys(fgd_scores(f0[at] - f1), fc[at, col], group.compute, spare[at, col], offset)
                 starts = np.flatnonzero(np.concatenate(([True], at[1:] != at[:-1])))
                 top = np.maximum.reduceat(value, starts)
                 is_top = np.flatnonzero(value == np.repeat(top, np.diff(np.append(starts, len(at)))))
@@ -222,10 +223,10 @@ class FGD(Policy):
                 rank = np.cumsum(first, axis=1)  # the m-th chosen GPU of a row: the first column of rank m
                 columns = [np.argmax(first & (rank == m), axis=1).tolist() for m in range(1, group.count + 1)]
                 picks = [(tuple(chosen),) for chosen in zip(*columns, strict=True)] if columns else [((),)] * b
-        score_of = fgd_scores(f0 - f1_best - self.node_offset(model, demand))
+        score_of = fgd_scores(f0 - f1_best - offset)
         if group.compute < WHOLE_GPU_COMPUTE:
             chosen = np.arange(b), best
-            score_of = self.slice_scores(score_of, fc[chosen], group.compute, spare[chosen])
+            score_of = self.slice_scores(score_of, fc[chosen], group.compute, spare[chosen], offset)
         fit = ok & host_ok
         if not choices:
             return score_of, fit
@@ -278,22 +279,22 @@ class FGD(Policy):
 
     # --- a pod of one sharing slice: the GPU it takes (fgdpp ranks near fits and dead remainders) --------------
 
-    def slice_key(self, value: float, free: int, compute: int, spare: float) -> float:
+    def slice_key(self, value: float, free: int, compute: int, spare: float, offset: float) -> float:
         """The per-GPU choice's key (higher is better) for a pod of one sharing slice of `compute` units on a GPU
         with `free` units, whose `gpu_value` is `value`; `spare`: the GPU's memory left after it, in compute units
-        at the GPU's memory per unit (`_spare`). FGD: the value."""
+        at the GPU's memory per unit (`_spare`); `offset`: the node's `node_offset`. FGD: the value."""
         return value
 
-    def slice_keys(self, values: Ints, free: Ints, compute: int, spare: Floats) -> Ints:
+    def slice_keys(self, values: Ints, free: Ints, compute: int, spare: Floats, offset: float) -> Ints:
         """`slice_key` of many GPUs (integer `gpu_value`s), the same keys."""
         return values
 
-    def slice_score(self, score: int, free: int, compute: int, spare: float) -> int:
+    def slice_score(self, score: int, free: int, compute: int, spare: float, offset: float) -> int:
         """The node's 0..100 score for a pod of one sharing slice of `compute` units that takes a GPU with `free`
-        units (`spare` as for `slice_key`), given `node_choice`'s score; FGD: that score."""
+        units (`spare`, `offset` as for `slice_key`), given `node_choice`'s score; FGD: that score."""
         return score
 
-    def slice_scores(self, scores: Ints, free: Ints, compute: int, spare: Floats) -> Ints:
+    def slice_scores(self, scores: Ints, free: Ints, compute: int, spare: Floats, offset: float) -> Ints:
         """`slice_score` of many nodes, the same scores."""
         return scores
 
@@ -310,6 +311,7 @@ class FGD(Policy):
         f0 = self.fragment(cpu0, fc, model, mem0, (fm, tm))
         picks: list[tuple[int, ...]] = []
         one = len(demand.groups) == 1 and demand.groups[0].count == 1  # one slice: `slice_key`, `slice_score`
+        offset = self.node_offset(model, demand) if one else 0.0
         for group in demand.groups:
             memory = group.memory_mib
             if group.compute < WHOLE_GPU_COMPUTE:
@@ -334,7 +336,7 @@ class FGD(Policy):
                         fm[j] += taken
                         v = self.gpu_value(f0, f1)
                         if one:
-                            v = self.slice_key(v, fc[j], group.compute, spare)
+                            v = self.slice_key(v, fc[j], group.compute, spare, offset)
                         if v > best_v:
                             best_v, best_j = v, j
                     if best_j < 0:
@@ -358,7 +360,7 @@ class FGD(Policy):
             j = picks[0][0]
             taken = slice_memory(view.total_memory[j], demand.groups[0])
             spare = _spare(view.free_memory[j], taken, view.total_memory[j])
-            score = self.slice_score(choice.score, view.free_compute[j], compute, spare)
+            score = self.slice_score(choice.score, view.free_compute[j], compute, spare, offset)
             if score != choice.score:
                 choice = Choice(score, choice.picks)
         return choice

@@ -40,7 +40,7 @@ choice on a partially used GPU is a *near fit* when it leaves at most t units an
 when it leaves more than t and less than c_min (no task of M fits the rest). The GPU
 choice inside a node is lexicographic (near fits first — nearly full in memory too: a GPU
 whose memory would be left beyond t units' worth is no near fit, unless the GPU-memory term
-is off — the smallest remainder first, then
+is off, and so is one on a model the pod pays a reservation for — the smallest remainder first, then
 everything else by FGD's value, dead remainders last: `slice_key`), and the node's 0..100
 score keeps the three bands apart (`slice_score`): near fits score 100 − remainder, other
 choices fgdpp's score clamped to [t + 1, 100 − t − 1], dead ones fgdpp's score scaled into
@@ -201,42 +201,43 @@ class FGDPlusPlus(FGD):
     def node_offset(self, model: str, demand: Demand) -> float:
         return self.reservation(model, demand)
 
-    def slice_key(self, value: float, free: int, compute: int, spare: float) -> float:
-        """Near fits first, the smallest remainder first; dead remainders after every other choice."""
+    def slice_key(self, value: float, free: int, compute: int, spare: float, offset: float) -> float:
+        """Near fits first, the smallest remainder first; dead remainders after every other choice. On a model the
+        pod pays a reservation for (`offset` > 0) a near fit is an ordinary choice."""
         if self.bands is None or free >= WHOLE_GPU_COMPUTE:
             return value
         near, smallest = self.bands
         left = free - compute
-        if left <= near and (spare <= near or not self.gpu_memory_weight):
+        if left <= near and (spare <= near or not self.gpu_memory_weight) and offset <= 0:
             return value + _BAND * (WHOLE_GPU_COMPUTE + 1 - left)
         return value - _BAND if near < left < smallest else value
 
-    def slice_keys(self, values: Ints, free: Ints, compute: int, spare: Floats) -> Ints:
+    def slice_keys(self, values: Ints, free: Ints, compute: int, spare: Floats, offset: float) -> Ints:
         if self.bands is None:
             return values
         near, smallest = self.bands
         left = free - compute
         partial = free < WHOLE_GPU_COMPUTE
         keys = np.where(
-            partial & (left <= near) & ((spare <= near) | (not self.gpu_memory_weight)),
+            partial & (left <= near) & ((spare <= near) | (not self.gpu_memory_weight)) & (offset <= 0),
             values + _BAND * (WHOLE_GPU_COMPUTE + 1 - left),
             values,
         )
         return np.where(partial & (left > near) & (left < smallest), values - _BAND, keys)
 
-    def slice_score(self, score: int, free: int, compute: int, spare: float) -> int:
+    def slice_score(self, score: int, free: int, compute: int, spare: float, offset: float) -> int:
         """Near fits 100 − remainder; dead remainders fgdpp's score scaled into [0, t]; others clamped between."""
         if self.bands is None:
             return score
         near, smallest = self.bands
         left = free - compute
-        if free < WHOLE_GPU_COMPUTE and left <= near and (spare <= near or not self.gpu_memory_weight):
+        if free < WHOLE_GPU_COMPUTE and left <= near and (spare <= near or not self.gpu_memory_weight) and offset <= 0:
             return MAX_SCORE - left
         if free < WHOLE_GPU_COMPUTE and near < left < smallest:
             return score * (near + 1) // (MAX_SCORE + 1)
         return min(max(score, near + 1), MAX_SCORE - near - 1)
 
-    def slice_scores(self, scores: Ints, free: Ints, compute: int, spare: Floats) -> Ints:
+    def slice_scores(self, scores: Ints, free: Ints, compute: int, spare: Floats, offset: float) -> Ints:
         if self.bands is None:
             return scores
         near, smallest = self.bands
@@ -244,7 +245,7 @@ class FGDPlusPlus(FGD):
         partial = free < WHOLE_GPU_COMPUTE
         out = np.where(partial & (left > near) & (left < smallest), scores * (near + 1) // (MAX_SCORE + 1),
                        np.clip(scores, near + 1, MAX_SCORE - near - 1))  # fmt: skip
-        near_fit = partial & (left <= near) & ((spare <= near) | (not self.gpu_memory_weight))
+        near_fit = partial & (left <= near) & ((spare <= near) | (not self.gpu_memory_weight)) & (offset <= 0)
         return np.where(near_fit, MAX_SCORE - left, out)
 
     def fragment_many(self, cpu_free: Ints, free_compute: Ints, model: str, memory_free: Ints, free_memory: Ints,

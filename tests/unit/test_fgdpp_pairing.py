@@ -140,3 +140,17 @@ def test_a_near_fit_in_compute_that_leaves_memory_is_no_near_fit() -> None:
     assert blind == Choice(MAX_SCORE - 3, ((0,),))
     fitting = NodeView.make("f", "X", (0,), (35,), (5734,), (16384,), 1, 64000, 10**6, 100)  # 35 % of 16 GiB free
     assert aware.evaluate(fitting, Demand((SliceGroup(1, 32, 5243),), cpu_milli=4000)) == Choice(97, ((0,),))
+
+
+def test_a_near_fit_on_a_model_the_pod_pays_a_reservation_for_is_an_ordinary_choice() -> None:
+    """The bands must not outrank the reservation term: a 32 % pod that may run anywhere, on a GPU of a model that
+    model-constrained pods need (ρ 0.5), is no near fit; on a model nobody reserves, or for a pod that may run
+    only on that model (it pays nothing there), it is."""
+    policy = FGDPlusPlus(default_workload(), reserved={"X": 0.5, "Y": 0.0})
+    pod = share(32)
+    on_x = policy.evaluate(view([35]), pod)  # `view` builds model X
+    assert on_x is not None and 11 < on_x.score < MAX_SCORE - 11
+    on_y = NodeView.make("y", "Y", (0,), (35,), (35,), (100,), 1, 64000, 10**6, 100)
+    assert policy.evaluate(on_y, pod) == Choice(MAX_SCORE - 3, ((0,),))
+    only_x = Demand(pod.groups, pod.cpu_milli, pod.memory_mib, frozenset({"X"}))
+    assert policy.evaluate(view([35]), only_x) == Choice(MAX_SCORE - 3, ((0,),))
