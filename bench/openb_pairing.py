@@ -1,5 +1,9 @@
 """Near-perfect fit first: an fgdpp variant measured toward 96 on the default trace (docs/openb.md, "Toward 96").
 
+fgdpp has since adopted `--avoid-dead` at t = c_min / 2 in a 0..100 form (`FGDPlusPlus.slice_key` / `slice_score`);
+the variants here build on fgdpp with that off (`pairing=False`), so they reproduce the research figures, and
+`--baseline` runs fgdpp as it is now.
+
 A sharing pod that fits some partially used GPU leaving a remainder of at most `threshold` compute units (default:
 half the smallest sharing share of the workload mix M) goes to such a GPU, the smallest remainder first, and only
 then by fgdpp's score; every other pod, and every pod with no such GPU, is placed by fgdpp. The choice key is
@@ -27,12 +31,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gpupool.capacity import CapacityIndex
-from gpupool.fragmentation import Workload
+from gpupool.fragmentation import Floats, Ints, Workload
 from gpupool.ledger import NodeView
-from gpupool.policies.base import Choice, Demand, slice_fits
+from gpupool.policies.base import MAX_SCORE, Choice, Demand, slice_fits
 from gpupool.policies.fgd import fgd_score
 from gpupool.policies.fgdpp import FGDPlusPlus
 from gpupool.pool import build_pool
@@ -52,6 +58,7 @@ class NearFitFirst(FGDPlusPlus):
 
     def __init__(self, *args: object, threshold: int | None = None, clip: bool = False, avoid_dead: bool = False,
                  **kwargs: object) -> None:  # fmt: skip
+        kwargs.setdefault("pairing", False)  # fgdpp's own bands (adopted from this) off: the variants stand alone
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.smallest = smallest_share(self.workload)
         self.threshold = self.smallest // 2 if threshold is None else threshold
@@ -104,18 +111,86 @@ class NearFitFirst(FGDPlusPlus):
         return Choice(self._key(score, near, True, dead), ((j,),))
 
 
+class Banded(FGDPlusPlus):
+    """fgdpp (pairing bands adopted) with one change, for the attempts toward 96 after the adoption
+    (docs/openb.md "Pairing"): `bands` (t, c_min) instead of M's own; `most_used`: among near fits of equal
+    remainder the node with the least free compute after the pod first (a key above 0..100: an experiment);
+    `dead`: "last" (fgdpp's), "intra", "charged" or "nonear" (`slice_score`). Scalar forms only where they differ."""
+
+    def __init__(self, *args: object, bands: tuple[int, int] | None = None, most_used: bool = False,
+                 dead: str = "last", **kwargs: object) -> None:  # fmt: skip
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        if bands is not None:
+            self.bands = bands
+        self.most_used = most_used
+        self.dead = dead
+        self._charged = False
+
+    def slice_key(self, value: float, free: int, compute: int, spare: float, offset: float) -> float:
+        """`dead` "charged": no bands inside a node whose model the pod pays a reservation for."""
+        if self.dead == "charged" and self._charged:
+            return value
+        if self.dead == "nonear" and self._charged and self.bands is not None and self._near(free, compute):
+            return value
+        return super().slice_key(value, free, compute, spare, offset)
+
+    def _near(self, free: int, compute: int) -> bool:
+        return self.bands is not None and free < WHOLE_GPU_COMPUTE and free - compute <= self.bands[0]
+
+    def slice_score(self, score: int, free: int, compute: int, spare: float, offset: float) -> int:
+        """`dead` "intra": a dead remainder is last inside the node only; the node scores as an ordinary choice.
+        `dead` "charged": a node whose model the pod pays a reservation for scores in the bottom band with the
+        dead remainders (fgdpp's score scaled into [0, t])."""
+        if self.dead == "charged" and self._charged and self.bands is not None:
+            return score * (self.bands[0] + 1) // (MAX_SCORE + 1)
+        if self.dead == "nonear" and self._charged and self.bands is not None and self._near(free, compute):
+            return min(max(score, self.bands[0] + 1), MAX_SCORE - self.bands[0] - 1)
+        if self.dead == "intra" and self.bands is not None and free < WHOLE_GPU_COMPUTE:
+            near, smallest = self.bands
+            if near < free - compute < smallest:
+                return min(max(score, near + 1), MAX_SCORE - near - 1)
+        return super().slice_score(score, free, compute, spare, offset)
+
+    def slice_scores(self, scores: Ints, free: Ints, compute: int, spare: Floats, offset: float) -> Ints:
+        out = super().slice_scores(scores, free, compute, spare, offset)
+        if self.dead == "intra" and self.bands is not None:
+            near, smallest = self.bands
+            left = free - compute
+            dead = (free < WHOLE_GPU_COMPUTE) & (left > near) & (left < smallest)
+            out = np.where(dead, np.clip(scores, near + 1, MAX_SCORE - near - 1), out)
+        return out
+
+    def evaluate_rows(self, index: CapacityIndex, rows: list[int], demand: Demand) -> list[Choice | None] | None:
+        if self.most_used or self.dead in ("charged", "nonear"):
+            return None
+        return super().evaluate_rows(index, rows, demand)
+
+    def _evaluate(self, view: NodeView, demand: Demand) -> Choice | None:
+        self._charged = self.reservation(view.model, demand) > 0
+        choice = super()._evaluate(view, demand)
+        if not self.most_used or choice is None or self.bands is None or choice.score < MAX_SCORE - self.bands[0]:
+            return choice
+        if len(demand.groups) != 1 or demand.groups[0].count != 1 or demand.groups[0].compute >= WHOLE_GPU_COMPUTE:
+            return choice
+        idle = sum(view.free_compute) - demand.groups[0].compute
+        return Choice(choice.score * 10_000 + 10_000 - 1 - idle, choice.picks)
+
+
 def alloc_at_100(
-    nodes: list[TraceNode], pods: list[TracePod], seed: int, variant: tuple[int | None, bool, bool] | None
-) -> float:
-    """One replay of fgdpp (`variant` None) or `NearFitFirst` with (threshold, clip, avoid_dead): allocation % at
-    100 % arrived."""
+    nodes: list[TraceNode], pods: list[TracePod], seed: int, variant: tuple[int | None, bool, bool] | None,
+    banded: dict[str, object] | None = None,
+) -> float:  # fmt: skip
+    """One replay of fgdpp (`variant` None), `NearFitFirst` with (threshold, clip, avoid_dead), or `Banded` with
+    `banded` as its options: allocation % at 100 % arrived."""
     rng = random.Random(seed)
     capacity_milli = total_gpu_milli(nodes)
     order = shuffled_pods(pods, rng, capacity_milli, DEFAULT_TUNE)
     rank = node_rank(nodes, rng)
     workload, reservation = target_workload(pods), target_workload(pods, 1.0)
     pool = build_pool(pool_config("fgdpp", seed, workload, reservation_workload=reservation), rank=rank.__getitem__)
-    if variant is not None:
+    if banded is not None:
+        pool.placer.policies["fgdpp"] = Banded(workload, reservation_workload=reservation, **banded)
+    elif variant is not None:
         pool.placer.policies["fgdpp"] = NearFitFirst(
             workload, reservation_workload=reservation, threshold=variant[0], clip=variant[1], avoid_dead=variant[2]
         )
@@ -150,17 +225,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoding", choices=("lex", "clip"), default="lex")
     parser.add_argument("--avoid-dead", action="store_true", help="dead remainders after every other choice")
     parser.add_argument("--baseline", action="store_true", help="also run fgdpp itself on each seed")
+    parser.add_argument("--bands", default=None, help="T,CMIN: fgdpp with these pairing bands (Banded)")
+    parser.add_argument("--most-used", action="store_true", help="fgdpp, near-fit ties to the most used node")
+    parser.add_argument(
+        "--dead", choices=("last", "intra", "charged", "nonear"), default="last", help="fgdpp: where dead remainders go"
+    )
     args = parser.parse_args(argv)
 
     nodes, pods = load_nodes(args.nodes), load_pods(args.pods)
     variant = (args.threshold, args.encoding == "clip", bool(args.avoid_dead))
-    runs: list[tuple[str, tuple[int | None, bool, bool] | None]] = [("near-fit", variant)]
+    banded: dict[str, object] | None = None
+    if args.bands is not None or args.most_used or args.dead != "last":
+        bands = None if args.bands is None else tuple(int(v) for v in args.bands.split(","))
+        banded = {"bands": bands, "most_used": bool(args.most_used), "dead": args.dead}
+    runs: list[tuple[str, tuple[int | None, bool, bool] | None, dict[str, object] | None]] = [
+        ("banded", None, banded) if banded is not None else ("near-fit", variant, None)
+    ]
     if args.baseline:
-        runs.insert(0, ("fgdpp", None))
+        runs.insert(0, ("fgdpp", None, None))
     for seed in (int(s) for s in args.seeds.split(",")):
-        for label, spec in runs:
+        for label, spec, options in runs:
             started = time.process_time()
-            alloc = alloc_at_100(nodes, pods, seed, spec)
+            alloc = alloc_at_100(nodes, pods, seed, spec, options)
             print(f"{args.pods.name} {label} seed {seed}: {alloc:.2f} % at 100 % arrived "
                   f"({time.process_time() - started:.1f} CPU s)", flush=True)  # fmt: skip
     return 0

@@ -56,7 +56,15 @@ def _vectorised(cls: type) -> bool:
         and _owner(cls, "fragment_before_after") is fragment
         and _owner(cls, "node_offset") is _owner(cls, "node_choice")
         and _owner(cls, "gpu_value").__name__ == "FGD"
+        and _owner(cls, "slice_key") is _owner(cls, "slice_keys")
+        and _owner(cls, "slice_score") is _owner(cls, "slice_scores")
     )
+
+
+def _spare(free_memory: int, taken: int, total_memory: int) -> float:
+    """A GPU's memory left after a slice takes `taken`, in compute units at the GPU's memory per unit (0 without
+    memory): what `slice_key` compares with the compute left."""
+    return (free_memory - taken) * WHOLE_GPU_COMPUTE / total_memory if total_memory else 0.0
 
 
 def fgd_scores(delta: Floats) -> Ints:
@@ -200,7 +208,9 @@ class FGD(Policy):
         fits = (fc >= group.compute) & memory_ok
         f0 = np.zeros(b)
         picks: list[tuple[tuple[int, ...], ...]] = []
+        offset = self.node_offset(model, demand)
         if group.compute < WHOLE_GPU_COMPUTE:  # one sharing slice: the best GPU by `gpu_value`, ties to the lowest
+            spare = np.where(tm == 0, 0.0, (fm - taken) * WHOLE_GPU_COMPUTE / np.where(tm == 0, 1, tm))  # `_spare`
             at, col = np.nonzero(fits & _first_of_equals(fc, fm, tm))  # by row, then by column
             ok = fits.any(axis=1)
             best = np.zeros(b, dtype=np.int64)
@@ -209,7 +219,7 @@ class FGD(Policy):
                 f0, f1 = self.fragment_before_after(
                     cpu0, cpu1, mem0, mem1, fc, fm, tm, model, group.compute, taken, at, col
                 )
-                value = fgd_scores(f0[at] - f1)
+                value = self.slice_keys(fgd_scores(f0[at] - f1), fc[at, col], group.compute, spare[at, col], offset)
                 starts = np.flatnonzero(np.concatenate(([True], at[1:] != at[:-1])))
                 top = np.maximum.reduceat(value, starts)
                 is_top = np.flatnonzero(value == np.repeat(top, np.diff(np.append(starts, len(at)))))
@@ -229,7 +239,10 @@ class FGD(Policy):
                 rank = np.cumsum(first, axis=1)  # the m-th chosen GPU of a row: the first column of rank m
                 columns = [np.argmax(first & (rank == m), axis=1).tolist() for m in range(1, group.count + 1)]
                 picks = [(tuple(chosen),) for chosen in zip(*columns, strict=True)] if columns else [((),)] * b
-        score_of = fgd_scores(f0 - f1_best - self.node_offset(model, demand))
+        score_of = fgd_scores(f0 - f1_best - offset)
+        if group.compute < WHOLE_GPU_COMPUTE:
+            chosen = np.arange(b), best
+            score_of = self.slice_scores(score_of, fc[chosen], group.compute, spare[chosen], offset)
         fit = ok & host_ok
         if not choices:
             return score_of, fit
@@ -280,6 +293,27 @@ class FGD(Policy):
                     picks: tuple[tuple[int, ...], ...]) -> Choice:  # fmt: skip
         return Choice(fgd_score(f0 - f1), picks)
 
+    # --- a pod of one sharing slice: the GPU it takes (fgdpp ranks near fits and dead remainders) --------------
+
+    def slice_key(self, value: float, free: int, compute: int, spare: float, offset: float) -> float:
+        """The per-GPU choice's key (higher is better) for a pod of one sharing slice of `compute` units on a GPU
+        with `free` units, whose `gpu_value` is `value`; `spare`: the GPU's memory left after it, in compute units
+        at the GPU's memory per unit (`_spare`); `offset`: the node's `node_offset`. FGD: the value."""
+        return value
+
+    def slice_keys(self, values: Ints, free: Ints, compute: int, spare: Floats, offset: float) -> Ints:
+        """`slice_key` of many GPUs (integer `gpu_value`s), the same keys."""
+        return values
+
+    def slice_score(self, score: int, free: int, compute: int, spare: float, offset: float) -> int:
+        """The node's 0..100 score for a pod of one sharing slice of `compute` units that takes a GPU with `free`
+        units (`spare`, `offset` as for `slice_key`), given `node_choice`'s score; FGD: that score."""
+        return score
+
+    def slice_scores(self, scores: Ints, free: Ints, compute: int, spare: Floats, offset: float) -> Ints:
+        """`slice_score` of many nodes, the same scores."""
+        return scores
+
     def _evaluate(self, view: NodeView, demand: Demand) -> Choice | None:
         model = view.model
         cpu0 = view.cpu_free
@@ -292,6 +326,8 @@ class FGD(Policy):
         n = len(fc)
         f0 = self.fragment(cpu0, fc, model, mem0, (fm, tm))
         picks: list[tuple[int, ...]] = []
+        one = len(demand.groups) == 1 and demand.groups[0].count == 1  # one slice: `slice_key`, `slice_score`
+        offset = self.node_offset(model, demand) if one else 0.0
         for group in demand.groups:
             memory = group.memory_mib
             if group.compute < WHOLE_GPU_COMPUTE:
@@ -308,12 +344,15 @@ class FGD(Policy):
                             continue
                         seen.add(sig)
                         taken = tm[j] if memory is None else memory
+                        spare = _spare(fm[j], taken, tm[j])
                         fc[j] -= group.compute
                         fm[j] -= taken
                         f1 = self.fragment(cpu1, fc, model, mem1, (fm, tm))
                         fc[j] += group.compute
                         fm[j] += taken
                         v = self.gpu_value(f0, f1)
+                        if one:
+                            v = self.slice_key(v, fc[j], group.compute, spare, offset)
                         if v > best_v:
                             best_v, best_j = v, j
                     if best_j < 0:
@@ -332,4 +371,12 @@ class FGD(Policy):
                     fm[j] -= slice_memory(tm[j], group)
                 picks.append(first)
         f1 = self.fragment(cpu1, fc, model, mem1, (fm, tm))
-        return self.node_choice(view, demand, f0, f1, tuple(picks))
+        choice = self.node_choice(view, demand, f0, f1, tuple(picks))
+        if one and (compute := demand.groups[0].compute) < WHOLE_GPU_COMPUTE:
+            j = picks[0][0]
+            taken = slice_memory(view.total_memory[j], demand.groups[0])
+            spare = _spare(view.free_memory[j], taken, view.total_memory[j])
+            score = self.slice_score(choice.score, view.free_compute[j], compute, spare, offset)
+            if score != choice.score:
+                choice = Choice(score, choice.picks)
+        return choice

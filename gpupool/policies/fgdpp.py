@@ -31,6 +31,20 @@ the measure of `gpupool.simulator.protocol.stranded_gpu_memory`. Only that side 
 charged: charging compute left without memory as well sends memory-heavy slices to the
 large GPUs, whose memory then strands (docs/openb.md "### GPU memory"). Where slices ask
 memory in proportion to compute (the published trace) it is 0.
+
+Pairing (a pod of one sharing slice): FGD's quantised score cannot tell a GPU the pod fills
+to 3 units from one it leaves 13 units on (both ΔF ≈ 29: the same score), and the 13 are
+never used. From M's smallest sharing share c_min (`sharing_bands`: among the compute values
+covering 95 % of M's sharing tasks, as M covers 95 % of the pods), with t = c_min // 2, a
+choice on a partially used GPU is a *near fit* when it leaves at most t units and *dead*
+when it leaves more than t and less than c_min (no task of M fits the rest). The GPU
+choice inside a node is lexicographic (near fits first — nearly full in memory too: a GPU
+whose memory would be left beyond t units' worth is no near fit, unless the GPU-memory term
+is off, and so is one on a model the pod pays a reservation for — the smallest remainder first, then
+everything else by FGD's value, dead remainders last: `slice_key`), and the node's 0..100
+score keeps the three bands apart (`slice_score`): near fits score 100 − remainder, other
+choices fgdpp's score clamped to [t + 1, 100 − t − 1], dead ones fgdpp's score scaled into
+[0, t]. Whole-GPU and multi-GPU pods are scored as before (docs/openb.md "Pairing").
 """
 
 from __future__ import annotations
@@ -41,9 +55,9 @@ from typing import ClassVar
 import numpy as np
 
 from gpupool.capacity import UNLIMITED
-from gpupool.fragmentation import Floats, Ints, Workload
+from gpupool.fragmentation import DEFAULT_COVERAGE, Floats, Ints, Workload
 from gpupool.ledger import NodeView
-from gpupool.policies.base import Choice, Demand
+from gpupool.policies.base import MAX_SCORE, Choice, Demand
 from gpupool.policies.fgd import FGD, fgd_score
 from gpupool.request import WHOLE_GPU_COMPUTE
 
@@ -63,6 +77,33 @@ def gpu_mismatch(free_compute: list[int], free_memory: list[int], total_memory: 
             if d > 0:
                 total += d
     return total
+
+
+#: a near fit's per-GPU key is above, a dead remainder's below, every FGD value (0..100): `slice_key`
+_BAND = 1000
+
+
+def sharing_bands(workload: Workload, coverage: float = DEFAULT_COVERAGE) -> tuple[int, int] | None:
+    """(t, c_min) of fgdpp's pairing bands: c_min the smallest compute of M's one-GPU sharing tasks, counted as M
+    itself is (`Workload.from_counts`): the compute values by popularity, most popular first, until `coverage` of
+    M's sharing tasks; t = c_min // 2 the largest remainder of a near fit. None when M has no sharing task. (A
+    rare small share, which a mix split finely by CPU or model keeps in M, would otherwise set c_min alone.)"""
+    shares: dict[int, float] = {}
+    for s in workload.shapes:
+        if s.count == 1 and 0 < s.compute < WHOLE_GPU_COMPUTE:
+            shares[s.compute] = shares.get(s.compute, 0.0) + s.popularity
+    total = sum(shares.values())
+    if not shares or total <= 0:
+        return None
+    kept: list[int] = []
+    covered = 0.0
+    for compute, popularity in sorted(shares.items(), key=lambda item: (item[1], item[0]), reverse=True):
+        kept.append(compute)
+        covered += popularity
+        if covered >= coverage * total - 1e-9:
+            break
+    smallest = min(kept)
+    return smallest // 2, smallest
 
 
 def reserved_shares(workload: Workload, model_gpus: Mapping[str, int]) -> dict[str, float]:
@@ -108,8 +149,11 @@ class FGDPlusPlus(FGD):
         reserve_weight: float = 1.0,
         reservation_workload: Workload | None = None,
         gpu_memory_weight: float | None = None,
+        pairing: bool = True,
     ) -> None:
         super().__init__(workload)
+        #: (t, c_min) of the pairing bands (`sharing_bands`); None = off (M has no sharing task, or `pairing` False)
+        self.bands = sharing_bands(self.workload) if pairing else None
         self.cpu_weight = cpu_weight
         self.memory_weight = memory_weight
         self.cpu_per_unit = cpu_per_unit if cpu_per_unit is not None else self.workload.cpu_per_unit()
@@ -156,6 +200,53 @@ class FGDPlusPlus(FGD):
 
     def node_offset(self, model: str, demand: Demand) -> float:
         return self.reservation(model, demand)
+
+    def slice_key(self, value: float, free: int, compute: int, spare: float, offset: float) -> float:
+        """Near fits first, the smallest remainder first; dead remainders after every other choice. On a model the
+        pod pays a reservation for (`offset` > 0) a near fit is an ordinary choice."""
+        if self.bands is None or free >= WHOLE_GPU_COMPUTE:
+            return value
+        near, smallest = self.bands
+        left = free - compute
+        if left <= near and (spare <= near or not self.gpu_memory_weight) and offset <= 0:
+            return value + _BAND * (WHOLE_GPU_COMPUTE + 1 - left)
+        return value - _BAND if near < left < smallest else value
+
+    def slice_keys(self, values: Ints, free: Ints, compute: int, spare: Floats, offset: float) -> Ints:
+        if self.bands is None:
+            return values
+        near, smallest = self.bands
+        left = free - compute
+        partial = free < WHOLE_GPU_COMPUTE
+        keys = np.where(
+            partial & (left <= near) & ((spare <= near) | (not self.gpu_memory_weight)) & (offset <= 0),
+            values + _BAND * (WHOLE_GPU_COMPUTE + 1 - left),
+            values,
+        )
+        return np.where(partial & (left > near) & (left < smallest), values - _BAND, keys)
+
+    def slice_score(self, score: int, free: int, compute: int, spare: float, offset: float) -> int:
+        """Near fits 100 − remainder; dead remainders fgdpp's score scaled into [0, t]; others clamped between."""
+        if self.bands is None:
+            return score
+        near, smallest = self.bands
+        left = free - compute
+        if free < WHOLE_GPU_COMPUTE and left <= near and (spare <= near or not self.gpu_memory_weight) and offset <= 0:
+            return MAX_SCORE - left
+        if free < WHOLE_GPU_COMPUTE and near < left < smallest:
+            return score * (near + 1) // (MAX_SCORE + 1)
+        return min(max(score, near + 1), MAX_SCORE - near - 1)
+
+    def slice_scores(self, scores: Ints, free: Ints, compute: int, spare: Floats, offset: float) -> Ints:
+        if self.bands is None:
+            return scores
+        near, smallest = self.bands
+        left = free - compute
+        partial = free < WHOLE_GPU_COMPUTE
+        out = np.where(partial & (left > near) & (left < smallest), scores * (near + 1) // (MAX_SCORE + 1),
+                       np.clip(scores, near + 1, MAX_SCORE - near - 1))  # fmt: skip
+        near_fit = partial & (left <= near) & ((spare <= near) | (not self.gpu_memory_weight)) & (offset <= 0)
+        return np.where(near_fit, MAX_SCORE - left, out)
 
     def fragment_many(self, cpu_free: Ints, free_compute: Ints, model: str, memory_free: Ints, free_memory: Ints,
                       total_memory: Ints) -> Floats:  # fmt: skip
