@@ -49,6 +49,7 @@ from gpupool.pool import build_pool
 from gpupool.preemption import PreemptionPlan, find_preemption, no_preemption_reason
 from gpupool.queues import IMPLICIT_QUEUE, Admission, QueueManager
 from gpupool.quota import Resources
+from gpupool.request import PodRequest
 
 log = logging.getLogger("gpupool.controller")
 
@@ -151,6 +152,10 @@ class Controller:
         #: uid -> the pod's verified assignment as `on_pod` last read it (`_health_gc` checks these every cycle
         #: instead of verifying every pod's signature again)
         self._verified: dict[str, Holding] = {}
+        #: uid -> (`resources.pod_request_key`, its request, its verified assignment) as `on_pod` last read them: an
+        #: event that changed neither (status, labels, node) is not parsed and verified again. One entry per cached
+        #: pod, dropped with it; emptied when the signing keys change
+        self._parsed: dict[str, tuple[tuple[Any, ...], PodRequest, Holding | None]] = {}
 
     def nudge(self) -> None:
         """Something changed that may let a pod be admitted: run the cycle soon (coalesced; `run_cycles`)."""
@@ -305,7 +310,9 @@ class Controller:
         return {"signing": current.signing, "verification": list(current.kids)}
 
     def on_keys_changed(self) -> None:
-        """The signing keys changed: read the quarantined pods again (a new verification key may trust them)."""
+        """The signing keys changed: read the quarantined pods again (a new verification key may trust them), and
+        every pod's assignment again on its next event (a key may have been retired)."""
+        self._parsed.clear()
         for uid in sorted(self.quarantined):
             pod = self.pods.get(uid)
             if pod is not None:
@@ -413,43 +420,51 @@ class Controller:
             self._index_nodes(uid, None)
             self._owner_ref(uid, None)
             self._verified.pop(uid, None)
+            self._parsed.pop(uid, None)
             if uid in self.pods or uid in self.manager.pods:
                 self.pods.pop(uid, None)
                 self.manager.remove_pod(uid)
                 self._events.pop(uid, None)
                 self.nudge()  # its slices and quota are free (or the line it waited in is shorter)
             return
-        if not resources.mentions_gpupool(pod):
-            return
-        if resources.alias_names_in(pod):
-            if uid not in self._alias_warned:
-                self._alias_pods[uid] = dict(pod)  # warned by the next cycle (the leader posts Events)
+        known = self._parsed.get(uid)
+        key = resources.pod_request_key(pod) if known is not None else None
+        if known is not None and known[0] == key:  # what it asks and its assignment as last read (status events)
+            request, assigned = known[1], known[2]
         else:
-            self._alias_pods.pop(uid, None)
-        try:
-            request = resources.parse_pod(pod)
-        except InvalidRequest as exc:
-            self.problems[f"pod/{objects.pod_key(pod)}"] = str(exc)
-            return
-        if not request.containers:
-            return
-        assigned = None
-        try:
-            assigned = self.holding_of(pod)
-            if assigned is not None:
-                self._verified[uid] = assigned
+            self._parsed.pop(uid, None)
+            if not resources.mentions_gpupool(pod):
+                return
+            if resources.alias_names_in(pod):
+                if uid not in self._alias_warned:
+                    self._alias_pods[uid] = dict(pod)  # warned by the next cycle (the leader posts Events)
             else:
+                self._alias_pods.pop(uid, None)
+            try:
+                request = resources.parse_pod(pod)
+            except InvalidRequest as exc:
+                self.problems[f"pod/{objects.pod_key(pod)}"] = str(exc)
+                return
+            if not request.containers:
+                return
+            assigned = None
+            try:
+                assigned = self.holding_of(pod)
+                if assigned is not None:
+                    self._verified[uid] = assigned
+                else:
+                    self._verified.pop(uid, None)
+                self._unquarantine(uid)
+                self.problems.pop(f"pod/{objects.pod_key(pod)}", None)
+                self._parsed[uid] = (resources.pod_request_key(pod) if key is None else key, request, assigned)
+            except GpupoolError as exc:
+                self.problems[f"pod/{objects.pod_key(pod)}"] = str(exc)
                 self._verified.pop(uid, None)
-            self._unquarantine(uid)
-            self.problems.pop(f"pod/{objects.pod_key(pod)}", None)
-        except GpupoolError as exc:
-            self.problems[f"pod/{objects.pod_key(pod)}"] = str(exc)
-            self._verified.pop(uid, None)
-            assigned = self._claim(pod)
-            if self.quarantined.get(uid) != str(exc):
-                log.error("pod %s quarantined (its claimed slices count as held): %s", objects.pod_key(pod), exc)
-            self.quarantined[uid] = str(exc)
-            metrics.QUARANTINED.set(len(self.quarantined))
+                assigned = self._claim(pod)
+                if self.quarantined.get(uid) != str(exc):
+                    log.error("pod %s quarantined (its claimed slices count as held): %s", objects.pod_key(pod), exc)
+                self.quarantined[uid] = str(exc)
+                metrics.QUARANTINED.set(len(self.quarantined))
         self._index_nodes(uid, assigned)
         if assigned is not None and not self.ledger.has_node(assigned.node):
             assigned = None
