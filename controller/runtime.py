@@ -958,9 +958,9 @@ class Controller:
         A GPUNode's status is written at most once per `gpunode_status_interval_seconds`: the first change
         after a quiet spell at once, the changes of a burst of binds on that node together, at most that long
         (plus a cycle) later. Each write is one more API write and a watch event to every GPUNode watcher (the
-        extender, every controller replica) per bound pod otherwise (docs/e2e.md, "what gpupool adds per pod"). Across the
-        cluster at most `gpunode_status_writes_per_second` are sent (a burst spreads over distinct nodes, so the
-        per-node interval alone rarely merges anything): the nodes whose status has differed longest first. Rows
+        extender, every controller replica) per bound pod otherwise (docs/e2e.md, "what gpupool adds per pod").
+        Across the cluster at most `gpunode_status_writes_per_second` are sent (a burst spreads over distinct nodes,
+        so the per-node interval alone rarely merges anything): the nodes whose status has differed longest first. Rows
         are computed again only for the nodes the ledger logged as changed (`_refresh_node_rows`)."""
         assert self.kube is not None
         queues = [(n, row) for n, row in self.queue_statuses().items() if self._queue_status.get(n) != row]
