@@ -138,6 +138,8 @@ class Controller:
         #: the reverse index, and its gated pods: `read_owners` visits owners, not every pod, each cycle
         self._ref_users: dict[workloads.Ref, set[str]] = {}
         self._ref_gated: dict[workloads.Ref, set[str]] = {}
+        #: pods carrying a resize request or outcome (`_resize_quota` and `_resize_events` visit these, not every pod)
+        self._resizing: set[str] = set()
         #: resize outcomes already posted as Events: uid -> (seq, state)
         self._resize_posted: dict[str, tuple[int, str]] = {}
         #: called (from any thread; the watch handlers call it on the loop) when an admission or a
@@ -421,6 +423,7 @@ class Controller:
             self._owner_ref(uid, None)
             self._verified.pop(uid, None)
             self._parsed.pop(uid, None)
+            self._resizing.discard(uid)
             if uid in self.pods or uid in self.manager.pods:
                 self.pods.pop(uid, None)
                 self.manager.remove_pod(uid)
@@ -469,6 +472,11 @@ class Controller:
         if assigned is not None and not self.ledger.has_node(assigned.node):
             assigned = None
         self.pods[uid] = dict(pod)
+        annotations = (pod.get("metadata") or {}).get("annotations") or {}
+        if rz.REQUEST in annotations or rz.STATUS in annotations:
+            self._resizing.add(uid)
+        else:
+            self._resizing.discard(uid)
         entry = objects.pod_entry(pod, request, assigned)
         entry.group = self._group(uid, pod)
         entry.resize_growth = rz.reserved_growth(pod, assigned.slices if assigned is not None else None)
@@ -667,7 +675,7 @@ class Controller:
         assert self.kube is not None
         decided = 0
         with self.lock:
-            pods = sorted(self.pods.items())
+            pods = sorted((u, self.pods[u]) for u in self._resizing if u in self.pods)
         for uid, pod in pods:
             with self.lock:
                 entry = self.manager.pods.get(uid)
@@ -701,7 +709,7 @@ class Controller:
         assert self.kube is not None
         posted = 0
         with self.lock:
-            pods = sorted(self.pods.items())
+            pods = sorted((u, self.pods[u]) for u in self._resizing if u in self.pods)
         for uid, pod in pods:
             history = rz.history_of(pod)
             last = history[-1] if history else None
