@@ -22,7 +22,8 @@ In the same run, the same ``gpupool-scheduler`` process binds:
   from the API server's /metrics before and after each window, per pod (``requests_per_pod`` in each phase's
   ``details``: ``create``, ``release`` to the last bound, ``settle`` = the next 10 s). ``api_writes_per_pod``,
   ``watch_events_per_pod`` (pods, Events, GPUNodes, GPUQueues: Leases and Node heartbeats grow with the time, not
-  the pods) and ``webhook_calls_per_pod``, over release + settle: counts, not times, what each kind of pod costs
+  the pods) and ``webhook_calls_per_pod``, over release + settle, with the GPUNode part apart
+  (``gpunode_status_writes_per_pod``, ``gpunode_watch_events_per_pod``): counts, not times, what each kind of pod costs
   the API server whatever the machine's load (a phase slow enough for kwok's Node heartbeats to lapse still adds
   kube-controller-manager's pod status writes).
 * CPU: utime+stime from ``/proc/<pid>/stat`` of the extender and the controller (and, in ``details``, the
@@ -359,17 +360,25 @@ def request_summary(windows: Mapping[str, tuple[Mapping[str, float], Mapping[str
 
 
 def request_totals(per: Mapping[str, Mapping[str, float]], windows: Iterable[str]) -> dict[str, float]:
-    totals = {"api_writes_per_pod": 0.0, "webhook_calls_per_pod": 0.0, "watch_events_per_pod": 0.0}
+    """The totals above, and of them the GPUNode status writes and GPUNode watch events (what the controller's
+    allocation summary costs: one write, and one event to every GPUNode watcher, per status written)."""
+    totals = {"api_writes_per_pod": 0.0, "webhook_calls_per_pod": 0.0, "watch_events_per_pod": 0.0,
+              "gpunode_status_writes_per_pod": 0.0, "gpunode_watch_events_per_pod": 0.0}  # fmt: skip
     for w in windows:
         for k, v in per[w].items():
             verb, _, res = k.partition(" ")
             if verb == "webhook":
                 totals["webhook_calls_per_pod"] += v
             elif k.startswith("watch events "):
-                if k.removeprefix("watch events ").startswith(POD_PATH):
+                watched = k.removeprefix("watch events ")
+                if watched.startswith(POD_PATH):
                     totals["watch_events_per_pod"] += v
+                if watched.startswith("gpunodes."):
+                    totals["gpunode_watch_events_per_pod"] += v
             elif verb in ("POST", "PUT", "PATCH", "DELETE", "APPLY") and res.startswith(POD_PATH):
                 totals["api_writes_per_pod"] += v
+                if res.startswith("gpunodes.") and res.endswith("/status"):
+                    totals["gpunode_status_writes_per_pod"] += v
     return {k: round(v, 3) for k, v in totals.items()}
 
 

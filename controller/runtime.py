@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import heapq
 import logging
 import math
 import threading
@@ -48,6 +49,7 @@ from gpupool.pool import build_pool
 from gpupool.preemption import PreemptionPlan, find_preemption, no_preemption_reason
 from gpupool.queues import IMPLICIT_QUEUE, Admission, QueueManager
 from gpupool.quota import Resources
+from gpupool.request import PodRequest
 
 log = logging.getLogger("gpupool.controller")
 
@@ -108,13 +110,20 @@ class Controller:
         #: what reads or changes the model (tests/controller/test_handler_threads.py)
         self.lock = threading.RLock()
         self._queue_status: dict[str, dict[str, Any]] = {}
-        self._node_status: dict[str, dict[str, Any]] = {}  # GPUNode statuses as last written
-        #: GPUNode statuses as last computed, at which ledger `change_mark`; those that differ from what was
-        #: written; when each node's status was last written (`write_status`)
+        #: GPUNode summaries as the API server holds them: as this replica last wrote them, or as a watch event showed
+        self._node_status: dict[str, dict[str, Any]] = {}
+        #: GPUNode statuses as last computed, at which ledger `change_mark` (rows of the nodes logged since are
+        #: computed again); those that differ from what was written, with when each first did; when each node's
+        #: status was last written; the write budget's tokens and when they were counted (`write_status`)
         self._node_rows: dict[str, dict[str, Any]] = {}
         self._node_rows_mark: int | None = None
-        self._node_stale: set[str] = set()
+        self._node_dirty: dict[str, float] = {}
+        self._node_recheck: set[str] = set()  # nodes whose stored status a watch event changed
+        #: each GPUNode's `objects.gpunode_inventory_key` as last read (status-only events are not parsed again)
+        self._gpunode_keys: dict[str, tuple[Any, ...]] = {}
         self._node_written_at: dict[str, float] = {}
+        self._status_tokens = 0.0
+        self._status_tokens_at: float | None = None
         self._refused: dict[str, set[str]] = {}  # preemptor -> victims whose eviction was refused
         #: preemptor -> ((ledger generation, manager version, refused), plan, why none): the search is not run
         #: again for a head whose inputs did not change (docs/e2e.md "Controller at scale")
@@ -129,6 +138,8 @@ class Controller:
         #: the reverse index, and its gated pods: `read_owners` visits owners, not every pod, each cycle
         self._ref_users: dict[workloads.Ref, set[str]] = {}
         self._ref_gated: dict[workloads.Ref, set[str]] = {}
+        #: pods carrying a resize request or outcome (`_resize_quota` and `_resize_events` visit these, not every pod)
+        self._resizing: set[str] = set()
         #: resize outcomes already posted as Events: uid -> (seq, state)
         self._resize_posted: dict[str, tuple[int, str]] = {}
         #: called (from any thread; the watch handlers call it on the loop) when an admission or a
@@ -140,6 +151,13 @@ class Controller:
         #: node -> pods whose assignment (or claim) names it: held again when the node (or a GPU) comes back
         self._on_node: dict[str, set[str]] = {}
         self._nodes_of: dict[str, frozenset[str]] = {}  # uid -> the nodes its assignment names
+        #: uid -> the pod's verified assignment as `on_pod` last read it (`_health_gc` checks these every cycle
+        #: instead of verifying every pod's signature again)
+        self._verified: dict[str, Holding] = {}
+        #: uid -> (`resources.pod_request_key`, its request, its verified assignment) as `on_pod` last read them: an
+        #: event that changed neither (status, labels, node) is not parsed and verified again. One entry per cached
+        #: pod, dropped with it; emptied when the signing keys change
+        self._parsed: dict[str, tuple[tuple[Any, ...], PodRequest, Holding | None]] = {}
 
     def nudge(self) -> None:
         """Something changed that may let a pod be admitted: run the cycle soon (coalesced; `run_cycles`)."""
@@ -294,7 +312,9 @@ class Controller:
         return {"signing": current.signing, "verification": list(current.kids)}
 
     def on_keys_changed(self) -> None:
-        """The signing keys changed: read the quarantined pods again (a new verification key may trust them)."""
+        """The signing keys changed: read the quarantined pods again (a new verification key may trust them), and
+        every pod's assignment again on its next event (a key may have been retired)."""
+        self._parsed.clear()
         for uid in sorted(self.quarantined):
             pod = self.pods.get(uid)
             if pod is not None:
@@ -344,8 +364,17 @@ class Controller:
             self._node_status.pop(name, None)
             self._node_written_at.pop(name, None)
             self._node_infos.pop(name, None)
+            self._gpunode_keys.pop(name, None)
             return
         self.gpunodes[name] = dict(obj)
+        stored = status.stored_node_status(obj)
+        if self._node_status.get(name) != stored:  # what the API server holds (a new leader writes only what differs)
+            self._node_status[name] = stored
+            self._node_recheck.add(name)
+        key = objects.gpunode_inventory_key(obj)
+        if self._gpunode_keys.get(name) == key:
+            return  # only the rest of its status changed (a summary written, a heartbeat): the pool is as it was
+        self._gpunode_keys[name] = key
         try:
             info = objects.node_info_from_gpunode(obj)
         except GpupoolError as exc:
@@ -392,42 +421,62 @@ class Controller:
             self._resize_posted.pop(uid, None)
             self._index_nodes(uid, None)
             self._owner_ref(uid, None)
+            self._verified.pop(uid, None)
+            self._parsed.pop(uid, None)
+            self._resizing.discard(uid)
             if uid in self.pods or uid in self.manager.pods:
                 self.pods.pop(uid, None)
                 self.manager.remove_pod(uid)
                 self._events.pop(uid, None)
                 self.nudge()  # its slices and quota are free (or the line it waited in is shorter)
             return
-        if not resources.mentions_gpupool(pod):
-            return
-        if resources.alias_names_in(pod):
-            if uid not in self._alias_warned:
-                self._alias_pods[uid] = dict(pod)  # warned by the next cycle (the leader posts Events)
+        known = self._parsed.get(uid)
+        key = resources.pod_request_key(pod) if known is not None else None
+        if known is not None and known[0] == key:  # what it asks and its assignment as last read (status events)
+            request, assigned = known[1], known[2]
         else:
-            self._alias_pods.pop(uid, None)
-        try:
-            request = resources.parse_pod(pod)
-        except InvalidRequest as exc:
-            self.problems[f"pod/{objects.pod_key(pod)}"] = str(exc)
-            return
-        if not request.containers:
-            return
-        assigned = None
-        try:
-            assigned = self.holding_of(pod)
-            self._unquarantine(uid)
-            self.problems.pop(f"pod/{objects.pod_key(pod)}", None)
-        except GpupoolError as exc:
-            self.problems[f"pod/{objects.pod_key(pod)}"] = str(exc)
-            assigned = self._claim(pod)
-            if self.quarantined.get(uid) != str(exc):
-                log.error("pod %s quarantined (its claimed slices count as held): %s", objects.pod_key(pod), exc)
-            self.quarantined[uid] = str(exc)
-            metrics.QUARANTINED.set(len(self.quarantined))
+            self._parsed.pop(uid, None)
+            if not resources.mentions_gpupool(pod):
+                return
+            if resources.alias_names_in(pod):
+                if uid not in self._alias_warned:
+                    self._alias_pods[uid] = dict(pod)  # warned by the next cycle (the leader posts Events)
+            else:
+                self._alias_pods.pop(uid, None)
+            try:
+                request = resources.parse_pod(pod)
+            except InvalidRequest as exc:
+                self.problems[f"pod/{objects.pod_key(pod)}"] = str(exc)
+                return
+            if not request.containers:
+                return
+            assigned = None
+            try:
+                assigned = self.holding_of(pod)
+                if assigned is not None:
+                    self._verified[uid] = assigned
+                else:
+                    self._verified.pop(uid, None)
+                self._unquarantine(uid)
+                self.problems.pop(f"pod/{objects.pod_key(pod)}", None)
+                self._parsed[uid] = (resources.pod_request_key(pod) if key is None else key, request, assigned)
+            except GpupoolError as exc:
+                self.problems[f"pod/{objects.pod_key(pod)}"] = str(exc)
+                self._verified.pop(uid, None)
+                assigned = self._claim(pod)
+                if self.quarantined.get(uid) != str(exc):
+                    log.error("pod %s quarantined (its claimed slices count as held): %s", objects.pod_key(pod), exc)
+                self.quarantined[uid] = str(exc)
+                metrics.QUARANTINED.set(len(self.quarantined))
         self._index_nodes(uid, assigned)
         if assigned is not None and not self.ledger.has_node(assigned.node):
             assigned = None
         self.pods[uid] = dict(pod)
+        annotations = (pod.get("metadata") or {}).get("annotations") or {}
+        if rz.REQUEST in annotations or rz.STATUS in annotations:
+            self._resizing.add(uid)
+        else:
+            self._resizing.discard(uid)
         entry = objects.pod_entry(pod, request, assigned)
         entry.group = self._group(uid, pod)
         entry.resize_growth = rz.reserved_growth(pod, assigned.slices if assigned is not None else None)
@@ -626,7 +675,7 @@ class Controller:
         assert self.kube is not None
         decided = 0
         with self.lock:
-            pods = sorted(self.pods.items())
+            pods = sorted((u, self.pods[u]) for u in self._resizing if u in self.pods)
         for uid, pod in pods:
             with self.lock:
                 entry = self.manager.pods.get(uid)
@@ -660,7 +709,7 @@ class Controller:
         assert self.kube is not None
         posted = 0
         with self.lock:
-            pods = sorted(self.pods.items())
+            pods = sorted((u, self.pods[u]) for u in self._resizing if u in self.pods)
         for uid, pod in pods:
             history = rz.history_of(pod)
             last = history[-1] if history else None
@@ -819,35 +868,29 @@ class Controller:
         return objects.pod_key(pod) if pod else uid
 
     async def _health_gc(self) -> None:
-        """Pods holding slices of unhealthy GPUs (or of vanished GPUNodes) are evicted (see module doc)."""
+        """Pods holding slices of unhealthy GPUs (or of vanished GPUNodes) are evicted (see module doc). Reads the
+        assignments `on_pod` verified (a quarantined pod has none), not every pod's signature again each cycle."""
         assert self.kube is not None
         if self.settings.unhealthy_gpu_action != "evict":
             return
+        doomed: list[tuple[dict[str, Any], str, str]] = []
         with self.lock:
-            pods = list(self.pods.items())
-        for uid, pod in pods:
-            if uid in self._evicted_for_health:
-                continue
-            try:
-                holding = self.holding_of(pod)
-            except GpupoolError:
-                continue
-            if holding is None:
-                continue
-            reason = None
-            with self.lock:
+            for uid, holding in self._verified.items():
+                pod = self.pods.get(uid)
+                if pod is None or uid in self._evicted_for_health:
+                    continue
                 for s in holding.slices:
                     if s.node not in self.gpunodes:
-                        reason = ("GPUNodeGone", f"GPUNode {s.node} holding its slice on {s.gpu} is gone")
+                        doomed.append((pod, "GPUNodeGone", f"GPUNode {s.node} holding its slice on {s.gpu} is gone"))
                         break
                     if self.ledger.has_gpu(s.gpu) and not self.ledger.gpu(s.gpu).healthy:
-                        reason = ("GPUUnhealthy", f"GPU {s.gpu} on {s.node} is Unhealthy")
+                        doomed.append((pod, "GPUUnhealthy", f"GPU {s.gpu} on {s.node} is Unhealthy"))
                         break
-            if reason is None:
-                continue
+            for pod, _, _ in doomed:
+                self._evicted_for_health.add(objects.pod_uid(pod))
+        for pod, reason, why in doomed:
             meta = pod["metadata"]
-            self._evicted_for_health.add(uid)
-            await self._quiet(self.kube.event(pod, reason[0], f"{reason[1]}; evicting the pod", "Warning"))
+            await self._quiet(self.kube.event(pod, reason, f"{why}; evicting the pod", "Warning"))
             await self._quiet(self.kube.evict(meta["namespace"], meta["name"]))
 
     # --- status --------------------------------------------------------------------------------------
@@ -881,6 +924,41 @@ class Controller:
             _gpu_metrics(name, row)
         return out
 
+    def _refresh_node_rows(self, now: float) -> None:
+        """Compute again the GPUNode status rows of the nodes the ledger logged as changed since the last call (all
+        of them the first time, or when the log no longer reaches back), and note which differ from what the API
+        server holds (as last written, or as a watch event showed it). Under `self.lock`."""
+        ledger = self.ledger
+        mark = ledger.change_mark()
+        recheck, self._node_recheck = self._node_recheck, set()
+        if mark == self._node_rows_mark and not recheck:
+            return
+        changed = None if self._node_rows_mark is None else ledger.changes_since(self._node_rows_mark)
+        names = set(ledger.node_names()).union(self._node_rows) if changed is None else set(changed)
+        for name in names | recheck:
+            if not ledger.has_node(name):
+                self._node_rows.pop(name, None)
+                self._node_dirty.pop(name, None)
+                continue
+            row = None if name in names else self._node_rows.get(name)
+            if row is None:
+                row = self._node_rows[name] = status.node_status(ledger, name)
+            if self._node_status.get(name) != row:
+                self._node_dirty.setdefault(name, now)
+            else:
+                self._node_dirty.pop(name, None)
+        self._node_rows_mark = mark
+
+    def _status_budget(self, now: float) -> int:
+        """How many GPUNode status writes this cycle may send: a token bucket of
+        `gpunode_status_writes_per_second`, holding at most one second's worth (and at least one write)."""
+        rate = self.settings.gpunode_status_writes_per_second
+        cap = max(1.0, rate)
+        at = self._status_tokens_at
+        self._status_tokens = cap if at is None else min(cap, self._status_tokens + max(0.0, now - at) * rate)
+        self._status_tokens_at = now
+        return int(self._status_tokens)
+
     async def write_status(self, now: float) -> None:
         """Patch the GPUQueue and GPUNode statuses that changed since last written (in parallel, bounded); the
         per-GPU metrics are set only for those nodes (setting 16,000 series per cycle cost seconds at scale).
@@ -888,18 +966,23 @@ class Controller:
         A GPUNode's status is written at most once per `gpunode_status_interval_seconds`: the first change
         after a quiet spell at once, the changes of a burst of binds on that node together, at most that long
         (plus a cycle) later. Each write is one more API write and a watch event to every GPUNode watcher (the
-        extender, the node agents) per bound pod otherwise (docs/e2e.md, "what gpupool adds per pod"). The
-        statuses are computed again only when the ledger logged a change."""
+        extender, every controller replica) per bound pod otherwise (docs/e2e.md, "what gpupool adds per pod").
+        Across the cluster at most `gpunode_status_writes_per_second` are sent (a burst spreads over distinct nodes,
+        so the per-node interval alone rarely merges anything): the nodes whose status has differed longest first. Rows
+        are computed again only for the nodes the ledger logged as changed (`_refresh_node_rows`)."""
         assert self.kube is not None
         queues = [(n, row) for n, row in self.queue_statuses().items() if self._queue_status.get(n) != row]
         with self.lock:
-            mark = self.ledger.change_mark()
-            if mark != self._node_rows_mark:
-                self._node_rows, self._node_rows_mark = status.node_statuses(self.ledger), mark
-                self._node_stale = {n for n, row in self._node_rows.items() if self._node_status.get(n) != row}
-        interval = self.settings.gpunode_status_interval_seconds
-        due = sorted(n for n in self._node_stale if now - self._node_written_at.get(n, -math.inf) >= interval)
-        nodes = [(n, self._node_rows[n]) for n in due]
+            self._refresh_node_rows(now)
+            interval = self.settings.gpunode_status_interval_seconds
+            written = self._node_written_at
+            due = [(since, n) for n, since in self._node_dirty.items()
+                   if now - written.get(n, -math.inf) >= interval]  # fmt: skip
+            budget = self._status_budget(now) if due else 0
+            chosen = heapq.nsmallest(budget, due) if budget < len(due) else sorted(due)
+            self._status_tokens -= len(chosen)
+            nodes = [(n, self._node_rows[n]) for _, n in chosen]
+        metrics.GPUNODE_STATUS_BACKLOG.set(len(self._node_dirty) - len(nodes))
         for name, row in nodes:
             _gpu_metrics(name, row)
 
@@ -911,7 +994,7 @@ class Controller:
                 if plural == objects.GPUNODE_PLURAL:
                     self._node_written_at[name] = now
                     if self._node_rows.get(name) is row:
-                        self._node_stale.discard(name)
+                        self._node_dirty.pop(name, None)
             except Exception as exc:
                 log.warning("%s %s status: %s", "GPUQueue" if plural == objects.GPUQUEUE_PLURAL else "GPUNode",
                             name, exc)  # fmt: skip

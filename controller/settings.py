@@ -52,6 +52,11 @@ class ControllerSettings(PoolSettings):
         description="a GPUNode's status is written again at most this often (a burst of binds is one write); "
                     "0 = on every cycle that changed it",
     )  # fmt: skip
+    gpunode_status_writes_per_second: float = Field(
+        10.0, gt=0, le=10_000,
+        description="GPUNode status writes sent per second across the cluster at most, the longest-changed first "
+                    "(after a burst over N nodes a status may lag the ledger by up to N / this seconds)",
+    )  # fmt: skip
     reservation_ttl_seconds: float = Field(600.0, gt=0, description="admitted pods that do not bind release it")
     nomination_ttl_seconds: float = Field(300.0, gt=0, description="nominations of preemptors expire")
     group_bind_timeout_seconds: float = Field(

@@ -6,10 +6,11 @@ GPUNode summary fields are docs/contracts.md "GPUNode status summary".
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from fractions import Fraction
 from typing import Any
 
-from gpupool.ledger import HoldingKind, Ledger
+from gpupool.ledger import Ledger
 from gpupool.queues import QueueManager, State
 from gpupool.quota import Resources
 
@@ -53,43 +54,48 @@ def queue_statuses(manager: QueueManager) -> dict[str, dict[str, Any]]:
     return {name: queue_status(manager, name, shares) for name in manager.queues}
 
 
-_EMPTY = {"compute": 0, "memoryMiB": 0, "slices": 0, "reservedCompute": 0, "reservedMemoryMiB": 0}
+#: the `status` fields of a GPUNode that `node_status` computes (the controller writes them; the rest is the agent's)
+NODE_STATUS_FIELDS = ("allocated", "gpuCount", "model", "computePercent", "memoryPercent", "healthy")
+
+
+def stored_node_status(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The `NODE_STATUS_FIELDS` a GPUNode object carries (what the API server stores of the last summary written,
+    by this replica or another), to compare with `node_status`."""
+    found = obj.get("status")
+    if not isinstance(found, dict):
+        return {}
+    return {k: found[k] for k in NODE_STATUS_FIELDS if k in found}
+
+
+def node_status(ledger: Ledger, name: str) -> dict[str, Any]:
+    """`status` of GPUNode `name` but its inventory (`gpus`, the node agent's): allocation and summary. Reads the
+    node's GPUs' counters only (`GPUState`: bound pods' slices, and apart those of RESERVED / NOMINATED holdings),
+    so the controller rebuilds the rows of the nodes the ledger logged as changed, not of the pool."""
+    gpus = ledger.gpus_of(name)
+    allocated = []
+    cap_c = cap_m = used_c = used_m = healthy = 0
+    for g in gpus:
+        compute, memory = g.used_compute - g.pending_compute, g.used_memory - g.pending_memory
+        allocated.append({"uuid": g.uuid, "compute": compute, "memoryMiB": memory,
+                          "slices": g.slices - g.pending_slices, "reservedCompute": g.pending_compute,
+                          "reservedMemoryMiB": g.pending_memory})  # fmt: skip
+        if g.healthy:
+            healthy += 1
+        if g.healthy and not g.disabled:
+            cap_c += 100
+            cap_m += g.memory_mib
+            used_c += compute
+            used_m += memory
+    return {
+        "allocated": allocated,
+        "gpuCount": len(gpus),
+        "model": ",".join(sorted({g.model for g in gpus})),
+        "computePercent": 100 * used_c // cap_c if cap_c else 0,
+        "memoryPercent": 100 * used_m // cap_m if cap_m else 0,
+        "healthy": f"{healthy}/{len(gpus)}",
+    }
 
 
 def node_statuses(ledger: Ledger) -> dict[str, dict[str, Any]]:
-    """`status` of every GPUNode but its inventory (`gpus`, the node agent's): allocation and summary."""
-    per_gpu: dict[str, dict[str, int]] = {}
-    for h in ledger.holdings():
-        for s in h.slices:
-            row = per_gpu.setdefault(s.gpu, dict(_EMPTY))
-            if h.kind is HoldingKind.ASSIGNED:
-                row["compute"] += s.compute
-                row["memoryMiB"] += s.memory_mib
-                row["slices"] += 1
-            else:
-                row["reservedCompute"] += s.compute
-                row["reservedMemoryMiB"] += s.memory_mib
-    out: dict[str, dict[str, Any]] = {}
-    for name in ledger.node_names():
-        gpus = ledger.gpus_of(name)
-        allocated = []
-        cap_c = cap_m = used_c = used_m = healthy = 0
-        for g in gpus:
-            row = per_gpu.get(g.uuid, _EMPTY)
-            allocated.append({"uuid": g.uuid, **row})
-            if g.healthy:
-                healthy += 1
-            if g.healthy and not g.disabled:
-                cap_c += 100
-                cap_m += g.memory_mib
-                used_c += row["compute"]
-                used_m += row["memoryMiB"]
-        out[name] = {
-            "allocated": allocated,
-            "gpuCount": len(gpus),
-            "model": ",".join(sorted({g.model for g in gpus})),
-            "computePercent": 100 * used_c // cap_c if cap_c else 0,
-            "memoryPercent": 100 * used_m // cap_m if cap_m else 0,
-            "healthy": f"{healthy}/{len(gpus)}",
-        }
-    return out
+    """`status` of every GPUNode (`node_status`), by name."""
+    return {name: node_status(ledger, name) for name in ledger.node_names()}

@@ -110,6 +110,8 @@ class PoolService:
         self.excess: dict[str, tuple[SliceRecord, ...]] = {}
         #: GPUNodes that could not be read (the node stays out of the pool, or keeps its last good inventory)
         self.gpunode_problems: dict[str, str] = {}
+        #: each GPUNode's `objects.gpunode_inventory_key` as last put into the pool (or refused) by `_apply_gpunode`
+        self._gpunode_keys: dict[str, tuple[Any, ...]] = {}
         #: pods with a valid assignment naming a node or GPU that is not in the pool (yet, or any more)
         self.unplaced: set[str] = set()
         #: binds between commit and the end of their API writes: the watch leaves these pods alone
@@ -262,6 +264,7 @@ class PoolService:
             for gone in set(self.gpunodes) - set(fresh):
                 del self.gpunodes[gone]
                 self.gpunode_problems.pop(gone, None)
+                self._gpunode_keys.pop(gone, None)
                 self._drop_from_pool(gone)
             for name, obj in fresh.items():
                 self.gpunodes[name] = obj
@@ -276,9 +279,16 @@ class PoolService:
             if kind == "DELETED":
                 self.gpunodes.pop(name, None)
                 self.gpunode_problems.pop(name, None)
+                self._gpunode_keys.pop(name, None)
                 self._drop_from_pool(name)
             else:
                 self.gpunodes[name] = dict(obj)
+                if (name in self.nodes and name not in self.gpunode_problems
+                        and self._gpunode_keys.get(name) == objects.gpunode_inventory_key(obj)):  # fmt: skip
+                    # only the rest of its status changed (the controller's summary, a heartbeat): its inventory is
+                    # in the pool as it was, nothing to parse; what waits on the pool is retried as on any event
+                    self._retry_unplaced()
+                    return
                 self._apply_gpunode(name)
 
     def _apply_gpunode(self, name: str) -> None:
@@ -286,6 +296,7 @@ class PoolService:
         obj = self.gpunodes.get(name)
         if obj is None or name not in self.nodes:
             return
+        self._gpunode_keys[name] = objects.gpunode_inventory_key(obj)
         try:
             info = objects.node_info_from_gpunode(obj)
             dropped = self.ledger.upsert_node(info)

@@ -116,11 +116,13 @@ class NodeView:
 
 
 class GPUState:
-    """One GPU's inventory and what its holdings use: all slices, guaranteed slices apart, and slot numbers."""
+    """One GPU's inventory and what its holdings use: all slices, guaranteed slices apart, the slices of pods not
+    bound yet (RESERVED and NOMINATED holdings) apart, and slot numbers."""
 
     __slots__ = (
-        "blocked", "disabled", "healthy", "index", "memory_mib", "model", "node", "numa", "reserved_slots",
-        "slices", "used_compute", "used_g_compute", "used_g_memory", "used_memory", "used_slots", "uuid",
+        "blocked", "disabled", "healthy", "index", "memory_mib", "model", "node", "numa", "pending_compute",
+        "pending_memory", "pending_slices", "reserved_slots", "slices", "used_compute", "used_g_compute",
+        "used_g_memory", "used_memory", "used_slots", "uuid",
     )  # fmt: skip
 
     def __init__(self, info: GPUInfo, node: str, disabled: bool) -> None:
@@ -137,6 +139,10 @@ class GPUState:
         self.used_g_compute = 0
         self.used_g_memory = 0
         self.slices = 0
+        #: of the above, what holdings other than ASSIGNED use (the GPUNode status's `reserved*`: controller/status.py)
+        self.pending_compute = 0
+        self.pending_memory = 0
+        self.pending_slices = 0
         self.used_slots: set[int] = set()
         #: quarantined holdings that use this GPU (it takes no new slice while any remain) and their slots
         self.blocked = 0
@@ -776,6 +782,7 @@ class Ledger:
             self._own_for(holding)
         touched = {holding.node}
         pod_node = self._nodes.get(holding.node)
+        pending = holding.kind is not HoldingKind.ASSIGNED
         for s in holding.slices:
             gpu = self._gpus.get(s.gpu)
             if gpu is None:  # GPU already removed together with its node
@@ -786,6 +793,10 @@ class Ledger:
                 gpu.used_g_compute += sign * s.compute
                 gpu.used_g_memory += sign * s.memory_mib
             gpu.slices += sign
+            if pending:
+                gpu.pending_compute += sign * s.compute
+                gpu.pending_memory += sign * s.memory_mib
+                gpu.pending_slices += sign
             _, k = slot_ids.parse_slot(s.slot)
             if gpu.node == holding.node:
                 (gpu.used_slots.add if sign > 0 else gpu.used_slots.discard)(k)

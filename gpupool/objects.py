@@ -37,8 +37,27 @@ UNHEALTHY = "Unhealthy"
 TERMINAL_PHASES = ("Succeeded", "Failed")
 
 
+#: the `status` fields of a GPUNode that `node_info_from_gpunode` reads (its inventory, the node agent's); the rest
+#: of the status (the controller's allocation summary, heartbeats, usage) is not an input of the pool
+GPUNODE_INVENTORY_STATUS = ("gpus", "agentEndpoint")
+
+
+def gpunode_inventory_key(obj: Mapping[str, Any]) -> tuple[Any, ...]:
+    """Everything `node_info_from_gpunode` reads of a GPUNode (name, spec, the `GPUNODE_INVENTORY_STATUS` fields),
+    for equality only: equal keys, equal `NodeInfo` (or the same error). A watch event that changed only the rest
+    of the status (the controller's summary, a heartbeat) has the key of the event before it, so the watchers skip
+    parsing it again (docs/e2e.md "GPUNode status writes")."""
+    if not isinstance(obj, dict):
+        return (obj,)
+    meta = obj.get("metadata")
+    status = obj.get("status") or {}
+    inventory = tuple(status.get(k) for k in GPUNODE_INVENTORY_STATUS) if isinstance(status, dict) else status
+    return (meta.get("name") if isinstance(meta, dict) else meta, obj.get("spec"), inventory)
+
+
 def node_info_from_gpunode(obj: Mapping[str, Any]) -> NodeInfo:
-    """A GPUNode (DESIGN.md §4.1) as a `NodeInfo`; raises `GpupoolError` naming the bad field."""
+    """A GPUNode (DESIGN.md §4.1) as a `NodeInfo`; raises `GpupoolError` naming the bad field. Reads only what
+    `gpunode_inventory_key` holds."""
     meta = obj.get("metadata") if isinstance(obj, dict) else None
     name = meta.get("name") if isinstance(meta, dict) else None
     if not name or not isinstance(name, str):

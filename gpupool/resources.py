@@ -9,7 +9,7 @@ Adapters holding `kubernetes` client objects convert them first with
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal, InvalidOperation, localcontext
 from typing import Any
 
@@ -168,12 +168,17 @@ _CONTAINER_FIELDS: tuple[tuple[str, str], ...] = (
     ("name", _STRING), ("resources", _OBJECT), ("resources.limits", _OBJECT), ("resources.requests", _OBJECT),
     ("securityContext", _OBJECT), ("env", _LIST), ("envFrom", _LIST),
 )  # fmt: skip
-_CHECKS = {
+_CHECKS: dict[str, Callable[[Any], bool]] = {
     _OBJECT: lambda v: isinstance(v, dict),
     _LIST: lambda v: isinstance(v, list),
     _STRING: lambda v: isinstance(v, str),
     _INTEGER: lambda v: isinstance(v, int) and not isinstance(v, bool),
 }
+
+#: `_POD_FIELDS` as (path parts, check), for `pod_request_key`
+_POD_PATHS: tuple[tuple[tuple[str, ...], Callable[[Any], bool]], ...] = tuple(
+    (tuple(path.split(".")), _CHECKS[kind]) for path, kind in _POD_FIELDS
+)
 
 
 def _lookup(obj: Mapping[str, Any], path: str) -> Any:
@@ -401,6 +406,28 @@ def pod_group(annotations: Mapping[str, Any]) -> tuple[str, int] | None:
     if errors:
         raise InvalidRequest(errors)
     return None if name is None else (str(name), count)
+
+
+def pod_request_key(pod: Any) -> tuple[Any, ...]:
+    """Everything `parse_pod` reads of a pod, for equality only: equal keys, equal `PodRequest` (or the same
+    errors). The values it reads (name, namespace, uid, priority, annotations, scheduling gates, containers), and
+    of the other fields the shape check names (labels, nodeName, phase, ...) only whether each is absent or of its
+    type, which is all it reads of them: a watch event that changed a pod's status, labels or node keeps its key."""
+    if not isinstance(pod, dict):
+        return (type(pod),)
+    meta = _obj(pod.get("metadata"))
+    spec = _obj(pod.get("spec"))
+    shape = []
+    for (first, *rest), check in _POD_PATHS:
+        value = pod.get(first)
+        for part in rest:
+            value = value.get(part) if isinstance(value, dict) else None
+        shape.append(value is None or check(value))
+    return (
+        tuple(shape),
+        meta.get("uid"), meta.get("name"), meta.get("namespace"), spec.get("priority"), meta.get("annotations"),
+        spec.get("schedulingGates"), spec.get("containers"), spec.get("initContainers"),
+    )  # fmt: skip
 
 
 def parse_pod(pod: Mapping[str, Any], *, allow_system_annotations: bool = True) -> PodRequest:
