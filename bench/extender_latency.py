@@ -324,6 +324,9 @@ def cycle_run(service: Any, pods: list[dict[str, Any]], windows: list[list[str]]
     if answers_out:
         Path(answers_out).write_text("".join(json.dumps(a, sort_keys=True) + "\n" for a in answers))
     # the same calls on this process's copy of the service (the state the child started from): decode + work
+    from extender.main import tune_gc
+
+    tune_gc()  # as the child did
     inproc: dict[str, list[float]] = {v: [] for v in CYCLE_VERBS}
     for verb, body in sent:
         c0 = time.thread_time()
