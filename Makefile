@@ -65,6 +65,7 @@ bench: setup e2e-bin
 	$(PY) bench/openb.py --seeds 10 --jobs 2 --json $(OUT)/openb.json
 	$(PY) bench/extender_latency.py --nodes 1000 --json $(OUT)/extender-1000.json
 	$(PY) bench/extender_latency.py --nodes 5000 --json $(OUT)/extender-5000.json
+	$(PY) bench/extender_latency.py --nodes 5000 --names-per-call scheduler --cycle 300 --json $(OUT)/extender-http-5000.json
 	$(PY) bench/allocate_latency.py --pods 100 --api none
 	$(PY) bench/allocate_latency.py --pods 100 --json > $(OUT)/allocate.json
 	$(PY) bench/admission_throughput.py --json > $(OUT)/admission.json

@@ -21,6 +21,16 @@ pod cache with its signed assignment, as the pod watch would leave it.
   call, as kube-scheduler sends only the feasible nodes it looked for (`scheduler`: its adaptive
   percentageOfNodesToScore, 50 % - nodes/125, at least 5 % and 100 nodes: 500 of 5,000).
 * RSS: of the serving child after the HTTP run (VmRSS).
+* `--cycle K` (the HTTP layer's own cost, issue 16): K pods of the e2e burst's shape (1 GPU, 50 %, 4096 MiB) each
+  go through kube-scheduler's cycle over one keep-alive connection to the extender served as `gpupool-extender`
+  serves it (`extender.main`, uvicorn on uvloop, in a forked child): /filter with the names of `--names-per-call`,
+  /prioritize with the names that passed, /bind to the best-scored node (writes stubbed, the identity rule off:
+  the stub has no kubelet). Per verb: the server's CPU per call (on-CPU time of all its threads from
+  /proc/<pid>/task/*/schedstat around each call, the client idle meanwhile), latency p50/p99 at the client, the
+  answer's size, and the same calls in-process on the parent's copy of the service (the state at the fork, so
+  the same answers): body decode + the service's work, i.e. what is left of a call without the HTTP server and
+  the answer's encoding. `http_overhead_cpu_ms` = server CPU - in-process CPU. `--http-answers FILE` writes
+  every answer (parsed, keys sorted) to compare code versions.
 
 Timings are reported, never asserted.
 """
@@ -28,6 +38,7 @@ Timings are reported, never asserted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import http.client
 import json
@@ -207,6 +218,150 @@ def http_run(
     return http_ms, filter_only, rss
 
 
+def server_cpu_ns(pid: int) -> int:
+    """On-CPU time of every thread of `pid` so far, in ns (first field of each thread's schedstat)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):  # a thread that ended meanwhile
+            total += int((task / "schedstat").read_text().split()[0])
+    return total
+
+
+def serve_forked(service: Any) -> tuple[int, int]:
+    """The extender's HTTP app over `service`, served in a forked child as `gpupool-extender` serves it: (pid, port)."""
+    import extender.main as extender_main
+    from extender.app import create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pid = os.fork()
+    if pid == 0:  # child: serve until SIGTERM
+        try:
+            extender_main.tune_gc()
+            app = create_app(service)
+            if hasattr(extender_main, "http_server"):
+                server = extender_main.http_server(app, "127.0.0.1", port, "error")
+            else:  # code before it (a before/after comparison): the listener main() built then
+                import uvicorn
+
+                server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error",
+                                                       access_log=False))  # fmt: skip
+            extender_main._run(server.serve())
+        finally:
+            os._exit(0)
+    return pid, port
+
+
+def connect(port: int) -> http.client.HTTPConnection:
+    """A keep-alive connection to the served app, once it answers /healthz."""
+    client = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    deadline = time.time() + 60
+    while True:
+        try:
+            client.request("GET", "/healthz")
+            if client.getresponse().read() == b"ok":
+                return client
+        except OSError:
+            client.close()
+            if time.time() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+CYCLE_VERBS = ("filter", "prioritize", "bind")
+
+
+def cycle_run(service: Any, pods: list[dict[str, Any]], windows: list[list[str]], answers_out: str | None,
+              ) -> dict[str, Any]:  # fmt: skip
+    """kube-scheduler's cycle (filter, prioritize, bind) per pod over HTTP, then the same calls in-process."""
+    service.identity_wait_seconds = 0  # no kubelet here to mark bound pods Running (in both copies of the service)
+    for p in pods:
+        service.on_pod_event("ADDED", p)
+    bodies = [json.dumps({"Pod": p, "Nodes": None, "NodeNames": w}).encode()
+              for p, w in zip(pods, windows, strict=True)]  # fmt: skip
+    pid, port = serve_forked(service)
+    headers = {"Content-Type": "application/json"}
+    cpu: dict[str, list[float]] = {v: [] for v in CYCLE_VERBS}
+    wall: dict[str, list[float]] = {v: [] for v in CYCLE_VERBS}
+    size: dict[str, list[int]] = {v: [] for v in CYCLE_VERBS}
+    sent: list[tuple[str, bytes]] = []  # (verb, body) in the order sent, for the in-process replay
+    answers: list[Any] = []
+    try:
+        client = connect(port)
+
+        def post(verb: str, body: bytes) -> Any:
+            c0, t0 = server_cpu_ns(pid), time.perf_counter()
+            client.request("POST", f"/{verb}", body=body, headers=headers)
+            response = client.getresponse()
+            data = response.read()
+            t1 = time.perf_counter()
+            c1 = server_cpu_ns(pid)
+            if response.status != 200:
+                raise RuntimeError(f"{verb}: HTTP {response.status}: {data[:200]!r}")
+            cpu[verb].append((c1 - c0) / 1e6)
+            wall[verb].append((t1 - t0) * 1000)
+            size[verb].append(len(data))
+            sent.append((verb, body))
+            answer = json.loads(data)
+            answers.append({"verb": verb, "answer": answer})
+            return answer
+
+        for p, body in zip(pods, bodies, strict=True):
+            passing = post("filter", body)["NodeNames"] or []
+            if not passing:
+                continue
+            scores = post("prioritize", json.dumps({"Pod": p, "Nodes": None, "NodeNames": passing}).encode())
+            best = max(scores, key=lambda h: (h["Score"], h["Host"]))["Host"]
+            m = p["metadata"]
+            post("bind", json.dumps({"PodName": m["name"], "PodNamespace": m["namespace"], "PodUID": m["uid"],
+                                     "Node": best}).encode())  # fmt: skip
+        rss = rss_mib(pid)
+        client.close()
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)
+    if answers_out:
+        Path(answers_out).write_text("".join(json.dumps(a, sort_keys=True) + "\n" for a in answers))
+    # the same calls on this process's copy of the service (the state the child started from): decode + work
+    from extender.main import tune_gc
+
+    tune_gc()  # as the child did
+    inproc: dict[str, list[float]] = {v: [] for v in CYCLE_VERBS}
+    for verb, body in sent:
+        c0 = time.thread_time()
+        if verb == "bind":
+            b = wire.ExtenderBindingArgs.model_validate_json(body)
+            error = service.bind(b.PodName, b.PodNamespace, b.PodUID, b.Node)
+            if error:
+                raise RuntimeError(f"in-process bind: {error}")
+        else:
+            a = wire.ExtenderArgs.model_validate_json(body)
+            names, _ = a.node_names()
+            if verb == "filter":
+                answer = service.filter(a.Pod, names)
+                wire.failure_groups(answer.failed, answer.unresolvable)
+            else:
+                service.prioritize(a.Pod, names)
+        inproc[verb].append((time.thread_time() - c0) * 1000)
+    out: dict[str, Any] = {"cycle_pods": len(pods), "cycle_rss_mib": round(rss, 1)}
+    for verb in CYCLE_VERBS:
+        if not cpu[verb]:
+            continue
+        server, local = statistics.fmean(cpu[verb]), statistics.fmean(inproc[verb])
+        out[verb] = {
+            "calls": len(cpu[verb]),
+            "server_cpu_ms_per_call": round(server, 3),
+            "inproc_cpu_ms_per_call": round(local, 3),
+            "http_overhead_cpu_ms": round(server - local, 3),
+            "server_cpu_p50_ms": round(pct(cpu[verb], 50), 3),
+            "p50_ms": round(pct(wall[verb], 50), 3),
+            "p99_ms": round(pct(wall[verb], 99), 3),
+            "answer_bytes_mean": round(statistics.fmean(size[verb])),
+        }
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     import logging
 
@@ -222,6 +377,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default=None, help="write a cProfile of the measured in-process calls here")
     ap.add_argument("--answers", default=None, help="write every in-process answer (JSON) here, to compare code")
     ap.add_argument("--no-http", action="store_true", help="skip the HTTP run (and the RSS it reports)")
+    ap.add_argument("--cycle", type=int, default=0, metavar="K",
+                    help="only kube-scheduler's cycle over HTTP (filter, prioritize, bind) for K pods: server CPU per "
+                         "call and latency per verb")
+    ap.add_argument("--http-answers", default=None, help="with --cycle: write every HTTP answer (JSON lines) here")
     args = ap.parse_args(argv)
 
     rng = random.Random(args.seed)
@@ -279,6 +438,25 @@ def main(argv: list[str] | None = None) -> int:
 
     queries = [make_pod(10_000_000 + k, mix[rng.randrange(len(mix))]) for k in range(args.samples)]
     per_call = names_per_call(args.names_per_call, len(names))
+    if args.cycle:  # the burst's pods (bench/e2e_throughput.py): 1 GPU, 50 %, 4096 MiB
+        pods = [make_pod(20_000_000 + k, (1, 500)) for k in range(args.cycle)]
+        for p in pods:
+            for section in p["spec"]["containers"][0]["resources"].values():
+                section[resources.GPU_MEMORY] = "4096"
+        windows = [[names[(k * per_call + j) % len(names)] for j in range(per_call)] for k in range(len(pods))]
+        cycle = cycle_run(service, pods, windows, args.http_answers)
+        cycle.update(nodes=args.nodes, names_per_call=per_call, load_average_1m=round(os.getloadavg()[0], 2),
+                     slices_held=held, pods_held=holdings)  # fmt: skip
+        for verb in CYCLE_VERBS:
+            if verb in cycle:
+                c = cycle[verb]
+                print(f"{verb:>10} x{c['calls']}: server CPU {c['server_cpu_ms_per_call']} ms/call (in-process "
+                      f"{c['inproc_cpu_ms_per_call']}, HTTP layer {c['http_overhead_cpu_ms']}); p50 {c['p50_ms']} ms, "
+                      f"p99 {c['p99_ms']} ms; answer {c['answer_bytes_mean']} B")  # fmt: skip
+        print(f"load average {cycle['load_average_1m']}; RSS of the serving process {cycle['cycle_rss_mib']} MiB")
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps(cycle, indent=2) + "\n")
+        return 0
     windows = [[names[(k * per_call + j) % len(names)] for j in range(per_call)] for k in range(len(queries))]
     bodies = [
         json.dumps({"Pod": q, "Nodes": None, "NodeNames": w}).encode() for q, w in zip(queries, windows, strict=True)

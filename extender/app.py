@@ -1,27 +1,36 @@
-"""FastAPI routes of the extender: JSON <-> `PoolService` calls, nothing else.
+"""The extender's HTTP app: JSON <-> `PoolService` calls, nothing else.
 
-Bodies are read raw (with an early 413 above `max_body_bytes`) and decoded by
-pydantic-core straight from bytes; answers are serialised with `json.dumps`. A body
-that is not JSON, misses a required field, or embeds a pod whose fields have the wrong
-JSON types (`wire.PodJSON`) gets 400 naming the field; a well-formed pod that asks for
-something invalid gets 200 with `Error` filled (kube-scheduler then reports it on the pod). Nothing
-here answers 500 on purpose: an unexpected exception is logged and answered as a
-verb-level `Error`.
+The verbs (`POST <url_prefix>/filter`, `/prioritize`, `/bind`, `/preempt`) are served by `VerbApp`, a plain ASGI
+handler in front of the FastAPI app: kube-scheduler calls filter and prioritize for every pod in its serial
+scheduling loop, and FastAPI's middleware stack, routing and endpoint machinery cost more per call than the
+service's own work there (docs/e2e.md "Issue 16: the extender's HTTP layer"). FastAPI keeps everything else:
+`/healthz`, `/readyz`, `/metrics`, `/debug/pool` and the answers to any other path.
+
+Bodies are read raw (413 above `max_body_bytes`, before reading when `Content-Length` says so) and decoded by
+pydantic-core straight from bytes; answers are encoded by orjson. A body that is not JSON, misses a required
+field, or embeds a pod whose fields have the wrong JSON types (`wire.PodJSON`) gets 400 naming the field; a
+well-formed pod that asks for something invalid gets 200 with `Error` filled (kube-scheduler then reports it on
+the pod). An unexpected exception is logged and answered with `Error` naming it (status 500), never a stack trace.
+docs/contracts.md "extender verbs (wire)".
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from anyio import CapacityLimiter, to_thread
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+import orjson
+from anyio import to_thread
+from fastapi import FastAPI
+from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
+from starlette.types import Receive, Scope, Send
 
 from extender import wire
 from extender.kube import BIND_THREADS
@@ -31,6 +40,8 @@ log = logging.getLogger("gpupool.extender.http")
 
 _JSON = "application/json"
 _M = TypeVar("_M", bound=BaseModel)
+#: the verbs kube-scheduler calls (`k8s.io/kube-scheduler/extender/v1`), each at `<url_prefix>/<verb>`
+VERBS = ("filter", "prioritize", "bind", "preempt")
 
 
 class BodyTooLarge(Exception):
@@ -41,27 +52,41 @@ class BadBody(Exception):
     pass
 
 
+class ClientGone(Exception):
+    """The client closed the connection before its body was read: nobody to answer."""
+
+
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
+    """Compact JSON. orjson writes non-ASCII as UTF-8 where `json.dumps` escaped it: the same JSON values. What
+    orjson refuses (an integer beyond 64 bits echoed from a Node object) goes through `json` instead."""
+    try:
+        return orjson.dumps(obj)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(obj, separators=(",", ":")).encode()
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     """The request body, refusing (before reading it) anything announced or streamed above `limit` bytes."""
-    length = request.headers.get("content-length")
-    if length is not None:
-        try:
-            if int(length) > limit:
-                raise BodyTooLarge()
-        except ValueError:
-            raise BadBody("invalid Content-Length") from None
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                if int(value) > limit:
+                    raise BodyTooLarge()
+            except ValueError:
+                raise BadBody("invalid Content-Length") from None
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise BodyTooLarge()
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _decode(model: type[_M], body: bytes) -> _M:
@@ -74,50 +99,18 @@ def _decode(model: type[_M], body: bytes) -> _M:
         raise BadBody(f"not a valid {model.__name__}: {problems}") from None
 
 
-def create_app(service: PoolService, *, url_prefix: str = "", max_body_bytes: int = 8 * 2**20) -> FastAPI:
-    """The extender's HTTP app over `service`. `url_prefix` is the path part of the scheduler's urlPrefix."""
-    prefix = "/" + url_prefix.strip("/") if url_prefix.strip("/") else ""
-    app = FastAPI(title="gpupool scheduler extender", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.service = service
-    metrics = service.metrics
+class Verbs:
+    """The four verbs over `service`: a request body in, the answer's JSON out (HTTP 200)."""
 
-    def verb(
-        name: str,
-    ) -> Callable[[Callable[[bytes], Awaitable[Response]]], Callable[[Request], Awaitable[Response]]]:
-        def wrap(handler: Callable[[bytes], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-            async def route(request: Request) -> Response:
-                started = time.perf_counter()
-                try:
-                    body = await read_body(request, max_body_bytes)
-                    response = await handler(body)
-                    outcome = "ok"
-                except BodyTooLarge:
-                    response = JSONResponse(
-                        {"Error": f"request body larger than {max_body_bytes} bytes (max_body_bytes)"},
-                        status_code=413,
-                    )
-                    outcome = "rejected"
-                except BadBody as exc:
-                    response = JSONResponse({"Error": str(exc)}, status_code=400)
-                    outcome = "rejected"
-                except Exception as exc:  # never a bare 500 with a stack trace
-                    log.exception("%s failed", name)
-                    response = JSONResponse({"Error": f"internal error in {name}: {exc}"}, status_code=500)
-                    outcome = "error"
-                metrics.verb_latency.labels(name).observe(time.perf_counter() - started)
-                metrics.requests.labels(name, outcome).inc()
-                return response
+    def __init__(self, service: PoolService) -> None:
+        self.service = service
+        #: binds' own threads (`BIND_THREADS`): a bind waits on the API server, never on filter's event loop
+        self.binders = ThreadPoolExecutor(BIND_THREADS, thread_name_prefix="gpupool-bind")
 
-            app.add_api_route(f"{prefix}/{name}", route, methods=["POST"], name=name)
-            return route
-
-        return wrap
-
-    @verb("filter")
-    async def _filter(body: bytes) -> Response:
+    async def filter(self, body: bytes) -> bytes:
         args = _decode(wire.ExtenderArgs, body)
         names, as_names = args.node_names()
-        answer = service.filter(args.Pod, names)  # CPU-bound and sub-millisecond: a thread hop costs more
+        answer = self.service.filter(args.Pod, names)  # CPU-bound and sub-millisecond: a thread hop costs more
         failed, unresolvable = wire.failure_groups(answer.failed, answer.unresolvable)
         out: dict[str, Any] = {
             "Nodes": None,
@@ -132,48 +125,104 @@ def create_app(service: PoolService, *, url_prefix: str = "", max_body_bytes: in
             out["Nodes"] = {"apiVersion": "v1", "kind": "NodeList", "metadata": {}, "items": items}
         if answer.error:
             out["NodeNames"] = None if not as_names else []
-        return Response(_dumps(out), media_type=_JSON)
+        return _dumps(out)
 
-    @verb("prioritize")
-    async def _prioritize(body: bytes) -> Response:
+    async def prioritize(self, body: bytes) -> bytes:
         args = _decode(wire.ExtenderArgs, body)
         names, _ = args.node_names()
-        scores = service.prioritize(args.Pod, names)
-        return Response(_dumps([{"Host": n, "Score": s} for n, s in scores]), media_type=_JSON)
+        scores = self.service.prioritize(args.Pod, names)
+        return _dumps([{"Host": n, "Score": s} for n, s in scores])
 
-    binders: list[CapacityLimiter] = []  # binds' own threads (`BIND_THREADS`), made inside the event loop
-
-    @verb("bind")
-    async def _bind(body: bytes) -> Response:
+    async def bind(self, body: bytes) -> bytes:
         args = _decode(wire.ExtenderBindingArgs, body)
-        if not binders:
-            binders.append(CapacityLimiter(BIND_THREADS))
-        error = await to_thread.run_sync(
-            service.bind, args.PodName, args.PodNamespace, args.PodUID, args.Node, limiter=binders[0]
+        error = await asyncio.get_running_loop().run_in_executor(
+            self.binders, self.service.bind, args.PodName, args.PodNamespace, args.PodUID, args.Node
         )
-        return Response(_dumps({"Error": error}), media_type=_JSON)
+        return _dumps({"Error": error})
 
-    @verb("preempt")
-    async def _preempt(body: bytes) -> Response:
+    async def preempt(self, body: bytes) -> bytes:
         args = _decode(wire.ExtenderPreemptionArgs, body)
-        kept = await to_thread.run_sync(service.preempt, args.Pod, args.victims())
+        kept = await to_thread.run_sync(self.service.preempt, args.Pod, args.victims())
         out = {
             "NodeNameToMetaVictims": {
                 node: {"Pods": [{"UID": u} for u in uids], "NumPDBViolations": pdb}
                 for node, (uids, pdb) in kept.items()
             }
         }
-        return Response(_dumps(out), media_type=_JSON)
+        return _dumps(out)
 
+
+_JSON_HEADERS = [(b"content-type", _JSON.encode())]
+
+
+class VerbApp:
+    """ASGI app: the verbs' paths served directly, everything else (and the lifespan) by `fallback`."""
+
+    def __init__(self, service: PoolService, fallback: FastAPI, *, url_prefix: str, max_body_bytes: int) -> None:
+        self.service = service
+        self.fallback = fallback
+        self.max_body_bytes = max_body_bytes
+        self.verbs = Verbs(service)
+        prefix = "/" + url_prefix.strip("/") if url_prefix.strip("/") else ""
+        metrics = service.metrics
+        #: path -> (verb name, handler, its latency histogram, its outcome counters): label lookups done once
+        self.routes: dict[str, tuple[str, Callable[[bytes], Awaitable[bytes]], Any, dict[str, Any]]] = {
+            f"{prefix}/{name}": (
+                name,
+                getattr(self.verbs, name),
+                metrics.verb_latency.labels(name),
+                {o: metrics.requests.labels(name, o) for o in ("ok", "rejected", "error")},
+            )
+            for name in VERBS
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self.routes.get(scope["path"]) if scope["type"] == "http" else None
+        if route is None:
+            await self.fallback(scope, receive, send)
+            return
+        if scope["method"] != "POST":
+            await _send(send, 405, b'{"detail":"Method Not Allowed"}', [(b"allow", b"POST")])
+            return
+        name, handler, latency, outcomes = route
+        started = time.perf_counter()
+        try:
+            body = await read_body(scope, receive, self.max_body_bytes)
+            status, answer = 200, await handler(body)
+            outcome = "ok"
+        except ClientGone:
+            return
+        except BodyTooLarge:
+            status, outcome = 413, "rejected"
+            answer = _dumps({"Error": f"request body larger than {self.max_body_bytes} bytes (max_body_bytes)"})
+        except BadBody as exc:
+            status, outcome, answer = 400, "rejected", _dumps({"Error": str(exc)})
+        except Exception as exc:  # never a bare 500 with a stack trace
+            log.exception("%s failed", name)
+            status, outcome, answer = 500, "error", _dumps({"Error": f"internal error in {name}: {exc}"})
+        latency.observe(time.perf_counter() - started)
+        outcomes[outcome].inc()
+        await _send(send, status, answer)
+
+
+async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    length = (b"content-length", str(len(body)).encode())
+    await send({"type": "http.response.start", "status": status, "headers": [*_JSON_HEADERS, length, *(headers or ())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(service: PoolService, *, url_prefix: str = "", max_body_bytes: int = 8 * 2**20) -> VerbApp:
+    """The extender's HTTP app over `service`. `url_prefix` is the path part of the scheduler's urlPrefix."""
+    app = FastAPI(title="gpupool scheduler extender", docs_url=None, redoc_url=None, openapi_url=None)
     add_probe_routes(app, service)
 
     @app.get("/debug/pool")
     async def debug_pool() -> Response:
         snap = await to_thread.run_sync(service.snapshot)
         snap["readiness"] = service.readiness()
-        return Response(_dumps(snap), media_type=_JSON)
+        return Response(json.dumps(snap, separators=(",", ":")).encode(), media_type=_JSON)
 
-    return app
+    return VerbApp(service, app, url_prefix=url_prefix, max_body_bytes=max_body_bytes)
 
 
 def add_probe_routes(app: FastAPI, service: PoolService) -> None:
@@ -186,7 +235,8 @@ def add_probe_routes(app: FastAPI, service: PoolService) -> None:
     @app.get("/readyz")
     async def readyz() -> Response:
         state = service.readiness()
-        return Response(_dumps(state), status_code=200 if state["ready"] else 503, media_type=_JSON)
+        return Response(json.dumps(state, separators=(",", ":")).encode(), status_code=200 if state["ready"] else 503,
+                        media_type=_JSON)  # fmt: skip
 
     @app.get("/metrics")
     async def prometheus() -> Response:

@@ -9,7 +9,7 @@ import sys
 import threading
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from extender.kube import API_CONNECTIONS, GPUNODES, GPUQUEUES, NODES, PODS, KubeAPI, PodAPI
 from extender.metrics import Metrics
@@ -23,6 +23,9 @@ from gpupool.fragmentation import Workload
 from gpupool.pool import PoolConfigError, build_pool
 from gpupool.signing_key import KeyRing
 from kubeio.reflector import Reflector
+
+if TYPE_CHECKING:
+    import uvicorn
 
 log = logging.getLogger("gpupool.extender")
 
@@ -147,9 +150,16 @@ def tune_gc() -> None:
     gc.freeze()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def http_server(app: Any, host: str, port: int, log_level: str) -> uvicorn.Server:
+    """One listener as `gpupool-extender` runs it: uvicorn (httptools where installed, as uvicorn[standard] does),
+    no access log, no proxy-header rewriting (kube-scheduler calls from loopback, probes come from the kubelet)."""
     import uvicorn
 
+    return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
+                                         proxy_headers=False))  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     from extender.app import create_app, create_probe_app
 
     settings = ExtenderSettings.from_args(argv)
@@ -166,12 +176,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     extender.start()
     tune_gc()
     level = settings.log_level.lower()
-    servers = [uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=level,
-                                             access_log=False))]  # fmt: skip
+    servers = [http_server(app, settings.host, settings.port, level)]
     if settings.metrics_port:
         probes = create_probe_app(extender.service)
-        servers.append(uvicorn.Server(uvicorn.Config(probes, host=settings.metrics_host, port=settings.metrics_port,
-                                                     log_level=level, access_log=False)))  # fmt: skip
+        servers.append(http_server(probes, settings.metrics_host, settings.metrics_port, level))
 
     async def serve() -> None:
         await asyncio.gather(*(server.serve() for server in servers))

@@ -74,6 +74,24 @@ def test_filter_nodelist_form(kube, ext):
     assert "nope" in body["FailedAndUnresolvableNodes"]
 
 
+def test_the_nodelist_form_echoes_node_objects_json_cannot_narrow(kube, ext):
+    """The passing Node objects go back as sent, whatever JSON they hold: an integer beyond 64 bits (which the
+    answer's encoder, orjson, refuses) and non-ASCII text. Same answer as the `json` encoder gave, never 500."""
+    add_gpu_node(kube, "gpu-0")
+    item = {"metadata": {"name": "gpu-0", "labels": {"zone": "zürich-1"}}, "status": {"capacity": {"x": 2**70}}}
+    body = json.dumps({"Pod": pod("p"), "Nodes": {"items": [item]}, "NodeNames": None}).encode()
+    r = ext.post("filter", content=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["Nodes"]["items"] == [item]
+
+
+def test_other_methods_on_a_verb_path_are_405(kube, ext):
+    for verb in ("filter", "prioritize", "bind", "preempt"):
+        r = ext.http.get(f"{ext.url}/{verb}")
+        assert r.status_code == 405 and r.headers["allow"] == "POST", (verb, r.status_code)
+    assert ext.http.post(ext.url + "/no-such-verb", content=b"{}").status_code == 404
+
+
 def test_filter_both_null_means_no_nodes(kube, ext):
     r = ext.post("filter", {"Pod": pod("p"), "Nodes": None, "NodeNames": None}).json()
     assert r["NodeNames"] == [] and r["Error"] == ""
