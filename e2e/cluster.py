@@ -87,8 +87,12 @@ class Cluster:
         run_dir: str | os.PathLike[str] | None = None,
         bin_dir: str | os.PathLike[str] | None = None,
         nodes: Iterable[FakeNode] = DEFAULT_NODES,
+        audit_policy: Mapping[str, Any] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir) if run_dir else Path(f"/tmp/gpupool-e2e-{os.getpid()}")
+        #: an audit.k8s.io/v1 Policy: kube-apiserver then writes its JSON audit log to `audit_log` (a diagnosis
+        #: aid, e.g. which client opens which watches: bench/e2e_throughput.py --audit-nodes); None = no audit
+        self.audit_policy = dict(audit_policy) if audit_policy is not None else None
         self.bin_dir = Path(bin_dir) if bin_dir else default_bin_dir()
         self.nodes: list[FakeNode] = list(nodes)
         self.local = True
@@ -147,6 +151,11 @@ class Cluster:
     @property
     def log_dir(self) -> Path:
         return self.run_dir / "logs"
+
+    @property
+    def audit_log(self) -> Path:
+        """kube-apiserver's JSON audit log (written only with an `audit_policy`)."""
+        return self.log_dir / "kube-apiserver-audit.log"
 
     @property
     def api_url(self) -> str:
@@ -397,6 +406,12 @@ class Cluster:
             ready_url=f"http://127.0.0.1:{p['etcd']}/health",
             ready_timeout=timeout,
         )
+        audit: list[str] = []
+        if self.audit_policy is not None:
+            policy = self.run_dir / "audit-policy.yaml"
+            policy.write_text(yaml.safe_dump(self.audit_policy, sort_keys=False))
+            audit = [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}",
+                     "--audit-log-format=json", "--audit-log-maxsize=0"]  # fmt: skip
         self.start_process(
             "kube-apiserver",
             [
@@ -424,6 +439,7 @@ class Cluster:
                 "--enable-priority-and-fairness=false",
                 "--profiling=false",
                 "--endpoint-reconciler-type=none",
+                *audit,
             ],
             ready_url=f"{self.api_url}/readyz",
             ready_timeout=timeout,

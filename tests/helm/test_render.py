@@ -143,6 +143,8 @@ def test_bad_values_fail_with_a_clear_message(helm_bin: Path) -> None:
         ({"overcommit": {"computePercent": 50}}, r"/overcommit/computePercent.*minimum"),
         ({"fakeInventory": {"enable": True}}, r"additional properties 'enable' not allowed"),
         ({"placement": {"defaultPolicy": "tetris"}}, r"/placement/defaultPolicy"),
+        ({"scheduler": {"clientConnection": {"qps": 0, "burst": 400}}}, r"/scheduler/clientConnection/qps"),
+        ({"scheduler": {"clientConnection": {"qps": 200, "burst": 0}}}, r"/scheduler/clientConnection/burst"),
     ):
         with pytest.raises(chart.ChartError, match=message):
             chart.render(values)
@@ -252,6 +254,14 @@ def test_scheduler_config(rendered: dict[str, list[dict[str, Any]]]) -> None:
     (t_ext,) = tmpl["extenders"]
     assert {k: v for k, v in ext.items() if k != "urlPrefix"} == {k: v for k, v in t_ext.items() if k != "urlPrefix"}
     assert tmpl["profiles"] == cfg["profiles"]
+    # kube-scheduler's client rate: not its default 50 / 100 (a bind burst it makes itself takes 18 s per 1,000)
+    assert cfg["clientConnection"] == {"qps": 200, "burst": 400}
+    assert {k: v for k, v in tmpl["clientConnection"].items() if k != "kubeconfig"} == cfg["clientConnection"]
+
+
+def test_scheduler_client_rate_is_a_value(helm_bin: Path) -> None:
+    cfg = chart.scheduler_config_from(chart.render({"scheduler": {"clientConnection": {"qps": 12.5, "burst": 30}}}))
+    assert cfg["clientConnection"] == {"qps": 12.5, "burst": 30}
 
 
 def test_scheduler_config_helper_for_e2e(helm_bin: Path) -> None:
