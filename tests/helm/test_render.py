@@ -46,6 +46,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "gpuNodes": {"nodeSelector": {"gpu": "true"}},
         "signingKey": {"existingSecret": "my-signing-key"},
         "metrics": {"enabled": False, "dashboard": {"enabled": False}},
+        "apiPriority": {"enabled": False},
     },
 }
 
@@ -221,6 +222,7 @@ def test_every_set_renders_the_components(rendered: dict[str, list[dict[str, Any
                 "MutatingWebhookConfiguration",
                 "ValidatingWebhookConfiguration",
                 "GPUQueue",
+                "FlowSchema",
             ):
                 assert o["metadata"].get("namespace") in (NS, "kube-system"), (name, o["kind"], o["metadata"])
 
@@ -607,3 +609,26 @@ def test_pdbs_and_default_queue(rendered: dict[str, list[dict[str, Any]]]) -> No
     (q,) = chart.find(rendered["everything-else"], "GPUQueue")
     assert q["spec"]["nominalQuota"] == {"compute": 400, "memoryMiB": 65536}
     assert q["spec"]["namespaceSelector"] == {}
+
+
+def test_flowschema_puts_gpupool_scheduling_at_kube_schedulers_priority(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """The gpupool-scheduler pod (kube-scheduler + extender) and the controller's pod patches at workload-high,
+    ahead of the built-in "service-accounts" schema (precedence 9000) that would put them at workload-low."""
+    (fs,) = chart.find(rendered["defaults"], "FlowSchema")
+    spec = fs["spec"]
+    assert fs["apiVersion"] == "flowcontrol.apiserver.k8s.io/v1"
+    assert spec["priorityLevelConfiguration"] == {"name": "workload-high"}
+    assert spec["matchingPrecedence"] == 850 < 9000
+    accounts = {
+        c: one(rendered["defaults"], "Deployment", c)["spec"]["template"]["spec"]["serviceAccountName"]
+        for c in ("scheduler", "controller")
+    }
+    sa = {c: [{"kind": "ServiceAccount", "serviceAccount": {"name": n, "namespace": NS}}] for c, n in accounts.items()}
+    sched, ctl = spec["rules"]
+    assert sched["subjects"] == sa["scheduler"]
+    assert sched["resourceRules"][0]["verbs"] == ["*"] and sched["resourceRules"][0]["resources"] == ["*"]
+    assert ctl["subjects"] == sa["controller"]
+    assert ctl["resourceRules"] == [{"verbs": ["patch"], "apiGroups": [""], "resources": ["pods"], "namespaces": ["*"]}]
+    assert not chart.find(rendered["everything-else"], "FlowSchema")  # apiPriority.enabled false
