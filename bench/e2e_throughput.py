@@ -57,7 +57,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from e2e.cluster import Cluster, FakeNode  # noqa: E402
+from e2e.cluster import AUDIT_NODES, Cluster, FakeNode  # noqa: E402
 from e2e.stack import CONTROLLER, EXTENDER, SCHEDULER, Stack  # noqa: E402
 
 PLAIN = "example.com/gpu"
@@ -245,17 +245,6 @@ class CpuMeter:
 
 _SAMPLE = re.compile(r"^(\w+)\{([^}]*)\} (\S+)$", re.M)
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
-
-
-#: an audit policy for `Cluster(audit_policy=...)`: every request on Nodes (and nothing else), metadata only; a
-#: watch is logged when it starts (ResponseStarted) and when it ends (ResponseComplete)
-AUDIT_NODES: dict[str, Any] = {
-    "apiVersion": "audit.k8s.io/v1",
-    "kind": "Policy",
-    "omitStages": ["RequestReceived"],
-    "rules": [{"level": "Metadata", "resources": [{"group": "", "resources": ["nodes", "nodes/status"]}]},
-              {"level": "None"}],
-}  # fmt: skip
 
 
 def audit_key(event: Mapping[str, Any]) -> str | None:

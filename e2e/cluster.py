@@ -38,6 +38,7 @@ from e2e.pki import write_pki
 from e2e.processes import ClusterError, ManagedProcess, Supervisor, free_port
 
 __all__ = [  # the names tests and tools import from here (their homes are the modules named above)
+    "AUDIT_NODES",
     "DEFAULT_NODES",
     "K8S_VERSION",
     "REPO_ROOT",
@@ -56,6 +57,16 @@ ETCD_VERSION = "v3.6.14"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 LAST_RUN_LINK = Path("/tmp/gpupool-e2e-last")
+
+#: an audit policy for `Cluster(audit_policy=...)`: every request on Nodes (and nothing else), metadata only; a
+#: watch is logged when it starts (ResponseStarted) and when it ends (ResponseComplete)
+AUDIT_NODES: dict[str, Any] = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [{"level": "Metadata", "resources": [{"group": "", "resources": ["nodes", "nodes/status"]}]},
+              {"level": "None"}],
+}  # fmt: skip
 
 # Binaries the local control plane needs (kubectl is optional for the harness, needed by humans/tests).
 REQUIRED_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubectl")
