@@ -25,6 +25,10 @@ In the same run, the same ``gpupool-scheduler`` process binds:
   the pods) and ``webhook_calls_per_pod``, over release + settle: counts, not times, what each kind of pod costs
   the API server whatever the machine's load (a phase slow enough for kwok's Node heartbeats to lapse still adds
   kube-controller-manager's pod status writes).
+* ``counts`` in each phase's ``details``: watchers the API server closed on a slow reader, and with ``--audit-nodes``
+  (kube-apiserver's audit log of Node requests) who asked what of Nodes, per window. ``scheduler_client``: the
+  gpupool-scheduler's client QPS/burst (the chart's ``scheduler.clientConnection``; ``--scheduler-qps``/``-burst``):
+  the plain pods' binds go through that client, so it caps the plain rate.
 * CPU: utime+stime from ``/proc/<pid>/stat`` of the extender and the controller (and, in ``details``, the
   gpupool-scheduler and kube-apiserver) before and after each phase, divided by the pods bound in it. The top-level
   ``extender_cpu_ms_per_pod`` / ``controller_cpu_ms_per_pod`` are those of the full path (both components work
