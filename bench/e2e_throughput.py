@@ -679,7 +679,7 @@ def main() -> int:
                     help="kube-scheduler's client QPS (chart value scheduler.clientConnection.qps; default the chart)")
     ap.add_argument("--scheduler-burst", type=int, help="kube-scheduler's client burst (default the chart's)")
     ap.add_argument("--audit-nodes", action="store_true",
-                    help="audit log of every Node request; requests_per_pod then names who asked (audit ... keys)")
+                    help="audit log of every Node request; details.*.counts then names who asked what of Nodes")
     args = ap.parse_args()
     m = args.pods
     if m * 2 > args.nodes * 8:
