@@ -26,6 +26,10 @@ In the same run, the same ``gpupool-scheduler`` process binds:
   (``gpunode_status_writes_per_pod``, ``gpunode_watch_events_per_pod``): counts, not times, what each kind of pod costs
   the API server whatever the machine's load (a phase slow enough for kwok's Node heartbeats to lapse still adds
   kube-controller-manager's pod status writes).
+* ``counts`` in each phase's ``details``: watchers the API server closed on a slow reader, and with ``--audit-nodes``
+  (kube-apiserver's audit log of Node requests) who asked what of Nodes, per window. ``scheduler_client``: the
+  gpupool-scheduler's client QPS/burst (the chart's ``scheduler.clientConnection``; ``--scheduler-qps``/``-burst``):
+  the plain pods' binds go through that client, so it caps the plain rate.
 * CPU: utime+stime from ``/proc/<pid>/stat`` of the extender and the controller (and, in ``details``, the
   gpupool-scheduler and kube-apiserver) before and after each phase, divided by the pods bound in it. The top-level
   ``extender_cpu_ms_per_pod`` / ``controller_cpu_ms_per_pod`` are those of the full path (both components work
@@ -53,10 +57,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from e2e.cluster import Cluster, FakeNode  # noqa: E402
+from e2e.cluster import AUDIT_NODES, Cluster, FakeNode  # noqa: E402
 from e2e.stack import CONTROLLER, EXTENDER, SCHEDULER, Stack  # noqa: E402
 
 PLAIN = "example.com/gpu"
@@ -246,14 +252,65 @@ _SAMPLE = re.compile(r"^(\w+)\{([^}]*)\} (\S+)$", re.M)
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
+def audit_key(event: Mapping[str, Any]) -> str | None:
+    """``audit VERB nodes CLIENT`` for one audit event of `AUDIT_NODES`, or None (a stage not counted): a watch
+    counts when it starts, anything else when it completes. CLIENT: the user name and the user agent's product."""
+    verb = str(event.get("verb", "")).upper()
+    if event.get("stage") != ("ResponseStarted" if verb == "WATCH" else "ResponseComplete"):
+        return None
+    ref = event.get("objectRef") or {}
+    res = str(ref.get("resource", "")) + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+    if verb == "WATCH":
+        q = urllib.parse.parse_qs(urllib.parse.urlsplit(str(event.get("requestURI", ""))).query)
+        if q.get("resourceVersion", ["0"])[0] in ("", "0") or q.get("sendInitialEvents") == ["true"]:
+            verb = "WATCH+initial"
+    user = str((event.get("user") or {}).get("username", ""))
+    agent = str(event.get("userAgent", "")).split(" ", 1)[0]
+    return f"audit {verb} {res} {user} {agent}"
+
+
+class AuditTally:
+    """Running counts of `audit_key` over an audit log that grows (read from where the last sample stopped)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.counts: dict[str, float] = {}
+
+    def sample(self) -> dict[str, float]:
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return dict(self.counts)
+        end = data.rfind(b"\n") + 1  # a line being written is read next time
+        self.offset += end
+        for line in data[:end].splitlines():
+            key = audit_key(json.loads(line))
+            if key is not None:
+                self.counts[key] = self.counts.get(key, 0.0) + 1
+        return dict(self.counts)
+
+
+#: keys reported as counts per window (`RequestMeter.counts`), not per pod
+COUNTED = ("audit ", "terminated watchers ")
+
+
 class RequestMeter:
     """The API server's own counts (its /metrics), by what was asked: a measure of what a pod costs the API
     server that does not move with the machine's load. Keys: ``VERB resource[/subresource]`` (``.group`` after
     the resource for other API groups) for requests; ``webhook NAME OPERATION`` for admission webhook calls;
-    ``watch events RESOURCE`` for the events the API server sent to watchers (the fan-out of every write)."""
+    ``watch events RESOURCE`` for the events the API server sent to watchers (the fan-out of every write);
+    ``terminated watchers RESOURCE`` for the watches the API server closed because their reader fell behind.
 
-    def __init__(self, api: Api) -> None:
+    With *audit* (the API server's audit log, `AUDIT_NODES` policy) also ``audit VERB nodes CLIENT``: who asked
+    what of Nodes (``WATCH+initial`` is a watch that starts with every Node as an ADDED event: no resourceVersion,
+    ``resourceVersion=0`` or ``sendInitialEvents``), counted since the meter was made."""
+
+    def __init__(self, api: Api, audit: Path | None = None) -> None:
         self.api = api
+        self.audit = AuditTally(audit) if audit is not None else None
 
     def sample(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -271,18 +328,30 @@ class RequestMeter:
             elif metric == "apiserver_watch_events_total":
                 res = lab.get("resource") or lab.get("kind", "")
                 key = f"watch events {res}.{lab['group']}" if lab.get("group") else f"watch events {res}"
+            elif metric == "apiserver_terminated_watchers_total":  # closed by the API server: too slow a reader
+                res = lab.get("resource", "")
+                key = f"terminated watchers {res}.{lab['group']}" if lab.get("group") else f"terminated watchers {res}"
             else:
                 continue
             out[key] = out.get(key, 0.0) + float(value)
+        if self.audit is not None:
+            out.update(self.audit.sample())
         return out
 
     @staticmethod
     def per_pod(before: Mapping[str, float], after: Mapping[str, float], pods: int) -> dict[str, float]:
         """What changed between two samples, per pod, largest first; keys that moved by less than one in 200 pods
-        (and by less than 2: an informer's resync, a lease renewal) are left out."""
-        delta = {k: v - before.get(k, 0.0) for k, v in after.items()}
+        (and by less than 2: an informer's resync, a lease renewal) are left out, and so are the `COUNTED` keys
+        (`counts`)."""
+        delta = {k: v - before.get(k, 0.0) for k, v in after.items() if not k.startswith(COUNTED)}
         least = max(2.0, pods / 200)
         return {k: round(v / pods, 3) for k, v in sorted(delta.items(), key=lambda kv: (-kv[1], kv[0])) if v >= least}
+
+    @staticmethod
+    def counts(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, int]:
+        """The `COUNTED` keys that moved between two samples, as counts (rare events: a few watches, not per pod)."""
+        delta = {k: int(v - before.get(k, 0.0)) for k, v in after.items() if k.startswith(COUNTED)}
+        return {k: v for k, v in sorted(delta.items(), key=lambda kv: (-kv[1], kv[0])) if v}
 
 
 def pool(n: int) -> Callable[[Callable[[T], Any], list[T]], list[Any]]:
@@ -295,11 +364,12 @@ def pool(n: int) -> Callable[[Callable[[T], Any], list[T]], list[Any]]:
     return run
 
 
-def scheduler_path(api: Api, cpu: CpuMeter, ns: str, kind: str, m: int, timeout: float) -> dict[str, Any]:
+def scheduler_path(
+    api: Api, cpu: CpuMeter, meter: RequestMeter, ns: str, kind: str, m: int, timeout: float
+) -> dict[str, Any]:
     """Create m held pods, remove every hold at once, time from the first removal to the last bound."""
     watch = BindWatch(api, ns)
     names = [f"{kind}-{i:05d}" for i in range(m)]
-    meter = RequestMeter(api)
     r0 = meter.sample()
     t0 = time.monotonic()
     pool(16)(lambda n: api.request("POST", f"/api/v1/namespaces/{ns}/pods",
@@ -351,12 +421,16 @@ POD_PATH = ("pods", "events", "gpunodes.", "gpuqueues.")
 
 def request_summary(windows: Mapping[str, tuple[Mapping[str, float], Mapping[str, float]]], m: int,
                     scheduling: Iterable[str]) -> dict[str, Any]:  # fmt: skip
-    """``requests_per_pod``: the API server's counts per pod in each window (`RequestMeter`);
+    """``requests_per_pod``: the API server's counts per pod in each window (`RequestMeter`), ``counts`` the
+    `COUNTED` ones as they are;
     ``api_writes_per_pod`` / ``webhook_calls_per_pod`` / ``watch_events_per_pod``: totals over the windows named in
     *scheduling* (release to bound and what followed) of the writes and watch events of `POD_PATH` resources, and of
     the webhook calls."""
     per = {w: RequestMeter.per_pod(a, b, m) for w, (a, b) in windows.items()}
-    return {"requests_per_pod": per, **request_totals(per, scheduling)}
+    out: dict[str, Any] = {"requests_per_pod": per, **request_totals(per, scheduling)}
+    # watches the API server closed on a slow reader, and (--audit-nodes) who asked what of Nodes: counts
+    out["counts"] = {w: RequestMeter.counts(a, b) for w, (a, b) in windows.items()}
+    return out
 
 
 def request_totals(per: Mapping[str, Mapping[str, float]], windows: Iterable[str]) -> dict[str, float]:
@@ -392,7 +466,7 @@ def quantile(xs: list[float], q: float) -> float:
     return s[max(0, min(len(s) - 1, -(-int(q * 100 * len(s)) // 100) - 1))]
 
 
-def full_path(api: Api, cpu: CpuMeter, ns: str, m: int, timeout: float) -> dict[str, Any]:
+def full_path(api: Api, cpu: CpuMeter, meter: RequestMeter, ns: str, m: int, timeout: float) -> dict[str, Any]:
     """A burst of m ordinary gpupool pods; per-pod latency from create to bound on the bench's clock."""
     watch = BindWatch(api, ns)
     names = [f"full-{i:05d}" for i in range(m)]
@@ -415,7 +489,6 @@ def full_path(api: Api, cpu: CpuMeter, ns: str, m: int, timeout: float) -> dict[
                     raise
                 time.sleep(1.0)
 
-    meter = RequestMeter(api)
     r0 = meter.sample()
     c0 = cpu.sample()
     t0 = time.monotonic()
@@ -485,6 +558,18 @@ def holdings(metrics: str) -> int:
     return int(float(found.group(1))) if found else -1
 
 
+#: kube-scheduler's client rate when its configuration names none (KubeSchedulerConfiguration v1 defaults)
+SCHEDULER_CLIENT_DEFAULT = {"qps": 50.0, "burst": 100}
+
+
+def scheduler_client(c: Cluster) -> dict[str, Any]:
+    """The gpupool-scheduler's client rate as configured (the config file it was started with): the plain pods'
+    binds go through it, so the plain rate is capped near qps once the burst is spent."""
+    cfg = yaml.safe_load((c.run_dir / f"{SCHEDULER}.yaml").read_text()) or {}
+    conn = cfg.get("clientConnection") or {}
+    return {k: conn.get(k, d) for k, d in SCHEDULER_CLIENT_DEFAULT.items()}
+
+
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -507,7 +592,9 @@ def delete_pods(api: Api, stack: Stack, namespaces: Iterable[str], timeout: floa
         time.sleep(1.0)
 
 
-def one_run(api: Api, c: Cluster, stack: Stack, cpu: CpuMeter, args: argparse.Namespace, r: int) -> dict[str, Any]:
+def one_run(
+    api: Api, c: Cluster, stack: Stack, cpu: CpuMeter, meter: RequestMeter, args: argparse.Namespace, r: int
+) -> dict[str, Any]:
     """One repetition: plain, gpupool and (unless skipped) the full path, each in namespaces of its own."""
     m = args.pods
     skip = {WEBHOOK_SKIP[0]: WEBHOOK_SKIP[1]}
@@ -516,10 +603,10 @@ def one_run(api: Api, c: Cluster, stack: Stack, cpu: CpuMeter, args: argparse.Na
         namespace(api, c, ns, skip)
     load = {"start": load_average()}
     results: dict[str, Any] = {}
-    results["plain"] = scheduler_path(api, cpu, ns_plain, "plain", m, args.timeout)
+    results["plain"] = scheduler_path(api, cpu, meter, ns_plain, "plain", m, args.timeout)
     print(f"[run {r}] plain:   {results['plain']}", flush=True)
     v0, b0 = verb_latency(em := stack.extender_metrics()), bind_results(em)
-    results["gpupool"] = scheduler_path(api, cpu, ns_gpupool, "gpupool", m, args.timeout)
+    results["gpupool"] = scheduler_path(api, cpu, meter, ns_gpupool, "gpupool", m, args.timeout)
     em = stack.extender_metrics()
     results["gpupool"]["extender_verbs"] = verb_delta(v0, verb_latency(em))
     results["gpupool"]["binds"] = {k: int(v - b0.get(k, 0.0)) for k, v in bind_results(em).items()}
@@ -548,7 +635,7 @@ def one_run(api: Api, c: Cluster, stack: Stack, cpu: CpuMeter, args: argparse.Na
         queue_with_room(api, ns_full, m)
         time.sleep(2.0)  # the controller and the webhook see the queue
         v0, b0 = verb_latency(em := stack.extender_metrics()), bind_results(em)
-        results["full_path"] = full_path(api, cpu, ns_full, m, args.timeout)
+        results["full_path"] = full_path(api, cpu, meter, ns_full, m, args.timeout)
         em = stack.extender_metrics()
         results["full_path"]["extender_verbs"] = verb_delta(v0, verb_latency(em))
         results["full_path"]["binds"] = {k: int(v - b0.get(k, 0.0)) for k, v in bind_results(em).items()}
@@ -565,6 +652,7 @@ def one_run(api: Api, c: Cluster, stack: Stack, cpu: CpuMeter, args: argparse.Na
     out["load_average"] = load  # os.getloadavg(): 1, 5, 15 minutes, at the run's start, after gpupool, at its end
     out["details"] = results
     out["admission_interval_s"] = float(args.admission_interval)
+    out["scheduler_client"] = scheduler_client(c)
     if r + 1 < args.runs:  # the next run starts from an empty pool
         out["cleanup_seconds"] = delete_pods(api, stack, (ns_plain, ns_gpupool, ns_full), args.timeout)
     return out
@@ -596,6 +684,11 @@ def main() -> int:
     ap.add_argument("--admission-interval", default="1.0", help="controller admission period (product default 1 s)")
     ap.add_argument("--timeout", type=float, default=1200, help="seconds to wait for each phase's pods to bind")
     ap.add_argument("--keep", action="store_true", help="leave the run directory")
+    ap.add_argument("--scheduler-qps", type=float,
+                    help="kube-scheduler's client QPS (chart value scheduler.clientConnection.qps; default the chart)")
+    ap.add_argument("--scheduler-burst", type=int, help="kube-scheduler's client burst (default the chart's)")
+    ap.add_argument("--audit-nodes", action="store_true",
+                    help="audit log of every Node request; details.*.counts then names who asked what of Nodes")
     args = ap.parse_args()
     m = args.pods
     if m * 2 > args.nodes * 8:
@@ -606,10 +699,11 @@ def main() -> int:
     nodes = [FakeNode(f"n-{i:04d}", gpus=8, gpu_model="A100-80GB", gpu_memory_mib=81920) for i in range(args.nodes)]
     run_dir = Path(tempfile.mkdtemp(prefix="gpupool-bench-"))
     print(f"# run directory {run_dir}", flush=True)
-    c = Cluster(run_dir=run_dir, nodes=[])
+    c = Cluster(run_dir=run_dir, nodes=[], audit_policy=AUDIT_NODES if args.audit_nodes else None)
     t0 = time.monotonic()
+    client = {k: v for k, v in (("qps", args.scheduler_qps), ("burst", args.scheduler_burst)) if v is not None}
     stack = Stack(
-        c, nodes=nodes, scheduler_verbosity=1,
+        c, nodes=nodes, scheduler_verbosity=1, chart_values={"scheduler": {"clientConnection": client}},
         controller_env={"GPUPOOL_ADMISSION_INTERVAL_SECONDS": args.admission_interval},
         publisher_env={"GPUPOOL_HEARTBEAT_INTERVAL_SECONDS": "3600", "GPUPOOL_HEALTH_INTERVAL_SECONDS": "5"},
     )  # fmt: skip
@@ -622,16 +716,18 @@ def main() -> int:
         print(f"# control plane + {args.nodes} kwok nodes in {setup['nodes_ready_s']} s", flush=True)
         stack.up(timeout=1800)
         setup["stack"] = stack.timings
+        setup["scheduler_client"] = scheduler_client(c)
         print(f"# gpupool stack up {stack.timings} (scheduler config: {stack.scheduler_config_source})", flush=True)
         cpu = CpuMeter(c)
+        meter = RequestMeter(api, c.audit_log if args.audit_nodes else None)
         namespace(api, c, "warm", {WEBHOOK_SKIP[0]: WEBHOOK_SKIP[1]})
         # warm-up: a few pods of each kind (informers, connection pools, the extender's first requests)
-        scheduler_path(api, cpu, "warm", "plain", 20, args.timeout)
-        scheduler_path(api, cpu, "warm", "gpupool", 20, args.timeout)
+        scheduler_path(api, cpu, meter, "warm", "plain", 20, args.timeout)
+        scheduler_path(api, cpu, meter, "warm", "gpupool", 20, args.timeout)
         delete_pods(api, stack, ["warm"], args.timeout)
         runs: list[dict[str, Any]] = []
         for r in range(args.runs):
-            runs.append(one_run(api, c, stack, cpu, args, r))
+            runs.append(one_run(api, c, stack, cpu, meter, args, r))
             print(json.dumps({k: v for k, v in runs[-1].items() if k != "details"}), flush=True)
             med = medians(runs)
             out: dict[str, Any] = {"nodes": args.nodes, "pods": m, **med, "runs_done": len(runs), "median": med,

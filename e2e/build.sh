@@ -2,7 +2,7 @@
 # Build the binaries of gpupool's e2e tier (docs/e2e.md, shared recipe: e2e-control-plane.md §1, §2, §8, §11):
 #   kube-apiserver, kube-scheduler, kube-controller-manager, kubectl, kubelet (Kubernetes $K8S, wrapper e2e/k8sbin/)
 #   etcd, etcdctl                                                      (etcd $ETCD, wrapper e2e/etcdbin/)
-#   kwok, helm                                                         (go install at pinned versions)
+#   kwok, helm                                        (pinned versions; kwok with its watch resume: build_kwok)
 # into ${GPUPOOL_E2E_BIN:-$HOME/.cache/gpupool/k8s-$K8S/bin}. Binaries already present at the right version are
 # skipped. Never commit the binaries; the wrappers' go.mod/go.sum are the version pin. As root, it also installs the
 # Debian packages the real node needs (containerd, runc, CNI plugins, busybox-static; e2e/realnode.py) if missing.
@@ -174,6 +174,38 @@ go_install() { # NAME MODULE PKG VERSION [EXTRA_LDFLAGS [VERSION_CHECK_CMD...]]
   installed || die "$BIN/$name does not report $mod $ver"
 }
 
+# kwok, built with one change: its informers (pkg/utils/informer, Option.setup) set resourceVersion=0 on every list
+# AND watch, so each time the API server dropped kwok's Node watch (a reader that fell behind), the next watch began
+# with every Node again as an ADDED event: 5,000 watch events at 5,000 nodes, several times a bench phase on a
+# loaded box (docs/e2e.md "kwok's Node watch"). The built kwok keeps the resourceVersion its reflector asks for and
+# sets 0 only where none was given (lists; tests/e2e/test_control_plane.py test_kwok_resumes_...). Its version
+# (`kwok --version`, its user agent) says so: v0.8.0+gpupool.watch-resume.
+KWOK_MARK="${KWOK#v}+gpupool.watch-resume"
+kwok_ok() {
+  [ -x "$BIN/kwok" ] || return 1
+  local out
+  out=$("$BIN/kwok" --version 2>/dev/null) || return 1
+  [[ "$out" == "kwok version v$KWOK_MARK "* ]]
+}
+
+build_kwok() {
+  if [ "$FORCE" = 0 ] && kwok_ok; then log "ok: kwok $KWOK (watch resume) already in $BIN"; return 0; fi
+  local dir tmp f
+  dir=$(gocmd mod download -json "sigs.k8s.io/kwok@$KWOK" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p') ||
+    die "go mod download sigs.k8s.io/kwok@$KWOK failed"
+  [ -d "$dir" ] || die "no module directory for sigs.k8s.io/kwok@$KWOK"
+  tmp=$(mktemp -d) && cp -r "$dir/." "$tmp/" && chmod -R u+w "$tmp" || die "copying kwok $KWOK's source failed"
+  f="$tmp/pkg/utils/informer/event.go"
+  sed -i 's/^\tif !o.EnableListPager || o.EnableStreamWatch {$/\tif (!o.EnableListPager || o.EnableStreamWatch) \&\& opts.ResourceVersion == "" {/' "$f"
+  grep -q 'o.EnableStreamWatch) && opts.ResourceVersion == "" {' "$f" ||
+    die "kwok $KWOK: $f no longer has the line the watch-resume change edits"
+  log "building kwok $KWOK (watch resume)"
+  (cd "$tmp" && GOFLAGS="$GOFLAGS -mod=readonly" gocmd build -trimpath -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_MARK" \
+    -o "$BIN/kwok" ./cmd/kwok) || die "building kwok $KWOK failed (see the go output above)"
+  rm -rf "$tmp"
+  kwok_ok || die "$BIN/kwok --version does not report v$KWOK_MARK"
+}
+
 # ---------------------------------------------------------------- the real node's runtime (Debian packages)
 REALNODE_PKGS=(containerd runc containernetworking-plugins busybox-static)
 install_realnode_packages() {
@@ -194,9 +226,8 @@ install_realnode_packages() {
 start=$(date +%s)
 install_realnode_packages
 build_etcd
-go_install kwok sigs.k8s.io/kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK"
 # kwok v0.8.0 has no built-in stages: the e2e fixture concatenates the stage files from its module directory.
-gocmd mod download "sigs.k8s.io/kwok@$KWOK" || die "go mod download sigs.k8s.io/kwok@$KWOK failed (stage files)"
+build_kwok
 go_install helm helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm "$HELM" \
   "-X helm.sh/helm/v3/internal/version.version=$HELM $HELM_K8S_LDFLAGS" version --template '{{.Version}}'
 build_k8s

@@ -38,6 +38,7 @@ from e2e.pki import write_pki
 from e2e.processes import ClusterError, ManagedProcess, Supervisor, free_port
 
 __all__ = [  # the names tests and tools import from here (their homes are the modules named above)
+    "AUDIT_NODES",
     "DEFAULT_NODES",
     "K8S_VERSION",
     "REPO_ROOT",
@@ -56,6 +57,16 @@ ETCD_VERSION = "v3.6.14"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 LAST_RUN_LINK = Path("/tmp/gpupool-e2e-last")
+
+#: an audit policy for `Cluster(audit_policy=...)`: every request on Nodes (and nothing else), metadata only; a
+#: watch is logged when it starts (ResponseStarted) and when it ends (ResponseComplete)
+AUDIT_NODES: dict[str, Any] = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [{"level": "Metadata", "resources": [{"group": "", "resources": ["nodes", "nodes/status"]}]},
+              {"level": "None"}],
+}  # fmt: skip
 
 # Binaries the local control plane needs (kubectl is optional for the harness, needed by humans/tests).
 REQUIRED_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubectl")
@@ -87,8 +98,12 @@ class Cluster:
         run_dir: str | os.PathLike[str] | None = None,
         bin_dir: str | os.PathLike[str] | None = None,
         nodes: Iterable[FakeNode] = DEFAULT_NODES,
+        audit_policy: Mapping[str, Any] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir) if run_dir else Path(f"/tmp/gpupool-e2e-{os.getpid()}")
+        #: an audit.k8s.io/v1 Policy: kube-apiserver then writes its JSON audit log to `audit_log` (a diagnosis
+        #: aid, e.g. which client opens which watches: bench/e2e_throughput.py --audit-nodes); None = no audit
+        self.audit_policy = dict(audit_policy) if audit_policy is not None else None
         self.bin_dir = Path(bin_dir) if bin_dir else default_bin_dir()
         self.nodes: list[FakeNode] = list(nodes)
         self.local = True
@@ -147,6 +162,11 @@ class Cluster:
     @property
     def log_dir(self) -> Path:
         return self.run_dir / "logs"
+
+    @property
+    def audit_log(self) -> Path:
+        """kube-apiserver's JSON audit log (written only with an `audit_policy`)."""
+        return self.log_dir / "kube-apiserver-audit.log"
 
     @property
     def api_url(self) -> str:
@@ -397,6 +417,12 @@ class Cluster:
             ready_url=f"http://127.0.0.1:{p['etcd']}/health",
             ready_timeout=timeout,
         )
+        audit: list[str] = []
+        if self.audit_policy is not None:
+            policy = self.run_dir / "audit-policy.yaml"
+            policy.write_text(yaml.safe_dump(self.audit_policy, sort_keys=False))
+            audit = [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}",
+                     "--audit-log-format=json", "--audit-log-maxsize=0"]  # fmt: skip
         self.start_process(
             "kube-apiserver",
             [
@@ -424,6 +450,7 @@ class Cluster:
                 "--enable-priority-and-fairness=false",
                 "--profiling=false",
                 "--endpoint-reconciler-type=none",
+                *audit,
             ],
             ready_url=f"{self.api_url}/readyz",
             ready_timeout=timeout,

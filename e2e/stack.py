@@ -71,6 +71,7 @@ class Stack:
         publisher_env: Mapping[str, str] | None = None,
         scheduler_config: str | None = None,
         use_chart: bool = True,
+        chart_values: Mapping[str, Any] | None = None,
         scheduler_verbosity: int = 2,
     ) -> None:
         if not cluster.local:
@@ -84,6 +85,7 @@ class Stack:
         self.publisher_env = dict(publisher_env or {})
         self.scheduler_config_yaml = scheduler_config
         self.use_chart = use_chart
+        self.chart_values = dict(chart_values or {})  # values the chart's scheduler config is rendered with
         self.scheduler_verbosity = scheduler_verbosity
         self.dir = cluster.run_dir / "gpupool"
         self.ports: dict[str, int] = {}
@@ -315,7 +317,9 @@ class Stack:
             try:
                 from e2e import chart
 
-                text = chart.scheduler_config(self.extender_url, self.cluster.kubeconfig_for("scheduler"))
+                text = chart.scheduler_config(
+                    self.extender_url, self.cluster.kubeconfig_for("scheduler"), values=self.chart_values
+                )
                 self.scheduler_config_source = "chart"
                 return text
             except Exception as e:  # no chart yet, no helm: the template is the same contract

@@ -46,6 +46,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "gpuNodes": {"nodeSelector": {"gpu": "true"}},
         "signingKey": {"existingSecret": "my-signing-key"},
         "metrics": {"enabled": False, "dashboard": {"enabled": False}},
+        "apiPriority": {"enabled": False},
     },
 }
 
@@ -143,6 +144,8 @@ def test_bad_values_fail_with_a_clear_message(helm_bin: Path) -> None:
         ({"overcommit": {"computePercent": 50}}, r"/overcommit/computePercent.*minimum"),
         ({"fakeInventory": {"enable": True}}, r"additional properties 'enable' not allowed"),
         ({"placement": {"defaultPolicy": "tetris"}}, r"/placement/defaultPolicy"),
+        ({"scheduler": {"clientConnection": {"qps": 0, "burst": 400}}}, r"/scheduler/clientConnection/qps"),
+        ({"scheduler": {"clientConnection": {"qps": 200, "burst": 0}}}, r"/scheduler/clientConnection/burst"),
     ):
         with pytest.raises(chart.ChartError, match=message):
             chart.render(values)
@@ -219,6 +222,7 @@ def test_every_set_renders_the_components(rendered: dict[str, list[dict[str, Any
                 "MutatingWebhookConfiguration",
                 "ValidatingWebhookConfiguration",
                 "GPUQueue",
+                "FlowSchema",
             ):
                 assert o["metadata"].get("namespace") in (NS, "kube-system"), (name, o["kind"], o["metadata"])
 
@@ -252,6 +256,14 @@ def test_scheduler_config(rendered: dict[str, list[dict[str, Any]]]) -> None:
     (t_ext,) = tmpl["extenders"]
     assert {k: v for k, v in ext.items() if k != "urlPrefix"} == {k: v for k, v in t_ext.items() if k != "urlPrefix"}
     assert tmpl["profiles"] == cfg["profiles"]
+    # kube-scheduler's client rate: not its default 50 / 100 (a bind burst it makes itself takes 18 s per 1,000)
+    assert cfg["clientConnection"] == {"qps": 200, "burst": 400}
+    assert {k: v for k, v in tmpl["clientConnection"].items() if k != "kubeconfig"} == cfg["clientConnection"]
+
+
+def test_scheduler_client_rate_is_a_value(helm_bin: Path) -> None:
+    cfg = chart.scheduler_config_from(chart.render({"scheduler": {"clientConnection": {"qps": 12.5, "burst": 30}}}))
+    assert cfg["clientConnection"] == {"qps": 12.5, "burst": 30}
 
 
 def test_scheduler_config_helper_for_e2e(helm_bin: Path) -> None:
@@ -597,3 +609,26 @@ def test_pdbs_and_default_queue(rendered: dict[str, list[dict[str, Any]]]) -> No
     (q,) = chart.find(rendered["everything-else"], "GPUQueue")
     assert q["spec"]["nominalQuota"] == {"compute": 400, "memoryMiB": 65536}
     assert q["spec"]["namespaceSelector"] == {}
+
+
+def test_flowschema_puts_gpupool_scheduling_at_kube_schedulers_priority(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """The gpupool-scheduler pod (kube-scheduler + extender) and the controller's pod patches at workload-high,
+    ahead of the built-in "service-accounts" schema (precedence 9000) that would put them at workload-low."""
+    (fs,) = chart.find(rendered["defaults"], "FlowSchema")
+    spec = fs["spec"]
+    assert fs["apiVersion"] == "flowcontrol.apiserver.k8s.io/v1"
+    assert spec["priorityLevelConfiguration"] == {"name": "workload-high"}
+    assert spec["matchingPrecedence"] == 850 < 9000
+    accounts = {
+        c: one(rendered["defaults"], "Deployment", c)["spec"]["template"]["spec"]["serviceAccountName"]
+        for c in ("scheduler", "controller")
+    }
+    sa = {c: [{"kind": "ServiceAccount", "serviceAccount": {"name": n, "namespace": NS}}] for c, n in accounts.items()}
+    sched, ctl = spec["rules"]
+    assert sched["subjects"] == sa["scheduler"]
+    assert sched["resourceRules"][0]["verbs"] == ["*"] and sched["resourceRules"][0]["resources"] == ["*"]
+    assert ctl["subjects"] == sa["controller"]
+    assert ctl["resourceRules"] == [{"verbs": ["patch"], "apiGroups": [""], "resources": ["pods"], "namespaces": ["*"]}]
+    assert not chart.find(rendered["everything-else"], "FlowSchema")  # apiPriority.enabled false
