@@ -161,36 +161,12 @@ def http_run(
     service: Any, bodies: list[bytes], queries: list[dict[str, Any]]
 ) -> tuple[list[float], list[float], float]:
     """filter+prioritize over HTTP, served by a forked child: (call ms, filter-alone ms, the child's RSS MiB)."""
-    from extender.app import create_app
-    from extender.main import tune_gc
-
-    app = create_app(service)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    pid = os.fork()
-    if pid == 0:  # child: serve
-        import uvicorn
-
-        tune_gc()  # as gpupool-extender does after its first sync
-        uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", access_log=False)
-        os._exit(0)
+    pid, port = serve_forked(service)
     http_ms: list[float] = []
     filter_only: list[float] = []
     try:
         # a plain keep-alive connection: the measure is the extender's, not a Python HTTP client's
-        client = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        deadline = time.time() + 30
-        while True:
-            try:
-                client.request("GET", "/healthz")
-                if client.getresponse().read() == b"ok":
-                    break
-            except OSError:
-                client.close()
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.05)
+        client = connect(port)
         headers = {"Content-Type": "application/json"}
 
         def post(path: str, body: bytes) -> Any:

@@ -50,7 +50,7 @@ choices fgdpp's score clamped to [t + 1, 100 − t − 1], dead ones fgdpp's sco
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -201,52 +201,53 @@ class FGDPlusPlus(FGD):
     def node_offset(self, model: str, demand: Demand) -> float:
         return self.reservation(model, demand)
 
-    def slice_key(self, value: float, free: int, compute: int, spare: float, offset: float) -> float:
-        """Near fits first, the smallest remainder first; dead remainders after every other choice. On a model the
-        pod pays a reservation for (`offset` > 0) a near fit is an ordinary choice."""
-        if self.bands is None or free >= WHOLE_GPU_COMPUTE:
-            return value
+    def _bands(self, free: Any, compute: int, spare: Any, offset: float) -> tuple[Any, Any, Any]:
+        """(near fit, dead remainder, remainder) of placing `compute` on GPUs with `free` compute and `spare`
+        memory (in compute units), for one GPU (ints) or many (arrays): the one spelling of the bands' rule.
+        On a model the pod pays a reservation for (`offset` > 0) a near fit is an ordinary choice."""
+        assert self.bands is not None
         near, smallest = self.bands
         left = free - compute
-        if left <= near and (spare <= near or not self.gpu_memory_weight) and offset <= 0:
-            return value + _BAND * (WHOLE_GPU_COMPUTE + 1 - left)
-        return value - _BAND if near < left < smallest else value
+        partial = free < WHOLE_GPU_COMPUTE
+        near_fit = partial & (left <= near) & ((spare <= near) | (not self.gpu_memory_weight)) & (offset <= 0)
+        return near_fit, partial & (left > near) & (left < smallest), left
+
+    def slice_key(self, value: float, free: int, compute: int, spare: float, offset: float) -> float:
+        """Near fits first, the smallest remainder first; dead remainders after every other choice."""
+        if self.bands is None:
+            return value
+        near_fit, dead, left = self._bands(free, compute, spare, offset)
+        if near_fit:
+            return value + _BAND * (WHOLE_GPU_COMPUTE + 1 - int(left))
+        return value - _BAND if dead else value
 
     def slice_keys(self, values: Ints, free: Ints, compute: int, spare: Floats, offset: float) -> Ints:
         if self.bands is None:
             return values
-        near, smallest = self.bands
-        left = free - compute
-        partial = free < WHOLE_GPU_COMPUTE
-        keys = np.where(
-            partial & (left <= near) & ((spare <= near) | (not self.gpu_memory_weight)) & (offset <= 0),
-            values + _BAND * (WHOLE_GPU_COMPUTE + 1 - left),
-            values,
-        )
-        return np.where(partial & (left > near) & (left < smallest), values - _BAND, keys)
+        near_fit, dead, left = self._bands(free, compute, spare, offset)
+        return np.where(near_fit, values + _BAND * (WHOLE_GPU_COMPUTE + 1 - left),
+                        np.where(dead, values - _BAND, values))  # fmt: skip
 
     def slice_score(self, score: int, free: int, compute: int, spare: float, offset: float) -> int:
         """Near fits 100 − remainder; dead remainders fgdpp's score scaled into [0, t]; others clamped between."""
         if self.bands is None:
             return score
-        near, smallest = self.bands
-        left = free - compute
-        if free < WHOLE_GPU_COMPUTE and left <= near and (spare <= near or not self.gpu_memory_weight) and offset <= 0:
-            return MAX_SCORE - left
-        if free < WHOLE_GPU_COMPUTE and near < left < smallest:
+        near = self.bands[0]
+        near_fit, dead, left = self._bands(free, compute, spare, offset)
+        if near_fit:
+            return int(MAX_SCORE - left)
+        if dead:
             return score * (near + 1) // (MAX_SCORE + 1)
         return min(max(score, near + 1), MAX_SCORE - near - 1)
 
     def slice_scores(self, scores: Ints, free: Ints, compute: int, spare: Floats, offset: float) -> Ints:
         if self.bands is None:
             return scores
-        near, smallest = self.bands
-        left = free - compute
-        partial = free < WHOLE_GPU_COMPUTE
-        out = np.where(partial & (left > near) & (left < smallest), scores * (near + 1) // (MAX_SCORE + 1),
-                       np.clip(scores, near + 1, MAX_SCORE - near - 1))  # fmt: skip
-        near_fit = partial & (left <= near) & ((spare <= near) | (not self.gpu_memory_weight)) & (offset <= 0)
-        return np.where(near_fit, MAX_SCORE - left, out)
+        near = self.bands[0]
+        near_fit, dead, left = self._bands(free, compute, spare, offset)
+        return np.where(near_fit, MAX_SCORE - left,
+                        np.where(dead, scores * (near + 1) // (MAX_SCORE + 1),
+                                 np.clip(scores, near + 1, MAX_SCORE - near - 1)))  # fmt: skip
 
     def fragment_many(self, cpu_free: Ints, free_compute: Ints, model: str, memory_free: Ints, free_memory: Ints,
                       total_memory: Ints) -> Floats:  # fmt: skip
