@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -34,10 +35,26 @@ MILLI_PER_UNIT = 10
 DEFAULT_COVERAGE = 0.95
 
 _MEMO_LIMIT = 500_000
+K = TypeVar("K")
 #: `Workload._splits` packs two integers in one: the GPUs with enough free compute above this bit, the others'
 #: free compute below it
 _FIT_SHIFT = 32
 _SMALL = (1 << _FIT_SHIFT) - 1
+
+
+def covering(ranked: Sequence[tuple[K, float]], coverage: float) -> list[tuple[K, float]]:
+    """The first items of `ranked` (most weight first) whose weights reach `coverage` of the total weight: the
+    rule §6.1 builds M by (`Workload.from_counts`), and fgdpp's pairing bands count M's sharing shares by
+    (`gpupool.policies.fgdpp.sharing_bands`)."""
+    total = sum(weight for _, weight in ranked)
+    kept: list[tuple[K, float]] = []
+    covered = 0.0
+    for item in ranked:
+        kept.append(item)
+        covered += item[1]
+        if covered >= coverage * total - 1e-9:
+            break
+    return kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,19 +114,14 @@ class Workload:
             raise ValueError("no pods to derive a target workload from")
         if not 0 < coverage <= 1:
             raise ValueError("coverage must be in (0, 1]")
-        total = sum(counts.values())
 
         def order(item: tuple[ShapeKey, int]) -> tuple[int, int, int, int, tuple[str, ...]]:
             (cpu, compute, count, models), n = item
             return (n, cpu, compute, count, tuple(sorted(models)))
 
-        kept: list[tuple[ShapeKey, int]] = []
-        covered = 0
-        for key, n in sorted(counts.items(), key=order, reverse=True):
-            kept.append((key, n))
-            covered += n
-            if covered >= coverage * total - 1e-9:
-                break
+        ranked = sorted(counts.items(), key=order, reverse=True)
+        kept = covering(ranked, coverage)
+        covered = sum(n for _, n in kept)
         return Workload(
             (TaskShape(cpu, compute, count, models, n / covered) for (cpu, compute, count, models), n in kept),
             memory_per_unit=memory_per_unit,

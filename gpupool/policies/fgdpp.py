@@ -55,7 +55,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from gpupool.capacity import UNLIMITED
-from gpupool.fragmentation import DEFAULT_COVERAGE, Floats, Ints, Workload
+from gpupool.fragmentation import DEFAULT_COVERAGE, Floats, Ints, Workload, covering
 from gpupool.ledger import NodeView
 from gpupool.policies.base import MAX_SCORE, Choice, Demand
 from gpupool.policies.fgd import FGD, fgd_score
@@ -92,17 +92,10 @@ def sharing_bands(workload: Workload, coverage: float = DEFAULT_COVERAGE) -> tup
     for s in workload.shapes:
         if s.count == 1 and 0 < s.compute < WHOLE_GPU_COMPUTE:
             shares[s.compute] = shares.get(s.compute, 0.0) + s.popularity
-    total = sum(shares.values())
-    if not shares or total <= 0:
+    if not shares or sum(shares.values()) <= 0:
         return None
-    kept: list[int] = []
-    covered = 0.0
-    for compute, popularity in sorted(shares.items(), key=lambda item: (item[1], item[0]), reverse=True):
-        kept.append(compute)
-        covered += popularity
-        if covered >= coverage * total - 1e-9:
-            break
-    smallest = min(kept)
+    kept = covering(sorted(shares.items(), key=lambda item: (item[1], item[0]), reverse=True), coverage)
+    smallest = min(compute for compute, _ in kept)
     return smallest // 2, smallest
 
 
