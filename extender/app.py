@@ -220,7 +220,7 @@ def create_app(service: PoolService, *, url_prefix: str = "", max_body_bytes: in
     async def debug_pool() -> Response:
         snap = await to_thread.run_sync(service.snapshot)
         snap["readiness"] = service.readiness()
-        return Response(json.dumps(snap, separators=(",", ":")).encode(), media_type=_JSON)
+        return Response(_dumps(snap), media_type=_JSON)
 
     return VerbApp(service, app, url_prefix=url_prefix, max_body_bytes=max_body_bytes)
 
@@ -235,8 +235,7 @@ def add_probe_routes(app: FastAPI, service: PoolService) -> None:
     @app.get("/readyz")
     async def readyz() -> Response:
         state = service.readiness()
-        return Response(json.dumps(state, separators=(",", ":")).encode(), status_code=200 if state["ready"] else 503,
-                        media_type=_JSON)  # fmt: skip
+        return Response(_dumps(state), status_code=200 if state["ready"] else 503, media_type=_JSON)
 
     @app.get("/metrics")
     async def prometheus() -> Response:
