@@ -125,6 +125,7 @@ def build(settings: ExtenderSettings, api: PodAPI | None = None, key: Keys | Non
     service = PoolService(pool.ledger, pool.placer, key if key is not None else read_key(settings.signing_key_file),
                           api, metrics)  # fmt: skip
     service.identity_wait_seconds = settings.identity_wait_seconds
+    service.narrow_filter = settings.narrow_filter
     metrics.attach(service.cache_stats, fragmentation_gauge(service, pool.workload))
     return Extender(settings, service, kube)
 

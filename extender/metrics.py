@@ -57,6 +57,13 @@ class Metrics:
             ["verb", "outcome"], registry=r,
         )  # fmt: skip
         self.binds = Counter("gpupool_extender_binds", "Binds by result.", ["result"], registry=r)
+        self.filter_answers = Counter(
+            "gpupool_extender_filter_answers",
+            "Filter answers of more than one passing node, by form: one (the node prioritize would rank first; "
+            "kube-scheduler binds there without scoring) or all (the pod asks kube-scheduler's scoring for a "
+            "preference of its own).",
+            ["form"], registry=r,
+        )  # fmt: skip
         self.bind_conflicts = Counter(
             "gpupool_extender_bind_conflicts", "Assignment writes refused with 409 Conflict.", registry=r
         )

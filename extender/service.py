@@ -141,6 +141,10 @@ class PoolService:
         #: 0 = off. kube-scheduler's next cycles run before the extender sees that pod's bind
         self.identity_expect_seconds = 2.0
         self.expected: dict[str, dict[str, identity.Expected]] = {}  # node -> uid -> mark (time.monotonic)
+        #: filter answers a pod that asks kube-scheduler's scoring for nothing of its own
+        #: (`objects.pod_scoring_preference`) with the one node prioritize would rank first, so kube-scheduler binds
+        #: it there without scoring nodes or calling prioritize (issue 16); False = every passing node
+        self.narrow_filter = True
         self._expected_at: dict[str, tuple[str, identity.Expected]] = {}  # uid -> (node, mark)
 
     # --- readiness ---------------------------------------------------------------------------------
@@ -557,7 +561,17 @@ class PoolService:
                 return self._only(taken, nodes, f"pod {request.key} is already bound to {taken}")
             result = self.placer.filter(request, nodes, detail=False)  # the answer groups nodes by reason
             self._identity_filter(request, result)
-            return result
+            if not self.narrow_filter or len(result.passing) < 2:
+                return result
+            preference = objects.pod_scoring_preference(pod)
+            if preference is not None:
+                self.metrics.filter_answers.labels("all").inc()
+                return result
+            ranked = self._ranked(objects.pod_uid(pod), request, result.passing)
+            if ranked is None:
+                return result
+            self.metrics.filter_answers.labels("one").inc()
+            return FilterResult(passing=[result.passing[int(np.argmax(ranked))]])
 
     def _bound_by_us(self, uid: str) -> str | None:
         """The node a bind of ours gave pod `uid`, landed or still writing (caller holds the lock); None when none.
@@ -590,15 +604,22 @@ class PoolService:
             return [(n, 0) for n in nodes]
         if not request.containers or not self.ready:
             return [(n, 0) for n in nodes]
-        try:
-            with self.lock:
-                scores = self.placer.score_array(request, nodes)
-        except NoFit:
-            return [(n, 0) for n in nodes]
-        ext = _EXTENDER_SCORES[np.where(scores == NO_SCORE, 0, np.clip(scores, 0, 100) + 1)]  # a table lookup each
         with self.lock:
-            ext = self._identity_expect(objects.pod_uid(pod), request, nodes, ext)
+            ext = self._ranked(objects.pod_uid(pod), request, nodes)
+        if ext is None:
+            return [(n, 0) for n in nodes]
         return list(zip(nodes, ext.tolist(), strict=True))
+
+    def _ranked(self, uid: str, request: PodRequest, nodes: list[str]) -> npt.NDArray[np.int64] | None:
+        """The extender scores (0..10) of `nodes` for `request` as prioritize answers them, steered
+        (`_identity_expect`: the first node of the top score is the pod's); None where it fits none (caller holds
+        the lock). The narrowed filter answers that first node of the top score (`narrow_filter`)."""
+        try:
+            scores = self.placer.score_array(request, nodes)
+        except NoFit:
+            return None
+        ext = _EXTENDER_SCORES[np.where(scores == NO_SCORE, 0, np.clip(scores, 0, 100) + 1)]  # a table lookup each
+        return self._identity_expect(uid, request, nodes, ext)
 
     def _not_ready_message(self) -> str:
         waiting = ", ".join(k for k, v in self._synced.items() if not v)

@@ -30,6 +30,12 @@ class ExtenderSettings(PoolSettings):
         description="a bound pod holds back same-slot-count pods on its node until the kubelet took its devices, "
         "at most this long (docs/contracts.md, identity); 0 = off (same-size pods may then swap slices)",
     )
+    narrow_filter: bool = Field(
+        True,
+        description="filter answers a pod without scoring preferences of its own (preferred affinities, "
+        "ScheduleAnyway spread) with the one node prioritize would rank first: kube-scheduler binds there without "
+        "scoring nodes or calling prioritize (docs/contracts.md, filter answer); false = every passing node",
+    )
     max_body_bytes: int = Field(8 * 2**20, ge=1024, description="larger request bodies get 413")
     api_timeout_seconds: float = Field(10.0, gt=0, description="timeout of each API-server write")
     watch_timeout_seconds: int = Field(300, ge=1, description="server-side timeout of one watch request")

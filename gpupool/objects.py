@@ -258,6 +258,30 @@ def pod_gated(pod: Mapping[str, Any]) -> bool:
     return any(isinstance(g, Mapping) and g.get("name") == resources.ADMISSION_GATE for g in gates)
 
 
+#: the pod fields that ask kube-scheduler's scoring for a preference of the pod's own
+_PREFERRED = ("nodeAffinity", "podAffinity", "podAntiAffinity")
+
+
+def pod_scoring_preference(pod: Mapping[str, Any]) -> str | None:
+    """The first field of `pod` that asks kube-scheduler's scoring to weigh nodes (a preferred node or pod
+    (anti-)affinity term, a `ScheduleAnyway` topology spread constraint), or None: the extender's filter may then
+    answer with its one best node (docs/contracts.md "filter answer")."""
+    spec = pod.get("spec")
+    if not isinstance(spec, Mapping):
+        return None
+    affinity = spec.get("affinity")
+    if isinstance(affinity, Mapping):
+        for kind in _PREFERRED:
+            terms = affinity.get(kind)
+            if isinstance(terms, Mapping) and terms.get("preferredDuringSchedulingIgnoredDuringExecution"):
+                return f"spec.affinity.{kind}.preferredDuringSchedulingIgnoredDuringExecution"
+    constraints = spec.get("topologySpreadConstraints")
+    for i, c in enumerate(constraints if isinstance(constraints, list) else ()):
+        if isinstance(c, Mapping) and c.get("whenUnsatisfiable") == "ScheduleAnyway":
+            return f"spec.topologySpreadConstraints[{i}]"
+    return None
+
+
 def pod_assignment(pod: Mapping[str, Any], key: Keys | None) -> Assignment | None:
     """The pod's assignment record; None when it carries none.
 

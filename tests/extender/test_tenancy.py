@@ -34,6 +34,7 @@ def test_filter_keeps_other_queues_pods_and_remote_slices_off_reserved_nodes(kub
     kube.create(GPUNODES, gpunode("cpu-0", gpus=0))
     kube.create(GPUQUEUES, reserving_queue("team-a", tenant="a"))
     service = ext.service
+    service.narrow_filter = False  # which nodes pass: the wide answer (test_narrow_filter.py: the narrowed)
     wait_for(lambda: service.ledger.has_node("cpu-0") and service.gpuqueues == {"team-a"}, 10, "nodes and queue")
     wait_for(lambda: service.placer.reservations.owners("a-0") == {"team-a"}, 10, "node a-0 reserved")
     assert service.readiness()["synced"]["gpuqueues"] is True

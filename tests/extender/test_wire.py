@@ -119,6 +119,9 @@ def test_pool_pod_passes_remote(kube, ext):
     add_gpu_node(kube, "nogpu", gpus=0)
     p = pod("remote", annotations={"gpupool.io/locality": "pool"})
     r = ext.post("filter", filter_body(p, ["gpu-0", "nogpu"])).json()
+    assert r["NodeNames"] == ["gpu-0"] and not r["FailedNodes"]  # narrowed: the node prioritize ranks first
+    ext.service.narrow_filter = False  # which nodes pass: the wide answer
+    r = ext.post("filter", filter_body(p, ["gpu-0", "nogpu"])).json()
     assert sorted(r["NodeNames"]) == ["gpu-0", "nogpu"]
     scores = {h["Host"]: h["Score"] for h in ext.post("prioritize", filter_body(p, ["gpu-0", "nogpu"])).json()}
     assert scores["nogpu"] == 0 and scores["gpu-0"] >= 1
@@ -127,6 +130,7 @@ def test_pool_pod_passes_remote(kube, ext):
 
 
 def test_pool_pod_gets_no_remote_slice_from_a_node_without_agent_endpoint(kube, ext):
+    ext.service.narrow_filter = False  # which nodes pass: the wide answer (test_narrow_filter.py: the narrowed)
     add_gpu_node(kube, "silent", gpus=1, endpoint="")
     add_gpu_node(kube, "nogpu", gpus=0)
     p = pod("remote", annotations={"gpupool.io/locality": "pool"})
