@@ -131,6 +131,8 @@ class PoolService:
         self.unserved: dict[str, dict[str, identity.Unserved]] = {}  # node -> uid -> unserved pod
         self._unserved_node: dict[str, str] = {}  # uid -> node
         self._overdue: set[str] = set()  # unserved pods already reported overdue
+        #: the unserved pods not overdue, by slot count: the nodes a pod waits on in one set union (`_identity_held`)
+        self._holdbacks = identity.Holdbacks()
         #: a bind held back by the rule waits this long for it to clear before refusing: kube-scheduler binds
         #: asynchronously, so it may bind the next pod to a node before the extender saw the previous bind
         #: (below kube-scheduler's extender httpTimeout, 5 s in the chart)
@@ -560,18 +562,18 @@ class PoolService:
             if taken is not None:
                 return self._only(taken, nodes, f"pod {request.key} is already bound to {taken}")
             result = self.placer.filter(request, nodes, detail=False)  # the answer groups nodes by reason
-            self._identity_filter(request, result)
-            if not self.narrow_filter or len(result.passing) < 2:
-                return result
-            preference = objects.pod_scoring_preference(pod)
-            if preference is not None:
-                self.metrics.filter_answers.labels("all").inc()
-                return result
-            ranked = self._ranked(objects.pod_uid(pod), request, result.passing)
-            if ranked is None:
-                return result
-            self.metrics.filter_answers.labels("one").inc()
-            return FilterResult(passing=[result.passing[int(np.argmax(ranked))]])
+            held = self._identity_held(request, result.passing)
+            if self.narrow_filter and len(result.passing) - len(held) >= 2:
+                if objects.pod_scoring_preference(pod) is None:
+                    free = [n for n in result.passing if n not in held] if held else result.passing
+                    ranked = self._ranked(objects.pod_uid(pod), request, free)
+                    if ranked is not None:  # the failure maps go only with an answer of fewer than two nodes
+                        self.metrics.filter_answers.labels("one").inc()
+                        return FilterResult(passing=[free[int(np.argmax(ranked))]])
+                else:
+                    self.metrics.filter_answers.labels("all").inc()
+            self._identity_filter(request, result, held)
+            return result
 
     def _bound_by_us(self, uid: str) -> str | None:
         """The node a bind of ours gave pod `uid`, landed or still writing (caller holds the lock); None when none.
@@ -860,8 +862,10 @@ class PoolService:
             at = assignment_format.parse(text).at
         except AssignmentError:
             at = ""
-        on_node[uid] = identity.Unserved(objects.pod_key(pod), identity.slot_counts(held.slices), identity.bound_at(at))
+        unserved = identity.Unserved(objects.pod_key(pod), identity.slot_counts(held.slices), identity.bound_at(at))
+        on_node[uid] = unserved
         self._unserved_node[uid] = node
+        self._holdbacks.add(uid, node, unserved)
 
     def _identity_bound(self, uid: str, key: str, holding: Holding) -> None:
         """A bind just committed `holding`: the pod is unserved on its node from now on."""
@@ -870,10 +874,12 @@ class PoolService:
         unserved = identity.Unserved(key, identity.slot_counts(holding.slices), self.clock())
         self.unserved.setdefault(holding.node, {})[uid] = unserved
         self._unserved_node[uid] = holding.node
+        self._holdbacks.add(uid, holding.node, unserved)
 
     def _identity_forget(self, uid: str) -> None:
         node = self._unserved_node.pop(uid, None)
         self._overdue.discard(uid)
+        self._holdbacks.remove(uid)
         if node is not None:
             _drop(self.unserved, node, uid)
             self._identity_changed.notify_all()
@@ -885,30 +891,44 @@ class PoolService:
         if not on_node or wait_s <= 0:
             return None
         now = self.clock()
-        for uid, pod in on_node.items():
-            if uid not in self._overdue and identity.overdue(pod, now, wait_s):
-                self._overdue.add(uid)
-                self.metrics.unserved_overdue.inc()
-                log.warning(
-                    "pod %s was bound to node %s %.0f s ago and the kubelet has not taken its devices yet; it no "
-                    "longer holds back pods with slot counts %s there (if the kubelet admits them first, they may "
-                    "swap slices with it)",
-                    pod.pod,
-                    node,
-                    now - pod.bound_at,
-                    sorted(pod.slot_counts),
-                )
+        self._identity_expire(now)
         hit = identity.blocker(on_node.values(), identity.request_slot_counts(request), now, wait_s)
         return identity.wait_reason(*hit) if hit is not None else None
 
-    def _identity_filter(self, request: PodRequest, answer: FilterResult) -> None:
-        """Move the passing nodes where `request` must wait for the kubelet to the unresolvable ones
+    def _identity_expire(self, now: float) -> None:
+        """Report the unserved pods that turned overdue (once each); they stop holding others back."""
+        for uid, node, pod in self._holdbacks.expire(now, self.identity_wait_seconds):
+            if uid in self._overdue:
+                continue
+            self._overdue.add(uid)
+            self.metrics.unserved_overdue.inc()
+            log.warning(
+                "pod %s was bound to node %s %.0f s ago and the kubelet has not taken its devices yet; it no "
+                "longer holds back pods with slot counts %s there (if the kubelet admits them first, they may "
+                "swap slices with it)",
+                pod.pod,
+                node,
+                now - pod.bound_at,
+                sorted(pod.slot_counts),
+            )
+
+    def _identity_held(self, request: PodRequest, nodes: list[str] | None) -> set[str]:
+        """Which of `nodes` (None: of all) `request` must wait on (`_identity_wait` is not None there), by
+        `identity.Holdbacks`: a union of a few sets, not a check per node."""
+        if not self.unserved or self.identity_wait_seconds <= 0:
+            return set()
+        self._identity_expire(self.clock())
+        blocked = self._holdbacks.nodes(identity.request_slot_counts(request))
+        return blocked.intersection(nodes) if blocked and nodes is not None else blocked
+
+    def _identity_filter(self, request: PodRequest, answer: FilterResult, held: set[str]) -> None:
+        """Move the passing nodes `held` (`_identity_held`) to the unresolvable ones, with the rule's reason
         (preemption cannot help: the wait ends by itself)."""
-        if not self.unserved:
+        if not held:
             return
         passing = []
         for node in answer.passing:
-            reason = self._identity_wait(request, node)
+            reason = self._identity_wait(request, node) if node in held else None
             if reason is None:
                 passing.append(node)
             else:
@@ -929,7 +949,7 @@ class PoolService:
         for other in [u for u, (_, e) in self._expected_at.items() if e.until <= now]:
             self._identity_unexpect(other)
         # nodes where a bind committed since this pod's filter ran (the filter would refuse them now)
-        blocked = {node for node in self.unserved if self._identity_wait(request, node) is not None}
+        blocked = self._identity_held(request, None)
         marked = identity.steer_marked(self.expected, counts, now, blocked)
         out, chosen = identity.steer_scores(scores, self._among(nodes, marked), extender_score(0), counts)
         if chosen is not None:

@@ -212,3 +212,44 @@ def test_steer_over_arrays_is_steer_node_by_node(seed: int) -> None:
     out, chosen = identity.steer_scores(scores, np.array([n in marked for n in names], dtype=bool), 1, counts)
     assert (list(zip(names, out.tolist(), strict=True)), None if chosen is None else names[chosen]) == want
     assert scores.tolist() == [s for _, s in answer]  # a new array: the caller's is left alone
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_holdbacks_answer_what_blocker_answers_node_by_node(seed: int) -> None:
+    """`Holdbacks` (the extender's index of the nodes each slot count waits on) against `blocker` per node, over
+    random adds (re-adds with another bind time), removals and a clock that moves past the wait: the same nodes
+    at every step, and each pod that turns overdue is expired exactly once."""
+    import random
+
+    rng = random.Random(seed)
+    wait_s = 10.0
+    index = identity.Holdbacks()
+    table: dict[str, dict[str, identity.Unserved]] = {}  # node -> uid -> pod, the reference
+    node_of: dict[str, str] = {}
+    expired: list[str] = []
+    now = 1000.0
+    for step in range(300):
+        op = rng.random()
+        if op < 0.5:
+            uid, node = f"u{rng.randint(0, 40)}", f"n{rng.randint(0, 8)}"
+            if uid in node_of:
+                table[node_of.pop(uid)].pop(uid)
+            p = unserved(uid, *rng.sample((1, 2, 4, 8), rng.randint(1, 2)), at=now - rng.choice((0.0, 3.0, 12.0)))
+            table.setdefault(node, {})[uid] = p
+            node_of[uid] = node
+            index.add(uid, node, p)
+        elif op < 0.7 and node_of:
+            uid = rng.choice(sorted(node_of))
+            table[node_of.pop(uid)].pop(uid)
+            index.remove(uid)
+        else:
+            now += rng.choice((0.5, 2.0, 7.0))
+        gone = index.expire(now, wait_s)
+        for uid, node, p in gone:
+            assert identity.overdue(p, now, wait_s) and table[node][uid] == p
+        expired.extend(uid for uid, _, _ in gone)
+        for counts in ({1}, {2}, {4, 8}, {1, 2, 4, 8}):
+            want = {n for n, pods in table.items() if identity.blocker(pods.values(), counts, now, wait_s)}
+            assert index.nodes(counts) == want, f"step {step}, counts {counts}"
+    assert len(index) == sum(not identity.overdue(p, now, wait_s) for pods in table.values() for p in pods.values())
+    assert expired, "the clock never made a pod overdue: the test did not exercise expire"
