@@ -22,6 +22,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("gpupool-controller: the webhooks serve TLS: set --webhook-cert-file and --webhook-key-file "
                          "(GPUPOOL_WEBHOOK_CERT_FILE, GPUPOOL_WEBHOOK_KEY_FILE), or --webhook-enabled false")
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # kopf logs "Handler 'pod_event' succeeded." at INFO for every watch event (a line per pod change, a
+        # few percent of the controller's CPU in a burst); its warnings and errors stay, DEBUG shows it all
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if settings.kubeconfig:
         os.environ["KUBECONFIG"] = settings.kubeconfig  # kopf's own login reads it
     import kopf
