@@ -41,6 +41,46 @@ def test_binpack_packs_fractional_pods_on_one_gpu(gp: GP) -> None:
     check_pool(gp.stack.debug_pool())
 
 
+def _extender_counts(gp: GP) -> dict[str, float]:
+    """The extender's prioritize calls and filter answers by form (`gpupool_extender_filter_answers_total`)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(gp.stack.extender_metrics()):
+        for sample in family.samples:
+            if sample.name == "gpupool_extender_requests_total" and sample.labels.get("verb") == "prioritize":
+                out["prioritize"] = out.get("prioritize", 0.0) + sample.value
+            if sample.name == "gpupool_extender_filter_answers_total":
+                out[sample.labels["form"]] = sample.value
+    return out
+
+
+@pytest.mark.local_harness(f"{KWOK_NODES}: five GPU nodes pass; the extender's /metrics; and {DEBUG_POOL}")
+def test_narrowed_filter_binds_without_prioritize_and_a_preferred_node_is_still_weighed(gp: GP) -> None:
+    """Issue 16: a pod without scoring preferences of its own gets one node from filter, so the real kube-scheduler
+    binds it there without calling prioritize; a pod with a preferred node affinity gets every passing node, and
+    kube-scheduler's NodeAffinity score (weight 2) outweighs the extender's (weight 1): it lands on the node it
+    prefers, a T4 node gpupool's placement would not rank first for it."""
+    ns = gp.namespace()
+    before = _extender_counts(gp)
+    gp.create(ns, gpu_pod("plain-pref", compute=20, memory=2048))
+    gp.wait_bound(ns, "plain-pref")
+    mid = _extender_counts(gp)
+    assert mid.get("one", 0) > before.get("one", 0), "the filter did not narrow the answer"
+    assert mid.get("prioritize", 0) == before.get("prioritize", 0), "kube-scheduler called prioritize"
+    body = gpu_pod("prefers-t4", compute=20, memory=2048)
+    body["spec"]["affinity"] = {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 100, "preference": {"matchExpressions": [
+            {"key": "kubernetes.io/hostname", "operator": "In", "values": ["gpu-t4-1"]}]}}]}}  # fmt: skip
+    gp.create(ns, body)
+    pod = gp.wait_bound(ns, "prefers-t4")
+    after = _extender_counts(gp)
+    assert after.get("all", 0) > mid.get("all", 0), "the preferring pod's filter answer was narrowed"
+    assert after.get("prioritize", 0) > mid.get("prioritize", 0), "kube-scheduler never asked prioritize"
+    assert pod.spec.node_name == "gpu-t4-1", f"the preferred node lost to {pod.spec.node_name}"
+    check_pool(gp.stack.debug_pool())
+
+
 @H100_NODE
 def test_spread_puts_fractional_pods_on_distinct_gpus(gp: GP) -> None:
     ns = gp.namespace()
