@@ -19,7 +19,7 @@ from kubernetes.client.exceptions import ApiException
 
 from gpupool import objects, resources
 from gpupool.timefmt import now_rfc3339
-from kubeio.client import MERGE_PATCH, POOL_SIZE, ApiError, KubeClient, load_api_client
+from kubeio.client import JSON, MERGE_PATCH, POOL_SIZE, ApiError, KubeClient, load_api_client
 
 __all__ = ["Kube", "load_api_client"]
 
@@ -97,19 +97,22 @@ class Kube:
         if queue:
             meta["annotations"] = {resources.QUEUE: queue}
         body = {"metadata": meta, "spec": {"schedulingGates": rest}}
-        await self._run(self.core.patch_namespaced_pod, name, namespace, body,
-                        _content_type=MERGE_PATCH)  # fmt: skip
+        await self._patch(f"/api/v1/namespaces/{namespace}/pods/{name}", body, MERGE_PATCH)
 
     async def annotate_pod(self, namespace: str, name: str, annotations: Mapping[str, str | None]) -> None:
         body = {"metadata": {"annotations": dict(annotations)}}
-        await self._run(self.core.patch_namespaced_pod, name, namespace, body,
-                        _content_type=MERGE_PATCH)  # fmt: skip
+        await self._patch(f"/api/v1/namespaces/{namespace}/pods/{name}", body, MERGE_PATCH)
 
     async def set_pod_condition(self, namespace: str, name: str, condition: Mapping[str, Any]) -> None:
         """Set one condition of the pod's status (strategic merge: other conditions are kept, by type)."""
         body = {"status": {"conditions": [dict(condition)]}}
-        await self._run(self.core.patch_namespaced_pod_status, name, namespace, body,
-                        _content_type=STRATEGIC_MERGE_PATCH)  # fmt: skip
+        await self._patch(f"/api/v1/namespaces/{namespace}/pods/{name}/status", body, STRATEGIC_MERGE_PATCH)
+
+    async def _patch(self, path: str, body: Mapping[str, Any], content_type: str) -> None:
+        """One patch as raw JSON, its answer (the whole pod) read and dropped: the generated client would build
+        a `V1Pod` model of it, which costs more than the write (the gate removal and the admitted condition of
+        every pod of a burst, issue 16). Raises `ApiError` (its `status`: 422 for a uid that no longer matches)."""
+        await self._run(self.raw.request, "PATCH", path, body=dict(body), content_type=content_type)
 
     async def get_object(self, path: str) -> dict[str, Any] | None:
         """GET one object by its API path (a pod's owner, `controller.workloads`); None when it is gone (404)."""
@@ -150,7 +153,8 @@ class Kube:
             "source": {"component": "gpupool-controller"},
             "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
         }  # fmt: skip
-        await self._run(self.core.create_namespaced_event, namespace, body)
+        path = f"/api/v1/namespaces/{namespace}/events"
+        await self._run(self.raw.request, "POST", path, body=body, content_type=JSON)
 
     async def patch_status(self, plural: str, name: str, status: Mapping[str, Any]) -> None:
         """Merge-patch the status of a cluster-scoped gpupool object, as raw JSON: the generated client's

@@ -20,7 +20,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import orjson
 from aiohttp import web
+
+from kubeio.client import loads
 
 log = logging.getLogger("gpupool.controller.webhooks")
 
@@ -38,7 +41,7 @@ def answer(webhook: Webhook, body: bytes) -> dict[str, Any]:
     """The AdmissionReview answering `body`. A webhook that raises refuses the request with code 500 (one bad pod
     never stops the server: the API server shows the message to the user who sent it)."""
     try:
-        review = json.loads(body)
+        review = loads(body)  # orjson: the pod is decoded once per call, on the controller's event loop
     except ValueError as exc:
         raise BadReview(f"the body is not JSON: {exc}") from None
     request = review.get("request") if isinstance(review, dict) else None
@@ -53,6 +56,14 @@ def answer(webhook: Webhook, body: bytes) -> dict[str, Any]:
         response = {"allowed": False, "status": {"code": 500, "message": f"gpupool: internal error: {exc!r}"}}
     return {"apiVersion": review.get("apiVersion") or "admission.k8s.io/v1", "kind": review.get("kind") or
             "AdmissionReview", "response": {"uid": request["uid"], **response}}  # fmt: skip
+
+
+def _dumps(review: Mapping[str, Any]) -> bytes:
+    """The answer as compact JSON; `json` for what orjson refuses (an integer beyond 64 bits echoed back)."""
+    try:
+        return orjson.dumps(review)
+    except TypeError:
+        return json.dumps(review, separators=(",", ":")).encode()
 
 
 class AdmissionServer:
@@ -91,7 +102,7 @@ class AdmissionServer:
             review = answer(webhook, await request.read())
         except BadReview as exc:
             raise web.HTTPBadRequest(reason=str(exc)) from None
-        return web.Response(body=json.dumps(review, separators=(",", ":")), content_type="application/json")
+        return web.Response(body=_dumps(review), content_type="application/json")
 
     async def start(self) -> None:
         app = web.Application(client_max_size=MAX_BODY)

@@ -122,6 +122,8 @@ class PoolService:
         self._gone_while_binding: set[str] = set()
         #: binds in flight whose pod a relist lacked (deleted meanwhile, or newer than the list): read at the end
         self._relisted_without: set[str] = set()
+        #: assignment texts verified with `key` and their records (`objects.pod_assignment`; `_verified_texts`)
+        self._verified: dict[str, assignment_format.Assignment] = {}
         #: quarantined pods already counted and logged (`Ledger.quarantined` holds the current ones)
         self._quarantine_seen: set[str] = set()
         # --- identity (gpupool.identity): bound pods whose devices the kubelet has not taken yet ---
@@ -186,6 +188,7 @@ class PoolService:
     def on_keys_changed(self) -> None:
         """The signing keys changed (`gpupool.signing_key.KeyRing`): read the quarantined pods again."""
         with self.lock:
+            self._verified.clear()  # verified with the keys of before: a retired key's signature must fail now
             for uid in sorted(self.problems):
                 pod = self.pods.get(uid)
                 if pod is not None:
@@ -411,7 +414,7 @@ class PoolService:
             self._hold_inflight(uid)  # our own bind is writing this pod; its outcome decides
             return
         try:
-            wanted = objects.holding_from_pod(pod, self.key)
+            wanted = objects.holding_from_pod(pod, self.key, self._verified_texts())
         except AssignmentError as exc:
             # whatever the ledger holds for it stays held; else its unverified claim, as far as it fits
             self._quarantine(uid, pod, f"assignment refused: {exc}", self._claim(pod))
@@ -460,6 +463,13 @@ class PoolService:
             return
         self._trusted(uid)
         self._quarantine_seen.discard(uid)
+
+    def _verified_texts(self) -> dict[str, assignment_format.Assignment]:
+        """The verified texts (caller holds the lock), emptied once they outnumber the pods four times over (the
+        texts of pods gone and of assignments replaced)."""
+        if len(self._verified) > 4 * len(self.pods) + 1024:
+            self._verified.clear()
+        return self._verified
 
     def _hold_inflight(self, uid: str) -> None:
         """Keep an in-flight bind's commit counted through inventory flaps (issue 12 #1; caller holds the lock).
@@ -850,7 +860,7 @@ class PoolService:
             # not held (its node or a GPU left the pool, or it is quarantined): its signed assignment still says
             # it waits for the kubelet there (issue 12, interleaving seed 1100)
             with contextlib.suppress(GpupoolError):
-                held = objects.holding_from_pod(pod, self.key)
+                held = objects.holding_from_pod(pod, self.key, self._verified_texts())
         if not node or held is None or held.node != node or identity.served(pod, held.slices):
             self._identity_forget(uid)
             return

@@ -9,7 +9,7 @@ callers list and watch.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any
@@ -282,23 +282,33 @@ def pod_scoring_preference(pod: Mapping[str, Any]) -> str | None:
     return None
 
 
-def pod_assignment(pod: Mapping[str, Any], key: Keys | None) -> Assignment | None:
+def pod_assignment(
+    pod: Mapping[str, Any], key: Keys | None, verified: MutableMapping[str, Assignment] | None = None
+) -> Assignment | None:
     """The pod's assignment record; None when it carries none.
 
     With a `key` (or keys, `gpupool.assignment.Keys`) the signature is checked; `key=None` reads
     it unverified (read-only tools without the signing Secret). Either way the record must name this pod. Raises
-    `AssignmentError` saying what is wrong: unreadable, unsigned, forged, or another pod's.
+    `AssignmentError` saying what is wrong: unreadable, unsigned, forged, or another pod's. `verified`: texts
+    already verified with `key` and their records (the caller's, emptied when its keys change): a pod's watch
+    events repeat one annotation, and each check is an HMAC and a parse.
     """
     text = pod_assignment_text(pod)
     if text is None:
         return None
-    record = assignment_format.parse(text) if key is None else assignment_format.verify(text, key)
+    record = verified.get(text) if verified is not None else None
+    if record is None:
+        record = assignment_format.parse(text) if key is None else assignment_format.verify(text, key)
+        if verified is not None and key is not None:
+            verified[text] = record
     if record.pod != pod_uid(pod):
         raise AssignmentError(f"pod {pod_key(pod)} carries the assignment of pod {record.pod}")
     return record
 
 
-def holding_from_pod(pod: Mapping[str, Any], key: Keys | None) -> Holding | None:
+def holding_from_pod(
+    pod: Mapping[str, Any], key: Keys | None, verified: MutableMapping[str, Assignment] | None = None
+) -> Holding | None:
     """The slices a live pod holds according to its assignment (`pod_assignment`); None if it holds none.
 
     Raises `AssignmentError` when the annotation is present but unreadable, forged, or
@@ -306,7 +316,7 @@ def holding_from_pod(pod: Mapping[str, Any], key: Keys | None) -> Holding | None
     """
     if pod_is_terminal(pod):
         return None
-    record = pod_assignment(pod, key)
+    record = pod_assignment(pod, key, verified)
     if record is None:
         return None
     return Holding(pod=record.pod, node=record.node, slices=record.slices, kind=HoldingKind.ASSIGNED, qos=pod_qos(pod))

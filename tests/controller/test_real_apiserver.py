@@ -22,6 +22,7 @@ from kubernetes.client.exceptions import ApiException
 from e2e.polling import wait_for
 from gpupool import resources
 from gpupool.objects import AdmissionDecision, pod_admission_decision, pod_gated
+from kubeio.client import ApiError
 from tests.controller.real_api import ControllerProcess, RealAPI, gpu_pod, plain_pod, wait_webhook_serving
 
 #: the pool: two GPUNodes (6 x 16384 MiB); the largest GPU bounds gpu-memory at admission
@@ -496,7 +497,7 @@ def test_the_gate_removal_records_the_queue_in_one_write_and_names_the_pods_uid(
     uid = real.create_pod(ns, body)["metadata"]["uid"]
     gates = real.pod(ns, "gated")["spec"]["schedulingGates"]
     kube = Kube(load_api_client(str(real.kubeconfigs["gpupool-controller"])))  # the webhook lets it ungate
-    with pytest.raises(ApiException) as refused:
+    with pytest.raises(ApiError) as refused:
         asyncio.run(kube.remove_gate(ns, "gated", "another-uid", gates, "q"))
     assert refused.value.status == 422 and pod_gated(real.pod(ns, "gated"))
     asyncio.run(kube.remove_gate(ns, "gated", uid, gates, "q"))

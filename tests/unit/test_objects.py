@@ -150,3 +150,29 @@ def test_pod_compute_mode(annotations: dict[str, str], expected: tuple[str | Non
 def test_a_bad_compute_mode_reads_as_the_default_with_the_reason() -> None:
     mode, problem = objects.pod_compute_mode({"metadata": {"annotations": {resources.COMPUTE_MODE: "turbo"}}})
     assert mode is None and problem is not None and "'ceiling' or 'share'" in problem
+
+
+def test_verified_texts_skip_the_check_but_never_a_forgery_or_another_pods_record(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """`pod_assignment(..., verified)`: a text verified once is read from the caller's table after; a forged
+    text is never stored; a stored text copied onto another pod is still refused (the uid check is per call)."""
+    from gpupool import assignment as assignment_format
+
+    record = Assignment("uid-1", "n", (SliceRecord(0, "GPU-0", "n", 50, 1024, "0"),), "2026-12-02T00:00:00Z")
+    text = record.signed(KEY).to_annotation()
+    verified: dict[str, Assignment] = {}
+    mine = pod(annotations={resources.ASSIGNMENT: text})
+    assert objects.holding_from_pod(mine, KEY, verified) is not None and list(verified) == [text]
+    calls = []
+    real = assignment_format.verify
+    monkeypatch.setattr(assignment_format, "verify", lambda t, k: calls.append(t) or real(t, k))
+    held = objects.holding_from_pod(mine, KEY, verified)
+    assert held is not None and held.slices == record.slices and calls == []  # from the table
+    with pytest.raises(AssignmentError, match="carries the assignment of pod uid-1"):
+        objects.pod_assignment(pod("uid-2", annotations={resources.ASSIGNMENT: text}), KEY, verified)
+    forged = text.replace('"compute":50', '"compute":100')
+    assert forged != text
+    with pytest.raises(AssignmentError):
+        objects.pod_assignment(pod(annotations={resources.ASSIGNMENT: forged}), KEY, verified)
+    assert list(verified) == [text] and calls == [forged]
+    unverified: dict[str, Assignment] = {}
+    assert objects.pod_assignment(mine, None, unverified) == record.signed(KEY) and unverified == {}  # never stored
