@@ -54,6 +54,10 @@ class BindError(GpupoolError):
     """A bind that did not happen; the message goes back to kube-scheduler (and into the pod's events)."""
 
 
+#: the most assignment texts `PoolService._verified_texts` keeps verified
+VERIFIED_TEXTS = 4096
+
+
 def extender_score(policy_score: int | None) -> int:
     """A policy's 0..100 as kube-scheduler's 0..10: local fits 1..10, remote-only fits 0."""
     if policy_score is None:
@@ -145,11 +149,11 @@ class PoolService:
         #: 0 = off. kube-scheduler's next cycles run before the extender sees that pod's bind
         self.identity_expect_seconds = 2.0
         self.expected: dict[str, dict[str, identity.Expected]] = {}  # node -> uid -> mark (time.monotonic)
+        self._expected_at: dict[str, tuple[str, identity.Expected]] = {}  # uid -> (node, mark)
         #: filter answers a pod that asks kube-scheduler's scoring for nothing of its own
         #: (`objects.pod_scoring_preference`) with the one node prioritize would rank first, so kube-scheduler binds
         #: it there without scoring nodes or calling prioritize (issue 16); False = every passing node
         self.narrow_filter = True
-        self._expected_at: dict[str, tuple[str, identity.Expected]] = {}  # uid -> (node, mark)
 
     # --- readiness ---------------------------------------------------------------------------------
 
@@ -465,9 +469,10 @@ class PoolService:
         self._quarantine_seen.discard(uid)
 
     def _verified_texts(self) -> dict[str, assignment_format.Assignment]:
-        """The verified texts (caller holds the lock), emptied once they outnumber the pods four times over (the
-        texts of pods gone and of assignments replaced)."""
-        if len(self._verified) > 4 * len(self.pods) + 1024:
+        """The verified texts (caller holds the lock), emptied when `VERIFIED_TEXTS` are held: a pod's events
+        repeat its text within seconds of its bind, and a table of every pod's would double the memory the
+        ledger needs for them (30 MiB at 40,000 pods, `bench/extender_latency.py`)."""
+        if len(self._verified) >= VERIFIED_TEXTS:
             self._verified.clear()
         return self._verified
 
