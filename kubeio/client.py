@@ -30,6 +30,7 @@ POOL_SIZE = 32
 #: how long one page of a list may take (seconds)
 LIST_TIMEOUT = 60.0
 
+
 def loads(data: bytes | str) -> Any:
     """JSON from the API server: orjson (a watch event is a whole object, decoded in the watch's thread, several
     times faster than `json`). The two agree on what the API server writes (its integers are int64: orjson would
