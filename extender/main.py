@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gpupool.extender")
 
+#: how often the pods a bind could not confirm (`PoolService.unconfirmed`) are read again
+RECHECK_SECONDS = 10.0
+
 
 def read_key(path: str) -> KeyRing:
     """The signing keys (a directory in the Secret layout, or one key file), re-read on change."""
@@ -97,6 +100,15 @@ class Extender:
         s.expect_gpuqueues()
         for r in self.reflectors:
             r.start()
+        threading.Thread(target=self._recheck, name="gpupool-recheck", daemon=True).start()
+
+    def _recheck(self) -> None:
+        """Every `RECHECK_SECONDS`, read again the pods a bind could not confirm (`PoolService.unconfirmed`)."""
+        while not self.stopping.wait(RECHECK_SECONDS):
+            try:
+                self.service.recheck_unconfirmed()
+            except Exception:  # the next round tries again; the watches and the verbs go on
+                log.exception("re-reading unconfirmed pods failed")
 
     def stop(self) -> None:
         self.stopping.set()

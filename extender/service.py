@@ -54,6 +54,11 @@ class BindError(GpupoolError):
     """A bind that did not happen; the message goes back to kube-scheduler (and into the pod's events)."""
 
 
+class BindUnknown(BindError):
+    """A Binding whose outcome nobody can tell (its reply lost, and the pod could not be read back): its slices
+    stay held and the pod is read again (`PoolService.unconfirmed`), never released on a guess."""
+
+
 #: the most assignment texts `PoolService._verified_texts` keeps verified
 VERIFIED_TEXTS = 4096
 
@@ -126,6 +131,8 @@ class PoolService:
         self._gone_while_binding: set[str] = set()
         #: binds in flight whose pod a relist lacked (deleted meanwhile, or newer than the list): read at the end
         self._relisted_without: set[str] = set()
+        #: such pods whose read at the end failed: (namespace, name) by uid, held until read (`recheck_unconfirmed`)
+        self.unconfirmed: dict[str, tuple[str, str]] = {}
         #: assignment texts verified with `key` and their records (`objects.pod_assignment`; `_verified_texts`)
         self._verified: dict[str, assignment_format.Assignment] = {}
         #: quarantined pods already counted and logged (`Ledger.quarantined` holds the current ones)
@@ -383,6 +390,7 @@ class PoolService:
                 self._pod_gone(uid)
 
     def _pod_seen(self, uid: str, pod: dict[str, Any]) -> None:
+        self.unconfirmed.pop(uid, None)  # the watch or a relist has it: it exists
         known = self.pods.get(uid)
         if known is not None and objects.pod_node_name(known) and not objects.pod_node_name(pod):
             return  # older than a bind we already saw or made (watch lag): a bound pod never unbinds
@@ -393,6 +401,7 @@ class PoolService:
         self._identity_seen(uid, pod)
 
     def _pod_gone(self, uid: str) -> None:
+        self.unconfirmed.pop(uid, None)
         pod = self.pods.pop(uid, None)
         if pod is not None:
             meta = _meta(pod)
@@ -723,6 +732,13 @@ class PoolService:
         text = record.signed(self.key).to_annotation()
         try:
             self._post_binding(namespace, name, uid, node, text)
+        except BindUnknown:
+            with self.lock:  # held as committed (and unserved there) until the pod is read (`recheck_unconfirmed`)
+                self.inflight.pop(uid, None)
+                self._bind_ended.notify_all()
+                self._relisted_without.discard(uid)
+                self.unconfirmed[uid] = (namespace, name)
+            raise
         except BaseException as exc:
             self._rollback(uid, holding, namespace, name)
             if isinstance(exc, BindError):
@@ -731,11 +747,15 @@ class PoolService:
         with self.lock:
             relisted = uid in self._relisted_without
         # a relist lacked the pod: its DELETED event may be lost with the expired watch, so ask (issue 12, seed 5102)
-        gone = relisted and self._gone_now(namespace, name, uid)
+        gone = self._gone_now(namespace, name, uid) if relisted else False
         with self.lock:
             self._relisted_without.discard(uid)
             if gone:
                 self._gone_while_binding.add(uid)
+            elif gone is None and uid not in self._gone_while_binding:  # no answer: held, asked again later
+                self.unconfirmed[uid] = (namespace, name)
+                log.warning("pod %s/%s: a relist lacked it while its bind landed and reading it back failed; its "
+                            "slices stay held until it is read again", namespace, name)
             self.inflight.pop(uid, None)
             self._bind_ended.notify_all()
             if uid in self._gone_while_binding:  # deleted while the Binding was in flight: nothing to keep
@@ -768,13 +788,34 @@ class PoolService:
             while uid in self.inflight and (remaining := deadline - time.monotonic()) > 0:
                 self._bind_ended.wait(remaining)
 
-    def _gone_now(self, namespace: str, name: str, uid: str) -> bool:
-        """Whether pod `uid` is gone or finished, as the API server says now; an error answers no (kept held)."""
+    def _gone_now(self, namespace: str, name: str, uid: str) -> bool | None:
+        """Whether pod `uid` is gone or finished, as the API server says now; None when it did not answer."""
         try:
             current = self._api().get_pod(namespace, name)
         except ApiError as exc:
-            return exc.status == 404
+            return True if exc.status == 404 else None
         return objects.pod_uid(current) != uid or objects.pod_is_terminal(current)
+
+    def recheck_unconfirmed(self) -> int:
+        """Read again the pods in `unconfirmed`; those gone or finished leave the cache and free their slices
+        (no watch event would: they went while a relist replaced the watch). Returns how many are still
+        unconfirmed. Called every `RECHECK_SECONDS` by the extender's recheck thread (`extender.main`)."""
+        with self.lock:
+            pending = dict(self.unconfirmed)
+        for uid, (namespace, name) in pending.items():
+            current = self._read_back(namespace, name)
+            if current is None:
+                continue
+            with self.lock:
+                if self.unconfirmed.pop(uid, None) is None:
+                    continue  # seen or gone by the watch meanwhile
+                if current and objects.pod_uid(current) == uid and _is_pool_pod(current):
+                    self._pod_seen(uid, dict(current))  # what it says is held: its assignment, or nothing
+                else:
+                    log.info("pod %s/%s is gone: its slices are free", namespace, name)
+                    self._pod_gone(uid)
+        with self.lock:
+            return len(self.unconfirmed)
 
     def _existing_assignment(self, pod: Mapping[str, Any], node: str) -> Existing | None:
         """DONE or STALE (see `Existing`) for a pod that carries a trusted assignment; None when it carries none."""
@@ -819,7 +860,13 @@ class PoolService:
 
     def _binding_failed(self, exc: ApiError, namespace: str, name: str, uid: str, node: str, text: str | None) -> None:
         """What a refused Binding means: it landed after all (a repeated call, a lost reply), or a BindError."""
-        current = self._read_back(namespace, name) or {}
+        read = self._read_back(namespace, name)
+        if read is None and (exc.status == 0 or exc.status >= 500) and text is not None:
+            # the reply may be lost with the Binding applied (interleaving seed 9866): releasing the slices on a
+            # guess let another pod's assignment take them while this one's landed
+            raise BindUnknown(f"the Binding of pod {namespace}/{name} to {node} may have landed ({exc}) and the pod "
+                              "cannot be read back; its slices stay held until it is")  # fmt: skip
+        current = read or {}
         landed = objects.pod_node_name(current) == node and objects.pod_uid(current) == uid
         if landed and (text is None or objects.pod_assignment_text(current) == text):
             return  # it did land (a repeated call, or the reply was lost)
@@ -828,10 +875,11 @@ class PoolService:
         raise BindError(f"cannot create the Binding of pod {namespace}/{name} to {node}: {exc}") from None
 
     def _read_back(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The pod as the API server has it now: {} when it is gone, None when it could not be read."""
         try:
             return self._api().get_pod(namespace, name)
-        except ApiError:
-            return None
+        except ApiError as exc:
+            return {} if exc.status == 404 else None
 
     def _rollback(self, uid: str, holding: Holding, namespace: str, name: str) -> None:
         """Undo a commit whose Binding did not land: nothing was written, release the slices."""
@@ -850,6 +898,7 @@ class PoolService:
             cached = self.pods.get(uid)
             if cached is not None:  # the watch may have shown it bound meanwhile (the reply lost, then unread)
                 self._sync_holding(uid, cached)
+                self._identity_seen(uid, cached)  # and so unserved there (interleaving seed 5695)
 
     # --- identity: one unserved pod per slot count and node (gpupool.identity) ---------------------------
     # The caller holds the lock in every method of this section.

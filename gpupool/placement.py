@@ -48,8 +48,9 @@ class Verdict:
     reason: str = ""
     resolvable: bool = True
     remote: bool = False
-    #: the GPU a reason names, filled in per node (the verdict itself is shared by equal node states)
-    gpu_index: int | None = None
+    #: the GPU a reason names, by its position among the node view's eligible GPUs: the verdict is shared by equal
+    #: node states (the same kid), whose GPUs at a position may have other indexes; named per node by `_finish`
+    gpu_at: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,17 +425,18 @@ class Placer:
             if self._remote_possible(request, demand, node):
                 return Verdict(True, remote=True)
             local = self._without_endpoints(local, node)
-        if local.gpu_index is None:
+        if local.gpu_at is None:
             return local
-        uuid = self.ledger.gpu_uuid(node, local.gpu_index)
-        return Verdict(False, local.reason.replace(_GPU, short_uuid(uuid)), local.resolvable)
+        indexes = self._view(request, node).gpu_index  # this node's, in the order of the state's positions
+        name = short_uuid(self.ledger.gpu_uuid(node, indexes[local.gpu_at])) if local.gpu_at < len(indexes) else "?"
+        return Verdict(False, local.reason.replace(_GPU, name), local.resolvable)
 
     def _without_endpoints(self, verdict: Verdict, node: str) -> Verdict:
         """`verdict` of a `pool` pod that gets no remote slices, naming the nodes that could serve none."""
         note = self._no_endpoint(node)
         if not note:
             return verdict
-        return Verdict(False, f"{verdict.reason}; {note}", verdict.resolvable, gpu_index=verdict.gpu_index)
+        return Verdict(False, f"{verdict.reason}; {note}", verdict.resolvable, gpu_at=verdict.gpu_at)
 
     def _no_endpoint(self, node: str) -> str:
         """Which nodes besides `node` have GPUs but no agent endpoint, so serve no remote slices ('' = none)."""
@@ -534,7 +536,7 @@ class Placer:
             f"{need}; {fitting} such GPU(s) here; largest free is {view.free_compute[best]}% / "
             f"{view.free_memory[best]} MiB ({_GPU})"
         )
-        return Verdict(False, reason, gpu_index=view.gpu_index[best])
+        return Verdict(False, reason, gpu_at=best)
 
     def _remote_possible(self, request: PodRequest, demand: Demand, node: str) -> bool:
         """Could the pool serve the pod from other nodes, given `node`'s free remote slots?

@@ -436,12 +436,24 @@ class Schedule:
         steps[-1][1]()
 
     def settle(self) -> None:
-        """Let every bind answer, then deliver every event (in a seeded order), checking after each."""
+        """Let every bind answer, then deliver every event (in a seeded order), checking after each; then the
+        extender's recheck thread reads the pods a bind could not confirm (`PoolService.recheck_unconfirmed`),
+        round after round, as it does every few seconds (its reads fail now and then like every GET here)."""
         while self.binds:
             self.resume_bind()
             self.check()
         while any(self.world.streams.values()):
             self.deliver()
+            self.check()
+        service = self.service
+        for _ in range(200):
+            if not service.unconfirmed:
+                break
+            b = Bind(f"recheck {sorted(service.unconfirmed)}", greenlet(service.recheck_unconfirmed))
+            self.note(f"start {b.label}")
+            self.binds.append(b)
+            while self.binds:
+                self.resume_bind()
             self.check()
 
     def run(self, steps: int) -> None:
@@ -481,7 +493,7 @@ class Schedule:
         if self.identity_wait > 0:
             check_identity_rule(self.world, self.identity_wait)
         check_no_double_booking(self.world)
-        if not self.binds and not any(self.world.streams.values()):
+        if not self.binds and not any(self.world.streams.values()) and not self.service.unconfirmed:
             self._check_drained()
 
     def _check_slots(self) -> None:
@@ -556,6 +568,8 @@ class Schedule:
         held = {h.pod: h for h in ledger.holdings()}
         for uid in sorted(set(wanted) | set(held)):
             w, h = wanted.get(uid), held.get(uid)
+            if uid in s.unconfirmed and w is None:
+                continue  # a Binding of unknown outcome: its commit stays held until the pod is read again
             if h is None and uid in quarantined:
                 continue  # counted conservatively: does not fit (yet), its GPUs take no new slice
             if w is None:

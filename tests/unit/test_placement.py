@@ -222,3 +222,25 @@ def test_best_with_a_model_allow_list_matches_node_by_node_evaluation() -> None:
                 assert (fast.node, fast.slices, fast.score) == (slow.node, slow.slices, slow.score), (i, name)
         if fast is not None:
             ledger.commit(request.uid, fast.node, fast.slices, cpu_milli=request.cpu_milli)
+
+
+def test_a_reason_names_each_nodes_own_gpu_when_equal_states_have_other_indexes() -> None:
+    """The interleaving harness, seed 697: the failure verdict of a node state is shared by the nodes in that state
+    (same kid), and it named the GPU by the index of the node it was first computed on. Two nodes whose one
+    eligible GPU has another index (GPU 0 disabled on one, GPU 1 on the other): each reason names its own GPU. A
+    node whose GPU 1 had left its GPUNode raised KeyError in filter (a 500 for every pod of that shape)."""
+    ledger = Ledger()
+    for name, off in (("x", 0), ("y", 1)):
+        gpus = tuple(GPUInfo(f"GPU-{name}{i}", i, "A100-80GB", 81920) for i in range(2))
+        ledger.upsert_node(NodeInfo(name, gpus, disabled=frozenset({f"GPU-{name}{off}"})))
+    ledger.commit("ux", "x", [PlannedSlice(0, False, "GPU-x1", 60, 1024)])
+    ledger.commit("uy", "y", [PlannedSlice(0, False, "GPU-y0", 60, 1024)])
+    assert ledger.kids(["x"]) == ledger.kids(["y"])  # one state: one shared verdict
+    p = placer(ledger)
+    for order in (["x", "y"], ["y", "x"]):
+        p.forget_scores()
+        result = p.filter(req(compute=50, memory=4096), order)
+        assert result.passing == []
+        reasons = {**result.failed, **result.unresolvable}
+        assert "largest free is 40%" in reasons["x"] and "(GPU-x1)" in reasons["x"], reasons["x"]
+        assert "largest free is 40%" in reasons["y"] and "(GPU-y0)" in reasons["y"], reasons["y"]
