@@ -48,16 +48,22 @@ class RelistDuringBind(StubAPI):
         return super().get_pod(namespace, name)
 
 
-def setup(delete: bool) -> tuple[PoolService, RelistDuringBind, dict[str, Any]]:
-    api = RelistDuringBind(delete=delete)
+def start(api: StubAPI, p: dict[str, Any], *, listed: bool) -> PoolService:
+    """An extender over `api` with one node of one GPU and pod `p` (in its pods list when `listed`: else its
+    ADDED event never arrived and a bind reads it from the API server)."""
     s = build(ExtenderSettings(_cli_parse_args=False), api=api, key=KEY).service
-    api.service = s
     s.on_node_list([node(NODE)])
     s.on_gpunode_list([gpunode(NODE, gpus=1)])
-    p = pod("p", compute=50)
     api.add(p)
-    s.on_pod_list([])  # its ADDED event never arrived: the bind reads it from the API server
-    return s, api, p
+    s.on_pod_list([p] if listed else [])
+    return s
+
+
+def setup(delete: bool) -> tuple[PoolService, RelistDuringBind, dict[str, Any]]:
+    api = RelistDuringBind(delete=delete)
+    p = pod("p", compute=50)
+    api.service = start(api, p, listed=False)
+    return api.service, api, p
 
 
 def test_a_deleted_pod_whose_read_back_failed_is_read_again_and_frees_its_slices() -> None:
@@ -116,13 +122,8 @@ class LostReply(StubAPI):
 
 def lost_reply(applied: bool) -> tuple[PoolService, LostReply, dict[str, Any]]:
     api = LostReply(applied=applied)
-    s = build(ExtenderSettings(_cli_parse_args=False), api=api, key=KEY).service
-    s.on_node_list([node(NODE)])
-    s.on_gpunode_list([gpunode(NODE, gpus=1)])
     p = pod("p", compute=60)
-    api.add(p)
-    s.on_pod_list([p])
-    return s, api, p
+    return start(api, p, listed=True), api, p
 
 
 def test_a_binding_of_unknown_outcome_keeps_its_slices_until_the_pod_is_read() -> None:
