@@ -13,17 +13,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import ssl
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import orjson
 from aiohttp import web
 
-from kubeio.client import loads
+from kubeio.client import dumps, loads
 
 log = logging.getLogger("gpupool.controller.webhooks")
 
@@ -56,14 +54,6 @@ def answer(webhook: Webhook, body: bytes) -> dict[str, Any]:
         response = {"allowed": False, "status": {"code": 500, "message": f"gpupool: internal error: {exc!r}"}}
     return {"apiVersion": review.get("apiVersion") or "admission.k8s.io/v1", "kind": review.get("kind") or
             "AdmissionReview", "response": {"uid": request["uid"], **response}}  # fmt: skip
-
-
-def _dumps(review: Mapping[str, Any]) -> bytes:
-    """The answer as compact JSON; `json` for what orjson refuses (an integer beyond 64 bits echoed back)."""
-    try:
-        return orjson.dumps(review)
-    except TypeError:
-        return json.dumps(review, separators=(",", ":")).encode()
 
 
 class AdmissionServer:
@@ -102,7 +92,7 @@ class AdmissionServer:
             review = answer(webhook, await request.read())
         except BadReview as exc:
             raise web.HTTPBadRequest(reason=str(exc)) from None
-        return web.Response(body=_dumps(review), content_type="application/json")
+        return web.Response(body=dumps(review), content_type="application/json")
 
     async def start(self) -> None:
         app = web.Application(client_max_size=MAX_BODY)

@@ -17,14 +17,12 @@ docs/contracts.md "extender verbs (wire)".
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-import orjson
 from anyio import to_thread
 from fastapi import FastAPI
 from fastapi.responses import Response
@@ -35,6 +33,7 @@ from starlette.types import Receive, Scope, Send
 from extender import wire
 from extender.kube import BIND_THREADS
 from extender.service import PoolService
+from kubeio.client import dumps
 
 log = logging.getLogger("gpupool.extender.http")
 
@@ -54,15 +53,6 @@ class BadBody(Exception):
 
 class ClientGone(Exception):
     """The client closed the connection before its body was read: nobody to answer."""
-
-
-def _dumps(obj: Any) -> bytes:
-    """Compact JSON. orjson writes non-ASCII as UTF-8 where `json.dumps` escaped it: the same JSON values. What
-    orjson refuses (an integer beyond 64 bits echoed from a Node object) goes through `json` instead."""
-    try:
-        return orjson.dumps(obj)
-    except TypeError:  # orjson.JSONEncodeError is a TypeError
-        return json.dumps(obj, separators=(",", ":")).encode()
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
@@ -125,20 +115,20 @@ class Verbs:
             out["Nodes"] = {"apiVersion": "v1", "kind": "NodeList", "metadata": {}, "items": items}
         if answer.error:
             out["NodeNames"] = None if not as_names else []
-        return _dumps(out)
+        return dumps(out)
 
     async def prioritize(self, body: bytes) -> bytes:
         args = _decode(wire.ExtenderArgs, body)
         names, _ = args.node_names()
         scores = self.service.prioritize(args.Pod, names)
-        return _dumps([{"Host": n, "Score": s} for n, s in scores])
+        return dumps([{"Host": n, "Score": s} for n, s in scores])
 
     async def bind(self, body: bytes) -> bytes:
         args = _decode(wire.ExtenderBindingArgs, body)
         error = await asyncio.get_running_loop().run_in_executor(
             self.binders, self.service.bind, args.PodName, args.PodNamespace, args.PodUID, args.Node
         )
-        return _dumps({"Error": error})
+        return dumps({"Error": error})
 
     async def preempt(self, body: bytes) -> bytes:
         args = _decode(wire.ExtenderPreemptionArgs, body)
@@ -149,7 +139,7 @@ class Verbs:
                 for node, (uids, pdb) in kept.items()
             }
         }
-        return _dumps(out)
+        return dumps(out)
 
 
 _JSON_HEADERS = [(b"content-type", _JSON.encode())]
@@ -194,12 +184,12 @@ class VerbApp:
             return
         except BodyTooLarge:
             status, outcome = 413, "rejected"
-            answer = _dumps({"Error": f"request body larger than {self.max_body_bytes} bytes (max_body_bytes)"})
+            answer = dumps({"Error": f"request body larger than {self.max_body_bytes} bytes (max_body_bytes)"})
         except BadBody as exc:
-            status, outcome, answer = 400, "rejected", _dumps({"Error": str(exc)})
+            status, outcome, answer = 400, "rejected", dumps({"Error": str(exc)})
         except Exception as exc:  # never a bare 500 with a stack trace
             log.exception("%s failed", name)
-            status, outcome, answer = 500, "error", _dumps({"Error": f"internal error in {name}: {exc}"})
+            status, outcome, answer = 500, "error", dumps({"Error": f"internal error in {name}: {exc}"})
         latency.observe(time.perf_counter() - started)
         outcomes[outcome].inc()
         await _send(send, status, answer)
@@ -220,7 +210,7 @@ def create_app(service: PoolService, *, url_prefix: str = "", max_body_bytes: in
     async def debug_pool() -> Response:
         snap = await to_thread.run_sync(service.snapshot)
         snap["readiness"] = service.readiness()
-        return Response(_dumps(snap), media_type=_JSON)
+        return Response(dumps(snap), media_type=_JSON)
 
     return VerbApp(service, app, url_prefix=url_prefix, max_body_bytes=max_body_bytes)
 
@@ -235,7 +225,7 @@ def add_probe_routes(app: FastAPI, service: PoolService) -> None:
     @app.get("/readyz")
     async def readyz() -> Response:
         state = service.readiness()
-        return Response(_dumps(state), status_code=200 if state["ready"] else 503, media_type=_JSON)
+        return Response(dumps(state), status_code=200 if state["ready"] else 503, media_type=_JSON)
 
     @app.get("/metrics")
     async def prometheus() -> Response:

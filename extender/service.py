@@ -790,11 +790,10 @@ class PoolService:
 
     def _gone_now(self, namespace: str, name: str, uid: str) -> bool | None:
         """Whether pod `uid` is gone or finished, as the API server says now; None when it did not answer."""
-        try:
-            current = self._api().get_pod(namespace, name)
-        except ApiError as exc:
-            return True if exc.status == 404 else None
-        return objects.pod_uid(current) != uid or objects.pod_is_terminal(current)
+        current = self._read_back(namespace, name)
+        if current is None:
+            return None
+        return not current or objects.pod_uid(current) != uid or objects.pod_is_terminal(current)
 
     def recheck_unconfirmed(self) -> int:
         """Read again the pods in `unconfirmed`; those gone or finished leave the cache and free their slices

@@ -42,6 +42,16 @@ def loads(data: bytes | str) -> Any:
         return json.loads(data)
 
 
+def dumps(obj: Any) -> bytes:
+    """Compact JSON, for the adapters' answers (the extender's verbs, the webhooks' reviews): orjson, which writes
+    non-ASCII as UTF-8 where `json.dumps` escaped it (the same JSON values); what orjson refuses (an integer beyond
+    64 bits echoed from an object) goes through `json`."""
+    try:
+        return orjson.dumps(obj)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+
 #: query parameters: a mapping, or (name, value) pairs (a name may repeat)
 Query = Mapping[str, Any] | Sequence[tuple[str, Any]]
 #: seconds, or (connect, read) seconds
