@@ -16,8 +16,11 @@ import json
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Self
+from urllib.parse import quote
 
 import orjson
+
+from kubeio.transport import Transport
 
 JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
@@ -60,6 +63,14 @@ Timeout = float | tuple[float, float]
 
 def _pairs(query: Query | None) -> list[tuple[str, Any]]:
     return list(query.items() if isinstance(query, Mapping) else query or ())
+
+
+def _query_string(pairs: list[tuple[str, Any]]) -> str:
+    """`name=value&...`, values quoted and booleans written as Kubernetes reads them (`true`, `false`)."""
+    return "&".join(
+        f"{quote(str(name), safe='')}={quote(str(value).lower() if isinstance(value, bool) else str(value), safe='')}"
+        for name, value in pairs
+    )
 
 
 class ApiError(Exception):
@@ -120,6 +131,13 @@ class KubeClient:
         self.timeout = timeout
         self._streams: set[Any] = set()
         self._streams_lock = threading.Lock()
+        configuration = getattr(api_client, "configuration", None)
+        #: one-shot calls' connections (`kubeio.transport`); None: through the generated client (a proxy)
+        self.transport = (
+            Transport(configuration, getattr(configuration, "connection_pool_maxsize", None) or POOL_SIZE)
+            if Transport.usable(configuration)
+            else None
+        )
 
     @classmethod
     def connect(
@@ -146,7 +164,24 @@ class KubeClient:
         timeout: Timeout | None = None,
     ) -> Any:
         """One call: `body` sent as JSON, the answer's JSON returned ({} when empty); raises ApiError."""
-        raw = self._send(method, path, _pairs(query), body, content_type, timeout).read()
+        if self.transport is None:
+            raw = self._send(method, path, _pairs(query), body, content_type, timeout).read()
+            return loads(raw) if raw else {}
+        headers = {"Accept": JSON, **({"Content-Type": content_type} if content_type else {})}
+        headers.update(self.api_client.default_headers)
+        headers.setdefault("User-Agent", self.api_client.user_agent)
+        self.api_client.update_params_for_auth(headers, None, ["BearerToken"], path, method, body)
+        target = path + ("?" + _query_string(_pairs(query)) if query else "")
+        data = None if body is None else body if isinstance(body, bytes) else dumps(body)
+        seconds = timeout if timeout is not None else self.timeout
+        try:
+            status, raw = self.transport.request(
+                method, target, headers, data, seconds if isinstance(seconds, int | float) else max(seconds)
+            )
+        except Exception as exc:  # no answer: refused, reset, timed out, TLS
+            raise ApiError(0, f"{type(exc).__name__}: {exc}") from None
+        if not 200 <= status <= 299:
+            raise ApiError(status, status_message(raw))
         return loads(raw) if raw else {}
 
     def _send(
