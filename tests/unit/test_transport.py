@@ -215,3 +215,26 @@ def test_threads_share_the_pool_without_errors(server: Recorder) -> None:
         t.join()
     assert not errors and len(server.seen) == 360
     assert k.transport is not None and len(k.transport._idle) <= k.transport.size
+
+
+def test_a_connection_on_a_descriptor_above_1023_is_reused(server: Recorder) -> None:
+    """select() cannot watch such a descriptor; the liveness check must not take it for dead (a new connection,
+    and a TLS handshake, per call in a process with many sockets)."""
+    import os
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the descriptor limit ({hard}) does not reach 1024")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        k = kube(url(server))
+        for _ in range(3):
+            k.request("GET", "/fd")
+        assert k.transport is not None and k.transport._idle[0].sock.fileno() > 1023  # type: ignore[union-attr]
+        assert server.connections == 1
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
