@@ -55,6 +55,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if mode == "drop":
             self.close_connection = True
             return
+        answer: dict[str, Any]
         if parts.path == "/missing":
             status, answer = 404, {"kind": "Status", "reason": "NotFound", "message": "pods \"x\" not found"}
         else:
@@ -232,7 +233,7 @@ def test_a_connection_on_a_descriptor_above_1023_is_reused(server: Recorder) -> 
         k = kube(url(server))
         for _ in range(3):
             k.request("GET", "/fd")
-        assert k.transport is not None and k.transport._idle[0].sock.fileno() > 1023  # type: ignore[union-attr]
+        assert k.transport is not None and k.transport._idle[0].sock.fileno() > 1023
         assert server.connections == 1
     finally:
         for fd in filler:
