@@ -31,10 +31,11 @@ def test_watch_handlers_in_threads_never_race_the_admission_cycle(monkeypatch: A
         rounds = 0
         while not stop.is_set() and rounds < 400:
             for p in pods[rounds % 3::3]:
-                await handlers.pod_event({"type": "ADDED"}, p)
+                await handlers.pod_event({"type": "ADDED", "object": p}, p)
             for p in pods[(rounds + 1) % 3::3]:
-                await handlers.pod_event({"type": "DELETED"}, p)
-            await handlers.gpunode_event({"type": "MODIFIED"}, gpunode("n1", gpus=4 - rounds % 2))
+                await handlers.pod_event({"type": "DELETED", "object": p}, p)
+            node = gpunode("n1", gpus=4 - rounds % 2)
+            await handlers.gpunode_event({"type": "MODIFIED", "object": node}, node)
             rounds += 1
 
     def churn() -> None:
