@@ -173,7 +173,7 @@ class KubeClient:
         self.api_client.update_params_for_auth(headers, None, ["BearerToken"], path, method, body)
         target = path + ("?" + _query_string(_pairs(query)) if query else "")
         data = None if body is None else body if isinstance(body, bytes) else dumps(body)
-        seconds = timeout if timeout is not None else self.timeout
+        seconds = timeout if timeout is not None else self.timeout  # (connect, read): the longer bounds both
         try:
             status, raw = self.transport.request(
                 method, target, headers, data, seconds if isinstance(seconds, int | float) else max(seconds)

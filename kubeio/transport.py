@@ -2,17 +2,18 @@
 
 `http.client` connections over the TLS settings of a `kubernetes.client.Configuration` (CA, client certificate,
 `verify_ssl`, `assert_hostname`, `tls_server_name`), reused from a small pool. The generated client's path through
-urllib3 (its retry and timeout objects, the pool's queue, the response wrapper, a poll before each reuse) cost
-about 0.43 ms of client CPU per call against 0.17 ms here, for one GET of a small object on the dev box; a
-gpupool pod's bind and the controller's writes are one such call each (docs/e2e.md "Issue 16: the API calls'
-transport"). Watches stay on urllib3 (the `kubernetes` package's stream reader). A configuration with a proxy
-or an unknown scheme is not served here (`Transport.usable`): its calls keep the generated client's path.
+urllib3 (parameter sanitising, its retry and timeout objects, the pool's queue, the response wrapper) cost 0.40 ms
+of client CPU per GET of a small object on the dev box against 0.25 ms on this path (a POST 0.55 against 0.31);
+a gpupool pod's bind and each of the controller's writes are one such call (docs/e2e.md "Issue 16: the API
+calls' transport"). Watches stay on urllib3 (the `kubernetes` package's stream reader). A configuration with a
+proxy or an unknown scheme is not served here (`Transport.usable`): its calls keep the generated client's path.
 """
 
 from __future__ import annotations
 
 import http.client
 import select
+import socket
 import ssl
 import threading
 from typing import Any
@@ -97,8 +98,8 @@ class Transport:
         if not self.https:
             return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         conn = http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=self.context)
-        if self.server_hostname:  # the certificate's name differs from the address dialled
-            conn.connect = _connect_as(conn, self.server_hostname)  # type: ignore[method-assign]
+        if self.server_hostname and self.context is not None:  # the certificate names another host than dialled
+            conn.connect = _connect_as(conn, self.context, self.server_hostname)  # type: ignore[method-assign]
         return conn
 
 
@@ -131,13 +132,12 @@ def _ssl_context(configuration: Any) -> ssl.SSLContext:
     return context
 
 
-def _connect_as(conn: http.client.HTTPSConnection, server_hostname: str) -> Any:
+def _connect_as(conn: http.client.HTTPSConnection, context: ssl.SSLContext, server_hostname: str) -> Any:
     """`conn.connect` verifying the server's certificate for `server_hostname` (kubeconfig `tls-server-name`)."""
-    import socket
 
     def connect() -> None:
         raw = socket.create_connection((conn.host, conn.port), conn.timeout)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn.sock = conn._context.wrap_socket(raw, server_hostname=server_hostname)  # type: ignore[attr-defined]
+        conn.sock = context.wrap_socket(raw, server_hostname=server_hostname)
 
     return connect
