@@ -67,12 +67,6 @@ class Transport:
             return response.status, data
         raise AssertionError("unreachable")
 
-    def close(self) -> None:
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
-
     def _take(self, timeout: float) -> tuple[http.client.HTTPConnection, bool]:
         while True:
             with self._lock:
