@@ -9,7 +9,8 @@ In the same run, the same ``gpupool-scheduler`` process binds:
 * **scheduler path** (namespaces the admission webhooks skip): M pods are created with a bench-owned scheduling
   gate (``bench.gpupool.io/hold``, not gpupool's admission gate), so all of them exist before any is schedulable;
   then every gate is removed at once (32 threads) and the time runs from the first removal to the last pod bound.
-  First M ``example.com/gpu: 1`` pods (**plain**: the extender is not called), then M pods asking
+  First M ``example.com/gpu: 1`` pods (**plain**: the extender is not called), deleted once bound (so that both
+  phases start on the same cluster; ``--keep-plain-pods`` leaves them), then M pods asking
   ``gpupool.io/gpu: 1, gpu-compute: 50, gpu-memory: 4096`` (**gpupool**: filter, prioritize and bind go through
   the extender). ``ratio`` = gpupool pods/s / plain pods/s.
 * **full path**: a burst of M ordinary gpupool pods (no schedulerName, no gate) created by 16 threads in a
@@ -595,7 +596,9 @@ def delete_pods(api: Api, stack: Stack, namespaces: Iterable[str], timeout: floa
 def one_run(
     api: Api, c: Cluster, stack: Stack, cpu: CpuMeter, meter: RequestMeter, args: argparse.Namespace, r: int
 ) -> dict[str, Any]:
-    """One repetition: plain, gpupool and (unless skipped) the full path, each in namespaces of its own."""
+    """One repetition: plain, gpupool and (unless skipped) the full path, each in namespaces of its own. The plain
+    phase's pods are deleted before the gpupool phase (unless ``--keep-plain-pods``), so both phases start on the
+    same cluster: the ratio compares the pods, not a cluster with M pods more."""
     m = args.pods
     skip = {WEBHOOK_SKIP[0]: WEBHOOK_SKIP[1]}
     ns_plain, ns_gpupool, ns_full = f"bench-plain-{r}", f"bench-gpupool-{r}", f"bench-full-{r}"
@@ -605,6 +608,9 @@ def one_run(
     results: dict[str, Any] = {}
     results["plain"] = scheduler_path(api, cpu, meter, ns_plain, "plain", m, args.timeout)
     print(f"[run {r}] plain:   {results['plain']}", flush=True)
+    if not args.keep_plain_pods:  # the gpupool phase starts on the cluster the plain phase started on
+        results["between_phases_seconds"] = delete_pods(api, stack, [ns_plain], args.timeout)
+        time.sleep(SETTLE_S)  # the deletions' events reach every watcher before the next window opens
     v0, b0 = verb_latency(em := stack.extender_metrics()), bind_results(em)
     results["gpupool"] = scheduler_path(api, cpu, meter, ns_gpupool, "gpupool", m, args.timeout)
     em = stack.extender_metrics()
@@ -652,6 +658,7 @@ def one_run(
     out["load_average"] = load  # os.getloadavg(): 1, 5, 15 minutes, at the run's start, after gpupool, at its end
     out["details"] = results
     out["admission_interval_s"] = float(args.admission_interval)
+    out["plain_pods_kept"] = bool(args.keep_plain_pods)
     out["scheduler_client"] = scheduler_client(c)
     if r + 1 < args.runs:  # the next run starts from an empty pool
         out["cleanup_seconds"] = delete_pods(api, stack, (ns_plain, ns_gpupool, ns_full), args.timeout)
@@ -687,6 +694,9 @@ def main() -> int:
     ap.add_argument("--scheduler-qps", type=float,
                     help="kube-scheduler's client QPS (chart value scheduler.clientConnection.qps; default the chart)")
     ap.add_argument("--scheduler-burst", type=int, help="kube-scheduler's client burst (default the chart's)")
+    ap.add_argument("--keep-plain-pods", action="store_true",
+                    help="leave the plain phase's pods bound during the gpupool phase (before 2026-12-03 the bench "
+                    "always did: the gpupool phase then ran on a cluster holding M more pods than the plain one)")
     ap.add_argument("--audit-nodes", action="store_true",
                     help="audit log of every Node request; details.*.counts then names who asked what of Nodes")
     args = ap.parse_args()
