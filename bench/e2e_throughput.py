@@ -13,6 +13,11 @@ In the same run, the same ``gpupool-scheduler`` process binds:
   phases start on the same cluster; ``--keep-plain-pods`` leaves them), then M pods asking
   ``gpupool.io/gpu: 1, gpu-compute: 50, gpu-memory: 4096`` (**gpupool**: filter, prioritize and bind go through
   the extender). ``ratio`` = gpupool pods/s / plain pods/s.
+* ``--extender floor``: the second phase's M pods ask ``floor.example.com/gpu: 1`` and kube-scheduler calls
+  bench/floor_extender (Go, built at start: filter answers one candidate, bind posts the Binding; no ledger, no
+  watch) instead of gpupool's extender: the same kube-scheduler round trips and outside Binding at almost no cost
+  of their own, so its ``ratio`` is the most any extender reaches on the machine (gpupool's extender and
+  controller still run and see those pods as not theirs). No full path.
 * **full path**: a burst of M ordinary gpupool pods (no schedulerName, no gate) created by 16 threads in a
   namespace served by a GPUQueue with room: mutating + validating webhook, the controller's queue admission and
   gate removal, then the scheduler and the extender. Per-pod latency = the bench's own clock from just before the
@@ -46,7 +51,9 @@ import http.client
 import json
 import os
 import re
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -64,9 +71,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from e2e.cluster import AUDIT_NODES, Cluster, FakeNode  # noqa: E402
+from e2e.processes import free_port  # noqa: E402
 from e2e.stack import CONTROLLER, EXTENDER, SCHEDULER, Stack  # noqa: E402
 
 PLAIN = "example.com/gpu"
+FLOOR = "floor.example.com/gpu"  # what --extender floor's pods ask: kube-scheduler sends them to the floor extender
+FLOOR_SOURCE = ROOT / "bench" / "floor_extender"
 HOLD_GATE = "bench.gpupool.io/hold"  # the bench's own gate: gpupool's admission gate is the controller's
 WEBHOOK_SKIP = ("gpupool.io/webhook", "ignore")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -198,6 +208,8 @@ def node_body(n: FakeNode) -> dict[str, Any]:
 def pod_body(name: str, kind: str, *, hold: bool, scheduler: bool) -> dict[str, Any]:
     if kind == "plain":
         limits = {PLAIN: "1"}
+    elif kind == "floor":
+        limits = {FLOOR: "1"}
     else:
         limits = {"gpupool.io/gpu": "1", "gpupool.io/gpu-compute": "50", "gpupool.io/gpu-memory": "4096"}
     spec: dict[str, Any] = {
@@ -238,11 +250,13 @@ def cpu_seconds(pid: int | None) -> float:
 class CpuMeter:
     NAMES = (EXTENDER, CONTROLLER, SCHEDULER, "kube-apiserver")
 
-    def __init__(self, c: Cluster) -> None:
+    def __init__(self, c: Cluster, extra: Mapping[str, int] | None = None) -> None:
         self.c = c
+        self.extra = dict(extra or {})  # name -> pid of processes the cluster did not start (the floor extender)
 
     def sample(self) -> dict[str, float]:
-        return {n: cpu_seconds(self.c.processes[n].pid) for n in self.NAMES if n in self.c.processes}
+        out = {n: cpu_seconds(self.c.processes[n].pid) for n in self.NAMES if n in self.c.processes}
+        return out | {n: cpu_seconds(pid) for n, pid in self.extra.items()}
 
     @staticmethod
     def per_pod_ms(before: Mapping[str, float], after: Mapping[str, float], pods: int) -> dict[str, float]:
@@ -601,7 +615,8 @@ def one_run(
     same cluster: the ratio compares the pods, not a cluster with M pods more."""
     m = args.pods
     skip = {WEBHOOK_SKIP[0]: WEBHOOK_SKIP[1]}
-    ns_plain, ns_gpupool, ns_full = f"bench-plain-{r}", f"bench-gpupool-{r}", f"bench-full-{r}"
+    kind = "floor" if args.extender == "floor" else "gpupool"  # the second phase's pods
+    ns_plain, ns_gpupool, ns_full = f"bench-plain-{r}", f"bench-{kind}-{r}", f"bench-full-{r}"
     for ns in (ns_plain, ns_gpupool):
         namespace(api, c, ns, skip)
     load = {"start": load_average()}
@@ -612,16 +627,17 @@ def one_run(
         results["between_phases_seconds"] = delete_pods(api, stack, [ns_plain], args.timeout)
         time.sleep(SETTLE_S)  # the deletions' events reach every watcher before the next window opens
     v0, b0 = verb_latency(em := stack.extender_metrics()), bind_results(em)
-    results["gpupool"] = scheduler_path(api, cpu, meter, ns_gpupool, "gpupool", m, args.timeout)
+    results["gpupool"] = scheduler_path(api, cpu, meter, ns_gpupool, kind, m, args.timeout)
     em = stack.extender_metrics()
     results["gpupool"]["extender_verbs"] = verb_delta(v0, verb_latency(em))
     results["gpupool"]["binds"] = {k: int(v - b0.get(k, 0.0)) for k, v in bind_results(em).items()}
     load["gpupool_end"] = load_average()
-    print(f"[run {r}] gpupool: {results['gpupool']}", flush=True)
+    print(f"[run {r}] {kind}: {results['gpupool']}", flush=True)
     ratio = results["gpupool"]["pods_per_s"] / results["plain"]["pods_per_s"]
     out: dict[str, Any] = {
         "nodes": args.nodes,
         "pods": m,
+        "extender": args.extender,  # floor: the "gpupool" keys are the floor extender's pods (bench/floor_extender)
         "plain_pods_per_s": results["plain"]["pods_per_s"],
         "gpupool_pods_per_s": results["gpupool"]["pods_per_s"],
         "ratio": round(ratio, 3),
@@ -697,6 +713,10 @@ def main() -> int:
     ap.add_argument("--keep-plain-pods", action="store_true",
                     help="leave the plain phase's pods bound during the gpupool phase (before 2026-12-03 the bench "
                     "always did: the gpupool phase then ran on a cluster holding M more pods than the plain one)")
+    ap.add_argument("--extender", choices=("gpupool", "floor"), default="gpupool",
+                    help="floor: kube-scheduler calls bench/floor_extender (filter answers one name, bind posts the "
+                    "Binding; built with go) for the second phase's pods instead of gpupool's extender: the ratio "
+                    "any extender can reach on this machine. Implies --no-full-path")
     ap.add_argument("--audit-nodes", action="store_true",
                     help="audit log of every Node request; details.*.counts then names who asked what of Nodes")
     args = ap.parse_args()
@@ -705,6 +725,8 @@ def main() -> int:
         ap.error(f"--pods {m}: the plain run needs m GPUs of {args.nodes * 8}; raise --nodes or lower --pods")
     if args.runs < 1:
         ap.error("--runs must be at least 1")
+    if args.extender == "floor":
+        args.no_full_path = True  # the full path's pods are gpupool's: the floor extender would bind them unsigned
 
     nodes = [FakeNode(f"n-{i:04d}", gpus=8, gpu_model="A100-80GB", gpu_memory_mib=81920) for i in range(args.nodes)]
     run_dir = Path(tempfile.mkdtemp(prefix="gpupool-bench-"))
@@ -712,14 +734,23 @@ def main() -> int:
     c = Cluster(run_dir=run_dir, nodes=[], audit_policy=AUDIT_NODES if args.audit_nodes else None)
     t0 = time.monotonic()
     client = {k: v for k, v in (("qps", args.scheduler_qps), ("burst", args.scheduler_burst)) if v is not None}
+    floor_url = f"http://127.0.0.1:{free_port()}" if args.extender == "floor" else None
+    floor_bin = build_floor_extender(run_dir) if floor_url else None
     stack = Stack(
         c, nodes=nodes, scheduler_verbosity=1, chart_values={"scheduler": {"clientConnection": client}},
         controller_env={"GPUPOOL_ADMISSION_INTERVAL_SECONDS": args.admission_interval},
         publisher_env={"GPUPOOL_HEARTBEAT_INTERVAL_SECONDS": "3600", "GPUPOOL_HEALTH_INTERVAL_SECONDS": "5"},
+        scheduler_extender=(
+            {"urlPrefix": floor_url, "managedResources": [{"name": FLOOR, "ignoredByScheduler": True}]}
+            if floor_url else None
+        ),
     )  # fmt: skip
+    floor: subprocess.Popen[bytes] | None = None
     try:  # an interrupted run (Ctrl-C) still stops every process it started
         c.up(nodes=False)
         api = Api(c)
+        if floor_url and floor_bin:
+            floor = start_floor_extender(c, floor_bin, floor_url)
         pool(16)(lambda n: api.request("POST", "/api/v1/nodes", node_body(n)), nodes)
         c.wait_nodes_ready([n.name for n in nodes], timeout=1800)
         setup: dict[str, Any] = {"nodes_ready_s": round(time.monotonic() - t0, 1)}
@@ -728,28 +759,63 @@ def main() -> int:
         setup["stack"] = stack.timings
         setup["scheduler_client"] = scheduler_client(c)
         print(f"# gpupool stack up {stack.timings} (scheduler config: {stack.scheduler_config_source})", flush=True)
-        cpu = CpuMeter(c)
+        cpu = CpuMeter(c, {"floor-extender": floor.pid} if floor is not None else None)
         meter = RequestMeter(api, c.audit_log if args.audit_nodes else None)
         namespace(api, c, "warm", {WEBHOOK_SKIP[0]: WEBHOOK_SKIP[1]})
         # warm-up: a few pods of each kind (informers, connection pools, the extender's first requests)
         scheduler_path(api, cpu, meter, "warm", "plain", 20, args.timeout)
-        scheduler_path(api, cpu, meter, "warm", "gpupool", 20, args.timeout)
+        scheduler_path(api, cpu, meter, "warm", "floor" if args.extender == "floor" else "gpupool", 20, args.timeout)
         delete_pods(api, stack, ["warm"], args.timeout)
         runs: list[dict[str, Any]] = []
         for r in range(args.runs):
             runs.append(one_run(api, c, stack, cpu, meter, args, r))
             print(json.dumps({k: v for k, v in runs[-1].items() if k != "details"}), flush=True)
             med = medians(runs)
-            out: dict[str, Any] = {"nodes": args.nodes, "pods": m, **med, "runs_done": len(runs), "median": med,
+            out: dict[str, Any] = {"nodes": args.nodes, "pods": m, "extender": args.extender, **med,
+                                   "runs_done": len(runs), "median": med,
                                    "setup": setup, "runs": runs}  # fmt: skip
             if args.json:  # after every run: a long session keeps what it measured
                 args.json.parent.mkdir(parents=True, exist_ok=True)
                 args.json.write_text(json.dumps(out, indent=2) + "\n")
         print("median: " + json.dumps(med), flush=True)
     finally:
+        if floor is not None:
+            floor.terminate()
+            floor.wait(10)
         stack.down()
         c.down(remove_run_dir=not args.keep)
     return 0
+
+
+def build_floor_extender(run_dir: Path) -> Path:
+    """`go build` of bench/floor_extender into *run_dir* (the standard library only: no download)."""
+    go = shutil.which("go")
+    if go is None:
+        raise SystemExit("--extender floor builds bench/floor_extender with go, which is not on PATH")
+    out = run_dir / "floor-extender"
+    subprocess.run([go, "build", "-o", str(out), "."], cwd=FLOOR_SOURCE, check=True)
+    return out
+
+
+def start_floor_extender(c: Cluster, binary: Path, url: str) -> subprocess.Popen[bytes]:
+    """The floor extender on *url*, binding as kube-scheduler's own identity (its kubeconfig's client cert)."""
+    user = yaml.safe_load(c.kubeconfig_for("scheduler").read_text())["users"][0]["user"]
+    listen = url.removeprefix("http://")
+    log = (c.run_dir / "floor-extender.log").open("wb")
+    proc = subprocess.Popen([str(binary), listen, c.api_url, str(c.pki / "ca.crt"), user["client-certificate"],
+                             user["client-key"]], stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    deadline = time.monotonic() + 30
+    while True:  # listening once a request with no body is refused with 400
+        try:
+            cn = http.client.HTTPConnection(listen, timeout=2)
+            cn.request("POST", "/filter", body=b"")
+            if cn.getresponse().status == 400:
+                return proc
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the floor extender did not start: see {c.run_dir / 'floor-extender.log'}")
+        time.sleep(0.2)
 
 
 if __name__ == "__main__":

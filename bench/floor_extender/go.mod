@@ -1,0 +1,3 @@
+module gpupool/bench/floor_extender
+
+go 1.22
