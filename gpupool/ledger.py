@@ -227,6 +227,9 @@ class Ledger:
         self._kid_of: dict[str, int] = {}
         #: bumped on every change; adapters use it to tell whether a decision is stale
         self.generation = 0
+        #: bumped when a node or a GPU comes, goes or changes (not by holdings): what is derived from the inventory
+        #: alone (`QueueManager`'s largest GPU memory) is computed again only then, not after every bind
+        self.inventory_generation = 0
         #: names of the nodes changed, in order (`changes_since`), and how many older entries were dropped
         self._changes: list[str] = []
         self._changes_dropped = 0
@@ -291,6 +294,7 @@ class Ledger:
         other._kid_of = dict(self._kid_of)
         other.kid_epoch = self.kid_epoch
         other.generation = self.generation
+        other.inventory_generation = self.inventory_generation
         other._changes_dropped = self.change_mark()  # a copy's log starts empty: older marks are unknown to it
         other.scratch = True
         return other
@@ -388,6 +392,7 @@ class Ledger:
                 dropped.append(h.pod)
                 continue
             self._apply(h, +1)
+        self.inventory_generation += 1
         self._touch(info.name)
         return dropped
 
@@ -414,6 +419,7 @@ class Ledger:
         if key is not None:
             self._unindex(name, key)
         self.generation += 1
+        self.inventory_generation += 1
         self._log_change(name)
         return pods
 

@@ -772,11 +772,11 @@ class QueueManager:
         ) <= theirs.memory_units(largest)
 
     def _largest_gpu_memory(self) -> int:
-        if self._largest[0] != self.ledger.generation:
+        if self._largest[0] != self.ledger.inventory_generation:  # binds do not change it: 40,000 GPUs at 5,000 nodes
             largest = max(
                 (g.memory_mib for n in self.ledger.node_names() for g in self.ledger.gpus_of(n)), default=0
             )
-            self._largest = (self.ledger.generation, largest)
+            self._largest = (self.ledger.inventory_generation, largest)
         return self._largest[1]
 
     def _admit(

@@ -408,3 +408,36 @@ def test_cross_queue_priority_order() -> None:
     m.upsert_pod(pod("a-low", priority=1, created=1))
     m.upsert_pod(pod("b-high", namespace="team-b", priority=5, created=2))
     assert admitted(m.schedule()) == ["b-high"]
+
+
+def test_the_largest_gpu_memory_follows_the_inventory_not_the_binds() -> None:
+    """Memory units of pods asking a fraction of a GPU's memory use the pool's largest GPU: computed again when a
+    node or GPU changes, not after every bind (it walked every GPU of the pool, 40,000 at 5,000 nodes, once per
+    admission cycle of a burst: issue 16)."""
+    m, _ = make_manager(nodes=2, gpus=2, memory=40960)
+    ledger = m.ledger
+    assert m._largest_gpu_memory() == 40960
+    walks = 0
+    gpus_of = ledger.gpus_of
+
+    def counted(name: str):  # type: ignore[no-untyped-def]
+        nonlocal walks
+        walks += 1
+        return gpus_of(name)
+
+    ledger.gpus_of = counted  # type: ignore[method-assign]
+    m.set_queue(queue("team-a", 1000))
+    generation = ledger.generation
+    for i in range(3):
+        m.upsert_pod(pod(f"p{i}", compute=30, memory=4096))
+        assert admitted(m.schedule()) == [f"p{i}"]  # a reservation held: the ledger changed
+    assert ledger.generation > generation
+    walks = 0
+    assert m._largest_gpu_memory() == 40960 and walks == 0
+    ledger.upsert_node(NodeInfo("node-2", (GPUInfo("GPU-2-0", 0, "H200", 143771),)))
+    assert m._largest_gpu_memory() == 143771 and walks == 3  # every node's GPUs read once
+    assert m._largest_gpu_memory() == 143771 and walks == 3
+    ledger.remove_node("node-2")
+    assert m._largest_gpu_memory() == 40960
+    ledger.upsert_node(NodeInfo("node-0", tuple(GPUInfo(f"GPU-0-{i}", i, "A100", 40960) for i in range(2))))
+    assert m._largest_gpu_memory() == 40960  # the same inventory again: no change at all
