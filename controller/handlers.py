@@ -46,13 +46,14 @@ def readiness() -> dict[str, Any] | None:
 
 
 async def _keys_loop(ring: KeyRing, state: Controller, stop: asyncio.Event, interval: float = 2.0) -> None:
-    """Re-read the mounted signing Secret; on a change, quarantined pods are read again."""
+    """Re-read the mounted signing Secret; on a change, every pod's assignment is read again (in a thread: the
+    loop keeps serving the watches)."""
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=interval)
         try:
             if ring.refresh():
-                state.on_keys_changed()
+                await asyncio.to_thread(state.on_keys_changed)
         except Exception:
             log.exception("re-reading the signing keys failed")
 

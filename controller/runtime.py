@@ -59,6 +59,8 @@ T = TypeVar("T")
 ALIAS_EVENT_REASON = "AliasResourceNotRewritten"
 QUARANTINE_EVENT_REASON = "GPUPoolQuarantined"
 #: the initial lists `rebuild` makes; the controller is ready once all of them completed
+#: pods whose assignment `Controller.on_keys_changed` reads again per hold of the lock
+KEY_RECHECK_BATCH = 500
 SYNCED_LISTS = ("namespaces", "nodes", "gpuqueues", "gpunodes", "pods")
 
 
@@ -312,13 +314,20 @@ class Controller:
         return {"signing": current.signing, "verification": list(current.kids)}
 
     def on_keys_changed(self) -> None:
-        """The signing keys changed: read the quarantined pods again (a new verification key may trust them), and
-        every pod's assignment again on its next event (a key may have been retired)."""
-        self._parsed.clear()
-        for uid in sorted(self.quarantined):
-            pod = self.pods.get(uid)
-            if pod is not None:
-                self.on_pod("MODIFIED", pod)
+        """The signing keys changed: every cached pod's assignment is read again now, not on its next event (a
+        running pod may have none): a retired key's signatures stop being trusted at once (charts/gpupool/README.md
+        "Rotating the signing key": quarantined), a new verification key may trust a quarantined pod.
+        `KEY_RECHECK_BATCH` pods per hold of the lock; a pod an event read meanwhile (with the new keys) is skipped.
+        Called off the event loop (`handlers._keys_loop`): 40,000 pods take seconds."""
+        with self.lock:
+            self._parsed.clear()
+            uids = sorted(self.pods.keys() | self.quarantined.keys())
+        for start in range(0, len(uids), KEY_RECHECK_BATCH):
+            with self.lock:
+                for uid in uids[start : start + KEY_RECHECK_BATCH]:
+                    pod = self.pods.get(uid)
+                    if pod is not None and uid not in self._parsed:
+                        self.on_pod("MODIFIED", pod)
 
     def on_namespace(self, event: str, obj: Mapping[str, Any]) -> None:
         meta = obj.get("metadata") or {}

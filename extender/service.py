@@ -59,6 +59,8 @@ class BindUnknown(BindError):
     stay held and the pod is read again (`PoolService.unconfirmed`), never released on a guess."""
 
 
+#: pods whose assignment `PoolService.on_keys_changed` verifies again per hold of the lock
+KEY_RECHECK_BATCH = 500
 #: the most assignment texts `PoolService._verified_texts` keeps verified
 VERIFIED_TEXTS = 4096
 
@@ -197,13 +199,19 @@ class PoolService:
         return {"signing": current.signing, "verification": list(current.kids)}
 
     def on_keys_changed(self) -> None:
-        """The signing keys changed (`gpupool.signing_key.KeyRing`): read the quarantined pods again."""
+        """The signing keys changed (`gpupool.signing_key.KeyRing`): every cached pod's assignment is verified
+        again now, not on its next event (a running pod may have none): a retired key's signatures stop being
+        trusted at once (quarantined, charts/gpupool/README.md "Rotating the signing key"), a new verification key
+        may trust a quarantined pod. `KEY_RECHECK_BATCH` pods per hold of the lock, so filter and bind go on."""
         with self.lock:
             self._verified.clear()  # verified with the keys of before: a retired key's signature must fail now
-            for uid in sorted(self.problems):
-                pod = self.pods.get(uid)
-                if pod is not None:
-                    self._sync_holding(uid, pod)
+            uids = sorted(self.pods)
+        for start in range(0, len(uids), KEY_RECHECK_BATCH):
+            with self.lock:
+                for uid in uids[start : start + KEY_RECHECK_BATCH]:
+                    pod = self.pods.get(uid)
+                    if pod is not None:
+                        self._sync_holding(uid, pod)
 
     # --- cluster cache: Nodes ----------------------------------------------------------------------
 

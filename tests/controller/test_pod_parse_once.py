@@ -92,20 +92,31 @@ def test_an_entry_per_live_pod_dropped_with_it() -> None:
     assert sorted(c._parsed) == ["uid-w"] == sorted(c.pods)
 
 
-def test_a_retired_signing_key_is_seen_on_the_next_event() -> None:
-    """The verification is cached with the parse; a change of the keys drops it, so a pod signed by a key that
-    was retired is quarantined on its next event, as before."""
+def test_a_retired_signing_key_is_seen_at_once() -> None:
+    """The verification is cached with the parse; a change of the keys reads every pod again at once: a running
+    pod signed by a key that was retired is quarantined with no event of its own (it may never have one), its
+    slices still held; a pod signed by a key still there stays trusted; the new keys' cache serves the next
+    events."""
     keys = Keys(KeySet.of({assignment.LEGACY_KID: KEY, "k2": OTHER}, "k2"))
     c = Controller(ControllerSettings(leader_election=False), FakeKube(), keys)  # type: ignore[arg-type]
     c.ready = True
     c.on_gpunode("ADDED", gpunode("n1", gpus=2))
-    p = signed_with("old", "n1", 0, KeySet.of({"k2": OTHER}, "k2"))
-    c.on_pod("ADDED", p)
-    assert "uid-old" not in c.quarantined
+    old = signed_with("old", "n1", 0, KeySet.of({"k2": OTHER}, "k2"))
+    kept = bound("kept", "n1", 1)  # signed with KEY (the legacy id), which stays
+    c.on_pod("ADDED", old)
+    c.on_pod("ADDED", kept)
+    assert not c.quarantined
     keys.keys = KeySet.single(KEY)  # k2 retired
     c.on_keys_changed()
-    c.on_pod("MODIFIED", p)
-    assert "k2" in c.quarantined["uid-old"]
+    assert "k2" in c.quarantined["uid-old"] and "uid-kept" not in c.quarantined
+    assert c.ledger.holding("uid-old") is not None and c.ledger.holding("uid-kept") is not None
+    parse, verify = counting()
+    with parse as parsed, verify as verified:
+        c.on_pod("MODIFIED", kept)
+        assert parsed.call_count == 0 and verified.call_count == 0
+    keys.keys = KeySet.of({assignment.LEGACY_KID: KEY, "k2": OTHER}, "k2")  # k2 back: trusted again at once
+    c.on_keys_changed()
+    assert not c.quarantined
 
 
 def test_the_request_key_changes_exactly_with_what_the_parse_reads() -> None:

@@ -88,3 +88,44 @@ def test_add_switch_retire_never_pauses_scheduling_nor_distrusts_a_running_pod(k
         bind("still-scheduling")
     finally:
         ext.stop()
+
+
+def test_a_key_retired_while_a_pod_still_runs_on_it_quarantines_that_pod_at_once(kube, tmp_path: Path) -> None:
+    """A running pod may see no event for days: retiring the key of its assignment quarantines it when the
+    components re-read the keys, not on its next event (a leaked key retired must stop being trusted). Its slices
+    stay held; the pod signed by the kept key stays trusted; scheduling goes on."""
+    secret = tmp_path / "signing"
+    secret.mkdir()
+    mount(secret, {"key": K0}, 1)
+    ext = start_extender(kube, key=KeyRing(secret), identity_wait_seconds=0)
+    ring = KeyRing(secret)
+    controller = Controller(ControllerSettings(leader_election=False), FakeControllerKube(), ring)  # type: ignore[arg-type]
+    try:
+        add_gpu_node(kube, "gpu-0", gpus=4)
+        controller.on_gpunode("ADDED", kube.get("/apis/gpupool.io/v1alpha1/gpunodes/gpu-0"))
+        uids = {}
+        for name in ("old", "new"):
+            if name == "new":
+                mount(secret, {"key": K0, "key.k2": K2, "signing-kid": "k2"}, 2)
+                wait_for(lambda: ext.service.key.current().signing == "k2", 10, "the extender to switch")
+            p = create_pod(kube, pod(name, compute=20))
+            assert ext.post("bind", bind_body(p, "gpu-0")).json() == {"Error": ""}
+            uids[name] = p["metadata"]["uid"]
+        assert ring.refresh()
+        controller.on_keys_changed()
+        for name in ("old", "new"):
+            controller.on_pod("ADDED", kube.get(f"{PODS}/{name}"))
+        assert kid_of(kube, "old") == "" and kid_of(kube, "new") == "k2"
+        assert not ext.service.problems and not controller.quarantined
+        mount(secret, {"key.k2": K2, "signing-kid": "k2"}, 3)  # retired while "old" runs
+        wait_for(lambda: uids["old"] in ext.service.problems, 10, "the extender to quarantine the pod at once")
+        assert uids["new"] not in ext.service.problems
+        assert ext.service.ledger.holding(uids["old"]) is not None and ext.service.ready
+        assert ring.refresh()
+        controller.on_keys_changed()
+        assert sorted(controller.quarantined) == [uids["old"]]
+        assert controller.ledger.holding(uids["old"]) is not None
+        p = create_pod(kube, pod("still-scheduling", compute=20))
+        assert ext.post("bind", bind_body(p, "gpu-0")).json() == {"Error": ""}
+    finally:
+        ext.stop()
