@@ -910,7 +910,8 @@ class Controller:
             return self._queue_statuses()
 
     def _queue_statuses(self) -> dict[str, dict[str, Any]]:
-        out = status.queue_statuses(self.manager)
+        counts = status.member_counts(self.manager)
+        out = status.queue_statuses(self.manager, counts)
         for name, row in out.items():
             spec = self.manager.queues[name]
             metrics.QUEUE_PENDING.labels(name).set(row["pending"])
@@ -920,7 +921,7 @@ class Controller:
             metrics.QUEUE_QUOTA.labels(name, "compute").set(spec.nominal.compute or 0)
             if spec.nominal.memory_mib is not None:
                 metrics.QUEUE_QUOTA.labels(name, "memory").set(spec.nominal.memory_mib)
-        implicit = status.queue_status(self.manager, IMPLICIT_QUEUE, {})
+        implicit = status.queue_status(self.manager, IMPLICIT_QUEUE, {}, counts)
         metrics.QUEUE_PENDING.labels("(none)").set(implicit["pending"])
         metrics.QUEUE_ADMITTED.labels("(none)").set(implicit["admitted"])
         return out

@@ -24,20 +24,43 @@ def percent(value: Fraction) -> int:
     return int(value * 100)
 
 
+def member_counts(manager: QueueManager) -> dict[str, tuple[int, int]]:
+    """queue -> (its pods, of them admitted), in one pass over the pods (not one per queue: 100 queues of a
+    40,000-pod cluster were 4 million visits per admission cycle)."""
+    counts: dict[str, list[int]] = {}
+    for e in manager.pods.values():
+        if e.queue is None:  # not resolved to a queue: no queue's member (as `e.queue == name` never holds)
+            continue
+        c = counts.get(e.queue)
+        if c is None:
+            c = counts[e.queue] = [0, 0]
+        c[0] += 1
+        if e.state is State.ADMITTED:
+            c[1] += 1
+    return {q: (n, a) for q, (n, a) in counts.items()}
+
+
 def queue_status(
-    manager: QueueManager, name: str, shares: dict[str, tuple[Fraction, Fraction]] | None = None
+    manager: QueueManager,
+    name: str,
+    shares: dict[str, tuple[Fraction, Fraction]] | None = None,
+    counts: Mapping[str, tuple[int, int]] | None = None,
 ) -> dict[str, Any]:
     """`status` of GPUQueue `name` (or of the implicit queue ""): pods, usage, borrowing, summaries, and its
-    share and fair share in percent of its cohort (docs/fairshare.md; `shares` = `manager.shares()`)."""
+    share and fair share in percent of its cohort (docs/fairshare.md; `shares` = `manager.shares()`, `counts` =
+    `member_counts(manager)`)."""
     spec = manager.queue(name)
-    members = [e for e in manager.pods.values() if e.queue == name]
-    admitted = sum(1 for e in members if e.state is State.ADMITTED)
+    if counts is None:
+        members = [e for e in manager.pods.values() if e.queue == name]
+        total, admitted = len(members), sum(1 for e in members if e.state is State.ADMITTED)
+    else:
+        total, admitted = counts.get(name, (0, 0))
     usage = manager.usage(name)
     nominal_c = "" if spec is None or spec.nominal.compute is None else str(spec.nominal.compute)
     nominal_m = "-" if spec is None or spec.nominal.memory_mib is None else str(spec.nominal.memory_mib)
     share, fair = (shares if shares is not None else manager.shares()).get(name, (Fraction(0), Fraction(0)))
     return {
-        "pending": len(members) - admitted,
+        "pending": total - admitted,
         "admitted": admitted,
         "usage": _resources(usage),
         "borrowed": _resources(manager.borrowed(name)),
@@ -48,10 +71,13 @@ def queue_status(
     }
 
 
-def queue_statuses(manager: QueueManager) -> dict[str, dict[str, Any]]:
-    """`status` of every GPUQueue, by name."""
+def queue_statuses(
+    manager: QueueManager, counts: Mapping[str, tuple[int, int]] | None = None
+) -> dict[str, dict[str, Any]]:
+    """`status` of every GPUQueue, by name (`counts`: `member_counts(manager)`, when the caller has it)."""
     shares = manager.shares()
-    return {name: queue_status(manager, name, shares) for name in manager.queues}
+    counts = member_counts(manager) if counts is None else counts
+    return {name: queue_status(manager, name, shares, counts) for name in manager.queues}
 
 
 #: the `status` fields of a GPUNode that `node_status` computes (the controller writes them; the rest is the agent's)

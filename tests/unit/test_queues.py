@@ -441,3 +441,26 @@ def test_the_largest_gpu_memory_follows_the_inventory_not_the_binds() -> None:
     assert m._largest_gpu_memory() == 40960
     ledger.upsert_node(NodeInfo("node-0", tuple(GPUInfo(f"GPU-0-{i}", i, "A100", 40960) for i in range(2))))
     assert m._largest_gpu_memory() == 40960  # the same inventory again: no change at all
+
+
+def test_queue_statuses_counted_in_one_pass_equal_each_queue_counted_alone() -> None:
+    """`status.member_counts` (one pass over the pods for every queue) gives each queue's pending and admitted
+    pods as counting that queue's members alone does, the implicit queue and a queue with no pod included."""
+    m, _ = make_manager(nodes=1, gpus=2)
+    for name, compute in (("team-a", 150), ("team-b", 1000), ("team-c", 100)):
+        m.set_queue(queue(name, compute))
+    for i in range(4):
+        m.upsert_pod(pod(f"a{i}", compute=50, namespace="team-a"))
+        m.upsert_pod(pod(f"b{i}", compute=100, namespace="team-b"))
+    m.upsert_pod(pod("loose", compute=10, namespace="elsewhere"))
+    m.schedule()
+    counts = status.member_counts(m)
+    together = status.queue_statuses(m)
+    shares = m.shares()
+    for name in ("team-a", "team-b", "team-c"):
+        assert together[name] == status.queue_status(m, name, shares)
+    assert together["team-c"]["pending"] == together["team-c"]["admitted"] == 0
+    for name in ("team-a", "team-b"):
+        row = together[name]
+        assert row["admitted"] + row["pending"] == 4 and row["admitted"] >= 1 and row["pending"] >= 1
+    assert status.queue_status(m, IMPLICIT_QUEUE, {}, counts) == status.queue_status(m, IMPLICIT_QUEUE, {})
