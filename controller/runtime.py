@@ -58,9 +58,9 @@ T = TypeVar("T")
 
 ALIAS_EVENT_REASON = "AliasResourceNotRewritten"
 QUARANTINE_EVENT_REASON = "GPUPoolQuarantined"
-#: the initial lists `rebuild` makes; the controller is ready once all of them completed
 #: pods whose assignment `Controller.on_keys_changed` reads again per hold of the lock
 KEY_RECHECK_BATCH = 500
+#: the initial lists `rebuild` makes; the controller is ready once all of them completed
 SYNCED_LISTS = ("namespaces", "nodes", "gpuqueues", "gpunodes", "pods")
 
 
