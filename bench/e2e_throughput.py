@@ -13,11 +13,13 @@ In the same run, the same ``gpupool-scheduler`` process binds:
   phases start on the same cluster; ``--keep-plain-pods`` leaves them), then M pods asking
   ``gpupool.io/gpu: 1, gpu-compute: 50, gpu-memory: 4096`` (**gpupool**: filter, prioritize and bind go through
   the extender). ``ratio`` = gpupool pods/s / plain pods/s.
-* ``--extender floor``: the second phase's M pods ask ``floor.example.com/gpu: 1`` and kube-scheduler calls
-  bench/floor_extender (Go, built at start: filter answers one candidate, bind posts the Binding; no ledger, no
-  watch) instead of gpupool's extender: the same kube-scheduler round trips and outside Binding at almost no cost
-  of their own, so its ``ratio`` is the most any extender reaches on the machine (gpupool's extender and
-  controller still run and see those pods as not theirs). No full path.
+* ``--floor``: a third phase between plain and gpupool, in the same run: M pods asking
+  ``floor.example.com/gpu: 1`` of a second kube-scheduler (``floor-scheduler``: the chart's configuration with
+  bench/floor_extender as its extender; Go, built at start: filter answers one candidate, bind posts the Binding;
+  no ledger, no watch). The same kube-scheduler round trips and outside Binding at almost no cost of their own:
+  ``floor_ratio`` (floor / plain) is the most any extender reaches on the machine, ``gpupool_vs_floor`` what
+  gpupool keeps of it. gpupool's extender and controller see those pods as not theirs; the idle second
+  scheduler's informers cost every phase alike.
 * **full path**: a burst of M ordinary gpupool pods (no schedulerName, no gate) created by 16 threads in a
   namespace served by a GPUQueue with room: mutating + validating webhook, the controller's queue admission and
   gate removal, then the scheduler and the extender. Per-pod latency = the bench's own clock from just before the
@@ -75,7 +77,8 @@ from e2e.processes import free_port  # noqa: E402
 from e2e.stack import CONTROLLER, EXTENDER, SCHEDULER, Stack  # noqa: E402
 
 PLAIN = "example.com/gpu"
-FLOOR = "floor.example.com/gpu"  # what --extender floor's pods ask: kube-scheduler sends them to the floor extender
+FLOOR = "floor.example.com/gpu"  # what --floor's pods ask: their scheduler sends them to the floor extender
+FLOOR_SCHEDULER = "floor-scheduler"
 FLOOR_SOURCE = ROOT / "bench" / "floor_extender"
 HOLD_GATE = "bench.gpupool.io/hold"  # the bench's own gate: gpupool's admission gate is the controller's
 WEBHOOK_SKIP = ("gpupool.io/webhook", "ignore")
@@ -217,7 +220,7 @@ def pod_body(name: str, kind: str, *, hold: bool, scheduler: bool) -> dict[str, 
         "containers": [{"name": "main", "image": "registry.k8s.io/pause:3.10", "resources": {"limits": limits}}],
     }
     if scheduler:  # the webhook sets it for ordinary pods; skipped namespaces name the scheduler themselves
-        spec["schedulerName"] = "gpupool-scheduler"
+        spec["schedulerName"] = FLOOR_SCHEDULER if kind == "floor" else "gpupool-scheduler"
     if hold:
         spec["schedulingGates"] = [{"name": HOLD_GATE}]
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"bench": kind}}, "spec": spec}
@@ -248,7 +251,7 @@ def cpu_seconds(pid: int | None) -> float:
 
 
 class CpuMeter:
-    NAMES = (EXTENDER, CONTROLLER, SCHEDULER, "kube-apiserver")
+    NAMES = (EXTENDER, CONTROLLER, SCHEDULER, "kube-apiserver", FLOOR_SCHEDULER)
 
     def __init__(self, c: Cluster, extra: Mapping[str, int] | None = None) -> None:
         self.c = c
@@ -615,9 +618,9 @@ def one_run(
     same cluster: the ratio compares the pods, not a cluster with M pods more."""
     m = args.pods
     skip = {WEBHOOK_SKIP[0]: WEBHOOK_SKIP[1]}
-    kind = "floor" if args.extender == "floor" else "gpupool"  # the second phase's pods
-    ns_plain, ns_gpupool, ns_full = f"bench-plain-{r}", f"bench-{kind}-{r}", f"bench-full-{r}"
-    for ns in (ns_plain, ns_gpupool):
+    ns_plain, ns_gpupool, ns_full = f"bench-plain-{r}", f"bench-gpupool-{r}", f"bench-full-{r}"
+    ns_floor = f"bench-floor-{r}"
+    for ns in (ns_plain, ns_gpupool, *([ns_floor] if args.floor else [])):
         namespace(api, c, ns, skip)
     load = {"start": load_average()}
     results: dict[str, Any] = {}
@@ -626,21 +629,33 @@ def one_run(
     if not args.keep_plain_pods:  # the gpupool phase starts on the cluster the plain phase started on
         results["between_phases_seconds"] = delete_pods(api, stack, [ns_plain], args.timeout)
         time.sleep(SETTLE_S)  # the deletions' events reach every watcher before the next window opens
+    if args.floor:
+        results["floor"] = scheduler_path(api, cpu, meter, ns_floor, "floor", m, args.timeout)
+        print(f"[run {r}] floor:   {results['floor']}", flush=True)
+        results["after_floor_seconds"] = delete_pods(api, stack, [ns_floor], args.timeout)
+        time.sleep(SETTLE_S)
     v0, b0 = verb_latency(em := stack.extender_metrics()), bind_results(em)
-    results["gpupool"] = scheduler_path(api, cpu, meter, ns_gpupool, kind, m, args.timeout)
+    results["gpupool"] = scheduler_path(api, cpu, meter, ns_gpupool, "gpupool", m, args.timeout)
     em = stack.extender_metrics()
     results["gpupool"]["extender_verbs"] = verb_delta(v0, verb_latency(em))
     results["gpupool"]["binds"] = {k: int(v - b0.get(k, 0.0)) for k, v in bind_results(em).items()}
     load["gpupool_end"] = load_average()
-    print(f"[run {r}] {kind}: {results['gpupool']}", flush=True)
+    print(f"[run {r}] gpupool: {results['gpupool']}", flush=True)
     ratio = results["gpupool"]["pods_per_s"] / results["plain"]["pods_per_s"]
     out: dict[str, Any] = {
         "nodes": args.nodes,
         "pods": m,
-        "extender": args.extender,  # floor: the "gpupool" keys are the floor extender's pods (bench/floor_extender)
         "plain_pods_per_s": results["plain"]["pods_per_s"],
         "gpupool_pods_per_s": results["gpupool"]["pods_per_s"],
         "ratio": round(ratio, 3),
+        # --floor: the floor extender's phase (bench/floor_extender), the ratio's ceiling on this machine
+        "floor_pods_per_s": results["floor"]["pods_per_s"] if args.floor else None,
+        "floor_ratio": (
+            round(results["floor"]["pods_per_s"] / results["plain"]["pods_per_s"], 3) if args.floor else None
+        ),
+        "gpupool_vs_floor": (
+            round(results["gpupool"]["pods_per_s"] / results["floor"]["pods_per_s"], 3) if args.floor else None
+        ),
         "full_path_p50_s": None,
         "full_path_p99_s": None,
         "extender_cpu_ms_per_pod": None,
@@ -677,11 +692,12 @@ def one_run(
     out["plain_pods_kept"] = bool(args.keep_plain_pods)
     out["scheduler_client"] = scheduler_client(c)
     if r + 1 < args.runs:  # the next run starts from an empty pool
-        out["cleanup_seconds"] = delete_pods(api, stack, (ns_plain, ns_gpupool, ns_full), args.timeout)
+        out["cleanup_seconds"] = delete_pods(api, stack, (ns_plain, ns_gpupool, ns_full, ns_floor), args.timeout)
     return out
 
 
-MEDIAN_KEYS = ("plain_pods_per_s", "gpupool_pods_per_s", "ratio", "full_path_p50_s", "full_path_p99_s",
+MEDIAN_KEYS = ("plain_pods_per_s", "gpupool_pods_per_s", "ratio", "floor_pods_per_s", "floor_ratio",
+               "gpupool_vs_floor", "full_path_p50_s", "full_path_p99_s",
                "extender_cpu_ms_per_pod", "controller_cpu_ms_per_pod", "scheduler_path_p99_s",
                "full_vs_scheduler_p99", "plain_api_writes_per_pod", "gpupool_api_writes_per_pod")  # fmt: skip
 
@@ -713,10 +729,9 @@ def main() -> int:
     ap.add_argument("--keep-plain-pods", action="store_true",
                     help="leave the plain phase's pods bound during the gpupool phase (before 2026-12-03 the bench "
                     "always did: the gpupool phase then ran on a cluster holding M more pods than the plain one)")
-    ap.add_argument("--extender", choices=("gpupool", "floor"), default="gpupool",
-                    help="floor: kube-scheduler calls bench/floor_extender (filter answers one name, bind posts the "
-                    "Binding; built with go) for the second phase's pods instead of gpupool's extender: the ratio "
-                    "any extender can reach on this machine. Implies --no-full-path")
+    ap.add_argument("--floor", action="store_true",
+                    help="a third phase: pods of a second kube-scheduler whose extender is bench/floor_extender (Go, "
+                    "built with go at start): floor_ratio = the most any extender reaches on this machine")
     ap.add_argument("--audit-nodes", action="store_true",
                     help="audit log of every Node request; details.*.counts then names who asked what of Nodes")
     args = ap.parse_args()
@@ -725,8 +740,6 @@ def main() -> int:
         ap.error(f"--pods {m}: the plain run needs m GPUs of {args.nodes * 8}; raise --nodes or lower --pods")
     if args.runs < 1:
         ap.error("--runs must be at least 1")
-    if args.extender == "floor":
-        args.no_full_path = True  # the full path's pods are gpupool's: the floor extender would bind them unsigned
 
     nodes = [FakeNode(f"n-{i:04d}", gpus=8, gpu_model="A100-80GB", gpu_memory_mib=81920) for i in range(args.nodes)]
     run_dir = Path(tempfile.mkdtemp(prefix="gpupool-bench-"))
@@ -734,16 +747,12 @@ def main() -> int:
     c = Cluster(run_dir=run_dir, nodes=[], audit_policy=AUDIT_NODES if args.audit_nodes else None)
     t0 = time.monotonic()
     client = {k: v for k, v in (("qps", args.scheduler_qps), ("burst", args.scheduler_burst)) if v is not None}
-    floor_url = f"http://127.0.0.1:{free_port()}" if args.extender == "floor" else None
+    floor_url = f"http://127.0.0.1:{free_port()}" if args.floor else None
     floor_bin = build_floor_extender(run_dir) if floor_url else None
     stack = Stack(
         c, nodes=nodes, scheduler_verbosity=1, chart_values={"scheduler": {"clientConnection": client}},
         controller_env={"GPUPOOL_ADMISSION_INTERVAL_SECONDS": args.admission_interval},
         publisher_env={"GPUPOOL_HEARTBEAT_INTERVAL_SECONDS": "3600", "GPUPOOL_HEALTH_INTERVAL_SECONDS": "5"},
-        scheduler_extender=(
-            {"urlPrefix": floor_url, "managedResources": [{"name": FLOOR, "ignoredByScheduler": True}]}
-            if floor_url else None
-        ),
     )  # fmt: skip
     floor: subprocess.Popen[bytes] | None = None
     try:  # an interrupted run (Ctrl-C) still stops every process it started
@@ -759,19 +768,23 @@ def main() -> int:
         setup["stack"] = stack.timings
         setup["scheduler_client"] = scheduler_client(c)
         print(f"# gpupool stack up {stack.timings} (scheduler config: {stack.scheduler_config_source})", flush=True)
+        if floor is not None and floor_url:
+            start_floor_scheduler(c, stack, floor_url)
         cpu = CpuMeter(c, {"floor-extender": floor.pid} if floor is not None else None)
         meter = RequestMeter(api, c.audit_log if args.audit_nodes else None)
         namespace(api, c, "warm", {WEBHOOK_SKIP[0]: WEBHOOK_SKIP[1]})
         # warm-up: a few pods of each kind (informers, connection pools, the extender's first requests)
         scheduler_path(api, cpu, meter, "warm", "plain", 20, args.timeout)
-        scheduler_path(api, cpu, meter, "warm", "floor" if args.extender == "floor" else "gpupool", 20, args.timeout)
+        scheduler_path(api, cpu, meter, "warm", "gpupool", 20, args.timeout)
+        if args.floor:
+            scheduler_path(api, cpu, meter, "warm", "floor", 20, args.timeout)
         delete_pods(api, stack, ["warm"], args.timeout)
         runs: list[dict[str, Any]] = []
         for r in range(args.runs):
             runs.append(one_run(api, c, stack, cpu, meter, args, r))
             print(json.dumps({k: v for k, v in runs[-1].items() if k != "details"}), flush=True)
             med = medians(runs)
-            out: dict[str, Any] = {"nodes": args.nodes, "pods": m, "extender": args.extender, **med,
+            out: dict[str, Any] = {"nodes": args.nodes, "pods": m, **med,
                                    "runs_done": len(runs), "median": med,
                                    "setup": setup, "runs": runs}  # fmt: skip
             if args.json:  # after every run: a long session keeps what it measured
@@ -791,10 +804,22 @@ def build_floor_extender(run_dir: Path) -> Path:
     """`go build` of bench/floor_extender into *run_dir* (the standard library only: no download)."""
     go = shutil.which("go")
     if go is None:
-        raise SystemExit("--extender floor builds bench/floor_extender with go, which is not on PATH")
+        raise SystemExit("--floor builds bench/floor_extender with go, which is not on PATH")
     out = run_dir / "floor-extender"
     subprocess.run([go, "build", "-o", str(out), "."], cwd=FLOOR_SOURCE, check=True)
     return out
+
+
+def start_floor_scheduler(c: Cluster, stack: Stack, url: str) -> None:
+    """A second kube-scheduler, `FLOOR_SCHEDULER`: gpupool-scheduler's configuration with the floor extender at
+    *url*, interested in `FLOOR` pods."""
+    cfg = yaml.safe_load(stack.render_scheduler_config())
+    for profile in cfg.get("profiles") or []:
+        profile["schedulerName"] = FLOOR_SCHEDULER
+    extender = cfg["extenders"][0]
+    extender["managedResources"] = [{"name": FLOOR, "ignoredByScheduler": True}]
+    c.start_gpupool_scheduler(url, config_yaml=yaml.safe_dump(cfg, sort_keys=False), name=FLOOR_SCHEDULER,
+                              verbosity=1)  # fmt: skip
 
 
 def start_floor_extender(c: Cluster, binary: Path, url: str) -> subprocess.Popen[bytes]:

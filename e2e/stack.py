@@ -73,7 +73,6 @@ class Stack:
         use_chart: bool = True,
         chart_values: Mapping[str, Any] | None = None,
         scheduler_verbosity: int = 2,
-        scheduler_extender: Mapping[str, Any] | None = None,
     ) -> None:
         if not cluster.local:
             raise ClusterError("the gpupool stack runs its processes locally: it needs a local Cluster")
@@ -88,9 +87,6 @@ class Stack:
         self.use_chart = use_chart
         self.chart_values = dict(chart_values or {})  # values the chart's scheduler config is rendered with
         self.scheduler_verbosity = scheduler_verbosity
-        #: another extender in gpupool's place for kube-scheduler (`urlPrefix`, extra `managedResources`): the
-        #: benchmark's floor extender (bench/e2e_throughput.py --extender floor); gpupool's extender still runs
-        self.scheduler_extender = dict(scheduler_extender or {})
         self.dir = cluster.run_dir / "gpupool"
         self.ports: dict[str, int] = {}
         self.kubeconfigs: dict[str, Path] = {}
@@ -332,18 +328,9 @@ class Stack:
         return (TEMPLATES / "sched-gpupool.yaml").read_text()
 
     def start_scheduler(self, *, timeout: float = 60.0) -> None:
-        cfg, url = self.render_scheduler_config(), self.extender_url
-        if self.scheduler_extender:
-            config = yaml.safe_load(cfg)
-            extender = config["extenders"][0]
-            url = str(self.scheduler_extender["urlPrefix"])
-            extender["managedResources"] = [
-                *extender.get("managedResources", []),
-                *self.scheduler_extender.get("managedResources", []),
-            ]
-            cfg = yaml.safe_dump(config, sort_keys=False)
+        cfg = self.render_scheduler_config()
         self.cluster.start_gpupool_scheduler(
-            url, config_yaml=cfg, name=SCHEDULER, verbosity=self.scheduler_verbosity, wait=False
+            self.extender_url, config_yaml=cfg, name=SCHEDULER, verbosity=self.scheduler_verbosity, wait=False
         )
         self.cluster.wait_ready(SCHEDULER, timeout=timeout)
         self._started.append(SCHEDULER)

@@ -1,5 +1,5 @@
 // Command floor-extender is the least work a kube-scheduler extender can do, for bench/e2e_throughput.py
-// --extender floor: filter answers one of the candidate names (chosen by a hash of the pod's name), bind posts
+// --floor: filter answers one of the candidate names (chosen by a hash of the pod's name), bind posts
 // the pod's Binding to the API server as JSON. No ledger, no assignment, no watch. What a pod costs the machine
 // with it is the cost of the extender protocol itself (kube-scheduler's two HTTP calls, a Binding from outside
 // kube-scheduler): the ceiling of the ratio any extender can reach on that machine. docs/e2e.md has the figures.
