@@ -614,8 +614,8 @@ def one_run(
     api: Api, c: Cluster, stack: Stack, cpu: CpuMeter, meter: RequestMeter, args: argparse.Namespace, r: int
 ) -> dict[str, Any]:
     """One repetition: plain, gpupool and (unless skipped) the full path, each in namespaces of its own. The plain
-    phase's pods are deleted before the gpupool phase (unless ``--keep-plain-pods``), so both phases start on the
-    same cluster: the ratio compares the pods, not a cluster with M pods more."""
+    phase's pods are deleted before the next phase (unless ``--keep-plain-pods``; the ``--floor`` phase's always),
+    so every phase starts on the same cluster: the ratios compare the pods, not a cluster with M pods more."""
     m = args.pods
     skip = {WEBHOOK_SKIP[0]: WEBHOOK_SKIP[1]}
     ns_plain, ns_gpupool, ns_full = f"bench-plain-{r}", f"bench-gpupool-{r}", f"bench-full-{r}"
@@ -626,14 +626,18 @@ def one_run(
     results: dict[str, Any] = {}
     results["plain"] = scheduler_path(api, cpu, meter, ns_plain, "plain", m, args.timeout)
     print(f"[run {r}] plain:   {results['plain']}", flush=True)
-    if not args.keep_plain_pods:  # the gpupool phase starts on the cluster the plain phase started on
-        results["between_phases_seconds"] = delete_pods(api, stack, [ns_plain], args.timeout)
+    def cleared(ns: str) -> float:
+        """The phase's pods deleted: the next phase starts on the cluster this one started on."""
+        took = delete_pods(api, stack, [ns], args.timeout)
         time.sleep(SETTLE_S)  # the deletions' events reach every watcher before the next window opens
+        return took
+
+    if not args.keep_plain_pods:
+        results["between_phases_seconds"] = cleared(ns_plain)
     if args.floor:
         results["floor"] = scheduler_path(api, cpu, meter, ns_floor, "floor", m, args.timeout)
         print(f"[run {r}] floor:   {results['floor']}", flush=True)
-        results["after_floor_seconds"] = delete_pods(api, stack, [ns_floor], args.timeout)
-        time.sleep(SETTLE_S)
+        results["after_floor_seconds"] = cleared(ns_floor)
     v0, b0 = verb_latency(em := stack.extender_metrics()), bind_results(em)
     results["gpupool"] = scheduler_path(api, cpu, meter, ns_gpupool, "gpupool", m, args.timeout)
     em = stack.extender_metrics()

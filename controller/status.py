@@ -50,11 +50,7 @@ def queue_status(
     share and fair share in percent of its cohort (docs/fairshare.md; `shares` = `manager.shares()`, `counts` =
     `member_counts(manager)`)."""
     spec = manager.queue(name)
-    if counts is None:
-        members = [e for e in manager.pods.values() if e.queue == name]
-        total, admitted = len(members), sum(1 for e in members if e.state is State.ADMITTED)
-    else:
-        total, admitted = counts.get(name, (0, 0))
+    total, admitted = (member_counts(manager) if counts is None else counts).get(name, (0, 0))
     usage = manager.usage(name)
     nominal_c = "" if spec is None or spec.nominal.compute is None else str(spec.nominal.compute)
     nominal_m = "-" if spec is None or spec.nominal.memory_mib is None else str(spec.nominal.memory_mib)

@@ -459,6 +459,9 @@ def test_queue_statuses_counted_in_one_pass_equal_each_queue_counted_alone() -> 
     shares = m.shares()
     for name in ("team-a", "team-b", "team-c"):
         assert together[name] == status.queue_status(m, name, shares)
+        members = [e for e in m.pods.values() if e.queue == name]  # counted here, apart from member_counts
+        admitted = sum(1 for e in members if e.state is State.ADMITTED)
+        assert (together[name]["admitted"], together[name]["pending"]) == (admitted, len(members) - admitted)
     assert together["team-c"]["pending"] == together["team-c"]["admitted"] == 0
     for name in ("team-a", "team-b"):
         row = together[name]
