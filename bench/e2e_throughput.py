@@ -54,6 +54,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -382,8 +383,34 @@ def pool(n: int) -> Callable[[Callable[[T], Any], list[T]], list[Any]]:
     return run
 
 
+class Profiler:
+    """``--profile DIR``: py-spy (installed by ``make setup``) samples the extender and the controller from the
+    gpupool phase's first gate removal to its last bind, one raw (collapsed-stack) file per process and run:
+    where their per-pod CPU goes (docs/e2e.md, issue 16)."""
+
+    def __init__(self, c: Cluster, out: Path) -> None:
+        self.c, self.out = c, out
+        self.spy = Path(sys.executable).parent / "py-spy"
+        self.running: list[subprocess.Popen[bytes]] = []
+
+    def start(self, label: str) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        for name in (EXTENDER, CONTROLLER):
+            cmd = [str(self.spy), "record", "--nonblocking", "-r", "200", "--format", "raw", "-p",
+                   str(self.c.processes[name].pid), "-o", str(self.out / f"{label}-{name}.txt")]  # fmt: skip
+            self.running.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def stop(self) -> None:
+        for p in self.running:
+            p.send_signal(signal.SIGINT)
+        for p in self.running:
+            p.wait(30)
+        self.running.clear()
+
+
 def scheduler_path(
-    api: Api, cpu: CpuMeter, meter: RequestMeter, ns: str, kind: str, m: int, timeout: float
+    api: Api, cpu: CpuMeter, meter: RequestMeter, ns: str, kind: str, m: int, timeout: float,
+    profiler: Profiler | None = None,
 ) -> dict[str, Any]:
     """Create m held pods, remove every hold at once, time from the first removal to the last bound."""
     watch = BindWatch(api, ns)
@@ -402,6 +429,9 @@ def scheduler_path(
         sent[n] = time.monotonic()
         api.request("PATCH", f"/api/v1/namespaces/{ns}/pods/{n}", release, "application/json-patch+json")
 
+    if profiler is not None:
+        profiler.start(ns)
+        time.sleep(1.0)  # py-spy attached
     r1 = meter.sample()
     c0 = cpu.sample()
     t_rel = time.monotonic()
@@ -409,6 +439,8 @@ def scheduler_path(
     released = time.monotonic() - t_rel
     bound = watch.wait(names, timeout)
     c1 = cpu.sample()
+    if profiler is not None:
+        profiler.stop()
     r2 = meter.sample()
     time.sleep(SETTLE_S)  # what the binds cause afterwards (kwok's status, the controller's GPUNode status)
     r3 = meter.sample()
@@ -639,7 +671,8 @@ def one_run(
         print(f"[run {r}] floor:   {results['floor']}", flush=True)
         results["after_floor_seconds"] = cleared(ns_floor)
     v0, b0 = verb_latency(em := stack.extender_metrics()), bind_results(em)
-    results["gpupool"] = scheduler_path(api, cpu, meter, ns_gpupool, "gpupool", m, args.timeout)
+    profiler = Profiler(c, args.profile) if args.profile else None
+    results["gpupool"] = scheduler_path(api, cpu, meter, ns_gpupool, "gpupool", m, args.timeout, profiler)
     em = stack.extender_metrics()
     results["gpupool"]["extender_verbs"] = verb_delta(v0, verb_latency(em))
     results["gpupool"]["binds"] = {k: int(v - b0.get(k, 0.0)) for k, v in bind_results(em).items()}
@@ -736,6 +769,8 @@ def main() -> int:
     ap.add_argument("--floor", action="store_true",
                     help="a third phase: pods of a second kube-scheduler whose extender is bench/floor_extender (Go, "
                     "built with go at start): floor_ratio = the most any extender reaches on this machine")
+    ap.add_argument("--profile", type=Path, metavar="DIR",
+                    help="py-spy the extender and the controller over each gpupool release window (raw stacks in DIR)")
     ap.add_argument("--audit-nodes", action="store_true",
                     help="audit log of every Node request; details.*.counts then names who asked what of Nodes")
     args = ap.parse_args()
