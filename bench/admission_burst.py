@@ -109,12 +109,6 @@ class BurstKube:
     async def list_pods(self) -> list[dict[str, Any]]:
         return list(self.pods.values())
 
-    async def list_pod_uids(self) -> set[str]:
-        return {p["metadata"]["uid"] for p in self.pods.values()}
-
-    async def pod_exists(self, namespace: str, name: str, uid: str) -> bool:
-        return f"{namespace}/{name}" in self.pods
-
     async def get_object(self, path: str) -> dict[str, Any] | None:
         return None
 

@@ -1,6 +1,11 @@
 """kopf handlers: watches feed `controller.runtime.Controller`; the admission webhooks (served by
 `controller.webhook_server`) call `controller.admission`.
 
+Pods are not watched through kopf: every pod of the cluster changes several times in its life and kopf's per-event
+machinery (a logger, cause detection, std-json decoding) cost about 1.3 ms of the controller's CPU per pod, gpupool's
+or not (docs/e2e.md "Issue 16: ... (session 10)"). A `kubeio.reflector.Reflector` thread watches them from the
+startup list's resourceVersion and feeds `Controller.on_pod_event` / `on_pod_list` (a relist replaces the cache).
+
 Every replica runs the watches and serves the webhooks (hot standby); only the Lease holder runs the
 admission cycle (see `controller.leader`). Import this module (or run `gpupool-controller`) to register.
 """
@@ -21,19 +26,22 @@ from typing import Any
 import kopf
 
 from controller import admission, webhook_server
-from controller.kube import Kube, load_api_client
+from controller.kube import PODS, Kube, load_api_client
 from controller.leader import LeaseElector
 from controller.runtime import Controller
 from controller.settings import ControllerSettings
 from controller.webhooks import MUTATE_PATH, VALIDATE_PATH
 from gpupool import objects, resources
 from gpupool.signing_key import KeyRing
+from kubeio.reflector import Reflector
 
 log = logging.getLogger("gpupool.controller")
 
 #: set by `controller.main` before kopf starts (tests may set it too); else read from the environment
 SETTINGS: ControllerSettings | None = None
 STATE: Controller | None = None
+#: the pod watch's server-side timeout (it then resumes from its last resourceVersion), as kopf's other watches
+POD_WATCH_SECONDS = 300
 
 
 def current() -> Controller | None:
@@ -56,22 +64,6 @@ async def _keys_loop(ring: KeyRing, state: Controller, stop: asyncio.Event, inte
                 await asyncio.to_thread(state.on_keys_changed)
         except Exception:
             log.exception("re-reading the signing keys failed")
-
-
-async def _prune_loop(state: Controller, stop: asyncio.Event, first: float = 15.0, interval: float = 120.0) -> None:
-    """`Controller.prune_gone` soon after startup (pods deleted before the watch's first list), then now and then
-    (a watch relisted after 410 Gone)."""
-    wait = first
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=wait)
-        if stop.is_set():
-            return
-        wait = interval
-        try:
-            await state.prune_gone()
-        except Exception:
-            log.exception("pruning deleted pods failed")
 
 
 class EventsOnly(kopf.DiffBaseStorage):
@@ -110,6 +102,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     kube = Kube(api_client)
     state = Controller(cfg, kube, key)
     await state.rebuild()
+    pods = Reflector(kube.raw, PODS, state.on_pod_list, state.on_pod_event, since=kube.pods_listed_at,
+                     watch_timeout=POD_WATCH_SECONDS, name="gpupool-pod-watch")  # fmt: skip
+    pods.start()
+    memo["pods"] = pods
     STATE = state
     stop = asyncio.Event()
     memo["stop"] = stop
@@ -121,8 +117,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
                                                 cfg.webhook_key_file, WEBHOOKS)  # fmt: skip
         await server.start()
         memo["webhooks"] = server
-    tasks = [asyncio.create_task(state.run_cycles(stop)), asyncio.create_task(_keys_loop(key, state, stop)),
-             asyncio.create_task(_prune_loop(state, stop))]  # fmt: skip
+    tasks = [asyncio.create_task(state.run_cycles(stop)), asyncio.create_task(_keys_loop(key, state, stop))]
     if cfg.leader_election:
         identity = cfg.identity or f"{socket.gethostname()}-{os.getpid()}"
         elector = LeaseElector(kube.coordination, cfg.lease_name, cfg.lease_namespace, identity,
@@ -149,6 +144,10 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         stop.set()
     for task in memo.get("tasks") or []:
         task.cancel()
+    pods = memo.get("pods")
+    if pods is not None:
+        pods.stop()
+        pods.api.close_streams()
     server = memo.get("webhooks")
     if server is not None:
         await server.stop()
@@ -173,14 +172,6 @@ def _object(event: Any, body: kopf.Body) -> dict[str, Any]:
 # an event costs no hop to a worker thread (sync handlers cost one each, and queued behind each other in a burst;
 # docs/e2e.md "Issue 16: the webhooks' cost per pod"). They take `Controller.lock` for the threads that still read
 # the model (tests/controller/test_handler_threads.py).
-
-
-@kopf.on.event("", "v1", "pods")
-async def pod_event(event: Any, body: kopf.Body, **_: Any) -> None:
-    state = STATE
-    if state is not None:
-        with state.lock:
-            state.on_pod(_type(event), _object(event, body))
 
 
 @kopf.on.event(objects.GROUP, objects.VERSION, objects.GPUNODE_PLURAL)

@@ -24,6 +24,8 @@ from kubeio.client import JSON, MERGE_PATCH, POOL_SIZE, ApiError, KubeClient, lo
 __all__ = ["Kube", "load_api_client"]
 
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
+#: every pod of the cluster: the controller's list and watch of pods
+PODS = "/api/v1/pods"
 
 T = TypeVar("T")
 
@@ -34,7 +36,8 @@ class Kube:
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
         self.coordination = client.CoordinationV1Api(api_client)
-        self.raw = KubeClient(api_client)  # raw JSON calls (owners of any kind)
+        self.raw = KubeClient(api_client)  # raw JSON calls (owners of any kind), the pod watch
+        self.pods_listed_at = ""  # the resourceVersion of the last `list_pods`
         #: the client blocks, so calls run in threads: its own pool, as large as the connection pool, so the
         #: cycle's parallel writes (`Controller._concurrently`) are not capped by asyncio's small default one
         self._threads = ThreadPoolExecutor(max_workers=POOL_SIZE, thread_name_prefix="gpupool-api")
@@ -47,29 +50,12 @@ class Kube:
 
     # --- reads ---------------------------------------------------------------------------------------
 
-    async def list_pods(self) -> list[dict[str, Any]]:
-        result = await self._run(self.core.list_pod_for_all_namespaces)
-        return list(self._plain(result).get("items") or [])
-
-    async def list_pod_uids(self, page_size: int = 500) -> set[str]:
-        """The uid of every pod of the cluster (`Controller.prune_gone`): a paged raw JSON list, no client models
-        (at 5,000 nodes the typed, unpaged list built tens of thousands of model objects every 2 minutes)."""
-
-        def uids() -> set[str]:
-            items, _ = self.raw.list("/api/v1/pods", page_size=page_size)
-            return {str((p.get("metadata") or {}).get("uid") or "") for p in items}
-
-        return await self._run(uids)
-
-    async def pod_exists(self, namespace: str, name: str, uid: str) -> bool:
-        """Whether pod `namespace/name` still exists with this uid (404, or another uid: it is gone)."""
-        try:
-            pod = await self._run(self.core.read_namespaced_pod, name, namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return bool(pod.metadata is not None and pod.metadata.uid == uid)
+    async def list_pods(self, page_size: int = 500) -> list[dict[str, Any]]:
+        """Every pod of the cluster as raw JSON, paged (no client models: at 5,000 nodes the typed, unpaged list
+        built tens of thousands of them). `pods_listed_at` keeps the list's resourceVersion: the pod watch
+        (`controller.handlers.startup`) starts there instead of listing again."""
+        items, self.pods_listed_at = await self._run(self.raw.list, PODS, page_size=page_size)
+        return items
 
     async def list_nodes(self) -> list[dict[str, Any]]:
         return list(self._plain(await self._run(self.core.list_node)).get("items") or [])

@@ -58,8 +58,9 @@ T = TypeVar("T")
 
 ALIAS_EVENT_REASON = "AliasResourceNotRewritten"
 QUARANTINE_EVENT_REASON = "GPUPoolQuarantined"
-#: pods whose assignment `Controller.on_keys_changed` reads again per hold of the lock
-KEY_RECHECK_BATCH = 500
+#: pods read per hold of the lock when many are read at once (`Controller.on_keys_changed`, `on_pod_list`): the
+#: event loop's cycles and webhooks wait no longer than that for the lock
+PODS_PER_HOLD = 500
 #: the initial lists `rebuild` makes; the controller is ready once all of them completed
 SYNCED_LISTS = ("namespaces", "nodes", "gpuqueues", "gpunodes", "pods")
 
@@ -253,46 +254,41 @@ class Controller:
         for obj in await self.kube.list_custom(objects.GPUNODE_PLURAL):
             self.on_gpunode("ADDED", obj)
         self.synced["gpunodes"] = True
-        for pod in await self.kube.list_pods():
-            self.on_pod("ADDED", pod)
-        self.synced["pods"] = True
-        self.ready = all(self.synced.values())
+        self.on_pod_list(await self.kube.list_pods())
         metrics.READY.set(1)
         log.info("rebuilt: %d GPU nodes, %d gpupool pods, %d queues; problems: %s",
                  len(self.gpunodes), len(self.pods), len(self.manager.queues), self.problems or "none")  # fmt: skip
 
-    async def prune_gone(self) -> list[str]:
-        """Forget cached pods the API server no longer has; returns their uids.
-
-        kopf's watch lists without reporting what vanished before (deleted between `rebuild`'s list and the
-        watch's own first list, or while a watch that expired was relisting), so such a pod would keep its slices
-        and its queue charge forever (found by bench/soak.py). A pod missing from a fresh list is dropped only
-        once reading it confirms it is gone: it may be newer than the list."""
-        assert self.kube is not None
-        listed = await self.kube.list_pod_uids()
-        gone: list[str] = []
+    def on_pod_list(self, items: Iterable[Mapping[str, Any]]) -> list[str]:
+        """A fresh list of every pod (the pod watch's relist after 410 Gone or a broken stream, `controller.handlers`):
+        it replaces the cache. Cached pods the list lacks were deleted while no watch looked (no DELETED event will
+        come: found by bench/soak.py), so they go first, and the pods that were held only in part beside them
+        (their GPUs looked taken) are then held whole by their listed version. Returns the uids forgotten."""
+        listed = {objects.pod_uid(p): p for p in items}
         with self.lock:
-            missing = [u for u in self.pods if u not in listed]
-        for uid in missing:
-            meta = (self.pods.get(uid) or {}).get("metadata") or {}
-            try:
-                exists = await self.kube.pod_exists(str(meta.get("namespace") or ""), str(meta.get("name") or ""), uid)
-            except Exception as exc:
-                log.warning("reading pod %s/%s: %s", meta.get("namespace"), meta.get("name"), exc)
-                continue
+            gone = [uid for uid in self.pods if uid not in listed]
+            for uid in gone:
+                log.warning("forgot pod %s (%s): deleted while the watch was not looking",
+                            objects.pod_key(self.pods[uid]), uid)  # fmt: skip
+                self.on_pod("DELETED", self.pods[uid])
+        pods = list(listed.values())
+        for start in range(0, len(pods), PODS_PER_HOLD):
             with self.lock:
-                pod = self.pods.get(uid)
-                if exists or pod is None:
-                    continue
-                log.warning("forgot pod %s (%s): deleted while the watch was not looking", objects.pod_key(pod), uid)
-                freed = self._nodes_of.get(uid, frozenset())
-                self.on_pod("DELETED", pod)
-                gone.append(uid)
-                # pods bound there since may have been held only in part (their GPUs looked taken): hold them again
-                for other in sorted({u for n in freed for u in self._on_node.get(n, ())}):
-                    if other in self.pods:
-                        self.on_pod("MODIFIED", self.pods[other])
+                for pod in pods[start : start + PODS_PER_HOLD]:
+                    self.on_pod_event("MODIFIED", pod)
+        with self.lock:
+            self.synced["pods"] = True
+            self.ready = all(self.synced.values())
         return gone
+
+    def on_pod_event(self, event: str, pod: Mapping[str, Any]) -> None:
+        """A pod watch event, on the pod watch's thread: `on_pod` under the lock. A pod it fails on is logged and
+        left (one bad pod is that pod's problem): the watch goes on instead of relisting the cluster."""
+        with self.lock:
+            try:
+                self.on_pod(event, pod)
+            except Exception:
+                log.exception("pod %s: its %s event failed", objects.pod_key(pod), event)
 
     def readiness(self) -> dict[str, Any]:
         """What /readyz answers: ready once every initial list completed; quarantined pods never unready it."""
@@ -317,14 +313,14 @@ class Controller:
         """The signing keys changed: every cached pod's assignment is read again now, not on its next event (a
         running pod may have none): a retired key's signatures stop being trusted at once (charts/gpupool/README.md
         "Rotating the signing key": quarantined), a new verification key may trust a quarantined pod.
-        `KEY_RECHECK_BATCH` pods per hold of the lock; a pod an event read meanwhile (with the new keys) is skipped.
+        `PODS_PER_HOLD` pods per hold of the lock; a pod an event read meanwhile (with the new keys) is skipped.
         Called off the event loop (`handlers._keys_loop`): 40,000 pods take seconds."""
         with self.lock:
             self._parsed.clear()
             uids = sorted(self.pods.keys() | self.quarantined.keys())
-        for start in range(0, len(uids), KEY_RECHECK_BATCH):
+        for start in range(0, len(uids), PODS_PER_HOLD):
             with self.lock:
-                for uid in uids[start : start + KEY_RECHECK_BATCH]:
+                for uid in uids[start : start + PODS_PER_HOLD]:
                     pod = self.pods.get(uid)
                     if pod is not None and uid not in self._parsed:
                         self.on_pod("MODIFIED", pod)

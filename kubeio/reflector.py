@@ -16,19 +16,21 @@ class Reflector(threading.Thread):
     """list + watch of one resource, feeding a handler; re-lists after 410 Gone or any watch failure.
 
     `on_list(items)` receives the full list (initially and after every re-list) and
-    `on_event(type, object)` every watch event but bookmarks; both run on this thread.
+    `on_event(type, object)` every watch event but bookmarks; both run on this thread. With `since` (the
+    resourceVersion of a list the caller already loaded) the first watch starts there, without a list of its own.
     """
 
     def __init__(
         self,
         api: KubeClient,
         path: str,
-        on_list: Callable[[list[dict[str, Any]]], None],
+        on_list: Callable[[list[dict[str, Any]]], object],
         on_event: Callable[[str, dict[str, Any]], None],
         *,
         query: Query | None = None,
         watch_timeout: int = 300,
         name: str | None = None,
+        since: str = "",
     ) -> None:
         super().__init__(name=name or f"reflector {path}", daemon=True)
         self.api = api
@@ -40,16 +42,19 @@ class Reflector(threading.Thread):
         self.stopping = threading.Event()
         self.listed = threading.Event()
         self.relists = 0
+        self.since = since
 
     def stop(self) -> None:
         self.stopping.set()
 
     def run(self) -> None:
         backoff = 0.2
+        rv = self.since
         while not self.stopping.is_set():
             try:
-                items, rv = self.api.list(self.path, self.query)
-                self.on_list(items)
+                if not rv:
+                    items, rv = self.api.list(self.path, self.query)
+                    self.on_list(items)
                 self.listed.set()
                 backoff = 0.2
                 while not self.stopping.is_set():
@@ -66,6 +71,7 @@ class Reflector(threading.Thread):
             except ApiError as exc:
                 if self.stopping.is_set():
                     return
+                rv = ""
                 if exc.status == 410:
                     log.info("%s: resourceVersion too old (410 Gone); re-listing", self.path)
                 else:
@@ -74,6 +80,7 @@ class Reflector(threading.Thread):
                     backoff = min(backoff * 2, 10.0)
                 self.relists += 1
             except Exception:
+                rv = ""
                 if self.stopping.is_set():
                     return
                 log.exception("%s: handler or stream failed; re-listing in %.1f s", self.path, backoff)

@@ -1,8 +1,9 @@
 """The watch handlers and the admission cycle change and read one model; other threads may read it meanwhile.
 
-kopf runs the watch handlers (coroutines since issue 16) on the loop of the admission cycle, and the Controller
-serialises every thread that touches the model (`Controller.lock`); this test drives the handlers from another
-thread (and loop) while the cycle runs, with the interpreter switching threads as often as it can, and checks
+kopf runs the watch handlers (coroutines since issue 16) on the loop of the admission cycle, the pod watch runs on
+a thread of its own (`Controller.on_pod_event`, `on_pod_list`: session 10), and the Controller serialises every
+thread that touches the model (`Controller.lock`); this test drives the handlers and the pod watch's calls from
+another thread (and loop) while the cycle runs, with the interpreter switching threads as often as it can, and checks
 that neither side raises and that the quota and the GPUs are never exceeded. It fails (a RuntimeError from a dict
 changed during iteration, or an over-admission) when the handlers mutate the QueueManager without the lock.
 """
@@ -31,9 +32,11 @@ def test_watch_handlers_in_threads_never_race_the_admission_cycle(monkeypatch: A
         rounds = 0
         while not stop.is_set() and rounds < 400:
             for p in pods[rounds % 3::3]:
-                await handlers.pod_event({"type": "ADDED", "object": p}, p)
+                c.on_pod_event("ADDED", p)
             for p in pods[(rounds + 1) % 3::3]:
-                await handlers.pod_event({"type": "DELETED", "object": p}, p)
+                c.on_pod_event("DELETED", p)
+            if rounds % 10 == 9:  # a relist: the pods of one third, the others forgotten
+                c.on_pod_list(pods[rounds % 3::3])
             node = gpunode("n1", gpus=4 - rounds % 2)
             await handlers.gpunode_event({"type": "MODIFIED", "object": node}, node)
             rounds += 1
@@ -76,7 +79,7 @@ def test_kopf_calls_only_event_handlers_so_no_diff_base_is_kept() -> None:
     assert registry._changing.get_all_handlers() == [] and registry._spawning.get_all_handlers() == []
     assert registry._webhooks.get_all_handlers() == []
     watched = {h.fn for h in registry._watching.get_all_handlers()}
-    assert watched == {handlers.pod_event, handlers.gpunode_event, handlers.gpuqueue_event, handlers.node_event,
-                       handlers.namespace_event}  # fmt: skip
+    assert watched == {handlers.gpunode_event, handlers.gpuqueue_event, handlers.node_event,
+                       handlers.namespace_event}  # pods: the pod watch's thread (`controller.handlers.startup`)
     essence = handlers.EventsOnly().build(body={"metadata": {"name": "p"}, "spec": {"x": 1}})  # type: ignore[arg-type]
     assert essence == {}

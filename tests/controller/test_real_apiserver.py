@@ -473,15 +473,39 @@ def test_standby_takes_the_lease_and_admits(real: RealAPI, ns: str, controller: 
         wait_webhook_serving(real, ns, lambda n: real.create_pod(ns, gpu_pod(n)))
 
 
-def test_the_prune_lists_every_pod_uid_page_by_page(real: RealAPI, ns: str) -> None:
-    """Issue 16: `Controller.prune_gone` lists pods as raw JSON in pages (was: one unpaged typed list)."""
+def test_the_pod_watch_starts_at_the_startup_list_without_listing_again(real: RealAPI, ns: str) -> None:
+    """Session 10: the controller lists pods as raw JSON in pages (`Kube.list_pods`, was one unpaged typed list),
+    and its pod watch (a `Reflector`, no longer kopf) starts at that list's resourceVersion: it sees what changed
+    since, and lists only after a failure."""
     import asyncio
+    import threading
 
-    from controller.kube import Kube
+    from controller.kube import PODS, Kube
+    from kubeio.reflector import Reflector
 
-    uids = {real.create_pod(ns, plain_pod(f"plain-{i}"))["metadata"]["uid"] for i in range(3)}
-    listed = asyncio.run(Kube(real.api_client).list_pod_uids(page_size=2))
-    assert uids <= listed and "" not in listed
+    before = {real.create_pod(ns, plain_pod(f"plain-{i}"))["metadata"]["uid"] for i in range(3)}
+    kube = Kube(real.api_client)
+    listed = {p["metadata"]["uid"] for p in asyncio.run(kube.list_pods(page_size=2))}
+    assert before <= listed and kube.pods_listed_at
+    lists: list[int] = []
+    seen: dict[str, str] = {}
+    arrived = threading.Event()
+
+    def on_event(kind: str, obj: dict[str, Any]) -> None:
+        seen[obj["metadata"]["name"]] = kind
+        if obj["metadata"]["name"] == "after":
+            arrived.set()
+
+    watch = Reflector(kube.raw, PODS, lambda items: lists.append(len(items)), on_event, since=kube.pods_listed_at)
+    watch.start()
+    try:
+        real.create_pod(ns, plain_pod("after"))
+        assert arrived.wait(30), seen
+    finally:
+        watch.stop()
+        kube.raw.close_streams()
+        watch.join(10)
+    assert lists == [] and seen.get("after") == "ADDED" and not {f"plain-{i}" for i in range(3)} & seen.keys()
 
 
 def test_the_gate_removal_records_the_queue_in_one_write_and_names_the_pods_uid(real: RealAPI, ns: str) -> None:

@@ -24,7 +24,6 @@ class FakeKube:
         self.ungated_with: dict[str, str | None] = {}
         self.fail_ungate = 0  # the next gate removals that fail
         self.listed: list[dict[str, Any]] = []  # what list_pods answers
-        self.existing: list[dict[str, Any]] = []  # what pod_exists finds (later than the list)
 
     async def remove_gate(
         self, namespace: str, name: str, uid: str, gates: list[dict[str, Any]], queue: str | None = None
@@ -53,12 +52,6 @@ class FakeKube:
 
     async def list_pods(self) -> list[dict[str, Any]]:
         return list(self.listed)
-
-    async def list_pod_uids(self) -> set[str]:
-        return {p["metadata"]["uid"] for p in self.listed}
-
-    async def pod_exists(self, namespace: str, name: str, uid: str) -> bool:
-        return any(p["metadata"]["uid"] == uid for p in self.existing)
 
     def of(self, kind: str) -> list[tuple[Any, ...]]:
         out = [c for c in self.calls if c[0] == kind]
@@ -621,33 +614,54 @@ def test_a_gpu_that_leaves_and_returns_holds_its_pods_again() -> None:
     assert _assigned(c) == {"uid-run": ["GPU-n1-1"]}
 
 
-def test_pods_deleted_before_the_watch_listed_are_pruned() -> None:
-    """Found by bench/soak.py: a pod deleted between the rebuild's list and kopf's first list never gets a DELETED
-    event; the controller kept its slices (and queue charge) until its next restart."""
-    c, kube = make()
+def test_a_relist_forgets_the_pods_it_lacks() -> None:
+    """Found by bench/soak.py: a pod deleted while the watch was not looking (a relist after 410 Gone) never gets a
+    DELETED event; the controller kept its slices (and queue charge) until its next restart. The pod watch's relist
+    replaces the cache (`Controller.on_pod_list`)."""
+    c, _ = make()
     c.on_gpunode("ADDED", gpunode("n1", gpus=2))
-    gone, new = bound("gone", "n1", 0), bound("new", "n1", 1)
-    c.on_pod("ADDED", gone)
-    c.on_pod("ADDED", new)  # created after the list below: the watch showed it
-    kube.listed, kube.existing = [], [new]
-    assert run(c.prune_gone()) == ["uid-gone"]
-    assert _assigned(c) == {"uid-new": ["GPU-n1-1"]}
-    assert "uid-gone" not in c.manager.pods
+    gone, kept = bound("gone", "n1", 0), bound("kept", "n1", 1)
+    c.on_pod_event("ADDED", gone)
+    c.on_pod_event("ADDED", kept)
+    assert c.on_pod_list([kept, {"metadata": {"name": "plain", "namespace": "default", "uid": "uid-plain"}}]) == [
+        "uid-gone"
+    ]
+    assert _assigned(c) == {"uid-kept": ["GPU-n1-1"]}
+    assert "uid-gone" not in c.manager.pods and "uid-gone" not in c.pods
+    assert c.synced["pods"]
 
 
-def test_a_pod_squeezed_by_a_deleted_pod_is_held_once_the_prune_forgets_it() -> None:
+def test_a_pod_squeezed_by_a_deleted_pod_is_held_once_the_relist_forgets_it() -> None:
     """Soak: a pod bound on the GPU of a pod deleted while the watch was not looking could not be held (the GPU
-    looked taken); forgetting the deleted pod must hold it, not leave its GPU free in the controller's ledger."""
-    c, kube = make()
+    looked taken); the relist that forgets the deleted pod must hold it, not leave its GPU free in the ledger."""
+    c, _ = make()
     c.on_gpunode("ADDED", gpunode("n1", gpus=2))
     gone = bound("gone", "n1", 0)
-    c.on_pod("ADDED", gone)
+    c.on_pod_event("ADDED", gone)
     late = bound("late", "n1", 0)  # on the GPU gone had, bound after gone was deleted
-    c.on_pod("ADDED", late)
+    c.on_pod_event("ADDED", late)
     assert "uid-late" not in _assigned(c)
-    kube.listed, kube.existing = [late], [late]
-    assert run(c.prune_gone()) == ["uid-gone"]
+    assert c.on_pod_list([late]) == ["uid-gone"]
     assert _assigned(c) == {"uid-late": ["GPU-n1-0"]}
+
+
+def test_a_pod_event_that_fails_is_that_pods_problem(monkeypatch: Any, caplog: Any) -> None:
+    """An exception in one pod's event is logged with the pod named; the watch's next pods are read as ever (the
+    watch does not relist the cluster for one pod)."""
+    c, _ = make()
+    c.on_gpunode("ADDED", gpunode("n1", gpus=2))
+    real = c.on_pod
+
+    def on_pod(event: str, p: Any) -> None:
+        if p["metadata"]["name"] == "bad":
+            raise RuntimeError("boom")
+        real(event, p)
+
+    monkeypatch.setattr(c, "on_pod", on_pod)
+    c.on_pod_event("ADDED", bound("bad", "n1", 0))
+    c.on_pod_event("ADDED", bound("good", "n1", 1))
+    assert _assigned(c) == {"uid-good": ["GPU-n1-1"]}
+    assert "default/bad" in caplog.text or "bad" in caplog.text
 
 
 def test_a_failed_gate_removal_is_retried_by_the_next_cycle() -> None:
