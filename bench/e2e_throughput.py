@@ -251,6 +251,59 @@ def cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of proc(5)
 
 
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """utime + stime of each thread of a process (tid -> seconds)."""
+    out: dict[int, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended
+            continue
+        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
+class ThreadMeter:
+    """``--thread-cpu``: the extender's and the controller's CPU per pod by thread (their names read by
+    ``py-spy dump``; numbered pool threads summed as one, ``gpupool-bind_3`` -> ``gpupool-bind``): which of the
+    event loop, the binds, the watches costs what, at almost no cost to the phase measured (docs/e2e.md)."""
+
+    def __init__(self, c: Cluster) -> None:
+        self.c = c
+        self.spy = Path(sys.executable).parent / "py-spy"
+
+    def pid(self, name: str) -> int:
+        pid = self.c.processes[name].pid
+        assert pid is not None, f"{name} is not running"
+        return pid
+
+    def sample(self) -> dict[str, dict[int, float]]:
+        return {n: thread_cpu_seconds(self.pid(n)) for n in (EXTENDER, CONTROLLER)}
+
+    def names(self, pid: int) -> dict[int, str]:
+        try:
+            done = subprocess.run([str(self.spy), "dump", "--json", "--nonblocking", "-p", str(pid)],
+                                  capture_output=True, timeout=60, check=True)  # fmt: skip
+            threads = json.loads(done.stdout)
+        except (OSError, subprocess.SubprocessError, ValueError):
+            return {}
+        return {int(t["os_thread_id"]): re.sub(r"_\d+$", "", str(t.get("thread_name") or "?"))
+                for t in threads if t.get("os_thread_id")}  # fmt: skip
+
+    def per_pod_ms(self, before: Mapping[str, dict[int, float]], pods: int) -> dict[str, dict[str, float]]:
+        after = self.sample()
+        out: dict[str, dict[str, float]] = {}
+        for proc, threads in after.items():
+            names = self.names(self.pid(proc))
+            groups: dict[str, float] = {}
+            for tid, secs in threads.items():
+                name = names.get(tid, "native")  # threads Python did not start (grpc, uvloop's, OpenBLAS)
+                groups[name] = groups.get(name, 0.0) + secs - before[proc].get(tid, 0.0)
+            out[proc] = {k: round(1000 * v / pods, 2) for k, v in sorted(groups.items(), key=lambda kv: -kv[1])
+                         if v > 0}  # fmt: skip
+        return out
+
+
 class CpuMeter:
     NAMES = (EXTENDER, CONTROLLER, SCHEDULER, "kube-apiserver", FLOOR_SCHEDULER)
 
@@ -410,7 +463,7 @@ class Profiler:
 
 def scheduler_path(
     api: Api, cpu: CpuMeter, meter: RequestMeter, ns: str, kind: str, m: int, timeout: float,
-    profiler: Profiler | None = None,
+    profiler: Profiler | None = None, threads: ThreadMeter | None = None,
 ) -> dict[str, Any]:
     """Create m held pods, remove every hold at once, time from the first removal to the last bound."""
     watch = BindWatch(api, ns)
@@ -434,11 +487,13 @@ def scheduler_path(
         time.sleep(1.0)  # py-spy attached
     r1 = meter.sample()
     c0 = cpu.sample()
+    th0 = threads.sample() if threads is not None else None
     t_rel = time.monotonic()
     pool(32)(ungate, names)
     released = time.monotonic() - t_rel
     bound = watch.wait(names, timeout)
     c1 = cpu.sample()
+    by_thread = threads.per_pod_ms(th0, m) if threads is not None and th0 is not None else None
     if profiler is not None:
         profiler.stop()
     r2 = meter.sample()
@@ -457,6 +512,7 @@ def scheduler_path(
         "after_release_s": round(last - released, 2),  # ~0: the run was bound by the gate removals, not the scheduler
         "first_bound_s": round(min(bound.values()) - t_rel, 2),
         "cpu_ms_per_pod": CpuMeter.per_pod_ms(c0, c1, m),
+        **({"thread_cpu_ms_per_pod": by_thread} if by_thread is not None else {}),
         **request_summary({"create": (r0, r1), "release": (r1, r2), "settle": (r2, r3)}, m, ("release", "settle")),
     }
 
@@ -656,7 +712,8 @@ def one_run(
         namespace(api, c, ns, skip)
     load = {"start": load_average()}
     results: dict[str, Any] = {}
-    results["plain"] = scheduler_path(api, cpu, meter, ns_plain, "plain", m, args.timeout)
+    threads = ThreadMeter(c) if args.thread_cpu else None
+    results["plain"] = scheduler_path(api, cpu, meter, ns_plain, "plain", m, args.timeout, threads=threads)
     print(f"[run {r}] plain:   {results['plain']}", flush=True)
     def cleared(ns: str) -> float:
         """The phase's pods deleted: the next phase starts on the cluster this one started on."""
@@ -667,12 +724,12 @@ def one_run(
     if not args.keep_plain_pods:
         results["between_phases_seconds"] = cleared(ns_plain)
     if args.floor:
-        results["floor"] = scheduler_path(api, cpu, meter, ns_floor, "floor", m, args.timeout)
+        results["floor"] = scheduler_path(api, cpu, meter, ns_floor, "floor", m, args.timeout, threads=threads)
         print(f"[run {r}] floor:   {results['floor']}", flush=True)
         results["after_floor_seconds"] = cleared(ns_floor)
     v0, b0 = verb_latency(em := stack.extender_metrics()), bind_results(em)
     profiler = Profiler(c, args.profile) if args.profile else None
-    results["gpupool"] = scheduler_path(api, cpu, meter, ns_gpupool, "gpupool", m, args.timeout, profiler)
+    results["gpupool"] = scheduler_path(api, cpu, meter, ns_gpupool, "gpupool", m, args.timeout, profiler, threads)
     em = stack.extender_metrics()
     results["gpupool"]["extender_verbs"] = verb_delta(v0, verb_latency(em))
     results["gpupool"]["binds"] = {k: int(v - b0.get(k, 0.0)) for k, v in bind_results(em).items()}
@@ -771,6 +828,8 @@ def main() -> int:
                     "built with go at start): floor_ratio = the most any extender reaches on this machine")
     ap.add_argument("--profile", type=Path, metavar="DIR",
                     help="py-spy the extender and the controller over each gpupool release window (raw stacks in DIR)")
+    ap.add_argument("--thread-cpu", action="store_true",
+                    help="the extender's and the controller's CPU per pod by thread in each scheduler-path phase")
     ap.add_argument("--audit-nodes", action="store_true",
                     help="audit log of every Node request; details.*.counts then names who asked what of Nodes")
     args = ap.parse_args()
