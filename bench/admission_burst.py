@@ -10,10 +10,12 @@ removal) p50/p99, the controller's CPU ms per pod, and the cycles taken. `--pree
 queues whose head may preempt (best-effort pods fill part of the pool), to time `find_preemption` per cycle.
 `--profile OUT` writes a cProfile of the run (pstats).
 
-`--kopf` delivers the pod events (the burst's ADDED, every write's MODIFIED) through kopf's event processing to the
-handlers `controller.handlers` registers, with the settings it gives kopf, one object's events in order, on the
-loop the cycle runs on, as `gpupool-controller` receives them; the pods then carry what the API server adds to a
-pod (service-account volume, tolerations, managedFields), since kopf's cost per event grows with the pod.
+`--kopf` delivers the pod events (the burst's ADDED, every write's MODIFIED) the way `gpupool-controller` receives
+them: since session 10 its own pod watch's (`Controller.on_pod_event`, each object decoded from JSON, on a thread
+of its own); in a checkout before that (`--code`), kopf's event processing to the handlers `controller.handlers`
+registers, with the settings it gives kopf, one object's events in order, on the loop the cycle runs on. The pods
+then carry what the API server adds to a pod (service-account volume, tolerations, managedFields): the cost per
+event grows with the pod.
 `--code=DIR` runs another checkout's controller (e.g. --code=/work/main, for a before/after).
 
     .venv/bin/python bench/admission_burst.py [--nodes 1000 --pods 1000 --write-ms 5] [--kopf] [--json OUT]
@@ -30,7 +32,7 @@ import json
 import statistics
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +55,7 @@ class BurstKube:
         self.writes = 0
         self.pods: dict[str, dict[str, Any]] = {}  # "ns/name" -> the pod as the API server has it
         self.threads = ThreadPoolExecutor(max_workers=32)  # as many as controller.kube.Kube's
-        self.kopf: KopfEvents | None = None  # `--kopf`: events through kopf's processing
+        self.kopf: WatchEvents | KopfEvents | None = None  # `--kopf`: events as gpupool-controller receives them
 
     async def _write(self) -> None:
         self.writes += 1
@@ -111,6 +113,28 @@ class BurstKube:
 
     async def get_object(self, path: str) -> dict[str, Any] | None:
         return None
+
+
+class WatchEvents:
+    """Pod events as the controller's pod watch delivers them (`controller.handlers.startup`): JSON decoded by
+    `kubeio.client.loads`, then `Controller.on_pod_event` (it takes the lock), in order, on one thread."""
+
+    def __init__(self, c: Controller) -> None:
+        from kubeio.client import dumps, loads
+
+        self.c, self.dumps, self.loads = c, dumps, loads
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pod-watch")
+        self.last: Future[None] | None = None
+        self.events = 0
+
+    def deliver(self, kind: str, pod: dict[str, Any]) -> None:
+        data = self.dumps(pod)  # what the watch reads: the object shares nothing with the fake's
+        self.last = self.thread.submit(lambda: self.c.on_pod_event(kind, self.loads(data)))
+        self.events += 1
+
+    async def drain(self) -> None:
+        if self.last is not None:
+            await asyncio.wrap_future(self.last)
 
 
 class KopfEvents:
@@ -234,7 +258,7 @@ async def burst(c: Controller, kube: BurstKube, args: argparse.Namespace) -> dic
     pods = [gated_pod("burst", f"p{i:05d}", limits, base + i * 1e-3) for i in range(args.pods)]
     if args.kopf:
         pods = [api_defaults(p) for p in pods]
-        kube.kopf = KopfEvents()
+        kube.kopf = WatchEvents(c) if hasattr(c, "on_pod_event") else KopfEvents()
     for k in range(args.preempt_heads):
         pods.append(gated_pod(f"tight{k}", "head", {resources.GPU: "2"}, base, priority=100))
     for p in pods:
@@ -280,7 +304,8 @@ def main() -> int:
     ap.add_argument("--fraction", action="store_true", help="25 %% / 8 GiB slices instead of whole GPUs")
     ap.add_argument("--preempt-heads", type=int, default=0, help="blocked heads that may preempt, each cycle")
     ap.add_argument("--max-cycles", type=int, default=50, help="(with --kopf: 100 times as many)")
-    ap.add_argument("--kopf", action="store_true", help="pod events through kopf's processing and the handlers")
+    ap.add_argument("--kopf", action="store_true",
+                    help="pod events as gpupool-controller receives them: its pod watch (kopf before session 10)")
     ap.add_argument("--code", default=None, help="run this checkout's controller (write --code=DIR)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--profile", type=Path, default=None, help="write a cProfile (pstats) of the burst here")
