@@ -243,12 +243,15 @@ def queue_with_room(api: Api, ns: str, pods: int) -> None:
 # ------------------------------------------------------------------------------------------------ measurements
 
 
+def stat_cpu_seconds(stat: Path) -> float:
+    """utime + stime, in seconds, of a /proc `stat` file (a process's, or one thread's under task/)."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of proc(5)
+
+
 def cpu_seconds(pid: int | None) -> float:
     """utime + stime of a process (all its threads), in seconds."""
-    if pid is None:
-        return 0.0
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of proc(5)
+    return 0.0 if pid is None else stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
 
 
 def thread_cpu_seconds(pid: int) -> dict[int, float]:
@@ -256,10 +259,9 @@ def thread_cpu_seconds(pid: int) -> dict[int, float]:
     out: dict[int, float] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            out[int(task.name)] = stat_cpu_seconds(task / "stat")
         except OSError:  # the thread ended
             continue
-        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
     return out
 
 

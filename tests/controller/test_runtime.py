@@ -661,7 +661,7 @@ def test_a_pod_event_that_fails_is_that_pods_problem(monkeypatch: Any, caplog: A
     c.on_pod_event("ADDED", bound("bad", "n1", 0))
     c.on_pod_event("ADDED", bound("good", "n1", 1))
     assert _assigned(c) == {"uid-good": ["GPU-n1-1"]}
-    assert "default/bad" in caplog.text or "bad" in caplog.text
+    assert "pod team-a/bad: its ADDED event failed" in caplog.text
 
 
 def test_a_failed_gate_removal_is_retried_by_the_next_cycle() -> None:
