@@ -36,6 +36,11 @@ QUARANTINED = Gauge(
     "gpupool_controller_quarantined_pods", "pods whose assignment cannot be trusted (their claim counts as held)",
     registry=REGISTRY,
 )  # fmt: skip
+TRAILING_WRITES = Gauge(
+    "gpupool_controller_trailing_writes",
+    "admitted pods whose Admission condition is still being written behind the admission cycles",
+    registry=REGISTRY,
+)  # fmt: skip
 GPUNODE_STATUS_BACKLOG = Gauge(
     "gpupool_controller_gpunode_status_backlog",
     "GPUNode statuses that differ from the ledger and wait for their write (per-node interval, cluster budget)",

@@ -150,6 +150,10 @@ class Controller:
         self.wake: Callable[[], object] | None = None
         #: how long the last `QueueManager.schedule` took (CPU-bound; the API writes after it are not counted)
         self.decision_seconds = 0.0
+        #: the Admitted conditions `run_cycles` writes behind its cycles (`cycle(trail=True)`): uid -> the task
+        #: writing it, so a later write about the same pod waits for it; one lane of `api_write_concurrency`
+        self._trailing: dict[str, asyncio.Task[None]] = {}
+        self._trail_limit: asyncio.Semaphore | None = None
         self._node_infos: dict[str, NodeInfo] = {}
         #: node -> pods whose assignment (or claim) names it: held again when the node (or a GPU) comes back
         self._on_node: dict[str, set[str]] = {}
@@ -175,10 +179,16 @@ class Controller:
         loop = asyncio.get_running_loop()
         woken = asyncio.Event()
         self.wake = lambda: loop.call_soon_threadsafe(woken.set)
+        try:
+            await self._cycle_loop(stop, woken)
+        finally:
+            await self.drain_trailing()
+
+    async def _cycle_loop(self, stop: asyncio.Event, woken: asyncio.Event) -> None:
         while not stop.is_set():
             woken.clear()
             try:
-                await self.cycle()
+                await self.cycle(trail=True)
             except Exception:
                 log.exception("admission cycle failed")
             waiter = asyncio.ensure_future(woken.wait())
@@ -575,8 +585,12 @@ class Controller:
 
     # --- the cycle (leader only) --------------------------------------------------------------------
 
-    async def cycle(self, now: float | None = None) -> dict[str, int]:
-        """One admission cycle plus its writes. Returns counts for logs and tests."""
+    async def cycle(self, now: float | None = None, *, trail: bool = False) -> dict[str, int]:
+        """One admission cycle plus its writes. Returns counts for logs and tests.
+
+        With `trail` (the cycle loop) the admitted pods' conditions are written behind the cycle
+        (`_trail`): the next cycle's gate removals need not wait for them (docs/contracts.md "admission
+        writes"). Without it every write is done when this returns."""
         if not (self.ready and self.is_leader) or self.kube is None:
             return {}
         now = time.time() if now is None else now
@@ -598,7 +612,10 @@ class Controller:
             created = timefmt.parse_time(admitted["metadata"].get("creationTimestamp")) or 0.0
             metrics.GATE_LATENCY.observe(max(0.0, now - created))
             self._events.pop(admission.uid, None)
-        await self._concurrently(functools.partial(self._after_admission, a, p, now) for a, p in done)
+        if trail:
+            self._trail([(a.uid, functools.partial(self._after_admission, a, p, now)) for a, p in done])
+        else:
+            await self._concurrently(functools.partial(self._after_admission, a, p, now) for a, p in done)
         for uid in result.expired_nominations:
             pod = self.pods.get(uid)
             if pod is not None:
@@ -641,6 +658,36 @@ class Controller:
                 return await call()
 
         return list(await asyncio.gather(*(one(c) for c in calls)))
+
+    def _trail(self, calls: list[tuple[str, Callable[[], Awaitable[None]]]]) -> None:
+        """Start each pod's write in the background, at most `api_write_concurrency` of them at once (beside
+        the cycle's own writes); `_wait_trailing` orders a later write about the same pod after it."""
+        if self._trail_limit is None:
+            self._trail_limit = asyncio.Semaphore(self.settings.api_write_concurrency)
+        limit = self._trail_limit
+
+        async def one(uid: str, call: Callable[[], Awaitable[None]]) -> None:
+            try:
+                async with limit:
+                    await call()
+            finally:
+                if self._trailing.get(uid) is asyncio.current_task():
+                    del self._trailing[uid]
+                metrics.TRAILING_WRITES.set(len(self._trailing))
+
+        for uid, call in calls:
+            self._trailing[uid] = asyncio.create_task(one(uid, call))
+        metrics.TRAILING_WRITES.set(len(self._trailing))
+
+    async def _wait_trailing(self, uid: str) -> None:
+        task = self._trailing.get(uid)
+        if task is not None:
+            await asyncio.wait({task})
+
+    async def drain_trailing(self) -> None:
+        """Wait for every write started behind a cycle (each handles its own failure)."""
+        while self._trailing:
+            await asyncio.wait(set(self._trailing.values()))
 
     async def _ungate(self, admission: Admission, pod: Mapping[str, Any]) -> bool:
         """Record the queue on the pod and remove its gate, in one write; on failure the model forgets the
@@ -754,8 +801,11 @@ class Controller:
 
     async def _publish(self, pod: Mapping[str, Any], reason: str, message: str, now: float) -> None:
         """Publish the decision on the pod (its `gpupool.io/Admission` condition), for `gpupool explain`;
-        the transition time moves only when admitted / waiting changes."""
+        the transition time moves only when admitted / waiting changes. After any such write about the pod
+        still behind a cycle (`_trail`): the last decision is the one the pod keeps."""
         assert self.kube is not None
+        if reason != objects.ADMITTED_REASON:
+            await self._wait_trailing(str(pod["metadata"].get("uid") or ""))
         admitted = reason == objects.ADMITTED_REASON
         last = objects.pod_admission_decision(pod)
         since = last.since if last is not None and last.admitted == admitted and last.since is not None else now

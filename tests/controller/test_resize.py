@@ -183,7 +183,7 @@ def test_the_cycle_loop_runs_again_when_woken() -> None:
     c, _ = make(admission_interval_seconds=3600.0)
     cycles: list[int] = []
 
-    async def cycle(now: float | None = None) -> dict[str, int]:
+    async def cycle(now: float | None = None, *, trail: bool = False) -> dict[str, int]:
         cycles.append(1)
         return {}
 

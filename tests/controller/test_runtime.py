@@ -559,9 +559,9 @@ def test_a_burst_of_events_is_one_cycle() -> None:
     cycles: list[float] = []
     real_cycle = c.cycle
 
-    async def counted(now: float | None = None) -> dict[str, int]:
+    async def counted(now: float | None = None, *, trail: bool = False) -> dict[str, int]:
         cycles.append(0.0)
-        return await real_cycle(now)
+        return await real_cycle(now, trail=trail)
 
     c.cycle = counted  # type: ignore[method-assign]
 
@@ -578,6 +578,91 @@ def test_a_burst_of_events_is_one_cycle() -> None:
 
     run(scenario())
     assert len(cycles) == 2  # the first cycle at start, one for the whole burst
+
+
+class SlowConditions(FakeKube):
+    """Admitted conditions wait for `release` (an API server slow to answer them); gate removals do not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def set_pod_condition(self, namespace: str, name: str, condition: dict[str, Any]) -> None:
+        if condition.get("reason") == objects.ADMITTED_REASON:
+            await self.release.wait()
+        await super().set_pod_condition(namespace, name, condition)
+
+
+def _slow_conditions(**settings: Any) -> tuple[Controller, SlowConditions]:
+    kube = SlowConditions()
+    c = Controller(ControllerSettings(leader_election=False, **settings), kube, KEY)  # type: ignore[arg-type]
+    c.ready = True
+    return c, kube
+
+
+def test_the_next_cycle_removes_gates_while_the_last_ones_conditions_are_still_written() -> None:
+    """A burst's gate removals never queue behind the previous cycle's Admitted conditions (issue 16: those
+    writes doubled every cycle of a 1,000-pod burst); the conditions are all written in the end, and the loop
+    does not return before they are."""
+    c, kube = _slow_conditions(admission_interval_seconds=3600)
+    c.on_gpunode("ADDED", gpunode("n1", gpus=4))
+    c.on_queue("ADDED", queue("team-a", 400))
+    c.on_pod("ADDED", pod("first"))
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.create_task(c.run_cycles(stop))
+        await _until(lambda: ("ungate", "team-a/first") in kube.calls, "first admitted")
+        c.on_pod("ADDED", pod("second"))
+        await _until(lambda: ("ungate", "team-a/second") in kube.calls, "second admitted while first's condition waits")
+        assert kube.of("condition") == []
+        assert sorted(c._trailing) == ["uid-first", "uid-second"]
+        stop.set()
+        await asyncio.sleep(0.05)
+        assert not loop.done()  # the loop waits for the writes behind it
+        kube.release.set()
+        await loop
+        assert c._trailing == {}
+
+    run(scenario())
+    assert sorted((w[1], w[2]["reason"], w[2]["status"]) for w in kube.of("condition")) == [
+        ("team-a/first", objects.ADMITTED_REASON, "True"),
+        ("team-a/second", objects.ADMITTED_REASON, "True"),
+    ]
+
+
+def test_a_cycle_called_alone_writes_everything_before_it_returns() -> None:
+    """`cycle()` without `trail` (tests, `gpupool` tools) keeps its contract: all of its writes are done."""
+    c, kube = make()
+    c.on_gpunode("ADDED", gpunode("n1", gpus=1))
+    c.on_queue("ADDED", queue("team-a", 100))
+    c.on_pod("ADDED", pod("a"))
+    run(c.cycle(now=2e9))
+    assert [(w[1], w[2]["reason"]) for w in kube.of("condition")] == [("team-a/a", objects.ADMITTED_REASON)]
+    assert c._trailing == {}
+
+
+def test_a_later_decision_about_a_pod_is_written_after_its_trailing_admitted_condition() -> None:
+    """The condition a pod keeps is the controller's last word: a Waiting condition for a pod whose Admitted
+    condition is still behind a cycle waits for it instead of being overwritten by it."""
+    c, kube = _slow_conditions()
+    c.on_gpunode("ADDED", gpunode("n1", gpus=1))
+    c.on_queue("ADDED", queue("team-a", 100))
+    p = pod("a")
+    c.on_pod("ADDED", p)
+
+    async def scenario() -> None:
+        await c.cycle(now=2e9, trail=True)
+        assert ("ungate", "team-a/a") in kube.calls and kube.of("condition") == []
+        later = asyncio.create_task(c._publish(p, objects.WAITING_REASON, "waits again", 2e9 + 1))
+        await asyncio.sleep(0.05)
+        assert not later.done() and kube.of("condition") == []
+        kube.release.set()
+        await later
+        await c.drain_trailing()
+
+    run(scenario())
+    assert [w[2]["reason"] for w in kube.of("condition")] == [objects.ADMITTED_REASON, objects.WAITING_REASON]
 
 
 def _assigned(c: Controller) -> dict[str, list[str]]:
