@@ -39,6 +39,7 @@ from controller import metrics, status, workloads
 from controller.admission import AdmissionConfig, PoolLimits
 from controller.kube import Kube
 from controller.settings import ControllerSettings
+from controller.writeslots import WriteSlots
 from gpupool import groups, objects, quota, resources, timefmt
 from gpupool import resize as rz
 from gpupool.assignment import Keys, keyset
@@ -151,9 +152,10 @@ class Controller:
         #: how long the last `QueueManager.schedule` took (CPU-bound; the API writes after it are not counted)
         self.decision_seconds = 0.0
         #: the Admitted conditions `run_cycles` writes behind its cycles (`cycle(trail=True)`): uid -> the task
-        #: writing it, so a later write about the same pod waits for it; one lane of `api_write_concurrency`
+        #: writing it, so a later write about the same pod waits for it
         self._trailing: dict[str, asyncio.Task[None]] = {}
-        self._trail_limit: asyncio.Semaphore | None = None
+        #: every API write of the cycles and behind them: `api_write_concurrency` at once, the cycle's first
+        self._slots = WriteSlots(settings.api_write_concurrency)
         self._node_infos: dict[str, NodeInfo] = {}
         #: node -> pods whose assignment (or claim) names it: held again when the node (or a GPU) comes back
         self._on_node: dict[str, set[str]] = {}
@@ -639,7 +641,7 @@ class Controller:
                 entry = self.manager.pods.get(uid)
                 nominated = entry is not None and entry.nomination is not None
             told.append((pod, objects.NOMINATED_REASON if nominated else objects.WAITING_REASON, message))
-        await self._concurrently(functools.partial(self._tell_waiting, p, r, m, now) for p, r, m in told)
+        await self._tell_all_waiting(told, now)
         counts["events"] += len(told)
         counts["events"] += await self._warn_aliases()
         counts["events"] += await self._warn_quarantined()
@@ -649,26 +651,23 @@ class Controller:
         return counts
 
     async def _concurrently(self, calls: Iterable[Callable[[], Awaitable[T]]]) -> list[T]:
-        """Run the API calls in parallel, at most `api_write_concurrency` at once; results in order. Each call
-        handles its own failure (`_quiet`, `_ungate`): one bad write never stops the others."""
-        limit = asyncio.Semaphore(self.settings.api_write_concurrency)
+        """Run the API calls in parallel in the write slots (`WriteSlots`: `api_write_concurrency` at once with
+        the writes behind the cycles, these first); results in order. Each call handles its own failure
+        (`_quiet`, `_ungate`): one bad write never stops the others."""
 
         async def one(call: Callable[[], Awaitable[T]]) -> T:
-            async with limit:
+            async with self._slots.slot(urgent=True):
                 return await call()
 
         return list(await asyncio.gather(*(one(c) for c in calls)))
 
     def _trail(self, calls: list[tuple[str, Callable[[], Awaitable[None]]]]) -> None:
-        """Start each pod's write in the background, at most `api_write_concurrency` of them at once (beside
-        the cycle's own writes); `_wait_trailing` orders a later write about the same pod after it."""
-        if self._trail_limit is None:
-            self._trail_limit = asyncio.Semaphore(self.settings.api_write_concurrency)
-        limit = self._trail_limit
+        """Start each pod's write in the background, in a write slot no cycle write waits for (`WriteSlots`);
+        `_wait_trailing` orders a later write about the same pod after it."""
 
         async def one(uid: str, call: Callable[[], Awaitable[None]]) -> None:
             try:
-                async with limit:
+                async with self._slots.slot(urgent=False):
                     await call()
             finally:
                 if self._trailing.get(uid) is asyncio.current_task():
@@ -714,6 +713,13 @@ class Controller:
                             f"{where}; the gpupool scheduler binds it", now)  # fmt: skip
         if (meta.get("annotations") or {}).get(resources.NOMINATED):
             await self._quiet(self.kube.annotate_pod(meta["namespace"], meta["name"], {resources.NOMINATED: None}))
+
+    async def _tell_all_waiting(self, told: list[tuple[dict[str, Any], str, str]], now: float) -> None:
+        """Each changed wait: its Event and condition, after any Admitted condition of the pod still written
+        behind a cycle (waited for outside the write slots: it may need one), so the pod keeps the last word."""
+        for pod, _, _ in told:
+            await self._wait_trailing(str(pod["metadata"].get("uid") or ""))
+        await self._concurrently(functools.partial(self._tell_waiting, p, r, m, now) for p, r, m in told)
 
     async def _tell_waiting(self, pod: Mapping[str, Any], reason: str, message: str, now: float) -> None:
         assert self.kube is not None
@@ -801,11 +807,8 @@ class Controller:
 
     async def _publish(self, pod: Mapping[str, Any], reason: str, message: str, now: float) -> None:
         """Publish the decision on the pod (its `gpupool.io/Admission` condition), for `gpupool explain`;
-        the transition time moves only when admitted / waiting changes. After any such write about the pod
-        still behind a cycle (`_trail`): the last decision is the one the pod keeps."""
+        the transition time moves only when admitted / waiting changes."""
         assert self.kube is not None
-        if reason != objects.ADMITTED_REASON:
-            await self._wait_trailing(str(pod["metadata"].get("uid") or ""))
         admitted = reason == objects.ADMITTED_REASON
         last = objects.pod_admission_decision(pod)
         since = last.since if last is not None and last.admitted == admitted and last.since is not None else now

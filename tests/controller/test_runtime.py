@@ -654,7 +654,7 @@ def test_a_later_decision_about_a_pod_is_written_after_its_trailing_admitted_con
     async def scenario() -> None:
         await c.cycle(now=2e9, trail=True)
         assert ("ungate", "team-a/a") in kube.calls and kube.of("condition") == []
-        later = asyncio.create_task(c._publish(p, objects.WAITING_REASON, "waits again", 2e9 + 1))
+        later = asyncio.create_task(c._tell_all_waiting([(p, objects.WAITING_REASON, "waits again")], 2e9 + 1))
         await asyncio.sleep(0.05)
         assert not later.done() and kube.of("condition") == []
         kube.release.set()
@@ -663,6 +663,34 @@ def test_a_later_decision_about_a_pod_is_written_after_its_trailing_admitted_con
 
     run(scenario())
     assert [w[2]["reason"] for w in kube.of("condition")] == [objects.ADMITTED_REASON, objects.WAITING_REASON]
+
+
+def test_a_burst_of_waiting_pods_whose_admitted_conditions_trail_does_not_deadlock_the_write_slots() -> None:
+    """More changed waits than write slots, each waiting for its pod's trailing Admitted condition: those are
+    waited for before a slot is taken, so the deferred writes still find one."""
+    c, kube = _slow_conditions(api_write_concurrency=2)
+    c.on_gpunode("ADDED", gpunode("n1", gpus=8))
+    c.on_queue("ADDED", queue("team-a", 800))
+    pods = [pod(f"p{i}") for i in range(6)]
+    for p in pods:
+        c.on_pod("ADDED", p)
+
+    async def scenario() -> None:
+        async with asyncio.timeout(30):  # a guard against the deadlock, not a timed assertion
+            await c.cycle(now=2e9, trail=True)  # its status writes find a slot the blocked conditions left
+            assert len(c._trailing) == 6
+            later = asyncio.create_task(
+                c._tell_all_waiting([(p, objects.WAITING_REASON, "w") for p in pods], 2e9 + 1))
+            await asyncio.sleep(0.05)
+            kube.release.set()
+            await later
+            await c.drain_trailing()
+
+    run(scenario())
+    for p in pods:
+        key = f"team-a/{p['metadata']['name']}"
+        assert [w[2]["reason"] for w in kube.of("condition") if w[1] == key] == [
+            objects.ADMITTED_REASON, objects.WAITING_REASON]  # fmt: skip
 
 
 def _assigned(c: Controller) -> dict[str, list[str]]:
