@@ -684,9 +684,15 @@ class Controller:
             await asyncio.wait({task})
 
     async def drain_trailing(self) -> None:
-        """Wait for every write started behind a cycle (each handles its own failure)."""
+        """Wait for every write started behind a cycle (each handles its own failure; one cancelled before it
+        ran leaves its entry, dropped here)."""
         while self._trailing:
-            await asyncio.wait(set(self._trailing.values()))
+            pending = {task for task in self._trailing.values() if not task.done()}
+            if not pending:
+                self._trailing.clear()
+                metrics.TRAILING_WRITES.set(0)
+                return
+            await asyncio.wait(pending)
 
     async def _ungate(self, admission: Admission, pod: Mapping[str, Any]) -> bool:
         """Record the queue on the pod and remove its gate, in one write; on failure the model forgets the

@@ -665,6 +665,22 @@ def test_a_later_decision_about_a_pod_is_written_after_its_trailing_admitted_con
     assert [w[2]["reason"] for w in kube.of("condition")] == [objects.ADMITTED_REASON, objects.WAITING_REASON]
 
 
+def test_draining_forgets_a_trailing_write_cancelled_before_it_ran() -> None:
+    c, _ = _slow_conditions()
+
+    async def scenario() -> None:
+        async def never() -> None:
+            raise AssertionError("cancelled before it ran")
+
+        c._trail([("uid-x", never)])
+        c._trailing["uid-x"].cancel()
+        async with asyncio.timeout(30):  # a guard against a busy loop, not a timed assertion
+            await c.drain_trailing()
+
+    run(scenario())
+    assert c._trailing == {}
+
+
 def test_a_burst_of_waiting_pods_whose_admitted_conditions_trail_does_not_deadlock_the_write_slots() -> None:
     """More changed waits than write slots, each waiting for its pod's trailing Admitted condition: those are
     waited for before a slot is taken, so the deferred writes still find one."""
