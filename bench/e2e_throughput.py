@@ -367,6 +367,8 @@ class AuditTally:
         return dict(self.counts)
 
 
+#: the API server's time waiting for an admission webhook (`RequestMeter` key prefix; `webhook_mean_ms`)
+WEBHOOK_SECONDS = "webhook-seconds "
 #: keys reported as counts per window (`RequestMeter.counts`), not per pod
 COUNTED = ("audit ", "terminated watchers ")
 
@@ -399,6 +401,8 @@ class RequestMeter:
                 key = f"{lab.get('verb', '')} {res}"
             elif metric == "apiserver_admission_webhook_admission_duration_seconds_count":
                 key = f"webhook {lab.get('name', '')} {lab.get('operation', '')}"
+            elif metric == "apiserver_admission_webhook_admission_duration_seconds_sum":
+                key = f"{WEBHOOK_SECONDS}{lab.get('name', '')} {lab.get('operation', '')}"
             elif metric == "apiserver_watch_events_total":
                 res = lab.get("resource") or lab.get("kind", "")
                 key = f"watch events {res}.{lab['group']}" if lab.get("group") else f"watch events {res}"
@@ -417,7 +421,7 @@ class RequestMeter:
         """What changed between two samples, per pod, largest first; keys that moved by less than one in 200 pods
         (and by less than 2: an informer's resync, a lease renewal) are left out, and so are the `COUNTED` keys
         (`counts`)."""
-        delta = {k: v - before.get(k, 0.0) for k, v in after.items() if not k.startswith(COUNTED)}
+        delta = {k: v - before.get(k, 0.0) for k, v in after.items() if not k.startswith((*COUNTED, WEBHOOK_SECONDS))}
         least = max(2.0, pods / 200)
         return {k: round(v / pods, 3) for k, v in sorted(delta.items(), key=lambda kv: (-kv[1], kv[0])) if v >= least}
 
@@ -632,8 +636,24 @@ def full_path(api: Api, cpu: CpuMeter, meter: RequestMeter, ns: str, m: int, tim
         "api_timestamps_p50_s": quantile(api_lat, 0.50) if api_lat else None,
         "api_timestamps_p99_s": quantile(api_lat, 0.99) if api_lat else None,
         "cpu_ms_per_pod": CpuMeter.per_pod_ms(c0, c1, m),
+        "webhook_mean_ms": webhook_mean_ms(r0, r1),
         **request_summary({"burst": (r0, r1), "settle": (r1, r2)}, m, ("burst", "settle")),
     }
+
+
+def webhook_mean_ms(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+    """Mean time the API server waited for each admission webhook (`NAME OPERATION`) between two samples, from
+    its ``apiserver_admission_webhook_admission_duration_seconds`` sum and count: the webhooks' latency during
+    the burst, which sets how fast pods can be created."""
+    out: dict[str, float] = {}
+    for key, total in after.items():
+        if not key.startswith(WEBHOOK_SECONDS):
+            continue
+        hook = key.removeprefix(WEBHOOK_SECONDS)
+        calls = after.get(f"webhook {hook}", 0.0) - before.get(f"webhook {hook}", 0.0)
+        if calls > 0:
+            out[hook] = round((total - before.get(key, 0.0)) / calls * 1000, 2)
+    return out
 
 
 def verb_latency(metrics: str) -> dict[str, dict[str, float]]:
