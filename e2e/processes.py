@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -23,11 +24,40 @@ class ClusterError(RuntimeError):
     """A process of the local cluster failed to start or become ready."""
 
 
+#: ports `free_port` handed out in this process (never handed out twice)
+_HANDED_OUT: set[int] = set()
+_PICK = random.Random(os.getpid())
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (bound and released; the usual tiny race is acceptable here)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free TCP port on 127.0.0.1 for a server about to start, bound and released here.
+
+    Picked below the kernel's ephemeral range: a port from that range (what binding port 0 gives) can be taken
+    by any outgoing connection before the server binds it, and a burst of thousands of connections (the benches,
+    kube-scheduler's to the extender) made kube-controller-manager fail with "address already in use" in CI."""
+    low, _ = _ephemeral_range()
+    lowest = 10000 if low > 12000 else 1024
+    for _ in range(200):
+        port = _PICK.randrange(lowest, low) if low > lowest else 0
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            port = int(s.getsockname()[1])
+        _HANDED_OUT.add(port)
+        return port
+    raise ClusterError(f"no free TCP port on 127.0.0.1 in {lowest}-{low - 1}")
 
 
 @dataclass

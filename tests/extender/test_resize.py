@@ -67,7 +67,9 @@ def test_growth_with_room_is_applied_and_re_signed(kube, ext):
     assert "30% / 4096 MiB -> 60% / 8192 MiB on GPU-gpu-0-0" in o.message
     assert slices(kube, "a") == [(60, 8192)]
     wait_for(lambda: held(ext, a) == [(60, 8192)], 10, "the ledger to hold the new slices")
-    assert ext.service.inflight == {}
+    # the ledger holds the new slices from the write on; the in-flight record until the watch shows them
+    wait_for(lambda: ext.service.inflight == {}, 10, "the pod's watch event to confirm the new assignment")
+    assert held(ext, a) == [(60, 8192)]
     assert ext.service.ledger.gpu_free("GPU-gpu-0-0") == (40, 8192)
 
 
