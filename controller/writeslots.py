@@ -33,6 +33,12 @@ class WriteSlots:
     def waiting(self, urgent: bool) -> int:
         return sum(1 for f in (self._urgent if urgent else self._deferred) if not f.done())
 
+    @staticmethod
+    def _any_waiting(waiters: deque[asyncio.Future[None]]) -> bool:
+        """Whether a waiter is still waiting; stops at the first (a burst queues hundreds of deferred writes, and
+        every acquire asks this)."""
+        return any(not f.done() for f in waiters)
+
     @contextlib.asynccontextmanager
     async def slot(self, urgent: bool = True) -> AsyncIterator[None]:
         await self._acquire(urgent)
@@ -42,9 +48,9 @@ class WriteSlots:
             self._release(urgent)
 
     def _free_for(self, urgent: bool) -> bool:
-        if self.busy >= self.size or self.waiting(True):
+        if self.busy >= self.size or self._any_waiting(self._urgent):
             return False
-        return urgent or (self.busy_deferred < self.deferred_max and not self.waiting(False))
+        return urgent or (self.busy_deferred < self.deferred_max and not self._any_waiting(self._deferred))
 
     async def _acquire(self, urgent: bool) -> None:
         if self._free_for(urgent):

@@ -103,8 +103,8 @@ def queue(name: str, compute: int, **spec: Any) -> dict[str, Any]:
     return {"metadata": {"name": name}, "spec": {"namespaces": [name], "nominalQuota": {"compute": compute}, **spec}}
 
 
-def make(**settings: Any) -> tuple[Controller, FakeKube]:
-    kube = FakeKube()
+def make(kube: FakeKube | None = None, **settings: Any) -> tuple[Controller, FakeKube]:
+    kube = kube if kube is not None else FakeKube()
     c = Controller(ControllerSettings(leader_election=False, **settings), kube, KEY)  # type: ignore[arg-type]
     c.ready = True
     return c, kube
@@ -595,8 +595,7 @@ class SlowConditions(FakeKube):
 
 def _slow_conditions(**settings: Any) -> tuple[Controller, SlowConditions]:
     kube = SlowConditions()
-    c = Controller(ControllerSettings(leader_election=False, **settings), kube, KEY)  # type: ignore[arg-type]
-    c.ready = True
+    c, _ = make(kube, **settings)
     return c, kube
 
 
