@@ -467,10 +467,62 @@ class Profiler:
         self.running.clear()
 
 
+class GoProfiler:
+    """``--pprof DIR``: CPU profiles (`/debug/pprof/profile`) of kube-apiserver and gpupool-scheduler over the
+    first ``seconds`` after each phase's release (plain, floor, gpupool alike): what a gpupool pod costs the Go
+    processes beyond a plain one, by function (``go tool pprof -top -diff_base plain.pb.gz gpupool.pb.gz``)."""
+
+    def __init__(self, c: Cluster, out: Path, seconds: int) -> None:
+        self.c, self.out, self.seconds = c, out, seconds
+        self.running: list[threading.Thread] = []
+        self.window: tuple[float, float] | None = None
+
+    def targets(self) -> dict[str, str]:
+        return {"kube-apiserver": self.c.api_url, SCHEDULER: f"https://127.0.0.1:{self.c.ports[SCHEDULER]}"}
+
+    def start(self, label: str) -> None:
+        import ssl
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # loopback, self-signed serving certificates; the admin cert authenticates
+        ctx.load_cert_chain(str(self.c.pki / "admin.crt"), str(self.c.pki / "admin.key"))
+
+        def fetch(name: str, url: str) -> None:
+            u = urllib.parse.urlsplit(url)
+            cn = http.client.HTTPSConnection(u.hostname or "127.0.0.1", u.port or 443, context=ctx,
+                                             timeout=self.seconds + 60)  # fmt: skip
+            try:
+                cn.request("GET", f"/debug/pprof/profile?seconds={self.seconds}")
+                r = cn.getresponse()
+                data = r.read()
+                if r.status == 200:
+                    (self.out / f"{label}-{name}.pb.gz").write_bytes(data)
+                else:
+                    print(f"# pprof {name}: HTTP {r.status} {data[:200]!r}", file=sys.stderr, flush=True)
+            except (OSError, http.client.HTTPException) as exc:
+                print(f"# pprof {name}: {exc}", file=sys.stderr, flush=True)
+            finally:
+                cn.close()
+
+        now = time.monotonic()
+        self.window = (now, now + self.seconds)
+        for name, url in self.targets().items():
+            t = threading.Thread(target=fetch, args=(name, url), daemon=True)
+            t.start()
+            self.running.append(t)
+
+    def stop(self) -> None:
+        for t in self.running:
+            t.join()
+        self.running.clear()
+
+
 def scheduler_path(
     api: Api, cpu: CpuMeter, meter: RequestMeter, ns: str, kind: str, m: int, timeout: float,
-    profiler: Profiler | None = None, threads: ThreadMeter | None = None,
-) -> dict[str, Any]:
+    profiler: Profiler | None = None, threads: ThreadMeter | None = None, pprof: GoProfiler | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """Create m held pods, remove every hold at once, time from the first removal to the last bound."""
     watch = BindWatch(api, ns)
     names = [f"{kind}-{i:05d}" for i in range(m)]
@@ -495,6 +547,8 @@ def scheduler_path(
     c0 = cpu.sample()
     th0 = threads.sample() if threads is not None else None
     t_rel = time.monotonic()
+    if pprof is not None:
+        pprof.start(ns)
     pool(32)(ungate, names)
     released = time.monotonic() - t_rel
     bound = watch.wait(names, timeout)
@@ -502,6 +556,10 @@ def scheduler_path(
     by_thread = threads.per_pod_ms(th0, m) if threads is not None and th0 is not None else None
     if profiler is not None:
         profiler.stop()
+    pprof_pods = None
+    if pprof is not None and pprof.window is not None:
+        pprof.stop()
+        pprof_pods = sum(1 for t in bound.values() if pprof.window[0] <= t <= pprof.window[1])
     r2 = meter.sample()
     time.sleep(SETTLE_S)  # what the binds cause afterwards (kwok's status, the controller's GPUNode status)
     r3 = meter.sample()
@@ -519,6 +577,7 @@ def scheduler_path(
         "first_bound_s": round(min(bound.values()) - t_rel, 2),
         "cpu_ms_per_pod": CpuMeter.per_pod_ms(c0, c1, m),
         **({"thread_cpu_ms_per_pod": by_thread} if by_thread is not None else {}),
+        **({"pprof_pods_bound": pprof_pods} if pprof_pods is not None else {}),
         **request_summary({"create": (r0, r1), "release": (r1, r2), "settle": (r2, r3)}, m, ("release", "settle")),
     }
 
@@ -735,7 +794,9 @@ def one_run(
     load = {"start": load_average()}
     results: dict[str, Any] = {}
     threads = ThreadMeter(c) if args.thread_cpu else None
-    results["plain"] = scheduler_path(api, cpu, meter, ns_plain, "plain", m, args.timeout, threads=threads)
+    pprof = GoProfiler(c, args.pprof / f"run{r}", args.pprof_seconds) if args.pprof else None
+    results["plain"] = scheduler_path(api, cpu, meter, ns_plain, "plain", m, args.timeout, threads=threads,
+                                      pprof=pprof)  # fmt: skip
     print(f"[run {r}] plain:   {results['plain']}", flush=True)
     def cleared(ns: str) -> float:
         """The phase's pods deleted: the next phase starts on the cluster this one started on."""
@@ -746,12 +807,14 @@ def one_run(
     if not args.keep_plain_pods:
         results["between_phases_seconds"] = cleared(ns_plain)
     if args.floor:
-        results["floor"] = scheduler_path(api, cpu, meter, ns_floor, "floor", m, args.timeout, threads=threads)
+        results["floor"] = scheduler_path(api, cpu, meter, ns_floor, "floor", m, args.timeout, threads=threads,
+                                          pprof=pprof)  # fmt: skip
         print(f"[run {r}] floor:   {results['floor']}", flush=True)
         results["after_floor_seconds"] = cleared(ns_floor)
     v0, b0 = verb_latency(em := stack.extender_metrics()), bind_results(em)
     profiler = Profiler(c, args.profile) if args.profile else None
-    results["gpupool"] = scheduler_path(api, cpu, meter, ns_gpupool, "gpupool", m, args.timeout, profiler, threads)
+    results["gpupool"] = scheduler_path(api, cpu, meter, ns_gpupool, "gpupool", m, args.timeout, profiler, threads,
+                                        pprof)  # fmt: skip
     em = stack.extender_metrics()
     results["gpupool"]["extender_verbs"] = verb_delta(v0, verb_latency(em))
     results["gpupool"]["binds"] = {k: int(v - b0.get(k, 0.0)) for k, v in bind_results(em).items()}
@@ -850,6 +913,9 @@ def main() -> int:
                     "built with go at start): floor_ratio = the most any extender reaches on this machine")
     ap.add_argument("--profile", type=Path, metavar="DIR",
                     help="py-spy the extender and the controller over each gpupool release window (raw stacks in DIR)")
+    ap.add_argument("--pprof", type=Path, metavar="DIR",
+                    help="CPU profiles of kube-apiserver and gpupool-scheduler over each phase's first seconds")
+    ap.add_argument("--pprof-seconds", type=int, default=5, help="length of each --pprof window")
     ap.add_argument("--thread-cpu", action="store_true",
                     help="the extender's and the controller's CPU per pod by thread in each scheduler-path phase")
     ap.add_argument("--audit-nodes", action="store_true",
@@ -864,7 +930,8 @@ def main() -> int:
     nodes = [FakeNode(f"n-{i:04d}", gpus=8, gpu_model="A100-80GB", gpu_memory_mib=81920) for i in range(args.nodes)]
     run_dir = Path(tempfile.mkdtemp(prefix="gpupool-bench-"))
     print(f"# run directory {run_dir}", flush=True)
-    c = Cluster(run_dir=run_dir, nodes=[], audit_policy=AUDIT_NODES if args.audit_nodes else None)
+    c = Cluster(run_dir=run_dir, nodes=[], audit_policy=AUDIT_NODES if args.audit_nodes else None,
+                profiling=args.pprof is not None)  # fmt: skip
     t0 = time.monotonic()
     client = {k: v for k, v in (("qps", args.scheduler_qps), ("burst", args.scheduler_burst)) if v is not None}
     floor_url = f"http://127.0.0.1:{free_port()}" if args.floor else None

@@ -99,11 +99,14 @@ class Cluster:
         bin_dir: str | os.PathLike[str] | None = None,
         nodes: Iterable[FakeNode] = DEFAULT_NODES,
         audit_policy: Mapping[str, Any] | None = None,
+        profiling: bool = False,
     ) -> None:
         self.run_dir = Path(run_dir) if run_dir else Path(f"/tmp/gpupool-e2e-{os.getpid()}")
         #: an audit.k8s.io/v1 Policy: kube-apiserver then writes its JSON audit log to `audit_log` (a diagnosis
         #: aid, e.g. which client opens which watches: bench/e2e_throughput.py --audit-nodes); None = no audit
         self.audit_policy = dict(audit_policy) if audit_policy is not None else None
+        #: kube-apiserver serves /debug/pprof (a diagnosis aid: bench/e2e_throughput.py --pprof); off by default
+        self.profiling = profiling
         self.bin_dir = Path(bin_dir) if bin_dir else default_bin_dir()
         self.nodes: list[FakeNode] = list(nodes)
         self.local = True
@@ -448,7 +451,7 @@ class Cluster:
                 "--authorization-mode=Node,RBAC",
                 "--allow-privileged=true",
                 "--enable-priority-and-fairness=false",
-                "--profiling=false",
+                f"--profiling={'true' if self.profiling else 'false'}",
                 "--endpoint-reconciler-type=none",
                 *audit,
             ],
