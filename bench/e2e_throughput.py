@@ -795,6 +795,9 @@ def one_run(
     results: dict[str, Any] = {}
     threads = ThreadMeter(c) if args.thread_cpu else None
     pprof = GoProfiler(c, args.pprof / f"run{r}", args.pprof_seconds) if args.pprof else None
+    if pprof is not None:  # the same window with no pods: what every phase's profile holds besides its pods
+        pprof.start(f"idle-{r}")
+        pprof.stop()
     results["plain"] = scheduler_path(api, cpu, meter, ns_plain, "plain", m, args.timeout, threads=threads,
                                       pprof=pprof)  # fmt: skip
     print(f"[run {r}] plain:   {results['plain']}", flush=True)
