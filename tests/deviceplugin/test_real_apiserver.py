@@ -147,3 +147,29 @@ def test_usage_reaches_the_gpunode_status_through_the_crd_schema(real_kube: tupl
     with pytest.raises(KubeError) as invalid:  # the CRD schema holds
         kube.patch_gpunode_status(node, {"usage": {"pods": [{"namespace": "ns", "name": "a", "memoryUsedMiB": -1}]}})
     assert invalid.value.status == 422
+
+
+def test_gpunode_status_lists_keep_their_schema_contract(real_kube: tuple[Kube, Any]) -> None:
+    """`status.gpus` (the node agent's) stays keyed by uuid, so the API server refuses a GPU listed twice;
+    `status.allocated` (the controller's, written whole up to 10 times a second in a burst) is atomic, so its
+    managedFields hold one entry instead of one per GPU: a keyed list costs the API server ~25 % more CPU per
+    status write (bench/gpunode_status_write.py, docs/e2e.md issue 16)."""
+    kube, _ = real_kube
+    node = "real-lists-0"
+    kube.create_gpunode(node)
+    gpu = {"uuid": "GPU-l0", "index": 0, "model": "A100", "memoryMiB": 81920}
+    with pytest.raises(KubeError) as twice:
+        kube.patch_gpunode_status(node, {"gpus": [gpu, {**gpu, "index": 1}]})
+    assert twice.value.status == 422 and "Duplicate value" in str(twice.value)
+    kube.patch_gpunode_status(node, {"gpus": [gpu, {**gpu, "uuid": "GPU-l1", "index": 1}]})
+    row = {"compute": 50, "memoryMiB": 4096, "slices": 1}
+    kube.patch_gpunode_status(node, {"allocated": [{"uuid": "GPU-l0", **row}, {"uuid": "GPU-l1", **row}]})
+    kube.patch_gpunode_status(node, {"allocated": [{"uuid": "GPU-l1", **row, "compute": 20}]})  # written whole
+    obj = kube.get_gpunode(node)
+    assert obj["status"]["allocated"] == [{"uuid": "GPU-l1", **row, "compute": 20}]
+    assert [g["uuid"] for g in obj["status"]["gpus"]] == ["GPU-l0", "GPU-l1"]
+    fields = [m["fieldsV1"]["f:status"] for m in obj["metadata"]["managedFields"] if m.get("subresource") == "status"]
+    allocated = [f["f:allocated"] for f in fields if "f:allocated" in f]
+    gpus = [f["f:gpus"] for f in fields if "f:gpus" in f]
+    assert allocated == [{}], f"status.allocated is tracked per key: {allocated}"
+    assert gpus and all(any(k.startswith("k:") for k in g) for g in gpus), gpus
