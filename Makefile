@@ -70,6 +70,7 @@ bench: setup e2e-bin
 	$(PY) bench/allocate_latency.py --pods 100 --json > $(OUT)/allocate.json
 	$(PY) bench/admission_throughput.py --json > $(OUT)/admission.json
 	$(PY) bench/webhook_latency.py --json $(OUT)/webhook.json
+	$(PY) bench/gpunode_status_write.py --rounds 3 --json $(OUT)/gpunode-status-write.json
 	$(PY) bench/e2e_throughput.py --nodes 100 --pods 200 --json $(OUT)/e2e-100.json
 	$(PY) bench/e2e_throughput.py --nodes 1000 --pods 1000 --json $(OUT)/e2e-1000.json
 	$(MAKE) -C runtime test-bin
