@@ -55,6 +55,7 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
@@ -476,18 +477,17 @@ class GoProfiler:
         self.c, self.out, self.seconds = c, out, seconds
         self.running: list[threading.Thread] = []
         self.window: tuple[float, float] | None = None
+        self.ctx = ssl.create_default_context()
+        self.ctx.check_hostname = False
+        self.ctx.verify_mode = ssl.CERT_NONE  # loopback, self-signed serving certificates; the admin cert authenticates
+        self.ctx.load_cert_chain(str(c.pki / "admin.crt"), str(c.pki / "admin.key"))
 
     def targets(self) -> dict[str, str]:
         return {"kube-apiserver": self.c.api_url, SCHEDULER: f"https://127.0.0.1:{self.c.ports[SCHEDULER]}"}
 
     def start(self, label: str) -> None:
-        import ssl
-
         self.out.mkdir(parents=True, exist_ok=True)
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE  # loopback, self-signed serving certificates; the admin cert authenticates
-        ctx.load_cert_chain(str(self.c.pki / "admin.crt"), str(self.c.pki / "admin.key"))
+        ctx = self.ctx
 
         def fetch(name: str, url: str) -> None:
             u = urllib.parse.urlsplit(url)

@@ -22,7 +22,6 @@ Prints one line per round and variant, then the medians and each round's ``keyed
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import statistics
@@ -41,7 +40,6 @@ from e2e_throughput import Api, cpu_seconds
 from e2e.cluster import Cluster
 
 ROOT = Path(__file__).resolve().parent.parent
-CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 BASE = "/apis/gpupool.io/v1alpha1/gpunodes"
 MERGE = "application/merge-patch+json"
 VARIANTS = ("shipped", "keyed", "summary")
@@ -70,23 +68,12 @@ def status_patch(variant: str, k: int) -> dict[str, Any]:
     return {"status": summary if variant == "summary" else {"allocated": allocated(k), **summary}}
 
 
-def recreate_crd(api: Api, body: dict[str, Any]) -> None:
+def recreate_crd(c: Cluster, body: dict[str, Any]) -> None:
+    """Replace the GPUNode CRD by *body* (its objects go with the old one) and wait until it is served."""
     name = body["metadata"]["name"]
-    with contextlib.suppress(RuntimeError):  # not there yet
-        api.request("DELETE", f"{CRDS}/{name}")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            api.request("GET", f"{CRDS}/{name}")
-            time.sleep(0.3)
-        except RuntimeError:
-            break
-    api.request("POST", CRDS, body)
-    while time.monotonic() < deadline:
-        conditions = (api.request("GET", f"{CRDS}/{name}").get("status") or {}).get("conditions") or []
-        if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
-            break
-        time.sleep(0.2)
+    c.kubectl("delete", "crd", name, "--ignore-not-found", "--wait=true", timeout=120)
+    c.kubectl("apply", "-f", "-", input=yaml.safe_dump(body))
+    c.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s", timeout=90)
     time.sleep(2.0)  # the new resource's handler and the garbage collector's informer in place
 
 
@@ -143,7 +130,7 @@ def main() -> int:
         assert pid is not None
         for r in range(args.rounds):
             for variant in VARIANTS if r % 2 == 0 else tuple(reversed(VARIANTS)):
-                recreate_crd(api, crd("shipped" if variant == "summary" else variant))
+                recreate_crd(c, crd("shipped" if variant == "summary" else variant))
                 setup_objects(api, variant, args.objects)
                 got = measure(api, pid, variant, args.objects, args.writes)
                 runs[variant].append(got)
