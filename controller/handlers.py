@@ -1,10 +1,11 @@
 """kopf handlers: watches feed `controller.runtime.Controller`; the admission webhooks (served by
 `controller.webhook_server`) call `controller.admission`.
 
-Pods are not watched through kopf: every pod of the cluster changes several times in its life and kopf's per-event
-machinery (a logger, cause detection, std-json decoding) cost about 1.3 ms of the controller's CPU per pod, gpupool's
-or not (docs/e2e.md "Issue 16: ... (session 10)"). A `kubeio.reflector.Reflector` thread watches them from the
-startup list's resourceVersion and feeds `Controller.on_pod_event` / `on_pod_list` (a relist replaces the cache).
+Nothing is watched through kopf (it runs the operator's startup and cleanup): a `kubeio.reflector.Reflector` thread
+per kind watches from the startup list's resourceVersion, and after a broken or expired watch its list replaces what
+the controller holds (`Controller.on_pod_list`, `Controller.on_list`). kopf's re-list only adds and updates, so a
+GPUQueue or GPUNode deleted while its watch was down stayed in the model (a deleted queue kept admitting); and its
+per-event machinery cost about 1.3 ms of CPU per pod event (docs/e2e.md "Issue 16: ... (session 10)").
 
 Every replica runs the watches and serves the webhooks (hot standby); only the Lease holder runs the
 admission cycle (see `controller.leader`). Import this module (or run `gpupool-controller`) to register.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -25,13 +27,13 @@ from typing import Any
 
 import kopf
 
-from controller import admission, webhook_server
-from controller.kube import PODS, Kube, load_api_client
+from controller import admission, metrics, webhook_server
+from controller.kube import GPUNODES, GPUQUEUES, NAMESPACES, NODES, PODS, Kube, load_api_client
 from controller.leader import LeaseElector
-from controller.runtime import Controller
+from controller.runtime import WATCHED, Controller
 from controller.settings import ControllerSettings
 from controller.webhooks import MUTATE_PATH, VALIDATE_PATH
-from gpupool import objects, resources
+from gpupool import resources
 from gpupool.signing_key import KeyRing
 from kubeio.reflector import Reflector
 
@@ -40,8 +42,8 @@ log = logging.getLogger("gpupool.controller")
 #: set by `controller.main` before kopf starts (tests may set it too); else read from the environment
 SETTINGS: ControllerSettings | None = None
 STATE: Controller | None = None
-#: the pod watch's server-side timeout (it then resumes from its last resourceVersion), as kopf's other watches
-POD_WATCH_SECONDS = 300
+#: the watches' server-side timeout (each then resumes from its last resourceVersion)
+WATCH_SECONDS = 300
 
 
 def current() -> Controller | None:
@@ -66,30 +68,34 @@ async def _keys_loop(ring: KeyRing, state: Controller, stop: asyncio.Event, inte
             log.exception("re-reading the signing keys failed")
 
 
-class EventsOnly(kopf.DiffBaseStorage):
-    """kopf's diff base for the `on.event` handlers below: none. kopf builds (a deep copy of the object less its
-    status) and compares one on every event for change handlers (`on.create`/`on.update`), which this operator does
-    not register (tests/controller/test_handler_threads.py checks); that was a third of its CPU per pod event."""
-
-    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
-        return kopf.BodyEssence()
-
-    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
-        return None
-
-    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
-        return None
-
-
 def configure(settings: kopf.OperatorSettings) -> None:
-    """kopf's settings for this operator (`startup`; bench/admission_burst.py `--kopf` processes events with them)."""
-    settings.peering.standalone = True  # HA is a Lease (controller.leader), not kopf peering
+    """kopf's settings for this operator (`startup`): HA is a Lease (`controller.leader`), not kopf peering."""
+    settings.peering.standalone = True
     settings.posting.level = logging.WARNING
-    settings.watching.server_timeout = 300
-    # kopf holds each object's events for this long to batch them (default 0.1 s): a freed slice or a new pod
-    # would wait that long before it wakes the admission cycle (docs/fairshare.md); the handlers are cheap
-    settings.batching.batch_window = 0.01
-    settings.persistence.diffbase_storage = EventsOnly()
+
+
+#: the kinds watched besides pods: path -> `Controller.on_list` / `on_watch_event` resource
+WATCH_PATHS = dict(zip((NAMESPACES, NODES, GPUQUEUES, GPUNODES), WATCHED, strict=True))
+
+
+def watches(kube: Kube, state: Controller) -> list[Reflector]:
+    """The controller's watches (not started): pods, and every kind of `WATCH_PATHS`, each from its startup list's
+    resourceVersion; a relist is counted (`gpupool_controller_relists_total`) and replaces what the model holds."""
+
+    kinds: dict[str, tuple[str, Any, Any]] = {PODS: ("pods", state.on_pod_list, state.on_pod_event)}
+    for path, resource in WATCH_PATHS.items():
+        kinds[path] = (resource, functools.partial(state.on_list, resource),
+                       functools.partial(state.on_watch_event, resource))  # fmt: skip
+    out = []
+    for path, (resource, on_list, on_event) in kinds.items():
+
+        def relisted(items: list[dict[str, Any]], resource: str = resource, on_list: Any = on_list) -> None:
+            metrics.RELISTS.labels(resource).inc()
+            on_list(items)
+
+        out.append(Reflector(kube.raw, path, relisted, on_event, since=kube.listed_at.get(path, ""),
+                             watch_timeout=WATCH_SECONDS, name=f"gpupool-{resource.rstrip('s')}-watch"))  # fmt: skip
+    return out
 
 
 @kopf.on.startup()
@@ -102,10 +108,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     kube = Kube(api_client)
     state = Controller(cfg, kube, key)
     await state.rebuild()
-    pods = Reflector(kube.raw, PODS, state.on_pod_list, state.on_pod_event, since=kube.pods_listed_at,
-                     watch_timeout=POD_WATCH_SECONDS, name="gpupool-pod-watch")  # fmt: skip
-    pods.start()
-    memo["pods"] = pods
+    reflectors = watches(kube, state)
+    for reflector in reflectors:
+        reflector.start()
+    memo["reflectors"] = reflectors
     STATE = state
     stop = asyncio.Event()
     memo["stop"] = stop
@@ -144,66 +150,17 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         stop.set()
     for task in memo.get("tasks") or []:
         task.cancel()
-    pods = memo.get("pods")
-    if pods is not None:
-        pods.stop()
-        pods.api.close_streams()
+    reflectors = memo.get("reflectors") or []
+    for reflector in reflectors:
+        reflector.stop()
+    if reflectors:
+        reflectors[0].api.close_streams()
     server = memo.get("webhooks")
     if server is not None:
         await server.stop()
     elector = memo.get("elector")
     if elector is not None:
         await asyncio.to_thread(elector.release)
-
-
-def _type(event: Any) -> str:
-    return str((event or {}).get("type") or "ADDED")
-
-
-def _object(event: Any, body: kopf.Body) -> dict[str, Any]:
-    """The watch event's object as the API server sent it. `dict(body)` walks kopf's view of it key by key
-    (`resolve`, `parse_field`): 9 % of the controller's GIL-held samples in a 1,000-pod burst, for a copy
-    `Controller.on_*` does not need (docs/e2e.md "Issue 16: the API calls' transport, ... (session 8)")."""
-    obj = (event or {}).get("object")
-    return obj if isinstance(obj, dict) else dict(body)
-
-
-# The watch handlers are coroutines: kopf runs them on its event loop, as the admission cycle and the webhooks, so
-# an event costs no hop to a worker thread (sync handlers cost one each, and queued behind each other in a burst;
-# docs/e2e.md "Issue 16: the webhooks' cost per pod"). They take `Controller.lock` for the threads that still read
-# the model (tests/controller/test_handler_threads.py).
-
-
-@kopf.on.event(objects.GROUP, objects.VERSION, objects.GPUNODE_PLURAL)
-async def gpunode_event(event: Any, body: kopf.Body, **_: Any) -> None:
-    state = STATE
-    if state is not None:
-        with state.lock:
-            state.on_gpunode(_type(event), _object(event, body))
-
-
-@kopf.on.event(objects.GROUP, objects.VERSION, objects.GPUQUEUE_PLURAL)
-async def gpuqueue_event(event: Any, body: kopf.Body, **_: Any) -> None:
-    state = STATE
-    if state is not None:
-        with state.lock:
-            state.on_queue(_type(event), _object(event, body))
-
-
-@kopf.on.event("", "v1", "nodes")
-async def node_event(event: Any, body: kopf.Body, **_: Any) -> None:
-    state = STATE
-    if state is not None:
-        with state.lock:
-            state.on_node(_type(event), _object(event, body))
-
-
-@kopf.on.event("", "v1", "namespaces")
-async def namespace_event(event: Any, body: kopf.Body, **_: Any) -> None:
-    state = STATE
-    if state is not None:
-        with state.lock:
-            state.on_namespace(_type(event), _object(event, body))
 
 
 def mutate_pods(pod: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -219,16 +176,23 @@ def validate_pods(body: Mapping[str, Any], old: Any, operation: str, userinfo: A
     state = STATE
     ready = state is not None and state.ready
     limits = state.pool_limits() if state is not None and ready else admission.PoolLimits()
-    config = state.admission if state is not None else admission.AdmissionConfig(
-        frozenset((SETTINGS or ControllerSettings()).system_usernames)
+    config = (
+        state.admission
+        if state is not None
+        else admission.AdmissionConfig(frozenset((SETTINGS or ControllerSettings()).system_usernames))
     )
     pod, previous = dict(body), dict(old) if old is not None else None
     errors = admission.validate(pod, old=previous, operation=operation, userinfo=userinfo, limits=limits,
                                 config=config)  # fmt: skip
-    errors += admission.tenancy_errors(pod, old=previous, operation=operation,
-                                       queue_problem=state.queue_problem if state is not None and ready else None)
-    errors += admission.group_errors(pod, operation=operation,
-                                     group_problem=_group_problem if state is not None and ready else None)
+    errors += admission.tenancy_errors(
+        pod,
+        old=previous,
+        operation=operation,
+        queue_problem=state.queue_problem if state is not None and ready else None,
+    )
+    errors += admission.group_errors(
+        pod, operation=operation, group_problem=_group_problem if state is not None and ready else None
+    )
     if errors:
         raise kopf.AdmissionError(admission.rejection_message(errors), code=400)
 

@@ -20,12 +20,11 @@ from kubernetes.client.exceptions import ApiException
 from gpupool import objects, resources
 from gpupool.timefmt import now_rfc3339
 from kubeio.client import JSON, MERGE_PATCH, POOL_SIZE, ApiError, KubeClient, load_api_client
+from kubeio.paths import GPUNODES, GPUQUEUES, NAMESPACES, NODES, PODS
 
-__all__ = ["Kube", "load_api_client"]
+__all__ = ["GPUNODES", "GPUQUEUES", "NAMESPACES", "NODES", "PODS", "Kube", "load_api_client"]
 
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
-#: every pod of the cluster: the controller's list and watch of pods
-PODS = "/api/v1/pods"
 
 T = TypeVar("T")
 
@@ -37,7 +36,8 @@ class Kube:
         self.custom = client.CustomObjectsApi(api_client)
         self.coordination = client.CoordinationV1Api(api_client)
         self.raw = KubeClient(api_client)  # raw JSON calls (owners of any kind), the pod watch
-        self.pods_listed_at = ""  # the resourceVersion of the last `list_pods`
+        #: path -> the resourceVersion of its last list: the watches (`controller.handlers.startup`) start there
+        self.listed_at: dict[str, str] = {}
         #: the client blocks, so calls run in threads: its own pool, as large as the connection pool, so the
         #: cycle's parallel writes (`Controller._concurrently`) are not capped by asyncio's small default one
         self._threads = ThreadPoolExecutor(max_workers=POOL_SIZE, thread_name_prefix="gpupool-api")
@@ -50,24 +50,28 @@ class Kube:
 
     # --- reads ---------------------------------------------------------------------------------------
 
-    async def list_pods(self, page_size: int = 500) -> list[dict[str, Any]]:
-        """Every pod of the cluster as raw JSON, paged (no client models: at 5,000 nodes the typed, unpaged list
-        built tens of thousands of them). `pods_listed_at` keeps the list's resourceVersion: the pod watch
-        (`controller.handlers.startup`) starts there instead of listing again."""
-        items, self.pods_listed_at = await self._run(self.raw.list, PODS, page_size=page_size)
+    async def _list(self, path: str, page_size: int = 500) -> list[dict[str, Any]]:
+        """Every object at `path` as raw JSON, paged; `listed_at[path]` keeps the list's resourceVersion."""
+        items, self.listed_at[path] = await self._run(self.raw.list, path, page_size=page_size)
         return items
 
+    async def list_pods(self, page_size: int = 500) -> list[dict[str, Any]]:
+        """Every pod of the cluster as raw JSON, paged (no client models: at 5,000 nodes the typed, unpaged list
+        built tens of thousands of them)."""
+        return await self._list(PODS, page_size)
+
+    @property
+    def pods_listed_at(self) -> str:
+        return self.listed_at.get(PODS, "")
+
     async def list_nodes(self) -> list[dict[str, Any]]:
-        return list(self._plain(await self._run(self.core.list_node)).get("items") or [])
+        return await self._list(NODES)
 
     async def list_namespaces(self) -> list[dict[str, Any]]:
-        return list(self._plain(await self._run(self.core.list_namespace)).get("items") or [])
+        return await self._list(NAMESPACES)
 
     async def list_custom(self, plural: str) -> list[dict[str, Any]]:
-        result = await self._run(
-            self.custom.list_cluster_custom_object, objects.GROUP, objects.VERSION, plural
-        )
-        return list(cast(dict[str, Any], result).get("items") or [])
+        return await self._list({objects.GPUNODE_PLURAL: GPUNODES, objects.GPUQUEUE_PLURAL: GPUQUEUES}[plural])
 
     # --- writes --------------------------------------------------------------------------------------
 

@@ -30,6 +30,10 @@ GPU_ALLOCATED = Gauge(
     "gpupool_gpu_allocated", "allocated compute (%) and memory (MiB) per GPU", ["node", "gpu", "resource"],
     registry=REGISTRY,
 )  # fmt: skip
+RELISTS = Counter(
+    "gpupool_controller_relists_total", "lists of a watched kind after its watch broke or expired (pods, nodes, ...)",
+    ["resource"], registry=REGISTRY,
+)  # fmt: skip
 LEADER = Gauge("gpupool_controller_leader", "1 while this replica holds the Lease", registry=REGISTRY)
 READY = Gauge("gpupool_controller_ready", "1 once the rebuild from the API server is complete", registry=REGISTRY)
 QUARANTINED = Gauge(

@@ -59,6 +59,9 @@ T = TypeVar("T")
 
 ALIAS_EVENT_REASON = "AliasResourceNotRewritten"
 QUARANTINE_EVENT_REASON = "GPUPoolQuarantined"
+#: the cluster-scoped kinds the controller lists and watches besides pods (`Controller.on_list`, `on_watch_event`)
+WATCHED = ("namespaces", "nodes", objects.GPUQUEUE_PLURAL, objects.GPUNODE_PLURAL)
+
 #: pods read per hold of the lock when many are read at once (`Controller.on_keys_changed`, `on_pod_list`): the
 #: event loop's cycles and webhooks wait no longer than that for the lock
 PODS_PER_HOLD = 500
@@ -120,6 +123,11 @@ class Controller:
         #: computed again); those that differ from what was written, with when each first did; when each node's
         #: status was last written; the write budget's tokens and when they were counted (`write_status`)
         self._node_rows: dict[str, dict[str, Any]] = {}
+        #: the series this replica exports: node -> its GPUs' uuids (`gpupool_gpu_allocated`), and the queues
+        #: (`gpupool_queue_*`); dropped when the object goes and when the replica stops leading, so a deleted
+        #: GPUNode or GPUQueue, or a former leader's last figures, never linger on a dashboard
+        self._gpu_series: dict[str, set[str]] = {}
+        self._queue_series: set[str] = set()
         self._node_rows_mark: int | None = None
         self._node_dirty: dict[str, float] = {}
         self._node_recheck: set[str] = set()  # nodes whose stored status a watch event changed
@@ -293,6 +301,52 @@ class Controller:
             self.ready = all(self.synced.values())
         return gone
 
+    def _watched(self, resource: str) -> tuple[Callable[[str, Mapping[str, Any]], None], Callable[[], set[str]]]:
+        """The handler of one cluster-scoped kind the controller watches (`WATCHED`), and the names it holds."""
+        if resource == "namespaces":
+            return self.on_namespace, lambda: set(self.manager.namespace_labels)
+        if resource == "nodes":
+            return self.on_node, lambda: set(self.manager.node_labels)
+        if resource == objects.GPUQUEUE_PLURAL:
+            return self.on_queue, lambda: set(self.manager.queues) | _problem_names(self.problems, "gpuqueue")
+        if resource == objects.GPUNODE_PLURAL:
+            return self.on_gpunode, lambda: set(self.gpunodes) | set(self.ledger.node_names())
+        raise ValueError(f"not a watched kind: {resource!r} (one of {', '.join(WATCHED)})")
+
+    def on_list(self, resource: str, items: Iterable[Mapping[str, Any]]) -> list[str]:
+        """A fresh list of one watched kind (`WATCHED`: the relist after its watch broke or expired,
+        `controller.handlers`): it replaces what the controller holds of it. Objects the list lacks were deleted
+        while no watch looked and no DELETED event will come (kopf, which watched these kinds before, never told:
+        a GPUQueue deleted during an API server restart kept admitting, tests/e2e/gpupool/test_restarts.py), so
+        they are forgotten first. Returns the names forgotten."""
+        handler, held = self._watched(resource)
+        listed = {str((o.get("metadata") or {}).get("name") or ""): o for o in items}
+        with self.lock:
+            gone = sorted(held() - listed.keys())
+            for name in gone:
+                log.warning("forgot %s %s: deleted while the watch was not looking", resource, name)
+                self._on_watched(handler, resource, "DELETED", {"metadata": {"name": name}})
+            for obj in listed.values():
+                self._on_watched(handler, resource, "MODIFIED", obj)
+        return gone
+
+    def on_watch_event(self, resource: str, event: str, obj: Mapping[str, Any]) -> None:
+        """One watch event of a watched kind (`WATCHED`), on its watch's thread, under the lock."""
+        handler, _ = self._watched(resource)
+        with self.lock:
+            self._on_watched(handler, resource, event, obj)
+
+    @staticmethod
+    def _on_watched(
+        handler: Callable[[str, Mapping[str, Any]], None], resource: str, event: str, obj: Mapping[str, Any]
+    ) -> None:
+        """An object a handler fails on is logged and left (that object's problem): its watch goes on instead of
+        listing the kind again and failing on it again."""
+        try:
+            handler(event, obj)
+        except Exception:
+            log.exception("%s %s: its %s event failed", resource, (obj.get("metadata") or {}).get("name"), event)
+
     def on_pod_event(self, event: str, pod: Mapping[str, Any]) -> None:
         """A pod watch event, on the pod watch's thread: `on_pod` under the lock. A pod it fails on is logged and
         left (one bad pod is that pod's problem): the watch goes on instead of relisting the cluster."""
@@ -360,6 +414,7 @@ class Controller:
         if event == "DELETED":
             self.manager.remove_queue(name)
             self._queue_status.pop(name, None)
+            self.problems.pop(f"gpuqueue/{name}", None)
             self.nudge()
             return
         try:
@@ -376,6 +431,8 @@ class Controller:
         name = str((obj.get("metadata") or {}).get("name"))
         if event == "DELETED":
             self.gpunodes.pop(name, None)
+            self.problems.pop(f"gpunode/{name}", None)
+            self._drop_series(name)
             self.ledger.remove_node(name)
             self._limits = None
             self._node_status.pop(name, None)
@@ -594,6 +651,9 @@ class Controller:
         (`_trail`): the next cycle's gate removals need not wait for them (docs/contracts.md "admission
         writes"). Without it every write is done when this returns."""
         if not (self.ready and self.is_leader) or self.kube is None:
+            if not self.is_leader and (self._gpu_series or self._queue_series):
+                with self.lock:
+                    self._drop_series()
             return {}
         now = time.time() if now is None else now
         await self.read_owners(now)
@@ -967,6 +1027,9 @@ class Controller:
     def _queue_statuses(self) -> dict[str, dict[str, Any]]:
         counts = status.member_counts(self.manager)
         out = status.queue_statuses(self.manager, counts)
+        for gone in self._queue_series - out.keys():
+            _drop_queue_series(gone)
+        self._queue_series = set(out)
         for name, row in out.items():
             spec = self.manager.queues[name]
             metrics.QUEUE_PENDING.labels(name).set(row["pending"])
@@ -976,6 +1039,8 @@ class Controller:
             metrics.QUEUE_QUOTA.labels(name, "compute").set(spec.nominal.compute or 0)
             if spec.nominal.memory_mib is not None:
                 metrics.QUEUE_QUOTA.labels(name, "memory").set(spec.nominal.memory_mib)
+            else:
+                metrics.QUEUE_QUOTA.remove(name, "memory")
         implicit = status.queue_status(self.manager, IMPLICIT_QUEUE, {}, counts)
         metrics.QUEUE_PENDING.labels("(none)").set(implicit["pending"])
         metrics.QUEUE_ADMITTED.labels("(none)").set(implicit["admitted"])
@@ -985,9 +1050,29 @@ class Controller:
         """GPUNode statuses (`controller.status`), with the per-GPU allocation metrics set from them."""
         with self.lock:
             out = status.node_statuses(self.ledger)
-        for name, row in out.items():
-            _gpu_metrics(name, row)
+            for name, row in out.items():
+                self._gpu_metrics(name, row)
         return out
+
+    def _gpu_metrics(self, name: str, row: Mapping[str, Any]) -> None:
+        """Export GPUNode `name`'s per-GPU allocation from its status row; a GPU it no longer lists is dropped.
+        Under `self.lock`."""
+        uuids = {gpu["uuid"] for gpu in row["allocated"]}
+        _drop_gpu_series(name, self._gpu_series.get(name, set()) - uuids)
+        self._gpu_series[name] = uuids
+        for gpu in row["allocated"]:
+            metrics.GPU_ALLOCATED.labels(name, gpu["uuid"], "compute").set(gpu["compute"])
+            metrics.GPU_ALLOCATED.labels(name, gpu["uuid"], "memory").set(gpu["memoryMiB"])
+
+    def _drop_series(self, node: str | None = None) -> None:
+        """Stop exporting GPUNode `node`'s per-GPU series, or (None) every per-GPU and per-queue series this
+        replica exports (it no longer leads: the leader exports them). Under `self.lock`."""
+        for name in [node] if node is not None else list(self._gpu_series):
+            _drop_gpu_series(name, self._gpu_series.pop(name, ()))
+        if node is None:
+            for name in (*self._queue_series, "(none)"):
+                _drop_queue_series(name)
+            self._queue_series = set()
 
     def _refresh_node_rows(self, now: float) -> None:
         """Compute again the GPUNode status rows of the nodes the ledger logged as changed since the last call (all
@@ -1047,9 +1132,9 @@ class Controller:
             chosen = heapq.nsmallest(budget, due) if budget < len(due) else sorted(due)
             self._status_tokens -= len(chosen)
             nodes = [(n, self._node_rows[n]) for _, n in chosen]
+            for name, row in nodes:
+                self._gpu_metrics(name, row)
         metrics.GPUNODE_STATUS_BACKLOG.set(len(self._node_dirty) - len(nodes))
-        for name, row in nodes:
-            _gpu_metrics(name, row)
 
         async def patch(plural: str, name: str, row: dict[str, Any], last: dict[str, dict[str, Any]]) -> None:
             assert self.kube is not None
@@ -1070,7 +1155,20 @@ class Controller:
         )
 
 
-def _gpu_metrics(name: str, row: Mapping[str, Any]) -> None:
-    for gpu in row["allocated"]:
-        metrics.GPU_ALLOCATED.labels(name, gpu["uuid"], "compute").set(gpu["compute"])
-        metrics.GPU_ALLOCATED.labels(name, gpu["uuid"], "memory").set(gpu["memoryMiB"])
+def _problem_names(problems: Mapping[str, str], kind: str) -> set[str]:
+    """The names of the objects of `kind` with a problem (`Controller.problems` keys `kind/name`)."""
+    return {key.partition("/")[2] for key in problems if key.partition("/")[0] == kind}
+
+
+def _drop_queue_series(name: str) -> None:
+    for gauge in (metrics.QUEUE_PENDING, metrics.QUEUE_ADMITTED):
+        gauge.remove(name)
+    for gauge in (metrics.QUEUE_USAGE, metrics.QUEUE_QUOTA):
+        gauge.remove(name, "compute")
+        gauge.remove(name, "memory")
+
+
+def _drop_gpu_series(node: str, uuids: Iterable[str]) -> None:
+    for uuid in uuids:
+        metrics.GPU_ALLOCATED.remove(node, uuid, "compute")
+        metrics.GPU_ALLOCATED.remove(node, uuid, "memory")

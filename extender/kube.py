@@ -11,15 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from gpupool import objects
 from kubeio.client import JSON, MERGE_PATCH, ApiError, KubeClient
+from kubeio.paths import GPUNODES, GPUQUEUES, NODES, PODS
 
 __all__ = ["GPUNODES", "GPUQUEUES", "MERGE_PATCH", "NODES", "PODS", "ApiError", "KubeAPI", "PodAPI"]
-
-PODS = "/api/v1/pods"
-NODES = "/api/v1/nodes"
-GPUNODES = f"/apis/{objects.API_VERSION}/{objects.GPUNODE_PLURAL}"
-GPUQUEUES = f"/apis/{objects.API_VERSION}/{objects.GPUQUEUE_PLURAL}"
 
 
 class PodAPI(Protocol):

@@ -7,6 +7,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import urllib3
+
 from kubeio.client import ApiError, KubeClient, Query
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,14 @@ class Reflector(threading.Thread):
                     log.warning("%s: list/watch failed (%s); re-listing in %.1f s", self.path, exc, backoff)
                     self.stopping.wait(backoff)
                     backoff = min(backoff * 2, 10.0)
+                self.relists += 1
+            except (urllib3.exceptions.HTTPError, OSError) as exc:  # the stream broke: an API server restart, a proxy
+                rv = ""
+                if self.stopping.is_set():
+                    return
+                log.warning("%s: the watch stream broke (%s); re-listing in %.1f s", self.path, exc, backoff)
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
                 self.relists += 1
             except Exception:
                 rv = ""

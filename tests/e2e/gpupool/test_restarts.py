@@ -125,6 +125,8 @@ def test_the_api_server_restarts_in_the_middle_of_a_workload(gp: GP, stack: Stac
     relist keeps the pods the list lacks (checked by hand)."""
     ns = gp.namespace()
     q = gp.queue("api-restart", {"namespaces": [ns], "nominalQuota": {"compute": 1000}})
+    doomed_ns = gp.namespace()
+    doomed = gp.queue("doomed", {"namespaces": [doomed_ns], "nominalQuota": {"compute": 1000}})
     names = [f"k-{i}" for i in range(6)]
     for n in names:
         gp.create(ns, gpu_pod(n, compute=35, memory=3000))
@@ -140,6 +142,7 @@ def test_the_api_server_restarts_in_the_middle_of_a_workload(gp: GP, stack: Stac
     stack.kill("kube-apiserver")
     for n in gone:
         _etcd_delete(stack, f"/registry/pods/{ns}/{n}")
+    _etcd_delete(stack, f"/registry/gpupool.io/gpuqueues/{doomed}")  # and a GPUQueue
     stack.cluster.restart_process("kube-apiserver", ready_timeout=90)
 
     after = [f"k-after-{i}" for i in range(3)]
@@ -173,7 +176,17 @@ def test_the_api_server_restarts_in_the_middle_of_a_workload(gp: GP, stack: Stac
     want = {"admitted": len(kept) + len(after), "pending": 0, "usage": {"compute": 35 * 6, "memoryMiB": 3000 * 6}}
     wait_for(lambda: {k: queue_status().get(k) for k in want} == want, timeout=60,
              what=f"GPUQueue {q} to count only the live pods ({want})")  # fmt: skip
-    # kopf's GPUQueue watch came back too: a queue made after the restart admits its namespace's pod
+    # every watch of both listed again, and says so
+    ctl, ext = stack.controller_metrics(), stack.extender_metrics()
+    for kind in ("pods", "nodes", "namespaces", "gpunodes", "gpuqueues"):
+        assert f'gpupool_controller_relists_total{{resource="{kind}"}}' in ctl, kind
+    for kind in ("pods", "nodes", "gpunodes", "gpuqueues"):
+        assert f'gpupool_extender_relists_total{{resource="{kind}"}}' in ext, kind
+    # the GPUQueue gone meanwhile is gone for the controller too: its namespace's pods are no longer its
+    gp.create_retrying(doomed_ns, gpu_pod("orphan", compute=10, memory=1000))
+    orphan = gp.wait_bound(doomed_ns, "orphan", timeout=90)
+    assert (orphan.metadata.annotations or {}).get(resources.QUEUE) != doomed, "admitted by a deleted GPUQueue"
+    # the GPUQueue watch came back too: a queue made after the restart admits its namespace's pod
     qns = gp.namespace()
     q2 = gp.queue("after-restart", {"namespaces": [qns], "nominalQuota": {"compute": 100}})
     gp.create_retrying(qns, gpu_pod("queued", compute=10, memory=1000))
