@@ -292,15 +292,13 @@ def run_snapshot(args: argparse.Namespace) -> int:
     (`gpupool.simulator.snapshot`, docs/timeline.md); nothing is written to the cluster."""
     from gpupool.simulator.snapshot import capture
     from kubeio.client import ApiError, KubeClient
+    from kubeio.paths import GPUNODES, GPUQUEUES, NAMESPACES, NODES, PODS
 
     try:
         kube = KubeClient.connect(args.kubeconfig, in_cluster=False if args.kubeconfig else None)
-        custom = f"/apis/{objects.GROUP}/{objects.VERSION}"
         namespaces, nodes, gpunodes, gpuqueues, pods = (
-            kube.list(path)[0]
-            for path in ("/api/v1/namespaces", "/api/v1/nodes", f"{custom}/gpunodes", f"{custom}/gpuqueues",
-                         "/api/v1/pods")
-        )  # fmt: skip
+            kube.list(path)[0] for path in (NAMESPACES, NODES, GPUNODES, GPUQUEUES, PODS)
+        )
     except ApiError as exc:
         print(f"gpupool snapshot: error: {exc}", file=sys.stderr)
         return 1

@@ -15,11 +15,9 @@ from typing import Any
 from gpupool import objects
 from kubeio.client import JSON, MERGE_PATCH, KubeClient, load_api_client
 from kubeio.client import ApiError as KubeError
+from kubeio.paths import GPUNODES, PODS
 
 __all__ = ["GPUNODES", "MERGE_PATCH", "Kube", "KubeError", "load_api_client"]
-
-PODS = "/api/v1/pods"
-GPUNODES = f"/apis/{objects.GROUP}/{objects.VERSION}/{objects.GPUNODE_PLURAL}"
 
 
 class Kube(KubeClient):
