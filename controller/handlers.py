@@ -1,5 +1,5 @@
-"""kopf handlers: watches feed `controller.runtime.Controller`; the admission webhooks (served by
-`controller.webhook_server`) call `controller.admission`.
+"""The operator's wiring: kopf's startup and cleanup hooks, the watches that feed `controller.runtime.Controller`,
+and the admission webhooks (served by `controller.webhook_server`), which call `controller.admission`.
 
 Nothing is watched through kopf (it runs the operator's startup and cleanup): a `kubeio.reflector.Reflector` thread
 per kind watches from the startup list's resourceVersion, and after a broken or expired watch its list replaces what
