@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -49,7 +50,12 @@ def lease_spec(old: Mapping[str, Any] | None, identity: str, now: float, duratio
 
 
 class LeaseElector:
-    """Holds the Lease while it can; `is_leader` says whether this replica may act."""
+    """Holds the Lease while it can; `is_leader` says whether this replica may act.
+
+    Leadership lasts `deadline` seconds from the start of the last successful renewal (`duration - renew`, at
+    least half the duration), whatever the renewal in flight does: a renewal that hangs (the API server
+    unreachable, a partition) ends it before a standby may take the Lease at `duration`, so two replicas never
+    both act (client-go's renew deadline). Each Lease call is bounded by `renew` seconds."""
 
     def __init__(
         self, api: client.CoordinationV1Api, name: str, namespace: str, identity: str, duration: float, renew: float
@@ -60,12 +66,26 @@ class LeaseElector:
         self.identity = identity
         self.duration = duration
         self.renew = renew
-        self.is_leader = False
+        self.deadline = max(duration - renew, duration / 2)
+        self._renewed_at: float | None = None  # time.monotonic() at the start of the last successful renewal
+
+    @property
+    def is_leader(self) -> bool:
+        at = self._renewed_at
+        return at is not None and time.monotonic() - at < self.deadline
+
+    def _held(self, since: float | None) -> bool:
+        """Record a renewal's outcome: held since `since` (its start), or not held (None)."""
+        self._renewed_at = since
+        return since is not None
 
     def tick(self, now: float) -> bool:
-        """One attempt to take or renew the Lease (blocking I/O; run in a thread)."""
+        """One attempt to take or renew the Lease (blocking I/O; run in a thread). A success counts from its
+        start: one that took longer than the deadline leaves this replica not leading until the next."""
+        started = time.monotonic()
+        timeout = max(1.0, self.renew)
         try:
-            lease = self.api.read_namespaced_lease(self.name, self.namespace)
+            lease = self.api.read_namespaced_lease(self.name, self.namespace, _request_timeout=timeout)
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -74,26 +94,23 @@ class LeaseElector:
                 spec=lease_spec(None, self.identity, now, self.duration),
             )
             try:
-                self.api.create_namespaced_lease(self.namespace, body)
-                self.is_leader = True
+                self.api.create_namespaced_lease(self.namespace, body, _request_timeout=timeout)
             except ApiException as exc2:
                 if exc2.status != 409:
                     raise
-                self.is_leader = False
-            return self.is_leader
+                return self._held(None)
+            return self._held(started) and self.is_leader
         spec = self.api.api_client.sanitize_for_serialization(lease.spec) or {}
         if not may_hold(spec, self.identity, now, self.duration):
-            self.is_leader = False
-            return False
+            return self._held(None)
         lease.spec = lease_spec(spec, self.identity, now, self.duration)  # type: ignore[assignment]  # a dict serialises too
-        try:
-            self.api.replace_namespaced_lease(self.name, self.namespace, lease)  # resourceVersion guards it
-            self.is_leader = True
+        try:  # resourceVersion guards it
+            self.api.replace_namespaced_lease(self.name, self.namespace, lease, _request_timeout=timeout)
         except ApiException as exc:
             if exc.status != 409:
                 raise
-            self.is_leader = False
-        return self.is_leader
+            return self._held(None)
+        return self._held(started) and self.is_leader
 
     def release(self) -> None:
         """Give the Lease up on shutdown so a standby takes over at once."""
@@ -106,11 +123,9 @@ class LeaseElector:
                 self.api.replace_namespaced_lease(self.name, self.namespace, lease)
         except ApiException as exc:
             log.warning("could not release the Lease: %s", exc.reason)
-        self.is_leader = False
+        self._held(None)
 
     async def run(self, stop: asyncio.Event, clock: Any = None) -> None:
-        import time
-
         clock = clock or time.time
         while not stop.is_set():
             try:
@@ -118,8 +133,8 @@ class LeaseElector:
                 await asyncio.to_thread(self.tick, clock())
                 if was != self.is_leader:
                     log.info("%s the Lease %s/%s", "took" if self.is_leader else "lost", self.namespace, self.name)
-            except Exception as exc:  # keep trying; a failed renew turns leadership off after the duration
+            except Exception as exc:  # keep trying; a failed renewal ends leadership at once
                 log.warning("Lease %s/%s: %s", self.namespace, self.name, exc)
-                self.is_leader = False
+                self._held(None)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.renew)

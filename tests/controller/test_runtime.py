@@ -239,7 +239,7 @@ class FakeCoordination:
         self.lease: Any = None
         self.version = 0
 
-    def read_namespaced_lease(self, name: str, namespace: str) -> Any:
+    def read_namespaced_lease(self, name: str, namespace: str, **_: Any) -> Any:
         from kubernetes.client.rest import ApiException
 
         if self.lease is None:
@@ -248,14 +248,14 @@ class FakeCoordination:
 
         return copy.deepcopy(self.lease)
 
-    def create_namespaced_lease(self, namespace: str, body: Any) -> None:
+    def create_namespaced_lease(self, namespace: str, body: Any, **_: Any) -> None:
         from kubernetes.client.rest import ApiException
 
         if self.lease is not None:
             raise ApiException(status=409)
         self._store(body)
 
-    def replace_namespaced_lease(self, name: str, namespace: str, body: Any) -> None:
+    def replace_namespaced_lease(self, name: str, namespace: str, body: Any, **_: Any) -> None:
         from kubernetes.client.rest import ApiException
 
         if str(body.metadata.resource_version) != str(self.version):
@@ -291,6 +291,36 @@ def test_standby_takes_over_when_the_leader_stops_renewing() -> None:
     assert not a.tick(t + 22)  # the old leader steps down
     b.release()
     assert a.tick(t + 23)  # a released lease is taken at once
+
+
+def test_a_leader_whose_renewal_hangs_stops_leading_before_a_standby_may_take_over() -> None:
+    """A renewal that hangs (the API server unreachable) ends leadership at the renew deadline, before the Lease's
+    duration lets a standby take it; a renewal that succeeds only after the deadline does not restore it."""
+    import threading
+    import time
+
+    from e2e.polling import wait_for
+
+    api = FakeCoordination()
+    a = LeaseElector(api, "l", "ns", "replica-a", duration=0.6, renew=0.2)  # type: ignore[arg-type]
+    assert a.deadline < a.duration and a.tick(time.time()) and a.is_leader
+    release = threading.Event()
+    read = api.read_namespaced_lease
+
+    def hanging(name: str, namespace: str, **kw: Any) -> Any:
+        release.wait(10)
+        return read(name, namespace, **kw)
+
+    api.read_namespaced_lease = hanging  # type: ignore[method-assign]
+    renewal = threading.Thread(target=a.tick, args=(time.time(),))
+    renewal.start()
+    wait_for(lambda: not a.is_leader, timeout=5, what="leadership to end at the renew deadline", interval=0.02)
+    assert renewal.is_alive()  # the renewal still hangs: leadership ended without it
+    release.set()
+    renewal.join(10)
+    assert api.lease.spec.holder_identity == "replica-a" and not a.is_leader  # a late success counts from its start
+    api.read_namespaced_lease = read  # type: ignore[method-assign]
+    assert a.tick(time.time()) and a.is_leader
 
 
 def test_may_hold_pure() -> None:
