@@ -7,9 +7,11 @@ Thin by design: objects are translated with `gpupool.objects` / `gpupool.resourc
 Garbage and safety decisions (DESIGN.md §7):
 * admitted pods that never bind: their RESERVED holding is released after `reservation_ttl_seconds`
   (the pod stays admitted: a gate cannot be re-added);
-* pods whose assignment names a GPU that turned Unhealthy, or a GPUNode that was deleted, are evicted
-  (Event `GPUUnhealthy` / `GPUNodeGone`) when `unhealthy_gpu_action=evict` (default), so their owners
-  recreate them on healthy GPUs; `keep` only drops them from the ledger. GPUs in `spec.disabledGPUs`
+* pods whose assignment names a GPU that turned Unhealthy, or a GPUNode gone for `gpunode_gone_grace_seconds`
+  (300: its agent republishes a deleted GPUNode within a heartbeat, and a `kubectl delete gpunodes --all` or a
+  CRD re-install must not evict every GPU pod), are evicted (Event `GPUUnhealthy` / `GPUNodeGone`) when
+  `unhealthy_gpu_action=evict` (default), so their owners recreate them on healthy GPUs; `keep` only drops
+  them from the ledger. GPUs in `spec.disabledGPUs`
   are cordoned: nothing new lands there, running pods keep their slices (drain them by hand).
 * nominations expire after `nomination_ttl_seconds`; the `gpupool.io/nominated` annotation is removed.
 * the leader's cycle runs on events (`run_cycles`): a new waiting pod, a pod that finished or was deleted, a
@@ -141,6 +143,8 @@ class Controller:
         #: again for a head whose inputs did not change (docs/e2e.md "Controller at scale")
         self._searched: dict[str, tuple[tuple[int, int, frozenset[str]], PreemptionPlan | None, str | None]] = {}
         self._evicted_for_health: set[str] = set()
+        #: GPUNode name -> when `_health_gc` first found a verified assignment naming it while it was gone
+        self._gpunode_gone_since: dict[str, float] = {}
         #: pods still carrying an alias resource (the webhook was bypassed): uid -> pod; warned once each
         self._alias_pods: dict[str, dict[str, Any]] = {}
         self._alias_warned: set[str] = set()
@@ -706,7 +710,7 @@ class Controller:
         counts["events"] += await self._warn_aliases()
         counts["events"] += await self._warn_quarantined()
         counts["events"] += await self._resize_events(now)
-        await self._health_gc()
+        await self._health_gc(now)
         await self.write_status(now)
         return counts
 
@@ -991,21 +995,30 @@ class Controller:
         pod = self.pods.get(uid)
         return objects.pod_key(pod) if pod else uid
 
-    async def _health_gc(self) -> None:
-        """Pods holding slices of unhealthy GPUs (or of vanished GPUNodes) are evicted (see module doc). Reads the
-        assignments `on_pod` verified (a quarantined pod has none), not every pod's signature again each cycle."""
+    async def _health_gc(self, now: float) -> None:
+        """Pods holding slices of unhealthy GPUs (or of GPUNodes gone for `gpunode_gone_grace_seconds`) are evicted
+        (see module doc). Reads the assignments `on_pod` verified (a quarantined pod has none), not every pod's
+        signature again each cycle."""
         assert self.kube is not None
         if self.settings.unhealthy_gpu_action != "evict":
             return
         doomed: list[tuple[dict[str, Any], str, str]] = []
+        grace = self.settings.gpunode_gone_grace_seconds
         with self.lock:
+            gone_since = self._gpunode_gone_since
+            for name in [n for n in gone_since if n in self.gpunodes]:
+                del gone_since[name]  # back (its agent published it again): nobody is evicted for it
             for uid, holding in self._verified.items():
                 pod = self.pods.get(uid)
                 if pod is None or uid in self._evicted_for_health:
                     continue
                 for s in holding.slices:
                     if s.node not in self.gpunodes:
-                        doomed.append((pod, "GPUNodeGone", f"GPUNode {s.node} holding its slice on {s.gpu} is gone"))
+                        since = gone_since.setdefault(s.node, now)
+                        if now - since < grace:
+                            continue
+                        why = f"GPUNode {s.node} holding its slice on {s.gpu} is gone for {now - since:.0f} s"
+                        doomed.append((pod, "GPUNodeGone", why))
                         break
                     if self.ledger.has_gpu(s.gpu) and not self.ledger.gpu(s.gpu).healthy:
                         doomed.append((pod, "GPUUnhealthy", f"GPU {s.gpu} on {s.node} is Unhealthy"))

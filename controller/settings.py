@@ -66,6 +66,9 @@ class ControllerSettings(PoolSettings):
     unhealthy_gpu_action: str = Field(
         "evict", pattern="^(evict|keep)$", description="pods holding slices of an unhealthy GPU: evict or keep"
     )
+    gpunode_gone_grace_seconds: float = Field(
+        300.0, ge=0, description="a GPUNode gone this long (not republished by its agent) evicts the pods on it",
+    )
     # HA
     leader_election: bool = Field(True, description="coordinate replicas through a Lease")
     lease_name: str = Field("gpupool-controller")

@@ -219,6 +219,41 @@ def test_preemption_evicts_fewest_victims_then_nominates_and_admits_after_they_l
     assert kube.of("ungate") == [("ungate", "team-a/urgent")]
 
 
+def test_a_gpunode_republished_within_the_grace_evicts_nobody() -> None:
+    """Found by tests/e2e/gpupool/test_restarts.py: a GPUNode deleted (by hand, a CRD re-install, while the API
+    server was down) had every pod on it evicted at the leader's next cycle, although its agent publishes it
+    again within a heartbeat and its GPUs never went. It now waits `gpunode_gone_grace_seconds`."""
+    c, kube = make()
+    assert c.settings.gpunode_gone_grace_seconds == 300
+    c.on_gpunode("ADDED", gpunode("n1", gpus=2))
+    c.on_pod("ADDED", bound("run", "n1", 1))
+    c.on_gpunode("DELETED", gpunode("n1", gpus=2))
+    for t in (0, 60, 299):
+        run(c.cycle(now=2e9 + t))
+    c.on_gpunode("ADDED", gpunode("n1", gpus=2))  # its agent's next heartbeat
+    run(c.cycle(now=2e9 + 400))
+    assert kube.of("evict") == []
+    c.on_gpunode("DELETED", gpunode("n1", gpus=2))  # gone again: the grace starts over
+    run(c.cycle(now=2e9 + 500))
+    run(c.cycle(now=2e9 + 799))
+    assert kube.of("evict") == []
+    run(c.cycle(now=2e9 + 800))
+    assert kube.of("evict") == [("evict", "team-a/run")]
+    assert [e[3] for e in kube.of("event") if e[2] == "GPUNodeGone"] == [
+        "GPUNode n1 holding its slice on GPU-n1-1 is gone for 300 s; evicting the pod"]
+    run(c.cycle(now=2e9 + 900))
+    assert len(kube.of("evict")) == 1  # once
+
+
+def test_a_gpunode_gone_evicts_at_once_with_no_grace() -> None:
+    c, kube = make(gpunode_gone_grace_seconds=0)
+    c.on_gpunode("ADDED", gpunode("n1", gpus=2))
+    c.on_pod("ADDED", bound("run", "n1", 0))
+    c.on_gpunode("DELETED", gpunode("n1", gpus=2))
+    run(c.cycle(now=2e9))
+    assert kube.of("evict") == [("evict", "team-a/run")]
+
+
 def test_unhealthy_gpu_evicts_its_pods() -> None:
     c, kube = make()
     c.on_gpunode("ADDED", gpunode("n1", gpus=2))

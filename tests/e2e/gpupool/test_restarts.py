@@ -13,7 +13,7 @@ import pytest
 from e2e.polling import wait_for
 from e2e.stack import CONTROLLER, EXTENDER, PUBLISHER, Stack
 from gpupool import resources
-from tests.e2e.gpupool.conftest import PLUGIN_NODE
+from tests.e2e.gpupool.conftest import PLUGIN_NODE, POOL_NODE
 from tests.e2e.gpupool.gp_helpers import GP, assignment_of, check_pool, gpu_pod
 
 pytestmark = pytest.mark.local_harness(
@@ -119,7 +119,8 @@ def _etcd_delete(stack: Stack, key: str) -> None:
 def test_the_api_server_restarts_in_the_middle_of_a_workload(gp: GP, stack: Stack) -> None:
     """kube-apiserver crashes (SIGKILL: an OOM kill, a node failure) and comes back without three pods. Every
     watcher's stream breaks: the extender, the controller, the node agents, kube-scheduler and kwok list again, and
-    the pods gone meanwhile are only visible as pods the new list lacks. After it, the extender's and the
+    the pods gone meanwhile are only visible as pods the new list lacks; so is the GPUNode of a live pod's node
+    until its agent publishes it again. After it, the extender's and the
     controller's ledgers hold exactly the live pods (nothing kept for a deleted pod, nothing lost or moved for a
     live one), and pods created afterwards are admitted, placed and bound as before. Each half fails when its
     relist keeps the pods the list lacks (checked by hand)."""
@@ -139,11 +140,15 @@ def test_the_api_server_restarts_in_the_middle_of_a_workload(gp: GP, stack: Stac
 
     # the API server crashes (SIGKILL); while it is down, three of the pods leave etcd: no watcher ever gets
     # their DELETED events (as after a compaction), only a list that lacks them
+    node = gp.pod(ns, kept[0]).spec.node_name
     stack.kill("kube-apiserver")
     for n in gone:
         _etcd_delete(stack, f"/registry/pods/{ns}/{n}")
     _etcd_delete(stack, f"/registry/gpupool.io/gpuqueues/{doomed}")  # and a GPUQueue
+    # and the GPUNode of a node a live pod is bound to: its agent creates it again at its next publish
+    _etcd_delete(stack, f"/registry/gpupool.io/gpunodes/{node}")
     stack.cluster.restart_process("kube-apiserver", ready_timeout=90)
+    stack.restart(f"node-agent-{node}" if node in (PLUGIN_NODE, POOL_NODE) else PUBLISHER)
 
     after = [f"k-after-{i}" for i in range(3)]
     for n in after:  # the controller's webhook answers again once the API server can reach it
