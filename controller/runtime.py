@@ -1005,15 +1005,14 @@ class Controller:
         doomed: list[tuple[dict[str, Any], str, str]] = []
         grace = self.settings.gpunode_gone_grace_seconds
         with self.lock:
-            gone_since = self._gpunode_gone_since
-            for name in [n for n in gone_since if n in self.gpunodes]:
-                del gone_since[name]  # back (its agent published it again): nobody is evicted for it
+            gone_since, named = self._gpunode_gone_since, set()
             for uid, holding in self._verified.items():
                 pod = self.pods.get(uid)
                 if pod is None or uid in self._evicted_for_health:
                     continue
                 for s in holding.slices:
                     if s.node not in self.gpunodes:
+                        named.add(s.node)
                         since = gone_since.setdefault(s.node, now)
                         if now - since < grace:
                             continue
@@ -1023,6 +1022,8 @@ class Controller:
                     if self.ledger.has_gpu(s.gpu) and not self.ledger.gpu(s.gpu).healthy:
                         doomed.append((pod, "GPUUnhealthy", f"GPU {s.gpu} on {s.node} is Unhealthy"))
                         break
+            for name in gone_since.keys() - named:  # back (republished by its agent), or no pod left on it
+                del gone_since[name]
             for pod, _, _ in doomed:
                 self._evicted_for_health.add(objects.pod_uid(pod))
         for pod, reason, why in doomed:
