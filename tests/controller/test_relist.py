@@ -14,7 +14,7 @@ import pytest
 
 from controller.runtime import WATCHED
 from gpupool.queues import IMPLICIT_QUEUE
-from tests.controller.test_runtime import gpunode, make, pod, queue, run
+from tests.controller.test_runtime import failing_on, gpunode, make, pod, queue, run
 
 
 def test_a_queue_the_relist_lacks_admits_nothing_more() -> None:
@@ -80,14 +80,7 @@ def test_a_broken_object_the_relist_lacks_takes_its_problem_with_it() -> None:
 
 def test_one_object_its_handler_fails_on_does_not_stop_the_list_or_the_watch(monkeypatch: Any) -> None:
     c, _ = make()
-    real = c.on_gpunode
-
-    def flaky(event: str, obj: Any) -> None:
-        if obj["metadata"]["name"] == "boom":
-            raise RuntimeError("injected")
-        real(event, obj)
-
-    monkeypatch.setattr(c, "on_gpunode", flaky)
+    monkeypatch.setattr(c, "on_gpunode", failing_on("boom", c.on_gpunode))
     c.on_list("gpunodes", [gpunode("boom"), gpunode("n1")])
     c.on_watch_event("gpunodes", "MODIFIED", gpunode("boom"))
     c.on_watch_event("gpunodes", "ADDED", gpunode("n2"))

@@ -4,6 +4,7 @@ preemption through evictions (a PDB refusal moves to the next victim set), healt
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 from unittest import mock
 
@@ -112,6 +113,17 @@ def make(kube: FakeKube | None = None, **settings: Any) -> tuple[Controller, Fak
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
+
+
+def failing_on(name: str, handler: Callable[[str, Any], None]) -> Callable[[str, Any], None]:
+    """`handler`, raising for the object named `name` (one bad object among good ones)."""
+
+    def wrapped(event: str, obj: Any) -> None:
+        if obj["metadata"]["name"] == name:
+            raise RuntimeError(f"injected: {name}")
+        handler(event, obj)
+
+    return wrapped
 
 
 def test_cycle_ungates_waits_with_deduplicated_events_and_writes_status() -> None:
@@ -843,14 +855,7 @@ def test_a_pod_event_that_fails_is_that_pods_problem(monkeypatch: Any, caplog: A
     watch does not relist the cluster for one pod)."""
     c, _ = make()
     c.on_gpunode("ADDED", gpunode("n1", gpus=2))
-    real = c.on_pod
-
-    def on_pod(event: str, p: Any) -> None:
-        if p["metadata"]["name"] == "bad":
-            raise RuntimeError("boom")
-        real(event, p)
-
-    monkeypatch.setattr(c, "on_pod", on_pod)
+    monkeypatch.setattr(c, "on_pod", failing_on("bad", c.on_pod))
     c.on_pod_event("ADDED", bound("bad", "n1", 0))
     c.on_pod_event("ADDED", bound("good", "n1", 1))
     assert _assigned(c) == {"uid-good": ["GPU-n1-1"]}
