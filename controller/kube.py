@@ -33,7 +33,6 @@ class Kube:
     def __init__(self, api_client: client.ApiClient) -> None:
         self.api_client = api_client
         self.core = client.CoreV1Api(api_client)
-        self.custom = client.CustomObjectsApi(api_client)
         self.coordination = client.CoordinationV1Api(api_client)
         self.raw = KubeClient(api_client)  # raw JSON calls (owners of any kind), the pod watch
         #: path -> the resourceVersion of its last list: the watches (`controller.handlers.startup`) start there
@@ -44,9 +43,6 @@ class Kube:
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._threads, functools.partial(fn, *args, **kwargs))
-
-    def _plain(self, obj: Any) -> Any:
-        return self.api_client.sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
 
     # --- reads ---------------------------------------------------------------------------------------
 

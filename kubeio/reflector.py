@@ -70,32 +70,21 @@ class Reflector(threading.Thread):
                         if event.get("type") != "BOOKMARK":
                             self.on_event(str(event.get("type")), obj)
                     # the server closed the watch at its timeout: resume from the last resourceVersion
-            except ApiError as exc:
+            except Exception as exc:
                 if self.stopping.is_set():
                     return
                 rv = ""
-                if exc.status == 410:
+                if isinstance(exc, ApiError) and exc.status == 410:
                     log.info("%s: resourceVersion too old (410 Gone); re-listing", self.path)
                 else:
-                    log.warning("%s: list/watch failed (%s); re-listing in %.1f s", self.path, exc, backoff)
+                    # an API error, or a stream that broke (an API server restart, a proxy): one line; a handler
+                    # that failed: its traceback
+                    if isinstance(exc, ApiError | urllib3.exceptions.HTTPError | OSError):
+                        log.warning("%s: list/watch failed (%s); re-listing in %.1f s", self.path, exc, backoff)
+                    else:
+                        log.exception("%s: handler failed; re-listing in %.1f s", self.path, backoff)
                     self.stopping.wait(backoff)
                     backoff = min(backoff * 2, 10.0)
-                self.relists += 1
-            except (urllib3.exceptions.HTTPError, OSError) as exc:  # the stream broke: an API server restart, a proxy
-                rv = ""
-                if self.stopping.is_set():
-                    return
-                log.warning("%s: the watch stream broke (%s); re-listing in %.1f s", self.path, exc, backoff)
-                self.stopping.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
-                self.relists += 1
-            except Exception:
-                rv = ""
-                if self.stopping.is_set():
-                    return
-                log.exception("%s: handler or stream failed; re-listing in %.1f s", self.path, backoff)
-                self.stopping.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
                 self.relists += 1
             else:
                 return
